@@ -1,0 +1,5 @@
+import sys
+
+from salon.cli import main
+
+sys.exit(main())

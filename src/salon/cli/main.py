@@ -1,0 +1,160 @@
+"""``salon serve | project | session | token | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from salon import __version__
+from salon.errors import SalonError
+from salon.ids import decode_session_id, encode_session_id
+from salon.server.config import ServerConfig
+from salon.store import Project, Store, database_url_for
+from salon.tokens import Role, generate_token
+
+__all__ = ["main"]
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    url: str | None = args.database_url or os.environ.get("SALON_DATABASE_URL")
+    if url:
+        return url
+    data_dir = pathlib.Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return database_url_for(data_dir)
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default="salon-data", help="where the embedded database lives")
+    parser.add_argument("--database-url", help="e.g. postgresql://user:pass@host/salon (default: SQLite in --data-dir)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="salon", description="Self-hosted, OpenTok-compatible video sessions.")
+    parser.add_argument("--version", action="version", version=f"salon {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server (REST API, signalling, media)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_store_options(serve)
+
+    project = commands.add_parser("project", help="manage projects (API key and secret)")
+    project_commands = project.add_subparsers(dest="project_command", required=True)
+    create = project_commands.add_parser("create", help="create a project and print its key and secret")
+    create.add_argument("--name", default="")
+    _add_store_options(create)
+    listing = project_commands.add_parser("list", help="list projects (secrets are not shown)")
+    _add_store_options(listing)
+
+    session = commands.add_parser("session", help="manage sessions")
+    session_commands = session.add_subparsers(dest="session_command", required=True)
+    screate = session_commands.add_parser("create", help="create a session and print its ID")
+    screate.add_argument("--api-key", help="the project (default: the only or first project)")
+    screate.add_argument("--media-mode", choices=["routed", "relayed"], default="routed")
+    screate.add_argument("--archive-mode", choices=["manual", "always"], default="manual")
+    screate.add_argument("--location", default="")
+    screate.add_argument("--e2ee", action="store_true")
+    _add_store_options(screate)
+
+    token = commands.add_parser("token", help="mint a client token for a session")
+    token.add_argument("session_id")
+    token.add_argument("--role", choices=[r.value for r in Role], default=Role.PUBLISHER.value)
+    token.add_argument("--expire", type=int, default=24 * 3600, help="lifetime in seconds (at most 30 days)")
+    token.add_argument("--data", default=None, help="connection data (at most 1000 characters)")
+    token.add_argument("--layout-class", action="append", default=[], help="initial layout class (repeatable)")
+    token.add_argument("--legacy", action="store_true", help="a T1== token instead of the default JWT")
+    _add_store_options(token)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    sig = bench_commands.add_parser("signalling", help="signal fan-out latency and memory per connection")
+    sig.add_argument("--connections", type=int, default=1000)
+    sig.add_argument("--signals", type=int, default=50)
+    sig.add_argument("--interval", type=float, default=0.2, help="seconds between signals")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "bench":
+            from salon.cli.bench import run_bench
+
+            return run_bench(args)
+        return asyncio.run(_store_command(args))
+    except SalonError as exc:
+        print(f"salon: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from salon.server.run import run_server
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig.from_env(
+        host=args.host, port=args.port, data_dir=pathlib.Path(args.data_dir), database_url=args.database_url
+    )
+    run_server(config, log_level=args.log_level)
+    return 0
+
+
+async def _first_project(store: Store, api_key: str | None) -> Project:
+    if api_key:
+        project = await store.get_project(api_key)
+        if project is None:
+            raise SalonError(f"no project {api_key}")
+        return project
+    env_key = os.environ.get("SALON_API_KEY")
+    if env_key:
+        return await _first_project(store, env_key)
+    projects = await store.list_projects()
+    if not projects:
+        raise SalonError("no project yet: run `salon project create` or `salon serve` first")
+    return projects[0]
+
+
+async def _store_command(args: argparse.Namespace) -> int:
+    store = Store(_store_url(args))
+    await store.open()
+    try:
+        if args.command == "project" and args.project_command == "create":
+            project = await store.create_project(args.name)
+            print(json.dumps({"api_key": project.api_key, "api_secret": project.api_secret, "name": project.name}))
+        elif args.command == "project":
+            for project in await store.list_projects():
+                print(json.dumps({"api_key": project.api_key, "name": project.name, "created_at": project.created_at}))
+        elif args.command == "session":
+            project = await _first_project(store, args.api_key)
+            session_id = encode_session_id(project.api_key, args.location)
+            await store.create_session(
+                project.api_key, session_id, media_mode=args.media_mode, archive_mode=args.archive_mode,
+                location=args.location, e2ee=args.e2ee,
+            )
+            print(session_id)
+        elif args.command == "token":
+            api_key = decode_session_id(args.session_id).api_key
+            project = await _first_project(store, api_key)
+            import time
+
+            print(
+                generate_token(
+                    project.api_key, project.api_secret, args.session_id, role=args.role,
+                    expire_time=int(time.time()) + args.expire, data=args.data,
+                    initial_layout_class_list=args.layout_class, use_jwt=not args.legacy,
+                )
+            )
+    finally:
+        await store.close()
+    return 0

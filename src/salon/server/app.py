@@ -1,0 +1,126 @@
+"""The ASGI application: REST API, signalling WebSocket, OpenAPI document."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from salon import __version__
+from salon.errors import SalonError
+from salon.server.config import ServerConfig
+from salon.server.rest import router
+from salon.signalling.service import SignallingService
+from salon.store import Project, Store
+from salon.store.registry import Registry
+
+__all__ = ["create_app", "ensure_project"]
+
+logger = logging.getLogger(__name__)
+
+_SLASHES = re.compile(r"//+")
+
+
+class CollapseSlashes:
+    """``opentok.Client(api_url="http://host/")`` requests ``//session/create``: serve it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and "//" in scope["path"]:
+            scope = dict(scope, path=_SLASHES.sub("/", scope["path"]))
+        await self.app(scope, receive, send)
+
+
+async def ensure_project(store: Store, config: ServerConfig, announce: Callable[[str], None]) -> Project:
+    """The project from the environment, or the first one, created (and announced) if none exists."""
+    if config.api_key and config.api_secret:
+        project = await store.get_project(config.api_key)
+        if project is None:
+            project = await store.create_project("default", api_key=config.api_key, api_secret=config.api_secret)
+        elif project.api_secret != config.api_secret:
+            raise SalonError(f"project {config.api_key} exists with another secret")
+        return project
+    projects = await store.list_projects()
+    if projects:
+        return projects[0]
+    project = await store.create_project("default")
+    announce(
+        "Created a project. Keep its secret; it is not shown again.\n"
+        f"  SALON_API_KEY={project.api_key}\n  SALON_API_SECRET={project.api_secret}"
+    )
+    return project
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], None] = print) -> FastAPI:
+    """Build the application. Its lifespan opens the store and starts signalling."""
+    config = config or ServerConfig()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if config.database_url is None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(config.store_url)
+        await store.open()
+        registry = Registry(store)
+        project = await ensure_project(store, config, announce)
+        registry.remember_project(project)
+        service = SignallingService(registry, config.signalling)
+        await service.start()
+        app.state.store, app.state.registry, app.state.signalling = store, registry, service
+        try:
+            yield
+        finally:
+            await service.stop()
+            await store.close()
+
+    app = FastAPI(
+        title="salon",
+        version=__version__,
+        summary="Self-hosted, OpenTok-compatible video sessions",
+        description="The OpenTok-compatible REST API of a salon server. Authenticate with the "
+        "`X-OPENTOK-AUTH` header: an HS256 JWT signed with the project's API secret, with claims "
+        "`iss` (the API key), `ist: project`, `iat`, `exp` and `jti`.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+
+    @app.exception_handler(SalonError)
+    async def salon_error(request: Request, exc: SalonError) -> JSONResponse:
+        if exc.status >= 500:
+            logger.error("request %s %s failed: %s", request.method, request.url.path, exc.message)
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors: list[Any] = list(exc.errors())
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
+        return _error(400, "invalid_request", f"{where}: {first.get('msg')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("request %s %s failed", request.method, request.url.path)
+        return _error(500, "internal_error", "internal server error")
+
+    app.add_middleware(CollapseSlashes)
+    return app

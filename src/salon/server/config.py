@@ -1,0 +1,47 @@
+"""Server configuration."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass, field
+
+from salon.signalling.service import SignallingConfig
+from salon.store import database_url_for
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``salon serve`` can be told.
+
+    :param data_dir: where the embedded SQLite database lives.
+    :param database_url: overrides the embedded database, e.g. ``postgresql://user@host/salon``.
+    :param api_key: with ``api_secret``, a project that must exist (``SALON_API_KEY`` /
+        ``SALON_API_SECRET``); otherwise a project is created on first start.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: pathlib.Path = pathlib.Path("salon-data")
+    database_url: str | None = None
+    api_key: str | None = None
+    api_secret: str | None = None
+    signalling: SignallingConfig = field(default_factory=SignallingConfig)
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or database_url_for(self.data_dir)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ServerConfig:
+        """Defaults, then ``SALON_*`` environment variables, then ``overrides``."""
+        values: dict[str, object] = {}
+        if os.environ.get("SALON_API_KEY") and os.environ.get("SALON_API_SECRET"):
+            values["api_key"] = os.environ["SALON_API_KEY"]
+            values["api_secret"] = os.environ["SALON_API_SECRET"]
+        if os.environ.get("SALON_DATABASE_URL"):
+            values["database_url"] = os.environ["SALON_DATABASE_URL"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,386 @@
+"""The OpenTok-compatible REST API.
+
+Paths, bodies and success codes follow what the official ``opentok`` Python SDK sends and
+accepts (see ``docs/rest-api.md``): for example force disconnect answers 204 (a 200 makes
+the SDK raise), signals answer 204, mutes answer 200 with ``{}``, and ``/session/create``
+answers a JSON array with ``Content-Type: application/json`` exactly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+import urllib.parse
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from salon.errors import InvalidRequestError, NotFoundError
+from salon.ids import encode_session_id
+from salon.server.auth import authenticate
+from salon.signalling.service import SignallingService
+from salon.signalling.session import Session, Stream
+from salon.store import Project, SessionRecord, Store
+from salon.store.registry import Registry
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="A stable machine-readable error code.")
+    message: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed input"},
+    403: {"model": ErrorBody, "description": "Missing, expired, wrongly signed or foreign-project JWT"},
+    404: {"model": ErrorBody, "description": "Unknown session, stream or connection"},
+}
+
+
+class StreamBody(BaseModel):
+    id: str
+    videoType: str | None = None
+    name: str
+    layoutClassList: list[str]
+    hasAudio: bool
+    hasVideo: bool
+
+
+class StreamList(BaseModel):
+    count: int
+    items: list[StreamBody]
+
+
+class SignalBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str = ""
+    data: str = ""
+
+
+class MuteBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    active: bool
+    excludedStreams: list[str] | None = None
+    excludedStreamIds: list[str] | None = None
+
+    @property
+    def excluded(self) -> list[str]:
+        return [*(self.excludedStreams or []), *(self.excludedStreamIds or [])]
+
+
+class ClassListItem(BaseModel):
+    id: str
+    layoutClassList: list[str] = Field(max_length=100)
+
+
+class ClassListBody(BaseModel):
+    items: list[ClassListItem] = Field(min_length=1, max_length=1000)
+
+
+class SessionCreated(BaseModel):
+    session_id: str
+    project_id: str
+    partner_id: str
+    create_dt: str
+    media_mode: str
+    archive_mode: str
+    location: str | None
+    e2ee: bool
+
+
+# -- dependencies ------------------------------------------------------------------------
+
+
+def registry(request: Request) -> Registry:
+    reg: Registry = request.app.state.registry
+    return reg
+
+
+def signalling(request: Request) -> SignallingService:
+    service: SignallingService = request.app.state.signalling
+    return service
+
+
+async def project_auth(
+    apiKey: str,
+    reg: Annotated[Registry, Depends(registry)],
+    x_opentok_auth: Annotated[str | None, Header(description="HS256 JWT signed with the API secret")] = None,
+) -> Project:
+    return await authenticate(reg, x_opentok_auth, apiKey)
+
+
+ProjectDep = Annotated[Project, Depends(project_auth)]
+SignallingDep = Annotated[SignallingService, Depends(signalling)]
+RegistryDep = Annotated[Registry, Depends(registry)]
+
+
+async def session_of(project: Project, reg: Registry, session_id: str) -> SessionRecord:
+    record = await reg.session(session_id)
+    if record is None or record.api_key != project.api_key:
+        raise NotFoundError("session not found")
+    return record
+
+
+def stream_body(stream: Stream) -> StreamBody:
+    return StreamBody(
+        id=stream.stream_id,
+        videoType=stream.video_type.value if stream.video_type and stream.has_video else None,
+        name=stream.name,
+        layoutClassList=stream.layout_class_list,
+        hasAudio=stream.has_audio,
+        hasVideo=stream.has_video,
+    )
+
+
+def live(service: SignallingService, session_id: str) -> Session | None:
+    return service.live_session(session_id)
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no", ""}
+
+
+def _bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise InvalidRequestError(f"{name} must be true or false")
+
+
+async def _session_options(request: Request) -> dict[str, str]:
+    body = (await request.body()).decode("utf-8", "replace").strip()
+    if not body:
+        return {}
+    # vonage-video sends form bodies with Content-Type: application/json; decide by content.
+    if body.startswith("{"):
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise InvalidRequestError("the body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise InvalidRequestError("the body must be a JSON object")
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in data.items()}
+    return dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
+
+
+@router.post(
+    "/session/create",
+    tags=["sessions"],
+    summary="Create a session",
+    response_model=list[SessionCreated],
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "p2p.preference": {"type": "string", "enum": ["enabled", "disabled"]},
+                            "media_mode": {"type": "string", "enum": ["routed", "relayed"]},
+                            "archiveMode": {"type": "string", "enum": ["manual", "always"]},
+                            "archiveName": {"type": "string"},
+                            "archiveResolution": {"type": "string"},
+                            "location": {"type": "string", "format": "ipv4"},
+                            "e2ee": {"type": "string", "enum": ["true", "false"]},
+                        },
+                    }
+                },
+                "application/json": {"schema": {"type": "object"}},
+            }
+        }
+    },
+)
+async def create_session(
+    request: Request,
+    reg: RegistryDep,
+    x_opentok_auth: Annotated[str | None, Header()] = None,
+) -> Response:
+    project = await authenticate(reg, x_opentok_auth, None)
+    options = await _session_options(request)
+    p2p = options.get("p2p.preference", "").lower()
+    media_mode = options.get("media_mode", "").lower()
+    if p2p not in {"", "enabled", "disabled"}:
+        raise InvalidRequestError("p2p.preference must be enabled or disabled")
+    if media_mode not in {"", "routed", "relayed"}:
+        raise InvalidRequestError("media_mode must be routed or relayed")
+    # salon always routes media through its SFU; the requested mode is recorded as asked.
+    mode = media_mode or ("relayed" if p2p == "enabled" else "routed")
+    archive_mode = options.get("archiveMode", "manual").lower()
+    if archive_mode not in {"manual", "always"}:
+        raise InvalidRequestError("archiveMode must be manual or always")
+    location = options.get("location", "")
+    if location:
+        try:
+            ipaddress.IPv4Address(location)
+        except ValueError as exc:
+            raise InvalidRequestError("location must be an IPv4 address") from exc
+    e2ee = _bool(options.get("e2ee", "false"), "e2ee")
+    store: Store = request.app.state.store
+    session_id = encode_session_id(project.api_key, location)
+    record = await store.create_session(
+        project.api_key, session_id, media_mode=mode, archive_mode=archive_mode, location=location, e2ee=e2ee
+    )
+    reg.remember_session(record)
+    body = [
+        {
+            "session_id": session_id,
+            "project_id": project.api_key,
+            "partner_id": project.api_key,
+            "create_dt": time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(record.created_at / 1000)),
+            "media_mode": mode,
+            "archive_mode": archive_mode,
+            "location": location or None,
+            "e2ee": e2ee,
+            "session_status": None,
+            "media_server_url": None,
+            "properties": None,
+        }
+    ]
+    return JSONResponse(body, media_type="application/json")
+
+
+# -- streams -------------------------------------------------------------------------------
+
+P = "/v2/project/{apiKey}/session/{sessionId}"
+
+
+@router.get(P + "/stream", tags=["streams"], summary="List the streams of a session", response_model=StreamList,
+            responses=ERRORS)
+async def list_streams(
+    sessionId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
+) -> StreamList:
+    await session_of(project, reg, sessionId)
+    session = live(service, sessionId)
+    items = [stream_body(s) for s in session.streams.values()] if session else []
+    return StreamList(count=len(items), items=items)
+
+
+@router.get(P + "/stream/{streamId}", tags=["streams"], summary="Get one stream", response_model=StreamBody,
+            responses=ERRORS)
+async def get_stream(
+    sessionId: str, streamId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
+) -> StreamBody:
+    await session_of(project, reg, sessionId)
+    session = live(service, sessionId)
+    if session is None:
+        raise NotFoundError("stream not found")
+    return stream_body(session.stream(streamId))
+
+
+@router.put(P + "/stream", tags=["streams"], summary="Set the layout class lists of streams",
+            response_model=StreamList, responses=ERRORS)
+async def set_stream_class_lists(
+    sessionId: str, body: ClassListBody, project: ProjectDep, reg: RegistryDep, service: SignallingDep
+) -> StreamList:
+    await session_of(project, reg, sessionId)
+    session = live(service, sessionId)
+    if session is None:
+        raise NotFoundError("stream not found")
+    streams = session.set_layout_class_lists({item.id: item.layoutClassList for item in body.items})
+    return StreamList(count=len(streams), items=[stream_body(s) for s in streams])
+
+
+# -- signals -------------------------------------------------------------------------------
+
+
+async def _signal_body(request: Request) -> SignalBody:
+    try:
+        return SignalBody.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise InvalidRequestError("the body must be a JSON object with string type and data") from exc
+
+
+@router.post(P + "/signal", tags=["signals"], summary="Signal every connection of a session", status_code=204,
+             responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "schema": SignalBody.model_json_schema()}}}})
+async def signal_session(
+    sessionId: str, request: Request, project: ProjectDep, reg: RegistryDep, service: SignallingDep
+) -> Response:
+    body = await _signal_body(request)
+    await session_of(project, reg, sessionId)
+    session = live(service, sessionId)
+    if session is not None:
+        service.apply(session, session.signal(None, body.type, body.data, None))
+    else:
+        Session(sessionId, project.api_key).signal(None, body.type, body.data, None)  # checks the limits
+    return Response(status_code=204)
+
+
+@router.post(P + "/connection/{connectionId}/signal", tags=["signals"], summary="Signal one connection",
+             status_code=204,
+             responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "schema": SignalBody.model_json_schema()}}}})
+async def signal_connection(
+    sessionId: str, connectionId: str, request: Request, project: ProjectDep, reg: RegistryDep,
+    service: SignallingDep,
+) -> Response:
+    body = await _signal_body(request)
+    await session_of(project, reg, sessionId)
+    session = live(service, sessionId)
+    if session is None:
+        raise NotFoundError("connection not found")
+    service.apply(session, session.signal(None, body.type, body.data, connectionId))
+    return Response(status_code=204)
+
+
+# -- moderation ----------------------------------------------------------------------------
+
+
+@router.delete(P + "/connection/{connectionId}", tags=["moderation"], summary="Force a connection to disconnect",
+               status_code=204, responses=ERRORS)
+async def force_disconnect(
+    sessionId: str, connectionId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
+) -> Response:
+    await session_of(project, reg, sessionId)
+    await service.force_disconnect(sessionId, connectionId)
+    return Response(status_code=204)
+
+
+@router.post(P + "/stream/{streamId}/mute", tags=["moderation"], summary="Force one stream to mute its audio",
+             responses=ERRORS)
+async def mute_stream(
+    sessionId: str, streamId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
+) -> dict[str, Any]:
+    await session_of(project, reg, sessionId)
+    session = live(service, sessionId)
+    if session is None:
+        raise NotFoundError("stream not found")
+    service.apply(session, session.force_mute(streamId))
+    return {}
+
+
+@router.post(P + "/mute", tags=["moderation"], summary="Force every stream (but excluded ones) to mute",
+             responses=ERRORS)
+async def mute_all(
+    sessionId: str, body: MuteBody, project: ProjectDep, reg: RegistryDep, service: SignallingDep
+) -> dict[str, Any]:
+    await session_of(project, reg, sessionId)
+    session = live(service, sessionId)
+    if session is not None:
+        service.apply(session, session.force_mute(None, excluded=body.excluded, active=body.active))
+    return {}
+
+
+@router.get("/health", tags=["server"], summary="Readiness: 200 once the server serves")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.websocket("/signalling")
+async def signalling_socket(websocket: WebSocket) -> None:
+    service: SignallingService = websocket.app.state.signalling
+    await service.serve(websocket)
+

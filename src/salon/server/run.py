@@ -1,0 +1,102 @@
+"""Running the application under uvicorn (uvloop, websockets), in a process or a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import uvicorn
+
+from salon.server.app import create_app
+from salon.server.config import ServerConfig
+
+__all__ = ["Server", "ServerThread", "run_server"]
+
+#: WebSocket frames larger than this close the socket (1009); requests over 64 KiB get an error.
+WS_MAX_SIZE = 1024 * 1024
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server that reports its bound address once it serves (port 0 works)."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[str], None] | None = None) -> None:
+        super().__init__(config)
+        self.on_ready = on_ready
+        self.url: str | None = None
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[object] | None = None) -> None:
+        await super().startup(sockets)  # type: ignore[arg-type]
+        if self.should_exit:
+            self.ready.set()
+            return
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        self.url = f"http://{host}:{port}"
+        if self.on_ready is not None:
+            self.on_ready(self.url)
+        self.ready.set()
+
+
+def uvicorn_config(config: ServerConfig, *, log_level: str = "info", announce: Callable[[str], None] = print
+                   ) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(config, announce=announce),
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        ws="websockets-sansio",
+        ws_max_size=WS_MAX_SIZE,
+        ws_ping_interval=None,
+        lifespan="on",
+        log_level=log_level,
+        access_log=log_level == "debug",
+        server_header=False,
+    )
+
+
+def run_server(config: ServerConfig, *, log_level: str = "info") -> None:
+    server = Server(
+        uvicorn_config(config, log_level=log_level),
+        on_ready=lambda url: print(f"salon serving on {url}", flush=True),
+    )
+    server.run()
+
+
+class ServerThread:
+    """The real server on its own thread and event loop: for tests, benchmarks and examples.
+
+    ::
+
+        with ServerThread(ServerConfig(port=0, data_dir=tmp)) as server:
+            print(server.url)
+    """
+
+    def __init__(self, config: ServerConfig, *, log_level: str = "warning",
+                 announce: Callable[[str], None] = lambda text: None) -> None:
+        self.server = Server(uvicorn_config(config, log_level=log_level, announce=announce))
+        self._thread = threading.Thread(target=self._run, name="salon-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    @property
+    def url(self) -> str:
+        assert self.server.url is not None
+        return self.server.url
+
+    @property
+    def app_state(self) -> object:
+        return self.server.config.loaded_app  # pragma: no cover
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self.server.ready.wait(30) or self.server.url is None:
+            self.server.should_exit = True
+            raise RuntimeError("the server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(15)

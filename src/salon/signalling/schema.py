@@ -1,0 +1,409 @@
+"""The signalling wire schema: one typed message union for each direction.
+
+Every message is a JSON object with a ``type`` discriminator. Client requests carry a
+``request_id`` (chosen by the client, echoed in the reply); each request gets exactly one
+reply: its result message (``connected``, ``published``, ``subscribed`` or ``ack``) or an
+``error`` with a stable ``code``. Events carry no ``request_id``.
+
+See ``docs/protocol.md`` for the prose version of this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AckMessage",
+    "ClientMessage",
+    "CloseCode",
+    "ConnectRequest",
+    "ConnectedMessage",
+    "ConnectionCreatedEvent",
+    "ConnectionDestroyedEvent",
+    "ConnectionInfo",
+    "DisconnectReason",
+    "ErrorCode",
+    "ErrorMessage",
+    "ForceDisconnectRequest",
+    "ForceMuteRequest",
+    "ForceUnpublishRequest",
+    "MuteForcedEvent",
+    "PingMessage",
+    "PongMessage",
+    "PublishRequest",
+    "PublishedMessage",
+    "ServerMessage",
+    "SessionDisconnectedEvent",
+    "SignalEvent",
+    "SignalRequest",
+    "StreamCreatedEvent",
+    "StreamDestroyedEvent",
+    "StreamInfo",
+    "StreamPropertyChangedEvent",
+    "StreamReason",
+    "SubscribeRequest",
+    "SubscribedMessage",
+    "UnpublishRequest",
+    "UnsubscribeRequest",
+    "UpdateStreamRequest",
+    "VideoType",
+    "client_message_adapter",
+    "server_message_adapter",
+]
+
+PROTOCOL_VERSION = 1
+MAX_SIGNAL_TYPE_LENGTH = 128
+MAX_SIGNAL_DATA_LENGTH = 8192
+MAX_STREAM_NAME_LENGTH = 1000
+
+RequestId = Annotated[int | str, Field(description="Chosen by the client, echoed in the reply.")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes carried by ``error`` messages."""
+
+    INVALID_MESSAGE = "invalid_message"
+    """The message is not valid JSON, or does not match the schema."""
+    UNKNOWN_TYPE = "unknown_type"
+    """The ``type`` names no client message."""
+    MESSAGE_TOO_LARGE = "message_too_large"
+    """The message is larger than the server accepts (64 KiB)."""
+    SIGNAL_TOO_LARGE = "signal_too_large"
+    """A signal's type is over 128 characters or its data over 8192."""
+    NOT_CONNECTED = "not_connected"
+    """A request other than ``connect`` came before the connection was established."""
+    ALREADY_CONNECTED = "already_connected"
+    PERMISSION_DENIED = "permission_denied"
+    """The connection's role does not allow the request."""
+    NOT_FOUND = "not_found"
+    """The stream or connection named by the request does not exist in the session."""
+    CONFLICT = "conflict"
+    INVALID_REQUEST = "invalid_request"
+    MEDIA_UNAVAILABLE = "media_unavailable"
+    """The media plane could not serve the request."""
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server uses (RFC 6455 private range 4000-4999)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 4000
+    """The first message was not a valid ``connect`` request."""
+    INVALID_TOKEN = 4001
+    """The token is malformed, badly signed, or of an unknown project."""
+    TOKEN_EXPIRED = 4002
+    WRONG_SESSION = 4003
+    """The token is for another session, or the session does not belong to its project."""
+    SESSION_NOT_FOUND = 4004
+    CONNECT_TIMEOUT = 4005
+    """No ``connect`` request arrived in time."""
+    HEARTBEAT_TIMEOUT = 4008
+    FORCE_DISCONNECTED = 4009
+    SLOW_CONSUMER = 4010
+    """The client did not read its messages fast enough."""
+
+
+class DisconnectReason(enum.StrEnum):
+    """Why a connection was destroyed (OpenTok's ``connectionDestroyed`` reasons)."""
+
+    CLIENT_DISCONNECTED = "clientDisconnected"
+    NETWORK_DISCONNECTED = "networkDisconnected"
+    FORCE_DISCONNECTED = "forceDisconnected"
+
+
+class StreamReason(enum.StrEnum):
+    """Why a stream was destroyed (OpenTok's ``streamDestroyed`` reasons)."""
+
+    CLIENT_DISCONNECTED = "clientDisconnected"
+    NETWORK_DISCONNECTED = "networkDisconnected"
+    FORCE_DISCONNECTED = "forceDisconnected"
+    FORCE_UNPUBLISHED = "forceUnpublished"
+    UNPUBLISHED = "unpublished"
+    MEDIA_STOPPED = "mediaStopped"
+
+
+class VideoType(enum.StrEnum):
+    CAMERA = "camera"
+    SCREEN = "screen"
+    CUSTOM = "custom"
+
+
+class ConnectionInfo(_Model):
+    connection_id: str
+    created_at: int = Field(description="Milliseconds since the epoch.")
+    data: str = Field(description="The connection data of the token.")
+
+
+class StreamInfo(_Model):
+    stream_id: str
+    connection_id: str
+    created_at: int
+    name: str
+    has_audio: bool
+    has_video: bool
+    video_type: VideoType | None
+    width: int | None = None
+    height: int | None = None
+    frame_rate: float | None = None
+
+
+# --- client -> server -------------------------------------------------------------
+
+
+class ConnectRequest(_Model):
+    type: Literal["connect"] = "connect"
+    request_id: RequestId
+    session_id: str = Field(max_length=255)
+    token: str = Field(max_length=8192)
+    protocol_version: int = PROTOCOL_VERSION
+    client: str = Field("", max_length=200, description="Free-form client name and version.")
+
+
+class PublishRequest(_Model):
+    type: Literal["publish"] = "publish"
+    request_id: RequestId
+    name: str = Field("", max_length=MAX_STREAM_NAME_LENGTH)
+    has_audio: bool = True
+    has_video: bool = True
+    video_type: VideoType | None = VideoType.CAMERA
+    width: int | None = Field(None, ge=1, le=16384)
+    height: int | None = Field(None, ge=1, le=16384)
+    frame_rate: float | None = Field(None, gt=0, le=240)
+
+
+class UnpublishRequest(_Model):
+    type: Literal["unpublish"] = "unpublish"
+    request_id: RequestId
+    stream_id: str
+
+
+class UpdateStreamRequest(_Model):
+    """Change properties of one of the connection's own streams; others see
+    ``stream_property_changed`` for each property that really changed."""
+
+    type: Literal["update_stream"] = "update_stream"
+    request_id: RequestId
+    stream_id: str
+    has_audio: bool | None = None
+    has_video: bool | None = None
+    name: str | None = Field(None, max_length=MAX_STREAM_NAME_LENGTH)
+    video_type: VideoType | None = None
+    width: int | None = Field(None, ge=1, le=16384)
+    height: int | None = Field(None, ge=1, le=16384)
+
+
+class SubscribeRequest(_Model):
+    type: Literal["subscribe"] = "subscribe"
+    request_id: RequestId
+    stream_id: str
+    audio: bool = True
+    video: bool = True
+
+
+class UnsubscribeRequest(_Model):
+    type: Literal["unsubscribe"] = "unsubscribe"
+    request_id: RequestId
+    subscription_id: str
+
+
+class SignalRequest(_Model):
+    """Send a signal to every connection of the session (``to`` absent), or to one."""
+
+    type: Literal["signal"] = "signal"
+    request_id: RequestId
+    signal_type: str = Field("", description="At most 128 characters.")
+    data: str = Field("", description="At most 8192 characters.")
+    to: str | None = Field(None, description="A connection ID; absent for the whole session.")
+
+
+class ForceDisconnectRequest(_Model):
+    type: Literal["force_disconnect"] = "force_disconnect"
+    request_id: RequestId
+    connection_id: str
+
+
+class ForceUnpublishRequest(_Model):
+    type: Literal["force_unpublish"] = "force_unpublish"
+    request_id: RequestId
+    stream_id: str
+
+
+class ForceMuteRequest(_Model):
+    """Mute one stream (``stream_id``) or every stream but ``excluded_stream_ids``."""
+
+    type: Literal["force_mute"] = "force_mute"
+    request_id: RequestId
+    stream_id: str | None = None
+    excluded_stream_ids: list[str] = Field(default_factory=list)
+
+
+class PongMessage(_Model):
+    """The reply to a server ``ping``. Any message from the client also proves liveness."""
+
+    type: Literal["pong"] = "pong"
+    timestamp: float | None = None
+
+
+ClientMessage = Annotated[
+    ConnectRequest
+    | PublishRequest
+    | UnpublishRequest
+    | UpdateStreamRequest
+    | SubscribeRequest
+    | UnsubscribeRequest
+    | SignalRequest
+    | ForceDisconnectRequest
+    | ForceUnpublishRequest
+    | ForceMuteRequest
+    | PongMessage,
+    Field(discriminator="type"),
+]
+
+CLIENT_MESSAGE_TYPES = frozenset(
+    m.model_fields["type"].default
+    for m in (
+        ConnectRequest,
+        PublishRequest,
+        UnpublishRequest,
+        UpdateStreamRequest,
+        SubscribeRequest,
+        UnsubscribeRequest,
+        SignalRequest,
+        ForceDisconnectRequest,
+        ForceUnpublishRequest,
+        ForceMuteRequest,
+        PongMessage,
+    )
+)
+
+# --- server -> client -------------------------------------------------------------
+
+
+class ConnectedMessage(_Model):
+    """The reply to ``connect``: the new connection and the session as it is now."""
+
+    type: Literal["connected"] = "connected"
+    request_id: RequestId
+    session_id: str
+    connection: ConnectionInfo
+    role: str
+    connections: list[ConnectionInfo]
+    streams: list[StreamInfo]
+    heartbeat_interval: float = Field(description="Seconds between server pings.")
+    heartbeat_timeout: float = Field(description="Silence after which the server drops the connection.")
+
+
+class PublishedMessage(_Model):
+    type: Literal["published"] = "published"
+    request_id: RequestId
+    stream: StreamInfo
+
+
+class SubscribedMessage(_Model):
+    type: Literal["subscribed"] = "subscribed"
+    request_id: RequestId
+    subscription_id: str
+    stream_id: str
+
+
+class AckMessage(_Model):
+    """The reply to a request that returns nothing but success."""
+
+    type: Literal["ack"] = "ack"
+    request_id: RequestId
+
+
+class ErrorMessage(_Model):
+    type: Literal["error"] = "error"
+    request_id: RequestId | None = None
+    code: ErrorCode
+    message: str
+
+
+class ConnectionCreatedEvent(_Model):
+    type: Literal["connection_created"] = "connection_created"
+    connection: ConnectionInfo
+
+
+class ConnectionDestroyedEvent(_Model):
+    type: Literal["connection_destroyed"] = "connection_destroyed"
+    connection_id: str
+    reason: DisconnectReason
+
+
+class StreamCreatedEvent(_Model):
+    type: Literal["stream_created"] = "stream_created"
+    stream: StreamInfo
+
+
+class StreamDestroyedEvent(_Model):
+    type: Literal["stream_destroyed"] = "stream_destroyed"
+    stream_id: str
+    connection_id: str
+    reason: StreamReason
+
+
+class StreamPropertyChangedEvent(_Model):
+    type: Literal["stream_property_changed"] = "stream_property_changed"
+    stream_id: str
+    property: Literal["has_audio", "has_video", "name", "video_type", "dimensions"]
+    old_value: bool | str | list[int] | None
+    new_value: bool | str | list[int] | None
+
+
+class SignalEvent(_Model):
+    type: Literal["signal"] = "signal"
+    signal_type: str
+    data: str
+    from_connection_id: str | None = Field(description="None when the server (REST API) sent it.")
+
+
+class MuteForcedEvent(_Model):
+    """Sent to a publisher whose stream a moderator (or the REST API) muted."""
+
+    type: Literal["mute_forced"] = "mute_forced"
+    stream_id: str
+
+
+class SessionDisconnectedEvent(_Model):
+    """Sent to a connection just before the server closes it."""
+
+    type: Literal["session_disconnected"] = "session_disconnected"
+    reason: DisconnectReason
+
+
+class PingMessage(_Model):
+    type: Literal["ping"] = "ping"
+    timestamp: float
+
+
+ServerMessage = Annotated[
+    ConnectedMessage
+    | PublishedMessage
+    | SubscribedMessage
+    | AckMessage
+    | ErrorMessage
+    | ConnectionCreatedEvent
+    | ConnectionDestroyedEvent
+    | StreamCreatedEvent
+    | StreamDestroyedEvent
+    | StreamPropertyChangedEvent
+    | SignalEvent
+    | MuteForcedEvent
+    | SessionDisconnectedEvent
+    | PingMessage,
+    Field(discriminator="type"),
+]
+
+client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+server_message_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)

@@ -1,0 +1,442 @@
+"""The signalling service: the asyncio adapter between WebSockets and :class:`Session`.
+
+Each WebSocket becomes a :class:`ClientLink` with a bounded outbox drained by one writer
+task, so a slow client never blocks the others: a message fanned out to a whole session is
+serialised once and queued to each link without awaiting. A link whose outbox overflows is
+closed (:attr:`CloseCode.SLOW_CONSUMER`).
+
+Liveness: the service pings every connection every ``heartbeat_interval`` seconds; any
+message from a client counts as proof of life, and a connection silent for
+``heartbeat_timeout`` seconds is destroyed with reason ``networkDisconnected``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from salon.errors import ClientError, NotFoundError, SalonError, TokenError
+from salon.ids import new_connection_id
+from salon.signalling.schema import (
+    CLIENT_MESSAGE_TYPES,
+    AckMessage,
+    ClientMessage,
+    CloseCode,
+    ConnectedMessage,
+    ConnectRequest,
+    DisconnectReason,
+    ErrorCode,
+    ErrorMessage,
+    ForceDisconnectRequest,
+    ForceMuteRequest,
+    ForceUnpublishRequest,
+    PingMessage,
+    PongMessage,
+    PublishedMessage,
+    PublishRequest,
+    ServerMessage,
+    SignalRequest,
+    SubscribedMessage,
+    SubscribeRequest,
+    UnpublishRequest,
+    UnsubscribeRequest,
+    UpdateStreamRequest,
+    client_message_adapter,
+)
+from salon.signalling.session import Action, Close, Deliver, Session
+from salon.store.registry import Registry
+from salon.tokens import TokenClaims, token_api_key, verify_token
+
+__all__ = ["ClientLink", "SignallingConfig", "SignallingService"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest message handled as a request; larger ones get a ``message_too_large`` error.
+MAX_MESSAGE_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SignallingConfig:
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 8.0
+    connect_timeout: float = 10.0
+    outbox_size: int = 1024
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_TOKEN_CLOSE = {
+    "token_expired": CloseCode.TOKEN_EXPIRED,
+    "wrong_session": CloseCode.WRONG_SESSION,
+}
+
+
+class ClientLink:
+    """One client's WebSocket: a bounded outbox and the task that writes it."""
+
+    def __init__(self, websocket: WebSocket, outbox_size: int) -> None:
+        self.websocket = websocket
+        self.connection_id: str | None = None
+        self.session: Session | None = None
+        self._outbox: asyncio.Queue[str | Close] = asyncio.Queue(outbox_size)
+        self._writer: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def start(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write(), name="salon-link-writer")
+
+    def send_text(self, text: str) -> None:
+        """Queue a message without waiting; close the link if the client cannot keep up."""
+        if self.closed:
+            return
+        try:
+            self._outbox.put_nowait(text)
+        except asyncio.QueueFull:
+            logger.warning("ClientLink(%s) outbox full, closing", self.connection_id)
+            self.closed = True
+            self._writer_close(Close(self.connection_id or "", CloseCode.SLOW_CONSUMER, "slow consumer"))
+
+    def send(self, message: ServerMessage) -> None:
+        self.send_text(message.model_dump_json())
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Close after the messages already queued have been written. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._writer_close(Close(self.connection_id or "", code, reason))
+
+    def _writer_close(self, close: Close) -> None:
+        # Make room if needed: the close must get through.
+        while self._outbox.full():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(close)
+
+    async def _write(self) -> None:
+        ws = self.websocket
+        try:
+            while True:
+                item = await self._outbox.get()
+                if isinstance(item, Close):
+                    if ws.application_state == WebSocketState.CONNECTED:
+                        await ws.close(int(item.code), item.reason)
+                    return
+                await ws.send_text(item)
+        except (WebSocketDisconnect, ConnectionError, RuntimeError) as exc:
+            # The peer went away while we wrote; the reader notices and cleans up.
+            logger.debug("ClientLink(%s) write failed: %r", self.connection_id, exc)
+
+    async def aclose(self) -> None:
+        """Stop the writer task (after the reader has ended)."""
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+
+class SignallingService:
+    """Owns the live sessions and every client link; the REST API calls into it too."""
+
+    def __init__(self, registry: Registry, config: SignallingConfig | None = None) -> None:
+        self.registry = registry
+        self.config = config or SignallingConfig()
+        self.sessions: dict[str, Session] = {}
+        self.links: dict[str, ClientLink] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        #: Called with (session, connection_id) after a connection left; the media plane's hook.
+        self.on_connection_left: list[Callable[[Session, str], Awaitable[None]]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._heartbeat(), name="salon-heartbeat")
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        for link in list(self.links.values()):
+            link.close(CloseCode.GOING_AWAY, "server shutting down")
+
+    async def _heartbeat(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            ping = PingMessage(timestamp=time.time()).model_dump_json()
+            for session in list(self.sessions.values()):
+                for connection_id in session.expired(now, self.config.heartbeat_timeout):
+                    logger.info("%r: connection %s timed out", session, connection_id)
+                    link = self.links.get(connection_id)
+                    if link is not None:
+                        link.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                    await self.leave(session, connection_id, DisconnectReason.NETWORK_DISCONNECTED)
+            for link in list(self.links.values()):
+                link.send_text(ping)
+
+    # -- actions -----------------------------------------------------------------------
+
+    def apply(self, session: Session, actions: list[Action]) -> None:
+        """Carry out a :class:`Session`'s actions, in order."""
+        for action in actions:
+            if isinstance(action, Deliver):
+                text = action.message.model_dump_json()
+                targets = session.connections.keys() if action.to is None else action.to
+                for connection_id in targets:
+                    if connection_id != action.exclude:
+                        link = self.links.get(connection_id)
+                        if link is not None:
+                            link.send_text(text)
+            else:
+                link = self.links.get(action.connection_id)
+                if link is not None:
+                    link.close(action.code, action.reason)
+
+    async def leave(self, session: Session, connection_id: str, reason: DisconnectReason) -> None:
+        """Remove a connection from its session (idempotent) and tell the others."""
+        if connection_id not in session.connections:
+            return
+        self.apply(session, session.leave(connection_id, reason))
+        for hook in self.on_connection_left:
+            await hook(session, connection_id)
+        if session.empty and self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
+
+    def live_session(self, session_id: str) -> Session | None:
+        return self.sessions.get(session_id)
+
+    # -- WebSocket endpoint ------------------------------------------------------------
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """Serve one client for the life of its WebSocket."""
+        await websocket.accept()
+        link = ClientLink(websocket, self.config.outbox_size)
+        link.start()
+        try:
+            await self._serve(link)
+        finally:
+            if link.session is not None and link.connection_id is not None:
+                await self.leave(link.session, link.connection_id, DisconnectReason.CLIENT_DISCONNECTED)
+                if self.links.get(link.connection_id) is link:
+                    del self.links[link.connection_id]
+            link.close(CloseCode.NORMAL, "")
+            # Let the writer flush the close, then make sure it is gone.
+            writer = link._writer
+            if writer is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(writer), 1.0)
+            await link.aclose()
+
+    async def _receive(self, link: ClientLink, timeout: float | None) -> ClientMessage | None:
+        """The next valid message; None when the socket closed. Bad messages get an error."""
+        while True:
+            raw = await asyncio.wait_for(link.websocket.receive(), timeout)
+            if raw["type"] == "websocket.disconnect":
+                return None
+            text = raw.get("text")
+            if text is None:
+                data = raw.get("bytes") or b""
+                text = data.decode("utf-8", "replace")
+            if link.session is not None and link.connection_id is not None:
+                link.session.touch(link.connection_id, time.monotonic())
+            if len(text) > MAX_MESSAGE_SIZE:
+                link.send(ErrorMessage(code=ErrorCode.MESSAGE_TOO_LARGE, message="messages are at most 64 KiB"))
+                continue
+            try:
+                return client_message_adapter.validate_json(text)
+            except ValidationError as exc:
+                link.send(_schema_error(text, exc))
+
+    async def _serve(self, link: ClientLink) -> None:
+        try:
+            first = await self._receive(link, self.config.connect_timeout)
+        except TimeoutError:
+            link.close(CloseCode.CONNECT_TIMEOUT, "no connect request")
+            return
+        if first is None:
+            return
+        if not isinstance(first, ConnectRequest):
+            link.send(ErrorMessage(request_id=getattr(first, "request_id", None), code=ErrorCode.NOT_CONNECTED,
+                                   message="the first message must be a connect request"))
+            link.close(CloseCode.PROTOCOL_ERROR, "expected connect")
+            return
+        if not await self._connect(link, first):
+            return
+        while True:
+            message = await self._receive(link, None)
+            if message is None:
+                return
+            await self._handle(link, message)
+
+    async def _connect(self, link: ClientLink, request: ConnectRequest) -> bool:
+        try:
+            claims = await self._verify(request)
+        except TokenError as exc:
+            logger.info("refused a connection to a session: %s", exc.message)
+            link.send(ErrorMessage(request_id=request.request_id, code=ErrorCode.INVALID_REQUEST, message=exc.message))
+            link.close(_TOKEN_CLOSE.get(exc.code, CloseCode.INVALID_TOKEN), exc.message[:120])
+            return False
+        except NotFoundError as exc:
+            link.send(ErrorMessage(request_id=request.request_id, code=ErrorCode.NOT_FOUND, message=exc.message))
+            link.close(CloseCode.SESSION_NOT_FOUND, exc.message[:120])
+            return False
+        session = self.sessions.get(request.session_id)
+        if session is None:
+            session = self.sessions[request.session_id] = Session(request.session_id, claims.api_key)
+        connection_id = new_connection_id()
+        conn, actions = session.join(
+            connection_id, role=claims.role, data=claims.connection_data, created_at=_now_ms(),
+            now=time.monotonic(),
+        )
+        link.session, link.connection_id = session, connection_id
+        self.links[connection_id] = link
+        link.send(
+            ConnectedMessage(
+                request_id=request.request_id,
+                session_id=session.session_id,
+                connection=conn.info(),
+                role=conn.role.value,
+                connections=[c.info() for c in session.connections.values() if c.connection_id != connection_id],
+                streams=[s.info() for s in session.streams.values()],
+                heartbeat_interval=self.config.heartbeat_interval,
+                heartbeat_timeout=self.config.heartbeat_timeout,
+            )
+        )
+        self.apply(session, actions)
+        logger.info("%r: connection %s joined as %s", session, connection_id, conn.role.value)
+        return True
+
+    async def _verify(self, request: ConnectRequest) -> TokenClaims:
+        api_key = token_api_key(request.token)
+        project = None if api_key is None else await self.registry.project(api_key)
+        secret = None if project is None else project.api_secret
+        claims = verify_token(
+            request.token, lambda key: secret if key == api_key else None, session_id=request.session_id
+        )
+        record = await self.registry.session(request.session_id)
+        if record is None:
+            raise NotFoundError("the session does not exist")
+        if record.api_key != claims.api_key:
+            raise TokenError("the session belongs to another project", code="wrong_session")
+        return claims
+
+    async def _handle(self, link: ClientLink, message: ClientMessage) -> None:
+        session, connection_id = link.session, link.connection_id
+        assert session is not None and connection_id is not None
+        if isinstance(message, PongMessage):
+            return
+        try:
+            reply = await self._dispatch(session, connection_id, message)
+        except SalonError as exc:
+            if not isinstance(exc, ClientError):
+                logger.exception("%r: request %s failed", session, message.type)
+            link.send(ErrorMessage(request_id=message.request_id, code=_error_code(exc), message=exc.message))
+            return
+        if reply is not None:
+            link.send(reply)
+
+    async def _dispatch(self, session: Session, cid: str, message: ClientMessage) -> ServerMessage | None:
+        match message:
+            case ConnectRequest():
+                return ErrorMessage(request_id=message.request_id, code=ErrorCode.ALREADY_CONNECTED,
+                                    message="this socket is connected already")
+            case PublishRequest():
+                stream, actions = session.publish(cid, message, created_at=_now_ms())
+                self._reply_then_apply(session, cid, PublishedMessage(request_id=message.request_id,
+                                                                      stream=stream.info()), actions)
+                return None
+            case UnpublishRequest():
+                actions = session.unpublish(cid, message.stream_id)
+            case UpdateStreamRequest():
+                actions = session.update_stream(cid, message)
+            case SubscribeRequest():
+                sub = session.subscribe(cid, message.stream_id)
+                return SubscribedMessage(request_id=message.request_id, subscription_id=sub.subscription_id,
+                                         stream_id=sub.stream_id)
+            case UnsubscribeRequest():
+                session.unsubscribe(cid, message.subscription_id)
+                actions = []
+            case SignalRequest():
+                actions = session.signal(cid, message.signal_type, message.data, message.to)
+            case ForceDisconnectRequest():
+                actions = session.force_disconnect(message.connection_id, by=cid)
+                self._reply_then_apply(session, cid, AckMessage(request_id=message.request_id), actions)
+                await self._after_force_disconnect(session, message.connection_id)
+                return None
+            case ForceUnpublishRequest():
+                actions = session.force_unpublish(message.stream_id, by=cid)
+            case ForceMuteRequest():
+                actions = session.force_mute(message.stream_id, excluded=message.excluded_stream_ids, by=cid)
+            case PongMessage():
+                return None
+        self._reply_then_apply(session, cid, AckMessage(request_id=message.request_id), actions)
+        return None
+
+    def _reply_then_apply(self, session: Session, cid: str, reply: ServerMessage, actions: list[Action]) -> None:
+        link = self.links.get(cid)
+        if link is not None:
+            link.send(reply)
+        self.apply(session, actions)
+
+    async def _after_force_disconnect(self, session: Session, connection_id: str) -> None:
+        link = self.links.pop(connection_id, None)
+        if link is not None:
+            link.session = None  # its reader must not report clientDisconnected
+        for hook in self.on_connection_left:
+            await hook(session, connection_id)
+        if session.empty and self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
+
+    # -- REST API entry points ---------------------------------------------------------
+
+    async def force_disconnect(self, session_id: str, connection_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise NotFoundError(f"no connection {connection_id} in this session")
+        self.apply(session, session.force_disconnect(connection_id))
+        await self._after_force_disconnect(session, connection_id)
+
+
+def _error_code(exc: SalonError) -> ErrorCode:
+    try:
+        return ErrorCode(exc.code)
+    except ValueError:
+        pass
+    if isinstance(exc, ClientError):
+        return {403: ErrorCode.PERMISSION_DENIED, 404: ErrorCode.NOT_FOUND, 409: ErrorCode.CONFLICT}.get(
+            exc.status, ErrorCode.INVALID_REQUEST
+        )
+    return ErrorCode.INTERNAL_ERROR
+
+
+def _schema_error(text: str, exc: ValidationError) -> ErrorMessage:
+    """Turn a validation failure into an error reply, keeping the request ID if there is one."""
+    import json
+
+    request_id: int | str | None = None
+    code = ErrorCode.INVALID_MESSAGE
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return ErrorMessage(code=code, message="the message is not valid JSON")
+    if isinstance(raw, dict):
+        rid = raw.get("request_id")
+        if isinstance(rid, int | str) and not isinstance(rid, bool):
+            request_id = rid
+        if raw.get("type") not in CLIENT_MESSAGE_TYPES:
+            return ErrorMessage(request_id=request_id, code=ErrorCode.UNKNOWN_TYPE,
+                                message=f"unknown message type {str(raw.get('type'))[:64]!r}")
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+    return ErrorMessage(request_id=request_id, code=code, message=f"{where}: {first['msg']}")

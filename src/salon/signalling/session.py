@@ -1,0 +1,369 @@
+"""The signalling state of one session, sans-I/O.
+
+:class:`Session` holds the session's connections, streams and subscriptions. Every change
+goes through one of its methods, which validates the request, updates the state and returns
+the :data:`Action` list the I/O adapter must carry out, in order: messages to deliver and
+sockets to close. It never touches a socket or a clock; the caller passes ``now`` in.
+
+Errors are raised as :class:`~salon.errors.ClientError` subclasses *before* any state
+changes, so a refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from salon.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, PermissionDeniedError
+from salon.ids import new_stream_id
+from salon.signalling.schema import (
+    MAX_SIGNAL_DATA_LENGTH,
+    MAX_SIGNAL_TYPE_LENGTH,
+    CloseCode,
+    ConnectionCreatedEvent,
+    ConnectionDestroyedEvent,
+    ConnectionInfo,
+    DisconnectReason,
+    MuteForcedEvent,
+    PublishRequest,
+    ServerMessage,
+    SessionDisconnectedEvent,
+    SignalEvent,
+    StreamCreatedEvent,
+    StreamDestroyedEvent,
+    StreamInfo,
+    StreamPropertyChangedEvent,
+    StreamReason,
+    UpdateStreamRequest,
+    VideoType,
+)
+from salon.tokens import Role
+
+__all__ = ["Action", "Close", "Connection", "Deliver", "Session", "Stream", "Subscription"]
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Send ``message`` to the connections in ``to`` (all of the session's when None),
+    except ``exclude``."""
+
+    message: ServerMessage
+    to: tuple[str, ...] | None = None
+    exclude: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection's socket with this WebSocket close code."""
+
+    connection_id: str
+    code: CloseCode
+    reason: str
+
+
+Action = Deliver | Close
+
+
+@dataclass(slots=True)
+class Connection:
+    connection_id: str
+    role: Role
+    data: str
+    created_at: int
+    last_seen: float
+
+    def info(self) -> ConnectionInfo:
+        return ConnectionInfo(connection_id=self.connection_id, created_at=self.created_at, data=self.data)
+
+
+@dataclass(slots=True)
+class Stream:
+    stream_id: str
+    connection_id: str
+    created_at: int
+    name: str
+    has_audio: bool
+    has_video: bool
+    video_type: VideoType | None
+    width: int | None = None
+    height: int | None = None
+    frame_rate: float | None = None
+    layout_class_list: list[str] = field(default_factory=list)
+
+    def info(self) -> StreamInfo:
+        return StreamInfo(
+            stream_id=self.stream_id,
+            connection_id=self.connection_id,
+            created_at=self.created_at,
+            name=self.name,
+            has_audio=self.has_audio,
+            has_video=self.has_video,
+            video_type=self.video_type if self.has_video else None,
+            width=self.width,
+            height=self.height,
+            frame_rate=self.frame_rate,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    subscription_id: str
+    connection_id: str
+    stream_id: str
+
+
+def _check_signal(signal_type: str, data: str) -> None:
+    if len(signal_type) > MAX_SIGNAL_TYPE_LENGTH:
+        raise PayloadTooLargeError("a signal type is at most 128 characters", code="signal_too_large")
+    if len(data) > MAX_SIGNAL_DATA_LENGTH:
+        raise PayloadTooLargeError("signal data is at most 8192 characters", code="signal_too_large")
+
+
+class Session:
+    """One session's connections, streams and subscriptions."""
+
+    def __init__(self, session_id: str, api_key: str) -> None:
+        self.session_id = session_id
+        self.api_key = api_key
+        self.connections: dict[str, Connection] = {}
+        self.streams: dict[str, Stream] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        #: Set by "mute all": new streams start muted unless excluded.
+        self.mute_all_active = False
+        self.mute_all_excluded: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return f"Session({self.session_id[:16]}…, {len(self.connections)} connections)"
+
+    @property
+    def empty(self) -> bool:
+        return not self.connections
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def connection(self, connection_id: str) -> Connection:
+        try:
+            return self.connections[connection_id]
+        except KeyError:
+            raise NotFoundError(f"no connection {connection_id} in this session") from None
+
+    def stream(self, stream_id: str) -> Stream:
+        try:
+            return self.streams[stream_id]
+        except KeyError:
+            raise NotFoundError(f"no stream {stream_id} in this session") from None
+
+    def _moderator(self, connection_id: str) -> Connection:
+        conn = self.connection(connection_id)
+        if not conn.role.can_moderate:
+            raise PermissionDeniedError(f"a {conn.role.value} cannot moderate; a moderator token is needed")
+        return conn
+
+    def _own_stream(self, connection_id: str, stream_id: str) -> Stream:
+        stream = self.stream(stream_id)
+        if stream.connection_id != connection_id:
+            raise PermissionDeniedError("the stream belongs to another connection")
+        return stream
+
+    # -- connections -------------------------------------------------------------------
+
+    def join(
+        self, connection_id: str, *, role: Role, data: str, created_at: int, now: float
+    ) -> tuple[Connection, list[Action]]:
+        """Add a connection; returns it and the events for the others."""
+        if connection_id in self.connections:
+            raise InvalidRequestError("the connection exists already", code="already_connected")
+        conn = Connection(connection_id, role, data, created_at, last_seen=now)
+        self.connections[connection_id] = conn
+        return conn, [Deliver(ConnectionCreatedEvent(connection=conn.info()), exclude=connection_id)]
+
+    def leave(self, connection_id: str, reason: DisconnectReason) -> list[Action]:
+        """Remove a connection, its streams and its subscriptions. Idempotent."""
+        if connection_id not in self.connections:
+            return []
+        stream_reason = StreamReason(reason.value)
+        actions: list[Action] = []
+        for stream in [s for s in self.streams.values() if s.connection_id == connection_id]:
+            actions += self._remove_stream(stream, stream_reason, exclude=connection_id)
+        for sub in [s for s in self.subscriptions.values() if s.connection_id == connection_id]:
+            del self.subscriptions[sub.subscription_id]
+        del self.connections[connection_id]
+        actions.append(Deliver(ConnectionDestroyedEvent(connection_id=connection_id, reason=reason)))
+        return actions
+
+    def touch(self, connection_id: str, now: float) -> None:
+        conn = self.connections.get(connection_id)
+        if conn is not None:
+            conn.last_seen = now
+
+    def expired(self, now: float, timeout: float) -> list[str]:
+        """The connections silent for longer than ``timeout``."""
+        return [c.connection_id for c in self.connections.values() if now - c.last_seen > timeout]
+
+    def force_disconnect(self, connection_id: str, *, by: str | None = None) -> list[Action]:
+        """Disconnect ``connection_id``; ``by`` is the moderator, None for the REST API."""
+        if by is not None:
+            self._moderator(by)
+        self.connection(connection_id)
+        reason = DisconnectReason.FORCE_DISCONNECTED
+        actions: list[Action] = [
+            Deliver(SessionDisconnectedEvent(reason=reason), to=(connection_id,)),
+            Close(connection_id, CloseCode.FORCE_DISCONNECTED, "force disconnected"),
+        ]
+        return actions + self.leave(connection_id, reason)
+
+    # -- streams -----------------------------------------------------------------------
+
+    def publish(self, connection_id: str, request: PublishRequest, *, created_at: int) -> tuple[Stream, list[Action]]:
+        conn = self.connection(connection_id)
+        if not conn.role.can_publish:
+            raise PermissionDeniedError("a subscriber token cannot publish")
+        if not (request.has_audio or request.has_video):
+            raise InvalidRequestError("a stream needs audio, video or both")
+        stream_id = new_stream_id()
+        muted = self.mute_all_active and stream_id not in self.mute_all_excluded
+        stream = Stream(
+            stream_id=stream_id,
+            connection_id=connection_id,
+            created_at=created_at,
+            name=request.name,
+            has_audio=request.has_audio and not muted,
+            has_video=request.has_video,
+            video_type=request.video_type,
+            width=request.width,
+            height=request.height,
+            frame_rate=request.frame_rate,
+        )
+        self.streams[stream_id] = stream
+        actions: list[Action] = [Deliver(StreamCreatedEvent(stream=stream.info()), exclude=connection_id)]
+        if muted and request.has_audio:
+            actions.append(Deliver(MuteForcedEvent(stream_id=stream_id), to=(connection_id,)))
+        return stream, actions
+
+    def unpublish(self, connection_id: str, stream_id: str) -> list[Action]:
+        stream = self._own_stream(connection_id, stream_id)
+        return self._remove_stream(stream, StreamReason.UNPUBLISHED)
+
+    def force_unpublish(self, stream_id: str, *, by: str | None = None) -> list[Action]:
+        if by is not None:
+            self._moderator(by)
+        return self._remove_stream(self.stream(stream_id), StreamReason.FORCE_UNPUBLISHED)
+
+    def end_stream(self, stream_id: str, reason: StreamReason) -> list[Action]:
+        """The media plane lost the stream (e.g. its worker died). Idempotent."""
+        stream = self.streams.get(stream_id)
+        return [] if stream is None else self._remove_stream(stream, reason)
+
+    def _remove_stream(self, stream: Stream, reason: StreamReason, *, exclude: str | None = None) -> list[Action]:
+        del self.streams[stream.stream_id]
+        for sub in [s for s in self.subscriptions.values() if s.stream_id == stream.stream_id]:
+            del self.subscriptions[sub.subscription_id]
+        event = StreamDestroyedEvent(stream_id=stream.stream_id, connection_id=stream.connection_id, reason=reason)
+        return [Deliver(event, exclude=exclude)]
+
+    def update_stream(self, connection_id: str, request: UpdateStreamRequest) -> list[Action]:
+        stream = self._own_stream(connection_id, request.stream_id)
+        changes: list[StreamPropertyChangedEvent] = []
+
+        def change(prop: str, old: bool | str | list[int] | None, new: bool | str | list[int] | None) -> None:
+            if old != new:
+                changes.append(
+                    StreamPropertyChangedEvent(
+                        stream_id=stream.stream_id,
+                        property=prop,  # type: ignore[arg-type]
+                        old_value=old,
+                        new_value=new,
+                    )
+                )
+
+        if request.has_audio is not None:
+            change("has_audio", stream.has_audio, request.has_audio)
+            stream.has_audio = request.has_audio
+        if request.has_video is not None:
+            change("has_video", stream.has_video, request.has_video)
+            stream.has_video = request.has_video
+        if request.name is not None:
+            change("name", stream.name, request.name)
+            stream.name = request.name
+        if request.video_type is not None:
+            change("video_type", stream.video_type, request.video_type)
+            stream.video_type = request.video_type
+        if request.width is not None or request.height is not None:
+            old = [stream.width or 0, stream.height or 0]
+            stream.width = request.width or stream.width
+            stream.height = request.height or stream.height
+            change("dimensions", old, [stream.width or 0, stream.height or 0])
+        return [Deliver(event, exclude=connection_id) for event in changes]
+
+    def force_mute(
+        self,
+        stream_id: str | None,
+        *,
+        excluded: Iterable[str] = (),
+        by: str | None = None,
+        active: bool = True,
+    ) -> list[Action]:
+        """Mute one stream's audio, or (``stream_id`` None) every stream's but ``excluded``.
+
+        Muting all also mutes streams published later, until called with ``active=False``.
+        """
+        if by is not None:
+            self._moderator(by)
+        if stream_id is not None:
+            targets = [self.stream(stream_id)]
+        else:
+            self.mute_all_active = active
+            self.mute_all_excluded = frozenset(excluded)
+            if not active:
+                return []
+            targets = [s for s in self.streams.values() if s.stream_id not in self.mute_all_excluded]
+        actions: list[Action] = []
+        for stream in targets:
+            actions.append(Deliver(MuteForcedEvent(stream_id=stream.stream_id), to=(stream.connection_id,)))
+            if stream.has_audio:
+                stream.has_audio = False
+                event = StreamPropertyChangedEvent(
+                    stream_id=stream.stream_id, property="has_audio", old_value=True, new_value=False
+                )
+                actions.append(Deliver(event, exclude=stream.connection_id))
+        return actions
+
+    def set_layout_class_lists(self, items: dict[str, list[str]]) -> list[Stream]:
+        """Set the layout classes of streams (REST). All are checked before any is set."""
+        streams = [self.stream(stream_id) for stream_id in items]
+        for stream in streams:
+            stream.layout_class_list = list(items[stream.stream_id])
+        return streams
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def subscribe(self, connection_id: str, stream_id: str) -> Subscription:
+        conn = self.connection(connection_id)
+        if not conn.role.can_subscribe:
+            raise PermissionDeniedError("a publisheronly token cannot subscribe")
+        stream = self.stream(stream_id)
+        if stream.connection_id == connection_id:
+            raise InvalidRequestError("a connection cannot subscribe to its own stream")
+        sub = Subscription(str(uuid.uuid4()), connection_id, stream_id)
+        self.subscriptions[sub.subscription_id] = sub
+        return sub
+
+    def unsubscribe(self, connection_id: str, subscription_id: str) -> Subscription:
+        sub = self.subscriptions.get(subscription_id)
+        if sub is None or sub.connection_id != connection_id:
+            raise NotFoundError(f"no subscription {subscription_id} of this connection")
+        del self.subscriptions[subscription_id]
+        return sub
+
+    # -- signals -----------------------------------------------------------------------
+
+    def signal(self, from_connection_id: str | None, signal_type: str, data: str, to: str | None) -> list[Action]:
+        """A signal from a connection, or from the server (``from_connection_id`` None)."""
+        _check_signal(signal_type, data)
+        if from_connection_id is not None:
+            self.connection(from_connection_id)
+        if to is not None:
+            self.connection(to)
+        event = SignalEvent(signal_type=signal_type, data=data, from_connection_id=from_connection_id)
+        return [Deliver(event, to=None if to is None else (to,))]

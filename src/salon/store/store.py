@@ -1,0 +1,176 @@
+"""SQLAlchemy-backed store of projects and sessions."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import secrets
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from salon.errors import ConflictError, InvalidRequestError, ServerError
+
+__all__ = ["Project", "SessionRecord", "Store", "database_url_for"]
+
+metadata = sa.MetaData()
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("api_key", sa.String(64), primary_key=True),
+    sa.Column("api_secret", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False, default=""),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("session_id", sa.String(255), primary_key=True),
+    sa.Column("api_key", sa.String(64), sa.ForeignKey("projects.api_key"), nullable=False, index=True),
+    sa.Column("media_mode", sa.String(16), nullable=False),
+    sa.Column("archive_mode", sa.String(16), nullable=False),
+    sa.Column("location", sa.String(64), nullable=False, default=""),
+    sa.Column("e2ee", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A project: an API key and the secret that signs its tokens and REST calls."""
+
+    api_key: str
+    api_secret: str
+    name: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A session as created through ``POST /session/create``."""
+
+    session_id: str
+    api_key: str
+    media_mode: str
+    archive_mode: str
+    location: str
+    e2ee: bool
+    created_at: int
+
+
+def database_url_for(data_dir: pathlib.Path) -> str:
+    """The embedded default: a SQLite file in the data directory."""
+    return f"sqlite+aiosqlite:///{data_dir / 'salon.sqlite3'}"
+
+
+def _async_url(url: str) -> str:
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    return url
+
+
+def _now_ms() -> int:
+    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
+
+
+class Store:
+    """Projects and sessions, persisted in a SQL database.
+
+    Errors of the database driver are translated into :class:`~salon.errors.ServerError`;
+    a duplicate key is a :class:`~salon.errors.ConflictError`.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = _async_url(url)
+        self._engine: AsyncEngine = create_async_engine(self.url)
+
+    async def open(self) -> None:
+        """Create the tables if they do not exist."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot open the database: {exc.__class__.__name__}") from exc
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def create_project(
+        self, name: str = "", *, api_key: str | None = None, api_secret: str | None = None
+    ) -> Project:
+        if api_key is None:
+            api_key = str(secrets.randbelow(90_000_000) + 10_000_000)
+        if api_secret is None:
+            api_secret = secrets.token_hex(20)
+        if not api_key or "~" in api_key or "/" in api_key or len(api_key) > 64:
+            raise InvalidRequestError("an API key must be 1 to 64 characters, without '~' or '/'")
+        if len(api_secret) < 16:
+            raise InvalidRequestError("an API secret must be at least 16 characters")
+        project = Project(api_key=api_key, api_secret=api_secret, name=name, created_at=_now_ms())
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(sa.insert(projects).values(**_as_dict(project)))
+        except IntegrityError as exc:
+            raise ConflictError(f"a project with API key {api_key} exists already") from exc
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot store the project: {exc.__class__.__name__}") from exc
+        return project
+
+    async def get_project(self, api_key: str) -> Project | None:
+        rows = await self._select(sa.select(projects).where(projects.c.api_key == api_key))
+        return Project(**rows[0]) if rows else None
+
+    async def list_projects(self) -> list[Project]:
+        rows = await self._select(sa.select(projects).order_by(projects.c.created_at))
+        return [Project(**row) for row in rows]
+
+    async def create_session(
+        self, api_key: str, session_id: str, *, media_mode: str, archive_mode: str, location: str, e2ee: bool
+    ) -> SessionRecord:
+        record = SessionRecord(
+            session_id=session_id,
+            api_key=api_key,
+            media_mode=media_mode,
+            archive_mode=archive_mode,
+            location=location,
+            e2ee=e2ee,
+            created_at=_now_ms(),
+        )
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(sa.insert(sessions).values(**_as_dict(record)))
+        except IntegrityError as exc:
+            raise ConflictError("the session exists already") from exc
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot store the session: {exc.__class__.__name__}") from exc
+        return record
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = await self._select(sa.select(sessions).where(sessions.c.session_id == session_id))
+        return SessionRecord(**rows[0]) if rows else None
+
+    async def count_sessions(self, api_key: str) -> int:
+        query = sa.select(sa.func.count()).select_from(sessions).where(sessions.c.api_key == api_key)
+        try:
+            async with self._engine.connect() as conn:
+                return int((await conn.execute(query)).scalar_one())
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+
+    async def _select(self, query: sa.Select[tuple[object, ...]]) -> list[dict[str, object]]:
+        try:
+            async with self._engine.connect() as conn:
+                result = await conn.execute(query)
+                return [dict(row._mapping) for row in result]
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+
+
+def _as_dict(value: Project | SessionRecord) -> dict[str, object]:
+    return {name: getattr(value, name) for name in value.__slots__}

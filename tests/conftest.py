@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import opentok
+import pytest
+
+from salon.server.config import ServerConfig
+from salon.server.run import ServerThread
+from salon.signalling.service import SignallingConfig
+
+API_KEY = "47000001"
+API_SECRET = "3f1c0e6a9b5d4c2e8f7a6b5c4d3e2f1a0b9c8d7e"
+
+
+@dataclass
+class RunningServer:
+    url: str
+    api_key: str
+    api_secret: str
+    thread: ServerThread
+
+    @property
+    def sdk(self) -> opentok.Client:
+        return opentok.Client(self.api_key, self.api_secret, api_url=self.url)
+
+    def session(self) -> str:
+        return str(self.sdk.create_session(media_mode=opentok.MediaModes.routed).session_id)
+
+    def token(self, session_id: str, role: str = "publisher", **kwargs: object) -> str:
+        return str(self.sdk.generate_token(session_id, role=opentok.Roles(role), **kwargs))
+
+
+def start_server(data_dir: pathlib.Path, **signalling: float) -> ServerThread:
+    config = ServerConfig(
+        port=0,
+        data_dir=data_dir,
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        signalling=SignallingConfig(**signalling),  # type: ignore[arg-type]
+    )
+    return ServerThread(config)
+
+
+@pytest.fixture
+def server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
+    with start_server(tmp_path, heartbeat_interval=0.5, heartbeat_timeout=2.0) as thread:
+        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)

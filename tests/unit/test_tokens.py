@@ -1,0 +1,186 @@
+"""Tokens and session IDs, checked against what the official ``opentok`` SDK produces."""
+
+from __future__ import annotations
+
+import base64
+from unittest import mock
+
+import opentok
+import pytest
+
+from salon.errors import InvalidRequestError, TokenError
+from salon.ids import decode_session_id, encode_session_id
+from salon.tokens import Role, generate_token, verify_token
+
+KEY = "12345678"
+SECRET = "0123456789abcdef0123456789abcdef01234567"
+SID = "1_MX4xMjM0NTY3OH5-MTcwMDAwMDAwMDAwMH5UMnRaYjNWU1lXNWtiMjFDYVhSen5-"
+NOW = 1700000000
+
+# Worked examples from the REST reference, produced by opentok 3.15.0.
+REFERENCE_T1 = (
+    "T1==cGFydG5lcl9pZD0xMjM0NTY3OCZzaWc9OGE1NjRhNTMzY2Q1NTE4MDY0YmRhOTQ2YWVhNDQ3NGEzNDE2MTVmZDpzZXNzaW9uX2lkPT"
+    "FfTVg0eE1qTTBOVFkzT0g1LU1UY3dNREF3TURBd01EQXdNSDVVTW5SYVlqTldVMWxYTld0aU1qRkRZVmhTZW41LSZjcmVhdGVfdGltZT0x"
+    "NzAwMDAwMDAwJmV4cGlyZV90aW1lPTE3MDAwMDM2MDAmcm9sZT1tb2RlcmF0b3Imbm9uY2U9NDI0MjQyJmluaXRpYWxfbGF5b3V0X2NsYX"
+    "NzX2xpc3Q9Zm9jdXMrZnVsbCZjb25uZWN0aW9uX2RhdGE9bmFtZSUzREFsaWNl"
+)
+REFERENCE_JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzZXNzaW9uX2lkIjoiMV9NWDR4TWpNME5UWTNPSDUtTVRjd01EQXdNREF3TURBd01INVVN"
+    "blJhWWpOV1UxbFhOV3RpTWpGRFlWaFNlbjUtIiwicm9sZSI6Im1vZGVyYXRvciIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzAwMDAzNjAw"
+    "LCJzY29wZSI6InNlc3Npb24uY29ubmVjdCIsImluaXRpYWxfbGF5b3V0X2NsYXNzX2xpc3QiOiJmb2N1cyBmdWxsIiwiY29ubmVjdGlvbl9k"
+    "YXRhIjoibmFtZT1BbGljZSIsImlzcyI6IjEyMzQ1Njc4IiwiaXN0IjoicHJvamVjdCIsIm5vbmNlIjo0MjQyNDJ9.X1ap9jA8haL7-bqaBUU_"
+    "0Vb5r-FayUIimTI0H_Uqm-k"
+)
+
+
+def secrets(key: str) -> str | None:
+    return SECRET if key == KEY else None
+
+
+def sdk_token(**kwargs: object) -> str:
+    client = opentok.Client(KEY, SECRET)
+    with (
+        mock.patch("opentok.opentok.time.time", return_value=NOW),
+        mock.patch("opentok.opentok.random.randint", return_value=424242),
+    ):
+        return str(client.generate_token(SID, **kwargs))
+
+
+@pytest.mark.parametrize("use_jwt", [True, False])
+@pytest.mark.parametrize("role", ["subscriber", "publisher", "publisheronly", "moderator"])
+def test_generated_tokens_equal_the_sdk_byte_for_byte(use_jwt: bool, role: str) -> None:
+    ours = generate_token(
+        KEY, SECRET, SID, role=role, expire_time=NOW + 3600, data="name=Alice",
+        initial_layout_class_list=["focus", "full"], use_jwt=use_jwt, now=NOW, nonce=424242,
+    )
+    theirs = sdk_token(
+        role=opentok.Roles(role), expire_time=NOW + 3600, data="name=Alice",
+        initial_layout_class_list=["focus", "full"], use_jwt=use_jwt,
+    )
+    assert ours == theirs
+
+
+def test_reference_worked_examples_are_reproduced() -> None:
+    kwargs = dict(role="moderator", expire_time=NOW + 3600, data="name=Alice",
+                  initial_layout_class_list=["focus", "full"], now=NOW, nonce=424242)
+    assert generate_token(KEY, SECRET, SID, use_jwt=False, **kwargs) == REFERENCE_T1  # type: ignore[arg-type]
+    assert generate_token(KEY, SECRET, SID, use_jwt=True, **kwargs) == REFERENCE_JWT  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("token", [REFERENCE_T1, REFERENCE_JWT])
+def test_sdk_tokens_verify_with_their_claims(token: str) -> None:
+    claims = verify_token(token, secrets, session_id=SID, now=NOW + 1)
+    assert claims.api_key == KEY
+    assert claims.session_id == SID
+    assert claims.role is Role.MODERATOR
+    assert claims.expire_time == NOW + 3600
+    assert claims.connection_data == "name=Alice"
+    assert claims.initial_layout_class_list == ("focus", "full")
+
+
+@pytest.mark.parametrize("use_jwt", [True, False])
+def test_default_sdk_token_is_a_publisher_for_24_hours(use_jwt: bool) -> None:
+    claims = verify_token(sdk_token(use_jwt=use_jwt), secrets, now=NOW)
+    assert claims.role is Role.PUBLISHER
+    assert claims.expire_time == NOW + 86400
+    assert claims.connection_data == ""
+
+
+@pytest.mark.parametrize("token", [REFERENCE_T1, REFERENCE_JWT])
+def test_expired_token_is_refused(token: str) -> None:
+    with pytest.raises(TokenError) as info:
+        verify_token(token, secrets, now=NOW + 3601)
+    assert info.value.code == "token_expired"
+
+
+@pytest.mark.parametrize("token", [REFERENCE_T1, REFERENCE_JWT])
+def test_token_signed_with_another_secret_is_refused(token: str) -> None:
+    with pytest.raises(TokenError) as info:
+        verify_token(token, lambda key: "another-secret-that-is-long-enough-for-hs256", now=NOW)
+    assert info.value.code == "invalid_signature"
+
+
+@pytest.mark.parametrize("token", [REFERENCE_T1, REFERENCE_JWT])
+def test_token_of_unknown_project_is_refused(token: str) -> None:
+    with pytest.raises(TokenError) as info:
+        verify_token(token, lambda key: None, now=NOW)
+    assert info.value.code == "unknown_project"
+
+
+@pytest.mark.parametrize("token", [REFERENCE_T1, REFERENCE_JWT])
+def test_token_for_another_session_is_refused(token: str) -> None:
+    other = encode_session_id(KEY)
+    with pytest.raises(TokenError) as info:
+        verify_token(token, secrets, session_id=other, now=NOW)
+    assert info.value.code == "wrong_session"
+
+
+def test_tampered_t1_token_is_refused() -> None:
+    inner = base64.b64decode(REFERENCE_T1[4:]).decode().replace("role=moderator", "role=publisher")
+    tampered = "T1==" + base64.b64encode(inner.encode()).decode()
+    with pytest.raises(TokenError) as info:
+        verify_token(tampered, secrets, now=NOW)
+    assert info.value.code == "invalid_signature"
+
+
+def test_tampered_jwt_payload_is_refused() -> None:
+    header, payload, sig = REFERENCE_JWT.split(".")
+    other = generate_token(KEY, SECRET, SID, role="subscriber", now=NOW, expire_time=NOW + 3600).split(".")[1]
+    with pytest.raises(TokenError):
+        verify_token(f"{header}.{other}.{sig}", secrets, now=NOW)
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "T1==%%%", "a.b.c", "T1==" + base64.b64encode(b"x").decode()])
+def test_malformed_tokens_are_refused(token: str) -> None:
+    with pytest.raises(TokenError):
+        verify_token(token, secrets, now=NOW)
+
+
+def test_token_whose_session_belongs_to_another_project_is_refused() -> None:
+    foreign_sid = encode_session_id("99999999")
+    token = generate_token(KEY, SECRET, SID, now=NOW)
+    # Forge a JWT for a foreign session, correctly signed by KEY's secret.
+    import jwt
+
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
+    claims["session_id"] = foreign_sid
+    forged = jwt.encode(claims, SECRET, algorithm="HS256")
+    with pytest.raises(TokenError) as info:
+        verify_token(forged, secrets, now=NOW)
+    assert info.value.code == "wrong_session"
+
+
+def test_generate_token_validates_like_the_sdk() -> None:
+    with pytest.raises(InvalidRequestError):
+        generate_token(KEY, SECRET, SID, role="admin", now=NOW)
+    with pytest.raises(InvalidRequestError):
+        generate_token(KEY, SECRET, SID, expire_time=NOW - 1, now=NOW)
+    with pytest.raises(InvalidRequestError):
+        generate_token(KEY, SECRET, SID, expire_time=NOW + 31 * 86400, now=NOW)
+    with pytest.raises(InvalidRequestError):
+        generate_token(KEY, SECRET, SID, data="x" * 1001, now=NOW)
+    with pytest.raises(InvalidRequestError):
+        generate_token("87654321", SECRET, SID, now=NOW)
+
+
+def test_session_id_round_trips_and_the_sdk_accepts_it() -> None:
+    sid = encode_session_id(KEY, "12.34.56.78", created_ms=1700000000000, nonce="abc")
+    decoded = decode_session_id(sid)
+    assert (decoded.api_key, decoded.location, decoded.created_ms, decoded.nonce) == (
+        KEY, "12.34.56.78", 1700000000000, "abc",
+    )
+    assert "=" not in sid and sid.startswith("1_")
+    # The SDK decodes the ID to check it belongs to the key; this raises if it does not.
+    opentok.Client(KEY, SECRET).generate_token(sid)
+
+
+def test_reference_session_id_decodes() -> None:
+    decoded = decode_session_id(SID)
+    assert decoded.api_key == KEY
+    assert decoded.created_ms == 1700000000000
+
+
+@pytest.mark.parametrize("bad", ["", "1_", "1_!!!!", "1_" + base64.urlsafe_b64encode(b"no tildes").decode(), "x" * 300])
+def test_invalid_session_ids_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        decode_session_id(bad)
