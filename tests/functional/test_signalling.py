@@ -1,0 +1,304 @@
+"""The signalling protocol with several real WebSocket clients against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import jwt
+import pytest
+
+from salon.ids import encode_session_id
+from salon.tokens import generate_token
+from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.wsclient import WsClient
+
+
+async def test_connect_returns_the_session_as_it_is(server: RunningServer) -> None:
+    sid = server.session()
+    a = await WsClient.join(server.url, sid, server.token(sid, data="alice"))
+    stream = (await a.request({"type": "publish", "name": "a-cam", "width": 640, "height": 480}))["stream"]
+    b = await WsClient.join(server.url, sid, server.token(sid, "subscriber", data="bob"))
+    assert b.connected is not None
+    assert b.connected["session_id"] == sid
+    assert b.connected["connection"]["data"] == "bob"
+    assert [c["data"] for c in b.connected["connections"]] == ["alice"]
+    assert b.connected["streams"] == [stream]
+    assert stream["width"] == 640 and stream["video_type"] == "camera"
+    await a.close()
+    await b.close()
+
+
+async def test_events_arrive_in_order_at_every_other_connection(server: RunningServer) -> None:
+    sid = server.session()
+    watchers = [await WsClient.join(server.url, sid, server.token(sid)) for _ in range(3)]
+    actor = await WsClient.join(server.url, sid, server.token(sid))
+    stream_id = (await actor.request({"type": "publish", "name": "x"}))["stream"]["stream_id"]
+    await actor.request({"type": "update_stream", "stream_id": stream_id, "has_video": False})
+    await actor.request({"type": "update_stream", "stream_id": stream_id, "has_video": True, "video_type": "screen",
+                         "width": 1280, "height": 720, "name": "y"})
+    await actor.request({"type": "unpublish", "stream_id": stream_id})
+    await actor.close()
+    for watcher in watchers:
+        seen = []
+        while len(seen) < 9:
+            message = await watcher.next()
+            if message["type"] != "connection_created" or message["connection"]["connection_id"] == \
+                    actor.connection_id:
+                seen.append(message)
+        types = [m["type"] for m in seen]
+        assert types == [
+            "connection_created", "stream_created",
+            "stream_property_changed",
+            "stream_property_changed", "stream_property_changed", "stream_property_changed",
+            "stream_property_changed",
+            "stream_destroyed", "connection_destroyed",
+        ], seen
+        props = [(m["property"], m["new_value"]) for m in seen[2:7]]
+        assert props == [("has_video", False), ("has_video", True), ("name", "y"), ("video_type", "screen"),
+                         ("dimensions", [1280, 720])]
+        assert seen[7]["reason"] == "unpublished"
+        assert seen[8]["reason"] == "clientDisconnected"
+    for watcher in watchers:
+        await watcher.close()
+
+
+async def test_the_publisher_does_not_hear_its_own_events(server: RunningServer) -> None:
+    sid = server.session()
+    a = await WsClient.join(server.url, sid, server.token(sid))
+    await a.request({"type": "publish"})
+    assert await a.quiet() == []
+    await a.close()
+
+
+async def test_signals_to_the_session_and_to_one_connection(server: RunningServer) -> None:
+    sid = server.session()
+    a, b, c = [await WsClient.join(server.url, sid, server.token(sid)) for _ in range(3)]
+    assert (await a.request({"type": "signal", "signal_type": "chat", "data": "hello"}))["type"] == "ack"
+    for client in (a, b, c):
+        event = await client.next("signal")
+        assert (event["signal_type"], event["data"], event["from_connection_id"]) == ("chat", "hello", a.connection_id)
+    await a.request({"type": "signal", "signal_type": "dm", "data": "psst", "to": c.connection_id})
+    event = await c.next("signal")
+    assert (event["data"], event["from_connection_id"]) == ("psst", a.connection_id)
+    assert [m for m in await b.quiet() + await a.quiet() if m["type"] == "signal"] == []
+    reply = await a.request({"type": "signal", "signal_type": "dm", "data": "x", "to": "nobody"})
+    assert (reply["type"], reply["code"]) == ("error", "not_found")
+    for client in (a, b, c):
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("role", "request_body", "code"),
+    [
+        ("subscriber", {"type": "publish"}, "permission_denied"),
+        ("publisheronly", {"type": "subscribe", "stream_id": "$STREAM"}, "permission_denied"),
+        ("publisher", {"type": "force_disconnect", "connection_id": "$OWNER"}, "permission_denied"),
+        ("publisher", {"type": "force_unpublish", "stream_id": "$STREAM"}, "permission_denied"),
+        ("publisher", {"type": "force_mute", "stream_id": "$STREAM"}, "permission_denied"),
+        ("subscriber", {"type": "unpublish", "stream_id": "$STREAM"}, "permission_denied"),
+        ("publisher", {"type": "update_stream", "stream_id": "$STREAM", "has_audio": False}, "permission_denied"),
+    ],
+)
+async def test_roles_are_enforced_and_the_connection_stays_healthy(
+    server: RunningServer, role: str, request_body: dict[str, str], code: str
+) -> None:
+    sid = server.session()
+    owner = await WsClient.join(server.url, sid, server.token(sid))
+    stream_id = (await owner.request({"type": "publish"}))["stream"]["stream_id"]
+    client = await WsClient.join(server.url, sid, server.token(sid, role))
+    body = json.loads(json.dumps(request_body).replace("$STREAM", stream_id).replace("$OWNER",
+                                                                                        str(owner.connection_id)))
+    reply = await client.request(body)
+    assert (reply["type"], reply["code"]) == ("error", code), reply
+    assert reply["message"]
+    # Nothing changed, and the refused connection still works.
+    assert (await client.request({"type": "signal", "signal_type": "still", "data": "here"}))["type"] == "ack"
+    assert (await owner.next("signal"))["data"] == "here"
+    assert [m for m in await owner.quiet() if m["type"] in ("stream_destroyed", "mute_forced",
+                                                              "connection_destroyed")] == []
+    await client.close()
+    await owner.close()
+
+
+async def test_subscriber_can_subscribe_and_publisheronly_can_publish(server: RunningServer) -> None:
+    sid = server.session()
+    pub = await WsClient.join(server.url, sid, server.token(sid, "publisheronly"))
+    stream_id = (await pub.request({"type": "publish"}))["stream"]["stream_id"]
+    sub = await WsClient.join(server.url, sid, server.token(sid, "subscriber"))
+    reply = await sub.request({"type": "subscribe", "stream_id": stream_id})
+    assert reply["type"] == "subscribed" and reply["stream_id"] == stream_id
+    unsub = await sub.request({"type": "unsubscribe", "subscription_id": reply["subscription_id"]})
+    assert unsub["type"] == "ack"
+    again = await sub.request({"type": "unsubscribe", "subscription_id": reply["subscription_id"]})
+    assert again["code"] == "not_found"
+    await pub.close()
+    await sub.close()
+
+
+async def test_moderator_forces_unpublish_mute_and_disconnect(server: RunningServer) -> None:
+    sid = server.session()
+    mod = await WsClient.join(server.url, sid, server.token(sid, "moderator"))
+    user = await WsClient.join(server.url, sid, server.token(sid))
+    watcher = await WsClient.join(server.url, sid, server.token(sid, "subscriber"))
+    s1 = (await user.request({"type": "publish"}))["stream"]["stream_id"]
+    s2 = (await user.request({"type": "publish", "video_type": "screen"}))["stream"]["stream_id"]
+
+    assert (await mod.request({"type": "force_mute", "stream_id": s1}))["type"] == "ack"
+    assert (await user.next("mute_forced"))["stream_id"] == s1
+    assert (await watcher.next("stream_property_changed"))["property"] == "has_audio"
+
+    assert (await mod.request({"type": "force_unpublish", "stream_id": s1}))["type"] == "ack"
+    destroyed = await user.next("stream_destroyed")
+    assert (destroyed["stream_id"], destroyed["reason"]) == (s1, "forceUnpublished")
+    assert (await watcher.next("stream_destroyed"))["reason"] == "forceUnpublished"
+
+    assert (await mod.request({"type": "force_disconnect", "connection_id": user.connection_id}))["type"] == "ack"
+    assert (await user.closed())[0] == 4009
+    ended = await watcher.next("stream_destroyed")
+    assert (ended["stream_id"], ended["reason"]) == (s2, "forceDisconnected")
+    gone = await watcher.next("connection_destroyed")
+    assert (gone["connection_id"], gone["reason"]) == (user.connection_id, "forceDisconnected")
+    # The session goes on for everyone else.
+    await mod.request({"type": "signal", "signal_type": "after", "data": "ok"})
+    assert (await watcher.next("signal"))["data"] == "ok"
+    await mod.close()
+    await watcher.close()
+
+
+async def test_a_client_that_vanishes_is_destroyed_as_network_disconnected(server: RunningServer) -> None:
+    # The fixture's server drops connections silent for 2 s (heartbeat every 0.5 s).
+    sid = server.session()
+    watcher = await WsClient.join(server.url, sid, server.token(sid))
+    ghost = await WsClient.join(server.url, sid, server.token(sid), answer_pings=False)
+    await ghost.request({"type": "publish"})
+    started = time.monotonic()
+    ghost._reader.cancel()  # stop reading and answering: the socket stays open but silent
+    ended = await watcher.next("stream_destroyed", timeout=10)
+    gone = await watcher.next("connection_destroyed", timeout=10)
+    elapsed = time.monotonic() - started
+    assert ended["reason"] == "networkDisconnected"
+    assert (gone["connection_id"], gone["reason"]) == (ghost.connection_id, "networkDisconnected")
+    assert 1.5 < elapsed < 10
+    await watcher.close()
+    await ghost.ws.close()
+
+
+async def test_clean_close_is_client_disconnected(server: RunningServer) -> None:
+    sid = server.session()
+    a = await WsClient.join(server.url, sid, server.token(sid))
+    b = await WsClient.join(server.url, sid, server.token(sid))
+    await b.close()
+    gone = await a.next("connection_destroyed")
+    assert (gone["connection_id"], gone["reason"]) == (b.connection_id, "clientDisconnected")
+    await a.close()
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{not json", "invalid_message"),
+        ('"a string"', "invalid_message"),
+        ('{"type": "teleport", "request_id": 7}', "unknown_type"),
+        ('{"request_id": 7}', "unknown_type"),
+        ('{"type": "signal"}', "invalid_message"),
+        ('{"type": "publish", "request_id": 7, "has_audio": "loud"}', "invalid_message"),
+        ('{"type": "subscribe", "request_id": 7}', "invalid_message"),
+        ('{"type": "signal", "request_id": 7, "signal_type": "t", "bogus": 1}', "invalid_message"),
+        ('{"type": "publish", "request_id": 7, "width": -4}', "invalid_message"),
+        ('{"type": "connect", "request_id": 7, "session_id": "s", "token": "t"}', "already_connected"),
+        ('{"type": "signal", "request_id": 7, "signal_type": "' + "t" * 129 + '"}', "signal_too_large"),
+        ('{"type": "signal", "request_id": 7, "signal_type": "t", "data": "' + "d" * 8193 + '"}', "signal_too_large"),
+        ('{"type": "signal", "request_id": 7, "data": "' + "d" * 70000 + '"}', "message_too_large"),
+        ('{"type": "unpublish", "request_id": 7, "stream_id": "nope"}', "not_found"),
+        ('{"type": "force_disconnect", "request_id": 7, "connection_id": "nope"}', "permission_denied"),
+    ],
+)
+async def test_bad_messages_get_an_error_and_change_nothing(server: RunningServer, raw: str, code: str) -> None:
+    sid = server.session()
+    other = await WsClient.join(server.url, sid, server.token(sid))
+    client = await WsClient.join(server.url, sid, server.token(sid))
+    assert (await other.next("connection_created"))["connection"]["connection_id"] == client.connection_id
+    await client.send(raw)
+    error = await client.next("error")
+    assert error["code"] == code and error["message"]
+    if '"request_id": 7' in raw and code not in ("message_too_large",):
+        assert error["request_id"] == 7
+    # Both connections still work; no one saw anything but the signal.
+    await client.request({"type": "signal", "signal_type": "ok", "data": "after"})
+    assert (await other.next("signal"))["data"] == "after"
+    assert await other.quiet() == []
+    await client.close()
+    await other.close()
+
+
+async def test_a_request_before_connect_is_refused_and_closed(server: RunningServer) -> None:
+    client = await WsClient.open(server.url)
+    await client.send({"type": "publish", "request_id": 1})
+    error = await client.next("error")
+    assert error["code"] == "not_connected"
+    assert (await client.closed())[0] == 4000
+
+
+def _tampered(token: str) -> str:
+    header, payload, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["role"] = "moderator"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{sig}"
+
+
+async def test_bad_tokens_close_the_socket_with_a_documented_code(server: RunningServer) -> None:
+    sid = server.session()
+    other_sid = server.session()
+    watcher = await WsClient.join(server.url, sid, server.token(sid))
+    now = int(time.time())
+    foreign_project_sid = encode_session_id("88888888")
+    expired = jwt.encode(
+        {"session_id": sid, "role": "publisher", "iat": now - 100, "exp": now - 10, "scope": "session.connect",
+         "iss": API_KEY, "ist": "project", "nonce": 1}, API_SECRET, algorithm="HS256")
+    cases = [
+        ("garbage", sid, 4001),
+        (expired, sid, 4002),
+        (_tampered(server.token(sid)), sid, 4001),
+        (server.token(sid)[:-4] + "AAAA", sid, 4001),
+        (server.token(other_sid), sid, 4003),
+        (generate_token("88888888", "9" * 40, foreign_project_sid), foreign_project_sid, 4001),
+        (generate_token(API_KEY, "8" * 40, sid), sid, 4001),
+        (generate_token(API_KEY, API_SECRET, encode_session_id(API_KEY)), None, 4004),
+    ]
+    for token, session_id, close_code in cases:
+        client = await WsClient.open(server.url)
+        target = session_id if session_id is not None else jwt.decode(token, options={"verify_signature": False})[
+            "session_id"]
+        await client.send({"type": "connect", "request_id": 1, "session_id": target, "token": token})
+        error = await client.next("error")
+        assert error["request_id"] == 1 and error["message"]
+        code, reason = await client.closed()
+        assert code == close_code, (token[:20], code, reason)
+        assert reason
+    assert await watcher.quiet() == []
+    await watcher.request({"type": "signal", "signal_type": "t", "data": "still serving"})
+    assert (await watcher.next("signal"))["data"] == "still serving"
+    await watcher.close()
+
+
+async def test_many_bad_clients_do_not_disturb_a_good_one(server: RunningServer) -> None:
+    sid = server.session()
+    good = await WsClient.join(server.url, sid, server.token(sid))
+
+    async def misbehave(i: int) -> None:
+        client = await WsClient.open(server.url)
+        await client.send(["{", "[]", "null", '{"type":"x"}'][i % 4])
+        await client.send({"type": "connect", "request_id": 1, "session_id": sid, "token": "x" * 20})
+        await client.closed()
+
+    await asyncio.gather(*(misbehave(i) for i in range(20)))
+    await good.request({"type": "signal", "signal_type": "t", "data": "fine"})
+    assert (await good.next("signal"))["data"] == "fine"
+    await good.close()
