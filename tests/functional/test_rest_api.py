@@ -9,10 +9,10 @@ import jwt
 import opentok
 import pytest
 from opentok.exceptions import AuthError, ForceDisconnectError, OpenTokException, RequestError
-
-from salon.ids import decode_session_id
 from tests.conftest import API_KEY, API_SECRET, RunningServer
 from tests.wsclient import WsClient
+
+from salon.ids import decode_session_id
 
 
 def auth_header(key: str = API_KEY, secret: str = API_SECRET, **claims: object) -> dict[str, str]:
@@ -25,8 +25,12 @@ def auth_header(key: str = API_KEY, secret: str = API_SECRET, **claims: object) 
 def test_sdk_creates_sessions_that_decode_to_the_api_key(server: RunningServer) -> None:
     for kwargs in [
         {},
-        {"media_mode": opentok.MediaModes.routed, "archive_mode": opentok.ArchiveModes.always,
-         "location": "12.34.56.78", "e2ee": True},
+        {
+            "media_mode": opentok.MediaModes.routed,
+            "archive_mode": opentok.ArchiveModes.always,
+            "location": "12.34.56.78",
+            "e2ee": True,
+        },
     ]:
         session = server.sdk.create_session(**kwargs)  # type: ignore[arg-type]
         decoded = decode_session_id(session.session_id)
@@ -56,7 +60,9 @@ def test_session_create_parses_form_sent_as_json_content_type(server: RunningSer
     assert r.json()[0]["media_mode"] == "relayed" and r.json()[0]["e2ee"] is True
 
 
-@pytest.mark.parametrize("body", ["location=not-an-ip", "archiveMode=sometimes", "e2ee=maybe", "p2p.preference=x"])
+@pytest.mark.parametrize(
+    "body", ["location=not-an-ip", "archiveMode=sometimes", "e2ee=maybe", "p2p.preference=x"]
+)
 def test_session_create_refuses_bad_options(server: RunningServer, body: str) -> None:
     headers = {**auth_header(), "Content-Type": "application/x-www-form-urlencoded"}
     r = httpx.post(server.url + "/session/create", content=body, headers=headers)
@@ -67,7 +73,9 @@ def test_sdk_tokens_of_both_formats_connect(server: RunningServer) -> None:
     async def run() -> None:
         sid = server.session()
         for use_jwt in (True, False):
-            token = server.sdk.generate_token(sid, role=opentok.Roles.moderator, data="name=Ann", use_jwt=use_jwt)
+            token = server.sdk.generate_token(
+                sid, role=opentok.Roles.moderator, data="name=Ann", use_jwt=use_jwt
+            )
             client = await WsClient.join(server.url, sid, token)
             assert client.connected is not None
             assert client.connected["connection"]["data"] == "name=Ann"
@@ -88,7 +96,11 @@ async def test_sdk_lists_and_gets_streams_and_sets_class_lists(server: RunningSe
 
     streams = server.sdk.list_streams(sid)
     assert streams.count == 1
-    assert (streams.items[0].id, streams.items[0].name, streams.items[0].videoType) == (stream_id, "cam", "camera")
+    assert (streams.items[0].id, streams.items[0].name, streams.items[0].videoType) == (
+        stream_id,
+        "cam",
+        "camera",
+    )
     stream = server.sdk.get_stream(sid, stream_id)
     assert stream.id == stream_id and stream.layoutClassList == []
 
@@ -161,8 +173,13 @@ async def test_sdk_mute_stream_and_mute_all(server: RunningServer) -> None:
     assert published["stream"]["has_audio"] is True
 
     # vonage-video's spelling of the excluded list, and null.
-    for body in ({"active": True, "excludedStreamIds": [sa, sb]}, {"active": False, "excludedStreamIds": None}):
-        r = httpx.post(f"{server.url}/v2/project/{API_KEY}/session/{sid}/mute", json=body, headers=auth_header())
+    for body in (
+        {"active": True, "excludedStreamIds": [sa, sb]},
+        {"active": False, "excludedStreamIds": None},
+    ):
+        r = httpx.post(
+            f"{server.url}/v2/project/{API_KEY}/session/{sid}/mute", json=body, headers=auth_header()
+        )
         assert (r.status_code, r.json()) == (200, {})
     with pytest.raises(OpenTokException):
         server.sdk.mute_stream(sid, "no-such-stream")
@@ -265,16 +282,24 @@ def test_unknown_session_connection_and_stream_get_404(server: RunningServer) ->
 )
 def test_bad_signal_bodies_are_refused(server: RunningServer, body: str, status: int) -> None:
     sid = server.session()
-    r = httpx.post(f"{server.url}/v2/project/{API_KEY}/session/{sid}/signal", content=body,
-                   headers={**auth_header(), "Content-Type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v2/project/{API_KEY}/session/{sid}/signal",
+        content=body,
+        headers={**auth_header(), "Content-Type": "application/json"},
+    )
     assert r.status_code == status and r.json()["message"]
 
 
-@pytest.mark.parametrize("body", ["{}", '{"active": "sometimes"}', "nope", '{"active": true, "excludedStreams": 7}'])
+@pytest.mark.parametrize(
+    "body", ["{}", '{"active": "sometimes"}', "nope", '{"active": true, "excludedStreams": 7}']
+)
 def test_bad_mute_bodies_get_400(server: RunningServer, body: str) -> None:
     sid = server.session()
-    r = httpx.post(f"{server.url}/v2/project/{API_KEY}/session/{sid}/mute", content=body,
-                   headers={**auth_header(), "Content-Type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v2/project/{API_KEY}/session/{sid}/mute",
+        content=body,
+        headers={**auth_header(), "Content-Type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["message"]
 
 

@@ -9,11 +9,11 @@ import time
 
 import jwt
 import pytest
+from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.wsclient import WsClient
 
 from salon.ids import encode_session_id
 from salon.tokens import generate_token
-from tests.conftest import API_KEY, API_SECRET, RunningServer
-from tests.wsclient import WsClient
 
 
 async def test_connect_returns_the_session_as_it_is(server: RunningServer) -> None:
@@ -37,28 +37,48 @@ async def test_events_arrive_in_order_at_every_other_connection(server: RunningS
     actor = await WsClient.join(server.url, sid, server.token(sid))
     stream_id = (await actor.request({"type": "publish", "name": "x"}))["stream"]["stream_id"]
     await actor.request({"type": "update_stream", "stream_id": stream_id, "has_video": False})
-    await actor.request({"type": "update_stream", "stream_id": stream_id, "has_video": True, "video_type": "screen",
-                         "width": 1280, "height": 720, "name": "y"})
+    await actor.request(
+        {
+            "type": "update_stream",
+            "stream_id": stream_id,
+            "has_video": True,
+            "video_type": "screen",
+            "width": 1280,
+            "height": 720,
+            "name": "y",
+        }
+    )
     await actor.request({"type": "unpublish", "stream_id": stream_id})
     await actor.close()
     for watcher in watchers:
         seen = []
         while len(seen) < 9:
             message = await watcher.next()
-            if message["type"] != "connection_created" or message["connection"]["connection_id"] == \
-                    actor.connection_id:
+            if (
+                message["type"] != "connection_created"
+                or message["connection"]["connection_id"] == actor.connection_id
+            ):
                 seen.append(message)
         types = [m["type"] for m in seen]
         assert types == [
-            "connection_created", "stream_created",
+            "connection_created",
+            "stream_created",
             "stream_property_changed",
-            "stream_property_changed", "stream_property_changed", "stream_property_changed",
             "stream_property_changed",
-            "stream_destroyed", "connection_destroyed",
+            "stream_property_changed",
+            "stream_property_changed",
+            "stream_property_changed",
+            "stream_destroyed",
+            "connection_destroyed",
         ], seen
         props = [(m["property"], m["new_value"]) for m in seen[2:7]]
-        assert props == [("has_video", False), ("has_video", True), ("name", "y"), ("video_type", "screen"),
-                         ("dimensions", [1280, 720])]
+        assert props == [
+            ("has_video", False),
+            ("has_video", True),
+            ("name", "y"),
+            ("video_type", "screen"),
+            ("dimensions", [1280, 720]),
+        ]
         assert seen[7]["reason"] == "unpublished"
         assert seen[8]["reason"] == "clientDisconnected"
     for watcher in watchers:
@@ -79,7 +99,11 @@ async def test_signals_to_the_session_and_to_one_connection(server: RunningServe
     assert (await a.request({"type": "signal", "signal_type": "chat", "data": "hello"}))["type"] == "ack"
     for client in (a, b, c):
         event = await client.next("signal")
-        assert (event["signal_type"], event["data"], event["from_connection_id"]) == ("chat", "hello", a.connection_id)
+        assert (event["signal_type"], event["data"], event["from_connection_id"]) == (
+            "chat",
+            "hello",
+            a.connection_id,
+        )
     await a.request({"type": "signal", "signal_type": "dm", "data": "psst", "to": c.connection_id})
     event = await c.next("signal")
     assert (event["data"], event["from_connection_id"]) == ("psst", a.connection_id)
@@ -99,7 +123,11 @@ async def test_signals_to_the_session_and_to_one_connection(server: RunningServe
         ("publisher", {"type": "force_unpublish", "stream_id": "$STREAM"}, "permission_denied"),
         ("publisher", {"type": "force_mute", "stream_id": "$STREAM"}, "permission_denied"),
         ("subscriber", {"type": "unpublish", "stream_id": "$STREAM"}, "permission_denied"),
-        ("publisher", {"type": "update_stream", "stream_id": "$STREAM", "has_audio": False}, "permission_denied"),
+        (
+            "publisher",
+            {"type": "update_stream", "stream_id": "$STREAM", "has_audio": False},
+            "permission_denied",
+        ),
     ],
 )
 async def test_roles_are_enforced_and_the_connection_stays_healthy(
@@ -109,16 +137,20 @@ async def test_roles_are_enforced_and_the_connection_stays_healthy(
     owner = await WsClient.join(server.url, sid, server.token(sid))
     stream_id = (await owner.request({"type": "publish"}))["stream"]["stream_id"]
     client = await WsClient.join(server.url, sid, server.token(sid, role))
-    body = json.loads(json.dumps(request_body).replace("$STREAM", stream_id).replace("$OWNER",
-                                                                                        str(owner.connection_id)))
+    body = json.loads(
+        json.dumps(request_body).replace("$STREAM", stream_id).replace("$OWNER", str(owner.connection_id))
+    )
     reply = await client.request(body)
     assert (reply["type"], reply["code"]) == ("error", code), reply
     assert reply["message"]
     # Nothing changed, and the refused connection still works.
     assert (await client.request({"type": "signal", "signal_type": "still", "data": "here"}))["type"] == "ack"
     assert (await owner.next("signal"))["data"] == "here"
-    assert [m for m in await owner.quiet() if m["type"] in ("stream_destroyed", "mute_forced",
-                                                              "connection_destroyed")] == []
+    assert [
+        m
+        for m in await owner.quiet()
+        if m["type"] in ("stream_destroyed", "mute_forced", "connection_destroyed")
+    ] == []
     await client.close()
     await owner.close()
 
@@ -155,7 +187,9 @@ async def test_moderator_forces_unpublish_mute_and_disconnect(server: RunningSer
     assert (destroyed["stream_id"], destroyed["reason"]) == (s1, "forceUnpublished")
     assert (await watcher.next("stream_destroyed"))["reason"] == "forceUnpublished"
 
-    assert (await mod.request({"type": "force_disconnect", "connection_id": user.connection_id}))["type"] == "ack"
+    assert (await mod.request({"type": "force_disconnect", "connection_id": user.connection_id}))[
+        "type"
+    ] == "ack"
     assert (await user.closed())[0] == 4009
     ended = await watcher.next("stream_destroyed")
     assert (ended["stream_id"], ended["reason"]) == (s2, "forceDisconnected")
@@ -213,13 +247,18 @@ async def test_clean_close_is_client_disconnected(server: RunningServer) -> None
         ('{"type": "publish", "request_id": 7, "width": -4}', "invalid_message"),
         ('{"type": "connect", "request_id": 7, "session_id": "s", "token": "t"}', "already_connected"),
         ('{"type": "signal", "request_id": 7, "signal_type": "' + "t" * 129 + '"}', "signal_too_large"),
-        ('{"type": "signal", "request_id": 7, "signal_type": "t", "data": "' + "d" * 8193 + '"}', "signal_too_large"),
+        (
+            '{"type": "signal", "request_id": 7, "signal_type": "t", "data": "' + "d" * 8193 + '"}',
+            "signal_too_large",
+        ),
         ('{"type": "signal", "request_id": 7, "data": "' + "d" * 70000 + '"}', "message_too_large"),
         ('{"type": "unpublish", "request_id": 7, "stream_id": "nope"}', "not_found"),
         ('{"type": "force_disconnect", "request_id": 7, "connection_id": "nope"}', "permission_denied"),
     ],
 )
-async def test_bad_messages_get_an_error_and_change_nothing(server: RunningServer, raw: str, code: str) -> None:
+async def test_bad_messages_get_an_error_and_change_nothing(
+    server: RunningServer, raw: str, code: str
+) -> None:
     sid = server.session()
     other = await WsClient.join(server.url, sid, server.token(sid))
     client = await WsClient.join(server.url, sid, server.token(sid))
@@ -260,8 +299,19 @@ async def test_bad_tokens_close_the_socket_with_a_documented_code(server: Runnin
     now = int(time.time())
     foreign_project_sid = encode_session_id("88888888")
     expired = jwt.encode(
-        {"session_id": sid, "role": "publisher", "iat": now - 100, "exp": now - 10, "scope": "session.connect",
-         "iss": API_KEY, "ist": "project", "nonce": 1}, API_SECRET, algorithm="HS256")
+        {
+            "session_id": sid,
+            "role": "publisher",
+            "iat": now - 100,
+            "exp": now - 10,
+            "scope": "session.connect",
+            "iss": API_KEY,
+            "ist": "project",
+            "nonce": 1,
+        },
+        API_SECRET,
+        algorithm="HS256",
+    )
     cases = [
         ("garbage", sid, 4001),
         (expired, sid, 4002),
@@ -274,8 +324,11 @@ async def test_bad_tokens_close_the_socket_with_a_documented_code(server: Runnin
     ]
     for token, session_id, close_code in cases:
         client = await WsClient.open(server.url)
-        target = session_id if session_id is not None else jwt.decode(token, options={"verify_signature": False})[
-            "session_id"]
+        target = (
+            session_id
+            if session_id is not None
+            else jwt.decode(token, options={"verify_signature": False})["session_id"]
+        )
         await client.send({"type": "connect", "request_id": 1, "session_id": target, "token": token})
         error = await client.next("error")
         assert error["request_id"] == 1 and error["message"]

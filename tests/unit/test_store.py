@@ -12,8 +12,9 @@ async def test_projects_and_sessions_persist_across_reopen(tmp_path: pathlib.Pat
     store = Store(database_url_for(tmp_path))
     await store.open()
     project = await store.create_project("demo")
-    await store.create_session(project.api_key, "1_abc", media_mode="routed", archive_mode="manual",
-                               location="", e2ee=False)
+    await store.create_session(
+        project.api_key, "1_abc", media_mode="routed", archive_mode="manual", location="", e2ee=False
+    )
     await store.close()
 
     reopened = Store(database_url_for(tmp_path))

@@ -50,19 +50,36 @@ def sdk_token(**kwargs: object) -> str:
 @pytest.mark.parametrize("role", ["subscriber", "publisher", "publisheronly", "moderator"])
 def test_generated_tokens_equal_the_sdk_byte_for_byte(use_jwt: bool, role: str) -> None:
     ours = generate_token(
-        KEY, SECRET, SID, role=role, expire_time=NOW + 3600, data="name=Alice",
-        initial_layout_class_list=["focus", "full"], use_jwt=use_jwt, now=NOW, nonce=424242,
+        KEY,
+        SECRET,
+        SID,
+        role=role,
+        expire_time=NOW + 3600,
+        data="name=Alice",
+        initial_layout_class_list=["focus", "full"],
+        use_jwt=use_jwt,
+        now=NOW,
+        nonce=424242,
     )
     theirs = sdk_token(
-        role=opentok.Roles(role), expire_time=NOW + 3600, data="name=Alice",
-        initial_layout_class_list=["focus", "full"], use_jwt=use_jwt,
+        role=opentok.Roles(role),
+        expire_time=NOW + 3600,
+        data="name=Alice",
+        initial_layout_class_list=["focus", "full"],
+        use_jwt=use_jwt,
     )
     assert ours == theirs
 
 
 def test_reference_worked_examples_are_reproduced() -> None:
-    kwargs = dict(role="moderator", expire_time=NOW + 3600, data="name=Alice",
-                  initial_layout_class_list=["focus", "full"], now=NOW, nonce=424242)
+    kwargs = dict(
+        role="moderator",
+        expire_time=NOW + 3600,
+        data="name=Alice",
+        initial_layout_class_list=["focus", "full"],
+        now=NOW,
+        nonce=424242,
+    )
     assert generate_token(KEY, SECRET, SID, use_jwt=False, **kwargs) == REFERENCE_T1  # type: ignore[arg-type]
     assert generate_token(KEY, SECRET, SID, use_jwt=True, **kwargs) == REFERENCE_JWT  # type: ignore[arg-type]
 
@@ -124,13 +141,15 @@ def test_tampered_t1_token_is_refused() -> None:
 
 
 def test_tampered_jwt_payload_is_refused() -> None:
-    header, payload, sig = REFERENCE_JWT.split(".")
+    header, _payload, sig = REFERENCE_JWT.split(".")
     other = generate_token(KEY, SECRET, SID, role="subscriber", now=NOW, expire_time=NOW + 3600).split(".")[1]
     with pytest.raises(TokenError):
         verify_token(f"{header}.{other}.{sig}", secrets, now=NOW)
 
 
-@pytest.mark.parametrize("token", ["", "garbage", "T1==%%%", "a.b.c", "T1==" + base64.b64encode(b"x").decode()])
+@pytest.mark.parametrize(
+    "token", ["", "garbage", "T1==%%%", "a.b.c", "T1==" + base64.b64encode(b"x").decode()]
+)
 def test_malformed_tokens_are_refused(token: str) -> None:
     with pytest.raises(TokenError):
         verify_token(token, secrets, now=NOW)
@@ -167,7 +186,10 @@ def test_session_id_round_trips_and_the_sdk_accepts_it() -> None:
     sid = encode_session_id(KEY, "12.34.56.78", created_ms=1700000000000, nonce="abc")
     decoded = decode_session_id(sid)
     assert (decoded.api_key, decoded.location, decoded.created_ms, decoded.nonce) == (
-        KEY, "12.34.56.78", 1700000000000, "abc",
+        KEY,
+        "12.34.56.78",
+        1700000000000,
+        "abc",
     )
     assert "=" not in sid and sid.startswith("1_")
     # The SDK decodes the ID to check it belongs to the key; this raises if it does not.
@@ -180,7 +202,9 @@ def test_reference_session_id_decodes() -> None:
     assert decoded.created_ms == 1700000000000
 
 
-@pytest.mark.parametrize("bad", ["", "1_", "1_!!!!", "1_" + base64.urlsafe_b64encode(b"no tildes").decode(), "x" * 300])
+@pytest.mark.parametrize(
+    "bad", ["", "1_", "1_!!!!", "1_" + base64.urlsafe_b64encode(b"no tildes").decode(), "x" * 300]
+)
 def test_invalid_session_ids_are_refused(bad: str) -> None:
     with pytest.raises(InvalidRequestError):
         decode_session_id(bad)

@@ -32,11 +32,15 @@ def _store_url(args: argparse.Namespace) -> str:
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="salon-data", help="where the embedded database lives")
-    parser.add_argument("--database-url", help="e.g. postgresql://user:pass@host/salon (default: SQLite in --data-dir)")
+    parser.add_argument(
+        "--database-url", help="e.g. postgresql://user:pass@host/salon (default: SQLite in --data-dir)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="salon", description="Self-hosted, OpenTok-compatible video sessions.")
+    parser = argparse.ArgumentParser(
+        prog="salon", description="Self-hosted, OpenTok-compatible video sessions."
+    )
     parser.add_argument("--version", action="version", version=f"salon {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -69,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", choices=[r.value for r in Role], default=Role.PUBLISHER.value)
     token.add_argument("--expire", type=int, default=24 * 3600, help="lifetime in seconds (at most 30 days)")
     token.add_argument("--data", default=None, help="connection data (at most 1000 characters)")
-    token.add_argument("--layout-class", action="append", default=[], help="initial layout class (repeatable)")
+    token.add_argument(
+        "--layout-class", action="append", default=[], help="initial layout class (repeatable)"
+    )
     token.add_argument("--legacy", action="store_true", help="a T1== token instead of the default JWT")
     _add_store_options(token)
 
@@ -102,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from salon.server.run import run_server
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     config = ServerConfig.from_env(
         host=args.host, port=args.port, data_dir=pathlib.Path(args.data_dir), database_url=args.database_url
     )
@@ -131,16 +139,28 @@ async def _store_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "project" and args.project_command == "create":
             project = await store.create_project(args.name)
-            print(json.dumps({"api_key": project.api_key, "api_secret": project.api_secret, "name": project.name}))
+            print(
+                json.dumps(
+                    {"api_key": project.api_key, "api_secret": project.api_secret, "name": project.name}
+                )
+            )
         elif args.command == "project":
             for project in await store.list_projects():
-                print(json.dumps({"api_key": project.api_key, "name": project.name, "created_at": project.created_at}))
+                print(
+                    json.dumps(
+                        {"api_key": project.api_key, "name": project.name, "created_at": project.created_at}
+                    )
+                )
         elif args.command == "session":
             project = await _first_project(store, args.api_key)
             session_id = encode_session_id(project.api_key, args.location)
             await store.create_session(
-                project.api_key, session_id, media_mode=args.media_mode, archive_mode=args.archive_mode,
-                location=args.location, e2ee=args.e2ee,
+                project.api_key,
+                session_id,
+                media_mode=args.media_mode,
+                archive_mode=args.archive_mode,
+                location=args.location,
+                e2ee=args.e2ee,
             )
             print(session_id)
         elif args.command == "token":
@@ -150,9 +170,14 @@ async def _store_command(args: argparse.Namespace) -> int:
 
             print(
                 generate_token(
-                    project.api_key, project.api_secret, args.session_id, role=args.role,
-                    expire_time=int(time.time()) + args.expire, data=args.data,
-                    initial_layout_class_list=args.layout_class, use_jwt=not args.legacy,
+                    project.api_key,
+                    project.api_secret,
+                    args.session_id,
+                    role=args.role,
+                    expire_time=int(time.time()) + args.expire,
+                    data=args.data,
+                    initial_layout_class_list=args.layout_class,
+                    use_jwt=not args.legacy,
                 )
             )
     finally:

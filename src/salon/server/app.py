@@ -46,7 +46,9 @@ async def ensure_project(store: Store, config: ServerConfig, announce: Callable[
     if config.api_key and config.api_secret:
         project = await store.get_project(config.api_key)
         if project is None:
-            project = await store.create_project("default", api_key=config.api_key, api_secret=config.api_secret)
+            project = await store.create_project(
+                "default", api_key=config.api_key, api_secret=config.api_secret
+            )
         elif project.api_secret != config.api_secret:
             raise SalonError(f"project {config.api_key} exists with another secret")
         return project
@@ -114,8 +116,11 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"code": code, "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

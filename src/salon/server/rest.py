@@ -255,8 +255,13 @@ async def create_session(
 P = "/v2/project/{apiKey}/session/{sessionId}"
 
 
-@router.get(P + "/stream", tags=["streams"], summary="List the streams of a session", response_model=StreamList,
-            responses=ERRORS)
+@router.get(
+    P + "/stream",
+    tags=["streams"],
+    summary="List the streams of a session",
+    response_model=StreamList,
+    responses=ERRORS,
+)
 async def list_streams(
     sessionId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> StreamList:
@@ -266,8 +271,13 @@ async def list_streams(
     return StreamList(count=len(items), items=items)
 
 
-@router.get(P + "/stream/{streamId}", tags=["streams"], summary="Get one stream", response_model=StreamBody,
-            responses=ERRORS)
+@router.get(
+    P + "/stream/{streamId}",
+    tags=["streams"],
+    summary="Get one stream",
+    response_model=StreamBody,
+    responses=ERRORS,
+)
 async def get_stream(
     sessionId: str, streamId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> StreamBody:
@@ -278,8 +288,13 @@ async def get_stream(
     return stream_body(session.stream(streamId))
 
 
-@router.put(P + "/stream", tags=["streams"], summary="Set the layout class lists of streams",
-            response_model=StreamList, responses=ERRORS)
+@router.put(
+    P + "/stream",
+    tags=["streams"],
+    summary="Set the layout class lists of streams",
+    response_model=StreamList,
+    responses=ERRORS,
+)
 async def set_stream_class_lists(
     sessionId: str, body: ClassListBody, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> StreamList:
@@ -301,10 +316,16 @@ async def _signal_body(request: Request) -> SignalBody:
         raise InvalidRequestError("the body must be a JSON object with string type and data") from exc
 
 
-@router.post(P + "/signal", tags=["signals"], summary="Signal every connection of a session", status_code=204,
-             responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
-             openapi_extra={"requestBody": {"content": {"application/json": {
-                 "schema": SignalBody.model_json_schema()}}}})
+@router.post(
+    P + "/signal",
+    tags=["signals"],
+    summary="Signal every connection of a session",
+    status_code=204,
+    responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": SignalBody.model_json_schema()}}}
+    },
+)
 async def signal_session(
     sessionId: str, request: Request, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> Response:
@@ -318,13 +339,22 @@ async def signal_session(
     return Response(status_code=204)
 
 
-@router.post(P + "/connection/{connectionId}/signal", tags=["signals"], summary="Signal one connection",
-             status_code=204,
-             responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
-             openapi_extra={"requestBody": {"content": {"application/json": {
-                 "schema": SignalBody.model_json_schema()}}}})
+@router.post(
+    P + "/connection/{connectionId}/signal",
+    tags=["signals"],
+    summary="Signal one connection",
+    status_code=204,
+    responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": SignalBody.model_json_schema()}}}
+    },
+)
 async def signal_connection(
-    sessionId: str, connectionId: str, request: Request, project: ProjectDep, reg: RegistryDep,
+    sessionId: str,
+    connectionId: str,
+    request: Request,
+    project: ProjectDep,
+    reg: RegistryDep,
     service: SignallingDep,
 ) -> Response:
     body = await _signal_body(request)
@@ -339,8 +369,13 @@ async def signal_connection(
 # -- moderation ----------------------------------------------------------------------------
 
 
-@router.delete(P + "/connection/{connectionId}", tags=["moderation"], summary="Force a connection to disconnect",
-               status_code=204, responses=ERRORS)
+@router.delete(
+    P + "/connection/{connectionId}",
+    tags=["moderation"],
+    summary="Force a connection to disconnect",
+    status_code=204,
+    responses=ERRORS,
+)
 async def force_disconnect(
     sessionId: str, connectionId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> Response:
@@ -349,8 +384,12 @@ async def force_disconnect(
     return Response(status_code=204)
 
 
-@router.post(P + "/stream/{streamId}/mute", tags=["moderation"], summary="Force one stream to mute its audio",
-             responses=ERRORS)
+@router.post(
+    P + "/stream/{streamId}/mute",
+    tags=["moderation"],
+    summary="Force one stream to mute its audio",
+    responses=ERRORS,
+)
 async def mute_stream(
     sessionId: str, streamId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> dict[str, Any]:
@@ -362,8 +401,12 @@ async def mute_stream(
     return {}
 
 
-@router.post(P + "/mute", tags=["moderation"], summary="Force every stream (but excluded ones) to mute",
-             responses=ERRORS)
+@router.post(
+    P + "/mute",
+    tags=["moderation"],
+    summary="Force every stream (but excluded ones) to mute",
+    responses=ERRORS,
+)
 async def mute_all(
     sessionId: str, body: MuteBody, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> dict[str, Any]:
@@ -383,4 +426,3 @@ async def health() -> dict[str, str]:
 async def signalling_socket(websocket: WebSocket) -> None:
     service: SignallingService = websocket.app.state.signalling
     await service.serve(websocket)
-

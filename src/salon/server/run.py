@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable
 
@@ -26,8 +27,8 @@ class Server(uvicorn.Server):
         self.url: str | None = None
         self.ready = threading.Event()
 
-    async def startup(self, sockets: list[object] | None = None) -> None:
-        await super().startup(sockets)  # type: ignore[arg-type]
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
         if self.should_exit:
             self.ready.set()
             return
@@ -39,8 +40,9 @@ class Server(uvicorn.Server):
         self.ready.set()
 
 
-def uvicorn_config(config: ServerConfig, *, log_level: str = "info", announce: Callable[[str], None] = print
-                   ) -> uvicorn.Config:
+def uvicorn_config(
+    config: ServerConfig, *, log_level: str = "info", announce: Callable[[str], None] = print
+) -> uvicorn.Config:
     return uvicorn.Config(
         create_app(config, announce=announce),
         host=config.host,
@@ -73,8 +75,13 @@ class ServerThread:
             print(server.url)
     """
 
-    def __init__(self, config: ServerConfig, *, log_level: str = "warning",
-                 announce: Callable[[str], None] = lambda text: None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        log_level: str = "warning",
+        announce: Callable[[str], None] = lambda text: None,
+    ) -> None:
         self.server = Server(uvicorn_config(config, log_level=log_level, announce=announce))
         self._thread = threading.Thread(target=self._run, name="salon-server", daemon=True)
 

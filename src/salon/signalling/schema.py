@@ -43,6 +43,7 @@ __all__ = [
     "StreamCreatedEvent",
     "StreamDestroyedEvent",
     "StreamInfo",
+    "StreamProperty",
     "StreamPropertyChangedEvent",
     "StreamReason",
     "SubscribeRequest",
@@ -353,10 +354,13 @@ class StreamDestroyedEvent(_Model):
     reason: StreamReason
 
 
+StreamProperty = Literal["has_audio", "has_video", "name", "video_type", "dimensions"]
+
+
 class StreamPropertyChangedEvent(_Model):
     type: Literal["stream_property_changed"] = "stream_property_changed"
     stream_id: str
-    property: Literal["has_audio", "has_video", "name", "video_type", "dimensions"]
+    property: StreamProperty
     old_value: bool | str | list[int] | None
     new_value: bool | str | list[int] | None
 

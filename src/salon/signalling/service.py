@@ -251,7 +251,9 @@ class SignallingService:
             if link.session is not None and link.connection_id is not None:
                 link.session.touch(link.connection_id, time.monotonic())
             if len(text) > MAX_MESSAGE_SIZE:
-                link.send(ErrorMessage(code=ErrorCode.MESSAGE_TOO_LARGE, message="messages are at most 64 KiB"))
+                link.send(
+                    ErrorMessage(code=ErrorCode.MESSAGE_TOO_LARGE, message="messages are at most 64 KiB")
+                )
                 continue
             try:
                 return client_message_adapter.validate_json(text)
@@ -267,8 +269,13 @@ class SignallingService:
         if first is None:
             return
         if not isinstance(first, ConnectRequest):
-            link.send(ErrorMessage(request_id=getattr(first, "request_id", None), code=ErrorCode.NOT_CONNECTED,
-                                   message="the first message must be a connect request"))
+            link.send(
+                ErrorMessage(
+                    request_id=getattr(first, "request_id", None),
+                    code=ErrorCode.NOT_CONNECTED,
+                    message="the first message must be a connect request",
+                )
+            )
             link.close(CloseCode.PROTOCOL_ERROR, "expected connect")
             return
         if not await self._connect(link, first):
@@ -284,11 +291,17 @@ class SignallingService:
             claims = await self._verify(request)
         except TokenError as exc:
             logger.info("refused a connection to a session: %s", exc.message)
-            link.send(ErrorMessage(request_id=request.request_id, code=ErrorCode.INVALID_REQUEST, message=exc.message))
+            link.send(
+                ErrorMessage(
+                    request_id=request.request_id, code=ErrorCode.INVALID_REQUEST, message=exc.message
+                )
+            )
             link.close(_TOKEN_CLOSE.get(exc.code, CloseCode.INVALID_TOKEN), exc.message[:120])
             return False
         except NotFoundError as exc:
-            link.send(ErrorMessage(request_id=request.request_id, code=ErrorCode.NOT_FOUND, message=exc.message))
+            link.send(
+                ErrorMessage(request_id=request.request_id, code=ErrorCode.NOT_FOUND, message=exc.message)
+            )
             link.close(CloseCode.SESSION_NOT_FOUND, exc.message[:120])
             return False
         session = self.sessions.get(request.session_id)
@@ -296,7 +309,10 @@ class SignallingService:
             session = self.sessions[request.session_id] = Session(request.session_id, claims.api_key)
         connection_id = new_connection_id()
         conn, actions = session.join(
-            connection_id, role=claims.role, data=claims.connection_data, created_at=_now_ms(),
+            connection_id,
+            role=claims.role,
+            data=claims.connection_data,
+            created_at=_now_ms(),
             now=time.monotonic(),
         )
         link.session, link.connection_id = session, connection_id
@@ -307,7 +323,9 @@ class SignallingService:
                 session_id=session.session_id,
                 connection=conn.info(),
                 role=conn.role.value,
-                connections=[c.info() for c in session.connections.values() if c.connection_id != connection_id],
+                connections=[
+                    c.info() for c in session.connections.values() if c.connection_id != connection_id
+                ],
                 streams=[s.info() for s in session.streams.values()],
                 heartbeat_interval=self.config.heartbeat_interval,
                 heartbeat_timeout=self.config.heartbeat_timeout,
@@ -349,12 +367,19 @@ class SignallingService:
     async def _dispatch(self, session: Session, cid: str, message: ClientMessage) -> ServerMessage | None:
         match message:
             case ConnectRequest():
-                return ErrorMessage(request_id=message.request_id, code=ErrorCode.ALREADY_CONNECTED,
-                                    message="this socket is connected already")
+                return ErrorMessage(
+                    request_id=message.request_id,
+                    code=ErrorCode.ALREADY_CONNECTED,
+                    message="this socket is connected already",
+                )
             case PublishRequest():
                 stream, actions = session.publish(cid, message, created_at=_now_ms())
-                self._reply_then_apply(session, cid, PublishedMessage(request_id=message.request_id,
-                                                                      stream=stream.info()), actions)
+                self._reply_then_apply(
+                    session,
+                    cid,
+                    PublishedMessage(request_id=message.request_id, stream=stream.info()),
+                    actions,
+                )
                 return None
             case UnpublishRequest():
                 actions = session.unpublish(cid, message.stream_id)
@@ -362,8 +387,11 @@ class SignallingService:
                 actions = session.update_stream(cid, message)
             case SubscribeRequest():
                 sub = session.subscribe(cid, message.stream_id)
-                return SubscribedMessage(request_id=message.request_id, subscription_id=sub.subscription_id,
-                                         stream_id=sub.stream_id)
+                return SubscribedMessage(
+                    request_id=message.request_id,
+                    subscription_id=sub.subscription_id,
+                    stream_id=sub.stream_id,
+                )
             case UnsubscribeRequest():
                 session.unsubscribe(cid, message.subscription_id)
                 actions = []
@@ -383,7 +411,9 @@ class SignallingService:
         self._reply_then_apply(session, cid, AckMessage(request_id=message.request_id), actions)
         return None
 
-    def _reply_then_apply(self, session: Session, cid: str, reply: ServerMessage, actions: list[Action]) -> None:
+    def _reply_then_apply(
+        self, session: Session, cid: str, reply: ServerMessage, actions: list[Action]
+    ) -> None:
         link = self.links.get(cid)
         if link is not None:
             link.send(reply)
@@ -435,8 +465,11 @@ def _schema_error(text: str, exc: ValidationError) -> ErrorMessage:
         if isinstance(rid, int | str) and not isinstance(rid, bool):
             request_id = rid
         if raw.get("type") not in CLIENT_MESSAGE_TYPES:
-            return ErrorMessage(request_id=request_id, code=ErrorCode.UNKNOWN_TYPE,
-                                message=f"unknown message type {str(raw.get('type'))[:64]!r}")
+            return ErrorMessage(
+                request_id=request_id,
+                code=ErrorCode.UNKNOWN_TYPE,
+                message=f"unknown message type {str(raw.get('type'))[:64]!r}",
+            )
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"][1:]) or "message"
     return ErrorMessage(request_id=request_id, code=code, message=f"{where}: {first['msg']}")

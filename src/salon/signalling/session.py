@@ -33,12 +33,15 @@ from salon.signalling.schema import (
     StreamCreatedEvent,
     StreamDestroyedEvent,
     StreamInfo,
+    StreamProperty,
     StreamPropertyChangedEvent,
     StreamReason,
     UpdateStreamRequest,
     VideoType,
 )
 from salon.tokens import Role
+
+PropertyValue = bool | str | list[int] | None
 
 __all__ = ["Action", "Close", "Connection", "Deliver", "Session", "Stream", "Subscription"]
 
@@ -215,7 +218,9 @@ class Session:
 
     # -- streams -----------------------------------------------------------------------
 
-    def publish(self, connection_id: str, request: PublishRequest, *, created_at: int) -> tuple[Stream, list[Action]]:
+    def publish(
+        self, connection_id: str, request: PublishRequest, *, created_at: int
+    ) -> tuple[Stream, list[Action]]:
         conn = self.connection(connection_id)
         if not conn.role.can_publish:
             raise PermissionDeniedError("a subscriber token cannot publish")
@@ -255,23 +260,27 @@ class Session:
         stream = self.streams.get(stream_id)
         return [] if stream is None else self._remove_stream(stream, reason)
 
-    def _remove_stream(self, stream: Stream, reason: StreamReason, *, exclude: str | None = None) -> list[Action]:
+    def _remove_stream(
+        self, stream: Stream, reason: StreamReason, *, exclude: str | None = None
+    ) -> list[Action]:
         del self.streams[stream.stream_id]
         for sub in [s for s in self.subscriptions.values() if s.stream_id == stream.stream_id]:
             del self.subscriptions[sub.subscription_id]
-        event = StreamDestroyedEvent(stream_id=stream.stream_id, connection_id=stream.connection_id, reason=reason)
+        event = StreamDestroyedEvent(
+            stream_id=stream.stream_id, connection_id=stream.connection_id, reason=reason
+        )
         return [Deliver(event, exclude=exclude)]
 
     def update_stream(self, connection_id: str, request: UpdateStreamRequest) -> list[Action]:
         stream = self._own_stream(connection_id, request.stream_id)
         changes: list[StreamPropertyChangedEvent] = []
 
-        def change(prop: str, old: bool | str | list[int] | None, new: bool | str | list[int] | None) -> None:
+        def change(prop: StreamProperty, old: PropertyValue, new: PropertyValue) -> None:
             if old != new:
                 changes.append(
                     StreamPropertyChangedEvent(
                         stream_id=stream.stream_id,
-                        property=prop,  # type: ignore[arg-type]
+                        property=prop,
                         old_value=old,
                         new_value=new,
                     )
@@ -358,7 +367,9 @@ class Session:
 
     # -- signals -----------------------------------------------------------------------
 
-    def signal(self, from_connection_id: str | None, signal_type: str, data: str, to: str | None) -> list[Action]:
+    def signal(
+        self, from_connection_id: str | None, signal_type: str, data: str, to: str | None
+    ) -> list[Action]:
         """A signal from a connection, or from the server (``from_connection_id`` None)."""
         _check_signal(signal_type, data)
         if from_connection_id is not None:

@@ -6,6 +6,7 @@ import datetime
 import pathlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -163,7 +164,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
 
-    async def _select(self, query: sa.Select[tuple[object, ...]]) -> list[dict[str, object]]:
+    async def _select(self, query: sa.Select[tuple[object, ...]]) -> list[dict[str, Any]]:
         try:
             async with self._engine.connect() as conn:
                 result = await conn.execute(query)

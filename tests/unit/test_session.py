@@ -1,0 +1,162 @@
+"""The sans-I/O signalling Session: state changes and the actions it asks for."""
+
+from __future__ import annotations
+
+import pytest
+
+from salon.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, PermissionDeniedError
+from salon.signalling.schema import (
+    CloseCode,
+    ConnectionCreatedEvent,
+    ConnectionDestroyedEvent,
+    DisconnectReason,
+    MuteForcedEvent,
+    PublishRequest,
+    SessionDisconnectedEvent,
+    SignalEvent,
+    StreamCreatedEvent,
+    StreamDestroyedEvent,
+    UpdateStreamRequest,
+)
+from salon.signalling.session import Close, Deliver, Session
+from salon.tokens import Role
+
+
+def make_session(*roles: Role) -> Session:
+    session = Session("1_sid", "key")
+    for i, role in enumerate(roles):
+        session.join(f"c{i}", role=role, data=f"d{i}", created_at=i, now=0.0)
+    return session
+
+
+def publish(session: Session, cid: str, **kwargs: object) -> str:
+    stream, _ = session.publish(cid, PublishRequest(request_id=1, **kwargs), created_at=5)  # type: ignore[arg-type]
+    return stream.stream_id
+
+
+def test_join_announces_the_new_connection_to_the_others_only() -> None:
+    session = make_session(Role.PUBLISHER)
+    conn, actions = session.join("c9", role=Role.SUBSCRIBER, data="x", created_at=1, now=0.0)
+    assert conn.info().data == "x"
+    assert actions == [Deliver(ConnectionCreatedEvent(connection=conn.info()), exclude="c9")]
+
+
+def test_joining_twice_is_refused() -> None:
+    session = make_session(Role.PUBLISHER)
+    with pytest.raises(InvalidRequestError):
+        session.join("c0", role=Role.PUBLISHER, data="", created_at=0, now=0.0)
+
+
+def test_leave_destroys_streams_then_the_connection_and_is_idempotent() -> None:
+    session = make_session(Role.PUBLISHER, Role.SUBSCRIBER)
+    stream_id = publish(session, "c0")
+    session.subscribe("c1", stream_id)
+    actions = session.leave("c0", DisconnectReason.NETWORK_DISCONNECTED)
+    assert [type(a.message) for a in actions if isinstance(a, Deliver)] == [
+        StreamDestroyedEvent,
+        ConnectionDestroyedEvent,
+    ]
+    first = actions[0]
+    assert isinstance(first, Deliver) and isinstance(first.message, StreamDestroyedEvent)
+    assert first.message.reason == "networkDisconnected"
+    assert session.streams == {} and session.subscriptions == {}
+    assert session.leave("c0", DisconnectReason.NETWORK_DISCONNECTED) == []
+
+
+def test_subscriber_cannot_publish_and_nothing_changes() -> None:
+    session = make_session(Role.SUBSCRIBER)
+    with pytest.raises(PermissionDeniedError):
+        publish(session, "c0")
+    assert session.streams == {}
+
+
+def test_publisheronly_cannot_subscribe() -> None:
+    session = make_session(Role.PUBLISHER, Role.PUBLISHER_ONLY)
+    stream_id = publish(session, "c0")
+    with pytest.raises(PermissionDeniedError):
+        session.subscribe("c1", stream_id)
+    assert session.subscriptions == {}
+
+
+def test_a_stream_needs_audio_or_video() -> None:
+    session = make_session(Role.PUBLISHER)
+    with pytest.raises(InvalidRequestError):
+        publish(session, "c0", has_audio=False, has_video=False)
+
+
+def test_only_moderators_force_and_the_target_must_exist() -> None:
+    session = make_session(Role.PUBLISHER, Role.MODERATOR)
+    stream_id = publish(session, "c0")
+    for call in (
+        lambda: session.force_disconnect("c1", by="c0"),
+        lambda: session.force_unpublish(stream_id, by="c0"),
+        lambda: session.force_mute(stream_id, by="c0"),
+    ):
+        with pytest.raises(PermissionDeniedError):
+            call()
+    with pytest.raises(NotFoundError):
+        session.force_disconnect("nobody", by="c1")
+    assert stream_id in session.streams and len(session.connections) == 2
+
+
+def test_force_disconnect_tells_the_target_then_closes_it() -> None:
+    session = make_session(Role.PUBLISHER, Role.MODERATOR)
+    actions = session.force_disconnect("c0", by="c1")
+    assert actions[0] == Deliver(
+        SessionDisconnectedEvent(reason=DisconnectReason.FORCE_DISCONNECTED), to=("c0",)
+    )
+    assert actions[1] == Close("c0", CloseCode.FORCE_DISCONNECTED, "force disconnected")
+    assert "c0" not in session.connections
+
+
+def test_update_stream_reports_only_real_changes() -> None:
+    session = make_session(Role.PUBLISHER)
+    stream_id = publish(session, "c0", has_audio=True)
+    actions = session.update_stream(
+        "c0", UpdateStreamRequest(request_id=1, stream_id=stream_id, has_audio=True, has_video=False)
+    )
+    assert [a.message.property for a in actions if isinstance(a, Deliver)] == ["has_video"]  # type: ignore[union-attr]
+
+
+def test_mute_all_mutes_existing_and_later_streams_but_the_excluded() -> None:
+    session = make_session(Role.PUBLISHER, Role.PUBLISHER)
+    s0, s1 = publish(session, "c0"), publish(session, "c1")
+    actions = session.force_mute(None, excluded=[s1])
+    muted = [
+        a.message.stream_id
+        for a in actions
+        if isinstance(a, Deliver) and isinstance(a.message, MuteForcedEvent)
+    ]
+    assert muted == [s0]
+    assert not session.streams[s0].has_audio and session.streams[s1].has_audio
+    s2 = publish(session, "c1")
+    assert not session.streams[s2].has_audio
+    session.force_mute(None, active=False)
+    assert session.streams[publish(session, "c1")].has_audio
+
+
+def test_signal_limits_and_targets() -> None:
+    session = make_session(Role.SUBSCRIBER, Role.SUBSCRIBER)
+    assert session.signal("c0", "chat", "hi", None) == [
+        Deliver(SignalEvent(signal_type="chat", data="hi", from_connection_id="c0"), to=None)
+    ]
+    assert session.signal(None, "t", "x", "c1")[0].to == ("c1",)  # type: ignore[union-attr]
+    with pytest.raises(PayloadTooLargeError):
+        session.signal("c0", "t" * 129, "", None)
+    with pytest.raises(PayloadTooLargeError):
+        session.signal("c0", "t", "d" * 8193, None)
+    with pytest.raises(NotFoundError):
+        session.signal("c0", "t", "", "c7")
+    assert session.signal("c0", "t" * 128, "d" * 8192, None)
+
+
+def test_expired_lists_connections_silent_past_the_timeout() -> None:
+    session = make_session(Role.PUBLISHER, Role.PUBLISHER)
+    session.touch("c1", 9.0)
+    assert session.expired(10.0, 5.0) == ["c0"]
+
+
+def test_stream_created_event_goes_to_others() -> None:
+    session = make_session(Role.PUBLISHER)
+    stream, actions = session.publish("c0", PublishRequest(request_id=1, name="n"), created_at=1)
+    assert actions == [Deliver(StreamCreatedEvent(stream=stream.info()), exclude="c0")]
