@@ -9,10 +9,10 @@ import jwt
 import opentok
 import pytest
 from opentok.exceptions import AuthError, ForceDisconnectError, OpenTokException, RequestError
-from tests.conftest import API_KEY, API_SECRET, RunningServer
-from tests.wsclient import WsClient
 
 from salon.ids import decode_session_id
+from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.wsclient import WsClient
 
 
 def auth_header(key: str = API_KEY, secret: str = API_SECRET, **claims: object) -> dict[str, str]:

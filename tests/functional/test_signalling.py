@@ -9,11 +9,11 @@ import time
 
 import jwt
 import pytest
-from tests.conftest import API_KEY, API_SECRET, RunningServer
-from tests.wsclient import WsClient
 
 from salon.ids import encode_session_id
 from salon.tokens import generate_token
+from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.wsclient import WsClient
 
 
 async def test_connect_returns_the_session_as_it_is(server: RunningServer) -> None:

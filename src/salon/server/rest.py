@@ -333,7 +333,7 @@ async def signal_session(
     await session_of(project, reg, sessionId)
     session = live(service, sessionId)
     if session is not None:
-        service.apply(session, session.signal(None, body.type, body.data, None))
+        await service.carry_out(session, session.signal(None, body.type, body.data, None))
     else:
         Session(sessionId, project.api_key).signal(None, body.type, body.data, None)  # checks the limits
     return Response(status_code=204)
@@ -362,7 +362,7 @@ async def signal_connection(
     session = live(service, sessionId)
     if session is None:
         raise NotFoundError("connection not found")
-    service.apply(session, session.signal(None, body.type, body.data, connectionId))
+    await service.carry_out(session, session.signal(None, body.type, body.data, connectionId))
     return Response(status_code=204)
 
 
@@ -397,7 +397,7 @@ async def mute_stream(
     session = live(service, sessionId)
     if session is None:
         raise NotFoundError("stream not found")
-    service.apply(session, session.force_mute(streamId))
+    await service.carry_out(session, session.force_mute(streamId))
     return {}
 
 
@@ -413,7 +413,7 @@ async def mute_all(
     await session_of(project, reg, sessionId)
     session = live(service, sessionId)
     if session is not None:
-        service.apply(session, session.force_mute(None, excluded=body.excluded, active=body.active))
+        await service.carry_out(session, session.force_mute(None, excluded=body.excluded, active=body.active))
     return {}
 
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -24,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from salon.errors import ClientError, NotFoundError, SalonError, TokenError
 from salon.ids import new_connection_id
+from salon.signalling.media import MediaPlane, SignallingOnly
 from salon.signalling.schema import (
     CLIENT_MESSAGE_TYPES,
     AckMessage,
@@ -43,6 +43,8 @@ from salon.signalling.schema import (
     PublishRequest,
     ServerMessage,
     SignalRequest,
+    StreamDestroyedEvent,
+    StreamReason,
     SubscribedMessage,
     SubscribeRequest,
     UnpublishRequest,
@@ -146,14 +148,15 @@ class ClientLink:
 class SignallingService:
     """Owns the live sessions and every client link; the REST API calls into it too."""
 
-    def __init__(self, registry: Registry, config: SignallingConfig | None = None) -> None:
+    def __init__(
+        self, registry: Registry, config: SignallingConfig | None = None, media: MediaPlane | None = None
+    ) -> None:
         self.registry = registry
         self.config = config or SignallingConfig()
         self.sessions: dict[str, Session] = {}
         self.links: dict[str, ClientLink] = {}
         self._reaper: asyncio.Task[None] | None = None
-        #: Called with (session, connection_id) after a connection left; the media plane's hook.
-        self.on_connection_left: list[Callable[[Session, str], Awaitable[None]]] = []
+        self.media: MediaPlane = media if media is not None else SignallingOnly()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -187,8 +190,9 @@ class SignallingService:
 
     # -- actions -----------------------------------------------------------------------
 
-    def apply(self, session: Session, actions: list[Action]) -> None:
-        """Carry out a :class:`Session`'s actions, in order."""
+    async def carry_out(self, session: Session, actions: list[Action]) -> None:
+        """Carry out a :class:`Session`'s actions, in order, and tell the media plane which
+        streams were destroyed."""
         for action in actions:
             if isinstance(action, Deliver):
                 text = action.message.model_dump_json()
@@ -202,16 +206,28 @@ class SignallingService:
                 link = self.links.get(action.connection_id)
                 if link is not None:
                     link.close(action.code, action.reason)
+        for action in actions:
+            if isinstance(action, Deliver) and isinstance(action.message, StreamDestroyedEvent):
+                await self.media.stream_unpublished(session.session_id, action.message.stream_id)
 
     async def leave(self, session: Session, connection_id: str, reason: DisconnectReason) -> None:
         """Remove a connection from its session (idempotent) and tell the others."""
         if connection_id not in session.connections:
             return
-        self.apply(session, session.leave(connection_id, reason))
-        for hook in self.on_connection_left:
-            await hook(session, connection_id)
+        await self.carry_out(session, session.leave(connection_id, reason))
+        await self._connection_gone(session, connection_id)
+
+    async def _connection_gone(self, session: Session, connection_id: str) -> None:
+        await self.media.connection_left(session.session_id, connection_id)
         if session.empty and self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
+            await self.media.session_ended(session.session_id)
+
+    async def stream_ended(self, session_id: str, stream_id: str, reason: StreamReason) -> None:
+        """The media plane lost a stream (:class:`~salon.signalling.media.MediaEvents`)."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            await self.carry_out(session, session.end_stream(stream_id, reason))
 
     def live_session(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
@@ -331,7 +347,7 @@ class SignallingService:
                 heartbeat_timeout=self.config.heartbeat_timeout,
             )
         )
-        self.apply(session, actions)
+        await self.carry_out(session, actions)
         logger.info("%r: connection %s joined as %s", session, connection_id, conn.role.value)
         return True
 
@@ -374,7 +390,8 @@ class SignallingService:
                 )
             case PublishRequest():
                 stream, actions = session.publish(cid, message, created_at=_now_ms())
-                self._reply_then_apply(
+                await self.media.stream_published(session.session_id, stream)
+                await self._reply_then_apply(
                     session,
                     cid,
                     PublishedMessage(request_id=message.request_id, stream=stream.info()),
@@ -387,19 +404,22 @@ class SignallingService:
                 actions = session.update_stream(cid, message)
             case SubscribeRequest():
                 sub = session.subscribe(cid, message.stream_id)
+                await self.media.subscribed(session.session_id, sub)
                 return SubscribedMessage(
                     request_id=message.request_id,
                     subscription_id=sub.subscription_id,
                     stream_id=sub.stream_id,
                 )
             case UnsubscribeRequest():
-                session.unsubscribe(cid, message.subscription_id)
+                await self.media.unsubscribed(
+                    session.session_id, session.unsubscribe(cid, message.subscription_id)
+                )
                 actions = []
             case SignalRequest():
                 actions = session.signal(cid, message.signal_type, message.data, message.to)
             case ForceDisconnectRequest():
                 actions = session.force_disconnect(message.connection_id, by=cid)
-                self._reply_then_apply(session, cid, AckMessage(request_id=message.request_id), actions)
+                await self._reply_then_apply(session, cid, AckMessage(request_id=message.request_id), actions)
                 await self._after_force_disconnect(session, message.connection_id)
                 return None
             case ForceUnpublishRequest():
@@ -408,25 +428,22 @@ class SignallingService:
                 actions = session.force_mute(message.stream_id, excluded=message.excluded_stream_ids, by=cid)
             case PongMessage():
                 return None
-        self._reply_then_apply(session, cid, AckMessage(request_id=message.request_id), actions)
+        await self._reply_then_apply(session, cid, AckMessage(request_id=message.request_id), actions)
         return None
 
-    def _reply_then_apply(
+    async def _reply_then_apply(
         self, session: Session, cid: str, reply: ServerMessage, actions: list[Action]
     ) -> None:
         link = self.links.get(cid)
         if link is not None:
             link.send(reply)
-        self.apply(session, actions)
+        await self.carry_out(session, actions)
 
     async def _after_force_disconnect(self, session: Session, connection_id: str) -> None:
         link = self.links.pop(connection_id, None)
         if link is not None:
             link.session = None  # its reader must not report clientDisconnected
-        for hook in self.on_connection_left:
-            await hook(session, connection_id)
-        if session.empty and self.sessions.get(session.session_id) is session:
-            del self.sessions[session.session_id]
+        await self._connection_gone(session, connection_id)
 
     # -- REST API entry points ---------------------------------------------------------
 
@@ -434,7 +451,7 @@ class SignallingService:
         session = self.sessions.get(session_id)
         if session is None:
             raise NotFoundError(f"no connection {connection_id} in this session")
-        self.apply(session, session.force_disconnect(connection_id))
+        await self.carry_out(session, session.force_disconnect(connection_id))
         await self._after_force_disconnect(session, connection_id)
 
 
