@@ -1,0 +1,189 @@
+"""Audio levels and active-speaker detection from the ssrc-audio-level header extension.
+
+Publishers put the level of each audio packet in an RTP header extension (RFC 6464): a voice
+activity flag and the level in -dBov, 0 (full scale) to 127 (silence). The SFU reads it per
+packet without decoding audio (:func:`salon.media.rtp.parse_audio_level`) and feeds
+:class:`ActiveSpeakerDetector`, which every ``interval`` (0.25 s):
+
+1. smooths each stream's levels over the window: each -dBov value is converted to a linear
+   amplitude ``10 ** (-level / 20)`` (0..1) and averaged; a stream that sent no packets in
+   the window (muted, or Opus DTX) has level 0;
+2. reports an :class:`AudioLevelUpdate` for each stream whose smoothed level changed by at
+   least ``min_change`` since it was last reported (OpenTok's ``audioLevel`` is this 0..1
+   number);
+3. picks the loudest stream whose level is at or above ``threshold_dbov`` as the candidate,
+   and makes it the active speaker (:class:`ActiveSpeakerChanged`) once it has stayed the
+   candidate for ``hysteresis`` seconds after the first window it won (so with the defaults
+   it must win three windows in a row, 0.5-0.75 s), so a cough does not steal the floor.
+   Silence keeps the current speaker; removing its stream clears it.
+
+The voice-activity flag is ignored by default because not every sender sets it (aiortc always
+sends 0); with ``require_voice=True`` packets without it count as silence.
+
+Sans-I/O, in the style of mediasoup's ``ActiveSpeakerObserver`` / ``AudioLevelObserver``: the
+caller passes ``now`` (seconds, monotonic) and calls :meth:`ActiveSpeakerDetector.poll` at
+:meth:`ActiveSpeakerDetector.next_deadline`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ActiveSpeakerChanged", "ActiveSpeakerDetector", "AudioLevelEvent", "AudioLevelUpdate"]
+
+# Linear amplitude of each -dBov value (0..127); 127 is "silence" and maps to 0.
+_LINEAR = (*(10.0 ** (-level / 20.0) for level in range(127)), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioLevelUpdate:
+    """A stream's smoothed audio level changed."""
+
+    stream_id: str
+    level: float
+    """Mean linear amplitude over the last interval, 0 (silence) to 1 (full scale)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSpeakerChanged:
+    """The active speaker changed."""
+
+    stream_id: str | None
+    """The new active speaker's stream, or None when the speaker's stream went away."""
+    previous: str | None
+    """The previous active speaker's stream, or None if there was none."""
+
+
+AudioLevelEvent = AudioLevelUpdate | ActiveSpeakerChanged
+"""Anything :meth:`ActiveSpeakerDetector.poll` returns."""
+
+
+class _Stream:
+    __slots__ = ("count", "reported", "total")
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+        self.reported = -1.0
+
+
+class ActiveSpeakerDetector:
+    """Smooth per-stream audio levels and choose the active speaker.
+
+    :param interval: seconds between two polls that produce results (default 0.25).
+    :param threshold_dbov: minimum smoothed level, in dBov (-127..0), for a stream to become
+        the active speaker (default -50).
+    :param hysteresis: seconds a stream must stay the loudest above the threshold before it
+        becomes the active speaker (default 0.5).
+    :param min_change: smallest change of a stream's level worth an update (default 0.01).
+    :param require_voice: count packets without the voice-activity flag as silence.
+    """
+
+    __slots__ = (
+        "_candidate",
+        "_candidate_since",
+        "_hysteresis",
+        "_interval",
+        "_min_change",
+        "_next_poll",
+        "_require_voice",
+        "_speaker",
+        "_streams",
+        "_threshold",
+    )
+
+    def __init__(
+        self,
+        *,
+        interval: float = 0.25,
+        threshold_dbov: float = -50.0,
+        hysteresis: float = 0.5,
+        min_change: float = 0.01,
+        require_voice: bool = False,
+    ):
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0, got {interval}")
+        if not -127.0 <= threshold_dbov <= 0.0:
+            raise ValueError(f"threshold_dbov must be -127..0, got {threshold_dbov}")
+        self._interval = interval
+        self._threshold = 10.0 ** (threshold_dbov / 20.0)
+        self._hysteresis = hysteresis
+        self._min_change = min_change
+        self._require_voice = require_voice
+        self._streams: dict[str, _Stream] = {}
+        self._speaker: str | None = None
+        self._candidate: str | None = None
+        self._candidate_since = 0.0
+        self._next_poll: float | None = None
+
+    @property
+    def active_speaker(self) -> str | None:
+        """The current active speaker's stream id."""
+        return self._speaker
+
+    def add_stream(self, stream_id: str) -> None:
+        """Start tracking a stream (it is also added by its first :meth:`feed`)."""
+        if stream_id not in self._streams:
+            self._streams[stream_id] = _Stream()
+
+    def remove_stream(self, stream_id: str) -> ActiveSpeakerChanged | None:
+        """Stop tracking a stream. If it was the active speaker, the speaker becomes None and
+        the change is returned (report it like a :meth:`poll` result)."""
+        self._streams.pop(stream_id, None)
+        if self._candidate == stream_id:
+            self._candidate = None
+        if self._speaker == stream_id:
+            self._speaker = None
+            return ActiveSpeakerChanged(None, stream_id)
+        return None
+
+    def feed(self, stream_id: str, level_dbov: int, voice: bool, now: float) -> None:
+        """Account one audio packet: its level in -dBov (0..127, as in the extension) and flag."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._streams[stream_id] = _Stream()
+        if self._next_poll is None:
+            self._next_poll = now + self._interval
+        if voice or not self._require_voice:
+            stream.total += _LINEAR[min(max(level_dbov, 0), 127)]
+        stream.count += 1
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` next produces results; None before the first packet."""
+        return self._next_poll
+
+    def poll(self, now: float) -> list[AudioLevelEvent]:
+        """Close the current window if ``interval`` has passed and report what changed: level
+        updates (in the order streams were added) then, if any, the speaker change."""
+        if self._next_poll is None or now < self._next_poll:
+            return []
+        self._next_poll = now + self._interval
+        events: list[AudioLevelEvent] = []
+        loudest: str | None = None
+        loudest_level = -1.0
+        threshold = self._threshold
+        for stream_id, stream in self._streams.items():
+            level = stream.total / stream.count if stream.count else 0.0
+            stream.total = 0.0
+            stream.count = 0
+            if abs(level - stream.reported) >= self._min_change or (level == 0.0 and stream.reported != 0.0):
+                stream.reported = level
+                events.append(AudioLevelUpdate(stream_id, level))
+            if level >= threshold and level > loudest_level:
+                loudest, loudest_level = stream_id, level
+        if loudest is None:
+            self._candidate = None
+        elif loudest != self._candidate:
+            # Counted from the end of the first window it won, which may have been a partial
+            # burst: a stream must win windows spanning more than the hysteresis.
+            self._candidate = loudest
+            self._candidate_since = now
+        candidate = self._candidate
+        if (
+            candidate is not None
+            and candidate != self._speaker
+            and now - self._candidate_since >= self._hysteresis
+        ):
+            events.append(ActiveSpeakerChanged(candidate, self._speaker))
+            self._speaker = candidate
+        return events
