@@ -114,6 +114,7 @@ class Store:
         if len(api_secret) < 16:
             raise InvalidRequestError("an API secret must be at least 16 characters")
         project = Project(api_key=api_key, api_secret=api_secret, name=name, created_at=_now_ms())
+        _check_fits(projects, project)
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(sa.insert(projects).values(**_as_dict(project)))
@@ -124,6 +125,8 @@ class Store:
         return project
 
     async def get_project(self, api_key: str) -> Project | None:
+        if "\x00" in api_key:  # never stored; PostgreSQL refuses NUL in text
+            return None
         rows = await self._select(sa.select(projects).where(projects.c.api_key == api_key))
         return Project(**rows[0]) if rows else None
 
@@ -143,6 +146,7 @@ class Store:
             e2ee=e2ee,
             created_at=_now_ms(),
         )
+        _check_fits(sessions, record)
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(sa.insert(sessions).values(**_as_dict(record)))
@@ -153,10 +157,14 @@ class Store:
         return record
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
+        if "\x00" in session_id:  # never stored; PostgreSQL refuses NUL in text
+            return None
         rows = await self._select(sa.select(sessions).where(sessions.c.session_id == session_id))
         return SessionRecord(**rows[0]) if rows else None
 
     async def count_sessions(self, api_key: str) -> int:
+        if "\x00" in api_key:  # never stored; PostgreSQL refuses NUL in text
+            return 0
         query = sa.select(sa.func.count()).select_from(sessions).where(sessions.c.api_key == api_key)
         try:
             async with self._engine.connect() as conn:
@@ -171,6 +179,18 @@ class Store:
                 return [dict(row._mapping) for row in result]
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+
+
+def _check_fits(table: sa.Table, value: Project | SessionRecord) -> None:
+    """Refuse what PostgreSQL would refuse (SQLite stores it): NUL and over-long strings."""
+    for name, item in _as_dict(value).items():
+        if not isinstance(item, str):
+            continue
+        length = getattr(table.c[name].type, "length", None)
+        if length is not None and len(item) > length:
+            raise InvalidRequestError(f"{name} must be at most {length} characters")
+        if "\x00" in item:
+            raise InvalidRequestError(f"{name} must not contain NUL characters")
 
 
 def _as_dict(value: Project | SessionRecord) -> dict[str, object]:
