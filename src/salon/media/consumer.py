@@ -1,0 +1,366 @@
+"""Consumer: one subscriber's outgoing copy of a producer.
+
+A consumer belongs to the subscriber's :class:`~salon.media.transport.WebRtcTransport` and is
+fed synchronously by its :class:`~salon.media.producer.Producer`. Per forwarded packet it does
+exactly one header rewrite (:func:`~salon.media.rtp.rewrite_rtp`: its own SSRC, the
+subscriber's payload type, continuous sequence numbers and timestamps from the
+:class:`~salon.media.seq.SequenceRewriter`, its own mid / abs-send-time extension block) and
+hands the bytes to ``transport.send_rtp`` (SRTP protect + sendto).
+
+* **Key-frame start.** A video consumer forwards nothing until the first packet of a key
+  frame; when created, when its transport connects, on resume, and every second while still
+  waiting, it asks the producer for one (the producer throttles PLIs for all its consumers).
+  Sequence numbers and timestamps stay continuous across pauses and restarts (the rewriter
+  re-bases them at the key frame).
+* **Pause / resume** (subscribe to audio or video only): paused consumers send nothing.
+* **Subscriber RTCP.** NACKs are mapped back to publisher sequence numbers and answered from
+  the producer's cache (RTX-wrapped when RTX was negotiated); cache misses become an upstream
+  NACK. PLI/FIR become a (throttled) producer key-frame request. REMB is remembered: the
+  producer sends the minimum upstream. Publisher SRs are rewritten into per-subscriber SRs
+  (RTP timestamp + this consumer's offset, its own packet/octet counts) for A/V sync.
+
+Closing: :meth:`close` (the subscriber unsubscribed), :meth:`producer_closed` (the publisher
+unpublished: the server turns the :class:`ConsumerClosed` event with reason
+``producer_closed`` into signalling) and :meth:`transport_closed` are idempotent.
+
+Not forwarded: the publisher's audio-level extension (only mid and abs-send-time are written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from salon.media.events import EventEmitter
+from salon.media.rtcp import ReportBlock, build_sender_report
+from salon.media.rtp import (
+    RtpHeader,
+    abs_send_time,
+    encode_one_byte_extensions,
+    extension_value_offset,
+    parse_rtp_header,
+    patch_extension,
+    rewrite_rtp,
+    wrap_rtx,
+)
+from salon.media.sdp import HeaderExtensionIds, MediaKind, RtpCodec, SubscribeTrack
+from salon.media.seq import SequenceRewriter
+from salon.media.transport import TransportState
+
+if TYPE_CHECKING:
+    from salon.media.producer import Producer
+    from salon.media.transport import WebRtcTransport
+
+__all__ = ["Consumer", "ConsumerCloseReason", "ConsumerClosed", "ConsumerEvent", "ConsumerStats"]
+
+logger = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+#: While waiting for a key frame, ask again this often.
+KEY_FRAME_RETRY_INTERVAL = 1.0
+
+
+class ConsumerCloseReason(enum.Enum):
+    CLOSED = "closed"
+    """:meth:`Consumer.close` was called (unsubscribe)."""
+    PRODUCER_CLOSED = "producer_closed"
+    """The producer closed (the publisher unpublished or left)."""
+    TRANSPORT_CLOSED = "transport_closed"
+    """The subscriber's transport closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerEvent:
+    consumer: Consumer
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerClosed(ConsumerEvent):
+    """The consumer closed and sends nothing more."""
+
+    reason: ConsumerCloseReason
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    packets_sent: int = 0
+    octets_sent: int = 0
+    """Payload octets, as reported in our sender reports."""
+    key_frame_starts: int = 0
+    nacks_received: int = 0
+    retransmitted_from_cache: int = 0
+    cache_misses: int = 0
+    key_frame_requests_received: int = 0
+    sender_reports_sent: int = 0
+    fraction_lost: int = 0
+    """Last fraction lost (/256) reported by the subscriber."""
+
+
+class Consumer:
+    """One subscriber's copy of one producer, sent on the subscriber's transport."""
+
+    def __init__(
+        self,
+        transport: WebRtcTransport,
+        producer: Producer,
+        track: SubscribeTrack,
+        *,
+        ssrc: int,
+        rtx_ssrc: int | None,
+        paused: bool = False,
+        consumer_id: str | None = None,
+    ) -> None:
+        self.id = consumer_id or f"co-{next(_ids)}-{secrets.token_hex(3)}"
+        self.transport = transport
+        self.producer = producer
+        self.kind: MediaKind = track.kind
+        self.mid = track.mid
+        self.codec: RtpCodec = track.codec
+        self.extensions: HeaderExtensionIds = track.extensions
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc if track.codec.rtx_payload_type is not None else None
+        self.events: EventEmitter[ConsumerEvent] = EventEmitter(self)
+        self.stats = ConsumerStats()
+        self.closed = False
+        self.close_reason: ConsumerCloseReason | None = None
+        self.paused = paused
+        #: Last REMB estimate from the subscriber in bit/s (0: none yet).
+        self.remb_bitrate = 0
+
+        self._pt = track.codec.payload_type
+        self._rtx_pt = track.codec.rtx_payload_type
+        self._clock_rate = track.codec.clock_rate
+        self._seq = SequenceRewriter()
+        self._started = False
+        self._rtx_seq = secrets.randbits(16)
+        self._waiting_since = 0.0
+        self._active = False  # not paused, not closed, transport connected
+
+        items: list[tuple[int, bytes]] = []
+        if track.extensions.mid is not None:
+            items.append((track.extensions.mid, track.mid.encode("ascii")))
+        if track.extensions.abs_send_time is not None:
+            items.append((track.extensions.abs_send_time, b"\x00\x00\x00"))
+        self._ext_block = encode_one_byte_extensions(items)
+        self._abs_offset = (
+            extension_value_offset(self._ext_block, track.extensions.abs_send_time)
+            if track.extensions.abs_send_time is not None
+            else 0
+        )
+
+    def __repr__(self) -> str:
+        return f"Consumer({self.id} {self.kind} of {self.producer.id} ssrc={self.ssrc})"
+
+    # ----------------------------------------------------------------------------------------
+    # State
+
+    def _update_active(self) -> None:
+        self._active = (
+            not self.closed and not self.paused and self.transport.state is TransportState.CONNECTED
+        )
+
+    def transport_connected(self) -> None:
+        """Called by the transport once ICE + DTLS are up."""
+        self._update_active()
+        if self._active and not self._started:
+            self._request_start(self._now())
+
+    def pause(self) -> None:
+        """Stop forwarding (e.g. the subscriber turned this kind off)."""
+        if self.closed or self.paused:
+            return
+        self.paused = True
+        self._update_active()
+        logger.debug("%r: paused", self)
+
+    def resume(self) -> None:
+        """Forward again, from the next key frame (asked for now)."""
+        if self.closed or not self.paused:
+            return
+        self.paused = False
+        self._started = False
+        self._update_active()
+        logger.debug("%r: resumed", self)
+        if self._active:
+            self._request_start(self._now())
+
+    def _request_start(self, now: float) -> None:
+        self._waiting_since = now
+        if self.kind == "video":
+            self.producer.request_key_frame(now)
+            self.transport.schedule(now + KEY_FRAME_RETRY_INTERVAL)
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()
+
+    # ----------------------------------------------------------------------------------------
+    # Packet path
+
+    def send_rtp(self, data: bytes, header: RtpHeader, key_frame: bool, now: float) -> None:
+        """Rewrite and send one producer packet (synchronous, the per-consumer hot path)."""
+        if not self._active:
+            return
+        if not self._started:
+            if not key_frame:
+                return
+            self._seq.start(header.sequence_number, header.timestamp, now, self._clock_rate)
+            out = self._seq.rewrite(header.sequence_number, header.timestamp)
+            if out is None:
+                return
+            self._started = True
+            self.stats.key_frame_starts += 1
+        else:
+            out = self._seq.rewrite(header.sequence_number, header.timestamp)
+            if out is None:
+                return
+        ext = self._ext_block
+        if self._abs_offset:
+            ext = patch_extension(ext, self._abs_offset, abs_send_time(now))
+        packet = rewrite_rtp(
+            data,
+            header,
+            ssrc=self.ssrc,
+            payload_type=self._pt,
+            sequence_number=out[0],
+            timestamp=out[1],
+            extensions=ext,
+        )
+        self.transport.send_rtp(packet)
+        stats = self.stats
+        stats.packets_sent += 1
+        stats.octets_sent += len(data) - header.payload_offset
+
+    # ----------------------------------------------------------------------------------------
+    # Subscriber RTCP
+
+    def receive_nack(self, lost: Sequence[int], now: float) -> None:
+        """Answer a subscriber NACK from the producer cache; NACK upstream on a miss."""
+        if self.closed:
+            return
+        self.stats.nacks_received += 1
+        misses: list[int] = []
+        for out_seq in lost:
+            in_seq = self._seq.to_input(out_seq)
+            if in_seq is None:
+                continue
+            cached = self.producer.get_cached(in_seq)
+            if cached is None:
+                misses.append(in_seq)
+                continue
+            header = parse_rtp_header(cached)
+            out_ts = self._seq.rewrite_timestamp(header.timestamp)
+            ext = self._ext_block
+            if self._abs_offset:
+                ext = patch_extension(ext, self._abs_offset, abs_send_time(now))
+            if self.rtx_ssrc is not None and self._rtx_pt is not None:
+                packet = wrap_rtx(
+                    cached,
+                    header,
+                    ssrc=self.rtx_ssrc,
+                    payload_type=self._rtx_pt,
+                    sequence_number=self._rtx_seq,
+                    timestamp=out_ts,
+                    original_sequence_number=out_seq,
+                    extensions=ext,
+                )
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            else:
+                packet = rewrite_rtp(
+                    cached,
+                    header,
+                    ssrc=self.ssrc,
+                    payload_type=self._pt,
+                    sequence_number=out_seq,
+                    timestamp=out_ts,
+                    extensions=ext,
+                )
+            self.transport.send_rtp(packet)
+            self.stats.retransmitted_from_cache += 1
+        if misses:
+            self.stats.cache_misses += len(misses)
+            self.producer.request_retransmission(misses, now)
+
+    def receive_key_frame_request(self, now: float) -> None:
+        """Subscriber PLI/FIR: forwarded to the producer, which throttles."""
+        if self.closed:
+            return
+        self.stats.key_frame_requests_received += 1
+        self.producer.request_key_frame(now)
+
+    def receive_remb(self, bitrate: int, now: float) -> None:
+        self.remb_bitrate = int(bitrate)
+
+    def receive_report_block(self, block: ReportBlock, now: float) -> None:
+        self.stats.fraction_lost = block.fraction_lost
+
+    def send_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, now: float) -> None:
+        """Rewrite a publisher SR for this subscriber: same NTP time, our RTP timeline/counts."""
+        if not self._active or not self._started:
+            return
+        self.stats.sender_reports_sent += 1
+        self.transport.send_rtcp(
+            build_sender_report(
+                self.ssrc,
+                ntp_timestamp,
+                self._seq.rewrite_timestamp(rtp_timestamp),
+                self.stats.packets_sent,
+                self.stats.octets_sent,
+            )
+        )
+
+    def on_timer(self, now: float) -> float:
+        """Transport timer: re-ask for a key frame while waiting for one."""
+        if not self._active or self._started or self.kind != "video":
+            return float("inf")
+        if now - self._waiting_since >= KEY_FRAME_RETRY_INTERVAL:
+            self._request_start(now)
+        return self._waiting_since + KEY_FRAME_RETRY_INTERVAL
+
+    # ----------------------------------------------------------------------------------------
+    # Closing
+
+    def close(self) -> None:
+        """Unsubscribe; idempotent."""
+        self._close(ConsumerCloseReason.CLOSED)
+
+    def producer_closed(self) -> None:
+        """Called by the producer when it closes."""
+        self._close(ConsumerCloseReason.PRODUCER_CLOSED)
+
+    def transport_closed(self) -> None:
+        """Called by the owning transport when it closes."""
+        self._close(ConsumerCloseReason.TRANSPORT_CLOSED)
+
+    def _close(self, reason: ConsumerCloseReason) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._active = False
+        logger.info("%r: closed (%s)", self, reason.value)
+        self.producer._remove_consumer(self)
+        self.transport._remove_consumer(self)
+        self.events.emit(ConsumerClosed(self, reason))
+        self.events.clear()
+
+    def dump(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "producer": self.producer.id,
+            "ssrc": self.ssrc,
+            "rtx_ssrc": self.rtx_ssrc,
+            "payload_type": self._pt,
+            "paused": self.paused,
+            "started": self._started,
+            "stats": dataclasses.asdict(self.stats),
+        }

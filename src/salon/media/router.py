@@ -1,0 +1,369 @@
+"""Router: the media plane of one session (mediasoup's object model, in-process).
+
+Ownership tree, closed top-down, idempotently::
+
+    Router (one per session)
+    └── WebRtcTransport (one per client connection and direction)
+        ├── Producer  (publish transport: the stream's audio and/or video track)
+        └── Consumer  (subscribe transport: a copy of one producer for one subscriber)
+
+A **stream** is one published audio+video signal from one client: 1-2 producers sharing a
+``stream_id``, all on one publish transport. Subscribing to a stream makes one subscribe
+transport with 1-2 consumers.
+
+* :meth:`Router.publish` takes the client's publish offer, creates the transport and the
+  producers and returns the SDP answer (:class:`PublishResult`).
+* :meth:`Router.subscribe` takes a subscriber's recvonly offer for one stream and returns the
+  transport, consumers and answer (:class:`SubscribeResult`). Audio/video can start paused.
+* :meth:`Router.unpublish` closes a stream (its transport, so its producers, so every consumer
+  of it with reason ``producer_closed``).
+* :meth:`Router.close` closes every transport (reason ``router_closed``).
+
+Events (:class:`RouterEvent`): :class:`StreamPublished`, :class:`StreamClosed`,
+:class:`RouterClosed`. Per-object events live on the objects (``transport.events``,
+``producer.events``, ``consumer.events``); in particular a subscriber learns that a stream went
+away from its consumers' :class:`~salon.media.consumer.ConsumerClosed` (``producer_closed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCCertificate
+
+from salon.errors import NotFoundError
+from salon.media.consumer import Consumer
+from salon.media.errors import MediaStateError
+from salon.media.events import EventEmitter
+from salon.media.producer import Producer, ProducerClosed, ProducerEvent
+from salon.media.sdp import (
+    AnswerMedia,
+    MediaKind,
+    SendingSsrcs,
+    build_answer,
+    negotiate_publish,
+    negotiate_subscribe,
+    parse_offer,
+)
+from salon.media.transport import (
+    TransportClosed,
+    TransportEvent,
+    WebRtcTransport,
+    WebRtcTransportOptions,
+)
+
+__all__ = [
+    "PublishResult",
+    "Router",
+    "RouterClosed",
+    "RouterEvent",
+    "Stream",
+    "StreamClosed",
+    "StreamPublished",
+    "SubscribeResult",
+]
+
+logger = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Stream:
+    """One published audio+video signal: 1-2 producers on one publish transport."""
+
+    id: str
+    transport: WebRtcTransport
+    producers: dict[MediaKind, Producer] = field(default_factory=dict)
+    msid: str = ""
+    cname: str = ""
+
+    @property
+    def audio(self) -> Producer | None:
+        return self.producers.get("audio")
+
+    @property
+    def video(self) -> Producer | None:
+        return self.producers.get("video")
+
+    @property
+    def closed(self) -> bool:
+        return all(p.closed for p in self.producers.values())
+
+
+@dataclass(frozen=True, slots=True)
+class RouterEvent:
+    router: Router
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPublished(RouterEvent):
+    stream: Stream
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClosed(RouterEvent):
+    """All producers of the stream are closed (unpublished, or the publisher's transport closed)."""
+
+    stream: Stream
+
+
+@dataclass(frozen=True, slots=True)
+class RouterClosed(RouterEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    transport: WebRtcTransport
+    stream: Stream
+    producers: list[Producer]
+    answer_sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeResult:
+    transport: WebRtcTransport
+    stream: Stream
+    consumers: list[Consumer]
+    answer_sdp: str
+
+
+class Router:
+    """The media plane of one session: owns its transports, indexes streams and producers."""
+
+    def __init__(
+        self,
+        router_id: str | None = None,
+        *,
+        transport_options: WebRtcTransportOptions | None = None,
+        certificate: RTCCertificate | None = None,
+    ) -> None:
+        self.id = router_id or f"ro-{next(_ids)}-{secrets.token_hex(3)}"
+        self.transport_options = transport_options or WebRtcTransportOptions()
+        self.events: EventEmitter[RouterEvent] = EventEmitter(self)
+        self.closed = False
+        self.transports: dict[str, WebRtcTransport] = {}
+        self.streams: dict[str, Stream] = {}
+        self.producers: dict[str, Producer] = {}
+        # One DTLS certificate per router: generating one per transport costs ~1 ms each.
+        self._certificate = certificate or RTCCertificate.generateCertificate()
+        self._ssrcs: set[int] = set()
+        self._close_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Router({self.id})"
+
+    # ----------------------------------------------------------------------------------------
+    # Publish
+
+    async def publish(
+        self,
+        offer_sdp: str,
+        *,
+        stream_id: str | None = None,
+        transport_options: WebRtcTransportOptions | None = None,
+    ) -> PublishResult:
+        """Create a publish transport and its producers from a client's sendonly offer."""
+        self._check_open()
+        offer = parse_offer(offer_sdp)
+        tracks = negotiate_publish(offer)
+        stream_id = stream_id or str(uuid.uuid4())
+        if stream_id in self.streams:
+            raise MediaStateError(f"{self!r}: stream {stream_id} is already published")
+        transport = await self._create_transport(transport_options)
+        try:
+            return self._publish_on(transport, offer, tracks, stream_id)
+        except BaseException:
+            await transport.close()
+            raise
+
+    def _publish_on(
+        self, transport: WebRtcTransport, offer: Any, tracks: list[Any], stream_id: str
+    ) -> PublishResult:
+        stream = Stream(id=stream_id, transport=transport, msid=stream_id, cname=f"salon-{stream_id[:8]}")
+        producers: list[Producer] = []
+        answers: list[AnswerMedia] = []
+        for track in tracks:
+            if track.kind in stream.producers:
+                continue  # one audio and one video per stream; extra m-lines are rejected
+            producer = Producer(transport, track, stream_id=stream_id)
+            transport._add_producer(producer)
+            producer.events.add_listener(self._on_producer_event)
+            stream.producers[track.kind] = producer
+            self.producers[producer.id] = producer
+            producers.append(producer)
+            if track.simulcast_offered:
+                logger.info("%r: %r offered simulcast; answering with a single encoding", self, producer)
+            answers.append(
+                AnswerMedia(
+                    mid=track.mid, direction="recvonly", codec=track.codec, extensions=track.extensions
+                )
+            )
+        self.streams[stream_id] = stream
+        answer = build_answer(offer, transport.local_parameters(), answers)
+        transport.start(offer.transport)
+        logger.info(
+            "%r: stream %s published on %r (%s)", self, stream_id, transport, ", ".join(map(repr, producers))
+        )
+        self.events.emit(StreamPublished(self, stream))
+        return PublishResult(transport=transport, stream=stream, producers=producers, answer_sdp=answer)
+
+    async def unpublish(self, stream_id: str) -> None:
+        """Close a stream's publish transport (and so its producers and their consumers)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        await stream.transport.close()
+
+    # ----------------------------------------------------------------------------------------
+    # Subscribe
+
+    async def subscribe(
+        self,
+        stream_id: str,
+        offer_sdp: str,
+        *,
+        audio: bool = True,
+        video: bool = True,
+        transport_options: WebRtcTransportOptions | None = None,
+    ) -> SubscribeResult:
+        """Create a subscribe transport with consumers of ``stream_id`` from a recvonly offer.
+
+        ``audio`` / ``video`` False create that consumer paused (resume it later).
+        """
+        self._check_open()
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.closed:
+            raise NotFoundError(f"{self!r}: no published stream {stream_id!r}")
+        offer = parse_offer(offer_sdp)
+        live = [p for p in stream.producers.values() if not p.closed]
+        tracks = negotiate_subscribe(offer, [(p.id, p.codec) for p in live])
+        transport = await self._create_transport(transport_options)
+        try:
+            return self._subscribe_on(transport, stream, offer, tracks, audio=audio, video=video)
+        except BaseException:
+            await transport.close()
+            raise
+
+    def _subscribe_on(
+        self,
+        transport: WebRtcTransport,
+        stream: Stream,
+        offer: Any,
+        tracks: list[Any],
+        *,
+        audio: bool,
+        video: bool,
+    ) -> SubscribeResult:
+        consumers: list[Consumer] = []
+        answers: list[AnswerMedia] = []
+        for track in tracks:
+            producer = self.producers[track.source]
+            ssrc = self._new_ssrc()
+            rtx_ssrc = self._new_ssrc() if track.codec.rtx_payload_type is not None else None
+            paused = not (audio if track.kind == "audio" else video)
+            consumer = Consumer(transport, producer, track, ssrc=ssrc, rtx_ssrc=rtx_ssrc, paused=paused)
+            transport._add_consumer(consumer)
+            producer._add_consumer(consumer)
+            consumers.append(consumer)
+            answers.append(
+                AnswerMedia(
+                    mid=track.mid,
+                    direction="sendonly",
+                    codec=track.codec,
+                    extensions=track.extensions,
+                    sending=SendingSsrcs(
+                        ssrc=ssrc,
+                        rtx_ssrc=rtx_ssrc,
+                        cname=stream.cname,
+                        msid=f"{stream.msid} {producer.id}",
+                    ),
+                )
+            )
+        answer = build_answer(offer, transport.local_parameters(), answers)
+        transport.start(offer.transport)
+        now = consumers[0]._now()
+        for consumer in consumers:
+            if not consumer.paused:
+                consumer.producer.request_key_frame(now)
+        logger.info(
+            "%r: %r subscribes to stream %s (%s)", self, transport, stream.id, ", ".join(map(repr, consumers))
+        )
+        return SubscribeResult(transport=transport, stream=stream, consumers=consumers, answer_sdp=answer)
+
+    # ----------------------------------------------------------------------------------------
+    # Transports
+
+    async def _create_transport(self, options: WebRtcTransportOptions | None) -> WebRtcTransport:
+        transport = await WebRtcTransport.create(
+            options or self.transport_options, certificate=self._certificate
+        )
+        if self.closed:  # closed while we were gathering
+            await transport.close()
+            raise MediaStateError(f"{self!r} closed while creating a transport")
+        self.transports[transport.id] = transport
+        transport.events.add_listener(self._on_transport_event)
+        return transport
+
+    def get_transport(self, transport_id: str) -> WebRtcTransport | None:
+        return self.transports.get(transport_id)
+
+    def _on_transport_event(self, event: TransportEvent) -> None:
+        if isinstance(event, TransportClosed):
+            self.transports.pop(event.transport.id, None)
+
+    def _on_producer_event(self, event: ProducerEvent) -> None:
+        if isinstance(event, ProducerClosed):
+            producer = event.producer
+            self.producers.pop(producer.id, None)
+            stream = self.streams.get(producer.stream_id)
+            if stream is not None and stream.closed:
+                del self.streams[stream.id]
+                logger.info("%r: stream %s closed", self, stream.id)
+                self.events.emit(StreamClosed(self, stream))
+
+    def _new_ssrc(self) -> int:
+        while True:
+            ssrc = secrets.randbits(32)
+            if ssrc and ssrc not in self._ssrcs:
+                self._ssrcs.add(ssrc)
+                return ssrc
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise MediaStateError(f"{self!r} is closed")
+
+    # ----------------------------------------------------------------------------------------
+    # Closing
+
+    async def close(self) -> None:
+        """Close every transport (reason ``router_closed``) and wait for them; idempotent."""
+        if self._close_task is None:
+            self.closed = True
+            self._close_task = asyncio.get_running_loop().create_task(self._close(), name=f"{self!r} close")
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        logger.info("%r: closing (%d transports)", self, len(self.transports))
+        transports = list(self.transports.values())
+        await asyncio.gather(*(t.router_closed() for t in transports))
+        self.transports.clear()
+        self.streams.clear()
+        self.producers.clear()
+        self.events.emit(RouterClosed(self))
+        self.events.clear()
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "closed": self.closed,
+            "transports": [t.dump() for t in self.transports.values()],
+            "streams": {s.id: {k: p.dump() for k, p in s.producers.items()} for s in self.streams.values()},
+        }

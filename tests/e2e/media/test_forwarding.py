@@ -1,0 +1,206 @@
+"""End-to-end media forwarding: real aiortc clients ↔ in-process Router on 127.0.0.1.
+
+A publisher sends 640x480 VP8 (or H.264) frames numbered in their pixels plus a 440 Hz Opus
+tone; subscribers decode and check order, size, content and the tone. Loss is injected on
+the publisher leg (before SRTP unprotect, on the SFU side) and on a subscriber leg (SFU send),
+and the SFU's recovery counters are checked. Counts are asserted with wide margins: the CI
+machine is a shared 2-core VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+from peers import (
+    LossyReceive,
+    LossySend,
+    Publisher,
+    Subscriber,
+    dominant_frequency,
+    process_udp_sockets,
+    publish,
+    subscribe,
+    wait_for,
+)
+
+from salon.media.consumer import ConsumerClosed, ConsumerCloseReason
+from salon.media.router import Router
+from salon.media.transport import TransportState
+
+pytestmark = pytest.mark.timeout(60)
+
+MEDIA_SECONDS = 3.0
+
+
+def assert_video_ok(sub: Subscriber, min_frames: int) -> None:
+    indices = sub.media.indices
+    assert len(indices) >= min_frames, f"only {len(indices)} frames decoded"
+    assert all(b > a for a, b in itertools.pairwise(indices)), f"frames out of order: {indices}"
+    assert sub.media.sizes == {(640, 480)}
+    # Content: indices are the publisher's frame numbers, so they must be plausible and dense.
+    span = indices[-1] - indices[0] + 1
+    assert len(indices) >= 0.5 * span, f"{len(indices)} frames decoded over a span of {span}"
+
+
+def assert_tone(sub: Subscriber) -> None:
+    assert sub.media.audio_frames > 50, f"only {sub.media.audio_frames} audio frames"
+    peak, share = dominant_frequency(sub.media.audio_chunks[10:], sub.media.audio_rate)
+    assert abs(peak - 440) < 15, f"dominant frequency {peak:.1f} Hz"
+    assert share > 0.5, f"only {share:.0%} of the energy near 440 Hz"
+
+
+async def close_all(*peers: Publisher | Subscriber) -> None:
+    await asyncio.gather(*(p.close() for p in peers))
+
+
+async def test_publisher_video_and_tone_reach_three_subscribers_in_order(router: Router) -> None:
+    pub = Publisher()
+    subs = [Subscriber() for _ in range(3)]
+    published = await publish(router, pub)
+    results = [await subscribe(router, published.stream.id, s) for s in subs]
+    try:
+        await wait_for(lambda: all(len(s.media.indices) > 0 for s in subs), 10, "first frames")
+        await asyncio.sleep(MEDIA_SECONDS)
+        for sub in subs:
+            assert_video_ok(sub, min_frames=int(MEDIA_SECONDS * 30 * 0.3))
+            assert_tone(sub)
+        video = published.stream.video
+        assert video is not None and video.stats.key_frames >= 1
+        for result in results:
+            assert result.transport.state is TransportState.CONNECTED
+            assert all(c.stats.packets_sent > 0 for c in result.consumers)
+    finally:
+        await close_all(pub, *subs)
+
+
+async def test_late_subscriber_gets_a_frame_within_one_second(router: Router) -> None:
+    pub = Publisher(audio=False)
+    early = Subscriber(audio=False)
+    published = await publish(router, pub)
+    await subscribe(router, published.stream.id, early)
+    late = Subscriber(audio=False)
+    try:
+        await wait_for(lambda: len(early.media.indices) > 30, 10, "the early subscriber's frames")
+        started = time.monotonic()
+        result = await subscribe(router, published.stream.id, late)
+        await wait_for(lambda: late.media.first_video_at is not None, 5, "the late subscriber's first frame")
+        assert late.media.first_video_at is not None
+        delay = late.media.first_video_at - started
+        print(f"late subscriber: first decoded frame {delay * 1000:.0f} ms after subscribe")
+        assert delay < 1.0, f"first frame after {delay:.2f} s"
+        assert result.consumers[0].stats.key_frame_starts == 1
+        await asyncio.sleep(1.0)
+        assert_video_ok(late, min_frames=15)
+        assert late.media.indices[0] > early.media.indices[0]
+    finally:
+        await close_all(pub, early, late)
+
+
+async def test_loss_on_publisher_leg_is_recovered_by_upstream_nack(router: Router) -> None:
+    pub = Publisher()
+    subs = [Subscriber(), Subscriber()]
+    published = await publish(router, pub)
+    loss = LossyReceive(published.transport, rate=0.03)
+    for sub in subs:
+        await subscribe(router, published.stream.id, sub)
+    try:
+        await wait_for(lambda: all(len(s.media.indices) > 0 for s in subs), 10, "first frames")
+        await asyncio.sleep(MEDIA_SECONDS + 1)
+        video = published.stream.video
+        assert video is not None
+        stats = video.stats
+        print(f"publisher leg: dropped {loss.dropped}, {stats}")
+        assert loss.dropped > 5
+        assert stats.nacked_sequence_numbers > 0
+        assert stats.rtx_received > 0
+        assert stats.recovered > 0
+        for sub in subs:
+            assert_video_ok(sub, min_frames=int(MEDIA_SECONDS * 30 * 0.3))
+            assert_tone(sub)
+    finally:
+        await close_all(pub, *subs)
+
+
+async def test_loss_on_subscriber_leg_is_recovered_from_the_cache(router: Router) -> None:
+    pub = Publisher(audio=False)
+    sub = Subscriber(audio=False)
+    published = await publish(router, pub)
+    result = await subscribe(router, published.stream.id, sub)
+    loss = LossySend(result.transport, rate=0.03)
+    try:
+        await wait_for(lambda: len(sub.media.indices) > 0, 10, "first frame")
+        await asyncio.sleep(MEDIA_SECONDS + 1)
+        consumer = result.consumers[0]
+        print(f"subscriber leg: dropped {loss.dropped}, {consumer.stats}")
+        assert loss.dropped > 5
+        assert consumer.stats.nacks_received > 0
+        assert consumer.stats.retransmitted_from_cache > 0
+        assert_video_ok(sub, min_frames=int(MEDIA_SECONDS * 30 * 0.3))
+    finally:
+        await close_all(pub, sub)
+
+
+async def test_h264_publish_and_subscribe(router: Router) -> None:
+    pub = Publisher(audio=False, video_codec="video/H264")
+    sub = Subscriber(audio=False, video_codec="video/H264")
+    published = await publish(router, pub)
+    video = published.stream.video
+    assert video is not None and video.codec.name == "h264"
+    result = await subscribe(router, published.stream.id, sub)
+    try:
+        await wait_for(lambda: len(sub.media.indices) > 0, 10, "first H.264 frame")
+        await asyncio.sleep(2.0)
+        assert result.consumers[0].codec.name == "h264"
+        assert_video_ok(sub, min_frames=20)
+    finally:
+        await close_all(pub, sub)
+
+
+async def test_audio_only_subscription_by_pausing_video(router: Router) -> None:
+    pub = Publisher()
+    sub = Subscriber()
+    published = await publish(router, pub)
+    result = await subscribe(router, published.stream.id, sub, video=False)
+    try:
+        await wait_for(lambda: sub.media.audio_frames > 60, 10, "audio")
+        video_consumer = next(c for c in result.consumers if c.kind == "video")
+        assert video_consumer.paused and video_consumer.stats.packets_sent == 0
+        assert sub.media.indices == []
+        video_consumer.resume()
+        await wait_for(lambda: len(sub.media.indices) > 10, 5, "video after resume")
+        assert_tone(sub)
+    finally:
+        await close_all(pub, sub)
+
+
+async def test_unpublish_closes_consumers_and_leaves_nothing_behind() -> None:
+    sockets_before = process_udp_sockets()
+    tasks_before = asyncio.all_tasks()
+    router = Router()
+    pub = Publisher()
+    sub = Subscriber()
+    published = await publish(router, pub)
+    result = await subscribe(router, published.stream.id, sub)
+    closed: list[ConsumerClosed] = []
+    for consumer in result.consumers:
+        consumer.events.add_listener(lambda e: closed.append(e) if isinstance(e, ConsumerClosed) else None)
+    await wait_for(lambda: len(sub.media.indices) > 5, 10, "frames")
+
+    await router.unpublish(published.stream.id)
+    assert published.transport.closed
+    assert sorted(e.reason.value for e in closed) == ["producer_closed"] * 2
+    assert all(e.reason is ConsumerCloseReason.PRODUCER_CLOSED for e in closed)
+    assert published.stream.id not in router.streams and not router.producers
+    assert not result.transport.consumers
+
+    await router.close()
+    assert router.transports == {}
+    assert result.transport.closed
+    await close_all(pub, sub)
+    await asyncio.sleep(0.1)  # let aiortc's own close callbacks run
+    leftover = [t for t in asyncio.all_tasks() - tasks_before if not t.done()]
+    assert leftover == [], f"tasks left behind: {leftover}"
+    assert process_udp_sockets() <= sockets_before, "UDP sockets left open"

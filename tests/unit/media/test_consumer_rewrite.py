@@ -1,0 +1,197 @@
+"""Producer → Consumer forwarding logic without sockets: a fake transport records what is sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from salon.media.consumer import Consumer, ConsumerClosed, ConsumerCloseReason
+from salon.media.producer import Producer, ProducerClosed, ProducerCloseReason
+from salon.media.rtcp import Nack, Pli, Remb, SenderReport, parse_rtcp
+from salon.media.rtp import build_rtp, find_header_extension, parse_rtp_header, unwrap_rtx
+from salon.media.sdp import HeaderExtensionIds, PublishTrack, RtpCodec, SubscribeTrack
+from salon.media.transport import TransportState
+
+VP8 = RtpCodec(
+    kind="video",
+    mime_type="video/VP8",
+    clock_rate=90000,
+    channels=None,
+    payload_type=96,
+    rtcp_feedback=(("nack", None), ("nack", "pli"), ("goog-remb", None)),
+    rtx_payload_type=97,
+)
+KEY = bytes([0x10, 0x00, 0x9D, 0x01, 0x2A]) + bytes(50)  # VP8: S=1 PID=0, P=0
+DELTA = bytes([0x10, 0x01]) + bytes(50)  # S=1 PID=0, P=1: inter frame
+CONT = bytes([0x00, 0x00]) + bytes(50)  # not a partition start
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.state = TransportState.CONNECTED
+        self.rtp: list[bytes] = []
+        self.rtcp: list[bytes] = []
+        self.scheduled: list[float] = []
+
+    def send_rtp(self, packet: bytes) -> None:
+        self.rtp.append(packet)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        self.rtcp.append(packet)
+
+    def schedule(self, at: float) -> None:
+        self.scheduled.append(at)
+
+    def _remove_producer(self, producer: Any) -> None:
+        pass
+
+    def _remove_consumer(self, consumer: Any) -> None:
+        pass
+
+
+def make(paused: bool = False) -> tuple[Producer, Consumer, FakeTransport, FakeTransport]:
+    pub, sub = FakeTransport(), FakeTransport()
+    track = PublishTrack(
+        mid="1",
+        kind="video",
+        codec=VP8,
+        extensions=HeaderExtensionIds(mid=4, abs_send_time=2),
+        ssrc=1111,
+        rtx_ssrc=2222,
+        cname="c",
+    )
+    producer = Producer(pub, track, stream_id="s")  # type: ignore[arg-type]
+    sub_codec = RtpCodec(
+        **{**{f: getattr(VP8, f) for f in VP8.__slots__}, "payload_type": 120, "rtx_payload_type": 121}
+    )
+    consumer = Consumer(
+        sub,  # type: ignore[arg-type]
+        producer,
+        SubscribeTrack(
+            mid="v",
+            kind="video",
+            source=producer.id,
+            codec=sub_codec,
+            extensions=HeaderExtensionIds(mid=9, abs_send_time=3),
+        ),
+        ssrc=5555,
+        rtx_ssrc=6666,
+        paused=paused,
+    )
+    producer._add_consumer(consumer)
+    consumer.transport_connected()
+    return producer, consumer, pub, sub
+
+
+def feed(
+    producer: Producer, seq: int, ts: int, payload: bytes, now: float = 1.0, pt: int = 96, ssrc: int = 1111
+) -> None:
+    data = build_rtp(payload_type=pt, sequence_number=seq, timestamp=ts, ssrc=ssrc, payload=payload)
+    producer.receive_rtp(data, parse_rtp_header(data), now)
+
+
+def test_consumer_starts_on_a_key_frame_and_rewrites_everything() -> None:
+    producer, _consumer, pub, sub = make()
+    assert any(isinstance(p, Pli) and p.media_ssrc == 1111 for raw in pub.rtcp for p in parse_rtcp(raw))
+    feed(producer, 100, 9000, DELTA)
+    feed(producer, 101, 9000, CONT)
+    assert sub.rtp == []  # waiting for a key frame
+    feed(producer, 102, 12000, KEY)
+    feed(producer, 103, 12000, CONT)
+    feed(producer, 104, 15000, DELTA)
+    headers = [parse_rtp_header(p) for p in sub.rtp]
+    assert [h.ssrc for h in headers] == [5555] * 3
+    assert [h.payload_type for h in headers] == [120] * 3
+    seqs = [h.sequence_number for h in headers]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(3)]
+    assert headers[2].timestamp - headers[0].timestamp == 3000
+    assert find_header_extension(sub.rtp[0], headers[0], 9) == b"v"
+    assert find_header_extension(sub.rtp[0], headers[0], 3) is not None
+    assert sub.rtp[0][headers[0].payload_offset :] == KEY
+
+
+def test_pause_and_resume_keep_sequence_numbers_continuous() -> None:
+    producer, consumer, _pub, sub = make()
+    feed(producer, 10, 1000, KEY)
+    feed(producer, 11, 4000, DELTA)
+    consumer.pause()
+    feed(producer, 12, 7000, DELTA)
+    feed(producer, 13, 10000, KEY)
+    consumer.resume()
+    feed(producer, 14, 13000, DELTA)  # not a key frame: still waiting
+    feed(producer, 15, 16000, KEY)
+    headers = [parse_rtp_header(p) for p in sub.rtp]
+    assert len(headers) == 3
+    assert headers[2].sequence_number == (headers[1].sequence_number + 1) & 0xFFFF
+    assert consumer.stats.key_frame_starts == 2
+
+
+def test_nack_is_answered_from_the_cache_with_rtx_and_misses_go_upstream() -> None:
+    producer, consumer, pub, sub = make()
+    feed(producer, 200, 1000, KEY)
+    feed(producer, 201, 1000, CONT)
+    first = parse_rtp_header(sub.rtp[1])
+    sent_before = len(sub.rtp)
+    pub.rtcp.clear()
+    consumer.receive_nack([first.sequence_number, (first.sequence_number + 5) & 0xFFFF], now=2.0)
+    assert consumer.stats.retransmitted_from_cache == 1
+    rtx = sub.rtp[sent_before]
+    header = parse_rtp_header(rtx)
+    assert (header.ssrc, header.payload_type, header.timestamp) == (6666, 121, first.timestamp)
+    osn, payload = unwrap_rtx(rtx, header)
+    assert osn == first.sequence_number and payload == CONT
+    # seq + 5 was never sent to this subscriber: nothing to map, nothing upstream.
+    assert consumer.stats.cache_misses == 0
+    # A NACK for a packet forwarded but evicted from the cache goes upstream.
+    producer._cache.clear()
+    consumer.receive_nack([first.sequence_number], now=2.1)
+    assert consumer.stats.cache_misses == 1
+    nacks = [p for raw in pub.rtcp for p in parse_rtcp(raw) if isinstance(p, Nack)]
+    assert nacks and nacks[-1].media_ssrc == 1111 and nacks[-1].seqs == (201,)
+
+
+def test_publisher_gap_is_nacked_at_once_and_rtx_recovers_it() -> None:
+    producer, _consumer, pub, sub = make()
+    feed(producer, 300, 1000, KEY)
+    pub.rtcp.clear()
+    feed(producer, 302, 1000, CONT, now=1.01)
+    nacks = [p for raw in pub.rtcp for p in parse_rtcp(raw) if isinstance(p, Nack)]
+    assert nacks and nacks[0].seqs == (301,)
+    rtx = build_rtp(payload_type=97, sequence_number=7, timestamp=1000, ssrc=2222, payload=b"\x01\x2d" + CONT)
+    producer.receive_rtp(rtx, parse_rtp_header(rtx), 1.05)
+    assert producer.stats.rtx_received == 1
+    forwarded = [parse_rtp_header(p) for p in sub.rtp]
+    assert len(forwarded) == 3  # the recovered packet is forwarded too
+    assert forwarded[2].sequence_number == (forwarded[0].sequence_number + 1) & 0xFFFF
+
+
+def test_sender_report_and_remb() -> None:
+    producer, consumer, pub, sub = make()
+    feed(producer, 1, 90000, KEY)
+    sub.rtcp.clear()
+    producer.receive_sender_report(
+        SenderReport(ssrc=1111, ntp_timestamp=123 << 32, rtp_timestamp=90000, packet_count=1, octet_count=1),
+        1.0,
+    )
+    (sr,) = parse_rtcp(sub.rtcp[0])
+    assert isinstance(sr, SenderReport)
+    assert sr.ssrc == 5555 and sr.ntp_timestamp == 123 << 32
+    assert sr.rtp_timestamp == parse_rtp_header(sub.rtp[0]).timestamp
+    assert sr.packet_count == 1
+    consumer.receive_remb(400_000, 1.0)
+    pub.rtcp.clear()
+    producer.on_timer(5.0)
+    rembs = [p for raw in pub.rtcp for p in parse_rtcp(raw) if isinstance(p, Remb)]
+    assert rembs and 390_000 <= rembs[0].bitrate <= 400_000 and rembs[0].ssrcs == (1111,)
+
+
+def test_producer_close_closes_consumers_with_producer_closed() -> None:
+    producer, consumer, _pub, _sub = make()
+    events: list[object] = []
+    consumer.events.add_listener(events.append)
+    producer.events.add_listener(events.append)
+    producer.close()
+    producer.close()
+    assert [type(e) for e in events] == [ConsumerClosed, ProducerClosed]
+    assert isinstance(events[0], ConsumerClosed) and events[0].reason is ConsumerCloseReason.PRODUCER_CLOSED
+    assert isinstance(events[1], ProducerClosed) and events[1].reason is ProducerCloseReason.CLOSED
+    assert consumer.closed and producer.consumers == []

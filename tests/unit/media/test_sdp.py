@@ -1,0 +1,334 @@
+"""SDP offer/answer for the SFU (salon.media.sdp): real aiortc offers and a Chromium offer."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from aiortc.sdp import SessionDescription
+
+from salon.errors import InvalidRequestError
+from salon.media.errors import InvalidSdpError, MediaError, UnsupportedError
+from salon.media.loopback import host_addresses
+from salon.media.sdp import (
+    AnswerMedia,
+    HeaderExtensionIds,
+    HostCandidate,
+    LocalTransportParameters,
+    RtpCodec,
+    SendingSsrcs,
+    build_answer,
+    codecs_match,
+    negotiate_publish,
+    negotiate_subscribe,
+    parse_offer,
+)
+
+CHROMIUM_OFFER = (Path(__file__).parent / "fixtures" / "chromium-offer.sdp").read_bytes().decode()
+
+LOCAL = LocalTransportParameters(
+    ice_ufrag="sfuA",
+    ice_pwd="sfupasswordsfupassword",
+    fingerprints=(("sha-256", ":".join(["AB"] * 32)),),
+    candidates=(HostCandidate(foundation="f1", priority=2130706431, ip="127.0.0.1", port=40000),),
+)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only() -> Iterator[None]:
+    with host_addresses(["127.0.0.1"]):
+        yield
+
+
+def h264(plid: str, pm: int = 1, pt: int = 102) -> RtpCodec:
+    return RtpCodec(
+        kind="video",
+        mime_type="video/H264",
+        clock_rate=90000,
+        channels=None,
+        payload_type=pt,
+        parameters={"packetization-mode": pm, "profile-level-id": plid, "level-asymmetry-allowed": 1},
+    )
+
+
+async def aiortc_offer(*, audio: str | None, video: str | None, video_codec: str | None = None) -> str:
+    """An offer from a real RTCPeerConnection; ``audio``/``video`` are directions or None."""
+    pc = RTCPeerConnection(configuration=RTCConfiguration(iceServers=[]))
+    try:
+        if audio:
+            pc.addTransceiver(AudioStreamTrack() if audio == "sendonly" else "audio", direction=audio)
+        if video:
+            t = pc.addTransceiver(VideoStreamTrack() if video == "sendonly" else "video", direction=video)
+            if video_codec:
+                caps = RTCRtpSender.getCapabilities("video").codecs
+                t.setCodecPreferences([c for c in caps if c.mimeType in (video_codec, "video/rtx")])
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+    finally:
+        await pc.close()
+
+
+def media_sections(sdp: str) -> list[str]:
+    return ["m=" + part for part in sdp.split("\r\nm=")[1:]]
+
+
+# --- codec matching -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "match"),
+    [
+        (h264("42e01f"), h264("42e01f", pt=99), True),
+        (h264("42e01f"), h264("42e034"), True),  # level differs: level-asymmetry
+        (h264("42e01f"), h264("42001f"), False),  # constrained baseline vs baseline
+        (h264("42e01f"), h264("640c1f"), False),  # constrained baseline vs constrained high
+        (h264("640c1f"), h264("64001f"), False),  # constrained high vs high
+        (h264("4d001f"), h264("4d001f"), True),
+        (h264("42e01f", pm=0), h264("42e01f", pm=1), False),
+    ],
+)
+def test_h264_codecs_match_on_profile_and_packetization_mode(a: RtpCodec, b: RtpCodec, match: bool) -> None:
+    assert codecs_match(a, b) is match
+    assert codecs_match(b, a) is match
+
+
+# --- publish --------------------------------------------------------------------------------
+
+
+async def test_aiortc_publish_offer_negotiates_opus_and_vp8_with_rtx() -> None:
+    offer = parse_offer(await aiortc_offer(audio="sendonly", video="sendonly"))
+    audio, video = negotiate_publish(offer)
+    assert (audio.kind, audio.codec.name, audio.codec.payload_type, audio.codec.channels) == (
+        "audio",
+        "opus",
+        96,
+        2,
+    )
+    assert audio.extensions == HeaderExtensionIds(mid=1, audio_level=2)
+    assert (video.kind, video.codec.name, video.codec.payload_type, video.codec.rtx_payload_type) == (
+        "video",
+        "vp8",
+        97,
+        98,
+    )
+    assert video.extensions == HeaderExtensionIds(mid=1, abs_send_time=3)
+    assert video.ssrc is not None and video.rtx_ssrc is not None and audio.ssrc is not None
+    assert set(video.codec.rtcp_feedback) == {("nack", None), ("nack", "pli"), ("goog-remb", None)}
+
+
+async def test_publish_answer_is_accepted_by_the_aiortc_offerer() -> None:
+    pc = RTCPeerConnection(configuration=RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = parse_offer(pc.localDescription.sdp)
+        tracks = negotiate_publish(offer)
+        answer = build_answer(
+            offer,
+            LOCAL,
+            [
+                AnswerMedia(mid=t.mid, direction="recvonly", codec=t.codec, extensions=t.extensions)
+                for t in tracks
+            ],
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        assert [t._codecs[0].mimeType for t in pc.getTransceivers()] == ["audio/opus", "video/VP8"]
+    finally:
+        await pc.close()
+    assert "a=setup:active" in answer
+    assert "a=group:BUNDLE 0 1" in answer
+    assert answer.count("a=rtcp-mux") == 2
+    assert "a=candidate:f1 1 udp 2130706431 127.0.0.1 40000 typ host" in answer
+    assert "a=end-of-candidates" in answer
+    assert "a=ice-ufrag:sfuA" in answer and "a=fingerprint:sha-256 AB:AB" in answer
+
+
+async def test_aiortc_h264_publish_offer_keeps_the_first_offered_profile() -> None:
+    offer = parse_offer(await aiortc_offer(audio=None, video="sendonly", video_codec="video/H264"))
+    (video,) = negotiate_publish(offer)
+    assert video.codec.name == "h264"
+    assert video.codec.parameters["profile-level-id"] == "42001f"
+    assert str(video.codec.parameters["packetization-mode"]) == "1"
+    assert video.codec.rtx_payload_type is not None
+
+
+def test_chromium_publish_offer_keeps_supported_codecs_and_extension_ids() -> None:
+    offer = parse_offer(CHROMIUM_OFFER)
+    assert offer.bundle == ("0", "1")
+    assert not offer.transport.candidates and not offer.transport.candidates_complete  # trickle
+    audio, video = negotiate_publish(offer)
+    assert (audio.codec.name, audio.codec.payload_type, audio.codec.rtcp_feedback) == ("opus", 111, ())
+    assert audio.extensions == HeaderExtensionIds(mid=4, audio_level=1)
+    assert (video.codec.name, video.codec.payload_type, video.codec.rtx_payload_type) == ("vp8", 96, 97)
+    assert video.extensions == HeaderExtensionIds(mid=4, abs_send_time=2)
+    assert ("transport-cc", None) not in video.codec.rtcp_feedback
+    assert ("ccm", "fir") in video.codec.rtcp_feedback
+    assert (video.ssrc, video.rtx_ssrc) == (2763917513, 3158293042)
+
+    answer = build_answer(
+        offer,
+        LOCAL,
+        [
+            AnswerMedia(mid=t.mid, direction="recvonly", codec=t.codec, extensions=t.extensions)
+            for t in (audio, video)
+        ],
+    )
+    audio_section, video_section = media_sections(answer)
+    assert audio_section.startswith("m=audio 40000 UDP/TLS/RTP/SAVPF 111\r\n")
+    assert video_section.startswith("m=video 40000 UDP/TLS/RTP/SAVPF 96 97\r\n")
+    assert "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid" in video_section
+    assert "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time" in video_section
+    assert "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level" in audio_section
+    for unwanted in ("transport-cc", "VP9", "AV1", "red/", "ulpfec", "toffset", "a=rid", "a=simulcast"):
+        assert unwanted not in answer
+    assert "a=fmtp:97 apt=96" in video_section
+    assert "a=recvonly" in video_section
+    # The answer parses back.
+    parsed = SessionDescription.parse(answer)
+    assert [m.rtp.muxId for m in parsed.media] == ["0", "1"]
+    assert parsed.media[1].dtls is not None and parsed.media[1].dtls.role == "client"
+
+
+def test_chromium_offer_without_vp8_chooses_h264_packetization_mode_1() -> None:
+    sdp = re.sub(r"a=(rtpmap|rtcp-fb|fmtp):(96|97) [^\r]*\r\n", "", CHROMIUM_OFFER)
+    (_audio, video) = negotiate_publish(parse_offer(sdp))
+    assert (video.codec.name, video.codec.payload_type, video.codec.rtx_payload_type) == ("h264", 102, 103)
+    assert video.codec.parameters["profile-level-id"] == "42001f"
+
+
+def test_chromium_simulcast_offer_gets_a_single_encoding_answer() -> None:
+    sdp = re.sub(r"a=ssrc(-group)?:[^\r]*\r\n", "", CHROMIUM_OFFER)
+    sdp = sdp.replace(
+        "a=rtpmap:96 VP8/90000",
+        "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\na=rtpmap:96 VP8/90000",
+    )
+    offer = parse_offer(sdp)
+    _audio, video = negotiate_publish(offer)
+    assert video.simulcast_offered and video.ssrc is None and video.rtx_ssrc is None
+    answer = build_answer(offer, LOCAL, [AnswerMedia(mid=video.mid, direction="recvonly", codec=video.codec)])
+    assert "a=rid" not in answer and "a=simulcast" not in answer
+    assert media_sections(answer)[0].startswith("m=audio 0 ")  # not answered: rejected
+    assert "a=group:BUNDLE 1" in answer
+
+
+# --- subscribe ------------------------------------------------------------------------------
+
+
+async def test_subscribe_answer_uses_the_subscribers_payload_types_and_our_ssrcs() -> None:
+    offer = parse_offer(await aiortc_offer(audio="recvonly", video="recvonly", video_codec="video/H264"))
+    producer_video = dataclasses.replace(h264("42e01f", pt=126), rtx_payload_type=127)
+    producer_audio = RtpCodec(
+        kind="audio", mime_type="audio/opus", clock_rate=48000, channels=2, payload_type=111
+    )
+    audio, video = negotiate_subscribe(offer, [("pa", producer_audio), ("pv", producer_video)])
+    assert (audio.source, audio.codec.payload_type) == ("pa", 96)
+    # aiortc offers 99 = H264 42001f, 101 = H264 42e01f: the constrained-baseline one must win.
+    assert (video.source, video.codec.payload_type, video.codec.rtx_payload_type) == ("pv", 101, 102)
+    assert video.codec.parameters["profile-level-id"] == "42e01f"
+
+    answer = build_answer(
+        offer,
+        LOCAL,
+        [
+            AnswerMedia(
+                mid=audio.mid,
+                direction="sendonly",
+                codec=audio.codec,
+                extensions=audio.extensions,
+                sending=SendingSsrcs(ssrc=1111, rtx_ssrc=None, cname="c", msid="s a"),
+            ),
+            AnswerMedia(
+                mid=video.mid,
+                direction="sendonly",
+                codec=video.codec,
+                extensions=video.extensions,
+                sending=SendingSsrcs(ssrc=2222, rtx_ssrc=3333, cname="c", msid="s v"),
+            ),
+        ],
+    )
+    _audio_section, video_section = media_sections(answer)
+    assert video_section.startswith("m=video 40000 UDP/TLS/RTP/SAVPF 101 102\r\n")
+    assert "a=ssrc-group:FID 2222 3333" in video_section
+    assert "a=ssrc:2222 msid:s v" in video_section and "a=msid:s v" in video_section
+    assert "a=sendonly" in video_section and "a=mid:1" in video_section
+
+    # The aiortc subscriber accepts it.
+    pc = RTCPeerConnection(configuration=RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sub_offer = parse_offer(pc.localDescription.sdp)
+        tracks = negotiate_subscribe(sub_offer, [("pa", producer_audio), ("pv", h264("42e01f"))])
+        sub_answer = build_answer(
+            sub_offer,
+            LOCAL,
+            [
+                AnswerMedia(
+                    mid=t.mid,
+                    direction="sendonly",
+                    codec=t.codec,
+                    extensions=t.extensions,
+                    sending=SendingSsrcs(ssrc=10 + i, rtx_ssrc=None, cname="c", msid=f"s t{i}"),
+                )
+                for i, t in enumerate(tracks)
+            ],
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sub_answer, type="answer"))
+    finally:
+        await pc.close()
+
+
+async def test_subscriber_without_the_producers_h264_profile_is_refused() -> None:
+    offer = parse_offer(await aiortc_offer(audio=None, video="recvonly", video_codec="video/H264"))
+    with pytest.raises(UnsupportedError, match="640c1f"):
+        negotiate_subscribe(offer, [("pv", h264("640c1f"))])
+
+
+async def test_subscriber_offering_only_vp8_cannot_receive_h264() -> None:
+    offer = parse_offer(await aiortc_offer(audio=None, video="recvonly", video_codec="video/VP8"))
+    with pytest.raises(UnsupportedError) as info:
+        negotiate_subscribe(offer, [("pv", h264("42e01f"))])
+    assert isinstance(info.value, InvalidRequestError) and info.value.status == 400
+
+
+def test_chromium_subscribe_offer_maps_to_chromium_payload_types() -> None:
+    sdp = CHROMIUM_OFFER.replace("a=sendonly", "a=recvonly")
+    vp8 = RtpCodec(
+        kind="video",
+        mime_type="video/VP8",
+        clock_rate=90000,
+        channels=None,
+        payload_type=97,
+        rtx_payload_type=98,
+    )
+    (video,) = negotiate_subscribe(parse_offer(sdp), [("pv", vp8)])
+    assert (video.codec.payload_type, video.codec.rtx_payload_type) == (96, 97)
+    assert video.extensions == HeaderExtensionIds(mid=4, abs_send_time=2)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_errors_say_the_offer_is_at_fault() -> None:
+    with pytest.raises(InvalidSdpError):
+        parse_offer("v=0\r\nm=video nonsense\r\n")
+    with pytest.raises(InvalidSdpError, match="fingerprint"):
+        parse_offer(re.sub(r"a=fingerprint:[^\r]*\r\n", "", CHROMIUM_OFFER))
+    with pytest.raises(InvalidSdpError, match="ice-ufrag"):
+        parse_offer(re.sub(r"a=ice-ufrag:[^\r]*\r\n", "", CHROMIUM_OFFER))
+    with pytest.raises(UnsupportedError, match="rtcp-mux"):
+        parse_offer(CHROMIUM_OFFER.replace("a=rtcp-mux\r\n", ""))
+    pcmu_only = re.sub(r"a=(rtpmap|rtcp-fb|fmtp):(111|63) [^\r]*\r\n", "", CHROMIUM_OFFER)
+    tracks = negotiate_publish(parse_offer(pcmu_only))
+    assert [t.kind for t in tracks] == ["video"]  # the audio m-line is rejected, video kept
+    audio_only = pcmu_only[: pcmu_only.index("m=video")].replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0")
+    with pytest.raises(UnsupportedError, match="no codec we support"):
+        negotiate_publish(parse_offer(audio_only))
+    assert issubclass(MediaError, InvalidRequestError)
