@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 from typing import Any
 
+from salon.server.config import ServerConfig
+from salon.server.run import ServerThread
 from salon.signalling.schema import StreamReason
 from salon.signalling.session import Stream, Subscription
-from tests.conftest import RunningServer
+from tests.conftest import API_KEY, API_SECRET, RunningServer
 from tests.wsclient import WsClient
 
 
@@ -87,3 +90,31 @@ async def test_a_stream_the_media_plane_loses_is_destroyed_as_media_stopped(serv
     assert ("stream_unpublished", stream_id) in media.calls
     await pub.close()
     await watcher.close()
+
+
+async def test_a_server_without_media_refuses_offers_and_keeps_signalling_only_streams(
+    tmp_path: pathlib.Path,
+) -> None:
+    config = ServerConfig(port=0, data_dir=tmp_path, api_key=API_KEY, api_secret=API_SECRET, media=False)
+    with ServerThread(config) as thread:
+        server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
+        assert thread.server.config.app.state.media is None
+        sid = server.session()
+        pub = await WsClient.join(server.url, sid, server.token(sid))
+        sub = await WsClient.join(server.url, sid, server.token(sid))
+        reply = await pub.request({"type": "publish", "sdp": "v=0\r\n"})
+        assert (reply["type"], reply["code"]) == ("error", "media_unavailable")
+        assert await sub.quiet() == []
+        stream_id = (await pub.request({"type": "publish"}))["stream"]["stream_id"]
+        assert (await sub.next("stream_created"))["stream"]["stream_id"] == stream_id
+        reply = await sub.request({"type": "subscribe", "stream_id": stream_id, "sdp": "v=0\r\n"})
+        assert (reply["type"], reply["code"]) == ("error", "media_unavailable")
+        reply = await pub.request({"type": "ice_candidate", "stream_id": stream_id, "candidate": None})
+        assert (reply["type"], reply["code"]) == ("error", "media_unavailable")
+        subscription = (await sub.request({"type": "subscribe", "stream_id": stream_id}))["subscription_id"]
+        reply = await sub.request(
+            {"type": "set_subscription", "subscription_id": subscription, "audio": False}
+        )
+        assert reply["type"] == "ack"
+        await pub.close()
+        await sub.close()

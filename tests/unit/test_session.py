@@ -16,6 +16,7 @@ from salon.signalling.schema import (
     SignalEvent,
     StreamCreatedEvent,
     StreamDestroyedEvent,
+    StreamReason,
     UpdateStreamRequest,
 )
 from salon.signalling.session import Close, Deliver, Session
@@ -160,3 +161,67 @@ def test_stream_created_event_goes_to_others() -> None:
     session = make_session(Role.PUBLISHER)
     stream, actions = session.publish("c0", PublishRequest(request_id=1, name="n"), created_at=1)
     assert actions == [Deliver(StreamCreatedEvent(stream=stream.info()), exclude="c0")]
+
+
+def test_a_pending_stream_is_known_to_its_publisher_only_until_announced() -> None:
+    session = make_session(Role.PUBLISHER, Role.PUBLISHER)
+    stream, actions = session.publish("c0", PublishRequest(request_id=1), created_at=1, announce=False)
+    assert actions == [] and not stream.announced
+    assert session.announced_streams() == []
+    with pytest.raises(NotFoundError):
+        session.announced_stream(stream.stream_id)
+    with pytest.raises(NotFoundError):
+        session.subscribe("c1", stream.stream_id)
+    assert session.subscriptions == {}
+    assert session.own_stream("c0", stream.stream_id) is stream
+    with pytest.raises(PermissionDeniedError):
+        session.own_stream("c1", stream.stream_id)
+    # Property changes are not told to the others before the stream is announced.
+    assert (
+        session.update_stream("c0", UpdateStreamRequest(request_id=2, stream_id=stream.stream_id, name="x"))
+        == []
+    )
+    assert session.announce_stream(stream.stream_id) == [
+        Deliver(StreamCreatedEvent(stream=stream.info()), exclude="c0")
+    ]
+    assert stream.info().name == "x"
+    assert session.announce_stream(stream.stream_id) == []  # idempotent
+    assert session.announce_stream("nope") == []
+    assert session.announced_streams() == [stream]
+    assert session.subscribe("c1", stream.stream_id).stream_id == stream.stream_id
+
+
+def test_a_pending_stream_ends_for_its_publisher_only() -> None:
+    session = make_session(Role.PUBLISHER, Role.PUBLISHER)
+    stream, _ = session.publish("c0", PublishRequest(request_id=1), created_at=1, announce=False)
+    event = StreamDestroyedEvent(
+        stream_id=stream.stream_id, connection_id="c0", reason=StreamReason.MEDIA_STOPPED
+    )
+    assert session.end_stream(stream.stream_id, StreamReason.MEDIA_STOPPED) == [Deliver(event, to=("c0",))]
+    assert session.streams == {}
+
+
+def test_withdraw_forgets_a_pending_stream_silently_but_not_an_announced_one() -> None:
+    session = make_session(Role.PUBLISHER)
+    pending, _ = session.publish("c0", PublishRequest(request_id=1), created_at=1, announce=False)
+    announced = publish(session, "c0")
+    session.withdraw(pending.stream_id)
+    session.withdraw(announced)
+    session.withdraw("nope")
+    assert list(session.streams) == [announced]
+
+
+def test_mute_all_tells_the_others_about_announced_streams_only() -> None:
+    session = make_session(Role.MODERATOR, Role.PUBLISHER)
+    pending, _ = session.publish("c1", PublishRequest(request_id=1), created_at=1, announce=False)
+    actions = session.force_mute(None, by="c0")
+    assert actions == [Deliver(MuteForcedEvent(stream_id=pending.stream_id), to=("c1",))]
+    assert not pending.has_audio
+
+
+def test_own_subscription_is_the_connections_own() -> None:
+    session = make_session(Role.PUBLISHER, Role.PUBLISHER, Role.PUBLISHER)
+    sub = session.subscribe("c1", publish(session, "c0"))
+    assert session.own_subscription("c1", sub.subscription_id) is sub
+    with pytest.raises(NotFoundError):
+        session.own_subscription("c2", sub.subscription_id)

@@ -16,6 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from salon import __version__
 from salon.errors import SalonError
+from salon.media.plane import SfuMediaPlane
+from salon.media.transport import WebRtcTransportOptions
 from salon.server.config import ServerConfig
 from salon.server.rest import router
 from salon.signalling.service import SignallingService
@@ -80,13 +82,27 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         registry = Registry(store)
         project = await ensure_project(store, config, announce)
         registry.remember_project(project)
-        service = SignallingService(registry, config.signalling)
+        media: SfuMediaPlane | None = None
+        if config.media:
+            media = SfuMediaPlane(
+                WebRtcTransportOptions(
+                    listen_addresses=config.listen_addresses,
+                    announced_address=config.announced_address,
+                    port_range=config.port_range,
+                )
+            )
+        service = SignallingService(registry, config.signalling, media=media)
+        if media is not None:
+            media.events = service
         await service.start()
         app.state.store, app.state.registry, app.state.signalling = store, registry, service
+        app.state.media = media
         try:
             yield
         finally:
             await service.stop()
+            if media is not None:
+                await media.close()
             await store.close()
 
     app = FastAPI(

@@ -20,6 +20,11 @@ class ServerConfig:
     :param database_url: overrides the embedded database, e.g. ``postgresql://user@host/salon``.
     :param api_key: with ``api_secret``, a project that must exist (``SALON_API_KEY`` /
         ``SALON_API_SECRET``); otherwise a project is created on first start.
+    :param media: forward media (the in-process SFU); False for a signalling-only server,
+        which refuses SDP offers with ``media_unavailable``.
+    :param listen_addresses: the IPs the media transports gather host candidates on.
+    :param announced_address: the public IP written into the candidates instead (NAT / 1:1).
+    :param port_range: the inclusive UDP port range of the media sockets (default: ephemeral).
     """
 
     host: str = "127.0.0.1"
@@ -29,6 +34,10 @@ class ServerConfig:
     api_key: str | None = None
     api_secret: str | None = None
     signalling: SignallingConfig = field(default_factory=SignallingConfig)
+    media: bool = True
+    listen_addresses: tuple[str, ...] = ("127.0.0.1",)
+    announced_address: str | None = None
+    port_range: tuple[int, int] | None = None
 
     @property
     def store_url(self) -> str:

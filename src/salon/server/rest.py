@@ -267,7 +267,7 @@ async def list_streams(
 ) -> StreamList:
     await session_of(project, reg, sessionId)
     session = live(service, sessionId)
-    items = [stream_body(s) for s in session.streams.values()] if session else []
+    items = [stream_body(s) for s in session.announced_streams()] if session else []
     return StreamList(count=len(items), items=items)
 
 
@@ -285,7 +285,7 @@ async def get_stream(
     session = live(service, sessionId)
     if session is None:
         raise NotFoundError("stream not found")
-    return stream_body(session.stream(streamId))
+    return stream_body(session.announced_stream(streamId))
 
 
 @router.put(

@@ -5,14 +5,20 @@ owns the packets. Signalling tells the media plane what happened through :class:
 and the media plane reports back through :class:`MediaEvents` (a stream whose media stopped,
 for instance because its worker died).
 
-:class:`SignallingOnly` is the media plane of a server without media: every call succeeds at
-once and nothing is forwarded. The SFU implements the same protocol.
+:class:`SignallingOnly` is the media plane of a server without media: every notification
+succeeds at once, nothing is forwarded, and a negotiation (an SDP offer, an ICE candidate) is
+refused with ``media_unavailable``. The SFU (:class:`salon.media.plane.SfuMediaPlane`)
+implements the same protocol.
+
+Negotiation happens only for requests that carry media (an ``sdp``); a stream published
+without one is signalling-only, as on a server without media, and is announced at once.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from salon.errors import InvalidRequestError
 from salon.signalling.schema import StreamReason
 from salon.signalling.session import Stream, Subscription
 
@@ -25,12 +31,41 @@ class MediaEvents(Protocol):
     async def stream_ended(self, session_id: str, stream_id: str, reason: StreamReason) -> None:
         """The stream's media stopped for good; signalling destroys the stream with ``reason``."""
 
+    async def stream_flowing(self, session_id: str, stream_id: str) -> None:
+        """The stream's publish transport connected: signalling announces the stream."""
+
 
 class MediaPlane(Protocol):
     """What signalling asks of the media plane. Every method is idempotent."""
 
     async def stream_published(self, session_id: str, stream: Stream) -> None:
-        """A stream was published."""
+        """A signalling-only stream (no SDP offer) was published."""
+
+    async def publish(self, session_id: str, stream: Stream, offer: str) -> str:
+        """Set up the media of a pending stream from the client's sendonly offer; returns the
+        SDP answer. Once media flows, call :meth:`MediaEvents.stream_flowing`. Raises a
+        :class:`~salon.errors.SalonError` (and keeps nothing) if the offer cannot be served."""
+
+    async def subscribe(
+        self, session_id: str, subscription: Subscription, offer: str, *, audio: bool, video: bool
+    ) -> str:
+        """Set up a subscription's media from the client's recvonly offer; returns the SDP
+        answer. ``audio`` / ``video`` False start that kind paused."""
+
+    async def add_candidate(
+        self,
+        session_id: str,
+        candidate: str | None,
+        *,
+        stream_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> None:
+        """A trickled ICE candidate (None: no more) for a stream's or a subscription's transport."""
+
+    async def set_subscription(
+        self, session_id: str, subscription: Subscription, *, audio: bool | None, video: bool | None
+    ) -> None:
+        """Forward a subscription's audio / video or not (None: leave that kind as it is)."""
 
     async def stream_unpublished(self, session_id: str, stream_id: str) -> None:
         """A stream was destroyed for any reason: release its producers and their consumers."""
@@ -48,11 +83,38 @@ class MediaPlane(Protocol):
         """The last connection left: release the session's router."""
 
 
+def _no_media() -> InvalidRequestError:
+    return InvalidRequestError("this server has no media plane", code="media_unavailable")
+
+
 class SignallingOnly:
     """No media: streams and subscriptions exist in signalling only."""
 
     async def stream_published(self, session_id: str, stream: Stream) -> None:
         return None
+
+    async def publish(self, session_id: str, stream: Stream, offer: str) -> str:
+        raise _no_media()
+
+    async def subscribe(
+        self, session_id: str, subscription: Subscription, offer: str, *, audio: bool, video: bool
+    ) -> str:
+        raise _no_media()
+
+    async def add_candidate(
+        self,
+        session_id: str,
+        candidate: str | None,
+        *,
+        stream_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> None:
+        raise _no_media()
+
+    async def set_subscription(
+        self, session_id: str, subscription: Subscription, *, audio: bool | None, video: bool | None
+    ) -> None:
+        return None  # a signalling-only subscription forwards nothing either way
 
     async def stream_unpublished(self, session_id: str, stream_id: str) -> None:
         return None

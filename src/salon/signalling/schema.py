@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -31,6 +31,7 @@ __all__ = [
     "ForceDisconnectRequest",
     "ForceMuteRequest",
     "ForceUnpublishRequest",
+    "IceCandidateRequest",
     "MuteForcedEvent",
     "PingMessage",
     "PongMessage",
@@ -38,6 +39,7 @@ __all__ = [
     "PublishedMessage",
     "ServerMessage",
     "SessionDisconnectedEvent",
+    "SetSubscriptionRequest",
     "SignalEvent",
     "SignalRequest",
     "StreamCreatedEvent",
@@ -89,7 +91,12 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "conflict"
     INVALID_REQUEST = "invalid_request"
     MEDIA_UNAVAILABLE = "media_unavailable"
-    """The media plane could not serve the request."""
+    """The media plane could not serve the request (e.g. an ``sdp`` sent to a server without
+    media, or the server ran out of UDP ports)."""
+    INVALID_SDP = "invalid_sdp"
+    """The SDP offer or ICE candidate is malformed or lacks a mandatory attribute."""
+    UNSUPPORTED_MEDIA = "unsupported_media"
+    """The SDP offer is well formed but asks for something the server does not do."""
     INTERNAL_ERROR = "internal_error"
 
 
@@ -180,6 +187,11 @@ class PublishRequest(_Model):
     width: int | None = Field(None, ge=1, le=16384)
     height: int | None = Field(None, ge=1, le=16384)
     frame_rate: float | None = Field(None, gt=0, le=240)
+    sdp: str | None = Field(
+        None,
+        description="The client's sendonly SDP offer; absent for a signalling-only stream. With an "
+        "offer the stream is announced to the others once its media flows.",
+    )
 
 
 class UnpublishRequest(_Model):
@@ -209,12 +221,42 @@ class SubscribeRequest(_Model):
     stream_id: str
     audio: bool = True
     video: bool = True
+    sdp: str | None = Field(None, description="The client's recvonly SDP offer; absent without media.")
 
 
 class UnsubscribeRequest(_Model):
     type: Literal["unsubscribe"] = "unsubscribe"
     request_id: RequestId
     subscription_id: str
+
+
+class SetSubscriptionRequest(_Model):
+    """Receive a subscription's audio and/or video or not (None leaves that kind as it is)."""
+
+    type: Literal["set_subscription"] = "set_subscription"
+    request_id: RequestId
+    subscription_id: str
+    audio: bool | None = None
+    video: bool | None = None
+
+
+class IceCandidateRequest(_Model):
+    """A trickled ICE candidate for the transport of one of the connection's own streams
+    (``stream_id``) or subscriptions (``subscription_id``): exactly one of the two."""
+
+    type: Literal["ice_candidate"] = "ice_candidate"
+    request_id: RequestId
+    stream_id: str | None = None
+    subscription_id: str | None = None
+    candidate: str | None = Field(
+        description="An SDP ``candidate:`` attribute value; None ends the candidates."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> IceCandidateRequest:
+        if (self.stream_id is None) == (self.subscription_id is None):
+            raise ValueError("exactly one of stream_id and subscription_id is needed")
+        return self
 
 
 class SignalRequest(_Model):
@@ -262,6 +304,8 @@ ClientMessage = Annotated[
     | UpdateStreamRequest
     | SubscribeRequest
     | UnsubscribeRequest
+    | SetSubscriptionRequest
+    | IceCandidateRequest
     | SignalRequest
     | ForceDisconnectRequest
     | ForceUnpublishRequest
@@ -279,6 +323,8 @@ CLIENT_MESSAGE_TYPES = frozenset(
         UpdateStreamRequest,
         SubscribeRequest,
         UnsubscribeRequest,
+        SetSubscriptionRequest,
+        IceCandidateRequest,
         SignalRequest,
         ForceDisconnectRequest,
         ForceUnpublishRequest,
@@ -308,6 +354,7 @@ class PublishedMessage(_Model):
     type: Literal["published"] = "published"
     request_id: RequestId
     stream: StreamInfo
+    answer: str | None = Field(None, description="The server's SDP answer to the publish offer.")
 
 
 class SubscribedMessage(_Model):
@@ -315,6 +362,7 @@ class SubscribedMessage(_Model):
     request_id: RequestId
     subscription_id: str
     stream_id: str
+    answer: str | None = Field(None, description="The server's SDP answer to the subscribe offer.")
 
 
 class AckMessage(_Model):

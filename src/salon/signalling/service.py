@@ -37,11 +37,13 @@ from salon.signalling.schema import (
     ForceDisconnectRequest,
     ForceMuteRequest,
     ForceUnpublishRequest,
+    IceCandidateRequest,
     PingMessage,
     PongMessage,
     PublishedMessage,
     PublishRequest,
     ServerMessage,
+    SetSubscriptionRequest,
     SignalRequest,
     StreamDestroyedEvent,
     StreamReason,
@@ -229,6 +231,12 @@ class SignallingService:
         if session is not None:
             await self.carry_out(session, session.end_stream(stream_id, reason))
 
+    async def stream_flowing(self, session_id: str, stream_id: str) -> None:
+        """A pending stream's media flows: announce it (:class:`~salon.signalling.media.MediaEvents`)."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            await self.carry_out(session, session.announce_stream(stream_id))
+
     def live_session(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
 
@@ -342,7 +350,7 @@ class SignallingService:
                 connections=[
                     c.info() for c in session.connections.values() if c.connection_id != connection_id
                 ],
-                streams=[s.info() for s in session.streams.values()],
+                streams=[s.info() for s in session.announced_streams()],
                 heartbeat_interval=self.config.heartbeat_interval,
                 heartbeat_timeout=self.config.heartbeat_timeout,
             )
@@ -388,6 +396,9 @@ class SignallingService:
                     code=ErrorCode.ALREADY_CONNECTED,
                     message="this socket is connected already",
                 )
+            case PublishRequest() if message.sdp is not None:
+                await self._publish_media(session, cid, message, message.sdp)
+                return None
             case PublishRequest():
                 stream, actions = session.publish(cid, message, created_at=_now_ms())
                 await self.media.stream_published(session.session_id, stream)
@@ -402,6 +413,8 @@ class SignallingService:
                 actions = session.unpublish(cid, message.stream_id)
             case UpdateStreamRequest():
                 actions = session.update_stream(cid, message)
+            case SubscribeRequest() if message.sdp is not None:
+                return await self._subscribe_media(session, cid, message, message.sdp)
             case SubscribeRequest():
                 sub = session.subscribe(cid, message.stream_id)
                 await self.media.subscribed(session.session_id, sub)
@@ -413,6 +426,25 @@ class SignallingService:
             case UnsubscribeRequest():
                 await self.media.unsubscribed(
                     session.session_id, session.unsubscribe(cid, message.subscription_id)
+                )
+                actions = []
+            case SetSubscriptionRequest():
+                sub = session.own_subscription(cid, message.subscription_id)
+                await self.media.set_subscription(
+                    session.session_id, sub, audio=message.audio, video=message.video
+                )
+                actions = []
+            case IceCandidateRequest():
+                if message.stream_id is not None:
+                    session.own_stream(cid, message.stream_id)
+                else:
+                    assert message.subscription_id is not None  # the schema wants exactly one
+                    session.own_subscription(cid, message.subscription_id)
+                await self.media.add_candidate(
+                    session.session_id,
+                    message.candidate,
+                    stream_id=message.stream_id,
+                    subscription_id=message.subscription_id,
                 )
                 actions = []
             case SignalRequest():
@@ -430,6 +462,43 @@ class SignallingService:
                 return None
         await self._reply_then_apply(session, cid, AckMessage(request_id=message.request_id), actions)
         return None
+
+    async def _publish_media(self, session: Session, cid: str, message: PublishRequest, offer: str) -> None:
+        """Publish a stream with media: pending until the media plane reports it flowing."""
+        stream, actions = session.publish(cid, message, created_at=_now_ms(), announce=False)
+        try:
+            answer = await self.media.publish(session.session_id, stream, offer)
+        except BaseException:
+            session.withdraw(stream.stream_id)
+            raise
+        if session.streams.get(stream.stream_id) is not stream:
+            # The publisher left (or was disconnected) while the media plane negotiated.
+            await self.media.stream_unpublished(session.session_id, stream.stream_id)
+            return
+        reply = PublishedMessage(request_id=message.request_id, stream=stream.info(), answer=answer)
+        await self._reply_then_apply(session, cid, reply, actions)
+
+    async def _subscribe_media(
+        self, session: Session, cid: str, message: SubscribeRequest, offer: str
+    ) -> SubscribedMessage:
+        sub = session.subscribe(cid, message.stream_id)
+        try:
+            answer = await self.media.subscribe(
+                session.session_id, sub, offer, audio=message.audio, video=message.video
+            )
+        except BaseException:
+            session.subscriptions.pop(sub.subscription_id, None)
+            raise
+        if session.subscriptions.get(sub.subscription_id) is not sub:
+            # The stream went away while the media plane negotiated.
+            await self.media.unsubscribed(session.session_id, sub)
+            raise NotFoundError(f"no stream {message.stream_id} in this session")
+        return SubscribedMessage(
+            request_id=message.request_id,
+            subscription_id=sub.subscription_id,
+            stream_id=sub.stream_id,
+            answer=answer,
+        )
 
     async def _reply_then_apply(
         self, session: Session, cid: str, reply: ServerMessage, actions: list[Action]
@@ -456,6 +525,8 @@ class SignallingService:
 
 
 def _error_code(exc: SalonError) -> ErrorCode:
+    if exc.code == "media_resource_exhausted":
+        return ErrorCode.MEDIA_UNAVAILABLE
     try:
         return ErrorCode(exc.code)
     except ValueError:

@@ -93,6 +93,9 @@ class Stream:
     height: int | None = None
     frame_rate: float | None = None
     layout_class_list: list[str] = field(default_factory=list)
+    #: Whether the others know of the stream. A stream with media is *pending* (known to its
+    #: publisher only) until its media flows; a signalling-only stream is announced at once.
+    announced: bool = True
 
     def info(self) -> StreamInfo:
         return StreamInfo(
@@ -157,6 +160,28 @@ class Session:
         except KeyError:
             raise NotFoundError(f"no stream {stream_id} in this session") from None
 
+    def announced_stream(self, stream_id: str) -> Stream:
+        """A stream the others know of; a pending stream is not found."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.announced:
+            raise NotFoundError(f"no stream {stream_id} in this session")
+        return stream
+
+    def announced_streams(self) -> list[Stream]:
+        """The streams the others know of (``connected`` snapshots, the REST API)."""
+        return [s for s in self.streams.values() if s.announced]
+
+    def own_stream(self, connection_id: str, stream_id: str) -> Stream:
+        """One of the connection's own streams, announced or pending."""
+        self.connection(connection_id)
+        return self._own_stream(connection_id, stream_id)
+
+    def own_subscription(self, connection_id: str, subscription_id: str) -> Subscription:
+        sub = self.subscriptions.get(subscription_id)
+        if sub is None or sub.connection_id != connection_id:
+            raise NotFoundError(f"no subscription {subscription_id} of this connection")
+        return sub
+
     def _moderator(self, connection_id: str) -> Connection:
         conn = self.connection(connection_id)
         if not conn.role.can_moderate:
@@ -219,8 +244,10 @@ class Session:
     # -- streams -----------------------------------------------------------------------
 
     def publish(
-        self, connection_id: str, request: PublishRequest, *, created_at: int
+        self, connection_id: str, request: PublishRequest, *, created_at: int, announce: bool = True
     ) -> tuple[Stream, list[Action]]:
+        """Add a stream. With ``announce`` False it stays pending (the others are not told)
+        until :meth:`announce_stream`."""
         conn = self.connection(connection_id)
         if not conn.role.can_publish:
             raise PermissionDeniedError("a subscriber token cannot publish")
@@ -239,12 +266,30 @@ class Session:
             width=request.width,
             height=request.height,
             frame_rate=request.frame_rate,
+            announced=announce,
         )
         self.streams[stream_id] = stream
-        actions: list[Action] = [Deliver(StreamCreatedEvent(stream=stream.info()), exclude=connection_id)]
+        actions: list[Action] = []
+        if announce:
+            actions.append(Deliver(StreamCreatedEvent(stream=stream.info()), exclude=connection_id))
         if muted and request.has_audio:
             actions.append(Deliver(MuteForcedEvent(stream_id=stream_id), to=(connection_id,)))
         return stream, actions
+
+    def announce_stream(self, stream_id: str) -> list[Action]:
+        """Tell the others of a pending stream (its media flows). Idempotent."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.announced:
+            return []
+        stream.announced = True
+        return [Deliver(StreamCreatedEvent(stream=stream.info()), exclude=stream.connection_id)]
+
+    def withdraw(self, stream_id: str) -> None:
+        """Forget a pending stream whose media could not be set up: nobody else knew of it,
+        so nobody is told. Idempotent; announced streams are left alone."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.announced:
+            del self.streams[stream_id]
 
     def unpublish(self, connection_id: str, stream_id: str) -> list[Action]:
         stream = self._own_stream(connection_id, stream_id)
@@ -269,7 +314,9 @@ class Session:
         event = StreamDestroyedEvent(
             stream_id=stream.stream_id, connection_id=stream.connection_id, reason=reason
         )
-        return [Deliver(event, exclude=exclude)]
+        # A pending stream was known to its publisher only.
+        to = None if stream.announced else (stream.connection_id,)
+        return [Deliver(event, to=to, exclude=exclude)]
 
     def update_stream(self, connection_id: str, request: UpdateStreamRequest) -> list[Action]:
         stream = self._own_stream(connection_id, request.stream_id)
@@ -303,6 +350,8 @@ class Session:
             stream.width = request.width or stream.width
             stream.height = request.height or stream.height
             change("dimensions", old, [stream.width or 0, stream.height or 0])
+        if not stream.announced:
+            return []  # the others learn the current properties when it is announced
         return [Deliver(event, exclude=connection_id) for event in changes]
 
     def force_mute(
@@ -332,6 +381,8 @@ class Session:
             actions.append(Deliver(MuteForcedEvent(stream_id=stream.stream_id), to=(stream.connection_id,)))
             if stream.has_audio:
                 stream.has_audio = False
+                if not stream.announced:
+                    continue
                 event = StreamPropertyChangedEvent(
                     stream_id=stream.stream_id, property="has_audio", old_value=True, new_value=False
                 )
@@ -340,7 +391,7 @@ class Session:
 
     def set_layout_class_lists(self, items: dict[str, list[str]]) -> list[Stream]:
         """Set the layout classes of streams (REST). All are checked before any is set."""
-        streams = [self.stream(stream_id) for stream_id in items]
+        streams = [self.announced_stream(stream_id) for stream_id in items]
         for stream in streams:
             stream.layout_class_list = list(items[stream.stream_id])
         return streams
@@ -351,7 +402,7 @@ class Session:
         conn = self.connection(connection_id)
         if not conn.role.can_subscribe:
             raise PermissionDeniedError("a publisheronly token cannot subscribe")
-        stream = self.stream(stream_id)
+        stream = self.announced_stream(stream_id)
         if stream.connection_id == connection_id:
             raise InvalidRequestError("a connection cannot subscribe to its own stream")
         sub = Subscription(str(uuid.uuid4()), connection_id, stream_id)
@@ -359,9 +410,7 @@ class Session:
         return sub
 
     def unsubscribe(self, connection_id: str, subscription_id: str) -> Subscription:
-        sub = self.subscriptions.get(subscription_id)
-        if sub is None or sub.connection_id != connection_id:
-            raise NotFoundError(f"no subscription {subscription_id} of this connection")
+        sub = self.own_subscription(connection_id, subscription_id)
         del self.subscriptions[subscription_id]
         return sub
 
