@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
+from typing import Any
 
 import jwt
 import pytest
+import websockets
 
 from salon.ids import encode_session_id
 from salon.tokens import generate_token
-from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
 from tests.wsclient import WsClient
 
 
@@ -332,12 +335,54 @@ async def test_bad_tokens_close_the_socket_with_a_documented_code(server: Runnin
         await client.send({"type": "connect", "request_id": 1, "session_id": target, "token": token})
         error = await client.next("error")
         assert error["request_id"] == 1 and error["message"]
+        assert error["code"] == ("not_found" if close_code == 4004 else "invalid_token")
         code, reason = await client.closed()
         assert code == close_code, (token[:20], code, reason)
         assert reason
     assert await watcher.quiet() == []
     await watcher.request({"type": "signal", "signal_type": "t", "data": "still serving"})
     assert (await watcher.next("signal"))["data"] == "still serving"
+    await watcher.close()
+
+
+async def test_the_connect_deadline_is_not_reset_by_invalid_messages(tmp_path: Any) -> None:
+    with start_server(tmp_path, connect_timeout=1.0) as thread:
+        client = await WsClient.open(thread.url)
+        started = time.monotonic()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(10):
+                await client.send("{garbage")
+                await asyncio.sleep(0.3)
+        code, _ = await client.closed()
+        assert code == 4005
+        assert time.monotonic() - started < 2.5
+
+
+async def test_a_fast_client_sending_a_burst_is_not_closed_as_slow(server: RunningServer) -> None:
+    sid = server.session()
+    client = await WsClient.join(server.url, sid, server.token(sid))
+    # Many requests back to back: every reply and every signal comes back to this client.
+    for i in range(1500):
+        await client.ws.send(
+            json.dumps({"type": "signal", "request_id": i, "signal_type": "t", "data": str(i)})
+        )
+    last = await client.next(lambda m: m["type"] == "signal" and m["data"] == "1499", timeout=30)
+    assert last["from_connection_id"] == client.connection_id
+    await client.close()
+
+
+async def test_a_moderator_disconnecting_itself_mid_burst_is_handled(server: RunningServer) -> None:
+    sid = server.session()
+    watcher = await WsClient.join(server.url, sid, server.token(sid))
+    mod = await WsClient.join(server.url, sid, server.token(sid, "moderator"))
+    await mod.ws.send(
+        json.dumps({"type": "force_disconnect", "request_id": 1, "connection_id": mod.connection_id})
+    )
+    await mod.ws.send(json.dumps({"type": "signal", "request_id": 2, "signal_type": "t", "data": "late"}))
+    assert (await mod.closed())[0] == 4009
+    gone = await watcher.next("connection_destroyed")
+    assert gone["reason"] == "forceDisconnected"
+    assert [m for m in await watcher.quiet() if m["type"] == "signal"] == []
     await watcher.close()
 
 

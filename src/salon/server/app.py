@@ -119,7 +119,8 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
     @app.exception_handler(SalonError)
     async def salon_error(request: Request, exc: SalonError) -> JSONResponse:
         if exc.status >= 500:
-            logger.error("request %s %s failed: %s", request.method, request.url.path, exc.message)
+            method = request.scope.get("method", "WEBSOCKET")
+            logger.error("request %s %s failed: %s", method, request.url.path, exc.message)
         return _error(exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
@@ -140,7 +141,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("request %s %s failed", request.method, request.url.path)
+        logger.exception("request %s %s failed", request.scope.get("method", "WEBSOCKET"), request.url.path)
         return _error(500, "internal_error", "internal server error")
 
     app.add_middleware(CollapseSlashes)

@@ -81,6 +81,8 @@ class ErrorCode(enum.StrEnum):
     """The message is larger than the server accepts (64 KiB)."""
     SIGNAL_TOO_LARGE = "signal_too_large"
     """A signal's type is over 128 characters or its data over 8192."""
+    INVALID_TOKEN = "invalid_token"
+    """``connect`` was refused because of its token; the close code says why."""
     NOT_CONNECTED = "not_connected"
     """A request other than ``connect`` came before the connection was established."""
     ALREADY_CONNECTED = "already_connected"
@@ -105,8 +107,10 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    INTERNAL_ERROR = 1011
+    """The server failed (e.g. its database did not answer) while connecting the client."""
     PROTOCOL_ERROR = 4000
-    """The first message was not a valid ``connect`` request."""
+    """The first valid message was not a ``connect`` request."""
     INVALID_TOKEN = 4001
     """The token is malformed, badly signed, or of an unknown project."""
     TOKEN_EXPIRED = 4002

@@ -262,9 +262,15 @@ class SignallingService:
                     await asyncio.wait_for(asyncio.shield(writer), 1.0)
             await link.aclose()
 
-    async def _receive(self, link: ClientLink, timeout: float | None) -> ClientMessage | None:
-        """The next valid message; None when the socket closed. Bad messages get an error."""
+    async def _receive(self, link: ClientLink, deadline: float | None) -> ClientMessage | None:
+        """The next valid message; None when the socket closed. Bad messages get an error.
+
+        :param deadline: a ``loop.time()`` by which a valid message must have arrived.
+        :raises TimeoutError: past the deadline.
+        """
+        loop = asyncio.get_running_loop()
         while True:
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
             raw = await asyncio.wait_for(link.websocket.receive(), timeout)
             if raw["type"] == "websocket.disconnect":
                 return None
@@ -285,8 +291,9 @@ class SignallingService:
                 link.send(_schema_error(text, exc))
 
     async def _serve(self, link: ClientLink) -> None:
+        deadline = asyncio.get_running_loop().time() + self.config.connect_timeout
         try:
-            first = await self._receive(link, self.config.connect_timeout)
+            first = await self._receive(link, deadline)
         except TimeoutError:
             link.close(CloseCode.CONNECT_TIMEOUT, "no connect request")
             return
@@ -306,9 +313,12 @@ class SignallingService:
             return
         while True:
             message = await self._receive(link, None)
-            if message is None:
-                return
+            if message is None or link.session is None:
+                return  # closed, or force-disconnected while this message was buffered
             await self._handle(link, message)
+            # Messages already buffered would otherwise be handled back to back, starving
+            # this link's writer: a fast, well-behaved client could be closed as slow.
+            await asyncio.sleep(0)
 
     async def _connect(self, link: ClientLink, request: ConnectRequest) -> bool:
         try:
@@ -316,9 +326,7 @@ class SignallingService:
         except TokenError as exc:
             logger.info("refused a connection to a session: %s", exc.message)
             link.send(
-                ErrorMessage(
-                    request_id=request.request_id, code=ErrorCode.INVALID_REQUEST, message=exc.message
-                )
+                ErrorMessage(request_id=request.request_id, code=ErrorCode.INVALID_TOKEN, message=exc.message)
             )
             link.close(_TOKEN_CLOSE.get(exc.code, CloseCode.INVALID_TOKEN), exc.message[:120])
             return False
@@ -327,6 +335,17 @@ class SignallingService:
                 ErrorMessage(request_id=request.request_id, code=ErrorCode.NOT_FOUND, message=exc.message)
             )
             link.close(CloseCode.SESSION_NOT_FOUND, exc.message[:120])
+            return False
+        except SalonError as exc:
+            logger.error("connect failed: %s", exc.message)
+            link.send(
+                ErrorMessage(
+                    request_id=request.request_id,
+                    code=ErrorCode.INTERNAL_ERROR,
+                    message="server error, try again",
+                )
+            )
+            link.close(CloseCode.INTERNAL_ERROR, "server error")
             return False
         session = self.sessions.get(request.session_id)
         if session is None:
@@ -375,8 +394,7 @@ class SignallingService:
 
     async def _handle(self, link: ClientLink, message: ClientMessage) -> None:
         session, connection_id = link.session, link.connection_id
-        assert session is not None and connection_id is not None
-        if isinstance(message, PongMessage):
+        if session is None or connection_id is None or isinstance(message, PongMessage):
             return
         try:
             reply = await self._dispatch(session, connection_id, message)
