@@ -40,6 +40,7 @@ def start_server(data_dir: pathlib.Path, **signalling: float) -> ServerThread:
         api_key=API_KEY,
         api_secret=API_SECRET,
         signalling=SignallingConfig(**signalling),  # type: ignore[arg-type]
+        workers=1,  # one media worker process keeps CI light
     )
     return ServerThread(config)
 

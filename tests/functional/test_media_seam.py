@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import pathlib
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
 
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
@@ -12,6 +16,8 @@ from salon.signalling.schema import StreamReason
 from salon.signalling.session import Stream, Subscription
 from tests.conftest import API_KEY, API_SECRET, RunningServer
 from tests.wsclient import WsClient
+
+T = TypeVar("T")
 
 
 class RecordingMediaPlane:
@@ -118,3 +124,111 @@ async def test_a_server_without_media_refuses_offers_and_keeps_signalling_only_s
         assert reply["type"] == "ack"
         await pub.close()
         await sub.close()
+
+
+class NegotiatingMediaPlane(RecordingMediaPlane):
+    """Accepts every publish offer: the stream stays pending until ``stream_flowing``."""
+
+    async def publish(self, session_id: str, stream: Stream, offer: str) -> str:
+        self.calls.append(("publish", stream.stream_id))
+        return "v=0\r\n"
+
+
+def on_server_loop(service: Any, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    """Run ``coro`` on the server's event loop, as the media plane calls ``MediaEvents``."""
+    loop = next(iter(service.links.values()))._writer.get_loop()
+    return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+
+async def two_streams(server: RunningServer) -> tuple[Any, str, WsClient, WsClient, str, str]:
+    """A session with a publisher and a watcher; an announced stream and a pending one."""
+    service = server.thread.server.config.app.state.signalling
+    service.media = NegotiatingMediaPlane()
+    sid = server.session()
+    pub = await WsClient.join(server.url, sid, server.token(sid))
+    watcher = await WsClient.join(server.url, sid, server.token(sid))
+    announced = (await pub.request({"type": "publish"}))["stream"]["stream_id"]
+    reply = await pub.request({"type": "publish", "sdp": "v=0\r\n"})
+    assert reply["answer"] == "v=0\r\n"
+    pending = reply["stream"]["stream_id"]
+    await watcher.next("stream_created")
+    await pub.quiet(0.1)
+    return service, sid, pub, watcher, announced, pending
+
+
+async def test_audio_levels_reach_every_connection_for_announced_streams_only(
+    server: RunningServer,
+) -> None:
+    service, sid, pub, watcher, announced, pending = await two_streams(server)
+    await on_server_loop(service, service.audio_levels(sid, {announced: 0.5, pending: 0.9, "gone": 0.2}))
+    for client in (pub, watcher):
+        event = await client.next("audio_levels")
+        assert event["levels"] == [{"stream_id": announced, "level": 0.5}]
+    await asyncio.sleep(0.3)
+    await on_server_loop(service, service.audio_levels(sid, {pending: 0.9}))
+    assert await watcher.quiet(0.4) == []
+    await on_server_loop(service, service.stream_flowing(sid, pending))
+    await on_server_loop(service, service.audio_levels(sid, {pending: 0.25}))
+    assert (await watcher.next("stream_created"))["stream"]["stream_id"] == pending
+    for client in (pub, watcher):
+        assert (await client.next("audio_levels"))["levels"] == [{"stream_id": pending, "level": 0.25}]
+    await pub.close()
+    await watcher.close()
+
+
+async def test_audio_levels_are_sent_at_most_four_times_a_second_and_the_latest_level_arrives(
+    server: RunningServer,
+) -> None:
+    service, sid, pub, watcher, announced, _ = await two_streams(server)
+
+    async def flood() -> None:  # 60 reports in about 1.2 s: 50 a second
+        for i in range(60):
+            await service.audio_levels(sid, {announced: i / 59})
+            await asyncio.sleep(0.02)
+
+    loop = asyncio.get_running_loop()
+    flooding = on_server_loop(service, flood())
+    arrivals: list[tuple[float, float]] = []
+    while not arrivals or arrivals[-1][1] != 1.0:
+        event = await watcher.next("audio_levels", timeout=5)
+        arrivals.append((loop.time(), event["levels"][0]["level"]))
+    await flooding
+    span = arrivals[-1][0] - arrivals[0][0]
+    assert 4 <= len(arrivals) <= span / 0.25 + 1.5, arrivals
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
+    assert min(gaps) > 0.15, gaps  # 0.25 s apart at the server; some slack for the network
+    levels = [level for _, level in arrivals]
+    assert levels == sorted(levels)  # the latest level won each time
+    assert await watcher.quiet(0.4) == []
+    assert len([m for m in await pub.quiet(0) if m["type"] == "audio_levels"]) == len(arrivals)
+    await pub.close()
+    await watcher.close()
+
+
+async def test_the_active_speaker_is_announced_when_it_changes_and_to_late_joiners(
+    server: RunningServer,
+) -> None:
+    service, sid, pub, watcher, announced, pending = await two_streams(server)
+    await on_server_loop(service, service.active_speaker(sid, pending))  # not announced: ignored
+    assert await watcher.quiet() == []
+    await on_server_loop(service, service.active_speaker(sid, announced))
+    for client in (pub, watcher):
+        assert await client.next("active_speaker") == {"type": "active_speaker", "stream_id": announced}
+    await on_server_loop(service, service.active_speaker(sid, announced))  # no change: no event
+    assert await watcher.quiet() == []
+    late = await WsClient.join(server.url, sid, server.token(sid))
+    assert await late.next() == {"type": "active_speaker", "stream_id": announced}  # first after connected
+    await on_server_loop(service, service.active_speaker(sid, None))
+    for client in (pub, watcher, late):
+        assert await client.next("active_speaker") == {"type": "active_speaker", "stream_id": None}
+    for client in (pub, watcher, late):
+        await client.close()
+
+
+async def test_a_level_outside_zero_to_one_is_refused_to_the_media_plane(server: RunningServer) -> None:
+    service, sid, pub, watcher, announced, _ = await two_streams(server)
+    with pytest.raises(ValueError, match=r"audio level of stream .* is 1\.5, not a number within 0\.\.1"):
+        await on_server_loop(service, service.audio_levels(sid, {announced: 1.5}))
+    assert await watcher.quiet() == []
+    await pub.close()
+    await watcher.close()

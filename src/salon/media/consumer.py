@@ -33,10 +33,11 @@ import enum
 import itertools
 import logging
 import secrets
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from salon.media.events import EventEmitter
 from salon.media.rtcp import ReportBlock, build_sender_report
@@ -63,6 +64,22 @@ __all__ = ["Consumer", "ConsumerCloseReason", "ConsumerClosed", "ConsumerEvent",
 logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
+
+_FIXED_PACK = struct.Struct("!BBHII").pack
+_JOIN = b"".join
+_abs_cache: list[Any] = [None, b""]
+
+
+def _abs_send_time_once(now: float) -> bytes:
+    """:func:`~salon.media.rtp.abs_send_time` of ``now``, cached for the last ``now`` seen:
+    a producer passes the same ``now`` to all its consumers for one packet."""
+    cache = _abs_cache
+    if cache[0] != now:
+        cache[0] = now
+        cache[1] = abs_send_time(now)
+    value: bytes = cache[1]
+    return value
+
 
 #: While waiting for a key frame, ask again this often.
 KEY_FRAME_RETRY_INTERVAL = 1.0
@@ -155,6 +172,15 @@ class Consumer:
             if track.extensions.abs_send_time is not None
             else 0
         )
+        # The forwarding hot path builds each packet as header + block head + abs-send-time +
+        # block tail + payload in one join: split the block around the 3 abs-send-time bytes.
+        if self._abs_offset:
+            self._ext_head = self._ext_block[: self._abs_offset]
+            self._ext_tail = self._ext_block[self._abs_offset + 3 :]
+        else:
+            self._ext_head = self._ext_block
+            self._ext_tail = b""
+        self._first_byte = 0x90 if self._ext_block else 0x80
 
     def __repr__(self) -> str:
         return f"Consumer({self.id} {self.kind} of {self.producer.id} ssrc={self.ssrc})"
@@ -206,7 +232,13 @@ class Consumer:
     # Packet path
 
     def send_rtp(self, data: bytes, header: RtpHeader, key_frame: bool, now: float) -> None:
-        """Rewrite and send one producer packet (synchronous, the per-consumer hot path)."""
+        """Rewrite and send one producer packet (synchronous, the per-consumer hot path).
+
+        Same result as :func:`~salon.media.rtp.rewrite_rtp` with this consumer's extension
+        block (abs-send-time patched), built with one ``struct.pack`` and one join of
+        prebuilt pieces plus a view of the payload (one copy of the payload, no keyword
+        call); the abs-send-time bytes are computed once per packet for all consumers.
+        """
         if not self._active:
             return
         if not self._started:
@@ -222,22 +254,27 @@ class Consumer:
             out = self._seq.rewrite(header.sequence_number, header.timestamp)
             if out is None:
                 return
-        ext = self._ext_block
-        if self._abs_offset:
-            ext = patch_extension(ext, self._abs_offset, abs_send_time(now))
-        packet = rewrite_rtp(
-            data,
-            header,
-            ssrc=self.ssrc,
-            payload_type=self._pt,
-            sequence_number=out[0],
-            timestamp=out[1],
-            extensions=ext,
+        offset = header.payload_offset
+        self.transport.send_rtp(
+            _JOIN(
+                (
+                    _FIXED_PACK(
+                        self._first_byte | (data[0] & 0x20),
+                        (data[1] & 0x80) | self._pt,
+                        out[0],
+                        out[1],
+                        self.ssrc,
+                    ),
+                    self._ext_head,
+                    _abs_send_time_once(now) if self._abs_offset else b"",
+                    self._ext_tail,
+                    memoryview(data)[offset:],
+                )
+            )
         )
-        self.transport.send_rtp(packet)
         stats = self.stats
         stats.packets_sent += 1
-        stats.octets_sent += len(data) - header.payload_offset
+        stats.octets_sent += len(data) - offset
 
     # ----------------------------------------------------------------------------------------
     # Subscriber RTCP

@@ -1,16 +1,22 @@
-"""SfuMediaPlane: the in-process SFU behind signalling (:class:`~salon.signalling.media.MediaPlane`).
+"""SfuMediaPlane: the SFU behind signalling (:class:`~salon.signalling.media.MediaPlane`).
 
-One :class:`~salon.media.router.Router` per session, created on the session's first publish
-with an SDP offer and closed when the session ends. Each stream with media owns a publish
-transport (a :class:`_Publication`), each subscription with media a subscribe transport (a
-:class:`_Subscription`); both are indexed by the signalling IDs so trickled ICE candidates and
-subscription toggles find their transport.
+The routers run in media worker processes (:mod:`salon.media.worker`); this object, in the
+main process, owns the :class:`~salon.media.workers.WorkerPool` and one
+:class:`~salon.media.workers.RouterHandle` per session, placed on the least-loaded worker on the
+session's first publish with an SDP offer and closed when the session ends. Each stream with
+media owns a publish transport (a :class:`_Publication`), each subscription with media a
+subscribe transport (a :class:`_Subscription`); both are indexed by the signalling IDs so
+trickled ICE candidates and subscription toggles find their transport in the worker.
 
 Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through owned tasks:
 
 * a publish transport connected → ``stream_flowing`` (signalling announces the stream);
 * a publish transport closed by the peer or the network (ICE / DTLS failure, connect
-  timeout, disconnect) → ``stream_ended`` with reason ``mediaStopped``.
+  timeout, disconnect) → ``stream_ended`` with reason ``mediaStopped``;
+* the session's worker died → ``stream_ended`` (``mediaStopped``) for each of its streams;
+  the session's router is forgotten, and its next publish places a new one (on a live
+  worker, or the replacement);
+* audio levels (≤ 4/s) and active-speaker changes → ``audio_levels`` / ``active_speaker``.
 
 A subscribe transport whose producer closed needs no report: signalling already sent
 ``stream_destroyed`` to the subscribers, and :meth:`SfuMediaPlane.stream_unpublished` closes
@@ -26,16 +32,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from salon.errors import InvalidRequestError
-from salon.media.consumer import Consumer
 from salon.media.errors import MediaStateError
-from salon.media.router import Router
-from salon.media.transport import (
-    TransportClosed,
-    TransportCloseReason,
-    TransportConnected,
-    TransportEvent,
-    WebRtcTransport,
-    WebRtcTransportOptions,
+from salon.media.transport import WebRtcTransportOptions
+from salon.media.workers import (
+    ActiveSpeaker,
+    AudioLevels,
+    RemoteConsumer,
+    RouterHandle,
+    RouterHandleEvent,
+    StreamEnded,
+    StreamFlowing,
+    TransportGone,
+    WorkerDied,
+    WorkerPool,
 )
 from salon.signalling.media import MediaEvents
 from salon.signalling.schema import StreamReason
@@ -45,15 +54,12 @@ __all__ = ["SfuMediaPlane"]
 
 logger = logging.getLogger(__name__)
 
-#: Close reasons that are our own doing: no report to signalling.
-_OURS = frozenset({TransportCloseReason.CLOSED, TransportCloseReason.ROUTER_CLOSED})
-
 
 @dataclass(eq=False)
 class _Publication:
     stream_id: str
     connection_id: str
-    transport: WebRtcTransport
+    transport_id: str
 
 
 @dataclass(eq=False)
@@ -61,13 +67,13 @@ class _Subscription:
     subscription_id: str
     connection_id: str
     stream_id: str
-    transport: WebRtcTransport
-    consumers: list[Consumer] = field(default_factory=list)
+    transport_id: str
+    consumers: list[RemoteConsumer] = field(default_factory=list)
 
 
 @dataclass(eq=False)
 class _SessionMedia:
-    router: Router
+    router: RouterHandle
     publications: dict[str, _Publication] = field(default_factory=dict)
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
 
@@ -77,12 +83,16 @@ def _no_transport(what: str) -> InvalidRequestError:
 
 
 class SfuMediaPlane:
-    """The SFU media plane: one in-process router per session.
+    """The SFU media plane: one router per session, in media worker processes.
 
     :param transport_options: the listen / announced addresses and port range of every
         transport.
     :param events: where to report flowing and ended streams; usually set after construction
         to the :class:`~salon.signalling.service.SignallingService` that owns this plane.
+    :param workers: number of worker processes (default ``os.cpu_count()``).
+
+    :meth:`start` starts the workers (the first negotiation does it otherwise); :meth:`close`
+    closes the routers' reports and stops the workers.
     """
 
     def __init__(
@@ -90,36 +100,48 @@ class SfuMediaPlane:
         transport_options: WebRtcTransportOptions | None = None,
         *,
         events: MediaEvents | None = None,
+        workers: int | None = None,
     ) -> None:
         self.transport_options = transport_options or WebRtcTransportOptions()
         self.events = events
+        self.pool = WorkerPool(workers, self.transport_options)
         self.sessions: dict[str, _SessionMedia] = {}
         self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        return f"SfuMediaPlane({len(self.sessions)} sessions)"
+        return f"SfuMediaPlane({len(self.sessions)} sessions, {self.pool!r})"
 
-    def _session(self, session_id: str) -> _SessionMedia:
+    async def start(self) -> None:
+        """Start the worker processes; idempotent."""
+        if self.closed:
+            raise MediaStateError("the media plane is closed")
+        await self.pool.start()
+
+    async def _session(self, session_id: str) -> _SessionMedia:
         media = self.sessions.get(session_id)
         if media is None:
-            if self.closed:
-                raise MediaStateError("the media plane is closed")
-            router = Router(f"ro-{session_id[-12:]}", transport_options=self.transport_options)
-            media = self.sessions[session_id] = _SessionMedia(router)
+            await self.start()
+            worker = await self.pool.place()
+            media = self.sessions.get(session_id)  # opened by another request meanwhile?
+            if media is None:
+                if self.closed:
+                    raise MediaStateError("the media plane is closed")
+                router = self.pool.create_router(worker, name=session_id[-12:])
+                media = self.sessions[session_id] = _SessionMedia(router)
+                router.events.add_listener(lambda event: self._on_router_event(session_id, media, event))
+                logger.info("%r: session %s placed on %r", self, session_id, router)
         return media
 
     # -- negotiation -------------------------------------------------------------------
 
     async def publish(self, session_id: str, stream: Stream, offer: str) -> str:
-        media = self._session(session_id)
-        result = await media.router.publish(offer, stream_id=stream.stream_id)
-        publication = _Publication(stream.stream_id, stream.connection_id, result.transport)
-        media.publications[stream.stream_id] = publication
-        result.transport.events.add_listener(
-            lambda event: self._on_publish_transport(session_id, publication, event)
+        media = await self._session(session_id)
+        result = await media.router.publish(stream.stream_id, offer)
+        media.publications[stream.stream_id] = _Publication(
+            stream.stream_id, stream.connection_id, result.transport_id
         )
-        return result.answer_sdp
+        return result.answer
 
     async def subscribe(
         self, session_id: str, subscription: Subscription, offer: str, *, audio: bool, video: bool
@@ -127,17 +149,17 @@ class SfuMediaPlane:
         media = self.sessions.get(session_id)
         if media is None or subscription.stream_id not in media.publications:
             raise _no_transport(f"stream {subscription.stream_id}")
-        result = await media.router.subscribe(subscription.stream_id, offer, audio=audio, video=video)
-        entry = _Subscription(
+        transport, answer = await media.router.subscribe(
+            subscription.stream_id, offer, audio=audio, video=video
+        )
+        media.subscriptions[subscription.subscription_id] = _Subscription(
             subscription.subscription_id,
             subscription.connection_id,
             subscription.stream_id,
-            result.transport,
-            list(result.consumers),
+            transport.id,
+            transport.consumers,
         )
-        media.subscriptions[subscription.subscription_id] = entry
-        result.transport.events.add_listener(lambda event: self._on_subscribe_transport(media, entry, event))
-        return result.answer_sdp
+        return answer
 
     async def add_candidate(
         self,
@@ -148,32 +170,26 @@ class SfuMediaPlane:
         subscription_id: str | None = None,
     ) -> None:
         media = self.sessions.get(session_id)
-        transport: WebRtcTransport | None = None
+        transport_id: str | None = None
         if media is not None and stream_id is not None:
             publication = media.publications.get(stream_id)
-            transport = None if publication is None else publication.transport
+            transport_id = None if publication is None else publication.transport_id
         elif media is not None and subscription_id is not None:
             entry = media.subscriptions.get(subscription_id)
-            transport = None if entry is None else entry.transport
-        if transport is None:
+            transport_id = None if entry is None else entry.transport_id
+        if media is None or transport_id is None:
             what = f"stream {stream_id}" if stream_id is not None else f"subscription {subscription_id}"
             raise _no_transport(what)
-        await transport.add_remote_candidate(candidate)
+        await media.router.add_candidate(transport_id, candidate)
 
     async def set_subscription(
         self, session_id: str, subscription: Subscription, *, audio: bool | None, video: bool | None
     ) -> None:
         media = self.sessions.get(session_id)
         entry = None if media is None else media.subscriptions.get(subscription.subscription_id)
-        if entry is None:
+        if media is None or entry is None:
             return  # a signalling-only subscription forwards nothing either way
-        wanted = {"audio": audio, "video": video}
-        for consumer in entry.consumers:
-            on = wanted[consumer.kind]
-            if on is True:
-                consumer.resume()
-            elif on is False:
-                consumer.pause()
+        await media.router.set_consumers(entry.transport_id, audio=audio, video=video)
 
     # -- notifications (MediaPlane) ----------------------------------------------------
 
@@ -187,9 +203,9 @@ class SfuMediaPlane:
         subscriptions = [s for s in media.subscriptions.values() if s.stream_id == stream_id]
         for entry in subscriptions:
             media.subscriptions.pop(entry.subscription_id, None)
-        media.publications.pop(stream_id, None)
-        await media.router.unpublish(stream_id)
-        await asyncio.gather(*(entry.transport.close() for entry in subscriptions))
+        if media.publications.pop(stream_id, None) is not None:
+            await media.router.unpublish(stream_id)
+        await media.router.close_transports([entry.transport_id for entry in subscriptions])
 
     async def subscribed(self, session_id: str, subscription: Subscription) -> None:
         return None  # a signalling-only subscription: nothing to set up
@@ -197,21 +213,21 @@ class SfuMediaPlane:
     async def unsubscribed(self, session_id: str, subscription: Subscription) -> None:
         media = self.sessions.get(session_id)
         entry = None if media is None else media.subscriptions.pop(subscription.subscription_id, None)
-        if entry is not None:
-            await entry.transport.close()
+        if media is not None and entry is not None:
+            await media.router.close_transports([entry.transport_id])
 
     async def connection_left(self, session_id: str, connection_id: str) -> None:
         media = self.sessions.get(session_id)
         if media is None:
             return
-        transports: list[WebRtcTransport] = []
+        transport_ids: list[str] = []
         for sub in [s for s in media.subscriptions.values() if s.connection_id == connection_id]:
             del media.subscriptions[sub.subscription_id]
-            transports.append(sub.transport)
+            transport_ids.append(sub.transport_id)
         for pub in [p for p in media.publications.values() if p.connection_id == connection_id]:
             del media.publications[pub.stream_id]
-            transports.append(pub.transport)
-        await asyncio.gather(*(t.close() for t in transports))
+            transport_ids.append(pub.transport_id)
+        await media.router.close_transports(transport_ids)
 
     async def session_ended(self, session_id: str) -> None:
         media = self.sessions.pop(session_id, None)
@@ -219,41 +235,57 @@ class SfuMediaPlane:
             await media.router.close()
 
     async def close(self) -> None:
-        """Close every router and wait for the reports in flight; idempotent."""
+        """Stop the workers (they close their routers) and wait for the reports in flight;
+        idempotent."""
         self.closed = True
-        sessions = list(self.sessions.values())
         self.sessions.clear()
-        await asyncio.gather(*(m.router.close() for m in sessions))
+        await self.pool.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
 
-    # -- transport events --------------------------------------------------------------
+    # -- router events -----------------------------------------------------------------
 
-    def _on_publish_transport(
-        self, session_id: str, publication: _Publication, event: TransportEvent
-    ) -> None:
+    def _on_router_event(self, session_id: str, media: _SessionMedia, event: RouterHandleEvent) -> None:
         events = self.events
-        if isinstance(event, TransportConnected):
-            logger.info("stream %s: media flows on %r", publication.stream_id, event.transport)
-            if events is not None:
-                self._spawn(events.stream_flowing(session_id, publication.stream_id))
-        elif isinstance(event, TransportClosed):
-            media = self.sessions.get(session_id)
-            if media is not None and media.publications.get(publication.stream_id) is publication:
-                del media.publications[publication.stream_id]
-            if event.reason not in _OURS and events is not None:
-                self._spawn(
-                    events.stream_ended(session_id, publication.stream_id, StreamReason.MEDIA_STOPPED)
+        match event:
+            case StreamFlowing():
+                logger.info("stream %s: media flows on %r", event.stream_id, event.router)
+                if events is not None:
+                    self._spawn(events.stream_flowing(session_id, event.stream_id))
+            case StreamEnded():
+                logger.info(
+                    "stream %s: media stopped (%s) on %r", event.stream_id, event.reason, event.router
                 )
-
-    def _on_subscribe_transport(
-        self, media: _SessionMedia, entry: _Subscription, event: TransportEvent
-    ) -> None:
-        if isinstance(event, TransportClosed) and media.subscriptions.get(entry.subscription_id) is entry:
-            del media.subscriptions[entry.subscription_id]
+                media.publications.pop(event.stream_id, None)
+                if events is not None:
+                    self._spawn(events.stream_ended(session_id, event.stream_id, StreamReason.MEDIA_STOPPED))
+            case TransportGone():
+                for entry in list(media.subscriptions.values()):
+                    if entry.transport_id == event.transport_id:
+                        del media.subscriptions[entry.subscription_id]
+            case AudioLevels():
+                if events is not None and event.levels:
+                    self._spawn(events.audio_levels(session_id, event.levels))
+            case ActiveSpeaker():
+                if events is not None:
+                    self._spawn(events.active_speaker(session_id, event.stream_id))
+            case WorkerDied():
+                if self.sessions.get(session_id) is media:
+                    del self.sessions[session_id]
+                streams = list(media.publications)
+                media.publications.clear()
+                media.subscriptions.clear()
+                logger.warning(
+                    "session %s: its media worker died; %d streams end with mediaStopped",
+                    session_id,
+                    len(streams),
+                )
+                if events is not None:
+                    for stream_id in streams:
+                        self._spawn(events.stream_ended(session_id, stream_id, StreamReason.MEDIA_STOPPED))
 
     def _spawn(self, report: Coroutine[Any, Any, None]) -> None:
         if self.closed:
@@ -269,11 +301,17 @@ class SfuMediaPlane:
             logger.error("a media report to signalling failed", exc_info=task.exception())
 
     def dump(self) -> dict[str, Any]:
+        """The main process's view of every session's media (see :meth:`stats` for workers')."""
         return {
             session_id: {
-                "router": media.router.dump(),
-                "publications": {k: p.transport.id for k, p in media.publications.items()},
-                "subscriptions": {k: s.transport.id for k, s in media.subscriptions.items()},
+                "router": media.router.id,
+                "worker": media.router.worker.name,
+                "publications": {k: p.transport_id for k, p in media.publications.items()},
+                "subscriptions": {k: s.transport_id for k, s in media.subscriptions.items()},
             }
             for session_id, media in self.sessions.items()
         }
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Per live worker: pid, routers, transports, producers, consumers, CPU time, RSS."""
+        return [dump.model_dump(exclude={"type", "router_dumps"}) for dump in await self.pool.dump()]

@@ -31,6 +31,7 @@ import enum
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -148,6 +149,9 @@ class Producer:
         #: Last audio level from RFC 6464, in -dBov (0 loudest .. 127 silence); None if unknown.
         self.audio_level: int | None = None
         self.voice_activity = False
+        #: Called with (producer, level in -dBov, voice flag, now) for each audio packet that
+        #: carries a level (the worker feeds its active-speaker detector); None: no call.
+        self.on_audio_level: Callable[[Producer, int, bool, float], None] | None = None
 
         self.ssrc: int | None = track.ssrc
         self.rtx_ssrc: int | None = track.rtx_ssrc
@@ -263,6 +267,8 @@ class Producer:
             value = find_header_extension(data, header, self._audio_level_id)
             if value:
                 self.voice_activity, self.audio_level = parse_audio_level(value)
+                if self.on_audio_level is not None:
+                    self.on_audio_level(self, self.audio_level, self.voice_activity, now)
 
         for consumer in self._consumers:
             consumer.send_rtp(data, header, key_frame, now)

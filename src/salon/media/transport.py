@@ -10,19 +10,29 @@ Packet path (no per-packet asyncio queue or task once connected):
 * **in**: once DTLS is connected, SRTP/SRTCP datagrams never reach aiortc's DTLS task. aioice
   hands every non-STUN datagram to ``Connection.data_received``, which is replaced on *this
   connection instance* by :meth:`WebRtcTransport._datagram_received`: it unprotects SRTP with
-  ``dtls._rx_srtp`` and demultiplexes right there, in the protocol callback, with no
-  ``asyncio.Queue`` put/get and no task wake-up per packet (that chain dominated the
+  the DTLS-derived SRTP session and demultiplexes right there, in the protocol callback, with
+  no ``asyncio.Queue`` put/get and no task wake-up per packet (that chain dominated the
   prototype's fan-out-1 cost); DTLS records still go through the queue to aiortc's DTLS task.
+  Once connected, each of the connection's ``StunProtocol`` instances also gets its
+  ``datagram_received`` replaced so that SRTP/SRTCP (first byte 128..191, which is never STUN,
+  RFC 7983) skips aioice's per-datagram STUN parse attempt (it raises ``ValueError`` for
+  every media packet) and goes straight to ``Connection.data_received``.
   Before DTLS is connected (and as a fallback) aiortc's own path runs, with
   ``dtls._handle_rtp_data`` / ``dtls._handle_rtcp_data`` replaced on this instance by
   coroutines that call the same demultiplexer. RTP goes to the
   :class:`~salon.media.producer.Producer` that owns its SSRC (learnt from the mid header
   extension or a unique payload type when the offer announced none); RTCP is parsed once and
   routed by SSRC to producers (SR, BYE) and consumers (NACK, PLI, FIR, RR, REMB).
-* **out**: :meth:`WebRtcTransport.send_rtp` / :meth:`send_rtcp` are synchronous:
-  ``dtls._tx_srtp.protect`` then the nominated candidate pair's ``DatagramTransport.sendto``,
-  skipping aiortc's three awaited coroutines. Before ICE has nominated a pair (or if it lost
-  it) they fall back to ``dtls._send_rtp`` in an owned task.
+* **out**: :meth:`WebRtcTransport.send_rtp` / :meth:`send_rtcp` are synchronous: SRTP protect
+  then the nominated candidate pair's ``DatagramTransport.sendto``, skipping aiortc's three
+  awaited coroutines. Before ICE has nominated a pair (or if it lost it) they fall back to
+  ``dtls._send_rtp`` in an owned task.
+* **SRTP calls**: pylibsrtp's ``Session.protect``/``unprotect`` allocate an ``int *`` with cffi,
+  type-check and go through two Python frames per packet; :func:`_srtp_call` binds the same
+  libsrtp function to the session's own context and 1500-byte buffer once, so each packet
+  costs one buffer copy in, the C call and one copy out (measured on a 1200-byte packet with
+  AEAD_AES_256_GCM: 1.8 instead of 2.5 µs per protect). The length check that keeps libsrtp
+  inside the buffer is kept.
 
 Timers (NACK retries, key-frame request retries, the 1 s RTCP report) share one
 ``loop.call_at`` handle per transport, rescheduled to the earliest deadline any producer or
@@ -40,7 +50,9 @@ close_notify), the ICE connection and its sockets, and awaits every task it star
 Private aiortc/aioice attributes used (pinned aiortc 1.16.0 / aioice 0.13.0):
 ``RTCDtlsTransport._handle_rtp_data``, ``_handle_rtcp_data``, ``_send_rtp``, ``_tx_srtp``,
 ``_rx_srtp``, ``_task``; ``RTCIceTransport._connection``; ``aioice.Connection._nominated``,
-``data_received`` (replaced per instance).
+``_protocols``, ``data_received`` (replaced per instance); ``StunProtocol.datagram_received``
+(replaced per instance); pylibsrtp 1.0 ``Session._srtp``, ``_cdata``, ``_buffer`` and its cffi
+``_binding`` (:func:`_srtp_call` falls back to the public methods if they change).
 """
 
 from __future__ import annotations
@@ -52,7 +64,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +105,53 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
+
+_SrtpCall = Callable[[bytes], "bytes | None"]
+
+
+def _srtp_call(session: Any, name: str) -> _SrtpCall:
+    """A lean per-packet ``session.<name>`` (protect, unprotect, protect_rtcp, unprotect_rtcp).
+
+    Returns a function giving the processed bytes, or None where pylibsrtp would raise
+    (authentication or replay failure, packet too long for the buffer). It calls the libsrtp
+    function directly on the session's context and reuses the session's buffer and one
+    preallocated length cell, which is what ``Session.__process`` does minus its per-call
+    allocations and checks. The session must stay referenced (the transport keeps it).
+    """
+    trailer = {"protect": 144, "protect_rtcp": 148}.get(name, 0)  # SRTP_MAX_(SRTCP_)TRAILER_LEN
+    try:
+        from pylibsrtp._binding import ffi, lib
+
+        function = getattr(lib, f"srtp_{name}")
+        context = session._srtp[0]
+        cdata = session._cdata
+        buffer = session._buffer
+        limit = len(cdata) - trailer
+        length = ffi.new("int *")
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - other pylibsrtp
+        method = getattr(session, name)
+
+        def fallback(packet: bytes) -> bytes | None:
+            try:
+                result: bytes = method(packet)
+            except (pylibsrtp.Error, ValueError, TypeError):
+                return None
+            return result
+
+        return fallback
+
+    def call(packet: bytes, _keep: Any = session) -> bytes | None:
+        size = len(packet)
+        if size > limit:
+            return None
+        buffer[0:size] = packet
+        length[0] = size
+        if function(context, cdata, length):
+            return None
+        result: bytes = buffer[0 : length[0]]
+        return result
+
+    return call
 
 
 class TransportState(enum.Enum):
@@ -206,6 +265,10 @@ class WebRtcTransport:
         connection.data_received = self._datagram_received  # type: ignore[method-assign]
         self._rx_srtp: Any = None
         self._tx_srtp: Any = None
+        self._protect: _SrtpCall | None = None
+        self._protect_rtcp: _SrtpCall | None = None
+        self._unprotect: _SrtpCall | None = None
+        self._unprotect_rtcp: _SrtpCall | None = None
         self._pair: Any = None
         self._sendto: Any = None
         self._remote_addr: tuple[str, int] | None = None
@@ -345,6 +408,13 @@ class WebRtcTransport:
             return
         self._tx_srtp = self._dtls._tx_srtp
         self._rx_srtp = self._dtls._rx_srtp
+        self._protect = _srtp_call(self._tx_srtp, "protect")
+        self._protect_rtcp = _srtp_call(self._tx_srtp, "protect_rtcp")
+        self._unprotect = _srtp_call(self._rx_srtp, "unprotect")
+        self._unprotect_rtcp = _srtp_call(self._rx_srtp, "unprotect_rtcp")
+        connection = self._gatherer._connection
+        for protocol in connection._protocols:
+            self._skip_stun_parse(connection, protocol)
         self._set_state(TransportState.CONNECTED)
         self.events.emit(TransportConnected(self))
         for consumer in list(self.consumers.values()):
@@ -397,6 +467,7 @@ class WebRtcTransport:
             consumer.transport_closed()
         self._tx_srtp = None
         self._rx_srtp = None
+        self._protect = self._protect_rtcp = self._unprotect = self._unprotect_rtcp = None
         self._pair = None
 
         current = asyncio.current_task()
@@ -497,19 +568,60 @@ class WebRtcTransport:
     # ----------------------------------------------------------------------------------------
     # Receive path
 
+    @staticmethod
+    def _skip_stun_parse(connection: Any, protocol: Any) -> None:
+        """Send SRTP/SRTCP arriving on ``protocol`` straight to ``connection.data_received``.
+
+        aioice's ``StunProtocol.datagram_received`` first tries to parse every datagram as
+        STUN; a media packet (first byte 128..191, never STUN or DTLS, RFC 7983 §7) raises
+        ``ValueError`` there before reaching ``data_received``. ``data_received`` is looked up
+        per datagram, so whoever wraps it (tests simulating loss) still sees every packet.
+        """
+        original = protocol.datagram_received
+        component = protocol.local_candidate.component if protocol.local_candidate else 1
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            if data and 127 < data[0] < 192:
+                connection.data_received(data, component)
+            else:
+                original(data, addr)
+
+        protocol.datagram_received = datagram_received
+
     def _datagram_received(self, data: bytes, component: int) -> None:
-        """aioice's non-STUN datagram callback: SRTP is handled here, the rest queued."""
-        rx = self._rx_srtp
-        if rx is not None and 127 < data[0] < 192:
-            try:
-                if 192 <= data[1] <= 223:
-                    self.receive_rtcp(rx.unprotect_rtcp(data), time.monotonic())
-                else:
-                    self.receive_rtp(rx.unprotect(data), time.monotonic())
-            except pylibsrtp.Error:
-                self.stats.srtp_errors += 1
+        """aioice's non-STUN datagram callback: SRTP is handled here, the rest queued.
+
+        The RTP branch is :meth:`receive_rtp` inlined (it runs once per received packet)."""
+        unprotect = self._unprotect
+        if unprotect is None or not data or not 127 < data[0] < 192:
+            self._queue_datagram(data, component)
             return
-        self._queue_datagram(data, component)
+        if 192 <= data[1] <= 223:
+            clear = self._unprotect_rtcp(data)  # type: ignore[misc]
+            if clear is None:
+                self.stats.srtp_errors += 1
+            else:
+                self.receive_rtcp(clear, time.monotonic())
+            return
+        clear = unprotect(data)
+        stats = self.stats
+        if clear is None:
+            stats.srtp_errors += 1
+            return
+        stats.rtp_received += 1
+        stats.rtp_bytes_received += len(clear)
+        try:
+            header = parse_rtp_header(clear)
+        except ValueError:
+            stats.rtp_malformed += 1
+            return
+        producer = self._producers_by_ssrc.get(header.ssrc)
+        if producer is None:
+            producer = self._learn_ssrc(clear, header)
+            if producer is None:
+                stats.rtp_unknown += 1
+                return
+        producer.receive_rtp(clear, header, time.monotonic())
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
         self.receive_rtp(data, time.monotonic())
@@ -600,37 +712,35 @@ class WebRtcTransport:
 
     def send_rtp(self, packet: bytes) -> None:
         """Protect and send one RTP packet now (synchronous); dropped if not connected."""
-        tx = self._tx_srtp
-        if tx is None:
+        protect = self._protect
+        if protect is None:
             return
         pair = self._nominated.get(1)
         if pair is not self._pair:
             if not self._update_pair(pair):
                 self._send_fallback(packet)
                 return
-        try:
-            protected = tx.protect(packet)
-        except pylibsrtp.Error:
-            self.stats.send_errors += 1
+        protected = protect(packet)
+        stats = self.stats
+        if protected is None:
+            stats.send_errors += 1
             return
         self._sendto(protected, self._remote_addr)
-        stats = self.stats
         stats.rtp_sent += 1
         stats.rtp_bytes_sent += len(protected)
 
     def send_rtcp(self, packet: bytes) -> None:
         """Protect and send one (compound) RTCP packet now (synchronous)."""
-        tx = self._tx_srtp
-        if tx is None:
+        protect_rtcp = self._protect_rtcp
+        if protect_rtcp is None:
             return
         pair = self._nominated.get(1)
         if pair is not self._pair:
             if not self._update_pair(pair):
                 self._send_fallback(packet)
                 return
-        try:
-            protected = tx.protect_rtcp(packet)
-        except pylibsrtp.Error:
+        protected = protect_rtcp(packet)
+        if protected is None:
             self.stats.send_errors += 1
             return
         self._sendto(protected, self._remote_addr)

@@ -72,6 +72,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], None] = print) -> FastAPI:
     """Build the application. Its lifespan opens the store and starts signalling."""
     config = config or ServerConfig()
+    ice = config.ice  # checked now: a bad ICE configuration fails here, not in the lifespan
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,9 +90,15 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     listen_addresses=config.listen_addresses,
                     announced_address=config.announced_address,
                     port_range=config.port_range,
-                )
+                ),
+                workers=config.workers,
             )
-        service = SignallingService(registry, config.signalling, media=media)
+            try:
+                await media.start()
+            except BaseException:
+                await store.close()
+                raise
+        service = SignallingService(registry, config.signalling, media=media, ice=ice)
         if media is not None:
             media.events = service
         await service.start()

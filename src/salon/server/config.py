@@ -6,6 +6,7 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
+from salon.signalling.ice import DEFAULT_TURN_TTL, IceSettings
 from salon.signalling.service import SignallingConfig
 from salon.store import database_url_for
 
@@ -20,11 +21,18 @@ class ServerConfig:
     :param database_url: overrides the embedded database, e.g. ``postgresql://user@host/salon``.
     :param api_key: with ``api_secret``, a project that must exist (``SALON_API_KEY`` /
         ``SALON_API_SECRET``); otherwise a project is created on first start.
-    :param media: forward media (the in-process SFU); False for a signalling-only server,
+    :param media: forward media (the SFU, in worker processes); False for a signalling-only server,
         which refuses SDP offers with ``media_unavailable``.
     :param listen_addresses: the IPs the media transports gather host candidates on.
     :param announced_address: the public IP written into the candidates instead (NAT / 1:1).
     :param port_range: the inclusive UDP port range of the media sockets (default: ephemeral).
+    :param workers: the number of media worker processes (default: ``os.cpu_count()``).
+    :param ice_servers: ``stun:``/``turn:`` URLs handed to clients in ``connected``.
+    :param turn_secret: the TURN REST shared secret (coturn ``static-auth-secret``) that
+        per-connection TURN credentials are minted with (``SALON_TURN_SECRET``); never logged.
+    :param turn_ttl: the lifetime of a minted TURN credential, seconds (default 24 h).
+    :param turn_username: with ``turn_password``, static TURN credentials instead of a secret
+        (``SALON_TURN_USERNAME`` / ``SALON_TURN_PASSWORD``).
     """
 
     host: str = "127.0.0.1"
@@ -38,10 +46,27 @@ class ServerConfig:
     listen_addresses: tuple[str, ...] = ("127.0.0.1",)
     announced_address: str | None = None
     port_range: tuple[int, int] | None = None
+    workers: int | None = None
+    ice_servers: tuple[str, ...] = ()
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl: int = DEFAULT_TURN_TTL
+    turn_username: str | None = None
+    turn_password: str | None = field(default=None, repr=False)
 
     @property
     def store_url(self) -> str:
         return self.database_url or database_url_for(self.data_dir)
+
+    @property
+    def ice(self) -> IceSettings:
+        """The ICE servers and TURN credentials, checked (:class:`ValueError` if inconsistent)."""
+        return IceSettings(
+            tuple(self.ice_servers),
+            turn_secret=self.turn_secret,
+            turn_ttl=self.turn_ttl,
+            turn_username=self.turn_username,
+            turn_password=self.turn_password,
+        )
 
     @classmethod
     def from_env(cls, **overrides: object) -> ServerConfig:
@@ -52,5 +77,10 @@ class ServerConfig:
             values["api_secret"] = os.environ["SALON_API_SECRET"]
         if os.environ.get("SALON_DATABASE_URL"):
             values["database_url"] = os.environ["SALON_DATABASE_URL"]
+        if os.environ.get("SALON_TURN_SECRET"):
+            values["turn_secret"] = os.environ["SALON_TURN_SECRET"]
+        if os.environ.get("SALON_TURN_USERNAME") or os.environ.get("SALON_TURN_PASSWORD"):
+            values["turn_username"] = os.environ.get("SALON_TURN_USERNAME")
+            values["turn_password"] = os.environ.get("SALON_TURN_PASSWORD")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

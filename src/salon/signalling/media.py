@@ -3,7 +3,7 @@
 Signalling owns the session's state (connections, streams, subscriptions); the media plane
 owns the packets. Signalling tells the media plane what happened through :class:`MediaPlane`,
 and the media plane reports back through :class:`MediaEvents` (a stream whose media stopped,
-for instance because its worker died).
+for instance because its worker died; audio levels and the active speaker).
 
 :class:`SignallingOnly` is the media plane of a server without media: every notification
 succeeds at once, nothing is forwarded, and a negotiation (an SDP offer, an ICE candidate) is
@@ -33,6 +33,17 @@ class MediaEvents(Protocol):
 
     async def stream_flowing(self, session_id: str, stream_id: str) -> None:
         """The stream's publish transport connected: signalling announces the stream."""
+
+    async def audio_levels(self, session_id: str, levels: dict[str, float]) -> None:
+        """The audio levels (stream ID -> 0..1) of the session's streams that changed, at most
+        a few times a second. Signalling sends them to every connection as ``audio_levels``,
+        at most 4 messages a second (levels reported faster are coalesced, the latest of each
+        stream winning) and only for announced streams. A level outside 0..1 raises
+        :class:`ValueError`."""
+
+    async def active_speaker(self, session_id: str, stream_id: str | None) -> None:
+        """The session's active speaker is now ``stream_id`` (None: nobody). Signalling sends
+        ``active_speaker`` to every connection when it changed, if the stream is announced."""
 
 
 class MediaPlane(Protocol):

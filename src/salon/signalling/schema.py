@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 __all__ = [
     "PROTOCOL_VERSION",
     "AckMessage",
+    "ActiveSpeakerEvent",
+    "AudioLevelEvent",
     "ClientMessage",
     "CloseCode",
     "ConnectRequest",
@@ -32,6 +34,7 @@ __all__ = [
     "ForceMuteRequest",
     "ForceUnpublishRequest",
     "IceCandidateRequest",
+    "IceServer",
     "MuteForcedEvent",
     "PingMessage",
     "PongMessage",
@@ -42,6 +45,7 @@ __all__ = [
     "SetSubscriptionRequest",
     "SignalEvent",
     "SignalRequest",
+    "StreamAudioLevel",
     "StreamCreatedEvent",
     "StreamDestroyedEvent",
     "StreamInfo",
@@ -340,6 +344,15 @@ CLIENT_MESSAGE_TYPES = frozenset(
 # --- server -> client -------------------------------------------------------------
 
 
+class IceServer(_Model):
+    """One entry of ``RTCPeerConnection({iceServers})``: STUN/TURN URLs and, for TURN, the
+    credentials to use with them."""
+
+    urls: list[str] = Field(description="``stun:``, ``stuns:``, ``turn:`` or ``turns:`` URLs.")
+    username: str | None = None
+    credential: str | None = None
+
+
 class ConnectedMessage(_Model):
     """The reply to ``connect``: the new connection and the session as it is now."""
 
@@ -352,6 +365,11 @@ class ConnectedMessage(_Model):
     streams: list[StreamInfo]
     heartbeat_interval: float = Field(description="Seconds between server pings.")
     heartbeat_timeout: float = Field(description="Silence after which the server drops the connection.")
+    ice_servers: list[IceServer] = Field(
+        default_factory=list,
+        description="The STUN/TURN servers the client's peer connections should use; TURN "
+        "credentials are minted for this connection and expire.",
+    )
 
 
 class PublishedMessage(_Model):
@@ -438,6 +456,26 @@ class SessionDisconnectedEvent(_Model):
     reason: DisconnectReason
 
 
+class StreamAudioLevel(_Model):
+    stream_id: str
+    level: float = Field(ge=0, le=1, description="The stream's smoothed audio level, 0 (silence) to 1.")
+
+
+class AudioLevelEvent(_Model):
+    """The audio levels of the session's streams that changed since the previous
+    ``audio_levels`` (a stream not listed keeps its level). At most 4 per second."""
+
+    type: Literal["audio_levels"] = "audio_levels"
+    levels: list[StreamAudioLevel]
+
+
+class ActiveSpeakerEvent(_Model):
+    """The session's active speaker changed: the stream of the dominant voice, or None."""
+
+    type: Literal["active_speaker"] = "active_speaker"
+    stream_id: str | None
+
+
 class PingMessage(_Model):
     type: Literal["ping"] = "ping"
     timestamp: float
@@ -457,6 +495,8 @@ ServerMessage = Annotated[
     | SignalEvent
     | MuteForcedEvent
     | SessionDisconnectedEvent
+    | AudioLevelEvent
+    | ActiveSpeakerEvent
     | PingMessage,
     Field(discriminator="type"),
 ]

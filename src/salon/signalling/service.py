@@ -16,17 +16,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from salon.errors import ClientError, NotFoundError, SalonError, TokenError
 from salon.ids import new_connection_id
+from salon.signalling.ice import IceSettings
+from salon.signalling.levels import LevelThrottle, check_levels
 from salon.signalling.media import MediaPlane, SignallingOnly
 from salon.signalling.schema import (
     CLIENT_MESSAGE_TYPES,
     AckMessage,
+    ActiveSpeakerEvent,
+    AudioLevelEvent,
     ClientMessage,
     CloseCode,
     ConnectedMessage,
@@ -45,6 +49,7 @@ from salon.signalling.schema import (
     ServerMessage,
     SetSubscriptionRequest,
     SignalRequest,
+    StreamAudioLevel,
     StreamDestroyedEvent,
     StreamReason,
     SubscribedMessage,
@@ -72,6 +77,21 @@ class SignallingConfig:
     heartbeat_timeout: float = 8.0
     connect_timeout: float = 10.0
     outbox_size: int = 1024
+
+
+@dataclass(slots=True)
+class _Voices:
+    """A session's audio-level state: the throttle of its ``audio_levels`` events, the timer
+    that sends a waiting batch, and the active speaker last announced."""
+
+    throttle: LevelThrottle = field(default_factory=LevelThrottle)
+    timer: asyncio.TimerHandle | None = None
+    active_speaker: str | None = None
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 def _now_ms() -> int:
@@ -151,7 +171,12 @@ class SignallingService:
     """Owns the live sessions and every client link; the REST API calls into it too."""
 
     def __init__(
-        self, registry: Registry, config: SignallingConfig | None = None, media: MediaPlane | None = None
+        self,
+        registry: Registry,
+        config: SignallingConfig | None = None,
+        media: MediaPlane | None = None,
+        *,
+        ice: IceSettings | None = None,
     ) -> None:
         self.registry = registry
         self.config = config or SignallingConfig()
@@ -159,6 +184,9 @@ class SignallingService:
         self.links: dict[str, ClientLink] = {}
         self._reaper: asyncio.Task[None] | None = None
         self.media: MediaPlane = media if media is not None else SignallingOnly()
+        #: The STUN/TURN servers handed to each connection in ``connected``.
+        self.ice = ice or IceSettings()
+        self._voices: dict[str, _Voices] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -171,6 +199,8 @@ class SignallingService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        for voices in self._voices.values():
+            voices.cancel()
         for link in list(self.links.values()):
             link.close(CloseCode.GOING_AWAY, "server shutting down")
 
@@ -223,6 +253,9 @@ class SignallingService:
         await self.media.connection_left(session.session_id, connection_id)
         if session.empty and self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
+            voices = self._voices.pop(session.session_id, None)
+            if voices is not None:
+                voices.cancel()
             await self.media.session_ended(session.session_id)
 
     async def stream_ended(self, session_id: str, stream_id: str, reason: StreamReason) -> None:
@@ -236,6 +269,79 @@ class SignallingService:
         session = self.sessions.get(session_id)
         if session is not None:
             await self.carry_out(session, session.announce_stream(stream_id))
+
+    async def audio_levels(self, session_id: str, levels: dict[str, float]) -> None:
+        """The media plane measured audio levels (stream ID -> 0..1): send them to every
+        connection of the session as ``audio_levels``, at most
+        :data:`~salon.signalling.levels.AUDIO_LEVELS_PER_SECOND` times a second (later
+        levels wait and the latest of each stream wins). Streams not announced are left out.
+        (:class:`~salon.signalling.media.MediaEvents`)"""
+        levels = check_levels(levels)
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        levels = {sid: level for sid, level in levels.items() if self._announced(session, sid)}
+        if not levels:
+            return
+        voices = self._voices.get(session_id)
+        if voices is None:
+            voices = self._voices[session_id] = _Voices()
+        loop = asyncio.get_running_loop()
+        self._send_levels(session, voices.throttle.offer(levels, loop.time()))
+        self._schedule_levels(session_id, voices)
+
+    def _schedule_levels(self, session_id: str, voices: _Voices) -> None:
+        deadline = voices.throttle.deadline()
+        if deadline is None or voices.timer is not None:
+            return
+        voices.timer = asyncio.get_running_loop().call_at(deadline, self._flush_levels, session_id)
+
+    def _flush_levels(self, session_id: str) -> None:
+        voices = self._voices.get(session_id)
+        session = self.sessions.get(session_id)
+        if voices is None or session is None:
+            return
+        voices.timer = None
+        self._send_levels(session, voices.throttle.poll(asyncio.get_running_loop().time()))
+        self._schedule_levels(session_id, voices)  # woken a little early, or more arrived
+
+    def _send_levels(self, session: Session, batch: dict[str, float] | None) -> None:
+        if not batch:
+            return
+        levels = [
+            StreamAudioLevel(stream_id=sid, level=round(level, 3))
+            for sid, level in batch.items()
+            if self._announced(session, sid)
+        ]
+        if levels:
+            self._broadcast(session, AudioLevelEvent(levels=levels))
+
+    async def active_speaker(self, session_id: str, stream_id: str | None) -> None:
+        """The media plane picked the session's active speaker (None: nobody): send
+        ``active_speaker`` to every connection of the session when it changed. A stream not
+        announced is ignored. (:class:`~salon.signalling.media.MediaEvents`)"""
+        session = self.sessions.get(session_id)
+        if session is None or (stream_id is not None and not self._announced(session, stream_id)):
+            return
+        voices = self._voices.get(session_id)
+        if voices is None:
+            voices = self._voices[session_id] = _Voices()
+        if voices.active_speaker == stream_id:
+            return
+        voices.active_speaker = stream_id
+        self._broadcast(session, ActiveSpeakerEvent(stream_id=stream_id))
+
+    @staticmethod
+    def _announced(session: Session, stream_id: str) -> bool:
+        stream = session.streams.get(stream_id)
+        return stream is not None and stream.announced
+
+    def _broadcast(self, session: Session, message: ServerMessage) -> None:
+        text = message.model_dump_json()
+        for connection_id in session.connections:
+            link = self.links.get(connection_id)
+            if link is not None:
+                link.send_text(text)
 
     def live_session(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
@@ -372,8 +478,13 @@ class SignallingService:
                 streams=[s.info() for s in session.announced_streams()],
                 heartbeat_interval=self.config.heartbeat_interval,
                 heartbeat_timeout=self.config.heartbeat_timeout,
+                ice_servers=self.ice.for_connection(connection_id, now=time.time()),
             )
         )
+        voices = self._voices.get(session.session_id)
+        if voices is not None and voices.active_speaker is not None:
+            if self._announced(session, voices.active_speaker):
+                link.send(ActiveSpeakerEvent(stream_id=voices.active_speaker))
         await self.carry_out(session, actions)
         logger.info("%r: connection %s joined as %s", session, connection_id, conn.role.value)
         return True

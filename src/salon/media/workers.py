@@ -1,0 +1,856 @@
+"""The main-process side of the media workers (mediasoup's ``Worker`` / ``Router`` classes).
+
+Ownership tree, closed top-down, idempotently::
+
+    WorkerPool                 (owned by SfuMediaPlane; N worker slots, restarts dead workers)
+    └── WorkerHandle           (one per worker process: the Popen, the channel, one reader task,
+        │                       the pending requests; a restarted worker is a new handle)
+        └── RouterHandle       (one per session placed on that worker: a mirror of the worker's
+            │                   router, with the transports / streams / consumers it reported)
+            ├── RemoteTransport
+            └── RemoteConsumer
+
+**Requests.** :meth:`WorkerHandle.request` writes a typed request (:mod:`salon.media.channel`)
+and awaits its one response; an error response is re-raised as the same
+:class:`~salon.errors.SalonError` subclass the worker raised.
+
+**Placement.** :meth:`WorkerPool.place` picks the live worker with the fewest consumers, then
+the fewest routers. A session's router stays on its worker for the router's life.
+
+**Death.** A worker is dead the moment its channel reaches EOF or its process exits (a pidfd
+watched by the event loop): both happen at once when the process is killed. Then, in order:
+pending requests fail with :class:`WorkerDiedError` (a
+:class:`~salon.media.errors.MediaResourceError`: our fault), every router on it emits
+:class:`WorkerDied` with its streams (the plane reports them ``mediaStopped``) and is
+forgotten, the process is reaped, and the pool starts a replacement in the same slot, at most
+``max_restarts`` per ``restart_window`` seconds per slot (later restarts wait). The main
+process and the other workers carry on.
+
+**Shutdown.** :meth:`WorkerPool.close` closes each handle: pending requests fail with
+:class:`~salon.media.errors.MediaStateError`, the channel is closed (the worker sees EOF, closes
+its routers and exits), the process is awaited (SIGKILL after ``shutdown_timeout``) and
+reaped, the reader task is cancelled and awaited. No process or task outlives the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from salon.errors import ServerError
+from salon.media.channel import (
+    Ack,
+    ActiveSpeakerEvent,
+    AddCandidateRequest,
+    AudioLevelsEvent,
+    ChannelError,
+    CloseRouterRequest,
+    CloseTransportsRequest,
+    ConsumersResult,
+    CreateRouterRequest,
+    DumpRequest,
+    ErrorResponse,
+    FrameDecoder,
+    PublishRequest,
+    PublishResult,
+    ReadyEvent,
+    Request,
+    Response,
+    Result,
+    ResultResponse,
+    SetConsumersRequest,
+    SubscribeRequest,
+    SubscribeResult,
+    TransportClosedEvent,
+    TransportConnectedEvent,
+    TransportSettings,
+    UnpublishRequest,
+    WorkerDump,
+    WorkerEvent,
+    decode_worker_message,
+    encode_message,
+    error_from_response,
+)
+from salon.media.errors import MediaResourceError, MediaStateError
+from salon.media.events import EventEmitter
+from salon.media.transport import WebRtcTransportOptions
+
+__all__ = [
+    "ActiveSpeaker",
+    "AudioLevels",
+    "RemoteConsumer",
+    "RemoteTransport",
+    "RouterHandle",
+    "RouterHandleEvent",
+    "StreamEnded",
+    "StreamFlowing",
+    "TransportGone",
+    "WorkerDied",
+    "WorkerDiedError",
+    "WorkerHandle",
+    "WorkerPool",
+]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Result)
+
+_DeathCallback = Callable[["WorkerHandle"], None]
+"""Called once when a worker dies on its own (not when it is closed)."""
+
+_router_ids = itertools.count(1)
+
+#: Bytes read from a channel at a time.
+READ_SIZE = 65536
+
+
+class WorkerDiedError(MediaResourceError):
+    """The media worker process serving the request died (our fault: it crashed or was killed)."""
+
+    code = "media_worker_died"
+
+
+# --------------------------------------------------------------------------------------------
+# Mirrors of the worker's objects
+
+
+@dataclass(eq=False)
+class RemoteConsumer:
+    """A consumer in a worker, as last reported."""
+
+    id: str
+    kind: Literal["audio", "video"]
+    paused: bool
+
+
+@dataclass(eq=False)
+class RemoteTransport:
+    """A transport in a worker: a publish transport (``stream_id`` set) or a subscribe one."""
+
+    id: str
+    stream_id: str | None = None
+    consumers: list[RemoteConsumer] = field(default_factory=list)
+    connected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouterHandleEvent:
+    router: RouterHandle
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFlowing(RouterHandleEvent):
+    """A stream's publish transport connected: its media flows."""
+
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded(RouterHandleEvent):
+    """A stream's publish transport was closed by the peer or the network."""
+
+    stream_id: str
+    reason: str
+    """The :class:`~salon.media.transport.TransportCloseReason` value (``ice_failed``...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportGone(RouterHandleEvent):
+    """A transport closed in the worker (for any reason)."""
+
+    transport_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioLevels(RouterHandleEvent):
+    levels: dict[str, float]
+    """Stream id → smoothed level (0..1), for the streams whose level changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSpeaker(RouterHandleEvent):
+    stream_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDied(RouterHandleEvent):
+    """The router's worker died: the router and all its transports are gone."""
+
+    streams: tuple[str, ...]
+    """The streams that were published on the router."""
+
+
+class RouterHandle:
+    """The main-process handle of a router hosted by a worker (one per session).
+
+    Created by :meth:`WorkerHandle.create_router`, which sends the create request at once:
+    requests are served in order, so the following requests find the router. Its mirror
+    (:attr:`transports`, :attr:`streams`) follows the worker's reports. :meth:`close` is
+    idempotent; :meth:`worker_died` is called by the worker handle instead when the process
+    died, and emits :class:`WorkerDied`. Closing operations on a closed router do nothing.
+    """
+
+    def __init__(self, worker: WorkerHandle, router_id: str, settings: TransportSettings) -> None:
+        self.id = router_id
+        self.worker = worker
+        self.events: EventEmitter[RouterHandleEvent] = EventEmitter(self)
+        self.transports: dict[str, RemoteTransport] = {}
+        self.streams: dict[str, RemoteTransport] = {}
+        """Stream id → its publish transport."""
+        self.closed = False
+        self._created = worker.send_request(
+            CreateRouterRequest(id=worker.next_id(), router_id=self.id, transport=settings)
+        )
+        self._created.add_done_callback(self._on_created)
+        self._close_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"RouterHandle({self.id} on {self.worker.name})"
+
+    @property
+    def consumer_count(self) -> int:
+        return sum(len(t.consumers) for t in self.transports.values())
+
+    def _on_created(self, future: asyncio.Future[Response]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None and isinstance(future.result(), ErrorResponse):
+            logger.error("%r: the worker refused to create it: %s", self, future.result())
+        elif error is not None and not isinstance(error, WorkerDiedError | MediaStateError):
+            logger.error("%r: creating it failed: %s", self, error)
+
+    async def _request(self, request: Request, result_type: type[R]) -> R:
+        if self.closed:
+            raise MediaStateError(f"{self!r} is closed")
+        created = await self._created
+        if isinstance(created, ErrorResponse):
+            raise error_from_response(created)
+        return await self.worker.request(request, result_type)
+
+    async def publish(self, stream_id: str, offer: str) -> PublishResult:
+        """Create a stream's publish transport and producers from a sendonly offer."""
+        request = PublishRequest(
+            id=self.worker.next_id(), router_id=self.id, stream_id=stream_id, offer=offer
+        )
+        result = await self._request(request, PublishResult)
+        if self.closed:
+            raise MediaStateError(f"{self!r} closed while publishing stream {stream_id}")
+        transport = RemoteTransport(result.transport_id, stream_id=stream_id)
+        self.transports[transport.id] = self.streams[stream_id] = transport
+        return result
+
+    async def subscribe(
+        self, stream_id: str, offer: str, *, audio: bool, video: bool
+    ) -> tuple[RemoteTransport, str]:
+        """Create a subscribe transport for a stream; returns it and the SDP answer."""
+        request = SubscribeRequest(
+            id=self.worker.next_id(),
+            router_id=self.id,
+            stream_id=stream_id,
+            offer=offer,
+            audio=audio,
+            video=video,
+        )
+        result = await self._request(request, SubscribeResult)
+        if self.closed:
+            raise MediaStateError(f"{self!r} closed while subscribing to stream {stream_id}")
+        consumers = [RemoteConsumer(c.id, c.kind, c.paused) for c in result.consumers]
+        transport = RemoteTransport(result.transport_id, consumers=consumers)
+        self.transports[transport.id] = transport
+        return transport, result.answer
+
+    async def add_candidate(self, transport_id: str, candidate: str | None) -> None:
+        request = AddCandidateRequest(
+            id=self.worker.next_id(), router_id=self.id, transport_id=transport_id, candidate=candidate
+        )
+        await self._request(request, Ack)
+
+    async def set_consumers(self, transport_id: str, *, audio: bool | None, video: bool | None) -> None:
+        """Pause / resume a subscribe transport's consumers; updates the mirror."""
+        request = SetConsumersRequest(
+            id=self.worker.next_id(), router_id=self.id, transport_id=transport_id, audio=audio, video=video
+        )
+        result = await self._request(request, ConsumersResult)
+        transport = self.transports.get(transport_id)
+        if transport is not None:
+            paused = {c.id: c.paused for c in result.consumers}
+            for consumer in transport.consumers:
+                consumer.paused = paused.get(consumer.id, consumer.paused)
+
+    async def unpublish(self, stream_id: str) -> None:
+        """Close a stream's publish transport (and so its consumers); idempotent."""
+        if self.closed:
+            return
+        transport = self.streams.pop(stream_id, None)
+        if transport is not None:
+            self.transports.pop(transport.id, None)
+        request = UnpublishRequest(id=self.worker.next_id(), router_id=self.id, stream_id=stream_id)
+        await self._closing_request(request)
+
+    async def close_transports(self, transport_ids: Sequence[str]) -> None:
+        """Close transports; unknown ones are fine."""
+        if self.closed or not transport_ids:
+            return
+        for transport_id in transport_ids:
+            transport = self.transports.pop(transport_id, None)
+            if transport is not None and transport.stream_id is not None:
+                self.streams.pop(transport.stream_id, None)
+        request = CloseTransportsRequest(
+            id=self.worker.next_id(), router_id=self.id, transport_ids=list(transport_ids)
+        )
+        await self._closing_request(request)
+
+    async def _closing_request(self, request: Request) -> None:
+        try:
+            await self._request(request, Ack)
+        except (WorkerDiedError, MediaStateError) as exc:
+            # What we wanted closed went (or goes) with the worker process.
+            logger.debug("%r: %s: went with its worker (%s)", self, request.type, exc)
+
+    async def close(self) -> None:
+        """Close the router in its worker and forget it; idempotent. :attr:`closed` is set at
+        once; the call returns when the worker closed it."""
+        if self._close_task is None:
+            was_open = not self.closed
+            self.closed = True
+            self._close_task = asyncio.get_running_loop().create_task(
+                self._close(was_open), name=f"{self!r} close"
+            )
+        await asyncio.shield(self._close_task)
+
+    async def _close(self, was_open: bool) -> None:
+        if was_open:
+            request = CloseRouterRequest(id=self.worker.next_id(), router_id=self.id)
+            try:
+                await self.worker.request(request, Ack)
+            except (WorkerDiedError, MediaStateError) as exc:
+                logger.debug("%r: close: went with its worker (%s)", self, exc)
+        self._forget()
+
+    def _forget(self) -> None:
+        self.closed = True
+        if self.worker.routers.get(self.id) is self:
+            del self.worker.routers[self.id]
+        self.transports.clear()
+        self.streams.clear()
+
+    def worker_closed(self) -> None:
+        """The worker is shutting down (by us): forget everything, report nothing."""
+        self._forget()
+        self.events.clear()
+
+    def worker_died(self) -> None:
+        """The worker process died: the router is gone; emit :class:`WorkerDied`."""
+        if self.closed:
+            return
+        streams = tuple(self.streams)
+        self._forget()
+        self.events.emit(WorkerDied(self, streams))
+        self.events.clear()
+
+    def on_worker_event(self, event: WorkerEvent) -> None:
+        """Update the mirror from a worker event and emit the matching handle event."""
+        if self.closed:
+            return
+        match event:
+            case TransportConnectedEvent():
+                transport = self.transports.get(event.transport_id)
+                if transport is not None:
+                    transport.connected = True
+                    if transport.stream_id is not None:
+                        self.events.emit(StreamFlowing(self, transport.stream_id))
+            case TransportClosedEvent():
+                transport = self.transports.pop(event.transport_id, None)
+                if transport is None:
+                    return  # closed at our request: already forgotten
+                if transport.stream_id is not None:
+                    self.streams.pop(transport.stream_id, None)
+                    if event.by_peer:
+                        self.events.emit(StreamEnded(self, transport.stream_id, event.reason))
+                self.events.emit(TransportGone(self, transport.id))
+            case AudioLevelsEvent():
+                self.events.emit(AudioLevels(self, dict(event.levels)))
+            case ActiveSpeakerEvent():
+                self.events.emit(ActiveSpeaker(self, event.stream_id))
+            case ReadyEvent():
+                pass
+
+
+# --------------------------------------------------------------------------------------------
+# One worker process
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    CLOSING = "closing"
+    DEAD = "dead"
+    CLOSED = "closed"
+
+
+def _spawn_process(name: str, log_level: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start ``python -m salon.media.worker`` with one end of a fresh socket pair."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "salon.media.worker",
+                "--fd",
+                str(theirs.fileno()),
+                "--name",
+                name,
+                "--log-level",
+                log_level,
+            ],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return process, ours
+
+
+class WorkerHandle:
+    """One media worker process and its channel. Start with :meth:`start`.
+
+    Owns the :class:`subprocess.Popen`, the channel socket, the reader task, the pidfd watch
+    and the pending request futures. States: ``starting`` → ``ready`` → ``closing`` →
+    ``closed``, or → ``dead`` when the process dies on its own (then :meth:`close` reaps it).
+    """
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes], *, on_death: _DeathCallback) -> None:
+        self.name = name
+        self.process = process
+        self.pid = process.pid
+        self.state = WorkerState.STARTING
+        self.routers: dict[str, RouterHandle] = {}
+        self.started_at = time.monotonic()
+        self._on_death = on_death
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Response]] = {}
+        self._ready: asyncio.Future[ReadyEvent] = asyncio.get_running_loop().create_future()
+        self._exited = asyncio.Event()
+        self._reader_task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pidfd: int | None = None
+        self._close_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"WorkerHandle({self.name} pid={self.pid} {self.state.value})"
+
+    @classmethod
+    async def start(
+        cls, name: str, *, log_level: str, start_timeout: float, on_death: _DeathCallback
+    ) -> WorkerHandle:
+        """Spawn the process and wait until it reports ready (raises
+        :class:`~salon.media.errors.MediaResourceError` if it does not)."""
+        process, sock = _spawn_process(name, log_level)
+        handle = cls(name, process, on_death=on_death)
+        try:
+            await handle._connect(sock)
+            async with asyncio.timeout(start_timeout):
+                ready = await asyncio.shield(handle._ready)
+        except BaseException as exc:
+            await handle.close()
+            if isinstance(exc, TimeoutError):
+                raise MediaResourceError(f"media {name} did not start within {start_timeout:.0f} s") from exc
+            raise
+        handle.state = WorkerState.READY
+        logger.info("%r: started (%s loop)", handle, ready.loop)
+        return handle
+
+    async def _connect(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            reader, self._writer = await asyncio.open_unix_connection(sock=sock, limit=READ_SIZE)
+        except BaseException:
+            sock.close()
+            raise
+        self._reader_task = loop.create_task(self._read(reader), name=f"salon-{self.name}-reader")
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError) as exc:  # no pidfd (old kernel, not Linux): EOF suffices
+            logger.debug("%r: no pidfd (%s); death is detected by channel EOF", self, exc)
+        else:
+            loop.add_reader(self._pidfd, self._on_process_exit)
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (WorkerState.STARTING, WorkerState.READY)
+
+    def load(self) -> tuple[int, int]:
+        """(consumers, routers): what placement minimises."""
+        return sum(r.consumer_count for r in self.routers.values()), len(self.routers)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send_request(self, request: Request) -> asyncio.Future[Response]:
+        """Write ``request``; the future resolves with its response (or fails if the worker
+        dies or closes first)."""
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        if not self.alive or self._writer is None:
+            future.set_exception(self._gone_error())
+            return future
+        self._pending[request.id] = future
+        future.add_done_callback(lambda _: self._pending.pop(request.id, None))
+        self._writer.write(encode_message(request))
+        return future
+
+    async def request(self, request: Request, result_type: type[R]) -> R:
+        """Send ``request`` and return its result; an error response is raised as the
+        :class:`~salon.errors.SalonError` the worker raised."""
+        response = await self.send_request(request)
+        if isinstance(response, ErrorResponse):
+            raise error_from_response(response)
+        if not isinstance(response.result, result_type):
+            raise ServerError(
+                f"{self!r}: {request.type} answered with {response.result.type}, not {result_type.__name__}"
+            )
+        return response.result
+
+    def create_router(self, settings: TransportSettings, *, name: str = "") -> RouterHandle:
+        """Host a new router on this worker (the request is sent at once)."""
+        router = RouterHandle(self, f"ro-{next(_router_ids)}{'-' + name if name else ''}", settings)
+        self.routers[router.id] = router
+        return router
+
+    async def dump(self, *, routers: bool = False) -> WorkerDump:
+        return await self.request(DumpRequest(id=self.next_id(), routers=routers), WorkerDump)
+
+    def _gone_error(self) -> Exception:
+        if self.state is WorkerState.DEAD:
+            return WorkerDiedError(f"media {self.name} (pid {self.pid}) died")
+        return MediaStateError(f"media {self.name} is closed")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        decoder = FrameDecoder()
+        why = "its channel closed"
+        try:
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    break
+                for frame in decoder.feed(data):
+                    self._on_message(decode_worker_message(frame))
+        except ChannelError as exc:
+            logger.error("%r: broke the channel protocol: %s", self, exc)
+            why = "it broke the channel protocol"
+        except ConnectionError as exc:
+            why = f"its channel failed ({exc})"
+        self._lost(why)
+
+    def _on_message(self, message: Response | WorkerEvent) -> None:
+        match message:
+            case ResultResponse() | ErrorResponse():
+                future = self._pending.pop(message.id, None)
+                if future is None or future.done():
+                    logger.debug("%r: response to request %d nobody awaits", self, message.id)
+                else:
+                    future.set_result(message)
+            case ReadyEvent():
+                if not self._ready.done():
+                    self._ready.set_result(message)
+            case _:
+                router = self.routers.get(message.router_id)
+                if router is None:
+                    logger.debug("%r: %s for forgotten router %s", self, message.type, message.router_id)
+                else:
+                    router.on_worker_event(message)
+
+    def _on_process_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._pidfd is not None:
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        code = self.process.poll()
+        self._exited.set()
+        self._lost(f"the process exited with code {code}")
+
+    def _lost(self, why: str) -> None:
+        """The channel ended or the process exited: if we did not ask for it, the worker died."""
+        if not self.alive:
+            return
+        self.state = WorkerState.DEAD
+        routers = list(self.routers.values())
+        streams = sum(len(r.streams) for r in routers)
+        logger.error(
+            "%r: media worker died (%s); %d routers and %d streams lost, their streams end with mediaStopped",
+            self,
+            why,
+            len(routers),
+            streams,
+        )
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)  # a worker without its channel is useless
+        self._fail_pending()
+        for router in routers:
+            router.worker_died()
+        self.routers.clear()
+        self._on_death(self)
+
+    def _fail_pending(self) -> None:
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for future in pending:
+            if not future.done():
+                future.set_exception(self._gone_error())
+        if not self._ready.done():
+            self._ready.set_exception(self._gone_error())
+            self._ready.exception()  # retrieved: start() awaits it, or nobody does
+
+    # -- closing ---------------------------------------------------------------------------
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker (EOF on its channel, then SIGKILL after ``timeout``) and reap it;
+        idempotent. For a dead worker, only reaps and releases."""
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(
+                self._close(timeout), name=f"salon-{self.name}-close"
+            )
+        await asyncio.shield(self._close_task)
+
+    async def _close(self, timeout: float) -> None:
+        if self.alive:
+            self.state = WorkerState.CLOSING
+            self._fail_pending()
+            for router in list(self.routers.values()):
+                router.worker_closed()
+            self.routers.clear()
+        if self._writer is not None:
+            self._writer.close()  # EOF: the worker closes its routers and exits
+        if not await self._wait_exit(timeout):
+            logger.warning("%r: did not exit within %.0f s; killing it", self, timeout)
+            self.process.kill()
+            await self._wait_exit(timeout)
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            await asyncio.wait([self._reader_task])
+        if self._writer is not None:
+            try:
+                await self._writer.wait_closed()
+            except ConnectionError as exc:
+                logger.debug("%r: channel close: %s", self, exc)
+        if self._pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self.state is not WorkerState.DEAD:
+            self.state = WorkerState.CLOSED
+        logger.info("%r: exited with code %s", self, self.process.returncode)
+
+    async def _wait_exit(self, timeout: float) -> bool:
+        """Wait until the process exited and is reaped; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if self._pidfd is not None:
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        await self._exited.wait()
+                except TimeoutError:
+                    return False
+                continue  # the pidfd fired: poll() reaps it
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# The pool
+
+
+class WorkerPool:
+    """N media worker processes: placement of routers, death detection and restarts.
+
+    :param count: number of workers (default ``os.cpu_count()``).
+    :param transport_options: the listen / announced addresses and port range of every
+        transport, in every worker.
+    :param log_level: the workers' log level (default: the ``salon`` logger's).
+    :param start_timeout: seconds a worker has to report ready.
+    :param max_restarts: restarts of one slot allowed per ``restart_window`` seconds; further
+        restarts wait until the window allows them.
+    :param shutdown_timeout: seconds a worker has to exit on :meth:`close` before SIGKILL.
+
+    Owns its :class:`WorkerHandle`\\s and the restart tasks; :meth:`close` is idempotent.
+    """
+
+    def __init__(
+        self,
+        count: int | None = None,
+        transport_options: WebRtcTransportOptions | None = None,
+        *,
+        log_level: str | None = None,
+        start_timeout: float = 60.0,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        count = count if count is not None else (os.cpu_count() or 1)
+        if count < 1:
+            raise ValueError(f"a worker pool needs at least one worker, got {count}")
+        self.count = count
+        options = transport_options or WebRtcTransportOptions()
+        self.settings = TransportSettings(
+            listen_addresses=tuple(options.listen_addresses),
+            announced_address=options.announced_address,
+            port_range=options.port_range,
+            connect_timeout=options.connect_timeout,
+        )
+        self.log_level = log_level or logging.getLevelName(logging.getLogger("salon").getEffectiveLevel())
+        self.start_timeout = start_timeout
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self.shutdown_timeout = shutdown_timeout
+        self.workers: dict[int, WorkerHandle] = {}
+        """Slot → its current live worker (a dead worker's slot is empty until restarted)."""
+        self.closed = False
+        self.restarts = 0
+        self._restart_times: dict[int, collections.deque[float]] = {}
+        self._available = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._start_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"WorkerPool({len(self.workers)}/{self.count} workers)"
+
+    async def start(self) -> None:
+        """Start every worker (concurrently); idempotent. Raises if one does not start."""
+        if self._start_task is None:
+            self._start_task = asyncio.get_running_loop().create_task(
+                self._start(), name="salon-workers-start"
+            )
+        await asyncio.shield(self._start_task)
+
+    async def _start(self) -> None:
+        results = await asyncio.gather(
+            *(self._start_slot(slot) for slot in range(self.count)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.close()
+            raise errors[0]
+        logger.info("%r: started (pids %s)", self, ", ".join(str(w.pid) for w in self.workers.values()))
+
+    async def _start_slot(self, slot: int) -> None:
+        handle = await WorkerHandle.start(
+            f"worker-{slot}",
+            log_level=self.log_level,
+            start_timeout=self.start_timeout,
+            on_death=self._on_death,
+        )
+        if self.closed:
+            await handle.close(self.shutdown_timeout)
+            raise MediaStateError("the worker pool closed while a worker started")
+        self.workers[slot] = handle
+        self._available.set()
+
+    # -- placement -------------------------------------------------------------------------
+
+    def least_loaded(self) -> WorkerHandle | None:
+        """The live worker with the fewest consumers, then routers; None if none is live."""
+        live = [w for w in self.workers.values() if w.state is WorkerState.READY]
+        return min(live, key=WorkerHandle.load, default=None)
+
+    async def place(self, timeout: float | None = None) -> WorkerHandle:
+        """The worker for a new router; waits for a restart if no worker is live."""
+        deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
+        while True:
+            if self.closed:
+                raise MediaStateError("the media worker pool is closed")
+            worker = self.least_loaded()
+            if worker is not None:
+                return worker
+            self._available.clear()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._available.wait()
+            except TimeoutError:
+                raise MediaResourceError("no media worker is running") from None
+
+    def create_router(self, worker: WorkerHandle, *, name: str = "") -> RouterHandle:
+        return worker.create_router(self.settings, name=name)
+
+    async def dump(self) -> list[WorkerDump]:
+        """Counters of every live worker (CPU time, RSS, routers, transports...)."""
+        workers = [w for w in self.workers.values() if w.state is WorkerState.READY]
+        return list(await asyncio.gather(*(w.dump() for w in workers)))
+
+    # -- death and restarts ----------------------------------------------------------------
+
+    def _on_death(self, handle: WorkerHandle) -> None:
+        slot = next((s for s, w in self.workers.items() if w is handle), None)
+        if slot is None:
+            return  # died while starting: WorkerHandle.start raises to its caller
+        del self.workers[slot]
+        self._spawn(self._replace(slot, handle), f"salon-worker-{slot}-restart")
+
+    async def _replace(self, slot: int, dead: WorkerHandle) -> None:
+        await dead.close(self.shutdown_timeout)  # reap it
+        times = self._restart_times.setdefault(slot, collections.deque())
+        while not self.closed:
+            now = time.monotonic()
+            while times and now - times[0] > self.restart_window:
+                times.popleft()
+            if len(times) >= self.max_restarts:
+                delay = times[0] + self.restart_window - now
+                logger.warning("%r: worker-%d restarts too often; next try in %.0f s", self, slot, delay)
+                await asyncio.sleep(delay)
+                continue
+            times.append(now)
+            try:
+                await self._start_slot(slot)
+            except MediaStateError:
+                return  # the pool closed meanwhile
+            except MediaResourceError as exc:
+                logger.error("%r: restarting worker-%d failed: %s", self, slot, exc)
+                continue
+            self.restarts += 1
+            logger.warning("%r: worker-%d replaced by pid %d", self, slot, self.workers[slot].pid)
+            return
+
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%r: %s failed", self, task.get_name(), exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Stop restarts, then stop every worker and reap it; idempotent."""
+        self.closed = True
+        self._available.set()  # wake place() waiters: they raise
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        workers = list(self.workers.values())
+        self.workers.clear()
+        await asyncio.gather(*(w.close(self.shutdown_timeout) for w in workers))
