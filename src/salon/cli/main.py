@@ -48,6 +48,35 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--media-address",
+        action="append",
+        default=[],
+        help="an IP the media (UDP) sockets listen on (repeatable; default 127.0.0.1)",
+    )
+    serve.add_argument("--announced-address", help="the public IP announced in ICE candidates (NAT)")
+    serve.add_argument("--rtc-min-port", type=int, help="lowest UDP port for media (with --rtc-max-port)")
+    serve.add_argument("--rtc-max-port", type=int, help="highest UDP port for media (with --rtc-min-port)")
+    serve.add_argument("--no-media", action="store_true", help="signalling only: forward no media")
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help="media worker processes (default: one per CPU core)"
+    )
+    serve.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a stun:/turn: URL handed to clients (repeatable), e.g. turn:turn.example.com:3478",
+    )
+    serve.add_argument(
+        "--turn-secret-file",
+        metavar="PATH",
+        help="the TURN shared secret (coturn static-auth-secret) for per-connection TURN credentials; "
+        "or SALON_TURN_SECRET (static credentials: SALON_TURN_USERNAME and SALON_TURN_PASSWORD)",
+    )
+    serve.add_argument(
+        "--turn-ttl", type=int, metavar="SECONDS", help="lifetime of minted TURN credentials (default 86400)"
+    )
     _add_store_options(serve)
 
     project = commands.add_parser("project", help="manage projects (API key and secret)")
@@ -85,6 +114,29 @@ def _parser() -> argparse.ArgumentParser:
     sig.add_argument("--connections", type=int, default=1000)
     sig.add_argument("--signals", type=int, default=50)
     sig.add_argument("--interval", type=float, default=0.2, help="seconds between signals")
+    sig.add_argument("--workers", type=int, default=1, help="load-generator processes (1-8)")
+    sig.add_argument(
+        "--compression",
+        choices=["deflate", "none"],
+        default="deflate",
+        help="whether the clients offer permessage-deflate (browsers do)",
+    )
+    sig.add_argument(
+        "--client", choices=["raw", "websockets"], default="raw", help="the load generator's WebSocket client"
+    )
+    sig.add_argument("--idle", type=float, default=4.0, help="seconds idle before each memory reading")
+    sig.add_argument("--per-signal", action="store_true", help="also report each signal's fan-out time")
+    sfu = bench_commands.add_parser("sfu", help="SFU forwarding: CPU per packet, loss, delay, memory")
+    sfu.add_argument("--publishers", type=int, default=1)
+    sfu.add_argument("--subscribers", type=int, default=16, help="subscribers per publisher")
+    sfu.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    sfu.add_argument("--rate", type=float, default=600.0, help="packets/s per publisher (5 per frame)")
+    sfu.add_argument("--workers", type=int, default=None, help="server media workers (if supported)")
+    from salon.cli.bench_client import add_bench_client_parser
+    from salon.cli.demo import add_demo_parser
+
+    add_bench_client_parser(bench_commands)
+    add_demo_parser(commands)
     return parser
 
 
@@ -93,6 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "demo":
+            from salon.cli.demo import run_demo
+
+            return run_demo(args)
+        if args.command == "bench" and args.bench_command == "client":
+            from salon.cli.bench_client import run_client_bench
+
+            return run_client_bench(args)
+        if args.command == "bench" and args.bench_command == "sfu":
+            from salon.cli.bench_sfu import run_sfu_bench
+
+            return run_sfu_bench(args)
         if args.command == "bench":
             from salon.cli.bench import run_bench
 
@@ -111,11 +175,48 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if (args.rtc_min_port is None) != (args.rtc_max_port is None):
+        raise SalonError("--rtc-min-port and --rtc-max-port go together")
+    port_range = None
+    if args.rtc_min_port is not None:
+        port_range = (args.rtc_min_port, args.rtc_max_port)
+        if not 1 <= port_range[0] <= port_range[1] <= 65535:
+            raise SalonError("the RTC port range must be within 1-65535, min <= max")
+    if args.workers is not None and args.workers < 1:
+        raise SalonError("--workers must be at least 1")
     config = ServerConfig.from_env(
-        host=args.host, port=args.port, data_dir=pathlib.Path(args.data_dir), database_url=args.database_url
+        host=args.host,
+        port=args.port,
+        data_dir=pathlib.Path(args.data_dir),
+        database_url=args.database_url,
+        media=not args.no_media,
+        listen_addresses=tuple(args.media_address) or None,
+        announced_address=args.announced_address,
+        port_range=port_range,
+        workers=args.workers,
+        ice_servers=tuple(args.ice_server) or None,
+        turn_secret=_read_secret(args.turn_secret_file) if args.turn_secret_file else None,
+        turn_ttl=args.turn_ttl,
     )
+    try:
+        config.ice  # noqa: B018 (checks the ICE servers and TURN credentials)
+    except ValueError as exc:
+        raise SalonError(str(exc)) from None
     run_server(config, log_level=args.log_level)
     return 0
+
+
+def _read_secret(path: str) -> str:
+    """A secret from a file (trailing newline and spaces stripped), so it is not in ``ps``."""
+    try:
+        secret = pathlib.Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SalonError(f"cannot read the TURN secret file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:  # its message would quote a byte of the secret
+        raise SalonError(f"the TURN secret file {path} is not UTF-8 text") from None
+    if not secret:
+        raise SalonError(f"the TURN secret file {path} is empty")
+    return secret
 
 
 async def _first_project(store: Store, api_key: str | None) -> Project:

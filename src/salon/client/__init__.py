@@ -1,0 +1,147 @@
+"""salon's Python client SDK: join sessions, publish and subscribe, per-participant media.
+
+Quick start::
+
+    import asyncio
+    from salon.client import Publisher, Session, StreamReceived, Subscriber
+
+    async def main() -> None:
+        async with Session(SESSION_ID, TOKEN, "http://127.0.0.1:8080") as session:
+            async def on_stream(event: StreamReceived) -> None:
+                await session.subscribe(Subscriber(event.stream, on_video_frame=print))
+            session.on(StreamReceived, on_stream)
+            await session.publish(Publisher("bot"))
+            await session.wait_disconnected()
+
+    asyncio.run(main())
+
+Unlike OpenTok's Linux SDK there is no process-wide state: any number of sessions,
+publishers and subscribers share one process and one event loop, and every subscriber
+delivers its own stream's audio (never a mix).
+
+Modules: :mod:`.session` (``Session``), :mod:`.publisher`, :mod:`.subscriber`,
+:mod:`.sources` (what publishers send), :mod:`.frames` (what subscribers receive),
+:mod:`.events`, :mod:`.errors`, :mod:`.stats`, :mod:`.models`.
+"""
+
+import logging
+
+from salon.client.errors import (
+    ClientError,
+    Conflict,
+    ConnectionFailed,
+    ConnectionLost,
+    DeviceNotFound,
+    InvalidRequest,
+    InvalidStateError,
+    InvalidToken,
+    MediaError,
+    MediaRejected,
+    MediaUnavailable,
+    NotFound,
+    PermissionDenied,
+    RequestRefused,
+    ServerError,
+    SessionNotFound,
+)
+from salon.client.events import (
+    ActiveSpeakerChanged,
+    AudioLevels,
+    Connected,
+    ConnectionCreated,
+    ConnectionDropped,
+    Disconnected,
+    DisconnectReason,
+    Error,
+    Event,
+    MuteForced,
+    Reconnected,
+    Reconnecting,
+    SessionEndReason,
+    SignalReceived,
+    StreamDropped,
+    StreamPropertyChanged,
+    StreamPublished,
+    StreamReason,
+    StreamReceived,
+)
+from salon.client.frames import AudioFrame, VideoFrame
+from salon.client.models import Connection, Stream, VideoType
+from salon.client.publisher import Publisher
+from salon.client.session import Session, SessionState
+from salon.client.sources import (
+    AudioSource,
+    CameraSource,
+    CustomAudioSource,
+    CustomVideoSource,
+    MediaFileAudioSource,
+    MediaFileVideoSource,
+    TestPatternSource,
+    ToneSource,
+    VideoSource,
+    read_test_pattern_index,
+)
+from salon.client.stats import PublisherStats, RtpStats, SubscriberStats
+from salon.client.subscriber import Subscriber
+
+__all__ = [
+    "ActiveSpeakerChanged",
+    "AudioFrame",
+    "AudioLevels",
+    "AudioSource",
+    "CameraSource",
+    "ClientError",
+    "Conflict",
+    "Connected",
+    "Connection",
+    "ConnectionCreated",
+    "ConnectionDropped",
+    "ConnectionFailed",
+    "ConnectionLost",
+    "CustomAudioSource",
+    "CustomVideoSource",
+    "DeviceNotFound",
+    "DisconnectReason",
+    "Disconnected",
+    "Error",
+    "Event",
+    "InvalidRequest",
+    "InvalidStateError",
+    "InvalidToken",
+    "MediaError",
+    "MediaFileAudioSource",
+    "MediaFileVideoSource",
+    "MediaRejected",
+    "MediaUnavailable",
+    "MuteForced",
+    "NotFound",
+    "PermissionDenied",
+    "Publisher",
+    "PublisherStats",
+    "Reconnected",
+    "Reconnecting",
+    "RequestRefused",
+    "RtpStats",
+    "ServerError",
+    "Session",
+    "SessionEndReason",
+    "SessionNotFound",
+    "SessionState",
+    "SignalReceived",
+    "Stream",
+    "StreamDropped",
+    "StreamPropertyChanged",
+    "StreamPublished",
+    "StreamReason",
+    "StreamReceived",
+    "Subscriber",
+    "SubscriberStats",
+    "TestPatternSource",
+    "ToneSource",
+    "VideoFrame",
+    "VideoSource",
+    "VideoType",
+    "read_test_pattern_index",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,217 @@
+"""aiortc glue: peer connections gathering on chosen addresses, and the tracks that pull
+frames from :mod:`salon.client.sources`.
+
+Loopback ICE: aioice gathers host candidates on every interface address *except* 127.0.0.1.
+:func:`restrict_ice_addresses` makes **one** peer connection's ICE agents gather on exactly
+the given addresses (e.g. ``["127.0.0.1"]``), by shadowing ``get_component_candidates`` on
+each of its ``aioice.Connection`` instances (the same per-instance technique as
+:func:`salon.media.loopback.bind_host_candidates`). Nothing global changes: other peer
+connections and other code in the process are unaffected, and the override goes away with
+the connection. It relies on aiortc 1.16 / aioice 0.13 internals (``RTCIceGatherer._connection``
+and ``Connection.get_component_candidates(component, addresses, timeout)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from salon.client.errors import ClientError, MediaError
+from salon.client.sources import MUTED_FRAME_RATE, AudioSource, VideoSource
+
+__all__ = [
+    "SourceAudioTrack",
+    "SourceVideoTrack",
+    "complete_rejected_mlines",
+    "new_peer_connection",
+    "restrict_ice_addresses",
+    "wait_connected",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+
+
+def new_peer_connection(ice_servers: Sequence[RTCIceServer]) -> RTCPeerConnection:
+    return RTCPeerConnection(configuration=RTCConfiguration(iceServers=list(ice_servers)))
+
+
+def restrict_ice_addresses(pc: RTCPeerConnection, addresses: Sequence[str]) -> None:
+    """Make ``pc`` gather host candidates on exactly ``addresses``; call after adding its
+    transceivers and before ``setLocalDescription``."""
+    chosen = list(addresses)
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport.iceGatherer._connection
+        if getattr(connection, "_salon_addresses", None) is not None:
+            continue
+        original = connection.get_component_candidates
+
+        async def get_component_candidates(
+            component: int, addresses: list[str] | None = None, timeout: int = 5, _original: Any = original
+        ) -> Any:
+            # ``addresses`` is what aioice found on the interfaces: replaced on purpose.
+            return await _original(component=component, addresses=chosen, timeout=timeout)
+
+        connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+        setattr(connection, "_salon_addresses", chosen)  # noqa: B010
+
+
+def complete_rejected_mlines(sdp: str) -> str:
+    """Give the answer's rejected m-lines (port 0) the DTLS attributes of an accepted one.
+
+    The server rejects an offered m-line it has nothing for (e.g. video of an audio-only
+    stream) with port 0 and no ``a=setup``/``a=fingerprint``/``a=rtcp-mux``, which aiortc 1.16 cannot apply
+    (its answer validation reads the DTLS role of every m-line). The attributes are
+    harmless there: a rejected m-line carries no media.
+    """
+    head, *sections = sdp.split("\r\nm=")
+    dtls = next(
+        (
+            [
+                line
+                for line in section.split("\r\n")
+                if line.startswith(("a=setup:", "a=fingerprint:", "a=rtcp-mux"))
+            ]
+            for section in sections
+            if "a=setup:" in section
+        ),
+        [],
+    )
+    if not dtls or all("a=setup:" in section for section in sections):
+        return sdp
+    patched = []
+    for section in sections:
+        if "a=setup:" not in section:
+            lines = section.rstrip("\r\n").split("\r\n")
+            section = "\r\n".join([*lines, *dtls]) + "\r\n"
+        patched.append(section)
+    return "\r\nm=".join([head, *patched])
+
+
+class SourceVideoTrack(MediaStreamTrack):
+    """An aiortc video track pulling from a :class:`VideoSource`; one per peer connection.
+
+    It timestamps frames on a 90 kHz clock from the time they are taken, sends black frames
+    (at a low rate) while :attr:`enabled` is False, and counts what it sent.
+    """
+
+    kind = "video"
+
+    def __init__(self, source: VideoSource, owner: str) -> None:
+        super().__init__()
+        self.source = source
+        self.enabled = True
+        self.frames_sent = 0
+        self.size: tuple[int, int] | None = None
+        self._owner = owner
+        self._start: float | None = None
+        self._black: av.VideoFrame | None = None
+        self._last_black = 0.0
+        self.error: ClientError | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.enabled:
+            try:
+                frame = await self.source._next_frame()
+            except ClientError as exc:
+                logger.error("%s: video source failed: %s", self._owner, exc)
+                self.error = exc
+                self.stop()
+                raise MediaStreamError from exc
+        else:
+            frame = await self._black_frame()
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        frame.pts = int((now - self._start) * 90000)
+        frame.time_base = VIDEO_TIME_BASE
+        self.frames_sent += 1
+        self.size = (frame.width, frame.height)
+        return frame
+
+    async def _black_frame(self) -> av.VideoFrame:
+        delay = self._last_black + 1 / MUTED_FRAME_RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._last_black = time.monotonic()
+        width, height = self.size or (self.source.width or 320, self.source.height or 240)
+        if self._black is None or (self._black.width, self._black.height) != (width, height):
+            i420 = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
+            i420[:height] = 16
+            self._black = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+        return self._black
+
+
+class SourceAudioTrack(MediaStreamTrack):
+    """An aiortc audio track pulling 20 ms frames from an :class:`AudioSource`; silence while
+    :attr:`enabled` is False (the source keeps being drained, so it stays real-time)."""
+
+    kind = "audio"
+
+    def __init__(self, source: AudioSource, owner: str) -> None:
+        super().__init__()
+        self.source = source
+        self.enabled = True
+        self._owner = owner
+        self._pts = 0
+        self.error: ClientError | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            samples, rate = await self.source._next_samples()
+        except ClientError as exc:
+            logger.error("%s: audio source failed: %s", self._owner, exc)
+            self.error = exc
+            self.stop()
+            raise MediaStreamError from exc
+        if not self.enabled:
+            samples = np.zeros_like(samples)
+        channels = samples.shape[1]
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples.reshape(1, -1)),
+            format="s16",
+            layout="mono" if channels == 1 else "stereo",
+        )
+        frame.sample_rate = rate
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, rate)
+        self._pts += samples.shape[0]
+        return frame
+
+
+async def wait_connected(pc: RTCPeerConnection, timeout: float, what: str) -> None:
+    """Wait for ``pc.connectionState == "connected"``.
+
+    :raises MediaError: it failed, closed, or took longer than ``timeout``.
+    """
+    done = asyncio.Event()
+
+    def changed() -> None:
+        if pc.connectionState in ("connected", "failed", "closed"):
+            done.set()
+
+    pc.on("connectionstatechange", changed)
+    changed()
+    try:
+        async with asyncio.timeout(timeout):
+            await done.wait()
+    except TimeoutError:
+        raise MediaError(f"{what}: media not connected after {timeout:g} s") from None
+    finally:
+        pc.remove_listener("connectionstatechange", changed)
+    if pc.connectionState != "connected":
+        raise MediaError(f"{what}: media connection {pc.connectionState}")

@@ -1,0 +1,166 @@
+"""The errors the client SDK raises, arranged by whose fault they are.
+
+::
+
+    ClientError                         base of every error the SDK raises on purpose
+    ├── InvalidStateError               you called something the object's state does not allow
+    │                                   (e.g. publish before connect); nothing was sent
+    ├── ConnectionFailed                the signalling link could not be opened or was lost
+    │   ├── InvalidToken                the server refused the token (``close_code`` says why)
+    │   ├── SessionNotFound             the session does not exist on the server
+    │   └── ConnectionLost              the link broke while a request was in flight
+    ├── RequestRefused                  the server refused a request (``code`` is its error code)
+    │   ├── PermissionDenied            the connection's role does not allow it
+    │   ├── NotFound                    the stream, subscription or connection does not exist
+    │   ├── Conflict                    the request clashes with the session's current state
+    │   ├── InvalidRequest              malformed or out of range (incl. a signal over its limit)
+    │   ├── MediaUnavailable            the server has no media plane or ran out of ports
+    │   ├── MediaRejected               the server refused the SDP offer or an ICE candidate
+    │   └── ServerError                 the server failed (its fault, try again)
+    ├── MediaError                      local media failed (negotiation, encoder, ICE)
+    └── DeviceNotFound                  no such capture device (e.g. no V4L2 camera)
+
+Requests refused by the server carry its stable error ``code`` (:class:`ErrorCode`) and its
+human-readable message, prefixed with what was asked for: ``"subscribe to stream 78ac...:
+not_found: no stream 78ac... in this session"``. Exceptions from dependencies (websockets,
+aiortc, PyAV) are translated at the boundary (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from salon.signalling.schema import CloseCode, ErrorCode
+
+__all__ = [
+    "ClientError",
+    "Conflict",
+    "ConnectionFailed",
+    "ConnectionLost",
+    "DeviceNotFound",
+    "InvalidRequest",
+    "InvalidStateError",
+    "InvalidToken",
+    "MediaError",
+    "MediaRejected",
+    "MediaUnavailable",
+    "NotFound",
+    "PermissionDenied",
+    "RequestRefused",
+    "ServerError",
+    "SessionNotFound",
+    "error_for_code",
+]
+
+
+class ClientError(Exception):
+    """Base class of every error the client SDK raises on purpose."""
+
+
+class InvalidStateError(ClientError):
+    """The call is not allowed in the object's current state (named in the message)."""
+
+
+class ConnectionFailed(ClientError):
+    """The signalling link could not be opened, or the server closed it.
+
+    :ivar close_code: the WebSocket close code, when the server sent one.
+    """
+
+    def __init__(self, message: str, *, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class InvalidToken(ConnectionFailed):
+    """The server refused the token: malformed, badly signed, expired or for another session.
+
+    ``close_code`` is :attr:`CloseCode.INVALID_TOKEN`, :attr:`CloseCode.TOKEN_EXPIRED` or
+    :attr:`CloseCode.WRONG_SESSION`.
+    """
+
+    @property
+    def expired(self) -> bool:
+        """Whether the token had expired (get a new one) rather than being invalid."""
+        return self.close_code == CloseCode.TOKEN_EXPIRED
+
+
+class SessionNotFound(ConnectionFailed):
+    """The session ID names no session on the server."""
+
+
+class ConnectionLost(ConnectionFailed):
+    """The signalling link broke while the request was in flight: its outcome is unknown."""
+
+
+class RequestRefused(ClientError):
+    """The server refused a request.
+
+    :ivar code: the server's stable error code.
+    :ivar server_message: the server's human-readable explanation.
+    :ivar action: what was asked, e.g. ``"subscribe to stream 78ac..."``.
+    """
+
+    def __init__(self, action: str, code: ErrorCode, server_message: str) -> None:
+        super().__init__(f"{action}: {code.value}: {server_message}")
+        self.action = action
+        self.code = code
+        self.server_message = server_message
+
+
+class PermissionDenied(RequestRefused):
+    """The connection's role (from its token) does not allow the request."""
+
+
+class NotFound(RequestRefused):
+    """The stream, subscription or connection named by the request does not exist (any more)."""
+
+
+class Conflict(RequestRefused):
+    """The request clashes with the session's current state."""
+
+
+class InvalidRequest(RequestRefused):
+    """The request is malformed or out of range (e.g. a signal over 8192 characters)."""
+
+
+class MediaUnavailable(RequestRefused):
+    """The server cannot carry media for the request (no media plane, out of UDP ports, or a
+    stream published without media)."""
+
+
+class MediaRejected(RequestRefused):
+    """The server refused the SDP offer or an ICE candidate (malformed or unsupported)."""
+
+
+class ServerError(RequestRefused):
+    """The server failed while handling the request: its fault; retrying may work."""
+
+
+class MediaError(ClientError):
+    """Local media failed: negotiation, ICE/DTLS, or a source that cannot produce frames."""
+
+
+class DeviceNotFound(MediaError):
+    """The capture device does not exist or cannot be opened (e.g. no ``/dev/video0``)."""
+
+
+_BY_CODE: dict[ErrorCode, type[RequestRefused]] = {
+    ErrorCode.PERMISSION_DENIED: PermissionDenied,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.CONFLICT: Conflict,
+    ErrorCode.ALREADY_CONNECTED: Conflict,
+    ErrorCode.INVALID_REQUEST: InvalidRequest,
+    ErrorCode.INVALID_MESSAGE: InvalidRequest,
+    ErrorCode.UNKNOWN_TYPE: InvalidRequest,
+    ErrorCode.MESSAGE_TOO_LARGE: InvalidRequest,
+    ErrorCode.SIGNAL_TOO_LARGE: InvalidRequest,
+    ErrorCode.NOT_CONNECTED: InvalidRequest,
+    ErrorCode.MEDIA_UNAVAILABLE: MediaUnavailable,
+    ErrorCode.INVALID_SDP: MediaRejected,
+    ErrorCode.UNSUPPORTED_MEDIA: MediaRejected,
+    ErrorCode.INTERNAL_ERROR: ServerError,
+}
+
+
+def error_for_code(action: str, code: ErrorCode, server_message: str) -> RequestRefused:
+    """The typed exception for a server ``error`` reply to the request described by ``action``."""
+    return _BY_CODE.get(code, RequestRefused)(action, code, server_message)

@@ -1,0 +1,199 @@
+"""Session events: one frozen dataclass per event, all subclasses of :class:`Event`.
+
+Receive them with typed callbacks, ``session.on(StreamReceived, handler)`` (mypy checks
+that ``handler`` takes a :class:`StreamReceived`), or as an async iterator::
+
+    async for event in session.events():
+        match event:
+            case StreamReceived(stream=stream):
+                await session.subscribe(Subscriber(stream))
+            case Disconnected(reason=reason):
+                print("gone:", reason)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from salon.client.errors import ClientError
+from salon.client.models import Connection, Stream
+from salon.signalling.schema import DisconnectReason, StreamProperty, StreamReason
+
+if TYPE_CHECKING:
+    from salon.client.publisher import Publisher
+
+__all__ = [
+    "ActiveSpeakerChanged",
+    "AudioLevels",
+    "Connected",
+    "ConnectionCreated",
+    "ConnectionDropped",
+    "DisconnectReason",
+    "Disconnected",
+    "Error",
+    "Event",
+    "MuteForced",
+    "Reconnected",
+    "Reconnecting",
+    "SessionEndReason",
+    "SignalReceived",
+    "StreamDropped",
+    "StreamPropertyChanged",
+    "StreamPublished",
+    "StreamReason",
+    "StreamReceived",
+]
+
+
+class SessionEndReason(enum.StrEnum):
+    """Why this session's connection ended for good (:class:`Disconnected`)."""
+
+    CLIENT_DISCONNECTED = "clientDisconnected"
+    """You called :meth:`Session.disconnect <salon.client.Session.disconnect>`."""
+    FORCE_DISCONNECTED = "forceDisconnected"
+    """A moderator or the REST API forced this connection out."""
+    NETWORK_DISCONNECTED = "networkDisconnected"
+    """The link broke and reconnection failed or was disabled."""
+    TOKEN_REFUSED = "tokenRefused"
+    """While reconnecting, the server refused the token (e.g. it expired)."""
+    SERVER_CLOSED = "serverClosed"
+    """The server closed the link for a reason reconnecting cannot fix (e.g. session gone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of every session event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connected(Event):
+    """The session is connected (emitted once, by :meth:`Session.connect`)."""
+
+    connection: Connection
+    """This client's own connection."""
+    role: str
+    """``"subscriber"``, ``"publisher"``, ``"publisheronly"`` or ``"moderator"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected(Event):
+    """The session ended for good; no event follows."""
+
+    reason: SessionEndReason
+    detail: str = ""
+    """Human-readable details (e.g. the server's close reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting(Event):
+    """The signalling link broke; the SDK is reconnecting (media is stopped meanwhile)."""
+
+    detail: str
+    """What broke, e.g. ``"connection lost (close code 1006)"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected(Event):
+    """The SDK reconnected as a new connection, and re-published and re-subscribed."""
+
+    connection: Connection
+    """The new connection (a new ``connection_id``)."""
+    attempts: int
+    """Connection attempts it took."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionCreated(Event):
+    """Another client is in the session (on connect, for each one already there)."""
+
+    connection: Connection
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionDropped(Event):
+    """Another client left the session."""
+
+    connection: Connection
+    reason: DisconnectReason
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReceived(Event):
+    """Another client's stream is available (on connect, for each one already there)."""
+
+    stream: Stream
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDropped(Event):
+    """A stream ended; its subscribers (and, for an own stream, its publisher) are closed."""
+
+    stream: Stream
+    reason: StreamReason
+    publisher: Publisher | None = None
+    """The local publisher, when the stream was one of this client's."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPublished(Event):
+    """One of this client's publishers has a stream (also after a re-publish on reconnection)."""
+
+    publisher: Publisher
+    stream: Stream
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPropertyChanged(Event):
+    """A property of another client's stream changed (``publish_audio``, force mute, ...)."""
+
+    stream: Stream
+    """The stream with the new value."""
+    property: StreamProperty
+    """``"has_audio"``, ``"has_video"``, ``"name"``, ``"video_type"`` or ``"dimensions"``."""
+    old_value: bool | str | list[int] | None
+    new_value: bool | str | list[int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReceived(Event):
+    """A signal from a client of the session (or from the server's REST API)."""
+
+    type: str
+    data: str
+    from_connection_id: str | None
+    """None when the REST API sent it."""
+
+
+@dataclass(frozen=True, slots=True)
+class MuteForced(Event):
+    """A moderator muted one of this client's publishers; the SDK stopped its audio."""
+
+    publisher: Publisher
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Event):
+    """Something failed in the background (no call to raise from), e.g. a re-publish."""
+
+    error: ClientError
+    context: str
+    """What the SDK was doing."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioLevels(Event):
+    """Server-measured audio levels of the session's streams that changed since the previous
+    event (a stream not listed keeps its level); at most 4 per second."""
+
+    levels: dict[str, float]
+    """Stream ID → smoothed level, 0 (silence) to 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSpeakerChanged(Event):
+    """The session's active speaker (the dominant voice, as the server hears it) changed."""
+
+    stream_id: str | None
+    """The loudest stream, or None when nobody speaks."""

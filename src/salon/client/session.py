@@ -1,0 +1,686 @@
+"""Session: one connection to a salon (or OpenTok-compatible) session.
+
+Theory of operation
+-------------------
+
+A :class:`Session` owns one :class:`~salon.client._link.SignallingLink` at a time, the
+:class:`~salon.client.Publisher` and :class:`~salon.client.Subscriber` objects attached to
+it, and at most one reconnection task. Its state machine::
+
+    NEW ──connect()──▶ CONNECTING ──ok──▶ CONNECTED ──disconnect()──▶ DISCONNECTED
+                           │ refused                │ link lost            ▲
+                           ▼                        ▼                      │
+                     DISCONNECTED            RECONNECTING ──ok──▶ CONNECTED│
+                                                    └──gave up / refused───┘
+
+Every transition goes through :meth:`Session._set_state`, which logs ``old -> new``.
+DISCONNECTED is final: a session object connects once (make a new one to connect again).
+
+Reconnection: the server keeps nothing of a dropped connection, so reconnecting means a new
+``connect`` with the same token (a new connection ID), then re-publishing every publisher
+(new stream IDs) and re-subscribing every subscriber whose stream still exists. Media stops
+while the link is down. Attempts back off exponentially (0.25 s doubling to 4 s) until
+``reconnect_timeout``; a refused token, a missing session or a forced disconnection end the
+session at once.
+
+Events are dispatched in the order the server sent them; see :mod:`salon.client.events`.
+Many sessions, publishers and subscribers can live in one process and one event loop: there
+is no global state (see :func:`~salon.client._media.restrict_ice_addresses` for loopback ICE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from aiortc import RTCIceServer
+from pydantic import BaseModel
+
+from salon.client._emitter import Emitter, LatestQueue
+from salon.client._link import LinkClosed, SignallingLink
+from salon.client.errors import (
+    ClientError,
+    ConnectionFailed,
+    InvalidStateError,
+    InvalidToken,
+    SessionNotFound,
+)
+from salon.client.events import (
+    ActiveSpeakerChanged,
+    AudioLevels,
+    Connected,
+    ConnectionCreated,
+    ConnectionDropped,
+    Disconnected,
+    Error,
+    Event,
+    MuteForced,
+    Reconnected,
+    Reconnecting,
+    SessionEndReason,
+    SignalReceived,
+    StreamDropped,
+    StreamPropertyChanged,
+    StreamPublished,
+    StreamReceived,
+)
+from salon.client.models import Connection, Stream
+from salon.client.publisher import Publisher
+from salon.client.subscriber import Subscriber
+from salon.signalling.schema import (
+    ActiveSpeakerEvent,
+    AudioLevelEvent,
+    CloseCode,
+    ConnectedMessage,
+    ConnectionCreatedEvent,
+    ConnectionDestroyedEvent,
+    DisconnectReason,
+    ForceDisconnectRequest,
+    ForceMuteRequest,
+    ForceUnpublishRequest,
+    MuteForcedEvent,
+    PublishedMessage,
+    ServerMessage,
+    SessionDisconnectedEvent,
+    SignalEvent,
+    SignalRequest,
+    StreamCreatedEvent,
+    StreamDestroyedEvent,
+    StreamPropertyChangedEvent,
+    StreamReason,
+    SubscribedMessage,
+    SubscribeRequest,
+    UnpublishRequest,
+    UnsubscribeRequest,
+)
+
+__all__ = ["Session", "SessionState"]
+
+logger = logging.getLogger(__name__)
+
+EventT = TypeVar("EventT", bound=Event)
+
+#: Close codes after which reconnecting cannot help.
+_FINAL_CLOSE = {
+    CloseCode.FORCE_DISCONNECTED: SessionEndReason.FORCE_DISCONNECTED,
+    CloseCode.INVALID_TOKEN: SessionEndReason.TOKEN_REFUSED,
+    CloseCode.TOKEN_EXPIRED: SessionEndReason.TOKEN_REFUSED,
+    CloseCode.WRONG_SESSION: SessionEndReason.TOKEN_REFUSED,
+    CloseCode.SESSION_NOT_FOUND: SessionEndReason.SERVER_CLOSED,
+    CloseCode.PROTOCOL_ERROR: SessionEndReason.SERVER_CLOSED,
+}
+
+
+class SessionState(enum.Enum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    DISCONNECTED = "disconnected"
+
+
+class Session:
+    """A connection to one session of a salon server.
+
+    :param session_id: the session to join.
+    :param token: a client token for it (never logged).
+    :param url: the server, e.g. ``"http://127.0.0.1:8080"`` (``ws://`` works too).
+    :param ice_addresses: gather ICE host candidates on exactly these local addresses, e.g.
+        ``["127.0.0.1"]`` for a server on the same machine (aioice skips loopback otherwise).
+        Scoped to this session's peer connections. None: every interface but loopback.
+    :param ice_servers: STUN/TURN servers for the peer connections. None (the default): the
+        ones the server hands out in ``connected`` (often none: the SFU has a reachable
+        address), refreshed on each reconnection with freshly minted TURN credentials.
+    :param reconnect: reconnect when the signalling link drops.
+    :param reconnect_timeout: give up reconnecting after this many seconds.
+    :param connect_timeout: seconds for the WebSocket and ``connect`` to complete.
+
+    Use as an async context manager (``async with Session(...) as session:``), which connects
+    and disconnects, or call :meth:`connect` / :meth:`disconnect`.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        token: str,
+        url: str,
+        *,
+        ice_addresses: Sequence[str] | None = None,
+        ice_servers: Sequence[RTCIceServer] | None = None,
+        reconnect: bool = True,
+        reconnect_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.session_id = session_id
+        self.url = url
+        self._token = token
+        self._ice_addresses = list(ice_addresses) if ice_addresses is not None else None
+        self._own_ice_servers = list(ice_servers) if ice_servers is not None else None
+        self._ice_servers: list[RTCIceServer] = self._own_ice_servers or []
+        self._reconnect = reconnect
+        self._reconnect_timeout = reconnect_timeout
+        self._connect_timeout = connect_timeout
+        self._state = SessionState.NEW
+        self._link: SignallingLink | None = None
+        self._connection: Connection | None = None
+        self._role = ""
+        self._connections: dict[str, Connection] = {}
+        self._streams: dict[str, Stream] = {}
+        self._publishers: list[Publisher] = []
+        self._subscribers: list[Subscriber] = []
+        self._emitter: Emitter[Event] = Emitter(self)
+        self._reconnector: asyncio.Task[None] | None = None
+        self._end_reason: SessionEndReason | None = None
+        self._disconnected = asyncio.Event()
+
+    def __repr__(self) -> str:
+        who = self._connection.connection_id[:8] if self._connection else "-"
+        return f"Session({self.session_id[-8:]}, {who})"
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    def _set_state(self, state: SessionState) -> None:
+        if state != self._state:
+            logger.info("%r: %s -> %s", self, self._state.value, state.value)
+            self._state = state
+
+    @property
+    def connection(self) -> Connection | None:
+        """This client's connection (a new one after each reconnection)."""
+        return self._connection
+
+    @property
+    def connection_id(self) -> str | None:
+        return self._connection.connection_id if self._connection else None
+
+    @property
+    def role(self) -> str:
+        """The role granted by the token (after connect)."""
+        return self._role
+
+    @property
+    def connections(self) -> dict[str, Connection]:
+        """The other connections of the session, by ID (a copy)."""
+        return dict(self._connections)
+
+    @property
+    def streams(self) -> dict[str, Stream]:
+        """The other connections' streams, by ID, latest properties (a copy)."""
+        return dict(self._streams)
+
+    @property
+    def publishers(self) -> list[Publisher]:
+        return list(self._publishers)
+
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        return list(self._subscribers)
+
+    def _require_connected(self, what: str) -> SignallingLink:
+        if self._state is not SessionState.CONNECTED or self._link is None:
+            raise InvalidStateError(f"{what}: the session is {self._state.value}, not connected")
+        return self._link
+
+    # -- events ------------------------------------------------------------------------
+
+    def on(self, event_type: type[EventT], handler: Callable[[EventT], object]) -> Callable[[], None]:
+        """Call ``handler`` for every event of ``event_type`` (or a subclass; ``Event`` for
+        all). ``handler`` may be a coroutine function: it then runs as a task. Returns a
+        function that removes the handler."""
+        return self._emitter.on(event_type, handler)  # type: ignore[arg-type]
+
+    def events(self, maxsize: int = 1000) -> LatestQueue[Event]:
+        """An async iterator over the events from now on; it ends after :class:`Disconnected`.
+        Keeps up to ``maxsize`` unread events (then drops the oldest).
+
+        Call it before :meth:`connect` to see the connect-time events too.
+        """
+        queue = self._emitter.iterator(maxsize)
+        if self._state is SessionState.DISCONNECTED:
+            queue.end()
+        return queue
+
+    def _emit(self, event: Event) -> None:
+        self._emitter.emit(event)
+
+    # -- connect / disconnect ----------------------------------------------------------
+
+    async def __aenter__(self) -> Session:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.disconnect()
+
+    async def connect(self) -> None:
+        """Connect; then emit :class:`Connected`, a :class:`ConnectionCreated` per other
+        connection and a :class:`StreamReceived` per stream already in the session.
+
+        :raises InvalidToken: the server refused the token.
+        :raises SessionNotFound: no such session.
+        :raises ConnectionFailed: the server could not be reached.
+        :raises InvalidStateError: already connected (or used before).
+        """
+        if self._state is not SessionState.NEW:
+            raise InvalidStateError(f"connect: the session is {self._state.value} (a Session connects once)")
+        self._set_state(SessionState.CONNECTING)
+        try:
+            connected = await self._open_link()
+        except BaseException:
+            self._set_state(SessionState.DISCONNECTED)
+            self._disconnected.set()
+            self._emitter.end()
+            raise
+        self._set_state(SessionState.CONNECTED)
+        self._emit(Connected(connection=self._own(connected), role=connected.role))
+        for info in connected.connections:
+            connection = Connection._from_wire(info)
+            self._connections[connection.connection_id] = connection
+            self._emit(ConnectionCreated(connection))
+        for stream_info in connected.streams:
+            stream = Stream._from_wire(stream_info)
+            self._streams[stream.stream_id] = stream
+            self._emit(StreamReceived(stream))
+
+    def _own(self, connected: ConnectedMessage) -> Connection:
+        self._connection = Connection._from_wire(connected.connection)
+        self._role = connected.role
+        if self._own_ice_servers is None:
+            self._ice_servers = [
+                RTCIceServer(urls=list(server.urls), username=server.username, credential=server.credential)
+                for server in connected.ice_servers
+            ]
+        return self._connection
+
+    async def _open_link(self) -> ConnectedMessage:
+        link = SignallingLink(
+            self.url,
+            on_message=self._on_message,
+            on_closed=self._on_link_closed,
+            on_unknown=self._on_unknown,
+            name=self.session_id[-8:],
+        )
+        connected = await link.open(self.session_id, self._token, timeout=self._connect_timeout)
+        self._link = link
+        return connected
+
+    async def disconnect(self) -> None:
+        """Leave the session: unpublish, unsubscribe, close the link; emits
+        :class:`Disconnected` (``CLIENT_DISCONNECTED``). Idempotent."""
+        if self._state is SessionState.DISCONNECTED:
+            return
+        if self._reconnector is not None and self._reconnector is not asyncio.current_task():
+            self._reconnector.cancel()
+            await asyncio.wait([self._reconnector])
+        await self._end(SessionEndReason.CLIENT_DISCONNECTED, "disconnect() called")
+
+    async def wait_disconnected(self) -> SessionEndReason | None:
+        """Wait until the session has ended; return why."""
+        await self._disconnected.wait()
+        return self._end_reason
+
+    async def _end(self, reason: SessionEndReason, detail: str) -> None:
+        if self._state is SessionState.DISCONNECTED:
+            return
+        self._set_state(SessionState.DISCONNECTED)
+        self._end_reason = reason
+        link, self._link = self._link, None
+        publishers, subscribers = self._publishers, self._subscribers
+        self._publishers, self._subscribers = [], []
+        await asyncio.gather(*(p._detach() for p in publishers), *(s._detach() for s in subscribers))
+        if link is not None:
+            await link.close()
+        self._emit(Disconnected(reason, detail))
+        self._disconnected.set()
+        await self._emitter.aclose()
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def _request(self, message: BaseModel, *, action: str) -> ServerMessage:
+        link = self._require_connected(action)
+        return await link.request(message, action=action)
+
+    async def signal(self, type: str = "", data: str = "", *, to: Connection | str | None = None) -> None:
+        """Send a signal to every connection (this one included) or to one.
+
+        :raises InvalidRequest: ``type`` over 128 or ``data`` over 8192 characters.
+        :raises NotFound: ``to`` is not a connection of the session.
+        """
+        target = to.connection_id if isinstance(to, Connection) else to
+        await self._request(
+            SignalRequest(request_id=0, signal_type=type, data=data, to=target),
+            action=f"signal {type!r} to {target or 'the session'}",
+        )
+
+    async def force_disconnect(self, connection: Connection | str) -> None:
+        """Moderators: force a connection out of the session.
+
+        :raises PermissionDenied: this connection is not a moderator.
+        :raises NotFound: no such connection.
+        """
+        cid = connection.connection_id if isinstance(connection, Connection) else connection
+        await self._request(
+            ForceDisconnectRequest(request_id=0, connection_id=cid), action=f"force_disconnect {cid}"
+        )
+
+    async def force_unpublish(self, stream: Stream | str) -> None:
+        """Moderators: end any stream of the session.
+
+        :raises PermissionDenied: not a moderator. :raises NotFound: no such stream.
+        """
+        sid = stream.stream_id if isinstance(stream, Stream) else stream
+        await self._request(
+            ForceUnpublishRequest(request_id=0, stream_id=sid), action=f"force_unpublish {sid}"
+        )
+
+    async def force_mute(
+        self, stream: Stream | str | None = None, *, excluded: Sequence[Stream | str] = ()
+    ) -> None:
+        """Moderators: mute one stream's audio, or every stream but ``excluded`` (``stream``
+        None), which also mutes streams published afterwards.
+
+        :raises PermissionDenied: not a moderator. :raises NotFound: no such stream.
+        """
+        sid = stream.stream_id if isinstance(stream, Stream) else stream
+        excluded_ids = [s.stream_id if isinstance(s, Stream) else s for s in excluded]
+        await self._request(
+            ForceMuteRequest(request_id=0, stream_id=sid, excluded_stream_ids=excluded_ids),
+            action=f"force_mute {sid or 'all'}",
+        )
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def publish(self, publisher: Publisher) -> Stream:
+        """Publish: negotiate its media with the server and return its stream. Others see
+        the stream (:class:`StreamReceived`) once its media flows.
+
+        :raises PermissionDenied: the token's role cannot publish.
+        :raises MediaError: local media could not be set up.
+        :raises InvalidStateError: not connected, or the publisher is already published.
+        """
+        self._require_connected(f"publish {publisher!r}")
+        if publisher.session is not None:
+            raise InvalidStateError(f"{publisher!r} is already published in {publisher.session!r}")
+        publisher._session = self
+        self._publishers.append(publisher)
+        try:
+            return await self._negotiate_publisher(publisher)
+        except BaseException:
+            if publisher in self._publishers:
+                self._publishers.remove(publisher)
+            await publisher._detach()
+            raise
+
+    async def _negotiate_publisher(self, publisher: Publisher) -> Stream:
+        offer = await publisher._offer(self._ice_servers, self._ice_addresses)
+        reply = await self._request(publisher._publish_request(offer), action=f"publish {publisher!r}")
+        assert isinstance(reply, PublishedMessage), reply
+        stream = Stream._from_wire(reply.stream)
+        await publisher._answer(reply.answer, stream)
+        self._emit(StreamPublished(publisher, stream))
+        return stream
+
+    async def unpublish(self, publisher: Publisher) -> None:
+        """Stop publishing (the stream ends for everyone). Idempotent for a publisher of
+        this session that is already unpublished."""
+        if publisher not in self._publishers:
+            return
+        self._publishers.remove(publisher)
+        stream_id = publisher.stream_id
+        try:
+            if stream_id is not None and self._state is SessionState.CONNECTED:
+                await self._request(
+                    UnpublishRequest(request_id=0, stream_id=stream_id), action=f"unpublish {stream_id}"
+                )
+        finally:
+            await publisher._detach()
+
+    # -- subscribing -------------------------------------------------------------------
+
+    async def subscribe(self, subscriber: Subscriber) -> None:
+        """Subscribe: negotiate its media with the server; frames start flowing shortly after.
+
+        :raises NotFound: the stream has ended.
+        :raises PermissionDenied: the token's role cannot subscribe.
+        :raises InvalidStateError: not connected, or the subscriber is already subscribed.
+        """
+        self._require_connected(f"subscribe {subscriber!r}")
+        if subscriber.session is not None:
+            raise InvalidStateError(f"{subscriber!r} is already subscribed in {subscriber.session!r}")
+        subscriber._session = self
+        self._subscribers.append(subscriber)
+        try:
+            await self._negotiate_subscriber(subscriber)
+        except BaseException:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+            await subscriber._detach()
+            raise
+
+    async def _negotiate_subscriber(self, subscriber: Subscriber) -> None:
+        offer = await subscriber._offer(self._ice_servers, self._ice_addresses)
+        stream_id = subscriber.stream.stream_id
+        request = SubscribeRequest(
+            request_id=0,
+            stream_id=stream_id,
+            audio=subscriber.subscribed_to_audio,
+            video=subscriber.subscribed_to_video,
+            sdp=offer,
+        )
+        reply = await self._request(request, action=f"subscribe to stream {stream_id}")
+        assert isinstance(reply, SubscribedMessage), reply
+        await subscriber._answer(reply.subscription_id, reply.answer)
+
+    async def _resubscribe(self, subscriber: Subscriber) -> None:
+        """Subscribe again with the kinds the stream has now (a kind was switched on)."""
+        old = subscriber.subscription_id
+        if old is not None:
+            await self._request(
+                UnsubscribeRequest(request_id=0, subscription_id=old), action=f"unsubscribe {old}"
+            )
+        if subscriber in self._subscribers:
+            await self._negotiate_subscriber(subscriber)
+
+    async def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Stop receiving the stream; the subscriber's iterators end. Idempotent."""
+        if subscriber not in self._subscribers:
+            return
+        self._subscribers.remove(subscriber)
+        subscription_id = subscriber.subscription_id
+        try:
+            if subscription_id is not None and self._state is SessionState.CONNECTED:
+                await self._request(
+                    UnsubscribeRequest(request_id=0, subscription_id=subscription_id),
+                    action=f"unsubscribe {subscription_id}",
+                )
+        finally:
+            await subscriber._detach()
+
+    # -- server messages ---------------------------------------------------------------
+
+    def _on_message(self, message: ServerMessage) -> None:
+        match message:
+            case ConnectionCreatedEvent(connection=info):
+                connection = Connection._from_wire(info)
+                self._connections[connection.connection_id] = connection
+                self._emit(ConnectionCreated(connection))
+            case ConnectionDestroyedEvent(connection_id=cid, reason=reason):
+                gone = self._connections.pop(cid, None)
+                if gone is not None:
+                    self._emit(ConnectionDropped(gone, reason))
+            case StreamCreatedEvent(stream=info):
+                stream = Stream._from_wire(info)
+                if stream.connection_id != self.connection_id:
+                    self._streams[stream.stream_id] = stream
+                    self._emit(StreamReceived(stream))
+            case StreamDestroyedEvent(stream_id=sid, reason=reason):
+                self._stream_destroyed(sid, reason)
+            case StreamPropertyChangedEvent():
+                old = self._streams.get(message.stream_id)
+                if old is not None:
+                    new = old._with_property(message.property, message.new_value)
+                    self._streams[new.stream_id] = new
+                    for subscriber in self._subscribers:
+                        if subscriber.stream.stream_id == new.stream_id:
+                            subscriber.stream = new
+                            kind = {"has_audio": "audio", "has_video": "video"}.get(message.property)
+                            if message.new_value is True and kind and kind not in subscriber._kinds:
+                                self._spawn(
+                                    self._resubscribe(subscriber), f"re-subscribe {subscriber!r} for {kind}"
+                                )
+                    self._emit(
+                        StreamPropertyChanged(new, message.property, message.old_value, message.new_value)
+                    )
+            case SignalEvent():
+                self._emit(SignalReceived(message.signal_type, message.data, message.from_connection_id))
+            case MuteForcedEvent(stream_id=sid):
+                for publisher in self._publishers:
+                    if publisher.stream_id == sid:
+                        publisher._mute_forced()
+                        self._emit(MuteForced(publisher))
+            case AudioLevelEvent(levels=levels):
+                self._emit(AudioLevels({entry.stream_id: entry.level for entry in levels}))
+            case ActiveSpeakerEvent(stream_id=stream_id):
+                self._emit(ActiveSpeakerChanged(stream_id))
+            case SessionDisconnectedEvent(reason=reason):
+                if reason == DisconnectReason.FORCE_DISCONNECTED:
+                    self._end_reason = SessionEndReason.FORCE_DISCONNECTED
+            case _:
+                logger.debug("%r: ignored %s", self, message.type)
+
+    def _on_unknown(self, raw: dict[str, Any]) -> None:
+        """A message newer than this SDK's schema (a newer server): ignored."""
+        logger.debug("%r: ignored a message of unknown type %r", self, raw.get("type"))
+
+    def _stream_destroyed(self, stream_id: str, reason: StreamReason) -> None:
+        stream = self._streams.pop(stream_id, None)
+        publisher = next((p for p in self._publishers if p.stream_id == stream_id), None)
+        if publisher is not None:
+            stream = publisher.stream
+            publisher._stream = None
+            self._publishers.remove(publisher)
+            self._spawn(publisher._detach(), "close a dropped publisher")
+        for subscriber in [s for s in self._subscribers if s.stream.stream_id == stream_id]:
+            self._subscribers.remove(subscriber)
+            self._spawn(subscriber._detach(), "close a dropped subscriber")
+        if stream is not None:
+            self._emit(StreamDropped(stream, reason, publisher))
+
+    def _spawn(self, coro: Any, what: str) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except ClientError as exc:
+                self._emit(Error(exc, what))
+
+        self._emitter._spawn(run(), what)
+
+    # -- link loss and reconnection ----------------------------------------------------
+
+    def _on_link_closed(self, closed: LinkClosed) -> None:
+        if self._state is not SessionState.CONNECTED:
+            return
+        final = self._end_reason or _FINAL_CLOSE.get(closed.code)  # type: ignore[call-overload]
+        detail = f"close code {closed.code}" + (f": {closed.reason}" if closed.reason else "")
+        if final is not None or not self._reconnect:
+            reason = final or SessionEndReason.NETWORK_DISCONNECTED
+            self._spawn(self._end(reason, detail), "end the session")
+            return
+        self._set_state(SessionState.RECONNECTING)
+        self._reconnector = asyncio.get_running_loop().create_task(
+            self._reconnect_loop(detail), name=f"{self!r}-reconnect"
+        )
+
+    async def _reconnect_loop(self, detail: str) -> None:
+        try:
+            await self._reconnect_steps(detail)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: end cleanly rather than hang in RECONNECTING
+            logger.exception("%r: reconnecting failed", self)
+            await self._end(SessionEndReason.NETWORK_DISCONNECTED, f"reconnecting failed: {exc!r}")
+
+    async def _reconnect_steps(self, detail: str) -> None:
+        self._emit(Reconnecting(f"connection lost ({detail})"))
+        old_link, self._link = self._link, None
+        if old_link is not None:
+            await old_link.close()
+        await asyncio.gather(
+            *(p._close_media() for p in self._publishers), *(s._close_media() for s in self._subscribers)
+        )
+        deadline = time.monotonic() + self._reconnect_timeout
+        delay, attempts = 0.25, 0
+        while True:
+            attempts += 1
+            try:
+                connected = await self._open_link()
+                break
+            except (InvalidToken, SessionNotFound) as exc:
+                reason = (
+                    SessionEndReason.TOKEN_REFUSED
+                    if isinstance(exc, InvalidToken)
+                    else SessionEndReason.SERVER_CLOSED
+                )
+                await self._end(reason, str(exc))
+                return
+            except ConnectionFailed as exc:
+                if time.monotonic() + delay > deadline:
+                    await self._end(SessionEndReason.NETWORK_DISCONNECTED, f"gave up reconnecting: {exc}")
+                    return
+                logger.info("%r: reconnect attempt %d failed: %s", self, attempts, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 4.0)
+        self._set_state(SessionState.CONNECTED)
+        await self._restore(connected, attempts)
+
+    async def _restore(self, connected: ConnectedMessage, attempts: int) -> None:
+        """Reconcile the session with the server's view, then re-publish and re-subscribe."""
+        connection = self._own(connected)
+        now = {c.connection_id: Connection._from_wire(c) for c in connected.connections}
+        for cid in list(self._connections):
+            if cid not in now:
+                self._emit(
+                    ConnectionDropped(self._connections.pop(cid), DisconnectReason.NETWORK_DISCONNECTED)
+                )
+        fresh_connections = [c for cid, c in now.items() if cid not in self._connections]
+        self._connections = now
+        streams = {s.stream_id: Stream._from_wire(s) for s in connected.streams}
+        for sid in [sid for sid in self._streams if sid not in streams]:
+            self._stream_destroyed(sid, StreamReason.NETWORK_DISCONNECTED)
+        fresh_streams = [s for sid, s in streams.items() if sid not in self._streams]
+        self._streams = streams
+
+        async def republish(publisher: Publisher) -> None:
+            try:
+                await self._negotiate_publisher(publisher)
+            except ClientError as exc:
+                self._publishers.remove(publisher)
+                await publisher._detach()
+                self._emit(Error(exc, f"re-publish {publisher!r}"))
+
+        async def resubscribe(subscriber: Subscriber) -> None:
+            subscriber.stream = streams.get(subscriber.stream.stream_id, subscriber.stream)
+            try:
+                await self._negotiate_subscriber(subscriber)
+            except ClientError as exc:
+                self._subscribers.remove(subscriber)
+                await subscriber._detach()
+                self._emit(Error(exc, f"re-subscribe {subscriber!r}"))
+
+        await asyncio.gather(
+            *(republish(p) for p in list(self._publishers)),
+            *(resubscribe(s) for s in list(self._subscribers)),
+        )
+        self._emit(Reconnected(connection, attempts))
+        for new_connection in fresh_connections:
+            self._emit(ConnectionCreated(new_connection))
+        for stream in fresh_streams:
+            self._emit(StreamReceived(stream))

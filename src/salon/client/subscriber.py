@@ -1,0 +1,289 @@
+"""Subscriber: one stream this client receives, over its own aiortc peer connection.
+
+Every subscriber decodes its own stream: its video frames and **its own audio**, never a
+mix of the session, so an application can analyse or record each participant separately.
+Frames go to the callbacks given at construction and to any number of async iterators
+(:meth:`Subscriber.video_frames`, :meth:`Subscriber.audio_frames`), each a bounded queue that
+drops its oldest frames when its consumer falls behind.
+
+Resource handling: the subscriber owns its peer connection and one reader task per track.
+They end when it is unsubscribed, when its stream ends, or when the session disconnects;
+the iterators then stop. While the session reconnects the peer connection is replaced and
+the iterators carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiortc import RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from salon.client._emitter import LatestQueue
+from salon.client._media import complete_rejected_mlines, new_peer_connection, restrict_ice_addresses
+from salon.client.errors import InvalidStateError, MediaError
+from salon.client.frames import AudioFrame, VideoFrame
+from salon.client.models import Stream
+from salon.client.stats import SubscriberStats, _Rates, collect, transport_bitrate
+from salon.signalling.schema import SetSubscriptionRequest
+
+if TYPE_CHECKING:
+    from salon.client.session import Session
+
+__all__ = ["Subscriber"]
+
+logger = logging.getLogger(__name__)
+
+
+class Subscriber:
+    """A subscription to one stream of the session.
+
+    :param stream: the stream (from :class:`~salon.client.events.StreamReceived`).
+    :param on_video_frame: called with each decoded :class:`~salon.client.frames.VideoFrame`.
+    :param on_audio_frame: called with each decoded :class:`~salon.client.frames.AudioFrame`.
+    :param audio: receive audio from the start (toggle with :meth:`subscribe_to_audio`).
+    :param video: receive video from the start (toggle with :meth:`subscribe_to_video`).
+
+    Callbacks run on the event loop, in the reader task: keep them short (or hand off to a
+    queue/thread); an exception in one is logged and the frames keep coming.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        *,
+        on_video_frame: Callable[[VideoFrame], object] | None = None,
+        on_audio_frame: Callable[[AudioFrame], object] | None = None,
+        audio: bool = True,
+        video: bool = True,
+    ) -> None:
+        self.stream = stream
+        self.on_video_frame = on_video_frame
+        self.on_audio_frame = on_audio_frame
+        self._want_audio = audio
+        self._want_video = video
+        self._session: Session | None = None
+        self._subscription_id: str | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._readers: set[asyncio.Task[None]] = set()
+        self._video_queues: list[LatestQueue[VideoFrame]] = []
+        self._audio_queues: list[LatestQueue[AudioFrame]] = []
+        self._rates = _Rates()
+        self._kinds: set[str] = set()
+        self._closed = asyncio.Event()
+        self.video_frames_received = 0
+        """Video frames decoded so far (all peer connections)."""
+        self.audio_frames_received = 0
+        """Audio frames decoded so far."""
+        self.size: tuple[int, int] | None = None
+        """The size of the last video frame."""
+
+    def __repr__(self) -> str:
+        return f"Subscriber({self.stream.stream_id[:8]})"
+
+    @property
+    def subscription_id(self) -> str | None:
+        """The server's subscription ID (changes when re-subscribed after a reconnection)."""
+        return self._subscription_id
+
+    @property
+    def session(self) -> Session | None:
+        return self._session
+
+    @property
+    def subscribed_to_audio(self) -> bool:
+        return self._want_audio
+
+    @property
+    def subscribed_to_video(self) -> bool:
+        return self._want_video
+
+    # -- frames ------------------------------------------------------------------------
+
+    def video_frames(self, maxsize: int = 4) -> LatestQueue[VideoFrame]:
+        """An async iterator over this stream's decoded video frames, from now on. Keeps the
+        ``maxsize`` latest frames; ends when the subscriber does."""
+        return _register(self._video_queues, maxsize, closed=self._closed.is_set())
+
+    def audio_frames(self, maxsize: int = 50) -> LatestQueue[AudioFrame]:
+        """An async iterator over this stream's decoded audio frames (20 ms each, 50 = 1 s
+        of buffering), from now on; ends when the subscriber does."""
+        return _register(self._audio_queues, maxsize, closed=self._closed.is_set())
+
+    async def wait_closed(self) -> None:
+        """Return once the subscriber has ended (unsubscribed, stream gone, disconnected)."""
+        await self._closed.wait()
+
+    # -- toggles and stats -------------------------------------------------------------
+
+    async def subscribe_to_audio(self, enabled: bool) -> None:
+        """Receive this stream's audio or not (the server stops forwarding it)."""
+        self._want_audio = enabled
+        await self._set(audio=enabled)
+
+    async def subscribe_to_video(self, enabled: bool) -> None:
+        """Receive this stream's video or not (the server stops forwarding it)."""
+        self._want_video = enabled
+        await self._set(video=enabled)
+
+    async def _set(self, **kinds: bool) -> None:
+        session, subscription_id = self._session, self._subscription_id
+        if session is None or subscription_id is None:
+            return  # applied when (re-)subscribed
+        await session._request(
+            SetSubscriptionRequest(request_id=0, subscription_id=subscription_id, **kinds),
+            action=f"set subscription {subscription_id} ({kinds})",
+        )
+
+    async def get_stats(self) -> SubscriberStats:
+        """Received packets, bitrate, loss, jitter, decoded frame rate and resolution per kind.
+
+        :raises InvalidStateError: not subscribed.
+        """
+        if self._pc is None:
+            raise InvalidStateError(f"{self!r} is not subscribed")
+        report = await self._pc.getStats()
+        stats = collect(
+            report,
+            self._rates,
+            outbound=False,
+            frames=self.video_frames_received,
+            size=self.size,
+        )
+        return SubscriberStats(
+            audio=stats.get("audio"),
+            video=stats.get("video"),
+            bitrate=transport_bitrate(report, self._rates, outbound=False),
+        )
+
+    # -- driven by Session ---------------------------------------------------------------
+
+    async def _offer(self, ice_servers: Sequence[RTCIceServer], ice_addresses: Sequence[str] | None) -> str:
+        await self._close_media()
+        pc = new_peer_connection(ice_servers)
+        self._pc = pc
+        # Only the kinds the stream has now: the server rejects the others in a way aiortc
+        # cannot apply (see _media.complete_rejected_mlines); a kind switched on later makes
+        # the session subscribe again (Session._on_message).
+        self._kinds = {
+            kind for kind, has in (("audio", self.stream.has_audio), ("video", self.stream.has_video)) if has
+        }
+        for kind in sorted(self._kinds):
+            pc.addTransceiver(kind, direction="recvonly")
+        pc.on("track", self._on_track)
+        if ice_addresses is not None:
+            restrict_ice_addresses(pc, ice_addresses)
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+        except Exception as exc:
+            await self._close_media()
+            raise MediaError(f"{self!r}: cannot create an offer: {exc}") from exc
+        return str(pc.localDescription.sdp)
+
+    async def _answer(self, subscription_id: str, sdp: str | None) -> None:
+        if self._pc is None:
+            raise InvalidStateError(f"{self!r} was closed while subscribing")
+        if sdp is None:
+            raise MediaError(f"{self!r}: the server sent no SDP answer (a server without media?)")
+        self._subscription_id = subscription_id
+        try:
+            await self._pc.setRemoteDescription(
+                RTCSessionDescription(sdp=complete_rejected_mlines(sdp), type="answer")
+            )
+        except Exception as exc:
+            raise MediaError(f"{self!r}: the server's answer cannot be applied: {exc}") from exc
+        logger.info("%r: subscribed (%s)", self, subscription_id)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        reader = self._read_video(track) if track.kind == "video" else self._read_audio(track)
+        task = asyncio.get_running_loop().create_task(reader, name=f"{self!r}-{track.kind}")
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+
+    async def _read_video(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                decoded = await track.recv()
+                self._deliver_video(decoded)
+
+    def _deliver_video(self, decoded: Any) -> None:
+        """The SDK's whole per-frame path for video (measured by ``salon bench client``)."""
+        time_base = decoded.time_base
+        frame = VideoFrame(
+            decoded.width,
+            decoded.height,
+            float(decoded.pts * time_base) if decoded.pts is not None and time_base else 0.0,
+            decoded,
+        )
+        self.video_frames_received += 1
+        self.size = (frame.width, frame.height)
+        if self.on_video_frame is not None:
+            try:
+                self.on_video_frame(frame)
+            except Exception:
+                logger.exception("%r: on_video_frame failed", self)
+        for queue in self._video_queues:
+            queue.put(frame)
+
+    async def _read_audio(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                decoded: Any = await track.recv()
+                time_base = decoded.time_base
+                frame = AudioFrame(
+                    decoded.sample_rate,
+                    len(decoded.layout.channels),
+                    float(decoded.pts * time_base) if decoded.pts is not None and time_base else 0.0,
+                    decoded,
+                )
+                self.audio_frames_received += 1
+                if self.on_audio_frame is not None:
+                    try:
+                        self.on_audio_frame(frame)
+                    except Exception:
+                        logger.exception("%r: on_audio_frame failed", self)
+                for queue in self._audio_queues:
+                    queue.put(frame)
+
+    async def _close_media(self) -> None:
+        pc, self._pc = self._pc, None
+        self._subscription_id = None
+        readers = list(self._readers)
+        for task in readers:
+            task.cancel()
+        if pc is not None:
+            await pc.close()
+        if readers:
+            await asyncio.wait(readers)
+
+    async def _detach(self) -> None:
+        """Ended for good: close the media and end the iterators."""
+        await self._close_media()
+        self._session = None
+        self._closed.set()
+        for video in self._video_queues:
+            video.end()
+        for audio in self._audio_queues:
+            audio.end()
+        self._video_queues.clear()
+        self._audio_queues.clear()
+
+
+T = TypeVar("T")
+
+
+def _register(queues: list[LatestQueue[T]], maxsize: int, *, closed: bool) -> LatestQueue[T]:
+    def forget(queue: LatestQueue[T]) -> None:
+        if queue in queues:
+            queues.remove(queue)
+
+    queue: LatestQueue[T] = LatestQueue(maxsize, on_close=forget)
+    if closed:
+        queue.end()
+    else:
+        queues.append(queue)
+    return queue

@@ -1,0 +1,146 @@
+"""The client SDK's public API is what ``salon.client.__all__`` says: pin it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import salon.client
+from salon.client import errors, events
+from salon.client._link import signalling_url
+from salon.client._media import complete_rejected_mlines
+from salon.signalling.schema import ErrorCode
+
+EXPECTED = [
+    "ActiveSpeakerChanged",
+    "AudioFrame",
+    "AudioLevels",
+    "AudioSource",
+    "CameraSource",
+    "ClientError",
+    "Conflict",
+    "Connected",
+    "Connection",
+    "ConnectionCreated",
+    "ConnectionDropped",
+    "ConnectionFailed",
+    "ConnectionLost",
+    "CustomAudioSource",
+    "CustomVideoSource",
+    "DeviceNotFound",
+    "DisconnectReason",
+    "Disconnected",
+    "Error",
+    "Event",
+    "InvalidRequest",
+    "InvalidStateError",
+    "InvalidToken",
+    "MediaError",
+    "MediaFileAudioSource",
+    "MediaFileVideoSource",
+    "MediaRejected",
+    "MediaUnavailable",
+    "MuteForced",
+    "NotFound",
+    "PermissionDenied",
+    "Publisher",
+    "PublisherStats",
+    "Reconnected",
+    "Reconnecting",
+    "RequestRefused",
+    "RtpStats",
+    "ServerError",
+    "Session",
+    "SessionEndReason",
+    "SessionNotFound",
+    "SessionState",
+    "SignalReceived",
+    "Stream",
+    "StreamDropped",
+    "StreamPropertyChanged",
+    "StreamPublished",
+    "StreamReason",
+    "StreamReceived",
+    "Subscriber",
+    "SubscriberStats",
+    "TestPatternSource",
+    "ToneSource",
+    "VideoFrame",
+    "VideoSource",
+    "VideoType",
+    "read_test_pattern_index",
+]
+
+
+def test_client_exports_are_pinned() -> None:
+    assert sorted(salon.client.__all__) == sorted(EXPECTED)
+    for name in salon.client.__all__:
+        assert hasattr(salon.client, name), name
+
+
+def test_every_event_is_a_frozen_dataclass_exported() -> None:
+    for name in events.__all__:
+        cls = getattr(events, name)
+        if isinstance(cls, type) and issubclass(cls, events.Event):
+            assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, name  # type: ignore[attr-defined]
+            assert name in salon.client.__all__, name
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (ErrorCode.PERMISSION_DENIED, errors.PermissionDenied),
+        (ErrorCode.NOT_FOUND, errors.NotFound),
+        (ErrorCode.SIGNAL_TOO_LARGE, errors.InvalidRequest),
+        (ErrorCode.MEDIA_UNAVAILABLE, errors.MediaUnavailable),
+        (ErrorCode.INVALID_SDP, errors.MediaRejected),
+        (ErrorCode.INTERNAL_ERROR, errors.ServerError),
+    ],
+)
+def test_server_error_codes_map_to_typed_errors_that_say_what_was_refused(
+    code: ErrorCode, cls: type[errors.RequestRefused]
+) -> None:
+    error = errors.error_for_code("subscribe to stream s1", code, "because")
+    assert type(error) is cls and isinstance(error, errors.ClientError)
+    assert str(error) == f"subscribe to stream s1: {code.value}: because"
+    assert error.code is code and error.server_message == "because"
+
+
+def test_every_server_error_code_has_a_typed_error() -> None:
+    for code in ErrorCode:
+        if code is not ErrorCode.INVALID_TOKEN:  # a connect failure: InvalidToken
+            assert type(errors.error_for_code("x", code, "y")) is not errors.RequestRefused, code
+
+
+def test_signalling_url_accepts_http_and_ws() -> None:
+    assert signalling_url("http://h:1") == "ws://h:1/signalling"
+    assert signalling_url("https://h/") == "wss://h/signalling"
+    assert signalling_url("ws://h:1/signalling") == "ws://h:1/signalling"
+    with pytest.raises(ValueError, match="http"):
+        signalling_url("h:1")
+
+
+def test_rejected_mlines_get_the_dtls_attributes_of_an_accepted_one() -> None:
+    answer = (
+        "v=0\r\ns=-\r\n"
+        "m=audio 5000 UDP/TLS/RTP/SAVPF 111\r\na=setup:active\r\na=fingerprint:sha-256 AB\r\na=rtcp-mux\r\n"
+        "m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\n"
+    )
+    patched = complete_rejected_mlines(answer)
+    video = patched.split("m=video")[1]
+    assert "a=setup:active" in video and "a=fingerprint:sha-256 AB" in video and "a=rtcp-mux" in video
+    assert complete_rejected_mlines(patched) == patched
+
+
+def test_audio_levels_and_active_speaker_messages_become_typed_events() -> None:
+    from salon.client import ActiveSpeakerChanged, AudioLevels, Event, Session
+    from salon.signalling.schema import ActiveSpeakerEvent, AudioLevelEvent, StreamAudioLevel
+
+    session = Session("1_session", "token", "http://127.0.0.1:1")
+    seen: list[Event] = []
+    session.on(Event, seen.append)
+    session._on_message(AudioLevelEvent(levels=[StreamAudioLevel(stream_id="s1", level=0.25)]))
+    session._on_message(ActiveSpeakerEvent(stream_id="s1"))
+    session._on_message(ActiveSpeakerEvent(stream_id=None))
+    assert seen == [AudioLevels({"s1": 0.25}), ActiveSpeakerChanged("s1"), ActiveSpeakerChanged(None)]
