@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--rtc-max-port", type=int, help="highest UDP port for media (with --rtc-min-port)")
     serve.add_argument("--no-media", action="store_true", help="signalling only: forward no media")
     serve.add_argument(
+        "--no-demo", action="store_true", help="switch off POST /demo/join (the web app's token endpoint)"
+    )
+    serve.add_argument(
         "--workers", type=int, metavar="N", help="media worker processes (default: one per CPU core)"
     )
     serve.add_argument(
@@ -132,10 +135,12 @@ def _parser() -> argparse.ArgumentParser:
     sfu.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     sfu.add_argument("--rate", type=float, default=600.0, help="packets/s per publisher (5 per frame)")
     sfu.add_argument("--workers", type=int, default=None, help="server media workers (if supported)")
+    from salon.cli.bench_browser import add_bench_browser_parser
     from salon.cli.bench_client import add_bench_client_parser
     from salon.cli.demo import add_demo_parser
 
     add_bench_client_parser(bench_commands)
+    add_bench_browser_parser(bench_commands)
     add_demo_parser(commands)
     return parser
 
@@ -153,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from salon.cli.bench_client import run_client_bench
 
             return run_client_bench(args)
+        if args.command == "bench" and args.bench_command == "browser":
+            from salon.cli.bench_browser import run_browser_bench
+
+            return run_browser_bench(args)
         if args.command == "bench" and args.bench_command == "sfu":
             from salon.cli.bench_sfu import run_sfu_bench
 
@@ -190,6 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=pathlib.Path(args.data_dir),
         database_url=args.database_url,
         media=not args.no_media,
+        demo=not args.no_demo,
         listen_addresses=tuple(args.media_address) or None,
         announced_address=args.announced_address,
         port_range=port_range,

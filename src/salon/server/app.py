@@ -19,7 +19,9 @@ from salon.errors import SalonError
 from salon.media.plane import SfuMediaPlane
 from salon.media.transport import WebRtcTransportOptions
 from salon.server.config import ServerConfig
+from salon.server.demo import router as demo_router
 from salon.server.rest import router
+from salon.server.web import mount_web
 from salon.signalling.service import SignallingService
 from salon.store import Project, Store
 from salon.store.registry import Registry
@@ -104,6 +106,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         await service.start()
         app.state.store, app.state.registry, app.state.signalling = store, registry, service
         app.state.media = media
+        app.state.demo_project = project
         try:
             yield
         finally:
@@ -122,6 +125,9 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         lifespan=lifespan,
     )
     app.include_router(router)
+    if config.demo:
+        app.include_router(demo_router)
+    mount_web(app)
 
     @app.exception_handler(SalonError)
     async def salon_error(request: Request, exc: SalonError) -> JSONResponse:

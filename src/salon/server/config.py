@@ -31,6 +31,8 @@ class ServerConfig:
     :param turn_secret: the TURN REST shared secret (coturn ``static-auth-secret``) that
         per-connection TURN credentials are minted with (``SALON_TURN_SECRET``); never logged.
     :param turn_ttl: the lifetime of a minted TURN credential, seconds (default 24 h).
+    :param demo: serve ``POST /demo/join`` for the bundled web app (anyone reaching the
+        server can then join any room); False (``--no-demo``) answers 404 there.
     :param turn_username: with ``turn_password``, static TURN credentials instead of a secret
         (``SALON_TURN_USERNAME`` / ``SALON_TURN_PASSWORD``).
     """
@@ -52,6 +54,7 @@ class ServerConfig:
     turn_ttl: int = DEFAULT_TURN_TTL
     turn_username: str | None = None
     turn_password: str | None = field(default=None, repr=False)
+    demo: bool = True
 
     @property
     def store_url(self) -> str:

@@ -1,0 +1,1112 @@
+// salon browser SDK: an OpenTok.js-shaped client for salon's signalling protocol
+// (docs/protocol.md) and SFU. One ES module, no dependencies, no build step.
+//
+//   import { initSession, initPublisher } from "/sdk/salon.js";
+//   const session = initSession(sessionId);
+//   session.on("streamCreated", (e) => session.subscribe(e.stream, "others"));
+//   await session.connect(token);
+//   await session.publish(initPublisher("me", { name: "Alice" }));
+//
+// See docs/browser-sdk.md.
+
+/** @typedef {{connectionId: string, creationTime: number, data: string}} Connection */
+/**
+ * @typedef {object} Stream
+ * @property {string} streamId
+ * @property {Connection} connection
+ * @property {string} name
+ * @property {boolean} hasAudio
+ * @property {boolean} hasVideo
+ * @property {"camera"|"screen"|"custom"|null} videoType
+ * @property {{width: number, height: number}|null} videoDimensions
+ * @property {number|null} frameRate
+ * @property {number} creationTime
+ */
+/**
+ * @typedef {object} PublisherOptions
+ * @property {string} [name] the stream's name, as the others see it
+ * @property {boolean} [audio] publish a microphone track (default true; false for "screen")
+ * @property {boolean} [video] publish a video track (default true)
+ * @property {"camera"|"screen"} [videoSource] the camera (getUserMedia) or the screen (getDisplayMedia)
+ * @property {string} [resolution] "WIDTHxHEIGHT", e.g. "640x480" (default: the browser's)
+ * @property {number} [frameRate] frames per second asked of the device
+ * @property {boolean} [insertDefaultUI] render a <video> into the element (default true)
+ */
+/**
+ * @typedef {object} SubscriberOptions
+ * @property {boolean} [subscribeToAudio] receive the audio (default true)
+ * @property {boolean} [subscribeToVideo] receive the video (default true)
+ * @property {boolean} [insertDefaultUI] render a <video> into the element (default true)
+ */
+/** @typedef {{urls: string[], username?: string, credential?: string}} IceServer */
+
+export const VERSION = "1.0.0";
+
+/** An error of the SDK or a refusal from the server: `code` is stable, `message` is for humans. */
+export class SalonError extends Error {
+  /**
+   * @param {string} code e.g. "invalid_token", "not_found", "media_access_denied", "not_connected"
+   * @param {string} message
+   * @param {number|null} [closeCode] the WebSocket close code that came with it, if any
+   */
+  constructor(code, message, closeCode = null) {
+    super(message);
+    this.name = "SalonError";
+    /** @type {string} */
+    this.code = code;
+    /** @type {number|null} */
+    this.closeCode = closeCode;
+  }
+}
+
+/** Close codes after which reconnecting cannot help. */
+const FATAL_CLOSE_CODES = new Set([4000, 4001, 4002, 4003, 4004, 4009]);
+
+/** A minimal event emitter: `on`, `once`, `off`; handlers get one event object. */
+class Emitter {
+  constructor() {
+    /** @type {Map<string, Set<Function>>} */
+    this._handlers = new Map();
+  }
+
+  /**
+   * @param {string} name
+   * @param {(event: any) => void} handler
+   * @returns {this}
+   */
+  on(name, handler) {
+    if (!this._handlers.has(name)) this._handlers.set(name, new Set());
+    /** @type {Set<Function>} */ (this._handlers.get(name)).add(handler);
+    return this;
+  }
+
+  /**
+   * @param {string} name
+   * @param {(event: any) => void} handler
+   * @returns {this}
+   */
+  once(name, handler) {
+    const wrapper = (/** @type {any} */ event) => {
+      this.off(name, wrapper);
+      handler(event);
+    };
+    return this.on(name, wrapper);
+  }
+
+  /**
+   * @param {string} name
+   * @param {(event: any) => void} [handler] all handlers of `name` when omitted
+   * @returns {this}
+   */
+  off(name, handler) {
+    if (!handler) this._handlers.delete(name);
+    else this._handlers.get(name)?.delete(handler);
+    return this;
+  }
+
+  /**
+   * @param {string} name
+   * @param {object} [event]
+   */
+  emit(name, event = {}) {
+    for (const handler of [...(this._handlers.get(name) || [])]) {
+      try {
+        handler({ type: name, target: this, ...event });
+      } catch (err) {
+        console.error(`salon: a ${name} handler failed`, err);
+      }
+    }
+  }
+}
+
+/** @param {any} c @returns {Connection} */
+function toConnection(c) {
+  return { connectionId: c.connection_id, creationTime: c.created_at, data: c.data };
+}
+
+/**
+ * @param {any} s
+ * @param {Map<string, Connection>} connections
+ * @returns {Stream}
+ */
+function toStream(s, connections) {
+  return {
+    streamId: s.stream_id,
+    connection: connections.get(s.connection_id) || { connectionId: s.connection_id, creationTime: 0, data: "" },
+    name: s.name,
+    hasAudio: s.has_audio,
+    hasVideo: s.has_video,
+    videoType: s.video_type,
+    videoDimensions: s.width && s.height ? { width: s.width, height: s.height } : null,
+    frameRate: s.frame_rate,
+    creationTime: s.created_at,
+  };
+}
+
+/** @type {Record<string, string>} */
+const PROPERTY_NAMES = {
+  has_audio: "hasAudio",
+  has_video: "hasVideo",
+  name: "name",
+  video_type: "videoType",
+  dimensions: "videoDimensions",
+};
+
+/**
+ * @param {HTMLElement|string|null|undefined} target
+ * @returns {HTMLElement|null}
+ */
+function resolveElement(target) {
+  if (!target) return null;
+  if (typeof target === "string") {
+    const el = document.getElementById(target);
+    if (!el) throw new SalonError("invalid_parameter", `no element with id "${target}"`);
+    return el;
+  }
+  return target;
+}
+
+/**
+ * @param {HTMLElement|null} container
+ * @param {string} className
+ * @param {boolean} muted
+ * @returns {{wrapper: HTMLElement|null, video: HTMLVideoElement}}
+ */
+function renderVideo(container, className, muted) {
+  const video = document.createElement("video");
+  video.autoplay = true;
+  video.playsInline = true;
+  video.muted = muted;
+  if (!container) return { wrapper: null, video };
+  const wrapper = document.createElement("div");
+  wrapper.className = className;
+  wrapper.appendChild(video);
+  container.appendChild(wrapper);
+  return { wrapper, video };
+}
+
+/** @param {number} ms */
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * A local camera/microphone or screen, rendered into an element, published with `session.publish`.
+ * Events: `accessAllowed`, `accessDenied` ({error}), `mediaStopped`, `muteForced`,
+ * `streamCreated` ({stream}), `streamDestroyed` ({stream, reason}).
+ */
+export class Publisher extends Emitter {
+  /**
+   * @param {HTMLElement|string|null} element
+   * @param {PublisherOptions} options
+   */
+  constructor(element, options) {
+    super();
+    /** @type {PublisherOptions} */
+    this.options = { ...options };
+    this.videoSource = options.videoSource || "camera";
+    this.name = options.name || "";
+    this.element = null;
+    /** @type {HTMLVideoElement|null} */
+    this.videoElement = null;
+    /** @type {MediaStream|null} */
+    this.mediaStream = null;
+    /** @type {Stream|null} */
+    this.stream = null;
+    /** @type {Session|null} */
+    this.session = null;
+    /** @type {RTCPeerConnection|null} */
+    this.pc = null;
+    this._audioOn = true;
+    this._videoOn = true;
+    const container = resolveElement(element);
+    if (options.insertDefaultUI !== false) {
+      const { wrapper, video } = renderVideo(container, "salon-publisher", true);
+      this.element = wrapper;
+      this.videoElement = video;
+    }
+    /** Settles when the devices are open: rejects with a SalonError (`media_access_denied`, …). */
+    this.ready = this._acquire();
+    this.ready.catch(() => {}); // handled by whoever awaits it, or by the accessDenied event
+  }
+
+  /** @returns {Promise<MediaStream>} */
+  async _acquire() {
+    const opts = this.options;
+    /** @type {MediaTrackConstraints} */
+    const video = {};
+    if (opts.resolution) {
+      const [w, h] = opts.resolution.split("x").map(Number);
+      if (w && h) Object.assign(video, { width: { ideal: w }, height: { ideal: h } });
+    }
+    if (opts.frameRate) video.frameRate = { ideal: opts.frameRate };
+    const wantVideo = opts.video !== false;
+    try {
+      /** @type {MediaStream} */
+      let media;
+      if (this.videoSource === "screen") {
+        if (!navigator.mediaDevices?.getDisplayMedia) {
+          throw new SalonError("screen_sharing_not_supported", "this browser cannot share the screen");
+        }
+        media = await navigator.mediaDevices.getDisplayMedia({ video: wantVideo ? video : true, audio: false });
+      } else {
+        const wantAudio = opts.audio !== false;
+        if (!wantAudio && !wantVideo) throw new SalonError("invalid_parameter", "a publisher needs audio or video");
+        if (!navigator.mediaDevices?.getUserMedia) {
+          throw new SalonError("media_not_supported", "camera access needs a secure page (https or localhost)");
+        }
+        media = await navigator.mediaDevices.getUserMedia({
+          audio: wantAudio,
+          video: wantVideo ? (Object.keys(video).length ? video : true) : false,
+        });
+      }
+      this.mediaStream = media;
+      if (this.videoElement) this.videoElement.srcObject = media;
+      for (const track of media.getTracks()) {
+        track.addEventListener("ended", () => this.emit("mediaStopped", { track }));
+      }
+      this.emit("accessAllowed");
+      return media;
+    } catch (err) {
+      const e = /** @type {any} */ (err);
+      let error;
+      if (e instanceof SalonError) error = e;
+      else if (e && (e.name === "NotAllowedError" || e.name === "SecurityError")) {
+        error = new SalonError("media_access_denied", "access to the camera or microphone was refused");
+      } else if (e && (e.name === "NotFoundError" || e.name === "OverconstrainedError")) {
+        error = new SalonError("media_device_not_found", "no camera or microphone was found");
+      } else if (e && e.name === "NotReadableError") {
+        error = new SalonError("media_device_busy", "the camera or microphone is in use by another application");
+      } else error = new SalonError("media_error", String((e && e.message) || e));
+      this.emit("accessDenied", { error });
+      throw error;
+    }
+  }
+
+  /** The audio track, if any. @returns {MediaStreamTrack|null} */
+  get audioTrack() {
+    return this.mediaStream?.getAudioTracks()[0] || null;
+  }
+
+  /** The video track, if any. @returns {MediaStreamTrack|null} */
+  get videoTrack() {
+    return this.mediaStream?.getVideoTracks()[0] || null;
+  }
+
+  /** Whether the audio is on (not muted). */
+  get publishingAudio() {
+    return this._audioOn && !!this.audioTrack;
+  }
+
+  /** Whether the video is on. */
+  get publishingVideo() {
+    return this._videoOn && !!this.videoTrack;
+  }
+
+  /**
+   * Mute or unmute the audio: the track stays (silence is sent) and the others see `hasAudio` change.
+   * @param {boolean} on
+   * @returns {Promise<void>}
+   */
+  async publishAudio(on) {
+    this._audioOn = on;
+    const track = this.audioTrack;
+    if (track) track.enabled = on;
+    await this._update({ has_audio: on && !!track });
+  }
+
+  /**
+   * Turn the video on or off (black frames are sent while off); the others see `hasVideo` change.
+   * @param {boolean} on
+   * @returns {Promise<void>}
+   */
+  async publishVideo(on) {
+    this._videoOn = on;
+    const track = this.videoTrack;
+    if (track) track.enabled = on;
+    await this._update({ has_video: on && !!track });
+  }
+
+  /** @param {object} fields */
+  async _update(fields) {
+    if (this.session && this.stream && this.session.isConnected()) {
+      await this.session._request({ type: "update_stream", stream_id: this.stream.streamId, ...fields });
+    }
+  }
+
+  /** Stop the devices and remove the rendered element (unpublishes first if publishing). */
+  async destroy() {
+    if (this.session && this.stream) {
+      try {
+        await this.session.unpublish(this);
+      } catch {
+        // already gone
+      }
+    }
+    this._closePeer();
+    for (const track of this.mediaStream?.getTracks() || []) track.stop();
+    this.element?.remove();
+  }
+
+  _closePeer() {
+    this.pc?.close();
+    this.pc = null;
+  }
+}
+
+/**
+ * The media of one remote stream, rendered into an element. Events: `videoElementCreated`,
+ * `audioLevelUpdated` ({audioLevel}), `destroyed` ({reason}).
+ */
+export class Subscriber extends Emitter {
+  /**
+   * @param {Stream} stream
+   * @param {HTMLElement|null} container
+   * @param {SubscriberOptions} options
+   */
+  constructor(stream, container, options) {
+    super();
+    this.stream = stream;
+    this.options = { ...options };
+    /** @type {Session|null} */
+    this.session = null;
+    /** @type {string|null} */
+    this.subscriptionId = null;
+    /** @type {RTCPeerConnection|null} */
+    this.pc = null;
+    /** The remote tracks, as they arrive. */
+    this.mediaStream = new MediaStream();
+    /** @type {Set<string>} the kinds this subscription negotiated */
+    this.kinds = new Set();
+    this.audioOn = options.subscribeToAudio !== false;
+    this.videoOn = options.subscribeToVideo !== false;
+    this.element = null;
+    /** @type {HTMLVideoElement|null} */
+    this.videoElement = null;
+    if (options.insertDefaultUI !== false) {
+      const { wrapper, video } = renderVideo(container, "salon-subscriber", false);
+      this.element = wrapper;
+      this.videoElement = video;
+      video.srcObject = this.mediaStream;
+    }
+  }
+
+  /**
+   * Receive the audio, or stop receiving it (no renegotiation).
+   * @param {boolean} on
+   */
+  async subscribeToAudio(on) {
+    this.audioOn = on;
+    if (this.session && this.subscriptionId) {
+      await this.session._request({ type: "set_subscription", subscription_id: this.subscriptionId, audio: on });
+    }
+  }
+
+  /**
+   * Receive the video, or stop receiving it.
+   * @param {boolean} on
+   */
+  async subscribeToVideo(on) {
+    this.videoOn = on;
+    if (this.session && this.subscriptionId) {
+      await this.session._request({ type: "set_subscription", subscription_id: this.subscriptionId, video: on });
+    }
+  }
+
+  _closePeer() {
+    this.pc?.close();
+    this.pc = null;
+    for (const track of this.mediaStream.getTracks()) {
+      this.mediaStream.removeTrack(track);
+      track.stop();
+    }
+  }
+
+  /** @param {string} reason */
+  _destroy(reason) {
+    this._closePeer();
+    this.element?.remove();
+    this.emit("destroyed", { reason });
+  }
+}
+
+/**
+ * One connection to a salon session. Events (OpenTok.js names): connectionCreated,
+ * connectionDestroyed, streamCreated, streamDestroyed, streamPropertyChanged, signal,
+ * signal:TYPE, sessionDisconnected, sessionReconnecting, sessionReconnected,
+ * audioLevelUpdated, activeSpeaker, muteForced.
+ */
+export class Session extends Emitter {
+  /**
+   * @param {string} sessionId
+   * @param {{url?: string, reconnectTimeout?: number, iceServers?: IceServer[]}} [options]
+   *   `url`: the server's http(s) URL (default: this page's origin); `reconnectTimeout`: seconds
+   *   to keep trying after the WebSocket drops (default 30); `iceServers`: override the server's.
+   */
+  constructor(sessionId, options = {}) {
+    super();
+    this.sessionId = sessionId;
+    this.url = (options.url || globalThis.location?.origin || "").replace(/\/+$/, "");
+    this.reconnectTimeout = options.reconnectTimeout ?? 30;
+    this._ownIceServers = options.iceServers || null;
+    /** @type {IceServer[]} */
+    this.iceServers = [];
+    /** @type {Connection|null} */
+    this.connection = null;
+    /** @type {string|null} */
+    this.role = null;
+    /** @type {Map<string, Connection>} */
+    this.connections = new Map();
+    /** @type {Map<string, Stream>} */
+    this.streams = new Map();
+    /** @type {Set<Publisher>} */
+    this.publishers = new Set();
+    /** @type {Set<Subscriber>} */
+    this.subscribers = new Set();
+    /** @type {"disconnected"|"connecting"|"connected"|"reconnecting"} */
+    this.state = "disconnected";
+    /** @type {WebSocket|null} */
+    this._ws = null;
+    this._token = "";
+    this._nextId = 1;
+    /** @type {Map<number, {resolve: (m: any) => void, reject: (e: SalonError) => void}>} */
+    this._pending = new Map();
+    this._heartbeatTimeout = 8;
+    this._lastMessage = 0;
+    /** @type {ReturnType<typeof setInterval>|null} */
+    this._watchdog = null;
+  }
+
+  /** @returns {boolean} */
+  isConnected() {
+    return this.state === "connected";
+  }
+
+  /**
+   * Connect with a client token minted by your application server.
+   * @param {string} token
+   * @returns {Promise<void>} rejects with a SalonError (e.g. `invalid_token`, `not_found`, `network_error`)
+   */
+  async connect(token) {
+    if (this.state !== "disconnected") throw new SalonError("already_connected", "the session is already connected");
+    this._token = token;
+    this.state = "connecting";
+    try {
+      const connected = await this._open();
+      this._adopt(connected, false);
+      this.state = "connected";
+      this._announceInitial();
+    } catch (err) {
+      this.state = "disconnected";
+      this._closeSocket();
+      throw err;
+    }
+  }
+
+  /** Leave the session: unpublish, unsubscribe, close the socket. */
+  disconnect() {
+    if (this.state === "disconnected") return;
+    this._finish("clientDisconnected");
+  }
+
+  /** @returns {string} */
+  _wsUrl() {
+    return this.url.replace(/^http/, "ws") + "/signalling";
+  }
+
+  /**
+   * Open a socket and send `connect`; resolves with the `connected` message.
+   * @returns {Promise<any>}
+   */
+  _open() {
+    return new Promise((resolve, reject) => {
+      let ws;
+      try {
+        ws = new WebSocket(this._wsUrl());
+      } catch (err) {
+        reject(new SalonError("network_error", `cannot open ${this._wsUrl()}: ${err}`));
+        return;
+      }
+      this._ws = ws;
+      let settled = false;
+      /** @type {SalonError|null} */
+      let refusal = null;
+      const timer = setTimeout(() => fail(new SalonError("timeout", "the server did not answer in time")), 15000);
+      const fail = (/** @type {SalonError} */ error) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        ws.close();
+        reject(error);
+      };
+      ws.onopen = () => {
+        this._send({ type: "connect", request_id: 0, session_id: this.sessionId, token: this._token, client: `salon.js/${VERSION}` });
+      };
+      ws.onmessage = (ev) => {
+        const msg = JSON.parse(String(ev.data));
+        if (!settled) {
+          if (msg.type === "connected") {
+            settled = true;
+            clearTimeout(timer);
+            ws.onmessage = (e) => this._onMessage(ws, JSON.parse(String(e.data)));
+            ws.onclose = (e) => this._onClose(ws, e);
+            resolve(msg);
+          } else if (msg.type === "error") {
+            refusal = new SalonError(msg.code, msg.message);
+          }
+        }
+      };
+      ws.onerror = () => {};
+      ws.onclose = (ev) => {
+        if (refusal) {
+          refusal.closeCode = ev.code;
+          if (ev.code === 4002) refusal.code = "token_expired";
+          fail(refusal);
+        } else fail(new SalonError("network_error", `could not reach the server (${ev.code})`, ev.code));
+      };
+    });
+  }
+
+  /**
+   * @param {any} connected
+   * @param {boolean} quiet do not emit events (a reconnect diffs them itself)
+   */
+  _adopt(connected, quiet) {
+    this.connection = toConnection(connected.connection);
+    this.role = connected.role;
+    this.iceServers = this._ownIceServers || connected.ice_servers.map((/** @type {any} */ s) => {
+      /** @type {IceServer} */
+      const server = { urls: s.urls };
+      if (s.username != null) server.username = s.username;
+      if (s.credential != null) server.credential = s.credential;
+      return server;
+    });
+    this._heartbeatTimeout = connected.heartbeat_timeout;
+    this._lastMessage = Date.now();
+    if (this._watchdog) clearInterval(this._watchdog);
+    this._watchdog = setInterval(() => {
+      // The server pings every heartbeat_interval: silence means the network is gone.
+      if (this._ws && Date.now() - this._lastMessage > this._heartbeatTimeout * 1000) this._ws.close(4000, "silent");
+    }, 1000);
+    if (!quiet) {
+      this.connections = new Map(connected.connections.map((/** @type {any} */ c) => [c.connection_id, toConnection(c)]));
+      this.connections.set(this.connection.connectionId, this.connection);
+      this.streams = new Map(connected.streams.map((/** @type {any} */ s) => [s.stream_id, toStream(s, this.connections)]));
+    }
+  }
+
+  _announceInitial() {
+    for (const c of this.connections.values()) {
+      if (c !== this.connection) this.emit("connectionCreated", { connection: c });
+    }
+    for (const s of this.streams.values()) this.emit("streamCreated", { stream: s });
+  }
+
+  /** @param {object} message */
+  _send(message) {
+    if (this._ws && this._ws.readyState === WebSocket.OPEN) this._ws.send(JSON.stringify(message));
+  }
+
+  /**
+   * Send a request and wait for its reply.
+   * @param {object} message
+   * @returns {Promise<any>} the reply; rejects with a SalonError carrying the server's error code
+   */
+  _request(message) {
+    if (this.state !== "connected") {
+      return Promise.reject(new SalonError("not_connected", "the session is not connected"));
+    }
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { resolve, reject });
+      this._send({ ...message, request_id: id });
+    });
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @param {any} msg
+   */
+  _onMessage(ws, msg) {
+    if (ws !== this._ws) return;
+    this._lastMessage = Date.now();
+    if (msg.request_id != null && msg.type !== "signal") {
+      const pending = this._pending.get(msg.request_id);
+      if (pending) {
+        this._pending.delete(msg.request_id);
+        if (msg.type === "error") pending.reject(new SalonError(msg.code, msg.message));
+        else pending.resolve(msg);
+      }
+      return;
+    }
+    switch (msg.type) {
+      case "ping":
+        this._send({ type: "pong", timestamp: msg.timestamp });
+        break;
+      case "connection_created": {
+        const c = toConnection(msg.connection);
+        this.connections.set(c.connectionId, c);
+        this.emit("connectionCreated", { connection: c });
+        break;
+      }
+      case "connection_destroyed": {
+        const c = this.connections.get(msg.connection_id);
+        this.connections.delete(msg.connection_id);
+        if (c) this.emit("connectionDestroyed", { connection: c, reason: msg.reason });
+        break;
+      }
+      case "stream_created": {
+        const s = toStream(msg.stream, this.connections);
+        this.streams.set(s.streamId, s);
+        this.emit("streamCreated", { stream: s });
+        break;
+      }
+      case "stream_destroyed":
+        this._streamGone(msg.stream_id, msg.reason);
+        break;
+      case "stream_property_changed":
+        this._propertyChanged(msg);
+        break;
+      case "signal": {
+        const event = {
+          signalType: msg.signal_type,
+          data: msg.data,
+          from: msg.from_connection_id ? this.connections.get(msg.from_connection_id) || { connectionId: msg.from_connection_id, creationTime: 0, data: "" } : null,
+        };
+        this.emit("signal", event);
+        if (msg.signal_type) this.emit(`signal:${msg.signal_type}`, event);
+        break;
+      }
+      case "mute_forced":
+        for (const p of this.publishers) {
+          if (p.stream?.streamId === msg.stream_id) {
+            p._audioOn = false;
+            if (p.audioTrack) p.audioTrack.enabled = false;
+            p.emit("muteForced", { stream: p.stream });
+            this.emit("muteForced", { stream: p.stream });
+          }
+        }
+        break;
+      case "session_disconnected":
+        this._finish(msg.reason);
+        break;
+      case "audio_levels":
+        for (const { stream_id: streamId, level } of msg.levels) {
+          this.emit("audioLevelUpdated", { streamId, stream: this.streams.get(streamId) || null, audioLevel: level });
+          for (const sub of this.subscribers) {
+            if (sub.stream.streamId === streamId) sub.emit("audioLevelUpdated", { audioLevel: level });
+          }
+        }
+        break;
+      case "active_speaker":
+        this.emit("activeSpeaker", { streamId: msg.stream_id, stream: msg.stream_id ? this.streams.get(msg.stream_id) || null : null });
+        break;
+      default:
+        break;
+    }
+  }
+
+  /**
+   * @param {string} streamId
+   * @param {string} reason
+   */
+  _streamGone(streamId, reason) {
+    for (const p of this.publishers) {
+      if (p.stream?.streamId === streamId) {
+        const stream = p.stream;
+        p.stream = null;
+        p._closePeer();
+        this.publishers.delete(p);
+        p.emit("streamDestroyed", { stream, reason });
+      }
+    }
+    const stream = this.streams.get(streamId);
+    this.streams.delete(streamId);
+    for (const sub of [...this.subscribers]) {
+      if (sub.stream.streamId === streamId) {
+        this.subscribers.delete(sub);
+        sub._destroy(reason);
+      }
+    }
+    if (stream) this.emit("streamDestroyed", { stream, reason });
+  }
+
+  /** @param {any} msg */
+  _propertyChanged(msg) {
+    const stream = this.streams.get(msg.stream_id);
+    if (!stream) return;
+    const property = PROPERTY_NAMES[msg.property] || msg.property;
+    let { old_value: oldValue, new_value: newValue } = msg;
+    if (property === "videoDimensions") {
+      oldValue = oldValue ? { width: oldValue[0], height: oldValue[1] } : null;
+      newValue = newValue ? { width: newValue[0], height: newValue[1] } : null;
+    }
+    /** @type {any} */ (stream)[property] = newValue;
+    this.emit("streamPropertyChanged", { stream, changedProperty: property, oldValue, newValue });
+    // A kind that was off when we subscribed was not negotiated: subscribe again to get it.
+    const kind = property === "hasAudio" ? "audio" : property === "hasVideo" ? "video" : null;
+    if (kind && newValue === true) {
+      for (const sub of this.subscribers) {
+        if (sub.stream === stream && !sub.kinds.has(kind)) {
+          this._negotiateSubscriber(sub).catch((err) => console.warn("salon: re-subscribe failed", err));
+        }
+      }
+    }
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @param {CloseEvent} ev
+   */
+  _onClose(ws, ev) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    this._rejectPending(new SalonError("disconnected", "the connection to the server was lost"));
+    if (this.state !== "connected") return;
+    if (FATAL_CLOSE_CODES.has(ev.code)) {
+      this._finish(ev.code === 4009 ? "forceDisconnected" : "networkDisconnected");
+      return;
+    }
+    this._reconnect();
+  }
+
+  /** @param {SalonError} error */
+  _rejectPending(error) {
+    for (const { reject } of this._pending.values()) reject(error);
+    this._pending.clear();
+  }
+
+  async _reconnect() {
+    this.state = "reconnecting";
+    for (const p of this.publishers) p._closePeer();
+    for (const s of this.subscribers) s._closePeer();
+    this.emit("sessionReconnecting");
+    const deadline = Date.now() + this.reconnectTimeout * 1000;
+    let delay = 250;
+    while (this.state === "reconnecting" && Date.now() < deadline) {
+      await sleep(delay);
+      delay = Math.min(delay * 2, 4000);
+      if (this.state !== "reconnecting") return;
+      try {
+        const connected = await this._open();
+        if (this.state !== "reconnecting") {
+          this._closeSocket();
+          return;
+        }
+        await this._restore(connected);
+        return;
+      } catch (err) {
+        const e = /** @type {SalonError} */ (err);
+        if (e.closeCode && FATAL_CLOSE_CODES.has(e.closeCode)) break;
+      }
+    }
+    if (this.state === "reconnecting") this._finish("networkDisconnected");
+  }
+
+  /** @param {any} connected */
+  async _restore(connected) {
+    const oldConnectionId = this.connection?.connectionId;
+    this._adopt(connected, true);
+    this.state = "connected";
+    // Diff what we knew against what the session holds now.
+    const connections = new Map(connected.connections.map((/** @type {any} */ c) => [c.connection_id, toConnection(c)]));
+    connections.set(/** @type {Connection} */ (this.connection).connectionId, /** @type {Connection} */ (this.connection));
+    const present = new Set(connected.streams.map((/** @type {any} */ s) => s.stream_id));
+    for (const p of this.publishers) if (p.stream) present.add(p.stream.streamId); // re-published below
+    for (const id of [...this.streams.keys()]) {
+      const stream = /** @type {Stream} */ (this.streams.get(id));
+      const ours = stream.connection.connectionId === oldConnectionId;
+      if (!present.has(id) && !ours) this._streamGone(id, "networkDisconnected");
+    }
+    for (const [id, c] of this.connections) {
+      if (id !== oldConnectionId && !connections.has(id)) this.emit("connectionDestroyed", { connection: c, reason: "networkDisconnected" });
+    }
+    const before = this.connections;
+    this.connections = connections;
+    for (const [id, c] of connections) {
+      if (!before.has(id) && c !== this.connection) this.emit("connectionCreated", { connection: c });
+    }
+    for (const raw of connected.streams) {
+      if (!this.streams.has(raw.stream_id)) {
+        const s = toStream(raw, this.connections);
+        this.streams.set(s.streamId, s);
+        this.emit("streamCreated", { stream: s });
+      }
+    }
+    const republish = [...this.publishers].map(async (p) => {
+      p.stream = null;
+      try {
+        await this._negotiatePublisher(p);
+      } catch (err) {
+        this.publishers.delete(p);
+        p.emit("streamDestroyed", { stream: null, reason: "networkDisconnected", error: err });
+      }
+    });
+    const resubscribe = [...this.subscribers].map(async (s) => {
+      try {
+        await this._negotiateSubscriber(s);
+      } catch (err) {
+        this.subscribers.delete(s);
+        s._destroy("networkDisconnected");
+      }
+    });
+    await Promise.all([...republish, ...resubscribe]);
+    this.emit("sessionReconnected");
+  }
+
+  /** @param {string} reason */
+  _finish(reason) {
+    const wasConnected = this.state !== "disconnected";
+    this.state = "disconnected";
+    if (this._watchdog) clearInterval(this._watchdog);
+    this._watchdog = null;
+    this._rejectPending(new SalonError("disconnected", "the session was disconnected"));
+    this._closeSocket();
+    for (const p of this.publishers) {
+      p._closePeer();
+      const stream = p.stream;
+      p.stream = null;
+      p.session = null;
+      if (stream) p.emit("streamDestroyed", { stream, reason });
+    }
+    this.publishers.clear();
+    for (const s of this.subscribers) s._destroy(reason);
+    this.subscribers.clear();
+    this.streams.clear();
+    this.connections.clear();
+    if (wasConnected) this.emit("sessionDisconnected", { reason });
+  }
+
+  _closeSocket() {
+    const ws = this._ws;
+    this._ws = null;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+  }
+
+  /**
+   * Publish a publisher's media. Resolves once the server accepted it (the others see
+   * `streamCreated` when its media reaches the server).
+   * @param {Publisher} publisher
+   * @returns {Promise<Publisher>}
+   */
+  async publish(publisher) {
+    if (this.state !== "connected") throw new SalonError("not_connected", "connect before publishing");
+    await publisher.ready;
+    publisher.session = this;
+    this.publishers.add(publisher);
+    try {
+      await this._negotiatePublisher(publisher);
+    } catch (err) {
+      this.publishers.delete(publisher);
+      publisher._closePeer();
+      publisher.session = null;
+      throw err;
+    }
+    return publisher;
+  }
+
+  /**
+   * Gather trickled candidates until the stream/subscription exists, then send them.
+   * @param {RTCPeerConnection} pc
+   * @returns {(target: object) => void} call with {stream_id} or {subscription_id}
+   */
+  _trickle(pc) {
+    /** @type {(string|null)[]} */
+    const queued = [];
+    /** @type {object|null} */
+    let target = null;
+    const send = (/** @type {string|null} */ candidate) => {
+      if (this.state !== "connected" || !target) return;
+      this._request({ type: "ice_candidate", ...target, candidate }).catch(() => {
+        // a candidate the server cannot use (e.g. an mDNS name) is not fatal
+      });
+    };
+    pc.onicecandidate = (ev) => {
+      const candidate = ev.candidate ? ev.candidate.candidate : null;
+      if (candidate === "") return;
+      if (target) send(candidate);
+      else queued.push(candidate);
+    };
+    return (t) => {
+      target = t;
+      for (const c of queued.splice(0)) send(c);
+    };
+  }
+
+  /** @param {Publisher} publisher */
+  async _negotiatePublisher(publisher) {
+    const media = /** @type {MediaStream} */ (publisher.mediaStream);
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    publisher.pc = pc;
+    for (const track of media.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
+    const ready = this._trickle(pc);
+    await pc.setLocalDescription(await pc.createOffer());
+    const video = publisher.videoTrack;
+    const settings = video ? video.getSettings() : {};
+    const reply = await this._request({
+      type: "publish",
+      name: publisher.name,
+      has_audio: !!publisher.audioTrack && publisher._audioOn,
+      has_video: !!video && publisher._videoOn,
+      video_type: video ? publisher.videoSource : null,
+      width: settings.width || null,
+      height: settings.height || null,
+      frame_rate: settings.frameRate ? Math.min(240, settings.frameRate) : null,
+      sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
+    }).catch((err) => {
+      pc.close();
+      throw err;
+    });
+    publisher.stream = toStream(reply.stream, this.connections);
+    ready({ stream_id: publisher.stream.streamId });
+    await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
+    publisher.emit("streamCreated", { stream: publisher.stream });
+  }
+
+  /**
+   * Stop publishing (the publisher keeps its devices open; `publisher.destroy()` closes them).
+   * @param {Publisher} publisher
+   */
+  async unpublish(publisher) {
+    const stream = publisher.stream;
+    this.publishers.delete(publisher);
+    publisher._closePeer();
+    publisher.stream = null;
+    publisher.session = null;
+    if (stream && this.state === "connected") {
+      await this._request({ type: "unpublish", stream_id: stream.streamId });
+    }
+  }
+
+  /**
+   * Receive a stream and render it into an element.
+   * @param {Stream} stream
+   * @param {HTMLElement|string|null} [element]
+   * @param {SubscriberOptions} [options]
+   * @returns {Promise<Subscriber>}
+   */
+  async subscribe(stream, element = null, options = {}) {
+    if (this.state !== "connected") throw new SalonError("not_connected", "connect before subscribing");
+    const subscriber = new Subscriber(stream, resolveElement(element), options);
+    subscriber.session = this;
+    this.subscribers.add(subscriber);
+    try {
+      await this._negotiateSubscriber(subscriber);
+    } catch (err) {
+      this.subscribers.delete(subscriber);
+      subscriber._destroy("subscribeFailed");
+      throw err;
+    }
+    if (subscriber.videoElement) subscriber.emit("videoElementCreated", { element: subscriber.videoElement });
+    return subscriber;
+  }
+
+  /** @param {Subscriber} subscriber */
+  async _negotiateSubscriber(subscriber) {
+    const old = subscriber.subscriptionId;
+    subscriber._closePeer();
+    subscriber.subscriptionId = null;
+    if (old && this.state === "connected") {
+      this._request({ type: "unsubscribe", subscription_id: old }).catch(() => {});
+    }
+    const stream = subscriber.stream;
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    subscriber.pc = pc;
+    const kinds = new Set();
+    if (stream.hasAudio) kinds.add("audio");
+    if (stream.hasVideo) kinds.add("video");
+    for (const kind of kinds) pc.addTransceiver(kind, { direction: "recvonly" });
+    subscriber.kinds = kinds;
+    pc.ontrack = (ev) => {
+      subscriber.mediaStream.addTrack(ev.track);
+      if (subscriber.videoElement) subscriber.videoElement.play?.().catch(() => {});
+    };
+    const ready = this._trickle(pc);
+    await pc.setLocalDescription(await pc.createOffer());
+    const reply = await this._request({
+      type: "subscribe",
+      stream_id: stream.streamId,
+      audio: subscriber.audioOn,
+      video: subscriber.videoOn,
+      sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
+    }).catch((err) => {
+      pc.close();
+      throw err;
+    });
+    subscriber.subscriptionId = reply.subscription_id;
+    ready({ subscription_id: reply.subscription_id });
+    await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
+  }
+
+  /** @param {Subscriber} subscriber */
+  async unsubscribe(subscriber) {
+    this.subscribers.delete(subscriber);
+    const id = subscriber.subscriptionId;
+    subscriber._destroy("unsubscribed");
+    if (id && this.state === "connected") await this._request({ type: "unsubscribe", subscription_id: id });
+  }
+
+  /**
+   * Send a signal to the whole session, or to one connection (`to`).
+   * @param {{type?: string, data?: string, to?: Connection|string}} signal
+   */
+  async signal({ type = "", data = "", to } = {}) {
+    const target = to == null ? null : typeof to === "string" ? to : to.connectionId;
+    await this._request({ type: "signal", signal_type: type, data, to: target });
+  }
+
+  /**
+   * Moderators: force a connection out.
+   * @param {Connection|string} connection
+   */
+  async forceDisconnect(connection) {
+    const id = typeof connection === "string" ? connection : connection.connectionId;
+    await this._request({ type: "force_disconnect", connection_id: id });
+  }
+
+  /**
+   * Moderators: destroy another connection's stream.
+   * @param {Stream|string} stream
+   */
+  async forceUnpublish(stream) {
+    const id = typeof stream === "string" ? stream : stream.streamId;
+    await this._request({ type: "force_unpublish", stream_id: id });
+  }
+
+  /**
+   * Moderators: mute a stream's audio.
+   * @param {Stream|string} stream
+   */
+  async forceMuteStream(stream) {
+    const id = typeof stream === "string" ? stream : stream.streamId;
+    await this._request({ type: "force_mute", stream_id: id });
+  }
+
+  /**
+   * Moderators: mute every stream but `excluded`.
+   * @param {(Stream|string)[]} [excluded]
+   */
+  async forceMuteAll(excluded = []) {
+    const ids = excluded.map((s) => (typeof s === "string" ? s : s.streamId));
+    await this._request({ type: "force_mute", stream_id: null, excluded_stream_ids: ids });
+  }
+}
+
+/**
+ * A session object for `sessionId` (not connected yet: call `connect(token)`).
+ * @param {string} sessionId
+ * @param {{url?: string, reconnectTimeout?: number, iceServers?: IceServer[]}} [options]
+ * @returns {Session}
+ */
+export function initSession(sessionId, options = {}) {
+  return new Session(sessionId, options);
+}
+
+/**
+ * A publisher rendering the local camera/microphone (or screen) into `element`. The devices
+ * open in the background: await `publisher.ready`, or listen for `accessAllowed`/`accessDenied`.
+ * @param {HTMLElement|string|null} [element]
+ * @param {PublisherOptions} [options]
+ * @returns {Publisher}
+ */
+export function initPublisher(element = null, options = {}) {
+  return new Publisher(element, options);
+}

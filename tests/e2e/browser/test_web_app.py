@@ -1,0 +1,59 @@
+"""The web app in real headless Chromium: two pages see and hear each other, chat, mute, leave."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from browser_helpers import join, open_page, remote_audio_level, remote_video_stats
+from playwright.async_api import Browser, expect
+
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def test_two_pages_see_and_hear_each_other(
+    media_server: RunningServer, browser: Browser, artifacts: pathlib.Path
+) -> None:
+    alice = await open_page(browser, "alice")
+    bob = await open_page(browser, "bob")
+    await join(alice, media_server.url, "standup", "Alice")
+    await expect(alice.locator(".tile.local video")).to_be_visible(timeout=15000)
+    await expect(alice.locator("#join-form")).to_be_hidden()
+    await join(bob, media_server.url, "standup", "Bob")
+
+    for page, other in ((alice, "Bob"), (bob, "Alice")):
+        stats = await remote_video_stats(page, other)
+        assert stats["found"], f"no video of {other}"
+        assert stats["width"] > 0 and stats["height"] > 0, stats
+        assert stats["boxWidth"] > 0 and stats["boxHeight"] > 0, stats
+        assert stats["callbacks"] >= 10 and stats["framesAdvanced"] > 0 and stats["timeAdvanced"] > 0, stats
+        assert not stats["paused"]
+        level = await remote_audio_level(page, other)
+        assert level > 0.01, f"{other}'s audio is silent on the other page ({level})"
+
+    # Chat through signals.
+    await alice.get_by_label("Message").fill("hello from Alice")
+    await alice.get_by_role("button", name="Send").click()
+    await expect(bob.locator("#messages")).to_contain_text("hello from Alice")
+    await expect(alice.locator("#messages")).to_contain_text("hello from Alice")
+    await alice.screenshot(path=str(artifacts / "two-participants-alice.png"))
+    await bob.screenshot(path=str(artifacts / "two-participants-bob.png"))
+
+    # Mute indicators.
+    bob_tile_on_alice = alice.locator('.tile[data-name="Bob"]:not(.local)')
+    await expect(bob_tile_on_alice.locator(".audio-off")).to_be_hidden()
+    await bob.get_by_role("button", name="Mute").click()
+    await expect(bob.get_by_role("button", name="Unmute")).to_be_visible()
+    await expect(bob_tile_on_alice.locator(".audio-off")).to_be_visible()
+    await bob.get_by_role("button", name="Stop video").click()
+    await expect(bob_tile_on_alice.locator(".video-off")).to_be_visible()
+    await bob.get_by_role("button", name="Unmute").click()
+    await expect(bob_tile_on_alice.locator(".audio-off")).to_be_hidden()
+
+    # Leave.
+    await bob.get_by_role("button", name="Leave").click()
+    await expect(bob.get_by_role("status")).to_contain_text("You left the room")
+    await expect(bob_tile_on_alice).to_have_count(0)
+    await expect(alice.locator("#messages")).to_contain_text("Bob left")

@@ -1,0 +1,51 @@
+"""The web app's clear messages: a refused camera, an expired token."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from browser_helpers import join, launch, open_page
+from playwright.async_api import Playwright, Route, expect
+
+from salon.tokens import generate_token
+from tests.conftest import API_KEY, API_SECRET, RunningServer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_refused_camera_shows_a_clear_message(media_server: RunningServer, pw: Playwright) -> None:
+    browser = await launch(pw, fake_ui=False)  # no fake UI: the permission prompt is dismissed
+    try:
+        page = await open_page(browser, "refused")
+        await join(page, media_server.url, "refused", "Carol")
+        status = page.get_by_role("status")
+        await expect(status).to_contain_text("Camera and microphone access was refused", timeout=15000)
+        # The page is not stuck: still in the room, the chat works.
+        await page.get_by_label("Message").fill("I can only chat")
+        await page.get_by_role("button", name="Send").click()
+        await expect(page.locator("#messages")).to_contain_text("I can only chat")
+    finally:
+        await browser.close()
+
+
+async def test_expired_token_shows_a_clear_message(media_server: RunningServer, pw: Playwright) -> None:
+    browser = await launch(pw)
+    try:
+        page = await open_page(browser, "expired")
+        session_id = media_server.session()
+        now = int(time.time()) - 7200
+        token = generate_token(API_KEY, API_SECRET, session_id, expire_time=now + 60, now=now)
+
+        async def expired(route: Route) -> None:
+            body = {"sessionId": session_id, "token": token, "apiKey": API_KEY}
+            await route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+        await page.route("**/demo/join", expired)
+        await join(page, media_server.url, "late", "Dave")
+        await expect(page.get_by_role("status")).to_contain_text("token has expired", timeout=15000)
+        await expect(page.get_by_role("button", name="Join")).to_be_enabled()
+        await expect(page.locator("#call")).to_be_hidden()
+    finally:
+        await browser.close()
