@@ -288,11 +288,10 @@ class Router:
                 )
             )
         answer = build_answer(offer, transport.local_parameters(), answers)
+        # No key-frame request yet: a key frame sent before this transport connects would be
+        # dropped, and publishers (Chromium among them) ignore a second request that follows
+        # a key frame closely. Each consumer asks when its transport connects.
         transport.start(offer.transport)
-        now = consumers[0]._now()
-        for consumer in consumers:
-            if not consumer.paused:
-                consumer.producer.request_key_frame(now)
         logger.info(
             "%r: %r subscribes to stream %s (%s)", self, transport, stream.id, ", ".join(map(repr, consumers))
         )
