@@ -82,7 +82,7 @@ def _abs_send_time_once(now: float) -> bytes:
 
 
 #: While waiting for a key frame, ask again this often.
-KEY_FRAME_RETRY_INTERVAL = 1.0
+KEY_FRAME_RETRY_INTERVAL = 0.5
 
 
 class ConsumerCloseReason(enum.Enum):
@@ -188,10 +188,16 @@ class Consumer:
     # ----------------------------------------------------------------------------------------
     # State
 
+    @property
+    def forwarding(self) -> bool:
+        """Not paused, not closed, transport connected: the producer sends us packets."""
+        return self._active
+
     def _update_active(self) -> None:
-        self._active = (
-            not self.closed and not self.paused and self.transport.state is TransportState.CONNECTED
-        )
+        active = not self.closed and not self.paused and self.transport.state is TransportState.CONNECTED
+        if active is not self._active:
+            self._active = active
+            self.producer._consumers_changed()
 
     def transport_connected(self) -> None:
         """Called by the transport once ICE + DTLS are up."""

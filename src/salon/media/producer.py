@@ -159,6 +159,9 @@ class Producer:
         self._pt = track.codec.payload_type
         self._rtcp_ssrc = secrets.randbits(32) or 1
         self._consumers: list[Consumer] = []
+        #: The consumers that forward (not paused, transport connected): what the packet path
+        #: iterates, so paused or not-yet-connected subscribers cost nothing per packet.
+        self._forwarding: tuple[Consumer, ...] = ()
         self._cache = RetransmissionBuffer(RETRANSMISSION_CAPACITY)
         self._nack: NackGenerator | None = NackGenerator() if track.codec.supports_feedback("nack") else None
         self._use_fir = not track.codec.supports_feedback("nack", "pli") and track.codec.supports_feedback(
@@ -209,10 +212,16 @@ class Producer:
         if self.closed:
             return
         self._consumers.append(consumer)
+        self._consumers_changed()
 
     def _remove_consumer(self, consumer: Consumer) -> None:
         if consumer in self._consumers:
             self._consumers.remove(consumer)
+        self._consumers_changed()
+
+    def _consumers_changed(self) -> None:
+        """A consumer was added, removed, paused, resumed, connected or closed."""
+        self._forwarding = tuple(c for c in self._consumers if c.forwarding)
 
     # ----------------------------------------------------------------------------------------
     # Packet path
@@ -244,7 +253,15 @@ class Producer:
         stats.packets_received += 1
         stats.bytes_received += len(data)
         seq = header.sequence_number
-        self._update_receive_stats(seq)
+        # _update_receive_stats, inlined for the in-order case (one call less per packet).
+        delta = (seq - self._max_seq) & 0xFFFF
+        if delta == 1 and self._base_seq >= 0:
+            if seq == 0:
+                self._cycles += 0x10000
+            self._max_seq = seq
+            self._received += 1
+        else:
+            self._update_receive_stats(seq)
 
         nack = self._nack
         if nack is not None:
@@ -270,7 +287,7 @@ class Producer:
                 if self.on_audio_level is not None:
                     self.on_audio_level(self, self.audio_level, self.voice_activity, now)
 
-        for consumer in self._consumers:
+        for consumer in self._forwarding:
             consumer.send_rtp(data, header, key_frame, now)
 
     def _update_receive_stats(self, seq: int) -> None:
@@ -419,6 +436,7 @@ class Producer:
         for consumer in list(self._consumers):
             consumer.producer_closed()
         self._consumers.clear()
+        self._forwarding = ()
         self.transport._remove_producer(self)
         self.events.emit(ProducerClosed(self, reason))
         self.events.clear()

@@ -7,16 +7,19 @@ the DTLS role is *client* (``a=setup:active``).
 
 Packet path (no per-packet asyncio queue or task once connected):
 
-* **in**: once DTLS is connected, SRTP/SRTCP datagrams never reach aiortc's DTLS task. aioice
-  hands every non-STUN datagram to ``Connection.data_received``, which is replaced on *this
-  connection instance* by :meth:`WebRtcTransport._datagram_received`: it unprotects SRTP with
-  the DTLS-derived SRTP session and demultiplexes right there, in the protocol callback, with
-  no ``asyncio.Queue`` put/get and no task wake-up per packet (that chain dominated the
-  prototype's fan-out-1 cost); DTLS records still go through the queue to aiortc's DTLS task.
-  Once connected, each of the connection's ``StunProtocol`` instances also gets its
-  ``datagram_received`` replaced so that SRTP/SRTCP (first byte 128..191, which is never STUN,
-  RFC 7983) skips aioice's per-datagram STUN parse attempt (it raises ``ValueError`` for
-  every media packet) and goes straight to ``Connection.data_received``.
+* **in**: once DTLS is connected, each of the connection's ``StunProtocol`` instances gets
+  its ``datagram_received`` replaced (:meth:`WebRtcTransport._route_media`) so that SRTP/SRTCP
+  (first byte 128..191, never STUN or DTLS, RFC 7983) goes straight to
+  :meth:`WebRtcTransport.srtp_received`, which unprotects with the DTLS-derived SRTP session
+  and demultiplexes right there, in the loop's datagram callback: no aioice STUN parse
+  attempt, no ``Connection.data_received`` hop, no ``asyncio.Queue`` put/get and no task
+  wake-up per packet (that chain dominated the prototype's fan-out-1 cost). STUN (checks,
+  consent freshness) keeps aioice's path; DTLS records go through aioice's
+  ``Connection.data_received`` (replaced on *this connection instance* by
+  :meth:`WebRtcTransport._datagram_received`) to aiortc's DTLS task. ``srtp_received`` is
+  the seam tests wrap to inject loss. (Draining the socket ourselves with
+  ``loop.add_reader`` + a ``recvfrom`` loop per wake-up was tried and measured *dearer* than
+  uvloop's per-datagram callback: docs/benchmarks.md, "SFU forwarding".)
   Before DTLS is connected (and as a fallback) aiortc's own path runs, with
   ``dtls._handle_rtp_data`` / ``dtls._handle_rtcp_data`` replaced on this instance by
   coroutines that call the same demultiplexer. RTP goes to the
@@ -412,9 +415,8 @@ class WebRtcTransport:
         self._protect_rtcp = _srtp_call(self._tx_srtp, "protect_rtcp")
         self._unprotect = _srtp_call(self._rx_srtp, "unprotect")
         self._unprotect_rtcp = _srtp_call(self._rx_srtp, "unprotect_rtcp")
-        connection = self._gatherer._connection
-        for protocol in connection._protocols:
-            self._skip_stun_parse(connection, protocol)
+        for protocol in self._gatherer._connection._protocols:
+            self._route_media(protocol)
         self._set_state(TransportState.CONNECTED)
         self.events.emit(TransportConnected(self))
         for consumer in list(self.consumers.values()):
@@ -568,33 +570,45 @@ class WebRtcTransport:
     # ----------------------------------------------------------------------------------------
     # Receive path
 
-    @staticmethod
-    def _skip_stun_parse(connection: Any, protocol: Any) -> None:
-        """Send SRTP/SRTCP arriving on ``protocol`` straight to ``connection.data_received``.
+    def _route_media(self, protocol: Any) -> None:
+        """Send SRTP/SRTCP arriving on ``protocol`` straight to :meth:`srtp_received`.
 
         aioice's ``StunProtocol.datagram_received`` first tries to parse every datagram as
         STUN; a media packet (first byte 128..191, never STUN or DTLS, RFC 7983 §7) raises
-        ``ValueError`` there before reaching ``data_received``. ``data_received`` is looked up
-        per datagram, so whoever wraps it (tests simulating loss) still sees every packet.
+        ``ValueError`` there, then goes through ``Connection.data_received``. The replacement
+        (on this protocol instance; the loop looks the method up per datagram) skips both.
+        ``srtp_received`` is looked up on the transport per datagram: it is the seam tests
+        wrap to inject loss. STUN and DTLS still take aioice's path.
         """
         original = protocol.datagram_received
-        component = protocol.local_candidate.component if protocol.local_candidate else 1
 
         def datagram_received(data: bytes, addr: Any) -> None:
             if data and 127 < data[0] < 192:
-                connection.data_received(data, component)
+                self.srtp_received(data)
             else:
                 original(data, addr)
 
         protocol.datagram_received = datagram_received
 
     def _datagram_received(self, data: bytes, component: int) -> None:
-        """aioice's non-STUN datagram callback: SRTP is handled here, the rest queued.
-
-        The RTP branch is :meth:`receive_rtp` inlined (it runs once per received packet)."""
-        unprotect = self._unprotect
-        if unprotect is None or not data or not 127 < data[0] < 192:
+        """aioice's non-STUN datagram callback (``Connection.data_received``, replaced on this
+        instance): DTLS records go to aiortc's queue; media only comes this way before
+        :meth:`_route_media` is in place or from a protocol that is not routed."""
+        if self._unprotect is None or not data or not 127 < data[0] < 192:
             self._queue_datagram(data, component)
+            return
+        self.srtp_received(data)
+
+    def srtp_received(self, data: bytes) -> None:
+        """One SRTP or SRTCP datagram (first byte 128..191) from the client.
+
+        This is the media receive seam: the routed protocols look it up on the instance per
+        datagram, so tests may wrap it (loss injection) and see every media datagram, before
+        SRTP unprotect. :meth:`receive_rtp` is inlined here (it
+        runs once per received packet)."""
+        unprotect = self._unprotect
+        if unprotect is None:  # DTLS not up yet: aiortc's path decides
+            self._queue_datagram(data, 1)
             return
         if 192 <= data[1] <= 223:
             clear = self._unprotect_rtcp(data)  # type: ignore[misc]
@@ -725,7 +739,11 @@ class WebRtcTransport:
         if protected is None:
             stats.send_errors += 1
             return
-        self._sendto(protected, self._remote_addr)
+        try:
+            self._sendto(protected, self._remote_addr)
+        except OSError:  # EAGAIN (socket buffer full) or the socket went away: drop it
+            stats.send_errors += 1
+            return
         stats.rtp_sent += 1
         stats.rtp_bytes_sent += len(protected)
 
@@ -743,7 +761,11 @@ class WebRtcTransport:
         if protected is None:
             self.stats.send_errors += 1
             return
-        self._sendto(protected, self._remote_addr)
+        try:
+            self._sendto(protected, self._remote_addr)
+        except OSError:
+            self.stats.send_errors += 1
+            return
         self.stats.rtcp_sent += 1
 
     def _update_pair(self, pair: Any) -> bool:

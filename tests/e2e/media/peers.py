@@ -239,23 +239,23 @@ def dominant_frequency(chunks: list[np.ndarray], rate: int) -> tuple[float, floa
 
 class LossyReceive:
     """Drop a share of the SRTP (RTP, not RTCP) datagrams an SFU transport receives, *before*
-    SRTP unprotect (docs: media-plane.md §3, fix 2), by wrapping the aioice connection's
-    ``data_received`` (the transport's datagram entry point)."""
+    SRTP unprotect (docs: media-plane.md §3, fix 2), by wrapping the transport's
+    ``srtp_received`` on the instance: the media receive seam, which the transport's socket
+    callbacks look up per datagram (see :meth:`WebRtcTransport._route_media`)."""
 
     def __init__(self, transport: WebRtcTransport, rate: float, seed: int = 1) -> None:
         self.rate = rate
         self.dropped = 0
         self._random = random.Random(seed)
-        connection = transport.ice_transport._connection
-        received = connection.data_received
+        received = transport.srtp_received
 
-        def lossy(data: bytes, component: int) -> None:
-            if 127 < data[0] < 192 and not 192 <= data[1] <= 223 and self._random.random() < self.rate:
+        def lossy(data: bytes) -> None:
+            if not 192 <= data[1] <= 223 and self._random.random() < self.rate:
                 self.dropped += 1
                 return
-            received(data, component)
+            received(data)
 
-        connection.data_received = lossy
+        transport.srtp_received = lossy  # type: ignore[method-assign]
 
 
 class LossySend:
