@@ -70,8 +70,7 @@ Measurement
      window packets: the forwarding delay through the server plus the sink process's own
      scheduling (an upper bound of the server's share).
 
-4. With ``--saturate`` (``python -m salon.cli.bench_sfu`` only, until the ``salon`` parser
-   grows the option): after the window, the rate is stepped up x1.5 per step (4 s windows,
+4. With ``--saturate``: after the window, the rate is stepped up x1.5 per step (4 s windows,
    at most 120 s) until a step loses more than 0.1 % of its packets (saturation), or the
    publishers send less than 90 % of the asked rate (``limited_by_load_generator``: this
    machine, not the server, is full); then one window at half the last clean rate gives
@@ -1320,11 +1319,8 @@ def _event_loop() -> Iterator[asyncio.Runner]:
         yield runner
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m salon.cli.bench_sfu``: the same bench with every option (``salon bench sfu``
-    exposes the common ones; ``--sink-processes`` and ``--saturate`` are only here until the
-    CLI parser grows them)."""
-    parser = argparse.ArgumentParser(prog="python -m salon.cli.bench_sfu", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench's options, shared by ``salon bench sfu`` and ``python -m salon.cli.bench_sfu``."""
     parser.add_argument("--publishers", type=int, default=1)
     parser.add_argument("--subscribers", type=int, default=16, help="subscribers per publisher")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
@@ -1341,6 +1337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="after the window, step the rate up x1.5 until loss appears, then measure at half that",
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m salon.cli.bench_sfu``: the same as ``salon bench sfu``."""
+    parser = argparse.ArgumentParser(prog="python -m salon.cli.bench_sfu", description=__doc__.split("\n")[0])
+    add_arguments(parser)
     return run_sfu_bench(parser.parse_args(argv))
 
 

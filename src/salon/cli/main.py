@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from salon import __version__
+from salon.cli import bench_sfu
 from salon.errors import SalonError
 from salon.ids import decode_session_id, encode_session_id
 from salon.server.config import ServerConfig
@@ -130,11 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     sig.add_argument("--idle", type=float, default=4.0, help="seconds idle before each memory reading")
     sig.add_argument("--per-signal", action="store_true", help="also report each signal's fan-out time")
     sfu = bench_commands.add_parser("sfu", help="SFU forwarding: CPU per packet, loss, delay, memory")
-    sfu.add_argument("--publishers", type=int, default=1)
-    sfu.add_argument("--subscribers", type=int, default=16, help="subscribers per publisher")
-    sfu.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    sfu.add_argument("--rate", type=float, default=600.0, help="packets/s per publisher (5 per frame)")
-    sfu.add_argument("--workers", type=int, default=None, help="server media workers (if supported)")
+    bench_sfu.add_arguments(sfu)
     from salon.cli.bench_browser import add_bench_browser_parser
     from salon.cli.bench_client import add_bench_client_parser
     from salon.cli.demo import add_demo_parser
