@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import websockets
 
 from salon.ids import encode_session_id
+from salon.signalling.service import SignallingConfig
 from salon.tokens import generate_token
 from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
 from tests.wsclient import WsClient
@@ -221,6 +223,112 @@ async def test_a_client_that_vanishes_is_destroyed_as_network_disconnected(serve
     assert 1.5 < elapsed < 10
     await watcher.close()
     await ghost.ws.close()
+
+
+async def _raw_join(url: str, session_id: str, token: str) -> tuple[asyncio.StreamWriter, dict[str, Any]]:
+    """Connect over a bare TCP socket (handshake and one masked frame by hand); returns the
+    writer, to keep the socket open, and the ``connected`` reply. Nothing reads or answers
+    after that: the client has vanished without closing."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /signalling HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    payload = json.dumps({"type": "connect", "request_id": 1, "session_id": session_id, "token": token})
+    data, mask = payload.encode(), os.urandom(4)
+    assert len(data) < 65536
+    writer.write(
+        bytes([0x81, 0x80 | 126])
+        + len(data).to_bytes(2, "big")
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    )
+    first, length = await reader.readexactly(2)
+    assert first == 0x81, first  # one unfragmented text frame
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    reply = json.loads(await reader.readexactly(length))
+    assert reply["type"] == "connected", reply
+    return writer, reply
+
+
+async def test_a_vanished_client_is_destroyed_within_10_s_with_the_default_timings(tmp_path: Any) -> None:
+    with start_server(tmp_path) as thread:  # SignallingConfig() as `salon serve` uses it
+        server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
+        sid = server.session()
+        watcher = await WsClient.join(server.url, sid, server.token(sid))
+        writer, connected = await _raw_join(server.url, sid, server.token(sid))
+        started = time.monotonic()  # the ghost's last message was its connect
+        defaults = SignallingConfig()
+        assert (connected["heartbeat_interval"], connected["heartbeat_timeout"]) == (
+            defaults.heartbeat_interval,
+            defaults.heartbeat_timeout,
+        )
+        assert defaults.heartbeat_timeout + defaults.heartbeat_interval <= 8
+        ghost = connected["connection"]["connection_id"]
+        gone = await watcher.next("connection_destroyed", timeout=12)
+        elapsed = time.monotonic() - started
+        assert (gone["connection_id"], gone["reason"]) == (ghost, "networkDisconnected")
+        assert defaults.heartbeat_timeout - 0.5 < elapsed < 10, elapsed
+        await watcher.close()
+        writer.close()
+
+
+class _FailingOnce:
+    """A media plane whose first ``connection_left`` fails; everything else is the real one."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def connection_left(self, session_id: str, connection_id: str) -> None:
+        if self.failures == 0:
+            self.failures += 1
+            raise RuntimeError("media plane failure injected by the test")
+        await self.inner.connection_left(session_id, connection_id)
+
+
+async def test_a_failure_while_timing_out_one_connection_does_not_stop_the_heartbeat(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = server.thread.server.config.app.state.signalling
+    failing = _FailingOnce(service.media)
+    service.media = failing
+    sid = server.session()
+    watcher = await WsClient.join(server.url, sid, server.token(sid))
+    ghosts = []
+    for _ in range(2):
+        ghost = await WsClient.join(server.url, sid, server.token(sid), answer_pings=False)
+        ghost._reader.cancel()
+        ghosts.append(ghost)
+    with caplog.at_level("ERROR", logger="salon.signalling.service"):
+        gone = {(await watcher.next("connection_destroyed"))["connection_id"] for _ in ghosts}
+        assert gone == {g.connection_id for g in ghosts}
+        assert failing.failures == 1
+        # Pings and timeouts go on: a later ghost is detected too, and the watcher stays.
+        late = await WsClient.join(server.url, sid, server.token(sid), answer_pings=False)
+        late._reader.cancel()
+        assert (await watcher.next("connection_destroyed"))["connection_id"] == late.connection_id
+    assert any(
+        r.levelname == "ERROR" and r.exc_info and "timing out connection" in r.getMessage()
+        for r in caplog.records
+    ), caplog.records
+    await watcher.request({"type": "signal", "signal_type": "t", "data": "alive"})
+    assert (await watcher.next("signal"))["data"] == "alive"
+    await watcher.close()
+    for ghost in [*ghosts, late]:
+        await ghost.ws.close()
 
 
 async def test_clean_close_is_client_disconnected(server: RunningServer) -> None:

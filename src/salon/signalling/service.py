@@ -7,7 +7,9 @@ closed (:attr:`CloseCode.SLOW_CONSUMER`).
 
 Liveness: the service pings every connection every ``heartbeat_interval`` seconds; any
 message from a client counts as proof of life, and a connection silent for
-``heartbeat_timeout`` seconds is destroyed with reason ``networkDisconnected``.
+``heartbeat_timeout`` seconds is destroyed with reason ``networkDisconnected``. The check runs
+once per interval, so with the defaults (2 s, 6 s) a client that vanishes is destroyed 6 to
+8 s after its last message: within the 10 s the platform promises.
 """
 
 from __future__ import annotations
@@ -73,8 +75,14 @@ MAX_MESSAGE_SIZE = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class SignallingConfig:
+    """Signalling timings (seconds) and limits.
+
+    A silent connection is destroyed between ``heartbeat_timeout`` and ``heartbeat_timeout +
+    heartbeat_interval`` after its last message (8 s at most with the defaults).
+    """
+
     heartbeat_interval: float = 2.0
-    heartbeat_timeout: float = 8.0
+    heartbeat_timeout: float = 6.0
     connect_timeout: float = 10.0
     outbox_size: int = 1024
 
@@ -212,13 +220,21 @@ class SignallingService:
             ping = PingMessage(timestamp=time.time()).model_dump_json()
             for session in list(self.sessions.values()):
                 for connection_id in session.expired(now, self.config.heartbeat_timeout):
-                    logger.info("%r: connection %s timed out", session, connection_id)
-                    link = self.links.get(connection_id)
-                    if link is not None:
-                        link.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
-                    await self.leave(session, connection_id, DisconnectReason.NETWORK_DISCONNECTED)
+                    # One failure (e.g. in the media plane) must not stop the pings and
+                    # timeouts of every other connection: log it and go on.
+                    try:
+                        await self._timed_out(session, connection_id)
+                    except Exception:
+                        logger.exception("%r: timing out connection %s failed", session, connection_id)
             for link in list(self.links.values()):
                 link.send_text(ping)
+
+    async def _timed_out(self, session: Session, connection_id: str) -> None:
+        logger.info("%r: connection %s timed out", session, connection_id)
+        link = self.links.get(connection_id)
+        if link is not None:
+            link.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        await self.leave(session, connection_id, DisconnectReason.NETWORK_DISCONNECTED)
 
     # -- actions -----------------------------------------------------------------------
 
