@@ -19,6 +19,7 @@ def auth_header(key: str = API_KEY, secret: str = API_SECRET, **claims: object) 
     now = int(time.time())
     payload: dict[str, object] = {"iss": key, "ist": "project", "iat": now, "exp": now + 180, "jti": "0.5"}
     payload.update(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}  # None: leave the claim out
     return {"X-OPENTOK-AUTH": jwt.encode(payload, secret, algorithm="HS256")}
 
 
@@ -234,8 +235,22 @@ def test_sdk_with_a_wrong_secret_gets_auth_errors(server: RunningServer) -> None
         auth_header(ist="account"),
         auth_header(key="99999999"),
         auth_header(exp=int(time.time()) + 3600),
+        auth_header(jti=None),
+        auth_header(iat=None),
+        auth_header(ist=None),
     ],
-    ids=["missing", "garbage", "expired", "wrong-secret", "wrong-ist", "unknown-project", "too-long-lived"],
+    ids=[
+        "missing",
+        "garbage",
+        "expired",
+        "wrong-secret",
+        "wrong-ist",
+        "unknown-project",
+        "too-long-lived",
+        "no-jti",
+        "no-iat",
+        "no-ist",
+    ],
 )
 def test_bad_or_missing_jwts_get_403_with_a_message(server: RunningServer, headers: dict[str, str]) -> None:
     sid = server.session()
@@ -247,6 +262,17 @@ def test_bad_or_missing_jwts_get_403_with_a_message(server: RunningServer, heade
         r = httpx.request(method, server.url + path, headers=headers)
         assert r.status_code == 403, (path, r.text)
         assert r.json()["message"]
+
+
+def test_the_sdk_sends_every_claim_salon_requires(server: RunningServer) -> None:
+    header = server.sdk.get_headers()["X-OPENTOK-AUTH"]
+    claims = jwt.decode(header, API_SECRET, algorithms=["HS256"])
+    assert {"iss", "ist", "iat", "exp", "jti"} <= set(claims)
+    assert isinstance(claims["jti"], str)
+    r = httpx.get(
+        f"{server.url}/v2/project/{API_KEY}/session/{server.session()}/stream", headers=auth_header(jti=None)
+    )
+    assert r.status_code == 403 and "jti" in r.json()["message"]
 
 
 def test_a_jwt_of_one_project_cannot_act_on_another(server: RunningServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import warnings
 from unittest import mock
 
 import opentok
@@ -208,3 +209,103 @@ def test_reference_session_id_decodes() -> None:
 def test_invalid_session_ids_are_refused(bad: str) -> None:
     with pytest.raises(InvalidRequestError):
         decode_session_id(bad)
+
+
+# -- refusals on the verify side, for tokens the SDK would never mint ---------------------
+
+
+def _jwt(secret: str = SECRET, algorithm: str = "HS256", **overrides: object) -> str:
+    import jwt
+
+    claims: dict[str, object] = {
+        "session_id": SID,
+        "role": "publisher",
+        "iat": NOW,
+        "exp": NOW + 3600,
+        "scope": "session.connect",
+        "iss": KEY,
+        "ist": "project",
+        "nonce": 1,
+    }
+    claims.update(overrides)
+    with warnings.catch_warnings():  # a 40-byte secret is "short" for HS384/HS512
+        warnings.simplefilter("ignore")
+        return jwt.encode({k: v for k, v in claims.items() if v is not None}, secret, algorithm=algorithm)
+
+
+def _t1(**overrides: object) -> str:
+    import hashlib
+    import hmac
+    import urllib.parse
+
+    params: dict[str, object] = {
+        "session_id": SID,
+        "create_time": NOW,
+        "expire_time": NOW + 3600,
+        "role": "publisher",
+        "nonce": 1,
+        "initial_layout_class_list": "",
+    }
+    params.update(overrides)
+    payload = urllib.parse.urlencode(params)
+    sig = hmac.new(SECRET.encode(), payload.encode(), hashlib.sha1).hexdigest()
+    return "T1==" + base64.b64encode(f"partner_id={KEY}&sig={sig}:{payload}".encode()).decode()
+
+
+@pytest.mark.parametrize("make", [_jwt, _t1], ids=["jwt", "t1"])
+def test_a_well_formed_token_of_each_kind_verifies(make: object) -> None:
+    assert callable(make)
+    assert verify_token(make(), secrets, session_id=SID, now=NOW).role is Role.PUBLISHER
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        (_jwt(exp=NOW + 30 * 86400 + 301), "more than 30 days"),
+        (_t1(expire_time=NOW + 30 * 86400 + 301), "more than 30 days"),
+        (_jwt(connection_data="x" * 1001), "over 1000 characters"),
+        (_t1(connection_data="x" * 1001), "over 1000 characters"),
+        (_jwt(role="admin"), "unknown role"),
+        (_t1(role="admin"), "unknown role"),
+        (_jwt(algorithm="HS512"), "HS256"),
+        (_jwt(algorithm="HS384"), "HS256"),
+        (_jwt(ist="account"), "session.connect token of a project"),
+        (_jwt(ist=None), "session.connect token of a project"),
+        (_jwt(scope="session.moderate"), "session.connect token of a project"),
+        (_jwt(scope=None), "session.connect token of a project"),
+    ],
+    ids=[
+        "jwt-expiry-over-30-days",
+        "t1-expiry-over-30-days",
+        "jwt-data-over-1000",
+        "t1-data-over-1000",
+        "jwt-unknown-role",
+        "t1-unknown-role",
+        "jwt-hs512",
+        "jwt-hs384",
+        "jwt-wrong-ist",
+        "jwt-no-ist",
+        "jwt-wrong-scope",
+        "jwt-no-scope",
+    ],
+)
+def test_tokens_the_sdk_would_not_mint_are_refused(token: str, message: str) -> None:
+    with pytest.raises(TokenError) as info:
+        verify_token(token, secrets, session_id=SID, now=NOW)
+    assert info.value.code == "invalid_token"
+    assert message in info.value.message
+
+
+def test_the_limits_themselves_are_accepted() -> None:
+    claims = verify_token(
+        _jwt(exp=NOW + 30 * 86400 + 300, connection_data="x" * 1000), secrets, session_id=SID, now=NOW
+    )
+    assert len(claims.connection_data) == 1000
+
+
+def test_an_unsigned_jwt_is_refused() -> None:
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    payload = _jwt().split(".")[1]
+    with pytest.raises(TokenError) as info:
+        verify_token(f"{header}.{payload}.", secrets, session_id=SID, now=NOW)
+    assert "HS256" in info.value.message

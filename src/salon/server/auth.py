@@ -1,7 +1,9 @@
 """REST authentication: the ``X-OPENTOK-AUTH`` JWT the OpenTok server SDKs send.
 
 HS256, signed with the project's API secret; claims ``iss`` (the API key), ``ist="project"``,
-``iat``, ``exp`` and ``jti``. Every failure is a 403 (the SDK maps only 403 to ``AuthError``).
+``iat``, ``exp`` and ``jti``, all required (the ``opentok`` SDK sends every one; ``jti`` is a
+string and is not checked for replays). Every failure is a 403 (the SDK maps only 403 to
+``AuthError``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ async def authenticate(registry: Registry, header: str | None, api_key: str | No
             project.api_secret,
             algorithms=["HS256"],
             leeway=LEEWAY,
-            options={"require": ["iss", "exp", "iat"]},
+            options={"require": ["iss", "exp", "iat", "jti"]},
         )
     except jwt.ExpiredSignatureError as exc:
         raise AuthenticationError("the JWT has expired") from exc
