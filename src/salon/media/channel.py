@@ -322,6 +322,10 @@ class WorkerDump(_Message):
     """CPU seconds used by the worker process (``time.process_time()``)."""
     rss: int
     """Resident set size of the worker process, in bytes."""
+    tasks: int = 0
+    """asyncio tasks alive in the worker (its own request and channel tasks included)."""
+    udp_sockets: int = 0
+    """UDP sockets open in the worker process (one per ICE host candidate of each transport)."""
     router_dumps: dict[str, dict[str, Any]] = {}
 
 

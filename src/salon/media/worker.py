@@ -351,6 +351,8 @@ class Worker:
             consumers=sum(len(t.consumers) for t in transports),
             cpu_time=time.process_time(),
             rss=_rss(),
+            tasks=len(asyncio.all_tasks()),
+            udp_sockets=_udp_sockets(),
             router_dumps={r.id: r.dump() for r in hosted} if routers else {},
         )
 
@@ -388,6 +390,27 @@ def _rss() -> int:
         return pages * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _udp_sockets() -> int:
+    """How many UDP sockets this process has open (``/proc``; 0 where there is none)."""
+    try:
+        inodes: set[str] = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        count = 0
+        for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+            with open(table) as lines:
+                next(lines)
+                count += sum(1 for line in lines if line.split()[9] in inodes)
+        return count
+    except OSError:
+        return 0
 
 
 async def serve(fd: int) -> None:

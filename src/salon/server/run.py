@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -13,6 +15,8 @@ from salon.server.app import create_app
 from salon.server.config import ServerConfig
 
 __all__ = ["Server", "ServerThread", "run_server"]
+
+_T = TypeVar("_T")
 
 #: WebSocket frames larger than this close the socket (1009); requests over 64 KiB get an error.
 WS_MAX_SIZE = 1024 * 1024
@@ -84,9 +88,23 @@ class ServerThread:
     ) -> None:
         self.server = Server(uvicorn_config(config, log_level=log_level, announce=announce))
         self._thread = threading.Thread(target=self._run, name="salon-server", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve())
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.server.serve()
+
+    def run_coroutine(self, coroutine: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+        """Run ``coroutine`` on the server's own event loop (thread-safe); ``await
+        asyncio.wrap_future(...)`` the result from another loop. For tests that inspect the
+        server's state, e.g. its media workers' counters."""
+        if self._loop is None:
+            coroutine.close()
+            raise RuntimeError("the server is not running")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     @property
     def url(self) -> str:

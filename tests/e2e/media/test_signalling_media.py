@@ -1,10 +1,11 @@
 """Media through signalling: real aiortc clients negotiate over the signalling WebSocket with the
-real server (media on, in-process routers, 127.0.0.1 only).
+real server (media on, its router in a media worker process, 127.0.0.1 only).
 
 The publisher sends its sendonly offer in ``publish``; the others hear ``stream_created`` only
 once its media flows; a subscriber sends its recvonly offer in ``subscribe`` and decodes frames
 numbered in their pixels plus a 440 Hz tone. Unpublishing destroys the stream for the
-subscriber and releases every transport of the session; the router goes with the session.
+subscriber and releases every transport of the session in the worker; the router goes with
+the session. (Pause, unsubscribe and disconnect checked in the worker: test_media_lifecycle.py.)
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import pytest
 from peers import Publisher, Subscriber, dominant_frequency, wait_for
+from sfu_state import eventually_counts, plane_of, worker_dump
 
-from salon.media.plane import SfuMediaPlane
 from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
 from tests.wsclient import WsClient
 
@@ -30,12 +31,6 @@ def media_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
     # A generous heartbeat: the clients encode and decode video on the test's own loop.
     with start_server(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=15.0) as thread:
         yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
-
-
-def plane_of(server: RunningServer) -> SfuMediaPlane:
-    plane = server.thread.server.config.app.state.media
-    assert isinstance(plane, SfuMediaPlane)
-    return plane
 
 
 async def eventually(predicate: Any, what: str, timeout: float = 5.0) -> None:
@@ -101,8 +96,9 @@ async def test_publish_and_subscribe_with_media_over_signalling(media_server: Ru
         destroyed = await bob.next("stream_destroyed")
         assert destroyed["stream_id"] == stream_id and destroyed["reason"] == "unpublished"
         media = plane.sessions[sid]
-        await eventually(lambda: not media.router.transports, "the session's transports to close")
+        await eventually_counts(server, 0, 0, 0, "the session's transports to close in the worker")
         assert not media.publications and not media.subscriptions and not media.router.streams
+        assert not media.router.transports
     finally:
         await asyncio.gather(pub.close(), sub.close())
         await alice.close()
@@ -130,6 +126,7 @@ async def test_bad_media_requests_get_errors_and_change_nothing(media_server: Ru
         assert server.sdk.list_streams(sid).count == 0
         media = plane.sessions.get(sid)
         assert media is None or not (media.router.transports or media.publications)
+        assert (await worker_dump(server)).transports == 0
 
         # The connection is still healthy: a signalling-only stream is announced at once.
         reply = await alice.request({"type": "publish"})

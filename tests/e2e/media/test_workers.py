@@ -21,9 +21,9 @@ from collections.abc import Iterator
 
 import pytest
 from peers import Publisher, Subscriber, wait_for
+from sfu_state import plane_of
 
 from salon.media.errors import MediaStateError
-from salon.media.plane import SfuMediaPlane
 from salon.media.workers import WorkerPool
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
@@ -51,12 +51,6 @@ def two_worker_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
     )
     with ServerThread(config) as thread:
         yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
-
-
-def plane_of(server: RunningServer) -> SfuMediaPlane:
-    plane = server.thread.server.config.app.state.media
-    assert isinstance(plane, SfuMediaPlane)
-    return plane
 
 
 async def test_a_worker_hosts_routers_reports_counters_and_leaves_no_process() -> None:
