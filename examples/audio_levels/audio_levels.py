@@ -10,28 +10,31 @@ import sys
 
 from salon.client import AudioFrame, Session, StreamDropped, StreamReceived, Subscriber
 
-levels: dict[str, float] = {}
+#: Stream ID → (the stream's name, its peak level in dBFS). Keyed by ID: names may repeat.
+levels: dict[str, tuple[str, float]] = {}
 
 
 async def main(url: str, session_id: str, token: str) -> None:
+    # ice_addresses=["127.0.0.1"]: the server runs on this machine (see the README).
     async with Session(session_id, token, url, ice_addresses=["127.0.0.1"]) as session:
 
         async def listen(event: StreamReceived) -> None:
-            name = event.stream.name or event.stream.stream_id[:8]
+            stream_id, name = event.stream.stream_id, event.stream.name or "(no name)"
+            levels[stream_id] = (name, -math.inf)
 
             def on_audio(frame: AudioFrame) -> None:
-                previous = levels.get(name, -100.0)
-                levels[name] = max(frame.level, previous - 1.5)  # a peak meter with decay
+                previous = levels.get(stream_id, (name, -100.0))[1]
+                levels[stream_id] = (name, max(frame.level, previous - 1.5))  # a peak meter with decay
 
             await session.subscribe(Subscriber(event.stream, on_audio_frame=on_audio, video=False))
 
+        # Registered after connecting: called at once for the streams already in the session.
         session.on(StreamReceived, listen)
-        session.on(
-            StreamDropped, lambda event: levels.pop(event.stream.name or event.stream.stream_id[:8], None)
-        )
+        session.on(StreamDropped, lambda event: levels.pop(event.stream.stream_id, None))
         while True:
             await asyncio.sleep(0.5)
-            print("  ".join(f"{name}: {_bar(level)}" for name, level in sorted(levels.items())) or "(nobody)")
+            meters = [f"{name} ({sid[:8]}): {_bar(level)}" for sid, (name, level) in sorted(levels.items())]
+            print("  ".join(meters) or "(nobody)", flush=True)
 
 
 def _bar(dbfs: float) -> str:

@@ -30,6 +30,7 @@ def draw(t: float) -> np.ndarray:
 async def main(url: str, session_id: str, token: str) -> None:
     video = CustomVideoSource(width=WIDTH, height=HEIGHT, frame_rate=FPS)
     audio = CustomAudioSource(sample_rate=48000)
+    # ice_addresses=["127.0.0.1"]: the server runs on this machine (see the README).
     async with Session(session_id, token, url, ice_addresses=["127.0.0.1"]) as session:
         stream = await session.publish(Publisher("numpy", video_source=video, audio_source=audio))
         print(f"publishing {stream.stream_id}; Ctrl-C to stop")

@@ -13,6 +13,7 @@ from salon.client import Session, StreamDropped, StreamReceived, Subscriber
 
 async def main(url: str, session_id: str, token: str, out: pathlib.Path) -> None:
     recorders: dict[str, StreamRecorder] = {}
+    # ice_addresses=["127.0.0.1"]: the server runs on this machine (see the README).
     session = Session(session_id, token, url, ice_addresses=["127.0.0.1"])
 
     async def record(event: StreamReceived) -> None:

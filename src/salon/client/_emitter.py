@@ -106,15 +106,19 @@ class Emitter(Generic[E]):
         logger.debug("%r: %r", self._owner, event)
         for cls in type(event).__mro__:
             for handler in list(self._handlers.get(cls, ())):
-                try:
-                    result = handler(event)
-                except Exception:
-                    logger.exception("%r: %s handler %r failed", self._owner, type(event).__name__, handler)
-                    continue
-                if inspect.isawaitable(result):
-                    self._spawn(result, handler)
+                self.deliver(handler, event)
         for queue in self._queues:
             queue.put(event)
+
+    def deliver(self, handler: Callable[[E], object], event: E) -> None:
+        """Call one handler with one event (a coroutine handler runs as an owned task)."""
+        try:
+            result = handler(event)
+        except Exception:
+            logger.exception("%r: %s handler %r failed", self._owner, type(event).__name__, handler)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(result, handler)
 
     def _spawn(self, awaitable: Awaitable[object], handler: object) -> None:
         async def run() -> None:

@@ -24,6 +24,18 @@ while the link is down. Attempts back off exponentially (0.25 s doubling to 4 s)
 session at once.
 
 Events are dispatched in the order the server sent them; see :mod:`salon.client.events`.
+
+Streams already in the session: a handler or iterator never misses them, whenever it is set
+up. Set up before :meth:`Session.connect`, it sees them as ``connect()`` emits them; set up
+later (the natural ``async with Session(...) as session: session.on(StreamReceived, ...)``),
+it is first given, at once, a :class:`ConnectionCreated` for every connection and a
+:class:`StreamReceived` for every stream the session holds at that moment, then the events
+that follow. Either way each handler sees each stream exactly once, before its
+:class:`StreamDropped`.
+
+After a reconnection the server may still list this client's previous connection and its
+stream (it has not yet noticed the old link died): those are never reported as another
+client's, so auto-subscribing code does not subscribe to itself.
 Many sessions, publishers and subscribers can live in one process and one event loop: there
 is no global state (see :func:`~salon.client._media.restrict_ice_addresses` for loopback ICE).
 """
@@ -141,6 +153,16 @@ class Session:
 
     Use as an async context manager (``async with Session(...) as session:``), which connects
     and disconnects, or call :meth:`connect` / :meth:`disconnect`.
+
+    Existing streams: :meth:`on` and :meth:`events` work before and after :meth:`connect`.
+    A handler (or iterator) added while connected first receives a :class:`ConnectionCreated`
+    per connection and a :class:`StreamReceived` per stream already in the session, so code
+    that subscribes to every stream is correct wherever it registers::
+
+        async with Session(session_id, token, url) as session:
+            session.on(StreamReceived, subscribe_to_it)   # existing streams included
+
+    :class:`Connected` is not replayed (see :attr:`connection`).
     """
 
     def __init__(
@@ -170,6 +192,10 @@ class Session:
         self._role = ""
         self._connections: dict[str, Connection] = {}
         self._streams: dict[str, Stream] = {}
+        #: Streams found on reconnection and not yet announced (StreamReceived pending).
+        self._pending_streams: dict[str, Stream] = {}
+        #: This client's connection IDs before reconnections (their streams are its own).
+        self._old_connection_ids: set[str] = set()
         self._publishers: list[Publisher] = []
         self._subscribers: list[Subscriber] = []
         self._emitter: Emitter[Event] = Emitter(self)
@@ -234,19 +260,43 @@ class Session:
     def on(self, event_type: type[EventT], handler: Callable[[EventT], object]) -> Callable[[], None]:
         """Call ``handler`` for every event of ``event_type`` (or a subclass; ``Event`` for
         all). ``handler`` may be a coroutine function: it then runs as a task. Returns a
-        function that removes the handler."""
-        return self._emitter.on(event_type, handler)  # type: ignore[arg-type]
+        function that removes the handler.
+
+        While the session is connected (or reconnecting), ``handler`` is first called at
+        once, before this returns, for the session's current state: a
+        :class:`ConnectionCreated` per connection and a :class:`StreamReceived` per stream
+        already there (those of its types ``event_type`` matches).
+        """
+        remove = self._emitter.on(event_type, handler)  # type: ignore[arg-type]
+        for event in self._current_state_events():
+            if isinstance(event, event_type):
+                self._emitter.deliver(handler, event)  # type: ignore[arg-type]
+        return remove
 
     def events(self, maxsize: int = 1000) -> LatestQueue[Event]:
-        """An async iterator over the events from now on; it ends after :class:`Disconnected`.
+        """An async iterator over the session's events; it ends after :class:`Disconnected`.
         Keeps up to ``maxsize`` unread events (then drops the oldest).
 
-        Call it before :meth:`connect` to see the connect-time events too.
+        Made before :meth:`connect`, it starts with the connect-time events
+        (:class:`Connected`, then the connections and streams already there). Made while
+        connected, it starts with a :class:`ConnectionCreated` per connection and a
+        :class:`StreamReceived` per stream already in the session, then what follows.
         """
         queue = self._emitter.iterator(maxsize)
         if self._state is SessionState.DISCONNECTED:
             queue.end()
+        for event in self._current_state_events():
+            queue.put(event)
         return queue
+
+    def _current_state_events(self) -> list[Event]:
+        """The events that describe the session as it is (given to late handlers)."""
+        if self._state not in (SessionState.CONNECTED, SessionState.RECONNECTING):
+            return []
+        return [
+            *(ConnectionCreated(c) for c in self._connections.values()),
+            *(StreamReceived(s) for s in self._streams.values()),
+        ]
 
     def _emit(self, event: Event) -> None:
         self._emitter.emit(event)
@@ -348,7 +398,7 @@ class Session:
         link = self._require_connected(action)
         return await link.request(message, action=action)
 
-    async def signal(self, type: str = "", data: str = "", *, to: Connection | str | None = None) -> None:
+    async def signal(self, type: str = "", data: str = "", to: Connection | str | None = None) -> None:
         """Send a signal to every connection (this one included) or to one.
 
         :raises InvalidRequest: ``type`` over 128 or ``data`` over 8192 characters.
@@ -403,6 +453,9 @@ class Session:
         the stream (:class:`StreamReceived`) once its media flows.
 
         :raises PermissionDenied: the token's role cannot publish.
+        :raises SourceError: a source cannot start (a media file without the kind of track
+            asked for; :class:`DeviceNotFound`: a camera that cannot be opened). Nothing was
+            published. A source failing later is reported as an :class:`Error` event.
         :raises MediaError: local media could not be set up.
         :raises InvalidStateError: not connected, or the publisher is already published.
         """
@@ -510,20 +563,25 @@ class Session:
         match message:
             case ConnectionCreatedEvent(connection=info):
                 connection = Connection._from_wire(info)
-                self._connections[connection.connection_id] = connection
-                self._emit(ConnectionCreated(connection))
+                if self._is_foreign(connection.connection_id):
+                    self._connections[connection.connection_id] = connection
+                    self._emit(ConnectionCreated(connection))
             case ConnectionDestroyedEvent(connection_id=cid, reason=reason):
                 gone = self._connections.pop(cid, None)
                 if gone is not None:
                     self._emit(ConnectionDropped(gone, reason))
             case StreamCreatedEvent(stream=info):
                 stream = Stream._from_wire(info)
-                if stream.connection_id != self.connection_id:
+                if self._is_foreign(stream.connection_id):
                     self._streams[stream.stream_id] = stream
                     self._emit(StreamReceived(stream))
             case StreamDestroyedEvent(stream_id=sid, reason=reason):
                 self._stream_destroyed(sid, reason)
             case StreamPropertyChangedEvent():
+                pending = self._pending_streams.get(message.stream_id)
+                if pending is not None:  # not announced yet: announced with the new value
+                    new = pending._with_property(message.property, message.new_value)
+                    self._pending_streams[new.stream_id] = new
                 old = self._streams.get(message.stream_id)
                 if old is not None:
                     new = old._with_property(message.property, message.new_value)
@@ -560,7 +618,13 @@ class Session:
         """A message newer than this SDK's schema (a newer server): ignored."""
         logger.debug("%r: ignored a message of unknown type %r", self, raw.get("type"))
 
+    def _is_foreign(self, connection_id: str) -> bool:
+        """Whether ``connection_id`` is another client's (not this one's, now or before a
+        reconnection)."""
+        return connection_id != self.connection_id and connection_id not in self._old_connection_ids
+
     def _stream_destroyed(self, stream_id: str, reason: StreamReason) -> None:
+        self._pending_streams.pop(stream_id, None)  # never announced: nothing to report
         stream = self._streams.pop(stream_id, None)
         publisher = next((p for p in self._publishers if p.stream_id == stream_id), None)
         if publisher is not None:
@@ -610,6 +674,8 @@ class Session:
 
     async def _reconnect_steps(self, detail: str) -> None:
         self._emit(Reconnecting(f"connection lost ({detail})"))
+        if self.connection_id is not None:
+            self._old_connection_ids.add(self.connection_id)
         old_link, self._link = self._link, None
         if old_link is not None:
             await old_link.close()
@@ -644,7 +710,13 @@ class Session:
     async def _restore(self, connected: ConnectedMessage, attempts: int) -> None:
         """Reconcile the session with the server's view, then re-publish and re-subscribe."""
         connection = self._own(connected)
-        now = {c.connection_id: Connection._from_wire(c) for c in connected.connections}
+        # The server may not have noticed yet that our previous link died: its connection and
+        # stream are still listed, and are ours, not another client's.
+        now = {
+            c.connection_id: Connection._from_wire(c)
+            for c in connected.connections
+            if self._is_foreign(c.connection_id)
+        }
         for cid in list(self._connections):
             if cid not in now:
                 self._emit(
@@ -652,11 +724,15 @@ class Session:
                 )
         fresh_connections = [c for cid, c in now.items() if cid not in self._connections]
         self._connections = now
-        streams = {s.stream_id: Stream._from_wire(s) for s in connected.streams}
+        streams = {
+            s.stream_id: Stream._from_wire(s) for s in connected.streams if self._is_foreign(s.connection_id)
+        }
         for sid in [sid for sid in self._streams if sid not in streams]:
             self._stream_destroyed(sid, StreamReason.NETWORK_DISCONNECTED)
-        fresh_streams = [s for sid, s in streams.items() if sid not in self._streams]
-        self._streams = streams
+        # Streams new to this client are announced (and listed in .streams) after the
+        # re-publishing below; until then they wait here, tracking drops and property changes.
+        self._pending_streams = {sid: s for sid, s in streams.items() if sid not in self._streams}
+        self._streams = {sid: s for sid, s in streams.items() if sid in self._streams}
 
         async def republish(publisher: Publisher) -> None:
             try:
@@ -682,5 +758,7 @@ class Session:
         self._emit(Reconnected(connection, attempts))
         for new_connection in fresh_connections:
             self._emit(ConnectionCreated(new_connection))
-        for stream in fresh_streams:
+        fresh_streams, self._pending_streams = self._pending_streams, {}
+        for stream in fresh_streams.values():
+            self._streams[stream.stream_id] = stream
             self._emit(StreamReceived(stream))
