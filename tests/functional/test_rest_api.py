@@ -70,6 +70,47 @@ def test_session_create_refuses_bad_options(server: RunningServer, body: str) ->
     assert r.status_code == 400 and r.json()["message"]
 
 
+def test_session_create_takes_a_json_object_body(server: RunningServer) -> None:
+    body = {"media_mode": "relayed", "archiveMode": "always", "location": "10.1.2.3", "e2ee": True}
+    r = httpx.post(server.url + "/session/create", json=body, headers=auth_header())
+    assert r.status_code == 200, r.text
+    created = r.json()[0]
+    assert (created["media_mode"], created["archive_mode"], created["location"], created["e2ee"]) == (
+        "relayed",
+        "always",
+        "10.1.2.3",
+        True,
+    )
+    assert decode_session_id(created["session_id"]).location == "10.1.2.3"
+
+
+@pytest.mark.parametrize(
+    "body", ['{"media_mode": ', "{not json}", '["media_mode", "relayed"]', '{"location": "x"}']
+)
+def test_session_create_refuses_broken_json_with_400(server: RunningServer, body: str) -> None:
+    headers = {**auth_header(), "Content-Type": "application/json"}
+    r = httpx.post(server.url + "/session/create", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/json") and r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PUT", "/stream"), ("POST", "/mute"), ("POST", "/signal"), ("POST", "/stream/x/mute")],
+)
+def test_auth_is_checked_before_the_body(server: RunningServer, method: str, path: str) -> None:
+    sid = server.session()
+    url = f"{server.url}/v2/project/{API_KEY}/session/{sid}{path}"
+    broken = {"Content-Type": "application/json"}
+    for headers in ({}, auth_header(secret="e" * 40), auth_header(key="99999999")):
+        r = httpx.request(method, url, content="{broken", headers={**broken, **headers})
+        assert r.status_code == 403, (headers, r.text)
+        assert r.json()["message"]
+    if path != "/stream/x/mute":  # it takes no body
+        r = httpx.request(method, url, content="{broken", headers={**broken, **auth_header()})
+        assert r.status_code == 400 and r.json()["message"], r.text
+
+
 def test_sdk_tokens_of_both_formats_connect(server: RunningServer) -> None:
     async def run() -> None:
         sid = server.session()

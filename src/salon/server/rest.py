@@ -12,10 +12,12 @@ import ipaddress
 import json
 import time
 import urllib.parse
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from salon.errors import InvalidRequestError, NotFoundError
@@ -28,7 +30,30 @@ from salon.store.registry import Registry
 
 __all__ = ["router"]
 
-router = APIRouter()
+
+class AuthFirstRoute(APIRoute):
+    """Authenticates a ``/v2/project/{apiKey}/…`` request before FastAPI reads its body.
+
+    FastAPI decodes a JSON body before it resolves any dependency, so a request with both a
+    bad JWT and broken JSON would get 400; the API promises 403 (docs/rest-api.md §2). The
+    project found is kept in ``request.state`` for :func:`project_auth`.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            api_key = request.path_params.get("apiKey")
+            if api_key is not None:
+                request.state.project = await authenticate(
+                    request.app.state.registry, request.headers.get("x-opentok-auth"), str(api_key)
+                )
+            return await handler(request)
+
+        return authenticated
+
+
+router = APIRouter(route_class=AuthFirstRoute)
 
 
 class ErrorBody(BaseModel):
@@ -109,9 +134,13 @@ def signalling(request: Request) -> SignallingService:
 
 async def project_auth(
     apiKey: str,
+    request: Request,
     reg: Annotated[Registry, Depends(registry)],
     x_opentok_auth: Annotated[str | None, Header(description="HS256 JWT signed with the API secret")] = None,
 ) -> Project:
+    project: Project | None = getattr(request.state, "project", None)
+    if project is not None:  # authenticated by AuthFirstRoute, before the body was read
+        return project
     return await authenticate(reg, x_opentok_auth, apiKey)
 
 
@@ -162,7 +191,7 @@ async def _session_options(request: Request) -> dict[str, str]:
     if not body:
         return {}
     # vonage-video sends form bodies with Content-Type: application/json; decide by content.
-    if body.startswith("{"):
+    if body.startswith(("{", "[")):
         try:
             data = json.loads(body)
         except ValueError as exc:
