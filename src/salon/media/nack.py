@@ -11,6 +11,9 @@ number and:
   reports ``key_frame_needed``: a decoder cannot get past the hole without a key frame;
 * drops a packet from the list when it arrives late (reordered or retransmitted), counting it
   as recovered;
+* takes packets someone else found missing (:meth:`request`: a subscriber NACKed a packet the
+  retransmission cache does not hold) onto the same list, so they get the same retries and
+  give-up as a detected gap; a packet already given up is not chased again;
 * treats a jump of more than ``max_jump`` sequence numbers as a stream restart (RFC 3550
   Appendix A.1: accepted when the next packet confirms it, so one stray packet does not reset
   anything): the list is cleared and a key frame is needed. The same happens if more than
@@ -26,6 +29,7 @@ Sans-I/O: ``now`` is passed in (seconds, monotonic); the caller builds and sends
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = ["NackGenerator", "NackPoll"]
@@ -70,6 +74,7 @@ class NackGenerator:
 
     __slots__ = (
         "_bad_seq",
+        "_given_up_recent",
         "_key_frame_at",
         "_max_age",
         "_max_ext",
@@ -109,6 +114,9 @@ class NackGenerator:
         self._key_frame_at: float | None = None
         # Extended sequence number -> state; insertion order is ascending sequence order.
         self._missing: dict[int, _Missing] = {}
+        # Extended sequence numbers given up within the last max_jump packets: a late request
+        # for one of them (a subscriber still NACKing the hole) does not start a new chase.
+        self._given_up_recent: set[int] = set()
         self.nacked = 0
         """Packets found missing (each counted once)."""
         self.recovered = 0
@@ -197,11 +205,44 @@ class NackGenerator:
             for ext in expired:
                 del self._missing[ext]
             self.given_up += len(expired)
+            self._remember_given_up(expired)
             key_frame = True
         self.requests += len(due)
         if not due and not key_frame:
             return _NOTHING
         return NackPoll(tuple(due), key_frame)
+
+    def request(self, seqs: Iterable[int], now: float) -> list[int]:
+        """Chase packets found missing elsewhere (a subscriber NACK that missed the cache).
+
+        Each sequence number at or behind the highest one received (by less than ``max_jump``)
+        that is not already missing nor already given up joins the missing list as if just
+        NACKed: it is re-NACKed by :meth:`poll` every ``retry_interval`` and given up (with
+        ``key_frame_needed``) like a detected gap. Returns the newly added sequence numbers,
+        to NACK right away (oldest first); the others are already on the schedule or hopeless.
+        """
+        if not self._started:
+            return []
+        added: list[int] = []
+        for seq in seqs:
+            diff = (((seq & 0xFFFF) - self._max_seq + 0x8000) & 0xFFFF) - 0x8000
+            if diff > 0 or diff <= -self._max_jump:
+                continue
+            ext = self._max_ext + diff
+            if ext in self._missing or ext in self._given_up_recent:
+                continue
+            if len(self._missing) >= self._max_missing:
+                break
+            self._missing[ext] = _Missing(now)
+            added.append(ext)
+        if not added:
+            return []
+        # Keep the list in ascending sequence order (poll and ``missing`` rely on it).
+        self._missing = dict(sorted(self._missing.items()))
+        added.sort()
+        self.nacked += len(added)
+        self.requests += len(added)
+        return [ext & 0xFFFF for ext in added]
 
     def next_deadline(self) -> float | None:
         """When :meth:`poll` next has something to do, or None if nothing is missing."""
@@ -216,7 +257,15 @@ class NackGenerator:
         """Forget everything (the next packet starts the stream anew); counters are kept."""
         self._started = False
         self._missing.clear()
+        self._given_up_recent.clear()
         self._key_frame_at = None
+
+    def _remember_given_up(self, exts: list[int]) -> None:
+        recent = self._given_up_recent
+        recent.update(exts)
+        if len(recent) > 256:  # requests reach back max_jump packets at most: forget older ones
+            floor = self._max_ext - self._max_jump
+            self._given_up_recent = {ext for ext in recent if ext > floor}
 
     def _restart(self, seq: int) -> None:
         self._started = True
@@ -225,3 +274,4 @@ class NackGenerator:
         self._bad_seq = -1
         self.given_up += len(self._missing)
         self._missing.clear()
+        self._given_up_recent.clear()

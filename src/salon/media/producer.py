@@ -6,7 +6,8 @@ extension / payload type). Per packet, synchronously, it:
 
 1. unwraps RTX retransmissions (RFC 4588) back into the original packet;
 2. feeds the :class:`~salon.media.nack.NackGenerator` (an upstream NACK goes out at once for a
-   new gap; retries and the give-up-then-PLI are driven by the transport timer);
+   new gap, or for a packet a subscriber NACKed that the cache no longer holds; retries and
+   the give-up-then-PLI are driven by the transport timer);
 3. stores the packet in its :class:`~salon.media.retransmission.RetransmissionBuffer` so that
    subscriber NACKs are answered locally;
 4. detects key frames (VP8 / H.264 start-of-key-frame) and reads the audio level (RFC 6464);
@@ -112,7 +113,7 @@ class ProducerStats:
     """RTCP NACK packets sent upstream (gap detection, retries, consumer cache misses)."""
     nacked_sequence_numbers: int = 0
     upstream_nacks: int = 0
-    """Consumer cache misses turned into an upstream NACK."""
+    """Consumer cache misses turned into an upstream NACK (then retried like a detected gap)."""
     recovered: int = 0
     """Packets that arrived after having been NACKed (via RTX or plain retransmission)."""
     given_up: int = 0
@@ -330,15 +331,22 @@ class Producer:
             self.transport.send_rtcp(build_pli(self._rtcp_ssrc, self.ssrc))
 
     def request_retransmission(self, seqs: list[int], now: float) -> None:
-        """A consumer's NACK missed the cache: NACK upstream (once; the generator retries gaps)."""
-        if self.closed or not seqs or self._nack is None:
+        """A consumer's NACK missed the cache: NACK upstream now, then retry like a detected gap.
+
+        The packets join the :class:`~salon.media.nack.NackGenerator`'s list, so they are
+        re-NACKed every retry interval and given up (then a key frame is asked for) on its
+        schedule. Packets it is already chasing, or has given up, are left to it.
+        """
+        nack = self._nack
+        if self.closed or not seqs or nack is None:
             return
-        # Packets the NACK generator is already chasing are NACKed on its schedule.
-        chasing = set(self._nack.missing)
-        wanted = [seq for seq in seqs if seq not in chasing]
+        wanted = nack.request(seqs, now)
         if wanted:
             self.stats.upstream_nacks += len(wanted)
             self._send_nack(wanted)
+            deadline = nack.next_deadline()
+            if deadline is not None:
+                self.transport.schedule(deadline)
 
     def _send_nack(self, seqs: list[int]) -> None:
         if self.ssrc is None:

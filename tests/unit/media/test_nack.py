@@ -161,3 +161,36 @@ def test_reset_starts_over_on_the_next_packet() -> None:
 def test_max_jump_must_fit_in_half_the_sequence_space() -> None:
     with pytest.raises(ValueError, match="max_jump"):
         NackGenerator(max_jump=40000)
+
+
+def test_requested_packets_are_chased_like_gaps_and_kept_in_sequence_order() -> None:
+    generator = NackGenerator(retry_interval=0.04, max_retries=3)
+    fed(generator, [*range(100, 110), 111])  # 110 missing
+    assert generator.request([105, 102, 110, 111], 0.01) == [102, 105, 111]  # 110 already chased
+    assert generator.missing == [102, 105, 110, 111]
+    assert (generator.nacked, generator.requests) == (4, 4)
+    assert generator.poll(0.04) == NackPoll(seqs=(110,))
+    assert generator.poll(0.05) == NackPoll(seqs=(102, 105, 111))
+    generator.on_packet(105, 0.06)
+    assert generator.recovered == 1
+    assert generator.poll(0.09) == NackPoll(seqs=(102, 110, 111))
+    assert generator.poll(0.13) == NackPoll(seqs=(), key_frame_needed=True)  # 3 tries each: given up
+    assert generator.given_up == 3 and generator.missing == []
+    # A given-up packet is not chased again when asked for later.
+    assert generator.request([102, 110], 0.2) == []
+
+
+def test_requests_outside_the_window_are_ignored() -> None:
+    generator = NackGenerator(max_jump=100)
+    assert generator.request([5], 0.0) == []  # nothing received yet
+    fed(generator, [1000, 1001])
+    assert generator.request([1002, 1500, 1001 - 100, 65000], 0.0) == []  # ahead, or too old
+    assert generator.request([1001 - 99, 1001], 0.0) == [902, 1001]
+
+
+def test_requests_across_the_wrap_use_extended_order() -> None:
+    generator = NackGenerator()
+    fed(generator, [65534, 65535, 0, 1])
+    assert generator.request([0, 65535], 0.0) == [65535, 0]
+    assert generator.missing == [65535, 0]
+    assert generator.on_packet(65535, 0.01) == [] and generator.recovered == 1
