@@ -2,50 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from salon.media.consumer import Consumer, ConsumerClosed, ConsumerCloseReason
 from salon.media.producer import Producer, ProducerClosed, ProducerCloseReason
 from salon.media.rtcp import Nack, Pli, Remb, SenderReport, parse_rtcp
 from salon.media.rtp import build_rtp, find_header_extension, parse_rtp_header, unwrap_rtx
 from salon.media.sdp import HeaderExtensionIds, PublishTrack, RtpCodec, SubscribeTrack
-from salon.media.transport import TransportState
-
-VP8 = RtpCodec(
-    kind="video",
-    mime_type="video/VP8",
-    clock_rate=90000,
-    channels=None,
-    payload_type=96,
-    rtcp_feedback=(("nack", None), ("nack", "pli"), ("goog-remb", None)),
-    rtx_payload_type=97,
-)
-KEY = bytes([0x10, 0x00, 0x9D, 0x01, 0x2A]) + bytes(50)  # VP8: S=1 PID=0, P=0
-DELTA = bytes([0x10, 0x01]) + bytes(50)  # S=1 PID=0, P=1: inter frame
-CONT = bytes([0x00, 0x00]) + bytes(50)  # not a partition start
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.state = TransportState.CONNECTED
-        self.rtp: list[bytes] = []
-        self.rtcp: list[bytes] = []
-        self.scheduled: list[float] = []
-
-    def send_rtp(self, packet: bytes) -> None:
-        self.rtp.append(packet)
-
-    def send_rtcp(self, packet: bytes) -> None:
-        self.rtcp.append(packet)
-
-    def schedule(self, at: float) -> None:
-        self.scheduled.append(at)
-
-    def _remove_producer(self, producer: Any) -> None:
-        pass
-
-    def _remove_consumer(self, consumer: Any) -> None:
-        pass
+from tests.unit.media.media_fakes import CONT, DELTA, KEY, VP8, FakeTransport, feed
 
 
 def make(paused: bool = False) -> tuple[Producer, Consumer, FakeTransport, FakeTransport]:
@@ -80,13 +42,6 @@ def make(paused: bool = False) -> tuple[Producer, Consumer, FakeTransport, FakeT
     producer._add_consumer(consumer)
     consumer.transport_connected()
     return producer, consumer, pub, sub
-
-
-def feed(
-    producer: Producer, seq: int, ts: int, payload: bytes, now: float = 1.0, pt: int = 96, ssrc: int = 1111
-) -> None:
-    data = build_rtp(payload_type=pt, sequence_number=seq, timestamp=ts, ssrc=ssrc, payload=payload)
-    producer.receive_rtp(data, parse_rtp_header(data), now)
 
 
 def test_consumer_starts_on_a_key_frame_and_rewrites_everything() -> None:
