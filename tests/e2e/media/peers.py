@@ -15,6 +15,7 @@ All peers gather on 127.0.0.1 only (:func:`salon.media.loopback.host_addresses`,
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fractions
 import os
@@ -246,12 +247,15 @@ class LossyReceive:
     def __init__(self, transport: WebRtcTransport, rate: float, seed: int = 1) -> None:
         self.rate = rate
         self.dropped = 0
+        #: Dropped packets per SSRC (the RTP header is not encrypted by SRTP).
+        self.dropped_by_ssrc: collections.Counter[int] = collections.Counter()
         self._random = random.Random(seed)
         received = transport.srtp_received
 
         def lossy(data: bytes) -> None:
             if not 192 <= data[1] <= 223 and self._random.random() < self.rate:
                 self.dropped += 1
+                self.dropped_by_ssrc[int.from_bytes(data[8:12], "big")] += 1
                 return
             received(data)
 
@@ -265,12 +269,15 @@ class LossySend:
     def __init__(self, transport: WebRtcTransport, rate: float, seed: int = 2) -> None:
         self.rate = rate
         self.dropped = 0
+        #: Dropped packets per SSRC (retransmissions on an RTX SSRC counted apart).
+        self.dropped_by_ssrc: collections.Counter[int] = collections.Counter()
         self._random = random.Random(seed)
         send = transport.send_rtp
 
         def lossy(packet: bytes) -> None:
             if self._random.random() < self.rate:
                 self.dropped += 1
+                self.dropped_by_ssrc[int.from_bytes(packet[8:12], "big")] += 1
                 return
             send(packet)
 
