@@ -4,8 +4,8 @@ A consumer belongs to the subscriber's :class:`~salon.media.transport.WebRtcTran
 fed synchronously by its :class:`~salon.media.producer.Producer`. Per forwarded packet it does
 exactly one header rewrite (:func:`~salon.media.rtp.rewrite_rtp`: its own SSRC, the
 subscriber's payload type, continuous sequence numbers and timestamps from the
-:class:`~salon.media.seq.SequenceRewriter`, its own mid / abs-send-time extension block) and
-hands the bytes to ``transport.send_rtp`` (SRTP protect + sendto).
+:class:`~salon.media.seq.SequenceRewriter`, its own extension block, see below) and hands the
+bytes to ``transport.send_rtp`` (SRTP protect + sendto).
 
 * **Key-frame start.** A video consumer forwards nothing until the first packet of a key
   frame; when created, when its transport connects, on resume, and every second while still
@@ -15,15 +15,19 @@ hands the bytes to ``transport.send_rtp`` (SRTP protect + sendto).
 * **Pause / resume** (subscribe to audio or video only): paused consumers send nothing.
 * **Subscriber RTCP.** NACKs are mapped back to publisher sequence numbers and answered from
   the producer's cache (RTX-wrapped when RTX was negotiated); cache misses become an upstream
-  NACK. PLI/FIR become a (throttled) producer key-frame request. REMB is remembered: the
-  producer sends the minimum upstream. Publisher SRs are rewritten into per-subscriber SRs
-  (RTP timestamp + this consumer's offset, its own packet/octet counts) for A/V sync.
+  NACK, retried on the producer's NACK schedule. PLI/FIR become a (throttled) producer
+  key-frame request. REMB is remembered: the producer sends the minimum upstream. Publisher
+  SRs are rewritten into per-subscriber SRs (RTP timestamp + this consumer's offset, its own
+  packet/octet counts) for A/V sync.
 
 Closing: :meth:`close` (the subscriber unsubscribed), :meth:`producer_closed` (the publisher
 unpublished: the server turns the :class:`ConsumerClosed` event with reason
 ``producer_closed`` into signalling) and :meth:`transport_closed` are idempotent.
 
-Not forwarded: the publisher's audio-level extension (only mid and abs-send-time are written).
+Header extensions are the subscriber's, under the subscriber's IDs: mid, abs-send-time (video,
+stamped per packet) and, for audio when both the publisher and the subscriber negotiated
+``ssrc-audio-level``, the publisher's RFC 6464 byte of each packet (browsers report it in
+``getSynchronizationSources()``). Other publisher extensions are not forwarded.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from salon.media.rtp import (
     abs_send_time,
     encode_one_byte_extensions,
     extension_value_offset,
+    find_header_extension,
     parse_rtp_header,
     patch_extension,
     rewrite_rtp,
@@ -161,22 +166,36 @@ class Consumer:
         self._waiting_since = 0.0
         self._active = False  # not paused, not closed, transport connected
 
+        ext = track.extensions
         items: list[tuple[int, bytes]] = []
-        if track.extensions.mid is not None:
-            items.append((track.extensions.mid, track.mid.encode("ascii")))
-        if track.extensions.abs_send_time is not None:
-            items.append((track.extensions.abs_send_time, b"\x00\x00\x00"))
+        if ext.mid is not None:
+            items.append((ext.mid, track.mid.encode("ascii")))
+        if ext.abs_send_time is not None:
+            items.append((ext.abs_send_time, b"\x00\x00\x00"))
+        # The audio level is forwarded for audio only, and only if the publisher sends one.
+        level_id = (
+            ext.audio_level
+            if self.kind == "audio"
+            and ext.abs_send_time is None
+            and producer.extensions.audio_level is not None
+            else None
+        )
+        if level_id is not None:
+            items.append((level_id, producer.audio_level_value))
         self._ext_block = encode_one_byte_extensions(items)
         self._abs_offset = (
-            extension_value_offset(self._ext_block, track.extensions.abs_send_time)
-            if track.extensions.abs_send_time is not None
-            else 0
+            extension_value_offset(self._ext_block, ext.abs_send_time) if ext.abs_send_time is not None else 0
         )
-        # The forwarding hot path builds each packet as header + block head + abs-send-time +
-        # block tail + payload in one join: split the block around the 3 abs-send-time bytes.
+        self._level_offset = extension_value_offset(self._ext_block, level_id) if level_id is not None else 0
+        # The forwarding hot path builds each packet as header + block head + per-packet value +
+        # block tail + payload in one join: split the block around the value that changes per
+        # packet (3 abs-send-time bytes for video, the 1-byte audio level for audio).
         if self._abs_offset:
             self._ext_head = self._ext_block[: self._abs_offset]
             self._ext_tail = self._ext_block[self._abs_offset + 3 :]
+        elif self._level_offset:
+            self._ext_head = self._ext_block[: self._level_offset]
+            self._ext_tail = self._ext_block[self._level_offset + 1 :]
         else:
             self._ext_head = self._ext_block
             self._ext_tail = b""
@@ -241,9 +260,10 @@ class Consumer:
         """Rewrite and send one producer packet (synchronous, the per-consumer hot path).
 
         Same result as :func:`~salon.media.rtp.rewrite_rtp` with this consumer's extension
-        block (abs-send-time patched), built with one ``struct.pack`` and one join of
-        prebuilt pieces plus a view of the payload (one copy of the payload, no keyword
-        call); the abs-send-time bytes are computed once per packet for all consumers.
+        block (abs-send-time or audio level patched), built with one ``struct.pack`` and one
+        join of prebuilt pieces plus a view of the payload (one copy of the payload, no
+        keyword call); the abs-send-time bytes are computed once per packet for all
+        consumers, the audio level is the producer's byte of this packet.
         """
         if not self._active:
             return
@@ -272,7 +292,11 @@ class Consumer:
                         self.ssrc,
                     ),
                     self._ext_head,
-                    _abs_send_time_once(now) if self._abs_offset else b"",
+                    _abs_send_time_once(now)
+                    if self._abs_offset
+                    else self.producer.audio_level_value
+                    if self._level_offset
+                    else b"",
                     self._ext_tail,
                     memoryview(data)[offset:],
                 )
@@ -304,6 +328,8 @@ class Consumer:
             ext = self._ext_block
             if self._abs_offset:
                 ext = patch_extension(ext, self._abs_offset, abs_send_time(now))
+            elif self._level_offset:
+                ext = patch_extension(ext, self._level_offset, self._cached_audio_level(cached, header))
             if self.rtx_ssrc is not None and self._rtx_pt is not None:
                 packet = wrap_rtx(
                     cached,
@@ -331,6 +357,12 @@ class Consumer:
         if misses:
             self.stats.cache_misses += len(misses)
             self.producer.request_retransmission(misses, now)
+
+    def _cached_audio_level(self, packet: bytes, header: RtpHeader) -> bytes:
+        """The RFC 6464 byte of a cached publisher packet (silence if it carries none)."""
+        ext_id = self.producer.extensions.audio_level
+        value = find_header_extension(packet, header, ext_id) if ext_id is not None else None
+        return value[:1] if value else b"\x7f"
 
     def receive_key_frame_request(self, now: float) -> None:
         """Subscriber PLI/FIR: forwarded to the producer, which throttles."""

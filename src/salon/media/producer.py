@@ -10,7 +10,8 @@ extension / payload type). Per packet, synchronously, it:
    the give-up-then-PLI are driven by the transport timer);
 3. stores the packet in its :class:`~salon.media.retransmission.RetransmissionBuffer` so that
    subscriber NACKs are answered locally;
-4. detects key frames (VP8 / H.264 start-of-key-frame) and reads the audio level (RFC 6464);
+4. detects key frames (VP8 / H.264 start-of-key-frame) and reads the audio level (RFC 6464),
+   kept as :attr:`Producer.audio_level_value` for consumers that forward it;
 5. hands the unchanged bytes to each :class:`~salon.media.consumer.Consumer`, which rewrites and
    sends them: fan-out costs one header rewrite + protect + sendto per consumer.
 
@@ -82,6 +83,8 @@ KEY_FRAME_REQUEST_INTERVAL = 0.3
 REPORT_INTERVAL = 1.0
 #: REMB cap sent upstream (aiortc clamps its encoder to 250 kb/s - 1.5 Mb/s anyway).
 DEFAULT_MAX_BITRATE = 1_500_000
+#: RFC 6464 value for "no voice, -127 dBov", until the publisher's packets carry a level.
+_SILENCE = b"\x7f"
 
 
 class ProducerCloseReason(enum.Enum):
@@ -150,6 +153,10 @@ class Producer:
         #: Last audio level from RFC 6464, in -dBov (0 loudest .. 127 silence); None if unknown.
         self.audio_level: int | None = None
         self.voice_activity = False
+        #: The last packet's RFC 6464 byte as received (V flag + level), which consumers whose
+        #: subscriber negotiated ``ssrc-audio-level`` write into their own extension block
+        #: (silence until a packet carries one; a packet without one keeps the last value).
+        self.audio_level_value = _SILENCE
         #: Called with (producer, level in -dBov, voice flag, now) for each audio packet that
         #: carries a level (the worker feeds its active-speaker detector); None: no call.
         self.on_audio_level: Callable[[Producer, int, bool, float], None] | None = None
@@ -284,6 +291,7 @@ class Producer:
         elif self._audio_level_id is not None and header.extension_length:
             value = find_header_extension(data, header, self._audio_level_id)
             if value:
+                self.audio_level_value = value[:1]  # the value itself when 1 byte, as sent
                 self.voice_activity, self.audio_level = parse_audio_level(value)
                 if self.on_audio_level is not None:
                     self.on_audio_level(self, self.audio_level, self.voice_activity, now)

@@ -5,9 +5,26 @@ from __future__ import annotations
 from salon.media.consumer import Consumer, ConsumerClosed, ConsumerCloseReason
 from salon.media.producer import Producer, ProducerClosed, ProducerCloseReason
 from salon.media.rtcp import Nack, Pli, Remb, SenderReport, parse_rtcp
-from salon.media.rtp import build_rtp, find_header_extension, parse_rtp_header, unwrap_rtx
+from salon.media.rtp import (
+    build_rtp,
+    find_header_extension,
+    iter_header_extensions,
+    parse_rtp_header,
+    unwrap_rtx,
+)
 from salon.media.sdp import HeaderExtensionIds, PublishTrack, RtpCodec, SubscribeTrack
-from tests.unit.media.media_fakes import CONT, DELTA, KEY, VP8, FakeTransport, feed
+from tests.unit.media.media_fakes import (
+    CONT,
+    DELTA,
+    KEY,
+    OPUS,
+    VP8,
+    FakeTransport,
+    add_consumer,
+    audio_level_block,
+    feed,
+    make_producer,
+)
 
 
 def make(paused: bool = False) -> tuple[Producer, Consumer, FakeTransport, FakeTransport]:
@@ -150,3 +167,79 @@ def test_producer_close_closes_consumers_with_producer_closed() -> None:
     assert isinstance(events[0], ConsumerClosed) and events[0].reason is ConsumerCloseReason.PRODUCER_CLOSED
     assert isinstance(events[1], ProducerClosed) and events[1].reason is ProducerCloseReason.CLOSED
     assert consumer.closed and producer.consumers == []
+
+
+# --- header extensions per subscriber -------------------------------------------------------
+
+OPUS_FRAME = b"\xfc" + bytes(40)
+
+
+def extensions_of(packet: bytes) -> dict[int, bytes]:
+    return dict(iter_header_extensions(packet, parse_rtp_header(packet)))
+
+
+def test_audio_level_is_forwarded_under_the_subscribers_extension_id() -> None:
+    producer, _pub = make_producer(
+        OPUS, ssrc=3333, rtx_ssrc=None, extensions=HeaderExtensionIds(mid=4, audio_level=1)
+    )
+    with_level, sub = add_consumer(
+        producer, 5000, payload_type=109, extensions=HeaderExtensionIds(mid=9, audio_level=5)
+    )
+    _without, other = add_consumer(producer, 6000, payload_type=111, extensions=HeaderExtensionIds(mid=3))
+    for seq, (level, voice) in enumerate([(30, True), (90, False), (0, True)]):
+        feed(
+            producer,
+            seq,
+            seq * 960,
+            OPUS_FRAME,
+            pt=111,
+            ssrc=3333,
+            extensions=audio_level_block(1, level, voice),
+        )
+    feed(producer, 3, 3 * 960, OPUS_FRAME, pt=111, ssrc=3333)  # no extension: the last level stays
+    assert [extensions_of(p) for p in sub.rtp] == [
+        {9: b"a", 5: bytes([0x80 | 30])},
+        {9: b"a", 5: bytes([90])},
+        {9: b"a", 5: bytes([0x80])},
+        {9: b"a", 5: bytes([0x80])},
+    ]
+    assert [extensions_of(p) for p in other.rtp] == [{3: b"a"}] * 4
+    # Payload and the rest of the rewrite are untouched by the extra element.
+    for packet in sub.rtp:
+        header = parse_rtp_header(packet)
+        assert (header.ssrc, header.payload_type) == (with_level.ssrc, 109)
+        assert packet[header.payload_offset :] == OPUS_FRAME
+
+
+def test_no_audio_level_is_written_when_the_publisher_sends_none() -> None:
+    producer, _pub = make_producer(OPUS, ssrc=3333, rtx_ssrc=None, extensions=HeaderExtensionIds(mid=4))
+    _consumer, sub = add_consumer(
+        producer, 5000, payload_type=109, extensions=HeaderExtensionIds(mid=9, audio_level=5)
+    )
+    feed(producer, 1, 960, OPUS_FRAME, pt=111, ssrc=3333)
+    assert extensions_of(sub.rtp[0]) == {9: b"a"}
+
+
+def test_audio_retransmissions_carry_the_level_of_the_cached_packet() -> None:
+    opus_nack = RtpCodec(
+        **{**{f: getattr(OPUS, f) for f in OPUS.__slots__}, "rtcp_feedback": (("nack", None),)}
+    )
+    producer, _pub = make_producer(
+        opus_nack, ssrc=3333, rtx_ssrc=None, extensions=HeaderExtensionIds(mid=4, audio_level=1)
+    )
+    consumer, sub = add_consumer(
+        producer, 5000, payload_type=109, extensions=HeaderExtensionIds(mid=9, audio_level=5)
+    )
+    feed(producer, 1, 960, OPUS_FRAME, pt=111, ssrc=3333, extensions=audio_level_block(1, 20, True))
+    feed(producer, 2, 1920, OPUS_FRAME, pt=111, ssrc=3333, extensions=audio_level_block(1, 100))
+    consumer.receive_nack([parse_rtp_header(sub.rtp[0]).sequence_number], 2.0)
+    assert sub.rtp[-1] == sub.rtp[0]  # same seq, timestamp, payload and level: a plain resend
+
+
+def test_video_extension_blocks_stay_mid_and_abs_send_time() -> None:
+    producer, _pub = make_producer(extensions=HeaderExtensionIds(mid=4, abs_send_time=2, audio_level=1))
+    _consumer, sub = add_consumer(
+        producer, 5000, extensions=HeaderExtensionIds(mid=9, abs_send_time=3, audio_level=5)
+    )
+    feed(producer, 1, 0, KEY, extensions=audio_level_block(1, 20))
+    assert set(extensions_of(sub.rtp[0])) == {9, 3}
