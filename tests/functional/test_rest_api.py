@@ -225,6 +225,10 @@ async def test_sdk_mute_stream_and_mute_all(server: RunningServer) -> None:
         assert (r.status_code, r.json()) == (200, {})
     with pytest.raises(OpenTokException):
         server.sdk.mute_stream(sid, "no-such-stream")
+    r = httpx.post(
+        f"{server.url}/v2/project/{API_KEY}/session/{sid}/stream/no-such-stream/mute", headers=auth_header()
+    )
+    assert r.status_code == 404 and r.json()["code"] == "not_found" and r.json()["message"]
     for client in (a, b, c):
         await client.close()
 
@@ -332,6 +336,8 @@ def test_unknown_session_connection_and_stream_get_404(server: RunningServer) ->
     assert httpx.get(f"{base}/1_nosuch/stream", headers=h).status_code == 404
     assert httpx.get(f"{base}/{sid}/stream/nosuch", headers=h).status_code == 404
     assert httpx.delete(f"{base}/{sid}/connection/nosuch", headers=h).status_code == 404
+    r = httpx.post(f"{base}/{sid}/stream/nosuch/mute", headers=h)  # no client: not live
+    assert r.status_code == 404 and r.json()["message"]
     r = httpx.post(f"{base}/{sid}/connection/nosuch/signal", json={"type": "a", "data": "b"}, headers=h)
     assert r.status_code == 404 and r.json()["message"]
     assert httpx.get(f"{server.url}/no/such/path").status_code == 404

@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import time
+import urllib.parse
 from typing import Any
 
 import jwt
+import opentok
 import pytest
 import websockets
 
 from salon.ids import encode_session_id
 from salon.signalling.service import SignallingConfig
+from salon.store import Store, database_url_for
 from salon.tokens import generate_token
 from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
 from tests.wsclient import WsClient
@@ -450,6 +455,127 @@ async def test_bad_tokens_close_the_socket_with_a_documented_code(server: Runnin
     assert await watcher.quiet() == []
     await watcher.request({"type": "signal", "signal_type": "t", "data": "still serving"})
     assert (await watcher.next("signal"))["data"] == "still serving"
+    await watcher.close()
+
+
+def _t1_token(api_key: str, api_secret: str, session_id: str) -> str:
+    """A legacy token as the SDK would sign it, without the SDK's session/key check."""
+    now = int(time.time())
+    payload = urllib.parse.urlencode(
+        {"session_id": session_id, "create_time": now, "expire_time": now + 600, "role": "publisher"}
+    )
+    sig = hmac.new(api_secret.encode(), payload.encode(), hashlib.sha1).hexdigest()
+    return "T1==" + base64.b64encode(f"partner_id={api_key}&sig={sig}:{payload}".encode()).decode()
+
+
+async def test_a_token_of_another_existing_project_is_refused(server: RunningServer, tmp_path: Any) -> None:
+    # A second, real project in the server's own database (as `salon project create` makes it).
+    store = Store(database_url_for(tmp_path))
+    await store.open()
+    try:
+        second = await store.create_project("second")
+        # A session of the first project whose ID happens to name the second project's key.
+        odd_sid = encode_session_id(second.api_key)
+        await store.create_session(
+            API_KEY, odd_sid, media_mode="routed", archive_mode="manual", location="", e2ee=False
+        )
+    finally:
+        await store.close()
+    sid = server.session()  # the first project's session
+    watcher = await WsClient.join(server.url, sid, server.token(sid))
+    now = int(time.time())
+    foreign_jwt = jwt.encode(
+        {
+            "session_id": sid,
+            "role": "moderator",
+            "iat": now,
+            "exp": now + 600,
+            "scope": "session.connect",
+            "iss": second.api_key,
+            "ist": "project",
+            "nonce": 1,
+        },
+        second.api_secret,
+        algorithm="HS256",
+    )
+    cases = [
+        (foreign_jwt, sid, "does not belong to its project"),
+        (_t1_token(second.api_key, second.api_secret, sid), sid, "does not belong to its project"),
+        (generate_token(second.api_key, second.api_secret, odd_sid), odd_sid, "another project"),
+    ]
+    for token, session_id, reason in cases:
+        client = await WsClient.open(server.url)
+        await client.send({"type": "connect", "request_id": 1, "session_id": session_id, "token": token})
+        error = await client.next("error")
+        assert (error["request_id"], error["code"]) == (1, "invalid_token")
+        assert reason in error["message"]
+        code, close_reason = await client.closed()
+        assert (code, close_reason) == (4003, error["message"]), token[:12]
+    # The first project's clients saw nothing, and the second project's own sessions work.
+    assert await watcher.quiet() == []
+    await watcher.close()
+    second_client = opentok.Client(second.api_key, second.api_secret, api_url=server.url)
+    own_sid = second_client.create_session().session_id
+    own = await WsClient.join(server.url, own_sid, second_client.generate_token(own_sid))
+    assert own.connected is not None and own.connected["session_id"] == own_sid
+    await own.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "missing"),
+    [
+        ({"type": "connect", "request_id": 1, "session_id": "$SID"}, "token"),
+        ({"type": "connect", "request_id": 1, "token": "$TOKEN"}, "session_id"),
+        ({"type": "connect", "request_id": 1}, "session_id"),
+        ({"type": "connect", "session_id": "$SID", "token": "$TOKEN"}, "request_id"),
+    ],
+)
+async def test_a_connect_with_missing_fields_gets_an_error_and_may_try_again(
+    server: RunningServer, message: dict[str, Any], missing: str
+) -> None:
+    sid = server.session()
+    token = server.token(sid)
+    watcher = await WsClient.join(server.url, sid, server.token(sid))
+    client = await WsClient.open(server.url)
+    await client.send(json.dumps(message).replace("$SID", sid).replace("$TOKEN", token))
+    error = await client.next("error")
+    assert error["code"] == "invalid_message" and missing in error["message"], error
+    assert error["request_id"] == message.get("request_id")
+    # The socket stays open, waiting for a valid connect (§2.1); nobody else saw anything.
+    assert await watcher.quiet() == []
+    reply = await client.request({"type": "connect", "session_id": sid, "token": token})
+    assert reply["type"] == "connected"
+    assert (await watcher.next("connection_created"))["connection"]["connection_id"] == (
+        reply["connection"]["connection_id"]
+    )
+    await client.close()
+    await watcher.close()
+
+
+async def test_a_frame_over_1_mib_closes_that_socket_and_nothing_else(server: RunningServer) -> None:
+    sid = server.session()
+    watcher = await WsClient.join(server.url, sid, server.token(sid))
+    big = await WsClient.join(server.url, sid, server.token(sid))
+    stream_id = (await big.request({"type": "publish"}))["stream"]["stream_id"]
+    assert (await watcher.next("stream_created"))["stream"]["stream_id"] == stream_id
+    frame = json.dumps({"type": "signal", "request_id": 9, "signal_type": "t", "data": "x" * (1 << 20)})
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await big.send(frame)
+    assert (await big.closed())[0] == 1009
+    ended = await watcher.next("stream_destroyed")
+    assert (ended["stream_id"], ended["reason"]) == (stream_id, "clientDisconnected")
+    gone = await watcher.next("connection_destroyed")
+    assert (gone["connection_id"], gone["reason"]) == (big.connection_id, "clientDisconnected")
+    assert [m for m in await watcher.quiet() if m["type"] == "signal"] == []
+    # Before connect, too; and the server goes on serving.
+    stranger = await WsClient.open(server.url)
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await stranger.send("{" + " " * (1 << 20) + "}")
+    assert (await stranger.closed())[0] == 1009
+    late = await WsClient.join(server.url, sid, server.token(sid))
+    await late.request({"type": "signal", "signal_type": "t", "data": "still serving"})
+    assert (await watcher.next("signal"))["data"] == "still serving"
+    await late.close()
     await watcher.close()
 
 

@@ -46,7 +46,12 @@ class CollapseSlashes:
 
 
 async def ensure_project(store: Store, config: ServerConfig, announce: Callable[[str], None]) -> Project:
-    """The project from the environment, or the first one, created (and announced) if none exists."""
+    """The project from the environment, or the first one, created (and announced) if none exists.
+
+    With ``SALON_API_KEY`` and ``SALON_API_SECRET`` (``config.api_key``/``api_secret``) that
+    project is created if it does not exist, silently; if it exists with another secret the
+    server refuses to start (:class:`SalonError`) rather than replace the secret.
+    """
     if config.api_key and config.api_secret:
         project = await store.get_project(config.api_key)
         if project is None:
@@ -54,7 +59,11 @@ async def ensure_project(store: Store, config: ServerConfig, announce: Callable[
                 "default", api_key=config.api_key, api_secret=config.api_secret
             )
         elif project.api_secret != config.api_secret:
-            raise SalonError(f"project {config.api_key} exists with another secret")
+            # Never overwrite a stored secret from the environment (nor print either one).
+            raise SalonError(
+                f"project {config.api_key} (SALON_API_KEY) exists with another secret: "
+                "set SALON_API_SECRET to the secret it was created with"
+            )
         return project
     projects = await store.list_projects()
     if projects:
@@ -83,7 +92,11 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         store = Store(config.store_url)
         await store.open()
         registry = Registry(store)
-        project = await ensure_project(store, config, announce)
+        try:
+            project = await ensure_project(store, config, announce)
+        except BaseException:
+            await store.close()
+            raise
         registry.remember_project(project)
         media: SfuMediaPlane | None = None
         if config.media:
