@@ -15,8 +15,11 @@ Two kinds of offer exist, one per transport:
 * a **subscribe** offer: ``recvonly`` m-lines from a client that wants one stream. Each
   m-line is paired with the stream's producer of the same kind; the consumer sends with the
   payload type the *subscriber* offered for the producer's codec (per-subscriber PT mapping)
-  and with the subscriber's extension ids. If the subscriber cannot receive the producer's
-  codec, :class:`~salon.media.errors.UnsupportedError` is raised.
+  and with the subscriber's extension ids. For H.264 the profile must match and the answer's
+  ``profile-level-id`` level follows RFC 6184 §8.2.2 as webrtc applies it (the subscriber's
+  level with ``level-asymmetry-allowed=1``, else the lower of the two). If the subscriber
+  cannot receive the producer's codec, :class:`~salon.media.errors.UnsupportedError` is
+  raised.
 
 What we deliberately do not negotiate: transport-cc (we do REMB), red/ulpfec/flexfec, VP9/AV1
 (forwarding them is possible, key-frame detection is not written), and simulcast: ``a=rid`` /
@@ -32,7 +35,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
 from aiortc.rtcdtlstransport import RTCDtlsFingerprint, RTCDtlsParameters
 from aiortc.rtcicetransport import RTCIceCandidate, RTCIceParameters
@@ -47,7 +50,6 @@ from aiortc.sdp import (
     SessionDescription,
     SsrcDescription,
     candidate_to_sdp,
-    parse_h264_profile_level_id,
 )
 
 from salon.media.errors import InvalidSdpError, UnsupportedError
@@ -69,9 +71,12 @@ __all__ = [
     "SubscribeTrack",
     "build_answer",
     "codecs_match",
+    "h264_answer_parameters",
+    "h264_profile_level_id_string",
     "is_supported_codec",
     "negotiate_publish",
     "negotiate_subscribe",
+    "parse_h264_profile_level_id",
     "parse_offer",
 ]
 
@@ -380,15 +385,117 @@ def _scan_rids(sdp: str) -> dict[int, tuple[str, ...]]:
 # Codec matching
 
 
-def _h264_key(codec: RtpCodec) -> tuple[str, Any] | None:
-    """(packetization-mode, profile) of an H.264 codec, ``None`` if unparseable."""
-    pm = str(codec.parameters.get("packetization-mode", "0"))
-    plid = codec.parameters.get("profile-level-id", "42000a")
+# H.264 profile-level-id (RFC 6184 §8.1), parsed as webrtc does (api/video_codecs/h264_profile_
+# level_id.cc): the profile comes from profile_idc plus the constraint flags in profile-iop, the
+# level from level_idc (11 with constraint_set3 is level 1b).
+
+#: (profile_idc, mask, value, profile): profile-iop & mask == value. webrtc's table, in order.
+_H264_PROFILE_PATTERNS: tuple[tuple[int, int, int, str], ...] = (
+    (0x42, 0x4F, 0x40, "constrained-baseline"),  # x1xx0000
+    (0x4D, 0x8F, 0x80, "constrained-baseline"),  # 1xxx0000
+    (0x58, 0xCF, 0xC0, "constrained-baseline"),  # 11xx0000
+    (0x42, 0x4F, 0x00, "baseline"),  # x0xx0000
+    (0x58, 0xCF, 0x80, "baseline"),  # 10xx0000
+    (0x4D, 0xAF, 0x00, "main"),  # 0x0x0000
+    (0x64, 0xFF, 0x00, "high"),  # 00000000
+    (0x64, 0xFF, 0x0C, "constrained-high"),  # 00001100
+    (0xF4, 0xFF, 0x00, "predictive-high-444"),  # 00000000
+)
+#: The profile-idc + profile-iop that webrtc writes for each profile.
+_H264_PROFILE_PREFIX = {
+    "constrained-baseline": "42e0",
+    "baseline": "4200",
+    "main": "4d00",
+    "constrained-high": "640c",
+    "high": "6400",
+    "predictive-high-444": "f400",
+}
+_H264_LEVEL_1B = 0
+"""Level 1b, between 1 (10) and 1.1 (11); written as level_idc 11 with constraint_set3."""
+_H264_LEVELS = frozenset((10, 11, 12, 13, 20, 21, 22, 30, 31, 32, 40, 41, 42, 50, 51, 52, 60, 61, 62))
+#: What webrtc assumes when profile-level-id is absent (RFC 6184 says 42000a, but browsers
+#: have always treated a missing value as constrained baseline 3.1, and so does aiortc).
+_H264_DEFAULT_PROFILE_LEVEL_ID = "42e01f"
+
+
+def parse_h264_profile_level_id(value: object) -> tuple[str, int] | None:
+    """``(profile, level)`` of an H.264 ``profile-level-id`` (6 hex digits), ``None`` if it is
+    not one webrtc recognises. ``level`` is level_idc (31 for 3.1), or 0 for level 1b."""
+    text = str(value)
+    if len(text) != 6:
+        return None
     try:
-        profile, _level = parse_h264_profile_level_id(str(plid))
+        number = int(text, 16)
     except ValueError:
         return None
-    return pm, profile
+    profile_idc, profile_iop, level_idc = number >> 16, (number >> 8) & 0xFF, number & 0xFF
+    if level_idc == 11 and profile_iop & 0x10:
+        level = _H264_LEVEL_1B
+    elif level_idc in _H264_LEVELS:
+        level = level_idc
+    else:
+        return None
+    for idc, mask, pattern, profile in _H264_PROFILE_PATTERNS:
+        if idc == profile_idc and profile_iop & mask == pattern:
+            return profile, level
+    return None
+
+
+def _h264_level_rank(level: int) -> float:
+    return 10.5 if level == _H264_LEVEL_1B else level
+
+
+def h264_profile_level_id_string(profile: str, level: int) -> str | None:
+    """The ``profile-level-id`` webrtc writes for ``(profile, level)``; ``None`` for level 1b
+    in a profile that does not have it."""
+    if level == _H264_LEVEL_1B:
+        return {"constrained-baseline": "42f00b", "baseline": "42100b", "main": "4d100b"}.get(profile)
+    return f"{_H264_PROFILE_PREFIX[profile]}{level:02x}"
+
+
+def _h264_profile_level(codec: RtpCodec) -> tuple[str, int] | None:
+    return parse_h264_profile_level_id(
+        codec.parameters.get("profile-level-id", _H264_DEFAULT_PROFILE_LEVEL_ID)
+    )
+
+
+def _level_asymmetry_allowed(codec: RtpCodec) -> bool:
+    return str(codec.parameters.get("level-asymmetry-allowed", "0")) == "1"
+
+
+def _h264_key(codec: RtpCodec) -> tuple[str, str] | None:
+    """(packetization-mode, profile) of an H.264 codec, ``None`` if unparseable."""
+    parsed = _h264_profile_level(codec)
+    if parsed is None:
+        return None
+    return str(codec.parameters.get("packetization-mode", "0")), parsed[0]
+
+
+def h264_answer_parameters(offered: RtpCodec, producer: RtpCodec) -> dict[str, str | int | None]:
+    """The fmtp of the SFU's answer to a subscriber offering H.264 ``offered`` for a producer
+    sending ``producer`` (same profile and packetization mode, see :func:`codecs_match`).
+
+    RFC 6184 §8.2.2 as webrtc applies it (``H264GenerateProfileLevelIdForAnswer``), the SFU
+    being the answerer that accepts any level: the subscriber's parameters, with the profile
+    and a level that is the subscriber's own when it allows level asymmetry
+    (``level-asymmetry-allowed=1``, the SFU always does) and otherwise the lower of the
+    subscriber's and the producer's (an answer may not raise the offered level). With no
+    profile-level-id on either side, none is written (both mean the default).
+    """
+    parameters = dict(offered.parameters)
+    if "profile-level-id" not in offered.parameters and "profile-level-id" not in producer.parameters:
+        return parameters
+    ours, theirs = _h264_profile_level(offered), _h264_profile_level(producer)
+    if ours is None or theirs is None or ours[0] != theirs[0]:
+        raise ValueError(f"H.264 profiles differ: {ours} offered, {theirs} produced")
+    profile, level = ours
+    if not _level_asymmetry_allowed(offered):
+        level = min(level, theirs[1], key=_h264_level_rank)
+    answer = h264_profile_level_id_string(profile, level)
+    if answer is None:
+        raise ValueError(f"H.264 {profile} has no level 1b")
+    parameters["profile-level-id"] = answer
+    return parameters
 
 
 def is_supported_codec(codec: RtpCodec) -> bool:
@@ -406,7 +513,8 @@ def is_supported_codec(codec: RtpCodec) -> bool:
 
 def codecs_match(a: RtpCodec, b: RtpCodec) -> bool:
     """Same codec for forwarding purposes: name, clock rate, channels; for H.264 also the same
-    packetization mode and profile (the level may differ: level-asymmetry)."""
+    packetization mode and profile, as webrtc matches them (the level may differ: the answer's
+    level comes from :func:`h264_answer_parameters`)."""
     if a.kind != b.kind or a.name != b.name or a.clock_rate != b.clock_rate:
         return False
     if a.kind == "audio" and (a.channels or 1) != (b.channels or 1):
@@ -510,6 +618,7 @@ def negotiate_subscribe(offer: ClientOffer, sources: Sequence[tuple[str, RtpCode
         codec = replace(
             source,
             payload_type=match.payload_type,
+            parameters=h264_answer_parameters(match, source) if source.name == "h264" else source.parameters,
             rtx_payload_type=rtx_pt,
             rtcp_feedback=_supported_feedback(match),
         )

@@ -24,8 +24,10 @@ from salon.media.sdp import (
     SendingSsrcs,
     build_answer,
     codecs_match,
+    h264_profile_level_id_string,
     negotiate_publish,
     negotiate_subscribe,
+    parse_h264_profile_level_id,
     parse_offer,
 )
 
@@ -332,3 +334,153 @@ def test_errors_say_the_offer_is_at_fault() -> None:
     with pytest.raises(UnsupportedError, match="no codec we support"):
         negotiate_publish(parse_offer(audio_only))
     assert issubclass(MediaError, InvalidRequestError)
+
+
+# --- H.264 profile-level-id (RFC 6184 §8.1, as webrtc reads it) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("42001f", ("baseline", 31)),  # the profile-level-ids of a Chromium offer
+        ("42e01f", ("constrained-baseline", 31)),
+        ("4d001f", ("main", 31)),
+        ("64001f", ("high", 31)),
+        ("640034", ("high", 52)),
+        ("640c1f", ("constrained-high", 31)),
+        ("f4001f", ("predictive-high-444", 31)),
+        ("42c01f", ("constrained-baseline", 31)),  # constraint_set0 too: still constrained
+        ("4d401f", ("main", 31)),
+        ("58c01f", ("constrained-baseline", 31)),
+        ("42E01F", ("constrained-baseline", 31)),
+        ("42f00b", ("constrained-baseline", 0)),  # level 1b: level_idc 11 + constraint_set3
+        ("42e00b", ("constrained-baseline", 11)),
+        ("4d100b", ("main", 0)),
+        ("640c3c", ("constrained-high", 60)),  # level 6.0
+        ("640009", None),  # High "level 1b" as level_idc 9: webrtc does not know it
+        ("43e01f", None),
+        ("42e0ff", None),
+        ("42e01", None),
+        ("42e01f0", None),
+        ("zze01f", None),
+    ],
+)
+def test_h264_profile_level_id_is_parsed_like_webrtc(value: str, parsed: tuple[str, int] | None) -> None:
+    assert parse_h264_profile_level_id(value) == parsed
+
+
+def test_h264_profile_level_id_strings_are_webrtcs() -> None:
+    assert h264_profile_level_id_string("constrained-baseline", 31) == "42e01f"
+    assert h264_profile_level_id_string("high", 52) == "640034"
+    assert h264_profile_level_id_string("constrained-high", 62) == "640c3e"
+    assert h264_profile_level_id_string("baseline", 0) == "42100b"
+    assert h264_profile_level_id_string("high", 0) is None
+
+
+def test_h264_without_profile_level_id_is_constrained_baseline_as_in_webrtc() -> None:
+    bare = dataclasses.replace(h264("42e01f"), parameters={"packetization-mode": "1"})
+    assert codecs_match(bare, h264("42e01f")) and codecs_match(bare, h264("42e034"))
+    assert not codecs_match(bare, h264("42001f"))
+
+
+def chromium_h264_subscribe(offer_sdp: str, producer: RtpCodec) -> tuple[RtpCodec, str]:
+    """Negotiate a subscription of ``producer`` with a Chromium recvonly offer, and the answer's
+    fmtp line for the chosen payload type."""
+    offer = parse_offer(offer_sdp.replace("a=sendonly", "a=recvonly"))
+    (video,) = negotiate_subscribe(offer, [("pv", producer)])
+    answer = build_answer(
+        offer,
+        LOCAL,
+        [
+            AnswerMedia(
+                mid=video.mid,
+                direction="sendonly",
+                codec=video.codec,
+                extensions=video.extensions,
+                sending=SendingSsrcs(ssrc=2222, rtx_ssrc=None, cname="c", msid="s v"),
+            )
+        ],
+    )
+    (fmtp,) = [
+        line
+        for line in media_sections(answer)[1].split("\r\n")
+        if line.startswith(f"a=fmtp:{video.codec.payload_type} ")
+    ]
+    return video.codec, fmtp
+
+
+def producer_h264(fmtp: str, pt: int = 100) -> RtpCodec:
+    parameters: dict[str, str | int | None] = dict(item.split("=", 1) for item in fmtp.split(";"))  # type: ignore[misc]
+    return RtpCodec(
+        kind="video",
+        mime_type="video/H264",
+        clock_rate=90000,
+        channels=None,
+        payload_type=pt,
+        parameters=parameters,
+    )
+
+
+def test_chromium_publisher_to_chromium_subscriber_answers_the_matching_profile() -> None:
+    sdp = re.sub(r"a=(rtpmap|rtcp-fb|fmtp):(96|97) [^\r]*\r\n", "", CHROMIUM_OFFER)
+    (_audio, published) = negotiate_publish(parse_offer(sdp))
+    codec, fmtp = chromium_h264_subscribe(CHROMIUM_OFFER, published.codec)
+    assert codec.payload_type == 102  # Chromium's baseline 42001f, packetization-mode 1
+    assert fmtp == "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f"
+
+
+def test_with_level_asymmetry_the_answer_carries_the_subscribers_level() -> None:
+    # A hardware encoder publishing High 3.1; the Chromium subscriber offers High 5.2 first.
+    codec, fmtp = chromium_h264_subscribe(
+        CHROMIUM_OFFER,
+        producer_h264("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f"),
+    )
+    assert codec.payload_type == 39
+    assert fmtp == "a=fmtp:39 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640034"
+    # The publisher's level is above the subscriber's: still the subscriber's.
+    codec, fmtp = chromium_h264_subscribe(
+        CHROMIUM_OFFER.replace("profile-level-id=640034", "profile-level-id=64001e"),
+        producer_h264("packetization-mode=1;profile-level-id=640028"),
+    )
+    assert fmtp.endswith("profile-level-id=64001e")
+
+
+def test_without_level_asymmetry_the_answer_carries_the_lower_level() -> None:
+    no_asymmetry = CHROMIUM_OFFER.replace("level-asymmetry-allowed=1;", "")
+    codec, fmtp = chromium_h264_subscribe(
+        no_asymmetry, producer_h264("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f")
+    )
+    assert (codec.payload_type, fmtp) == (39, "a=fmtp:39 packetization-mode=1;profile-level-id=64001f")
+    _codec, fmtp = chromium_h264_subscribe(
+        no_asymmetry, producer_h264("packetization-mode=1;profile-level-id=42e034")
+    )
+    assert fmtp == "a=fmtp:106 packetization-mode=1;profile-level-id=42e01f"  # the subscriber's 3.1
+    # Level 1b sits between 1 and 1.1.
+    one_b = no_asymmetry.replace("profile-level-id=42e01f", "profile-level-id=42e00b")
+    _codec, fmtp = chromium_h264_subscribe(
+        one_b, producer_h264("packetization-mode=1;profile-level-id=42f00b")
+    )
+    assert fmtp.endswith("profile-level-id=42f00b")
+    _codec, fmtp = chromium_h264_subscribe(
+        one_b, producer_h264("packetization-mode=1;profile-level-id=42e00a")
+    )
+    assert fmtp.endswith("profile-level-id=42e00a")
+
+
+def test_the_publishers_own_fmtp_is_not_copied_into_a_subscriber_answer() -> None:
+    producer = producer_h264(
+        "packetization-mode=1;profile-level-id=4d0028;max-fs=8160;sprop-parameter-sets=Z0IAH5WoFAFuQA=="
+    )
+    codec, fmtp = chromium_h264_subscribe(CHROMIUM_OFFER, producer)
+    assert codec.payload_type == 127
+    assert fmtp == "a=fmtp:127 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f"
+
+
+def test_an_h264_subscriber_without_profile_level_id_gets_none_when_the_producer_has_none() -> None:
+    offer = CHROMIUM_OFFER.replace(";profile-level-id=42e01f", "")
+    _codec, fmtp = chromium_h264_subscribe(offer, producer_h264("packetization-mode=1"))
+    assert fmtp == "a=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1"
+    _codec, fmtp = chromium_h264_subscribe(
+        offer, producer_h264("packetization-mode=1;profile-level-id=42e01e")
+    )
+    assert fmtp.endswith("profile-level-id=42e01f")  # the default: constrained baseline 3.1
