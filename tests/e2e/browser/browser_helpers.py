@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -45,13 +46,18 @@ async def join(page: Page, base: str, room: str, name: str) -> None:
 
 
 async def remote_video_stats(page: Page, name: str, timeout_ms: int = 20000) -> dict[str, Any]:
-    """Wait until the tile of ``name`` plays video; return its size and frame progress."""
+    """Wait until the (camera) tile of ``name`` plays video; return its size and frame progress."""
+    return await video_stats(page, f'.tile[data-name="{name}"]:not(.local):not(.screen) video', timeout_ms)
+
+
+async def video_stats(page: Page, selector: str, timeout_ms: int = 20000) -> dict[str, Any]:
+    """Wait until the <video> at ``selector`` plays; return its size and frame progress."""
     stats: dict[str, Any] = await page.evaluate(
-        """async ([name, timeout]) => {
+        """async ([selector, timeout]) => {
             const deadline = Date.now() + timeout;
             let video = null;
             while (Date.now() < deadline) {
-                video = document.querySelector(`.tile[data-name="${name}"]:not(.local) video`);
+                video = document.querySelector(selector);
                 const played = video && video.getVideoPlaybackQuality().totalVideoFrames > 0;
                 if (played && video.videoWidth > 0) break;
                 await new Promise((r) => setTimeout(r, 100));
@@ -77,7 +83,7 @@ async def remote_video_stats(page: Page, name: str, timeout_ms: int = 20000) -> 
                 timeAdvanced: video.currentTime - time0, paused: video.paused,
             };
         }""",
-        [name, timeout_ms],
+        [selector, timeout_ms],
     )
     return stats
 
@@ -86,7 +92,7 @@ async def remote_audio_level(page: Page, name: str) -> float:
     """The peak level (0-1) of the remote audio of ``name``, through a WebAudio analyser."""
     level: float = await page.evaluate(
         """async (name) => {
-            const tile = document.querySelector(`.tile[data-name="${name}"]:not(.local)`);
+            const tile = document.querySelector(`.tile[data-name="${name}"]:not(.local):not(.screen)`);
             const sub = window.salonApp.subscribers.get(tile.dataset.streamId);
             const ctx = new AudioContext();
             await ctx.resume();
@@ -108,3 +114,107 @@ async def remote_audio_level(page: Page, name: str) -> float:
         name,
     )
     return level
+
+
+async def record_status(page: Page) -> None:
+    """Keep every text the app's status line shows in ``window.statusLog`` (some are brief)."""
+    await page.evaluate(
+        """() => {
+            window.statusLog = [];
+            const status = document.getElementById("status");
+            new MutationObserver(() => window.statusLog.push(status.hidden ? "" : status.textContent))
+                .observe(status, {childList: true, characterData: true, subtree: true, attributes: true});
+        }"""
+    )
+
+
+async def status_log(page: Page) -> list[str]:
+    log: list[str] = await page.evaluate("window.statusLog")
+    return log
+
+
+async def open_sdk_page(browser: Browser, base: str, label: str) -> Page:
+    """A page of the server's origin, emptied, with the browser SDK imported as ``window.salon``.
+
+    It is the app's page with its body cleared (the app stays idle until one joins): a page
+    fulfilled by Playwright instead would not count as loopback for Chromium's local network
+    access checks, which then block its WebSocket to 127.0.0.1.
+    """
+    page = await open_page(browser, label)
+    await page.goto(f"{base}/")
+    await page.evaluate(
+        "async () => { document.body.replaceChildren(); window.salon = await import('/sdk/salon.js'); }"
+    )
+    return page
+
+
+class FlakyProxy:
+    """A TCP proxy in front of the server's HTTP/WebSocket port, to break the signalling path.
+
+    The page loads from :attr:`url`, so its WebSocket goes through the proxy; the media (UDP)
+    still goes straight to the server. :meth:`drop` resets every connection at once (the
+    server side's TCP connection is gone); :meth:`freeze` turns the network silent (nothing
+    gets through either way and new connections are refused) until :meth:`thaw`, which
+    resets what was open meanwhile, as a real network outage does.
+    """
+
+    def __init__(self, target_url: str) -> None:
+        host, port = target_url.removeprefix("http://").split(":")
+        self._target = (host, int(port))
+        self._server: asyncio.Server | None = None
+        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.frozen = False
+        self.url = ""
+
+    async def __aenter__(self) -> FlakyProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.drop()
+        if self._server is not None:
+            self._server.close()
+
+    def drop(self) -> None:
+        for a, b in list(self._links):
+            a.transport.abort()
+            b.transport.abort()
+        self._links.clear()
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def thaw(self) -> None:
+        self.drop()
+        self.frozen = False
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.frozen:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        link = (writer, up_writer)
+        self._links.add(link)
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        self._links.discard(link)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if self.frozen:
+                    continue  # the network swallows it
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if self.frozen:
+                writer.transport.abort()
+            else:
+                writer.close()

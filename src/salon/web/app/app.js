@@ -19,15 +19,50 @@ const app = {
 };
 /** @type {any} */ (window).salonApp = app;
 
+/** @type {ReturnType<typeof setTimeout>|null} */
+let statusTimer = null;
+
 /**
  * @param {string} text
  * @param {"error"|"warning"|"ok"} [kind]
+ * @param {number} [hideAfter] milliseconds after which the message goes away (default: it stays)
  */
-function showStatus(text, kind = "warning") {
+function showStatus(text, kind = "warning", hideAfter = 0) {
   const status = $("status");
   status.textContent = text;
   status.className = kind;
   status.hidden = !text;
+  if (statusTimer) clearTimeout(statusTimer);
+  statusTimer = hideAfter ? setTimeout(() => showStatus(""), hideAfter) : null;
+}
+
+/** What the app says when the demo endpoint is switched off. */
+const DEMO_OFF =
+  "This server does not hand out demo tokens: its demo endpoint is switched off (salon serve --no-demo). " +
+  "Production apps mint session tokens in their own server, after signing their users in; " +
+  "see docs/browser-sdk.md.";
+
+/**
+ * A session and a token for a room, from the server's demo endpoint.
+ * @param {string} room
+ * @param {string} name
+ * @returns {Promise<{sessionId: string, token: string, apiKey: string}>}
+ */
+async function demoJoin(room, name) {
+  let response;
+  try {
+    response = await fetch("/demo/join", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ room, name }),
+    });
+  } catch {
+    throw new SalonError("network_error", "the server cannot be reached");
+  }
+  const body = await response.json().catch(() => ({}));
+  if (response.ok) return body;
+  if (response.status === 404) throw new SalonError("demo_disabled", DEMO_OFF);
+  throw new SalonError(body.code || "http_error", body.message || response.statusText);
 }
 
 /** @param {string} data connection data: `{"name": ...}` from the demo endpoint, else shown as is */
@@ -135,19 +170,22 @@ async function join(room, name) {
   $("join").setAttribute("disabled", "");
   let grant;
   try {
-    const response = await fetch("/demo/join", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ room, name }),
-    });
-    grant = await response.json();
-    if (!response.ok) throw new SalonError(grant.code || "http_error", grant.message || response.statusText);
+    grant = await demoJoin(room, name);
   } catch (err) {
+    const e = /** @type {SalonError} */ (err);
     $("join").removeAttribute("disabled");
-    showStatus(`Could not join: ${/** @type {Error} */ (err).message}`, "error");
+    showStatus(e.code === "demo_disabled" ? e.message : `Could not join: ${e.message}`, "error");
     return;
   }
-  const session = initSession(grant.sessionId);
+  const sessionId = grant.sessionId;
+  const session = initSession(sessionId, {
+    // A token that expired while the connection was down: the demo endpoint hands out a new one.
+    refreshToken: async () => {
+      const fresh = await demoJoin(room, name);
+      if (fresh.sessionId !== sessionId) throw new SalonError("not_found", "the room is gone (the server restarted)");
+      return fresh.token;
+    },
+  });
   app.session = session;
   app.room = room;
   app.name = name;
@@ -175,12 +213,16 @@ async function join(room, name) {
     showStatus("A moderator muted your microphone.");
   });
   session.on("sessionReconnecting", () => showStatus("Connection lost. Reconnecting…"));
-  session.on("sessionReconnected", () => showStatus("Reconnected.", "ok"));
+  session.on("sessionReconnected", () => showStatus("Reconnected.", "ok", 4000));
   session.on("sessionDisconnected", (e) => {
     if (e.reason === "clientDisconnected") return;
-    const why = e.reason === "forceDisconnected" ? "a moderator removed you from the room" : "the connection to the server was lost";
+    const text = e.reason === "forceDisconnected"
+      ? "Disconnected: a moderator removed you from the room. Join again to come back."
+      : e.error?.code === "token_expired"
+        ? "Disconnected: your access token expired while the connection was down. Join again to get a new one."
+        : "Disconnected: the connection to the server was lost. Join again to come back.";
     leave(false);
-    showStatus(`Disconnected: ${why}. Join again to come back.`, "error");
+    showStatus(text, "error");
   });
   try {
     await session.connect(grant.token);

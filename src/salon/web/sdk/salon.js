@@ -59,8 +59,27 @@ export class SalonError extends Error {
   }
 }
 
-/** Close codes after which reconnecting cannot help. */
+/** Close codes after which reconnecting cannot help (the server's, protocol.md §10). */
 const FATAL_CLOSE_CODES = new Set([4000, 4001, 4002, 4003, 4004, 4009]);
+
+/**
+ * The close code the SDK itself uses when it gives up on a socket that went silent (no ping
+ * for `heartbeat_timeout`): in the private range, and not fatal, so it leads to reconnection.
+ */
+const SILENT_CLOSE = 4100;
+
+/**
+ * @typedef {object} SessionOptions
+ * @property {string} [url] the server's http(s) URL (default: this page's origin)
+ * @property {number} [reconnectTimeout] seconds to keep trying after the connection drops (default 30)
+ * @property {number} [requestTimeout] seconds to wait for the reply to a request (default 20);
+ *   then its promise rejects with a SalonError `timeout`
+ * @property {IceServer[]} [iceServers] override the STUN/TURN servers the server hands out
+ * @property {() => (string|Promise<string>)} [refreshToken] called when a reconnection is refused
+ *   because the token has expired: return a fresh token (for the same session) to go on
+ *   reconnecting with it; without it (or if it fails) the session ends with `sessionDisconnected`
+ *   (`networkDisconnected`, `error.code` `token_expired`)
+ */
 
 /** A minimal event emitter: `on`, `once`, `off`; handlers get one event object. */
 class Emitter {
@@ -437,15 +456,15 @@ export class Subscriber extends Emitter {
 export class Session extends Emitter {
   /**
    * @param {string} sessionId
-   * @param {{url?: string, reconnectTimeout?: number, iceServers?: IceServer[]}} [options]
-   *   `url`: the server's http(s) URL (default: this page's origin); `reconnectTimeout`: seconds
-   *   to keep trying after the WebSocket drops (default 30); `iceServers`: override the server's.
+   * @param {SessionOptions} [options]
    */
   constructor(sessionId, options = {}) {
     super();
     this.sessionId = sessionId;
     this.url = (options.url || globalThis.location?.origin || "").replace(/\/+$/, "");
     this.reconnectTimeout = options.reconnectTimeout ?? 30;
+    this.requestTimeout = options.requestTimeout ?? 20;
+    this._refreshToken = options.refreshToken || null;
     this._ownIceServers = options.iceServers || null;
     /** @type {IceServer[]} */
     this.iceServers = [];
@@ -583,8 +602,10 @@ export class Session extends Emitter {
     this._lastMessage = Date.now();
     if (this._watchdog) clearInterval(this._watchdog);
     this._watchdog = setInterval(() => {
-      // The server pings every heartbeat_interval: silence means the network is gone.
-      if (this._ws && Date.now() - this._lastMessage > this._heartbeatTimeout * 1000) this._ws.close(4000, "silent");
+      // The server pings every heartbeat_interval: silence means the network is gone. (Not
+      // while reconnecting: the socket then is a new one, still opening, with its own timeout.)
+      const silent = Date.now() - this._lastMessage > this._heartbeatTimeout * 1000;
+      if (this._ws && this.state === "connected" && silent) this._lost(this._ws);
     }, 1000);
     if (!quiet) {
       this.connections = new Map(connected.connections.map((/** @type {any} */ c) => [c.connection_id, toConnection(c)]));
@@ -606,9 +627,10 @@ export class Session extends Emitter {
   }
 
   /**
-   * Send a request and wait for its reply.
-   * @param {object} message
-   * @returns {Promise<any>} the reply; rejects with a SalonError carrying the server's error code
+   * Send a request and wait for its reply, for at most `requestTimeout` seconds.
+   * @param {{type: string} & object} message
+   * @returns {Promise<any>} the reply; rejects with a SalonError carrying the server's error
+   *   code, `timeout` when no reply came in time, `disconnected` when the socket dropped
    */
   _request(message) {
     if (this.state !== "connected") {
@@ -616,7 +638,14 @@ export class Session extends Emitter {
     }
     const id = this._nextId++;
     return new Promise((resolve, reject) => {
-      this._pending.set(id, { resolve, reject });
+      const timer = setTimeout(() => {
+        if (!this._pending.delete(id)) return;
+        reject(new SalonError("timeout", `the server did not answer ${message.type} within ${this.requestTimeout} s`));
+      }, this.requestTimeout * 1000);
+      this._pending.set(id, {
+        resolve: (/** @type {any} */ m) => { clearTimeout(timer); resolve(m); },
+        reject: (/** @type {SalonError} */ e) => { clearTimeout(timer); reject(e); },
+      });
       this._send({ ...message, request_id: id });
     });
   }
@@ -753,8 +782,23 @@ export class Session extends Emitter {
   }
 
   /**
+   * Give up on a socket that went silent: the network may hold it half-open for minutes, so
+   * do not wait for its close handshake (or its close event) before reconnecting.
    * @param {WebSocket} ws
-   * @param {CloseEvent} ev
+   */
+  _lost(ws) {
+    ws.onmessage = ws.onclose = null;
+    try {
+      ws.close(SILENT_CLOSE, "no heartbeat");
+    } catch {
+      // already closing
+    }
+    this._onClose(ws, { code: SILENT_CLOSE });
+  }
+
+  /**
+   * @param {WebSocket} ws
+   * @param {{code: number}} ev the CloseEvent (or its code)
    */
   _onClose(ws, ev) {
     if (ws !== this._ws) return;
@@ -762,7 +806,8 @@ export class Session extends Emitter {
     this._rejectPending(new SalonError("disconnected", "the connection to the server was lost"));
     if (this.state !== "connected") return;
     if (FATAL_CLOSE_CODES.has(ev.code)) {
-      this._finish(ev.code === 4009 ? "forceDisconnected" : "networkDisconnected");
+      const error = ev.code === 4002 ? new SalonError("token_expired", "the token has expired", ev.code) : null;
+      this._finish(ev.code === 4009 ? "forceDisconnected" : "networkDisconnected", error);
       return;
     }
     this._reconnect();
@@ -781,6 +826,9 @@ export class Session extends Emitter {
     this.emit("sessionReconnecting");
     const deadline = Date.now() + this.reconnectTimeout * 1000;
     let delay = 250;
+    let refreshed = false;
+    /** @type {SalonError|null} */
+    let error = null;
     while (this.state === "reconnecting" && Date.now() < deadline) {
       await sleep(delay);
       delay = Math.min(delay * 2, 4000);
@@ -794,11 +842,25 @@ export class Session extends Emitter {
         await this._restore(connected);
         return;
       } catch (err) {
-        const e = /** @type {SalonError} */ (err);
-        if (e.closeCode && FATAL_CLOSE_CODES.has(e.closeCode)) break;
+        error = /** @type {SalonError} */ (err);
+        if (error.code === "token_expired" && this._refreshToken && !refreshed) {
+          // The token was good at connect but not any more: ask the application for a new one.
+          refreshed = true;
+          try {
+            this._token = await this._refreshToken();
+            delay = 0;
+            continue;
+          } catch (refusal) {
+            console.warn("salon: refreshToken failed", refusal);
+          }
+        }
+        if (error.closeCode && FATAL_CLOSE_CODES.has(error.closeCode)) break;
       }
     }
-    if (this.state === "reconnecting") this._finish("networkDisconnected");
+    if (this.state === "reconnecting") {
+      const fatal = error?.closeCode && FATAL_CLOSE_CODES.has(error.closeCode) ? error : null;
+      this._finish("networkDisconnected", fatal);
+    }
   }
 
   /** @param {any} connected */
@@ -852,8 +914,11 @@ export class Session extends Emitter {
     this.emit("sessionReconnected");
   }
 
-  /** @param {string} reason */
-  _finish(reason) {
+  /**
+   * @param {string} reason
+   * @param {SalonError|null} [error] why reconnecting was refused (e.g. `token_expired`), if it was
+   */
+  _finish(reason, error = null) {
     const wasConnected = this.state !== "disconnected";
     this.state = "disconnected";
     if (this._watchdog) clearInterval(this._watchdog);
@@ -872,7 +937,7 @@ export class Session extends Emitter {
     this.subscribers.clear();
     this.streams.clear();
     this.connections.clear();
-    if (wasConnected) this.emit("sessionDisconnected", { reason });
+    if (wasConnected) this.emit("sessionDisconnected", error ? { reason, error } : { reason });
   }
 
   _closeSocket() {
@@ -1093,7 +1158,7 @@ export class Session extends Emitter {
 /**
  * A session object for `sessionId` (not connected yet: call `connect(token)`).
  * @param {string} sessionId
- * @param {{url?: string, reconnectTimeout?: number, iceServers?: IceServer[]}} [options]
+ * @param {SessionOptions} [options]
  * @returns {Session}
  */
 export function initSession(sessionId, options = {}) {
