@@ -49,4 +49,6 @@ def test_no_demo_switches_the_endpoint_off(tmp_path: pathlib.Path) -> None:
     with ServerThread(config) as thread:
         reply = httpx.post(f"{thread.url}/demo/join", json={"room": "r1", "name": "Alice"})
         assert reply.status_code == 404
+        assert reply.json()["code"] == "demo_disabled"
+        assert "--no-demo" in reply.json()["message"] and "own server" in reply.json()["message"]
         assert httpx.get(f"{thread.url}/sdk/salon.js").status_code == 200

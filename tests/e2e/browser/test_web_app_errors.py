@@ -1,14 +1,17 @@
-"""The web app's clear messages: a refused camera, an expired token."""
+"""The web app's clear messages: a refused camera, an expired token, the demo switched off."""
 
 from __future__ import annotations
 
 import json
+import pathlib
 import time
 
 import pytest
 from browser_helpers import join, launch, open_page
-from playwright.async_api import Playwright, Route, expect
+from playwright.async_api import Browser, Playwright, Route, expect
 
+from salon.server.config import ServerConfig
+from salon.server.run import ServerThread
 from salon.tokens import generate_token
 from tests.conftest import API_KEY, API_SECRET, RunningServer
 
@@ -49,3 +52,18 @@ async def test_expired_token_shows_a_clear_message(media_server: RunningServer, 
         await expect(page.locator("#call")).to_be_hidden()
     finally:
         await browser.close()
+
+
+async def test_no_demo_says_the_demo_endpoint_is_off(tmp_path: pathlib.Path, browser: Browser) -> None:
+    config = ServerConfig(
+        port=0, data_dir=tmp_path, api_key=API_KEY, api_secret=API_SECRET, media=False, demo=False
+    )
+    with ServerThread(config) as thread:
+        page = await open_page(browser, "no-demo")
+        await join(page, thread.url, "closed", "Erin")
+        status = page.get_by_role("status")
+        await expect(status).to_contain_text("demo endpoint is switched off", timeout=15000)
+        await expect(status).to_contain_text("--no-demo")
+        await expect(status).to_contain_text("mint session tokens in their own server")
+        assert "Not Found" not in (await status.text_content() or "")
+        await expect(page.get_by_role("button", name="Join")).to_be_enabled()
