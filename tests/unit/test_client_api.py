@@ -56,6 +56,7 @@ EXPECTED = [
     "SessionNotFound",
     "SessionState",
     "SignalReceived",
+    "SourceError",
     "Stream",
     "StreamDropped",
     "StreamPropertyChanged",

@@ -43,6 +43,7 @@ from salon.client.errors import (
     RequestRefused,
     ServerError,
     SessionNotFound,
+    SourceError,
 )
 from salon.client.events import (
     ActiveSpeakerChanged,
@@ -128,6 +129,7 @@ __all__ = [
     "SessionNotFound",
     "SessionState",
     "SignalReceived",
+    "SourceError",
     "Stream",
     "StreamDropped",
     "StreamPropertyChanged",

@@ -17,7 +17,7 @@ import asyncio
 import fractions
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import av
@@ -107,9 +107,12 @@ class SourceVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, source: VideoSource, owner: str) -> None:
+    def __init__(
+        self, source: VideoSource, owner: str, on_error: Callable[[ClientError], None] | None = None
+    ) -> None:
         super().__init__()
         self.source = source
+        self._on_error = on_error
         self.enabled = True
         self.frames_sent = 0
         self.size: tuple[int, int] | None = None
@@ -129,6 +132,8 @@ class SourceVideoTrack(MediaStreamTrack):
                 logger.error("%s: video source failed: %s", self._owner, exc)
                 self.error = exc
                 self.stop()
+                if self._on_error is not None:
+                    self._on_error(exc)
                 raise MediaStreamError from exc
         else:
             frame = await self._black_frame()
@@ -160,9 +165,12 @@ class SourceAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, source: AudioSource, owner: str) -> None:
+    def __init__(
+        self, source: AudioSource, owner: str, on_error: Callable[[ClientError], None] | None = None
+    ) -> None:
         super().__init__()
         self.source = source
+        self._on_error = on_error
         self.enabled = True
         self._owner = owner
         self._pts = 0
@@ -177,6 +185,8 @@ class SourceAudioTrack(MediaStreamTrack):
             logger.error("%s: audio source failed: %s", self._owner, exc)
             self.error = exc
             self.stop()
+            if self._on_error is not None:
+                self._on_error(exc)
             raise MediaStreamError from exc
         if not self.enabled:
             samples = np.zeros_like(samples)

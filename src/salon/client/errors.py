@@ -17,8 +17,14 @@
     │   ├── MediaUnavailable            the server has no media plane or ran out of ports
     │   ├── MediaRejected               the server refused the SDP offer or an ICE candidate
     │   └── ServerError                 the server failed (its fault, try again)
-    ├── MediaError                      local media failed (negotiation, encoder, ICE)
-    └── DeviceNotFound                  no such capture device (e.g. no V4L2 camera)
+    └── MediaError                      local media failed (negotiation, encoder, ICE)
+        └── SourceError                 a publisher's source cannot produce media (a file
+            │                           without the track asked for, unreadable, ended)
+            └── DeviceNotFound          no such capture device, or it cannot be opened
+
+A source that cannot start makes :meth:`Session.publish <salon.client.Session.publish>`
+raise :class:`SourceError` (sources are opened and probed before anything is sent); one that
+fails later, while publishing, is reported as an :class:`~salon.client.events.Error` event.
 
 Requests refused by the server carry its stable error ``code`` (:class:`ErrorCode`) and its
 human-readable message, prefixed with what was asked for: ``"subscribe to stream 78ac...:
@@ -47,6 +53,7 @@ __all__ = [
     "RequestRefused",
     "ServerError",
     "SessionNotFound",
+    "SourceError",
     "error_for_code",
 ]
 
@@ -139,8 +146,15 @@ class MediaError(ClientError):
     """Local media failed: negotiation, ICE/DTLS, or a source that cannot produce frames."""
 
 
-class DeviceNotFound(MediaError):
-    """The capture device does not exist or cannot be opened (e.g. no ``/dev/video0``)."""
+class SourceError(MediaError):
+    """A publisher's video or audio source cannot produce media: a media file that cannot be
+    read, has no stream of the kind asked for, or ended (``loop=False``); a device that
+    cannot be opened."""
+
+
+class DeviceNotFound(SourceError):
+    """The capture device does not exist or cannot be opened (e.g. no ``/dev/video0``, or a
+    path that is not a V4L2 camera, or one another program holds)."""
 
 
 _BY_CODE: dict[ErrorCode, type[RequestRefused]] = {

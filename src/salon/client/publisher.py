@@ -25,14 +25,15 @@ from salon.client._media import (
     new_peer_connection,
     restrict_ice_addresses,
 )
-from salon.client.errors import InvalidStateError, MediaError
+from salon.client.errors import ClientError, InvalidStateError, MediaError
+from salon.client.events import Error
 from salon.client.models import Stream, VideoType
 from salon.client.sources import AudioSource, TestPatternSource, ToneSource, VideoSource
 from salon.client.stats import PublisherStats, _Rates, collect, transport_bitrate
 from salon.signalling.schema import PublishRequest, UpdateStreamRequest
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from salon.client.session import Session
 
@@ -188,18 +189,23 @@ class Publisher:
     async def _offer(self, ice_servers: Sequence[RTCIceServer], ice_addresses: Sequence[str] | None) -> str:
         """A new peer connection with fresh tracks on the sources; returns its sendonly offer."""
         await self._close_media()
+        # Open and probe the sources first: one that cannot start fails publish() itself.
+        if self.audio_source is not None:
+            await self.audio_source._start()
+        if self.video_source is not None:
+            await self.video_source._start()
         pc = new_peer_connection(ice_servers)
         self._pc = pc
         owner = repr(self)
         try:
             if self.audio_source is not None:
                 self.audio_source._acquire()
-                self._audio_track = SourceAudioTrack(self.audio_source, owner)
+                self._audio_track = SourceAudioTrack(self.audio_source, owner, self._source_failed("audio"))
                 self._audio_track.enabled = self._audio_on
                 pc.addTransceiver(self._audio_track, direction="sendonly")
             if self.video_source is not None:
                 self.video_source._acquire()
-                self._video_track = SourceVideoTrack(self.video_source, owner)
+                self._video_track = SourceVideoTrack(self.video_source, owner, self._source_failed("video"))
                 self._video_track.enabled = self._video_on
                 pc.addTransceiver(self._video_track, direction="sendonly")
             if ice_addresses is not None:
@@ -211,6 +217,15 @@ class Publisher:
                 raise
             raise MediaError(f"{self!r}: cannot create an offer: {exc}") from exc
         return str(pc.localDescription.sdp)
+
+    def _source_failed(self, kind: str) -> Callable[[ClientError], None]:
+        """Report a source failing while published as an :class:`Error` event."""
+
+        def report(error: ClientError) -> None:
+            if self._session is not None:
+                self._session._emit(Error(error, f"{self!r}: the {kind} source stopped"))
+
+        return report
 
     async def _answer(self, sdp: str | None, stream: Stream) -> None:
         if self._pc is None:

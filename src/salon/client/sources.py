@@ -17,6 +17,13 @@ pushes), :class:`ToneSource` (a sine) and :class:`MediaFileAudioSource`.
 A source is independent of any connection: when a publisher is re-published (after a
 reconnection) a new aiortc track is made from the same source. A source serves at most one
 publisher at a time. Sources produce frames only while a track pulls them.
+
+Failures: :meth:`Session.publish <salon.client.Session.publish>` starts (opens and probes)
+the sources first, so a file without the stream asked for, or a device that cannot be
+opened, raises :class:`~salon.client.errors.SourceError` (``DeviceNotFound`` for devices)
+from ``publish``. A source failing later (a read error, the end of a file played with
+``loop=False``) stops that track and is reported as an :class:`~salon.client.events.Error`
+event on the session.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from salon.client.errors import DeviceNotFound, InvalidStateError, MediaError
+from salon.client.errors import DeviceNotFound, InvalidStateError, SourceError
 from salon.client.frames import VideoFrame
 
 __all__ = [
@@ -79,6 +86,10 @@ class VideoSource(abc.ABC):
     def _release(self) -> None:
         self._in_use = False
 
+    async def _start(self) -> None:  # noqa: B027 - optional hook
+        """Make sure the source can produce frames (open and probe files and devices), before
+        anything is published. :raises SourceError: it cannot."""
+
     @abc.abstractmethod
     async def _next_frame(self) -> av.VideoFrame:
         """The next frame to encode, paced by the source (pts is set by the track)."""
@@ -100,6 +111,12 @@ class AudioSource(abc.ABC):
 
     def _release(self) -> None:
         self._in_use = False
+
+    async def _start(self) -> None:  # noqa: B027 - optional hook
+        """Make sure the source can produce audio, before anything is published.
+
+        :raises SourceError: it cannot.
+        """
 
     @abc.abstractmethod
     async def _next_samples(self) -> tuple[npt.NDArray[np.int16], int]:
@@ -268,16 +285,24 @@ class _ContainerReader:
         self._container: Any = None
         self._frames: Iterator[Any] | None = None
 
+    def start(self) -> None:
+        """Open the container unless it is open (blocking; call in a thread).
+
+        :raises SourceError: it cannot be opened or has no stream of the kind.
+        """
+        if self._frames is None:
+            self._open()
+
     def _open(self) -> None:
         try:
             self._container = av.open(self.url, format=self._format, options=self._options)
         except (OSError, av.FFmpegError) as exc:
-            raise MediaError(f"cannot open {self.url!r}: {exc}") from exc
+            raise SourceError(f"cannot open {self.url!r}: {exc}") from exc
         streams = self._container.streams.video if self.kind == "video" else self._container.streams.audio
         if not streams:
             self._container.close()
             self._container = None
-            raise MediaError(f"{self.url!r} has no {self.kind} stream")
+            raise SourceError(f"{self.url!r} has no {self.kind} stream")
         stream = streams[0]
         stream.thread_type = "AUTO"
         self._frames = iter(self._container.decode(stream))
@@ -294,7 +319,10 @@ class _ContainerReader:
                 self.close()
                 if not self.loop:
                     break
-        raise MediaError(f"{self.url!r}: end of {self.kind}")
+            except (OSError, av.FFmpegError) as exc:
+                self.close()
+                raise SourceError(f"{self.url!r}: cannot decode {self.kind}: {exc}") from exc
+        raise SourceError(f"{self.url!r}: end of {self.kind}")
 
     def close(self) -> None:
         if self._container is not None:
@@ -305,27 +333,33 @@ class _ContainerReader:
 
 class MediaFileVideoSource(VideoSource):
     """The first video stream of a media file (anything FFmpeg reads), decoded in a worker
-    thread and paced at ``frame_rate`` (default: the file's own rate, else 30)."""
+    thread and paced at ``frame_rate`` (default: the file's own rate, else 30). Its
+    ``width`` and ``height`` are the file's.
+
+    :raises SourceError: no such file, not readable, or no video stream.
+    """
 
     def __init__(
         self, path: str | os.PathLike[str], *, loop: bool = True, frame_rate: float | None = None
     ) -> None:
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
-            raise MediaError(f"no media file {self.path!r}")
-        rate = frame_rate
-        if rate is None:
+            raise SourceError(f"no media file {self.path!r}")
+        try:
             with av.open(self.path) as probe:
                 if not probe.streams.video:
-                    raise MediaError(f"{self.path!r} has no video stream")
+                    raise SourceError(f"{self.path!r} has no video stream")
                 video = probe.streams.video[0]
-                rate = float(video.average_rate or 30)
-                width, height = video.codec_context.width, video.codec_context.height
-        else:
-            width, height = None, None
+                rate = frame_rate if frame_rate is not None else float(video.average_rate or 30)
+                width, height = video.codec_context.width or None, video.codec_context.height or None
+        except (OSError, av.FFmpegError) as exc:
+            raise SourceError(f"cannot open {self.path!r}: {exc}") from exc
         super().__init__(width=width, height=height, frame_rate=rate)
         self._reader = _ContainerReader(self.path, "video", loop=loop)
         self._pacer = _Pacer(rate)
+
+    async def _start(self) -> None:
+        await asyncio.to_thread(self._reader.start)
 
     async def _next_frame(self) -> av.VideoFrame:
         frame = await asyncio.to_thread(self._reader.read)
@@ -339,7 +373,9 @@ class MediaFileVideoSource(VideoSource):
 class CameraSource(VideoSource):
     """A V4L2 camera, e.g. ``/dev/video0``, opened with PyAV (``format="v4l2"``).
 
-    :raises DeviceNotFound: when the device node does not exist (no camera on this machine).
+    :raises DeviceNotFound: when the device node does not exist (no camera on this machine);
+        from :meth:`Session.publish <salon.client.Session.publish>` when it exists but cannot
+        be opened as a V4L2 camera at this size and rate (not a camera, busy, no permission).
     """
 
     def __init__(
@@ -359,10 +395,16 @@ class CameraSource(VideoSource):
             options={"video_size": f"{width}x{height}", "framerate": f"{frame_rate:g}"},
         )
 
+    async def _start(self) -> None:
+        try:
+            await asyncio.to_thread(self._reader.start)
+        except SourceError as exc:
+            raise DeviceNotFound(f"camera {self.device} cannot be opened: {exc}") from exc
+
     async def _next_frame(self) -> av.VideoFrame:
         try:
             return await asyncio.to_thread(self._reader.read)
-        except MediaError as exc:
+        except SourceError as exc:
             raise DeviceNotFound(f"camera {self.device}: {exc}") from exc
 
     def close(self) -> None:
@@ -418,12 +460,23 @@ class CustomAudioSource(AudioSource):
         if samples.dtype != np.int16:
             raise ValueError(f"audio samples are int16, not {samples.dtype}")
         pcm = samples.reshape(-1, self.channels)
+        if len(pcm) > self._max:  # longer than the whole buffer: only its newest part fits
+            self.dropped_samples += len(pcm) - self._max
+            pcm = pcm[len(pcm) - self._max :]
         self._chunks.append(pcm)
         self._buffered += len(pcm)
-        while self._buffered > self._max and self._chunks:
-            dropped = self._chunks.popleft()
-            self._buffered -= len(dropped)
-            self.dropped_samples += len(dropped)
+        excess = self._buffered - self._max
+        while excess > 0:  # drop the oldest samples, cutting into the oldest chunk if need be
+            oldest = self._chunks[0]
+            if len(oldest) <= excess:
+                self._chunks.popleft()
+                cut = len(oldest)
+            else:
+                self._chunks[0] = oldest[excess:]
+                cut = excess
+            self._buffered -= cut
+            self.dropped_samples += cut
+            excess -= cut
 
     async def _next_samples(self) -> tuple[npt.NDArray[np.int16], int]:
         await self._pacer.wait()
@@ -444,13 +497,17 @@ class CustomAudioSource(AudioSource):
 
 
 class MediaFileAudioSource(AudioSource):
-    """The first audio stream of a media file, resampled to 48 kHz mono, paced in real time."""
+    """The first audio stream of a media file, resampled to 48 kHz mono, paced in real time.
+
+    :raises SourceError: no such file; from :meth:`Session.publish
+        <salon.client.Session.publish>` when the file cannot be read or has no audio.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, loop: bool = True) -> None:
         super().__init__()
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
-            raise MediaError(f"no media file {self.path!r}")
+            raise SourceError(f"no media file {self.path!r}")
         self._reader = _ContainerReader(self.path, "audio", loop=loop)
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
         self._pending = np.zeros((0, 1), dtype=np.int16)
@@ -467,6 +524,9 @@ class MediaFileAudioSource(AudioSource):
         samples = np.concatenate(parts)
         self._pending = samples[n:]
         return samples[:n]
+
+    async def _start(self) -> None:
+        await asyncio.to_thread(self._reader.start)
 
     async def _next_samples(self) -> tuple[npt.NDArray[np.int16], int]:
         samples = await asyncio.to_thread(self._fill, int(AUDIO_RATE * AUDIO_PTIME))
