@@ -49,16 +49,40 @@ async def test_a_custom_capturer_keeps_the_latest_frame_and_counts_drops() -> No
 
 
 async def test_pushed_pcm_is_sent_in_20_ms_frames_then_silence() -> None:
-    source = CustomAudioSource(sample_rate=48000, max_buffer=0.05)
-    source.push(np.full(3000, 1000, dtype=np.int16))  # 62.5 ms > 50 ms: the oldest is dropped
-    assert source.dropped_samples == 3000 or source.dropped_samples == 0
-    source.push(np.full(960, 7, dtype=np.int16))
+    source = CustomAudioSource(sample_rate=48000, max_buffer=0.05)  # 2400 samples
+    ramp = np.arange(1, 4001, dtype=np.int16)  # each sample says where it was pushed
+    source.push(ramp[:3000])  # 62.5 ms > 50 ms: the oldest 600 samples are dropped
+    assert source.dropped_samples == 600
+    source.push(ramp[3000:3960])  # 960 more: the oldest 960 of the buffer go
+    assert source.dropped_samples == 1560
     samples, rate = await source._next_samples()
     assert rate == 48000 and samples.shape == (960, 1)
-    while source._chunks:
-        samples, _ = await source._next_samples()
+    assert samples[:, 0].tolist() == ramp[1560:2520].tolist()  # the newest 2400 were kept, in order
+    samples, _ = await source._next_samples()
+    assert samples[:, 0].tolist() == ramp[2520:3480].tolist()
+    samples, _ = await source._next_samples()
+    assert samples[:480, 0].tolist() == ramp[3480:3960].tolist() and not samples[480:].any()
     samples, _ = await source._next_samples()
     assert not samples.any()
+
+
+async def test_a_small_push_into_a_full_buffer_cuts_into_the_oldest_chunk() -> None:
+    source = CustomAudioSource(sample_rate=48000, max_buffer=0.02, channels=2)  # 960 frames
+    source.push(np.full((960, 2), 5, dtype=np.int16))
+    source.push(np.full((100, 2), 9, dtype=np.int16))
+    assert source.dropped_samples == 100
+    samples, _ = await source._next_samples()
+    assert samples.shape == (960, 2)
+    assert (samples[:860] == 5).all() and (samples[860:] == 9).all()
+
+
+async def test_decoded_planes_are_read_only_views() -> None:
+    frame = VideoFrame(320, 240, 0.0, await TestPatternSource(width=320, height=240)._next_frame())
+    for plane in frame.planes:
+        assert not plane.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            plane[0, 0] = 1
+    assert frame.to_rgb().flags.writeable  # conversions are the caller's copies
 
 
 async def test_a_tone_has_its_frequency() -> None:

@@ -43,7 +43,9 @@ class VideoFrame:
         for i, plane in enumerate(frame.planes[:3]):
             width, height = sizes[min(i, 1)]
             flat = np.frombuffer(memoryview(plane), dtype=np.uint8)
-            views.append(flat.reshape(-1, plane.line_size)[:height, :width])
+            view = flat.reshape(-1, plane.line_size)[:height, :width]
+            view.flags.writeable = False  # the decoder's buffer, shared by every reader
+            views.append(view)
         return views[0], views[1], views[2]
 
     def to_i420(self) -> npt.NDArray[np.uint8]:
