@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -231,6 +232,34 @@ async def test_sdk_mute_stream_and_mute_all(server: RunningServer) -> None:
     assert r.status_code == 404 and r.json()["code"] == "not_found" and r.json()["message"]
     for client in (a, b, c):
         await client.close()
+
+
+async def test_rest_mute_all_outlives_the_live_session_until_disabled(server: RunningServer) -> None:
+    sid = server.session()
+    server.sdk.mute_all(sid, [])  # no client connected yet
+    a = await WsClient.join(server.url, sid, server.token(sid))
+    first = (await a.request({"type": "publish", "name": "a"}))["stream"]
+    assert first["has_audio"] is False
+    assert (await a.next("mute_forced"))["stream_id"] == first["stream_id"]
+    await a.close()
+    await asyncio.sleep(0.2)  # the last client left: the live session is gone
+
+    b = await WsClient.join(server.url, sid, server.token(sid))
+    assert (await b.request({"type": "publish", "name": "b"}))["stream"]["has_audio"] is False
+    # A moderator over signalling switches off what the REST API switched on.
+    mod = await WsClient.join(server.url, sid, server.token(sid, "moderator"))
+    assert (await mod.request({"type": "force_mute", "active": False}))["type"] == "ack"
+    assert (await b.request({"type": "publish", "name": "b2"}))["stream"]["has_audio"] is True
+    await b.close()
+    await mod.close()
+    await asyncio.sleep(0.2)
+
+    server.sdk.mute_all(sid, [])
+    server.sdk.disable_force_mute(sid)  # both on a session with no client
+    c = await WsClient.join(server.url, sid, server.token(sid))
+    assert (await c.request({"type": "publish", "name": "c"}))["stream"]["has_audio"] is True
+    assert [m for m in await c.quiet() if m["type"] == "mute_forced"] == []
+    await c.close()
 
 
 def test_openapi_document_describes_the_rest_surface(server: RunningServer) -> None:

@@ -212,6 +212,37 @@ async def test_moderator_forces_unpublish_mute_and_disconnect(server: RunningSer
     await watcher.close()
 
 
+async def test_a_moderator_switches_mute_all_on_and_off(server: RunningServer) -> None:
+    sid = server.session()
+    mod = await WsClient.join(server.url, sid, server.token(sid, "moderator"))
+    user = await WsClient.join(server.url, sid, server.token(sid))
+    own = (await mod.request({"type": "publish", "name": "mod"}))["stream"]["stream_id"]
+    assert (await mod.request({"type": "force_mute", "excluded_stream_ids": [own]}))["type"] == "ack"
+    # A stream published later starts muted, and its owner is told.
+    later = (await user.request({"type": "publish", "name": "later"}))["stream"]
+    assert later["has_audio"] is False
+    assert (await user.next("mute_forced"))["stream_id"] == later["stream_id"]
+    assert (await mod.next("stream_created"))["stream"]["has_audio"] is False
+    # Only a moderator may switch it off, and never for one stream.
+    refused = await user.request({"type": "force_mute", "active": False})
+    assert refused["code"] == "permission_denied"
+    bad = await mod.request({"type": "force_mute", "active": False, "stream_id": own})
+    assert bad["code"] == "invalid_message" and "active" in bad["message"]
+    assert (await mod.request({"type": "force_mute", "active": False}))["type"] == "ack"
+    # Switching off mutes and unmutes nothing; streams published afterwards keep their audio.
+    changes = [
+        m
+        for m in await user.quiet() + await mod.quiet()
+        if m["type"] not in ("connection_created", "stream_created")
+    ]
+    assert changes == []
+    after = (await user.request({"type": "publish", "name": "after"}))["stream"]
+    assert after["has_audio"] is True
+    assert [m for m in await user.quiet() if m["type"] == "mute_forced"] == []
+    await user.close()
+    await mod.close()
+
+
 async def test_a_client_that_vanishes_is_destroyed_as_network_disconnected(server: RunningServer) -> None:
     # The fixture's server drops connections silent for 2 s (heartbeat every 0.5 s).
     sid = server.session()

@@ -433,16 +433,14 @@ async def mute_stream(
 @router.post(
     P + "/mute",
     tags=["moderation"],
-    summary="Force every stream (but excluded ones) to mute",
+    summary="Force every stream (but excluded ones) to mute, and later ones, until disabled",
     responses=ERRORS,
 )
 async def mute_all(
     sessionId: str, body: MuteBody, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> dict[str, Any]:
     await session_of(project, reg, sessionId)
-    session = live(service, sessionId)
-    if session is not None:
-        await service.carry_out(session, session.force_mute(None, excluded=body.excluded, active=body.active))
+    await service.mute_all(sessionId, body.excluded, active=body.active)
     return {}
 
 

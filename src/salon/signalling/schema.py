@@ -290,12 +290,25 @@ class ForceUnpublishRequest(_Model):
 
 
 class ForceMuteRequest(_Model):
-    """Mute one stream (``stream_id``) or every stream but ``excluded_stream_ids``."""
+    """Mute one stream (``stream_id``) or every stream but ``excluded_stream_ids`` ("mute
+    all", which also mutes the streams published later until it is switched off with
+    ``active`` false)."""
 
     type: Literal["force_mute"] = "force_mute"
     request_id: RequestId
     stream_id: str | None = None
     excluded_stream_ids: list[str] = Field(default_factory=list)
+    active: bool = Field(
+        True,
+        description="Mute all only: false switches the session's mute-all state off (nothing is "
+        "muted or unmuted).",
+    )
+
+    @model_validator(mode="after")
+    def _active_is_for_mute_all(self) -> ForceMuteRequest:
+        if not self.active and self.stream_id is not None:
+            raise ValueError("active false switches mute all off: it takes no stream_id")
+        return self
 
 
 class PongMessage(_Model):

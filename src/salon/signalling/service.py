@@ -195,6 +195,9 @@ class SignallingService:
         #: The STUN/TURN servers handed to each connection in ``connected``.
         self.ice = ice or IceSettings()
         self._voices: dict[str, _Voices] = {}
+        #: Sessions whose mute-all state is on (session ID -> excluded stream IDs). It outlives
+        #: the live :class:`Session` (until switched off or the server stops), as in OpenTok.
+        self._mute_all: dict[str, frozenset[str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -472,6 +475,9 @@ class SignallingService:
         session = self.sessions.get(request.session_id)
         if session is None:
             session = self.sessions[request.session_id] = Session(request.session_id, claims.api_key)
+            excluded = self._mute_all.get(session.session_id)
+            if excluded is not None:  # switched on while the session had no connection
+                session.mute_all_active, session.mute_all_excluded = True, excluded
         connection_id = new_connection_id()
         conn, actions = session.join(
             connection_id,
@@ -602,7 +608,11 @@ class SignallingService:
             case ForceUnpublishRequest():
                 actions = session.force_unpublish(message.stream_id, by=cid)
             case ForceMuteRequest():
-                actions = session.force_mute(message.stream_id, excluded=message.excluded_stream_ids, by=cid)
+                actions = session.force_mute(
+                    message.stream_id, excluded=message.excluded_stream_ids, by=cid, active=message.active
+                )
+                if message.stream_id is None:
+                    self._remember_mute_all(session)
             case PongMessage():
                 return None
         await self._reply_then_apply(session, cid, AckMessage(request_id=message.request_id), actions)
@@ -660,6 +670,26 @@ class SignallingService:
         await self._connection_gone(session, connection_id)
 
     # -- REST API entry points ---------------------------------------------------------
+
+    async def mute_all(self, session_id: str, excluded: list[str], *, active: bool) -> None:
+        """Switch a session's mute-all state on (muting every stream but ``excluded``, and every
+        stream published later) or off. The session need not be live: the state applies when
+        it is."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            if active:
+                self._mute_all[session_id] = frozenset(excluded)
+            else:
+                self._mute_all.pop(session_id, None)
+            return
+        await self.carry_out(session, session.force_mute(None, excluded=excluded, active=active))
+        self._remember_mute_all(session)
+
+    def _remember_mute_all(self, session: Session) -> None:
+        if session.mute_all_active:
+            self._mute_all[session.session_id] = session.mute_all_excluded
+        else:
+            self._mute_all.pop(session.session_id, None)
 
     async def force_disconnect(self, session_id: str, connection_id: str) -> None:
         session = self.sessions.get(session_id)
