@@ -13,7 +13,7 @@ a ``type`` discriminator, and there is one union per direction:
   ======================== ===============================================================
   :class:`ReadyEvent`      the worker is up (first message on the channel)
   :class:`TransportConnectedEvent`  a transport's ICE + DTLS completed (for a publish
-                           transport: the stream's media flows)
+                           transport: its first media packet arrived, the stream flows)
   :class:`TransportClosedEvent`     a transport closed; ``by_peer`` tells whether the peer
                            or the network closed it (ICE/DTLS failure, timeout, disconnect)
                            rather than the main process (for a publish transport: the stream

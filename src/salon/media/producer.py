@@ -160,6 +160,9 @@ class Producer:
         #: Called with (producer, level in -dBov, voice flag, now) for each audio packet that
         #: carries a level (the worker feeds its active-speaker detector); None: no call.
         self.on_audio_level: Callable[[Producer, int, bool, float], None] | None = None
+        #: One-shot: called with the producer on its first media packet, then reset to None
+        #: (the worker announces the stream once media flows, not when ICE + DTLS are up).
+        self.on_first_packet: Callable[[Producer], None] | None = None
 
         self.ssrc: int | None = track.ssrc
         self.rtx_ssrc: int | None = track.rtx_ssrc
@@ -257,6 +260,9 @@ class Producer:
             header = RtpHeader(header.marker, self._pt, osn, header.timestamp, self.ssrc, 12, 0, 0)
         elif header.payload_type != self._pt:
             return
+        if self.on_first_packet is not None:
+            first, self.on_first_packet = self.on_first_packet, None
+            first(self)
         stats = self.stats
         stats.packets_received += 1
         stats.bytes_received += len(data)

@@ -23,7 +23,8 @@ Requests are handled in order of arrival; those that must wait (gathering candid
 transports) run in owned tasks, so one slow publish does not hold up the others. Every request
 gets exactly one response (see :mod:`salon.media.channel` for errors).
 
-Events sent to the main process: transport connected / closed (with ``by_peer``), and per
+Events sent to the main process: transport connected (for a publish transport: on its first
+media packet) / closed (with ``by_peer``), and per
 router, every 250 ms at most, the audio levels that changed and active-speaker changes, from
 the ``ssrc-audio-level`` extension of the producers' packets
 (:attr:`~salon.media.producer.Producer.on_audio_level` →
@@ -124,8 +125,25 @@ class HostedRouter:
         return self.router.id
 
     def watch(self, transport: WebRtcTransport) -> None:
-        """Report ``transport``'s connected / closed events to the main process."""
+        """Report ``transport``'s connected / closed events to the main process.
+
+        A publish transport is reported connected on the first media packet of one of its
+        producers, not when ICE + DTLS complete: the main process announces the stream then,
+        so it becomes visible only once media flows.
+        """
         transport.events.add_listener(self._on_transport_event)
+        producers = list(transport.producers.values())
+        if not producers:
+            return
+
+        def first_packet(_producer: Producer) -> None:
+            for producer in producers:
+                producer.on_first_packet = None
+            if not transport.closed:
+                self.worker.send(TransportConnectedMessage(router_id=self.id, transport_id=transport.id))
+
+        for producer in producers:
+            producer.on_first_packet = first_packet
 
     def watch_audio(self, producer: Producer) -> None:
         """Feed ``producer``'s packet audio levels to the active-speaker detector."""
@@ -171,7 +189,10 @@ class HostedRouter:
 
     def _on_transport_event(self, event: TransportEvent) -> None:
         if isinstance(event, TransportConnected):
-            self.worker.send(TransportConnectedMessage(router_id=self.id, transport_id=event.transport.id))
+            if not event.transport.producers:  # publish transports: on the first packet (watch)
+                self.worker.send(
+                    TransportConnectedMessage(router_id=self.id, transport_id=event.transport.id)
+                )
         elif isinstance(event, TransportClosed):
             self.worker.send(
                 TransportClosedMessage(

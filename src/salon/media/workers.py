@@ -152,7 +152,7 @@ class RouterHandleEvent:
 
 @dataclass(frozen=True, slots=True)
 class StreamFlowing(RouterHandleEvent):
-    """A stream's publish transport connected: its media flows."""
+    """A stream's media flows: the first RTP packet reached one of its producers."""
 
     stream_id: str
 
