@@ -18,6 +18,7 @@ import opentok
 import pytest
 import websockets
 
+from salon.errors import ServerError
 from salon.ids import encode_session_id
 from salon.signalling.service import SignallingConfig
 from salon.store import Store, database_url_for
@@ -607,6 +608,40 @@ async def test_a_frame_over_1_mib_closes_that_socket_and_nothing_else(server: Ru
     await late.request({"type": "signal", "signal_type": "t", "data": "still serving"})
     assert (await watcher.next("signal"))["data"] == "still serving"
     await late.close()
+    await watcher.close()
+
+
+class _DatabaseDown:
+    """A registry whose session lookups fail as the store's do when the database is down."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def session(self, session_id: str) -> None:
+        raise ServerError("cannot read the database: OperationalError")
+
+
+async def test_a_server_failure_during_connect_is_internal_error_then_1011(server: RunningServer) -> None:
+    sid = server.session()
+    watcher = await WsClient.join(server.url, sid, server.token(sid))
+    service = server.thread.server.config.app.state.signalling
+    service.registry = _DatabaseDown(service.registry)
+    try:
+        client = await WsClient.open(server.url)
+        await client.send({"type": "connect", "request_id": 1, "session_id": sid, "token": server.token(sid)})
+        error = await client.next("error")
+        assert (error["request_id"], error["code"]) == (1, "internal_error")
+        assert "OperationalError" not in error["message"]  # details are for the server's log
+        assert (await client.closed())[0] == 1011
+    finally:
+        service.registry = service.registry.inner
+    assert await watcher.quiet() == []
+    again = await WsClient.join(server.url, sid, server.token(sid))
+    assert (await watcher.next("connection_created"))["connection"]["connection_id"] == again.connection_id
+    await again.close()
     await watcher.close()
 
 
