@@ -1,8 +1,8 @@
 """SDP offer/answer for the SFU: pure functions, no I/O.
 
-The SFU never offers: every client sends an offer and the SFU answers (see
-``docs``/media-plane.md §1.4: a fresh ``RTCIceGatherer`` is ICE-controlled, so the SFU is the
-DTLS client and always answers ``a=setup:active``).
+The SFU never offers: every client sends an offer and the SFU answers (see the
+"Media plane" section of ``docs/architecture.md``: a fresh ``RTCIceGatherer`` is
+ICE-controlled, so the SFU is the DTLS client and always answers ``a=setup:active``).
 
 Two kinds of offer exist, one per transport:
 

@@ -2,8 +2,8 @@
 
 Built on aiortc's ORTC objects (``RTCIceGatherer`` → ``RTCIceTransport`` →
 ``RTCDtlsTransport``) with no ``RTCPeerConnection``, ``RTCRtpSender`` or ``RTCRtpReceiver``
-(docs: media-plane.md §1.3-1.4). The SFU always answers, so its gatherer is ICE-controlled and
-the DTLS role is *client* (``a=setup:active``).
+(``docs/architecture.md``, "Media plane"). The SFU always answers, so its gatherer is
+ICE-controlled and the DTLS role is *client* (``a=setup:active``).
 
 Packet path (no per-packet asyncio queue or task once connected):
 
