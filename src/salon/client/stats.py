@@ -1,11 +1,25 @@
 """Media statistics of publishers and subscribers, from aiortc's ``getStats()`` plus the
-SDK's own frame counters."""
+SDK's own frame counters.
+
+Round-trip time: a publisher gets it from the RTCP receiver reports the server sends back
+about its media (``remote-inbound-rtp``). A subscriber has no such source: it only receives
+RTP, and the RTCP sender reports it gets carry no round trip (that needs the server to time
+the subscriber's own reports). So :meth:`Subscriber.get_stats
+<salon.client.Subscriber.get_stats>` measures it directly, as ICE consent freshness does
+(RFC 7675): one STUN binding request on the peer connection's selected candidate pair,
+answered by the server's ICE agent, timed from send to reply. It is the media path's round
+trip plus both ends' event-loop delay, measured at that call (not an average); None when no
+reply came within a second (a lost request) or ICE is not connected.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from aioice import stun
 
 __all__ = ["PublisherStats", "RtpStats", "SubscriberStats"]
 
@@ -29,7 +43,9 @@ class RtpStats:
     jitter: float | None
     """Interarrival jitter in RTP timestamp units, when known."""
     round_trip_time: float | None
-    """Seconds, from RTCP receiver reports (publishers only)."""
+    """Seconds: for publishers from the server's RTCP receiver reports, for subscribers one
+    STUN round trip on the media path timed during ``get_stats()`` (see the module
+    docstring); None when unknown."""
     frame_rate: float | None = None
     """Video frames per second sent or decoded since the previous ``get_stats()``."""
     width: int | None = None
@@ -108,6 +124,37 @@ def collect(
             height=size[1] if video and size else None,
         )
     return by_kind
+
+
+async def ice_round_trip_time(pc: Any, timeout: float = 1.0) -> float | None:
+    """Seconds for one STUN binding request on ``pc``'s selected ICE candidate pair to be
+    answered (a consent-freshness check, RFC 7675), or None (not connected, no reply in
+    ``timeout``). All media of a salon peer connection shares one (bundled) transport.
+
+    Uses aiortc 1.16 / aioice 0.13 internals: ``RTCIceTransport._connection``,
+    ``Connection._nominated``, ``build_request`` and ``StunProtocol.request``.
+    """
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        return None
+    connection = transceivers[0].receiver.transport.transport._connection
+    pairs = list(getattr(connection, "_nominated", {}).values())
+    if not pairs or connection.remote_password is None:
+        return None
+    pair = pairs[0]
+    request = connection.build_request(pair, nominate=False)
+    start = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            await pair.protocol.request(
+                request,
+                pair.remote_addr,
+                integrity_key=connection.remote_password.encode("utf8"),
+                retransmissions=0,
+            )
+    except (stun.TransactionError, TimeoutError, ConnectionError, OSError):
+        return None
+    return time.monotonic() - start
 
 
 def transport_bitrate(report: Any, rates: _Rates, *, outbound: bool) -> float:

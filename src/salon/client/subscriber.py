@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,7 +29,14 @@ from salon.client._media import complete_rejected_mlines, new_peer_connection, r
 from salon.client.errors import InvalidStateError, MediaError
 from salon.client.frames import AudioFrame, VideoFrame
 from salon.client.models import Stream
-from salon.client.stats import SubscriberStats, _Rates, collect, transport_bitrate
+from salon.client.stats import (
+    RtpStats,
+    SubscriberStats,
+    _Rates,
+    collect,
+    ice_round_trip_time,
+    transport_bitrate,
+)
 from salon.signalling.schema import SetSubscriptionRequest
 
 if TYPE_CHECKING:
@@ -140,13 +148,17 @@ class Subscriber:
         )
 
     async def get_stats(self) -> SubscriberStats:
-        """Received packets, bitrate, loss, jitter, decoded frame rate and resolution per kind.
+        """Received packets, bitrate, loss, jitter, decoded frame rate and resolution per kind,
+        and the round-trip time to the server (one STUN round trip on the media path, timed
+        now: see :mod:`salon.client.stats`; this call takes that long).
 
         :raises InvalidStateError: not subscribed.
         """
-        if self._pc is None:
+        pc = self._pc
+        if pc is None:
             raise InvalidStateError(f"{self!r} is not subscribed")
-        report = await self._pc.getStats()
+        rtt = await ice_round_trip_time(pc)
+        report = await pc.getStats()
         stats = collect(
             report,
             self._rates,
@@ -155,8 +167,8 @@ class Subscriber:
             size=self.size,
         )
         return SubscriberStats(
-            audio=stats.get("audio"),
-            video=stats.get("video"),
+            audio=_with_rtt(stats.get("audio"), rtt),
+            video=_with_rtt(stats.get("video"), rtt),
             bitrate=transport_bitrate(report, self._rates, outbound=False),
         )
 
@@ -274,6 +286,10 @@ class Subscriber:
 
 
 T = TypeVar("T")
+
+
+def _with_rtt(stats: RtpStats | None, rtt: float | None) -> RtpStats | None:
+    return None if stats is None else dataclasses.replace(stats, round_trip_time=rtt)
 
 
 def _register(queues: list[LatestQueue[T]], maxsize: int, *, closed: bool) -> LatestQueue[T]:

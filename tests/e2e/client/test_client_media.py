@@ -54,15 +54,28 @@ async def test_two_clients_exchange_numbered_video_and_their_own_tones(media_ser
             "30 video frames and 1.5 s of audio on both sides",
             timeout=20,
         )
-        # Stats from aiortc plus the SDK's frame counters; subscription toggles are accepted.
-        subscriber = alice.subscribers[0]
+        # Stats from aiortc plus the SDK's frame counters; rates need a second call.
+        subscriber, publisher = alice.subscribers[0], alice.publishers[0]
+        await subscriber.get_stats()
+        await publisher.get_stats()
+        await asyncio.sleep(2)
         stats = await subscriber.get_stats()
-        assert stats.video is not None and stats.video.packets > 0 and stats.video.width == 640
-        assert stats.audio is not None and stats.audio.packets > 0 and stats.bitrate >= 0
-        published = await alice.publishers[0].get_stats()
-        assert published.video is not None and published.video.packets > 0 and published.video.bytes
-        await subscriber.subscribe_to_video(False)
-        await subscriber.subscribe_to_video(True)
+        published = await publisher.get_stats()
+        for kind, got in (("video", stats.video), ("audio", stats.audio)):
+            assert got is not None and got.kind == kind and got.packets > 50, got
+            assert 0 <= got.packets_lost < got.packets // 20, got  # loopback: next to no loss
+            assert got.round_trip_time is not None and 0 < got.round_trip_time < 1.0, got
+        assert stats.video is not None and (stats.video.width, stats.video.height) == (640, 480)
+        assert stats.video.frame_rate is not None and 10 < stats.video.frame_rate < 45, stats.video
+        assert stats.bitrate > 50_000, stats  # 640x480 VP8 plus Opus
+        for kind, sent in (("video", published.video), ("audio", published.audio)):
+            assert sent is not None and sent.packets > 50 and sent.bytes, sent
+            assert sent.bitrate is not None and sent.bitrate > (50_000 if kind == "video" else 5_000), sent
+            assert 0 <= sent.packets_lost < sent.packets // 20, sent
+            assert sent.round_trip_time is not None and 0 < sent.round_trip_time < 1.0, sent
+        assert published.video is not None and (published.video.width, published.video.height) == (640, 480)
+        assert published.video.frame_rate is not None and 10 < published.video.frame_rate < 45
+        assert published.bitrate > 50_000, published
         for name in sessions:
             assert len(logs[name].of(StreamPublished)) == 1
             assert len(logs[name].of(StreamReceived)) == 1
