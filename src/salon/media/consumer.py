@@ -365,11 +365,13 @@ class Consumer:
         return value[:1] if value else b"\x7f"
 
     def receive_key_frame_request(self, now: float) -> None:
-        """Subscriber PLI/FIR: forwarded to the producer, which throttles."""
+        """Subscriber PLI/FIR: forwarded to the producer, which throttles (not while paused:
+        nothing is sent to this subscriber, and resuming asks for a key frame anyway)."""
         if self.closed:
             return
         self.stats.key_frame_requests_received += 1
-        self.producer.request_key_frame(now)
+        if self._active:
+            self.producer.request_key_frame(now)
 
     def receive_remb(self, bitrate: int, now: float) -> None:
         self.remb_bitrate = int(bitrate)

@@ -18,7 +18,7 @@ extension / payload type). Per packet, synchronously, it:
 Upstream RTCP: key-frame requests from consumers are throttled
 (:class:`~salon.media.keyframe.KeyFrameRequestThrottle`) into PLIs (or FIRs when the publisher
 only offered ``ccm fir``); every ~1 s the producer sends a receiver report plus a REMB carrying
-the minimum of its consumers' REMB estimates (capped at ``max_bitrate``). A publisher SR is
+the minimum of its forwarding consumers' REMB estimates (capped at ``max_bitrate``). A publisher SR is
 rewritten into one SR per consumer so lip sync survives the timestamp offsets.
 
 Closing: :meth:`Producer.close` (unpublish) and :meth:`Producer.transport_closed` both close
@@ -432,7 +432,8 @@ class Producer:
         )
         packet = build_receiver_report(self._rtcp_ssrc, [block])
         if self.kind == "video":
-            estimates = [c.remb_bitrate for c in self._consumers if c.remb_bitrate]
+            # Only subscribers we send to count: a paused one's last estimate is stale.
+            estimates = [c.remb_bitrate for c in self._forwarding if c.remb_bitrate]
             bitrate = min([self.max_bitrate, *estimates])
             packet += build_remb(self._rtcp_ssrc, bitrate, [self.ssrc])
         self.stats.reports_sent += 1

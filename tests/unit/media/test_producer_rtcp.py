@@ -198,6 +198,30 @@ def test_remb_upstream_is_the_lowest_subscriber_estimate_capped_at_max_bitrate()
     assert pub.sent_rtcp(Remb)[-1].bitrate == 1_500_000
 
 
+def test_a_paused_subscribers_estimate_does_not_hold_the_publisher_down() -> None:
+    producer, pub = make_producer()
+    (slow, slow_sub), (fast, fast_sub) = add_consumer(producer, 5000), add_consumer(producer, 6000)
+    feed(producer, 1, 0, KEY, now=0.1)
+    slow_sub.receive_rtcp(build_remb(90, 200_000, [slow.ssrc]), 0.5)
+    fast_sub.receive_rtcp(build_remb(90, 900_000, [fast.ssrc]), 0.5)
+    producer.on_timer(1.0)
+    slow.pause()
+    producer.on_timer(2.0)
+    slow.resume()
+    producer.on_timer(3.0)
+    assert [r.bitrate for r in pub.sent_rtcp(Remb)] == [200_000, 900_000, 200_000]
+
+
+def test_a_paused_subscribers_key_frame_requests_are_not_forwarded() -> None:
+    producer, pub = make_producer()
+    consumer, sub = add_consumer(producer, 5000)
+    feed(producer, 1, 0, KEY, now=0.1)
+    consumer.pause()
+    pub.rtcp.clear()
+    sub.receive_rtcp(build_pli(70, consumer.ssrc), 1.0)
+    assert consumer.stats.key_frame_requests_received == 1 and not pub.sent_rtcp(Pli)
+
+
 def test_audio_producers_send_receiver_reports_without_remb() -> None:
     producer, pub = make_producer(OPUS, rtx_ssrc=None)
     feed(producer, 1, 0, b"\xfc" * 20, pt=111)
