@@ -3,6 +3,8 @@ property changes, moderator actions and typed errors."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sdk_helpers import EventLog, session_for, wait_for
 
@@ -130,3 +132,41 @@ async def test_refusals_are_typed_errors(media_server: RunningServer) -> None:
         assert viewer.publishers == []
     with pytest.raises(InvalidStateError, match="connects once"):
         await viewer.connect()
+
+
+async def test_handlers_and_iterators_set_up_after_connect_see_the_streams_already_there(
+    media_server: RunningServer,
+) -> None:
+    server = media_server
+    sid = server.session()
+    async with session_for(server, sid) as alice:
+        stream = await alice.publish(Publisher("alice", video=False))
+        await wait_for(lambda: server.sdk.list_streams(sid).count == 1, "the stream's media to flow")
+        async with session_for(server, sid) as bob:
+            # The natural code: connect, then register. Nothing was missed.
+            received: list[StreamReceived] = []
+            bob.on(StreamReceived, received.append)
+            assert [e.stream.stream_id for e in received] == [stream.stream_id]
+            everything = EventLog(bob)  # an Event handler gets the connections too
+            assert [type(e) for e in everything.events] == [ConnectionCreated, StreamReceived]
+            events = bob.events()
+            assert [type(await anext(events)) for _ in range(2)] == [ConnectionCreated, StreamReceived]
+
+            # Later streams arrive once each, to the handler and the iterator alike.
+            carol = session_for(server, sid)
+            await carol.connect()
+            second = await carol.publish(Publisher("carol", video=False))
+            await wait_for(lambda: len(received) == 2, "carol's stream at bob")
+            assert [e.stream.stream_id for e in received] == [stream.stream_id, second.stream_id]
+            async with asyncio.timeout(10):
+                while not isinstance(event := await anext(events), StreamReceived):
+                    pass
+            assert event.stream.stream_id == second.stream_id
+            # Signals: `to` is positional-or-keyword, as in OpenTok's signal(type, data, to).
+            carol_log = EventLog(carol)
+            await bob.signal("dm", "to carol", carol.connection)
+            await wait_for(lambda: carol_log.of(SignalReceived), "the signal at carol")
+            signal = carol_log.of(SignalReceived)[0]
+            assert isinstance(signal, SignalReceived) and (signal.type, signal.data) == ("dm", "to carol")
+            await carol.disconnect()
+        assert len(received) == 2
