@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
+import wave
 from typing import Any
 
+import numpy as np
 from playwright.async_api import Browser, Page, Playwright
 
 CHROMIUM = os.environ.get("SALON_CHROMIUM", "/usr/bin/chromium")
@@ -26,9 +29,24 @@ BASE_ARGS = [
 FAKE_UI = "--use-fake-ui-for-media-stream"
 
 
-async def launch(pw: Playwright, *, fake_ui: bool = True) -> Browser:
-    args = [*BASE_ARGS, FAKE_UI] if fake_ui else BASE_ARGS
-    return await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+async def launch(pw: Playwright, *, fake_ui: bool = True, extra_args: tuple[str, ...] = ()) -> Browser:
+    args = [*BASE_ARGS, FAKE_UI] if fake_ui else list(BASE_ARGS)
+    return await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*args, *extra_args])
+
+
+def write_tone(
+    path: pathlib.Path, seconds: float = 4.0, hz: float = 440.0, amplitude: float = 0.3
+) -> pathlib.Path:
+    """A 48 kHz mono WAV of a steady tone, for ``--use-file-for-fake-audio-capture`` (it loops)."""
+    rate = 48000
+    t = np.arange(int(rate * seconds)) / rate
+    samples = (amplitude * 32767 * np.sin(2 * np.pi * hz * t)).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
 
 
 async def open_page(browser: Browser, url: str) -> Page:
