@@ -260,8 +260,9 @@ def find_header_extension(data: bytes, header: RtpHeader, ext_id: int) -> bytes 
 def encode_one_byte_extensions(items: Sequence[tuple[int, bytes]]) -> bytes:
     """Encode a complete one-byte header-extension block: 0xBEDE profile, length, elements, padding.
 
-    Meant to be built once per subscriber (mid, and a placeholder for abs-send-time that
-    :func:`patch_extension` fills per packet) and passed to :func:`rewrite_rtp`. An empty
+    Meant to be built once per subscriber (mid, and a placeholder for abs-send-time or the
+    audio level that :func:`patch_extension` fills per packet) and passed to
+    :func:`rewrite_rtp`. An empty
     ``items`` gives ``b""`` (no extension block). IDs must be 1..14 and values 1..16 bytes
     (RFC 8285 §4.2), otherwise :class:`ValueError`.
     """
@@ -301,7 +302,7 @@ def extension_value_offset(block: bytes, ext_id: int) -> int:
 def patch_extension(block: bytes, offset: int, value: bytes) -> bytes:
     """Return ``block`` with ``value`` written at ``offset`` (from :func:`extension_value_offset`).
 
-    Used per packet to put a fresh :func:`abs_send_time` into a prebuilt block.
+    Used to put a fresh :func:`abs_send_time` (or a packet's audio level) into a prebuilt block.
     """
     return block[:offset] + value + block[offset + len(value) :]
 
