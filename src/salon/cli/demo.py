@@ -1,7 +1,8 @@
 """``salon demo publish | subscribe``: the client SDK from the command line.
 
 * ``salon demo publish URL SESSION_ID TOKEN [--file PATH]`` publishes a numbered test pattern
-  and a 440 Hz tone (or a media file) until interrupted or ``--duration`` elapses.
+  and a 440 Hz tone (or a media file, looped: its video and audio, whichever it has) until
+  interrupted or ``--duration`` elapses.
 * ``salon demo subscribe URL SESSION_ID TOKEN --out DIR`` subscribes to every stream of the
   session and writes each one's video to ``DIR/<stream_id>.webm`` (VP8, playable anywhere)
   plus a PNG snapshot of its first frame, ``DIR/<stream_id>.png``.
@@ -113,10 +114,13 @@ async def _publish(args: argparse.Namespace) -> int:
     )
 
     if args.file is not None:
+        has_video, has_audio = _probe(args.file)
         publisher = Publisher(
             args.name,
-            video_source=MediaFileVideoSource(args.file),
-            audio_source=MediaFileAudioSource(args.file),
+            video=has_video,
+            audio=has_audio,
+            video_source=MediaFileVideoSource(args.file) if has_video else None,
+            audio_source=MediaFileAudioSource(args.file) if has_audio else None,
         )
     else:
         publisher = Publisher(args.name, video_source=TestPatternSource(), audio_source=ToneSource(440.0))
@@ -125,6 +129,25 @@ async def _publish(args: argparse.Namespace) -> int:
         print(f"publishing stream {stream.stream_id} as connection {session.connection_id}", flush=True)
         await _run_until_done(session, args.duration)
     return 0
+
+
+def _probe(path: pathlib.Path) -> tuple[bool, bool]:
+    """Whether the media file has (video, audio): a file without one is published without it.
+
+    :raises SourceError: it cannot be read, or has neither.
+    """
+    import av
+
+    from salon.client import SourceError
+
+    try:
+        with av.open(str(path)) as container:
+            has = bool(container.streams.video), bool(container.streams.audio)
+    except (OSError, av.FFmpegError) as exc:
+        raise SourceError(f"cannot open {str(path)!r}: {exc}") from exc
+    if not any(has):
+        raise SourceError(f"{str(path)!r} has neither video nor audio")
+    return has
 
 
 class StreamRecorder:

@@ -130,24 +130,32 @@ async def test_a_source_failing_while_published_is_an_error_event(
     assert "video source stopped" in error.context and "once" in error.context
 
 
-@pytest.mark.parametrize("with_file", [False, True], ids=["test-pattern", "file"])
+@pytest.mark.parametrize("file", [None, "clip.webm", "silent.mp4"], ids=["test-pattern", "file", "no-audio"])
 async def test_demo_publish_sends_what_it_says(
-    media_server: RunningServer, tmp_path: pathlib.Path, with_file: bool
+    media_server: RunningServer, tmp_path: pathlib.Path, file: str | None
 ) -> None:
     server = media_server
     sid = server.session()
     seen = Recorder()
     argv = ["demo", "publish", server.url, sid, server.token(sid), "--duration", "12", "--name", "demo"]
-    if with_file:
-        argv += ["--file", str(write_media_file(tmp_path / "clip.webm", seconds=2.0, tone=660.0))]
+    with_file, with_audio = file is not None, file != "silent.mp4"
+    if file is not None:
+        tone = 660.0 if with_audio else None
+        argv += ["--file", str(write_media_file(tmp_path / file, seconds=2.0, tone=tone))]
     async with session_for(server, sid) as viewer:
         log = EventLog(viewer)
         auto_subscribe(viewer, seen)
         demo = asyncio.create_task(asyncio.to_thread(main, argv))
-        await wait_for(lambda: len(seen.indices) >= 60 and len(seen.audio) >= 100, "2 s of the demo", 45)
+        want = 100 if with_audio else 0
+        await wait_for(lambda: len(seen.indices) >= 60 and len(seen.audio) >= want, "2 s of demo media", 45)
         assert await asyncio.wait_for(demo, 30) == 0
     received = log.of(StreamReceived)[0]
     assert isinstance(received, StreamReceived) and received.stream.name == "demo"
+    assert received.stream.has_audio is with_audio
+    if not with_audio:
+        assert seen.audio == []
+        assert_counts_up(seen.indices, 60)
+        return
     if with_file:
         assert seen.sizes == {(320, 240)}
         assert_counts_up(seen.indices, 60)
