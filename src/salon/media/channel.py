@@ -53,6 +53,7 @@ __all__ = [
     "AddCandidateRequest",
     "AudioLevelsEvent",
     "ChannelError",
+    "CloseConsumersRequest",
     "CloseRouterRequest",
     "CloseTransportsRequest",
     "ConsumerInfo",
@@ -204,7 +205,10 @@ class PublishRequest(_Request):
 
 
 class SubscribeRequest(_Request):
-    """A subscriber's recvonly offer for a published stream. Result: :class:`SubscribeResult`."""
+    """A subscriber's recvonly offer for a published stream. Result: :class:`SubscribeResult`.
+
+    ``transport_id``: the client's subscribe transport, renegotiated when the offer comes from
+    the same peer connection (see :meth:`salon.media.router.Router.subscribe`)."""
 
     type: Literal["subscribe"] = "subscribe"
     router_id: str
@@ -212,6 +216,7 @@ class SubscribeRequest(_Request):
     offer: str
     audio: bool = True
     video: bool = True
+    transport_id: str | None = None
 
 
 class AddCandidateRequest(_Request):
@@ -224,12 +229,13 @@ class AddCandidateRequest(_Request):
 
 
 class SetConsumersRequest(_Request):
-    """Pause (False) or resume (True) a subscribe transport's audio / video consumers (None:
-    leave as is). Result: :class:`ConsumersResult`."""
+    """Pause (False) or resume (True) some consumers of a subscribe transport (one
+    subscription's), by kind (None: leave as is). Result: :class:`ConsumersResult`."""
 
     type: Literal["set_consumers"] = "set_consumers"
     router_id: str
     transport_id: str
+    consumer_ids: list[str]
     audio: bool | None = None
     video: bool | None = None
 
@@ -251,6 +257,16 @@ class CloseTransportsRequest(_Request):
     transport_ids: list[str]
 
 
+class CloseConsumersRequest(_Request):
+    """Close some consumers of a transport (an unsubscribe); the transport stays. Unknown ids
+    are fine. Result: :class:`Ack`."""
+
+    type: Literal["close_consumers"] = "close_consumers"
+    router_id: str
+    transport_id: str
+    consumer_ids: list[str]
+
+
 class DumpRequest(_Request):
     """Counters of the worker (and the full dump of each router if ``routers``). Result:
     :class:`WorkerDump`."""
@@ -268,6 +284,7 @@ Request = (
     | SetConsumersRequest
     | UnpublishRequest
     | CloseTransportsRequest
+    | CloseConsumersRequest
     | DumpRequest
 )
 MainMessage = Annotated[Request, Field(discriminator="type")]
@@ -304,6 +321,8 @@ class SubscribeResult(_Message):
     transport_id: str
     answer: str
     consumers: list[ConsumerInfo]
+    new_transport: bool = True
+    """False when the consumers went onto the client's existing subscribe transport."""
 
 
 class ConsumersResult(_Message):

@@ -4,9 +4,12 @@ The routers run in media worker processes (:mod:`salon.media.worker`); this obje
 main process, owns the :class:`~salon.media.workers.WorkerPool` and one
 :class:`~salon.media.workers.RouterHandle` per session, placed on the least-loaded worker on the
 session's first publish with an SDP offer and closed when the session ends. Each stream with
-media owns a publish transport (a :class:`_Publication`), each subscription with media a
-subscribe transport (a :class:`_Subscription`); both are indexed by the signalling IDs so
-trickled ICE candidates and subscription toggles find their transport in the worker.
+media owns a publish transport (a :class:`_Publication`); each connection receives all its
+subscriptions (:class:`_Subscription`: their consumers) on one subscribe transport,
+renegotiated by every new subscribe offer from the same peer connection (a client that uses a
+peer connection per subscription gets a transport per subscription, closed with its last
+subscription). Both are indexed by the signalling IDs so trickled ICE candidates and
+subscription toggles find their transport and consumers in the worker.
 
 Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through owned tasks:
 
@@ -20,7 +23,7 @@ Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through 
 
 A subscribe transport whose producer closed needs no report: signalling already sent
 ``stream_destroyed`` to the subscribers, and :meth:`SfuMediaPlane.stream_unpublished` closes
-the stream's subscribe transports.
+the stream's consumers (and the subscribe transports that carried nothing else).
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class _SessionMedia:
     router: RouterHandle
     publications: dict[str, _Publication] = field(default_factory=dict)
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
+    subscribe_transports: dict[str, str] = field(default_factory=dict)
+    """Connection ID → the subscribe transport its next subscribe offer may renegotiate."""
 
 
 def _no_transport(what: str) -> InvalidRequestError:
@@ -149,15 +154,20 @@ class SfuMediaPlane:
         media = self.sessions.get(session_id)
         if media is None or subscription.stream_id not in media.publications:
             raise _no_transport(f"stream {subscription.stream_id}")
-        transport, answer = await media.router.subscribe(
-            subscription.stream_id, offer, audio=audio, video=video
+        transport, consumers, answer = await media.router.subscribe(
+            subscription.stream_id,
+            offer,
+            audio=audio,
+            video=video,
+            transport_id=media.subscribe_transports.get(subscription.connection_id),
         )
+        media.subscribe_transports[subscription.connection_id] = transport.id
         media.subscriptions[subscription.subscription_id] = _Subscription(
             subscription.subscription_id,
             subscription.connection_id,
             subscription.stream_id,
             transport.id,
-            transport.consumers,
+            consumers,
         )
         return answer
 
@@ -189,7 +199,7 @@ class SfuMediaPlane:
         entry = None if media is None else media.subscriptions.get(subscription.subscription_id)
         if media is None or entry is None:
             return  # a signalling-only subscription forwards nothing either way
-        await media.router.set_consumers(entry.transport_id, audio=audio, video=video)
+        await media.router.set_consumers(entry.transport_id, entry.consumers, audio=audio, video=video)
 
     # -- notifications (MediaPlane) ----------------------------------------------------
 
@@ -201,20 +211,34 @@ class SfuMediaPlane:
         if media is None:
             return
         subscriptions = [s for s in media.subscriptions.values() if s.stream_id == stream_id]
-        for entry in subscriptions:
-            media.subscriptions.pop(entry.subscription_id, None)
         if media.publications.pop(stream_id, None) is not None:
-            await media.router.unpublish(stream_id)
-        await media.router.close_transports([entry.transport_id for entry in subscriptions])
+            await media.router.unpublish(stream_id)  # its consumers close with its producers
+        await self._release(media, subscriptions)
 
     async def subscribed(self, session_id: str, subscription: Subscription) -> None:
         return None  # a signalling-only subscription: nothing to set up
 
     async def unsubscribed(self, session_id: str, subscription: Subscription) -> None:
         media = self.sessions.get(session_id)
-        entry = None if media is None else media.subscriptions.pop(subscription.subscription_id, None)
+        entry = None if media is None else media.subscriptions.get(subscription.subscription_id)
         if media is not None and entry is not None:
-            await media.router.close_transports([entry.transport_id])
+            await self._release(media, [entry])
+
+    async def _release(self, media: _SessionMedia, subscriptions: list[_Subscription]) -> None:
+        """End subscriptions: close their consumers; close a transport only when it carried
+        nothing else and is not its connection's subscribe transport (a client keeps that one
+        for its next subscriptions)."""
+        for entry in subscriptions:
+            media.subscriptions.pop(entry.subscription_id, None)
+        closing: list[str] = []
+        for entry in subscriptions:
+            others = any(s.transport_id == entry.transport_id for s in media.subscriptions.values())
+            current = media.subscribe_transports.get(entry.connection_id) == entry.transport_id
+            if others or current:
+                await media.router.close_consumers(entry.transport_id, entry.consumers)
+            elif entry.transport_id not in closing:
+                closing.append(entry.transport_id)
+        await media.router.close_transports(closing)
 
     async def connection_left(self, session_id: str, connection_id: str) -> None:
         media = self.sessions.get(session_id)
@@ -224,6 +248,10 @@ class SfuMediaPlane:
         for sub in [s for s in media.subscriptions.values() if s.connection_id == connection_id]:
             del media.subscriptions[sub.subscription_id]
             transport_ids.append(sub.transport_id)
+        subscribe_transport = media.subscribe_transports.pop(connection_id, None)
+        if subscribe_transport is not None:
+            transport_ids.append(subscribe_transport)
+        transport_ids = list(dict.fromkeys(transport_ids))
         for pub in [p for p in media.publications.values() if p.connection_id == connection_id]:
             del media.publications[pub.stream_id]
             transport_ids.append(pub.transport_id)
@@ -266,6 +294,9 @@ class SfuMediaPlane:
                 for entry in list(media.subscriptions.values()):
                     if entry.transport_id == event.transport_id:
                         del media.subscriptions[entry.subscription_id]
+                for connection_id, transport_id in list(media.subscribe_transports.items()):
+                    if transport_id == event.transport_id:
+                        del media.subscribe_transports[connection_id]
             case AudioLevels():
                 if events is not None and event.levels:
                     self._spawn(events.audio_levels(session_id, event.levels))
@@ -278,6 +309,7 @@ class SfuMediaPlane:
                 streams = list(media.publications)
                 media.publications.clear()
                 media.subscriptions.clear()
+                media.subscribe_transports.clear()
                 logger.warning(
                     "session %s: its media worker died; %d streams end with mediaStopped",
                     session_id,
@@ -308,6 +340,7 @@ class SfuMediaPlane:
                 "worker": media.router.worker.name,
                 "publications": {k: p.transport_id for k, p in media.publications.items()},
                 "subscriptions": {k: s.transport_id for k, s in media.subscriptions.items()},
+                "subscribe_transports": dict(media.subscribe_transports),
             }
             for session_id, media in self.sessions.items()
         }

@@ -8,13 +8,21 @@ Ownership tree, closed top-down, idempotently::
         └── Consumer  (subscribe transport: a copy of one producer for one subscriber)
 
 A **stream** is one published audio+video signal from one client: 1-2 producers sharing a
-``stream_id``, all on one publish transport. Subscribing to a stream makes one subscribe
-transport with 1-2 consumers.
+``stream_id``, all on one publish transport. A client receives every stream it subscribes to
+on **one subscribe transport** (one ICE + DTLS-SRTP association, bundled), renegotiated for
+each new subscription: its consumers are added to the transport's m-lines.
 
 * :meth:`Router.publish` takes the client's publish offer, creates the transport and the
   producers and returns the SDP answer (:class:`PublishResult`).
 * :meth:`Router.subscribe` takes a subscriber's recvonly offer for one stream and returns the
   transport, consumers and answer (:class:`SubscribeResult`). Audio/video can start paused.
+  Given the client's existing subscribe transport (``transport_id``) and a re-offer from the
+  same peer connection (the same ICE credentials), the new m-lines get the stream's consumers
+  on that transport and the answer covers every m-line: the ones already answered keep their
+  codec, payload types and SSRCs (``inactive`` once their consumer closed, or when the client
+  made them inactive). An offer from another peer connection gets a new transport.
+* :meth:`Router.close_consumers` ends some consumers of a transport (an unsubscribe) and leaves
+  the transport and its other consumers alone.
 * :meth:`Router.unpublish` closes a stream (its transport, so its producers, so every consumer
   of it with reason ``producer_closed``).
 * :meth:`Router.close` closes every transport (reason ``router_closed``).
@@ -32,7 +40,7 @@ import itertools
 import logging
 import secrets
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiortc import RTCCertificate
@@ -54,6 +62,7 @@ from salon.media.sdp import (
 from salon.media.transport import (
     TransportClosed,
     TransportEvent,
+    TransportState,
     WebRtcTransport,
     WebRtcTransportOptions,
 )
@@ -133,6 +142,8 @@ class SubscribeResult:
     stream: Stream
     consumers: list[Consumer]
     answer_sdp: str
+    new_transport: bool = True
+    """False when the consumers were added to the client's existing subscribe transport."""
 
 
 class Router:
@@ -232,11 +243,15 @@ class Router:
         *,
         audio: bool = True,
         video: bool = True,
+        transport_id: str | None = None,
         transport_options: WebRtcTransportOptions | None = None,
     ) -> SubscribeResult:
-        """Create a subscribe transport with consumers of ``stream_id`` from a recvonly offer.
+        """Consume ``stream_id`` for a subscriber, from its recvonly offer.
 
-        ``audio`` / ``video`` False create that consumer paused (resume it later).
+        ``transport_id`` names the client's subscribe transport, if it has one: an offer from
+        the same peer connection (same ICE username fragment and password) renegotiates it, and
+        the stream's consumers take the offer's new m-lines. Otherwise a new subscribe
+        transport is created. ``audio`` / ``video`` False create that consumer paused.
         """
         self._check_open()
         stream = self.streams.get(stream_id)
@@ -244,6 +259,11 @@ class Router:
             raise NotFoundError(f"{self!r}: no published stream {stream_id!r}")
         offer = parse_offer(offer_sdp)
         live = [p for p in stream.producers.values() if not p.closed]
+        existing = self.transports.get(transport_id) if transport_id is not None else None
+        if existing is not None and not existing.producers and existing.same_peer(offer.transport):
+            fresh = replace(offer, media=tuple(m for m in offer.media if m.mid not in existing.answered))
+            tracks = negotiate_subscribe(fresh, [(p.id, p.codec) for p in live])
+            return self._subscribe_on(existing, stream, offer, tracks, audio=audio, video=video)
         tracks = negotiate_subscribe(offer, [(p.id, p.codec) for p in live])
         transport = await self._create_transport(transport_options)
         try:
@@ -262,8 +282,8 @@ class Router:
         audio: bool,
         video: bool,
     ) -> SubscribeResult:
+        new_transport = transport.state is TransportState.NEW
         consumers: list[Consumer] = []
-        answers: list[AnswerMedia] = []
         for track in tracks:
             producer = self.producers[track.source]
             ssrc = self._new_ssrc()
@@ -273,29 +293,68 @@ class Router:
             transport._add_consumer(consumer)
             producer._add_consumer(consumer)
             consumers.append(consumer)
-            answers.append(
-                AnswerMedia(
-                    mid=track.mid,
-                    direction="sendonly",
-                    codec=track.codec,
-                    extensions=track.extensions,
-                    sending=SendingSsrcs(
-                        ssrc=ssrc,
-                        rtx_ssrc=rtx_ssrc,
-                        cname=stream.cname,
-                        msid=f"{stream.msid} {producer.id}",
-                    ),
-                )
+            transport.answered[track.mid] = AnswerMedia(
+                mid=track.mid,
+                direction="sendonly",
+                codec=track.codec,
+                extensions=track.extensions,
+                sending=SendingSsrcs(
+                    ssrc=ssrc,
+                    rtx_ssrc=rtx_ssrc,
+                    cname=stream.cname,
+                    msid=f"{stream.msid} {producer.id}",
+                ),
             )
-        answer = build_answer(offer, transport.local_parameters(), answers)
-        # No key-frame request yet: a key frame sent before this transport connects would be
-        # dropped, and publishers (Chromium among them) ignore a second request that follows
-        # a key frame closely. Each consumer asks when its transport connects.
-        transport.start(offer.transport)
+        answer = build_answer(offer, transport.local_parameters(), self._answers(transport, offer))
+        if new_transport:
+            # No key-frame request yet: a key frame sent before this transport connects would be
+            # dropped, and publishers (Chromium among them) ignore a second request that follows
+            # a key frame closely. Each consumer asks when its transport connects.
+            transport.start(offer.transport)
+        else:
+            for consumer in consumers:
+                consumer.transport_connected()  # asks for its key frame if already connected
         logger.info(
-            "%r: %r subscribes to stream %s (%s)", self, transport, stream.id, ", ".join(map(repr, consumers))
+            "%r: %r subscribes to stream %s (%s)%s",
+            self,
+            transport,
+            stream.id,
+            ", ".join(map(repr, consumers)),
+            "" if new_transport else " by renegotiation",
         )
-        return SubscribeResult(transport=transport, stream=stream, consumers=consumers, answer_sdp=answer)
+        return SubscribeResult(
+            transport=transport,
+            stream=stream,
+            consumers=consumers,
+            answer_sdp=answer,
+            new_transport=new_transport,
+        )
+
+    @staticmethod
+    def _answers(transport: WebRtcTransport, offer: Any) -> list[AnswerMedia]:
+        """Every m-line of ``offer`` the transport answered: live consumers send, the m-lines of
+        closed consumers (or that the client made inactive) stay, inactive, as negotiated."""
+        live = {c.mid for c in transport.consumers.values()}
+        answers: list[AnswerMedia] = []
+        for m in offer.media:
+            answered = transport.answered.get(m.mid)
+            if answered is None:
+                continue
+            if m.mid not in live or m.direction not in ("recvonly", "sendrecv"):
+                answered = replace(answered, direction="inactive", sending=None)
+            answers.append(answered)
+        return answers
+
+    async def close_consumers(self, transport_id: str, consumer_ids: list[str]) -> None:
+        """Close some consumers of a transport (an unsubscribe); unknown ids are fine. The
+        transport stays, and its other consumers keep flowing."""
+        transport = self.transports.get(transport_id)
+        if transport is None:
+            return
+        for consumer_id in consumer_ids:
+            consumer = transport.consumers.get(consumer_id)
+            if consumer is not None:
+                consumer.close()
 
     # ----------------------------------------------------------------------------------------
     # Transports

@@ -88,7 +88,7 @@ from salon.media.events import EventEmitter
 from salon.media.loopback import bind_host_candidates
 from salon.media.rtcp import Bye, Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
 from salon.media.rtp import find_header_extension, parse_rtp_header
-from salon.media.sdp import HostCandidate, LocalTransportParameters, RemoteTransportParameters
+from salon.media.sdp import AnswerMedia, HostCandidate, LocalTransportParameters, RemoteTransportParameters
 
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
@@ -290,6 +290,11 @@ class WebRtcTransport:
         self._producers_by_pt: dict[int, Producer | None] = {}
         self._mid_extension_id: int | None = None
         self._consumers_by_ssrc: dict[int, Consumer] = {}
+        #: The client's ICE and DTLS parameters, once :meth:`start` got them.
+        self.remote: RemoteTransportParameters | None = None
+        #: Every m-line this (subscribe) transport answered, by mid, kept after its consumer
+        #: closed: a renegotiation answers them again, as negotiated (see Router.subscribe).
+        self.answered: dict[str, AnswerMedia] = {}
 
     def __repr__(self) -> str:
         return f"WebRtcTransport({self.id})"
@@ -346,8 +351,19 @@ class WebRtcTransport:
         if self._connect_task is not None:
             raise MediaStateError(f"{self!r} is already started")
         self._set_state(TransportState.CONNECTING)
+        self.remote = remote
         self._connect_task = asyncio.get_running_loop().create_task(
             self._connect(remote), name=f"{self!r} connect"
+        )
+
+    def same_peer(self, remote: RemoteTransportParameters) -> bool:
+        """Whether ``remote`` (from a new offer) is the peer connection this transport serves:
+        the same ICE credentials and DTLS fingerprints, i.e. a renegotiation, no ICE restart."""
+        return (
+            not self.closed
+            and self.remote is not None
+            and (remote.ice_ufrag, remote.ice_pwd) == (self.remote.ice_ufrag, self.remote.ice_pwd)
+            and set(remote.fingerprints) == set(self.remote.fingerprints)
         )
 
     async def add_remote_candidate(self, candidate: str | None) -> None:

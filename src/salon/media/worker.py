@@ -52,6 +52,7 @@ from salon.media.channel import (
     AddCandidateRequest,
     AudioLevelsEvent,
     ChannelError,
+    CloseConsumersRequest,
     CloseRouterRequest,
     CloseTransportsRequest,
     ConsumerInfo,
@@ -320,15 +321,21 @@ class Worker:
             case SubscribeRequest():
                 hosted = self._router(request.router_id)
                 subscribed = await hosted.router.subscribe(
-                    request.stream_id, request.offer, audio=request.audio, video=request.video
+                    request.stream_id,
+                    request.offer,
+                    audio=request.audio,
+                    video=request.video,
+                    transport_id=request.transport_id,
                 )
-                hosted.watch(subscribed.transport)
+                if subscribed.new_transport:
+                    hosted.watch(subscribed.transport)
                 return SubscribeResult(
                     transport_id=subscribed.transport.id,
                     answer=subscribed.answer_sdp,
                     consumers=[
                         ConsumerInfo(id=c.id, kind=c.kind, paused=c.paused) for c in subscribed.consumers
                     ],
+                    new_transport=subscribed.new_transport,
                 )
             case AddCandidateRequest():
                 transport = self._router(request.router_id).transport(request.transport_id)
@@ -337,7 +344,7 @@ class Worker:
             case SetConsumersRequest():
                 transport = self._router(request.router_id).transport(request.transport_id)
                 wanted = {"audio": request.audio, "video": request.video}
-                consumers = list(transport.consumers.values())
+                consumers = [c for c in map(transport.consumers.get, request.consumer_ids) if c is not None]
                 for consumer in consumers:
                     on = wanted[consumer.kind]
                     if on is True:
@@ -357,6 +364,11 @@ class Worker:
                 if hosted is not None:
                     found = [hosted.router.get_transport(t) for t in request.transport_ids]
                     await asyncio.gather(*(t.close() for t in found if t is not None))
+                return Ack()
+            case CloseConsumersRequest():
+                hosted = self.routers.get(request.router_id)
+                if hosted is not None:
+                    await hosted.router.close_consumers(request.transport_id, request.consumer_ids)
                 return Ack()
             case DumpRequest():
                 return self.dump(routers=request.routers)

@@ -56,6 +56,7 @@ from salon.media.channel import (
     AddCandidateRequest,
     AudioLevelsEvent,
     ChannelError,
+    CloseConsumersRequest,
     CloseRouterRequest,
     CloseTransportsRequest,
     ConsumersResult,
@@ -253,9 +254,11 @@ class RouterHandle:
         return result
 
     async def subscribe(
-        self, stream_id: str, offer: str, *, audio: bool, video: bool
-    ) -> tuple[RemoteTransport, str]:
-        """Create a subscribe transport for a stream; returns it and the SDP answer."""
+        self, stream_id: str, offer: str, *, audio: bool, video: bool, transport_id: str | None = None
+    ) -> tuple[RemoteTransport, list[RemoteConsumer], str]:
+        """Consume a stream on the client's subscribe transport ``transport_id`` (renegotiated
+        when the offer comes from the same peer connection) or on a new one; returns the
+        transport, the new consumers and the SDP answer."""
         request = SubscribeRequest(
             id=self.worker.next_id(),
             router_id=self.id,
@@ -263,14 +266,17 @@ class RouterHandle:
             offer=offer,
             audio=audio,
             video=video,
+            transport_id=transport_id,
         )
         result = await self._request(request, SubscribeResult)
         if self.closed:
             raise MediaStateError(f"{self!r} closed while subscribing to stream {stream_id}")
         consumers = [RemoteConsumer(c.id, c.kind, c.paused) for c in result.consumers]
-        transport = RemoteTransport(result.transport_id, consumers=consumers)
-        self.transports[transport.id] = transport
-        return transport, result.answer
+        transport = self.transports.get(result.transport_id)
+        if transport is None:
+            transport = self.transports[result.transport_id] = RemoteTransport(result.transport_id)
+        transport.consumers.extend(consumers)
+        return transport, consumers, result.answer
 
     async def add_candidate(self, transport_id: str, candidate: str | None) -> None:
         request = AddCandidateRequest(
@@ -278,17 +284,43 @@ class RouterHandle:
         )
         await self._request(request, Ack)
 
-    async def set_consumers(self, transport_id: str, *, audio: bool | None, video: bool | None) -> None:
-        """Pause / resume a subscribe transport's consumers; updates the mirror."""
+    async def set_consumers(
+        self,
+        transport_id: str,
+        consumers: Sequence[RemoteConsumer],
+        *,
+        audio: bool | None,
+        video: bool | None,
+    ) -> None:
+        """Pause / resume some consumers of a subscribe transport; updates their mirrors."""
         request = SetConsumersRequest(
-            id=self.worker.next_id(), router_id=self.id, transport_id=transport_id, audio=audio, video=video
+            id=self.worker.next_id(),
+            router_id=self.id,
+            transport_id=transport_id,
+            consumer_ids=[c.id for c in consumers],
+            audio=audio,
+            video=video,
         )
         result = await self._request(request, ConsumersResult)
+        paused = {c.id: c.paused for c in result.consumers}
+        for consumer in consumers:
+            consumer.paused = paused.get(consumer.id, consumer.paused)
+
+    async def close_consumers(self, transport_id: str, consumers: Sequence[RemoteConsumer]) -> None:
+        """Close some consumers of a transport (an unsubscribe); the transport stays."""
+        if self.closed or not consumers:
+            return
         transport = self.transports.get(transport_id)
         if transport is not None:
-            paused = {c.id: c.paused for c in result.consumers}
-            for consumer in transport.consumers:
-                consumer.paused = paused.get(consumer.id, consumer.paused)
+            gone = {c.id for c in consumers}
+            transport.consumers = [c for c in transport.consumers if c.id not in gone]
+        request = CloseConsumersRequest(
+            id=self.worker.next_id(),
+            router_id=self.id,
+            transport_id=transport_id,
+            consumer_ids=[c.id for c in consumers],
+        )
+        await self._closing_request(request)
 
     async def unpublish(self, stream_id: str) -> None:
         """Close a stream's publish transport (and so its consumers); idempotent."""

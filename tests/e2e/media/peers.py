@@ -78,11 +78,11 @@ def read_index(image: np.ndarray) -> int:
 
 
 class FrameIndexTrack(VideoStreamTrack):
-    """30 fps 640x480 frames numbered 1, 2, 3... (0 is avoided: all black)."""
+    """30 fps 640x480 frames numbered ``first``, ``first + 1``... (0 is avoided: all black)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: int = 1) -> None:
         super().__init__()
-        self.index = 0
+        self.index = first - 1
         self._cache: dict[int, np.ndarray] = {}
 
     async def recv(self) -> VideoFrame:
@@ -95,12 +95,13 @@ class FrameIndexTrack(VideoStreamTrack):
 
 
 class ToneTrack(MediaStreamTrack):
-    """A continuous 440 Hz sine, 48 kHz mono s16, 20 ms frames, paced in real time."""
+    """A continuous sine (440 Hz unless told), 48 kHz mono s16, 20 ms frames, paced in real time."""
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, frequency: float = TONE_HZ) -> None:
         super().__init__()
+        self.frequency = frequency
         self._samples = 0
         self._start: float | None = None
 
@@ -115,7 +116,7 @@ class ToneTrack(MediaStreamTrack):
             if wait > 0:
                 await asyncio.sleep(wait)
         t = (np.arange(n) + self._samples) / SAMPLE_RATE
-        pcm = (np.sin(2 * np.pi * TONE_HZ * t) * 8000).astype(np.int16)
+        pcm = (np.sin(2 * np.pi * self.frequency * t) * 8000).astype(np.int16)
         frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = self._samples
@@ -138,10 +139,18 @@ def new_peer_connection() -> RTCPeerConnection:
 class Publisher:
     """An aiortc client publishing a :class:`FrameIndexTrack` and/or a :class:`ToneTrack`."""
 
-    def __init__(self, *, audio: bool = True, video: bool = True, video_codec: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        audio: bool = True,
+        video: bool = True,
+        video_codec: str | None = None,
+        first_frame: int = 1,
+        tone_hz: float = TONE_HZ,
+    ) -> None:
         self.pc = new_peer_connection()
-        self.video = FrameIndexTrack() if video else None
-        self.audio = ToneTrack() if audio else None
+        self.video = FrameIndexTrack(first_frame) if video else None
+        self.audio = ToneTrack(tone_hz) if audio else None
         if self.audio is not None:
             self.pc.addTransceiver(self.audio, direction="sendonly")
         if self.video is not None:
@@ -188,29 +197,7 @@ class Subscriber:
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        reader = self._read_video(track) if track.kind == "video" else self._read_audio(track)
-        self._tasks.append(asyncio.get_running_loop().create_task(reader))
-
-    async def _read_video(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                image = frame.to_ndarray(format="bgr24")
-                if self.media.first_video_at is None:
-                    self.media.first_video_at = time.monotonic()
-                self.media.sizes.add((frame.width, frame.height))
-                self.media.indices.append(read_index(image))
-
-    async def _read_audio(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                self.media.audio_frames += 1
-                self.media.audio_rate = frame.sample_rate
-                samples = frame.to_ndarray()
-                channels = len(frame.layout.channels)
-                mono = samples.reshape(-1, channels)[:, 0] if samples.shape[0] == 1 else samples[0]
-                self.media.audio_chunks.append(mono.astype(np.float64))
+        self._tasks.append(asyncio.get_running_loop().create_task(read_track(track, self.media)))
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -218,6 +205,74 @@ class Subscriber:
 
     async def answer(self, sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
+
+async def read_track(track: MediaStreamTrack, media: ReceivedMedia) -> None:
+    """Decode ``track`` into ``media`` until it ends: frame indices and sizes, or audio."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            frame = await track.recv()
+            if track.kind == "video":
+                image = frame.to_ndarray(format="bgr24")
+                if media.first_video_at is None:
+                    media.first_video_at = time.monotonic()
+                media.sizes.add((frame.width, frame.height))
+                media.indices.append(read_index(image))
+            else:
+                media.audio_frames += 1
+                media.audio_rate = frame.sample_rate
+                samples = frame.to_ndarray()
+                channels = len(frame.layout.channels)
+                mono = samples.reshape(-1, channels)[:, 0] if samples.shape[0] == 1 else samples[0]
+                media.audio_chunks.append(mono.astype(np.float64))
+
+
+class SharedSubscriber:
+    """One aiortc peer connection receiving several streams, one subscription at a time: each
+    :meth:`add` adds a recvonly audio + video pair of m-lines and renegotiates (the SFU's
+    answer must cover every m-line), and each pair decodes into its own :class:`ReceivedMedia`."""
+
+    def __init__(self) -> None:
+        self.pc = new_peer_connection()
+        self._by_mid: dict[str, ReceivedMedia] = {}
+        self._pending = ReceivedMedia()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.pc.on("track", self._on_track)
+
+    def add(self) -> ReceivedMedia:
+        media = ReceivedMedia()
+        for kind in ("audio", "video"):
+            self.pc.addTransceiver(kind, direction="recvonly")
+        self._pending = media
+        return media
+
+    def stop(self, media: ReceivedMedia) -> None:
+        """The client side of an unsubscribe: that pair of m-lines goes inactive."""
+        for transceiver in self.pc.getTransceivers():
+            if self._by_mid.get(transceiver.mid) is media:
+                transceiver.direction = "inactive"
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.mid is not None and transceiver.mid not in self._by_mid:
+                self._by_mid[transceiver.mid] = self._pending
+        return str(self.pc.localDescription.sdp)
+
+    async def answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    def _on_track(self, event_track: MediaStreamTrack) -> None:
+        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is event_track)
+        media = self._by_mid[transceiver.mid]
+        self._tasks.append(asyncio.get_running_loop().create_task(read_track(event_track, media)))
 
     async def close(self) -> None:
         await self.pc.close()

@@ -3,7 +3,8 @@
 Real aiortc clients against the real server (its router in a media worker process, 127.0.0.1
 only): a late subscriber gets a picture within a second; pausing video stops the decoded frames
 while audio goes on, and resuming brings them back; unsubscribe, disconnect and unpublish each
-release their transports and consumers in the worker, and at the end the worker holds no more
+release their consumers in the worker (and transports: a client's subscribe transport goes
+with its peer connection or its signalling connection), and at the end the worker holds no more
 asyncio tasks and UDP sockets than before the session's first publish.
 """
 
@@ -98,13 +99,16 @@ async def test_pause_unsubscribe_disconnect_and_unpublish_release_the_worker(
         resumed = len(bob_sub.media.indices)
         await wait_for(lambda: len(bob_sub.media.indices) > resumed + 10, 5, "Bob's video to resume")
 
-        # Unsubscribe: Bob's transport and both its consumers go; Carol keeps receiving.
+        # Unsubscribe: both of Bob's consumers go; his subscribe transport stays for his next
+        # subscriptions (one per client) until his peer connection closes. Carol keeps receiving.
         ack = await bob.request({"type": "unsubscribe", "subscription_id": bob_subscription})
         assert ack["type"] == "ack", ack
-        await eventually_counts(server, 2, 2, 2, "after Bob unsubscribed")
+        await eventually_counts(server, 3, 2, 2, "after Bob unsubscribed")
         await asyncio.sleep(0.3)
         video, _ = await frames_stay(bob_sub, 1.0)
         assert video == 0, f"Bob decoded {video} frames after unsubscribing"
+        await bob_sub.close()  # DTLS close_notify: the server closes the transport
+        await eventually_counts(server, 2, 2, 2, "after Bob closed his peer connection")
         carol_before = len(carol_sub.media.indices)
         await wait_for(lambda: len(carol_sub.media.indices) > carol_before + 10, 5, "Carol's video")
 

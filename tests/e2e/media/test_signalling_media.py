@@ -4,8 +4,9 @@ real server (media on, its router in a media worker process, 127.0.0.1 only).
 The publisher sends its sendonly offer in ``publish``; the others hear ``stream_created`` only
 once its media flows; a subscriber sends its recvonly offer in ``subscribe`` and decodes frames
 numbered in their pixels plus a 440 Hz tone. Unpublishing destroys the stream for the
-subscriber and releases every transport of the session in the worker; the router goes with
-the session. (Pause, unsubscribe and disconnect checked in the worker: test_media_lifecycle.py.)
+subscriber and releases the stream's transport and consumers in the worker (the subscriber's
+transport goes with its peer connection); the router goes with the session. (Pause,
+unsubscribe and disconnect, checked in the worker: test_media_lifecycle.py.)
 """
 
 from __future__ import annotations
@@ -96,9 +97,13 @@ async def test_publish_and_subscribe_with_media_over_signalling(media_server: Ru
         destroyed = await bob.next("stream_destroyed")
         assert destroyed["stream_id"] == stream_id and destroyed["reason"] == "unpublished"
         media = plane.sessions[sid]
-        await eventually_counts(server, 0, 0, 0, "the session's transports to close in the worker")
+        # The publish transport, the producers and Bob's consumers close in the worker; Bob's
+        # subscribe transport stays for his next subscriptions until he closes it.
+        await eventually_counts(server, 1, 0, 0, "the stream's transport and consumers to close")
         assert not media.publications and not media.subscriptions and not media.router.streams
-        assert not media.router.transports
+        await sub.close()
+        await eventually_counts(server, 0, 0, 0, "Bob's subscribe transport to close with his peer")
+        assert not media.router.transports and not media.subscribe_transports
     finally:
         await asyncio.gather(pub.close(), sub.close())
         await alice.close()
