@@ -1033,11 +1033,18 @@ export class Session extends Emitter {
   async unpublish(publisher) {
     const stream = publisher.stream;
     this.publishers.delete(publisher);
-    publisher._closePeer();
     publisher.stream = null;
     publisher.session = null;
-    if (stream && this.state === "connected") {
-      await this._request({ type: "unpublish", stream_id: stream.streamId });
+    try {
+      // Tell the server before closing the peer connection: else the media plane may see the
+      // media stop first and destroy the stream as `mediaStopped`, and `unpublish` then fails.
+      if (stream && this.state === "connected") {
+        await this._request({ type: "unpublish", stream_id: stream.streamId });
+      }
+    } catch (err) {
+      if (/** @type {SalonError} */ (err).code !== "not_found") throw err; // not_found: gone already
+    } finally {
+      publisher._closePeer();
     }
   }
 
@@ -1105,8 +1112,15 @@ export class Session extends Emitter {
   async unsubscribe(subscriber) {
     this.subscribers.delete(subscriber);
     const id = subscriber.subscriptionId;
-    subscriber._destroy("unsubscribed");
-    if (id && this.state === "connected") await this._request({ type: "unsubscribe", subscription_id: id });
+    subscriber.subscriptionId = null;
+    try {
+      // As for unpublish: the request first, then the peer connection closes.
+      if (id && this.state === "connected") await this._request({ type: "unsubscribe", subscription_id: id });
+    } catch (err) {
+      if (/** @type {SalonError} */ (err).code !== "not_found") throw err;
+    } finally {
+      subscriber._destroy("unsubscribed");
+    }
   }
 
   /**
