@@ -13,7 +13,8 @@ subscription toggles find their transport and consumers in the worker.
 
 Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through owned tasks:
 
-* a publish transport connected → ``stream_flowing`` (signalling announces the stream);
+* a stream's first RTP packet reached its producer in the worker → ``stream_flowing``
+  (signalling announces the stream);
 * a publish transport closed by the peer or the network (ICE / DTLS failure, connect
   timeout, disconnect) → ``stream_ended`` with reason ``mediaStopped``;
 * the session's worker died → ``stream_ended`` (``mediaStopped``) for each of its streams;
