@@ -12,8 +12,8 @@ SDK, then measures:
    dispatch and the iterator queue), measured in CPU time of the event-loop thread
    (``time.thread_time_ns``: time the thread spends descheduled on a loaded machine does not
    count, unlike wall time) on live frames, and separately in a tight loop over one decoded
-   frame. aiortc's depacketising and libvpx
-   decoding (its own thread) are excluded on purpose.
+   frame. aiortc's depacketising and libvpx decoding (its own thread) are excluded on
+   purpose.
 3. **Memory per subscriber**: the RSS growth of this process when ``--subscribers`` more
    subscribers (each its own peer connection and decoder) receive the stream.
 """
