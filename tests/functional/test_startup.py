@@ -104,8 +104,10 @@ def test_serve_refuses_to_start_with_another_secret_for_a_known_key(tmp_path: pa
 
     refused = serve(OTHER_SECRET)
     out, err = refused.communicate(timeout=60)
-    assert refused.returncode != 0
-    assert f"project {KEY} (SALON_API_KEY) exists with another secret" in err
+    assert refused.returncode == 1
+    # One clear line, not a start-up traceback.
+    assert f"salon: error: project {KEY} (SALON_API_KEY) exists with another secret" in err
+    assert "Traceback" not in err
     assert "salon serving on" not in out
     assert SECRET not in out + err and OTHER_SECRET not in out + err
 

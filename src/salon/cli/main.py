@@ -209,8 +209,24 @@ def _serve(args: argparse.Namespace) -> int:
         config.ice  # noqa: B018 (checks the ICE servers and TURN credentials)
     except ValueError as exc:
         raise SalonError(str(exc)) from None
+    # The project check (and the first start's project) before uvicorn runs: a refusal is one
+    # clear line here, where inside the app's start-up it would come wrapped in a traceback.
+    asyncio.run(_ensure_project(config))
     run_server(config, log_level=args.log_level)
     return 0
+
+
+async def _ensure_project(config: ServerConfig) -> None:
+    from salon.server.app import ensure_project
+
+    if config.database_url is None:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.store_url)
+    await store.open()
+    try:
+        await ensure_project(store, config, lambda text: print(text, flush=True))
+    finally:
+        await store.close()
 
 
 def _read_secret(path: str) -> str:
