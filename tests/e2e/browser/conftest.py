@@ -35,17 +35,24 @@ async def pw() -> AsyncIterator[playwright_api.Playwright]:
         yield playwright
 
 
-@pytest.fixture
-async def browser(pw: playwright_api.Playwright) -> AsyncIterator[playwright_api.Browser]:
-    browser = await launch(pw)
-    yield browser
-    await browser.close()
+#: Where the tests leave screenshots and captured SDP for CI to keep (git-ignored).
+ARTIFACTS = pathlib.Path(__file__).resolve().parents[3] / "test-artifacts"
 
 
 @pytest.fixture
-def artifacts(tmp_path: pathlib.Path) -> pathlib.Path:
-    """Where screenshots go: ``$SALON_ARTIFACTS`` (e.g. ``artifacts/``) or the test's tmp dir."""
-    root = os.environ.get("SALON_ARTIFACTS")
-    path = pathlib.Path(root) if root else tmp_path / "artifacts"
+def artifacts() -> pathlib.Path:
+    """Where screenshots go: ``$SALON_ARTIFACTS`` if set, else ``test-artifacts/`` at the repo root."""
+    path = pathlib.Path(os.environ.get("SALON_ARTIFACTS") or ARTIFACTS)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+async def browser(
+    pw: playwright_api.Playwright, artifacts: pathlib.Path
+) -> AsyncIterator[playwright_api.Browser]:
+    browser = await launch(pw)
+    # The interop notes of docs/browser-sdk.md name the Chromium they were checked against.
+    (artifacts / "chromium-version.txt").write_text(f"Chromium {browser.version}\n")
+    yield browser
+    await browser.close()
