@@ -54,6 +54,7 @@ from pydantic import BaseModel
 
 from salon.client._emitter import Emitter, LatestQueue
 from salon.client._link import LinkClosed, SignallingLink
+from salon.client._subscribe_peer import SubscribePeer
 from salon.client.errors import (
     ClientError,
     ConnectionFailed,
@@ -198,6 +199,8 @@ class Session:
         self._old_connection_ids: set[str] = set()
         self._publishers: list[Publisher] = []
         self._subscribers: list[Subscriber] = []
+        self._subscribe_peer: SubscribePeer | None = None
+        """The peer connection all subscribers receive on (created by the first subscribe)."""
         self._emitter: Emitter[Event] = Emitter(self)
         self._reconnector: asyncio.Task[None] | None = None
         self._end_reason: SessionEndReason | None = None
@@ -386,6 +389,7 @@ class Session:
         publishers, subscribers = self._publishers, self._subscribers
         self._publishers, self._subscribers = [], []
         await asyncio.gather(*(p._detach() for p in publishers), *(s._detach() for s in subscribers))
+        await self._close_subscribe_peer()
         if link is not None:
             await link.close()
         self._emit(Disconnected(reason, detail))
@@ -519,18 +523,35 @@ class Session:
             raise
 
     async def _negotiate_subscriber(self, subscriber: Subscriber) -> None:
-        offer = await subscriber._offer(self._ice_servers, self._ice_addresses)
-        stream_id = subscriber.stream.stream_id
-        request = SubscribeRequest(
-            request_id=0,
-            stream_id=stream_id,
-            audio=subscriber.subscribed_to_audio,
-            video=subscriber.subscribed_to_video,
-            sdp=offer,
-        )
-        reply = await self._request(request, action=f"subscribe to stream {stream_id}")
-        assert isinstance(reply, SubscribedMessage), reply
-        await subscriber._answer(reply.subscription_id, reply.answer)
+        """One offer/answer round on the session's receiving peer connection (one at a time:
+        every subscriber's m-lines share it, docs/protocol.md §13.3)."""
+        peer = self._subscribe_peer
+        if peer is None:
+            peer = self._subscribe_peer = SubscribePeer(self._ice_servers, self._ice_addresses)
+        async with peer.lock:
+            if peer.closed:  # replaced (a reconnection) while this waited
+                raise InvalidStateError(f"{self!r}: the session reconnected while subscribing")
+            offer = await subscriber._offer(peer)
+            stream_id = subscriber.stream.stream_id
+            request = SubscribeRequest(
+                request_id=0,
+                stream_id=stream_id,
+                audio=subscriber.subscribed_to_audio,
+                video=subscriber.subscribed_to_video,
+                sdp=offer,
+            )
+            try:
+                reply = await self._request(request, action=f"subscribe to stream {stream_id}")
+            except BaseException:
+                await subscriber._close_media()  # its new m-lines go inactive
+                raise
+            assert isinstance(reply, SubscribedMessage), reply
+            await subscriber._answer(reply.subscription_id, reply.answer)
+
+    async def _close_subscribe_peer(self) -> None:
+        peer, self._subscribe_peer = self._subscribe_peer, None
+        if peer is not None:
+            await peer.close()
 
     async def _resubscribe(self, subscriber: Subscriber) -> None:
         """Subscribe again with the kinds the stream has now (a kind was switched on)."""
@@ -682,6 +703,8 @@ class Session:
         await asyncio.gather(
             *(p._close_media() for p in self._publishers), *(s._close_media() for s in self._subscribers)
         )
+        # The server closes the old connection's transports: subscribe again on a new one.
+        await self._close_subscribe_peer()
         deadline = time.monotonic() + self._reconnect_timeout
         delay, attempts = 0.25, 0
         while True:

@@ -33,8 +33,8 @@ class RtpStats:
     packets: int
     """RTP packets sent (publisher) or received (subscriber)."""
     bytes: int | None
-    """Bytes sent (publisher); None for subscribers, whose per-kind byte count aiortc does not
-    report (see the total in :attr:`SubscriberStats.bitrate`)."""
+    """Bytes sent (publisher), or RTP payload bytes received (subscriber: counted by the SDK,
+    aiortc reports none)."""
     bitrate: float | None
     """Bits per second since the previous ``get_stats()`` (0 on the first call); None when
     :attr:`bytes` is."""
@@ -65,8 +65,9 @@ class SubscriberStats:
     audio: RtpStats | None
     video: RtpStats | None
     bitrate: float
-    """All media and RTCP received on the peer connection, bits per second since the
-    previous call."""
+    """This subscription's media payload (audio + video), bits per second since the previous
+    call (all of a session's subscribers share one peer connection, whose total would mix
+    them)."""
 
 
 class _Rates:

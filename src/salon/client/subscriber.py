@@ -1,4 +1,4 @@
-"""Subscriber: one stream this client receives, over its own aiortc peer connection.
+"""Subscriber: one stream this client receives, on its session's receiving peer connection.
 
 Every subscriber decodes its own stream: its video frames and **its own audio**, never a
 mix of the session, so an application can analyse or record each participant separately.
@@ -6,10 +6,11 @@ Frames go to the callbacks given at construction and to any number of async iter
 (:meth:`Subscriber.video_frames`, :meth:`Subscriber.audio_frames`), each a bounded queue that
 drops its oldest frames when its consumer falls behind.
 
-Resource handling: the subscriber owns its peer connection and one reader task per track.
-They end when it is unsubscribed, when its stream ends, or when the session disconnects;
-the iterators then stop. While the session reconnects the peer connection is replaced and
-the iterators carry on.
+Resource handling: all the subscribers of a session receive on one peer connection (one ICE +
+DTLS transport to the server, :class:`~salon.client._subscribe_peer.SubscribePeer`); a
+subscriber owns its transceivers there and one reader task per track. They end when it is
+unsubscribed, when its stream ends, or when the session disconnects; the iterators then stop.
+While the session reconnects the peer connection is replaced and the iterators carry on.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiortc import RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from salon.client._emitter import LatestQueue
-from salon.client._media import complete_rejected_mlines, new_peer_connection, restrict_ice_addresses
+from salon.client._subscribe_peer import SubscribePeer
 from salon.client.errors import InvalidStateError, MediaError
 from salon.client.frames import AudioFrame, VideoFrame
 from salon.client.models import Stream
@@ -35,7 +36,6 @@ from salon.client.stats import (
     _Rates,
     collect,
     ice_round_trip_time,
-    transport_bitrate,
 )
 from salon.signalling.schema import SetSubscriptionRequest
 
@@ -76,7 +76,8 @@ class Subscriber:
         self._want_video = video
         self._session: Session | None = None
         self._subscription_id: str | None = None
-        self._pc: RTCPeerConnection | None = None
+        self._peer: SubscribePeer | None = None
+        self._transceivers: list[RTCRtpTransceiver] = []
         self._readers: set[asyncio.Task[None]] = set()
         self._video_queues: list[LatestQueue[VideoFrame]] = []
         self._audio_queues: list[LatestQueue[AudioFrame]] = []
@@ -148,17 +149,22 @@ class Subscriber:
         )
 
     async def get_stats(self) -> SubscriberStats:
-        """Received packets, bitrate, loss, jitter, decoded frame rate and resolution per kind,
-        and the round-trip time to the server (one STUN round trip on the media path, timed
-        now: see :mod:`salon.client.stats`; this call takes that long).
+        """Received packets, bytes, bitrate, loss, jitter, decoded frame rate and resolution per
+        kind, and the round-trip time to the server (one STUN round trip on the media path,
+        timed now: see :mod:`salon.client.stats`; this call takes that long).
 
         :raises InvalidStateError: not subscribed.
         """
-        pc = self._pc
-        if pc is None:
+        peer, transceivers = self._peer, list(self._transceivers)
+        if peer is None:
             raise InvalidStateError(f"{self!r} is not subscribed")
-        rtt = await ice_round_trip_time(pc)
-        report = await pc.getStats()
+        rtt = await ice_round_trip_time(peer.pc)
+        report: dict[str, Any] = {}
+        received: dict[str, int] = {}
+        for transceiver in transceivers:
+            receiver = transceiver.receiver
+            report.update(await receiver.getStats())
+            received[transceiver.kind] = peer.received_bytes.get(id(receiver), 0)
         stats = collect(
             report,
             self._rates,
@@ -166,51 +172,46 @@ class Subscriber:
             frames=self.video_frames_received,
             size=self.size,
         )
+        kinds = {kind: self._with_bytes(value, received.get(kind), rtt) for kind, value in stats.items()}
         return SubscriberStats(
-            audio=_with_rtt(stats.get("audio"), rtt),
-            video=_with_rtt(stats.get("video"), rtt),
-            bitrate=transport_bitrate(report, self._rates, outbound=False),
+            audio=kinds.get("audio"),
+            video=kinds.get("video"),
+            bitrate=sum(s.bitrate or 0.0 for s in kinds.values()),
         )
+
+    def _with_bytes(self, stats: RtpStats, received: int | None, rtt: float | None) -> RtpStats:
+        if received is None:
+            return dataclasses.replace(stats, round_trip_time=rtt)
+        bitrate = self._rates.rate(f"{stats.kind}-received", received) * 8
+        return dataclasses.replace(stats, bytes=received, bitrate=bitrate, round_trip_time=rtt)
 
     # -- driven by Session ---------------------------------------------------------------
 
-    async def _offer(self, ice_servers: Sequence[RTCIceServer], ice_addresses: Sequence[str] | None) -> str:
+    async def _offer(self, peer: SubscribePeer) -> str:
+        """Add this subscriber's transceivers to the session's receiving peer connection."""
         await self._close_media()
-        pc = new_peer_connection(ice_servers)
-        self._pc = pc
-        # Only the kinds the stream has now: the server rejects the others in a way aiortc
+        self._peer = peer
+        # Only the kinds the stream has now: the server would reject the others, which aiortc
         # cannot apply (see _media.complete_rejected_mlines); a kind switched on later makes
         # the session subscribe again (Session._on_message).
         self._kinds = {
             kind for kind, has in (("audio", self.stream.has_audio), ("video", self.stream.has_video)) if has
         }
-        for kind in sorted(self._kinds):
-            pc.addTransceiver(kind, direction="recvonly")
-        pc.on("track", self._on_track)
-        if ice_addresses is not None:
-            restrict_ice_addresses(pc, ice_addresses)
-        try:
-            await pc.setLocalDescription(await pc.createOffer())
-        except Exception as exc:
-            await self._close_media()
-            raise MediaError(f"{self!r}: cannot create an offer: {exc}") from exc
-        return str(pc.localDescription.sdp)
+        sdp, self._transceivers = await peer.offer(self, self._kinds)
+        return sdp
 
     async def _answer(self, subscription_id: str, sdp: str | None) -> None:
-        if self._pc is None:
+        peer = self._peer
+        if peer is None:
             raise InvalidStateError(f"{self!r} was closed while subscribing")
         if sdp is None:
             raise MediaError(f"{self!r}: the server sent no SDP answer (a server without media?)")
         self._subscription_id = subscription_id
-        try:
-            await self._pc.setRemoteDescription(
-                RTCSessionDescription(sdp=complete_rejected_mlines(sdp), type="answer")
-            )
-        except Exception as exc:
-            raise MediaError(f"{self!r}: the server's answer cannot be applied: {exc}") from exc
+        await peer.answer(self, sdp)
         logger.info("%r: subscribed (%s)", self, subscription_id)
 
-    def _on_track(self, track: MediaStreamTrack) -> None:
+    def _on_track(self, track: MediaStreamTrack, transceiver: RTCRtpTransceiver) -> None:
+        """Called by the :class:`SubscribePeer` for the tracks of this subscriber's m-lines."""
         reader = self._read_video(track) if track.kind == "video" else self._read_audio(track)
         task = asyncio.get_running_loop().create_task(reader, name=f"{self!r}-{track.kind}")
         self._readers.add(task)
@@ -262,13 +263,14 @@ class Subscriber:
                     queue.put(frame)
 
     async def _close_media(self) -> None:
-        pc, self._pc = self._pc, None
+        peer, self._peer = self._peer, None
+        transceivers, self._transceivers = self._transceivers, []
         self._subscription_id = None
         readers = list(self._readers)
         for task in readers:
             task.cancel()
-        if pc is not None:
-            await pc.close()
+        if peer is not None and transceivers:
+            await peer.release(transceivers)
         if readers:
             await asyncio.wait(readers)
 
@@ -286,10 +288,6 @@ class Subscriber:
 
 
 T = TypeVar("T")
-
-
-def _with_rtt(stats: RtpStats | None, rtt: float | None) -> RtpStats | None:
-    return None if stats is None else dataclasses.replace(stats, round_trip_time=rtt)
 
 
 def _register(queues: list[LatestQueue[T]], maxsize: int, *, closed: bool) -> LatestQueue[T]:

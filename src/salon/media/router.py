@@ -332,14 +332,24 @@ class Router:
 
     @staticmethod
     def _answers(transport: WebRtcTransport, offer: Any) -> list[AnswerMedia]:
-        """Every m-line of ``offer`` the transport answered: live consumers send, the m-lines of
-        closed consumers (or that the client made inactive) stay, inactive, as negotiated."""
+        """Every m-line of ``offer`` the transport answers: live consumers send, the m-lines of
+        closed consumers (or that the client made inactive) stay, inactive, as negotiated. An
+        m-line the client made inactive before it was ever answered (a subscription that failed)
+        is answered inactive with its first codec, not rejected: aiortc cannot apply a rejected
+        m-line in a renegotiation. Other unanswered m-lines are rejected."""
         live = {c.mid for c in transport.consumers.values()}
         answers: list[AnswerMedia] = []
         for m in offer.media:
             answered = transport.answered.get(m.mid)
             if answered is None:
-                continue
+                codec = next((c for c in m.codecs if c.name != "rtx"), None)
+                if m.direction != "inactive" or codec is None or m.kind not in ("audio", "video"):
+                    continue
+                answered = transport.answered[m.mid] = AnswerMedia(
+                    mid=m.mid,
+                    direction="inactive",
+                    codec=replace(codec, rtx_payload_type=None, rtcp_feedback=()),
+                )
             if m.mid not in live or m.direction not in ("recvonly", "sendrecv"):
                 answered = replace(answered, direction="inactive", sending=None)
             answers.append(answered)

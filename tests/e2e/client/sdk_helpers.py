@@ -176,9 +176,11 @@ def cut_media(session: Session) -> None:
     """Close the UDP sockets of every peer connection of ``session``, as if its network had
     gone: nothing it sends afterwards (a DTLS close_notify included) reaches the server.
     (aiortc 1.16 / aioice 0.13 internals: ``RTCIceTransport._connection._protocols``.)"""
-    for owner in (*session.publishers, *session.subscribers):
-        pc = owner._pc
-        assert pc is not None, owner
+    peers = [p._pc for p in session.publishers]
+    if session._subscribe_peer is not None:  # every subscriber's one receiving peer connection
+        peers.append(session._subscribe_peer.pc)
+    for pc in peers:
+        assert pc is not None
         for transceiver in pc.getTransceivers():
             connection = transceiver.receiver.transport.transport._connection
             for protocol in connection._protocols:

@@ -141,3 +141,82 @@ async def test_each_subscriber_hears_only_its_own_publisher_across_two_sessions(
         for other, frequency in tones.items():
             if other != name:
                 assert energy_near(recorder.audio[10:], recorder.audio_rate, frequency) < 0.05, (name, other)
+
+
+async def test_a_session_receives_every_stream_on_one_peer_connection(media_server: RunningServer) -> None:
+    """Three publishers (440, 660, 880 Hz); a viewer subscribes to all three on one peer
+    connection and one server transport, each subscriber with its own frames, tone and stats;
+    unsubscribing one leaves the others flowing, and subscribing again renegotiates once more."""
+    server = media_server
+    sid = server.session()
+    tones = [440.0, 660.0, 880.0]
+    plane = server.thread.server.config.app.state.media
+
+    async def worker_counts() -> tuple[int, int]:
+        (dump,) = await asyncio.wrap_future(server.thread.run_coroutine(plane.pool.dump()))
+        return dump.transports, dump.consumers
+
+    async with (
+        session_for(server, sid) as a,
+        session_for(server, sid) as b,
+        session_for(server, sid) as c,
+        session_for(server, sid, role="subscriber") as viewer,
+    ):
+        for session, tone in zip((a, b, c), tones, strict=True):
+            await session.publish(
+                Publisher(f"{tone:.0f}", video_source=TestPatternSource(), audio_source=ToneSource(tone))
+            )
+        await wait_for(lambda: len(viewer.streams) == 3, "three streams")
+        recorders: dict[str, Recorder] = {}
+        subscribers: dict[str, Subscriber] = {}
+        for stream in viewer.streams.values():
+            recorder = recorders[stream.name] = Recorder()
+            subscriber = subscribers[stream.name] = Subscriber(
+                stream, on_video_frame=recorder.on_video, on_audio_frame=recorder.on_audio
+            )
+            await viewer.subscribe(subscriber)
+        await wait_for(
+            lambda: all(len(r.indices) >= 20 and len(r.audio) >= 60 for r in recorders.values()),
+            "frames and audio of all three",
+            timeout=20,
+        )
+        peer = viewer._subscribe_peer
+        assert peer is not None and len(peer.pc.getTransceivers()) == 6
+        assert await worker_counts() == (4, 6)  # three publish transports, one subscribe transport
+        for name, recorder in recorders.items():
+            peak, share = dominant_frequency(recorder.audio[10:], recorder.audio_rate)
+            assert abs(peak - float(name)) < 15 and share > 0.5, (name, peak, share)
+            assert all(y > x for x, y in itertools.pairwise(recorder.indices)), name
+        # Per-subscriber stats, not the peer connection's total.
+        for subscriber in subscribers.values():
+            await subscriber.get_stats()
+        await asyncio.sleep(1.5)
+        for name, subscriber in subscribers.items():
+            stats = await subscriber.get_stats()
+            assert stats.video is not None and stats.video.bytes and stats.video.bitrate, (name, stats)
+            assert stats.audio is not None and stats.audio.bytes and stats.audio.bitrate, (name, stats)
+            assert 50_000 < stats.bitrate < 3_000_000, (name, stats)
+
+        # Unsubscribe from one: its frames stop, the others go on, on the same transport.
+        gone = subscribers.pop("660")
+        await viewer.unsubscribe(gone)
+        await asyncio.sleep(0.3)  # frames already decoded or in flight
+        stopped = len(recorders["660"].indices)
+        before = {name: len(recorders[name].indices) for name in subscribers}
+        await wait_for(
+            lambda: all(len(recorders[n].indices) >= before[n] + 20 for n in subscribers), "the other two"
+        )
+        assert len(recorders["660"].indices) <= stopped + 2, "frames after unsubscribing"
+        assert await worker_counts() == (4, 4)
+
+        # Subscribing to it again: new m-lines on the same peer connection.
+        again = Recorder()
+        stream = next(s for s in viewer.streams.values() if s.name == "660")
+        await viewer.subscribe(
+            Subscriber(stream, on_video_frame=again.on_video, on_audio_frame=again.on_audio)
+        )
+        await wait_for(lambda: len(again.indices) >= 20 and len(again.audio) >= 60, "the stream again")
+        assert viewer._subscribe_peer is peer and len(peer.pc.getTransceivers()) == 8
+        assert await worker_counts() == (4, 6)
+        peak, _ = dominant_frequency(again.audio[10:], again.audio_rate)
+        assert abs(peak - 660) < 15, peak
