@@ -18,6 +18,7 @@ from sdk_helpers import (
 )
 
 from salon.client import (
+    NotFound,
     Publisher,
     Session,
     StreamPublished,
@@ -220,3 +221,50 @@ async def test_a_session_receives_every_stream_on_one_peer_connection(media_serv
         assert await worker_counts() == (4, 6)
         peak, _ = dominant_frequency(again.audio[10:], again.audio_rate)
         assert abs(peak - 660) < 15, peak
+
+
+async def test_a_refused_subscribe_leaves_the_shared_peer_connection_working(
+    media_server: RunningServer,
+) -> None:
+    """Subscribing to a stream that has just ended fails with NotFound; the viewer's other
+    subscription keeps flowing and its next subscribe renegotiates fine (the failed m-lines stay,
+    inactive)."""
+    server = media_server
+    sid = server.session()
+    async with (
+        session_for(server, sid) as a,
+        session_for(server, sid) as b,
+        session_for(server, sid, role="subscriber") as viewer,
+    ):
+        first = Publisher("first", video_source=TestPatternSource(), audio_source=ToneSource(440))
+        await a.publish(first)
+        await wait_for(lambda: len(viewer.streams) == 1, "the first stream")
+        (stream_a,) = viewer.streams.values()
+        kept = Recorder()
+        await viewer.subscribe(
+            Subscriber(stream_a, on_video_frame=kept.on_video, on_audio_frame=kept.on_audio)
+        )
+        await wait_for(lambda: len(kept.indices) >= 10, "the first stream's frames")
+
+        second = Publisher("second", video_source=TestPatternSource(), audio_source=ToneSource(660))
+        await b.publish(second)
+        await wait_for(lambda: len(viewer.streams) == 2, "the second stream")
+        stale = next(s for s in viewer.streams.values() if s.name == "second")
+        await b.unpublish(second)
+        await wait_for(lambda: len(viewer.streams) == 1, "the second stream to end")
+        with pytest.raises(NotFound):
+            await viewer.subscribe(Subscriber(stale))
+
+        before = len(kept.indices)
+        await wait_for(lambda: len(kept.indices) >= before + 20, "the first stream after the refusal")
+        third = Publisher("third", video_source=TestPatternSource(), audio_source=ToneSource(880))
+        await b.publish(third)
+        await wait_for(lambda: len(viewer.streams) == 2, "the third stream")
+        stream_c = next(s for s in viewer.streams.values() if s.name == "third")
+        got = Recorder()
+        await viewer.subscribe(Subscriber(stream_c, on_video_frame=got.on_video, on_audio_frame=got.on_audio))
+        await wait_for(lambda: len(got.indices) >= 20 and len(got.audio) >= 60, "the third stream")
+        peak, _ = dominant_frequency(got.audio[10:], got.audio_rate)
+        assert abs(peak - 880) < 15, peak
+        before = len(kept.indices)
+        await wait_for(lambda: len(kept.indices) >= before + 20, "the first stream still")
