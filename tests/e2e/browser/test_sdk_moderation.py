@@ -38,9 +38,9 @@ SESSION = """async ([sessionId, token]) => {
 }"""
 
 #: How much media of ``kind`` the subscriber ``window.sub`` gets: video frames decoded or
-#: audio packets received, from its peer connection's stats.
+#: audio packets received, from its own receivers' stats.
 RECEIVED = """async (kind) => {
-    const stats = await window.sub.pc.getStats();
+    const stats = await window.sub.getStats();
     let value = 0;
     stats.forEach((r) => {
         if (r.type !== "inbound-rtp" || r.kind !== kind) return;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 
 import pytest
@@ -57,3 +58,53 @@ async def test_two_pages_see_and_hear_each_other(
     await expect(bob.get_by_role("status")).to_contain_text("You left the room")
     await expect(bob_tile_on_alice).to_have_count(0)
     await expect(alice.locator("#messages")).to_contain_text("Bob left")
+
+
+async def test_three_pages_each_receive_both_others_on_one_peer_connection(
+    media_server: RunningServer, browser: Browser
+) -> None:
+    """Each page subscribes to two streams on one receiving peer connection; the server holds
+    one subscribe transport per page (three publish + three subscribe transports in all)."""
+    plane = media_server.thread.server.config.app.state.media
+
+    async def worker_transports() -> int:
+        (dump,) = await asyncio.wrap_future(media_server.thread.run_coroutine(plane.pool.dump()))
+        return dump.transports
+
+    names = ("Ann", "Ben", "Cat")
+    pages = {name: await open_page(browser, name.lower()) for name in names}
+    for name, page in pages.items():
+        await join(page, media_server.url, "trio", name)
+    for name, page in pages.items():
+        for other in names:
+            if other == name:
+                continue
+            stats = await remote_video_stats(page, other)
+            assert stats["found"] and stats["framesAdvanced"] > 0, (name, other, stats)
+        receiving = await page.evaluate(
+            """() => {
+                const pc = window.salonApp.session._subscribePc;
+                const subs = [...window.salonApp.session.subscribers];
+                return {
+                    transceivers: pc.getTransceivers().length,
+                    shared: subs.every((s) => s.pc === pc),
+                    subscribers: subs.length,
+                    state: pc.connectionState,
+                };
+            }"""
+        )
+        assert receiving == {"transceivers": 4, "shared": True, "subscribers": 2, "state": "connected"}, (
+            name,
+            receiving,
+        )
+    assert await worker_transports() == 6
+
+    # Cat leaves: her transports go, Ann and Ben keep seeing each other.
+    await pages["Cat"].get_by_role("button", name="Leave").click()
+    await expect(pages["Ann"].locator('.tile[data-name="Cat"]')).to_have_count(0)
+    deadline = asyncio.get_running_loop().time() + 10
+    while await worker_transports() != 4:
+        assert asyncio.get_running_loop().time() < deadline, "Cat's transports did not close"
+        await asyncio.sleep(0.1)
+    stats = await remote_video_stats(pages["Ann"], "Ben")
+    assert stats["found"] and stats["framesAdvanced"] > 0, stats

@@ -389,8 +389,8 @@ export class Subscriber extends Emitter {
     this.session = null;
     /** @type {string|null} */
     this.subscriptionId = null;
-    /** @type {RTCPeerConnection|null} */
-    this.pc = null;
+    /** @type {RTCRtpTransceiver[]} this subscription's m-lines on the session's receiving peer connection */
+    this.transceivers = [];
     /** The remote tracks, as they arrive. */
     this.mediaStream = new MediaStream();
     /** @type {Set<string>} the kinds this subscription negotiated */
@@ -430,9 +430,35 @@ export class Subscriber extends Emitter {
     }
   }
 
+  /**
+   * The peer connection this subscriber receives on: the session's one receiving peer
+   * connection, shared by all its subscribers (null once unsubscribed).
+   * @returns {RTCPeerConnection|null}
+   */
+  get pc() {
+    return this.transceivers.length && this.session ? this.session._subscribePc : null;
+  }
+
+  /**
+   * This subscription's own statistics (its receivers' `inbound-rtp` and the shared transport).
+   * @returns {Promise<Map<string, any>>}
+   */
+  async getStats() {
+    /** @type {Map<string, any>} */
+    const merged = new Map();
+    for (const transceiver of this.transceivers) {
+      (await transceiver.receiver.getStats()).forEach((report, id) => merged.set(id, report));
+    }
+    return merged;
+  }
+
+  /** Leave this subscription's m-lines: inactive from the next offer on, tracks ended. */
   _closePeer() {
-    this.pc?.close();
-    this.pc = null;
+    for (const transceiver of this.transceivers) {
+      if (transceiver.currentDirection !== "stopped") transceiver.direction = "inactive";
+      if (transceiver.mid) this.session?._subscribeOwners.delete(transceiver.mid);
+    }
+    this.transceivers = [];
     for (const track of this.mediaStream.getTracks()) {
       this.mediaStream.removeTrack(track);
       track.stop();
@@ -480,6 +506,14 @@ export class Session extends Emitter {
     this.publishers = new Set();
     /** @type {Set<Subscriber>} */
     this.subscribers = new Set();
+    /** @type {RTCPeerConnection|null} the one peer connection every subscriber receives on */
+    this._subscribePc = null;
+    /** @type {Map<string, Subscriber>} who added each m-line (by mid) of the receiving peer connection */
+    this._subscribeOwners = new Map();
+    /** @type {Promise<unknown>} negotiations of the receiving peer connection, one at a time */
+    this._subscribeQueue = Promise.resolve();
+    /** @type {((target: object) => void)|null} */
+    this._subscribeTrickle = null;
     /** @type {"disconnected"|"connecting"|"connected"|"reconnecting"} */
     this.state = "disconnected";
     /** @type {WebSocket|null} */
@@ -823,6 +857,7 @@ export class Session extends Emitter {
     this.state = "reconnecting";
     for (const p of this.publishers) p._closePeer();
     for (const s of this.subscribers) s._closePeer();
+    this._closeSubscribePc(); // the server closes the old connection's transports
     this.emit("sessionReconnecting");
     const deadline = Date.now() + this.reconnectTimeout * 1000;
     let delay = 250;
@@ -935,6 +970,7 @@ export class Session extends Emitter {
     this.publishers.clear();
     for (const s of this.subscribers) s._destroy(reason);
     this.subscribers.clear();
+    this._closeSubscribePc();
     this.streams.clear();
     this.connections.clear();
     if (wasConnected) this.emit("sessionDisconnected", error ? { reason, error } : { reason });
@@ -1071,41 +1107,84 @@ export class Session extends Emitter {
     return subscriber;
   }
 
+  /**
+   * Subscribe on the session's one receiving peer connection: add the subscriber's `recvonly`
+   * transceivers, offer the whole connection again, apply the server's answer (which covers
+   * every m-line). One negotiation at a time (docs/protocol.md §13.3).
+   * @param {Subscriber} subscriber
+   */
+  _negotiateSubscriber(subscriber) {
+    const run = this._subscribeQueue.then(() => this._negotiateSubscriberNow(subscriber));
+    this._subscribeQueue = run.catch(() => {});
+    return run;
+  }
+
   /** @param {Subscriber} subscriber */
-  async _negotiateSubscriber(subscriber) {
+  async _negotiateSubscriberNow(subscriber) {
+    if (this.state !== "connected") throw new SalonError("not_connected", "the session is not connected");
     const old = subscriber.subscriptionId;
     subscriber._closePeer();
     subscriber.subscriptionId = null;
-    if (old && this.state === "connected") {
+    if (old) {
       this._request({ type: "unsubscribe", subscription_id: old }).catch(() => {});
     }
     const stream = subscriber.stream;
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
-    subscriber.pc = pc;
+    const pc = this._receivingPeer();
     const kinds = new Set();
     if (stream.hasAudio) kinds.add("audio");
     if (stream.hasVideo) kinds.add("video");
-    for (const kind of kinds) pc.addTransceiver(kind, { direction: "recvonly" });
+    const transceivers = [...kinds].map((kind) => pc.addTransceiver(kind, { direction: "recvonly" }));
     subscriber.kinds = kinds;
-    pc.ontrack = (ev) => {
-      subscriber.mediaStream.addTrack(ev.track);
-      if (subscriber.videoElement) subscriber.videoElement.play?.().catch(() => {});
-    };
-    const ready = this._trickle(pc);
     await pc.setLocalDescription(await pc.createOffer());
-    const reply = await this._request({
-      type: "subscribe",
-      stream_id: stream.streamId,
-      audio: subscriber.audioOn,
-      video: subscriber.videoOn,
-      sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
-    }).catch((err) => {
-      pc.close();
+    for (const transceiver of transceivers) {
+      if (transceiver.mid) this._subscribeOwners.set(transceiver.mid, subscriber);
+    }
+    subscriber.transceivers = transceivers;
+    let reply;
+    try {
+      reply = await this._request({
+        type: "subscribe",
+        stream_id: stream.streamId,
+        audio: subscriber.audioOn,
+        video: subscriber.videoOn,
+        sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
+      });
+    } catch (err) {
+      // Refused: take the offer back; its new transceivers go (they never had an answer).
+      subscriber.transceivers = [];
+      for (const transceiver of transceivers) {
+        if (transceiver.mid) this._subscribeOwners.delete(transceiver.mid);
+        transceiver.stop();
+      }
+      if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
       throw err;
-    });
+    }
     subscriber.subscriptionId = reply.subscription_id;
-    ready({ subscription_id: reply.subscription_id });
+    this._subscribeTrickle?.({ subscription_id: reply.subscription_id });
+    this._subscribeTrickle = null; // the transport is the same for every later subscription
     await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
+  }
+
+  /** The receiving peer connection, made on first use. */
+  _receivingPeer() {
+    if (this._subscribePc) return this._subscribePc;
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    this._subscribePc = pc;
+    this._subscribeTrickle = this._trickle(pc);
+    pc.ontrack = (ev) => {
+      const owner = ev.transceiver.mid ? this._subscribeOwners.get(ev.transceiver.mid) : undefined;
+      if (!owner) return;
+      owner.mediaStream.addTrack(ev.track);
+      if (owner.videoElement) owner.videoElement.play?.().catch(() => {});
+    };
+    return pc;
+  }
+
+  _closeSubscribePc() {
+    this._subscribePc?.close();
+    this._subscribePc = null;
+    this._subscribeOwners.clear();
+    this._subscribeTrickle = null;
   }
 
   /** @param {Subscriber} subscriber */
