@@ -625,15 +625,16 @@ class _Sink:
         self._dtls: Any = None
 
     async def subscribe(self, signalling: _Signalling, stream_id: str) -> None:
-        reply = await signalling.request(
-            {
-                "type": "subscribe",
-                "stream_id": stream_id,
-                "audio": False,
-                "video": True,
-                "sdp": await _offer(self.pc),
-            }
-        )
+        offer = await _offer(self.pc)
+        deadline = time.monotonic() + _CONNECT_TIMEOUT
+        while True:
+            reply = await signalling.request(
+                {"type": "subscribe", "stream_id": stream_id, "audio": False, "video": True, "sdp": offer}
+            )
+            # not_found: the stream is still pending (announced once its first packet arrived).
+            if reply.get("code") != "not_found" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         if reply.get("type") != "subscribed" or not reply.get("answer"):
             raise BenchError(f"subscribe failed: {reply}")
         # Hook before the answer starts ICE/DTLS, so no packet goes past us.
@@ -767,6 +768,8 @@ async def _child(conn: multiprocessing.connection.Connection, role: str) -> None
             publishers.append(publisher)
             await publisher.publish(port, session_id, token)
         await _wait_local(lambda: all(p.connected for p in publishers), _CONNECT_TIMEOUT, "publishers")
+        for publisher in publishers:
+            publisher.send_frame()  # a stream is announced (subscribable) on its first packet
         return {p.index: p.stream_id for p in publishers}
 
     async def subscribe(
