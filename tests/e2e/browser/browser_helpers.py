@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pathlib
 import wave
@@ -164,75 +163,3 @@ async def open_sdk_page(browser: Browser, base: str, label: str) -> Page:
         "async () => { document.body.replaceChildren(); window.salon = await import('/sdk/salon.js'); }"
     )
     return page
-
-
-class FlakyProxy:
-    """A TCP proxy in front of the server's HTTP/WebSocket port, to break the signalling path.
-
-    The page loads from :attr:`url`, so its WebSocket goes through the proxy; the media (UDP)
-    still goes straight to the server. :meth:`drop` resets every connection at once (the
-    server side's TCP connection is gone); :meth:`freeze` turns the network silent (nothing
-    gets through either way and new connections are refused) until :meth:`thaw`, which
-    resets what was open meanwhile, as a real network outage does.
-    """
-
-    def __init__(self, target_url: str) -> None:
-        host, port = target_url.removeprefix("http://").split(":")
-        self._target = (host, int(port))
-        self._server: asyncio.Server | None = None
-        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self.frozen = False
-        self.url = ""
-
-    async def __aenter__(self) -> FlakyProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.drop()
-        if self._server is not None:
-            self._server.close()
-
-    def drop(self) -> None:
-        for a, b in list(self._links):
-            a.transport.abort()
-            b.transport.abort()
-        self._links.clear()
-
-    def freeze(self) -> None:
-        self.frozen = True
-
-    def thaw(self) -> None:
-        self.drop()
-        self.frozen = False
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.frozen:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.transport.abort()
-            return
-        link = (writer, up_writer)
-        self._links.add(link)
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-        self._links.discard(link)
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                if self.frozen:
-                    continue  # the network swallows it
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            if self.frozen:
-                writer.transport.abort()
-            else:
-                writer.close()

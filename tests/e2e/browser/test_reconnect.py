@@ -1,6 +1,6 @@
 """The web app and the SDK when the signalling connection breaks: drops, silence, expiry.
 
-The page that loses its connection talks to the server through :class:`FlakyProxy`, which
+The page that loses its connection talks to the server through :class:`TcpProxy`, which
 can reset the TCP connections (the server side dropping them) or swallow everything (a
 silent network, caught by the SDK's heartbeat check). Its media goes straight to the server.
 """
@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from browser_helpers import (
-    FlakyProxy,
     join,
     open_page,
     open_sdk_page,
@@ -27,6 +26,7 @@ from playwright.async_api import Browser, Page, Route, expect
 
 from salon.tokens import generate_token
 from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
+from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -41,13 +41,13 @@ def flaky_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-async def proxy(flaky_server: RunningServer) -> AsyncIterator[FlakyProxy]:
-    async with FlakyProxy(flaky_server.url) as proxy:
+async def proxy(flaky_server: RunningServer) -> AsyncIterator[TcpProxy]:
+    async with TcpProxy(flaky_server.url) as proxy:
         yield proxy
 
 
 async def _two_in_a_room(
-    server: RunningServer, proxy: FlakyProxy, browser: Browser, room: str
+    server: RunningServer, proxy: TcpProxy, browser: Browser, room: str
 ) -> tuple[Page, Page]:
     """Alice straight to the server, Bob through the proxy; both see each other's video."""
     alice = await open_page(browser, "alice")
@@ -75,7 +75,7 @@ async def _media_is_back(alice: Page, bob: Page, old_stream: str) -> None:
 
 
 async def test_dropped_connection_reconnects_and_media_resumes(
-    flaky_server: RunningServer, proxy: FlakyProxy, browser: Browser
+    flaky_server: RunningServer, proxy: TcpProxy, browser: Browser
 ) -> None:
     alice, bob = await _two_in_a_room(flaky_server, proxy, browser, "flaky")
     old_stream = await bob.evaluate("window.salonApp.publisher.stream.streamId")
@@ -89,7 +89,7 @@ async def test_dropped_connection_reconnects_and_media_resumes(
 
 
 async def test_silent_network_is_noticed_and_reconnects(
-    flaky_server: RunningServer, proxy: FlakyProxy, browser: Browser
+    flaky_server: RunningServer, proxy: TcpProxy, browser: Browser
 ) -> None:
     alice, bob = await _two_in_a_room(flaky_server, proxy, browser, "silent")
     old_stream = await bob.evaluate("window.salonApp.publisher.stream.streamId")
@@ -110,7 +110,7 @@ async def test_silent_network_is_noticed_and_reconnects(
 
 
 async def test_request_timeout_and_giving_up_on_reconnection(
-    flaky_server: RunningServer, proxy: FlakyProxy, browser: Browser
+    flaky_server: RunningServer, proxy: TcpProxy, browser: Browser
 ) -> None:
     session_id = flaky_server.session()
     token = flaky_server.token(session_id)
@@ -180,7 +180,7 @@ def _short_token(session_id: str, name: str, lifetime: int) -> tuple[str, int]:
     return token, expires
 
 
-async def _join_with_a_short_token(page: Page, proxy: FlakyProxy, room: str, then: str) -> list[int]:
+async def _join_with_a_short_token(page: Page, proxy: TcpProxy, room: str, then: str) -> list[int]:
     """Join through the proxy with a token that expires a few seconds later, and wait for that.
 
     The first ``/demo/join`` gets the short token; later ones (the app asking for a fresh
@@ -211,7 +211,7 @@ async def _join_with_a_short_token(page: Page, proxy: FlakyProxy, room: str, the
     return calls
 
 
-async def test_expired_token_on_reconnect_gets_a_fresh_one(proxy: FlakyProxy, browser: Browser) -> None:
+async def test_expired_token_on_reconnect_gets_a_fresh_one(proxy: TcpProxy, browser: Browser) -> None:
     bob = await open_page(browser, "bob")
     calls = await _join_with_a_short_token(bob, proxy, "expiring", then="server")
     old_stream = await bob.evaluate("window.salonApp.publisher.stream.streamId")
@@ -227,7 +227,7 @@ async def test_expired_token_on_reconnect_gets_a_fresh_one(proxy: FlakyProxy, br
     )
 
 
-async def test_expired_token_on_reconnect_says_so(proxy: FlakyProxy, browser: Browser) -> None:
+async def test_expired_token_on_reconnect_says_so(proxy: TcpProxy, browser: Browser) -> None:
     bob = await open_page(browser, "bob")
     calls = await _join_with_a_short_token(bob, proxy, "expired", then="off")
     proxy.drop()

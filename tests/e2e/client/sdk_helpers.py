@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import urllib.parse
 from collections.abc import Callable
 
 import numpy as np
@@ -104,72 +102,6 @@ def energy_near(chunks: list[npt.NDArray[np.float64]], rate: int, frequency: flo
     spectrum = np.abs(np.fft.rfft(signal * np.hanning(len(signal)))) ** 2
     freqs = np.fft.rfftfreq(len(signal), 1 / rate)
     return float(spectrum[(freqs > frequency - 20) & (freqs < frequency + 20)].sum() / spectrum.sum())
-
-
-class LinkProxy:
-    """A TCP proxy in front of the server's signalling port, to break links the way networks
-    do: :meth:`cut` resets the client side of every link at once while the server side stays
-    open and silent, so the server only notices when its heartbeat times out; :meth:`refuse`
-    stops accepting new links."""
-
-    def __init__(self, target_url: str) -> None:
-        split = urllib.parse.urlsplit(target_url)
-        assert split.hostname and split.port, target_url
-        self._target = (split.hostname, split.port)
-        self._server: asyncio.Server | None = None
-        self._links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
-        self._pumps: set[asyncio.Task[None]] = set()
-        self._silent: list[asyncio.StreamWriter] = []
-        self.url = ""
-
-    async def __aenter__(self) -> LinkProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.refuse()
-        for client, upstream in self._links:
-            client.transport.abort()
-            upstream.transport.abort()
-        for upstream in self._silent:
-            upstream.transport.abort()
-        for pump in self._pumps:
-            pump.cancel()
-        if self._pumps:
-            await asyncio.wait(self._pumps)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._links.append((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.get_running_loop().create_task(self._pump(source, sink))
-            self._pumps.add(task)
-            task.add_done_callback(self._pumps.discard)
-
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await source.read(65536):
-                if sink.transport.is_closing():
-                    return
-                sink.write(data)
-                await sink.drain()
-
-    def cut(self) -> None:
-        """Reset every client-side socket now; keep the server sides open, forwarding nothing."""
-        links, self._links = self._links, []
-        for pump in self._pumps:
-            pump.cancel()
-        for client, upstream in links:
-            client.transport.abort()
-            self._silent.append(upstream)
-
-    def refuse(self) -> None:
-        """Accept no new links (connection refused from now on)."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
 
 
 def cut_media(session: Session) -> None:

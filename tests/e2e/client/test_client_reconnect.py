@@ -11,7 +11,6 @@ import pytest
 from sdk_helpers import (
     LOOPBACK,
     EventLog,
-    LinkProxy,
     Recorder,
     auto_subscribe,
     cut_media,
@@ -33,6 +32,7 @@ from salon.client import (
     StreamReceived,
 )
 from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
+from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,7 +97,7 @@ async def test_after_a_drop_the_server_has_not_noticed_the_client_never_subscrib
     server = quick_heartbeat_server
     sid = server.session()
     seen = {"alice": Recorder(), "bob": Recorder()}
-    async with LinkProxy(server.url) as proxy:
+    async with TcpProxy(server.url) as proxy:
         alice = Session(sid, server.token(sid), proxy.url, ice_addresses=LOOPBACK)
         alice_log = EventLog(alice)
         auto_subscribe(alice, seen["alice"])
@@ -144,7 +144,7 @@ async def test_when_reconnecting_fails_the_session_ends_as_network_disconnected(
 ) -> None:
     server = media_server
     sid = server.session()
-    async with LinkProxy(server.url) as proxy:
+    async with TcpProxy(server.url) as proxy:
         session = Session(sid, server.token(sid), proxy.url, ice_addresses=LOOPBACK, reconnect_timeout=2.0)
         log = EventLog(session)
         await session.connect()
@@ -166,7 +166,7 @@ async def test_when_reconnecting_fails_the_session_ends_as_network_disconnected(
 async def test_without_reconnect_a_broken_link_ends_the_session_at_once(media_server: RunningServer) -> None:
     server = media_server
     sid = server.session()
-    async with LinkProxy(server.url) as proxy:
+    async with TcpProxy(server.url) as proxy:
         session = Session(sid, server.token(sid), proxy.url, ice_addresses=LOOPBACK, reconnect=False)
         log = EventLog(session)
         await session.connect()
