@@ -151,3 +151,62 @@ async def test_bad_media_requests_get_errors_and_change_nothing(media_server: Ru
         await alice.close()
         await bob.close()
     await eventually(lambda: sid not in plane.sessions, "the session's router to close")
+
+
+def without_candidates(sdp: str) -> tuple[str, list[str]]:
+    """The SDP with its ``a=candidate`` and ``a=end-of-candidates`` lines taken out (as a
+    trickling client sends its offer), and the candidate values taken out."""
+    kept, candidates = [], []
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=candidate:"):
+            if line[2:] not in candidates:
+                candidates.append(line[2:])
+        elif line != "a=end-of-candidates":
+            kept.append(line)
+    return "\r\n".join(kept), candidates
+
+
+async def test_trickled_client_candidates_connect_publish_and_subscribe(media_server: RunningServer) -> None:
+    """Offers without candidates, the candidates trickled after with ``ice_candidate``: both
+    transports connect (the stream is announced, the subscriber decodes it)."""
+    server = media_server
+    sid = server.session()
+    alice = await WsClient.join(server.url, sid, server.token(sid))
+    bob = await WsClient.join(server.url, sid, server.token(sid))
+    pub, sub = Publisher(), Subscriber()
+    try:
+        offer, candidates = without_candidates(await pub.offer())
+        assert candidates and "a=candidate" not in offer
+        reply = await alice.request({"type": "publish", "sdp": offer})
+        assert reply["type"] == "published", reply
+        stream_id = reply["stream"]["stream_id"]
+        await pub.answer(reply["answer"])
+        for candidate in [*candidates, None]:
+            ack = await alice.request(
+                {"type": "ice_candidate", "stream_id": stream_id, "candidate": candidate}
+            )
+            assert ack["type"] == "ack", ack
+        await bob.next("stream_created", timeout=10)
+
+        offer, candidates = without_candidates(await sub.offer())
+        reply = await bob.request({"type": "subscribe", "stream_id": stream_id, "sdp": offer})
+        assert reply["type"] == "subscribed", reply
+        await sub.answer(reply["answer"])
+        for candidate in candidates:
+            ack = await bob.request(
+                {"type": "ice_candidate", "subscription_id": reply["subscription_id"], "candidate": candidate}
+            )
+            assert ack["type"] == "ack", ack
+        await eventually(lambda: len(sub.media.indices) >= 10, "frames over trickled candidates", timeout=10)
+
+        # A malformed candidate is refused and changes nothing.
+        bad = await bob.request(
+            {"type": "ice_candidate", "subscription_id": reply["subscription_id"], "candidate": "candidate:x"}
+        )
+        assert bad["type"] == "error" and bad["code"] == "invalid_sdp", bad
+        before = len(sub.media.indices)
+        await eventually(lambda: len(sub.media.indices) >= before + 10, "frames after the bad candidate")
+    finally:
+        await asyncio.gather(pub.close(), sub.close())
+        await alice.close()
+        await bob.close()
