@@ -14,8 +14,10 @@ packet without decoding audio (:func:`salon.media.rtp.parse_audio_level`) and fe
 3. picks the loudest stream whose level is at or above ``threshold_dbov`` as the candidate,
    and makes it the active speaker (:class:`ActiveSpeakerChanged`) once it has stayed the
    candidate for ``hysteresis`` seconds after the first window it won (so with the defaults
-   it must win three windows in a row, 0.5-0.75 s), so a cough does not steal the floor.
-   Silence keeps the current speaker; removing its stream clears it.
+   it must win windows spanning 0.5-0.75 s), so a cough does not steal the floor. A window in
+   which nobody is above the threshold does not end a candidacy unless the silence lasts
+   ``pause`` seconds: speech has short pauses between words. Another stream winning a window
+   does. Silence keeps the current speaker; removing its stream clears it.
 
 The voice-activity flag is ignored by default because not every sender sets it (aiortc always
 sends 0); with ``require_voice=True`` packets without it count as silence.
@@ -77,15 +79,19 @@ class ActiveSpeakerDetector:
         becomes the active speaker (default 0.5).
     :param min_change: smallest change of a stream's level worth an update (default 0.01).
     :param require_voice: count packets without the voice-activity flag as silence.
+    :param pause: seconds of silence (no stream above the threshold) a candidate survives
+        (default 0.5): the pauses between words do not restart its hysteresis.
     """
 
     __slots__ = (
         "_candidate",
         "_candidate_since",
+        "_candidate_won",
         "_hysteresis",
         "_interval",
         "_min_change",
         "_next_poll",
+        "_pause",
         "_require_voice",
         "_speaker",
         "_streams",
@@ -100,6 +106,7 @@ class ActiveSpeakerDetector:
         hysteresis: float = 0.5,
         min_change: float = 0.01,
         require_voice: bool = False,
+        pause: float = 0.5,
     ):
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval}")
@@ -114,6 +121,8 @@ class ActiveSpeakerDetector:
         self._speaker: str | None = None
         self._candidate: str | None = None
         self._candidate_since = 0.0
+        self._pause = pause
+        self._candidate_won = 0.0
         self._next_poll: float | None = None
 
     @property
@@ -171,16 +180,22 @@ class ActiveSpeakerDetector:
                 events.append(AudioLevelUpdate(stream_id, level))
             if level >= threshold and level > loudest_level:
                 loudest, loudest_level = stream_id, level
-        if loudest is None:
+        if loudest is not None:
+            # A pause between words (silent windows shorter than ``pause``) keeps a candidacy;
+            # another stream winning, or a longer silence, starts a new one. Counted from the
+            # end of the first window it won, which may have been a partial burst: a stream
+            # must win windows spanning more than the hysteresis.
+            silence = now - self._candidate_won - self._interval
+            if loudest != self._candidate or silence >= self._pause - 1e-9:
+                self._candidate = loudest
+                self._candidate_since = now
+            self._candidate_won = now
+        elif self._candidate is not None and now - self._candidate_won >= self._pause - 1e-9:
             self._candidate = None
-        elif loudest != self._candidate:
-            # Counted from the end of the first window it won, which may have been a partial
-            # burst: a stream must win windows spanning more than the hysteresis.
-            self._candidate = loudest
-            self._candidate_since = now
         candidate = self._candidate
         if (
             candidate is not None
+            and candidate == loudest  # promoted only in a window it won, never in a silence
             and candidate != self._speaker
             and now - self._candidate_since >= self._hysteresis
         ):

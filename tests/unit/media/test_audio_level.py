@@ -80,6 +80,27 @@ def test_the_floor_passes_to_a_stream_that_stays_loudest() -> None:
     assert speakers(talk(detector, {"a": 80, "b": 20}, 1.5, 2.0)) == [ActiveSpeakerChanged("b", "a")]
 
 
+def test_pauses_between_words_do_not_restart_the_hysteresis() -> None:
+    """Speech (or Chromium's fake beep) is on for a window, off for the next: it still wins."""
+    detector = ActiveSpeakerDetector(interval=0.25, hysteresis=0.5, pause=0.5)
+    events: list[AudioLevelUpdate | ActiveSpeakerChanged] = []
+    for second in range(4):
+        events += talk(detector, {"a": 20}, second * 0.5, second * 0.5 + 0.25)
+        events += talk(detector, {"a": 127}, second * 0.5 + 0.25, second * 0.5 + 0.5)
+    assert speakers(events) == [ActiveSpeakerChanged("a", None)]
+
+
+def test_a_long_silence_ends_a_candidacy() -> None:
+    """Short bursts a second apart are coughs, not a speaker: each silence longer than the
+    pause starts the hysteresis again."""
+    detector = ActiveSpeakerDetector(interval=0.25, hysteresis=0.5, pause=0.5)
+    events: list[AudioLevelUpdate | ActiveSpeakerChanged] = []
+    for second in range(4):
+        events += talk(detector, {"a": 20}, second * 1.3, second * 1.3 + 0.1)
+        events += talk(detector, {"a": 127}, second * 1.3 + 0.1, second * 1.3 + 1.3)
+    assert speakers(events) == []
+
+
 def test_silence_keeps_the_current_speaker() -> None:
     detector = ActiveSpeakerDetector(interval=0.25, hysteresis=0.5)
     talk(detector, {"a": 20, "b": 127}, 0.0, 1.0)
