@@ -662,7 +662,7 @@ export class Session extends Emitter {
 
   /**
    * Send a request and wait for its reply, for at most `requestTimeout` seconds.
-   * @param {{type: string} & object} message
+   * @param {{type: string, [field: string]: unknown}} message
    * @returns {Promise<any>} the reply; rejects with a SalonError carrying the server's error
    *   code, `timeout` when no reply came in time, `disconnected` when the socket dropped
    */
