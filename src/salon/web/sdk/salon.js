@@ -30,6 +30,8 @@
  * @property {"camera"|"screen"} [videoSource] the camera (getUserMedia) or the screen (getDisplayMedia)
  * @property {string} [resolution] "WIDTHxHEIGHT", e.g. "640x480" (default: the browser's)
  * @property {number} [frameRate] frames per second asked of the device
+ * @property {"VP8"|"H264"} [videoCodec] the codec to send the video in when the browser has it
+ *   (default: the browser's first choice, VP8 in Chromium); subscribers receive it as sent
  * @property {boolean} [insertDefaultUI] render a <video> into the element (default true)
  */
 /**
@@ -41,6 +43,22 @@
 /** @typedef {{urls: string[], username?: string, credential?: string}} IceServer */
 
 export const VERSION = "1.0.0";
+
+/**
+ * Put `codec` (e.g. "H264") first in a video transceiver's offer, keeping the others (and
+ * RTX) as fallbacks; nothing changes if the browser cannot send it.
+ * @param {RTCRtpTransceiver} transceiver
+ * @param {string} codec
+ */
+function preferCodec(transceiver, codec) {
+  const capabilities = globalThis.RTCRtpSender?.getCapabilities?.("video");
+  if (!capabilities || typeof transceiver.setCodecPreferences !== "function") return;
+  const wanted = `video/${codec}`.toLowerCase();
+  const chosen = capabilities.codecs.filter((c) => c.mimeType.toLowerCase() === wanted);
+  if (!chosen.length) return;
+  const rest = capabilities.codecs.filter((c) => c.mimeType.toLowerCase() !== wanted);
+  transceiver.setCodecPreferences([...chosen, ...rest]);
+}
 
 /** An error of the SDK or a refusal from the server: `code` is stable, `message` is for humans. */
 export class SalonError extends Error {
@@ -1037,7 +1055,10 @@ export class Session extends Emitter {
     const media = /** @type {MediaStream} */ (publisher.mediaStream);
     const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
     publisher.pc = pc;
-    for (const track of media.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
+    for (const track of media.getTracks()) {
+      const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
+      if (track.kind === "video" && publisher.options.videoCodec) preferCodec(transceiver, publisher.options.videoCodec);
+    }
     const ready = this._trickle(pc);
     await pc.setLocalDescription(await pc.createOffer());
     const video = publisher.videoTrack;
