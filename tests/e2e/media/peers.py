@@ -136,7 +136,32 @@ def new_peer_connection() -> RTCPeerConnection:
     return RTCPeerConnection(configuration=RTCConfiguration(iceServers=[]))
 
 
-class Publisher:
+class _Peer:
+    """An aiortc peer connection that offers (the SFU answers), with its reader tasks."""
+
+    def __init__(self) -> None:
+        self.pc = new_peer_connection()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    def _read(self, track: MediaStreamTrack, media: ReceivedMedia) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(read_track(track, media)))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
+
+class Publisher(_Peer):
     """An aiortc client publishing a :class:`FrameIndexTrack` and/or a :class:`ToneTrack`."""
 
     def __init__(
@@ -148,7 +173,7 @@ class Publisher:
         first_frame: int = 1,
         tone_hz: float = TONE_HZ,
     ) -> None:
-        self.pc = new_peer_connection()
+        super().__init__()
         self.video = FrameIndexTrack(first_frame) if video else None
         self.audio = ToneTrack(tone_hz) if audio else None
         if self.audio is not None:
@@ -157,16 +182,6 @@ class Publisher:
             transceiver = self.pc.addTransceiver(self.video, direction="sendonly")
             if video_codec:
                 _prefer(transceiver, "video", video_codec)
-
-    async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        return str(self.pc.localDescription.sdp)
-
-    async def answer(self, sdp: str) -> None:
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-
-    async def close(self) -> None:
-        await self.pc.close()
 
 
 @dataclass
@@ -181,13 +196,12 @@ class ReceivedMedia:
     audio_rate: int = SAMPLE_RATE
 
 
-class Subscriber:
+class Subscriber(_Peer):
     """An aiortc client receiving one stream and decoding it into :class:`ReceivedMedia`."""
 
     def __init__(self, *, audio: bool = True, video: bool = True, video_codec: str | None = None) -> None:
-        self.pc = new_peer_connection()
+        super().__init__()
         self.media = ReceivedMedia()
-        self._tasks: list[asyncio.Task[None]] = []
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")
         if video:
@@ -197,21 +211,7 @@ class Subscriber:
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(read_track(track, self.media)))
-
-    async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        return str(self.pc.localDescription.sdp)
-
-    async def answer(self, sdp: str) -> None:
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-
-    async def close(self) -> None:
-        await self.pc.close()
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        self._read(track, self.media)
 
 
 async def read_track(track: MediaStreamTrack, media: ReceivedMedia) -> None:
@@ -234,16 +234,15 @@ async def read_track(track: MediaStreamTrack, media: ReceivedMedia) -> None:
                 media.audio_chunks.append(mono.astype(np.float64))
 
 
-class SharedSubscriber:
+class SharedSubscriber(_Peer):
     """One aiortc peer connection receiving several streams, one subscription at a time: each
     :meth:`add` adds a recvonly audio + video pair of m-lines and renegotiates (the SFU's
     answer must cover every m-line), and each pair decodes into its own :class:`ReceivedMedia`."""
 
     def __init__(self) -> None:
-        self.pc = new_peer_connection()
+        super().__init__()
         self._by_mid: dict[str, ReceivedMedia] = {}
         self._pending = ReceivedMedia()
-        self._tasks: list[asyncio.Task[None]] = []
         self.pc.on("track", self._on_track)
 
     def add(self) -> ReceivedMedia:
@@ -260,26 +259,15 @@ class SharedSubscriber:
                 transceiver.direction = "inactive"
 
     async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        sdp = await super().offer()
         for transceiver in self.pc.getTransceivers():
             if transceiver.mid is not None and transceiver.mid not in self._by_mid:
                 self._by_mid[transceiver.mid] = self._pending
-        return str(self.pc.localDescription.sdp)
+        return sdp
 
-    async def answer(self, sdp: str) -> None:
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-
-    def _on_track(self, event_track: MediaStreamTrack) -> None:
-        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is event_track)
-        media = self._by_mid[transceiver.mid]
-        self._tasks.append(asyncio.get_running_loop().create_task(read_track(event_track, media)))
-
-    async def close(self) -> None:
-        await self.pc.close()
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
+        self._read(track, self._by_mid[transceiver.mid])
 
 
 def dominant_frequency(chunks: list[np.ndarray], rate: int) -> tuple[float, float]:
