@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from salon.errors import ConflictError, InvalidRequestError, ServerError
+from salon.store import migrations
 
 __all__ = ["Project", "SessionRecord", "Store", "database_url_for"]
 
@@ -92,10 +93,10 @@ class Store:
         self._engine: AsyncEngine = create_async_engine(self.url)
 
     async def open(self) -> None:
-        """Create the tables if they do not exist."""
+        """Create the tables, or upgrade an existing database in place to the newest schema."""
         try:
             async with self._engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
+                await conn.run_sync(migrations.upgrade)
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot open the database: {exc.__class__.__name__}") from exc
 
