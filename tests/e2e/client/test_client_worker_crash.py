@@ -102,3 +102,40 @@ async def test_after_a_worker_crash_the_sdks_republish_and_resubscribe_on_their_
     # The test pattern kept counting through the crash: the new frames are alice's, in order.
     tail = seen.indices[before:]
     assert tail == sorted(tail) and tail[0] > seen.indices[0], tail
+
+
+async def test_an_sdk_that_missed_media_reset_replaces_its_peer_connection_when_refused(
+    media_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob's SDK does not act on ``media_reset`` (as if it had not heard it): it offers the
+    new subscription from its old receiving peer connection, the server refuses that with
+    ``transport_closed``, and the SDK subscribes again from a new one, unseen by the app."""
+    server = media_server
+    sid = server.session()
+    seen = Recorder()
+    async with session_for(server, sid) as alice, session_for(server, sid, role="subscriber") as bob:
+        monkeypatch.setattr(bob, "_media_reset", lambda stream_ids: None)
+        bob_log = EventLog(bob)
+        subscribers = auto_subscribe(bob, seen)
+        publisher = Publisher("alice", audio=False)
+        first = await alice.publish(publisher)
+        await wait_for(lambda: len(seen.indices) >= 10, "bob to decode alice's video", timeout=30)
+        old_peer = bob._subscribe_peer
+
+        kill_the_worker(server)
+        await wait_for(
+            lambda: publisher.stream_id not in (None, first.stream_id), "alice to publish again", timeout=40
+        )
+        await wait_for(
+            lambda: len(subscribers) == 2 and subscribers[1].subscription_id is not None,
+            "bob's application to subscribe to the new stream",
+            timeout=40,
+        )
+        assert bob._subscribe_peer is not old_peer and old_peer is not None and old_peer.closed
+        before = len(seen.indices)
+        await wait_for(
+            lambda: len(seen.indices) >= before + 15, "bob to decode alice's video again", timeout=40
+        )
+        assert not bob_log.of(Error), bob_log.of(Error)
+    tail = seen.indices[before:]
+    assert tail == sorted(tail), tail
