@@ -539,19 +539,22 @@ class Session:
             if exc.code is not ErrorCode.TRANSPORT_CLOSED:
                 raise
             logger.info("%r: the receiving peer connection's transport is gone; replacing it", self)
+            others = [s for s in self._subscribers if s is not subscriber and s._peer is peer]
             if self._subscribe_peer is peer:
                 await self._close_subscribe_peer()
             peer = self._subscribe_peer
             if peer is None:
                 peer = self._subscribe_peer = SubscribePeer(self._ice_servers, self._ice_addresses)
             await self._negotiate_on(peer, subscriber)
+            for other in others:  # they received nothing on the old one either
+                self._spawn(self._resubscribe(other), f"re-subscribe {other!r}")
 
     async def _negotiate_on(self, peer: SubscribePeer, subscriber: Subscriber) -> None:
         """One offer/answer round on the receiving peer connection ``peer`` (one at a time:
         every subscriber's m-lines share it, docs/protocol.md §13.3)."""
         async with peer.lock:
-            if peer.closed:  # replaced (a reconnection) while this waited
-                raise InvalidStateError(f"{self!r}: the session reconnected while subscribing")
+            if peer.closed:  # replaced (a reconnection, a media reset) while this waited
+                raise InvalidStateError(f"{self!r}: the receiving peer connection was replaced meanwhile")
             offer = await subscriber._offer(peer)
             stream_id = subscriber.stream.stream_id
             request = SubscribeRequest(
