@@ -23,6 +23,14 @@ while the link is down. Attempts back off exponentially (0.25 s doubling to 4 s)
 ``reconnect_timeout``; a refused token, a missing session or a forced disconnection end the
 session at once.
 
+A media worker failure on the server (``media_reset``, docs/protocol.md §6.19) keeps the
+connection: every stream with media ends (``mediaStopped``: the subscribers are dropped as
+usual), the publishers of this client publish again at once (new stream IDs,
+:class:`StreamPublished`, no :class:`StreamDropped` for them), and the receiving peer
+connection is closed, so the next subscription negotiates a new one. A ``subscribe`` refused
+with ``transport_closed`` (an offer from a peer connection that died with the worker) is
+negotiated once more on a new receiving peer connection.
+
 Events are dispatched in the order the server sent them; see :mod:`salon.client.events`.
 
 Streams already in the session: a handler or iterator never misses them, whenever it is set
