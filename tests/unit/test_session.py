@@ -10,6 +10,7 @@ from salon.signalling.schema import (
     ConnectionCreatedEvent,
     ConnectionDestroyedEvent,
     DisconnectReason,
+    MediaResetEvent,
     MuteForcedEvent,
     PublishRequest,
     SessionDisconnectedEvent,
@@ -225,3 +226,28 @@ def test_own_subscription_is_the_connections_own() -> None:
     assert session.own_subscription("c1", sub.subscription_id) is sub
     with pytest.raises(NotFoundError):
         session.own_subscription("c2", sub.subscription_id)
+
+
+def test_media_reset_tells_every_connection_its_own_streams_then_ends_them() -> None:
+    session = make_session(Role.PUBLISHER, Role.PUBLISHER, Role.SUBSCRIBER)
+    announced = publish(session, "c0")
+    pending, _ = session.publish("c1", PublishRequest(request_id=1), created_at=5, announce=False)
+    signalling_only = publish(session, "c1")
+    sub = session.subscribe("c2", announced)
+    actions = session.media_reset([announced, pending.stream_id, "gone-already"])
+    assert actions == [
+        Deliver(MediaResetEvent(stream_ids=[announced]), to=("c0",)),
+        Deliver(MediaResetEvent(stream_ids=[pending.stream_id]), to=("c1",)),
+        Deliver(MediaResetEvent(stream_ids=[]), to=("c2",)),
+        Deliver(
+            StreamDestroyedEvent(stream_id=announced, connection_id="c0", reason=StreamReason.MEDIA_STOPPED)
+        ),
+        Deliver(
+            StreamDestroyedEvent(
+                stream_id=pending.stream_id, connection_id="c1", reason=StreamReason.MEDIA_STOPPED
+            ),
+            to=("c1",),
+        ),
+    ]
+    assert list(session.streams) == [signalling_only]  # streams without media stay
+    assert sub.subscription_id not in session.subscriptions

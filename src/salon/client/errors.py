@@ -169,6 +169,7 @@ _BY_CODE: dict[ErrorCode, type[RequestRefused]] = {
     ErrorCode.SIGNAL_TOO_LARGE: InvalidRequest,
     ErrorCode.NOT_CONNECTED: InvalidRequest,
     ErrorCode.MEDIA_UNAVAILABLE: MediaUnavailable,
+    ErrorCode.TRANSPORT_CLOSED: MediaUnavailable,
     ErrorCode.INVALID_SDP: MediaRejected,
     ErrorCode.UNSUPPORTED_MEDIA: MediaRejected,
     ErrorCode.INTERNAL_ERROR: ServerError,

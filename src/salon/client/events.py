@@ -138,7 +138,8 @@ class StreamDropped(Event):
 
 @dataclass(frozen=True, slots=True)
 class StreamPublished(Event):
-    """One of this client's publishers has a stream (also after a re-publish on reconnection)."""
+    """One of this client's publishers has a stream (also after a re-publish on reconnection
+    or after the server's media worker failed)."""
 
     publisher: Publisher
     stream: Stream

@@ -4,7 +4,8 @@ Lifecycle: construct → :meth:`Session.publish <salon.client.Session.publish>` 
 offer in ``publish``, the server's answer applied; others see the stream once media flows)
 → :meth:`publish_audio` / :meth:`publish_video` toggles → :meth:`Session.unpublish
 <salon.client.Session.unpublish>`. If the signalling link drops, the session re-publishes it
-after reconnecting: a new peer connection and a new stream ID, from the same sources.
+after reconnecting: a new peer connection and a new stream ID, from the same sources; the
+same happens at once when the server's media worker fails (``media_reset``).
 
 Resource handling: the publisher owns its peer connection (closed on unpublish, on
 disconnect, and while reconnecting); the sources are the application's and stay open

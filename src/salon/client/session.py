@@ -23,6 +23,14 @@ while the link is down. Attempts back off exponentially (0.25 s doubling to 4 s)
 ``reconnect_timeout``; a refused token, a missing session or a forced disconnection end the
 session at once.
 
+A media worker failure on the server (``media_reset``, docs/protocol.md §6.19) keeps the
+connection: every stream with media ends (``mediaStopped``: the subscribers are dropped as
+usual), the publishers of this client publish again at once (new stream IDs,
+:class:`StreamPublished`, no :class:`StreamDropped` for them), and the receiving peer
+connection is closed, so the next subscription negotiates a new one. A ``subscribe`` refused
+with ``transport_closed`` (an offer from a peer connection that died with the worker) is
+negotiated once more on a new receiving peer connection.
+
 Events are dispatched in the order the server sent them; see :mod:`salon.client.events`.
 
 Streams already in the session: a handler or iterator never misses them, whenever it is set
@@ -60,6 +68,7 @@ from salon.client.errors import (
     ConnectionFailed,
     InvalidStateError,
     InvalidToken,
+    RequestRefused,
     SessionNotFound,
 )
 from salon.client.events import (
@@ -92,9 +101,11 @@ from salon.signalling.schema import (
     ConnectionCreatedEvent,
     ConnectionDestroyedEvent,
     DisconnectReason,
+    ErrorCode,
     ForceDisconnectRequest,
     ForceMuteRequest,
     ForceUnpublishRequest,
+    MediaResetEvent,
     MuteForcedEvent,
     PublishedMessage,
     ServerMessage,
@@ -523,14 +534,35 @@ class Session:
             raise
 
     async def _negotiate_subscriber(self, subscriber: Subscriber) -> None:
-        """One offer/answer round on the session's receiving peer connection (one at a time:
-        every subscriber's m-lines share it, docs/protocol.md §13.3)."""
+        """Subscribe on the session's receiving peer connection. If the server refuses the
+        offer with ``transport_closed`` (the peer connection's transport died with a media
+        worker, and this SDK had not yet heard ``media_reset``), the peer connection is
+        replaced and the subscription negotiated once more on the new one."""
         peer = self._subscribe_peer
         if peer is None:
             peer = self._subscribe_peer = SubscribePeer(self._ice_servers, self._ice_addresses)
+        try:
+            await self._negotiate_on(peer, subscriber)
+        except RequestRefused as exc:
+            if exc.code is not ErrorCode.TRANSPORT_CLOSED:
+                raise
+            logger.info("%r: the receiving peer connection's transport is gone; replacing it", self)
+            others = [s for s in self._subscribers if s is not subscriber and s._peer is peer]
+            if self._subscribe_peer is peer:
+                await self._close_subscribe_peer()
+            peer = self._subscribe_peer
+            if peer is None:
+                peer = self._subscribe_peer = SubscribePeer(self._ice_servers, self._ice_addresses)
+            await self._negotiate_on(peer, subscriber)
+            for other in others:  # they received nothing on the old one either
+                self._spawn(self._resubscribe(other), f"re-subscribe {other!r}")
+
+    async def _negotiate_on(self, peer: SubscribePeer, subscriber: Subscriber) -> None:
+        """One offer/answer round on the receiving peer connection ``peer`` (one at a time:
+        every subscriber's m-lines share it, docs/protocol.md §13.3)."""
         async with peer.lock:
-            if peer.closed:  # replaced (a reconnection) while this waited
-                raise InvalidStateError(f"{self!r}: the session reconnected while subscribing")
+            if peer.closed:  # replaced (a reconnection, a media reset) while this waited
+                raise InvalidStateError(f"{self!r}: the receiving peer connection was replaced meanwhile")
             offer = await subscriber._offer(peer)
             stream_id = subscriber.stream.stream_id
             request = SubscribeRequest(
@@ -598,6 +630,8 @@ class Session:
                     self._emit(StreamReceived(stream))
             case StreamDestroyedEvent(stream_id=sid, reason=reason):
                 self._stream_destroyed(sid, reason)
+            case MediaResetEvent(stream_ids=stream_ids):
+                self._media_reset(stream_ids)
             case StreamPropertyChangedEvent():
                 pending = self._pending_streams.get(message.stream_id)
                 if pending is not None:  # not announced yet: announced with the new value
@@ -658,6 +692,34 @@ class Session:
             self._spawn(subscriber._detach(), "close a dropped subscriber")
         if stream is not None:
             self._emit(StreamDropped(stream, reason, publisher))
+
+    def _media_reset(self, stream_ids: list[str]) -> None:
+        """The server's media worker failed: every transport of this session's media is gone.
+        The ``stream_destroyed`` (``mediaStopped``) that follow drop the subscribers as usual;
+        the receiving peer connection is closed now (the next subscription makes a new one),
+        and the publishers of ``stream_ids`` publish again at once (new streams, reported by
+        :class:`StreamPublished` as after a reconnection), instead of being dropped."""
+        logger.warning(
+            "%r: the server's media worker failed; publishing %d streams again",
+            self,
+            len(stream_ids),
+        )
+        peer, self._subscribe_peer = self._subscribe_peer, None
+        if peer is not None:
+            self._spawn(peer.close(), "close the receiving peer connection")
+        for publisher in [p for p in self._publishers if p.stream_id in stream_ids]:
+            publisher._stream = None  # its stream_destroyed then finds no publisher to drop
+            self._spawn(self._republish(publisher), f"re-publish {publisher!r}")
+
+    async def _republish(self, publisher: Publisher) -> None:
+        try:
+            await self._negotiate_publisher(publisher)
+        except ClientError:
+            if self._state is not SessionState.CONNECTED or publisher not in self._publishers:
+                return  # reconnecting (which publishes it again), disconnected, or unpublished
+            self._publishers.remove(publisher)
+            await publisher._detach()
+            raise
 
     def _spawn(self, coro: Any, what: str) -> None:
         async def run() -> None:

@@ -17,9 +17,14 @@ Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through 
   (signalling announces the stream);
 * a publish transport closed by the peer or the network (ICE / DTLS failure, connect
   timeout, disconnect) → ``stream_ended`` with reason ``mediaStopped``;
-* the session's worker died → ``stream_ended`` (``mediaStopped``) for each of its streams;
-  the session's router is forgotten, and its next publish places a new one (on a live
-  worker, or the replacement);
+* the session's worker died → ``media_reset`` with its streams (signalling tells every
+  connection, then ends the streams as ``mediaStopped``); the session's router is forgotten,
+  and its next publish places a new one (on a live worker, or the replacement). The ICE
+  credentials of the peer connections whose subscribe transports died are remembered per
+  connection: a later subscribe offer from one of them is refused with ``transport_closed``
+  (a new transport could never reach that peer connection: its DTLS association is gone),
+  so the client subscribes from a new peer connection instead of waiting for media that
+  never comes;
 * audio levels (≤ 4/s) and active-speaker changes → ``audio_levels`` / ``active_speaker``.
 
 A subscribe transport whose producer closed needs no report: signalling already sent
@@ -35,7 +40,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from salon.errors import InvalidRequestError
+from salon.errors import ConflictError, InvalidRequestError
 from salon.media.errors import MediaStateError
 from salon.media.transport import WebRtcTransportOptions
 from salon.media.workers import (
@@ -57,6 +62,23 @@ from salon.signalling.session import Stream, Subscription
 __all__ = ["SfuMediaPlane"]
 
 logger = logging.getLogger(__name__)
+
+
+_PeerKey = tuple[str, str]
+"""A client peer connection, as its offers name it: (ICE username fragment, ICE password)."""
+
+
+def _peer_key(offer: str) -> _PeerKey | None:
+    """The ICE credentials of an SDP offer (its first ``a=ice-ufrag`` / ``a=ice-pwd``)."""
+    ufrag = pwd = None
+    for line in offer.splitlines():
+        if ufrag is None and line.startswith("a=ice-ufrag:"):
+            ufrag = line[len("a=ice-ufrag:") :].strip()
+        elif pwd is None and line.startswith("a=ice-pwd:"):
+            pwd = line[len("a=ice-pwd:") :].strip()
+        if ufrag and pwd:
+            return ufrag, pwd
+    return None
 
 
 @dataclass(eq=False)
@@ -82,6 +104,9 @@ class _SessionMedia:
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
     subscribe_transports: dict[str, str] = field(default_factory=dict)
     """Connection ID → the subscribe transport its next subscribe offer may renegotiate."""
+    subscribe_peers: dict[str, tuple[str, _PeerKey]] = field(default_factory=dict)
+    """Subscribe transport ID → its connection and the ICE credentials of the client's peer
+    connection (remembered when the worker dies)."""
 
 
 def _no_transport(what: str) -> InvalidRequestError:
@@ -112,6 +137,9 @@ class SfuMediaPlane:
         self.events = events
         self.pool = WorkerPool(workers, self.transport_options)
         self.sessions: dict[str, _SessionMedia] = {}
+        self.lost_peers: dict[str, dict[str, set[_PeerKey]]] = {}
+        """Session ID → connection ID → its peer connections whose subscribe transport died
+        with a worker; their offers get ``transport_closed``."""
         self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -152,6 +180,14 @@ class SfuMediaPlane:
     async def subscribe(
         self, session_id: str, subscription: Subscription, offer: str, *, audio: bool, video: bool
     ) -> str:
+        peer = _peer_key(offer)
+        lost = self.lost_peers.get(session_id, {}).get(subscription.connection_id, set())
+        if peer is not None and peer in lost:
+            raise ConflictError(
+                "this peer connection's transport closed when its media worker failed; "
+                "subscribe from a new peer connection",
+                code="transport_closed",
+            )
         media = self.sessions.get(session_id)
         if media is None or subscription.stream_id not in media.publications:
             raise _no_transport(f"stream {subscription.stream_id}")
@@ -163,6 +199,8 @@ class SfuMediaPlane:
             transport_id=media.subscribe_transports.get(subscription.connection_id),
         )
         media.subscribe_transports[subscription.connection_id] = transport.id
+        if peer is not None:
+            media.subscribe_peers[transport.id] = (subscription.connection_id, peer)
         media.subscriptions[subscription.subscription_id] = _Subscription(
             subscription.subscription_id,
             subscription.connection_id,
@@ -242,6 +280,11 @@ class SfuMediaPlane:
         await media.router.close_transports(closing)
 
     async def connection_left(self, session_id: str, connection_id: str) -> None:
+        lost = self.lost_peers.get(session_id)
+        if lost is not None:
+            lost.pop(connection_id, None)
+            if not lost:
+                del self.lost_peers[session_id]
         media = self.sessions.get(session_id)
         if media is None:
             return
@@ -252,6 +295,9 @@ class SfuMediaPlane:
         subscribe_transport = media.subscribe_transports.pop(connection_id, None)
         if subscribe_transport is not None:
             transport_ids.append(subscribe_transport)
+        for transport_id, (owner, _) in list(media.subscribe_peers.items()):
+            if owner == connection_id:
+                del media.subscribe_peers[transport_id]
         transport_ids = list(dict.fromkeys(transport_ids))
         for pub in [p for p in media.publications.values() if p.connection_id == connection_id]:
             del media.publications[pub.stream_id]
@@ -259,6 +305,7 @@ class SfuMediaPlane:
         await media.router.close_transports(transport_ids)
 
     async def session_ended(self, session_id: str) -> None:
+        self.lost_peers.pop(session_id, None)
         media = self.sessions.pop(session_id, None)
         if media is not None:
             await media.router.close()
@@ -268,6 +315,7 @@ class SfuMediaPlane:
         idempotent."""
         self.closed = True
         self.sessions.clear()
+        self.lost_peers.clear()
         await self.pool.close()
         tasks = list(self._tasks)
         for task in tasks:
@@ -298,6 +346,7 @@ class SfuMediaPlane:
                 for connection_id, transport_id in list(media.subscribe_transports.items()):
                     if transport_id == event.transport_id:
                         del media.subscribe_transports[connection_id]
+                media.subscribe_peers.pop(event.transport_id, None)
             case AudioLevels():
                 if events is not None and event.levels:
                     self._spawn(events.audio_levels(session_id, event.levels))
@@ -308,17 +357,21 @@ class SfuMediaPlane:
                 if self.sessions.get(session_id) is media:
                     del self.sessions[session_id]
                 streams = list(media.publications)
+                for connection_id, peer in media.subscribe_peers.values():
+                    self.lost_peers.setdefault(session_id, {}).setdefault(connection_id, set()).add(peer)
                 media.publications.clear()
                 media.subscriptions.clear()
                 media.subscribe_transports.clear()
                 logger.warning(
-                    "session %s: its media worker died; %d streams end with mediaStopped",
+                    "session %s: its media worker died; %d streams end with mediaStopped, "
+                    "%d receiving peer connections must be replaced",
                     session_id,
                     len(streams),
+                    len(media.subscribe_peers),
                 )
+                media.subscribe_peers.clear()
                 if events is not None:
-                    for stream_id in streams:
-                        self._spawn(events.stream_ended(session_id, stream_id, StreamReason.MEDIA_STOPPED))
+                    self._spawn(events.media_reset(session_id, streams))
 
     def _spawn(self, report: Coroutine[Any, Any, None]) -> None:
         if self.closed:

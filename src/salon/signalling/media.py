@@ -2,8 +2,9 @@
 
 Signalling owns the session's state (connections, streams, subscriptions); the media plane
 owns the packets. Signalling tells the media plane what happened through :class:`MediaPlane`,
-and the media plane reports back through :class:`MediaEvents` (a stream whose media stopped,
-for instance because its worker died; audio levels and the active speaker).
+and the media plane reports back through :class:`MediaEvents` (a stream whose media stopped;
+a session whose worker died, taking every transport with it; audio levels and the active
+speaker).
 
 :class:`SignallingOnly` is the media plane of a server without media: every notification
 succeeds at once, nothing is forwarded, and a negotiation (an SDP offer, an ICE candidate) is
@@ -33,6 +34,12 @@ class MediaEvents(Protocol):
 
     async def stream_flowing(self, session_id: str, stream_id: str) -> None:
         """The stream's publish transport connected: signalling announces the stream."""
+
+    async def media_reset(self, session_id: str, stream_ids: list[str]) -> None:
+        """Every media transport of the session is gone (its media worker died): signalling
+        sends ``media_reset`` to each connection (with its own streams among ``stream_ids``),
+        then destroys the streams with ``mediaStopped``. Clients publish again and subscribe
+        from new peer connections."""
 
     async def audio_levels(self, session_id: str, levels: dict[str, float]) -> None:
         """The audio levels (stream ID -> 0..1) of the session's streams that changed, at most

@@ -35,6 +35,7 @@ __all__ = [
     "ForceUnpublishRequest",
     "IceCandidateRequest",
     "IceServer",
+    "MediaResetEvent",
     "MuteForcedEvent",
     "PingMessage",
     "PongMessage",
@@ -103,6 +104,9 @@ class ErrorCode(enum.StrEnum):
     """The SDP offer or ICE candidate is malformed or lacks a mandatory attribute."""
     UNSUPPORTED_MEDIA = "unsupported_media"
     """The SDP offer is well formed but asks for something the server does not do."""
+    TRANSPORT_CLOSED = "transport_closed"
+    """A subscribe offer from a peer connection whose server transport is gone (its media
+    worker failed): subscribe again from a new peer connection."""
     INTERNAL_ERROR = "internal_error"
 
 
@@ -489,6 +493,19 @@ class ActiveSpeakerEvent(_Model):
     stream_id: str | None
 
 
+class MediaResetEvent(_Model):
+    """The session's media worker failed: every media transport of the session is gone.
+
+    Sent to every connection of the session, just before the ``stream_destroyed``
+    (``mediaStopped``) of each of the session's streams with media. A client publishes its
+    streams again (new stream IDs) and subscribes from a new receiving peer connection."""
+
+    type: Literal["media_reset"] = "media_reset"
+    stream_ids: list[str] = Field(
+        description="This connection's own streams that end (announced or pending): publish them again."
+    )
+
+
 class PingMessage(_Model):
     type: Literal["ping"] = "ping"
     timestamp: float
@@ -510,6 +527,7 @@ ServerMessage = Annotated[
     | SessionDisconnectedEvent
     | AudioLevelEvent
     | ActiveSpeakerEvent
+    | MediaResetEvent
     | PingMessage,
     Field(discriminator="type"),
 ]

@@ -25,6 +25,7 @@ from salon.signalling.schema import (
     ConnectionDestroyedEvent,
     ConnectionInfo,
     DisconnectReason,
+    MediaResetEvent,
     MuteForcedEvent,
     PublishRequest,
     ServerMessage,
@@ -304,6 +305,19 @@ class Session:
         """The media plane lost the stream (e.g. its worker died). Idempotent."""
         stream = self.streams.get(stream_id)
         return [] if stream is None else self._remove_stream(stream, reason)
+
+    def media_reset(self, stream_ids: Iterable[str]) -> list[Action]:
+        """The media plane lost every transport of the session (its worker died): tell each
+        connection (``media_reset``, with its own streams among ``stream_ids``), then destroy
+        those streams with ``mediaStopped``. Streams already gone are skipped."""
+        streams = [self.streams[sid] for sid in dict.fromkeys(stream_ids) if sid in self.streams]
+        actions: list[Action] = []
+        for connection_id in self.connections:
+            own = [s.stream_id for s in streams if s.connection_id == connection_id]
+            actions.append(Deliver(MediaResetEvent(stream_ids=own), to=(connection_id,)))
+        for stream in streams:
+            actions += self._remove_stream(stream, StreamReason.MEDIA_STOPPED)
+        return actions
 
     def _remove_stream(
         self, stream: Stream, reason: StreamReason, *, exclude: str | None = None

@@ -743,6 +743,9 @@ export class Session extends Emitter {
       case "stream_destroyed":
         this._streamGone(msg.stream_id, msg.reason);
         break;
+      case "media_reset":
+        this._mediaReset(msg.stream_ids);
+        break;
       case "stream_property_changed":
         this._propertyChanged(msg);
         break;
@@ -808,6 +811,53 @@ export class Session extends Emitter {
       }
     }
     if (stream) this.emit("streamDestroyed", { stream, reason });
+  }
+
+  /**
+   * The server's media worker failed: every transport of the session's media is gone. The
+   * `stream_destroyed` (`mediaStopped`) that follow destroy the subscribers as usual; the
+   * receiving peer connection is closed now (the next subscription makes a new one), and the
+   * publishers of `streamIds` publish again at once (new streams: their `streamCreated` fires,
+   * as after a reconnection) instead of being destroyed.
+   * @param {string[]} streamIds this connection's streams that end
+   */
+  _mediaReset(streamIds) {
+    console.warn(`salon: the server's media worker failed; publishing ${streamIds.length} streams again`);
+    this._replaceReceivingPeer();
+    for (const p of [...this.publishers]) {
+      if (p.stream && streamIds.includes(p.stream.streamId)) {
+        p.stream = null; // its stream_destroyed then finds no publisher to destroy
+        this._republish(p);
+      }
+    }
+  }
+
+  /**
+   * Close the receiving peer connection (its transport on the server is gone); the
+   * subscribers on it leave it first (their m-lines go, their tracks end).
+   * @returns {Subscriber[]} the subscribers that were receiving on it
+   */
+  _replaceReceivingPeer() {
+    const pc = this._subscribePc;
+    const on = [...this.subscribers].filter((s) => s.transceivers.length && pc);
+    for (const s of on) s._closePeer();
+    this._closeSubscribePc();
+    return on;
+  }
+
+  /** @param {Publisher} publisher */
+  async _republish(publisher) {
+    publisher._closePeer();
+    try {
+      await this._negotiatePublisher(publisher);
+    } catch (err) {
+      // Reconnecting publishes it again; unpublished meanwhile: nothing to do.
+      if (this.state !== "connected" || !this.publishers.has(publisher)) return;
+      this.publishers.delete(publisher);
+      publisher._closePeer();
+      publisher.session = null;
+      publisher.emit("streamDestroyed", { stream: null, reason: "mediaStopped", error: err });
+    }
   }
 
   /** @param {any} msg */
@@ -1140,8 +1190,12 @@ export class Session extends Emitter {
     return run;
   }
 
-  /** @param {Subscriber} subscriber */
-  async _negotiateSubscriberNow(subscriber) {
+  /**
+   * @param {Subscriber} subscriber
+   * @param {boolean} [retried] whether this is the retry after `transport_closed`
+   * @returns {Promise<void>}
+   */
+  async _negotiateSubscriberNow(subscriber, retried = false) {
     if (this.state !== "connected") throw new SalonError("not_connected", "the session is not connected");
     const old = subscriber.subscriptionId;
     subscriber._closePeer();
@@ -1175,9 +1229,19 @@ export class Session extends Emitter {
       subscriber.transceivers = [];
       for (const transceiver of transceivers) {
         if (transceiver.mid) this._subscribeOwners.delete(transceiver.mid);
-        transceiver.stop();
+        if (pc.signalingState !== "closed") transceiver.stop();
       }
       if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
+      if (/** @type {SalonError} */ (err).code === "transport_closed" && !retried && this._subscribePc === pc) {
+        // The peer connection's transport died with a media worker (and the `media_reset`
+        // that says so was missed): subscribe from a new one, and move the others there too.
+        const others = this._replaceReceivingPeer().filter((s) => s !== subscriber);
+        await this._negotiateSubscriberNow(subscriber, true);
+        for (const other of others) {
+          this._negotiateSubscriber(other).catch((e) => console.warn("salon: re-subscribe failed", e));
+        }
+        return;
+      }
       throw err;
     }
     subscriber.subscriptionId = reply.subscription_id;
