@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import salon
+import salon.callbacks
 import salon.server
 import salon.signalling
 import salon.signalling.schema
@@ -42,4 +43,20 @@ def test_every_exported_name_exists() -> None:
 def test_server_and_signalling_exports() -> None:
     assert salon.server.__all__ == ["ServerConfig", "create_app"]
     assert salon.signalling.__all__ == ["Session", "SignallingConfig", "SignallingService"]
-    assert salon.store.__all__ == ["Project", "SessionRecord", "Store", "database_url_for"]
+    assert salon.store.__all__ == [
+        "CallbackEvent",
+        "NewCallback",
+        "Project",
+        "SessionRecord",
+        "Store",
+        "database_url_for",
+    ]
+    assert salon.callbacks.__all__ == [
+        "SESSION_EVENTS",
+        "CallbackConfig",
+        "CallbackService",
+        "SessionMonitor",
+        "backoff",
+        "callback_reason",
+        "sign",
+    ]

@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--turn-ttl", type=int, metavar="SECONDS", help="lifetime of minted TURN credentials (default 86400)"
     )
+    serve.add_argument(
+        "--callback-url",
+        metavar="URL",
+        help="session-monitoring (and archive) callback URL of the project of SALON_API_KEY (or the first)",
+    )
     _add_store_options(serve)
 
     project = commands.add_parser("project", help="manage projects (API key and secret)")
@@ -90,6 +95,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_store_options(create)
     listing = project_commands.add_parser("list", help="list projects (secrets are not shown)")
     _add_store_options(listing)
+    update = project_commands.add_parser("update", help="set a project's callback URLs and signature secret")
+    update.add_argument("api_key")
+    update.add_argument("--callback-url", metavar="URL", help="session-monitoring callbacks ('' to clear)")
+    update.add_argument(
+        "--archive-callback-url", metavar="URL", help="archive status callbacks (default: --callback-url)"
+    )
+    update.add_argument(
+        "--signature-secret", metavar="S", help="signs each callback (HS256 JWT; '' to clear)"
+    )
+    _add_store_options(update)
+
+    callbacks = commands.add_parser("callbacks", help="the callback outbox")
+    callbacks_commands = callbacks.add_subparsers(dest="callbacks_command", required=True)
+    status = callbacks_commands.add_parser("status", help="pending, delivered and given-up callbacks")
+    status.add_argument("--limit", type=int, default=20, help="given-up callbacks to list (newest first)")
+    _add_store_options(status)
 
     session = commands.add_parser("session", help="manage sessions")
     session_commands = session.add_subparsers(dest="session_command", required=True)
@@ -204,7 +225,10 @@ def _serve(args: argparse.Namespace) -> int:
         ice_servers=tuple(args.ice_server) or None,
         turn_secret=_read_secret(args.turn_secret_file) if args.turn_secret_file else None,
         turn_ttl=args.turn_ttl,
+        callback_url=args.callback_url,
     )
+    if args.callback_url and not args.callback_url.startswith(("http://", "https://")):
+        raise SalonError(f"--callback-url must be http:// or https://, not {args.callback_url!r}")
     try:
         config.ice  # noqa: B018 (checks the ICE servers and TURN credentials)
     except ValueError as exc:
@@ -257,6 +281,17 @@ async def _first_project(store: Store, api_key: str | None) -> Project:
     return projects[0]
 
 
+def _project_settings(project: Project) -> dict[str, object]:
+    """A project's callback settings, as printed (the signature secret only as set or not)."""
+    return {
+        "api_key": project.api_key,
+        "name": project.name,
+        "callback_url": project.callback_url,
+        "archive_callback_url": project.archive_callback_url,
+        "signed": project.signature_secret is not None,
+    }
+
+
 async def _store_command(args: argparse.Namespace) -> int:
     store = Store(_store_url(args))
     await store.open()
@@ -268,6 +303,34 @@ async def _store_command(args: argparse.Namespace) -> int:
                     {"api_key": project.api_key, "api_secret": project.api_secret, "name": project.name}
                 )
             )
+        elif args.command == "project" and args.project_command == "update":
+            for url in (args.callback_url, args.archive_callback_url):
+                if url and not url.startswith(("http://", "https://")):
+                    raise SalonError(f"a callback URL must be http:// or https://, not {url!r}")
+            project = await store.update_project(
+                args.api_key,
+                callback_url=args.callback_url,
+                archive_callback_url=args.archive_callback_url,
+                signature_secret=args.signature_secret,
+            )
+            print(json.dumps(_project_settings(project)))
+        elif args.command == "callbacks":
+            counts = await store.callback_counts()
+            given_up = [
+                {
+                    "id": c.id,
+                    "api_key": c.api_key,
+                    "kind": c.kind,
+                    "key": c.order_key,
+                    "event": json.loads(c.body).get("event"),
+                    "attempts": c.attempts,
+                    "error": c.last_error,
+                    "created_at": c.created_at,
+                    "given_up_at": c.finished_at,
+                }
+                for c in await store.callbacks("given_up", args.limit)
+            ]
+            print(json.dumps({**counts, "given_up_callbacks": given_up}))
         elif args.command == "project":
             for project in await store.list_projects():
                 print(

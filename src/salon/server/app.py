@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from salon import __version__
+from salon.callbacks import CallbackService
 from salon.errors import SalonError
 from salon.media.plane import SfuMediaPlane
 from salon.media.transport import WebRtcTransportOptions
@@ -97,7 +98,10 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         except BaseException:
             await store.close()
             raise
+        if config.callback_url is not None:
+            project = await store.update_project(project.api_key, callback_url=config.callback_url)
         registry.remember_project(project)
+        callbacks = CallbackService(store, registry, config.callbacks)
         media: SfuMediaPlane | None = None
         if config.media:
             media = SfuMediaPlane(
@@ -113,12 +117,14 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             except BaseException:
                 await store.close()
                 raise
-        service = SignallingService(registry, config.signalling, media=media, ice=ice)
+        service = SignallingService(registry, config.signalling, media=media, ice=ice, observer=callbacks)
         if media is not None:
             media.events = service
+        await callbacks.start()
         await service.start()
         app.state.store, app.state.registry, app.state.signalling = store, registry, service
         app.state.media = media
+        app.state.callbacks = callbacks
         app.state.demo_project = project
         try:
             yield
@@ -126,6 +132,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             await service.stop()
             if media is not None:
                 await media.close()
+            await callbacks.close()
             await store.close()
 
     app = FastAPI(

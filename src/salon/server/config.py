@@ -6,6 +6,7 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
+from salon.callbacks.delivery import CallbackConfig
 from salon.signalling.ice import DEFAULT_TURN_TTL, IceSettings
 from salon.signalling.service import SignallingConfig
 from salon.store import database_url_for
@@ -35,6 +36,9 @@ class ServerConfig:
         server can then join any room); False (``--no-demo``) answers 404 there.
     :param turn_username: with ``turn_password``, static TURN credentials instead of a secret
         (``SALON_TURN_USERNAME`` / ``SALON_TURN_PASSWORD``).
+    :param callback_url: set as the session-monitoring (and archive) callback URL of the
+        project of ``api_key`` (or the first project) at start-up (``--callback-url``).
+    :param callbacks: how callbacks are delivered (timeouts, retries).
     """
 
     host: str = "127.0.0.1"
@@ -55,6 +59,8 @@ class ServerConfig:
     turn_username: str | None = None
     turn_password: str | None = field(default=None, repr=False)
     demo: bool = True
+    callback_url: str | None = None
+    callbacks: CallbackConfig = field(default_factory=CallbackConfig)
 
     @property
     def store_url(self) -> str:

@@ -28,6 +28,7 @@ from salon.ids import new_connection_id
 from salon.signalling.ice import IceSettings
 from salon.signalling.levels import LevelThrottle, check_levels
 from salon.signalling.media import MediaPlane, SignallingOnly
+from salon.signalling.observer import SessionObserver
 from salon.signalling.schema import (
     CLIENT_MESSAGE_TYPES,
     AckMessage,
@@ -185,8 +186,11 @@ class SignallingService:
         media: MediaPlane | None = None,
         *,
         ice: IceSettings | None = None,
+        observer: SessionObserver | None = None,
     ) -> None:
         self.registry = registry
+        #: Told of sessions starting and ending and of every event delivered (callbacks).
+        self.observer = observer
         self.config = config or SignallingConfig()
         self.sessions: dict[str, Session] = {}
         self.links: dict[str, ClientLink] = {}
@@ -246,6 +250,8 @@ class SignallingService:
         streams were destroyed."""
         for action in actions:
             if isinstance(action, Deliver):
+                if self.observer is not None:
+                    self.observer.delivered(session.session_id, session.api_key, action.message)
                 text = action.message.model_dump_json()
                 targets = session.connections.keys() if action.to is None else action.to
                 for connection_id in targets:
@@ -272,6 +278,8 @@ class SignallingService:
         await self.media.connection_left(session.session_id, connection_id)
         if session.empty and self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
+            if self.observer is not None:
+                self.observer.session_ended(session.session_id, session.api_key)
             voices = self._voices.pop(session.session_id, None)
             if voices is not None:
                 voices.cancel()
@@ -486,6 +494,8 @@ class SignallingService:
             excluded = self._mute_all.get(session.session_id)
             if excluded is not None:  # switched on while the session had no connection
                 session.mute_all_active, session.mute_all_excluded = True, excluded
+            if self.observer is not None:
+                self.observer.session_started(session.session_id, session.api_key)
         connection_id = new_connection_id()
         conn, actions = session.join(
             connection_id,

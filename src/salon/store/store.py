@@ -5,17 +5,17 @@ from __future__ import annotations
 import datetime
 import pathlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from salon.errors import ConflictError, InvalidRequestError, ServerError
+from salon.errors import ConflictError, InvalidRequestError, NotFoundError, ServerError
 from salon.store import migrations
 
-__all__ = ["Project", "SessionRecord", "Store", "database_url_for"]
+__all__ = ["CallbackEvent", "NewCallback", "Project", "SessionRecord", "Store", "database_url_for"]
 
 metadata = sa.MetaData()
 
@@ -26,6 +26,10 @@ projects = sa.Table(
     sa.Column("api_secret", sa.String(128), nullable=False),
     sa.Column("name", sa.String(200), nullable=False, default=""),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # Where session-monitoring and archive callbacks go, and the secret that signs them.
+    sa.Column("callback_url", sa.String(2048), nullable=True),
+    sa.Column("archive_callback_url", sa.String(2048), nullable=True),
+    sa.Column("signature_secret", sa.String(256), nullable=True),
 )
 
 sessions = sa.Table(
@@ -41,14 +45,59 @@ sessions = sa.Table(
 )
 
 
+#: The durable outbox of callbacks (``salon.callbacks``): a row is written before it is sent,
+#: and stays until it is delivered or given up. ``order_key`` (a session ID, or an archive ID)
+#: orders delivery: only the oldest pending row of a key is sent at a time.
+callback_events = sa.Table(
+    "callback_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("api_key", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("order_key", sa.String(255), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.BigInteger, nullable=False),
+    sa.Column("last_error", sa.String(500), nullable=False),
+    sa.Column("finished_at", sa.BigInteger, nullable=True),
+    sa.Index("ix_callback_events_pending", "status", "order_key", "id"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Project:
-    """A project: an API key and the secret that signs its tokens and REST calls."""
+    """A project: an API key and the secret that signs its tokens and REST calls.
+
+    ``callback_url`` receives session-monitoring callbacks, ``archive_callback_url`` archive
+    status callbacks (``callback_url`` when unset); ``signature_secret`` signs both.
+    """
 
     api_key: str
     api_secret: str
     name: str
     created_at: int
+    callback_url: str | None = None
+    archive_callback_url: str | None = None
+    signature_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackEvent:
+    """One row of the callback outbox."""
+
+    id: int
+    api_key: str
+    kind: str
+    order_key: str
+    body: str
+    created_at: int
+    status: str
+    attempts: int
+    next_attempt_at: int
+    last_error: str
+    finished_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +110,17 @@ class SessionRecord:
     archive_mode: str
     location: str
     e2ee: bool
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewCallback:
+    """A callback to put in the outbox."""
+
+    api_key: str
+    kind: str  # "session" (session monitoring) or "archive"
+    order_key: str
+    body: str
     created_at: int
 
 
@@ -172,6 +232,144 @@ class Store:
                 return int((await conn.execute(query)).scalar_one())
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+
+    async def update_project(
+        self,
+        api_key: str,
+        *,
+        callback_url: str | None = None,
+        archive_callback_url: str | None = None,
+        signature_secret: str | None = None,
+    ) -> Project:
+        """Set a project's callback settings (None leaves one as it is, "" clears it)."""
+        values = {
+            name: value or None
+            for name, value in (
+                ("callback_url", callback_url),
+                ("archive_callback_url", archive_callback_url),
+                ("signature_secret", signature_secret),
+            )
+            if value is not None
+        }
+        if signature_secret and len(signature_secret) < 32:
+            raise InvalidRequestError(
+                "a signature secret must be at least 32 characters (it keys HMAC-SHA256)"
+            )
+        for name, value in values.items():
+            length = getattr(projects.c[name].type, "length", None)
+            if value is not None and length is not None and len(value) > length:
+                raise InvalidRequestError(f"{name} must be at most {length} characters")
+        if values:
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        sa.update(projects).where(projects.c.api_key == api_key).values(**values)
+                    )
+            except SQLAlchemyError as exc:
+                raise ServerError(f"cannot update the project: {exc.__class__.__name__}") from exc
+        project = await self.get_project(api_key)
+        if project is None:
+            raise NotFoundError(f"no project {api_key}")
+        return project
+
+    # -- the callback outbox (salon.callbacks) --------------------------------------------
+
+    async def add_callbacks(self, callbacks: list[NewCallback]) -> None:
+        """Put callbacks in the outbox, in order, in one transaction."""
+        if not callbacks:
+            return
+        rows = [
+            {
+                "api_key": c.api_key,
+                "kind": c.kind,
+                "order_key": c.order_key,
+                "body": c.body,
+                "created_at": c.created_at,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": c.created_at,
+                "last_error": "",
+            }
+            for c in callbacks
+        ]
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(sa.insert(callback_events), rows)
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot store callbacks: {exc.__class__.__name__}") from exc
+
+    async def due_callbacks(
+        self, now: int, limit: int, skip_keys: frozenset[str] = frozenset()
+    ) -> list[CallbackEvent]:
+        """The oldest pending callback of each order key, if it is due, oldest first."""
+        pending = callback_events.c.status == "pending"
+        heads = (
+            sa.select(sa.func.min(callback_events.c.id)).where(pending).group_by(callback_events.c.order_key)
+        )
+        query = (
+            sa.select(callback_events)
+            .where(callback_events.c.id.in_(heads), callback_events.c.next_attempt_at <= now)
+            .order_by(callback_events.c.id)
+            .limit(limit + len(skip_keys))
+        )
+        rows = await self._select(query)
+        events = [CallbackEvent(**row) for row in rows if row["order_key"] not in skip_keys]
+        return events[:limit]
+
+    async def next_callback_due(self) -> int | None:
+        """When the earliest pending callback is due (ms), or None when none is pending."""
+        query = sa.select(sa.func.min(callback_events.c.next_attempt_at)).where(
+            callback_events.c.status == "pending"
+        )
+        rows = await self._select(query)
+        value = next(iter(rows[0].values())) if rows else None
+        return None if value is None else int(value)
+
+    async def finish_callback(self, event_id: int, *, status: str, now: int, error: str = "") -> None:
+        """A callback was delivered (``delivered``) or will never be (``given_up``)."""
+        await self._update_callback(
+            event_id,
+            status=status,
+            finished_at=now,
+            last_error=error[:500],
+            attempts=callback_events.c.attempts + 1,
+        )
+
+    async def retry_callback(self, event_id: int, *, at: int, error: str) -> None:
+        """A delivery attempt failed: try again at ``at`` (ms)."""
+        await self._update_callback(
+            event_id, next_attempt_at=at, last_error=error[:500], attempts=callback_events.c.attempts + 1
+        )
+
+    async def callback_counts(self) -> dict[str, int]:
+        """How many callbacks are pending, delivered and given up."""
+        query = sa.select(callback_events.c.status, sa.func.count()).group_by(callback_events.c.status)
+        try:
+            async with self._engine.connect() as conn:
+                result = await conn.execute(query)
+                counts = {str(status): int(count) for status, count in result}
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+        return {status: counts.get(status, 0) for status in ("pending", "delivered", "given_up")}
+
+    async def callbacks(self, status: str, limit: int = 100) -> list[CallbackEvent]:
+        """Callbacks of one status, newest first."""
+        query = (
+            sa.select(callback_events)
+            .where(callback_events.c.status == status)
+            .order_by(callback_events.c.id.desc())
+            .limit(limit)
+        )
+        return [CallbackEvent(**row) for row in await self._select(query)]
+
+    async def _update_callback(self, event_id: int, **values: object) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    sa.update(callback_events).where(callback_events.c.id == event_id).values(**values)
+                )
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot update a callback: {exc.__class__.__name__}") from exc
 
     async def _select(self, query: sa.Select[tuple[object, ...]]) -> list[dict[str, Any]]:
         try:
