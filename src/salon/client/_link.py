@@ -166,7 +166,7 @@ class SignallingLink:
             raise ConnectionLost(f"the signalling link closed: {exc}") from exc
         except TimeoutError as exc:
             raise ConnectionLost(
-                f"no reply to {message.model_fields['type'].default} in {timeout:g} s"
+                f"no reply to {type(message).model_fields['type'].default} in {timeout:g} s"
             ) from exc
         finally:
             self._pending.pop(request_id, None)

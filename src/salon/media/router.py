@@ -434,4 +434,5 @@ class Router:
             "closed": self.closed,
             "transports": [t.dump() for t in self.transports.values()],
             "streams": {s.id: {k: p.dump() for k, p in s.producers.items()} for s in self.streams.values()},
+            "consumers": {c.id: c.dump() for t in self.transports.values() for c in t.consumers.values()},
         }

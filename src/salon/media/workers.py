@@ -26,6 +26,10 @@ forgotten, the process is reaped, and the pool starts a replacement in the same 
 ``max_restarts`` per ``restart_window`` seconds per slot (later restarts wait). The main
 process and the other workers carry on.
 
+**Hangs.** The pool asks each live worker for its counters every ``ping_interval`` seconds; a
+worker that does not answer within ``ping_timeout`` (stuck in a loop, stopped) is killed with
+SIGKILL and so dies as above: its requests fail, its streams end and a replacement starts.
+
 **Shutdown.** :meth:`WorkerPool.close` closes each handle: pending requests fail with
 :class:`~salon.media.errors.MediaStateError`, the channel is closed (the worker sees EOF, closes
 its routers and exits), the process is awaited (SIGKILL after ``shutdown_timeout``) and
@@ -644,6 +648,11 @@ class WorkerHandle:
         self.routers.clear()
         self._on_death(self)
 
+    def kill(self, why: str) -> None:
+        """Kill the process (SIGKILL) and treat it as dead, saying ``why``; for a worker that
+        stopped answering. Does nothing once it is dead or closing."""
+        self._lost(why)
+
     def _fail_pending(self) -> None:
         pending = list(self._pending.values())
         self._pending.clear()
@@ -726,6 +735,9 @@ class WorkerPool:
     :param max_restarts: restarts of one slot allowed per ``restart_window`` seconds; further
         restarts wait until the window allows them.
     :param shutdown_timeout: seconds a worker has to exit on :meth:`close` before SIGKILL.
+    :param ping_interval: seconds between two health checks (a ``dump`` request) of a worker.
+    :param ping_timeout: seconds a worker has to answer a health check before it is killed
+        (and replaced) as hung.
 
     Owns its :class:`WorkerHandle`\\s and the restart tasks; :meth:`close` is idempotent.
     """
@@ -740,6 +752,8 @@ class WorkerPool:
         max_restarts: int = 5,
         restart_window: float = 60.0,
         shutdown_timeout: float = 5.0,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 20.0,
     ) -> None:
         count = count if count is not None else (os.cpu_count() or 1)
         if count < 1:
@@ -757,6 +771,8 @@ class WorkerPool:
         self.max_restarts = max_restarts
         self.restart_window = restart_window
         self.shutdown_timeout = shutdown_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.workers: dict[int, WorkerHandle] = {}
         """Slot → its current live worker (a dead worker's slot is empty until restarted)."""
         self.closed = False
@@ -799,6 +815,23 @@ class WorkerPool:
             raise MediaStateError("the worker pool closed while a worker started")
         self.workers[slot] = handle
         self._available.set()
+        self._spawn(self._watch(handle), f"salon-{handle.name}-watchdog")
+
+    async def _watch(self, handle: WorkerHandle) -> None:
+        """Health-check ``handle`` until it dies or closes; kill it if it stops answering."""
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            if not handle.alive:
+                return
+            try:
+                async with asyncio.timeout(self.ping_timeout):
+                    await handle.dump()
+            except TimeoutError:
+                logger.error("%r: %r did not answer for %.0f s; killing it", self, handle, self.ping_timeout)
+                handle.kill(f"it did not answer a health check for {self.ping_timeout:.0f} s")
+                return
+            except (WorkerDiedError, MediaStateError):
+                return  # died or closed meanwhile: the death path or close() handles it
 
     # -- placement -------------------------------------------------------------------------
 
