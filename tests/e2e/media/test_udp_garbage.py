@@ -215,14 +215,14 @@ async def test_short_datagrams_are_counted_not_logged(
                     await asyncio.sleep(0.01)
                 await call.keeps_flowing("after 140 one-byte datagrams to each media port", frames=5)
             worker = await dump(server)
+            lines = worker_lines(capfd)
+            assert_quiet(lines)
+            reports = [line for line in lines if "dropped" in line and "datagrams" in line]
+            assert len(reports) == 1 and "INFO" in reports[0], lines
             dropped = worker.datagrams_dropped
             # Loopback does not lose datagrams here, but the socket buffers might: most counted.
             assert dropped.get("malformed", 0) + dropped.get("unknown", 0) >= 0.9 * 140 * len(ports), dropped
             assert dropped.get("unknown", 0) >= 0.9 * 40 * len(ports), dropped  # 0x40, 0xFF
-            lines = worker_lines(capfd)
-        assert_quiet(lines)
-        reports = [line for line in lines if "dropped" in line and "datagrams" in line]
-        assert len(reports) == 1 and "INFO" in reports[0], lines
 
 
 RATE = 400

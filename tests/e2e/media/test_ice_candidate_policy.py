@@ -1,0 +1,162 @@
+"""The media worker sends connectivity checks only to the candidates its ICE policy allows.
+
+The real server listens on 127.0.0.1 and is configured with ``ice_deny=("127.0.0.2/31",)``
+(``--ice-deny``): 127.0.0.2 and 127.0.0.3 are refused, the rest of loopback allowed. Test
+sockets listen on 127.0.0.2, 127.0.0.3 and, as the control that proves a listener would
+hear the checks, on 127.0.0.1. A publisher's offer carries, besides its own candidate, one on
+the 127.0.0.1 listener (accepted: checks arrive there) and one on 127.0.0.3 (dropped
+silently); it then trickles one on 127.0.0.2 and an mDNS name (refused with
+``candidate_refused``). The call connects and the refused listeners never receive a datagram.
+
+Also here, on a bare transport: at most ``max_remote_candidates`` remote candidates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import socket
+from collections.abc import Iterator
+
+import pytest
+from peers import Publisher, Subscriber, wait_for
+
+from salon.media.errors import CandidateRefusedError
+from salon.media.transport import WebRtcTransport, WebRtcTransportOptions
+from salon.server.config import ServerConfig
+from salon.server.run import ServerThread
+from salon.signalling.service import SignallingConfig
+from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.wsclient import WsClient
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def deny_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
+    config = ServerConfig(
+        port=0,
+        data_dir=tmp_path,
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        signalling=SignallingConfig(heartbeat_interval=1.0, heartbeat_timeout=15.0),
+        workers=1,
+        ice_deny=("127.0.0.2/31",),
+    )
+    with ServerThread(config) as thread:
+        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
+
+
+@contextlib.contextmanager
+def listener(host: str) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def received(sock: socket.socket) -> list[bytes]:
+    out = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            out.append(sock.recv(65536))
+    return out
+
+
+def candidate(host: str, port: int, foundation: str, priority: int = 2130706431) -> str:
+    return f"candidate:{foundation} 1 udp {priority} {host} {port} typ host"
+
+
+def with_candidates(sdp: str, *lines: str) -> str:
+    """``sdp`` with ``a=<line>`` for each of ``lines`` after its first candidate."""
+    kept = sdp.split("\r\n")
+    first = next(i for i, text in enumerate(kept) if text.startswith("a=candidate:"))
+    kept[first + 1 : first + 1] = [f"a={line}" for line in lines]
+    return "\r\n".join(kept)
+
+
+async def test_refused_candidates_are_never_contacted_and_trickled_ones_get_an_error(
+    deny_server: RunningServer,
+) -> None:
+    server = deny_server
+    sid = server.session()
+    alice = await WsClient.join(server.url, sid, server.token(sid))
+    bob = await WsClient.join(server.url, sid, server.token(sid))
+    pub, sub = Publisher(), Subscriber()
+    with (
+        listener("127.0.0.2") as denied,
+        listener("127.0.0.3") as denied_in_offer,
+        listener("127.0.0.1") as allowed,
+    ):
+        try:
+            # Besides its own, the offer carries the control and a refused candidate, both
+            # with priorities above the publisher's: the worker checks its pairs in priority
+            # order, 20 ms apart, and the publisher only starts its own checks (so ICE can
+            # only complete) once it has the answer, set after the control was heard.
+            offer = with_candidates(
+                await pub.offer(),
+                candidate("127.0.0.1", allowed.getsockname()[1], "10", priority=2147483647),
+                candidate("127.0.0.3", denied_in_offer.getsockname()[1], "7", priority=2147483646),
+            )
+            reply = await alice.request({"type": "publish", "sdp": offer})
+            assert reply["type"] == "published", reply
+            stream_id = reply["stream"]["stream_id"]
+
+            async def trickle(value: str | None) -> dict[str, object]:
+                return await alice.request(
+                    {"type": "ice_candidate", "stream_id": stream_id, "candidate": value}
+                )
+
+            refused = await trickle(candidate("127.0.0.2", denied.getsockname()[1], "8", 2147483646))
+            assert refused["type"] == "error" and refused["code"] == "candidate_refused", refused
+            assert "127.0.0.2" in str(refused["message"]), refused
+            mdns = await trickle(candidate("4f3c2a1b-9d8e-4c7b-a6f5-0e1d2c3b4a59.local", 5000, "9"))
+            assert mdns["type"] == "error" and mdns["code"] == "candidate_refused", mdns
+
+            # The allowed listener hears the worker's STUN binding requests (the control).
+            checks: list[bytes] = []
+            await wait_for(
+                lambda: bool(checks.extend(received(allowed)) or checks),
+                10,
+                "a check to the allowed candidate",
+            )
+            assert checks[0][:2] == b"\x00\x01", checks[0][:20]  # a STUN Binding request
+            await asyncio.sleep(0.3)  # the checks next in priority order would go out now
+            await pub.answer(reply["answer"])
+
+            # The call connects on the publisher's own candidate and media flows.
+            created = await bob.next("stream_created", timeout=15)
+            reply = await bob.request(
+                {"type": "subscribe", "stream_id": created["stream"]["stream_id"], "sdp": await sub.offer()}
+            )
+            assert reply["type"] == "subscribed", reply
+            await sub.answer(reply["answer"])
+            await wait_for(lambda: len(sub.media.indices) >= 10, 15, "the subscriber to decode 10 frames")
+            # The refused listeners heard nothing.
+            assert received(denied) == [] and received(denied_in_offer) == []
+        finally:
+            await asyncio.gather(pub.close(), sub.close())
+            await alice.close()
+            await bob.close()
+
+
+async def test_a_transport_takes_at_most_max_remote_candidates() -> None:
+    transport = await WebRtcTransport.create(WebRtcTransportOptions(max_remote_candidates=4))
+    try:
+        for port in range(40000, 40004):
+            await transport.add_remote_candidate(candidate("127.0.0.1", port, str(port)))
+        with pytest.raises(CandidateRefusedError, match="4 remote candidates"):
+            await transport.add_remote_candidate(candidate("127.0.0.1", 40004, "x"))
+        # From an offer (not trickled): dropped without an error.
+        await transport.add_remote_candidate(candidate("127.0.0.1", 40005, "y"), trickled=False)
+        with pytest.raises(CandidateRefusedError, match="link-local"):
+            await transport.add_remote_candidate(candidate("169.254.169.254", 80, "z"))
+        remote = transport.ice_transport.getRemoteCandidates()
+        assert sorted(c.port for c in remote) == [40000, 40001, 40002, 40003]
+        assert transport.stats.candidates_refused == 3
+    finally:
+        await transport.close()
