@@ -171,6 +171,7 @@ _BY_CODE: dict[ErrorCode, type[RequestRefused]] = {
     ErrorCode.MEDIA_UNAVAILABLE: MediaUnavailable,
     ErrorCode.INVALID_SDP: MediaRejected,
     ErrorCode.UNSUPPORTED_MEDIA: MediaRejected,
+    ErrorCode.CANDIDATE_REFUSED: MediaRejected,
     ErrorCode.INTERNAL_ERROR: ServerError,
 }
 

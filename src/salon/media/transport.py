@@ -7,22 +7,30 @@ ICE-controlled and the DTLS role is *client* (``a=setup:active``).
 
 Packet path (no per-packet asyncio queue or task once connected):
 
-* **in**: once DTLS is connected, each of the connection's ``StunProtocol`` instances gets
-  its ``datagram_received`` replaced (:meth:`WebRtcTransport._route_media`) so that SRTP/SRTCP
-  (first byte 128..191, never STUN or DTLS, RFC 7983) goes straight to
-  :meth:`WebRtcTransport.srtp_received`, which unprotects with the DTLS-derived SRTP session
-  and demultiplexes right there, in the loop's datagram callback: no aioice STUN parse
-  attempt, no ``Connection.data_received`` hop, no ``asyncio.Queue`` put/get and no task
-  wake-up per packet (that chain dominated the prototype's fan-out-1 cost). STUN (checks,
-  consent freshness) keeps aioice's path; DTLS records go through aioice's
-  ``Connection.data_received`` (replaced on *this connection instance* by
-  :meth:`WebRtcTransport._datagram_received`) to aiortc's DTLS task. ``srtp_received`` is
-  the seam tests wrap to inject loss. (Draining the socket ourselves with
-  ``loop.add_reader`` + a ``recvfrom`` loop per wake-up was tried and measured *dearer* than
-  uvloop's per-datagram callback: docs/benchmarks.md, "SFU forwarding".)
-  Before DTLS is connected (and as a fallback) aiortc's own path runs, with
-  ``dtls._handle_rtp_data`` / ``dtls._handle_rtcp_data`` replaced on this instance by
-  coroutines that call the same demultiplexer. RTP goes to the
+* **in**: from gathering on, each of the connection's ``StunProtocol`` instances gets its
+  ``datagram_received`` replaced (:meth:`WebRtcTransport._guard`). SRTP/SRTCP (first byte
+  128..191, never STUN or DTLS, RFC 7983) of at least 12 bytes from an address ICE validated
+  goes straight to :meth:`WebRtcTransport.srtp_received`, which unprotects with the
+  DTLS-derived SRTP session and demultiplexes right there, in the loop's datagram callback:
+  no aioice STUN parse attempt, no ``Connection.data_received`` hop, no ``asyncio.Queue``
+  put/get and no task wake-up per packet (that chain dominated the prototype's fan-out-1
+  cost). Everything else goes through :meth:`WebRtcTransport._gate`, which classifies it
+  (:mod:`salon.media.demux`) and drops what cannot be STUN, DTLS, RTP or RTCP (empty,
+  truncated, oversized, unknown first byte) and DTLS/SRTP from an address ICE has not
+  validated: counted in :class:`TransportStats` and :data:`DROPPED`, logged at most once a
+  minute per process, never per packet. This matters: aiortc's DTLS reader ends the
+  association on any exception (an empty datagram raised ``IndexError`` there), and a forged
+  DTLS alert could end a handshake. STUN keeps aioice's path (checks, consent freshness;
+  peer-reflexive candidates within the per-transport cap); DTLS records go to aiortc's DTLS
+  queue (aioice's ``Connection.data_received`` is replaced on *this connection instance* by
+  :meth:`WebRtcTransport._datagram_received`, which now only sees what aioice failed to
+  parse as STUN, and drops it). ``srtp_received`` is the seam tests wrap to inject loss.
+  (Draining the socket ourselves with ``loop.add_reader`` + a ``recvfrom`` loop per wake-up
+  was tried and measured *dearer* than uvloop's per-datagram callback: docs/benchmarks.md,
+  "SFU forwarding".)
+  Until DTLS is connected, SRTP goes to aiortc's reader (which ignores it before the
+  handshake), with ``dtls._handle_rtp_data`` / ``dtls._handle_rtcp_data`` replaced on this
+  instance by coroutines that call the same demultiplexer. RTP goes to the
   :class:`~salon.media.producer.Producer` that owns its SSRC (learnt from the mid header
   extension or a unique payload type when the offer announced none); RTCP is parsed once and
   routed by SSRC to producers (SR, BYE) and consumers (NACK, PLI, FIR, RR, REMB).
@@ -44,7 +52,8 @@ consumer asks for: no task per timer.
 Lifecycle: ``await WebRtcTransport.create(options)`` gathers host candidates on the configured
 ``listen_addresses`` (see :mod:`salon.media.loopback`), :meth:`local_parameters` goes into the
 SDP answer, :meth:`start` launches the owned connect task (ICE checks, then DTLS handshake)
-with the client's parameters, :meth:`add_remote_candidate` feeds trickled candidates. Events:
+with the client's parameters, :meth:`add_remote_candidate` feeds trickled candidates (those the
+ICE policy refuses, :mod:`salon.media.ice_policy`, or over the cap never are). Events:
 :class:`TransportConnected`, then :class:`TransportClosed` with a
 :class:`TransportCloseReason` (``failed`` reasons included). :meth:`close` is idempotent: it
 closes the producers and consumers (``transport_closed()``), the DTLS association (sending a
@@ -53,7 +62,8 @@ close_notify), the ICE connection and its sockets, and awaits every task it star
 Private aiortc/aioice attributes used (pinned aiortc 1.16.0 / aioice 0.13.0):
 ``RTCDtlsTransport._handle_rtp_data``, ``_handle_rtcp_data``, ``_send_rtp``, ``_tx_srtp``,
 ``_rx_srtp``, ``_task``; ``RTCIceTransport._connection``; ``aioice.Connection._nominated``,
-``_protocols``, ``data_received`` (replaced per instance); ``StunProtocol.datagram_received``
+``_protocols``, ``_check_list`` (pair states), ``_remote_candidates``, ``data_received``
+(replaced per instance), ``aioice.ice.CandidatePair.State``; ``StunProtocol.datagram_received``
 (replaced per instance); pylibsrtp 1.0 ``Session._srtp``, ``_cdata``, ``_buffer`` and its cffi
 ``_binding`` (:func:`_srtp_call` falls back to the public methods if they change).
 """
