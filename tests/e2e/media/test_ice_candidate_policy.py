@@ -8,7 +8,8 @@ the 127.0.0.1 listener (accepted: checks arrive there) and one on 127.0.0.3 (dro
 silently); it then trickles one on 127.0.0.2 and an mDNS name (refused with
 ``candidate_refused``). The call connects and the refused listeners never receive a datagram.
 
-Also here, on a bare transport: at most ``max_remote_candidates`` remote candidates.
+Also here, on a bare transport: at most ``max_remote_candidates`` remote candidates,
+signalled or learnt as peer-reflexive from incoming checks.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from aioice import stun
 from peers import Publisher, Subscriber, wait_for
 
 from salon.media.errors import CandidateRefusedError
+from salon.media.sdp import RemoteTransportParameters
 from salon.media.transport import WebRtcTransport, WebRtcTransportOptions
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
@@ -159,4 +162,44 @@ async def test_a_transport_takes_at_most_max_remote_candidates() -> None:
         assert sorted(c.port for c in remote) == [40000, 40001, 40002, 40003]
         assert transport.stats.candidates_refused == 3
     finally:
+        await transport.close()
+
+
+async def test_peer_reflexive_candidates_count_against_the_cap() -> None:
+    """Authenticated checks from many addresses (a client's, or a replay of them) each teach
+    aioice a peer-reflexive candidate: at most ``max_remote_candidates`` are learnt, the
+    requests from further addresses are dropped before aioice (and counted)."""
+    transport = await WebRtcTransport.create(WebRtcTransportOptions(max_remote_candidates=2))
+    local = transport.local_parameters()
+    (port,) = transport.local_ports
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
+    try:
+        transport.start(
+            RemoteTransportParameters(
+                ice_ufrag="peer",
+                ice_pwd="p" * 22,
+                ice_lite=False,
+                fingerprints=(("sha-256", "AA:BB"),),
+                candidates=(),
+                candidates_complete=False,
+            )
+        )
+        await wait_for(lambda: transport.ice_transport.state == "checking", 5, "the ICE checks to start")
+        await asyncio.sleep(0.1)  # connect() has paired its candidates: checks are handled now
+        for sock in senders:
+            sock.bind(("127.0.0.1", 0))
+            request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+            request.attributes["USERNAME"] = f"{local.ice_ufrag}:peer"
+            request.attributes["PRIORITY"] = 1862270975
+            request.attributes["ICE-CONTROLLING"] = 1
+            request.add_message_integrity(local.ice_pwd.encode())
+            request.add_fingerprint()
+            sock.sendto(bytes(request), ("127.0.0.1", port))
+        await wait_for(lambda: transport.stats.candidates_refused >= 3, 5, "3 checks dropped over the cap")
+        remote = transport.ice_transport.getRemoteCandidates()
+        assert len(remote) == 2 and {c.type for c in remote} == {"prflx"}, remote
+        assert {c.port for c in remote} <= {s.getsockname()[1] for s in senders}
+    finally:
+        for sock in senders:
+            sock.close()
         await transport.close()
