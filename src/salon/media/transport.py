@@ -449,11 +449,12 @@ class WebRtcTransport:
     async def add_remote_candidate(self, candidate: str | None, *, trickled: bool = True) -> None:
         """Add a client candidate (``candidate:...`` or its value); ``None`` ends them.
 
+        A malformed trickled candidate raises :class:`~salon.media.errors.InvalidSdpError`.
         A candidate the ICE policy refuses (:mod:`salon.media.ice_policy`), one over the
         per-transport cap, or a non-UDP one is never contacted: a trickled one raises
         :class:`~salon.media.errors.CandidateRefusedError` (non-UDP ones are ignored, as
         browsers trickle TCP candidates), one from an offer (``trickled=False``) is dropped.
-        Either way it is counted in :attr:`stats` (``candidates_refused``).
+        A refused one is counted in :attr:`stats` (``candidates_refused``).
         """
         if self.closed:
             return
@@ -468,6 +469,9 @@ class WebRtcTransport:
         try:
             parsed = candidate_from_sdp(value)
         except (AssertionError, ValueError, IndexError) as exc:
+            if not trickled:  # the offer parsed it once: never raise from the connect task
+                self._dropped("candidate")
+                return
             raise InvalidSdpError(f"{self!r}: malformed ICE candidate {candidate!r}") from exc
         if parsed.protocol.lower() != "udp":
             logger.debug("%r: ignoring non-UDP candidate %s", self, value)

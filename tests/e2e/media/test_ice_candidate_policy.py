@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
+import random
 import socket
 from collections.abc import Iterator
 
@@ -24,7 +25,7 @@ import pytest
 from aioice import stun
 from peers import Publisher, Subscriber, wait_for
 
-from salon.media.errors import CandidateRefusedError
+from salon.media.errors import CandidateRefusedError, MediaError
 from salon.media.sdp import RemoteTransportParameters
 from salon.media.transport import WebRtcTransport, WebRtcTransportOptions
 from salon.server.config import ServerConfig
@@ -202,4 +203,31 @@ async def test_peer_reflexive_candidates_count_against_the_cap() -> None:
     finally:
         for sock in senders:
             sock.close()
+        await transport.close()
+
+
+async def test_mangled_trickled_candidates_raise_only_media_errors() -> None:
+    """Candidates cut, spliced and garbled at random (seeded): each is added, refused
+    (``candidate_refused``) or malformed (``invalid_sdp``), never anything else. The
+    transport is not started, so nothing is sent to what it accepts."""
+    rng = random.Random(3)
+    valid = "candidate:842163049 1 udp 1677729535 198.51.100.7 61234 typ srflx raddr 192.168.1.20 rport 61234"
+    words = [*valid.split(), "", "0", "-1", "99999", "::1", "fe80::1%eth0", "x.local", "tcp", "€", "\0"]
+    transport = await WebRtcTransport.create(WebRtcTransportOptions(max_remote_candidates=1000))
+    try:
+        outcomes: set[str] = set()
+        for _ in range(300):
+            parts = valid.split()
+            for _ in range(rng.randrange(1, 4)):
+                parts[rng.randrange(len(parts))] = rng.choice(words)
+            if rng.random() < 0.3:
+                parts = parts[: rng.randrange(len(parts))]
+            try:
+                await transport.add_remote_candidate(" ".join(parts))
+            except MediaError as exc:
+                outcomes.add(exc.code)
+            else:
+                outcomes.add("added")
+        assert outcomes == {"added", "invalid_sdp", "candidate_refused"}, outcomes
+    finally:
         await transport.close()
