@@ -15,6 +15,7 @@ from salon import __version__
 from salon.cli import bench_sfu
 from salon.errors import SalonError
 from salon.ids import decode_session_id, encode_session_id
+from salon.media.ice_policy import parse_networks
 from salon.server.config import ServerConfig
 from salon.store import Project, Store, database_url_for
 from salon.tokens import Role, generate_token
@@ -58,6 +59,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--announced-address", help="the public IP announced in ICE candidates (NAT)")
     serve.add_argument("--rtc-min-port", type=int, help="lowest UDP port for media (with --rtc-max-port)")
     serve.add_argument("--rtc-max-port", type=int, help="highest UDP port for media (with --rtc-min-port)")
+    serve.add_argument(
+        "--ice-allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a network client ICE candidates may be in even if refused by default "
+        "(multicast, broadcast, link-local, loopback...; repeatable)",
+    )
+    serve.add_argument(
+        "--ice-deny",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a network client ICE candidates may not be in (repeatable; the most specific "
+        "--ice-allow/--ice-deny network decides)",
+    )
     serve.add_argument("--no-media", action="store_true", help="signalling only: forward no media")
     serve.add_argument(
         "--no-demo", action="store_true", help="switch off POST /demo/join (the web app's token endpoint)"
@@ -211,6 +228,10 @@ def _serve(args: argparse.Namespace) -> int:
             raise SalonError("the RTC port range must be within 1-65535, min <= max")
     if args.workers is not None and args.workers < 1:
         raise SalonError("--workers must be at least 1")
+    try:
+        parse_networks([*args.ice_allow, *args.ice_deny])
+    except ValueError as exc:
+        raise SalonError(f"--ice-allow/--ice-deny: {exc}") from None
     config = ServerConfig.from_env(
         host=args.host,
         port=args.port,
@@ -221,6 +242,8 @@ def _serve(args: argparse.Namespace) -> int:
         listen_addresses=tuple(args.media_address) or None,
         announced_address=args.announced_address,
         port_range=port_range,
+        ice_allow=tuple(args.ice_allow) or None,
+        ice_deny=tuple(args.ice_deny) or None,
         workers=args.workers,
         ice_servers=tuple(args.ice_server) or None,
         turn_secret=_read_secret(args.turn_secret_file) if args.turn_secret_file else None,

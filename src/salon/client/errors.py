@@ -172,6 +172,7 @@ _BY_CODE: dict[ErrorCode, type[RequestRefused]] = {
     ErrorCode.TRANSPORT_CLOSED: MediaUnavailable,
     ErrorCode.INVALID_SDP: MediaRejected,
     ErrorCode.UNSUPPORTED_MEDIA: MediaRejected,
+    ErrorCode.CANDIDATE_REFUSED: MediaRejected,
     ErrorCode.INTERNAL_ERROR: ServerError,
 }
 

@@ -173,6 +173,12 @@ class TransportSettings(_Message):
     announced_address: str | None = None
     port_range: tuple[int, int] | None = None
     connect_timeout: float = 30.0
+    ice_allow: tuple[str, ...] = ()
+    """Networks remote candidates may be in despite the defaults (:mod:`salon.media.ice_policy`)."""
+    ice_deny: tuple[str, ...] = ()
+    """Networks remote candidates may not be in."""
+    max_remote_candidates: int = 32
+    """Remote candidates one transport accepts."""
 
 
 class _Request(_Message):
@@ -345,6 +351,10 @@ class WorkerDump(_Message):
     """asyncio tasks alive in the worker (its own request and channel tasks included)."""
     udp_sockets: int = 0
     """UDP sockets open in the worker process (one per ICE host candidate of each transport)."""
+    datagrams_dropped: dict[str, int] = {}
+    """Datagrams and remote candidates the worker's transports dropped since it started, by
+    kind (``empty``, ``malformed``, ``oversized``, ``unknown``, ``foreign``, ``candidate``:
+    :data:`salon.media.transport.DROPPED`)."""
     router_dumps: dict[str, dict[str, Any]] = {}
 
 

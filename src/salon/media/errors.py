@@ -5,6 +5,7 @@
     InvalidRequestError (salon.errors)
     └── MediaError                  the client's media request cannot be honoured (400)
         ├── InvalidSdpError         the offer is malformed or lacks a mandatory attribute
+        ├── CandidateRefusedError   a trickled ICE candidate the server will not contact
         └── UnsupportedError        well-formed, but asks for something we do not do
                                     (no common codec, no rtcp-mux, ...)
     ConflictError (salon.errors)
@@ -21,6 +22,7 @@ from __future__ import annotations
 from salon.errors import ConflictError, InvalidRequestError, ServerError
 
 __all__ = [
+    "CandidateRefusedError",
     "InvalidSdpError",
     "MediaError",
     "MediaResourceError",
@@ -57,3 +59,11 @@ class MediaResourceError(ServerError):
     """The SFU ran out of a local resource, such as UDP ports in the configured range."""
 
     code = "media_resource_exhausted"
+
+
+class CandidateRefusedError(MediaError):
+    """A trickled ICE candidate the server will not send checks to: a refused address
+    (multicast, broadcast, link-local, a denied network...), a name instead of an IP, or one
+    candidate too many for the transport (:mod:`salon.media.ice_policy`)."""
+
+    code = "candidate_refused"

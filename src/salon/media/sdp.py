@@ -282,7 +282,15 @@ def parse_offer(sdp: str) -> ClientOffer:
     """Parse a client's offer; raise :class:`InvalidSdpError` if malformed or incomplete."""
     try:
         session = SessionDescription.parse(sdp)
-    except (AssertionError, ValueError, KeyError, IndexError, StopIteration, TypeError) as exc:
+    except (
+        AssertionError,
+        AttributeError,  # an attribute that needs a value given none ("a=rtpmap")
+        ValueError,
+        KeyError,
+        IndexError,
+        StopIteration,
+        TypeError,
+    ) as exc:
         raise InvalidSdpError(f"malformed SDP offer: {exc!r}") from exc
     if not session.media:
         raise InvalidSdpError("the SDP offer has no m-line")

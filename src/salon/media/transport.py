@@ -7,22 +7,30 @@ ICE-controlled and the DTLS role is *client* (``a=setup:active``).
 
 Packet path (no per-packet asyncio queue or task once connected):
 
-* **in**: once DTLS is connected, each of the connection's ``StunProtocol`` instances gets
-  its ``datagram_received`` replaced (:meth:`WebRtcTransport._route_media`) so that SRTP/SRTCP
-  (first byte 128..191, never STUN or DTLS, RFC 7983) goes straight to
-  :meth:`WebRtcTransport.srtp_received`, which unprotects with the DTLS-derived SRTP session
-  and demultiplexes right there, in the loop's datagram callback: no aioice STUN parse
-  attempt, no ``Connection.data_received`` hop, no ``asyncio.Queue`` put/get and no task
-  wake-up per packet (that chain dominated the prototype's fan-out-1 cost). STUN (checks,
-  consent freshness) keeps aioice's path; DTLS records go through aioice's
-  ``Connection.data_received`` (replaced on *this connection instance* by
-  :meth:`WebRtcTransport._datagram_received`) to aiortc's DTLS task. ``srtp_received`` is
-  the seam tests wrap to inject loss. (Draining the socket ourselves with
-  ``loop.add_reader`` + a ``recvfrom`` loop per wake-up was tried and measured *dearer* than
-  uvloop's per-datagram callback: docs/benchmarks.md, "SFU forwarding".)
-  Before DTLS is connected (and as a fallback) aiortc's own path runs, with
-  ``dtls._handle_rtp_data`` / ``dtls._handle_rtcp_data`` replaced on this instance by
-  coroutines that call the same demultiplexer. RTP goes to the
+* **in**: from gathering on, each of the connection's ``StunProtocol`` instances gets its
+  ``datagram_received`` replaced (:meth:`WebRtcTransport._guard`). SRTP/SRTCP (first byte
+  128..191, never STUN or DTLS, RFC 7983) of at least 12 bytes from an address ICE validated
+  goes straight to :meth:`WebRtcTransport.srtp_received`, which unprotects with the
+  DTLS-derived SRTP session and demultiplexes right there, in the loop's datagram callback:
+  no aioice STUN parse attempt, no ``Connection.data_received`` hop, no ``asyncio.Queue``
+  put/get and no task wake-up per packet (that chain dominated the prototype's fan-out-1
+  cost). Everything else goes through :meth:`WebRtcTransport._gate`, which classifies it
+  (:mod:`salon.media.demux`) and drops what cannot be STUN, DTLS, RTP or RTCP (empty,
+  truncated, oversized, unknown first byte) and DTLS/SRTP from an address ICE has not
+  validated: counted in :class:`TransportStats` and :data:`DROPPED`, logged at most once a
+  minute per process, never per packet. This matters: aiortc's DTLS reader ends the
+  association on any exception (an empty datagram raised ``IndexError`` there), and a forged
+  DTLS alert could end a handshake. STUN keeps aioice's path (checks, consent freshness;
+  peer-reflexive candidates within the per-transport cap); DTLS records go to aiortc's DTLS
+  queue (aioice's ``Connection.data_received`` is replaced on *this connection instance* by
+  :meth:`WebRtcTransport._datagram_received`, which now only sees what aioice failed to
+  parse as STUN, and drops it). ``srtp_received`` is the seam tests wrap to inject loss.
+  (Draining the socket ourselves with ``loop.add_reader`` + a ``recvfrom`` loop per wake-up
+  was tried and measured *dearer* than uvloop's per-datagram callback: docs/benchmarks.md,
+  "SFU forwarding".)
+  Until DTLS is connected, SRTP goes to aiortc's reader (which ignores it before the
+  handshake), with ``dtls._handle_rtp_data`` / ``dtls._handle_rtcp_data`` replaced on this
+  instance by coroutines that call the same demultiplexer. RTP goes to the
   :class:`~salon.media.producer.Producer` that owns its SSRC (learnt from the mid header
   extension or a unique payload type when the offer announced none); RTCP is parsed once and
   routed by SSRC to producers (SR, BYE) and consumers (NACK, PLI, FIR, RR, REMB).
@@ -44,7 +52,8 @@ consumer asks for: no task per timer.
 Lifecycle: ``await WebRtcTransport.create(options)`` gathers host candidates on the configured
 ``listen_addresses`` (see :mod:`salon.media.loopback`), :meth:`local_parameters` goes into the
 SDP answer, :meth:`start` launches the owned connect task (ICE checks, then DTLS handshake)
-with the client's parameters, :meth:`add_remote_candidate` feeds trickled candidates. Events:
+with the client's parameters, :meth:`add_remote_candidate` feeds trickled candidates (those the
+ICE policy refuses, :mod:`salon.media.ice_policy`, or over the cap never are). Events:
 :class:`TransportConnected`, then :class:`TransportClosed` with a
 :class:`TransportCloseReason` (``failed`` reasons included). :meth:`close` is idempotent: it
 closes the producers and consumers (``transport_closed()``), the DTLS association (sending a
@@ -53,7 +62,8 @@ close_notify), the ICE connection and its sockets, and awaits every task it star
 Private aiortc/aioice attributes used (pinned aiortc 1.16.0 / aioice 0.13.0):
 ``RTCDtlsTransport._handle_rtp_data``, ``_handle_rtcp_data``, ``_send_rtp``, ``_tx_srtp``,
 ``_rx_srtp``, ``_task``; ``RTCIceTransport._connection``; ``aioice.Connection._nominated``,
-``_protocols``, ``data_received`` (replaced per instance); ``StunProtocol.datagram_received``
+``_protocols``, ``_check_list`` (pair states), ``_remote_candidates``, ``data_received``
+(replaced per instance), ``aioice.ice.CandidatePair.State``; ``StunProtocol.datagram_received``
 (replaced per instance); pylibsrtp 1.0 ``Session._srtp``, ``_cdata``, ``_buffer`` and its cffi
 ``_binding`` (:func:`_srtp_call` falls back to the public methods if they change).
 """
@@ -61,6 +71,7 @@ Private aiortc/aioice attributes used (pinned aiortc 1.16.0 / aioice 0.13.0):
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import enum
 import itertools
@@ -72,6 +83,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pylibsrtp
+from aioice.ice import CandidatePair
 from aiortc import (
     RTCCertificate,
     RTCDtlsFingerprint,
@@ -83,8 +95,10 @@ from aiortc import (
 )
 from aiortc.sdp import candidate_from_sdp
 
-from salon.media.errors import InvalidSdpError, MediaStateError
+from salon.media.demux import MAX_DATAGRAM, Datagram, classify_datagram
+from salon.media.errors import CandidateRefusedError, InvalidSdpError, MediaStateError
 from salon.media.events import EventEmitter
+from salon.media.ice_policy import MAX_REMOTE_CANDIDATES, IcePolicy
 from salon.media.loopback import bind_host_candidates
 from salon.media.rtcp import Bye, Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
 from salon.media.rtp import find_header_extension, parse_rtp_header
@@ -95,6 +109,8 @@ if TYPE_CHECKING:
     from salon.media.producer import Producer
 
 __all__ = [
+    "DROPPED",
+    "DROP_LOG_INTERVAL",
     "TransportCloseReason",
     "TransportClosed",
     "TransportConnected",
@@ -110,6 +126,45 @@ logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 _SrtpCall = Callable[[bytes], "bytes | None"]
+
+DROPPED: collections.Counter[str] = collections.Counter()
+"""Datagrams and candidates dropped by every transport of this process, by kind: a
+:class:`~salon.media.demux.Datagram` value (``empty``, ``malformed``, ``oversized``,
+``unknown``), ``foreign`` (DTLS or SRTP from an address ICE has not validated) or
+``candidate`` (a remote candidate refused by the ICE policy or the cap). Reported in the
+worker dump."""
+
+DROP_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about dropped datagrams (one process-wide line at most)."""
+
+_SRTP_BUFFER = 1500
+"""pylibsrtp's buffer: aiortc's reader raises (and ends DTLS) on a longer SRTP packet."""
+
+
+class _DropReport:
+    """At most one INFO line per :data:`DROP_LOG_INTERVAL` about dropped network garbage."""
+
+    def __init__(self) -> None:
+        self.next_at = 0.0
+        self.since = 0
+
+    def note(self, kind: str, transport: WebRtcTransport) -> None:
+        self.since += 1
+        now = time.monotonic()
+        if now < self.next_at:
+            return
+        logger.info(
+            "dropped %d datagrams or candidates (latest: %s on %r) since the last report; totals %s",
+            self.since,
+            kind,
+            transport,
+            dict(DROPPED),
+        )
+        self.since = 0
+        self.next_at = now + DROP_LOG_INTERVAL
+
+
+_drop_report = _DropReport()
 
 
 def _srtp_call(session: Any, name: str) -> _SrtpCall:
@@ -181,6 +236,8 @@ class TransportCloseReason(enum.Enum):
     """The peer sent a DTLS close_notify, or ICE consent expired after connecting."""
 
 
+_SUCCEEDED = CandidatePair.State.SUCCEEDED
+
 _FAILURES = frozenset(
     {TransportCloseReason.ICE_FAILED, TransportCloseReason.DTLS_FAILED, TransportCloseReason.CONNECT_TIMEOUT}
 )
@@ -215,6 +272,16 @@ class WebRtcTransportOptions:
     """Inclusive UDP port range for the sockets; default: kernel-chosen ephemeral ports."""
     connect_timeout: float = 30.0
     """Seconds allowed from :meth:`WebRtcTransport.start` to DTLS connected."""
+    ice_allow: Sequence[str] = ()
+    """Networks (CIDR) remote candidates may be in even if the defaults refuse them
+    (:class:`~salon.media.ice_policy.IcePolicy`)."""
+    ice_deny: Sequence[str] = ()
+    """Networks (CIDR) remote candidates may not be in."""
+    max_remote_candidates: int = MAX_REMOTE_CANDIDATES
+    """Remote candidates accepted per transport (signalled and peer-reflexive)."""
+
+    def ice_policy(self) -> IcePolicy:
+        return IcePolicy.for_listen_addresses(self.listen_addresses, allow=self.ice_allow, deny=self.ice_deny)
 
 
 @dataclass(slots=True)
@@ -234,6 +301,12 @@ class TransportStats:
     srtp_errors: int = 0
     """Datagrams that failed SRTP/SRTCP unprotect (replays, garbage, wrong keys)."""
     fallback_sends: int = 0
+    garbage_dropped: int = 0
+    """Datagrams that cannot be STUN, DTLS, RTP or RTCP (empty, malformed, oversized, unknown)."""
+    foreign_dropped: int = 0
+    """DTLS or SRTP datagrams from an address ICE has not validated."""
+    candidates_refused: int = 0
+    """Remote candidates refused: by the ICE policy, over the cap, or not UDP."""
 
 
 class WebRtcTransport:
@@ -254,6 +327,7 @@ class WebRtcTransport:
         self.close_reason: TransportCloseReason | None = None
 
         self._certificate = certificate or RTCCertificate.generateCertificate()
+        self._policy = options.ice_policy()
         self._gatherer = RTCIceGatherer(iceServers=[])
         bind_host_candidates(self._gatherer._connection, options.listen_addresses, options.port_range)
         self._ice = RTCIceTransport(self._gatherer)
@@ -275,6 +349,10 @@ class WebRtcTransport:
         self._pair: Any = None
         self._sendto: Any = None
         self._remote_addr: tuple[str, int] | None = None
+        #: Source addresses (as the socket reports them) of ICE-validated pairs: the only
+        #: ones DTLS and SRTP are accepted from.
+        self._trusted: set[Any] = set()
+        self._remote_candidates: list[Any] = connection._remote_candidates
 
         self._connect_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -319,6 +397,8 @@ class WebRtcTransport:
         except BaseException:
             await transport.close()
             raise
+        for protocol in transport._gatherer._connection._protocols:
+            transport._guard(protocol)
         logger.debug("%r: gathered %s", transport, transport.local_parameters().candidates)
         return transport
 
@@ -366,8 +446,16 @@ class WebRtcTransport:
             and set(remote.fingerprints) == set(self.remote.fingerprints)
         )
 
-    async def add_remote_candidate(self, candidate: str | None) -> None:
-        """Add a trickled client candidate (``candidate:...`` or its value); ``None`` ends them."""
+    async def add_remote_candidate(self, candidate: str | None, *, trickled: bool = True) -> None:
+        """Add a client candidate (``candidate:...`` or its value); ``None`` ends them.
+
+        A malformed trickled candidate raises :class:`~salon.media.errors.InvalidSdpError`.
+        A candidate the ICE policy refuses (:mod:`salon.media.ice_policy`), one over the
+        per-transport cap, or a non-UDP one is never contacted: a trickled one raises
+        :class:`~salon.media.errors.CandidateRefusedError` (non-UDP ones are ignored, as
+        browsers trickle TCP candidates), one from an offer (``trickled=False``) is dropped.
+        A refused one is counted in :attr:`stats` (``candidates_refused``).
+        """
         if self.closed:
             return
         if candidate is None:
@@ -381,9 +469,21 @@ class WebRtcTransport:
         try:
             parsed = candidate_from_sdp(value)
         except (AssertionError, ValueError, IndexError) as exc:
+            if not trickled:  # the offer parsed it once: never raise from the connect task
+                self._dropped("candidate")
+                return
             raise InvalidSdpError(f"{self!r}: malformed ICE candidate {candidate!r}") from exc
         if parsed.protocol.lower() != "udp":
             logger.debug("%r: ignoring non-UDP candidate %s", self, value)
+            return
+        why = self._policy.refusal(parsed.ip, parsed.port)
+        if why is None and len(self._remote_candidates) >= self.options.max_remote_candidates:
+            why = f"the transport has {self.options.max_remote_candidates} remote candidates already"
+        if why is not None:
+            self._dropped("candidate")
+            logger.debug("%r: refused remote candidate %s: %s", self, value, why)
+            if trickled:
+                raise CandidateRefusedError(f"ICE candidate refused: {why}")
             return
         await self._ice.addRemoteCandidate(parsed)
 
@@ -391,7 +491,7 @@ class WebRtcTransport:
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 for value in remote.candidates:
-                    await self.add_remote_candidate(value)
+                    await self.add_remote_candidate(value, trickled=False)
                 if remote.candidates_complete:
                     await self._ice.addRemoteCandidate(None)
                 await self._ice.start(
@@ -431,8 +531,6 @@ class WebRtcTransport:
         self._protect_rtcp = _srtp_call(self._tx_srtp, "protect_rtcp")
         self._unprotect = _srtp_call(self._rx_srtp, "unprotect")
         self._unprotect_rtcp = _srtp_call(self._rx_srtp, "unprotect_rtcp")
-        for protocol in self._gatherer._connection._protocols:
-            self._route_media(protocol)
         self._set_state(TransportState.CONNECTED)
         self.events.emit(TransportConnected(self))
         for consumer in list(self.consumers.values()):
@@ -586,45 +684,99 @@ class WebRtcTransport:
     # ----------------------------------------------------------------------------------------
     # Receive path
 
-    def _route_media(self, protocol: Any) -> None:
-        """Send SRTP/SRTCP arriving on ``protocol`` straight to :meth:`srtp_received`.
+    def _guard(self, protocol: Any) -> None:
+        """Put the datagram gate in front of aioice on ``protocol`` (one of our sockets).
 
-        aioice's ``StunProtocol.datagram_received`` first tries to parse every datagram as
-        STUN; a media packet (first byte 128..191, never STUN or DTLS, RFC 7983 §7) raises
-        ``ValueError`` there, then goes through ``Connection.data_received``. The replacement
-        (on this protocol instance; the loop looks the method up per datagram) skips both.
-        ``srtp_received`` is looked up on the transport per datagram: it is the seam tests
-        wrap to inject loss. STUN and DTLS still take aioice's path.
+        Replaces ``protocol.datagram_received`` on the instance (the loop looks the method up
+        per datagram). SRTP/SRTCP from a validated address (the hot path: first byte 128..191,
+        12 bytes or more, RFC 7983 §7) goes straight to :meth:`srtp_received`, skipping
+        aioice's STUN parse attempt and ``Connection.data_received``; everything else goes
+        through :meth:`_gate`. ``srtp_received`` is looked up on the transport per datagram:
+        it is the seam tests wrap to inject loss.
         """
         original = protocol.datagram_received
+        component = protocol.local_candidate.component
+        trusted = self._trusted
 
         def datagram_received(data: bytes, addr: Any) -> None:
-            if data and 127 < data[0] < 192:
+            if addr in trusted and 11 < len(data) <= MAX_DATAGRAM and 127 < data[0] < 192:
                 self.srtp_received(data)
             else:
-                original(data, addr)
+                self._gate(data, addr, original, component)
 
         protocol.datagram_received = datagram_received
 
+    def _gate(
+        self, data: bytes, addr: Any, stun_received: Callable[[bytes, Any], None], component: int
+    ) -> None:
+        """Every datagram off the hot path: classify it
+        (:func:`~salon.media.demux.classify_datagram`), drop what cannot be
+        STUN/DTLS/RTP/RTCP, hand STUN to aioice (peer-reflexive candidates within the
+        cap), and accept DTLS and SRTP only from addresses ICE validated: a forged DTLS
+        alert from elsewhere cannot end the handshake, and garbage never reaches aiortc's
+        DTLS reader (which ends the association on an exception)."""
+        kind = classify_datagram(data)
+        if kind is Datagram.STUN:
+            if (data[0] & 0x01) == 0 and (data[1] & 0x10) == 0 and not self._may_learn(addr):
+                self._dropped("candidate")  # a request that would add one candidate too many
+                return
+            stun_received(data, addr)
+        elif not kind.valid:
+            self._dropped(kind.value)
+        elif addr not in self._trusted and not self._trust(addr):
+            self._dropped("foreign")
+        elif kind is Datagram.DTLS:
+            self._queue_datagram(data, component)
+        else:
+            self.srtp_received(data)
+
+    def _may_learn(self, addr: Any) -> bool:
+        """Whether a STUN request from ``addr`` may add a peer-reflexive remote candidate:
+        it comes from a known candidate, or the transport is under its candidate cap."""
+        if len(self._remote_candidates) < self.options.max_remote_candidates:
+            return True
+        host, port = addr[0], addr[1]
+        return any(c._network_host == host and c.port == port for c in self._remote_candidates)
+
+    def _trust(self, addr: Any) -> bool:
+        """Whether ``addr`` is the remote address of a pair ICE validated; remembered if so."""
+        remote = (addr[0], addr[1])
+        for pair in self._gatherer._connection._check_list:
+            if pair.state is _SUCCEEDED and pair.remote_addr == remote:
+                self._trusted.add(addr)
+                return True
+        return False
+
+    def _dropped(self, kind: str) -> None:
+        """Count one dropped datagram or candidate; at most one log line per interval."""
+        if kind == "candidate":
+            self.stats.candidates_refused += 1
+        elif kind == "foreign":
+            self.stats.foreign_dropped += 1
+        else:
+            self.stats.garbage_dropped += 1
+        DROPPED[kind] += 1
+        _drop_report.note(kind, self)
+
     def _datagram_received(self, data: bytes, component: int) -> None:
         """aioice's non-STUN datagram callback (``Connection.data_received``, replaced on this
-        instance): DTLS records go to aiortc's queue; media only comes this way before
-        :meth:`_route_media` is in place or from a protocol that is not routed."""
-        if self._unprotect is None or not data or not 127 < data[0] < 192:
-            self._queue_datagram(data, component)
-            return
-        self.srtp_received(data)
+        instance). :meth:`_gate` hands aioice only datagrams that look like STUN, so what
+        arrives here is one aioice could not parse: dropped as malformed."""
+        self._dropped(Datagram.MALFORMED.value)
 
     def srtp_received(self, data: bytes) -> None:
         """One SRTP or SRTCP datagram (first byte 128..191) from the client.
 
         This is the media receive seam: the routed protocols look it up on the instance per
         datagram, so tests may wrap it (loss injection) and see every media datagram, before
-        SRTP unprotect. :meth:`receive_rtp` is inlined here (it
-        runs once per received packet)."""
+        SRTP unprotect. Callers pass at least 12 bytes (:mod:`salon.media.demux`).
+        :meth:`receive_rtp` is inlined here (it runs once per received packet)."""
         unprotect = self._unprotect
-        if unprotect is None:  # DTLS not up yet: aiortc's path decides
-            self._queue_datagram(data, 1)
+        if unprotect is None:  # DTLS not up yet: aiortc's path decides (it ignores SRTP until
+            if len(data) <= _SRTP_BUFFER:  # then, and raises on a packet over its buffer)
+                self._queue_datagram(data, 1)
+            else:
+                self._dropped(Datagram.OVERSIZED.value)
             return
         if 192 <= data[1] <= 223:
             clear = self._unprotect_rtcp(data)  # type: ignore[misc]
@@ -830,6 +982,7 @@ class WebRtcTransport:
         return {
             "id": self.id,
             "state": self.state.value,
+            "ports": self.local_ports,
             "producers": sorted(self.producers),
             "consumers": sorted(self.consumers),
             "stats": dataclasses.asdict(self.stats),

@@ -84,6 +84,7 @@ from salon.media.errors import MediaStateError
 from salon.media.producer import Producer
 from salon.media.router import Router, RouterEvent, StreamClosed
 from salon.media.transport import (
+    DROPPED,
     TransportClosed,
     TransportCloseReason,
     TransportConnected,
@@ -297,6 +298,9 @@ class Worker:
                         announced_address=settings.announced_address,
                         port_range=settings.port_range,
                         connect_timeout=settings.connect_timeout,
+                        ice_allow=settings.ice_allow,
+                        ice_deny=settings.ice_deny,
+                        max_remote_candidates=settings.max_remote_candidates,
                     )
                     router = Router(request.router_id, transport_options=options)
                     self.routers[request.router_id] = HostedRouter(self, router)
@@ -386,6 +390,7 @@ class Worker:
             rss=_rss(),
             tasks=len(asyncio.all_tasks()),
             udp_sockets=_udp_sockets(),
+            datagrams_dropped=dict(DROPPED),
             router_dumps={r.id: r.dump() for r in hosted} if routers else {},
         )
 

@@ -15,7 +15,9 @@ and awaits its one response; an error response is re-raised as the same
 :class:`~salon.errors.SalonError` subclass the worker raised.
 
 **Placement.** :meth:`WorkerPool.place` picks the live worker with the fewest consumers, then
-the fewest routers. A session's router stays on its worker for the router's life.
+the fewest routers; among equally loaded workers it takes turns (round-robin), so sessions
+that come and go one at a time do not all land on the first worker. A session's router stays
+on its worker for the router's life.
 
 **Death.** A worker is dead the moment its channel reaches EOF or its process exits (a pidfd
 watched by the event loop): both happen at once when the process is killed. Then, in order:
@@ -765,6 +767,9 @@ class WorkerPool:
             announced_address=options.announced_address,
             port_range=options.port_range,
             connect_timeout=options.connect_timeout,
+            ice_allow=tuple(options.ice_allow),
+            ice_deny=tuple(options.ice_deny),
+            max_remote_candidates=options.max_remote_candidates,
         )
         self.log_level = log_level or logging.getLevelName(logging.getLogger("salon").getEffectiveLevel())
         self.start_timeout = start_timeout
@@ -781,6 +786,8 @@ class WorkerPool:
         self._available = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._start_task: asyncio.Task[None] | None = None
+        self._turn = 0
+        """Counts placements: which of several equally loaded workers is next."""
 
     def __repr__(self) -> str:
         return f"WorkerPool({len(self.workers)}/{self.count} workers)"
@@ -836,9 +843,15 @@ class WorkerPool:
     # -- placement -------------------------------------------------------------------------
 
     def least_loaded(self) -> WorkerHandle | None:
-        """The live worker with the fewest consumers, then routers; None if none is live."""
-        live = [w for w in self.workers.values() if w.state is WorkerState.READY]
-        return min(live, key=WorkerHandle.load, default=None)
+        """The live worker with the fewest consumers, then routers; None if none is live.
+        Ties go round-robin (in slot order), one step per call."""
+        live = [w for _, w in sorted(self.workers.items()) if w.state is WorkerState.READY]
+        if not live:
+            return None
+        lowest = min(w.load() for w in live)
+        tied = [w for w in live if w.load() == lowest]
+        self._turn += 1
+        return tied[(self._turn - 1) % len(tied)]
 
     async def place(self, timeout: float | None = None) -> WorkerHandle:
         """The worker for a new router; waits for a restart if no worker is live."""

@@ -109,6 +109,8 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     listen_addresses=config.listen_addresses,
                     announced_address=config.announced_address,
                     port_range=config.port_range,
+                    ice_allow=config.ice_allow,
+                    ice_deny=config.ice_deny,
                 ),
                 workers=config.workers,
             )

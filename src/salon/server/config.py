@@ -27,6 +27,11 @@ class ServerConfig:
     :param listen_addresses: the IPs the media transports gather host candidates on.
     :param announced_address: the public IP written into the candidates instead (NAT / 1:1).
     :param port_range: the inclusive UDP port range of the media sockets (default: ephemeral).
+    :param ice_allow: networks (CIDR) client ICE candidates may be in even where the defaults
+        refuse them (:mod:`salon.media.ice_policy`: multicast, broadcast, unspecified,
+        link-local, and loopback unless the server listens on loopback).
+    :param ice_deny: networks (CIDR) client ICE candidates may not be in; the most specific
+        of the allowed and denied networks decides.
     :param workers: the number of media worker processes (default: ``os.cpu_count()``).
     :param ice_servers: ``stun:``/``turn:`` URLs handed to clients in ``connected``.
     :param turn_secret: the TURN REST shared secret (coturn ``static-auth-secret``) that
@@ -52,6 +57,8 @@ class ServerConfig:
     listen_addresses: tuple[str, ...] = ("127.0.0.1",)
     announced_address: str | None = None
     port_range: tuple[int, int] | None = None
+    ice_allow: tuple[str, ...] = ()
+    ice_deny: tuple[str, ...] = ()
     workers: int | None = None
     ice_servers: tuple[str, ...] = ()
     turn_secret: str | None = field(default=None, repr=False)

@@ -102,6 +102,10 @@ class ErrorCode(enum.StrEnum):
     media, or the server ran out of UDP ports)."""
     INVALID_SDP = "invalid_sdp"
     """The SDP offer or ICE candidate is malformed or lacks a mandatory attribute."""
+    CANDIDATE_REFUSED = "candidate_refused"
+    """A trickled ICE candidate the server will not contact: an address its ICE policy
+    refuses (multicast, broadcast, link-local, loopback, a denied network), a name instead of
+    an IP (mDNS ``.local``), or one candidate over the per-transport cap."""
     UNSUPPORTED_MEDIA = "unsupported_media"
     """The SDP offer is well formed but asks for something the server does not do."""
     TRANSPORT_CLOSED = "transport_closed"

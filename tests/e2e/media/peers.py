@@ -285,7 +285,7 @@ class LossyReceive:
     """Drop a share of the SRTP (RTP, not RTCP) datagrams an SFU transport receives, *before*
     SRTP unprotect (docs: media-plane.md §3, fix 2), by wrapping the transport's
     ``srtp_received`` on the instance: the media receive seam, which the transport's socket
-    callbacks look up per datagram (see :meth:`WebRtcTransport._route_media`)."""
+    callbacks look up per datagram (see :meth:`WebRtcTransport._guard`)."""
 
     def __init__(self, transport: WebRtcTransport, rate: float, seed: int = 1) -> None:
         self.rate = rate

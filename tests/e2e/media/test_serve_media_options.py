@@ -1,5 +1,5 @@
 """``salon serve``'s media options, through the real command line: ``--media-address``,
-``--rtc-min-port``/``--rtc-max-port`` and ``--announced-address``.
+``--rtc-min-port``/``--rtc-max-port``, ``--announced-address`` and ``--ice-allow``/``--ice-deny``.
 
 A server started with a UDP port range answers a real aiortc publisher with host candidates on
 the media address and inside the range, and the stream's media connects (others hear
@@ -25,6 +25,7 @@ import opentok
 import pytest
 from peers import Publisher, wait_for
 
+from salon.cli import main
 from tests.conftest import API_KEY, API_SECRET
 from tests.wsclient import WsClient
 
@@ -126,3 +127,44 @@ async def test_announced_address_replaces_the_bound_one(tmp_path: pathlib.Path) 
         finally:
             await publisher.close()
             await alice.close()
+
+
+async def test_ice_allow_and_deny(tmp_path: pathlib.Path) -> None:
+    """``--ice-deny`` / ``--ice-allow`` reach the worker: with all of loopback denied but
+    127.0.0.0/29 allowed (the more specific network wins; the publisher's own candidate is on
+    127.0.0.1), a trickled 127.1.0.2 candidate is refused with ``candidate_refused`` and a
+    127.0.0.5 one accepted."""
+    with serve(str(tmp_path), "--ice-deny", "127.0.0.0/8", "--ice-allow", "127.0.0.0/29") as url:
+        sdk = opentok.Client(API_KEY, API_SECRET, api_url=url)
+        session_id = sdk.create_session(media_mode=opentok.MediaModes.routed).session_id
+        alice = await WsClient.join(url, session_id, sdk.generate_token(session_id))
+        publisher = Publisher()
+        try:
+            reply = await alice.request({"type": "publish", "sdp": await publisher.offer()})
+            assert reply["type"] == "published", reply
+
+            async def trickle(host: str) -> dict[str, object]:
+                return await alice.request(
+                    {
+                        "type": "ice_candidate",
+                        "stream_id": reply["stream"]["stream_id"],
+                        "candidate": f"candidate:1 1 udp 2130706431 {host} 9 typ host",
+                    }
+                )
+
+            refused = await trickle("127.1.0.2")
+            assert refused["type"] == "error" and refused["code"] == "candidate_refused", refused
+            assert "127.0.0.0/8" in str(refused["message"]), refused
+            assert (await trickle("127.0.0.5"))["type"] == "ack"
+        finally:
+            await publisher.close()
+            await alice.close()
+
+
+def test_a_bad_ice_network_is_refused_at_start(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--port", "0", "--data-dir", str(tmp_path), "--ice-deny", "nope"]) == 1
+    error = capsys.readouterr().err
+    assert "salon: error: --ice-allow/--ice-deny: not an IP network (CIDR) or address: 'nope'" in error
+    assert not list(tmp_path.iterdir()), "nothing may be created before the options are checked"

@@ -1,7 +1,7 @@
 """Media worker processes: routers live in ``python -m salon.media.worker`` processes.
 
 * the pool on its own: a router in a worker, its counters (``dump``), no process left after
-  ``close()``;
+  ``close()``; sessions that come one at a time spread over equally loaded workers;
 * the real server with two workers: two sessions land on two workers; a worker killed with
   SIGKILL is detected at once (the streams on it end with ``mediaStopped``), a replacement
   starts, the session publishes and decodes again, and the other worker's session keeps
@@ -24,7 +24,7 @@ from peers import Publisher, Subscriber, wait_for
 from sfu_state import plane_of
 
 from salon.media.errors import MediaStateError
-from salon.media.workers import WorkerPool
+from salon.media.workers import WorkerHandle, WorkerPool
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
 from salon.signalling.service import SignallingConfig
@@ -73,6 +73,25 @@ async def test_a_worker_hosts_routers_reports_counters_and_leaves_no_process() -
     assert not process_exists(worker.pid) and worker.process.returncode == 0
     with pytest.raises(MediaStateError):
         await pool.place()
+
+
+async def test_a_real_pool_spreads_sessions_that_come_one_at_a_time() -> None:
+    """Two worker processes; a session opens and closes, then the next one: the second
+    session goes to the other (idle) worker, not back to the first."""
+    pool = WorkerPool(2)
+    await pool.start()
+    try:
+        used: list[WorkerHandle] = []
+        for name in ("first", "second"):
+            worker = await pool.place()
+            router = pool.create_router(worker, name=name)
+            await router.close_transports(["tr-unknown"])  # waits for the router to exist
+            assert (await worker.dump()).routers == 1
+            await router.close()
+            used.append(worker)
+        assert used[0] is not used[1], "the second session landed on the worker of the first"
+    finally:
+        await pool.close()
 
 
 async def publish(client: WsClient, publisher: Publisher) -> str:

@@ -1,0 +1,62 @@
+"""Router placement on the worker pool: the least loaded worker, ties taken in turn."""
+
+from __future__ import annotations
+
+from salon.media.workers import WorkerPool, WorkerState
+
+
+class FakeWorker:
+    """What placement reads from a :class:`WorkerHandle`: its state and its load."""
+
+    def __init__(self, name: str, consumers: int = 0, routers: int = 0) -> None:
+        self.name = name
+        self.state = WorkerState.READY
+        self.consumers = consumers
+        self.routers = routers
+
+    def load(self) -> tuple[int, int]:
+        return self.consumers, self.routers
+
+
+def pool_of(*workers: FakeWorker) -> WorkerPool:
+    pool = WorkerPool(len(workers))
+    pool.workers = {slot: worker for slot, worker in enumerate(workers)}  # type: ignore[misc]
+    return pool
+
+
+def placed(pool: WorkerPool) -> str:
+    worker = pool.least_loaded()
+    assert worker is not None
+    return str(worker.name)
+
+
+async def test_equally_loaded_workers_take_turns() -> None:
+    # Sessions that come and go one at a time leave every worker idle between them: each new
+    # one must not go to the first worker again.
+    pool = pool_of(FakeWorker("a"), FakeWorker("b"), FakeWorker("c"))
+    assert [placed(pool) for _ in range(6)] == ["a", "b", "c", "a", "b", "c"]
+
+
+async def test_the_least_loaded_worker_wins_over_the_turn() -> None:
+    a, b, c = (
+        FakeWorker("a", consumers=3),
+        FakeWorker("b", consumers=1),
+        FakeWorker("c", consumers=1, routers=2),
+    )
+    pool = pool_of(a, b, c)
+    assert [placed(pool) for _ in range(3)] == ["b", "b", "b"]
+    b.consumers = 5
+    assert placed(pool) == "c"
+    c.routers = 0
+    a.consumers = 1
+    # a and c now tie at (1, 0): they alternate, b (5 consumers) is never chosen.
+    assert sorted(placed(pool) for _ in range(4)) == ["a", "a", "c", "c"]
+
+
+async def test_only_ready_workers_are_placed_on() -> None:
+    a, b = FakeWorker("a"), FakeWorker("b")
+    a.state = WorkerState.DEAD
+    pool = pool_of(a, b)
+    assert [placed(pool) for _ in range(3)] == ["b", "b", "b"]
+    b.state = WorkerState.CLOSING
+    assert pool.least_loaded() is None
