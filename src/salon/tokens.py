@@ -21,6 +21,7 @@ import datetime
 import enum
 import hashlib
 import hmac
+import math
 import random
 import time
 import urllib.parse
@@ -223,6 +224,33 @@ def _lookup(secret_for: SecretLookup, api_key: str) -> str:
     return secret
 
 
+#: Times beyond this (either way) are refused: no real token has them, and an unbounded
+#: integer would only cost time (or overflow) further on.
+_MAX_TIME = 2**53
+
+
+def _claim_time(value: object) -> int:
+    """A token's ``exp``/``iat`` (``expire_time``/``create_time``): an integer number of
+    seconds, or a finite float (JSON number) or a decimal string (``T1==``) of one.
+
+    :raises TokenError: for anything else: ``1e400`` (infinity once decoded), NaN, a boolean,
+        a string that is not an integer, a value beyond +/- 2**53.
+    """
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value):
+        number = int(value)
+    elif isinstance(value, str) and 0 < len(value) <= 20:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+    if number is None or not -_MAX_TIME <= number <= _MAX_TIME:
+        raise TokenError("the token has invalid times")
+    return number
+
+
 def _verify_t1(token: str, secret_for: SecretLookup, now: int) -> TokenClaims:
     try:
         decoded = base64.b64decode(token[4:], validate=True).decode()
@@ -239,11 +267,12 @@ def _verify_t1(token: str, secret_for: SecretLookup, now: int) -> TokenClaims:
         raise TokenError("the token's signature is invalid", code="invalid_signature")
     fields = dict(urllib.parse.parse_qsl(payload, keep_blank_values=True))
     try:
-        expire = int(fields["expire_time"])
-        create = int(fields.get("create_time", now))
         session_id = fields["session_id"]
-    except (KeyError, ValueError) as exc:
+        expire_text = fields["expire_time"]
+    except KeyError as exc:
         raise TokenError("the token is missing required fields") from exc
+    expire = _claim_time(expire_text)
+    create = _claim_time(fields.get("create_time", now))
     return TokenClaims(
         api_key=api_key,
         session_id=session_id,
@@ -281,11 +310,8 @@ def _verify_jwt(token: str, secret_for: SecretLookup, now: int) -> TokenClaims:
     layout = claims.get("initial_layout_class_list", "")
     if isinstance(layout, list):
         layout = " ".join(str(item) for item in layout)
-    try:
-        expire = int(claims["exp"])
-        create = int(claims.get("iat", now))
-    except (TypeError, ValueError) as exc:
-        raise TokenError("the token has invalid times") from exc
+    expire = _claim_time(claims["exp"])
+    create = _claim_time(claims.get("iat", now))
     data = claims.get("connection_data", "")
     return TokenClaims(
         api_key=api_key,

@@ -440,6 +440,29 @@ def _tampered(token: str) -> str:
     return f"{header}.{forged}.{sig}"
 
 
+def _jwt_with_raw_times(session_id: str, exp: str, iat: str) -> str:
+    """A JWT signed with the project's secret whose ``exp`` and ``iat`` are raw JSON number
+    text, e.g. ``1e400`` (which decodes to infinity and ``json.dumps`` cannot write)."""
+    claims = {
+        "session_id": session_id,
+        "role": "publisher",
+        "iat": "@iat@",
+        "exp": "@exp@",
+        "scope": "session.connect",
+        "iss": API_KEY,
+        "ist": "project",
+        "nonce": 1,
+    }
+    text = json.dumps(claims).replace('"@iat@"', iat).replace('"@exp@"', exp)
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(text.encode())
+    signature = b64(hmac.new(API_SECRET.encode(), signing_input, hashlib.sha256).digest())
+    return (signing_input + b"." + signature).decode()
+
+
 async def test_bad_tokens_close_the_socket_with_a_documented_code(server: RunningServer) -> None:
     sid = server.session()
     other_sid = server.session()
@@ -469,6 +492,10 @@ async def test_bad_tokens_close_the_socket_with_a_documented_code(server: Runnin
         (generate_token("88888888", "9" * 40, foreign_project_sid), foreign_project_sid, 4001),
         (generate_token(API_KEY, "8" * 40, sid), sid, 4001),
         (generate_token(API_KEY, API_SECRET, encode_session_id(API_KEY)), None, 4004),
+        (_jwt_with_raw_times(sid, exp="1e400", iat=str(now)), sid, 4001),
+        (_jwt_with_raw_times(sid, exp=str(now + 600), iat="1e400"), sid, 4001),
+        (_jwt_with_raw_times(sid, exp="-1e400", iat=str(now)), sid, 4001),
+        (_t1_token(API_KEY, API_SECRET, sid, expire_time="1e400"), sid, 4001),
     ]
     for token, session_id, close_code in cases:
         client = await WsClient.open(server.url)
@@ -490,11 +517,12 @@ async def test_bad_tokens_close_the_socket_with_a_documented_code(server: Runnin
     await watcher.close()
 
 
-def _t1_token(api_key: str, api_secret: str, session_id: str) -> str:
+def _t1_token(api_key: str, api_secret: str, session_id: str, expire_time: str | None = None) -> str:
     """A legacy token as the SDK would sign it, without the SDK's session/key check."""
     now = int(time.time())
+    expire = str(now + 600) if expire_time is None else expire_time
     payload = urllib.parse.urlencode(
-        {"session_id": session_id, "create_time": now, "expire_time": now + 600, "role": "publisher"}
+        {"session_id": session_id, "create_time": now, "expire_time": expire, "role": "publisher"}
     )
     sig = hmac.new(api_secret.encode(), payload.encode(), hashlib.sha1).hexdigest()
     return "T1==" + base64.b64encode(f"partner_id={api_key}&sig={sig}:{payload}".encode()).decode()

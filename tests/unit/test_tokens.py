@@ -309,3 +309,91 @@ def test_an_unsigned_jwt_is_refused() -> None:
     with pytest.raises(TokenError) as info:
         verify_token(f"{header}.{payload}.", secrets, session_id=SID, now=NOW)
     assert "HS256" in info.value.message
+
+
+def _jwt_with_raw_claims(**raw: str) -> str:
+    """A well-signed JWT whose payload has some claims spelled as raw JSON text (``1e400``,
+    which ``json.dumps`` cannot produce and which decodes to infinity)."""
+    import hashlib
+    import hmac
+    import json
+
+    claims: dict[str, object] = {
+        "session_id": SID,
+        "role": "publisher",
+        "iat": NOW,
+        "exp": NOW + 3600,
+        "scope": "session.connect",
+        "iss": KEY,
+        "ist": "project",
+    }
+    for name in raw:
+        claims[name] = f"@{name}@"
+    text = json.dumps(claims)
+    for name, value in raw.items():
+        text = text.replace(f'"@{name}@"', value)
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(text.encode())
+    signature = b64(hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest())
+    return (signing_input + b"." + signature).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        _jwt_with_raw_claims(exp="1e400"),
+        _jwt_with_raw_claims(exp="-1e400"),
+        _jwt_with_raw_claims(iat="1e400"),
+        _jwt_with_raw_claims(exp="NaN"),
+        _jwt_with_raw_claims(exp="Infinity"),
+        _jwt_with_raw_claims(exp="1" + "0" * 400),
+        _jwt_with_raw_claims(iat="-" + "9" * 30),
+        _jwt_with_raw_claims(exp="true"),
+        _jwt_with_raw_claims(exp='"soon"'),
+        _jwt_with_raw_claims(exp="null"),
+        _jwt_with_raw_claims(exp="[1]"),
+        _t1(expire_time="1e400"),
+        _t1(expire_time="inf"),
+        _t1(expire_time="1" + "0" * 400),
+        _t1(expire_time=""),
+        _t1(create_time="1e400"),
+        _t1(create_time="nan"),
+    ],
+    ids=[
+        "jwt-exp-1e400",
+        "jwt-exp-minus-1e400",
+        "jwt-iat-1e400",
+        "jwt-exp-nan",
+        "jwt-exp-infinity",
+        "jwt-exp-huge-int",
+        "jwt-iat-huge-negative-int",
+        "jwt-exp-bool",
+        "jwt-exp-string",
+        "jwt-exp-null",
+        "jwt-exp-list",
+        "t1-expire-1e400",
+        "t1-expire-inf",
+        "t1-expire-huge-int",
+        "t1-expire-empty",
+        "t1-create-1e400",
+        "t1-create-nan",
+    ],
+)
+def test_tokens_with_absurd_times_are_refused_as_invalid(token: str) -> None:
+    with pytest.raises(TokenError) as info:
+        verify_token(token, secrets, session_id=SID, now=NOW)
+    assert info.value.code == "invalid_token"
+    assert info.value.message in (
+        "the token has invalid times",
+        'the token is invalid: Token is missing the "exp" claim',  # exp: null
+    )
+
+
+def test_times_given_as_integral_floats_are_accepted() -> None:
+    claims = verify_token(
+        _jwt_with_raw_claims(exp=f"{NOW + 60}.0", iat=f"{NOW}.5"), secrets, session_id=SID, now=NOW
+    )
+    assert (claims.expire_time, claims.create_time) == (NOW + 60, NOW)
