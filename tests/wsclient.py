@@ -54,8 +54,9 @@ class WsClient:
                 self._arrived.set()
         self._arrived.set()
 
-    async def send(self, message: Message | str) -> None:
-        await self.ws.send(message if isinstance(message, str) else json.dumps(message))
+    async def send(self, message: Message | str | bytes) -> None:
+        """Send a dict as JSON text, a string as a text frame, bytes as a binary frame."""
+        await self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
 
     async def request(self, message: Message, timeout: float = 10) -> Message:
         request_id = next(self._ids)

@@ -402,7 +402,10 @@ async def test_clean_close_is_client_disconnected(server: RunningServer) -> None
         ('{"type": "signal", "request_id": 7, "data": "' + "d" * 70000 + '"}', "message_too_large"),
         ('{"type": "unpublish", "request_id": 7, "stream_id": "nope"}', "not_found"),
         ('{"type": "force_disconnect", "request_id": 7, "connection_id": "nope"}', "permission_denied"),
+        ("[" * 30000 + "]" * 30000, "invalid_message"),
+        ('{"a":' * 10000 + "1" + "}" * 10000, "invalid_message"),
     ],
+    ids=lambda value: value[:30] + (f"...({len(value)})" if len(value) > 30 else ""),
 )
 async def test_bad_messages_get_an_error_and_change_nothing(
     server: RunningServer, raw: str, code: str
@@ -422,6 +425,82 @@ async def test_bad_messages_get_an_error_and_change_nothing(
     assert await other.quiet() == []
     await client.close()
     await other.close()
+
+
+#: Garbage a client may send before (or instead of) ``connect``: each gets the documented
+#: error and the socket keeps waiting for a valid ``connect``.
+GARBAGE_BEFORE_CONNECT: list[tuple[str | bytes, str]] = [
+    ("", "invalid_message"),
+    (b"", "invalid_message"),
+    (b"\xff\xfe\x00garbage", "invalid_message"),
+    (b'{"type": "connect"}', "invalid_message"),
+    ("[" * 30000 + "]" * 30000, "invalid_message"),
+    ("[" * 300 + "]" * 300, "invalid_message"),
+    ('{"a":' * 10000 + "1" + "}" * 10000, "invalid_message"),
+    ('{"type": "connect", "request_id": ' + "[" * 30000 + "]" * 30000 + "}", "invalid_message"),
+    ('{"type": "connect", "request_id": 1e400, "session_id": "s", "token": "t"}', "invalid_message"),
+    (
+        '{"type": "connect", "request_id": 1' + "0" * 5000 + ', "session_id": "s", "token": "t"}',
+        "invalid_message",
+    ),
+    (
+        '{"type": "connect", "request_id": 1, "session_id": "s", "token": "t", "protocol_version": 1e400}',
+        "invalid_message",
+    ),
+    (
+        '{"type": "connect", "request_id": 1, "session_id": "s", "token": "t", "protocol_version": 1'
+        + "0" * 5000
+        + "}",
+        "invalid_message",
+    ),
+    ('{"type": "connect", "request_id": NaN, "session_id": "s", "token": "t"}', "invalid_message"),
+    ("null", "invalid_message"),
+    ("1e400", "invalid_message"),
+    ('{"type": 1e400}', "unknown_type"),
+    ('{"type": ' + "[" * 30000 + "]" * 30000 + "}", "invalid_message"),
+    ("\u00a0", "invalid_message"),
+    ('{"request_id": 1, "type": []}', "unknown_type"),
+    ('{"type": {"connect": 1}}', "unknown_type"),
+]
+GARBAGE_IDS = [
+    "empty-text",
+    "empty-binary",
+    "binary-not-utf8",
+    "binary-connect-missing-fields",
+    "30k-nested-arrays",
+    "300-nested-arrays",
+    "10k-nested-objects",
+    "connect-nested-request-id",
+    "request-id-1e400",
+    "request-id-5000-digits",
+    "protocol-version-1e400",
+    "protocol-version-5000-digits",
+    "request-id-nan",
+    "null",
+    "number-1e400",
+    "type-1e400",
+    "type-nested",
+    "no-break-space",
+    "type-list",
+    "type-object",
+]
+
+
+@pytest.mark.parametrize(("raw", "code"), GARBAGE_BEFORE_CONNECT, ids=GARBAGE_IDS)
+async def test_garbage_before_connect_gets_an_error_and_the_socket_waits_for_connect(
+    server: RunningServer, raw: str | bytes, code: str
+) -> None:
+    sid = server.session()
+    client = await WsClient.open(server.url)
+    await client.send(raw)
+    error = await client.next("error")
+    # A number too big to parse makes the whole message invalid JSON, request ID included.
+    request_id = 1 if isinstance(raw, str) and '"request_id": 1,' in raw and "0" * 5000 not in raw else None
+    assert (error["code"], error["request_id"]) == (code, request_id), error
+    assert error["message"] and len(error["message"]) < 500
+    reply = await client.request({"type": "connect", "session_id": sid, "token": server.token(sid)})
+    assert reply["type"] == "connected", reply
+    await client.close()
 
 
 async def test_a_request_before_connect_is_refused_and_closed(server: RunningServer) -> None:

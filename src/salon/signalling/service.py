@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -732,25 +733,44 @@ def _error_code(exc: SalonError) -> ErrorCode:
 
 
 def _schema_error(text: str, exc: ValidationError) -> ErrorMessage:
-    """Turn a validation failure into an error reply, keeping the request ID if there is one."""
-    import json
+    """Turn a validation failure into an error reply, keeping the request ID if there is one.
 
-    request_id: int | str | None = None
+    Pydantic's parser refuses what is not JSON, and JSON nested deeper than it allows
+    (``json_invalid``): the reply is then ``invalid_message`` at once, without parsing the
+    text again (``json.loads`` would raise :class:`RecursionError` on ``[[[[…``).
+    """
     code = ErrorCode.INVALID_MESSAGE
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    first = errors[0] if errors else None
+    if first is None or first["type"] == "json_invalid":
+        reason = "" if first is None else f" ({str(first['msg'])[:120]})"
+        return ErrorMessage(code=code, message=f"the message is not valid JSON{reason}")
+    request_id: int | str | None = None
     try:
         raw = json.loads(text)
-    except ValueError:
-        return ErrorMessage(code=code, message="the message is not valid JSON")
+    except (ValueError, RecursionError):
+        raw = None
     if isinstance(raw, dict):
         rid = raw.get("request_id")
         if isinstance(rid, int | str) and not isinstance(rid, bool):
             request_id = rid
-        if raw.get("type") not in CLIENT_MESSAGE_TYPES:
+        kind = raw.get("type")
+        if not isinstance(kind, str) or kind not in CLIENT_MESSAGE_TYPES:
             return ErrorMessage(
                 request_id=request_id,
                 code=ErrorCode.UNKNOWN_TYPE,
-                message=f"unknown message type {str(raw.get('type'))[:64]!r}",
+                message=f"unknown message type {_preview(kind)}",
             )
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"][1:]) or "message"
-    return ErrorMessage(request_id=request_id, code=code, message=f"{where}: {first['msg']}")
+    where = ".".join(str(p) for p in first["loc"][1:])[:200] or "message"
+    return ErrorMessage(request_id=request_id, code=code, message=f"{where}: {str(first['msg'])[:200]}")
+
+
+def _preview(value: object) -> str:
+    """A short, safe rendering of a client-supplied value for an error message."""
+    if isinstance(value, str):
+        return repr(value[:64])
+    if isinstance(value, bool | float | None):
+        return repr(value)
+    if isinstance(value, int):
+        return "(an integer)" if value.bit_length() > 64 else repr(value)
+    return f"(a JSON {type(value).__name__})"
