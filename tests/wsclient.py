@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
+import os
+import socket
 from typing import Any
 
 import websockets
@@ -97,3 +100,102 @@ class WsClient:
         await self.ws.close()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+class StuckClient:
+    """A real WebSocket client on a raw TCP socket that stops reading once it is connected.
+
+    It does the handshake and ``connect`` itself (reading only what those need), with a small
+    receive buffer, then never reads again, while it keeps sending ``pong`` so that the
+    server's heartbeat has no reason to drop it: its TCP window fills and stays full.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.connection_id: str | None = None
+        self._pongs: asyncio.Task[None] | None = None
+        self.send_failed: BaseException | None = None
+
+    @classmethod
+    async def join(cls, url: str, session_id: str, token: str, *, rcvbuf: int = 4096) -> StuckClient:
+        loop = asyncio.get_running_loop()
+        host, port = url.split("//", 1)[1].rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, int(port)))
+        client = cls(sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(
+            sock,
+            (
+                f"GET /signalling HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            buffer += await client._recv()
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        await client.send({"type": "connect", "request_id": 1, "session_id": session_id, "token": token})
+        while True:
+            payload, buffer = await client._frame(buffer)
+            message = json.loads(payload)
+            if message["type"] != "ping":
+                break
+        assert message["type"] == "connected", message
+        client.connection_id = message["connection"]["connection_id"]
+        client._pongs = loop.create_task(client._pong_forever())
+        return client
+
+    async def _recv(self) -> bytes:
+        data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.sock, 65536), 10)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return data
+
+    async def _frame(self, buffer: bytes) -> tuple[bytes, bytes]:
+        """One unmasked server frame's payload, and what follows it."""
+        while len(buffer) < 2:
+            buffer += await self._recv()
+        length, start = buffer[1] & 0x7F, 2
+        if length == 126:
+            while len(buffer) < 4:
+                buffer += await self._recv()
+            length, start = int.from_bytes(buffer[2:4], "big"), 4
+        elif length == 127:
+            while len(buffer) < 10:
+                buffer += await self._recv()
+            length, start = int.from_bytes(buffer[2:10], "big"), 10
+        while len(buffer) < start + length:
+            buffer += await self._recv()
+        return buffer[start : start + length], buffer[start + length :]
+
+    async def send(self, message: Message) -> None:
+        payload = json.dumps(message).encode()
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            header = bytes([0x81, 0x80 | n])
+        elif n < 65536:
+            header = bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            header = bytes([0x81, 0x80 | 127]) + n.to_bytes(8, "big")
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await asyncio.get_running_loop().sock_sendall(self.sock, header + mask + masked)
+
+    async def _pong_forever(self) -> None:
+        try:
+            while True:
+                await self.send({"type": "pong"})
+                await asyncio.sleep(0.3)
+        except OSError as exc:  # reset by the server: what the tests wait for
+            self.send_failed = exc
+
+    async def close(self) -> None:
+        if self._pongs is not None:
+            self._pongs.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pongs
+        self.sock.close()

@@ -24,7 +24,7 @@ from salon.signalling.service import SignallingConfig
 from salon.store import Store, database_url_for
 from salon.tokens import generate_token
 from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
-from tests.wsclient import WsClient
+from tests.wsclient import StuckClient, WsClient
 
 
 async def test_connect_returns_the_session_as_it_is(server: RunningServer) -> None:
@@ -807,3 +807,79 @@ async def test_many_bad_clients_do_not_disturb_a_good_one(server: RunningServer)
     await good.request({"type": "signal", "signal_type": "t", "data": "fine"})
     assert (await good.next("signal"))["data"] == "fine"
     await good.close()
+
+
+# -- slow consumers ----------------------------------------------------------------------------
+
+
+async def test_clients_that_never_read_are_dropped_and_the_others_get_every_signal(tmp_path: Any) -> None:
+    # Pinged every 0.5 s but with a long heartbeat timeout (and they answer every ping): only
+    # their full outboxes can get them dropped.
+    with start_server(tmp_path, heartbeat_interval=0.5, heartbeat_timeout=300.0) as thread:
+        server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
+        sid = server.session()
+        watcher = await WsClient.join(server.url, sid, server.token(sid))
+        sender = await WsClient.join(server.url, sid, server.token(sid))
+        stuck = [await StuckClient.join(server.url, sid, server.token(sid)) for _ in range(5)]
+        stuck_ids = {client.connection_id for client in stuck}
+        padding = "x" * 8000
+        loop = asyncio.get_running_loop()
+        try:
+            sent = 0
+            destroyed: dict[str, str] = {}
+            started = loop.time()
+            while set(destroyed) != stuck_ids:
+                # Twice what fills five outboxes (1024 messages) and their TCP buffers.
+                assert sent < 6000 and loop.time() - started < 120, (
+                    f"{len(destroyed)} of 5 clients that never read were destroyed after {sent} signals"
+                )
+                for _ in range(50):
+                    await sender.send(
+                        {
+                            "type": "signal",
+                            "request_id": sent,
+                            "signal_type": "t",
+                            "data": f"{sent:06d}{padding}",
+                        }
+                    )
+                    sent += 1
+                last = await sender.next(lambda m, n=sent - 1: m.get("request_id") == n, timeout=60)
+                assert last["type"] == "ack", last
+                sender.messages.clear()
+                destroyed.update(
+                    (m["connection_id"], m["reason"])
+                    for m in watcher.messages
+                    if m["type"] == "connection_destroyed"
+                )
+            assert set(destroyed.values()) == {"clientDisconnected"}, destroyed
+
+            # The reader got every signal, in order.
+            def signals() -> list[str]:
+                return [m["data"][:6] for m in watcher.messages if m["type"] == "signal"]
+
+            while len(signals()) < sent:
+                await asyncio.sleep(0.05)
+                assert loop.time() - started < 180, f"the reader got {len(signals())} of {sent} signals"
+            assert signals() == [f"{i:06d}" for i in range(sent)]
+
+            # They are gone: not in a new connection's session, signals to them are refused,
+            # and their TCP connections are closed (their buffers freed).
+            late = await WsClient.join(server.url, sid, server.token(sid))
+            assert late.connected is not None
+            assert {c["connection_id"] for c in late.connected["connections"]} == {
+                watcher.connection_id,
+                sender.connection_id,
+            }
+            for connection_id in stuck_ids:
+                refused = await sender.request({"type": "signal", "signal_type": "t", "to": connection_id})
+                assert refused["code"] == "not_found", refused
+            server_state = thread.server.server_state
+            while len(server_state.connections) > 3:
+                assert loop.time() - started < 180, f"{len(server_state.connections)} connections left"
+                await asyncio.sleep(0.05)
+            await late.close()
+        finally:
+            for client in stuck:
+                await client.close()
+            await sender.close()
+            await watcher.close()

@@ -10,9 +10,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
 from salon.server.app import create_app
 from salon.server.config import ServerConfig
+from salon.signalling.service import ABORT_EXTENSION
 
 __all__ = ["Server", "ServerThread", "run_server"]
 
@@ -20,6 +23,27 @@ _T = TypeVar("_T")
 
 #: WebSocket frames larger than this close the socket (1009); requests over 64 KiB get an error.
 WS_MAX_SIZE = 1024 * 1024
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, letting the application abort the TCP connection.
+
+    The scope gets the :data:`~salon.signalling.service.ABORT_EXTENSION` extension: a
+    signalling link whose close does not finish in time (a client that never reads, its TCP
+    window full) aborts the connection instead of waiting forever for the buffer to drain.
+    """
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][ABORT_EXTENSION] = {"abort": self.abort_if_open}
+
+    def abort_if_open(self) -> None:
+        """Abort the TCP connection unless it is gone: also when it is closing but its write
+        buffer never drains (the peer does not read)."""
+        if not self.disconnected and self.transport is not None:
+            self.transport.abort()
 
 
 class Server(uvicorn.Server):
@@ -52,7 +76,7 @@ def uvicorn_config(
         host=config.host,
         port=config.port,
         loop="uvloop",
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,
         ws_max_size=WS_MAX_SIZE,
         ws_ping_interval=None,
         lifespan="on",

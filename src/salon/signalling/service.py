@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -74,6 +75,11 @@ logger = logging.getLogger(__name__)
 #: Largest message handled as a request; larger ones get a ``message_too_large`` error.
 MAX_MESSAGE_SIZE = 64 * 1024
 
+#: The ASGI scope extension through which the server (salon's own uvicorn protocol,
+#: :mod:`salon.server.run`) lets a link abort its TCP connection: ``{"abort": callable}``,
+#: a no-op once the connection is gone.
+ABORT_EXTENSION = "salon.abort"
+
 
 @dataclass(frozen=True, slots=True)
 class SignallingConfig:
@@ -81,12 +87,19 @@ class SignallingConfig:
 
     A silent connection is destroyed between ``heartbeat_timeout`` and ``heartbeat_timeout +
     heartbeat_interval`` after its last message (8 s at most with the defaults).
+
+    :param outbox_size: messages queued for one connection before it is closed as a slow
+        consumer (4010).
+    :param close_grace: seconds a socket the server closed has to finish closing (its queued
+        messages and the close frame written, the client's close received) before its TCP
+        connection is aborted: a client that never reads cannot hold it open.
     """
 
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 6.0
     connect_timeout: float = 10.0
     outbox_size: int = 1024
+    close_grace: float = 2.0
 
 
 @dataclass(slots=True)
@@ -115,15 +128,25 @@ _TOKEN_CLOSE = {
 
 
 class ClientLink:
-    """One client's WebSocket: a bounded outbox and the task that writes it."""
+    """One client's WebSocket: a bounded outbox and the task that writes it.
 
-    def __init__(self, websocket: WebSocket, outbox_size: int) -> None:
+    Whenever the server closes the link (for any reason) it arms a timer: a socket still open
+    ``close_grace`` seconds later is aborted. The close frame is queued behind everything
+    already written, so without the timer a client that never reads its socket (its TCP
+    window full, the writer blocked) would never be closed nor destroyed.
+    """
+
+    def __init__(self, websocket: WebSocket, outbox_size: int, close_grace: float = 2.0) -> None:
         self.websocket = websocket
         self.connection_id: str | None = None
         self.session: Session | None = None
         self._outbox: asyncio.Queue[str | Close] = asyncio.Queue(outbox_size)
         self._writer: asyncio.Task[None] | None = None
         self.closed = False
+        self.close_grace = close_grace
+        self._grace_timer: asyncio.TimerHandle | None = None
+        extension = websocket.scope.get("extensions", {}).get(ABORT_EXTENSION) or {}
+        self._abort: Callable[[], None] | None = extension.get("abort")
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="salon-link-writer")
@@ -154,6 +177,25 @@ class ClientLink:
         while self._outbox.full():
             self._outbox.get_nowait()
         self._outbox.put_nowait(close)
+        if self._grace_timer is None:
+            loop = asyncio.get_running_loop()
+            self._grace_timer = loop.call_later(self.close_grace, self._grace_expired)
+
+    def _grace_expired(self) -> None:
+        """The close did not finish in time: abort the TCP connection (a no-op if it is gone),
+        which wakes the reader (the connection is then destroyed) and the blocked writer."""
+        writer_blocked = self._writer is not None and not self._writer.done()
+        if self._abort is not None:
+            if writer_blocked:
+                logger.warning(
+                    "ClientLink(%s) not closed in %ss, aborting", self.connection_id, self.close_grace
+                )
+            self._abort()
+        elif writer_blocked:
+            assert self._writer is not None
+            self._writer.cancel()  # without the abort hook: at least free the queued messages
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
 
     async def _write(self) -> None:
         ws = self.websocket
@@ -387,7 +429,7 @@ class SignallingService:
     async def serve(self, websocket: WebSocket) -> None:
         """Serve one client for the life of its WebSocket."""
         await websocket.accept()
-        link = ClientLink(websocket, self.config.outbox_size)
+        link = ClientLink(websocket, self.config.outbox_size, self.config.close_grace)
         link.start()
         try:
             await self._serve(link)
@@ -457,6 +499,8 @@ class SignallingService:
             message = await self._receive(link, None)
             if message is None or link.session is None:
                 return  # closed, or force-disconnected while this message was buffered
+            if link.closed:
+                continue  # closing (e.g. a slow consumer): carry nothing out, wait for the end
             await self._handle(link, message)
             # Messages already buffered would otherwise be handled back to back, starving
             # this link's writer: a fast, well-behaved client could be closed as slow.
