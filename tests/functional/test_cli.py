@@ -128,3 +128,38 @@ def test_python_dash_m_salon_shows_help() -> None:
     )
     for command in ("serve", "project", "session", "token", "bench"):
         assert command in out.stdout
+
+
+def test_serve_takes_the_signalling_limits(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import salon.server.run
+    from salon.server.config import ServerConfig
+
+    started: list[ServerConfig] = []
+    monkeypatch.setattr(salon.server.run, "run_server", lambda config, **kwargs: started.append(config))
+    base = ["serve", "--port", "0", "--data-dir", str(tmp_path), "--no-media"]
+    assert main(base) == 0
+    defaults = started.pop().signalling
+    assert (defaults.rate_limit, defaults.rate_burst, defaults.max_per_address) == (50, 200, 200)
+    flags = [
+        "--signalling-rate-limit",
+        "0",
+        "--signalling-rate-burst",
+        "7",
+        "--signalling-max-per-address",
+        "0",
+    ]
+    assert main([*base, *flags]) == 0
+    chosen = started.pop().signalling
+    assert (chosen.rate_limit, chosen.rate_burst, chosen.max_per_address) == (0, 7, 0)
+    capsys.readouterr()
+    for bad, message in [
+        (["--signalling-rate-limit", "-1"], "--signalling-rate-limit"),
+        (["--signalling-rate-limit", "nan"], "--signalling-rate-limit"),
+        (["--signalling-rate-burst", "0"], "--signalling-rate-burst"),
+        (["--signalling-max-per-address", "-5"], "--signalling-max-per-address"),
+    ]:
+        assert main([*base, *bad]) == 1
+        assert message in capsys.readouterr().err
+    assert started == []

@@ -765,17 +765,21 @@ async def test_the_connect_deadline_is_not_reset_by_invalid_messages(tmp_path: A
         assert time.monotonic() - started < 2.5
 
 
-async def test_a_fast_client_sending_a_burst_is_not_closed_as_slow(server: RunningServer) -> None:
-    sid = server.session()
-    client = await WsClient.join(server.url, sid, server.token(sid))
-    # Many requests back to back: every reply and every signal comes back to this client.
-    for i in range(1500):
-        await client.ws.send(
-            json.dumps({"type": "signal", "request_id": i, "signal_type": "t", "data": str(i)})
+async def test_a_fast_client_sending_a_burst_is_not_closed_as_slow(tmp_path: Any) -> None:
+    # Far over the default rate limit (50/s, bursts of 200), which is not what this is about.
+    with start_server(tmp_path, rate_limit=0) as thread:
+        sid = RunningServer(thread.url, API_KEY, API_SECRET, thread).session()
+        client = await WsClient.join(
+            thread.url, sid, RunningServer(thread.url, API_KEY, API_SECRET, thread).token(sid)
         )
-    last = await client.next(lambda m: m["type"] == "signal" and m["data"] == "1499", timeout=30)
-    assert last["from_connection_id"] == client.connection_id
-    await client.close()
+        # Many requests back to back: every reply and every signal comes back to this client.
+        for i in range(1500):
+            await client.ws.send(
+                json.dumps({"type": "signal", "request_id": i, "signal_type": "t", "data": str(i)})
+            )
+        last = await client.next(lambda m: m["type"] == "signal" and m["data"] == "1499", timeout=30)
+        assert last["from_connection_id"] == client.connection_id
+        await client.close()
 
 
 async def test_a_moderator_disconnecting_itself_mid_burst_is_handled(server: RunningServer) -> None:
@@ -815,7 +819,8 @@ async def test_many_bad_clients_do_not_disturb_a_good_one(server: RunningServer)
 async def test_clients_that_never_read_are_dropped_and_the_others_get_every_signal(tmp_path: Any) -> None:
     # Pinged every 0.5 s but with a long heartbeat timeout (and they answer every ping): only
     # their full outboxes can get them dropped.
-    with start_server(tmp_path, heartbeat_interval=0.5, heartbeat_timeout=300.0) as thread:
+    # No rate limit: the sender pipelines thousands of signals.
+    with start_server(tmp_path, heartbeat_interval=0.5, heartbeat_timeout=300.0, rate_limit=0) as thread:
         server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
         sid = server.session()
         watcher = await WsClient.join(server.url, sid, server.token(sid))
@@ -883,3 +888,102 @@ async def test_clients_that_never_read_are_dropped_and_the_others_get_every_sign
                 await client.close()
             await sender.close()
             await watcher.close()
+
+
+# -- rate and connection limits ----------------------------------------------------------------
+
+
+async def test_requests_over_the_rate_limit_are_refused_and_a_client_that_keeps_going_is_closed(
+    tmp_path: Any,
+) -> None:
+    with start_server(tmp_path, rate_limit=4, rate_burst=10) as thread:
+        server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
+        sid = server.session()
+        watcher = await WsClient.join(server.url, sid, server.token(sid))
+        # connect took one token
+        flood = await WsClient.join(server.url, sid, server.token(sid))
+        await watcher.next("connection_created")
+        # Fewer than 10 over: refused, not yet closed.
+        for i in range(15):
+            await flood.send({"type": "signal", "request_id": i, "signal_type": "t", "data": str(i)})
+        replies = [await flood.next(lambda m, i=i: m.get("request_id") == i) for i in range(15)]
+        acked = [r["request_id"] for r in replies if r["type"] == "ack"]
+        refused = [r for r in replies if r["type"] == "error"]
+        # 9 tokens left after connect, plus 4 a second while these went out.
+        assert 9 <= len(acked) <= 14, replies
+        assert acked == list(range(len(acked)))
+        assert refused and {r["code"] for r in refused} == {"rate_limited"}, refused
+        assert all(r["message"] for r in refused)
+        # Refused signals were not carried out: the watcher got exactly the acked ones.
+        got = []
+        while len(got) < len(acked):
+            got.append((await watcher.next("signal"))["data"])
+        assert got == [str(i) for i in acked]
+        assert [m for m in await watcher.quiet() if m["type"] == "signal"] == []
+        # Backing off, the client is served again.
+        await asyncio.sleep(1.5)
+        reply = await flood.request({"type": "signal", "signal_type": "t", "data": "later"}, timeout=10)
+        assert reply["type"] in ("ack", "error")
+        while reply["type"] == "error":
+            assert reply["code"] == "rate_limited", reply
+            await asyncio.sleep(1.0)
+            reply = await flood.request({"type": "signal", "signal_type": "t", "data": "later"})
+        assert (await watcher.next("signal"))["data"] == "later"
+        # Going on regardless: closed with 4029 once 10 more than allowed were refused.
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for i in range(100):
+                await flood.send({"type": "signal", "request_id": 100 + i, "signal_type": "t", "data": "x"})
+        code, reason = await flood.closed()
+        assert (code, reason) == (4029, "too many requests")
+        gone = await watcher.next("connection_destroyed")
+        assert (gone["connection_id"], gone["reason"]) == (flood.connection_id, "clientDisconnected")
+        await watcher.close()
+
+
+async def test_a_flood_before_connect_is_refused_too(tmp_path: Any) -> None:
+    with start_server(tmp_path, rate_limit=1, rate_burst=5) as thread:
+        server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
+        sid = server.session()
+        client = await WsClient.open(server.url)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(5):
+                await client.send("{garbage")
+            await client.send(
+                {"type": "connect", "request_id": 1, "session_id": sid, "token": server.token(sid)}
+            )
+        refused = await client.next(lambda m: m.get("request_id") == 1)
+        assert (refused["type"], refused["code"]) == ("error", "rate_limited"), refused
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(20):
+                await client.send("{garbage")
+        assert (await client.closed())[0] == 4029
+
+
+async def test_connections_over_the_per_address_limit_are_refused_with_429(tmp_path: Any) -> None:
+    with start_server(tmp_path, max_per_address=3) as thread:
+        server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
+        sid = server.session()
+        first = await WsClient.join(server.url, sid, server.token(sid))
+        others = [await WsClient.open(server.url) for _ in range(2)]  # not connected yet: they count
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await WsClient.open(server.url)
+        response = refused.value.response
+        assert response.status_code == 429
+        body = json.loads(response.body)
+        assert body["code"] == "too_many_connections" and "3" in body["message"]
+        # The others are unaffected; once one leaves, a new one gets in.
+        await first.request({"type": "signal", "signal_type": "t", "data": "fine"})
+        assert (await first.next("signal"))["data"] == "fine"
+        await others[0].close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            try:
+                late = await WsClient.join(server.url, sid, server.token(sid))
+                break
+            except websockets.InvalidStatus as exc:  # the server may not have seen the close yet
+                assert exc.response.status_code == 429 and loop.time() < deadline
+                await asyncio.sleep(0.1)
+        assert (await first.next("connection_created"))["connection"]["connection_id"] == late.connection_id
+        for client in (first, others[1], late):
+            await client.close()

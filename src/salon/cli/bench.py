@@ -217,6 +217,7 @@ class _ServerProcess:
         env["PYTHONUNBUFFERED"] = "1"
         command = [sys.executable, "-m", "salon", "serve", "--host", "127.0.0.1", "--port", "0"]
         command += ["--data-dir", str(self.data_dir / "data"), "--log-level", self.log_level]
+        command += ["--signalling-max-per-address", "0", "--signalling-rate-limit", "0"]  # all from 127.0.0.1
         with open(self._stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
                 command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr

@@ -90,6 +90,7 @@ class _ServerProcess:
         env.pop("SALON_DATABASE_URL", None)
         command = [sys.executable, "-m", "salon", "serve", "--port", "0", "--log-level", "warning"]
         command += ["--data-dir", str(self.tmp / "data")]
+        command += ["--signalling-max-per-address", "0", "--signalling-rate-limit", "0"]  # all from 127.0.0.1
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         fd, buffer, deadline = self.proc.stdout.fileno(), b"", time.monotonic() + 30

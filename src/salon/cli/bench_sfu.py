@@ -287,6 +287,7 @@ class _Server:
         env["PYTHONUNBUFFERED"] = "1"
         command = [sys.executable, "-m", "salon", "serve", "--host", "127.0.0.1", "--port", "0"]
         command += ["--data-dir", str(self.data_dir / "data"), "--log-level", "warning"]
+        command += ["--signalling-max-per-address", "0", "--signalling-rate-limit", "0"]  # all from 127.0.0.1
         if self.workers is not None:
             command += ["--workers", str(self.workers)]
         with open(self._log_path, "wb") as log:

@@ -17,6 +17,7 @@ from salon.errors import SalonError
 from salon.ids import decode_session_id, encode_session_id
 from salon.media.ice_policy import parse_networks
 from salon.server.config import ServerConfig
+from salon.signalling.service import SignallingConfig
 from salon.store import Project, Store, database_url_for
 from salon.tokens import Role, generate_token
 
@@ -102,6 +103,30 @@ def _parser() -> argparse.ArgumentParser:
         "--callback-url",
         metavar="URL",
         help="session-monitoring (and archive) callback URL of the project of SALON_API_KEY (or the first)",
+    )
+    serve.add_argument(
+        "--signalling-rate-limit",
+        type=float,
+        default=50.0,
+        metavar="N",
+        help="messages per second one signalling connection may send on average; over it requests "
+        "get rate_limited (default 50; 0: no limit)",
+    )
+    serve.add_argument(
+        "--signalling-rate-burst",
+        type=int,
+        default=200,
+        metavar="N",
+        help="messages a signalling connection may send at once before the rate limit applies; "
+        "this many more while refused closes it with 4029 (default 200)",
+    )
+    serve.add_argument(
+        "--signalling-max-per-address",
+        type=int,
+        default=200,
+        metavar="N",
+        help="signalling WebSockets open at once from one client IP address; more are refused "
+        "with HTTP 429 (default 200; 0: no limit)",
     )
     _add_store_options(serve)
 
@@ -232,7 +257,19 @@ def _serve(args: argparse.Namespace) -> int:
         parse_networks([*args.ice_allow, *args.ice_deny])
     except ValueError as exc:
         raise SalonError(f"--ice-allow/--ice-deny: {exc}") from None
+    if not args.signalling_rate_limit >= 0:  # NaN too
+        raise SalonError("--signalling-rate-limit must be 0 (no limit) or more")
+    if args.signalling_rate_burst < 1:
+        raise SalonError("--signalling-rate-burst must be at least 1")
+    if args.signalling_max_per_address < 0:
+        raise SalonError("--signalling-max-per-address must be 0 (no limit) or more")
+    signalling = SignallingConfig(
+        rate_limit=args.signalling_rate_limit,
+        rate_burst=args.signalling_rate_burst,
+        max_per_address=args.signalling_max_per_address,
+    )
     config = ServerConfig.from_env(
+        signalling=signalling,
         host=args.host,
         port=args.port,
         data_dir=pathlib.Path(args.data_dir),

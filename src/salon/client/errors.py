@@ -50,6 +50,7 @@ __all__ = [
     "MediaUnavailable",
     "NotFound",
     "PermissionDenied",
+    "RateLimited",
     "RequestRefused",
     "ServerError",
     "SessionNotFound",
@@ -138,6 +139,11 @@ class MediaRejected(RequestRefused):
     """The server refused the SDP offer or an ICE candidate (malformed or unsupported)."""
 
 
+class RateLimited(RequestRefused):
+    """The connection sent requests faster than the server's rate limit: slow down and retry.
+    (Keeping on sending while refused gets the connection closed.)"""
+
+
 class ServerError(RequestRefused):
     """The server failed while handling the request: its fault; retrying may work."""
 
@@ -174,6 +180,7 @@ _BY_CODE: dict[ErrorCode, type[RequestRefused]] = {
     ErrorCode.UNSUPPORTED_MEDIA: MediaRejected,
     ErrorCode.CANDIDATE_REFUSED: MediaRejected,
     ErrorCode.INTERNAL_ERROR: ServerError,
+    ErrorCode.RATE_LIMITED: RateLimited,
 }
 
 

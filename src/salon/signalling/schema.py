@@ -112,6 +112,9 @@ class ErrorCode(enum.StrEnum):
     """A subscribe offer from a peer connection whose server transport is gone (its media
     worker failed): subscribe again from a new peer connection."""
     INTERNAL_ERROR = "internal_error"
+    RATE_LIMITED = "rate_limited"
+    """The connection sent more requests than its rate limit allows (50 a second, bursts of
+    200, by default): the request was not carried out. Slow down."""
 
 
 class CloseCode(enum.IntEnum):
@@ -135,6 +138,8 @@ class CloseCode(enum.IntEnum):
     FORCE_DISCONNECTED = 4009
     SLOW_CONSUMER = 4010
     """The client did not read its messages fast enough."""
+    RATE_LIMITED = 4029
+    """The client kept sending while its requests were refused as ``rate_limited``."""
 
 
 class DisconnectReason(enum.StrEnum):

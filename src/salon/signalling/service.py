@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from salon.errors import ClientError, NotFoundError, SalonError, TokenError
@@ -31,6 +32,7 @@ from salon.signalling.ice import IceSettings
 from salon.signalling.levels import LevelThrottle, check_levels
 from salon.signalling.media import MediaPlane, SignallingOnly
 from salon.signalling.observer import SessionObserver
+from salon.signalling.ratelimit import TokenBucket, Verdict
 from salon.signalling.schema import (
     CLIENT_MESSAGE_TYPES,
     AckMessage,
@@ -93,6 +95,12 @@ class SignallingConfig:
     :param close_grace: seconds a socket the server closed has to finish closing (its queued
         messages and the close frame written, the client's close received) before its TCP
         connection is aborted: a client that never reads cannot hold it open.
+    :param rate_limit: messages per second one socket may send on average (0: no limit);
+        over it a request is refused with ``rate_limited`` (:mod:`salon.signalling.ratelimit`).
+    :param rate_burst: messages one socket may send at once before the rate limit applies; a
+        socket that sends this many more while refused is closed with 4029.
+    :param max_per_address: WebSockets open at once from one client IP address (0: no
+        limit); over it the upgrade is refused with HTTP 429.
     """
 
     heartbeat_interval: float = 2.0
@@ -100,6 +108,9 @@ class SignallingConfig:
     connect_timeout: float = 10.0
     outbox_size: int = 1024
     close_grace: float = 2.0
+    rate_limit: float = 50.0
+    rate_burst: int = 200
+    max_per_address: int = 200
 
 
 @dataclass(slots=True)
@@ -147,6 +158,8 @@ class ClientLink:
         self._grace_timer: asyncio.TimerHandle | None = None
         extension = websocket.scope.get("extensions", {}).get(ABORT_EXTENSION) or {}
         self._abort: Callable[[], None] | None = extension.get("abort")
+        #: The request rate limit; None when switched off.
+        self.bucket: TokenBucket | None = None
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="salon-link-writer")
@@ -242,6 +255,8 @@ class SignallingService:
         #: The STUN/TURN servers handed to each connection in ``connected``.
         self.ice = ice or IceSettings()
         self._voices: dict[str, _Voices] = {}
+        #: WebSockets open per client IP address (for ``max_per_address``).
+        self._per_address: dict[str, int] = {}
         #: Sessions whose mute-all state is on (session ID -> excluded stream IDs). It outlives
         #: the live :class:`Session` (until switched off or the server stops), as in OpenTok.
         self._mute_all: dict[str, frozenset[str]] = {}
@@ -428,8 +443,36 @@ class SignallingService:
 
     async def serve(self, websocket: WebSocket) -> None:
         """Serve one client for the life of its WebSocket."""
+        address = websocket.client.host if websocket.client is not None else None
+        limit = self.config.max_per_address
+        if address is not None and limit > 0:
+            if self._per_address.get(address, 0) >= limit:
+                logger.warning("refused a WebSocket from %s: %d open from that address", address, limit)
+                await _refuse_upgrade(
+                    websocket,
+                    429,
+                    "too_many_connections",
+                    f"at most {limit} signalling connections from one address",
+                )
+                return
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+        try:
+            await self._serve_accepted(websocket)
+        finally:
+            if address is not None and limit > 0:
+                left = self._per_address[address] - 1
+                if left:
+                    self._per_address[address] = left
+                else:
+                    del self._per_address[address]
+
+    async def _serve_accepted(self, websocket: WebSocket) -> None:
         await websocket.accept()
         link = ClientLink(websocket, self.config.outbox_size, self.config.close_grace)
+        if self.config.rate_limit > 0:
+            link.bucket = TokenBucket(
+                self.config.rate_limit, max(1, self.config.rate_burst), asyncio.get_running_loop().time()
+            )
         link.start()
         try:
             await self._serve(link)
@@ -464,15 +507,31 @@ class SignallingService:
                 text = data.decode("utf-8", "replace")
             if link.session is not None and link.connection_id is not None:
                 link.session.touch(link.connection_id, time.monotonic())
+            verdict = Verdict.ALLOW if link.bucket is None else link.bucket.take(loop.time())
+            if verdict is Verdict.CLOSE:
+                logger.warning("ClientLink(%s) kept going over its rate limit, closing", link.connection_id)
+                link.close(CloseCode.RATE_LIMITED, "too many requests")
+                return None
             if len(text) > MAX_MESSAGE_SIZE:
                 link.send(
                     ErrorMessage(code=ErrorCode.MESSAGE_TOO_LARGE, message="messages are at most 64 KiB")
                 )
                 continue
             try:
-                return client_message_adapter.validate_json(text)
+                message = client_message_adapter.validate_json(text)
             except ValidationError as exc:
                 link.send(_schema_error(text, exc))
+                continue
+            if verdict is Verdict.ALLOW:
+                return message
+            if not isinstance(message, PongMessage):  # a pong still proves liveness
+                link.send(
+                    ErrorMessage(
+                        request_id=message.request_id,
+                        code=ErrorCode.RATE_LIMITED,
+                        message=f"over {self.config.rate_limit:g} requests a second: slow down",
+                    )
+                )
 
     async def _serve(self, link: ClientLink) -> None:
         deadline = asyncio.get_running_loop().time() + self.config.connect_timeout
@@ -760,6 +819,17 @@ class SignallingService:
             raise NotFoundError(f"no connection {connection_id} in this session")
         await self.carry_out(session, session.force_disconnect(connection_id))
         await self._after_force_disconnect(session, connection_id)
+
+
+async def _refuse_upgrade(websocket: WebSocket, status: int, code: str, message: str) -> None:
+    """Refuse a WebSocket before accepting it: an HTTP ``status`` with a JSON body where the
+    server supports it (uvicorn does), else the close before accept (HTTP 403)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            JSONResponse({"code": code, "message": message}, status_code=status)
+        )
+    else:
+        await websocket.close(int(CloseCode.GOING_AWAY), message)
 
 
 def _error_code(exc: SalonError) -> ErrorCode:
