@@ -46,6 +46,7 @@ EXPECTED = [
     "PermissionDenied",
     "Publisher",
     "PublisherStats",
+    "RateLimited",
     "Reconnected",
     "Reconnecting",
     "RequestRefused",
@@ -97,6 +98,7 @@ def test_every_event_is_a_frozen_dataclass_exported() -> None:
         (ErrorCode.MEDIA_UNAVAILABLE, errors.MediaUnavailable),
         (ErrorCode.INVALID_SDP, errors.MediaRejected),
         (ErrorCode.INTERNAL_ERROR, errors.ServerError),
+        (ErrorCode.RATE_LIMITED, errors.RateLimited),
     ],
 )
 def test_server_error_codes_map_to_typed_errors_that_say_what_was_refused(
