@@ -987,3 +987,28 @@ async def test_connections_over_the_per_address_limit_are_refused_with_429(tmp_p
         assert (await first.next("connection_created"))["connection"]["connection_id"] == late.connection_id
         for client in (first, others[1], late):
             await client.close()
+
+
+# -- shutdown ----------------------------------------------------------------------------------
+
+
+async def test_at_shutdown_every_socket_connected_or_not_is_closed_with_1001(tmp_path: Any) -> None:
+    thread = start_server(tmp_path, heartbeat_timeout=60.0).__enter__()
+    stopped = False
+    try:
+        server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
+        sid = server.session()
+        a = await WsClient.join(server.url, sid, server.token(sid))
+        b = await WsClient.join(server.url, sid, server.token(sid))
+        waiting = await WsClient.open(server.url)  # open, no connect yet
+        await a.next("connection_created")
+        await b.send({"type": "signal", "request_id": 1, "signal_type": "t", "data": "last words"})
+        assert (await a.next("signal"))["data"] == "last words"
+        stopped = True
+        await asyncio.to_thread(thread.__exit__, None, None, None)
+        for client in (a, b, waiting):
+            assert await client.closed() == (1001, "server shutting down")
+        assert not thread._thread.is_alive()
+    finally:
+        if not stopped:
+            thread.__exit__(None, None, None)

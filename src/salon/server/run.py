@@ -15,9 +15,13 @@ from websockets.http11 import Request
 
 from salon.server.app import create_app
 from salon.server.config import ServerConfig
-from salon.signalling.service import ABORT_EXTENSION
+from salon.signalling.service import ABORT_EXTENSION, SignallingService
 
 __all__ = ["Server", "ServerThread", "run_server"]
+
+#: At shutdown, how long the signalling links have to write their 1001 close frames before
+#: uvicorn closes what is left.
+GOING_AWAY_TIMEOUT = 2.0
 
 _T = TypeVar("_T")
 
@@ -66,6 +70,18 @@ class Server(uvicorn.Server):
         if self.on_ready is not None:
             self.on_ready(self.url)
         self.ready.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting connections, close every signalling WebSocket with 1001 (going
+        away) after what is queued for it, then shut down as uvicorn does (whose own close of
+        a WebSocket still open would say 1012)."""
+        for server in self.servers:
+            server.close()
+        state = getattr(self.config.app, "state", None)
+        service = getattr(state, "signalling", None)
+        if isinstance(service, SignallingService):
+            await service.going_away(GOING_AWAY_TIMEOUT)
+        await super().shutdown(sockets)
 
 
 def uvicorn_config(

@@ -164,6 +164,11 @@ class ClientLink:
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="salon-link-writer")
 
+    @property
+    def writer(self) -> asyncio.Task[None] | None:
+        """The task writing the outbox (done once the close frame is written)."""
+        return self._writer
+
     def send_text(self, text: str) -> None:
         """Queue a message without waiting; close the link if the client cannot keep up."""
         if self.closed:
@@ -257,6 +262,8 @@ class SignallingService:
         self._voices: dict[str, _Voices] = {}
         #: WebSockets open per client IP address (for ``max_per_address``).
         self._per_address: dict[str, int] = {}
+        #: Every open link, connected or not (``links`` has the connected ones by ID).
+        self._open_links: set[ClientLink] = set()
         #: Sessions whose mute-all state is on (session ID -> excluded stream IDs). It outlives
         #: the live :class:`Session` (until switched off or the server stops), as in OpenTok.
         self._mute_all: dict[str, frozenset[str]] = {}
@@ -276,6 +283,18 @@ class SignallingService:
             voices.cancel()
         for link in list(self.links.values()):
             link.close(CloseCode.GOING_AWAY, "server shutting down")
+
+    async def going_away(self, timeout: float) -> None:
+        """Close every WebSocket with 1001 (going away), connected or not, after the messages
+        already queued; wait up to ``timeout`` seconds for the close frames to be written.
+        (Closes that do not finish are aborted after ``close_grace``, as always.) Called when
+        the server shuts down, before the HTTP layer closes the sockets itself."""
+        links = list(self._open_links)
+        for link in links:
+            link.close(CloseCode.GOING_AWAY, "server shutting down")
+        writers = [w for link in links if (w := link.writer) is not None and not w.done()]
+        if writers:
+            await asyncio.wait(writers, timeout=timeout)
 
     async def _heartbeat(self) -> None:
         interval = self.config.heartbeat_interval
@@ -474,16 +493,18 @@ class SignallingService:
                 self.config.rate_limit, max(1, self.config.rate_burst), asyncio.get_running_loop().time()
             )
         link.start()
+        self._open_links.add(link)
         try:
             await self._serve(link)
         finally:
+            self._open_links.discard(link)
             if link.session is not None and link.connection_id is not None:
                 await self.leave(link.session, link.connection_id, DisconnectReason.CLIENT_DISCONNECTED)
                 if self.links.get(link.connection_id) is link:
                     del self.links[link.connection_id]
             link.close(CloseCode.NORMAL, "")
             # Let the writer flush the close, then make sure it is gone.
-            writer = link._writer
+            writer = link.writer
             if writer is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(writer), 1.0)

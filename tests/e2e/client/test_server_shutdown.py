@@ -1,8 +1,8 @@
 """The server shuts down with clients connected and media flowing.
 
-Raw WebSocket clients get close code 1012 (service restart: uvicorn closes every socket
-before the signalling service's own 1001 could go out; docs/protocol.md §10); the SDK's
-sessions end cleanly, one without reconnection at once (``networkDisconnected``, the close
+Raw WebSocket clients get close code 1001 (going away: the server closes every signalling
+socket itself, after what is queued for it, before uvicorn's own shutdown; docs/protocol.md
+§10); the SDK's sessions end cleanly, one without reconnection at once (``networkDisconnected``, the close
 code in the detail), one with reconnection after trying for its ``reconnect_timeout``
 (``Reconnecting``, then ``networkDisconnected``): no hang, no task left behind, no
 exception nobody retrieved. No media worker process outlives the server.
@@ -70,7 +70,7 @@ async def test_clients_connected_at_shutdown_are_told_and_end_cleanly(tmp_path: 
         stopped = True
         await asyncio.to_thread(thread.__exit__, None, None, None)
 
-        assert (await raw.closed(timeout=10))[0] == 1012
+        assert await raw.closed(timeout=10) == (1001, "server shutting down")
         async with asyncio.timeout(10):
             assert await alice.wait_disconnected() is SessionEndReason.NETWORK_DISCONNECTED
         async with asyncio.timeout(20):
@@ -80,7 +80,7 @@ async def test_clients_connected_at_shutdown_are_told_and_end_cleanly(tmp_path: 
             thread.__exit__(None, None, None)
 
     (alice_end,) = alice_log.of(Disconnected)
-    assert isinstance(alice_end, Disconnected) and "1012" in alice_end.detail, alice_end
+    assert isinstance(alice_end, Disconnected) and "1001" in alice_end.detail, alice_end
     assert not alice_log.of(Reconnecting)
     assert bob_log.of(Reconnecting), "bob did not try to reconnect"
     (bob_end,) = bob_log.of(Disconnected)
