@@ -80,6 +80,30 @@ def _parser() -> argparse.ArgumentParser:
         "--no-demo", action="store_true", help="switch off POST /demo/join (the web app's token endpoint)"
     )
     serve.add_argument(
+        "--demo-rate-burst",
+        type=int,
+        metavar="N",
+        help="demo joins a client address may make at once (default 5), then one per --demo-rate-interval",
+    )
+    serve.add_argument(
+        "--demo-rate-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds per further demo join of a client address (default 10)",
+    )
+    serve.add_argument(
+        "--max-body-size",
+        type=int,
+        metavar="BYTES",
+        help="the largest request body accepted (default 1048576); larger ones get 413 unread",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated addresses/networks of trusted reverse proxies whose X-Forwarded-For "
+        "names the client (default: none, the TCP peer is the client; '*' trusts any)",
+    )
+    serve.add_argument(
         "--workers", type=int, metavar="N", help="media worker processes (default: one per CPU core)"
     )
     serve.add_argument(
@@ -228,6 +252,12 @@ def _serve(args: argparse.Namespace) -> int:
             raise SalonError("the RTC port range must be within 1-65535, min <= max")
     if args.workers is not None and args.workers < 1:
         raise SalonError("--workers must be at least 1")
+    if args.max_body_size is not None and args.max_body_size < 1024:
+        raise SalonError("--max-body-size must be at least 1024 bytes")
+    if args.demo_rate_burst is not None and args.demo_rate_burst < 1:
+        raise SalonError("--demo-rate-burst must be at least 1")
+    if args.demo_rate_interval is not None and not args.demo_rate_interval > 0:
+        raise SalonError("--demo-rate-interval must be above 0")
     try:
         parse_networks([*args.ice_allow, *args.ice_deny])
     except ValueError as exc:
@@ -249,6 +279,10 @@ def _serve(args: argparse.Namespace) -> int:
         turn_secret=_read_secret(args.turn_secret_file) if args.turn_secret_file else None,
         turn_ttl=args.turn_ttl,
         callback_url=args.callback_url,
+        max_body_size=args.max_body_size,
+        demo_rate_burst=args.demo_rate_burst,
+        demo_rate_interval=args.demo_rate_interval,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     if args.callback_url and not args.callback_url.startswith(("http://", "https://")):
         raise SalonError(f"--callback-url must be http:// or https://, not {args.callback_url!r}")

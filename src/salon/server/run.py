@@ -59,6 +59,10 @@ def uvicorn_config(
         log_level=log_level,
         access_log=log_level == "debug",
         server_header=False,
+        # X-Forwarded-For is believed only from the proxies named by --forwarded-allow-ips
+        # (uvicorn's own default would believe any local process).
+        proxy_headers=config.forwarded_allow_ips is not None,
+        forwarded_allow_ips=config.forwarded_allow_ips,
     )
 
 
