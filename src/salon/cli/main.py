@@ -147,6 +147,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_store_options(update)
 
+    delete = project_commands.add_parser(
+        "delete", help="delete a project and its sessions: its secret stops working at once"
+    )
+    delete.add_argument("api_key")
+    _add_store_options(delete)
+    rotate = project_commands.add_parser(
+        "rotate-secret", help="give a project a new API secret (printed); the old one works for --grace"
+    )
+    rotate.add_argument("api_key")
+    rotate.add_argument(
+        "--grace",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long the old secret keeps working (default 300; 0 revokes it at once)",
+    )
+    _add_store_options(rotate)
+
     callbacks = commands.add_parser("callbacks", help="the callback outbox")
     callbacks_commands = callbacks.add_subparsers(dest="callbacks_command", required=True)
     status = callbacks_commands.add_parser("status", help="pending, delivered and given-up callbacks")
@@ -358,6 +376,22 @@ async def _store_command(args: argparse.Namespace) -> int:
             print(
                 json.dumps(
                     {"api_key": project.api_key, "api_secret": project.api_secret, "name": project.name}
+                )
+            )
+        elif args.command == "project" and args.project_command == "delete":
+            await store.delete_project(args.api_key)
+            print(json.dumps({"api_key": args.api_key, "deleted": True}))
+        elif args.command == "project" and args.project_command == "rotate-secret":
+            if not args.grace >= 0:
+                raise SalonError("--grace must be 0 or more seconds")
+            project = await store.rotate_secret(args.api_key, grace=args.grace)
+            print(
+                json.dumps(
+                    {
+                        "api_key": project.api_key,
+                        "api_secret": project.api_secret,
+                        "previous_secret_expires_at": project.previous_secret_expires_at,
+                    }
                 )
             )
         elif args.command == "project" and args.project_command == "update":
