@@ -256,11 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from salon.redact import install as install_redaction
     from salon.server.run import run_server
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_redaction()  # no log level writes a secret or a token
     if (args.rtc_min_port is None) != (args.rtc_max_port is None):
         raise SalonError("--rtc-min-port and --rtc-max-port go together")
     port_range = None

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from salon.redact import install as install_redaction
+from salon.redact import register_secret
 from salon.server.app import create_app
 from salon.server.config import ServerConfig
 
@@ -47,7 +49,8 @@ class Server(uvicorn.Server):
 def uvicorn_config(
     config: ServerConfig, *, log_level: str = "info", announce: Callable[[str], None] = print
 ) -> uvicorn.Config:
-    return uvicorn.Config(
+    register_secret(config.api_secret, config.turn_secret, config.turn_password)
+    uv_config = uvicorn.Config(
         create_app(config, announce=announce),
         host=config.host,
         port=config.port,
@@ -64,6 +67,8 @@ def uvicorn_config(
         proxy_headers=config.forwarded_allow_ips is not None,
         forwarded_allow_ips=config.forwarded_allow_ips,
     )
+    install_redaction()  # after uvicorn configured its loggers
+    return uv_config
 
 
 def run_server(config: ServerConfig, *, log_level: str = "info") -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from salon.errors import ConflictError, InvalidRequestError, NotFoundError, ServerError
+from salon.redact import register_secret
 from salon.store import migrations
 
 __all__ = ["CallbackEvent", "NewCallback", "Project", "SessionRecord", "Store", "database_url_for"]
@@ -166,7 +167,8 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = _async_url(url)
-        self._engine: AsyncEngine = create_async_engine(self.url)
+        # hide_parameters: SQL logging (INFO) never shows the values, e.g. an API secret.
+        self._engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True)
 
     async def open(self) -> None:
         """Create the tables, or upgrade an existing database in place to the newest schema."""
@@ -190,6 +192,7 @@ class Store:
             raise InvalidRequestError("an API key must be 1 to 64 characters, without '~' or '/'")
         if len(api_secret) < 16:
             raise InvalidRequestError("an API secret must be at least 16 characters")
+        register_secret(api_secret)
         project = Project(api_key=api_key, api_secret=api_secret, name=name, created_at=_now_ms())
         _check_fits(projects, project)
         try:
@@ -205,11 +208,11 @@ class Store:
         if "\x00" in api_key:  # never stored; PostgreSQL refuses NUL in text
             return None
         rows = await self._select(sa.select(projects).where(projects.c.api_key == api_key))
-        return Project(**rows[0]) if rows else None
+        return _project(rows[0]) if rows else None
 
     async def list_projects(self) -> list[Project]:
         rows = await self._select(sa.select(projects).order_by(projects.c.created_at))
-        return [Project(**row) for row in rows]
+        return [_project(row) for row in rows]
 
     async def create_session(
         self, api_key: str, session_id: str, *, media_mode: str, archive_mode: str, location: str, e2ee: bool
@@ -438,6 +441,13 @@ class Store:
                 return [dict(row._mapping) for row in result]
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+
+
+def _project(row: dict[str, Any]) -> Project:
+    """A project read from the store; its secrets are never logged from now on."""
+    project = Project(**row)
+    register_secret(project.api_secret, project.previous_secret, project.signature_secret)
+    return project
 
 
 def _check_fits(table: sa.Table, value: Project | SessionRecord) -> None:
