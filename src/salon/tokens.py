@@ -169,8 +169,9 @@ def generate_token(
     return "T1==" + base64.b64encode(inner.encode()).decode()
 
 
-SecretLookup = Callable[[str], str | None]
-"""Returns the API secret of the project with this API key, or None if there is none."""
+SecretLookup = Callable[[str], str | Sequence[str] | None]
+"""Returns the API secret of the project with this API key, or None if there is none; or the
+secrets it may be signed with (the current one and, during a rotation's grace period, the old)."""
 
 
 def verify_token(
@@ -217,11 +218,12 @@ def _role(value: object) -> Role:
         raise TokenError(f"the token has an unknown role {value!r}") from exc
 
 
-def _lookup(secret_for: SecretLookup, api_key: str) -> str:
-    secret = secret_for(api_key)
-    if secret is None:
+def _lookup(secret_for: SecretLookup, api_key: str) -> tuple[str, ...]:
+    found = secret_for(api_key)
+    secrets = (found,) if isinstance(found, str) else tuple(found or ())
+    if not secrets:
         raise TokenError("the token's project does not exist", code="unknown_project")
-    return secret
+    return secrets
 
 
 #: Times beyond this (either way) are refused: no real token has them, and an unbounded
@@ -261,9 +263,11 @@ def _verify_t1(token: str, secret_for: SecretLookup, now: int) -> TokenClaims:
         raise TokenError("the token is malformed")
     meta_fields = dict(urllib.parse.parse_qsl(meta))
     api_key = meta_fields.get("partner_id", "")
-    secret = _lookup(secret_for, api_key)
-    expected = hmac.new(secret.encode(), payload.encode(), hashlib.sha1).hexdigest()
-    if not hmac.compare_digest(expected, meta_fields.get("sig", "")):
+    sig = meta_fields.get("sig", "")
+    if not any(
+        hmac.compare_digest(hmac.new(secret.encode(), payload.encode(), hashlib.sha1).hexdigest(), sig)
+        for secret in _lookup(secret_for, api_key)
+    ):
         raise TokenError("the token's signature is invalid", code="invalid_signature")
     fields = dict(urllib.parse.parse_qsl(payload, keep_blank_values=True))
     try:
@@ -293,18 +297,21 @@ def _verify_jwt(token: str, secret_for: SecretLookup, now: int) -> TokenClaims:
     if header.get("alg") != "HS256":
         raise TokenError("the token must be signed with HS256")
     api_key = str(unverified.get("iss", ""))
-    secret = _lookup(secret_for, api_key)
-    try:
-        claims = jwt.decode(
-            token,
-            secret,
-            algorithms=["HS256"],
-            options={"verify_exp": False, "verify_iat": False, "require": ["exp", "session_id"]},
-        )
-    except jwt.InvalidSignatureError as exc:
-        raise TokenError("the token's signature is invalid", code="invalid_signature") from exc
-    except jwt.PyJWTError as exc:
-        raise TokenError(f"the token is invalid: {exc}") from exc
+    secrets = _lookup(secret_for, api_key)
+    for i, secret in enumerate(secrets):
+        try:
+            claims = jwt.decode(
+                token,
+                secret,
+                algorithms=["HS256"],
+                options={"verify_exp": False, "verify_iat": False, "require": ["exp", "session_id"]},
+            )
+            break
+        except jwt.InvalidSignatureError as exc:
+            if i == len(secrets) - 1:
+                raise TokenError("the token's signature is invalid", code="invalid_signature") from exc
+        except jwt.PyJWTError as exc:
+            raise TokenError(f"the token is invalid: {exc}") from exc
     if claims.get("ist") != "project" or claims.get("scope") != "session.connect":
         raise TokenError("the token is not a session.connect token of a project")
     layout = claims.get("initial_layout_class_list", "")

@@ -81,6 +81,30 @@ def _parser() -> argparse.ArgumentParser:
         "--no-demo", action="store_true", help="switch off POST /demo/join (the web app's token endpoint)"
     )
     serve.add_argument(
+        "--demo-rate-burst",
+        type=int,
+        metavar="N",
+        help="demo joins a client address may make at once (default 5), then one per --demo-rate-interval",
+    )
+    serve.add_argument(
+        "--demo-rate-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds per further demo join of a client address (default 10)",
+    )
+    serve.add_argument(
+        "--max-body-size",
+        type=int,
+        metavar="BYTES",
+        help="the largest request body accepted (default 1048576); larger ones get 413 unread",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated addresses/networks of trusted reverse proxies whose X-Forwarded-For "
+        "names the client (default: none, the TCP peer is the client; '*' trusts any)",
+    )
+    serve.add_argument(
         "--workers", type=int, metavar="N", help="media worker processes (default: one per CPU core)"
     )
     serve.add_argument(
@@ -147,6 +171,24 @@ def _parser() -> argparse.ArgumentParser:
         "--signature-secret", metavar="S", help="signs each callback (HS256 JWT; '' to clear)"
     )
     _add_store_options(update)
+
+    delete = project_commands.add_parser(
+        "delete", help="delete a project and its sessions: its secret stops working at once"
+    )
+    delete.add_argument("api_key")
+    _add_store_options(delete)
+    rotate = project_commands.add_parser(
+        "rotate-secret", help="give a project a new API secret (printed); the old one works for --grace"
+    )
+    rotate.add_argument("api_key")
+    rotate.add_argument(
+        "--grace",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long the old secret keeps working (default 300; 0 revokes it at once)",
+    )
+    _add_store_options(rotate)
 
     callbacks = commands.add_parser("callbacks", help="the callback outbox")
     callbacks_commands = callbacks.add_subparsers(dest="callbacks_command", required=True)
@@ -239,11 +281,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from salon.redact import install as install_redaction
     from salon.server.run import run_server
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_redaction()  # no log level writes a secret or a token
     if (args.rtc_min_port is None) != (args.rtc_max_port is None):
         raise SalonError("--rtc-min-port and --rtc-max-port go together")
     port_range = None
@@ -253,6 +297,12 @@ def _serve(args: argparse.Namespace) -> int:
             raise SalonError("the RTC port range must be within 1-65535, min <= max")
     if args.workers is not None and args.workers < 1:
         raise SalonError("--workers must be at least 1")
+    if args.max_body_size is not None and args.max_body_size < 1024:
+        raise SalonError("--max-body-size must be at least 1024 bytes")
+    if args.demo_rate_burst is not None and args.demo_rate_burst < 1:
+        raise SalonError("--demo-rate-burst must be at least 1")
+    if args.demo_rate_interval is not None and not args.demo_rate_interval > 0:
+        raise SalonError("--demo-rate-interval must be above 0")
     try:
         parse_networks([*args.ice_allow, *args.ice_deny])
     except ValueError as exc:
@@ -286,6 +336,10 @@ def _serve(args: argparse.Namespace) -> int:
         turn_secret=_read_secret(args.turn_secret_file) if args.turn_secret_file else None,
         turn_ttl=args.turn_ttl,
         callback_url=args.callback_url,
+        max_body_size=args.max_body_size,
+        demo_rate_burst=args.demo_rate_burst,
+        demo_rate_interval=args.demo_rate_interval,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     if args.callback_url and not args.callback_url.startswith(("http://", "https://")):
         raise SalonError(f"--callback-url must be http:// or https://, not {args.callback_url!r}")
@@ -361,6 +415,22 @@ async def _store_command(args: argparse.Namespace) -> int:
             print(
                 json.dumps(
                     {"api_key": project.api_key, "api_secret": project.api_secret, "name": project.name}
+                )
+            )
+        elif args.command == "project" and args.project_command == "delete":
+            await store.delete_project(args.api_key)
+            print(json.dumps({"api_key": args.api_key, "deleted": True}))
+        elif args.command == "project" and args.project_command == "rotate-secret":
+            if not args.grace >= 0:
+                raise SalonError("--grace must be 0 or more seconds")
+            project = await store.rotate_secret(args.api_key, grace=args.grace)
+            print(
+                json.dumps(
+                    {
+                        "api_key": project.api_key,
+                        "api_secret": project.api_secret,
+                        "previous_secret_expires_at": project.previous_secret_expires_at,
+                    }
                 )
             )
         elif args.command == "project" and args.project_command == "update":

@@ -21,6 +21,7 @@ from salon.media.plane import SfuMediaPlane
 from salon.media.transport import WebRtcTransportOptions
 from salon.server.config import ServerConfig
 from salon.server.demo import router as demo_router
+from salon.server.limits import BodyLimit, RateLimiter
 from salon.server.rest import router
 from salon.server.web import mount_web
 from salon.signalling.service import SignallingService
@@ -128,6 +129,15 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         app.state.media = media
         app.state.callbacks = callbacks
         app.state.demo_project = project
+        if config.demo:
+            logger.warning(
+                "the demo endpoint POST /demo/join is on: anyone who can reach this server can "
+                "join any room of project %s (at most %d joins, then one per %g s, per client "
+                "address); `salon serve --no-demo` switches it off",
+                project.api_key,
+                config.demo_rate_burst,
+                config.demo_rate_interval,
+            )
         try:
             yield
         finally:
@@ -148,6 +158,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
     )
     app.include_router(router)
     if config.demo:
+        app.state.demo_limiter = RateLimiter(config.demo_rate_burst, config.demo_rate_interval)
         app.include_router(demo_router)
     mount_web(app)
 
@@ -167,7 +178,13 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {
+            400: "invalid_request",  # e.g. FastAPI's "There was an error parsing the body"
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "request_too_large",
+            429: "rate_limited",
+        }.get(exc.status_code, "http_error")
         return JSONResponse(
             {"code": code, "message": str(exc.detail)},
             status_code=exc.status_code,
@@ -180,4 +197,5 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         return _error(500, "internal_error", "internal server error")
 
     app.add_middleware(CollapseSlashes)
+    app.add_middleware(BodyLimit, max_size=config.max_body_size)
     return app

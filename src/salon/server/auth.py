@@ -41,20 +41,24 @@ async def authenticate(registry: Registry, header: str | None, api_key: str | No
     project = await registry.project(issuer) if issuer else None
     if project is None:
         raise AuthenticationError("unknown project")
-    try:
-        claims = jwt.decode(
-            header,
-            project.api_secret,
-            algorithms=["HS256"],
-            leeway=LEEWAY,
-            options={"require": ["iss", "exp", "iat", "jti"]},
-        )
-    except jwt.ExpiredSignatureError as exc:
-        raise AuthenticationError("the JWT has expired") from exc
-    except jwt.InvalidSignatureError as exc:
-        raise AuthenticationError("the JWT signature is invalid") from exc
-    except jwt.PyJWTError as exc:
-        raise AuthenticationError(f"the JWT is invalid: {exc}") from exc
+    secrets = project.valid_secrets()  # the current secret; the old one in a rotation's grace
+    for i, secret in enumerate(secrets):
+        try:
+            claims = jwt.decode(
+                header,
+                secret,
+                algorithms=["HS256"],
+                leeway=LEEWAY,
+                options={"require": ["iss", "exp", "iat", "jti"]},
+            )
+            break
+        except jwt.InvalidSignatureError as exc:
+            if i == len(secrets) - 1:
+                raise AuthenticationError("the JWT signature is invalid") from exc
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthenticationError("the JWT has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"the JWT is invalid: {exc}") from exc
     if claims.get("ist") != "project":
         raise AuthenticationError("the JWT must have ist=project")
     try:

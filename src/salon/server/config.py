@@ -7,6 +7,7 @@ import pathlib
 from dataclasses import dataclass, field
 
 from salon.callbacks.delivery import CallbackConfig
+from salon.server.limits import DEFAULT_MAX_BODY_SIZE
 from salon.signalling.ice import DEFAULT_TURN_TTL, IceSettings
 from salon.signalling.service import SignallingConfig
 from salon.store import database_url_for
@@ -44,6 +45,15 @@ class ServerConfig:
     :param callback_url: set as the session-monitoring (and archive) callback URL of the
         project of ``api_key`` (or the first project) at start-up (``--callback-url``).
     :param callbacks: how callbacks are delivered (timeouts, retries).
+    :param max_body_size: the largest request body any HTTP route accepts, bytes; larger ones
+        get 413 before they are read (``--max-body-size``, default 1 MiB).
+    :param demo_rate_burst: with ``demo_rate_interval``, the demo endpoint's rate limit per
+        client address: ``demo_rate_burst`` joins at once, then one per ``demo_rate_interval``
+        seconds; more get 429.
+    :param forwarded_allow_ips: the addresses of trusted reverse proxies (comma-separated IPs
+        or networks, ``*`` for any) whose ``X-Forwarded-For``/``X-Forwarded-Proto`` headers
+        are believed (``--forwarded-allow-ips``); None believes no one, so the client address
+        is the TCP peer's.
     """
 
     host: str = "127.0.0.1"
@@ -68,6 +78,10 @@ class ServerConfig:
     demo: bool = True
     callback_url: str | None = None
     callbacks: CallbackConfig = field(default_factory=CallbackConfig)
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    demo_rate_burst: int = 5
+    demo_rate_interval: float = 10.0
+    forwarded_allow_ips: str | None = None
 
     @property
     def store_url(self) -> str:

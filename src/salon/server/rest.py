@@ -194,8 +194,8 @@ async def _session_options(request: Request) -> dict[str, str]:
     if body.startswith(("{", "[")):
         try:
             data = json.loads(body)
-        except ValueError as exc:
-            raise InvalidRequestError("the body is not valid JSON") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise InvalidRequestError("the body is not valid JSON (or is nested too deeply)") from exc
         if not isinstance(data, dict):
             raise InvalidRequestError("the body must be a JSON object")
         return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in data.items()}

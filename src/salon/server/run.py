@@ -13,6 +13,8 @@ import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+from salon.redact import install as install_redaction
+from salon.redact import register_secret
 from salon.server.app import create_app
 from salon.server.config import ServerConfig
 from salon.signalling.service import ABORT_EXTENSION, SignallingService
@@ -87,7 +89,8 @@ class Server(uvicorn.Server):
 def uvicorn_config(
     config: ServerConfig, *, log_level: str = "info", announce: Callable[[str], None] = print
 ) -> uvicorn.Config:
-    return uvicorn.Config(
+    register_secret(config.api_secret, config.turn_secret, config.turn_password)
+    uv_config = uvicorn.Config(
         create_app(config, announce=announce),
         host=config.host,
         port=config.port,
@@ -99,7 +102,13 @@ def uvicorn_config(
         log_level=log_level,
         access_log=log_level == "debug",
         server_header=False,
+        # X-Forwarded-For is believed only from the proxies named by --forwarded-allow-ips
+        # (uvicorn's own default would believe any local process).
+        proxy_headers=config.forwarded_allow_ips is not None,
+        forwarded_allow_ips=config.forwarded_allow_ips,
     )
+    install_redaction()  # after uvicorn configured its loggers
+    return uv_config
 
 
 def run_server(config: ServerConfig, *, log_level: str = "info") -> None:

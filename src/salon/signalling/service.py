@@ -657,9 +657,9 @@ class SignallingService:
     async def _verify(self, request: ConnectRequest) -> TokenClaims:
         api_key = token_api_key(request.token)
         project = None if api_key is None else await self.registry.project(api_key)
-        secret = None if project is None else project.api_secret
+        secrets = () if project is None else project.valid_secrets()
         claims = verify_token(
-            request.token, lambda key: secret if key == api_key else None, session_id=request.session_id
+            request.token, lambda key: secrets if key == api_key else None, session_id=request.session_id
         )
         record = await self.registry.session(request.session_id)
         if record is None:

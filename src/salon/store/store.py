@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from salon.errors import ConflictError, InvalidRequestError, NotFoundError, ServerError
+from salon.redact import register_secret
 from salon.store import migrations
 
 __all__ = ["CallbackEvent", "NewCallback", "Project", "SessionRecord", "Store", "database_url_for"]
@@ -30,6 +31,9 @@ projects = sa.Table(
     sa.Column("callback_url", sa.String(2048), nullable=True),
     sa.Column("archive_callback_url", sa.String(2048), nullable=True),
     sa.Column("signature_secret", sa.String(256), nullable=True),
+    # After `salon project rotate-secret`: the old secret, still valid until the time (ms) after.
+    sa.Column("previous_secret", sa.String(128), nullable=True),
+    sa.Column("previous_secret_expires_at", sa.BigInteger, nullable=True),
 )
 
 sessions = sa.Table(
@@ -71,16 +75,29 @@ class Project:
     """A project: an API key and the secret that signs its tokens and REST calls.
 
     ``callback_url`` receives session-monitoring callbacks, ``archive_callback_url`` archive
-    status callbacks (``callback_url`` when unset); ``signature_secret`` signs both.
+    status callbacks (``callback_url`` when unset); ``signature_secret`` signs both. After a
+    secret rotation ``previous_secret`` is still accepted until ``previous_secret_expires_at``
+    (ms since the epoch). No secret is ever part of the ``repr``.
     """
 
     api_key: str
-    api_secret: str
+    api_secret: str = field(repr=False)
     name: str
     created_at: int
     callback_url: str | None = None
     archive_callback_url: str | None = None
     signature_secret: str | None = field(default=None, repr=False)
+    previous_secret: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: int | None = None
+
+    def valid_secrets(self, now_ms: int | None = None) -> tuple[str, ...]:
+        """The secrets a JWT or token of this project may be signed with, now: the current
+        one, and the previous one until its grace period ends."""
+        now_ms = _now_ms() if now_ms is None else now_ms
+        expires = self.previous_secret_expires_at
+        if self.previous_secret and expires is not None and now_ms < expires:
+            return (self.api_secret, self.previous_secret)
+        return (self.api_secret,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +167,8 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = _async_url(url)
-        self._engine: AsyncEngine = create_async_engine(self.url)
+        # hide_parameters: SQL logging (INFO) never shows the values, e.g. an API secret.
+        self._engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True)
 
     async def open(self) -> None:
         """Create the tables, or upgrade an existing database in place to the newest schema."""
@@ -174,6 +192,7 @@ class Store:
             raise InvalidRequestError("an API key must be 1 to 64 characters, without '~' or '/'")
         if len(api_secret) < 16:
             raise InvalidRequestError("an API secret must be at least 16 characters")
+        register_secret(api_secret)
         project = Project(api_key=api_key, api_secret=api_secret, name=name, created_at=_now_ms())
         _check_fits(projects, project)
         try:
@@ -189,11 +208,11 @@ class Store:
         if "\x00" in api_key:  # never stored; PostgreSQL refuses NUL in text
             return None
         rows = await self._select(sa.select(projects).where(projects.c.api_key == api_key))
-        return Project(**rows[0]) if rows else None
+        return _project(rows[0]) if rows else None
 
     async def list_projects(self) -> list[Project]:
         rows = await self._select(sa.select(projects).order_by(projects.c.created_at))
-        return [Project(**row) for row in rows]
+        return [_project(row) for row in rows]
 
     async def create_session(
         self, api_key: str, session_id: str, *, media_mode: str, archive_mode: str, location: str, e2ee: bool
@@ -271,6 +290,50 @@ class Store:
         if project is None:
             raise NotFoundError(f"no project {api_key}")
         return project
+
+    async def rotate_secret(self, api_key: str, *, grace: float, api_secret: str | None = None) -> Project:
+        """Give a project a new API secret; the old one stays valid for ``grace`` seconds."""
+        if grace < 0:
+            raise InvalidRequestError("the grace period must not be negative")
+        new_secret = api_secret or secrets.token_hex(20)
+        if len(new_secret) < 16:
+            raise InvalidRequestError("an API secret must be at least 16 characters")
+        old = await self.get_project(api_key)
+        if old is None:
+            raise NotFoundError(f"no project {api_key}")
+        values: dict[str, object] = {"api_secret": new_secret}
+        if grace > 0:
+            values["previous_secret"] = old.api_secret
+            values["previous_secret_expires_at"] = _now_ms() + int(grace * 1000)
+        else:
+            values["previous_secret"] = values["previous_secret_expires_at"] = None
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(sa.update(projects).where(projects.c.api_key == api_key).values(**values))
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot update the project: {exc.__class__.__name__}") from exc
+        project = await self.get_project(api_key)
+        if project is None:
+            raise NotFoundError(f"no project {api_key}")
+        return project
+
+    async def delete_project(self, api_key: str) -> None:
+        """Delete a project with its sessions and pending callbacks; its secrets stop working."""
+        if "\x00" in api_key:
+            raise NotFoundError(f"no project {api_key!r}")
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(sa.delete(sessions).where(sessions.c.api_key == api_key))
+                result = await conn.execute(sa.delete(projects).where(projects.c.api_key == api_key))
+                if result.rowcount == 0:  # rolls the transaction back
+                    raise NotFoundError(f"no project {api_key}")
+                await conn.execute(
+                    sa.delete(callback_events).where(
+                        callback_events.c.api_key == api_key, callback_events.c.status == "pending"
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot delete the project: {exc.__class__.__name__}") from exc
 
     # -- the callback outbox (salon.callbacks) --------------------------------------------
 
@@ -378,6 +441,13 @@ class Store:
                 return [dict(row._mapping) for row in result]
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+
+
+def _project(row: dict[str, Any]) -> Project:
+    """A project read from the store; its secrets are never logged from now on."""
+    project = Project(**row)
+    register_secret(project.api_secret, project.previous_secret, project.signature_secret)
+    return project
 
 
 def _check_fits(table: sa.Table, value: Project | SessionRecord) -> None:

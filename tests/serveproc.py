@@ -1,0 +1,99 @@
+"""``salon serve`` in a subprocess, its output captured to files (never a pipe that can fill)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+
+class ServeProcess:
+    """``python -m salon serve --port 0 ...`` with ``SALON_API_KEY``/``SALON_API_SECRET`` set.
+
+    ::
+
+        with ServeProcess(tmp_path, KEY, SECRET, ["--no-media"]) as server:
+            httpx.get(server.url + "/health")
+        server.output  # stdout and stderr, everything the server wrote
+    """
+
+    def __init__(
+        self,
+        data_dir: pathlib.Path,
+        api_key: str,
+        api_secret: str,
+        args: Sequence[str] = (),
+        *,
+        log_level: str = "info",
+    ) -> None:
+        self.data_dir = data_dir
+        self.stdout_path = data_dir / f"serve-{id(self)}.out"
+        self.stderr_path = data_dir / f"serve-{id(self)}.err"
+        self.command = [
+            sys.executable,
+            "-m",
+            "salon",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            log_level,
+            *args,
+        ]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SALON_")}
+        self.env.update(SALON_API_KEY=api_key, SALON_API_SECRET=api_secret, PYTHONUNBUFFERED="1")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def output(self) -> str:
+        text = ""
+        for path in (self.stdout_path, self.stderr_path):
+            if path.exists():
+                text += path.read_text(encoding="utf-8", errors="replace")
+        return text
+
+    def rss_kib(self) -> int:
+        """The server process's resident set size (KiB), from /proc."""
+        for line in pathlib.Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def __enter__(self) -> ServeProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, env=self.env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for line in self.stdout_path.read_text(errors="replace").splitlines():
+                if line.startswith("salon serving on "):
+                    self.url = line.split()[-1]
+                    return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited: {self.output}")
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"the server did not start within 60 s: {self.output}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
