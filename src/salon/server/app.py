@@ -143,7 +143,10 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         summary="Self-hosted, OpenTok-compatible video sessions",
         description="The OpenTok-compatible REST API of a salon server. Authenticate with the "
         "`X-OPENTOK-AUTH` header: an HS256 JWT signed with the project's API secret, with claims "
-        "`iss` (the API key), `ist: project`, `iat`, `exp` and `jti`.",
+        "`iss` (the API key), `ist: project`, `iat`, `exp` (at most 5 minutes after `iat`) and "
+        "optionally `jti`; or, for a Vonage application, `Authorization: Bearer` and an RS256 "
+        "JWT signed with its private key, with claims `application_id`, `iat` and `exp` (at most "
+        "15 minutes after `iat`).",
         lifespan=lifespan,
     )
     app.include_router(router)
