@@ -503,6 +503,7 @@ class SignallingService:
             data=claims.connection_data,
             created_at=_now_ms(),
             now=time.monotonic(),
+            layout_class_list=claims.initial_layout_class_list,
         )
         link.session, link.connection_id = session, connection_id
         self.links[connection_id] = link
@@ -532,9 +533,14 @@ class SignallingService:
     async def _verify(self, request: ConnectRequest) -> TokenClaims:
         api_key = token_api_key(request.token)
         project = None if api_key is None else await self.registry.project(api_key)
-        secret = None if project is None else project.api_secret
+        # An application has no usable secret: its tokens are RS256, checked with its public key.
+        secret = None if project is None or project.is_application else project.api_secret
+        public_key = None if project is None else project.public_key
         claims = verify_token(
-            request.token, lambda key: secret if key == api_key else None, session_id=request.session_id
+            request.token,
+            lambda key: secret if key == api_key else None,
+            public_key_for=lambda key: public_key if key == api_key else None,
+            session_id=request.session_id,
         )
         record = await self.registry.session(request.session_id)
         if record is None:
