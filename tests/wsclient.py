@@ -32,7 +32,11 @@ class WsClient:
     @classmethod
     async def open(cls, url: str, *, ssl: SSLContext | None = None, **kwargs: Any) -> WsClient:
         """``http://`` → ``ws://``, ``https://`` → ``wss://`` (``ssl`` trusts its certificate)."""
-        ws = await websockets.connect(url.replace("http", "ws", 1) + "/signalling", max_size=None, ssl=ssl)
+        target = url.replace("http", "ws", 1) + "/signalling"
+        if ssl is None:
+            ws = await websockets.connect(target, max_size=None)
+        else:
+            ws = await websockets.connect(target, max_size=None, ssl=ssl)
         return cls(ws, **kwargs)
 
     @classmethod

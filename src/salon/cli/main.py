@@ -103,6 +103,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="session-monitoring (and archive) callback URL of the project of SALON_API_KEY (or the first)",
     )
+    serve.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve HTTPS and WSS with this PEM certificate (chain) (with --tls-key)",
+    )
+    serve.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls",
+        choices=["self-signed"],
+        help="self-signed: serve HTTPS and WSS with a development certificate made under --data-dir "
+        "(its path is printed, for clients to trust)",
+    )
     _add_store_options(serve)
 
     project = commands.add_parser("project", help="manage projects (API key and secret)")
@@ -259,7 +271,10 @@ def _serve(args: argparse.Namespace) -> int:
         parse_networks([*args.ice_allow, *args.ice_deny])
     except ValueError as exc:
         raise SalonError(f"--ice-allow/--ice-deny: {exc}") from None
+    tls_cert, tls_key = _tls_files(args)
     config = ServerConfig.from_env(
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         host=args.host,
         port=args.port,
         data_dir=pathlib.Path(args.data_dir),
@@ -288,6 +303,38 @@ def _serve(args: argparse.Namespace) -> int:
     asyncio.run(_ensure_project(config))
     run_server(config, log_level=args.log_level)
     return 0
+
+
+def _tls_files(args: argparse.Namespace) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+    """The certificate and key to serve TLS with, checked here so a mistake is one clear line."""
+    import ssl
+
+    from salon.server.tls import self_signed_certificate
+
+    if args.tls and (args.tls_cert or args.tls_key):
+        raise SalonError("--tls self-signed and --tls-cert/--tls-key are alternatives")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SalonError("--tls-cert and --tls-key go together")
+    if args.tls:
+        cert, key = self_signed_certificate(
+            pathlib.Path(args.data_dir), [args.host, args.announced_address or "", *args.media_address]
+        )
+        print(
+            f"salon: TLS with a self-signed development certificate: {cert.resolve()}\n"
+            "  (tell clients to trust it, e.g. REQUESTS_CA_BUNDLE / SSL_CERT_FILE / NODE_EXTRA_CA_CERTS)",
+            flush=True,
+        )
+        return cert, key
+    if args.tls_cert is None:
+        return None, None
+    cert, key = pathlib.Path(args.tls_cert), pathlib.Path(args.tls_key)
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise SalonError(f"the TLS certificate and key are unusable: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise SalonError(f"cannot read the TLS certificate or key: {exc.strerror or exc}") from None
+    return cert, key
 
 
 async def _ensure_project(config: ServerConfig) -> None:

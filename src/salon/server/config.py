@@ -44,6 +44,8 @@ class ServerConfig:
     :param callback_url: set as the session-monitoring (and archive) callback URL of the
         project of ``api_key`` (or the first project) at start-up (``--callback-url``).
     :param callbacks: how callbacks are delivered (timeouts, retries).
+    :param tls_cert: with ``tls_key``, serve HTTPS and WSS with this PEM certificate (chain)
+        and key (``--tls-cert``/``--tls-key``, or ``--tls self-signed``).
     """
 
     host: str = "127.0.0.1"
@@ -68,6 +70,8 @@ class ServerConfig:
     demo: bool = True
     callback_url: str | None = None
     callbacks: CallbackConfig = field(default_factory=CallbackConfig)
+    tls_cert: pathlib.Path | None = None
+    tls_key: pathlib.Path | None = None
 
     @property
     def store_url(self) -> str:

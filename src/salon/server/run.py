@@ -38,7 +38,8 @@ class Server(uvicorn.Server):
             return
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
-        self.url = f"http://{host}:{port}"
+        scheme = "https" if self.config.is_ssl else "http"
+        self.url = f"{scheme}://{host}:{port}"
         if self.on_ready is not None:
             self.on_ready(self.url)
         self.ready.set()
@@ -59,6 +60,8 @@ def uvicorn_config(
         log_level=log_level,
         access_log=log_level == "debug",
         server_header=False,
+        ssl_certfile=config.tls_cert,
+        ssl_keyfile=config.tls_key,
     )
 
 
