@@ -20,6 +20,8 @@ _T = TypeVar("_T")
 
 #: WebSocket frames larger than this close the socket (1009); requests over 64 KiB get an error.
 WS_MAX_SIZE = 1024 * 1024
+#: Seconds a TLS connection closed at shutdown may take to finish its TLS close.
+TLS_CLOSE_GRACE = 1.0
 
 
 class Server(uvicorn.Server):
@@ -43,6 +45,20 @@ class Server(uvicorn.Server):
         if self.on_ready is not None:
             self.on_ready(self.url)
         self.ready.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.config.is_ssl:
+            asyncio.get_running_loop().call_later(TLS_CLOSE_GRACE, self._abort_closing_tls)
+        await super().shutdown(sockets)
+
+    def _abort_closing_tls(self) -> None:
+        """An idle keep-alive TLS connection closed at shutdown waits for the client's
+        close_notify, which an idle HTTP client (``requests``) never sends: asyncio would wait
+        30 s. Abort those still closing once the grace period is over."""
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if isinstance(transport, asyncio.Transport) and transport.is_closing():
+                transport.abort()
 
 
 def uvicorn_config(
