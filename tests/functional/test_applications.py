@@ -211,3 +211,23 @@ async def _public_key(data_dir: pathlib.Path, app_id: str) -> str:
         await store.close()
     assert project is not None and project.public_key is not None
     return project.public_key
+
+
+async def test_the_servers_own_project_is_never_an_application(tmp_path: pathlib.Path) -> None:
+    from salon.errors import SalonError
+    from salon.server.app import ensure_project
+    from salon.server.config import ServerConfig
+
+    store = Store(database_url_for(tmp_path))
+    await store.open()
+    try:
+        app = await store.create_application("first", new_rsa_key_pair()[1])
+        announced: list[str] = []
+        project = await ensure_project(store, ServerConfig(data_dir=tmp_path), announced.append)
+        assert not project.is_application and project.api_key != app.api_key
+        assert "SALON_API_SECRET" in announced[0]
+        config = ServerConfig(data_dir=tmp_path, api_key=app.api_key, api_secret="x" * 40)
+        with pytest.raises(SalonError, match="is an application"):
+            await ensure_project(store, config, announced.append)
+    finally:
+        await store.close()

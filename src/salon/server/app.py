@@ -47,7 +47,8 @@ class CollapseSlashes:
 
 
 async def ensure_project(store: Store, config: ServerConfig, announce: Callable[[str], None]) -> Project:
-    """The project from the environment, or the first one, created (and announced) if none exists.
+    """The project from the environment, or the first one with an API secret (not an
+    application), created (and announced) if none exists.
 
     With ``SALON_API_KEY`` and ``SALON_API_SECRET`` (``config.api_key``/``api_secret``) that
     project is created if it does not exist, silently; if it exists with another secret the
@@ -59,6 +60,11 @@ async def ensure_project(store: Store, config: ServerConfig, announce: Callable[
             project = await store.create_project(
                 "default", api_key=config.api_key, api_secret=config.api_secret
             )
+        elif project.is_application:
+            raise SalonError(
+                f"{config.api_key} (SALON_API_KEY) is an application, which has no API secret: "
+                "name a project with an API key and secret"
+            )
         elif project.api_secret != config.api_secret:
             # Never overwrite a stored secret from the environment (nor print either one).
             raise SalonError(
@@ -66,7 +72,8 @@ async def ensure_project(store: Store, config: ServerConfig, announce: Callable[
                 "set SALON_API_SECRET to the secret it was created with"
             )
         return project
-    projects = await store.list_projects()
+    # Applications have no usable secret (the demo endpoint mints HS256 tokens): skip them.
+    projects = [p for p in await store.list_projects() if not p.is_application]
     if projects:
         return projects[0]
     project = await store.create_project("default")
