@@ -101,3 +101,35 @@ def test_serve_refuses_half_or_broken_tls_settings(tmp_path: pathlib.Path) -> No
             env=env,
         )
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+
+
+def test_serve_tls_self_signed_prints_the_certificate_it_serves_with(tmp_path: pathlib.Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SALON_")},
+        "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}",
+    }
+    args = ["serve", "--port", "0", "--no-media", "--data-dir", str(tmp_path), "--tls", "self-signed"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "salon", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (lines and lines[-1].startswith("salon serving on ")):
+            lines.append(proc.stdout.readline())
+        assert lines and lines[-1].startswith("salon serving on https://127.0.0.1:"), lines
+        url = lines[-1].split()[-1]
+        printed = next(line for line in lines if "self-signed development certificate" in line)
+        cert = pathlib.Path(printed.rsplit(": ", 1)[1].strip())
+        assert cert == (tmp_path / "tls" / "cert.pem").resolve()
+        assert (
+            httpx.get(url + "/health", verify=ssl.create_default_context(cafile=str(cert))).status_code == 200
+        )
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
