@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import socket
+from ssl import SSLContext
 from typing import Any
 
 import websockets
@@ -32,13 +33,20 @@ class WsClient:
         self.connected: Message | None = None
 
     @classmethod
-    async def open(cls, url: str, **kwargs: Any) -> WsClient:
-        ws = await websockets.connect(url.replace("http", "ws", 1) + "/signalling", max_size=None)
+    async def open(cls, url: str, *, ssl: SSLContext | None = None, **kwargs: Any) -> WsClient:
+        """``http://`` → ``ws://``, ``https://`` → ``wss://`` (``ssl`` trusts its certificate)."""
+        target = url.replace("http", "ws", 1) + "/signalling"
+        if ssl is None:
+            ws = await websockets.connect(target, max_size=None)
+        else:
+            ws = await websockets.connect(target, max_size=None, ssl=ssl)
         return cls(ws, **kwargs)
 
     @classmethod
-    async def join(cls, url: str, session_id: str, token: str, **kwargs: Any) -> WsClient:
-        client = await cls.open(url, **kwargs)
+    async def join(
+        cls, url: str, session_id: str, token: str, *, ssl: SSLContext | None = None, **kwargs: Any
+    ) -> WsClient:
+        client = await cls.open(url, ssl=ssl, **kwargs)
         reply = await client.request({"type": "connect", "session_id": session_id, "token": token})
         assert reply["type"] == "connected", reply
         client.connected = reply

@@ -8,6 +8,14 @@ Two formats exist, both produced by ``opentok.Client.generate_token``:
 * the legacy ``T1==`` token: ``"T1==" + base64("partner_id={key}&sig={hmac_sha1}:{payload}")``,
   where ``payload`` is the URL-encoded claims and the HMAC-SHA1 is keyed with the API secret.
 
+A third format is verified, never minted: the RS256 JWT of a Vonage application, signed with
+its private key (``vonage-video``'s ``generate_client_token``, and the ``opentok`` SDKs in
+their Vonage mode). Claims ``application_id``, ``session_id``, ``scope="session.connect"``,
+``exp``, ``iat``, ``jti``, ``role``, optional ``connection_data`` and
+``initial_layout_class_list`` (a JSON list from ``vonage-video``, a space-joined string from
+the Node SDK), ``subject``/``sub`` ``"video"`` and an ``acl``; it is checked with the public
+key registered for the application.
+
 Verification checks the signature, the expiry, the role, the size of the connection data, that
 the token names the project that signed it, and (when given) the session being joined.
 """
@@ -25,6 +33,7 @@ import math
 import random
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,7 +48,9 @@ __all__ = [
     "MAX_TOKEN_LIFETIME",
     "Role",
     "TokenClaims",
+    "generate_application_token",
     "generate_token",
+    "new_rsa_key_pair",
     "token_api_key",
     "verify_token",
 ]
@@ -174,12 +185,103 @@ SecretLookup = Callable[[str], str | Sequence[str] | None]
 secrets it may be signed with (the current one and, during a rotation's grace period, the old)."""
 
 
+def new_rsa_key_pair() -> tuple[str, str]:
+    """A new 2048-bit RSA key pair for an application: (private key PEM in PKCS#8, public PEM).
+
+    PKCS#8 (``-----BEGIN PRIVATE KEY-----``) is what the Node ``opentok`` SDK looks for to
+    switch to its Vonage mode; the Python SDKs read it too.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private_pem, public_pem
+
+
+def generate_application_token(
+    application_id: str,
+    private_key: str,
+    session_id: str,
+    *,
+    role: Role | str = Role.PUBLISHER,
+    expire_time: int | float | datetime.datetime | None = None,
+    data: str | None = None,
+    initial_layout_class_list: Sequence[str] = (),
+    now: int | None = None,
+    public_key: str | None = None,
+) -> str:
+    """Mint an application's client token as ``vonage-video``'s ``generate_client_token`` does
+    (RS256 with the private key; the default lifetime is 24 hours here, 15 minutes there).
+
+    :param public_key: when given, the private key must match it.
+    :raises InvalidRequestError: as :func:`generate_token`, or for a key that is not the
+        application's RSA private key.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        role = Role(role)
+    except ValueError as exc:
+        raise InvalidRequestError(f"unknown role {role!r}") from exc
+    if now is None:
+        now = int(time.time())
+    expire = _expire_time(expire_time, now)
+    if data is not None and len(data) > MAX_CONNECTION_DATA_LENGTH:
+        raise InvalidRequestError("connection data must be at most 1000 characters")
+    if application_id not in session_id_fields(session_id):
+        raise InvalidRequestError("the session ID does not belong to this application")
+    try:
+        key = serialization.load_pem_private_key(private_key.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError("the private key is not an unencrypted PEM private key") from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise InvalidRequestError("the private key must be an RSA key")
+    if public_key is not None:
+        mine = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if mine.decode().strip() != public_key.strip():
+            raise InvalidRequestError("the private key does not match the application's public key")
+    claims: dict[str, object] = {"session_id": session_id, "role": role.value}
+    if data:
+        claims["connection_data"] = data
+    if initial_layout_class_list:
+        claims["initial_layout_class_list"] = list(initial_layout_class_list)
+    claims.update(
+        exp=expire,
+        jti=str(uuid.uuid4()),
+        iat=now,
+        subject="video",
+        scope="session.connect",
+        acl={"paths": {"/session/**": {}}},
+        application_id=application_id,
+    )
+    return jwt.encode(claims, key, algorithm="RS256", headers={"typ": "JWT"})
+
+
 def verify_token(
-    token: str, secret_for: SecretLookup, *, session_id: str | None = None, now: int | None = None
+    token: str,
+    secret_for: SecretLookup,
+    *,
+    session_id: str | None = None,
+    now: int | None = None,
+    public_key_for: SecretLookup = lambda key: None,
 ) -> TokenClaims:
     """Check a client token and return what it grants.
 
-    :param secret_for: looks up a project's API secret by API key.
+    :param secret_for: looks up a project's API secret by API key (None: no such project, or
+        one that has no usable secret, such as an application).
+    :param public_key_for: looks up an application's PEM public key by application id, for
+        RS256 tokens (None: no such application).
     :param session_id: when given, the token must be for this session.
     :raises TokenError: with a specific ``code`` (``invalid_token``, ``token_expired``,
         ``unknown_project``, ``wrong_session``) when the token cannot be used.
@@ -191,7 +293,7 @@ def verify_token(
     if token.startswith("T1=="):
         claims = _verify_t1(token, secret_for, now)
     elif token.count(".") == 2:
-        claims = _verify_jwt(token, secret_for, now)
+        claims = _verify_jwt(token, secret_for, public_key_for, now)
     else:
         raise TokenError("the token is malformed")
     if claims.expire_time < now:
@@ -218,11 +320,11 @@ def _role(value: object) -> Role:
         raise TokenError(f"the token has an unknown role {value!r}") from exc
 
 
-def _lookup(secret_for: SecretLookup, api_key: str) -> tuple[str, ...]:
+def _lookup(secret_for: SecretLookup, api_key: str, what: str = "project") -> tuple[str, ...]:
     found = secret_for(api_key)
     secrets = (found,) if isinstance(found, str) else tuple(found or ())
     if not secrets:
-        raise TokenError("the token's project does not exist", code="unknown_project")
+        raise TokenError(f"the token's {what} does not exist", code="unknown_project")
     return secrets
 
 
@@ -266,7 +368,7 @@ def _verify_t1(token: str, secret_for: SecretLookup, now: int) -> TokenClaims:
     sig = meta_fields.get("sig", "")
     if not any(
         hmac.compare_digest(hmac.new(secret.encode(), payload.encode(), hashlib.sha1).hexdigest(), sig)
-        for secret in _lookup(secret_for, api_key)
+        for secret in _lookup(secret_for, api_key, "project (with an API secret)")
     ):
         raise TokenError("the token's signature is invalid", code="invalid_signature")
     fields = dict(urllib.parse.parse_qsl(payload, keep_blank_values=True))
@@ -288,32 +390,53 @@ def _verify_t1(token: str, secret_for: SecretLookup, now: int) -> TokenClaims:
     )
 
 
-def _verify_jwt(token: str, secret_for: SecretLookup, now: int) -> TokenClaims:
+def _verify_jwt(token: str, secret_for: SecretLookup, public_key_for: SecretLookup, now: int) -> TokenClaims:
     try:
         unverified = jwt.decode(token, options={"verify_signature": False})
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
         raise TokenError("the token is malformed") from exc
-    if header.get("alg") != "HS256":
-        raise TokenError("the token must be signed with HS256")
-    api_key = str(unverified.get("iss", ""))
-    secrets = _lookup(secret_for, api_key)
-    for i, secret in enumerate(secrets):
+    alg = header.get("alg")
+    if alg == "HS256":
+        api_key = str(unverified.get("iss", ""))
+        keys = _lookup(secret_for, api_key, "project (with an API secret)")
+    elif alg == "RS256":
+        api_key = str(unverified.get("application_id", ""))
+        keys = _lookup(public_key_for, api_key, "application (with a public key)")
+    else:
+        raise TokenError("the token must be signed with HS256 (API secret) or RS256 (application key)")
+    for i, key in enumerate(keys):
         try:
             claims = jwt.decode(
                 token,
-                secret,
-                algorithms=["HS256"],
-                options={"verify_exp": False, "verify_iat": False, "require": ["exp", "session_id"]},
+                key,
+                algorithms=[alg],
+                options={
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                    "verify_aud": False,
+                    "require": ["exp", "session_id"],
+                },
             )
             break
         except jwt.InvalidSignatureError as exc:
-            if i == len(secrets) - 1:
+            if i == len(keys) - 1:
                 raise TokenError("the token's signature is invalid", code="invalid_signature") from exc
         except jwt.PyJWTError as exc:
             raise TokenError(f"the token is invalid: {exc}") from exc
-    if claims.get("ist") != "project" or claims.get("scope") != "session.connect":
+    if claims.get("scope") != "session.connect":
+        raise TokenError("the token is not a session.connect token of a project or application")
+    if alg == "HS256" and claims.get("ist") != "project":
         raise TokenError("the token is not a session.connect token of a project")
+    if alg == "RS256":
+        if "ist" in claims and claims["ist"] != "project":
+            raise TokenError("the token is not a session.connect token of a project")
+        if "iss" in claims and str(claims["iss"]) != api_key:
+            raise TokenError("the token's iss and application_id disagree")
+        subject = claims.get("subject", claims.get("sub", "video"))
+        if subject != "video":
+            raise TokenError("the token is not a video token")
     layout = claims.get("initial_layout_class_list", "")
     if isinstance(layout, list):
         layout = " ".join(str(item) for item in layout)
@@ -341,7 +464,10 @@ def token_api_key(token: str) -> str | None:
             meta = base64.b64decode(token[4:], validate=True).decode().partition(":")[0]
             return dict(urllib.parse.parse_qsl(meta)).get("partner_id")
         if token.count(".") == 2:
-            return str(jwt.decode(token, options={"verify_signature": False}).get("iss", "")) or None
+            claims = jwt.decode(token, options={"verify_signature": False})
+            if jwt.get_unverified_header(token).get("alg") == "RS256":
+                return str(claims.get("application_id", "")) or None
+            return str(claims.get("iss", "")) or None
     except (binascii.Error, UnicodeDecodeError, ValueError, jwt.PyJWTError):
         return None
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import warnings
 from unittest import mock
 
@@ -397,3 +398,54 @@ def test_times_given_as_integral_floats_are_accepted() -> None:
         _jwt_with_raw_claims(exp=f"{NOW + 60}.0", iat=f"{NOW}.5"), secrets, session_id=SID, now=NOW
     )
     assert (claims.expire_time, claims.create_time) == (NOW + 60, NOW)
+
+
+def test_rs256_tokens_of_an_application_as_each_vonage_sdk_mints_them() -> None:
+    import jwt as pyjwt
+
+    from salon.tokens import generate_application_token, new_rsa_key_pair
+
+    app_id = "29f760f8-7ce1-46c9-ade3-f2dedee4ed5f"
+    sid = encode_session_id(app_id)
+    private_key, public_key = new_rsa_key_pair()
+    other_private, _ = new_rsa_key_pair()
+    keys = {app_id: public_key}.get
+    # vonage-video (Python): subject, layout classes as a JSON list.
+    python = generate_application_token(
+        app_id, private_key, sid, role="moderator", initial_layout_class_list=["a", "b"]
+    )
+    claims = verify_token(python, secrets, session_id=sid, public_key_for=keys)
+    assert (claims.api_key, claims.role, claims.initial_layout_class_list) == (
+        app_id,
+        Role.MODERATOR,
+        ("a", "b"),
+    )
+    # opentok for Node in its Vonage mode: sub, layout classes space-joined, possibly empty.
+    now = int(time.time())
+    node = {
+        "scope": "session.connect",
+        "session_id": sid,
+        "role": "subscriber",
+        "initial_layout_class_list": "x y",
+        "exp": now + 86400,
+        "sub": "video",
+        "acl": {"paths": {"/session/**": {}}},
+        "jti": "j",
+        "iat": now,
+        "application_id": app_id,
+    }
+    claims = verify_token(pyjwt.encode(node, private_key, algorithm="RS256"), secrets, public_key_for=keys)
+    assert (claims.role, claims.initial_layout_class_list) == (Role.SUBSCRIBER, ("x", "y"))
+    for bad, message in [
+        (pyjwt.encode({**node, "sub": "messaging"}, private_key, algorithm="RS256"), "not a video token"),
+        (pyjwt.encode({**node, "scope": "x"}, private_key, algorithm="RS256"), "session.connect"),
+        (pyjwt.encode(node, other_private, algorithm="RS256"), "signature"),
+        (pyjwt.encode({**node, "application_id": "other"}, private_key, algorithm="RS256"), "does not exist"),
+        (pyjwt.encode({**node, "iss": "other"}, private_key, algorithm="RS256"), "disagree"),
+    ]:
+        with pytest.raises(TokenError) as info:
+            verify_token(bad, secrets, public_key_for=keys)
+        assert message in info.value.message
+    # Without a public key lookup (a project with a secret), an RS256 token names no application.
+    with pytest.raises(TokenError, match="application"):
+        verify_token(python, secrets)

@@ -152,6 +152,18 @@ def _parser() -> argparse.ArgumentParser:
         help="signalling WebSockets open at once from one client IP address; more are refused "
         "with HTTP 429 (default 200; 0: no limit)",
     )
+    serve.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve HTTPS and WSS with this PEM certificate (chain) (with --tls-key)",
+    )
+    serve.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls",
+        choices=["self-signed"],
+        help="self-signed: serve HTTPS and WSS with a development certificate made under --data-dir "
+        "(its path is printed, for clients to trust)",
+    )
     _add_store_options(serve)
 
     project = commands.add_parser("project", help="manage projects (API key and secret)")
@@ -190,6 +202,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_store_options(rotate)
 
+    application = commands.add_parser(
+        "application", help="manage Vonage applications (an id and an RSA key pair; projects too)"
+    )
+    application_commands = application.add_subparsers(dest="application_command", required=True)
+    acreate = application_commands.add_parser(
+        "create", help="create an application: a new id and key pair (the private key goes to a file)"
+    )
+    acreate.add_argument("--name", default="")
+    keys = acreate.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--private-key",
+        metavar="FILE",
+        help="where to write the new private key (PEM, PKCS#8, mode 0600; never overwritten; "
+        "default: DATA_DIR/<application id>.private.key)",
+    )
+    keys.add_argument(
+        "--public-key", metavar="FILE", help="register this RSA public key (PEM) instead of making a key pair"
+    )
+    _add_store_options(acreate)
+    alist = application_commands.add_parser("list", help="list applications")
+    _add_store_options(alist)
+
     callbacks = commands.add_parser("callbacks", help="the callback outbox")
     callbacks_commands = callbacks.add_subparsers(dest="callbacks_command", required=True)
     status = callbacks_commands.add_parser("status", help="pending, delivered and given-up callbacks")
@@ -215,6 +249,11 @@ def _parser() -> argparse.ArgumentParser:
         "--layout-class", action="append", default=[], help="initial layout class (repeatable)"
     )
     token.add_argument("--legacy", action="store_true", help="a T1== token instead of the default JWT")
+    token.add_argument(
+        "--private-key",
+        metavar="FILE",
+        help="for a session of an application: its private key (PEM); the token is an RS256 JWT",
+    )
     _add_store_options(token)
 
     bench = commands.add_parser("bench", help="benchmarks")
@@ -318,8 +357,11 @@ def _serve(args: argparse.Namespace) -> int:
         rate_burst=args.signalling_rate_burst,
         max_per_address=args.signalling_max_per_address,
     )
+    tls_cert, tls_key = _tls_files(args)
     config = ServerConfig.from_env(
         signalling=signalling,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         host=args.host,
         port=args.port,
         data_dir=pathlib.Path(args.data_dir),
@@ -352,6 +394,38 @@ def _serve(args: argparse.Namespace) -> int:
     asyncio.run(_ensure_project(config))
     run_server(config, log_level=args.log_level)
     return 0
+
+
+def _tls_files(args: argparse.Namespace) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+    """The certificate and key to serve TLS with, checked here so a mistake is one clear line."""
+    import ssl
+
+    from salon.server.tls import self_signed_certificate
+
+    if args.tls and (args.tls_cert or args.tls_key):
+        raise SalonError("--tls self-signed and --tls-cert/--tls-key are alternatives")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SalonError("--tls-cert and --tls-key go together")
+    if args.tls:
+        cert, key = self_signed_certificate(
+            pathlib.Path(args.data_dir), [args.host, args.announced_address or "", *args.media_address]
+        )
+        print(
+            f"salon: TLS with a self-signed development certificate: {cert.resolve()}\n"
+            "  (tell clients to trust it, e.g. REQUESTS_CA_BUNDLE / SSL_CERT_FILE / NODE_EXTRA_CA_CERTS)",
+            flush=True,
+        )
+        return cert, key
+    if args.tls_cert is None:
+        return None, None
+    cert, key = pathlib.Path(args.tls_cert), pathlib.Path(args.tls_key)
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise SalonError(f"the TLS certificate and key are unusable: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise SalonError(f"cannot read the TLS certificate or key: {exc.strerror or exc}") from None
+    return cert, key
 
 
 async def _ensure_project(config: ServerConfig) -> None:
@@ -393,6 +467,73 @@ async def _first_project(store: Store, api_key: str | None) -> Project:
     if not projects:
         raise SalonError("no project yet: run `salon project create` or `salon serve` first")
     return projects[0]
+
+
+async def _create_application(store: Store, args: argparse.Namespace) -> dict[str, object]:
+    """``salon application create``: register a public key, or make a key pair and write the
+    private key to a new file (0600) that the output names. The private key is never stored."""
+    import uuid
+
+    from salon.tokens import new_rsa_key_pair
+
+    if args.public_key:
+        project = await store.create_application(args.name, _read_file(args.public_key, "public key"))
+        return {"application_id": project.api_key, "name": project.name, "public_key_file": args.public_key}
+    application_id = str(uuid.uuid4())
+    private_pem, public_pem = new_rsa_key_pair()
+    path = args.private_key or os.path.join(args.data_dir, f"{application_id}.private.key")
+    written = _write_new_file(path, private_pem)
+    try:
+        project = await store.create_application(args.name, public_pem, application_id=application_id)
+    except BaseException:
+        os.unlink(written)
+        raise
+    return {"application_id": project.api_key, "name": project.name, "private_key_file": written}
+
+
+def _read_file(path: str, what: str) -> str:
+    try:
+        return pathlib.Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SalonError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SalonError(f"the {what} file {path} is not PEM text") from None
+
+
+def _write_new_file(path: str, text: str) -> str:
+    """Write ``text`` to a new file readable by its owner only; never overwrite. Returns its
+    absolute path."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise SalonError(f"cannot create the private key file {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
+    return os.path.abspath(path)
+
+
+def _application_token(project: Project, args: argparse.Namespace) -> str:
+    import time
+
+    from salon.tokens import generate_application_token
+
+    if not project.is_application:
+        raise SalonError(f"{project.api_key} is a project with an API secret, not an application")
+    if not args.private_key:
+        raise SalonError("the session belongs to an application: give its private key (--private-key FILE)")
+    if args.legacy:
+        raise SalonError("an application's tokens are RS256 JWTs; --legacy (T1) is for projects")
+    private_pem = _read_file(args.private_key, "private key")
+    return generate_application_token(
+        project.api_key,
+        private_pem,
+        args.session_id,
+        role=args.role,
+        expire_time=int(time.time()) + args.expire,
+        data=args.data,
+        initial_layout_class_list=args.layout_class,
+        public_key=project.public_key,
+    )
 
 
 def _project_settings(project: Project) -> dict[str, object]:
@@ -444,6 +585,20 @@ async def _store_command(args: argparse.Namespace) -> int:
                 signature_secret=args.signature_secret,
             )
             print(json.dumps(_project_settings(project)))
+        elif args.command == "application" and args.application_command == "create":
+            print(json.dumps(await _create_application(store, args)))
+        elif args.command == "application":
+            for project in await store.list_projects():
+                if project.is_application:
+                    print(
+                        json.dumps(
+                            {
+                                "application_id": project.api_key,
+                                "name": project.name,
+                                "created_at": project.created_at,
+                            }
+                        )
+                    )
         elif args.command == "callbacks":
             counts = await store.callback_counts()
             given_up = [
@@ -465,7 +620,12 @@ async def _store_command(args: argparse.Namespace) -> int:
             for project in await store.list_projects():
                 print(
                     json.dumps(
-                        {"api_key": project.api_key, "name": project.name, "created_at": project.created_at}
+                        {
+                            "api_key": project.api_key,
+                            "name": project.name,
+                            "created_at": project.created_at,
+                            "application": project.is_application,
+                        }
                     )
                 )
         elif args.command == "session":
@@ -485,6 +645,9 @@ async def _store_command(args: argparse.Namespace) -> int:
             project = await _first_project(store, api_key)
             import time
 
+            if project.is_application or args.private_key:
+                print(_application_token(project, args))
+                return 0
             print(
                 generate_token(
                     project.api_key,

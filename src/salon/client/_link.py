@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,8 +80,10 @@ class SignallingLink:
         on_closed: Callable[[LinkClosed], None],
         on_unknown: Callable[[dict[str, Any]], None],
         name: str = "",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = signalling_url(url)
+        self._ssl_context = ssl_context
         self._on_message = on_message
         self._on_closed = on_closed
         self._on_unknown = on_unknown
@@ -104,7 +107,12 @@ class SignallingLink:
         """
         try:
             async with asyncio.timeout(timeout):
-                self._ws = await websockets.connect(self.url, max_size=None, compression=None)
+                if self._ssl_context is None:
+                    self._ws = await websockets.connect(self.url, max_size=None, compression=None)
+                else:
+                    self._ws = await websockets.connect(
+                        self.url, max_size=None, compression=None, ssl=self._ssl_context
+                    )
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             raise ConnectionFailed(f"cannot open {self.url}: {exc or type(exc).__name__}") from exc
         self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"{self!r}-reader")

@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -152,7 +153,8 @@ class Session:
 
     :param session_id: the session to join.
     :param token: a client token for it (never logged).
-    :param url: the server, e.g. ``"http://127.0.0.1:8080"`` (``ws://`` works too).
+    :param url: the server, e.g. ``"http://127.0.0.1:8080"`` (``ws://`` works too); an
+        ``https://`` (or ``wss://``) server is reached over TLS.
     :param ice_addresses: gather ICE host candidates on exactly these local addresses, e.g.
         ``["127.0.0.1"]`` for a server on the same machine (aioice skips loopback otherwise).
         Scoped to this session's peer connections. None: every interface but loopback.
@@ -162,6 +164,9 @@ class Session:
     :param reconnect: reconnect when the signalling link drops.
     :param reconnect_timeout: give up reconnecting after this many seconds.
     :param connect_timeout: seconds for the WebSocket and ``connect`` to complete.
+    :param ssl_context: for an ``https://`` server, the TLS settings, e.g.
+        ``ssl.create_default_context(cafile="salon-data/tls/cert.pem")`` to trust the
+        certificate of ``salon serve --tls self-signed``. None: the system's trusted CAs.
 
     Use as an async context manager (``async with Session(...) as session:``), which connects
     and disconnects, or call :meth:`connect` / :meth:`disconnect`.
@@ -188,8 +193,12 @@ class Session:
         reconnect: bool = True,
         reconnect_timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        if ssl_context is not None and not url.startswith(("https://", "wss://")):
+            raise ValueError(f"ssl_context is for an https:// or wss:// server, not {url!r}")
         self.session_id = session_id
+        self._ssl_context = ssl_context
         self.url = url
         self._token = token
         self._ice_addresses = list(ice_addresses) if ice_addresses is not None else None
@@ -371,6 +380,7 @@ class Session:
             on_closed=self._on_link_closed,
             on_unknown=self._on_unknown,
             name=self.session_id[-8:],
+            ssl_context=self._ssl_context,
         )
         connected = await link.open(self.session_id, self._token, timeout=self._connect_timeout)
         self._link = link

@@ -48,7 +48,8 @@ class CollapseSlashes:
 
 
 async def ensure_project(store: Store, config: ServerConfig, announce: Callable[[str], None]) -> Project:
-    """The project from the environment, or the first one, created (and announced) if none exists.
+    """The project from the environment, or the first one with an API secret (not an
+    application), created (and announced) if none exists.
 
     With ``SALON_API_KEY`` and ``SALON_API_SECRET`` (``config.api_key``/``api_secret``) that
     project is created if it does not exist, silently; if it exists with another secret the
@@ -60,6 +61,11 @@ async def ensure_project(store: Store, config: ServerConfig, announce: Callable[
             project = await store.create_project(
                 "default", api_key=config.api_key, api_secret=config.api_secret
             )
+        elif project.is_application:
+            raise SalonError(
+                f"{config.api_key} (SALON_API_KEY) is an application, which has no API secret: "
+                "name a project with an API key and secret"
+            )
         elif project.api_secret != config.api_secret:
             # Never overwrite a stored secret from the environment (nor print either one).
             raise SalonError(
@@ -67,7 +73,8 @@ async def ensure_project(store: Store, config: ServerConfig, announce: Callable[
                 "set SALON_API_SECRET to the secret it was created with"
             )
         return project
-    projects = await store.list_projects()
+    # Applications have no usable secret (the demo endpoint mints HS256 tokens): skip them.
+    projects = [p for p in await store.list_projects() if not p.is_application]
     if projects:
         return projects[0]
     project = await store.create_project("default")
@@ -153,7 +160,10 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         summary="Self-hosted, OpenTok-compatible video sessions",
         description="The OpenTok-compatible REST API of a salon server. Authenticate with the "
         "`X-OPENTOK-AUTH` header: an HS256 JWT signed with the project's API secret, with claims "
-        "`iss` (the API key), `ist: project`, `iat`, `exp` and `jti`.",
+        "`iss` (the API key), `ist: project`, `iat`, `exp` (at most 5 minutes after `iat`) and "
+        "optionally `jti`; or, for a Vonage application, `Authorization: Bearer` and an RS256 "
+        "JWT signed with its private key, with claims `application_id`, `iat` and `exp` (at most "
+        "15 minutes after `iat`).",
         lifespan=lifespan,
     )
     app.include_router(router)

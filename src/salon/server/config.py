@@ -54,6 +54,8 @@ class ServerConfig:
         or networks, ``*`` for any) whose ``X-Forwarded-For``/``X-Forwarded-Proto`` headers
         are believed (``--forwarded-allow-ips``); None believes no one, so the client address
         is the TCP peer's.
+    :param tls_cert: with ``tls_key``, serve HTTPS and WSS with this PEM certificate (chain)
+        and key (``--tls-cert``/``--tls-key``, or ``--tls self-signed``).
     """
 
     host: str = "127.0.0.1"
@@ -82,6 +84,8 @@ class ServerConfig:
     demo_rate_burst: int = 5
     demo_rate_interval: float = 10.0
     forwarded_allow_ips: str | None = None
+    tls_cert: pathlib.Path | None = None
+    tls_key: pathlib.Path | None = None
 
     @property
     def store_url(self) -> str:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from salon.errors import InvalidRequestError, NotFoundError
 from salon.ids import encode_session_id
-from salon.server.auth import authenticate
+from salon.server.auth import authenticate, rest_jwt
 from salon.signalling.service import SignallingService
 from salon.signalling.session import Session, Stream
 from salon.store import Project, SessionRecord, Store
@@ -45,9 +45,8 @@ class AuthFirstRoute(APIRoute):
         async def authenticated(request: Request) -> Response:
             api_key = request.path_params.get("apiKey")
             if api_key is not None:
-                request.state.project = await authenticate(
-                    request.app.state.registry, request.headers.get("x-opentok-auth"), str(api_key)
-                )
+                token = rest_jwt(request.headers.get("x-opentok-auth"), request.headers.get("authorization"))
+                request.state.project = await authenticate(request.app.state.registry, token, str(api_key))
             return await handler(request)
 
         return authenticated
@@ -137,11 +136,14 @@ async def project_auth(
     request: Request,
     reg: Annotated[Registry, Depends(registry)],
     x_opentok_auth: Annotated[str | None, Header(description="HS256 JWT signed with the API secret")] = None,
+    authorization: Annotated[
+        str | None, Header(description="Bearer RS256 JWT signed with an application's private key")
+    ] = None,
 ) -> Project:
     project: Project | None = getattr(request.state, "project", None)
     if project is not None:  # authenticated by AuthFirstRoute, before the body was read
         return project
-    return await authenticate(reg, x_opentok_auth, apiKey)
+    return await authenticate(reg, rest_jwt(x_opentok_auth, authorization), apiKey)
 
 
 ProjectDep = Annotated[Project, Depends(project_auth)]
@@ -234,8 +236,9 @@ async def create_session(
     request: Request,
     reg: RegistryDep,
     x_opentok_auth: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> Response:
-    project = await authenticate(reg, x_opentok_auth, None)
+    project = await authenticate(reg, rest_jwt(x_opentok_auth, authorization), None)
     options = await _session_options(request)
     p2p = options.get("p2p.preference", "").lower()
     media_mode = options.get("media_mode", "").lower()

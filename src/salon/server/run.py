@@ -29,6 +29,8 @@ _T = TypeVar("_T")
 
 #: WebSocket frames larger than this close the socket (1009); requests over 64 KiB get an error.
 WS_MAX_SIZE = 1024 * 1024
+#: Seconds a TLS connection closed at shutdown may take to finish its TLS close.
+TLS_CLOSE_GRACE = 1.0
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
@@ -68,7 +70,8 @@ class Server(uvicorn.Server):
             return
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
-        self.url = f"http://{host}:{port}"
+        scheme = "https" if self.config.is_ssl else "http"
+        self.url = f"{scheme}://{host}:{port}"
         if self.on_ready is not None:
             self.on_ready(self.url)
         self.ready.set()
@@ -83,7 +86,18 @@ class Server(uvicorn.Server):
         service = getattr(state, "signalling", None)
         if isinstance(service, SignallingService):
             await service.going_away(GOING_AWAY_TIMEOUT)
+        if self.config.is_ssl:
+            asyncio.get_running_loop().call_later(TLS_CLOSE_GRACE, self._abort_closing_tls)
         await super().shutdown(sockets)
+
+    def _abort_closing_tls(self) -> None:
+        """An idle keep-alive TLS connection closed at shutdown waits for the client's
+        close_notify, which an idle HTTP client (``requests``) never sends: asyncio would wait
+        30 s. Abort those still closing once the grace period is over."""
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if isinstance(transport, asyncio.Transport) and transport.is_closing():
+                transport.abort()
 
 
 def uvicorn_config(
@@ -106,6 +120,8 @@ def uvicorn_config(
         # (uvicorn's own default would believe any local process).
         proxy_headers=config.forwarded_allow_ips is not None,
         forwarded_allow_ips=config.forwarded_allow_ips,
+        ssl_certfile=config.tls_cert,
+        ssl_keyfile=config.tls_key,
     )
     install_redaction()  # after uvicorn configured its loggers
     return uv_config

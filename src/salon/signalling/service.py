@@ -628,6 +628,7 @@ class SignallingService:
             data=claims.connection_data,
             created_at=_now_ms(),
             now=time.monotonic(),
+            layout_class_list=claims.initial_layout_class_list,
         )
         link.session, link.connection_id = session, connection_id
         self.links[connection_id] = link
@@ -657,9 +658,15 @@ class SignallingService:
     async def _verify(self, request: ConnectRequest) -> TokenClaims:
         api_key = token_api_key(request.token)
         project = None if api_key is None else await self.registry.project(api_key)
-        secrets = () if project is None else project.valid_secrets()
+        # An application has no usable secret: its tokens are RS256, checked with its public key.
+        # During a secret rotation's grace period the old secret is accepted too.
+        secrets = () if project is None or project.is_application else project.valid_secrets()
+        public_key = None if project is None else project.public_key
         claims = verify_token(
-            request.token, lambda key: secrets if key == api_key else None, session_id=request.session_id
+            request.token,
+            lambda key: secrets if key == api_key else None,
+            public_key_for=lambda key: public_key if key == api_key else None,
+            session_id=request.session_id,
         )
         record = await self.registry.session(request.session_id)
         if record is None:

@@ -76,6 +76,8 @@ class Connection:
     data: str
     created_at: int
     last_seen: float
+    #: The token's initial layout class list: the classes of the streams this connection publishes.
+    layout_class_list: tuple[str, ...] = ()
 
     def info(self) -> ConnectionInfo:
         return ConnectionInfo(connection_id=self.connection_id, created_at=self.created_at, data=self.data)
@@ -198,12 +200,21 @@ class Session:
     # -- connections -------------------------------------------------------------------
 
     def join(
-        self, connection_id: str, *, role: Role, data: str, created_at: int, now: float
+        self,
+        connection_id: str,
+        *,
+        role: Role,
+        data: str,
+        created_at: int,
+        now: float,
+        layout_class_list: tuple[str, ...] = (),
     ) -> tuple[Connection, list[Action]]:
         """Add a connection; returns it and the events for the others."""
         if connection_id in self.connections:
             raise InvalidRequestError("the connection exists already", code="already_connected")
-        conn = Connection(connection_id, role, data, created_at, last_seen=now)
+        conn = Connection(
+            connection_id, role, data, created_at, last_seen=now, layout_class_list=layout_class_list
+        )
         self.connections[connection_id] = conn
         return conn, [Deliver(ConnectionCreatedEvent(connection=conn.info()), exclude=connection_id)]
 
@@ -268,6 +279,7 @@ class Session:
             height=request.height,
             frame_rate=request.frame_rate,
             announced=announce,
+            layout_class_list=list(conn.layout_class_list),
         )
         self.streams[stream_id] = stream
         actions: list[Action] = []

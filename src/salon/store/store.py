@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import pathlib
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,15 @@ from salon.errors import ConflictError, InvalidRequestError, NotFoundError, Serv
 from salon.redact import register_secret
 from salon.store import migrations
 
-__all__ = ["CallbackEvent", "NewCallback", "Project", "SessionRecord", "Store", "database_url_for"]
+__all__ = [
+    "CallbackEvent",
+    "NewCallback",
+    "Project",
+    "SessionRecord",
+    "Store",
+    "check_public_key",
+    "database_url_for",
+]
 
 metadata = sa.MetaData()
 
@@ -34,6 +43,8 @@ projects = sa.Table(
     # After `salon project rotate-secret`: the old secret, still valid until the time (ms) after.
     sa.Column("previous_secret", sa.String(128), nullable=True),
     sa.Column("previous_secret_expires_at", sa.BigInteger, nullable=True),
+    # A Vonage application: the PEM RSA public key its RS256 JWTs are verified with.
+    sa.Column("public_key", sa.Text, nullable=True),
 )
 
 sessions = sa.Table(
@@ -78,6 +89,11 @@ class Project:
     status callbacks (``callback_url`` when unset); ``signature_secret`` signs both. After a
     secret rotation ``previous_secret`` is still accepted until ``previous_secret_expires_at``
     (ms since the epoch). No secret is ever part of the ``repr``.
+
+    A Vonage *application* is a project with a ``public_key`` (PEM, RSA): its ``api_key`` is
+    the application id (a UUID), and its REST calls and client tokens are RS256 JWTs signed
+    with the matching private key, which salon never stores. Its ``api_secret`` is random,
+    never shown and never accepted (HS256 JWTs of an application are refused).
     """
 
     api_key: str
@@ -89,6 +105,7 @@ class Project:
     signature_secret: str | None = field(default=None, repr=False)
     previous_secret: str | None = field(default=None, repr=False)
     previous_secret_expires_at: int | None = None
+    public_key: str | None = field(default=None, repr=False)
 
     def valid_secrets(self, now_ms: int | None = None) -> tuple[str, ...]:
         """The secrets a JWT or token of this project may be signed with, now: the current
@@ -98,6 +115,10 @@ class Project:
         if self.previous_secret and expires is not None and now_ms < expires:
             return (self.api_secret, self.previous_secret)
         return (self.api_secret,)
+
+    @property
+    def is_application(self) -> bool:
+        return self.public_key is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +162,27 @@ class NewCallback:
     created_at: int
 
 
+def check_public_key(pem: str) -> str:
+    """An application's public key, checked: PEM, RSA, at least 2048 bits; returned as PEM.
+
+    :raises InvalidRequestError: otherwise.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise InvalidRequestError("the public key is not a PEM public key") from exc
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise InvalidRequestError("the public key must be an RSA key (RS256)")
+    if key.key_size < 2048:
+        raise InvalidRequestError("the RSA public key must be at least 2048 bits")
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
 def database_url_for(data_dir: pathlib.Path) -> str:
     """The embedded default: a SQLite file in the data directory."""
     return f"sqlite+aiosqlite:///{data_dir / 'salon.sqlite3'}"
@@ -181,8 +223,28 @@ class Store:
     async def close(self) -> None:
         await self._engine.dispose()
 
+    async def create_application(
+        self, name: str, public_key: str, *, application_id: str | None = None
+    ) -> Project:
+        """Register a Vonage application: an id (a new UUID unless given) and an RSA public key.
+
+        :raises InvalidRequestError: if ``public_key`` is not a PEM RSA public key of at
+            least 2048 bits.
+        """
+        public_key = check_public_key(public_key)
+        if application_id is None:
+            application_id = str(uuid.uuid4())
+        return await self.create_project(
+            name, api_key=application_id, api_secret=secrets.token_hex(32), public_key=public_key
+        )
+
     async def create_project(
-        self, name: str = "", *, api_key: str | None = None, api_secret: str | None = None
+        self,
+        name: str = "",
+        *,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        public_key: str | None = None,
     ) -> Project:
         if api_key is None:
             api_key = str(secrets.randbelow(90_000_000) + 10_000_000)
@@ -193,13 +255,15 @@ class Store:
         if len(api_secret) < 16:
             raise InvalidRequestError("an API secret must be at least 16 characters")
         register_secret(api_secret)
-        project = Project(api_key=api_key, api_secret=api_secret, name=name, created_at=_now_ms())
+        project = Project(
+            api_key=api_key, api_secret=api_secret, name=name, created_at=_now_ms(), public_key=public_key
+        )
         _check_fits(projects, project)
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(sa.insert(projects).values(**_as_dict(project)))
         except IntegrityError as exc:
-            raise ConflictError(f"a project with API key {api_key} exists already") from exc
+            raise ConflictError(f"a project with API key or application id {api_key} exists already") from exc
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot store the project: {exc.__class__.__name__}") from exc
         return project
