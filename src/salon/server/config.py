@@ -44,6 +44,11 @@ class ServerConfig:
     :param callback_url: set as the session-monitoring (and archive) callback URL of the
         project of ``api_key`` (or the first project) at start-up (``--callback-url``).
     :param callbacks: how callbacks are delivered (timeouts, retries).
+    :param signalling: signalling timings and limits (:class:`SignallingConfig`): heartbeat,
+        outbox size, close grace, the per-connection request rate limit (``rate_limit``,
+        ``rate_burst``; ``--signalling-rate-limit``, ``--signalling-rate-burst``) and the
+        WebSockets allowed per client address (``max_per_address``;
+        ``--signalling-max-per-address``).
     """
 
     host: str = "127.0.0.1"
