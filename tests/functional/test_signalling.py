@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import time
 import urllib.parse
 from typing import Any
@@ -945,8 +946,9 @@ async def test_a_flood_before_connect_is_refused_too(tmp_path: Any) -> None:
         server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
         sid = server.session()
         client = await WsClient.open(server.url)
+        # 5 allowed, 3 refused: the connect finds the bucket 3 in debt (4 s from a token).
         with contextlib.suppress(websockets.ConnectionClosed):
-            for _ in range(5):
+            for _ in range(8):
                 await client.send("{garbage")
             await client.send(
                 {"type": "connect", "request_id": 1, "session_id": sid, "token": server.token(sid)}
@@ -1012,3 +1014,69 @@ async def test_at_shutdown_every_socket_connected_or_not_is_closed_with_1001(tmp
     finally:
         if not stopped:
             thread.__exit__(None, None, None)
+
+
+async def test_a_reader_that_stops_reading_is_closed_with_4010_and_the_others_are_unaffected(
+    tmp_path: Any,
+) -> None:
+    # A long close grace: the slow reader reads again later and must find the close frame.
+    with start_server(tmp_path, heartbeat_timeout=300.0, rate_limit=0, close_grace=120.0) as thread:
+        server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
+        sid = server.session()
+        watcher = await WsClient.join(server.url, sid, server.token(sid))
+        sender = await WsClient.join(server.url, sid, server.token(sid))
+        # A real client that reads the reply to its connect, then nothing until told.
+        # (With a small receive buffer: the kernel's would grow to tens of MB.)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = server.url.split("//", 1)[1].rsplit(":", 1)
+        sock.connect((host, int(port)))
+        slow = await websockets.connect(
+            server.url.replace("http", "ws", 1) + "/signalling",
+            sock=sock,
+            max_queue=1,
+            max_size=None,
+            compression=None,  # compressed, the signals would hardly take room
+        )
+        await slow.send(
+            json.dumps({"type": "connect", "request_id": 1, "session_id": sid, "token": server.token(sid)})
+        )
+        connected = json.loads(await slow.recv())
+        assert connected["type"] == "connected", connected
+        slow_id = connected["connection"]["connection_id"]
+        link = thread.server.config.app.state.signalling.links[slow_id]
+        padding = "x" * 8000
+        sent = 0
+        while not link.closed:
+            assert sent < 6000, f"the slow reader's outbox did not overflow after {sent} signals"
+            for _ in range(50):
+                await sender.send(
+                    {"type": "signal", "request_id": sent, "signal_type": "t", "data": f"{sent:06d}{padding}"}
+                )
+                sent += 1
+            last = await sender.next(lambda m, n=sent - 1: m.get("request_id") == n, timeout=60)
+            assert last["type"] == "ack", last
+            sender.messages.clear()
+        # Reading again, it gets the signals in order up to where its outbox overflowed (no
+        # gap), then the close 4010.
+        received: list[dict[str, Any]] = []
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async with asyncio.timeout(60):
+                async for raw in slow:
+                    received.append(json.loads(raw))
+        assert slow.close_code == 4010 and slow.close_reason == "slow consumer"
+        got = [m["data"][:6] for m in received if m["type"] == "signal"]
+        assert 0 < len(got) < sent and got == [f"{i:06d}" for i in range(len(got))]
+        gone = await watcher.next("connection_destroyed", timeout=30)
+        assert (gone["connection_id"], gone["reason"]) == (slow_id, "clientDisconnected")
+        # The others are unaffected: every signal reached the watcher, in order.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while sum(1 for m in watcher.messages if m["type"] == "signal") < sent:
+            assert loop.time() < deadline, "the watcher did not get every signal"
+            await asyncio.sleep(0.05)
+        assert [m["data"][:6] for m in watcher.messages if m["type"] == "signal"] == [
+            f"{i:06d}" for i in range(sent)
+        ]
+        await sender.close()
+        await watcher.close()

@@ -56,6 +56,11 @@ class ServerConfig:
         is the TCP peer's.
     :param tls_cert: with ``tls_key``, serve HTTPS and WSS with this PEM certificate (chain)
         and key (``--tls-cert``/``--tls-key``, or ``--tls self-signed``).
+    :param signalling: signalling timings and limits (:class:`SignallingConfig`): heartbeat,
+        outbox size, close grace, the per-connection request rate limit (``rate_limit``,
+        ``rate_burst``; ``--signalling-rate-limit``, ``--signalling-rate-burst``) and the
+        WebSockets allowed per client address (``max_per_address``;
+        ``--signalling-max-per-address``).
     """
 
     host: str = "127.0.0.1"

@@ -178,6 +178,10 @@ class ClientLink:
         except asyncio.QueueFull:
             logger.warning("ClientLink(%s) outbox full, closing", self.connection_id)
             self.closed = True
+            # What is still queued is dropped, so the client never sees a gap: it gets every
+            # message up to where its outbox overflowed, then the close.
+            while not self._outbox.empty():
+                self._outbox.get_nowait()
             self._writer_close(Close(self.connection_id or "", CloseCode.SLOW_CONSUMER, "slow consumer"))
 
     def send(self, message: ServerMessage) -> None:
