@@ -177,6 +177,19 @@ def test_cli_application_create_list_update_and_token(
     mine_id = json.loads(capsys.readouterr().out)["application_id"]
     assert main(["application", "create", "--public-key", str(tmp_path / "mine.key"), *data]) == 1
     assert "not a PEM public key" in capsys.readouterr().err
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    for weak, message in [
+        (rsa.generate_private_key(public_exponent=65537, key_size=1024), "2048 to 8192 bits"),
+        (ec.generate_private_key(ec.SECP256R1()), "must be an RSA key"),
+    ]:
+        pem = weak.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (tmp_path / "weak.pub").write_bytes(pem)
+        assert main(["application", "create", "--public-key", str(tmp_path / "weak.pub"), *data]) == 1
+        assert message in capsys.readouterr().err
     assert main(["application", "list", *data]) == 0
     listed = [json.loads(line)["application_id"] for line in capsys.readouterr().out.splitlines()]
     assert listed == [app_id, mine_id]

@@ -184,14 +184,24 @@ class NodeOpenTok:
 
     def refused(self) -> list[str]:
         session_id = self.create_session()
-        ops = (("createSession", {}), ("listStreams", {"sessionId": session_id}))
+        ops = (
+            ("createSession", {}),
+            ("listStreams", {"sessionId": session_id}),
+            ("authStatus", {"sessionId": session_id}),
+        )
         if self.private_key_file is None:
             results = self.run(*ops, secret="f" * 40)
         else:
             other = self.private_key_file.with_name("other.private.key")
             results = self.run(*ops, key_file=str(other))
-        # The SDK maps 401 and 403 to AuthError('Invalid API key or secret').
-        return [str(r.get("error")) for r in results if "Invalid API key or secret" in str(r.get("error"))]
+        # The SDK maps 401 and 403 to AuthError('Invalid API key or secret'): the status of
+        # the same request, with the same kind of JWT, says which it was.
+        assert results[2] == {"ok": 403}, results
+        (good,) = self.run(("authStatus", {"sessionId": session_id}))
+        assert good == {"ok": 200}, good
+        return [
+            str(r.get("error")) for r in results[:2] if "Invalid API key or secret" in str(r.get("error"))
+        ]
 
 
 class PythonVonage:

@@ -163,7 +163,7 @@ class NewCallback:
 
 
 def check_public_key(pem: str) -> str:
-    """An application's public key, checked: PEM, RSA, at least 2048 bits; returned as PEM.
+    """An application's public key, checked: PEM, RSA, 2048 to 8192 bits; returned as PEM.
 
     :raises InvalidRequestError: otherwise.
     """
@@ -176,8 +176,8 @@ def check_public_key(pem: str) -> str:
         raise InvalidRequestError("the public key is not a PEM public key") from exc
     if not isinstance(key, rsa.RSAPublicKey):
         raise InvalidRequestError("the public key must be an RSA key (RS256)")
-    if key.key_size < 2048:
-        raise InvalidRequestError("the RSA public key must be at least 2048 bits")
+    if not 2048 <= key.key_size <= 8192:
+        raise InvalidRequestError("the RSA public key must be 2048 to 8192 bits")
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
@@ -228,8 +228,8 @@ class Store:
     ) -> Project:
         """Register a Vonage application: an id (a new UUID unless given) and an RSA public key.
 
-        :raises InvalidRequestError: if ``public_key`` is not a PEM RSA public key of at
-            least 2048 bits.
+        :raises InvalidRequestError: if ``public_key`` is not a PEM RSA public key of 2048
+            to 8192 bits.
         """
         public_key = check_public_key(public_key)
         if application_id is None:
