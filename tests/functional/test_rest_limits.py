@@ -110,7 +110,9 @@ def test_a_100_mb_body_gets_413_unread_and_the_server_memory_stays_flat(tmp_path
                 assert answer_headers["content-type"] == "application/json"
                 assert b"larger than 1048576 bytes" in body and b'"message"' in body
             assert sent < 50 * MiB, f"{path}: the server read {sent} bytes before answering"
+            print(f"{path} ({'chunked' if chunked else 'Content-Length'}): {status} after {sent} bytes sent")
         grown = server.rss_kib() - before
+        print(f"server RSS {before} KiB before, grew by {grown} KiB")
         assert grown < 10 * 1024, f"the server grew by {grown} KiB"
         assert httpx.get(server.url + "/health").status_code == 200
 
@@ -177,6 +179,7 @@ async def test_a_thousand_demo_joins_from_one_address_are_mostly_refused(tmp_pat
             assert (await client.post("/demo/join", content=b"{")).status_code == 429
         elapsed = time.monotonic() - started
         allowed = statuses.count(200)
+        print(f"1000 demo joins in {elapsed:.1f} s: {allowed} allowed, {statuses.count(429)} refused")
         assert statuses[:5] == [200] * 5, "the burst is let through"
         assert allowed <= 5 + elapsed / 10 + 1, f"{allowed} joins allowed in {elapsed:.1f} s"
         assert statuses.count(429) == 1000 - allowed
