@@ -6,6 +6,8 @@ import asyncio
 import pathlib
 import select
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -242,3 +244,21 @@ def test_deeply_nested_json_gets_400_on_every_json_route(server: RunningServer) 
                 assert r.status_code == 400, (method, path, r.status_code, r.text[:200])
                 assert r.json()["code"] == "invalid_request" and r.json()["message"]
         assert client.get(p + "/stream", headers=auth_header()).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-body-size", "100"], "--max-body-size must be at least 1024 bytes"),
+        (["--demo-rate-burst", "0"], "--demo-rate-burst must be at least 1"),
+        (["--demo-rate-interval", "0"], "--demo-rate-interval must be above 0"),
+    ],
+)
+def test_serve_refuses_bad_limits(tmp_path: pathlib.Path, args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "salon", "serve", "--port", "0", "--data-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and f"salon: error: {message}" in done.stderr, done.stderr
