@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import warnings
 from unittest import mock
 
@@ -309,3 +310,19 @@ def test_an_unsigned_jwt_is_refused() -> None:
     with pytest.raises(TokenError) as info:
         verify_token(f"{header}.{payload}.", secrets, session_id=SID, now=NOW)
     assert "HS256" in info.value.message
+
+
+@pytest.mark.parametrize("use_jwt", [True, False])
+def test_a_token_verifies_against_any_of_the_projects_secrets(use_jwt: bool) -> None:
+    old, new, other = SECRET, "f" * 40, "e" * 40
+    session_id = encode_session_id(KEY, "")
+    now = int(time.time())
+    token = generate_token(KEY, old, session_id, expire_time=now + 600, use_jwt=use_jwt)
+    claims = verify_token(token, lambda key: (new, old) if key == KEY else None, now=now)
+    assert claims.api_key == KEY and claims.session_id == session_id
+    with pytest.raises(TokenError) as info:
+        verify_token(token, lambda key: (new, other), now=now)
+    assert info.value.code == "invalid_signature"
+    with pytest.raises(TokenError) as info:
+        verify_token(token, lambda key: (), now=now)
+    assert info.value.code == "unknown_project"

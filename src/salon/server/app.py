@@ -203,7 +203,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
 
     app.add_middleware(CollapseSlashes)
     app.add_middleware(BodyLimit, max_size=config.max_body_size)
-    _document_limits(app, config)
+    _document_limits(app)
     return app
 
 
@@ -227,7 +227,7 @@ _TOO_LARGE = {
 }
 
 
-def _document_limits(app: FastAPI, config: ServerConfig) -> None:
+def _document_limits(app: FastAPI) -> None:
     """The OpenAPI document as served: what FastAPI generates, plus what middleware does.
 
     Validation errors are answered 400 (never FastAPI's 422), and every operation that takes

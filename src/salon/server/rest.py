@@ -370,7 +370,10 @@ async def _signal_body(request: Request) -> SignalBody:
     tags=["signals"],
     summary="Signal every connection of a session",
     status_code=204,
-    responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
+    responses={
+        **ERRORS,
+        413: {"model": ErrorBody, "description": "type or data too large, or the body over the limit"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,  # an empty body is a 400
@@ -396,7 +399,10 @@ async def signal_session(
     tags=["signals"],
     summary="Signal one connection",
     status_code=204,
-    responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
+    responses={
+        **ERRORS,
+        413: {"model": ErrorBody, "description": "type or data too large, or the body over the limit"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,  # an empty body is a 400
