@@ -177,7 +177,7 @@ async def test_a_thousand_demo_joins_from_one_address_are_mostly_refused(tmp_pat
                     assert int(r.headers["retry-after"]) >= 1
                 else:
                     assert r.status_code == 200, r.text
-            # Garbage is refused by the rate limit too, before it is parsed.
+            # Garbage is refused by the rate limit too, before it is validated.
             assert (await client.post("/demo/join", content=b"{")).status_code == 429
         elapsed = time.monotonic() - started
         allowed = statuses.count(200)
