@@ -41,6 +41,9 @@ def start_server(data_dir: pathlib.Path, **signalling: float) -> ServerThread:
         api_secret=API_SECRET,
         signalling=SignallingConfig(**signalling),  # type: ignore[arg-type]
         workers=1,  # one media worker process keeps CI light
+        # Tests join through the demo endpoint from one address many times; its rate limit
+        # has its own tests (tests/functional/test_rest_limits.py).
+        demo_rate_burst=1000,
     )
     return ServerThread(config)
 

@@ -6,6 +6,8 @@ import asyncio
 import pathlib
 import select
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -110,7 +112,9 @@ def test_a_100_mb_body_gets_413_unread_and_the_server_memory_stays_flat(tmp_path
                 assert answer_headers["content-type"] == "application/json"
                 assert b"larger than 1048576 bytes" in body and b'"message"' in body
             assert sent < 50 * MiB, f"{path}: the server read {sent} bytes before answering"
+            print(f"{path} ({'chunked' if chunked else 'Content-Length'}): {status} after {sent} bytes sent")
         grown = server.rss_kib() - before
+        print(f"server RSS {before} KiB before, grew by {grown} KiB")
         assert grown < 10 * 1024, f"the server grew by {grown} KiB"
         assert httpx.get(server.url + "/health").status_code == 200
 
@@ -173,10 +177,11 @@ async def test_a_thousand_demo_joins_from_one_address_are_mostly_refused(tmp_pat
                     assert int(r.headers["retry-after"]) >= 1
                 else:
                     assert r.status_code == 200, r.text
-            # Garbage is refused by the rate limit too, before it is parsed.
+            # Garbage is refused by the rate limit too, before it is validated.
             assert (await client.post("/demo/join", content=b"{")).status_code == 429
         elapsed = time.monotonic() - started
         allowed = statuses.count(200)
+        print(f"1000 demo joins in {elapsed:.1f} s: {allowed} allowed, {statuses.count(429)} refused")
         assert statuses[:5] == [200] * 5, "the burst is let through"
         assert allowed <= 5 + elapsed / 10 + 1, f"{allowed} joins allowed in {elapsed:.1f} s"
         assert statuses.count(429) == 1000 - allowed
@@ -239,3 +244,21 @@ def test_deeply_nested_json_gets_400_on_every_json_route(server: RunningServer) 
                 assert r.status_code == 400, (method, path, r.status_code, r.text[:200])
                 assert r.json()["code"] == "invalid_request" and r.json()["message"]
         assert client.get(p + "/stream", headers=auth_header()).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-body-size", "100"], "--max-body-size must be at least 1024 bytes"),
+        (["--demo-rate-burst", "0"], "--demo-rate-burst must be at least 1"),
+        (["--demo-rate-interval", "0"], "--demo-rate-interval must be above 0"),
+    ],
+)
+def test_serve_refuses_bad_limits(tmp_path: pathlib.Path, args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "salon", "serve", "--port", "0", "--data-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and f"salon: error: {message}" in done.stderr, done.stderr

@@ -14,7 +14,7 @@ import opentok
 import pytest
 from opentok.exceptions import OpenTokException
 
-from salon.errors import ConflictError, InvalidRequestError
+from salon.errors import ConflictError, InvalidRequestError, NotFoundError
 from salon.ids import encode_session_id
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
@@ -133,3 +133,23 @@ def test_server_sessions_persist_in_postgresql_across_a_restart(postgres_url: st
         # A NUL in the session ID (which PostgreSQL cannot even compare) is unknown too, not a 500.
         answer = httpx.get(sdk.endpoints.get_stream_url("1_%00"), headers=sdk.get_json_headers())
         assert answer.status_code == 404, answer.text
+
+
+async def test_deleting_and_rotating_on_postgresql(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    await store.open()
+    try:
+        project = await store.create_project("rotating")
+        session_id = encode_session_id(project.api_key, "")
+        await store.create_session(
+            project.api_key, session_id, media_mode="routed", archive_mode="manual", location="", e2ee=False
+        )
+        rotated = await store.rotate_secret(project.api_key, grace=60)
+        assert rotated.valid_secrets() == (rotated.api_secret, project.api_secret)
+        await store.delete_project(project.api_key)  # its sessions first: the foreign key holds
+        assert await store.get_project(project.api_key) is None
+        assert await store.get_session(session_id) is None
+        with pytest.raises(NotFoundError):
+            await store.delete_project(project.api_key)
+    finally:
+        await store.close()

@@ -449,3 +449,19 @@ def test_rs256_tokens_of_an_application_as_each_vonage_sdk_mints_them() -> None:
     # Without a public key lookup (a project with a secret), an RS256 token names no application.
     with pytest.raises(TokenError, match="application"):
         verify_token(python, secrets)
+
+
+@pytest.mark.parametrize("use_jwt", [True, False])
+def test_a_token_verifies_against_any_of_the_projects_secrets(use_jwt: bool) -> None:
+    old, new, other = SECRET, "f" * 40, "e" * 40
+    session_id = encode_session_id(KEY, "")
+    now = int(time.time())
+    token = generate_token(KEY, old, session_id, expire_time=now + 600, use_jwt=use_jwt)
+    claims = verify_token(token, lambda key: (new, old) if key == KEY else None, now=now)
+    assert claims.api_key == KEY and claims.session_id == session_id
+    with pytest.raises(TokenError) as info:
+        verify_token(token, lambda key: (new, other), now=now)
+    assert info.value.code == "invalid_signature"
+    with pytest.raises(TokenError) as info:
+        verify_token(token, lambda key: (), now=now)
+    assert info.value.code == "unknown_project"

@@ -128,6 +128,7 @@ def run_browser_bench(args: argparse.Namespace) -> int:
             api_key="47999999",
             api_secret=secrets.token_hex(20),
             workers=1,
+            demo_rate_burst=2 * args.runs + 10,  # every run joins twice, from 127.0.0.1
         )
         with ServerThread(config) as server:
             steps: list[dict[str, float]] = []

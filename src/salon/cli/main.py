@@ -19,6 +19,7 @@ from salon.media.ice_policy import parse_networks
 from salon.server.config import ServerConfig
 from salon.signalling.service import SignallingConfig
 from salon.store import Project, Store, database_url_for
+from salon.store.store import MAX_GRACE
 from salon.tokens import Role, generate_token
 
 __all__ = ["main"]
@@ -562,8 +563,8 @@ async def _store_command(args: argparse.Namespace) -> int:
             await store.delete_project(args.api_key)
             print(json.dumps({"api_key": args.api_key, "deleted": True}))
         elif args.command == "project" and args.project_command == "rotate-secret":
-            if not args.grace >= 0:
-                raise SalonError("--grace must be 0 or more seconds")
+            if not 0 <= args.grace <= MAX_GRACE:  # also refuses nan
+                raise SalonError(f"--grace must be 0 to {MAX_GRACE} seconds")
             project = await store.rotate_secret(args.api_key, grace=args.grace)
             print(
                 json.dumps(

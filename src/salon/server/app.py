@@ -10,8 +10,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from salon import __version__
@@ -188,6 +190,9 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette's Allow names one route's methods; a path may have more
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         code = {
             400: "invalid_request",  # e.g. FastAPI's "There was an error parsing the body"
             404: "not_found",
@@ -198,7 +203,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         return JSONResponse(
             {"code": code, "message": str(exc.detail)},
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)
@@ -208,4 +213,57 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
 
     app.add_middleware(CollapseSlashes)
     app.add_middleware(BodyLimit, max_size=config.max_body_size)
+    _document_limits(app)
     return app
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (routes asked as the router would)."""
+    allowed = []
+    for method in _METHODS:
+        scope = dict(request.scope, method=method)
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+_TOO_LARGE = {
+    "description": "The request body is larger than the server's limit (--max-body-size); "
+    "answered before the body is read",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
+def _document_limits(app: FastAPI) -> None:
+    """The OpenAPI document as served: what FastAPI generates, plus what middleware does.
+
+    Validation errors are answered 400 (never FastAPI's 422), and every operation that takes
+    a body may answer 413 (:class:`~salon.server.limits.BodyLimit`).
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+        )
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                if "requestBody" in operation:
+                    responses.setdefault("413", _TOO_LARGE)
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -204,33 +204,53 @@ async def _session_options(request: Request) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
 
 
+def _any_case(*words: str) -> str:
+    """A pattern matching ``words`` in any letter case (the server lower-cases these)."""
+    alternatives = ["".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in w) for w in words]
+    return "^(" + "|".join(alternatives) + ")$"
+
+
+_SESSION_CREATE_BODY: dict[str, Any] = {
+    "required": False,
+    "description": "Deliberately lenient, for the SDKs' sake: the body is parsed as a form "
+    "whatever its Content-Type (vonage-video sends its form labelled `application/json`), "
+    "unless it starts with `{` or `[`, when it must be a JSON object of these same fields. "
+    "Unknown fields are ignored; an empty body takes every default. The choices are matched "
+    "in any letter case, and `e2ee` also takes `1`/`0`/`yes`/`no`/empty and surrounding "
+    "spaces.",
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "p2p.preference": {"type": "string", "pattern": _any_case("enabled", "disabled", "")},
+                    "media_mode": {"type": "string", "pattern": _any_case("routed", "relayed", "")},
+                    "archiveMode": {"type": "string", "pattern": _any_case("manual", "always")},
+                    "archiveName": {"type": "string"},
+                    "archiveResolution": {"type": "string"},
+                    "location": {
+                        "anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "maxLength": 0}]
+                    },
+                    "e2ee": {
+                        "type": "string",
+                        "pattern": r"^\s*("
+                        + _any_case("true", "false", "yes", "no", "1", "0", "")[2:-2]
+                        + r")\s*$",
+                    },
+                },
+            }
+        },
+    },
+}
+
+
 @router.post(
     "/session/create",
     tags=["sessions"],
     summary="Create a session",
     response_model=list[SessionCreated],
     responses=ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "p2p.preference": {"type": "string", "enum": ["enabled", "disabled"]},
-                            "media_mode": {"type": "string", "enum": ["routed", "relayed"]},
-                            "archiveMode": {"type": "string", "enum": ["manual", "always"]},
-                            "archiveName": {"type": "string"},
-                            "archiveResolution": {"type": "string"},
-                            "location": {"type": "string", "format": "ipv4"},
-                            "e2ee": {"type": "string", "enum": ["true", "false"]},
-                        },
-                    }
-                },
-                "application/json": {"schema": {"type": "object"}},
-            }
-        }
-    },
+    openapi_extra={"requestBody": _SESSION_CREATE_BODY},
 )
 async def create_session(
     request: Request,
@@ -353,9 +373,15 @@ async def _signal_body(request: Request) -> SignalBody:
     tags=["signals"],
     summary="Signal every connection of a session",
     status_code=204,
-    responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
+    responses={
+        **ERRORS,
+        413: {"model": ErrorBody, "description": "type or data too large, or the body over the limit"},
+    },
     openapi_extra={
-        "requestBody": {"content": {"application/json": {"schema": SignalBody.model_json_schema()}}}
+        "requestBody": {
+            "required": True,  # an empty body is a 400
+            "content": {"application/json": {"schema": SignalBody.model_json_schema()}},
+        }
     },
 )
 async def signal_session(
@@ -376,9 +402,15 @@ async def signal_session(
     tags=["signals"],
     summary="Signal one connection",
     status_code=204,
-    responses={**ERRORS, 413: {"model": ErrorBody, "description": "type or data too large"}},
+    responses={
+        **ERRORS,
+        413: {"model": ErrorBody, "description": "type or data too large, or the body over the limit"},
+    },
     openapi_extra={
-        "requestBody": {"content": {"application/json": {"schema": SignalBody.model_json_schema()}}}
+        "requestBody": {
+            "required": True,  # an empty body is a 400
+            "content": {"application/json": {"schema": SignalBody.model_json_schema()}},
+        }
     },
 )
 async def signal_connection(

@@ -183,6 +183,10 @@ def check_public_key(pem: str) -> str:
     ).decode()
 
 
+#: The longest grace period of an old secret after a rotation, seconds (7 days).
+MAX_GRACE = 7 * 24 * 3600
+
+
 def database_url_for(data_dir: pathlib.Path) -> str:
     """The embedded default: a SQLite file in the data directory."""
     return f"sqlite+aiosqlite:///{data_dir / 'salon.sqlite3'}"
@@ -357,8 +361,8 @@ class Store:
 
     async def rotate_secret(self, api_key: str, *, grace: float, api_secret: str | None = None) -> Project:
         """Give a project a new API secret; the old one stays valid for ``grace`` seconds."""
-        if grace < 0:
-            raise InvalidRequestError("the grace period must not be negative")
+        if not 0 <= grace <= MAX_GRACE:
+            raise InvalidRequestError(f"the grace period must be 0 to {MAX_GRACE} seconds")
         new_secret = api_secret or secrets.token_hex(20)
         if len(new_secret) < 16:
             raise InvalidRequestError("an API secret must be at least 16 characters")
