@@ -189,7 +189,7 @@ async def test_a_session_receives_every_stream_on_one_peer_connection(media_serv
         for name, recorder in recorders.items():
             peak, share = dominant_frequency(recorder.audio[10:], recorder.audio_rate)
             assert abs(peak - float(name)) < 15 and share > 0.5, (name, peak, share)
-            assert all(y > x for x, y in itertools.pairwise(recorder.indices)), name
+            assert all(y > x for x, y in itertools.pairwise(recorder.indices)), (name, recorder.indices)
         # Per-subscriber stats, not the peer connection's total: three like streams share the
         # peer connection, so each subscriber has about a third of its payload.
         received_bytes = peer.received_bytes  # per receiver, all of the peer connection's
