@@ -32,6 +32,8 @@ class TcpProxy:
         self._silent: list[asyncio.StreamWriter] = []
         self._pumps: set[asyncio.Task[None]] = set()
         self.frozen = False
+        #: Connections refused while frozen (a client's attempts to reconnect).
+        self.refused = 0
         self.url = ""
 
     async def __aenter__(self) -> TcpProxy:
@@ -82,6 +84,7 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.frozen:
+            self.refused += 1
             writer.transport.abort()
             return
         try:

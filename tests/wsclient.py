@@ -94,10 +94,49 @@ class WsClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
 
-    async def quiet(self, seconds: float = 0.3) -> list[Message]:
-        """Whatever arrives within ``seconds`` (usually asserted empty)."""
-        await asyncio.sleep(seconds)
-        found, self.messages = self.messages, []
+    async def quiet(self, timeout: float = 10) -> list[Message]:
+        """Everything this client received before a control signal it sends itself now, all
+        removed from the buffer (usually asserted empty).
+
+        The control must arrive (within ``timeout``), which proves the socket still delivers;
+        the server queues a connection's messages in order, so whatever an earlier action sent
+        this client is ahead of the control: no guess of how long "nothing" takes.
+        """
+        assert self.connection_id is not None, "quiet() needs a connected client"
+        data = f"quiet-control-{next(self._ids)}"
+        request_id = next(self._ids)
+        await self.send(
+            {
+                "type": "signal",
+                "request_id": request_id,
+                "signal_type": "quiet-control",
+                "data": data,
+                "to": self.connection_id,
+            }
+        )
+
+        def is_control(m: Message) -> bool:
+            return m["type"] == "signal" and m.get("signal_type") == "quiet-control" and m.get("data") == data
+
+        def is_reply(m: Message) -> bool:
+            return m.get("request_id") == request_id
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (any(map(is_control, self.messages)) and any(map(is_reply, self.messages))):
+            replies = [m for m in self.messages if is_reply(m)]
+            assert not replies or replies[0]["type"] == "ack", f"control signal refused: {replies[0]}"
+            if self._reader.done():
+                raise AssertionError(f"socket closed before the control signal; buffered: {self.messages}")
+            self._arrived.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for the control signal; buffered: {self.messages}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        at = next(i for i, m in enumerate(self.messages) if is_control(m))
+        found = [m for m in self.messages[:at] if not is_reply(m)]
+        self.messages = [m for m in self.messages[at + 1 :] if not is_reply(m)]
         return found
 
     async def closed(self, timeout: float = 10) -> tuple[int | None, str | None]:

@@ -31,12 +31,17 @@ def test_bench_sfu_forwards_and_reports(capsys: pytest.CaptureFixture[str]) -> N
     ):
         assert key in report, key
     assert report["parameters"]["consumers"] == 2
-    assert report["packets_in_per_second"] > 0
-    assert report["forwarded_per_second"] > 0
+    packets_in, forwarded = report["packets_in_per_second"], report["forwarded_per_second"]
+    assert packets_in > 0
+    # Two subscribers: every packet in goes out twice, less what was lost (at most 2 %).
+    assert 1.9 * packets_in <= forwarded <= 2.0 * packets_in + 1, (packets_in, forwarded)
     assert report["cpu_us_per_forwarded_packet"] > 0
     assert report["server_cpu"]["processes"] >= 1
-    assert {"p50", "p99"} <= set(report["delay_ms"])
-    assert report["memory"]["rss_per_consumer_kb"] is not None
+    delay = report["delay_ms"]
+    assert delay["samples"] > 0 and 0 < delay["p50"] <= delay["p99"] <= delay["max"], delay
+    assert report["memory"]["rss_per_consumer_kb"] > 0, report["memory"]
     assert report["loss"]["expected"] > 0
-    assert report["loss"]["packets"] <= 0.02 * report["loss"]["expected"], report["loss"]
-    assert code in (0, 1)
+    assert 0 <= report["loss"]["packets"] <= 0.02 * report["loss"]["expected"], report["loss"]
+    assert report["loss"]["sinks_started_in_window"] == 0, report["loss"]
+    # A broken run prints no report (the json.loads above fails); 1 only means some loss.
+    assert code == (0 if report["loss"]["packets"] == 0 else 1), (code, report["loss"])

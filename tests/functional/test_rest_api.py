@@ -201,29 +201,45 @@ async def test_sdk_mute_stream_and_mute_all(server: RunningServer) -> None:
     assert (await a.next("mute_forced"))["stream_id"] == sa
     changed = await b.next("stream_property_changed")
     assert (changed["stream_id"], changed["property"], changed["new_value"]) == (sa, "has_audio", False)
-    assert server.sdk.get_stream(sid, sa).id == sa
+    assert (server.sdk.get_stream(sid, sa).id, has_media(server, sid, sa)) == (sa, (False, True))
+    assert has_media(server, sid, sb) == (True, True)
 
     server.sdk.mute_all(sid, [sa])  # sends {"active": true, "excludedStreams": [sa]}
     assert (await b.next("mute_forced"))["stream_id"] == sb
     assert [m for m in await a.quiet() if m["type"] == "mute_forced"] == []
+    assert has_media(server, sid, sb) == (False, True)
 
     # Mute-all also applies to streams published later, until disabled.
     c = await WsClient.join(server.url, sid, server.token(sid))
-    await c.request({"type": "publish", "name": "c"})
-    assert (await c.next("mute_forced"))["stream_id"]
+    sc = (await c.request({"type": "publish", "name": "c"}))["stream"]["stream_id"]
+    assert (await c.next("mute_forced"))["stream_id"] == sc
+    assert has_media(server, sid, sc) == (False, True)
     server.sdk.disable_force_mute(sid)
     published = await c.request({"type": "publish", "name": "c2"})
     assert published["stream"]["has_audio"] is True
+    sc2 = published["stream"]["stream_id"]
 
-    # vonage-video's spelling of the excluded list, and null.
-    for body in (
-        {"active": True, "excludedStreamIds": [sa, sb]},
-        {"active": False, "excludedStreamIds": None},
-    ):
-        r = httpx.post(
-            f"{server.url}/v2/project/{API_KEY}/session/{sid}/mute", json=body, headers=auth_header()
-        )
-        assert (r.status_code, r.json()) == (200, {})
+    # vonage-video's spelling of the excluded list: a's and b's streams are left alone, c's muted.
+    r = httpx.post(
+        f"{server.url}/v2/project/{API_KEY}/session/{sid}/mute",
+        json={"active": True, "excludedStreamIds": [sa, sb]},
+        headers=auth_header(),
+    )
+    assert (r.status_code, r.json()) == (200, {})
+    forced = {(await c.next("mute_forced"))["stream_id"] for _ in range(2)}
+    assert forced == {sc, sc2}
+    assert has_media(server, sid, sc2) == (False, True)
+    for client in (a, b):
+        assert [m for m in await client.quiet() if m["type"] == "mute_forced"] == []
+    # ... and null: switched off, a stream published now keeps its audio.
+    r = httpx.post(
+        f"{server.url}/v2/project/{API_KEY}/session/{sid}/mute",
+        json={"active": False, "excludedStreamIds": None},
+        headers=auth_header(),
+    )
+    assert (r.status_code, r.json()) == (200, {})
+    assert (await c.request({"type": "publish", "name": "c3"}))["stream"]["has_audio"] is True
+    assert [m for m in await c.quiet() if m["type"] == "mute_forced"] == []
     with pytest.raises(OpenTokException):
         server.sdk.mute_stream(sid, "no-such-stream")
     r = httpx.post(
@@ -234,6 +250,26 @@ async def test_sdk_mute_stream_and_mute_all(server: RunningServer) -> None:
         await client.close()
 
 
+def has_media(server: RunningServer, sid: str, stream_id: str) -> tuple[bool, bool]:
+    """(hasAudio, hasVideo) of a stream, as the REST API reports it."""
+    r = httpx.get(
+        f"{server.url}/v2/project/{API_KEY}/session/{sid}/stream/{stream_id}", headers=auth_header()
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["hasAudio"], r.json()["hasVideo"]
+
+
+async def live_session_gone(server: RunningServer, sid: str, timeout: float = 10) -> None:
+    """Wait until the signalling service has dropped its live state of ``sid``."""
+    service = server.thread.server.config.app.state.signalling
+    deadline = time.monotonic() + timeout
+    while sid in service.sessions:
+        assert time.monotonic() < deadline, (
+            f"the live session {sid} still exists {timeout} s after its last client left"
+        )
+        await asyncio.sleep(0.02)
+
+
 async def test_rest_mute_all_outlives_the_live_session_until_disabled(server: RunningServer) -> None:
     sid = server.session()
     server.sdk.mute_all(sid, [])  # no client connected yet
@@ -242,7 +278,7 @@ async def test_rest_mute_all_outlives_the_live_session_until_disabled(server: Ru
     assert first["has_audio"] is False
     assert (await a.next("mute_forced"))["stream_id"] == first["stream_id"]
     await a.close()
-    await asyncio.sleep(0.2)  # the last client left: the live session is gone
+    await live_session_gone(server, sid)  # the last client left
 
     b = await WsClient.join(server.url, sid, server.token(sid))
     assert (await b.request({"type": "publish", "name": "b"}))["stream"]["has_audio"] is False
@@ -252,7 +288,7 @@ async def test_rest_mute_all_outlives_the_live_session_until_disabled(server: Ru
     assert (await b.request({"type": "publish", "name": "b2"}))["stream"]["has_audio"] is True
     await b.close()
     await mod.close()
-    await asyncio.sleep(0.2)
+    await live_session_gone(server, sid)
 
     server.sdk.mute_all(sid, [])
     server.sdk.disable_force_mute(sid)  # both on a session with no client

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import httpx
+import pytest
 
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
@@ -25,11 +30,34 @@ def test_sdk_and_app_are_served(server: RunningServer) -> None:
     assert httpx.get(f"{server.url}/sdk/missing.js").status_code == 404
 
 
-def test_web_files_are_package_data() -> None:
-    assert (WEB_DIR / "sdk" / "salon.js").is_file()
-    assert (WEB_DIR / "app" / "index.html").is_file()
-    pyproject = (pathlib.Path(__file__).parents[2] / "pyproject.toml").read_text()
-    assert '"web/sdk/*.js", "web/app/*"' in pyproject
+@pytest.mark.timeout(300)
+def test_a_built_wheel_contains_the_web_files(tmp_path: pathlib.Path) -> None:
+    """Build the wheel (from a copy of the sources, so the checkout gets no build/ directory)
+    and check it holds every file the server serves from WEB_DIR."""
+    root = pathlib.Path(__file__).parents[2]
+    source = tmp_path / "source"
+    shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = dist.glob("salon-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        assert b"export function initSession" in archive.read("salon/web/sdk/salon.js")
+    web_files = {
+        "salon/web/" + path.relative_to(WEB_DIR).as_posix()
+        for path in WEB_DIR.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".py"
+    }
+    assert {"salon/web/sdk/salon.js", "salon/web/app/index.html", "salon/web/app/app.js"} <= web_files
+    assert web_files <= names, sorted(web_files - names)
 
 
 def test_demo_join_gives_one_session_per_room(server: RunningServer) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from aiortc.rtp import RtpPacket
 
 import salon.client
 from salon.client import errors, events
 from salon.client._link import signalling_url
-from salon.client._media import complete_rejected_mlines
+from salon.client._media import complete_rejected_mlines, new_peer_connection, route_rtp_by_mid
 from salon.signalling.schema import ErrorCode
 
 EXPECTED = [
@@ -134,6 +135,33 @@ def test_rejected_mlines_get_the_dtls_attributes_of_an_accepted_one() -> None:
     video = patched.split("m=video")[1]
     assert "a=setup:active" in video and "a=fingerprint:sha-256 AB" in video and "a=rtcp-mux" in video
     assert complete_rejected_mlines(patched) == patched
+
+
+async def test_rtp_of_a_new_ssrc_goes_to_the_receiver_of_its_mid_never_another() -> None:
+    """A new subscription's first packets can come before its receiver is set up: dropped,
+    not taken by the receiver of an earlier stream with the same payload type."""
+    pc = new_peer_connection([])
+    try:
+        pc.addTransceiver("audio", direction="recvonly")
+        route_rtp_by_mid(pc)
+        router = pc.getTransceivers()[0].receiver.transport._rtp_router
+        route_rtp_by_mid(pc)  # twice: still one wrapper
+        earlier, later = object(), object()
+        router.register_receiver(earlier, ssrcs=[1111], payload_types=[96], mid="0")
+        packet = RtpPacket(payload_type=96, ssrc=2222)
+        packet.extensions.mid = "1"
+        assert router.route_rtp(packet) is None  # mid 1 has no receiver yet
+        assert 2222 not in router.ssrc_table
+        router.register_receiver(later, ssrcs=[], payload_types=[96], mid="1")
+        assert router.route_rtp(packet) is later and router.ssrc_table[2222] is later
+        wrong_type = RtpPacket(payload_type=111, ssrc=3333)
+        wrong_type.extensions.mid = "1"
+        assert router.route_rtp(wrong_type) is None
+        # Known SSRCs, and packets without a MID, are routed as aiortc does.
+        assert router.route_rtp(RtpPacket(payload_type=96, ssrc=1111)) is earlier
+        assert router.route_rtp(RtpPacket(payload_type=96, ssrc=4444)) is None  # two receivers of 96
+    finally:
+        await pc.close()
 
 
 def test_audio_levels_and_active_speaker_messages_become_typed_events() -> None:

@@ -145,16 +145,18 @@ def test_tampered_t1_token_is_refused() -> None:
 def test_tampered_jwt_payload_is_refused() -> None:
     header, _payload, sig = REFERENCE_JWT.split(".")
     other = generate_token(KEY, SECRET, SID, role="subscriber", now=NOW, expire_time=NOW + 3600).split(".")[1]
-    with pytest.raises(TokenError):
+    with pytest.raises(TokenError) as info:
         verify_token(f"{header}.{other}.{sig}", secrets, now=NOW)
+    assert info.value.code == "invalid_signature"
 
 
 @pytest.mark.parametrize(
     "token", ["", "garbage", "T1==%%%", "a.b.c", "T1==" + base64.b64encode(b"x").decode()]
 )
 def test_malformed_tokens_are_refused(token: str) -> None:
-    with pytest.raises(TokenError):
+    with pytest.raises(TokenError) as info:
         verify_token(token, secrets, now=NOW)
+    assert (info.value.code, info.value.message) == ("invalid_token", "the token is malformed")
 
 
 def test_token_whose_session_belongs_to_another_project_is_refused() -> None:
@@ -309,6 +311,7 @@ def test_an_unsigned_jwt_is_refused() -> None:
     payload = _jwt().split(".")[1]
     with pytest.raises(TokenError) as info:
         verify_token(f"{header}.{payload}.", secrets, session_id=SID, now=NOW)
+    assert info.value.code == "invalid_token"
     assert "HS256" in info.value.message
 
 

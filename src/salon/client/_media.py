@@ -34,6 +34,7 @@ __all__ = [
     "complete_rejected_mlines",
     "new_peer_connection",
     "restrict_ice_addresses",
+    "route_rtp_by_mid",
     "wait_connected",
 ]
 
@@ -64,6 +65,41 @@ def restrict_ice_addresses(pc: RTCPeerConnection, addresses: Sequence[str]) -> N
 
         connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
         setattr(connection, "_salon_addresses", chosen)  # noqa: B010
+
+
+def route_rtp_by_mid(pc: RTCPeerConnection) -> None:
+    """Route ``pc``'s incoming RTP of an SSRC not seen before by its MID header extension.
+
+    aiortc 1.16's ``RtpRouter.route_rtp`` ignores the MID: a packet of an unknown SSRC goes to
+    the one receiver of its payload type, whose SSRC it then keeps. On a receiving peer
+    connection renegotiated for each new stream (one BUNDLE transport), the server forwards a
+    new subscription's media as soon as it answers, before aiortc has set up that m-line's
+    receiver: its first packets (Opus, or VP8 once its key frame comes) went to the receiver
+    of an earlier stream of the same kind, which then decoded the other stream's audio or
+    pictures. Now such a packet goes to the receiver of its MID (BUNDLE demultiplexing,
+    RFC 8843 §9.2), and is dropped while that m-line has none yet. Packets without a MID, and
+    SSRCs already known, are routed as before. Call after adding transceivers (their transports
+    exist); a router already done is left alone.
+    """
+    for transceiver in pc.getTransceivers():
+        router = transceiver.receiver.transport._rtp_router
+        if getattr(router, "_salon_mid_routing", False):
+            continue
+        original = router.route_rtp
+
+        def route_rtp(packet: Any, _router: Any = router, _original: Any = original) -> Any:
+            if packet.ssrc not in _router.ssrc_table and packet.extensions.mid is not None:
+                receiver = _router.mid_table.get(packet.extensions.mid)
+                if receiver is None or receiver not in _router.payload_type_table.get(
+                    packet.payload_type, ()
+                ):
+                    return None  # that m-line's receiver is not set up (yet): never another's
+                _router.ssrc_table[packet.ssrc] = receiver
+                return receiver
+            return _original(packet)
+
+        router.route_rtp = route_rtp  # type: ignore[method-assign]
+        setattr(router, "_salon_mid_routing", True)  # noqa: B010
 
 
 def complete_rejected_mlines(sdp: str) -> str:

@@ -11,7 +11,9 @@ answered ``inactive``) and stops their receivers, so no decoder thread is left r
 1.16 has no rollback: after a refused ``subscribe`` the local offer stays pending, its new
 transceivers inactive, and the next negotiation replaces it.
 
-Each ``track`` event is routed by the transceiver's mid to the subscriber that added it.
+Each ``track`` event is routed by the transceiver's mid to the subscriber that added it, and
+so is the RTP of each new SSRC (:func:`~salon.client._media.route_rtp_by_mid`): the server
+forwards a new subscription before aiortc has set up its receiver.
 Received payload bytes are counted per receiver (aiortc reports no ``bytesReceived``), for
 per-subscriber bitrates.
 """
@@ -26,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCIceServer, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from salon.client._media import complete_rejected_mlines, new_peer_connection, restrict_ice_addresses
+from salon.client._media import (
+    complete_rejected_mlines,
+    new_peer_connection,
+    restrict_ice_addresses,
+    route_rtp_by_mid,
+)
 from salon.client.errors import MediaError
 
 if TYPE_CHECKING:
@@ -60,6 +67,7 @@ class SubscribePeer:
     ) -> tuple[str, list[RTCRtpTransceiver]]:
         """Add ``recvonly`` transceivers of ``kinds`` for ``subscriber``; the new offer's SDP."""
         transceivers = [self.pc.addTransceiver(kind, direction="recvonly") for kind in sorted(kinds)]
+        route_rtp_by_mid(self.pc)  # the new m-lines' media may come before their receivers
         try:
             await self.pc.setLocalDescription(await self.pc.createOffer())
         except Exception as exc:

@@ -29,6 +29,8 @@ FAKE_UI = "--use-fake-ui-for-media-stream"
 
 
 async def launch(pw: Playwright, *, fake_ui: bool = True, extra_args: tuple[str, ...] = ()) -> Browser:
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 (a failure, not a skip: the suite must run)
+        raise AssertionError(f"no Chromium at {CHROMIUM} (scripts/test installs it)")
     args = [*BASE_ARGS, FAKE_UI] if fake_ui else list(BASE_ARGS)
     return await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*args, *extra_args])
 
@@ -48,11 +50,27 @@ def write_tone(
     return path
 
 
+#: Console errors and uncaught exceptions of every page opened by :func:`open_page` during the
+#: current test; the ``page_errors`` fixture (autouse, conftest.py) fails the test on any that
+#: its allow-list does not expect.
+PAGE_ERRORS: list[str] = []
+
+
 async def open_page(browser: Browser, url: str) -> Page:
     context = await browser.new_context(viewport={"width": 1100, "height": 700})
     page = await context.new_page()
-    page.on("console", lambda m: print(f"[{url} console] {m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: print(f"[{url} pageerror] {e}"))
+
+    def console(message: Any) -> None:
+        if message.type == "error":
+            PAGE_ERRORS.append(f"[{url} console] {message.text}")
+            print(PAGE_ERRORS[-1])
+
+    def page_error(error: Any) -> None:
+        PAGE_ERRORS.append(f"[{url} pageerror] {error}")
+        print(PAGE_ERRORS[-1])
+
+    page.on("console", console)
+    page.on("pageerror", page_error)
     return page
 
 
@@ -131,6 +149,71 @@ async def remote_audio_level(page: Page, name: str) -> float:
         name,
     )
     return level
+
+
+async def wait_remote_audio(page: Page, name: str, *, audible: bool, timeout_ms: int = 20000) -> float:
+    """Wait until the remote audio of ``name`` is audible (a 1 s window peaks above 0.01) or
+    silent (below 0.003); return that window's peak, or the last one when it timed out."""
+    level: float = await page.evaluate(
+        """async ([name, audible, timeout]) => {
+            const tile = document.querySelector(`.tile[data-name="${name}"]:not(.local):not(.screen)`);
+            const sub = window.salonApp.subscribers.get(tile.dataset.streamId);
+            const ctx = new AudioContext();
+            await ctx.resume();
+            const source = ctx.createMediaStreamSource(sub.mediaStream);
+            const analyser = ctx.createAnalyser();
+            analyser.fftSize = 2048;
+            source.connect(analyser);
+            const buf = new Float32Array(analyser.fftSize);
+            const deadline = Date.now() + timeout;
+            let peak = 0;
+            while (Date.now() < deadline) {
+                peak = 0;
+                const end = Date.now() + 1000;
+                while (Date.now() < end) {
+                    analyser.getFloatTimeDomainData(buf);
+                    for (const v of buf) peak = Math.max(peak, Math.abs(v));
+                    await new Promise((r) => setTimeout(r, 50));
+                }
+                if (audible ? peak > 0.01 : peak < 0.003) break;
+            }
+            await ctx.close();
+            return peak;
+        }""",
+        [name, audible, timeout_ms],
+    )
+    return level
+
+
+async def wait_remote_video_brightness(page: Page, name: str, *, dark: bool, timeout_ms: int = 20000) -> None:
+    """Wait until the remote camera video of ``name`` shows black frames (``dark``: mean level
+    below 8 of 255) or a picture (mean above 30); fail saying which, with the last level."""
+    await page.evaluate(
+        """async ([name, dark, timeout]) => {
+            const selector = `.tile[data-name="${name}"]:not(.local):not(.screen) video`;
+            const canvas = document.createElement("canvas");
+            canvas.width = 64;
+            canvas.height = 48;
+            const g = canvas.getContext("2d", {willReadFrequently: true});
+            const deadline = Date.now() + timeout;
+            let level = -1;
+            while (Date.now() < deadline) {
+                const video = document.querySelector(selector);
+                if (video && video.readyState >= 2 && video.videoWidth > 0) {
+                    g.drawImage(video, 0, 0, 64, 48);
+                    const d = g.getImageData(0, 0, 64, 48).data;
+                    let sum = 0;
+                    for (let i = 0; i < d.length; i += 4) sum += (d[i] + d[i + 1] + d[i + 2]) / 3;
+                    level = sum / (d.length / 4);
+                    if (dark ? level < 8 : level > 30) return;
+                }
+                await new Promise((r) => setTimeout(r, 100));
+            }
+            throw new Error(`video of ${name} not ${dark ? "black" : "showing a picture"} ` +
+                            `after ${timeout} ms (mean level ${level.toFixed(1)})`);
+        }""",
+        [name, dark, timeout_ms],
+    )
 
 
 async def record_status(page: Page) -> None:

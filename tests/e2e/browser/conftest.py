@@ -9,18 +9,33 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from collections.abc import AsyncIterator, Iterator
 
+import playwright.async_api as playwright_api  # missing: the suite fails, never skips
 import pytest
+from browser_helpers import PAGE_ERRORS, launch
 
 from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
 
-playwright_api = pytest.importorskip("playwright.async_api")
 
-from browser_helpers import CHROMIUM, launch  # noqa: E402 (needs playwright)
+@pytest.fixture
+def allowed_page_errors() -> list[str]:
+    """Regular expressions of the console errors and page errors a test expects (append to it);
+    any other fails the test (see :func:`page_errors`)."""
+    return []
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"no Chromium at {CHROMIUM} (scripts/test installs it)", allow_module_level=True)
+
+@pytest.fixture(autouse=True)
+def page_errors(allowed_page_errors: list[str]) -> Iterator[list[str]]:
+    """Fail the test on a console error or an uncaught exception of its pages that
+    ``allowed_page_errors`` does not match."""
+    PAGE_ERRORS.clear()
+    yield PAGE_ERRORS
+    unexpected = [e for e in PAGE_ERRORS if not any(re.search(p, e) for p in allowed_page_errors)]
+    PAGE_ERRORS.clear()
+    if unexpected:
+        pytest.fail("unexpected errors in the page:\n" + "\n".join(unexpected), pytrace=False)
 
 
 @pytest.fixture

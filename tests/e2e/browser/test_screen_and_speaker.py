@@ -111,12 +111,17 @@ async def _audio_levels_and_the_active_speaker(media_server: RunningServer, brow
     assert alice_stream in speakers and bob_stream not in speakers, speakers
     levels = await alice.evaluate("window.levels")
     assert levels.get(alice_stream, 0) > 0.05, levels
-    # The subscriber emits its own audioLevelUpdated too.
+    # The subscriber emits its own audioLevelUpdated too, with Alice's tone in it (not 0).
     level = await bob.evaluate(
         """(id) => new Promise((resolve) => {
             const sub = window.salonApp.subscribers.get(id);
-            sub.on("audioLevelUpdated", (e) => resolve(e.audioLevel));
+            let peak = -1;
+            sub.on("audioLevelUpdated", (e) => {
+                peak = Math.max(peak, e.audioLevel);
+                if (e.audioLevel > 0.05) resolve(e.audioLevel);
+            });
+            setTimeout(() => resolve(peak), 15000);
         })""",
         alice_stream,
     )
-    assert 0 <= level <= 1
+    assert 0.05 < level <= 1, f"the subscriber's audioLevelUpdated peaked at {level} in 15 s (-1: no event)"

@@ -6,6 +6,7 @@ with the OpenTok server SDK, against the test server) and a publisher.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -60,6 +61,19 @@ async def flow(page: Page, kind: str, seconds: float) -> int:
     before = await received(page, kind)
     await page.wait_for_timeout(seconds * 1000)
     return await received(page, kind) - before
+
+
+async def stops_flowing(page: Page, kind: str, quiet: float = 1.5, timeout: float = 20.0) -> None:
+    """Wait until no ``kind`` media has arrived for ``quiet`` seconds (what was in flight has
+    drained); fail if it still flows after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last, since = await received(page, kind), loop.time()
+    while loop.time() - since < quiet:
+        assert loop.time() < deadline, f"{kind} still arriving {timeout} s after it was switched off"
+        await page.wait_for_timeout(100)
+        if (now := await received(page, kind)) != last:
+            last, since = now, loop.time()
 
 
 async def starts_flowing(page: Page, kind: str, timeout: float = 20.0) -> None:
@@ -124,7 +138,7 @@ async def test_moderation_subscriber_options_unpublish_and_directed_signals(
     await mod.evaluate("window.sub.subscribeToAudio(true)")
     await starts_flowing(mod, "audio")
     await mod.evaluate("window.sub.subscribeToVideo(false)")
-    await mod.wait_for_timeout(1500)  # what was in flight
+    await stops_flowing(mod, "video")
     assert await flow(mod, "video", 2) == 0
     assert await flow(mod, "audio", 1) > 0
 
@@ -140,9 +154,9 @@ async def test_moderation_subscriber_options_unpublish_and_directed_signals(
         }""",
         p["connectionId"],
     )
+    # The signal to all comes last on each page: anything wrongly delivered came before it.
     for page in (pub, mod):
         await wait_log(page, "e.type === 'signal' && e.signalType === 'all'")
-    await pub.wait_for_timeout(500)
     pub_signals = [(e["data"], e["from"]) for e in await pub.evaluate("window.log") if e["type"] == "signal"]
     mod_signals = [(e["data"], e["from"]) for e in await mod.evaluate("window.log") if e["type"] == "signal"]
     assert pub_signals == [("for the publisher", m["connectionId"]), ("for everyone", m["connectionId"])]

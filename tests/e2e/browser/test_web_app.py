@@ -6,7 +6,14 @@ import asyncio
 import pathlib
 
 import pytest
-from browser_helpers import join, open_page, remote_audio_level, remote_video_stats
+from browser_helpers import (
+    join,
+    open_page,
+    remote_audio_level,
+    remote_video_stats,
+    wait_remote_audio,
+    wait_remote_video_brightness,
+)
 from playwright.async_api import Browser, expect
 
 from tests.conftest import RunningServer
@@ -42,16 +49,30 @@ async def test_two_pages_see_and_hear_each_other(
     await alice.screenshot(path=str(artifacts / "two-participants-alice.png"))
     await bob.screenshot(path=str(artifacts / "two-participants-bob.png"))
 
-    # Mute indicators.
+    # Mute and stop video: the indicators change and the media itself stops (silence, black
+    # frames); then both come back.
     bob_tile_on_alice = alice.locator('.tile[data-name="Bob"]:not(.local)')
     await expect(bob_tile_on_alice.locator(".audio-off")).to_be_hidden()
+    await wait_remote_video_brightness(alice, "Bob", dark=False)
     await bob.get_by_role("button", name="Mute").click()
     await expect(bob.get_by_role("button", name="Unmute")).to_be_visible()
     await expect(bob_tile_on_alice.locator(".audio-off")).to_be_visible()
+    level = await wait_remote_audio(alice, "Bob", audible=False)
+    assert level < 0.003, f"Bob muted, yet his audio still peaks at {level} on Alice's page"
     await bob.get_by_role("button", name="Stop video").click()
+    await expect(bob.get_by_role("button", name="Start video")).to_be_visible()
     await expect(bob_tile_on_alice.locator(".video-off")).to_be_visible()
+    await wait_remote_video_brightness(alice, "Bob", dark=True)
     await bob.get_by_role("button", name="Unmute").click()
     await expect(bob_tile_on_alice.locator(".audio-off")).to_be_hidden()
+    level = await wait_remote_audio(alice, "Bob", audible=True)
+    assert level > 0.01, f"Bob unmuted, yet his audio stays silent on Alice's page ({level})"
+    await bob.get_by_role("button", name="Start video").click()
+    await expect(bob.get_by_role("button", name="Stop video")).to_be_visible()
+    await expect(bob_tile_on_alice.locator(".video-off")).to_be_hidden()
+    await wait_remote_video_brightness(alice, "Bob", dark=False)
+    stats = await remote_video_stats(alice, "Bob")
+    assert stats["framesAdvanced"] > 0 and not stats["paused"], stats
 
     # Leave.
     await bob.get_by_role("button", name="Leave").click()

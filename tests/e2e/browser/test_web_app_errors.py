@@ -54,7 +54,11 @@ async def test_expired_token_shows_a_clear_message(media_server: RunningServer, 
         await browser.close()
 
 
-async def test_no_demo_says_the_demo_endpoint_is_off(tmp_path: pathlib.Path, browser: Browser) -> None:
+async def test_no_demo_says_the_demo_endpoint_is_off(
+    tmp_path: pathlib.Path, browser: Browser, allowed_page_errors: list[str]
+) -> None:
+    # /demo/join, switched off
+    allowed_page_errors.append(r"Failed to load resource: the server responded with a status of 404")
     config = ServerConfig(
         port=0, data_dir=tmp_path, api_key=API_KEY, api_secret=API_SECRET, media=False, demo=False
     )

@@ -39,6 +39,20 @@ async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 
         await asyncio.sleep(0.02)
 
 
+async def wait_settled(count: Callable[[], int], what: str, quiet: float = 1.0, timeout: float = 10.0) -> int:
+    """Wait until ``count()`` has not changed for ``quiet`` seconds (what was already on its way
+    has drained); fail saying ``what`` kept changing if it has not settled within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} still changing after {timeout:g} s (now {last})")
+        await asyncio.sleep(0.02)
+        if (now := count()) != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 class Recorder:
     """Collects one subscriber's frame indices and audio (the frames' own content)."""
 

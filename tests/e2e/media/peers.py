@@ -34,6 +34,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 from av import AudioFrame, VideoFrame
 
+from salon.client._media import route_rtp_by_mid
 from salon.media.router import Router
 from salon.media.transport import WebRtcTransport
 
@@ -249,6 +250,9 @@ class SharedSubscriber(_Peer):
         media = ReceivedMedia()
         for kind in ("audio", "video"):
             self.pc.addTransceiver(kind, direction="recvonly")
+        # As the client SDK does: the SFU forwards the new m-lines' media before aiortc has set
+        # up their receivers; left to aiortc, it would go to the earlier stream's receivers.
+        route_rtp_by_mid(self.pc)
         self._pending = media
         return media
 
@@ -346,6 +350,20 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def wait_settled(count: Any, quiet: float, timeout: float, what: str) -> int:
+    """Wait until ``count()`` has not changed for ``quiet`` seconds (frames already on their way
+    drained); fail saying ``what`` kept changing if it has not settled within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} still changing after {timeout} s (now {last})")
+        await asyncio.sleep(0.02)
+        if (now := count()) != last:
+            last, since = now, time.monotonic()
+    return int(last)
 
 
 def process_udp_sockets() -> set[int]:

@@ -10,6 +10,7 @@ machine is a shared 2-core VM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 
@@ -32,7 +33,8 @@ from salon.media.transport import TransportState
 
 pytestmark = pytest.mark.timeout(60)
 
-MEDIA_SECONDS = 3.0
+MIN_FRAMES = 30
+"""Frames every subscriber must decode (1 s of the publisher's 30 frames/s) before checking."""
 
 
 def assert_video_ok(sub: Subscriber, min_frames: int) -> None:
@@ -62,21 +64,28 @@ async def test_publisher_video_and_tone_reach_three_subscribers_in_order(router:
     published = await publish(router, pub)
     results = [await subscribe(router, published.stream.id, s) for s in subs]
     try:
-        await wait_for(lambda: all(len(s.media.indices) > 0 for s in subs), 10, "first frames")
-        await asyncio.sleep(MEDIA_SECONDS)
+        await wait_for(
+            lambda: all(len(s.media.indices) >= MIN_FRAMES and s.media.audio_frames > 100 for s in subs),
+            30,
+            f"{MIN_FRAMES} frames and 2 s of audio on every subscriber",
+        )
         for sub in subs:
-            assert_video_ok(sub, min_frames=int(MEDIA_SECONDS * 30 * 0.3))
+            assert_video_ok(sub, min_frames=MIN_FRAMES)
             assert_tone(sub)
         video = published.stream.video
         assert video is not None and video.stats.key_frames >= 1
         for result in results:
             assert result.transport.state is TransportState.CONNECTED
+            assert [c.kind for c in result.consumers] == ["audio", "video"]
             assert all(c.stats.packets_sent > 0 for c in result.consumers)
     finally:
         await close_all(pub, *subs)
 
 
-async def test_late_subscriber_gets_a_frame_within_one_second(router: Router) -> None:
+async def test_late_subscriber_starts_on_a_key_frame_it_asked_for(router: Router) -> None:
+    """The publisher's encoder makes a key frame only every 3000 frames (100 s) unless asked:
+    a late subscriber's first frame within 10 s proves the SFU asked. How fast that is, is a
+    figure of ``salon bench client`` (time to first frame), printed here, not asserted."""
     pub = Publisher(audio=False)
     early = Subscriber(audio=False)
     published = await publish(router, pub)
@@ -84,15 +93,18 @@ async def test_late_subscriber_gets_a_frame_within_one_second(router: Router) ->
     late = Subscriber(audio=False)
     try:
         await wait_for(lambda: len(early.media.indices) > 30, 10, "the early subscriber's frames")
+        video = published.stream.video
+        assert video is not None
+        requests, key_frames = video.stats.key_frame_requests_sent, video.stats.key_frames
         started = time.monotonic()
         result = await subscribe(router, published.stream.id, late)
-        await wait_for(lambda: late.media.first_video_at is not None, 5, "the late subscriber's first frame")
+        await wait_for(lambda: late.media.first_video_at is not None, 10, "the late subscriber's first frame")
         assert late.media.first_video_at is not None
         delay = late.media.first_video_at - started
         print(f"late subscriber: first decoded frame {delay * 1000:.0f} ms after subscribe")
-        assert delay < 1.0, f"first frame after {delay:.2f} s"
         assert result.consumers[0].stats.key_frame_starts == 1
-        await asyncio.sleep(1.0)
+        assert video.stats.key_frame_requests_sent > requests and video.stats.key_frames > key_frames
+        await wait_for(lambda: len(late.media.indices) >= 15, 10, "15 frames on the late subscriber")
         assert_video_ok(late, min_frames=15)
         assert late.media.indices[0] > early.media.indices[0]
     finally:
@@ -107,21 +119,31 @@ async def test_loss_on_publisher_leg_is_recovered_by_upstream_nack(router: Route
     for sub in subs:
         await subscribe(router, published.stream.id, sub)
     try:
-        await wait_for(lambda: all(len(s.media.indices) > 0 for s in subs), 10, "first frames")
-        await asyncio.sleep(MEDIA_SECONDS + 1)
         video = published.stream.video
         assert video is not None and video.ssrc is not None
-        stats = video.stats
-        dropped_video = loss.dropped_by_ssrc[video.ssrc]
+        ssrc, stats = video.ssrc, video.stats
+        await wait_for(
+            lambda: (
+                all(len(s.media.indices) >= MIN_FRAMES and s.media.audio_frames > 100 for s in subs)
+                and loss.dropped_by_ssrc[ssrc] > 5
+            ),
+            30,
+            f"{MIN_FRAMES} frames on every subscriber and 6 video packets dropped",
+        )
+        # Nearly every lost video packet comes back (a retransmission can be lost too).
+        await wait_for(
+            lambda: (
+                stats.nacked_sequence_numbers >= loss.dropped_by_ssrc[ssrc]
+                and stats.recovered >= 0.8 * loss.dropped_by_ssrc[ssrc]
+            ),
+            10,
+            "every lost packet NACKed and 80 % of them recovered",
+        )
+        dropped_video = loss.dropped_by_ssrc[ssrc]
         print(f"publisher leg: dropped {loss.dropped} ({dropped_video} video), {stats}")
-        assert dropped_video > 5
-        assert stats.nacked_sequence_numbers >= dropped_video
         assert stats.rtx_received > 0
-        # Nearly every lost video packet came back (a retransmission can be lost too, and the
-        # last few may still be in flight when the counters are read).
-        assert stats.recovered >= 0.8 * dropped_video, (stats.recovered, dropped_video)
         for sub in subs:
-            assert_video_ok(sub, min_frames=int(MEDIA_SECONDS * 30 * 0.3))
+            assert_video_ok(sub, min_frames=MIN_FRAMES)
             assert_tone(sub)
     finally:
         await close_all(pub, *subs)
@@ -137,24 +159,29 @@ async def test_loss_on_subscriber_leg_is_recovered_from_the_cache(router: Router
     try:
         await wait_for(lambda: len(lossy_sub.media.indices) > 0, 10, "first frame")
         start = (len(lossy_sub.media.indices), len(clean_sub.media.indices))
-        await asyncio.sleep(MEDIA_SECONDS + 1)
         (consumer,) = [c for c in result.consumers if c.kind == "video"]
-        dropped_video = loss.dropped_by_ssrc[consumer.ssrc]
-        print(f"subscriber leg: dropped {loss.dropped} ({dropped_video} video), {consumer.stats}")
-        assert dropped_video > 5
-        assert consumer.stats.nacks_received > 0
-        # Every lost video packet the subscriber asked for again came from the cache.
-        assert consumer.stats.retransmitted_from_cache >= 0.8 * dropped_video, (
-            consumer.stats.retransmitted_from_cache,
-            dropped_video,
+        stats = consumer.stats
+        await wait_for(
+            lambda: len(clean_sub.media.indices) >= start[1] + 90 and loss.dropped_by_ssrc[consumer.ssrc] > 5,
+            30,
+            "90 frames on the clean subscriber and 6 video packets dropped to the lossy one",
         )
-        assert consumer.stats.cache_misses == 0
+        # Every lost video packet the subscriber asks for again comes from the cache.
+        await wait_for(
+            lambda: stats.retransmitted_from_cache >= 0.8 * loss.dropped_by_ssrc[consumer.ssrc],
+            10,
+            "80 % of the dropped packets retransmitted from the cache",
+        )
+        dropped_video = loss.dropped_by_ssrc[consumer.ssrc]
+        print(f"subscriber leg: dropped {loss.dropped} ({dropped_video} video), {stats}")
+        assert stats.nacks_received > 0
+        assert stats.cache_misses == 0
         # ... so the lossy subscriber decodes about as many frames as the clean one.
         lossy_frames = len(lossy_sub.media.indices) - start[0]
         clean_frames = len(clean_sub.media.indices) - start[1]
         assert lossy_frames >= 0.85 * clean_frames, (lossy_frames, clean_frames)
         for sub in (lossy_sub, clean_sub):
-            assert_video_ok(sub, min_frames=int(MEDIA_SECONDS * 30 * 0.3))
+            assert_video_ok(sub, min_frames=MIN_FRAMES)
             assert_tone(sub)
     finally:
         await close_all(pub, lossy_sub, clean_sub)
@@ -168,8 +195,7 @@ async def test_h264_publish_and_subscribe(router: Router) -> None:
     assert video is not None and video.codec.name == "h264"
     result = await subscribe(router, published.stream.id, sub)
     try:
-        await wait_for(lambda: len(sub.media.indices) > 0, 10, "first H.264 frame")
-        await asyncio.sleep(2.0)
+        await wait_for(lambda: len(sub.media.indices) >= 20, 30, "20 H.264 frames")
         assert result.consumers[0].codec.name == "h264"
         assert_video_ok(sub, min_frames=20)
     finally:
@@ -217,7 +243,12 @@ async def test_unpublish_closes_consumers_and_leaves_nothing_behind() -> None:
     assert router.transports == {}
     assert result.transport.closed
     await close_all(pub, sub)
-    await asyncio.sleep(0.1)  # let aiortc's own close callbacks run
-    leftover = [t for t in asyncio.all_tasks() - tasks_before if not t.done()]
-    assert leftover == [], f"tasks left behind: {leftover}"
+
+    def leftover() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() - tasks_before if not t.done()]
+
+    # aiortc's own close callbacks may take a few loop turns.
+    with contextlib.suppress(AssertionError):
+        await wait_for(lambda: not leftover(), 10, "no task left")
+    assert leftover() == [], f"tasks left behind: {leftover()}"
     assert process_udp_sockets() <= sockets_before, "UDP sockets left open"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
+import socket
 
 import pytest
 from peers import process_udp_sockets, wait_for
@@ -20,16 +23,31 @@ from salon.media.transport import (
 
 pytestmark = pytest.mark.timeout(30)
 
-FREE_RANGE = (47100, 47119)
+
+def free_udp_ports(count: int) -> tuple[int, int]:
+    """A range of ``count`` consecutive UDP ports free right now (checked by binding each),
+    so the tests neither collide with each other nor with whatever else runs here."""
+    for _ in range(200):
+        first = random.randrange(20000, 60000 - count)
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(first, first + count):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return first, first + count - 1
+    raise AssertionError(f"no {count} consecutive free UDP ports found")
 
 
 async def test_gathers_on_the_listen_address_within_the_port_range_and_announces() -> None:
     sockets_before = process_udp_sockets()
-    options = WebRtcTransportOptions(port_range=FREE_RANGE, announced_address="203.0.113.7")
+    free_range = free_udp_ports(20)
+    options = WebRtcTransportOptions(port_range=free_range, announced_address="203.0.113.7")
     transport = await WebRtcTransport.create(options)
     try:
         (port,) = transport.local_ports
-        assert FREE_RANGE[0] <= port <= FREE_RANGE[1]
+        assert free_range[0] <= port <= free_range[1]
         (candidate,) = transport.local_parameters().candidates
         assert (candidate.ip, candidate.port) == ("203.0.113.7", port)
         assert len(process_udp_sockets() - sockets_before) == 1
@@ -41,10 +59,12 @@ async def test_gathers_on_the_listen_address_within_the_port_range_and_announces
 
 async def test_an_exhausted_port_range_is_our_error_and_leaks_nothing() -> None:
     sockets_before = process_udp_sockets()
-    first = await WebRtcTransport.create(WebRtcTransportOptions(port_range=(47130, 47130)))
+    one_port = free_udp_ports(1)
+    first = await WebRtcTransport.create(WebRtcTransportOptions(port_range=one_port))
     try:
+        assert first.local_ports == [one_port[0]]
         with pytest.raises(MediaResourceError, match="no free UDP port"):
-            await WebRtcTransport.create(WebRtcTransportOptions(port_range=(47130, 47130)))
+            await WebRtcTransport.create(WebRtcTransportOptions(port_range=one_port))
     finally:
         await first.close()
     assert process_udp_sockets() <= sockets_before

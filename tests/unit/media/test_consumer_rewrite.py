@@ -6,6 +6,7 @@ from salon.media.consumer import Consumer, ConsumerClosed, ConsumerCloseReason
 from salon.media.producer import Producer, ProducerClosed, ProducerCloseReason
 from salon.media.rtcp import Nack, Pli, Remb, SenderReport, parse_rtcp
 from salon.media.rtp import (
+    abs_send_time,
     build_rtp,
     find_header_extension,
     iter_header_extensions,
@@ -77,7 +78,8 @@ def test_consumer_starts_on_a_key_frame_and_rewrites_everything() -> None:
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(3)]
     assert headers[2].timestamp - headers[0].timestamp == 3000
     assert find_header_extension(sub.rtp[0], headers[0], 9) == b"v"
-    assert find_header_extension(sub.rtp[0], headers[0], 3) is not None
+    # abs-send-time (id 3 for the subscriber) of the time the packet was forwarded (feed's 1.0 s).
+    assert find_header_extension(sub.rtp[0], headers[0], 3) == abs_send_time(1.0) == b"\x04\x00\x00"
     assert sub.rtp[0][headers[0].payload_offset :] == KEY
 
 

@@ -103,7 +103,8 @@ def test_h264_codecs_match_on_profile_and_packetization_mode(a: RtpCodec, b: Rtp
 
 
 async def test_aiortc_publish_offer_negotiates_opus_and_vp8_with_rtx() -> None:
-    offer = parse_offer(await aiortc_offer(audio="sendonly", video="sendonly"))
+    sdp = await aiortc_offer(audio="sendonly", video="sendonly")
+    offer = parse_offer(sdp)
     audio, video = negotiate_publish(offer)
     assert (audio.kind, audio.codec.name, audio.codec.payload_type, audio.codec.channels) == (
         "audio",
@@ -119,7 +120,10 @@ async def test_aiortc_publish_offer_negotiates_opus_and_vp8_with_rtx() -> None:
         98,
     )
     assert video.extensions == HeaderExtensionIds(mid=1, abs_send_time=3)
-    assert video.ssrc is not None and video.rtx_ssrc is not None and audio.ssrc is not None
+    # The SSRCs the offer announces: audio's, then video's and its RTX in the FID group.
+    (audio_ssrc,) = re.findall(r"a=ssrc:(\d+) cname", media_sections(sdp)[0])
+    (fid,) = re.findall(r"a=ssrc-group:FID (\d+) (\d+)", media_sections(sdp)[1])
+    assert (audio.ssrc, video.ssrc, video.rtx_ssrc) == (int(audio_ssrc), int(fid[0]), int(fid[1]))
     assert set(video.codec.rtcp_feedback) == {("nack", None), ("nack", "pli"), ("goog-remb", None)}
 
 
@@ -157,7 +161,7 @@ async def test_aiortc_h264_publish_offer_keeps_the_first_offered_profile() -> No
     assert video.codec.name == "h264"
     assert video.codec.parameters["profile-level-id"] == "42001f"
     assert str(video.codec.parameters["packetization-mode"]) == "1"
-    assert video.codec.rtx_payload_type is not None
+    assert (video.codec.payload_type, video.codec.rtx_payload_type) == (99, 100)  # a=fmtp:100 apt=99
 
 
 def test_chromium_publish_offer_keeps_supported_codecs_and_extension_ids() -> None:
@@ -194,7 +198,7 @@ def test_chromium_publish_offer_keeps_supported_codecs_and_extension_ids() -> No
     # The answer parses back.
     parsed = SessionDescription.parse(answer)
     assert [m.rtp.muxId for m in parsed.media] == ["0", "1"]
-    assert parsed.media[1].dtls is not None and parsed.media[1].dtls.role == "client"
+    assert [m.dtls.role if m.dtls else None for m in parsed.media] == ["client", "client"]
 
 
 def test_chromium_offer_without_vp8_chooses_h264_packetization_mode_1() -> None:
