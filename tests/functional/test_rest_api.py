@@ -466,3 +466,38 @@ def test_bad_class_list_bodies_get_400(server: RunningServer) -> None:
     for body in [{}, {"items": []}, {"items": [{"layoutClassList": []}]}, {"items": "x"}]:
         r = httpx.put(url, json=body, headers=auth_header())
         assert r.status_code == 400 and r.json()["message"], body
+
+
+def _raw_jwt(raw_claims: str, secret: str = API_SECRET) -> str:
+    """A well-signed HS256 JWT whose payload is ``raw_claims`` verbatim (``1e400`` decodes to
+    infinity, which no JSON encoder writes)."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(raw_claims.encode())
+    signature = b64(hmac.new(secret.encode(), signing_input, hashlib.sha256).digest())
+    return (signing_input + b"." + signature).decode()
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        '"iat": 1e400, "exp": 1e400',
+        '"iat": NOW, "exp": 1e400',
+        '"iat": -1e400, "exp": NOW',
+        '"iat": NOW, "exp": NaN',
+    ],
+)
+def test_a_rest_jwt_with_absurd_times_is_a_403(server: RunningServer, times: str) -> None:
+    now = int(time.time())
+    claims = f'{{"iss": "{API_KEY}", "ist": "project", "jti": "x", {times.replace("NOW", str(now))}}}'
+    r = httpx.get(
+        f"{server.url}/v2/project/{API_KEY}/session/{server.session()}/stream",
+        headers={"X-OPENTOK-AUTH": _raw_jwt(claims)},
+    )
+    assert r.status_code == 403, r.text
+    assert r.json()["message"].startswith("the JWT"), r.text
