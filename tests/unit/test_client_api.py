@@ -10,7 +10,7 @@ import salon.client
 from salon.client import errors, events
 from salon.client._link import signalling_url
 from salon.client._media import complete_rejected_mlines
-from salon.signalling.schema import ErrorCode
+from salon.protocol import ErrorCode
 
 EXPECTED = [
     "ActiveSpeakerChanged",
@@ -138,7 +138,7 @@ def test_rejected_mlines_get_the_dtls_attributes_of_an_accepted_one() -> None:
 
 def test_audio_levels_and_active_speaker_messages_become_typed_events() -> None:
     from salon.client import ActiveSpeakerChanged, AudioLevels, Event, Session
-    from salon.signalling.schema import ActiveSpeakerEvent, AudioLevelEvent, StreamAudioLevel
+    from salon.protocol import ActiveSpeakerEvent, AudioLevelEvent, StreamAudioLevel
 
     session = Session("1_session", "token", "http://127.0.0.1:1")
     seen: list[Event] = []
