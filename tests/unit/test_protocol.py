@@ -152,3 +152,42 @@ def test_every_message_model_says_which_direction_it_goes() -> None:
         assert issubclass(model, _ClientModel) != issubclass(model, _ServerModel), model
         expected = "forbid" if issubclass(model, _ClientModel) else "ignore"
         assert model.model_config.get("extra") == expected, model
+
+
+def test_the_browser_sdk_declarations_match_the_models() -> None:
+    """protocol.d.ts is generated from the models: a change to one without the other fails."""
+    from salon.protocol import typescript
+
+    checked_in = SRC / "salon" / "web" / "sdk" / "protocol.d.ts"
+    assert typescript.DEFAULT_PATH == checked_in
+    assert checked_in.read_text(encoding="utf-8") == typescript.render(), (
+        f"{checked_in} does not match salon.protocol: regenerate it with `{typescript.REGENERATE}`"
+    )
+
+
+def test_the_declarations_cover_every_message_and_code() -> None:
+    from salon.protocol import CloseCode, typescript
+    from salon.protocol.messages import CLIENT_MESSAGE_TYPES
+
+    text = typescript.render()
+    for kind in CLIENT_MESSAGE_TYPES:
+        assert f'  type: "{kind}";' in text
+    for member in server_message_adapter.json_schema()["oneOf"]:
+        name = member["$ref"].rsplit("/", 1)[-1]
+        assert f"export interface {name} {{" in text
+    for code in ErrorCode:
+        assert f'"{code.value}"' in text
+    for close in CloseCode:
+        assert f"| {close.value}" in text
+
+
+def test_the_check_command_fails_on_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from salon.protocol import typescript
+
+    path = tmp_path / "protocol.d.ts"
+    assert typescript.main(["--output", str(path), "--check"]) == 1
+    assert typescript.main(["--output", str(path)]) == 0
+    assert typescript.main(["--output", str(path), "--check"]) == 0
+    path.write_text(path.read_text(encoding="utf-8").replace('"not_found"', '"gone"'), encoding="utf-8")
+    assert typescript.main(["--output", str(path), "--check"]) == 1
+    assert typescript.REGENERATE in capsys.readouterr().err
