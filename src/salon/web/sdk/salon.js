@@ -51,6 +51,8 @@
 /** @typedef {import("./protocol").StreamPropertyChangedEvent} StreamPropertyChangedEvent */
 
 export const VERSION = "1.0.0";
+/** The signalling protocol version this SDK speaks (docs/protocol.md §14). @type {import("./protocol").ProtocolVersion} */
+const PROTOCOL_VERSION = 1;
 
 /**
  * Put `codec` (e.g. "H264") first in a video transceiver's offer, keeping the others (and
@@ -617,7 +619,14 @@ export class Session extends Emitter {
         reject(error);
       };
       ws.onopen = () => {
-        this._send({ type: "connect", request_id: 0, session_id: this.sessionId, token: this._token, client: `salon.js/${VERSION}` });
+        this._send({
+          type: "connect",
+          request_id: 0,
+          session_id: this.sessionId,
+          token: this._token,
+          protocol_version: PROTOCOL_VERSION,
+          client: `salon.js/${VERSION}`,
+        });
       };
       ws.onmessage = (ev) => {
         const msg = /** @type {ServerMessage} */ (JSON.parse(String(ev.data)));
