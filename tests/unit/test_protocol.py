@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -71,7 +72,7 @@ def test_the_protocol_imports_only_pydantic_and_the_standard_library() -> None:
     assert "salon.protocol.messages" in added
 
 
-CONNECTED = {
+CONNECTED: dict[str, Any] = {
     "type": "connected",
     "request_id": 1,
     "session_id": "1_abc",
