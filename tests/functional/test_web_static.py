@@ -30,6 +30,9 @@ def test_web_files_are_package_data() -> None:
     assert (WEB_DIR / "app" / "index.html").is_file()
     pyproject = (pathlib.Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert '"web/sdk/*.js", "web/app/*"' in pyproject
+    # The browser SDK's types of the protocol (generated from salon.protocol) ship with it.
+    assert (WEB_DIR / "sdk" / "protocol.d.ts").is_file()
+    assert '"web/sdk/protocol.d.ts"' in pyproject
 
 
 def test_demo_join_gives_one_session_per_room(server: RunningServer) -> None:
