@@ -3,8 +3,10 @@
 The package is split by part of the platform:
 
 - :mod:`salon.server`: the HTTP application (OpenTok-compatible REST API, health, OpenAPI).
-- :mod:`salon.signalling`: the WebSocket signalling service (typed messages, sessions,
-  connections, streams, signals).
+- :mod:`salon.protocol`: the signalling wire protocol (typed messages, error and close codes),
+  shared by the server and the clients; imports only Pydantic.
+- :mod:`salon.signalling`: the WebSocket signalling service (sessions, connections, streams,
+  signals).
 - :mod:`salon.media`: the media plane (SFU) and its seam to signalling.
 - :mod:`salon.store`: persistence of projects and sessions (SQLite by default, PostgreSQL by URL).
 - :mod:`salon.cli`: the ``salon`` command.

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from salon.protocol import AudioLevelEvent, StreamReason
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
-from salon.signalling.schema import AudioLevelEvent, StreamReason
 from salon.signalling.session import Stream, Subscription
 from tests.conftest import API_KEY, API_SECRET, RunningServer
 from tests.wsclient import WsClient

@@ -11,7 +11,7 @@ import salon.client
 from salon.client import errors, events
 from salon.client._link import signalling_url
 from salon.client._media import complete_rejected_mlines, new_peer_connection, route_rtp_by_mid
-from salon.signalling.schema import ErrorCode
+from salon.protocol import ErrorCode
 
 EXPECTED = [
     "ActiveSpeakerChanged",
@@ -166,7 +166,7 @@ async def test_rtp_of_a_new_ssrc_goes_to_the_receiver_of_its_mid_never_another()
 
 def test_audio_levels_and_active_speaker_messages_become_typed_events() -> None:
     from salon.client import ActiveSpeakerChanged, AudioLevels, Event, Session
-    from salon.signalling.schema import ActiveSpeakerEvent, AudioLevelEvent, StreamAudioLevel
+    from salon.protocol import ActiveSpeakerEvent, AudioLevelEvent, StreamAudioLevel
 
     session = Session("1_session", "token", "http://127.0.0.1:1")
     seen: list[Event] = []

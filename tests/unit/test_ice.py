@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from salon.protocol import IceServer
 from salon.signalling.ice import IceSettings, IceUrl, parse_ice_url, turn_rest_credentials
-from salon.signalling.schema import IceServer
 
 # Computed independently of salon, with:
 #   printf '%s' '1700086400:conn-1' | openssl dgst -sha1 -hmac 'north-wind' -binary | base64

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import salon
 import salon.callbacks
+import salon.protocol
+import salon.protocol.codes
+import salon.protocol.messages
 import salon.server
 import salon.signalling
-import salon.signalling.schema
 import salon.store
 
 
@@ -35,7 +37,7 @@ def test_salon_exports() -> None:
 
 
 def test_every_exported_name_exists() -> None:
-    for module in (salon, salon.server, salon.signalling, salon.signalling.schema, salon.store):
+    for module in (salon, salon.server, salon.signalling, salon.protocol, salon.store):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
 
@@ -60,3 +62,57 @@ def test_server_and_signalling_exports() -> None:
         "callback_reason",
         "sign",
     ]
+
+
+def test_protocol_exports() -> None:
+    assert salon.protocol.__all__ == [
+        "PROTOCOL_VERSION",
+        "AckMessage",
+        "ActiveSpeakerEvent",
+        "AudioLevelEvent",
+        "ClientMessage",
+        "CloseCode",
+        "ConnectRequest",
+        "ConnectedMessage",
+        "ConnectionCreatedEvent",
+        "ConnectionDestroyedEvent",
+        "ConnectionInfo",
+        "DisconnectReason",
+        "ErrorCode",
+        "ErrorMessage",
+        "ForceDisconnectRequest",
+        "ForceMuteRequest",
+        "ForceUnpublishRequest",
+        "IceCandidateRequest",
+        "IceServer",
+        "MediaResetEvent",
+        "MuteForcedEvent",
+        "PingMessage",
+        "PongMessage",
+        "PublishRequest",
+        "PublishedMessage",
+        "ServerMessage",
+        "SessionDisconnectedEvent",
+        "SetSubscriptionRequest",
+        "SignalEvent",
+        "SignalRequest",
+        "StreamAudioLevel",
+        "StreamCreatedEvent",
+        "StreamDestroyedEvent",
+        "StreamInfo",
+        "StreamProperty",
+        "StreamPropertyChangedEvent",
+        "StreamReason",
+        "SubscribeRequest",
+        "SubscribedMessage",
+        "UnpublishRequest",
+        "UnsubscribeRequest",
+        "UpdateStreamRequest",
+        "VideoType",
+        "client_message_adapter",
+        "server_message_adapter",
+    ]
+    assert salon.protocol.codes.__all__ == ["CloseCode", "DisconnectReason", "ErrorCode", "StreamReason"]
+    assert sorted(salon.protocol.__all__) == sorted(
+        salon.protocol.codes.__all__ + salon.protocol.messages.__all__
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from salon.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, PermissionDeniedError
-from salon.signalling.schema import (
+from salon.protocol import (
     CloseCode,
     ConnectionCreatedEvent,
     ConnectionDestroyedEvent,

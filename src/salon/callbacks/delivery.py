@@ -30,7 +30,7 @@ import jwt
 
 from salon.callbacks.monitor import SessionMonitor
 from salon.errors import SalonError
-from salon.signalling.schema import ServerMessage
+from salon.protocol import ServerMessage
 from salon.store import CallbackEvent, NewCallback, Project, Store
 from salon.store.registry import Registry
 

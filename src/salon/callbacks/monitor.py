@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from salon.signalling.schema import (
+from salon.protocol import (
     ConnectionCreatedEvent,
     ConnectionDestroyedEvent,
     ConnectionInfo,

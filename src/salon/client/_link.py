@@ -29,7 +29,7 @@ from salon.client.errors import (
     SessionNotFound,
     error_for_code,
 )
-from salon.signalling.schema import (
+from salon.protocol import (
     ConnectedMessage,
     ConnectRequest,
     ErrorCode,

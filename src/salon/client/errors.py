@@ -34,7 +34,7 @@ aiortc, PyAV) are translated at the boundary (``raise ... from exc``).
 
 from __future__ import annotations
 
-from salon.signalling.schema import CloseCode, ErrorCode
+from salon.protocol import CloseCode, ErrorCode
 
 __all__ = [
     "ClientError",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from salon.client.errors import ClientError
 from salon.client.models import Connection, Stream
-from salon.signalling.schema import DisconnectReason, StreamProperty, StreamReason
+from salon.protocol import DisconnectReason, StreamProperty, StreamReason
 
 if TYPE_CHECKING:
     from salon.client.publisher import Publisher

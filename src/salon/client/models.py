@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from salon.signalling.schema import ConnectionInfo, StreamInfo, VideoType
+from salon.protocol import ConnectionInfo, StreamInfo, VideoType
 
 __all__ = ["Connection", "Stream", "VideoType"]
 

@@ -31,7 +31,7 @@ from salon.client.events import Error
 from salon.client.models import Stream, VideoType
 from salon.client.sources import AudioSource, TestPatternSource, ToneSource, VideoSource
 from salon.client.stats import PublisherStats, _Rates, collect, transport_bitrate
-from salon.signalling.schema import PublishRequest, UpdateStreamRequest
+from salon.protocol import PublishRequest, UpdateStreamRequest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

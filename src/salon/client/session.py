@@ -94,7 +94,7 @@ from salon.client.events import (
 from salon.client.models import Connection, Stream
 from salon.client.publisher import Publisher
 from salon.client.subscriber import Subscriber
-from salon.signalling.schema import (
+from salon.protocol import (
     ActiveSpeakerEvent,
     AudioLevelEvent,
     CloseCode,

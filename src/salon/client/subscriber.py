@@ -37,7 +37,7 @@ from salon.client.stats import (
     collect,
     ice_round_trip_time,
 )
-from salon.signalling.schema import SetSubscriptionRequest
+from salon.protocol import SetSubscriptionRequest
 
 if TYPE_CHECKING:
     from salon.client.session import Session

@@ -55,8 +55,8 @@ from salon.media.workers import (
     WorkerDied,
     WorkerPool,
 )
+from salon.protocol import StreamReason
 from salon.signalling.media import MediaEvents
-from salon.signalling.schema import StreamReason
 from salon.signalling.session import Stream, Subscription
 
 __all__ = ["SfuMediaPlane"]

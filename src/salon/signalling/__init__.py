@@ -1,4 +1,5 @@
-"""WebSocket signalling: the wire schema, the sans-I/O session state and the asyncio service."""
+"""WebSocket signalling: the sans-I/O session state and the asyncio service (the wire schema is
+:mod:`salon.protocol`)."""
 
 from salon.signalling.service import SignallingConfig, SignallingService
 from salon.signalling.session import Session

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from salon.signalling.schema import IceServer
+from salon.protocol import IceServer
 
 __all__ = [
     "DEFAULT_TURN_TTL",

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from salon.errors import InvalidRequestError
-from salon.signalling.schema import StreamReason
+from salon.protocol import StreamReason
 from salon.signalling.session import Stream, Subscription
 
 __all__ = ["MediaEvents", "MediaPlane", "SignallingOnly"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from salon.signalling.schema import ServerMessage
+from salon.protocol import ServerMessage
 
 __all__ = ["SessionObserver"]
 

@@ -28,13 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from salon.errors import ClientError, NotFoundError, SalonError, TokenError
 from salon.ids import new_connection_id
-from salon.signalling.ice import IceSettings
-from salon.signalling.levels import LevelThrottle, check_levels
-from salon.signalling.media import MediaPlane, SignallingOnly
-from salon.signalling.observer import SessionObserver
-from salon.signalling.ratelimit import TokenBucket, Verdict
-from salon.signalling.schema import (
-    CLIENT_MESSAGE_TYPES,
+from salon.protocol import (
     AckMessage,
     ActiveSpeakerEvent,
     AudioLevelEvent,
@@ -66,6 +60,12 @@ from salon.signalling.schema import (
     UpdateStreamRequest,
     client_message_adapter,
 )
+from salon.protocol.messages import CLIENT_MESSAGE_TYPES
+from salon.signalling.ice import IceSettings
+from salon.signalling.levels import LevelThrottle, check_levels
+from salon.signalling.media import MediaPlane, SignallingOnly
+from salon.signalling.observer import SessionObserver
+from salon.signalling.ratelimit import TokenBucket, Verdict
 from salon.signalling.session import Action, Close, Deliver, Session
 from salon.store.registry import Registry
 from salon.tokens import TokenClaims, token_api_key, verify_token

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 
 from salon.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, PermissionDeniedError
 from salon.ids import new_stream_id
-from salon.signalling.schema import (
-    MAX_SIGNAL_DATA_LENGTH,
-    MAX_SIGNAL_TYPE_LENGTH,
+from salon.protocol import (
     CloseCode,
     ConnectionCreatedEvent,
     ConnectionDestroyedEvent,
@@ -40,6 +38,7 @@ from salon.signalling.schema import (
     UpdateStreamRequest,
     VideoType,
 )
+from salon.protocol.messages import MAX_SIGNAL_DATA_LENGTH, MAX_SIGNAL_TYPE_LENGTH
 from salon.tokens import Role
 
 PropertyValue = bool | str | list[int] | None

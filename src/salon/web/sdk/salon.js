@@ -41,8 +41,18 @@
  * @property {boolean} [insertDefaultUI] render a <video> into the element (default true)
  */
 /** @typedef {{urls: string[], username?: string, credential?: string}} IceServer */
+// The wire messages (docs/protocol.md), generated from the server's schema: protocol.d.ts.
+/** @typedef {import("./protocol").ClientMessage} ClientMessage */
+/** @typedef {import("./protocol").ClientRequestBody} ClientRequestBody */
+/** @typedef {import("./protocol").ServerMessage} ServerMessage */
+/** @typedef {import("./protocol").ConnectedMessage} ConnectedMessage */
+/** @typedef {import("./protocol").ConnectionInfo} ConnectionInfo */
+/** @typedef {import("./protocol").StreamInfo} StreamInfo */
+/** @typedef {import("./protocol").StreamPropertyChangedEvent} StreamPropertyChangedEvent */
 
 export const VERSION = "1.0.0";
+/** The signalling protocol version this SDK speaks (docs/protocol.md §14). @type {import("./protocol").ProtocolVersion} */
+const PROTOCOL_VERSION = 1;
 
 /**
  * Put `codec` (e.g. "H264") first in a video transceiver's offer, keeping the others (and
@@ -156,13 +166,13 @@ class Emitter {
   }
 }
 
-/** @param {any} c @returns {Connection} */
+/** @param {ConnectionInfo} c @returns {Connection} */
 function toConnection(c) {
   return { connectionId: c.connection_id, creationTime: c.created_at, data: c.data };
 }
 
 /**
- * @param {any} s
+ * @param {StreamInfo} s
  * @param {Map<string, Connection>} connections
  * @returns {Stream}
  */
@@ -538,7 +548,7 @@ export class Session extends Emitter {
     this._ws = null;
     this._token = "";
     this._nextId = 1;
-    /** @type {Map<number, {resolve: (m: any) => void, reject: (e: SalonError) => void}>} */
+    /** @type {Map<number|string, {resolve: (m: any) => void, reject: (e: SalonError) => void}>} */
     this._pending = new Map();
     this._heartbeatTimeout = 8;
     this._lastMessage = 0;
@@ -585,7 +595,7 @@ export class Session extends Emitter {
 
   /**
    * Open a socket and send `connect`; resolves with the `connected` message.
-   * @returns {Promise<any>}
+   * @returns {Promise<ConnectedMessage>}
    */
   _open() {
     return new Promise((resolve, reject) => {
@@ -609,10 +619,17 @@ export class Session extends Emitter {
         reject(error);
       };
       ws.onopen = () => {
-        this._send({ type: "connect", request_id: 0, session_id: this.sessionId, token: this._token, client: `salon.js/${VERSION}` });
+        this._send({
+          type: "connect",
+          request_id: 0,
+          session_id: this.sessionId,
+          token: this._token,
+          protocol_version: PROTOCOL_VERSION,
+          client: `salon.js/${VERSION}`,
+        });
       };
       ws.onmessage = (ev) => {
-        const msg = JSON.parse(String(ev.data));
+        const msg = /** @type {ServerMessage} */ (JSON.parse(String(ev.data)));
         if (!settled) {
           if (msg.type === "connected") {
             settled = true;
@@ -637,13 +654,13 @@ export class Session extends Emitter {
   }
 
   /**
-   * @param {any} connected
+   * @param {ConnectedMessage} connected
    * @param {boolean} quiet do not emit events (a reconnect diffs them itself)
    */
   _adopt(connected, quiet) {
     this.connection = toConnection(connected.connection);
     this.role = connected.role;
-    this.iceServers = this._ownIceServers || connected.ice_servers.map((/** @type {any} */ s) => {
+    this.iceServers = this._ownIceServers || connected.ice_servers.map((s) => {
       /** @type {IceServer} */
       const server = { urls: s.urls };
       if (s.username != null) server.username = s.username;
@@ -660,9 +677,9 @@ export class Session extends Emitter {
       if (this._ws && this.state === "connected" && silent) this._lost(this._ws);
     }, 1000);
     if (!quiet) {
-      this.connections = new Map(connected.connections.map((/** @type {any} */ c) => [c.connection_id, toConnection(c)]));
+      this.connections = new Map(connected.connections.map((c) => [c.connection_id, toConnection(c)]));
       this.connections.set(this.connection.connectionId, this.connection);
-      this.streams = new Map(connected.streams.map((/** @type {any} */ s) => [s.stream_id, toStream(s, this.connections)]));
+      this.streams = new Map(connected.streams.map((s) => [s.stream_id, toStream(s, this.connections)]));
     }
   }
 
@@ -673,14 +690,14 @@ export class Session extends Emitter {
     for (const s of this.streams.values()) this.emit("streamCreated", { stream: s });
   }
 
-  /** @param {object} message */
+  /** @param {ClientMessage} message */
   _send(message) {
     if (this._ws && this._ws.readyState === WebSocket.OPEN) this._ws.send(JSON.stringify(message));
   }
 
   /**
    * Send a request and wait for its reply, for at most `requestTimeout` seconds.
-   * @param {{type: string, [field: string]: unknown}} message
+   * @param {ClientRequestBody} message
    * @returns {Promise<any>} the reply; rejects with a SalonError carrying the server's error
    *   code, `timeout` when no reply came in time, `disconnected` when the socket dropped
    */
@@ -704,12 +721,12 @@ export class Session extends Emitter {
 
   /**
    * @param {WebSocket} ws
-   * @param {any} msg
+   * @param {ServerMessage} msg
    */
   _onMessage(ws, msg) {
     if (ws !== this._ws) return;
     this._lastMessage = Date.now();
-    if (msg.request_id != null && msg.type !== "signal") {
+    if ("request_id" in msg && msg.request_id != null) {
       const pending = this._pending.get(msg.request_id);
       if (pending) {
         this._pending.delete(msg.request_id);
@@ -718,6 +735,8 @@ export class Session extends Emitter {
       }
       return;
     }
+    // A message type this SDK does not know (from a newer server) is ignored: see
+    // "Versioning" in docs/protocol.md.
     switch (msg.type) {
       case "ping":
         this._send({ type: "pong", timestamp: msg.timestamp });
@@ -860,15 +879,19 @@ export class Session extends Emitter {
     }
   }
 
-  /** @param {any} msg */
+  /** @param {StreamPropertyChangedEvent} msg */
   _propertyChanged(msg) {
     const stream = this.streams.get(msg.stream_id);
     if (!stream) return;
     const property = PROPERTY_NAMES[msg.property] || msg.property;
-    let { old_value: oldValue, new_value: newValue } = msg;
+    /** @type {unknown} */
+    let oldValue = msg.old_value;
+    /** @type {unknown} */
+    let newValue = msg.new_value;
     if (property === "videoDimensions") {
-      oldValue = oldValue ? { width: oldValue[0], height: oldValue[1] } : null;
-      newValue = newValue ? { width: newValue[0], height: newValue[1] } : null;
+      const dimensions = (/** @type {unknown} */ v) => (Array.isArray(v) ? { width: v[0], height: v[1] } : null);
+      oldValue = dimensions(oldValue);
+      newValue = dimensions(newValue);
     }
     /** @type {any} */ (stream)[property] = newValue;
     this.emit("streamPropertyChanged", { stream, changedProperty: property, oldValue, newValue });
@@ -966,15 +989,15 @@ export class Session extends Emitter {
     }
   }
 
-  /** @param {any} connected */
+  /** @param {ConnectedMessage} connected */
   async _restore(connected) {
     const oldConnectionId = this.connection?.connectionId;
     this._adopt(connected, true);
     this.state = "connected";
     // Diff what we knew against what the session holds now.
-    const connections = new Map(connected.connections.map((/** @type {any} */ c) => [c.connection_id, toConnection(c)]));
+    const connections = new Map(connected.connections.map((c) => [c.connection_id, toConnection(c)]));
     connections.set(/** @type {Connection} */ (this.connection).connectionId, /** @type {Connection} */ (this.connection));
-    const present = new Set(connected.streams.map((/** @type {any} */ s) => s.stream_id));
+    const present = new Set(connected.streams.map((s) => s.stream_id));
     for (const p of this.publishers) if (p.stream) present.add(p.stream.streamId); // re-published below
     for (const id of [...this.streams.keys()]) {
       const stream = /** @type {Stream} */ (this.streams.get(id));

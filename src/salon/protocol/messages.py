@@ -1,11 +1,14 @@
-"""The signalling wire schema: one typed message union for each direction.
+"""The signalling messages: one typed message union for each direction.
 
 Every message is a JSON object with a ``type`` discriminator. Client requests carry a
 ``request_id`` (chosen by the client, echoed in the reply); each request gets exactly one
 reply: its result message (``connected``, ``published``, ``subscribed`` or ``ack``) or an
 ``error`` with a stable ``code``. Events carry no ``request_id``.
 
-See ``docs/protocol.md`` for the prose version of this module.
+Client-to-server models are strict (an unknown field is an ``invalid_message`` error);
+server-to-client models ignore unknown fields, so an older client survives a newer server
+that adds fields (see ``docs/protocol.md``, "Versioning", for the rule). See
+``docs/protocol.md`` for the prose version of this module.
 """
 
 from __future__ import annotations
@@ -15,20 +18,19 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from salon.protocol.codes import DisconnectReason, ErrorCode, StreamReason
+
 __all__ = [
     "PROTOCOL_VERSION",
     "AckMessage",
     "ActiveSpeakerEvent",
     "AudioLevelEvent",
     "ClientMessage",
-    "CloseCode",
     "ConnectRequest",
     "ConnectedMessage",
     "ConnectionCreatedEvent",
     "ConnectionDestroyedEvent",
     "ConnectionInfo",
-    "DisconnectReason",
-    "ErrorCode",
     "ErrorMessage",
     "ForceDisconnectRequest",
     "ForceMuteRequest",
@@ -52,7 +54,6 @@ __all__ = [
     "StreamInfo",
     "StreamProperty",
     "StreamPropertyChangedEvent",
-    "StreamReason",
     "SubscribeRequest",
     "SubscribedMessage",
     "UnpublishRequest",
@@ -71,94 +72,17 @@ MAX_STREAM_NAME_LENGTH = 1000
 RequestId = Annotated[int | str, Field(description="Chosen by the client, echoed in the reply.")]
 
 
-class _Model(BaseModel):
+class _ClientModel(BaseModel):
+    """A client-to-server model: the server refuses a field it does not know."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ErrorCode(enum.StrEnum):
-    """Stable error codes carried by ``error`` messages."""
+class _ServerModel(BaseModel):
+    """A server-to-client model: a client ignores a field it does not know (one added by a
+    newer server), so a new field is not a breaking change."""
 
-    INVALID_MESSAGE = "invalid_message"
-    """The message is not valid JSON, or does not match the schema."""
-    UNKNOWN_TYPE = "unknown_type"
-    """The ``type`` names no client message."""
-    MESSAGE_TOO_LARGE = "message_too_large"
-    """The message is larger than the server accepts (64 KiB)."""
-    SIGNAL_TOO_LARGE = "signal_too_large"
-    """A signal's type is over 128 characters or its data over 8192."""
-    INVALID_TOKEN = "invalid_token"
-    """``connect`` was refused because of its token; the close code says why."""
-    NOT_CONNECTED = "not_connected"
-    """A request other than ``connect`` came before the connection was established."""
-    ALREADY_CONNECTED = "already_connected"
-    PERMISSION_DENIED = "permission_denied"
-    """The connection's role does not allow the request."""
-    NOT_FOUND = "not_found"
-    """The stream or connection named by the request does not exist in the session."""
-    CONFLICT = "conflict"
-    INVALID_REQUEST = "invalid_request"
-    MEDIA_UNAVAILABLE = "media_unavailable"
-    """The media plane could not serve the request (e.g. an ``sdp`` sent to a server without
-    media, or the server ran out of UDP ports)."""
-    INVALID_SDP = "invalid_sdp"
-    """The SDP offer or ICE candidate is malformed or lacks a mandatory attribute."""
-    CANDIDATE_REFUSED = "candidate_refused"
-    """A trickled ICE candidate the server will not contact: an address its ICE policy
-    refuses (multicast, broadcast, link-local, loopback, a denied network), a name instead of
-    an IP (mDNS ``.local``), or one candidate over the per-transport cap."""
-    UNSUPPORTED_MEDIA = "unsupported_media"
-    """The SDP offer is well formed but asks for something the server does not do."""
-    TRANSPORT_CLOSED = "transport_closed"
-    """A subscribe offer from a peer connection whose server transport is gone (its media
-    worker failed): subscribe again from a new peer connection."""
-    INTERNAL_ERROR = "internal_error"
-    RATE_LIMITED = "rate_limited"
-    """The connection sent more requests than its rate limit allows (50 a second, bursts of
-    200, by default): the request was not carried out. Slow down."""
-
-
-class CloseCode(enum.IntEnum):
-    """WebSocket close codes the server uses (RFC 6455 private range 4000-4999)."""
-
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    INTERNAL_ERROR = 1011
-    """The server failed (e.g. its database did not answer) while connecting the client."""
-    PROTOCOL_ERROR = 4000
-    """The first valid message was not a ``connect`` request."""
-    INVALID_TOKEN = 4001
-    """The token is malformed, badly signed, or of an unknown project."""
-    TOKEN_EXPIRED = 4002
-    WRONG_SESSION = 4003
-    """The token is for another session, or the session does not belong to its project."""
-    SESSION_NOT_FOUND = 4004
-    CONNECT_TIMEOUT = 4005
-    """No ``connect`` request arrived in time."""
-    HEARTBEAT_TIMEOUT = 4008
-    FORCE_DISCONNECTED = 4009
-    SLOW_CONSUMER = 4010
-    """The client did not read its messages fast enough."""
-    RATE_LIMITED = 4029
-    """The client kept sending while its requests were refused as ``rate_limited``."""
-
-
-class DisconnectReason(enum.StrEnum):
-    """Why a connection was destroyed (OpenTok's ``connectionDestroyed`` reasons)."""
-
-    CLIENT_DISCONNECTED = "clientDisconnected"
-    NETWORK_DISCONNECTED = "networkDisconnected"
-    FORCE_DISCONNECTED = "forceDisconnected"
-
-
-class StreamReason(enum.StrEnum):
-    """Why a stream was destroyed (OpenTok's ``streamDestroyed`` reasons)."""
-
-    CLIENT_DISCONNECTED = "clientDisconnected"
-    NETWORK_DISCONNECTED = "networkDisconnected"
-    FORCE_DISCONNECTED = "forceDisconnected"
-    FORCE_UNPUBLISHED = "forceUnpublished"
-    UNPUBLISHED = "unpublished"
-    MEDIA_STOPPED = "mediaStopped"
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class VideoType(enum.StrEnum):
@@ -167,13 +91,13 @@ class VideoType(enum.StrEnum):
     CUSTOM = "custom"
 
 
-class ConnectionInfo(_Model):
+class ConnectionInfo(_ServerModel):
     connection_id: str
     created_at: int = Field(description="Milliseconds since the epoch.")
     data: str = Field(description="The connection data of the token.")
 
 
-class StreamInfo(_Model):
+class StreamInfo(_ServerModel):
     stream_id: str
     connection_id: str
     created_at: int
@@ -189,7 +113,7 @@ class StreamInfo(_Model):
 # --- client -> server -------------------------------------------------------------
 
 
-class ConnectRequest(_Model):
+class ConnectRequest(_ClientModel):
     type: Literal["connect"] = "connect"
     request_id: RequestId
     session_id: str = Field(max_length=255)
@@ -198,7 +122,7 @@ class ConnectRequest(_Model):
     client: str = Field("", max_length=200, description="Free-form client name and version.")
 
 
-class PublishRequest(_Model):
+class PublishRequest(_ClientModel):
     type: Literal["publish"] = "publish"
     request_id: RequestId
     name: str = Field("", max_length=MAX_STREAM_NAME_LENGTH)
@@ -215,13 +139,13 @@ class PublishRequest(_Model):
     )
 
 
-class UnpublishRequest(_Model):
+class UnpublishRequest(_ClientModel):
     type: Literal["unpublish"] = "unpublish"
     request_id: RequestId
     stream_id: str
 
 
-class UpdateStreamRequest(_Model):
+class UpdateStreamRequest(_ClientModel):
     """Change properties of one of the connection's own streams; others see
     ``stream_property_changed`` for each property that really changed."""
 
@@ -236,7 +160,7 @@ class UpdateStreamRequest(_Model):
     height: int | None = Field(None, ge=1, le=16384)
 
 
-class SubscribeRequest(_Model):
+class SubscribeRequest(_ClientModel):
     type: Literal["subscribe"] = "subscribe"
     request_id: RequestId
     stream_id: str
@@ -245,13 +169,13 @@ class SubscribeRequest(_Model):
     sdp: str | None = Field(None, description="The client's recvonly SDP offer; absent without media.")
 
 
-class UnsubscribeRequest(_Model):
+class UnsubscribeRequest(_ClientModel):
     type: Literal["unsubscribe"] = "unsubscribe"
     request_id: RequestId
     subscription_id: str
 
 
-class SetSubscriptionRequest(_Model):
+class SetSubscriptionRequest(_ClientModel):
     """Receive a subscription's audio and/or video or not (None leaves that kind as it is)."""
 
     type: Literal["set_subscription"] = "set_subscription"
@@ -261,7 +185,7 @@ class SetSubscriptionRequest(_Model):
     video: bool | None = None
 
 
-class IceCandidateRequest(_Model):
+class IceCandidateRequest(_ClientModel):
     """A trickled ICE candidate for the transport of one of the connection's own streams
     (``stream_id``) or subscriptions (``subscription_id``): exactly one of the two."""
 
@@ -280,7 +204,7 @@ class IceCandidateRequest(_Model):
         return self
 
 
-class SignalRequest(_Model):
+class SignalRequest(_ClientModel):
     """Send a signal to every connection of the session (``to`` absent), or to one."""
 
     type: Literal["signal"] = "signal"
@@ -290,19 +214,19 @@ class SignalRequest(_Model):
     to: str | None = Field(None, description="A connection ID; absent for the whole session.")
 
 
-class ForceDisconnectRequest(_Model):
+class ForceDisconnectRequest(_ClientModel):
     type: Literal["force_disconnect"] = "force_disconnect"
     request_id: RequestId
     connection_id: str
 
 
-class ForceUnpublishRequest(_Model):
+class ForceUnpublishRequest(_ClientModel):
     type: Literal["force_unpublish"] = "force_unpublish"
     request_id: RequestId
     stream_id: str
 
 
-class ForceMuteRequest(_Model):
+class ForceMuteRequest(_ClientModel):
     """Mute one stream (``stream_id``) or every stream but ``excluded_stream_ids`` ("mute
     all", which also mutes the streams published later until it is switched off with
     ``active`` false)."""
@@ -324,7 +248,7 @@ class ForceMuteRequest(_Model):
         return self
 
 
-class PongMessage(_Model):
+class PongMessage(_ClientModel):
     """The reply to a server ``ping``. Any message from the client also proves liveness."""
 
     type: Literal["pong"] = "pong"
@@ -370,7 +294,7 @@ CLIENT_MESSAGE_TYPES = frozenset(
 # --- server -> client -------------------------------------------------------------
 
 
-class IceServer(_Model):
+class IceServer(_ServerModel):
     """One entry of ``RTCPeerConnection({iceServers})``: STUN/TURN URLs and, for TURN, the
     credentials to use with them."""
 
@@ -379,7 +303,7 @@ class IceServer(_Model):
     credential: str | None = None
 
 
-class ConnectedMessage(_Model):
+class ConnectedMessage(_ServerModel):
     """The reply to ``connect``: the new connection and the session as it is now."""
 
     type: Literal["connected"] = "connected"
@@ -398,14 +322,14 @@ class ConnectedMessage(_Model):
     )
 
 
-class PublishedMessage(_Model):
+class PublishedMessage(_ServerModel):
     type: Literal["published"] = "published"
     request_id: RequestId
     stream: StreamInfo
     answer: str | None = Field(None, description="The server's SDP answer to the publish offer.")
 
 
-class SubscribedMessage(_Model):
+class SubscribedMessage(_ServerModel):
     type: Literal["subscribed"] = "subscribed"
     request_id: RequestId
     subscription_id: str
@@ -413,37 +337,37 @@ class SubscribedMessage(_Model):
     answer: str | None = Field(None, description="The server's SDP answer to the subscribe offer.")
 
 
-class AckMessage(_Model):
+class AckMessage(_ServerModel):
     """The reply to a request that returns nothing but success."""
 
     type: Literal["ack"] = "ack"
     request_id: RequestId
 
 
-class ErrorMessage(_Model):
+class ErrorMessage(_ServerModel):
     type: Literal["error"] = "error"
     request_id: RequestId | None = None
     code: ErrorCode
     message: str
 
 
-class ConnectionCreatedEvent(_Model):
+class ConnectionCreatedEvent(_ServerModel):
     type: Literal["connection_created"] = "connection_created"
     connection: ConnectionInfo
 
 
-class ConnectionDestroyedEvent(_Model):
+class ConnectionDestroyedEvent(_ServerModel):
     type: Literal["connection_destroyed"] = "connection_destroyed"
     connection_id: str
     reason: DisconnectReason
 
 
-class StreamCreatedEvent(_Model):
+class StreamCreatedEvent(_ServerModel):
     type: Literal["stream_created"] = "stream_created"
     stream: StreamInfo
 
 
-class StreamDestroyedEvent(_Model):
+class StreamDestroyedEvent(_ServerModel):
     type: Literal["stream_destroyed"] = "stream_destroyed"
     stream_id: str
     connection_id: str
@@ -453,7 +377,7 @@ class StreamDestroyedEvent(_Model):
 StreamProperty = Literal["has_audio", "has_video", "name", "video_type", "dimensions"]
 
 
-class StreamPropertyChangedEvent(_Model):
+class StreamPropertyChangedEvent(_ServerModel):
     type: Literal["stream_property_changed"] = "stream_property_changed"
     stream_id: str
     property: StreamProperty
@@ -461,33 +385,33 @@ class StreamPropertyChangedEvent(_Model):
     new_value: bool | str | list[int] | None
 
 
-class SignalEvent(_Model):
+class SignalEvent(_ServerModel):
     type: Literal["signal"] = "signal"
     signal_type: str
     data: str
     from_connection_id: str | None = Field(description="None when the server (REST API) sent it.")
 
 
-class MuteForcedEvent(_Model):
+class MuteForcedEvent(_ServerModel):
     """Sent to a publisher whose stream a moderator (or the REST API) muted."""
 
     type: Literal["mute_forced"] = "mute_forced"
     stream_id: str
 
 
-class SessionDisconnectedEvent(_Model):
+class SessionDisconnectedEvent(_ServerModel):
     """Sent to a connection just before the server closes it."""
 
     type: Literal["session_disconnected"] = "session_disconnected"
     reason: DisconnectReason
 
 
-class StreamAudioLevel(_Model):
+class StreamAudioLevel(_ServerModel):
     stream_id: str
     level: float = Field(ge=0, le=1, description="The stream's smoothed audio level, 0 (silence) to 1.")
 
 
-class AudioLevelEvent(_Model):
+class AudioLevelEvent(_ServerModel):
     """The audio levels of the session's streams that changed since the previous
     ``audio_levels`` (a stream not listed keeps its level). At most 4 per second."""
 
@@ -495,14 +419,14 @@ class AudioLevelEvent(_Model):
     levels: list[StreamAudioLevel]
 
 
-class ActiveSpeakerEvent(_Model):
+class ActiveSpeakerEvent(_ServerModel):
     """The session's active speaker changed: the stream of the dominant voice, or None."""
 
     type: Literal["active_speaker"] = "active_speaker"
     stream_id: str | None
 
 
-class MediaResetEvent(_Model):
+class MediaResetEvent(_ServerModel):
     """The session's media worker failed: every media transport of the session is gone.
 
     Sent to every connection of the session, just before the ``stream_destroyed``
@@ -515,7 +439,7 @@ class MediaResetEvent(_Model):
     )
 
 
-class PingMessage(_Model):
+class PingMessage(_ServerModel):
     type: Literal["ping"] = "ping"
     timestamp: float
 

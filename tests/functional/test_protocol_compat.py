@@ -1,0 +1,137 @@
+"""An older client against a newer server: the Python SDK connects, takes replies and
+events that carry fields it does not know, and skips message types it does not know
+(docs/protocol.md §14). The newer server is a scripted WebSocket server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+from salon.client import (
+    Connected,
+    ConnectionCreated,
+    Event,
+    Session,
+    SignalReceived,
+    StreamReceived,
+)
+
+SESSION_ID = "1_newer-server"
+STREAM = {
+    "stream_id": "s-old",
+    "connection_id": "c-other",
+    "created_at": 2,
+    "name": "cam",
+    "has_audio": True,
+    "has_video": True,
+    "video_type": "camera",
+    "width": 640,
+    "height": 480,
+    "frame_rate": 30.0,
+    "simulcast_layers": [{"rid": "h"}],
+}
+
+
+async def _newer_server(ws: ServerConnection, received: list[dict[str, Any]]) -> None:
+    """Speak protocol version 1 as a later server would: extra fields everywhere and a
+    message type the client has never heard of."""
+    with_extras = {"future_field": {"nested": [1, 2]}}
+    async for raw in ws:
+        message = json.loads(raw)
+        received.append(message)
+        if message["type"] == "connect":
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "connected",
+                        "request_id": message["request_id"],
+                        "session_id": SESSION_ID,
+                        "connection": {"connection_id": "c-me", "created_at": 1, "data": "", "region": "eu"},
+                        "role": "publisher",
+                        "connections": [
+                            {"connection_id": "c-other", "created_at": 1, "data": "x", "region": "us"}
+                        ],
+                        "streams": [STREAM],
+                        "heartbeat_interval": 30.0,
+                        "heartbeat_timeout": 90.0,
+                        "ice_servers": [
+                            {"urls": ["stun:127.0.0.1:3478"], "username": None, "credential": None, "ttl": 60}
+                        ],
+                        "server_version": "2.0",
+                        **with_extras,
+                    }
+                )
+            )
+        elif message["type"] == "signal":
+            # Events of the session first (not right after `connected`: the order of events
+            # racing the end of connect() is not what this test is about).
+            await ws.send(json.dumps({"type": "recording_started", "recording_id": "r1"}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "connection_created",
+                        "connection": {"connection_id": "c-new", "created_at": 3, "data": "", "region": "eu"},
+                        **with_extras,
+                    }
+                )
+            )
+            await ws.send(json.dumps({"type": "ack", "request_id": message["request_id"], **with_extras}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "signal",
+                        "signal_type": message["signal_type"],
+                        "data": message["data"],
+                        "from_connection_id": "c-me",
+                        "sequence": 1,
+                    }
+                )
+            )
+
+
+async def test_an_older_client_survives_a_newer_server() -> None:
+    received: list[dict[str, Any]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        try:
+            await _newer_server(ws, received)
+        except websockets.ConnectionClosed:
+            pass
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        session = Session(
+            SESSION_ID, "token", f"http://127.0.0.1:{port}", reconnect=False, connect_timeout=30
+        )
+        events = session.events()
+        await session.connect()
+        try:
+            # Generous bounds for a loaded machine; a reply the client cannot parse would
+            # leave the request waiting for its 20 s timeout instead.
+            async with asyncio.timeout(15):
+                await session.signal("chat", "hello")
+            seen: list[Event] = []
+            async with asyncio.timeout(15):
+                async for event in events:
+                    seen.append(event)
+                    if isinstance(event, SignalReceived):
+                        break
+        finally:
+            await session.disconnect()
+
+    connected = [e for e in seen if isinstance(e, Connected)]
+    assert len(connected) == 1 and connected[0].connection.connection_id == "c-me", seen
+    assert [e.connection.connection_id for e in seen if isinstance(e, ConnectionCreated)] == [
+        "c-other",
+        "c-new",
+    ]
+    streams = [e.stream for e in seen if isinstance(e, StreamReceived)]
+    assert [s.stream_id for s in streams] == ["s-old"], seen
+    assert seen[-1] == SignalReceived(type="chat", data="hello", from_connection_id="c-me")
+    # The client says which version it speaks (§14: what a later server will go by).
+    connect = received[0]
+    assert connect["type"] == "connect" and connect["protocol_version"] == 1
