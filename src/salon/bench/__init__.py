@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sfu": ("salon.bench.sfu", "run_sfu_bench"),
     "client": ("salon.bench.client", "run_client_bench"),
     "browser": ("salon.bench.browser", "run_browser_bench"),
+    "soak": ("salon.bench.soak", "run_soak_bench"),
 }
 
 

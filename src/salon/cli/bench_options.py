@@ -47,6 +47,30 @@ def add_bench_parser(commands: Any) -> None:
     client.add_argument("--subscribers", type=int, default=10, help="extra subscribers for memory")
     client.add_argument("--json", action="store_true", help="print the results as JSON only")
 
+    soak = bench_commands.add_parser(
+        "soak", help="connect/publish/subscribe/disconnect cycles: RSS, fds, sockets, tasks per process"
+    )
+    soak.add_argument("--cycles", type=int, default=1000)
+    soak.add_argument(
+        "--fit-from",
+        type=int,
+        default=None,
+        help="first cycle of the RSS line fit (default 100, or a third of --cycles under 300)",
+    )
+    soak.add_argument("--workers", type=int, default=1, help="server media workers")
+    soak.add_argument("--width", type=int, default=160, help="test pattern width")
+    soak.add_argument("--height", type=int, default=120, help="test pattern height")
+    soak.add_argument("--fps", type=float, default=15.0, help="test pattern frame rate")
+    soak.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="K",
+        help="trace allocations in the server (slow) and report the K sites that grew the most",
+    )
+    soak.add_argument("--samples", action="store_true", help="add every cycle's readings to the report")
+    soak.add_argument("--progress", type=int, default=50, help="log a line every this many cycles")
+
     browser = bench_commands.add_parser(
         "browser", help="web app: join click to first remote video frame (Chromium)"
     )

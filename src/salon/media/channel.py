@@ -279,6 +279,9 @@ class DumpRequest(_Request):
 
     type: Literal["dump"] = "dump"
     routers: bool = False
+    tracemalloc: int = 0
+    """With ``SALON_TRACEMALLOC`` tracing on: the allocation sites that grew the most since the
+    first such request (:func:`salon.media.memtrace.growth`), at most this many."""
 
 
 Request = (
@@ -356,6 +359,8 @@ class WorkerDump(_Message):
     kind (``empty``, ``malformed``, ``oversized``, ``unknown``, ``foreign``, ``candidate``:
     :data:`salon.media.transport.DROPPED`)."""
     router_dumps: dict[str, dict[str, Any]] = {}
+    tracemalloc: list[dict[str, Any]] = []
+    """The allocation sites that grew the most (:attr:`DumpRequest.tracemalloc`)."""
 
 
 Result = Ack | PublishResult | SubscribeResult | ConsumersResult | WorkerDump

@@ -45,6 +45,7 @@ import time
 from collections.abc import Sequence
 
 from salon.errors import NotFoundError, SalonError, ServerError
+from salon.media import memtrace
 from salon.media.audio_level import ActiveSpeakerChanged, ActiveSpeakerDetector, AudioLevelUpdate
 from salon.media.channel import (
     Ack,
@@ -375,9 +376,9 @@ class Worker:
                     await hosted.router.close_consumers(request.transport_id, request.consumer_ids)
                 return Ack()
             case DumpRequest():
-                return self.dump(routers=request.routers)
+                return self.dump(routers=request.routers, tracemalloc=request.tracemalloc)
 
-    def dump(self, *, routers: bool = False) -> WorkerDump:
+    def dump(self, *, routers: bool = False, tracemalloc: int = 0) -> WorkerDump:
         hosted = [h.router for h in self.routers.values()]
         transports = [t for r in hosted for t in r.transports.values()]
         return WorkerDump(
@@ -392,6 +393,7 @@ class Worker:
             udp_sockets=_udp_sockets(),
             datagrams_dropped=dict(DROPPED),
             router_dumps={r.id: r.dump() for r in hosted} if routers else {},
+            tracemalloc=memtrace.growth(tracemalloc),
         )
 
     async def close(self) -> None:
@@ -465,6 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    memtrace.start_from_env()
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s salon-{args.name}[%(process)d] %(levelname)s %(name)s: %(message)s",

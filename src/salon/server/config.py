@@ -44,6 +44,8 @@ class ServerConfig:
     :param callback_url: set as the session-monitoring (and archive) callback URL of the
         project of ``api_key`` (or the first project) at start-up (``--callback-url``).
     :param callbacks: how callbacks are delivered (timeouts, retries).
+    :param debug_endpoints: serve ``GET /debug/processes`` (``SALON_DEBUG_ENDPOINTS=1``;
+        :mod:`salon.server.debug`), for ``salon bench soak``.
     """
 
     host: str = "127.0.0.1"
@@ -68,6 +70,7 @@ class ServerConfig:
     demo: bool = True
     callback_url: str | None = None
     callbacks: CallbackConfig = field(default_factory=CallbackConfig)
+    debug_endpoints: bool = False
 
     @property
     def store_url(self) -> str:
@@ -98,5 +101,7 @@ class ServerConfig:
         if os.environ.get("SALON_TURN_USERNAME") or os.environ.get("SALON_TURN_PASSWORD"):
             values["turn_username"] = os.environ.get("SALON_TURN_USERNAME")
             values["turn_password"] = os.environ.get("SALON_TURN_PASSWORD")
+        if os.environ.get("SALON_DEBUG_ENDPOINTS") == "1":
+            values["debug_endpoints"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
