@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "client": ("salon.bench.client", "run_client_bench"),
     "browser": ("salon.bench.browser", "run_browser_bench"),
     "soak": ("salon.bench.soak", "run_soak_bench"),
+    "callbacks": ("salon.bench.callbacks", "run_callbacks_bench"),
 }
 
 

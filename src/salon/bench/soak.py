@@ -19,7 +19,9 @@
   cycle keeps. The target is under 1 kB per cycle in every process.
 * ``--tracemalloc K`` starts the server with ``SALON_TRACEMALLOC=25`` (tracing from start-up,
   several times slower) and reports, per process, the K allocation sites that grew the most
-  between cycle ``--fit-from`` and the end (:mod:`salon.media.memtrace`).
+  between cycle ``--fit-from`` and the end, and the K object types whose live count grew the
+  most, with what refers to them (:mod:`salon.media.memtrace`). ``--objects K`` gives only the
+  latter, without tracing (no slow-down).
 
 The JSON report goes to stdout (``--samples`` adds every cycle's readings), progress to
 stderr. Every wait is bounded, secrets are never printed.
@@ -120,8 +122,8 @@ class _Debug:
         self.server = server
         self.http = httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=60)
 
-    async def processes(self, tracemalloc: int = 0) -> dict[str, Any]:
-        params = {"tracemalloc": tracemalloc} if tracemalloc else {}
+    async def processes(self, tracemalloc: int = 0, objects: int = 0) -> dict[str, Any]:
+        params = {"tracemalloc": tracemalloc, "objects": objects}
         response = await self.http.get(
             "/debug/processes", params=params, headers={"X-OPENTOK-AUTH": self.server.project_auth()}
         )
@@ -223,8 +225,8 @@ async def _soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, An
             durations.append(time.monotonic() - started)
             for pid, sample in _sample(server, reading).items():
                 series.setdefault(pid, []).append((index, sample))
-            if args.tracemalloc and index == min(args.fit_from, args.cycles):
-                await debug.processes(args.tracemalloc)  # the baseline of every process
+            if (args.tracemalloc or args.objects) and index == min(args.fit_from, args.cycles):
+                await debug.processes(args.tracemalloc, args.objects)  # every process's baseline
             if index % args.progress == 0 or index == args.cycles:
                 line = ", ".join(
                     f"{samples[-1][1]['role']} {pid}: {samples[-1][1]['rss_kb']} kB, "
@@ -235,11 +237,14 @@ async def _soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, An
                 _log(
                     f"cycle {index}/{args.cycles} ({statistics.median(durations[-50:]):.2f} s/cycle): {line}"
                 )
-        if args.tracemalloc:
-            final = await debug.processes(args.tracemalloc)
+        if args.tracemalloc or args.objects:
+            final = await debug.processes(args.tracemalloc, args.objects)
             growth = {
-                "main": final["main"]["tracemalloc"],
-                **{f"worker {w['pid']}": w["tracemalloc"] for w in final["workers"]},
+                "main": {"allocations": final["main"]["tracemalloc"], "objects": final["main"]["objects"]},
+                **{
+                    f"worker {w['pid']}": {"allocations": w["tracemalloc"], "objects": w["objects"]}
+                    for w in final["workers"]
+                },
             }
     finally:
         await debug.close()
@@ -286,8 +291,8 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError("--fit-from must be at least 0 and less than --cycles")
     if args.workers is not None and not 1 <= args.workers <= 16:
         raise BenchError("--workers must be 1..16")
-    if not 0 <= args.tracemalloc <= 200:
-        raise BenchError("--tracemalloc must be 0..200")
+    if not 0 <= args.tracemalloc <= 200 or not 0 <= args.objects <= 200:
+        raise BenchError("--tracemalloc and --objects must be 0..200")
     machine_description = machine()  # the load average before anything of ours runs
     _log(machine_line(machine_description))
     raise_nofile()
@@ -316,6 +321,7 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
             "video": f"VP8 {args.width}x{args.height} at {args.fps:g} fps",
             "audio": "Opus tone",
             "tracemalloc": args.tracemalloc,
+            "objects": args.objects,
         },
         "machine": machine_description,
         "cycle_seconds": {
@@ -330,8 +336,8 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
         "total_seconds": round(time.monotonic() - started, 1),
     }
     report["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    if args.tracemalloc:
-        report["tracemalloc_growth"] = result["tracemalloc"]
+    if args.tracemalloc or args.objects:
+        report["growth"] = result["tracemalloc"]
     if args.samples:
         report["samples"] = {
             str(pid): [{"cycle": c, **{k: v for k, v in s.items() if k != "role"}} for c, s in samples]

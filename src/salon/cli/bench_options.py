@@ -68,8 +68,27 @@ def add_bench_parser(commands: Any) -> None:
         metavar="K",
         help="trace allocations in the server (slow) and report the K sites that grew the most",
     )
+    soak.add_argument(
+        "--objects",
+        type=int,
+        default=0,
+        metavar="K",
+        help="report the K object types whose live count grew the most in each server process",
+    )
     soak.add_argument("--samples", action="store_true", help="add every cycle's readings to the report")
     soak.add_argument("--progress", type=int, default=50, help="log a line every this many cycles")
+
+    callbacks = bench_commands.add_parser(
+        "callbacks", help="callback delivery delay at a steady event rate, and the outbox's throughput"
+    )
+    callbacks.add_argument("--rate", type=float, default=200.0, help="callback events per second")
+    callbacks.add_argument("--duration", type=float, default=20.0, help="seconds of steady load")
+    callbacks.add_argument("--sessions", type=int, default=10, help="sessions the connections join")
+    callbacks.add_argument("--hold", type=float, default=0.5, help="seconds each connection stays")
+    callbacks.add_argument(
+        "--prefill", type=int, default=5000, help="callbacks pre-filled in the outbox (0: skip that phase)"
+    )
+    callbacks.add_argument("--prefill-sessions", type=int, default=100, help="sessions they belong to")
 
     browser = bench_commands.add_parser(
         "browser", help="web app: join click to first remote video frame (Chromium)"

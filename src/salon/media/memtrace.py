@@ -10,16 +10,18 @@ one returns the K allocation sites that grew the most since the baseline.
 
 from __future__ import annotations
 
+import collections
 import gc
 import os
 import tracemalloc
 from typing import Any
 
-__all__ = ["ENV", "growth", "start_from_env"]
+__all__ = ["ENV", "census", "growth", "start_from_env"]
 
 ENV = "SALON_TRACEMALLOC"
 
 _baseline: tracemalloc.Snapshot | None = None
+_census_baseline: collections.Counter[str] | None = None
 _FILTERS = (
     tracemalloc.Filter(False, tracemalloc.__file__),
     tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
@@ -66,3 +68,47 @@ def growth(top: int) -> list[dict[str, Any]]:
         }
         for stat in stats[:top]
     ]
+
+
+def _type_name(obj: object) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def census(top: int) -> list[dict[str, Any]]:
+    """The ``top`` object types whose live count (objects the garbage collector tracks) grew
+    the most since the first call (the baseline); needs no tracing. Each is ``type``,
+    ``count_diff``, ``count`` and, for a few of the newest such objects, the types of what
+    refers to them (``referrers``): where the growth is kept."""
+    global _census_baseline
+    if top <= 0:
+        return []
+    gc.collect()
+    objects = gc.get_objects()
+    counts = collections.Counter(_type_name(o) for o in objects)
+    if _census_baseline is None:
+        _census_baseline = counts
+        return []
+    grown = sorted(
+        ((name, counts[name] - _census_baseline.get(name, 0)) for name in counts),
+        key=lambda item: item[1],
+        reverse=True,
+    )[:top]
+    result: list[dict[str, Any]] = []
+    for name, diff in grown:
+        if diff <= 0:
+            break
+        newest = [o for o in reversed(objects) if _type_name(o) == name][:3]
+        referrers = collections.Counter(
+            _type_name(r) for o in newest for r in gc.get_referrers(o) if r is not objects
+        )
+        result.append(
+            {
+                "type": name,
+                "count_diff": diff,
+                "count": counts[name],
+                "referrers": dict(referrers.most_common(5)),
+            }
+        )
+    del objects
+    return result

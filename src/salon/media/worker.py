@@ -376,9 +376,11 @@ class Worker:
                     await hosted.router.close_consumers(request.transport_id, request.consumer_ids)
                 return Ack()
             case DumpRequest():
-                return self.dump(routers=request.routers, tracemalloc=request.tracemalloc)
+                return self.dump(
+                    routers=request.routers, tracemalloc=request.tracemalloc, objects=request.objects
+                )
 
-    def dump(self, *, routers: bool = False, tracemalloc: int = 0) -> WorkerDump:
+    def dump(self, *, routers: bool = False, tracemalloc: int = 0, objects: int = 0) -> WorkerDump:
         hosted = [h.router for h in self.routers.values()]
         transports = [t for r in hosted for t in r.transports.values()]
         return WorkerDump(
@@ -394,6 +396,7 @@ class Worker:
             datagrams_dropped=dict(DROPPED),
             router_dumps={r.id: r.dump() for r in hosted} if routers else {},
             tracemalloc=memtrace.growth(tracemalloc),
+            objects=memtrace.census(objects),
         )
 
     async def close(self) -> None:

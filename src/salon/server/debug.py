@@ -6,7 +6,8 @@ Served only when the server starts with ``SALON_DEBUG_ENDPOINTS=1`` (otherwise t
 worker: pid, RSS, open file descriptors, UDP sockets and asyncio tasks, plus the media
 counters of each worker (routers, transports, producers, consumers). With
 ``?tracemalloc=K`` and ``SALON_TRACEMALLOC`` set, each process also lists the K allocation
-sites that grew the most since the first such request (:mod:`salon.media.memtrace`).
+sites that grew the most since the first such request, and with ``?objects=K`` the K object
+types whose live count grew the most, with what refers to them (:mod:`salon.media.memtrace`).
 ``salon bench soak`` reads it once per cycle.
 """
 
@@ -43,12 +44,13 @@ async def processes(
     request: Request,
     x_opentok_auth: Annotated[str | None, Header(description="HS256 JWT signed with the API secret")] = None,
     tracemalloc: Annotated[int, Query(ge=0, le=200)] = 0,
+    objects: Annotated[int, Query(ge=0, le=200)] = 0,
 ) -> dict[str, Any]:
     await authenticate(request.app.state.registry, x_opentok_auth, None)
     if tracemalloc and not memtrace.start_from_env():
         raise InvalidRequestError(f"tracemalloc is off: start the server with {memtrace.ENV}=N")
     media: SfuMediaPlane | None = request.app.state.media
-    workers = await media.stats(tracemalloc=tracemalloc) if media is not None else []
+    workers = await media.stats(tracemalloc=tracemalloc, objects=objects) if media is not None else []
     main = {
         "pid": os.getpid(),
         "rss": _rss(),
@@ -56,5 +58,6 @@ async def processes(
         "udp_sockets": _udp_sockets(),
         "tasks": len(asyncio.all_tasks()),
         "tracemalloc": memtrace.growth(tracemalloc),
+        "objects": memtrace.census(objects),
     }
     return {"main": main, "workers": workers}
