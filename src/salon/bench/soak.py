@@ -197,12 +197,20 @@ async def _released(debug: _Debug, index: int) -> dict[str, Any]:
 
 def _sample(server: ServerProcess, reading: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Per process (pid): role, /proc resources and asyncio tasks."""
-    tasks = {reading["main"]["pid"]: reading["main"]["tasks"]}
-    tasks.update({w["pid"]: w["tasks"] for w in reading["workers"]})
+    by_pid = {reading["main"]["pid"]: reading["main"]}
+    by_pid.update({w["pid"]: w for w in reading["workers"]})
     samples: dict[int, dict[str, Any]] = {}
     for pid in descendants(server.pid):
         role = "main" if pid == server.pid else "worker"
-        samples[pid] = {"role": role, **process_resources(pid), "tasks": tasks.get(pid)}
+        seen = by_pid.get(pid, {})
+        heap = seen.get("heap") or {}
+        samples[pid] = {
+            "role": role,
+            **process_resources(pid),
+            "tasks": seen.get("tasks"),
+            "heap_in_use_kb": heap["in_use"] // 1024 if "in_use" in heap else None,
+            "heap_free_kb": heap["free"] // 1024 if "free" in heap else None,
+        }
     return samples
 
 
@@ -276,6 +284,8 @@ def _summary(pid: int, samples: list[tuple[int, dict[str, Any]]], fit_from: int,
         "sockets": span("sockets"),
         "udp_sockets": span("udp_sockets"),
         "tasks": span("tasks"),
+        "heap_in_use_kb": span("heap_in_use_kb"),
+        "heap_free_kb": span("heap_free_kb"),
         "alive_at_end": samples[-1][0] == last,
     }
 

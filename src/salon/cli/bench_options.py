@@ -86,7 +86,7 @@ def add_bench_parser(commands: Any) -> None:
     callbacks.add_argument("--sessions", type=int, default=10, help="sessions the connections join")
     callbacks.add_argument("--hold", type=float, default=0.5, help="seconds each connection stays")
     callbacks.add_argument(
-        "--prefill", type=int, default=5000, help="callbacks pre-filled in the outbox (0: skip that phase)"
+        "--prefill", type=int, default=3000, help="callbacks pre-filled in the outbox (0: skip that phase)"
     )
     callbacks.add_argument("--prefill-sessions", type=int, default=100, help="sessions they belong to")
 

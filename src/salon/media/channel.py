@@ -366,6 +366,8 @@ class WorkerDump(_Message):
     """The allocation sites that grew the most (:attr:`DumpRequest.tracemalloc`)."""
     objects: list[dict[str, Any]] = []
     """The object types that grew the most (:attr:`DumpRequest.objects`)."""
+    heap: dict[str, int] = {}
+    """The C heap: bytes in use, free inside it, mmapped (:func:`salon.media.memtrace.heap`)."""
 
 
 Result = Ack | PublishResult | SubscribeResult | ConsumersResult | WorkerDump

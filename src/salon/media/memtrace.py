@@ -11,12 +11,14 @@ one returns the K allocation sites that grew the most since the baseline.
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
 import gc
 import os
 import tracemalloc
 from typing import Any
 
-__all__ = ["ENV", "census", "growth", "start_from_env"]
+__all__ = ["ENV", "census", "growth", "heap", "start_from_env"]
 
 ENV = "SALON_TRACEMALLOC"
 
@@ -112,3 +114,42 @@ def census(top: int) -> list[dict[str, Any]]:
         )
     del objects
     return result
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+_mallinfo2: Any = None
+
+
+def heap() -> dict[str, int]:
+    """The C heap (glibc ``mallinfo2``): bytes in use, free inside the heap, and mmapped;
+    empty where there is no glibc. Python objects of 512 bytes or less live in pymalloc's
+    arenas, counted in ``in_use`` only as whole arenas."""
+    global _mallinfo2
+    if _mallinfo2 is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _mallinfo2 = libc.mallinfo2
+            _mallinfo2.restype = _MallInfo2
+        except (OSError, AttributeError):
+            _mallinfo2 = False
+    if not _mallinfo2:
+        return {}
+    info = _mallinfo2()
+    return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}

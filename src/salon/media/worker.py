@@ -397,6 +397,7 @@ class Worker:
             router_dumps={r.id: r.dump() for r in hosted} if routers else {},
             tracemalloc=memtrace.growth(tracemalloc),
             objects=memtrace.census(objects),
+            heap=memtrace.heap(),
         )
 
     async def close(self) -> None:

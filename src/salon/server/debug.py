@@ -59,5 +59,6 @@ async def processes(
         "tasks": len(asyncio.all_tasks()),
         "tracemalloc": memtrace.growth(tracemalloc),
         "objects": memtrace.census(objects),
+        "heap": memtrace.heap(),
     }
     return {"main": main, "workers": workers}
