@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -81,6 +82,7 @@ from salon.media.channel import (
 )
 from salon.media.channel import TransportClosedEvent as TransportClosedMessage
 from salon.media.channel import TransportConnectedEvent as TransportConnectedMessage
+from salon.media.collector import Collector
 from salon.media.errors import MediaStateError
 from salon.media.producer import Producer
 from salon.media.router import Router, RouterEvent, StreamClosed
@@ -197,6 +199,7 @@ class HostedRouter:
                     TransportConnectedMessage(router_id=self.id, transport_id=event.transport.id)
                 )
         elif isinstance(event, TransportClosed):
+            self.worker.collector.request()
             self.worker.send(
                 TransportClosedMessage(
                     router_id=self.id,
@@ -231,6 +234,8 @@ class Worker:
         self.routers: dict[str, HostedRouter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.collector = Collector()
+        """Frees closed transports' garbage promptly (:mod:`salon.media.collector`)."""
 
     def __repr__(self) -> str:
         return f"Worker(pid={os.getpid()}, {len(self.routers)} routers)"
@@ -405,6 +410,7 @@ class Worker:
         if self._closing:
             return
         self._closing = True
+        self.collector.close()
         routers = list(self.routers.values())
         self.routers.clear()
         if routers:
@@ -461,6 +467,10 @@ async def serve(fd: int) -> None:
     """Serve the channel on socket ``fd`` until it ends."""
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=READ_SIZE)
+    # What start-up made (imports, mostly) lives as long as the process: out of the collector's
+    # way, so that the full collections after transports close stay short.
+    gc.collect()
+    gc.freeze()
     await Worker(reader, writer).run()
 
 
