@@ -35,6 +35,7 @@ import contextlib
 import json
 import multiprocessing
 import multiprocessing.connection
+import os
 import pathlib
 import sys
 import tempfile
@@ -441,6 +442,7 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 _log(f"outbox drained at {throughput['callbacks_per_second']} callbacks/s")
     finally:
         receiver.stop()
+    machine_description["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return {
         "benchmark": "callbacks",
         "machine": machine_description,
