@@ -10,6 +10,7 @@ The package is split by part of the platform:
 - :mod:`salon.media`: the media plane (SFU) and its seam to signalling.
 - :mod:`salon.store`: persistence of projects and sessions (SQLite by default, PostgreSQL by URL).
 - :mod:`salon.cli`: the ``salon`` command.
+- :mod:`salon.bench`: the benchmarks behind ``salon bench`` (loaded only when it runs).
 """
 
 import logging

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from salon import __version__
-from salon.cli import bench_sfu
+from salon.cli.bench_options import add_bench_parser
 from salon.errors import SalonError
 from salon.ids import decode_session_id, encode_session_id
 from salon.media.ice_policy import parse_networks
@@ -257,32 +257,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_store_options(token)
 
-    bench = commands.add_parser("bench", help="benchmarks")
-    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
-    sig = bench_commands.add_parser("signalling", help="signal fan-out latency and memory per connection")
-    sig.add_argument("--connections", type=int, default=1000)
-    sig.add_argument("--signals", type=int, default=50)
-    sig.add_argument("--interval", type=float, default=0.2, help="seconds between signals")
-    sig.add_argument("--workers", type=int, default=1, help="load-generator processes (1-8)")
-    sig.add_argument(
-        "--compression",
-        choices=["deflate", "none"],
-        default="deflate",
-        help="whether the clients offer permessage-deflate (browsers do)",
-    )
-    sig.add_argument(
-        "--client", choices=["raw", "websockets"], default="raw", help="the load generator's WebSocket client"
-    )
-    sig.add_argument("--idle", type=float, default=4.0, help="seconds idle before each memory reading")
-    sig.add_argument("--per-signal", action="store_true", help="also report each signal's fan-out time")
-    sfu = bench_commands.add_parser("sfu", help="SFU forwarding: CPU per packet, loss, delay, memory")
-    bench_sfu.add_arguments(sfu)
-    from salon.cli.bench_browser import add_bench_browser_parser
-    from salon.cli.bench_client import add_bench_client_parser
+    add_bench_parser(commands)
     from salon.cli.demo import add_demo_parser
 
-    add_bench_client_parser(bench_commands)
-    add_bench_browser_parser(bench_commands)
     add_demo_parser(commands)
     return parser
 
@@ -296,20 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from salon.cli.demo import run_demo
 
             return run_demo(args)
-        if args.command == "bench" and args.bench_command == "client":
-            from salon.cli.bench_client import run_client_bench
-
-            return run_client_bench(args)
-        if args.command == "bench" and args.bench_command == "browser":
-            from salon.cli.bench_browser import run_browser_bench
-
-            return run_browser_bench(args)
-        if args.command == "bench" and args.bench_command == "sfu":
-            from salon.cli.bench_sfu import run_sfu_bench
-
-            return run_sfu_bench(args)
         if args.command == "bench":
-            from salon.cli.bench import run_bench
+            from salon.bench import run as run_bench
 
             return run_bench(args)
         return asyncio.run(_store_command(args))

@@ -279,6 +279,12 @@ class DumpRequest(_Request):
 
     type: Literal["dump"] = "dump"
     routers: bool = False
+    tracemalloc: int = 0
+    """With ``SALON_TRACEMALLOC`` tracing on: the allocation sites that grew the most since the
+    first such request (:func:`salon.media.memtrace.growth`), at most this many."""
+    objects: int = 0
+    """The object types whose live count grew the most since the first such request
+    (:func:`salon.media.memtrace.census`), at most this many."""
 
 
 Request = (
@@ -356,6 +362,12 @@ class WorkerDump(_Message):
     kind (``empty``, ``malformed``, ``oversized``, ``unknown``, ``foreign``, ``candidate``:
     :data:`salon.media.transport.DROPPED`)."""
     router_dumps: dict[str, dict[str, Any]] = {}
+    tracemalloc: list[dict[str, Any]] = []
+    """The allocation sites that grew the most (:attr:`DumpRequest.tracemalloc`)."""
+    objects: list[dict[str, Any]] = []
+    """The object types that grew the most (:attr:`DumpRequest.objects`)."""
+    heap: dict[str, int] = {}
+    """The C heap: bytes in use, free inside it, mmapped (:func:`salon.media.memtrace.heap`)."""
 
 
 Result = Ack | PublishResult | SubscribeResult | ConsumersResult | WorkerDump
@@ -427,8 +439,13 @@ WorkerEvent = (
 WorkerMessage = Annotated[Response | WorkerEvent, Field(discriminator="type")]
 """Everything a worker sends."""
 
-_main_messages: TypeAdapter[Request] = TypeAdapter(MainMessage)
-_worker_messages: TypeAdapter[Response | WorkerEvent] = TypeAdapter(WorkerMessage)
+#: ``cache_strings="keys"``: pydantic's JSON parser otherwise keeps every string value under 64
+#: characters in a process-wide cache of 16,384 entries, and the channel's values are mostly
+#: unique IDs (routers, transports, streams, consumers), so the cache only grew, by each
+#: session's IDs, up to about 1.5 MB per process (``salon bench soak``, docs/benchmarks.md).
+_NO_VALUE_CACHE = ConfigDict(cache_strings="keys")
+_main_messages: TypeAdapter[Request] = TypeAdapter(MainMessage, config=_NO_VALUE_CACHE)
+_worker_messages: TypeAdapter[Response | WorkerEvent] = TypeAdapter(WorkerMessage, config=_NO_VALUE_CACHE)
 
 
 def encode_message(message: _Message) -> bytes:

@@ -399,6 +399,8 @@ class SfuMediaPlane:
             for session_id, media in self.sessions.items()
         }
 
-    async def stats(self) -> list[dict[str, Any]]:
-        """Per live worker: pid, routers, transports, producers, consumers, CPU time, RSS."""
-        return [dump.model_dump(exclude={"type", "router_dumps"}) for dump in await self.pool.dump()]
+    async def stats(self, *, tracemalloc: int = 0, objects: int = 0) -> list[dict[str, Any]]:
+        """Per live worker: pid, routers, transports, producers, consumers, CPU time, RSS, tasks
+        (and with ``tracemalloc`` / ``objects``, where its memory grew: :mod:`salon.media.memtrace`)."""
+        dumps = await self.pool.dump(tracemalloc=tracemalloc, objects=objects)
+        return [dump.model_dump(exclude={"type", "router_dumps"}) for dump in dumps]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -45,6 +46,7 @@ import time
 from collections.abc import Sequence
 
 from salon.errors import NotFoundError, SalonError, ServerError
+from salon.media import memtrace
 from salon.media.audio_level import ActiveSpeakerChanged, ActiveSpeakerDetector, AudioLevelUpdate
 from salon.media.channel import (
     Ack,
@@ -80,6 +82,7 @@ from salon.media.channel import (
 )
 from salon.media.channel import TransportClosedEvent as TransportClosedMessage
 from salon.media.channel import TransportConnectedEvent as TransportConnectedMessage
+from salon.media.collector import Collector
 from salon.media.errors import MediaStateError
 from salon.media.producer import Producer
 from salon.media.router import Router, RouterEvent, StreamClosed
@@ -196,6 +199,7 @@ class HostedRouter:
                     TransportConnectedMessage(router_id=self.id, transport_id=event.transport.id)
                 )
         elif isinstance(event, TransportClosed):
+            self.worker.collector.request()
             self.worker.send(
                 TransportClosedMessage(
                     router_id=self.id,
@@ -230,6 +234,8 @@ class Worker:
         self.routers: dict[str, HostedRouter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.collector = Collector()
+        """Frees closed transports' garbage promptly (:mod:`salon.media.collector`)."""
 
     def __repr__(self) -> str:
         return f"Worker(pid={os.getpid()}, {len(self.routers)} routers)"
@@ -375,9 +381,11 @@ class Worker:
                     await hosted.router.close_consumers(request.transport_id, request.consumer_ids)
                 return Ack()
             case DumpRequest():
-                return self.dump(routers=request.routers)
+                return self.dump(
+                    routers=request.routers, tracemalloc=request.tracemalloc, objects=request.objects
+                )
 
-    def dump(self, *, routers: bool = False) -> WorkerDump:
+    def dump(self, *, routers: bool = False, tracemalloc: int = 0, objects: int = 0) -> WorkerDump:
         hosted = [h.router for h in self.routers.values()]
         transports = [t for r in hosted for t in r.transports.values()]
         return WorkerDump(
@@ -392,6 +400,9 @@ class Worker:
             udp_sockets=_udp_sockets(),
             datagrams_dropped=dict(DROPPED),
             router_dumps={r.id: r.dump() for r in hosted} if routers else {},
+            tracemalloc=memtrace.growth(tracemalloc),
+            objects=memtrace.census(objects),
+            heap=memtrace.heap(),
         )
 
     async def close(self) -> None:
@@ -399,6 +410,7 @@ class Worker:
         if self._closing:
             return
         self._closing = True
+        self.collector.close()
         routers = list(self.routers.values())
         self.routers.clear()
         if routers:
@@ -455,6 +467,10 @@ async def serve(fd: int) -> None:
     """Serve the channel on socket ``fd`` until it ends."""
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=READ_SIZE)
+    # What start-up made (imports, mostly) lives as long as the process: out of the collector's
+    # way, so that the full collections after transports close stay short.
+    gc.collect()
+    gc.freeze()
     await Worker(reader, writer).run()
 
 
@@ -465,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    memtrace.start_from_env()
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s salon-{args.name}[%(process)d] %(levelname)s %(name)s: %(message)s",

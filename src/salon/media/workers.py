@@ -573,8 +573,9 @@ class WorkerHandle:
         self.routers[router.id] = router
         return router
 
-    async def dump(self, *, routers: bool = False) -> WorkerDump:
-        return await self.request(DumpRequest(id=self.next_id(), routers=routers), WorkerDump)
+    async def dump(self, *, routers: bool = False, tracemalloc: int = 0, objects: int = 0) -> WorkerDump:
+        request = DumpRequest(id=self.next_id(), routers=routers, tracemalloc=tracemalloc, objects=objects)
+        return await self.request(request, WorkerDump)
 
     def _gone_error(self) -> Exception:
         if self.state is WorkerState.DEAD:
@@ -872,10 +873,12 @@ class WorkerPool:
     def create_router(self, worker: WorkerHandle, *, name: str = "") -> RouterHandle:
         return worker.create_router(self.settings, name=name)
 
-    async def dump(self) -> list[WorkerDump]:
+    async def dump(self, *, tracemalloc: int = 0, objects: int = 0) -> list[WorkerDump]:
         """Counters of every live worker (CPU time, RSS, routers, transports...)."""
         workers = [w for w in self.workers.values() if w.state is WorkerState.READY]
-        return list(await asyncio.gather(*(w.dump() for w in workers)))
+        return list(
+            await asyncio.gather(*(w.dump(tracemalloc=tracemalloc, objects=objects) for w in workers))
+        )
 
     # -- death and restarts ----------------------------------------------------------------
 

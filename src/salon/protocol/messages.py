@@ -465,5 +465,9 @@ ServerMessage = Annotated[
     Field(discriminator="type"),
 ]
 
-client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-server_message_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+# ``cache_strings="keys"``: pydantic's JSON parser otherwise keeps every string value under 64
+# characters (connection, stream and request IDs, tokens' pieces...) in a process-wide cache of
+# 16,384 entries, which only grows with unique values (docs/benchmarks.md, soak).
+_NO_VALUE_CACHE = ConfigDict(cache_strings="keys")
+client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage, config=_NO_VALUE_CACHE)
+server_message_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage, config=_NO_VALUE_CACHE)

@@ -19,9 +19,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from salon import __version__
 from salon.callbacks import CallbackService
 from salon.errors import SalonError
+from salon.media import memtrace
 from salon.media.plane import SfuMediaPlane
 from salon.media.transport import WebRtcTransportOptions
 from salon.server.config import ServerConfig
+from salon.server.debug import router as debug_router
 from salon.server.demo import router as demo_router
 from salon.server.limits import BodyLimit, RateLimiter
 from salon.server.rest import router
@@ -98,6 +100,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        memtrace.start_from_env()
         if config.database_url is None:
             config.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(config.store_url)
@@ -172,6 +175,8 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
     if config.demo:
         app.state.demo_limiter = RateLimiter(config.demo_rate_burst, config.demo_rate_interval)
         app.include_router(demo_router)
+    if config.debug_endpoints:
+        app.include_router(debug_router)
     mount_web(app)
 
     @app.exception_handler(SalonError)

@@ -61,6 +61,8 @@ class ServerConfig:
         ``rate_burst``; ``--signalling-rate-limit``, ``--signalling-rate-burst``) and the
         WebSockets allowed per client address (``max_per_address``;
         ``--signalling-max-per-address``).
+    :param debug_endpoints: serve ``GET /debug/processes`` (``SALON_DEBUG_ENDPOINTS=1``;
+        :mod:`salon.server.debug`), for ``salon bench soak``.
     """
 
     host: str = "127.0.0.1"
@@ -91,6 +93,7 @@ class ServerConfig:
     forwarded_allow_ips: str | None = None
     tls_cert: pathlib.Path | None = None
     tls_key: pathlib.Path | None = None
+    debug_endpoints: bool = False
 
     @property
     def store_url(self) -> str:
@@ -121,5 +124,7 @@ class ServerConfig:
         if os.environ.get("SALON_TURN_USERNAME") or os.environ.get("SALON_TURN_PASSWORD"):
             values["turn_username"] = os.environ.get("SALON_TURN_USERNAME")
             values["turn_password"] = os.environ.get("SALON_TURN_PASSWORD")
+        if os.environ.get("SALON_DEBUG_ENDPOINTS") == "1":
+            values["debug_endpoints"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

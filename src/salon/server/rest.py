@@ -82,7 +82,8 @@ class StreamList(BaseModel):
 
 
 class SignalBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # No string-value cache: signal data is mostly unique (see salon.signalling.schema).
+    model_config = ConfigDict(extra="ignore", cache_strings="keys")
     type: str = ""
     data: str = ""
 

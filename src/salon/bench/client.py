@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import pathlib
 import re
-import select
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from typing import Any
 
+from salon.bench._harness import BenchError, ServerProcess, machine, machine_line
 from salon.client import (
     Publisher,
     Session,
@@ -45,99 +42,30 @@ from salon.client import (
     VideoFrame,
 )
 
-__all__ = ["add_bench_client_parser", "run_client_bench"]
+__all__ = ["run_client_bench"]
 
 _SERVING = re.compile(r"salon serving on (http://\S+)")
 
 
-def add_bench_client_parser(bench_commands: Any) -> None:
-    """Register ``client`` on the ``salon bench`` sub-command parser."""
-    client = bench_commands.add_parser(
-        "client", help="client SDK: time to first frame, CPU per frame, memory"
-    )
-    client.add_argument("--runs", type=int, default=20, help="connect-to-first-frame measurements")
-    client.add_argument("--frames", type=int, default=300, help="live frames timed for CPU per frame")
-    client.add_argument("--subscribers", type=int, default=10, help="extra subscribers for memory")
-    client.add_argument("--json", action="store_true", help="print the results as JSON only")
-
-
 def run_client_bench(args: argparse.Namespace) -> int:
+    machine_description = machine()  # the load average before anything of ours runs
+    print(f"salon bench client: {machine_line(machine_description)}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="salon-bench-client-") as tmp:
-        server = _ServerProcess(pathlib.Path(tmp))
+        server = ServerProcess(pathlib.Path(tmp))
         try:
             url = server.start()
             results = asyncio.run(_bench(url, server, args))
+        except BenchError as exc:
+            print(f"salon bench client: error: {exc}", file=sys.stderr, flush=True)
+            return 1
         finally:
             server.stop()
+    results["machine"] = machine_description
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         _report(results)
     return 0
-
-
-class _ServerProcess:
-    def __init__(self, tmp: pathlib.Path) -> None:
-        self.tmp = tmp
-        self.api_key = str(40_000_000 + int(time.time()) % 1_000_000)
-        self.api_secret = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> str:
-        env = dict(
-            os.environ, SALON_API_KEY=self.api_key, SALON_API_SECRET=self.api_secret, PYTHONUNBUFFERED="1"
-        )
-        env.pop("SALON_DATABASE_URL", None)
-        command = [sys.executable, "-m", "salon", "serve", "--port", "0", "--log-level", "warning"]
-        command += ["--data-dir", str(self.tmp / "data")]
-        command += ["--signalling-max-per-address", "0", "--signalling-rate-limit", "0"]  # all from 127.0.0.1
-        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        fd, buffer, deadline = self.proc.stdout.fileno(), b"", time.monotonic() + 30
-        while (match := _SERVING.search(buffer.decode("utf-8", "replace"))) is None:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit("salon bench client: the server did not start")
-            if select.select([fd], [], [], 0.5)[0]:
-                buffer += os.read(fd, 65536)
-        return match.group(1)
-
-    def session_and_tokens(self, url: str, count: int) -> tuple[str, list[str]]:
-        import httpx
-        import jwt
-
-        from salon.tokens import generate_token
-
-        now = int(time.time())
-        claims = {
-            "iss": self.api_key,
-            "ist": "project",
-            "iat": now,
-            "exp": now + 180,
-            "jti": str(uuid.uuid4()),
-        }
-        auth = jwt.encode(claims, self.api_secret, algorithm="HS256")
-        with httpx.Client(trust_env=False, timeout=10) as http:
-            response = http.post(
-                f"{url}/session/create",
-                headers={"X-OPENTOK-AUTH": auth, "Accept": "application/json"},
-                data={"media_mode": "routed"},
-            )
-        response.raise_for_status()
-        session_id: str = response.json()[0]["session_id"]
-        expire = now + 3600
-        tokens = [
-            generate_token(self.api_key, self.api_secret, session_id, role="publisher", expire_time=expire)
-            for _ in range(count)
-        ]
-        return session_id, tokens
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def _rss_kb() -> int:
@@ -153,10 +81,11 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _bench(url: str, server: _ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
+async def _bench(url: str, server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
     from salon.client import StreamReceived, Subscriber
 
-    session_id, tokens = await asyncio.to_thread(server.session_and_tokens, url, args.runs + 4)
+    session_id = await asyncio.to_thread(server.create_session)
+    tokens = server.tokens(session_id, args.runs + 4)
     loopback = ["127.0.0.1"]
     publisher_session = Session(session_id, tokens.pop(), url, ice_addresses=loopback)
     await publisher_session.connect()
@@ -254,7 +183,6 @@ async def _bench(url: str, server: _ServerProcess, args: argparse.Namespace) -> 
         await observer.disconnect()
     finally:
         await publisher_session.disconnect()
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     return results
 
 
@@ -287,3 +215,4 @@ def _report(results: dict[str, Any]) -> None:
     print(f"p99 {cpu['live_p99']} us, tight loop {cpu['tight_loop_mean']} us")
     print(f"  optional: .planes view {cpu['optional_planes_view']} us, .to_rgb() {cpu['optional_to_rgb']} us")
     print(f"memory per subscriber: {memory['per_subscriber']} KiB ({memory['subscribers']} subscribers)")
+    print(machine_line(results["machine"]))

@@ -19,14 +19,15 @@ import json
 import pathlib
 import secrets
 import statistics
+import sys
 import tempfile
 import uuid
-from typing import Any
 
+from salon.bench._harness import machine, machine_line
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
 
-__all__ = ["add_bench_browser_parser", "run_browser_bench"]
+__all__ = ["run_browser_bench"]
 
 _ARGS = [
     "--no-sandbox",
@@ -69,13 +70,6 @@ _MEASURE = """async (timeout) => {
     clearInterval(poll);
     return {...marks, first_frame: first};
 }"""
-
-
-def add_bench_browser_parser(commands: Any) -> None:
-    parser = commands.add_parser("browser", help="web app: join click to first remote video frame (Chromium)")
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds allowed per run")
 
 
 async def _bench(url: str, args: argparse.Namespace, steps: list[dict[str, float]]) -> list[float]:
@@ -121,6 +115,8 @@ def run_browser_bench(args: argparse.Namespace) -> int:
         raise SystemExit("--runs must be at least 1")
     if not pathlib.Path(args.chromium).exists():
         raise SystemExit(f"no Chromium at {args.chromium} (apt-get install chromium)")
+    machine_description = machine()  # the load average before anything of ours runs
+    print(f"salon bench browser: {machine_line(machine_description)}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="salon-bench-browser-") as data_dir:
         config = ServerConfig(
             port=0,
@@ -142,6 +138,7 @@ def run_browser_bench(args: argparse.Namespace) -> int:
         "min_ms": round(ordered[0], 1),
         "max_ms": round(ordered[-1], 1),
         "steps_ms": steps,
+        "machine": machine_description,
     }
     print(json.dumps(result, indent=2))
     return 0

@@ -54,37 +54,38 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import math
 import multiprocessing
 import os
 import pathlib
 import platform
-import re
-import resource
 import secrets
-import select
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-__all__ = ["run_bench"]
+from salon.bench._harness import (
+    BenchError,
+    ServerProcess,
+    machine,
+    machine_line,
+    percentile,
+    raise_nofile,
+    version,
+)
+
+__all__ = ["run_signalling_bench"]
 
 #: The targets the signalling benchmark checks, at 1,000 connections.
 FANOUT_P99_TARGET_MS = 250.0
 RSS_PER_CONNECTION_TARGET_KB = 100.0
 
-_SERVING = re.compile(r"salon serving on (http://127\.0\.0\.1:(\d+))")
 _PATH = "/signalling"
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _PONG = '{"type":"pong"}'
@@ -95,7 +96,6 @@ _SEQ_DIGITS = 6
 #: Bounds: the command must always end.
 _MAX_CONNECTIONS = 10_000
 _MAX_SIGNALS = 10_000
-_SERVER_START_TIMEOUT = 30.0
 _CONNECT_TIMEOUT = 120.0
 _QUIET_TIMEOUT = 20.0
 _REPLY_GRACE = 15.0
@@ -105,21 +105,10 @@ def _log(message: str) -> None:
     print(f"salon bench: {message}", file=sys.stderr, flush=True)
 
 
-class BenchError(Exception):
-    """The benchmark could not run (not a slow result: a broken one)."""
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    """``salon bench <name>``: run one benchmark, print its JSON report, return the exit code."""
-    benches: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-        "signalling": _bench_signalling,
-    }
-    bench = benches.get(args.bench_command)
-    if bench is None:
-        _log(f"unknown benchmark {args.bench_command!r}")
-        return 2
+def run_signalling_bench(args: argparse.Namespace) -> int:
+    """``salon bench signalling``: run it, print its JSON report, return the exit code."""
     try:
-        report = bench(args)
+        report = _bench_signalling(args)
     except BenchError as exc:
         _log(f"error: {exc}")
         return 1
@@ -130,41 +119,6 @@ def run_bench(args: argparse.Namespace) -> int:
 # -- the machine -----------------------------------------------------------------------------
 
 
-def _raise_nofile(wanted: int | None = None) -> int:
-    """Raise the open-files soft limit (to ``wanted``, or to the hard limit); return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if wanted is None or hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target == resource.RLIM_INFINITY:
-        target = max(soft, 65536)
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft
-    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return target
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "cpus": len(os.sched_getaffinity(0)),
-        "model": _cpu_model(),
-        "kernel": platform.release(),
-    }
-
-
 def _system_cpu() -> tuple[float, float]:
     """Busy and stolen CPU seconds of the whole machine so far (``/proc/stat``)."""
     fields = pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -173,174 +127,8 @@ def _system_cpu() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1) by linear interpolation between closest ranks."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def _ms(ns: float | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 3)
-
-
-# -- the server process ----------------------------------------------------------------------
-
-
-class _ServerProcess:
-    """``python -m salon serve`` on 127.0.0.1 and a free port, with its own project."""
-
-    def __init__(self, data_dir: pathlib.Path, *, log_level: str = "warning") -> None:
-        self.data_dir = data_dir
-        self.log_level = log_level
-        self.api_key = str(secrets.randbelow(90_000_000) + 10_000_000)
-        self.api_secret = secrets.token_hex(24)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self._stderr_path = data_dir / "server.log"
-        self._drain: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> str:
-        env = dict(os.environ)
-        env.pop("SALON_DATABASE_URL", None)
-        env["SALON_API_KEY"] = self.api_key
-        env["SALON_API_SECRET"] = self.api_secret
-        env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, "-m", "salon", "serve", "--host", "127.0.0.1", "--port", "0"]
-        command += ["--data-dir", str(self.data_dir / "data"), "--log-level", self.log_level]
-        command += ["--signalling-max-per-address", "0", "--signalling-rate-limit", "0"]  # all from 127.0.0.1
-        with open(self._stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
-            )
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + _SERVER_START_TIMEOUT
-        buffer = b""
-        while True:
-            match = _SERVING.search(buffer.decode("utf-8", "replace"))
-            if match:
-                self.url = match.group(1)
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"the server did not start in {_SERVER_START_TIMEOUT:.0f} s{self._tail()}")
-            readable, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-            if readable:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    self.proc.wait(5)
-                    raise BenchError(f"the server exited ({self.proc.returncode}){self._tail()}")
-                buffer += chunk
-        # Keep reading its stdout so that the server never blocks on a full pipe.
-        self._drain = threading.Thread(
-            target=self._discard, args=(fd,), name="salon-bench-drain", daemon=True
-        )
-        self._drain.start()
-        return self.url
-
-    @staticmethod
-    def _discard(fd: int) -> None:
-        with contextlib.suppress(OSError):
-            while os.read(fd, 65536):
-                pass
-
-    def _tail(self) -> str:
-        try:
-            text = self._stderr_path.read_text("utf-8", "replace")[-2000:]
-        except OSError:
-            return ""
-        text = text.replace(self.api_secret, "<secret>")
-        return f"; its log ends with:\n{text}" if text.strip() else ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def cpu_times(self) -> tuple[float, float]:
-        """utime and stime of the server process (all its threads), in seconds."""
-        stat = pathlib.Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # Fields 14 and 15 of proc(5); ``fields`` starts at field 3.
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
-
-    def cpu_seconds(self) -> float:
-        return sum(self.cpu_times())
-
-    def memory_kb(self) -> dict[str, int]:
-        """RSS, PSS and USS (private pages) of the server process, in kB."""
-        values: dict[str, int] = {}
-        for line in pathlib.Path(f"/proc/{self.pid}/smaps_rollup").read_text().splitlines()[1:]:
-            name, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts and parts[0].isdigit():
-                values[name.strip()] = int(parts[0])
-        return {
-            "rss": values.get("Rss", 0),
-            "pss": values.get("Pss", 0),
-            "uss": values.get("Private_Clean", 0) + values.get("Private_Dirty", 0),
-        }
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGINT (uvicorn's graceful shutdown), then SIGTERM, then SIGKILL; bounded."""
-        proc = self.proc
-        if proc is None:
-            return None
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(wait)
-        if self._drain is not None:
-            self._drain.join(2)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        return proc.returncode
-
-    def create_session(self) -> str:
-        import httpx
-        import jwt
-
-        now = int(time.time())
-        claims = {
-            "iss": self.api_key,
-            "ist": "project",
-            "iat": now,
-            "exp": now + 180,
-            "jti": str(uuid.uuid4()),
-        }
-        auth = jwt.encode(claims, self.api_secret, algorithm="HS256")
-        # trust_env=False: no proxy from the environment, straight to 127.0.0.1.
-        with httpx.Client(trust_env=False, timeout=10) as http:
-            response = http.post(
-                f"{self.url}/session/create",
-                headers={"X-OPENTOK-AUTH": auth, "Accept": "application/json"},
-                data={"media_mode": "routed"},
-            )
-        if response.status_code != 200:
-            raise BenchError(f"POST /session/create answered {response.status_code}: {response.text[:200]}")
-        session_id: str = response.json()[0]["session_id"]
-        return session_id
-
-    def tokens(self, session_id: str, count: int) -> list[str]:
-        from salon.tokens import generate_token
-
-        expire = int(time.time()) + 3600
-        return [
-            generate_token(self.api_key, self.api_secret, session_id, role="publisher", expire_time=expire)
-            for _ in range(count)
-        ]
 
 
 # -- the load-generator workers --------------------------------------------------------------
@@ -366,7 +154,7 @@ class _WorkerConfig:
 def _worker_main(pipe: Connection, config: _WorkerConfig) -> None:
     """The entry point of a load-generator process."""
     with contextlib.suppress(KeyboardInterrupt):
-        _raise_nofile()
+        raise_nofile()
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
         try:
             import uvloop
@@ -881,7 +669,7 @@ class _WorkerHandle:
 # -- the signalling benchmark ----------------------------------------------------------------
 
 
-def _wait_quiet(server: _ServerProcess, *, window: float = 0.5, threshold: float = 0.15) -> float:
+def _wait_quiet(server: ServerProcess, *, window: float = 0.5, threshold: float = 0.15) -> float:
     """Wait until the server used under ``threshold`` of a core in two windows in a row."""
     started = time.monotonic()
     quiet = 0
@@ -892,7 +680,7 @@ def _wait_quiet(server: _ServerProcess, *, window: float = 0.5, threshold: float
     return time.monotonic() - started
 
 
-def _idle_sample(server: _ServerProcess, seconds: float) -> tuple[dict[str, int], float]:
+def _idle_sample(server: ServerProcess, seconds: float) -> tuple[dict[str, int], float]:
     """Let the server idle for ``seconds``; its memory then, and its CPU rate meanwhile."""
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     time.sleep(seconds)
@@ -933,15 +721,17 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError("--workers must be between 1 and 8")
     if not 0 <= idle <= 60:
         raise BenchError("--idle must be between 0 and 60 s")
+    machine_description = machine()  # the load average before anything of ours runs
+    _log(machine_line(machine_description))
     started = time.monotonic()
-    limit = _raise_nofile()
+    limit = raise_nofile()
     needed = connections + 256
     if limit < needed:
         raise BenchError(f"the open-files limit is {limit}; {connections} connections need {needed}")
     warm = max(1, min(20, connections // 10))
     workers_count = min(workers_wanted, connections)
     with tempfile.TemporaryDirectory(prefix="salon-bench-") as tmp:
-        server = _ServerProcess(pathlib.Path(tmp))
+        server = ServerProcess(pathlib.Path(tmp))
         workers: list[_WorkerHandle] = []
         try:
             url = server.start()
@@ -1047,7 +837,7 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
             "signal phase; the latencies are skewed"
         )
     client_cpu = max((r["cpu_seconds"] / r["received"] for r in results if r["received"]), default=None)
-    fanout_p99 = _ms(_percentile(complete, 0.99))
+    fanout_p99 = _ms(percentile(complete, 0.99))
     report: dict[str, Any] = {
         "connections": total,
         "signals": signals,
@@ -1057,22 +847,22 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         "server_uss_kb_per_connection": per_connection["uss"],
         "server_memory_kb": {"warm": memory_warm, "loaded": memory_loaded, "warm_connections": warm},
         "signal_fanout_ms": {
-            "p50": _ms(_percentile(complete, 0.5)),
+            "p50": _ms(percentile(complete, 0.5)),
             "p99": fanout_p99,
             "max": _ms(max(complete, default=None)),
             "complete_signals": len(complete),
         },
         "per_receiver_ms": {
-            "p50": _ms(_percentile(per_receiver_ns, 0.5)),
-            "p99": _ms(_percentile(per_receiver_ns, 0.99)),
+            "p50": _ms(percentile(per_receiver_ns, 0.5)),
+            "p99": _ms(percentile(per_receiver_ns, 0.99)),
             "max": _ms(max(per_receiver_ns, default=None)),
         },
         "heartbeat": {
             "rounds": len(rounds),
             "signals_overlapping_a_round": sum(overlapping),
             "signal_fanout_ms_other_signals": {
-                "p50": _ms(_percentile(clear, 0.5)),
-                "p99": _ms(_percentile(clear, 0.99)),
+                "p50": _ms(percentile(clear, 0.5)),
+                "p99": _ms(percentile(clear, 0.99)),
                 "max": _ms(max(clear, default=None)),
             },
         },
@@ -1100,13 +890,13 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         "load_generator": {"workers": workers_count, "client": client, "compression": compression},
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "server": {
-            "loop": "uvloop " + (_version("uvloop") or "(missing)"),
+            "loop": "uvloop " + (version("uvloop") or "(missing)"),
             "ws": "websockets-sansio",
-            "uvicorn": _version("uvicorn"),
-            "websockets": _version("websockets"),
+            "uvicorn": version("uvicorn"),
+            "websockets": version("websockets"),
             "log_level": server.log_level,
         },
-        "machine": _machine(),
+        "machine": machine_description,
         "machine_during_signal_phase": machine_load,
     }
     if getattr(args, "per_signal", False):

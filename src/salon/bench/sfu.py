@@ -87,33 +87,36 @@ import argparse
 import array
 import asyncio
 import contextlib
-import importlib.metadata
 import json
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import pathlib
-import platform
-import re
 import resource
 import secrets
-import select
 import signal
 import struct
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from salon.bench._harness import (
+    BenchError,
+    ServerProcess,
+    descendants,
+    machine,
+    machine_line,
+    percentile,
+    process_cpu,
+    process_rss_kb,
+)
+from salon.cli.bench_options import DEFAULT_SINK_PROCESSES
+
 __all__ = ["run_sfu_bench"]
 
-_SERVING = re.compile(r"salon serving on (http://127\.0\.0\.1:(\d+))")
-_SERVER_START_TIMEOUT = 30.0
 _CONNECT_TIMEOUT = 60.0
 _WARMUP_TIMEOUT = 20.0
 _DRAIN = 0.5
@@ -135,10 +138,6 @@ def _log(message: str) -> None:
     print(f"salon bench sfu: {message}", file=sys.stderr, flush=True)
 
 
-class BenchError(Exception):
-    """The benchmark could not run (a broken run, not a slow one)."""
-
-
 def run_sfu_bench(args: argparse.Namespace) -> int:
     """``salon bench sfu``: run the benchmark, print its JSON report, return the exit code.
 
@@ -157,32 +156,14 @@ def run_sfu_bench(args: argparse.Namespace) -> int:
 # -- /proc ------------------------------------------------------------------------------------
 
 
-def _descendants(pid: int) -> list[int]:
-    """``pid`` and all its descendants, from ``/proc/PID/task/*/children`` (recursively)."""
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        found.append(current)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{current}/task"):
-                with contextlib.suppress(OSError), open(f"/proc/{current}/task/{task}/children") as f:
-                    pending.extend(int(child) for child in f.read().split())
-    return found
-
-
 def _tree_cpu(pid: int) -> tuple[float, float]:
     """(utime, stime) of ``pid`` and all its live descendants (all threads), in seconds."""
-    user = system = 0
-    for process in _descendants(pid):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = pathlib.Path(f"/proc/{process}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            # Fields 14 (utime) and 15 (stime) of proc(5); ``fields`` starts at field 3.
-            user += int(fields[11])
-            system += int(fields[12])
-    tick = os.sysconf("SC_CLK_TCK")
-    return user / tick, system / tick
+    user = system = 0.0
+    for process in descendants(pid):
+        u, s = process_cpu(process)
+        user += u
+        system += s
+    return user, system
 
 
 def _tree_cpu_seconds(pid: int) -> float:
@@ -192,193 +173,8 @@ def _tree_cpu_seconds(pid: int) -> float:
 
 def _tree_rss_kb(pid: int) -> tuple[int, int]:
     """(total RSS in kB, number of processes) of ``pid`` and its descendants."""
-    total = 0
-    processes = _descendants(pid)
-    for process in processes:
-        with contextlib.suppress(OSError, ValueError):
-            for line in pathlib.Path(f"/proc/{process}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-                    break
-    return total, len(processes)
-
-
-# -- the machine ------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "cpus": len(os.sched_getaffinity(0)),
-        "model": _cpu_model(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "aiortc": _version("aiortc"),
-        "pylibsrtp": _version("pylibsrtp"),
-        "uvloop": _version("uvloop"),
-        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def _percentile(values: Sequence[float], q: float, *, presorted: bool = False) -> float | None:
-    """The ``q`` quantile (0..1) by linear interpolation between closest ranks."""
-    if not values:
-        return None
-    ordered = values if presorted else sorted(values)
-    pos = (len(ordered) - 1) * q
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-# -- the server process -----------------------------------------------------------------------
-
-
-def _serve_has_workers_option() -> bool:
-    """Whether this salon's ``serve`` takes ``--workers`` (media worker processes)."""
-    from salon.cli.main import _parser
-
-    parser = _parser()
-    for action in parser._subparsers._group_actions if parser._subparsers else []:
-        choices = getattr(action, "choices", None) or {}
-        serve = choices.get("serve")
-        if serve is not None:
-            return any("--workers" in a.option_strings for a in serve._actions)
-    return False
-
-
-class _Server:
-    """``python -m salon serve`` on 127.0.0.1 and a free port, with its own project."""
-
-    def __init__(self, data_dir: pathlib.Path, workers: int | None) -> None:
-        self.data_dir = data_dir
-        self.workers = workers
-        self.api_key = str(secrets.randbelow(90_000_000) + 10_000_000)
-        self.api_secret = secrets.token_hex(24)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.port = 0
-        self._log_path = data_dir / "server.log"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        env.pop("SALON_DATABASE_URL", None)
-        env["SALON_API_KEY"] = self.api_key
-        env["SALON_API_SECRET"] = self.api_secret
-        env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, "-m", "salon", "serve", "--host", "127.0.0.1", "--port", "0"]
-        command += ["--data-dir", str(self.data_dir / "data"), "--log-level", "warning"]
-        command += ["--signalling-max-per-address", "0", "--signalling-rate-limit", "0"]  # all from 127.0.0.1
-        if self.workers is not None:
-            command += ["--workers", str(self.workers)]
-        with open(self._log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log
-            )
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + _SERVER_START_TIMEOUT
-        buffer = b""
-        while True:
-            match = _SERVING.search(buffer.decode("utf-8", "replace"))
-            if match:
-                self.url = match.group(1)
-                self.port = int(match.group(2))
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"the server did not start in {_SERVER_START_TIMEOUT:.0f} s{self.tail()}")
-            readable, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-            if readable:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    self.proc.wait(5)
-                    raise BenchError(f"the server exited ({self.proc.returncode}){self.tail()}")
-                buffer += chunk
-        # Keep reading its stdout so that the server never blocks on a full pipe.
-        threading.Thread(target=self._discard, args=(fd,), name="salon-bench-sfu-drain", daemon=True).start()
-
-    @staticmethod
-    def _discard(fd: int) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            while os.read(fd, 65536):
-                pass
-
-    def tail(self) -> str:
-        try:
-            text = self._log_path.read_text("utf-8", "replace")[-2000:]
-        except OSError:
-            return ""
-        text = text.replace(self.api_secret, "<secret>")
-        return f"; its log ends with:\n{text}" if text.strip() else ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGINT (graceful shutdown), then SIGTERM, then SIGKILL; bounded."""
-        proc = self.proc
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(wait)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def create_session(self) -> str:
-        import httpx
-        import jwt
-
-        now = int(time.time())
-        claims = {
-            "iss": self.api_key,
-            "ist": "project",
-            "iat": now,
-            "exp": now + 180,
-            "jti": str(uuid.uuid4()),
-        }
-        auth = jwt.encode(claims, self.api_secret, algorithm="HS256")
-        response = httpx.post(
-            f"{self.url}/session/create",
-            headers={"X-OPENTOK-AUTH": auth, "Accept": "application/json"},
-            data={"media_mode": "routed"},
-            timeout=10,
-        )
-        if response.status_code != 200:
-            raise BenchError(f"POST /session/create answered {response.status_code}: {response.text[:200]}")
-        session_id: str = response.json()[0]["session_id"]
-        return session_id
-
-    def token(self, session_id: str) -> str:
-        from salon.tokens import generate_token
-
-        return generate_token(
-            self.api_key, self.api_secret, session_id, role="publisher", expire_time=int(time.time()) + 3600
-        )
+    processes = descendants(pid)
+    return sum(process_rss_kb(process) for process in processes), len(processes)
 
 
 # -- signalling -------------------------------------------------------------------------------
@@ -710,7 +506,7 @@ class _LoadProcess:
     def send(self, command: str, **kwargs: Any) -> None:
         self.conn.send((command, kwargs))
 
-    def reply(self, timeout: float, server: _Server | None = None) -> Any:
+    def reply(self, timeout: float, server: ServerProcess | None = None) -> Any:
         deadline = time.monotonic() + timeout
         while not self.conn.poll(0.2):
             if not self.process.is_alive():
@@ -724,7 +520,9 @@ class _LoadProcess:
             raise BenchError(f"{self.role} load process: {value}")
         return value
 
-    def request(self, command: str, timeout: float, server: _Server | None = None, **kwargs: Any) -> Any:
+    def request(
+        self, command: str, timeout: float, server: ServerProcess | None = None, **kwargs: Any
+    ) -> Any:
         self.send(command, **kwargs)
         return self.reply(timeout, server)
 
@@ -740,7 +538,7 @@ class _LoadProcess:
 
 
 def _all(
-    processes: Sequence[_LoadProcess], command: str, timeout: float, server: _Server, **kwargs: Any
+    processes: Sequence[_LoadProcess], command: str, timeout: float, server: ServerProcess, **kwargs: Any
 ) -> list[Any]:
     """The same request to several processes at once (they work in parallel)."""
     for process in processes:
@@ -920,7 +718,7 @@ class _Pacer:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, server: _Server) -> None:
+def _wait(predicate: Callable[[], bool], timeout: float, what: str, server: ServerProcess) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if not server.alive():
@@ -930,7 +728,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, server: _Ser
         time.sleep(0.1)
 
 
-def _settle(server: _Server, seconds: float = 1.0) -> None:
+def _settle(server: ServerProcess, seconds: float = 1.0) -> None:
     """Wait until the server tree has been nearly idle for a moment (bounded)."""
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
@@ -944,34 +742,22 @@ class _CpuSplit:
     """CPU seconds of the server's main process and of its media workers (its descendants)."""
 
     def __init__(self, server_pid: int, loaders: Sequence[int]) -> None:
-        self.main = sum(_tree_cpu_one(server_pid))
-        self.per_worker = {
-            pid: sum(_tree_cpu_one(pid)) for pid in _descendants(server_pid) if pid != server_pid
-        }
+        self.main = sum(process_cpu(server_pid))
+        self.per_worker = {pid: sum(process_cpu(pid)) for pid in descendants(server_pid) if pid != server_pid}
         self.workers = sum(self.per_worker.values())
         self.worker_user = self.worker_system = 0.0
         for pid in self.per_worker:
-            user, system = _tree_cpu_one(pid)
+            user, system = process_cpu(pid)
             self.worker_user += user
             self.worker_system += system
-        self.loaders = sum(sum(_tree_cpu_one(pid)) for pid in loaders)
+        self.loaders = sum(sum(process_cpu(pid)) for pid in loaders)
         self.at = time.monotonic()
-
-
-def _tree_cpu_one(pid: int) -> tuple[float, float]:
-    """(utime, stime) of one process (all its threads), in seconds; zeros if it is gone."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
-    return 0.0, 0.0
 
 
 class _Rig:
     """The connected load: publisher and sink processes, and the server they talk to."""
 
-    def __init__(self, args: argparse.Namespace, server: _Server) -> None:
+    def __init__(self, args: argparse.Namespace, server: ServerProcess) -> None:
         self.args = args
         self.server = server
         self.publisher_procs: list[_LoadProcess] = []
@@ -986,7 +772,7 @@ class _Rig:
         context = multiprocessing.get_context("spawn")
         session_id = server.create_session()
         publisher_groups = _split(list(range(args.publishers)), max(1, math.ceil(args.publishers / 8)))
-        sink_processes = args.sink_processes or min(args.subscribers, _DEFAULT_SINK_PROCESSES)
+        sink_processes = args.sink_processes or min(args.subscribers, DEFAULT_SINK_PROCESSES)
         subscriber_groups = _split(list(range(args.subscribers)), min(sink_processes, args.subscribers))
         _log(
             f"load generator: {len(publisher_groups)} publisher process(es), "
@@ -1089,7 +875,7 @@ class _Rig:
         ordered = sorted(delays)
 
         def ms(q: float) -> float | None:
-            value = _percentile(ordered, q, presorted=True)
+            value = percentile(ordered, q, presorted=True)
             return None if value is None else round(value / 1e6, 3)
 
         def per_packet(seconds: float) -> float | None:
@@ -1206,8 +992,9 @@ def _saturation(rig: _Rig, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _run(args: argparse.Namespace, server: _Server) -> dict[str, Any]:
-    machine = _machine()  # load average before anything of ours runs
+def _run(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
+    machine_description = machine()  # load average before anything of ours runs
+    _log(machine_line(machine_description))
     rig = _Rig(args, server)
     try:
         setup = rig.connect()
@@ -1248,7 +1035,7 @@ def _run(args: argparse.Namespace, server: _Server) -> dict[str, Any]:
             "key_frame_interval": KEY_FRAME_INTERVAL,
             "burst": "one frame's packets back to back, every packets_per_frame/rate seconds",
         },
-        "machine": machine,
+        "machine": machine_description,
         **window,
         "worker_cpu_us_per_forwarded_packet_above_idle": above_idle("worker_cpu", idle_workers),
         "server_cpu": {
@@ -1272,7 +1059,6 @@ def _run(args: argparse.Namespace, server: _Server) -> dict[str, Any]:
     return report
 
 
-_DEFAULT_SINK_PROCESSES = 4
 _MAX_RATE = 20000.0
 _SATURATION_STEP = 1.5
 _SATURATION_LOSS = 0.001
@@ -1296,14 +1082,11 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.sink_processes is not None and not 1 <= args.sink_processes <= 16:
         raise BenchError("--sink-processes must be 1..16")
     workers = args.workers
-    if workers is not None and not _serve_has_workers_option():
-        _log("this salon serve has no --workers option: running without it")
-        workers = None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     with tempfile.TemporaryDirectory(prefix="salon-bench-sfu-") as tmp:
-        server = _Server(pathlib.Path(tmp), workers)
+        server = ServerProcess(pathlib.Path(tmp), workers=workers)
         try:
             server.start()
             _log(f"server pid {server.pid} on {server.url}")
@@ -1323,30 +1106,12 @@ def _event_loop() -> Iterator[asyncio.Runner]:
         yield runner
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The bench's options, shared by ``salon bench sfu`` and ``python -m salon.cli.bench_sfu``."""
-    parser.add_argument("--publishers", type=int, default=1)
-    parser.add_argument("--subscribers", type=int, default=16, help="subscribers per publisher")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--rate", type=float, default=600.0, help="packets/s per publisher (5 per frame)")
-    parser.add_argument("--workers", type=int, default=None, help="server media workers")
-    parser.add_argument(
-        "--sink-processes",
-        type=int,
-        default=None,
-        help=f"load-generator processes for the sinks (default min(subscribers, {_DEFAULT_SINK_PROCESSES}))",
-    )
-    parser.add_argument(
-        "--saturate",
-        action="store_true",
-        help="after the window, step the rate up x1.5 until loss appears, then measure at half that",
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m salon.cli.bench_sfu``: the same as ``salon bench sfu``."""
-    parser = argparse.ArgumentParser(prog="python -m salon.cli.bench_sfu", description=__doc__.split("\n")[0])
-    add_arguments(parser)
+    """``python -m salon.bench.sfu``: the same as ``salon bench sfu``."""
+    from salon.cli.bench_options import add_sfu_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m salon.bench.sfu", description=__doc__.split("\n")[0])
+    add_sfu_arguments(parser)
     return run_sfu_bench(parser.parse_args(argv))
 
 

@@ -1,0 +1,118 @@
+"""The options of ``salon bench …``: argparse only, so that no benchmark code loads with the CLI.
+
+The benchmarks themselves live in :mod:`salon.bench`, imported only when ``salon bench`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["DEFAULT_SINK_PROCESSES", "add_bench_parser", "add_sfu_arguments"]
+
+DEFAULT_SINK_PROCESSES = 4
+"""``salon bench sfu``: sink processes when ``--sink-processes`` is not given (at most)."""
+
+
+def add_bench_parser(commands: Any) -> None:
+    """Register ``bench`` and its benchmarks on the ``salon`` sub-command parser."""
+    bench = commands.add_parser("bench", help="benchmarks (each prints the machine it ran on)")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+
+    sig = bench_commands.add_parser("signalling", help="signal fan-out latency and memory per connection")
+    sig.add_argument("--connections", type=int, default=1000)
+    sig.add_argument("--signals", type=int, default=50)
+    sig.add_argument("--interval", type=float, default=0.2, help="seconds between signals")
+    sig.add_argument("--workers", type=int, default=1, help="load-generator processes (1-8)")
+    sig.add_argument(
+        "--compression",
+        choices=["deflate", "none"],
+        default="deflate",
+        help="whether the clients offer permessage-deflate (browsers do)",
+    )
+    sig.add_argument(
+        "--client", choices=["raw", "websockets"], default="raw", help="the load generator's WebSocket client"
+    )
+    sig.add_argument("--idle", type=float, default=4.0, help="seconds idle before each memory reading")
+    sig.add_argument("--per-signal", action="store_true", help="also report each signal's fan-out time")
+
+    sfu = bench_commands.add_parser("sfu", help="SFU forwarding: CPU per packet, loss, delay, memory")
+    add_sfu_arguments(sfu)
+
+    client = bench_commands.add_parser(
+        "client", help="client SDK: time to first frame, CPU per frame, memory"
+    )
+    client.add_argument("--runs", type=int, default=20, help="connect-to-first-frame measurements")
+    client.add_argument("--frames", type=int, default=300, help="live frames timed for CPU per frame")
+    client.add_argument("--subscribers", type=int, default=10, help="extra subscribers for memory")
+    client.add_argument("--json", action="store_true", help="print the results as JSON only")
+
+    soak = bench_commands.add_parser(
+        "soak", help="connect/publish/subscribe/disconnect cycles: RSS, fds, sockets, tasks per process"
+    )
+    soak.add_argument("--cycles", type=int, default=1000)
+    soak.add_argument(
+        "--fit-from",
+        type=int,
+        default=None,
+        help="first cycle of the RSS line fit (default 100, or a third of --cycles under 300)",
+    )
+    soak.add_argument("--workers", type=int, default=1, help="server media workers")
+    soak.add_argument("--width", type=int, default=160, help="test pattern width")
+    soak.add_argument("--height", type=int, default=120, help="test pattern height")
+    soak.add_argument("--fps", type=float, default=15.0, help="test pattern frame rate")
+    soak.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="K",
+        help="trace allocations in the server (slow) and report the K sites that grew the most",
+    )
+    soak.add_argument(
+        "--objects",
+        type=int,
+        default=0,
+        metavar="K",
+        help="report the K object types whose live count grew the most in each server process",
+    )
+    soak.add_argument("--samples", action="store_true", help="add every cycle's readings to the report")
+    soak.add_argument("--progress", type=int, default=50, help="log a line every this many cycles")
+
+    callbacks = bench_commands.add_parser(
+        "callbacks", help="callback delivery delay at a steady event rate, and the outbox's throughput"
+    )
+    callbacks.add_argument("--rate", type=float, default=200.0, help="callback events per second")
+    callbacks.add_argument("--duration", type=float, default=20.0, help="seconds of steady load")
+    callbacks.add_argument("--sessions", type=int, default=10, help="sessions the connections join")
+    callbacks.add_argument("--hold", type=float, default=0.5, help="seconds each connection stays")
+    callbacks.add_argument(
+        "--prefill", type=int, default=3000, help="callbacks pre-filled in the outbox (0: skip that phase)"
+    )
+    callbacks.add_argument("--prefill-sessions", type=int, default=100, help="sessions they belong to")
+
+    browser = bench_commands.add_parser(
+        "browser", help="web app: join click to first remote video frame (Chromium)"
+    )
+    browser.add_argument("--runs", type=int, default=10)
+    browser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
+    browser.add_argument("--timeout", type=float, default=20.0, help="seconds allowed per run")
+
+
+def add_sfu_arguments(parser: argparse.ArgumentParser) -> None:
+    """``salon bench sfu``'s options (also ``python -m salon.bench.sfu``)."""
+    parser.add_argument("--publishers", type=int, default=1)
+    parser.add_argument("--subscribers", type=int, default=16, help="subscribers per publisher")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--rate", type=float, default=600.0, help="packets/s per publisher (5 per frame)")
+    parser.add_argument("--workers", type=int, default=None, help="server media workers")
+    parser.add_argument(
+        "--sink-processes",
+        type=int,
+        default=None,
+        help=f"load-generator processes for the sinks (default min(subscribers, {DEFAULT_SINK_PROCESSES}))",
+    )
+    parser.add_argument(
+        "--saturate",
+        action="store_true",
+        help="after the window, step the rate up x1.5 until loss appears, then measure at half that",
+    )
