@@ -1,6 +1,7 @@
 """An older client against a newer server: the Python SDK connects, takes replies and
-events that carry fields it does not know, and skips message types it does not know
-(docs/protocol.md §14). The newer server is a scripted WebSocket server on 127.0.0.1."""
+events that carry fields it does not know, error codes and reasons it does not know, and
+skips message types it does not know (docs/protocol.md §14). The newer server is a scripted
+WebSocket server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from salon.client import (
     Connected,
     ConnectionCreated,
+    ConnectionDropped,
     Event,
+    RequestRefused,
     Session,
     SignalReceived,
+    StreamDropped,
     StreamReceived,
 )
 
@@ -91,6 +95,32 @@ async def _newer_server(ws: ServerConnection, received: list[dict[str, Any]]) ->
                     }
                 )
             )
+        elif message["type"] == "force_unpublish":
+            # A code this client does not know, then the end of a stream and of a connection
+            # for reasons it does not know either.
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "error",
+                        "request_id": message["request_id"],
+                        "code": "quota_exceeded",
+                        "message": "the project's quota is used up",
+                    }
+                )
+            )
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "stream_destroyed",
+                        "stream_id": "s-old",
+                        "connection_id": "c-other",
+                        "reason": "archivedAway",
+                    }
+                )
+            )
+            await ws.send(
+                json.dumps({"type": "connection_destroyed", "connection_id": "c-other", "reason": "migrated"})
+            )
 
 
 async def test_an_older_client_survives_a_newer_server() -> None:
@@ -135,3 +165,47 @@ async def test_an_older_client_survives_a_newer_server() -> None:
     # The client says which version it speaks (§14: what a later server will go by).
     connect = received[0]
     assert connect["type"] == "connect" and connect["protocol_version"] == 1
+
+
+async def test_unknown_error_codes_and_reasons_from_a_newer_server() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        try:
+            await _newer_server(ws, [])
+        except websockets.ConnectionClosed:
+            pass
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        session = Session(
+            SESSION_ID, "token", f"http://127.0.0.1:{port}", reconnect=False, connect_timeout=30
+        )
+        events = session.events()
+        await session.connect()
+        try:
+            # The refusal comes at once; a reply the client could not parse would leave the
+            # request waiting for the SDK's 20 s request timeout (then ConnectionLost).
+            try:
+                async with asyncio.timeout(15):
+                    await session.force_unpublish("s-old")
+            except RequestRefused as exc:
+                refused = exc
+            else:
+                raise AssertionError("force_unpublish was not refused")
+            seen: list[Event] = []
+            async with asyncio.timeout(15):
+                async for event in events:
+                    seen.append(event)
+                    if isinstance(event, ConnectionDropped):
+                        break
+            streams_left, connections_left = session.streams, session.connections
+        finally:
+            await session.disconnect()
+
+    assert type(refused) is RequestRefused, refused
+    assert refused.code == "quota_exceeded" and refused.server_message == "the project's quota is used up"
+    assert "quota_exceeded" in str(refused)
+    dropped = [e for e in seen if isinstance(e, StreamDropped)]
+    assert [(e.stream.stream_id, e.reason) for e in dropped] == [("s-old", "archivedAway")], seen
+    assert seen[-1] == ConnectionDropped(connection=seen[-1].connection, reason="migrated")
+    assert seen[-1].connection.connection_id == "c-other"
+    assert "s-old" not in streams_left and "c-other" not in connections_left

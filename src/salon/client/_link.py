@@ -132,7 +132,7 @@ class SignallingLink:
                 raise InvalidToken(f"the server refused the token: {reply.message}", close_code=code)
             if reply.code == ErrorCode.NOT_FOUND:
                 raise SessionNotFound(f"no session {session_id}: {reply.message}", close_code=code)
-            raise ConnectionFailed(f"connect refused: {reply.code.value}: {reply.message}", close_code=code)
+            raise ConnectionFailed(f"connect refused: {reply.code!s}: {reply.message}", close_code=code)
         assert isinstance(reply, ConnectedMessage), reply
         self._established = True
         return reply
@@ -223,9 +223,7 @@ class SignallingLink:
                 future.set_result(message)
             return
         if isinstance(message, ErrorMessage):
-            logger.warning(
-                "%r: server error without a request: %s: %s", self, message.code.value, message.message
-            )
+            logger.warning("%r: server error without a request: %s: %s", self, message.code, message.message)
             return
         self._on_message(message)
 

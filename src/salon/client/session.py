@@ -688,7 +688,7 @@ class Session:
         reconnection)."""
         return connection_id != self.connection_id and connection_id not in self._old_connection_ids
 
-    def _stream_destroyed(self, stream_id: str, reason: StreamReason) -> None:
+    def _stream_destroyed(self, stream_id: str, reason: StreamReason | str) -> None:
         self._pending_streams.pop(stream_id, None)  # never announced: nothing to report
         stream = self._streams.pop(stream_id, None)
         publisher = next((p for p in self._publishers if p.stream_id == stream_id), None)
