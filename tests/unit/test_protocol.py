@@ -19,6 +19,7 @@ from salon.protocol import (
     ErrorCode,
     ErrorMessage,
     StreamCreatedEvent,
+    StreamDestroyedEvent,
     client_message_adapter,
     server_message_adapter,
 )
@@ -114,6 +115,17 @@ def test_a_server_message_with_unknown_fields_parses_in_the_client() -> None:
         {"type": "error", "request_id": 7, "code": "not_found", "message": "no", "hint": "x"}
     )
     assert error == ErrorMessage(request_id=7, code=ErrorCode.NOT_FOUND, message="no")
+    assert type(error.code) is ErrorCode  # a known code is the enum member, not a str
+
+    # Codes and reasons a newer server added (§14) are kept as strings.
+    newer = server_message_adapter.validate_python(
+        {"type": "error", "request_id": 8, "code": "quota_exceeded", "message": "no"}
+    )
+    assert isinstance(newer, ErrorMessage) and newer.code == "quota_exceeded"
+    gone = server_message_adapter.validate_python(
+        {"type": "stream_destroyed", "stream_id": "s1", "connection_id": "c1", "reason": "archived"}
+    )
+    assert isinstance(gone, StreamDestroyedEvent) and gone.reason == "archived"
 
     event = server_message_adapter.validate_python(
         {"type": "stream_created", "stream": CONNECTED["streams"][0], "sequence": 12}

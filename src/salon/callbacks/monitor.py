@@ -39,10 +39,10 @@ SESSION_EVENTS = (
 )
 
 
-def callback_reason(reason: StreamReason) -> str:
+def callback_reason(reason: StreamReason | str) -> str:
     """A stream's reason as OpenTok's callbacks name it: they have no ``unpublished`` (a client
     that unpublishes is reported as ``clientDisconnected``, as OpenTok does)."""
-    return "clientDisconnected" if reason is StreamReason.UNPUBLISHED else reason.value
+    return "clientDisconnected" if reason == StreamReason.UNPUBLISHED else str(reason)
 
 
 def _connection(info: ConnectionInfo) -> dict[str, Any]:
@@ -87,7 +87,7 @@ class SessionMonitor:
             info = live.connections.pop(message.connection_id, None)
             if info is None:
                 return []
-            fields = {"reason": message.reason.value, "connection": _connection(info)}
+            fields = {"reason": str(message.reason), "connection": _connection(info)}
             return [self._callback(session_id, live.api_key, "connectionDestroyed", now, fields)]
         if isinstance(message, StreamCreatedEvent):
             if message.stream.stream_id in live.streams:

@@ -4,6 +4,12 @@
 future with its reply, hands every other message to ``on_message``, and reports the end of
 the link once (``on_closed``) unless :meth:`close` was called. Messages of a type this SDK
 does not know (a newer server) are handed raw to ``on_unknown``.
+
+Events are held from the start until :meth:`SignallingLink.release`: the server may send
+events right behind ``connected`` (in the same read), and the reader would otherwise hand
+them over before :meth:`~SignallingLink.open` has returned ``connected`` to its caller, that
+is before the caller has taken in the ``connected`` snapshot they follow. The caller
+releases them, in order, once it has; the end of the link is reported after them.
 """
 
 from __future__ import annotations
@@ -92,7 +98,10 @@ class SignallingLink:
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[ServerMessage]] = {}
         self._closing = False
-        self._established = False
+        #: Events that came before :meth:`release` (None once released).
+        self._held: list[ServerMessage] | None = []
+        #: How the link ended, when it did before :meth:`release` (reported then).
+        self._closed_early: LinkClosed | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
@@ -132,10 +141,21 @@ class SignallingLink:
                 raise InvalidToken(f"the server refused the token: {reply.message}", close_code=code)
             if reply.code == ErrorCode.NOT_FOUND:
                 raise SessionNotFound(f"no session {session_id}: {reply.message}", close_code=code)
-            raise ConnectionFailed(f"connect refused: {reply.code.value}: {reply.message}", close_code=code)
+            raise ConnectionFailed(f"connect refused: {reply.code!s}: {reply.message}", close_code=code)
         assert isinstance(reply, ConnectedMessage), reply
-        self._established = True
         return reply
+
+    def release(self) -> None:
+        """Start handing events to ``on_message``: first, in order, those that came since
+        ``connected``; then, if the link has already ended, report that (``on_closed``).
+        Call once, after taking in the ``connected`` that :meth:`open` returned."""
+        held, self._held = self._held, None
+        for message in held or ():
+            self._on_message(message)
+        closed, self._closed_early = self._closed_early, None
+        if closed is not None and not self._closing:
+            logger.info("%r: closed by the server or the network: %s", self, closed)
+            self._on_closed(closed)
 
     async def _close_code(self) -> int | None:
         """The server's close code after a refused connect (it closes right after the error)."""
@@ -193,10 +213,13 @@ class SignallingLink:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionLost(f"the signalling link closed (code {ws.close_code})"))
-            if self._established and not self._closing:
+            if not self._closing:
                 closed = LinkClosed(ws.close_code, ws.close_reason or "")
-                logger.info("%r: closed by the server or the network: %s", self, closed)
-                self._on_closed(closed)
+                if self._held is None:
+                    logger.info("%r: closed by the server or the network: %s", self, closed)
+                    self._on_closed(closed)
+                else:  # during open(), or before the caller took in `connected`
+                    self._closed_early = closed
 
     def _dispatch(self, text: str, ws: ClientConnection) -> None:
         try:
@@ -223,11 +246,12 @@ class SignallingLink:
                 future.set_result(message)
             return
         if isinstance(message, ErrorMessage):
-            logger.warning(
-                "%r: server error without a request: %s: %s", self, message.code.value, message.message
-            )
+            logger.warning("%r: server error without a request: %s: %s", self, message.code, message.message)
             return
-        self._on_message(message)
+        if self._held is not None:
+            self._held.append(message)
+        else:
+            self._on_message(message)
 
     async def _send_quietly(self, ws: ClientConnection, text: str) -> None:
         with contextlib.suppress(websockets.ConnectionClosed, OSError):

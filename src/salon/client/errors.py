@@ -26,9 +26,10 @@ A source that cannot start makes :meth:`Session.publish <salon.client.Session.pu
 raise :class:`SourceError` (sources are opened and probed before anything is sent); one that
 fails later, while publishing, is reported as an :class:`~salon.client.events.Error` event.
 
-Requests refused by the server carry its stable error ``code`` (:class:`ErrorCode`) and its
-human-readable message, prefixed with what was asked for: ``"subscribe to stream 78ac...:
-not_found: no stream 78ac... in this session"``. Exceptions from dependencies (websockets,
+Requests refused by the server carry its stable error ``code`` (:class:`ErrorCode`, or the
+raw string of a code added by a newer server) and its human-readable message, prefixed with
+what was asked for: ``"subscribe to stream 78ac...: not_found: no stream 78ac... in this
+session"``. Exceptions from dependencies (websockets,
 aiortc, PyAV) are translated at the boundary (``raise ... from exc``).
 """
 
@@ -102,13 +103,16 @@ class ConnectionLost(ConnectionFailed):
 class RequestRefused(ClientError):
     """The server refused a request.
 
-    :ivar code: the server's stable error code.
+    :ivar code: the server's stable error code: an :class:`ErrorCode`, or the raw string of
+        a code this SDK does not know (one added by a newer server, docs/protocol.md §14).
+        A known code is always the enum member; an unknown one raises the base class
+        :class:`RequestRefused`, so ``except RequestRefused`` catches every refusal.
     :ivar server_message: the server's human-readable explanation.
     :ivar action: what was asked, e.g. ``"subscribe to stream 78ac..."``.
     """
 
-    def __init__(self, action: str, code: ErrorCode, server_message: str) -> None:
-        super().__init__(f"{action}: {code.value}: {server_message}")
+    def __init__(self, action: str, code: ErrorCode | str, server_message: str) -> None:
+        super().__init__(f"{action}: {code!s}: {server_message}")
         self.action = action
         self.code = code
         self.server_message = server_message
@@ -184,6 +188,9 @@ _BY_CODE: dict[ErrorCode, type[RequestRefused]] = {
 }
 
 
-def error_for_code(action: str, code: ErrorCode, server_message: str) -> RequestRefused:
-    """The typed exception for a server ``error`` reply to the request described by ``action``."""
-    return _BY_CODE.get(code, RequestRefused)(action, code, server_message)
+def error_for_code(action: str, code: ErrorCode | str, server_message: str) -> RequestRefused:
+    """The typed exception for a server ``error`` reply to the request described by ``action``:
+    the subclass for a known code, :class:`RequestRefused` itself for a code this SDK does not
+    know (a newer server's), which keeps the raw string as ``code``."""
+    cls = _BY_CODE.get(code, RequestRefused) if isinstance(code, ErrorCode) else RequestRefused
+    return cls(action, code, server_message)

@@ -116,7 +116,9 @@ class ConnectionDropped(Event):
     """Another client left the session."""
 
     connection: Connection
-    reason: DisconnectReason
+    reason: DisconnectReason | str
+    """Why: a :class:`DisconnectReason`, or the raw string of a reason this SDK does not know
+    (one added by a newer server, docs/protocol.md §14)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,9 @@ class StreamDropped(Event):
     """A stream ended; its subscribers (and, for an own stream, its publisher) are closed."""
 
     stream: Stream
-    reason: StreamReason
+    reason: StreamReason | str
+    """Why: a :class:`StreamReason`, or the raw string of a reason this SDK does not know (one
+    added by a newer server, docs/protocol.md §14): the stream has ended all the same."""
     publisher: Publisher | None = None
     """The local publisher, when the stream was one of this client's."""
 

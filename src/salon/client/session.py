@@ -32,6 +32,11 @@ with ``transport_closed`` (an offer from a peer connection that died with the wo
 negotiated once more on a new receiving peer connection.
 
 Events are dispatched in the order the server sent them; see :mod:`salon.client.events`.
+The ``connected`` snapshot comes first: the link holds the events that arrive right behind
+``connected`` until the session has taken the snapshot in (:class:`Connected`, then a
+:class:`ConnectionCreated` and :class:`StreamReceived` per connection and stream in it; on
+reconnection, the reconciliation), so a stream that ends right after connecting is dropped,
+never listed again from the snapshot.
 
 Streams already in the session: a handler or iterator never misses them, whenever it is set
 up. Set up before :meth:`Session.connect`, it sees them as ``connect()`` emits them; set up
@@ -362,6 +367,13 @@ class Session:
             stream = Stream._from_wire(stream_info)
             self._streams[stream.stream_id] = stream
             self._emit(StreamReceived(stream))
+        self._release_events()
+
+    def _release_events(self) -> None:
+        """Take the events that came right behind ``connected`` (held by the link until the
+        snapshot was taken in), then the later ones as they come."""
+        if self._link is not None:
+            self._link.release()
 
     def _own(self, connected: ConnectedMessage) -> Connection:
         self._connection = Connection._from_wire(connected.connection)
@@ -688,7 +700,7 @@ class Session:
         reconnection)."""
         return connection_id != self.connection_id and connection_id not in self._old_connection_ids
 
-    def _stream_destroyed(self, stream_id: str, reason: StreamReason) -> None:
+    def _stream_destroyed(self, stream_id: str, reason: StreamReason | str) -> None:
         self._pending_streams.pop(stream_id, None)  # never announced: nothing to report
         stream = self._streams.pop(stream_id, None)
         publisher = next((p for p in self._publishers if p.stream_id == stream_id), None)
@@ -828,6 +840,8 @@ class Session:
         # re-publishing below; until then they wait here, tracking drops and property changes.
         self._pending_streams = {sid: s for sid, s in streams.items() if sid not in self._streams}
         self._streams = {sid: s for sid, s in streams.items() if sid in self._streams}
+        # Now the events that came behind `connected`, which the snapshot comes before.
+        self._release_events()
 
         async def republish(publisher: Publisher) -> None:
             try:

@@ -71,6 +71,32 @@ MAX_STREAM_NAME_LENGTH = 1000
 
 RequestId = Annotated[int | str, Field(description="Chosen by the client, echoed in the reply.")]
 
+# The codes and reasons of server messages: a newer server may send a value this version does
+# not know (docs/protocol.md §14), which a client must accept. A known value parses to its
+# enum member (the union is tried left to right), an unknown one stays a plain string. The
+# server itself only sends known values.
+AnyErrorCode = Annotated[
+    ErrorCode | str,
+    Field(
+        union_mode="left_to_right",
+        description="An `ErrorCode`; a newer server may send one this client does not know.",
+    ),
+]
+AnyDisconnectReason = Annotated[
+    DisconnectReason | str,
+    Field(
+        union_mode="left_to_right",
+        description="A `DisconnectReason`; a newer server may send one this client does not know.",
+    ),
+]
+AnyStreamReason = Annotated[
+    StreamReason | str,
+    Field(
+        union_mode="left_to_right",
+        description="A `StreamReason`; a newer server may send one this client does not know.",
+    ),
+]
+
 
 class _ClientModel(BaseModel):
     """A client-to-server model: the server refuses a field it does not know."""
@@ -347,7 +373,7 @@ class AckMessage(_ServerModel):
 class ErrorMessage(_ServerModel):
     type: Literal["error"] = "error"
     request_id: RequestId | None = None
-    code: ErrorCode
+    code: AnyErrorCode
     message: str
 
 
@@ -359,7 +385,7 @@ class ConnectionCreatedEvent(_ServerModel):
 class ConnectionDestroyedEvent(_ServerModel):
     type: Literal["connection_destroyed"] = "connection_destroyed"
     connection_id: str
-    reason: DisconnectReason
+    reason: AnyDisconnectReason
 
 
 class StreamCreatedEvent(_ServerModel):
@@ -371,7 +397,7 @@ class StreamDestroyedEvent(_ServerModel):
     type: Literal["stream_destroyed"] = "stream_destroyed"
     stream_id: str
     connection_id: str
-    reason: StreamReason
+    reason: AnyStreamReason
 
 
 StreamProperty = Literal["has_audio", "has_video", "name", "video_type", "dimensions"]
@@ -403,7 +429,7 @@ class SessionDisconnectedEvent(_ServerModel):
     """Sent to a connection just before the server closes it."""
 
     type: Literal["session_disconnected"] = "session_disconnected"
-    reason: DisconnectReason
+    reason: AnyDisconnectReason
 
 
 class StreamAudioLevel(_ServerModel):

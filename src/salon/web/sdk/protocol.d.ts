@@ -286,7 +286,8 @@ export interface AckMessage {
 export interface ErrorMessage {
   type: "error";
   request_id: number | string | null;
-  code: ErrorCode;
+  /** An `ErrorCode`; a newer server may send one this client does not know. */
+  code: ErrorCode | string;
   message: string;
 }
 
@@ -298,7 +299,8 @@ export interface ConnectionCreatedEvent {
 export interface ConnectionDestroyedEvent {
   type: "connection_destroyed";
   connection_id: string;
-  reason: DisconnectReason;
+  /** A `DisconnectReason`; a newer server may send one this client does not know. */
+  reason: DisconnectReason | string;
 }
 
 export interface StreamCreatedEvent {
@@ -310,7 +312,8 @@ export interface StreamDestroyedEvent {
   type: "stream_destroyed";
   stream_id: string;
   connection_id: string;
-  reason: StreamReason;
+  /** A `StreamReason`; a newer server may send one this client does not know. */
+  reason: StreamReason | string;
 }
 
 export interface StreamPropertyChangedEvent {
@@ -338,7 +341,8 @@ export interface MuteForcedEvent {
 /** Sent to a connection just before the server closes it. */
 export interface SessionDisconnectedEvent {
   type: "session_disconnected";
-  reason: DisconnectReason;
+  /** A `DisconnectReason`; a newer server may send one this client does not know. */
+  reason: DisconnectReason | string;
 }
 
 /**
