@@ -26,9 +26,9 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass
 
-import httpx
 import jwt
 
+from salon.callbacks.http import CallbackClient, CallbackHttpError
 from salon.callbacks.monitor import SessionMonitor
 from salon.errors import SalonError
 from salon.protocol import ServerMessage
@@ -105,7 +105,7 @@ class CallbackService:
         registry: Registry,
         config: CallbackConfig | None = None,
         *,
-        client: httpx.AsyncClient | None = None,
+        client: CallbackClient | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -146,7 +146,7 @@ class CallbackService:
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.config.timeout, follow_redirects=False)
+            self._client = CallbackClient(self.config.timeout, max_idle=self.config.concurrency)
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write(), name="salon-callbacks-writer")
         self._dispatcher = loop.create_task(self._dispatch(), name="salon-callbacks-dispatcher")
@@ -331,14 +331,14 @@ class CallbackService:
         url = None if project is None else _url_for(project, event.kind)
         if project is None or not url:
             return CallbackOutcome(event.id, "given_up", _now_ms(), error="no callback URL")
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "User-Agent": "salon-callbacks"}
         if project.signature_secret:
             headers["Authorization"] = "Bearer " + sign(event.body, project.signature_secret, time.time())
         try:
-            response = await self._client.post(url, content=event.body.encode(), headers=headers)
-            error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            error = f"{exc.__class__.__name__}: could not reach {_where(url)}"
+            status = await self._client.post(url, event.body.encode(), headers)
+            error = "" if 200 <= status < 300 else f"HTTP {status}"
+        except CallbackHttpError as exc:
+            error = f"{exc}: could not reach {_where(url)}"
         if not error:
             return CallbackOutcome(event.id, "delivered", _now_ms())
         return self._failed(event, error, _where(url))
