@@ -227,6 +227,8 @@ class Store:
         self.url = _async_url(url)
         # hide_parameters: SQL logging (INFO) never shows the values, e.g. an API secret.
         self._engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True)
+        if self._engine.dialect.name == "sqlite":
+            sa.event.listen(self._engine.sync_engine, "connect", _sqlite_wal)
 
     async def open(self) -> None:
         """Create the tables, or upgrade an existing database in place to the newest schema."""
@@ -554,6 +556,17 @@ class Store:
                 return [dict(row._mapping) for row in result]
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+
+
+def _sqlite_wal(dbapi_connection: Any, connection_record: object) -> None:
+    """SQLite in write-ahead-log mode: readers and the writer no longer block each other, and
+    a commit is one append to the log (still synced to disk before it returns: FULL)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
 
 
 def _project(row: dict[str, Any]) -> Project:
