@@ -107,6 +107,9 @@ async def check_callback_outbox(store: Store) -> None:
     assert all(p is not None and p.callback_url == "http://127.0.0.1:9/cb" for _, p in heads)
     a0, c0 = (event for event, _ in heads)
     b0 = (await store.callback_heads(["b"]))[0][0]
+    ahead = await store.callback_heads(["c", "a", "b", "nothing"], per_key=2)
+    assert [event.body for event, _ in ahead] == ["a-0", "b-0", "a-1", "c-0", "b-1"]
+    assert all(p is not None and p.api_key == project.api_key for _, p in ahead)
     await store.record_callbacks(
         [
             CallbackOutcome(a0.id, "delivered", 2000),

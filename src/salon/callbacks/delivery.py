@@ -16,6 +16,7 @@ in hex); docs/callbacks.md says how to verify it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -42,6 +43,13 @@ logger = logging.getLogger(__name__)
 #: Seconds between two reads of which sessions have pending callbacks (a safety net: the
 #: writer tells the dispatcher of every callback it stores).
 _RESCAN_INTERVAL = 60.0
+
+#: Pending callbacks of a session read at once: its next ones go without reading the outbox
+#: again (each still only after the one before it is recorded as delivered).
+_READ_AHEAD = 8
+#: ...for at most this many seconds: later, they are read again with their project's current
+#: callback URL and signature secret (the bound the registry's project cache has too).
+_READ_AHEAD_FOR = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +128,10 @@ class CallbackService:
         self._outcomes: dict[str, CallbackOutcome] = {}  # finished, not yet recorded
         self._retry_at: dict[str, int] = {}  # order key -> when its head is tried again (ms)
         self._retries: list[tuple[int, str]] = []  # a heap of (_retry_at, order key)
+        # The oldest pending callbacks of an order key (with their projects) as last read, the
+        # first being its head.
+        self._ahead: dict[str, collections.deque[tuple[CallbackEvent, Project | None]]] = {}
+        self._read_at: dict[str, float] = {}  # when (time.monotonic()) _ahead[key] was read
         self._writer: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._closed = False
@@ -245,11 +257,17 @@ class CallbackService:
         await self.store.record_callbacks(list(outcomes.values()))
         for key, outcome in outcomes.items():
             del self._outcomes[key]
+            ahead = self._ahead.get(key)
             if outcome.status == "pending" and outcome.retry_at is not None:
+                self._ahead.pop(key, None)  # read again when the retry is due
                 self._retry_at[key] = outcome.retry_at
                 heapq.heappush(self._retries, (outcome.retry_at, key))
+                continue
+            if ahead and ahead[0][0].id == outcome.id:
+                ahead.popleft()
             else:
-                self._ready.setdefault(key)
+                self._ahead.pop(key, None)
+            self._ready.setdefault(key)
 
     def _release_retries(self) -> None:
         now = _now_ms()
@@ -260,7 +278,8 @@ class CallbackService:
                 self._ready.setdefault(key)
 
     async def _start_due(self) -> None:
-        """Send the heads of ready keys while there is room."""
+        """Send the heads of ready keys while there is room: from what was read ahead, else
+        read from the outbox (many keys per query)."""
         while self._ready:
             room = self.config.concurrency - len(self._in_flight)
             if room <= 0:
@@ -269,30 +288,45 @@ class CallbackService:
             while self._ready and len(keys) < room:
                 key = next(iter(self._ready))
                 del self._ready[key]
-                if not self._busy(key):  # it comes back when it is no longer busy
+                if self._busy(key):  # it comes back when it is no longer busy
+                    continue
+                if self._ahead.get(key) and time.monotonic() - self._read_at[key] < _READ_AHEAD_FOR:
+                    self._start(*self._ahead[key][0])
+                    room -= 1
+                else:
                     keys.append(key)
             if not keys:
                 continue
             try:
-                heads = await self.store.callback_heads(keys)
+                found = await self.store.callback_heads(keys, per_key=_READ_AHEAD)
             except SalonError:
                 self._ready = {**dict.fromkeys(keys), **self._ready}
                 raise
-            now = _now_ms()
-            for event, project in heads:
-                key = event.order_key
-                if self._busy(key):
-                    continue
-                if event.next_attempt_at > now:  # a retry not yet due (after a restart)
-                    self._retry_at[key] = event.next_attempt_at
-                    heapq.heappush(self._retries, (event.next_attempt_at, key))
-                    continue
-                task = asyncio.get_running_loop().create_task(
-                    self._deliver(event, project), name=f"salon-callback-{event.id}"
-                )
-                self._in_flight[key] = task
-                task.add_done_callback(functools.partial(self._delivery_done, event))
-            # A key without a pending callback is forgotten until the writer stores one.
+            read_at = time.monotonic()
+            for key in keys:
+                self._ahead.pop(key, None)
+                self._read_at[key] = read_at
+            for event, project in found:
+                self._ahead.setdefault(event.order_key, collections.deque()).append((event, project))
+            for key in keys:  # a key without a pending callback is forgotten until one is stored
+                if self._ahead.get(key) and not self._busy(key):
+                    self._start(*self._ahead[key][0])
+                elif key not in self._ahead:
+                    del self._read_at[key]
+
+    def _start(self, event: CallbackEvent, project: Project | None) -> None:
+        """Send ``event``, the oldest pending callback of its key, or wait for its retry time."""
+        key = event.order_key
+        if event.next_attempt_at > _now_ms():  # a retry not yet due (after a restart)
+            self._ahead.pop(key, None)
+            self._retry_at[key] = event.next_attempt_at
+            heapq.heappush(self._retries, (event.next_attempt_at, key))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(event, project), name=f"salon-callback-{event.id}"
+        )
+        self._in_flight[key] = task
+        task.add_done_callback(functools.partial(self._delivery_done, event))
 
     def _delivery_done(self, event: CallbackEvent, task: asyncio.Task[CallbackOutcome]) -> None:
         if self._in_flight.get(event.order_key) is task:

@@ -454,32 +454,46 @@ class Store:
         )
         return [str(row["order_key"]) for row in await self._select(query)]
 
-    async def callback_heads(self, order_keys: list[str]) -> list[tuple[CallbackEvent, Project | None]]:
-        """The oldest pending callback of each of these order keys (none for a key without
-        one), due or not, with its project (None when it was deleted), oldest first.
+    async def callback_heads(
+        self, order_keys: list[str], per_key: int = 1
+    ) -> list[tuple[CallbackEvent, Project | None]]:
+        """The ``per_key`` oldest pending callbacks of each of these order keys (fewer, or none,
+        for a key that has fewer), due or not, each with its project (None when it was
+        deleted), oldest first.
 
-        Each head is one index seek on ``ix_callback_events_pending`` (status, order_key, id),
-        so the cost does not grow with the number of pending callbacks.
+        Each key is one ordered range read on ``ix_callback_events_pending`` (status,
+        order_key, id), so the cost does not grow with the number of pending callbacks.
         """
-        if not order_keys:
+        if not order_keys or per_key < 1:
             return []
-        heads = [
-            sa.select(sa.func.min(callback_events.c.id))
-            .where(callback_events.c.status == "pending", callback_events.c.order_key == key)
-            .scalar_subquery()
-            for key in dict.fromkeys(order_keys)
-        ]
-        project_columns = [c.label(f"project_{c.name}") for c in projects.c]
-        query = (
-            sa.select(callback_events, *project_columns)
-            .select_from(callback_events.outerjoin(projects, projects.c.api_key == callback_events.c.api_key))
-            .where(callback_events.c.id.in_(heads))
-            .order_by(callback_events.c.id)
-        )
+        c = callback_events.c
+        project_columns = [column.label(f"project_{column.name}") for column in projects.c]
+        joined = callback_events.outerjoin(projects, projects.c.api_key == c.api_key)
+        query: sa.Select[Any] | sa.CompoundSelect[Any]
+        if per_key == 1:
+            heads = [
+                sa.select(sa.func.min(c.id))
+                .where(c.status == "pending", c.order_key == key)
+                .scalar_subquery()
+                for key in dict.fromkeys(order_keys)
+            ]
+            query = sa.select(callback_events, *project_columns).select_from(joined).where(c.id.in_(heads))
+        else:
+            firsts = [
+                sa.select(callback_events, *project_columns)
+                .select_from(joined)
+                .where(c.status == "pending", c.order_key == key)
+                .order_by(c.id)
+                .limit(per_key)
+                .subquery()
+                for key in dict.fromkeys(order_keys)
+            ]
+            query = sa.union_all(*(sa.select(first) for first in firsts))
         found: list[tuple[CallbackEvent, Project | None]] = []
         for row in await self._select(query):
-            project = {c.name: row.pop(f"project_{c.name}") for c in projects.c}
+            project = {column.name: row.pop(f"project_{column.name}") for column in projects.c}
             found.append((CallbackEvent(**row), None if project["api_key"] is None else _project(project)))
+        found.sort(key=lambda item: item[0].id)
         return found
 
     async def record_callbacks(self, outcomes: list[CallbackOutcome]) -> None:
@@ -549,7 +563,7 @@ class Store:
         )
         return [CallbackEvent(**row) for row in await self._select(query)]
 
-    async def _select(self, query: sa.Select[tuple[object, ...]]) -> list[dict[str, Any]]:
+    async def _select(self, query: sa.Select[Any] | sa.CompoundSelect[Any]) -> list[dict[str, Any]]:
         try:
             async with self._engine.connect() as conn:
                 result = await conn.execute(query)
