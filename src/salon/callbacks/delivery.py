@@ -132,6 +132,12 @@ class CallbackService:
         # first being its head.
         self._ahead: dict[str, collections.deque[tuple[CallbackEvent, Project | None]]] = {}
         self._read_at: dict[str, float] = {}  # when (time.monotonic()) _ahead[key] was read
+        # _ahead[key] held every pending callback of the key when it was read, if the writer
+        # noted none for it since: _noted_at[key] <= _complete_at[key] (values of _seq). Then
+        # the key needs no read once they are all delivered.
+        self._seq = 0
+        self._noted_at: dict[str, int] = {}
+        self._complete_at: dict[str, int] = {}
         self._writer: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._closed = False
@@ -221,9 +227,16 @@ class CallbackService:
     # callbacks are read from it, and a key is only ever sent its oldest pending callback.
 
     def _note_pending(self, order_keys: list[str]) -> None:
+        """These keys may have new pending callbacks (stored, committed)."""
+        self._seq += 1
         for key in order_keys:
             self._ready.setdefault(key)
+            self._noted_at[key] = self._seq
         self._wake.set()
+
+    def _forget(self, key: str) -> None:
+        for state in (self._ahead, self._read_at, self._complete_at, self._noted_at):
+            state.pop(key, None)
 
     def _busy(self, order_key: str) -> bool:
         return order_key in self._in_flight or order_key in self._outcomes or order_key in self._retry_at
@@ -265,6 +278,10 @@ class CallbackService:
                 continue
             if ahead and ahead[0][0].id == outcome.id:
                 ahead.popleft()
+                complete = self._noted_at.get(key, 0) <= self._complete_at.get(key, -1)
+                if not ahead and complete:  # it was the last pending callback of its key
+                    self._forget(key)
+                    continue
             else:
                 self._ahead.pop(key, None)
             self._ready.setdefault(key)
@@ -297,6 +314,7 @@ class CallbackService:
                     keys.append(key)
             if not keys:
                 continue
+            seq = self._seq
             try:
                 found = await self.store.callback_heads(keys, per_key=_READ_AHEAD)
             except SalonError:
@@ -308,11 +326,16 @@ class CallbackService:
                 self._read_at[key] = read_at
             for event, project in found:
                 self._ahead.setdefault(event.order_key, collections.deque()).append((event, project))
-            for key in keys:  # a key without a pending callback is forgotten until one is stored
-                if self._ahead.get(key) and not self._busy(key):
+            for key in keys:
+                if key not in self._ahead:  # no pending callback: forgotten until one is stored
+                    self._forget(key)
+                    continue
+                if len(self._ahead[key]) < _READ_AHEAD:  # all of them, unless one was stored since
+                    self._complete_at[key] = seq
+                else:
+                    self._complete_at.pop(key, None)
+                if not self._busy(key):
                     self._start(*self._ahead[key][0])
-                elif key not in self._ahead:
-                    del self._read_at[key]
 
     def _start(self, event: CallbackEvent, project: Project | None) -> None:
         """Send ``event``, the oldest pending callback of its key, or wait for its retry time."""
