@@ -221,8 +221,9 @@ class CallbackService:
     # The dispatcher keeps, in memory, which order keys may have a callback to send (_ready,
     # oldest first), which are busy (a request in flight, an outcome not yet recorded, or a
     # retry waiting for its time), and when the next retry is due. It reads the outbox only for
-    # the heads of ready keys (one index seek each, many keys per query) and records outcomes
-    # in batches, so the cost of a delivery does not depend on how many callbacks are pending.
+    # the oldest pending rows of ready keys (up to _READ_AHEAD each, one index range per key,
+    # many keys per query) and records outcomes in batches, so the cost of a delivery does not
+    # depend on how many callbacks are pending.
     # The outbox stays the truth: at start-up (and every minute) the keys with pending
     # callbacks are read from it, and a key is only ever sent its oldest pending callback.
 
