@@ -372,3 +372,52 @@ async def test_a_callback_is_given_up_after_its_attempts_and_reported(
     first = status["given_up_callbacks"][-1]
     assert first["event"] == "sessionCreated" and first["attempts"] == 3 and first["error"] == "HTTP 503"
     assert "k3y" not in done.stdout + done.stderr
+
+
+async def test_many_sessions_with_failures_get_every_callback_in_session_order(
+    tmp_path: pathlib.Path, receiver: Receiver
+) -> None:
+    # Every third request fails; answers are slow; fewer requests at once than sessions; events
+    # keep coming while earlier ones are in flight or retried: each session's callbacks still
+    # arrive whole and in order.
+    def answer(n: int) -> int:
+        time.sleep(0.02)
+        return 500 if n % 3 == 2 else 200
+
+    receiver.answer = answer
+    config = replace(FAST, concurrency=3, backoff_base=0.05, backoff_cap=0.1)
+    with serve(tmp_path, receiver.url, config) as thread:
+        url = thread.url
+        sessions = [new_session(url) for _ in range(4)]
+        expected: dict[str, list[tuple[str, str, str]]] = {
+            sid: [("sessionCreated", "", "")] for sid in sessions
+        }
+        anchors = []
+        for sid in sessions:
+            anchor = await WsClient.join(url, sid, token(url, sid, "publisher", "anchor"))
+            anchors.append(anchor)
+            expected[sid].append(("connectionCreated", "", anchor.connection_id))
+        for round_ in range(5):
+            for sid in sessions:
+                client = await WsClient.join(url, sid, token(url, sid, "publisher", f"r={round_}"))
+                await client.close()
+                expected[sid] += [
+                    ("connectionCreated", "", client.connection_id),
+                    ("connectionDestroyed", "clientDisconnected", client.connection_id),
+                ]
+        for sid, anchor in zip(sessions, anchors, strict=True):
+            await anchor.close()
+            expected[sid] += [
+                ("connectionDestroyed", "clientDisconnected", anchor.connection_id),
+                ("sessionDestroyed", "", ""),
+            ]
+        total = sum(len(events) for events in expected.values())
+        await wait_for(f"{total} callbacks", lambda: len(receiver.delivered()) >= total)
+        await wait_for_store(
+            thread, lambda counts: counts == {"pending": 0, "delivered": total, "given_up": 0}
+        )
+    got: dict[str, list[tuple[str, str, str]]] = {sid: [] for sid in sessions}
+    for body in receiver.delivered():
+        got[body["sessionId"]].append(summary(body))
+    assert got == expected
+    assert sum(1 for *_, status in receiver.requests if status == 500) >= total // 3

@@ -21,6 +21,7 @@ from salon.server.run import ServerThread
 from salon.store import Store
 from tests.conftest import API_KEY, API_SECRET
 from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
+from tests.unit.test_store import check_callback_outbox
 
 # The first test also starts the cluster (initdb and all) on a possibly slow, shared machine.
 pytestmark = pytest.mark.timeout(300)
@@ -151,5 +152,14 @@ async def test_deleting_and_rotating_on_postgresql(postgres_url: str) -> None:
         assert await store.get_session(session_id) is None
         with pytest.raises(NotFoundError):
             await store.delete_project(project.api_key)
+    finally:
+        await store.close()
+
+
+async def test_the_callback_outbox_on_postgresql(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    await store.open()
+    try:
+        await check_callback_outbox(store)
     finally:
         await store.close()

@@ -47,6 +47,7 @@ def test_server_and_signalling_exports() -> None:
     assert salon.signalling.__all__ == ["Session", "SignallingConfig", "SignallingService"]
     assert salon.store.__all__ == [
         "CallbackEvent",
+        "CallbackOutcome",
         "NewCallback",
         "Project",
         "SessionRecord",

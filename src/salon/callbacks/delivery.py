@@ -16,27 +16,40 @@ in hex); docs/callbacks.md says how to verify it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
+import heapq
 import logging
 import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
 
-import httpx
 import jwt
 
+from salon.callbacks.http import CallbackClient, CallbackHttpError
 from salon.callbacks.monitor import SessionMonitor
 from salon.errors import SalonError
 from salon.protocol import ServerMessage
-from salon.store import CallbackEvent, NewCallback, Project, Store
+from salon.store import CallbackEvent, CallbackOutcome, NewCallback, Project, Store
 from salon.store.registry import Registry
 
 __all__ = ["CallbackConfig", "CallbackService", "backoff", "sign"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between two reads of which sessions have pending callbacks (a safety net: the
+#: writer tells the dispatcher of every callback it stores).
+_RESCAN_INTERVAL = 60.0
+
+#: Pending callbacks of a session read at once: its next ones go without reading the outbox
+#: again (each still only after the one before it is recorded as delivered).
+_READ_AHEAD = 8
+#: ...for at most this many seconds: later, they are read again with their project's current
+#: callback URL and signature secret (the bound the registry's project cache has too).
+_READ_AHEAD_FOR = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +113,7 @@ class CallbackService:
         registry: Registry,
         config: CallbackConfig | None = None,
         *,
-        client: httpx.AsyncClient | None = None,
+        client: CallbackClient | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -110,7 +123,21 @@ class CallbackService:
         self._own_client = client is None
         self._queue: asyncio.Queue[NewCallback] = asyncio.Queue()
         self._wake = asyncio.Event()
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._ready: dict[str, None] = {}  # order keys whose head may be due, oldest first
+        self._in_flight: dict[str, asyncio.Task[CallbackOutcome]] = {}
+        self._outcomes: dict[str, CallbackOutcome] = {}  # finished, not yet recorded
+        self._retry_at: dict[str, int] = {}  # order key -> when its head is tried again (ms)
+        self._retries: list[tuple[int, str]] = []  # a heap of (_retry_at, order key)
+        # The oldest pending callbacks of an order key (with their projects) as last read, the
+        # first being its head.
+        self._ahead: dict[str, collections.deque[tuple[CallbackEvent, Project | None]]] = {}
+        self._read_at: dict[str, float] = {}  # when (time.monotonic()) _ahead[key] was read
+        # _ahead[key] held every pending callback of the key when it was read, if the writer
+        # noted none for it since: _noted_at[key] <= _complete_at[key] (values of _seq). Then
+        # the key needs no read once they are all delivered.
+        self._seq = 0
+        self._noted_at: dict[str, int] = {}
+        self._complete_at: dict[str, int] = {}
         self._writer: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._closed = False
@@ -137,7 +164,7 @@ class CallbackService:
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.config.timeout, follow_redirects=False)
+            self._client = CallbackClient(self.config.timeout, max_idle=self.config.concurrency)
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write(), name="salon-callbacks-writer")
         self._dispatcher = loop.create_task(self._dispatch(), name="salon-callbacks-dispatcher")
@@ -157,6 +184,10 @@ class CallbackService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._outcomes:  # answered but not yet recorded: record them, or they are sent again
+            with contextlib.suppress(SalonError):
+                await self.store.record_callbacks(list(self._outcomes.values()))
+            self._outcomes.clear()
         if self._own_client and self._client is not None:
             await self._client.aclose()
 
@@ -183,74 +214,189 @@ class CallbackService:
                 wanted.append(callback)
         if wanted:
             await self.store.add_callbacks(wanted)
-            self._wake.set()
+            self._note_pending([c.order_key for c in wanted])
 
     # -- the dispatcher --------------------------------------------------------------------
+    #
+    # The dispatcher keeps, in memory, which order keys may have a callback to send (_ready,
+    # oldest first), which are busy (a request in flight, an outcome not yet recorded, or a
+    # retry waiting for its time), and when the next retry is due. It reads the outbox only for
+    # the oldest pending rows of ready keys (up to _READ_AHEAD each, one index range per key,
+    # many keys per query) and records outcomes in batches, so the cost of a delivery does not
+    # depend on how many callbacks are pending.
+    # The outbox stays the truth: at start-up (and every minute) the keys with pending
+    # callbacks are read from it, and a key is only ever sent its oldest pending callback.
+
+    def _note_pending(self, order_keys: list[str]) -> None:
+        """These keys may have new pending callbacks (stored, committed)."""
+        self._seq += 1
+        for key in order_keys:
+            self._ready.setdefault(key)
+            self._noted_at[key] = self._seq
+        self._wake.set()
+
+    def _forget(self, key: str) -> None:
+        for state in (self._ahead, self._read_at, self._complete_at, self._noted_at):
+            state.pop(key, None)
+
+    def _busy(self, order_key: str) -> bool:
+        return order_key in self._in_flight or order_key in self._outcomes or order_key in self._retry_at
 
     async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        rescan_at = 0.0
         while True:
             self._wake.clear()
             try:
+                if loop.time() >= rescan_at:
+                    self._note_pending(await self.store.pending_callback_keys())
+                    rescan_at = loop.time() + _RESCAN_INTERVAL
+                await self._record()
+                self._release_retries()
                 await self._start_due()
-                wait = await self._until_next()
+                wait = self._until_next()
             except SalonError as exc:  # the database did not answer: try again shortly
                 logger.warning("callback outbox unavailable: %s", exc.message)
                 wait = 1.0
+            wait = min(wait, max(0.0, rescan_at - loop.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
-    async def _start_due(self) -> None:
-        room = self.config.concurrency - len(self._in_flight)
-        if room <= 0:
+    async def _record(self) -> None:
+        """Store the outcomes of finished requests (one transaction); then their keys' next
+        callbacks may go, or their retries wait."""
+        if not self._outcomes:
             return
-        due = await self.store.due_callbacks(_now_ms(), room, frozenset(self._in_flight))
-        for event in due:
-            task = asyncio.get_running_loop().create_task(
-                self._deliver(event), name=f"salon-callback-{event.id}"
-            )
-            self._in_flight[event.order_key] = task
-            task.add_done_callback(functools.partial(self._delivery_done, event.order_key))
+        outcomes = dict(self._outcomes)
+        await self.store.record_callbacks(list(outcomes.values()))
+        for key, outcome in outcomes.items():
+            del self._outcomes[key]
+            ahead = self._ahead.get(key)
+            if outcome.status == "pending" and outcome.retry_at is not None:
+                self._ahead.pop(key, None)  # read again when the retry is due
+                self._retry_at[key] = outcome.retry_at
+                heapq.heappush(self._retries, (outcome.retry_at, key))
+                continue
+            if ahead and ahead[0][0].id == outcome.id:
+                ahead.popleft()
+                complete = self._noted_at.get(key, 0) <= self._complete_at.get(key, -1)
+                if not ahead and complete:  # it was the last pending callback of its key
+                    self._forget(key)
+                    continue
+            else:
+                self._ahead.pop(key, None)
+            self._ready.setdefault(key)
 
-    def _delivery_done(self, order_key: str, task: asyncio.Task[None]) -> None:
-        if self._in_flight.get(order_key) is task:
-            del self._in_flight[order_key]
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("callback delivery failed", exc_info=task.exception())
+    def _release_retries(self) -> None:
+        now = _now_ms()
+        while self._retries and self._retries[0][0] <= now:
+            at, key = heapq.heappop(self._retries)
+            if self._retry_at.get(key) == at:
+                del self._retry_at[key]
+                self._ready.setdefault(key)
+
+    async def _start_due(self) -> None:
+        """Send the heads of ready keys while there is room: from what was read ahead, else
+        read from the outbox (many keys per query)."""
+        while self._ready:
+            room = self.config.concurrency - len(self._in_flight)
+            if room <= 0:
+                return
+            keys: list[str] = []
+            while self._ready and len(keys) < room:
+                key = next(iter(self._ready))
+                del self._ready[key]
+                if self._busy(key):  # it comes back when it is no longer busy
+                    continue
+                if self._ahead.get(key) and time.monotonic() - self._read_at[key] < _READ_AHEAD_FOR:
+                    self._start(*self._ahead[key][0])
+                    room -= 1
+                else:
+                    keys.append(key)
+            if not keys:
+                continue
+            seq = self._seq
+            try:
+                found = await self.store.callback_heads(keys, per_key=_READ_AHEAD)
+            except SalonError:
+                self._ready = {**dict.fromkeys(keys), **self._ready}
+                raise
+            read_at = time.monotonic()
+            for key in keys:
+                self._ahead.pop(key, None)
+                self._read_at[key] = read_at
+            for event, project in found:
+                self._ahead.setdefault(event.order_key, collections.deque()).append((event, project))
+            for key in keys:
+                if key not in self._ahead:  # no pending callback: forgotten until one is stored
+                    self._forget(key)
+                    continue
+                if len(self._ahead[key]) < _READ_AHEAD:  # all of them, unless one was stored since
+                    self._complete_at[key] = seq
+                else:
+                    self._complete_at.pop(key, None)
+                if not self._busy(key):
+                    self._start(*self._ahead[key][0])
+
+    def _start(self, event: CallbackEvent, project: Project | None) -> None:
+        """Send ``event``, the oldest pending callback of its key, or wait for its retry time."""
+        key = event.order_key
+        if event.next_attempt_at > _now_ms():  # a retry not yet due (after a restart)
+            self._ahead.pop(key, None)
+            self._retry_at[key] = event.next_attempt_at
+            heapq.heappush(self._retries, (event.next_attempt_at, key))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(event, project), name=f"salon-callback-{event.id}"
+        )
+        self._in_flight[key] = task
+        task.add_done_callback(functools.partial(self._delivery_done, event))
+
+    def _delivery_done(self, event: CallbackEvent, task: asyncio.Task[CallbackOutcome]) -> None:
+        if self._in_flight.get(event.order_key) is task:
+            del self._in_flight[event.order_key]
+        if task.cancelled():  # the server is stopping: the callback stays pending
+            return
+        exc = task.exception()
+        if exc is None:
+            outcome = task.result()
+        else:
+            logger.error("callback delivery failed", exc_info=exc)
+            outcome = self._failed(event, f"{exc.__class__.__name__}", "")
+        self._outcomes[event.order_key] = outcome
         self._wake.set()
 
-    async def _until_next(self) -> float:
-        due = await self.store.next_callback_due()
-        if due is None:
+    def _until_next(self) -> float:
+        if not self._retries:
             return 60.0
-        return min(60.0, max(0.0, (due - _now_ms()) / 1000))
+        return min(60.0, max(0.0, (self._retries[0][0] - _now_ms()) / 1000))
 
-    async def _deliver(self, event: CallbackEvent) -> None:
+    def _failed(self, event: CallbackEvent, error: str, where: str) -> CallbackOutcome:
+        attempts = event.attempts + 1
+        now = _now_ms()
+        if attempts >= self.config.max_attempts:
+            logger.warning(
+                "callback %d to %s given up after %d attempts: %s", event.id, where, attempts, error
+            )
+            return CallbackOutcome(event.id, "given_up", now, error=error)
+        logger.info("callback %d to %s failed (%s), attempt %d", event.id, where, error, attempts)
+        at = now + int(backoff(attempts, self.config) * 1000)
+        return CallbackOutcome(event.id, "pending", now, error=error, retry_at=at)
+
+    async def _deliver(self, event: CallbackEvent, project: Project | None) -> CallbackOutcome:
+        """One attempt. The project (URLs, secret) was read with the callback, just now."""
         assert self._client is not None
-        project = await self.store.get_project(event.api_key)  # fresh: URLs and secrets may change
         url = None if project is None else _url_for(project, event.kind)
         if project is None or not url:
-            await self.store.finish_callback(
-                event.id, status="given_up", now=_now_ms(), error="no callback URL"
-            )
-            return
-        headers = {"Content-Type": "application/json"}
+            return CallbackOutcome(event.id, "given_up", _now_ms(), error="no callback URL")
+        headers = {"Content-Type": "application/json", "User-Agent": "salon-callbacks"}
         if project.signature_secret:
             headers["Authorization"] = "Bearer " + sign(event.body, project.signature_secret, time.time())
         try:
-            response = await self._client.post(url, content=event.body.encode(), headers=headers)
-            error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            error = f"{exc.__class__.__name__}: could not reach {_where(url)}"
+            status = await self._client.post(url, event.body.encode(), headers)
+            error = "" if 200 <= status < 300 else f"HTTP {status}"
+        except CallbackHttpError as exc:
+            error = f"{exc}: could not reach {_where(url)}"
         if not error:
-            await self.store.finish_callback(event.id, status="delivered", now=_now_ms())
-            return
-        attempts = event.attempts + 1
-        if attempts >= self.config.max_attempts:
-            logger.warning(
-                "callback %d to %s given up after %d attempts: %s", event.id, _where(url), attempts, error
-            )
-            await self.store.finish_callback(event.id, status="given_up", now=_now_ms(), error=error)
-        else:
-            at = _now_ms() + int(backoff(attempts, self.config) * 1000)
-            logger.info("callback %d to %s failed (%s), attempt %d", event.id, _where(url), error, attempts)
-            await self.store.retry_callback(event.id, at=at, error=error)
+            return CallbackOutcome(event.id, "delivered", _now_ms())
+        return self._failed(event, error, _where(url))

@@ -5,6 +5,22 @@ code runs on the embedded default (SQLite in the data directory) and on PostgreS
 server is given a ``postgresql://`` URL.
 """
 
-from salon.store.store import CallbackEvent, NewCallback, Project, SessionRecord, Store, database_url_for
+from salon.store.store import (
+    CallbackEvent,
+    CallbackOutcome,
+    NewCallback,
+    Project,
+    SessionRecord,
+    Store,
+    database_url_for,
+)
 
-__all__ = ["CallbackEvent", "NewCallback", "Project", "SessionRecord", "Store", "database_url_for"]
+__all__ = [
+    "CallbackEvent",
+    "CallbackOutcome",
+    "NewCallback",
+    "Project",
+    "SessionRecord",
+    "Store",
+    "database_url_for",
+]

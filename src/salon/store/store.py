@@ -19,6 +19,7 @@ from salon.store import migrations
 
 __all__ = [
     "CallbackEvent",
+    "CallbackOutcome",
     "NewCallback",
     "Project",
     "SessionRecord",
@@ -162,6 +163,17 @@ class NewCallback:
     created_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class CallbackOutcome:
+    """What one delivery attempt of the callback ``id`` came to (see :meth:`Store.record_callbacks`)."""
+
+    id: int
+    status: str  # "delivered", "given_up", or "pending" (tried again at retry_at)
+    now: int
+    error: str = ""
+    retry_at: int | None = None
+
+
 def check_public_key(pem: str) -> str:
     """An application's public key, checked: PEM, RSA, 2048 to 8192 bits; returned as PEM.
 
@@ -215,6 +227,8 @@ class Store:
         self.url = _async_url(url)
         # hide_parameters: SQL logging (INFO) never shows the values, e.g. an API secret.
         self._engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True)
+        if self._engine.dialect.name == "sqlite":
+            sa.event.listen(self._engine.sync_engine, "connect", _sqlite_wal)
 
     async def open(self) -> None:
         """Create the tables, or upgrade an existing database in place to the newest schema."""
@@ -429,47 +443,103 @@ class Store:
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot store callbacks: {exc.__class__.__name__}") from exc
 
-    async def due_callbacks(
-        self, now: int, limit: int, skip_keys: frozenset[str] = frozenset()
-    ) -> list[CallbackEvent]:
-        """The oldest pending callback of each order key, if it is due, oldest first."""
-        pending = callback_events.c.status == "pending"
-        heads = (
-            sa.select(sa.func.min(callback_events.c.id)).where(pending).group_by(callback_events.c.order_key)
-        )
+    async def pending_callback_keys(self) -> list[str]:
+        """The order keys that have pending callbacks, the one with the oldest first (read once
+        when delivery starts; it reads every pending row's index entry)."""
         query = (
-            sa.select(callback_events)
-            .where(callback_events.c.id.in_(heads), callback_events.c.next_attempt_at <= now)
-            .order_by(callback_events.c.id)
-            .limit(limit + len(skip_keys))
+            sa.select(callback_events.c.order_key)
+            .where(callback_events.c.status == "pending")
+            .group_by(callback_events.c.order_key)
+            .order_by(sa.func.min(callback_events.c.id))
         )
-        rows = await self._select(query)
-        events = [CallbackEvent(**row) for row in rows if row["order_key"] not in skip_keys]
-        return events[:limit]
+        return [str(row["order_key"]) for row in await self._select(query)]
 
-    async def next_callback_due(self) -> int | None:
-        """When the earliest pending callback is due (ms), or None when none is pending."""
-        query = sa.select(sa.func.min(callback_events.c.next_attempt_at)).where(
-            callback_events.c.status == "pending"
+    async def callback_heads(
+        self, order_keys: list[str], per_key: int = 1
+    ) -> list[tuple[CallbackEvent, Project | None]]:
+        """The ``per_key`` oldest pending callbacks of each of these order keys (fewer, or none,
+        for a key that has fewer), due or not, each with its project (None when it was
+        deleted), oldest first.
+
+        Each key is one ordered range read on ``ix_callback_events_pending`` (status,
+        order_key, id), so the cost does not grow with the number of pending callbacks.
+        """
+        if not order_keys or per_key < 1:
+            return []
+        c = callback_events.c
+        project_columns = [column.label(f"project_{column.name}") for column in projects.c]
+        joined = callback_events.outerjoin(projects, projects.c.api_key == c.api_key)
+        query: sa.Select[Any] | sa.CompoundSelect[Any]
+        if per_key == 1:
+            heads = [
+                sa.select(sa.func.min(c.id))
+                .where(c.status == "pending", c.order_key == key)
+                .scalar_subquery()
+                for key in dict.fromkeys(order_keys)
+            ]
+            query = sa.select(callback_events, *project_columns).select_from(joined).where(c.id.in_(heads))
+        else:
+            firsts = [
+                sa.select(callback_events, *project_columns)
+                .select_from(joined)
+                .where(c.status == "pending", c.order_key == key)
+                .order_by(c.id)
+                .limit(per_key)
+                .subquery()
+                for key in dict.fromkeys(order_keys)
+            ]
+            query = sa.union_all(*(sa.select(first) for first in firsts))
+        found: list[tuple[CallbackEvent, Project | None]] = []
+        for row in await self._select(query):
+            project = {column.name: row.pop(f"project_{column.name}") for column in projects.c}
+            found.append((CallbackEvent(**row), None if project["api_key"] is None else _project(project)))
+        found.sort(key=lambda item: item[0].id)
+        return found
+
+    async def record_callbacks(self, outcomes: list[CallbackOutcome]) -> None:
+        """Record delivery attempts, in one transaction: each one counts an attempt, and the
+        callback is ``delivered``, ``given_up`` (both finished at ``now``), or still
+        ``pending`` and tried again at ``retry_at``."""
+        if not outcomes:
+            return
+        c = callback_events.c
+        statement = (
+            sa.update(callback_events)
+            .where(c.id == sa.bindparam("b_id"))
+            .values(
+                status=sa.bindparam("b_status"),
+                finished_at=sa.bindparam("b_finished_at", type_=sa.BigInteger),
+                next_attempt_at=sa.func.coalesce(
+                    sa.bindparam("b_retry_at", type_=sa.BigInteger), c.next_attempt_at
+                ),
+                last_error=sa.bindparam("b_error"),
+                attempts=c.attempts + 1,
+            )
         )
-        rows = await self._select(query)
-        value = next(iter(rows[0].values())) if rows else None
-        return None if value is None else int(value)
+        rows = [
+            {
+                "b_id": o.id,
+                "b_status": o.status,
+                "b_finished_at": None if o.status == "pending" else o.now,
+                "b_retry_at": o.retry_at if o.status == "pending" else None,
+                "b_error": o.error[:500],
+            }
+            for o in outcomes
+        ]
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(statement, rows)
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot update callbacks: {exc.__class__.__name__}") from exc
 
     async def finish_callback(self, event_id: int, *, status: str, now: int, error: str = "") -> None:
         """A callback was delivered (``delivered``) or will never be (``given_up``)."""
-        await self._update_callback(
-            event_id,
-            status=status,
-            finished_at=now,
-            last_error=error[:500],
-            attempts=callback_events.c.attempts + 1,
-        )
+        await self.record_callbacks([CallbackOutcome(event_id, status, now, error=error)])
 
     async def retry_callback(self, event_id: int, *, at: int, error: str) -> None:
         """A delivery attempt failed: try again at ``at`` (ms)."""
-        await self._update_callback(
-            event_id, next_attempt_at=at, last_error=error[:500], attempts=callback_events.c.attempts + 1
+        await self.record_callbacks(
+            [CallbackOutcome(event_id, "pending", _now_ms(), error=error, retry_at=at)]
         )
 
     async def callback_counts(self) -> dict[str, int]:
@@ -493,22 +563,24 @@ class Store:
         )
         return [CallbackEvent(**row) for row in await self._select(query)]
 
-    async def _update_callback(self, event_id: int, **values: object) -> None:
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    sa.update(callback_events).where(callback_events.c.id == event_id).values(**values)
-                )
-        except SQLAlchemyError as exc:
-            raise ServerError(f"cannot update a callback: {exc.__class__.__name__}") from exc
-
-    async def _select(self, query: sa.Select[tuple[object, ...]]) -> list[dict[str, Any]]:
+    async def _select(self, query: sa.Select[Any] | sa.CompoundSelect[Any]) -> list[dict[str, Any]]:
         try:
             async with self._engine.connect() as conn:
                 result = await conn.execute(query)
                 return [dict(row._mapping) for row in result]
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+
+
+def _sqlite_wal(dbapi_connection: Any, connection_record: object) -> None:
+    """SQLite in write-ahead-log mode: readers and the writer no longer block each other, and
+    a commit is one append to the log (still synced to disk before it returns: FULL)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
 
 
 def _project(row: dict[str, Any]) -> Project:
