@@ -3,10 +3,12 @@ connection for the next request.
 
 Callbacks need little of HTTP: one method, a small body, a status, no redirects, no cookies.
 httpx did that at 2-3 ms of CPU per request with 16 requests in flight (its connection pool
-and lock set-up), which capped delivery at a few hundred callbacks per second on one core;
-this client costs about a tenth of that. It speaks HTTP/1.1 over TCP or TLS (the system's CA
-certificates, the host name checked), reuses a connection while the receiver keeps it alive,
-and reads a response framed by ``Content-Length``, chunked, or the end of the connection.
+and lock set-up), which capped delivery at a few hundred callbacks per second on one core.
+Here the protocol is h11's (the sans-I/O HTTP/1.1 state machine httpx itself is built on:
+request framing, response framing by ``Content-Length``, chunks or the end of the
+connection, interim answers, keep-alive rules), behind a thin asyncio adapter: TCP or TLS
+(the system's CA certificates, the host name checked), a connection reused while the
+receiver keeps it alive, one timeout per request.
 """
 
 from __future__ import annotations
@@ -16,15 +18,28 @@ import contextlib
 import ssl
 import urllib.parse
 
+import h11
+
 __all__ = ["CallbackClient", "CallbackHttpError"]
 
 #: The most of a response body that is read (and discarded); a longer one closes the connection.
 _MAX_BODY = 1 << 20
-_MAX_LINE = 8192
-_MAX_HEADERS = 100
+#: The most a response's status line and header fields may take.
+_MAX_HEAD = 16384
+_READ_SIZE = 65536
 
 _Key = tuple[str, str, int]
-_Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class _Stream:
+    """One connection to a receiver: its asyncio streams and h11's view of the protocol."""
+
+    __slots__ = ("http", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.http = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
 
 
 class CallbackHttpError(Exception):
@@ -59,36 +74,41 @@ class CallbackClient:
         key = (parts.scheme, parts.hostname, port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc.rpartition("@")[2]
-        head = [f"POST {target} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
-        head += [f"{name}: {value}" for name, value in headers.items()]
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        fields = [("Host", host), ("Content-Length", str(len(body))), *headers.items()]
+        try:
+            request = h11.Request(method="POST", target=target, headers=fields)
+        except h11.LocalProtocolError as exc:  # a URL or a header h11 will not send
+            raise CallbackHttpError("InvalidURL") from exc
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
                     stream = self._take(key)
                     if stream is None:
-                        return await self._exchange(key, await self._connect(key), request, reused=False)
+                        stream = await self._connect(key)
+                        return await self._exchange(key, stream, request, body, reused=False)
                     with contextlib.suppress(_Stale):
-                        return await self._exchange(key, stream, request, reused=True)
+                        return await self._exchange(key, stream, request, body, reused=True)
         except TimeoutError as exc:
             raise CallbackHttpError("Timeout") from exc
         except (OSError, EOFError, ValueError, _Stale) as exc:
             raise CallbackHttpError(exc.__class__.__name__) from exc
+        except h11.ProtocolError as exc:  # a malformed answer
+            raise CallbackHttpError("RemoteProtocolError") from exc
 
     async def aclose(self) -> None:
         self._closed = True
         streams = [stream for streams in self._idle.values() for stream in streams]
         self._idle.clear()
-        for _, writer in streams:
-            writer.close()
+        for stream in streams:
+            stream.writer.close()
 
     def _take(self, key: _Key) -> _Stream | None:
         streams = self._idle.get(key)
         while streams:
-            reader, writer = streams.pop()
-            if not writer.is_closing() and not reader.at_eof():
-                return reader, writer
-            writer.close()
+            stream = streams.pop()
+            if not stream.writer.is_closing() and not stream.reader.at_eof():
+                return stream
+            stream.writer.close()
         return None
 
     async def _connect(self, key: _Key) -> _Stream:
@@ -96,94 +116,61 @@ class CallbackClient:
         if scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
-            return await asyncio.open_connection(
-                hostname, port, ssl=self._ssl, server_hostname=hostname, limit=_MAX_LINE * 2
+            return _Stream(
+                *await asyncio.open_connection(hostname, port, ssl=self._ssl, server_hostname=hostname)
             )
-        return await asyncio.open_connection(hostname, port, limit=_MAX_LINE * 2)
+        return _Stream(*await asyncio.open_connection(hostname, port))
 
-    async def _exchange(self, key: _Key, stream: _Stream, request: bytes, *, reused: bool) -> int:
-        reader, writer = stream
-        keep = False
+    async def _exchange(
+        self, key: _Key, stream: _Stream, request: h11.Request, body: bytes, *, reused: bool
+    ) -> int:
+        http, keep = stream.http, False
         try:
             try:
-                writer.write(request)
-                await writer.drain()
-                line = await reader.readline()
-            except ConnectionError:
-                line = b""
-            if not line:
+                stream.writer.write(
+                    http.send(request) + http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage())
+                )
+                await stream.writer.drain()
+                status = await _read_response(stream, reused=reused)
+            except ConnectionError as exc:
                 if reused:  # the receiver closed an idle connection: a fresh one is tried
-                    raise _Stale()
-                raise EOFError("connection closed before an answer")
-            status, keep = await _read_response(reader, line)
+                    raise _Stale() from exc
+                raise
+            if http.our_state is h11.DONE and http.their_state is h11.DONE:
+                http.start_next_cycle()
+                keep = True
         finally:
             if keep and not self._closed and len(self._idle.setdefault(key, [])) < self.max_idle:
                 self._idle[key].append(stream)
             else:
-                writer.close()
+                stream.writer.close()
         return status
 
 
-async def _read_response(reader: asyncio.StreamReader, line: bytes) -> tuple[int, bool]:
-    """The status of the response whose status line is ``line`` (its body read and dropped),
-    and whether the connection can carry another request."""
+async def _read_response(stream: _Stream, *, reused: bool) -> int:
+    """The status of the answer (interim answers skipped, the body read and dropped).
+
+    :raises _Stale: a reused connection ended before any of the answer came.
+    """
+    http, status, received, heard = stream.http, None, 0, False
     while True:
-        version, status = _status_line(line)
-        fields = await _header_fields(reader)
-        if 100 <= status < 200:  # an interim answer: the real one follows
-            line = await reader.readline()
-            continue
-        break
-    connection = fields.get("connection", "").lower()
-    keep = version == "HTTP/1.1" and "close" not in connection
-    if status in (204, 304):
-        return status, keep
-    if "chunked" in fields.get("transfer-encoding", "").lower():
-        await _read_chunked(reader)
-    elif "content-length" in fields:
-        length = int(fields["content-length"])
-        if length < 0:
-            raise ValueError("negative Content-Length")
-        if length > _MAX_BODY:
-            return status, False
-        await reader.readexactly(length)
-    else:  # delimited by the end of the connection
-        await reader.read(_MAX_BODY)
-        keep = False
-    return status, keep
-
-
-def _status_line(line: bytes) -> tuple[str, int]:
-    version, _, rest = line.decode("latin-1").strip().partition(" ")
-    if not version.startswith("HTTP/1.") or len(rest) < 3 or not rest[:3].isdigit():
-        raise ValueError("not an HTTP/1 status line")
-    return version, int(rest[:3])
-
-
-async def _header_fields(reader: asyncio.StreamReader) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for _ in range(_MAX_HEADERS):
-        line = await reader.readline()
-        if not line.endswith(b"\n"):
-            raise EOFError("connection closed in the headers")
-        if line in (b"\r\n", b"\n"):
-            return fields
-        name, _, value = line.decode("latin-1").partition(":")
-        fields[name.strip().lower()] = value.strip()
-    raise ValueError("too many header fields")
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> None:
-    total = 0
-    while True:
-        size_line = await reader.readline()
-        if not size_line.endswith(b"\n"):
-            raise EOFError("connection closed in a chunk")
-        size = int(size_line.split(b";")[0].strip(), 16)
-        if size == 0:
-            await _header_fields(reader)  # trailers, up to the blank line
-            return
-        total += size
-        if total > _MAX_BODY:
-            raise ValueError("response body too long")
-        await reader.readexactly(size + 2)
+        event = http.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.reader.read(_READ_SIZE)
+            if not data and not heard and reused:
+                raise _Stale()
+            heard = heard or bool(data)
+            http.receive_data(data)
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            received += len(event.data)
+            if received > _MAX_BODY:  # not worth reading: the status is known, the connection dropped
+                assert status is not None
+                return status
+        elif isinstance(event, h11.EndOfMessage):
+            assert status is not None
+            return status
+        elif isinstance(event, h11.ConnectionClosed):
+            raise EOFError("connection closed before an answer")
+        # h11.InformationalResponse (1xx): the real answer follows.
