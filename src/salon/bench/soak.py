@@ -210,6 +210,8 @@ def _sample(server: ServerProcess, reading: dict[str, Any]) -> dict[int, dict[st
             "tasks": seen.get("tasks"),
             "heap_in_use_kb": heap["in_use"] // 1024 if "in_use" in heap else None,
             "heap_free_kb": heap["free"] // 1024 if "free" in heap else None,
+            "heap_mmapped_kb": heap["mmapped"] // 1024 if "mmapped" in heap else None,
+            "python_blocks": heap.get("python_blocks"),
         }
     return samples
 
@@ -286,6 +288,8 @@ def _summary(pid: int, samples: list[tuple[int, dict[str, Any]]], fit_from: int,
         "tasks": span("tasks"),
         "heap_in_use_kb": span("heap_in_use_kb"),
         "heap_free_kb": span("heap_free_kb"),
+        "heap_mmapped_kb": span("heap_mmapped_kb"),
+        "python_blocks": span("python_blocks"),
         "alive_at_end": samples[-1][0] == last,
     }
 
