@@ -14,6 +14,7 @@ import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+from salon.media.collector import Collector
 from salon.redact import install as install_redaction
 from salon.redact import register_secret
 from salon.server.app import create_app
@@ -149,11 +150,20 @@ def freeze_startup_objects() -> None:
 
 
 def run_server(config: ServerConfig, *, log_level: str = "info") -> None:
+    uv_config = uvicorn_config(config, log_level=log_level)
+    app: Any = uv_config.app  # the FastAPI application create_app made
+
     def ready(url: str) -> None:
         freeze_startup_objects()
+        # A closed WebSocket's objects (uvicorn's protocol, the link, its session state) are
+        # garbage in reference cycles: collect them soon, at most every COLLECT_INTERVAL s,
+        # as the media workers do for closed transports.
+        service = getattr(app.state, "signalling", None)
+        if isinstance(service, SignallingService):
+            service.on_link_closed = Collector().request
         print(f"salon serving on {url}", flush=True)
 
-    server = Server(uvicorn_config(config, log_level=log_level), on_ready=ready)
+    server = Server(uv_config, on_ready=ready)
     server.run()
 
 
