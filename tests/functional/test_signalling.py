@@ -1082,3 +1082,28 @@ async def test_a_reader_that_stops_reading_is_closed_with_4010_and_the_others_ar
         ]
         await sender.close()
         await watcher.close()
+
+
+async def test_every_closed_websocket_is_reported_for_a_prompt_collection(server: RunningServer) -> None:
+    """``salon serve`` asks for a garbage collection after each WebSocket ends (a closed
+    link's objects are garbage in reference cycles): the service tells ``on_link_closed``
+    once per link, whether it had connected to a session or not."""
+    service = server.thread.server.config.app.state.signalling  # type: ignore[union-attr]
+    closed: list[float] = []
+    service.on_link_closed = lambda: closed.append(time.monotonic())
+    try:
+        sid = server.session()
+        joined = await WsClient.open(server.url)
+        reply = await joined.request({"type": "connect", "session_id": sid, "token": server.token(sid)})
+        assert reply["type"] == "connected", reply
+        bare = await WsClient.open(server.url)
+        assert closed == []
+        await joined.close()
+        await bare.close()
+        deadline = time.monotonic() + 10
+        while len(closed) < 2:
+            assert time.monotonic() < deadline, f"on_link_closed called {len(closed)} times, not 2"
+            await asyncio.sleep(0.02)
+        assert len(closed) == 2
+    finally:
+        service.on_link_closed = None

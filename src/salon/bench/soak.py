@@ -17,11 +17,12 @@
   ``--fit-from`` (100) to the last: RSS moves in whole pages and the allocator keeps and
   reuses arenas, so two samples say little, a fit over hundreds of cycles says how much one
   cycle keeps. The target is under 1 kB per cycle in every process.
-* ``--tracemalloc K`` starts the server with ``SALON_TRACEMALLOC=25`` (tracing from start-up,
-  several times slower) and reports, per process, the K allocation sites that grew the most
-  between cycle ``--fit-from`` and the end, and the K object types whose live count grew the
-  most, with what refers to them (:mod:`salon.media.memtrace`). ``--objects K`` gives only the
-  latter, without tracing (no slow-down).
+* ``--tracemalloc K`` starts the server with ``SALON_TRACEMALLOC=F`` (``--frames``, 25 by
+  default; tracing from start-up, several times slower) and reports, per process, the K
+  allocation sites that grew the most between cycle ``--fit-from`` and the end, and the K
+  object types whose live count grew the most, with what refers to them
+  (:mod:`salon.media.memtrace`). ``--objects K`` gives only the latter, without tracing (no
+  slow-down).
 
 The JSON report goes to stdout (``--samples`` adds every cycle's readings), progress to
 stderr. Every wait is bounded, secrets are never printed.
@@ -120,7 +121,8 @@ class _Debug:
         import httpx
 
         self.server = server
-        self.http = httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=60)
+        # Minutes: a traced process's snapshot and comparison take a while.
+        self.http = httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=300)
 
     async def processes(self, tracemalloc: int = 0, objects: int = 0) -> dict[str, Any]:
         params = {"tracemalloc": tracemalloc, "objects": objects}
@@ -210,6 +212,8 @@ def _sample(server: ServerProcess, reading: dict[str, Any]) -> dict[int, dict[st
             "tasks": seen.get("tasks"),
             "heap_in_use_kb": heap["in_use"] // 1024 if "in_use" in heap else None,
             "heap_free_kb": heap["free"] // 1024 if "free" in heap else None,
+            "heap_mmapped_kb": heap["mmapped"] // 1024 if "mmapped" in heap else None,
+            "python_blocks": heap.get("python_blocks"),
         }
     return samples
 
@@ -286,6 +290,8 @@ def _summary(pid: int, samples: list[tuple[int, dict[str, Any]]], fit_from: int,
         "tasks": span("tasks"),
         "heap_in_use_kb": span("heap_in_use_kb"),
         "heap_free_kb": span("heap_free_kb"),
+        "heap_mmapped_kb": span("heap_mmapped_kb"),
+        "python_blocks": span("python_blocks"),
         "alive_at_end": samples[-1][0] == last,
     }
 
@@ -308,7 +314,9 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
     raise_nofile()
     env = {"SALON_DEBUG_ENDPOINTS": "1"}
     if args.tracemalloc:
-        env["SALON_TRACEMALLOC"] = "25"
+        if not 1 <= args.frames <= 100:
+            raise BenchError("--frames must be 1..100")
+        env["SALON_TRACEMALLOC"] = str(args.frames)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="salon-bench-soak-") as tmp:
         server = ServerProcess(pathlib.Path(tmp), workers=args.workers, env=env)
@@ -331,6 +339,7 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
             "video": f"VP8 {args.width}x{args.height} at {args.fps:g} fps",
             "audio": "Opus tone",
             "tracemalloc": args.tracemalloc,
+            "frames": args.frames if args.tracemalloc else None,
             "objects": args.objects,
         },
         "machine": machine_description,

@@ -69,6 +69,13 @@ def add_bench_parser(commands: Any) -> None:
         help="trace allocations in the server (slow) and report the K sites that grew the most",
     )
     soak.add_argument(
+        "--frames",
+        type=int,
+        default=25,
+        help="frames kept per traced allocation with --tracemalloc (fewer: faster, and the "
+        "final comparison fits within the worker's health check)",
+    )
+    soak.add_argument(
         "--objects",
         type=int,
         default=0,

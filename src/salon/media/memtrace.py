@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import sys
 import tracemalloc
 from typing import Any
 
@@ -138,9 +139,12 @@ _mallinfo2: Any = None
 
 
 def heap() -> dict[str, int]:
-    """The C heap (glibc ``mallinfo2``): bytes in use, free inside the heap, and mmapped;
-    empty where there is no glibc. Python objects of 512 bytes or less live in pymalloc's
-    arenas, counted in ``in_use`` only as whole arenas."""
+    """The C heap (glibc ``mallinfo2``): bytes in use, free inside the heap, and mmapped
+    (none of these where there is no glibc), and ``python_blocks``, the memory blocks Python's
+    allocator has handed out and not freed (:func:`sys.getallocatedblocks`: objects and
+    buffers). Python objects of 512 bytes or less live in pymalloc's arenas, mapped apart from
+    the C heap: a count of blocks flat while RSS grows points at the C heap or at fragmented
+    arenas, not at objects kept."""
     global _mallinfo2
     if _mallinfo2 is None:
         try:
@@ -149,7 +153,8 @@ def heap() -> dict[str, int]:
             _mallinfo2.restype = _MallInfo2
         except (OSError, AttributeError):
             _mallinfo2 = False
+    blocks = {"python_blocks": sys.getallocatedblocks()}
     if not _mallinfo2:
-        return {}
+        return blocks
     info = _mallinfo2()
-    return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
+    return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd, **blocks}

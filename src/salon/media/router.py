@@ -165,7 +165,11 @@ class Router:
         self.producers: dict[str, Producer] = {}
         # One DTLS certificate per router: generating one per transport costs ~1 ms each.
         self._certificate = certificate or RTCCertificate.generateCertificate()
+        # The SSRCs of the router's consumers, unique in the router, each released when the
+        # transport it was drawn for closes (until then a closed consumer's SSRC may still be
+        # in the subscriber's state of that transport).
         self._ssrcs: set[int] = set()
+        self._ssrcs_by_transport: dict[str, list[int]] = {}
         self._close_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -286,8 +290,8 @@ class Router:
         consumers: list[Consumer] = []
         for track in tracks:
             producer = self.producers[track.source]
-            ssrc = self._new_ssrc()
-            rtx_ssrc = self._new_ssrc() if track.codec.rtx_payload_type is not None else None
+            ssrc = self._new_ssrc(transport)
+            rtx_ssrc = self._new_ssrc(transport) if track.codec.rtx_payload_type is not None else None
             paused = not (audio if track.kind == "audio" else video)
             consumer = Consumer(transport, producer, track, ssrc=ssrc, rtx_ssrc=rtx_ssrc, paused=paused)
             transport._add_consumer(consumer)
@@ -386,6 +390,7 @@ class Router:
     def _on_transport_event(self, event: TransportEvent) -> None:
         if isinstance(event, TransportClosed):
             self.transports.pop(event.transport.id, None)
+            self._ssrcs.difference_update(self._ssrcs_by_transport.pop(event.transport.id, ()))
 
     def _on_producer_event(self, event: ProducerEvent) -> None:
         if isinstance(event, ProducerClosed):
@@ -397,11 +402,12 @@ class Router:
                 logger.info("%r: stream %s closed", self, stream.id)
                 self.events.emit(StreamClosed(self, stream))
 
-    def _new_ssrc(self) -> int:
+    def _new_ssrc(self, transport: WebRtcTransport) -> int:
         while True:
             ssrc = secrets.randbits(32)
             if ssrc and ssrc not in self._ssrcs:
                 self._ssrcs.add(ssrc)
+                self._ssrcs_by_transport.setdefault(transport.id, []).append(ssrc)
                 return ssrc
 
     def _check_open(self) -> None:
@@ -425,6 +431,8 @@ class Router:
         self.transports.clear()
         self.streams.clear()
         self.producers.clear()
+        self._ssrcs.clear()
+        self._ssrcs_by_transport.clear()
         self.events.emit(RouterClosed(self))
         self.events.clear()
 

@@ -271,6 +271,10 @@ class SignallingService:
         #: Sessions whose mute-all state is on (session ID -> excluded stream IDs). It outlives
         #: the live :class:`Session` (until switched off or the server stops), as in OpenTok.
         self._mute_all: dict[str, frozenset[str]] = {}
+        #: Called after every WebSocket ends: a closed link's objects are garbage in reference
+        #: cycles. ``salon serve`` asks for a prompt garbage collection here
+        #: (:func:`salon.server.run.run_server`).
+        self.on_link_closed: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -513,6 +517,8 @@ class SignallingService:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(writer), 1.0)
             await link.aclose()
+            if self.on_link_closed is not None:
+                self.on_link_closed()
 
     async def _receive(self, link: ClientLink, deadline: float | None) -> ClientMessage | None:
         """The next valid message; None when the socket closed. Bad messages get an error.

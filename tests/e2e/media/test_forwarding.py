@@ -252,3 +252,29 @@ async def test_unpublish_closes_consumers_and_leaves_nothing_behind() -> None:
         await wait_for(lambda: not leftover(), 10, "no task left")
     assert leftover() == [], f"tasks left behind: {leftover()}"
     assert process_udp_sockets() <= sockets_before, "UDP sockets left open"
+
+
+async def test_an_open_router_keeps_nothing_of_closed_subscribers(router: Router) -> None:
+    """A session's router outlives its subscribers: each subscriber's transport, once
+    closed, leaves no entry in the router's tables (transports, streams, producers, the
+    consumers' SSRCs), so a long session does not grow with every subscriber that passed."""
+    pub = Publisher()
+    published = await publish(router, pub)
+    try:
+        for _ in range(2):
+            sub = Subscriber()
+            result = await subscribe(router, published.stream.id, sub)
+            await wait_for(lambda sub=sub: len(sub.media.indices) > 3, 10, "frames")
+            ssrcs = {c.ssrc for c in result.consumers} | {c.rtx_ssrc for c in result.consumers} - {None}
+            assert ssrcs <= router._ssrcs
+            await result.transport.close()
+            await sub.close()
+            assert set(router.transports) == {published.transport.id}
+            assert not ssrcs & router._ssrcs, "a closed subscriber's SSRCs are still reserved"
+            assert router._ssrcs_by_transport == {}
+        assert set(router.streams) == {published.stream.id}
+        await router.unpublish(published.stream.id)
+        assert router.transports == {} and router.streams == {} and router.producers == {}
+        assert router._ssrcs == set() and router._ssrcs_by_transport == {}
+    finally:
+        await pub.close()

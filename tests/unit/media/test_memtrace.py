@@ -51,3 +51,15 @@ def test_start_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(memtrace.ENV, "not a number")
     assert memtrace.start_from_env() == 0
     assert not tracemalloc.is_tracing()
+
+
+def test_heap_counts_the_python_blocks_kept() -> None:
+    before = memtrace.heap()["python_blocks"]
+    kept = [(i * 7919) << 40 for i in range(5_000)]  # ints: not tracked by the garbage collector
+    after = memtrace.heap()["python_blocks"]
+    assert after - before >= 5_000, (before, after)
+    del kept
+    assert memtrace.heap()["python_blocks"] < after - 4_000
+    heap = memtrace.heap()
+    if "in_use" in heap:  # glibc
+        assert heap["in_use"] > 0 and heap["free"] >= 0 and heap["mmapped"] >= 0
