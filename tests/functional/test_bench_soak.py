@@ -70,7 +70,11 @@ def test_bench_soak_cycles_real_media_and_reports_every_process(capsys: pytest.C
         assert process["tasks"]["end"] is not None
         # Each cycle released its sockets and descriptors (sampled once no transport is left).
         assert process["udp_sockets"]["end"] == process["udp_sockets"]["start"] == 0
-        assert process["fds"]["end"] == process["fds"]["start"], process
         samples = report["samples"][str(process["pid"])]
         assert [s["cycle"] for s in samples] == list(range(7))
+        # Descriptors: the first cycle may open some for good (the SQLite WAL's shared-memory
+        # file, a pooled connection), and a sample may catch the last WebSocket still closing;
+        # a descriptor kept per cycle would add 5 over cycles 1-6.
+        fds = [s["fds"] for s in samples[1:]]
+        assert fds[0] <= process["fds"]["start"] + 2 and max(fds) - fds[0] <= 2, (process, fds)
     assert "RSS slope" in captured.err and "machine:" in captured.err
