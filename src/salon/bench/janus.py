@@ -437,7 +437,7 @@ def _summary(runs: list[dict[str, Any]], fan_outs: Sequence[int]) -> list[dict[s
 
 def _inner(args: argparse.Namespace) -> int:
     """Inside the namespace: build the veth pair, alternate the servers, print the report."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     janus_path = shutil.which("janus") or "janus"
     _setup_namespace()
     description = machine()
@@ -521,19 +521,38 @@ def run_side_by_side(args: argparse.Namespace) -> int:
     if getattr(args, "sink_processes", None):
         command += ["--sink-processes", str(args.sink_processes)]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+    previous = None
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return proc.wait(_INNER_TIMEOUT)
-    except BaseException:
-        # Interrupted or out of time: let it clean up (SIGTERM), then make sure.
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    except subprocess.TimeoutExpired:
+        _stop_inner(proc)
+        _log(f"error: the run did not end in {_INNER_TIMEOUT:.0f} s; stopped")
+        return 1
+    except BaseException:  # interrupted: stop the run, then go on interrupting
+        _stop_inner(proc)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_inner(proc: subprocess.Popen[bytes]) -> None:
+    """Let the run clean up (SIGTERM: its servers, Janus, load processes), then make sure."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM: leave through the ``finally`` blocks, which stop what the benchmark started."""
+    sys.exit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
