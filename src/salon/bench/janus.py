@@ -478,7 +478,7 @@ def _inner(args: argparse.Namespace) -> int:
                     f"load {result['loadavg_before']} -> {result['loadavg_after']}"
                 )
     description["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    report = {
+    report: dict[str, Any] = {
         "benchmark": "sfu-side-by-side",
         "parameters": {
             "peer": "janus",
@@ -496,6 +496,13 @@ def _inner(args: argparse.Namespace) -> int:
         "runs": runs,
         "errors": errors,
     }
+    for row in report["summary"]:
+        _log(
+            f"1 -> {row['fan_out']}: salon {row['salon']['median']} us/packet, "
+            f"Janus {row['janus']['median']} us/packet, salon / Janus {row['ratio_salon_to_janus']}, "
+            f"lost {row['salon']['lost_packets']} / {row['janus']['lost_packets']}"
+        )
+    _log(f"load average before / after: {description['loadavg_before']} / {description['loadavg_after']}")
     print(json.dumps(report, indent=2), flush=True)
     lost = sum(r["loss"]["packets"] for r in runs)
     return 0 if runs and not errors and lost == 0 else 1
