@@ -101,7 +101,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from salon.bench._harness import (
     BenchError,
@@ -138,12 +138,27 @@ def _log(message: str) -> None:
     print(f"salon bench sfu: {message}", file=sys.stderr, flush=True)
 
 
+class _Watched(Protocol):
+    """The server under test, as the rig watches it (a salon ServerProcess, or Janus)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def alive(self) -> bool: ...
+
+    def tail(self) -> str: ...
+
+
 def run_sfu_bench(args: argparse.Namespace) -> int:
     """``salon bench sfu``: run the benchmark, print its JSON report, return the exit code.
 
     The exit code is 0 when the run completed and nothing was forwarded late enough to be
     counted lost; 1 on loss or when the run broke (the reason goes to stderr).
     """
+    if getattr(args, "peer", None) == "janus":
+        from salon.bench.janus import run_side_by_side
+
+        return run_side_by_side(args)
     try:
         report = _bench(args)
     except BenchError as exc:
@@ -308,6 +323,7 @@ class _Publisher:
         self.pc = _peer_connection()
         self.transceiver = _vp8_transceiver(self.pc, "sendonly")
         self.signalling: _Signalling | None = None
+        self.janus: Any = None
         self.stream_id = ""
         self.counter = 0
         self.sent = 0
@@ -343,6 +359,31 @@ class _Publisher:
             raise BenchError(f"publish failed: {reply}")
         self.stream_id = reply["stream"]["stream_id"]
         await _answer(self.pc, reply["answer"])
+        self._hook()
+
+    async def publish_janus(self, url: str, room: int) -> None:
+        """Publish into a Janus VideoRoom instead (``salon bench sfu --peer janus``)."""
+        from salon.bench.janus import JanusClient
+
+        client = JanusClient(url)
+        await client.attach()
+        self.janus = client
+        data, jsep = await client.message(
+            {
+                "request": "joinandconfigure",
+                "room": room,
+                "ptype": "publisher",
+                "display": f"bench-{self.index}",
+            },
+            {"type": "offer", "sdp": await _offer(self.pc)},
+        )
+        if data.get("videoroom") != "joined" or not jsep or jsep.get("type") != "answer":
+            raise BenchError(f"Janus publisher join failed: {data}")
+        self.stream_id = str(data["id"])
+        await _answer(self.pc, jsep["sdp"])
+        self._hook()
+
+    def _hook(self) -> None:
         sender = self.transceiver.sender
         self._ssrc = sender._ssrc
         self._pt = self.transceiver._codecs[0].payloadType
@@ -404,16 +445,20 @@ class _Publisher:
             await asyncio.wait_for(self.pc.close(), 10)
         if self.signalling is not None:
             await self.signalling.close()
+        if self.janus is not None:
+            await self.janus.close()
 
 
 class _Sink:
     """One subscription: a recvonly aiortc peer that only counts what arrives (no decoding)."""
 
-    def __init__(self, subscriber: int, publisher: int) -> None:
+    def __init__(self, subscriber: int, publisher: int, *, offerer: bool = True) -> None:
         self.subscriber = subscriber
         self.publisher = publisher
         self.pc = _peer_connection()
-        self.transceiver = _vp8_transceiver(self.pc, "recvonly")
+        # Janus offers to its subscribers: the transceiver then comes from its offer.
+        self.transceiver = _vp8_transceiver(self.pc, "recvonly") if offerer else None
+        self.janus: Any = None
         self.counters = array.array("q")
         self.arrivals = array.array("q")
         self.wrong_publisher = 0
@@ -434,8 +479,37 @@ class _Sink:
             await asyncio.sleep(0.05)
         if reply.get("type") != "subscribed" or not reply.get("answer"):
             raise BenchError(f"subscribe failed: {reply}")
+        assert self.transceiver is not None
         # Hook before the answer starts ICE/DTLS, so no packet goes past us.
-        dtls = self.transceiver.receiver.transport
+        self._hook(self.transceiver.receiver.transport)
+        await _answer(self.pc, reply["answer"])
+
+    async def subscribe_janus(self, url: str, room: int, feed: str) -> None:
+        """Subscribe to a Janus VideoRoom feed: Janus offers, the sink answers."""
+        from aiortc import RTCSessionDescription
+
+        from salon.bench.janus import JanusClient
+
+        client = JanusClient(url)
+        await client.attach()
+        self.janus = client
+        data, jsep = await client.message(
+            {"request": "join", "room": room, "ptype": "subscriber", "streams": [{"feed": int(feed)}]}
+        )
+        if data.get("videoroom") != "attached" or not jsep or jsep.get("type") != "offer":
+            raise BenchError(f"Janus subscriber join failed: {data}")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=jsep["sdp"], type="offer"))
+        self.transceiver = self.pc.getTransceivers()[0]
+        # Hook before the answer starts ICE/DTLS, so no packet goes past us.
+        self._hook(self.transceiver.receiver.transport)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        data, _ = await client.message(
+            {"request": "start", "room": room}, {"type": "answer", "sdp": self.pc.localDescription.sdp}
+        )
+        if data.get("started") != "ok":
+            raise BenchError(f"Janus subscriber start failed: {data}")
+
+    def _hook(self, dtls: Any) -> None:
         self._dtls = dtls
 
         async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
@@ -456,7 +530,6 @@ class _Sink:
             queue_datagram(data, component)
 
         connection.data_received = datagram_received
-        await _answer(self.pc, reply["answer"])
 
     def on_rtp(self, data: bytes) -> None:
         arrived = time.monotonic_ns()
@@ -478,6 +551,8 @@ class _Sink:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pc.close(), 10)
+        if self.janus is not None:
+            await self.janus.close()
 
 
 # -- load-generator processes -----------------------------------------------------------------
@@ -491,10 +566,12 @@ class _Sink:
 class _LoadProcess:
     """The bench's handle on one load-generator process (requests are bounded in time)."""
 
-    def __init__(self, context: Any, role: str, name: str) -> None:
+    def __init__(self, context: Any, role: str, name: str, ice_address: str = "127.0.0.1") -> None:
         self.role = role
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_child_main, args=(child, role), name=name, daemon=True)
+        self.process = context.Process(
+            target=_child_main, args=(child, role, ice_address), name=name, daemon=True
+        )
         self.process.start()
         child.close()
 
@@ -506,7 +583,7 @@ class _LoadProcess:
     def send(self, command: str, **kwargs: Any) -> None:
         self.conn.send((command, kwargs))
 
-    def reply(self, timeout: float, server: ServerProcess | None = None) -> Any:
+    def reply(self, timeout: float, server: _Watched | None = None) -> Any:
         deadline = time.monotonic() + timeout
         while not self.conn.poll(0.2):
             if not self.process.is_alive():
@@ -520,9 +597,7 @@ class _LoadProcess:
             raise BenchError(f"{self.role} load process: {value}")
         return value
 
-    def request(
-        self, command: str, timeout: float, server: ServerProcess | None = None, **kwargs: Any
-    ) -> Any:
+    def request(self, command: str, timeout: float, server: _Watched | None = None, **kwargs: Any) -> Any:
         self.send(command, **kwargs)
         return self.reply(timeout, server)
 
@@ -538,7 +613,7 @@ class _LoadProcess:
 
 
 def _all(
-    processes: Sequence[_LoadProcess], command: str, timeout: float, server: ServerProcess, **kwargs: Any
+    processes: Sequence[_LoadProcess], command: str, timeout: float, server: _Watched, **kwargs: Any
 ) -> list[Any]:
     """The same request to several processes at once (they work in parallel)."""
     for process in processes:
@@ -546,14 +621,14 @@ def _all(
     return [process.reply(timeout, server) for process in processes]
 
 
-def _child_main(conn: multiprocessing.connection.Connection, role: str) -> None:
+def _child_main(conn: multiprocessing.connection.Connection, role: str, ice_address: str) -> None:
     """Entry point of a load-generator process: serve requests until ``close``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bench process decides when to stop
     with _event_loop() as runner:
-        runner.run(_child(conn, role))
+        runner.run(_child(conn, role, ice_address))
 
 
-async def _child(conn: multiprocessing.connection.Connection, role: str) -> None:
+async def _child(conn: multiprocessing.connection.Connection, role: str, ice_address: str) -> None:
     from salon.media.loopback import host_addresses
 
     publishers: list[_Publisher] = []
@@ -581,6 +656,27 @@ async def _child(conn: multiprocessing.connection.Connection, role: str) -> None
                 sink = _Sink(s, index)
                 sinks.append(sink)
                 await sink.subscribe(signalling, stream_id)
+        await _wait_local(lambda: all(k.connected for k in sinks), _CONNECT_TIMEOUT, "subscribers")
+        return len(sinks)
+
+    async def publish_janus(indexes: list[int], url: str, room: int) -> dict[int, str]:
+        for index in indexes:
+            publisher = _Publisher(index)
+            publishers.append(publisher)
+            await publisher.publish_janus(url, room)
+        await _wait_local(lambda: all(p.connected for p in publishers), _CONNECT_TIMEOUT, "publishers")
+        for publisher in publishers:
+            publisher.send_frame()
+        return {p.index: p.stream_id for p in publishers}
+
+    async def subscribe_janus(
+        subscribers: list[int], streams: list[tuple[int, str]], url: str, room: int
+    ) -> int:
+        for s in subscribers:
+            for index, feed in streams:
+                sink = _Sink(s, index, offerer=False)
+                sinks.append(sink)
+                await sink.subscribe_janus(url, room, feed)
         await _wait_local(lambda: all(k.connected for k in sinks), _CONNECT_TIMEOUT, "subscribers")
         return len(sinks)
 
@@ -645,6 +741,8 @@ async def _child(conn: multiprocessing.connection.Connection, role: str) -> None
     handlers: dict[str, Callable[..., Any]] = {
         "publish": publish,
         "subscribe": subscribe,
+        "publish_janus": publish_janus,
+        "subscribe_janus": subscribe_janus,
         "start": start,
         "counters": counters,
         "started": started,
@@ -652,7 +750,7 @@ async def _child(conn: multiprocessing.connection.Connection, role: str) -> None
         "stop": stop,
         "close": close,
     }
-    with host_addresses(["127.0.0.1"]):
+    with host_addresses([ice_address]):
         while True:
             try:
                 command, kwargs = await asyncio.to_thread(conn.recv)
@@ -718,7 +816,7 @@ class _Pacer:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, server: ServerProcess) -> None:
+def _wait(predicate: Callable[[], bool], timeout: float, what: str, server: _Watched) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if not server.alive():
@@ -728,7 +826,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, server: Serv
         time.sleep(0.1)
 
 
-def _settle(server: ServerProcess, seconds: float = 1.0) -> None:
+def _settle(server: _Watched, seconds: float = 1.0) -> None:
     """Wait until the server tree has been nearly idle for a moment (bounded)."""
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
@@ -739,11 +837,21 @@ def _settle(server: ServerProcess, seconds: float = 1.0) -> None:
 
 
 class _CpuSplit:
-    """CPU seconds of the server's main process and of its media workers (its descendants)."""
+    """CPU seconds of the server's main process and of its media workers (its descendants).
 
-    def __init__(self, server_pid: int, loaders: Sequence[int]) -> None:
-        self.main = sum(process_cpu(server_pid))
-        self.per_worker = {pid: sum(process_cpu(pid)) for pid in descendants(server_pid) if pid != server_pid}
+    ``single_process``: the server forwards in its one process (Janus), which then counts as
+    the worker, and the main process as nothing.
+    """
+
+    def __init__(self, server_pid: int, loaders: Sequence[int], *, single_process: bool = False) -> None:
+        if single_process:
+            self.main = 0.0
+            self.per_worker = {server_pid: sum(process_cpu(server_pid))}
+        else:
+            self.main = sum(process_cpu(server_pid))
+            self.per_worker = {
+                pid: sum(process_cpu(pid)) for pid in descendants(server_pid) if pid != server_pid
+            }
         self.workers = sum(self.per_worker.values())
         self.worker_user = self.worker_system = 0.0
         for pid in self.per_worker:
@@ -755,22 +863,66 @@ class _CpuSplit:
 
 
 class _Rig:
-    """The connected load: publisher and sink processes, and the server they talk to."""
+    """The connected load: publisher and sink processes, and the server they talk to.
 
-    def __init__(self, args: argparse.Namespace, server: ServerProcess) -> None:
+    ``server`` is a salon :class:`ServerProcess`, or a Janus process (``janus``: its HTTP API
+    URL and VideoRoom room, for ``--peer janus``); the clients gather ICE candidates on
+    ``ice_address``.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        server: _Watched,
+        *,
+        ice_address: str = "127.0.0.1",
+        janus: tuple[str, int] | None = None,
+    ) -> None:
         self.args = args
         self.server = server
+        self.ice_address = ice_address
+        self.janus = janus
         self.publisher_procs: list[_LoadProcess] = []
         self.sink_procs: list[_LoadProcess] = []
+        self.session_id = ""
 
     @property
     def loader_pids(self) -> list[int]:
         return [p.pid for p in self.publisher_procs + self.sink_procs]
 
+    def _cpu(self, loaders: Sequence[int]) -> _CpuSplit:
+        return _CpuSplit(self.server.pid, loaders, single_process=self.janus is not None)
+
+    def _publish(self, group: list[int]) -> tuple[str, dict[str, Any]]:
+        if self.janus is not None:
+            url, room = self.janus
+            return "publish_janus", {"indexes": group, "url": url, "room": room}
+        assert isinstance(self.server, ServerProcess)
+        return "publish", {
+            "indexes": group,
+            "port": self.server.port,
+            "session_id": self.session_id,
+            "token": self.server.token(self.session_id),
+        }
+
+    def _subscribe(self, group: list[int], streams: list[tuple[int, str]]) -> tuple[str, dict[str, Any]]:
+        if self.janus is not None:
+            url, room = self.janus
+            return "subscribe_janus", {"subscribers": group, "streams": streams, "url": url, "room": room}
+        assert isinstance(self.server, ServerProcess)
+        return "subscribe", {
+            "subscribers": group,
+            "streams": streams,
+            "port": self.server.port,
+            "session_id": self.session_id,
+            "token": self.server.token(self.session_id),
+        }
+
     def connect(self) -> dict[str, Any]:
         args, server = self.args, self.server
         context = multiprocessing.get_context("spawn")
-        session_id = server.create_session()
+        if isinstance(server, ServerProcess):
+            self.session_id = server.create_session()
         publisher_groups = _split(list(range(args.publishers)), max(1, math.ceil(args.publishers / 8)))
         sink_processes = args.sink_processes or min(args.subscribers, DEFAULT_SINK_PROCESSES)
         subscriber_groups = _split(list(range(args.subscribers)), min(sink_processes, args.subscribers))
@@ -779,21 +931,18 @@ class _Rig:
             f"{len(subscriber_groups)} sink process(es)"
         )
         self.publisher_procs = [
-            _LoadProcess(context, "publisher", f"salon-bench-pub-{i}") for i in range(len(publisher_groups))
+            _LoadProcess(context, "publisher", f"salon-bench-pub-{i}", self.ice_address)
+            for i in range(len(publisher_groups))
         ]
         self.sink_procs = [
-            _LoadProcess(context, "sink", f"salon-bench-sink-{i}") for i in range(len(subscriber_groups))
+            _LoadProcess(context, "sink", f"salon-bench-sink-{i}", self.ice_address)
+            for i in range(len(subscriber_groups))
         ]
         _log(f"publishing {args.publishers} stream(s)")
         streams: dict[int, str] = {}
         for process, group in zip(self.publisher_procs, publisher_groups, strict=True):
-            process.send(
-                "publish",
-                indexes=group,
-                port=server.port,
-                session_id=session_id,
-                token=server.token(session_id),
-            )
+            command, kwargs = self._publish(group)
+            process.send(command, **kwargs)
         for process in self.publisher_procs:
             streams.update(process.reply(_CONNECT_TIMEOUT + 30, server))
         _settle(server)
@@ -802,23 +951,17 @@ class _Rig:
         _log(f"subscribing {args.subscribers} client(s) to each stream")
         ordered = sorted(streams.items())
         for process, group in zip(self.sink_procs, subscriber_groups, strict=True):
-            process.send(
-                "subscribe",
-                subscribers=group,
-                streams=ordered,
-                port=server.port,
-                session_id=session_id,
-                token=server.token(session_id),
-            )
+            command, kwargs = self._subscribe(group, ordered)
+            process.send(command, **kwargs)
         consumers = sum(
             p.reply(_CONNECT_TIMEOUT + 30 + 0.5 * len(ordered) * args.subscribers, server)
             for p in self.sink_procs
         )
         _settle(server)
         rss_after, processes = _tree_rss_kb(server.pid)
-        idle0 = _CpuSplit(server.pid, [])
+        idle0 = self._cpu([])
         time.sleep(_IDLE_SAMPLE)
-        idle1 = _CpuSplit(server.pid, [])
+        idle1 = self._cpu([])
         span = idle1.at - idle0.at
         return {
             "consumers": consumers,
@@ -855,9 +998,9 @@ class _Rig:
         """One measured window at the current rate."""
         server = self.server
         c0, extra0 = self.counters()
-        cpu0 = _CpuSplit(server.pid, self.loader_pids)
+        cpu0 = self._cpu(self.loader_pids)
         time.sleep(duration)
-        cpu1 = _CpuSplit(server.pid, self.loader_pids)
+        cpu1 = self._cpu(self.loader_pids)
         c1, extra1 = self.counters()
         time.sleep(_DRAIN)  # the last packets of the window reach the sinks
         if not server.alive():
@@ -992,10 +1135,16 @@ def _saturation(rig: _Rig, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _run(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
+def _run(
+    args: argparse.Namespace,
+    server: _Watched,
+    *,
+    ice_address: str = "127.0.0.1",
+    janus: tuple[str, int] | None = None,
+) -> dict[str, Any]:
     machine_description = machine()  # load average before anything of ours runs
     _log(machine_line(machine_description))
-    rig = _Rig(args, server)
+    rig = _Rig(args, server, ice_address=ice_address, janus=janus)
     try:
         setup = rig.connect()
         _log(f"warming up at {args.rate:g} packets/s per publisher")
@@ -1027,7 +1176,7 @@ def _run(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
             "consumers": consumers,
             "duration": args.duration,
             "rate_per_publisher": args.rate,
-            "workers": server.workers,
+            "workers": server.workers if isinstance(server, ServerProcess) else None,
             "publisher_processes": setup["publisher_processes"],
             "sink_processes": setup["sink_processes"],
             "packet_size": PACKET_SIZE,

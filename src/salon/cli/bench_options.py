@@ -123,3 +123,17 @@ def add_sfu_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="after the window, step the rate up x1.5 until loss appears, then measure at half that",
     )
+    parser.add_argument(
+        "--peer",
+        "--compare",
+        choices=["janus"],
+        default=None,
+        help="also measure Janus (Debian package `janus`) on the same load, alternating, in a private "
+        "network namespace (needs root); reports salon / Janus per fan-out",
+    )
+    parser.add_argument(
+        "--fan-outs",
+        default="1,16,32",
+        help="with --peer: the fan-outs measured, comma-separated (1 publisher each)",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="with --peer: runs per server and fan-out")
