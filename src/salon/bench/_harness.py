@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import math
 import os
 import pathlib
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "process_cpu",
     "process_rss_kb",
     "raise_nofile",
+    "run_and_report",
     "version",
 ]
 
@@ -49,6 +51,20 @@ SERVER_START_TIMEOUT = 30.0
 
 class BenchError(Exception):
     """The benchmark could not run (a broken run, not a slow one)."""
+
+
+def run_and_report(
+    name: str, bench: Callable[[], dict[str, Any]], passed: Callable[[dict[str, Any]], bool]
+) -> int:
+    """Run a benchmark and print its JSON report on stdout: the ``salon bench NAME`` exit code,
+    0 when ``passed(report)``, 1 otherwise or when the run broke (the reason on stderr)."""
+    try:
+        report = bench()
+    except BenchError as exc:
+        print(f"salon bench {name}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(json.dumps(report, indent=2), flush=True)
+    return 0 if passed(report) else 1
 
 
 # -- the machine -------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from salon.bench._harness import (
     percentile,
     process_cpu,
     raise_nofile,
+    run_and_report,
 )
 
 __all__ = ["run_callbacks_bench"]
@@ -66,17 +67,15 @@ def _log(message: str) -> None:
 def run_callbacks_bench(args: argparse.Namespace) -> int:
     """``salon bench callbacks``: run it, print the JSON report; 0 when every callback arrived
     before the run ended (1 when some were still in the outbox: delivery did not keep up)."""
-    try:
-        report = _bench(args)
-    except BenchError as exc:
-        _log(f"error: {exc}")
-        return 1
-    print(json.dumps(report, indent=2), flush=True)
-    throughput = report.get("throughput") or {}
-    undelivered = report["delay"]["undelivered"] + throughput.get("undelivered", 0)
-    if undelivered:
-        _log(f"{undelivered} callbacks were still in the outbox when the run ended (not delivered in time)")
-    return 0 if undelivered == 0 else 1
+
+    def delivered(report: dict[str, Any]) -> bool:
+        throughput = report.get("throughput") or {}
+        undelivered = int(report["delay"]["undelivered"]) + int(throughput.get("undelivered", 0))
+        if undelivered:
+            _log(f"{undelivered} callbacks were still in the outbox at the end (not delivered in time)")
+        return undelivered == 0
+
+    return run_and_report("callbacks", lambda: _bench(args), delivered)
 
 
 # -- the receiver ------------------------------------------------------------------------------

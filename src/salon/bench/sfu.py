@@ -112,6 +112,7 @@ from salon.bench._harness import (
     percentile,
     process_cpu,
     process_rss_kb,
+    run_and_report,
 )
 from salon.cli.bench_options import DEFAULT_SINK_PROCESSES
 
@@ -159,13 +160,11 @@ def run_sfu_bench(args: argparse.Namespace) -> int:
         from salon.bench.janus import run_side_by_side
 
         return run_side_by_side(args)
-    try:
-        report = _bench(args)
-    except BenchError as exc:
-        _log(f"error: {exc}")
-        return 1
-    print(json.dumps(report, indent=2), flush=True)
-    return 0 if report["forwarded_per_second"] > 0 and report["loss"]["packets"] == 0 else 1
+    return run_and_report(
+        "sfu",
+        lambda: _bench(args),
+        lambda report: report["forwarded_per_second"] > 0 and report["loss"]["packets"] == 0,
+    )
 
 
 # -- /proc ------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ from salon.bench._harness import (
     machine_line,
     percentile,
     raise_nofile,
+    run_and_report,
     version,
 )
 
@@ -107,13 +108,11 @@ def _log(message: str) -> None:
 
 def run_signalling_bench(args: argparse.Namespace) -> int:
     """``salon bench signalling``: run it, print its JSON report, return the exit code."""
-    try:
-        report = _bench_signalling(args)
-    except BenchError as exc:
-        _log(f"error: {exc}")
-        return 1
-    print(json.dumps(report, indent=2), flush=True)
-    return 0 if report.get("lost", 0) == 0 and report.get("disconnected", 0) == 0 else 1
+    return run_and_report(
+        "signalling",
+        lambda: _bench_signalling(args),
+        lambda report: report.get("lost", 0) == 0 and report.get("disconnected", 0) == 0,
+    )
 
 
 # -- the machine -----------------------------------------------------------------------------

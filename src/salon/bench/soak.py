@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import pathlib
 import statistics
@@ -51,6 +50,7 @@ from salon.bench._harness import (
     machine_line,
     process_rss_kb,
     raise_nofile,
+    run_and_report,
 )
 
 __all__ = ["linear_slope", "process_resources", "run_soak_bench"]
@@ -66,13 +66,7 @@ def _log(message: str) -> None:
 
 def run_soak_bench(args: argparse.Namespace) -> int:
     """``salon bench soak``: run it, print the JSON report; 0 when every cycle completed."""
-    try:
-        report = _bench(args)
-    except BenchError as exc:
-        _log(f"error: {exc}")
-        return 1
-    print(json.dumps(report, indent=2), flush=True)
-    return 0
+    return run_and_report("soak", lambda: _bench(args), lambda report: True)
 
 
 # -- measurements ------------------------------------------------------------------------------
