@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.server
+import itertools
 import json
 import pathlib
 import socket
@@ -42,12 +43,13 @@ class Receiver:
         self.requests: list[tuple[dict[str, str], bytes, int]] = []
         self.answer: Callable[[int], int | None] = lambda n: 200  # None: never answer
         self.released = threading.Event()
+        self._numbered = itertools.count()  # each POST its own n, whichever thread takes it
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                status = receiver.answer(len(receiver.requests))
+                status = receiver.answer(next(receiver._numbered))
                 receiver.requests.append((dict(self.headers), body, status or 0))
                 if status is None:
                     receiver.released.wait(30)
