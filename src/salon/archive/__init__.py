@@ -1,0 +1,1 @@
+"""Archiving: individual and composed recordings of a session's streams (OpenTok's archive API)."""
