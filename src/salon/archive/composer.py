@@ -276,7 +276,7 @@ class Composer:
             stream.codec_context.time_base = fractions.Fraction(1, fps)
             stream.options = {
                 "preset": preset,
-                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:rc-lookahead=10",
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:rc-lookahead=10:bframes=0",
             }
             self._video = stream
         if has_audio:

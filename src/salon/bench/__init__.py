@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "browser": ("salon.bench.browser", "run_browser_bench"),
     "soak": ("salon.bench.soak", "run_soak_bench"),
     "callbacks": ("salon.bench.callbacks", "run_callbacks_bench"),
+    "archive": ("salon.bench.archive", "run_archive_bench"),
 }
 
 

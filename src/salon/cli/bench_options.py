@@ -104,6 +104,29 @@ def add_bench_parser(commands: Any) -> None:
     browser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
     browser.add_argument("--timeout", type=float, default=20.0, help="seconds allowed per run")
 
+    archive = bench_commands.add_parser(
+        "archive", help="archiver CPU per archive, and the composed output's audio-video offset"
+    )
+    archive.add_argument(
+        "--mode", choices=["composed"], default="composed", help="composed: decode, lay out, mix, encode"
+    )
+    archive.add_argument("--duration", type=float, default=20.0, help="seconds recorded")
+    archive.add_argument("--streams", type=int, default=4, help="publishers (1-16)")
+    archive.add_argument(
+        "--resolution",
+        default="1280x720",
+        choices=["640x480", "480x640", "1280x720", "720x1280", "1920x1080", "1080x1920"],
+    )
+    archive.add_argument("--fps", type=int, default=25, help="output frame rate")
+    archive.add_argument("--preset", default="veryfast", help="x264 preset")
+    archive.add_argument("--threads", type=int, default=2, help="x264 threads")
+    archive.add_argument(
+        "--no-realtime",
+        dest="realtime",
+        action="store_false",
+        help="feed the composer as fast as it goes instead of in real time",
+    )
+
 
 def add_sfu_arguments(parser: argparse.ArgumentParser) -> None:
     """``salon bench sfu``'s options (also ``python -m salon.bench.sfu``)."""
