@@ -136,8 +136,11 @@ class AudioDecoder:
 
 
 class _AudioInput:
-    def __init__(self) -> None:
-        self.resampler: Any = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+    def __init__(self, channels: int) -> None:
+        # Mono is resampled as mono and copied to both channels (FFmpeg's upmix would lower
+        # it by 3 dB); anything else is downmixed or kept as stereo.
+        layout = "mono" if channels == 1 else "stereo"
+        self.resampler: Any = av.AudioResampler(format="fltp", layout=layout, rate=AUDIO_RATE)
         self.chunks: deque[tuple[int, np.ndarray[Any, np.dtype[np.float32]]]] = deque()
         self.next_sample: int | None = None
 
@@ -157,7 +160,7 @@ class AudioMixer:
         """One decoded audio frame of a stream, starting at ``pts`` seconds."""
         state = self._inputs.get(stream_id)
         if state is None:
-            state = self._inputs[stream_id] = _AudioInput()
+            state = self._inputs[stream_id] = _AudioInput(len(frame.layout.channels))
         frame.pts = None
         start = round(pts * AUDIO_RATE)
         for out in state.resampler.resample(frame):
@@ -263,7 +266,11 @@ class Composer:
         self.layout = layout or LayoutSpec()
         self.has_audio, self.has_video = has_audio, has_video
         target = str(output) if isinstance(output, pathlib.Path) else output
-        self._container: Any = av.open(target, "w", format="mp4", options={"movflags": MOVFLAGS})
+        # flush_packets: each fragment reaches the file as soon as it is complete (not when
+        # the I/O buffer fills), so that a kill loses at most the fragment being built.
+        self._container: Any = av.open(
+            target, "w", format="mp4", options={"movflags": MOVFLAGS, "flush_packets": "1"}
+        )
         self._video: Any = None
         self._audio: Any = None
         if has_video:
