@@ -279,3 +279,30 @@ def test_flash_and_beep_stay_in_sync() -> None:
     offset = report["av_offset"]
     assert offset["pairs"] >= 3, offset
     assert offset["max_abs_ms"] < 80, offset
+
+
+def test_layout_and_classes_change_on_the_next_tick(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "switch.mp4"
+    composer = Composer(path, resolution=(320, 240), fps=FPS, has_audio=False)
+    composer.add_stream("r")
+    composer.add_stream("g")
+    red = np.zeros((240, 320, 3), np.uint8)
+    red[:] = RED
+    green = np.zeros((240, 320, 3), np.uint8)
+    green[:] = GREEN
+    composer.push_video("r", red, 0.0)
+    composer.push_video("g", green, 0.0)
+    # A tick is written once the input is complete up to half a tick after it.
+    composer.advance(0.5)  # ticks 0-12 (0.48 s): best fit, side by side
+    composer.set_layout(parse_layout("verticalPresentation"))
+    composer.advance(1.0)  # ticks 13-24: r (the first) in focus on the right
+    composer.set_layout_classes("g", ["focus"])
+    composer.close(1.5)  # ticks 25-37: g in focus
+    frames = rgb_frames(path)
+    assert len(frames) == 38
+    side = frames[12][2]
+    assert colour_at(side, 80, 120) == RED and colour_at(side, 240, 120) == GREEN
+    vertical = frames[13][2]
+    assert colour_at(vertical, 200, 120) == RED and colour_at(vertical, 30, 120) == GREEN
+    focus = frames[25][2]
+    assert colour_at(focus, 200, 120) == GREEN and colour_at(focus, 30, 120) == RED
