@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import pathlib
 from typing import Any
 
@@ -306,3 +307,32 @@ def test_layout_and_classes_change_on_the_next_tick(tmp_path: pathlib.Path) -> N
     assert colour_at(vertical, 200, 120) == RED and colour_at(vertical, 30, 120) == GREEN
     focus = frames[25][2]
     assert colour_at(focus, 200, 120) == GREEN and colour_at(focus, 30, 120) == RED
+
+
+def test_h264_input_and_a_portrait_output(tmp_path: pathlib.Path) -> None:
+    """H.264 in Annex B (what the H.264 depacketiser produces) decodes like VP8."""
+    encoder: Any = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, FPS)
+    encoder.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": "repeat-headers=1"}
+    packets: list[tuple[bytes, float]] = []
+    for index, image in enumerate(solid_frames(BLUE, 1.0)):
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        frame.pts = index
+        packets += [(bytes(p), index / FPS) for p in encoder.encode(frame)]
+    packets += [(bytes(p), len(packets) / FPS) for p in encoder.encode(None)]
+    assert packets[0][0].startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01"))
+    path = tmp_path / "portrait.mp4"
+    composer = Composer(path, resolution=(480, 640), fps=FPS, has_audio=False)
+    composer.add_stream("cam", video_codec="h264")
+    composer.add_stream("other")
+    for data, pts in packets:
+        composer.push_encoded_video("cam", data, pts)
+    composer.close(1.0)
+    frames = rgb_frames(path)
+    assert len(frames) == FPS
+    image = frames[-1][2]
+    assert image.shape == (640, 480, 3)
+    # Portrait best fit stacks the two: the H.264 stream on top, the silent one black below.
+    assert colour_at(image, 240, 160) == BLUE
+    assert colour_at(image, 240, 480) == (0, 0, 0)

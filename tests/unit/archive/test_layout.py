@@ -341,3 +341,33 @@ def test_bad_arguments() -> None:
         compute_layout("custom", None, (640, 480), cams(1))
     with pytest.raises(ValueError, match="unsupported property"):
         compute_layout("custom", "stream { color: red }", (640, 480), cams(1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["bestFit", "pip", "verticalPresentation", "horizontalPresentation"]),
+    screenshare=st.sampled_from([None, "pip", "verticalPresentation", "horizontalPresentation"]),
+    resolution=st.sampled_from(["640x480", "480x640", "1280x720", "720x1280", "1920x1080", "1080x1920"]),
+    streams=st.lists(
+        st.tuples(
+            st.sampled_from(["", "focus", "full", "x"]), st.sampled_from(["camera", "screen", "custom"])
+        ),
+        max_size=20,
+    ),
+)
+def test_predefined_tiles_stay_inside_the_output(
+    kind: str, screenshare: str | None, resolution: str, streams: list[tuple[str, str]]
+) -> None:
+    width, height = parse_resolution(resolution)
+    items = [(f"s{i}", [c] if c else [], video) for i, (c, video) in enumerate(streams)]
+    tiles = compute_layout(
+        kind, None, resolution, items, screenshare_type=screenshare if kind == "bestFit" else None
+    )
+    assert len(tiles) <= min(len(items), 16)
+    assert len({t.stream_id for t in tiles}) == len(tiles)
+    for tile in tiles:
+        assert tile.w > 0 and tile.h > 0
+        assert 0 <= tile.x and tile.x + tile.w <= width
+        assert 0 <= tile.y and tile.y + tile.h <= height
+    if items:
+        assert tiles, "a layout with streams shows at least one"
