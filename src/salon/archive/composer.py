@@ -56,6 +56,7 @@ __all__ = [
     "Composer",
     "VideoDecoder",
     "default_video_bitrate",
+    "is_keyframe",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,38 @@ def default_video_bitrate(width: int, height: int, fps: float) -> int:
 # -- decoding front end ------------------------------------------------------------------------
 
 
+def is_keyframe(codec: str, data: bytes) -> bool:
+    """Whether an encoded frame is a key frame: VP8's frame tag, VP9's uncompressed header
+    (profiles 0-2), an IDR slice among H.264's Annex B NAL units."""
+    if not data:
+        return False
+    if codec == "vp8":
+        return not data[0] & 0x01
+    if codec == "vp9":
+        first = data[0]
+        profile = ((first >> 5) & 1) | ((first >> 4) & 1) << 1
+        if (first >> 6) != 0b10 or profile == 3:
+            return False
+        return not (first >> 3) & 1 and not (first >> 2) & 1
+    if codec == "h264":
+        index = 0
+        while True:
+            index = data.find(b"\x00\x00\x01", index)
+            if index < 0 or index + 3 >= len(data):
+                return False
+            if data[index + 3] & 0x1F == 5:
+                return True
+            index += 3
+    return False
+
+
 class VideoDecoder:
     """Encoded video (``vp8``, ``vp9`` or ``h264`` in Annex B) → decoded frames with their time.
 
-    A frame that does not decode (loss before the next key frame) is dropped and counted."""
+    Until the first key frame, and after a frame that did not decode or a loss reported with
+    :meth:`lost`, frames are dropped (counted in ``skipped``) until the next key frame, so that
+    no picture built on missing references reaches the archive; :attr:`needs_keyframe` says
+    when a key frame should be requested from the publisher (a PLI)."""
 
     _TIME_BASE = fractions.Fraction(1, 90000)
 
@@ -89,8 +118,19 @@ class VideoDecoder:
         self.codec = codec
         self._context: Any = av.CodecContext.create(codec, "r")
         self.errors = 0
+        self.skipped = 0
+        self.needs_keyframe = True
 
-    def decode(self, data: bytes, pts: float) -> list[tuple[Any, float]]:
+    def lost(self) -> None:
+        """Frames were lost before the next one (a gap the depacketiser saw)."""
+        self.needs_keyframe = True
+
+    def decode(self, data: bytes, pts: float, *, keyframe: bool | None = None) -> list[tuple[Any, float]]:
+        """Decode one frame (``keyframe``: whether it is one, when the caller knows)."""
+        key = is_keyframe(self.codec, data) if keyframe is None else keyframe
+        if self.needs_keyframe and not key:
+            self.skipped += 1
+            return []
         packet = av.Packet(data)
         packet.pts = round(pts * 90000)
         packet.time_base = self._TIME_BASE
@@ -98,8 +138,11 @@ class VideoDecoder:
             frames = self._context.decode(packet)
         except (av.error.FFmpegError, ValueError) as exc:
             self.errors += 1
+            self.needs_keyframe = True
             log.debug("video decode error (%s): %s", self.codec, exc)
             return []
+        if key:
+            self.needs_keyframe = False
         out: list[tuple[Any, float]] = []
         for frame in frames:
             time = pts if frame.pts is None else frame.pts / 90000
@@ -426,15 +469,27 @@ class Composer:
             return
         self._mixer.push(stream_id, frame, pts)
 
-    def push_encoded_video(self, stream_id: str, data: bytes, pts: float) -> None:
-        """An encoded frame (the stream's ``video_codec``) at ``pts``: decoded, then pushed."""
+    def push_encoded_video(
+        self, stream_id: str, data: bytes, pts: float, *, keyframe: bool | None = None, lost: bool = False
+    ) -> None:
+        """An encoded frame (the stream's ``video_codec``) at ``pts``: decoded, then pushed.
+        ``lost``: frames were lost just before this one (then only a key frame decodes)."""
         state = self._streams.get(stream_id) or self._pending_state(stream_id)
         if state is None or self._video is None:
             return
         if state.decoder is None:
             state.decoder = VideoDecoder(state.video_codec)
-        for frame, time in state.decoder.decode(data, pts):
+        if lost:
+            state.decoder.lost()
+        for frame, time in state.decoder.decode(data, pts, keyframe=keyframe):
             self.push_video(stream_id, frame, time)
+
+    def needs_keyframe(self, stream_id: str) -> bool:
+        """Whether the stream's video waits for a key frame (ask the publisher for one)."""
+        state = self._streams.get(stream_id) or self._pending.get(stream_id)
+        if state is None or self._video is None:
+            return False
+        return state.decoder is None or state.decoder.needs_keyframe
 
     def push_encoded_audio(self, stream_id: str, data: bytes, pts: float) -> None:
         """An encoded Opus packet at ``pts``: decoded, then mixed."""

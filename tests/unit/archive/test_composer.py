@@ -10,7 +10,14 @@ import av
 import numpy as np
 import pytest
 
-from salon.archive.composer import AUDIO_RATE, AudioDecoder, AudioMixer, Composer, VideoDecoder
+from salon.archive.composer import (
+    AUDIO_RATE,
+    AudioDecoder,
+    AudioMixer,
+    Composer,
+    VideoDecoder,
+    is_keyframe,
+)
 from salon.archive.layout import LayoutSpec, parse_layout
 from salon.bench.archive import decode_audio, encode_audio, encode_video, run, solid_frames, tone
 
@@ -336,3 +343,44 @@ def test_h264_input_and_a_portrait_output(tmp_path: pathlib.Path) -> None:
     # Portrait best fit stacks the two: the H.264 stream on top, the silent one black below.
     assert colour_at(image, 240, 160) == BLUE
     assert colour_at(image, 240, 480) == (0, 0, 0)
+
+
+def test_after_a_loss_only_a_key_frame_decodes() -> None:
+    clip = encode_video(solid_frames(GREEN, 0.4))
+    assert is_keyframe("vp8", clip.packets[0][0]) and not is_keyframe("vp8", clip.packets[1][0])
+    decoder = VideoDecoder("vp8")
+    # Nothing decodes before the first key frame.
+    assert decoder.decode(clip.packets[1][0], 0.04) == [] and decoder.skipped == 1
+    assert decoder.needs_keyframe
+    assert len(decoder.decode(*clip.packets[0])) == 1 and not decoder.needs_keyframe
+    assert len(decoder.decode(*clip.packets[1])) == 1
+    # Frame 2 is lost: 3 and 4 would be built on it, so they are dropped.
+    decoder.lost()
+    assert decoder.decode(*clip.packets[3]) == [] and decoder.decode(*clip.packets[4]) == []
+    assert decoder.skipped == 3 and decoder.needs_keyframe
+    # The next key frame (here, the first one again) resumes decoding.
+    assert [round(t, 2) for _, t in decoder.decode(clip.packets[0][0], 0.4)] == [0.4]
+    assert len(decoder.decode(clip.packets[1][0], 0.44)) == 1
+
+
+def test_key_frame_detection() -> None:
+    assert is_keyframe("h264", b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x68\xce\x00\x00\x01\x65\x88")
+    assert not is_keyframe("h264", b"\x00\x00\x00\x01\x41\x9a\x00")
+    assert not is_keyframe("h264", b"\x00\x00\x01")
+    assert is_keyframe("vp9", bytes([0b10000010]))  # profile 0, shown, key frame
+    assert not is_keyframe("vp9", bytes([0b10000110]))  # inter frame
+    assert not is_keyframe("vp9", bytes([0b10001000]))  # show an existing frame
+    assert not is_keyframe("vp8", b"")
+
+
+def test_the_composer_says_when_a_stream_needs_a_key_frame(tmp_path: pathlib.Path) -> None:
+    composer = Composer(tmp_path / "k.mp4", resolution=(320, 240), has_audio=False)
+    composer.add_stream("a")
+    assert composer.needs_keyframe("a")
+    clip = encode_video(solid_frames(RED, 0.2))
+    composer.push_encoded_video("a", *clip.packets[0])
+    assert not composer.needs_keyframe("a")
+    composer.push_encoded_video("a", *clip.packets[2], lost=True)
+    assert composer.needs_keyframe("a")
+    assert not composer.needs_keyframe("unknown")
+    composer.close(0.2)
