@@ -384,3 +384,21 @@ def test_the_composer_says_when_a_stream_needs_a_key_frame(tmp_path: pathlib.Pat
     assert composer.needs_keyframe("a")
     assert not composer.needs_keyframe("unknown")
     composer.close(0.2)
+
+
+def test_audio_at_other_rates_is_resampled_in_place() -> None:
+    mixer = AudioMixer()
+    rate = 16000
+    t = np.arange(rate) / rate
+    samples = (np.sin(2 * np.pi * 1000 * t) * 0.5).astype(np.float32)
+    for start in range(0, rate, 320):  # 20 ms frames, 1 s in all, from 0.5 s on
+        frame = av.AudioFrame.from_ndarray(
+            samples[start : start + 320].reshape(1, -1), format="flt", layout="mono"
+        )
+        frame.sample_rate = rate
+        mixer.push("a", frame, 0.5 + start / rate)
+    mixed = np.concatenate([mixer.mix(AUDIO_RATE // 10) for _ in range(15)], axis=1)
+    left = mixed[0]
+    assert np.abs(left[: AUDIO_RATE // 2 - 50]).max() < 1e-3  # silence before 0.5 s
+    level = tone_level(left, 0.6, 1.4, 1000.0)
+    assert 0.4 < level < 0.6, level
