@@ -343,6 +343,8 @@ class Composer:
         self._events: list[tuple[float, int, str, tuple[Any, ...]]] = []
         self._event_serial = 0
         self._tiles: list[Tile] | None = None
+        self._layout_serial = 0
+        """Bumped whenever the tiles are recomputed."""
         self._pending: dict[str, _VideoInput] = {}
         """Streams whose join is scheduled, holding the frames that came before it."""
         # The canvas: one yuv420p buffer, planes as views.
@@ -413,6 +415,7 @@ class Composer:
         if self._tiles is None:
             streams = [LayoutStream(sid, s.layout_classes, s.video_type) for sid, s in self._streams.items()]
             self._tiles = compute_layout(self.layout, None, (self.width, self.height), streams)
+            self._layout_serial += 1
         return self._tiles
 
     def _schedule(self, at: float, kind: str, args: tuple[Any, ...]) -> None:
@@ -550,7 +553,7 @@ class Composer:
                 state.current = newest
                 state.serial += 1
         tiles = self.tiles()
-        key = (id(tiles), *(self._streams[t.stream_id].serial for t in tiles))
+        key = (self._layout_serial, *(self._streams[t.stream_id].serial for t in tiles))
         if self._last_frame is None or key != self._last_state:
             self._compose(tiles)
             frame = av.VideoFrame.from_ndarray(self._canvas, format="yuv420p")
