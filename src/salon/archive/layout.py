@@ -471,7 +471,7 @@ def _axis(start: float | None, end: float | None, size: float | None, total: int
 
 def _custom(streams: list[LayoutStream], stylesheet: Stylesheet, width: int, height: int) -> list[Tile]:
     placed: list[tuple[int, int, Tile]] = []
-    for index, stream in enumerate(streams):
+    for index, stream in enumerate(_prioritised(streams, MAX_STREAMS)):
         classes = frozenset(stream.layout_classes)
         style: dict[str, tuple[tuple[int, int], int, object]] = {}
         matched = False
@@ -515,7 +515,7 @@ def _custom(streams: list[LayoutStream], stylesheet: Stylesheet, width: int, hei
         )
         placed.append((tile.z, index, tile))
     placed.sort(key=lambda item: (item[0], item[1]))
-    return [tile for _, _, tile in placed[:MAX_STREAMS]]
+    return [tile for _, _, tile in placed]
 
 
 def compute_layout(

@@ -371,3 +371,12 @@ def test_predefined_tiles_stay_inside_the_output(
         assert 0 <= tile.y and tile.y + tile.h <= height
     if items:
         assert tiles, "a layout with streams shows at least one"
+
+
+def test_custom_layouts_show_16_streams_at_most_by_priority() -> None:
+    streams = cams(20)
+    streams[0] = ("s0", ["pinned"], "camera")
+    sheet = parse_stylesheet("stream { width: 10px; height: 10px }")
+    shown = [t.stream_id for t in compute_layout("custom", sheet, (640, 480), streams)]
+    assert len(shown) == 16
+    assert shown[0] == "s0" and shown[1:] == [f"s{i}" for i in range(5, 20)]
