@@ -16,7 +16,7 @@ it, and at most one reconnection task. Its state machine::
 Every transition goes through :meth:`Session._set_state`, which logs ``old -> new``.
 DISCONNECTED is final: a session object connects once (make a new one to connect again).
 
-Reconnection, as OpenTok does it (docs/protocol.md §5.4): the server keeps a connection
+Reconnection, as OpenTok does it (docs/protocol.md §2.7): the server keeps a connection
 whose link broke for a grace period (30 s by default) and gave this client a resume secret
 in ``connected``. On link loss the session emits :class:`Reconnecting` and tries to *resume*:
 a ``connect`` with the same token and ``resume`` (the connection ID and the secret). Media is

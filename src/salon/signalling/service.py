@@ -15,7 +15,7 @@ Resuming: a connection whose link broke (the socket ended without a close frame 
 client, or its heartbeat timed out) is suspended rather than destroyed, for
 ``reconnect_grace`` seconds (30 by default): the others see nothing, and a client that comes
 back with its resume secret takes it over again, same connection ID, streams and
-subscriptions (:class:`~salon.signalling.session.Session`, docs/protocol.md §5.4). When the
+subscriptions (:class:`~salon.signalling.session.Session`, docs/protocol.md §2.7). When the
 grace period ends (checked every heartbeat interval) it is destroyed as
 ``networkDisconnected``. A suspended connection keeps counting toward ``max_per_address``
 (the address of its last link), so dropping links cannot pile up state; a shutdown destroys
