@@ -271,7 +271,8 @@ class Session:
 
     @property
     def connection(self) -> Connection | None:
-        """This client's connection (a new one after each reconnection)."""
+        """This client's connection: the same after a resumed reconnection, a new one after a
+        reconnection the server refused to resume."""
         return self._connection
 
     @property
