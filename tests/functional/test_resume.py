@@ -43,10 +43,23 @@ async def _break(server: RunningServer, client: WsClient) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _open_when_room(url: str) -> WsClient:
+    """Open a socket, retrying while the address is at its limit (HTTP 429): a socket that just
+    closed gives its place back once the server has finished with it."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return await WsClient.open(url)
+        except Exception as exc:
+            assert "429" in str(exc), exc
+            assert time.monotonic() < deadline, "no room at the address in 10 s"
+            await asyncio.sleep(0.05)
+
+
 async def _resume(
     url: str, sid: str, token: str, connection_id: str, secret: str
 ) -> tuple[WsClient, dict[str, Any]]:
-    client = await WsClient.open(url)
+    client = await _open_when_room(url)
     reply = await client.request(
         {
             "type": "connect",
@@ -224,7 +237,7 @@ async def test_a_suspended_connection_counts_toward_its_address_limit(tmp_path: 
             server.url, sid, token, alice.connection_id or "", alice.connected["resume_secret"]
         )
         assert reply["type"] == "connected", reply
-        other = await WsClient.open(server.url)  # alice's suspended place was released
+        other = await _open_when_room(server.url)  # alice's suspended place was released
         await other.close()
         await alice2.close()
 
@@ -248,3 +261,33 @@ async def test_the_resume_secret_is_never_logged(
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert secret not in text and reply["resume_secret"] not in text
     assert "resume secret [redacted]" in text
+
+
+async def test_a_suspended_connection_can_be_forced_out(tmp_path: Any) -> None:
+    limits = {
+        "heartbeat_interval": 0.5,
+        "heartbeat_timeout": 2.0,
+        "reconnect_grace": 30,
+        "max_per_address": 2,
+    }
+    with start_server(tmp_path, **limits) as thread:
+        server = RunningServer(thread.url, API_KEY, API_SECRET, thread)
+        sid = server.session()
+        token = server.token(sid)
+        alice = await WsClient.join(server.url, sid, token)
+        assert alice.connected is not None
+        bob = await WsClient.join(server.url, sid, server.token(sid, "moderator"))
+        await _break(server, alice)
+        reply = await bob.request({"type": "force_disconnect", "connection_id": alice.connection_id})
+        assert reply["type"] == "ack", reply
+        gone = await bob.next("connection_destroyed")
+        assert (gone["connection_id"], gone["reason"]) == (alice.connection_id, "forceDisconnected")
+        client, reply = await _resume(
+            server.url, sid, token, alice.connection_id or "", alice.connected["resume_secret"]
+        )
+        assert (reply["type"], reply["code"]) == ("error", "resume_refused"), reply
+        await client.close()
+        # Alice's place at the address was given back: bob and one more fit in the two.
+        other = await _open_when_room(server.url)
+        await other.close()
+        await bob.close()

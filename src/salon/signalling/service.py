@@ -975,6 +975,8 @@ class SignallingService:
         link = self.links.pop(connection_id, None)
         if link is not None:
             link.session = None  # its reader must not report clientDisconnected
+        # A suspended connection forced out no longer counts toward its address.
+        self._release_address(self._suspended_addresses.pop(connection_id, None))
         await self._connection_gone(session, connection_id)
 
     # -- REST API entry points ---------------------------------------------------------
