@@ -110,3 +110,50 @@ async def test_a_link_lost_for_5_s_is_resumed_with_the_same_ids_and_media_flows_
             assert [e for e in after if isinstance(e, kinds)] == []
             assert [s.stream.stream_id for s in bob.subscribers] == [alice_stream.stream_id]
             assert list(bob.connections) == [connection_id]
+
+
+@pytest.fixture
+def short_grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
+    with start_server(
+        tmp_path, heartbeat_interval=0.5, heartbeat_timeout=15.0, reconnect_grace=1.0
+    ) as thread:
+        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
+
+
+async def test_a_link_lost_past_the_grace_period_falls_back_to_a_new_connection(
+    short_grace_server: RunningServer,
+) -> None:
+    server = short_grace_server
+    sid = server.session()
+    seen = Recorder()
+    async with TcpProxy(server.url) as proxy:
+        alice = Session(sid, server.token(sid), proxy.url, ice_addresses=LOOPBACK)
+        alice_log = EventLog(alice)
+        bob = session_for(server, sid)
+        async with alice, bob:
+            bob_log = EventLog(bob)
+            auto_subscribe(bob, seen)
+            publisher = Publisher("alice")
+            first = await alice.publish(publisher)
+            await wait_for(lambda: len(seen.indices) >= 10, "bob decoding alice", 20)
+            connection_id = alice.connection_id
+
+            proxy.freeze()
+            proxy.drop()
+            # The server gives up on alice after its 1 s grace: bob sees her go.
+            await wait_for(lambda: bob_log.of(ConnectionDropped), "alice destroyed at bob", 15)
+            dropped = bob_log.of(ConnectionDropped)[0]
+            assert isinstance(dropped, ConnectionDropped) and dropped.reason == "networkDisconnected"
+            proxy.thaw()
+
+            # Alice's resume is refused; she connects afresh and publishes a new stream.
+            await wait_for(lambda: alice_log.of(Reconnected), "alice to reconnect", 40)
+            reconnected = alice_log.of(Reconnected)[0]
+            assert isinstance(reconnected, Reconnected) and not reconnected.resumed
+            assert alice.connection_id != connection_id
+            assert publisher.stream_id is not None and publisher.stream_id != first.stream_id
+            count = len(seen.indices)
+            await wait_for(lambda: len(seen.indices) >= count + 15, "bob decoding alice's new stream", 30)
+            assert [
+                e.stream.stream_id for e in bob_log.of(StreamDropped) if isinstance(e, StreamDropped)
+            ] == [first.stream_id]
