@@ -114,7 +114,7 @@ class SignallingConfig:
         limit); over it the upgrade is refused with HTTP 429. A suspended connection (waiting
         for its client to resume it) counts as one of its address's.
     :param reconnect_grace: seconds a connection whose link broke is kept for its client to
-        resume it (0: destroyed at once, as ``networkDisconnected``).
+        resume it, then destroyed as ``networkDisconnected`` (0: no resume, destroyed at once).
     """
 
     heartbeat_interval: float = 2.0
