@@ -291,3 +291,15 @@ async def test_a_suspended_connection_can_be_forced_out(tmp_path: Any) -> None:
         other = await _open_when_room(server.url)
         await other.close()
         await bob.close()
+
+
+async def test_stopping_the_service_destroys_the_suspended_connections(grace_server: RunningServer) -> None:
+    server = grace_server
+    sid = server.session()
+    alice = await WsClient.join(server.url, sid, server.token(sid))
+    await _break(server, alice)
+    service = server.thread.server.config.app.state.signalling
+    assert alice.connection_id in service.sessions[sid].connections
+    await asyncio.wrap_future(server.thread.run_coroutine(service.stop()))
+    assert sid not in service.sessions  # alice destroyed, and with her the session
+    assert service._suspended_addresses == {} and service._per_address == {}
