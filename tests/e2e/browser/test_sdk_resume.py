@@ -131,3 +131,60 @@ async def test_chromium_resumes_with_the_same_ids_and_the_other_page_sees_nothin
         assert await bob.evaluate("window.events") == ["connectionCreated", "streamCreated", "signal:back"]
         await alice.evaluate("window.session.disconnect()")
         await bob.wait_for_function("window.events.includes('connectionDestroyed')", timeout=10000)
+
+
+@pytest.fixture
+def short_grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
+    with start_server(
+        tmp_path, heartbeat_interval=0.5, heartbeat_timeout=15.0, reconnect_grace=1.0
+    ) as thread:
+        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
+
+
+async def test_chromium_falls_back_to_a_new_connection_when_the_grace_period_is_over(
+    short_grace_server: RunningServer, browser: Browser
+) -> None:
+    server = short_grace_server
+    sid = server.session()
+    async with TcpProxy(server.url) as proxy:
+        alice = await open_sdk_page(browser, proxy.url, "alice")
+        bob = await open_sdk_page(browser, server.url, "bob")
+        await bob.evaluate(
+            """async ([sessionId, token]) => {
+                window.events = [];
+                const s = window.salon.initSession(sessionId);
+                window.session = s;
+                s.on("connectionDestroyed", (e) => window.events.push("connectionDestroyed:" + e.reason));
+                s.on("connectionCreated", (e) => window.events.push("connectionCreated"));
+                await s.connect(token);
+            }""",
+            [sid, server.token(sid)],
+        )
+        first = await alice.evaluate(
+            """async ([sessionId, token]) => {
+                window.events = [];
+                const s = window.salon.initSession(sessionId);
+                window.session = s;
+                s.on("sessionReconnected", (e) => window.events.push({resumed: e.resumed}));
+                await s.connect(token);
+                return s.connection.connectionId;
+            }""",
+            [sid, server.token(sid)],
+        )
+        await bob.wait_for_function("window.events.includes('connectionCreated')", timeout=10000)
+        proxy.freeze()
+        proxy.drop()
+        # The server gives up on alice after its 1 s grace period: bob sees her go.
+        await bob.wait_for_function(
+            "window.events.includes('connectionDestroyed:networkDisconnected')", timeout=15000
+        )
+        proxy.thaw()
+        await alice.wait_for_function("window.events.length > 0", timeout=40000)
+        after = await alice.evaluate(
+            "() => ({events: window.events, connection: window.session.connection.connectionId})"
+        )
+        assert after["events"] == [{"resumed": False}], after
+        assert after["connection"] != first
+        await bob.wait_for_function(
+            "window.events.filter((e) => e === 'connectionCreated').length === 2", timeout=10000
+        )
