@@ -34,6 +34,9 @@ class RunningServer:
 
 
 def start_server(data_dir: pathlib.Path, **signalling: float) -> ServerThread:
+    # A broken link destroys its connection at once unless a test asks for a grace period
+    # (the resume tests do): the tests of what others see when a client vanishes stay quick.
+    signalling.setdefault("reconnect_grace", 0)
     config = ServerConfig(
         port=0,
         data_dir=data_dir,

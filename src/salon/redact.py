@@ -19,9 +19,10 @@ __all__ = ["install", "redact", "register_secret"]
 
 REDACTED = "[redacted]"
 
-#: A client token (``T1==`` + base64) or anything starting like a JWT (base64url of ``{"``),
-#: even cut short, as a log line may quote part of one.
-_TOKENS = re.compile(r"T1==[A-Za-z0-9+/=]+|eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}")
+#: A client token (``T1==`` + base64), anything starting like a JWT (base64url of ``{"``),
+#: even cut short, as a log line may quote part of one, or a signalling resume secret
+#: (``rs1-`` + base64url, :func:`salon.signalling.session.new_resume_secret`).
+_TOKENS = re.compile(r"T1==[A-Za-z0-9+/=]+|eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}|rs1-[A-Za-z0-9_-]{8,}")
 
 #: Loggers whose DEBUG output is request data itself: SQLAlchemy's result rows (a project's
 #: row holds its secret), the SQLite driver's calls with their parameters, WebSocket frames

@@ -92,7 +92,7 @@ def serve(data_dir: pathlib.Path, callback_url: str, callbacks: CallbackConfig =
             data_dir=data_dir,
             api_key=API_KEY,
             api_secret=API_SECRET,
-            signalling=SignallingConfig(heartbeat_interval=0.5, heartbeat_timeout=2.0),
+            signalling=SignallingConfig(heartbeat_interval=0.5, heartbeat_timeout=2.0, reconnect_grace=0),
             media=False,
             callback_url=callback_url,
             callbacks=callbacks,

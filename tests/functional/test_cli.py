@@ -142,6 +142,7 @@ def test_serve_takes_the_signalling_limits(
     assert main(base) == 0
     defaults = started.pop().signalling
     assert (defaults.rate_limit, defaults.rate_burst, defaults.max_per_address) == (50, 200, 200)
+    assert defaults.reconnect_grace == 30
     flags = [
         "--signalling-rate-limit",
         "0",
@@ -149,16 +150,23 @@ def test_serve_takes_the_signalling_limits(
         "7",
         "--signalling-max-per-address",
         "0",
+        "--reconnect-grace",
+        "12.5",
     ]
     assert main([*base, *flags]) == 0
     chosen = started.pop().signalling
     assert (chosen.rate_limit, chosen.rate_burst, chosen.max_per_address) == (0, 7, 0)
+    assert chosen.reconnect_grace == 12.5
+    assert main([*base, "--reconnect-grace", "0"]) == 0
+    assert started.pop().signalling.reconnect_grace == 0
     capsys.readouterr()
     for bad, message in [
         (["--signalling-rate-limit", "-1"], "--signalling-rate-limit"),
         (["--signalling-rate-limit", "nan"], "--signalling-rate-limit"),
         (["--signalling-rate-burst", "0"], "--signalling-rate-burst"),
         (["--signalling-max-per-address", "-5"], "--signalling-max-per-address"),
+        (["--reconnect-grace", "-1"], "--reconnect-grace"),
+        (["--reconnect-grace", "nan"], "--reconnect-grace"),
     ]:
         assert main([*base, *bad]) == 1
         assert message in capsys.readouterr().err

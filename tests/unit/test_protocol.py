@@ -146,7 +146,7 @@ def test_the_server_refuses_unknown_fields_in_client_messages() -> None:
         )
     with pytest.raises(ValidationError, match="extra_forbidden"):
         client_message_adapter.validate_python(
-            {"type": "connect", "request_id": 1, "session_id": "s", "token": "t", "resume": True}
+            {"type": "connect", "request_id": 1, "session_id": "s", "token": "t", "rejoin": True}
         )
 
 

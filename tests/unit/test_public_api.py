@@ -92,6 +92,7 @@ def test_protocol_exports() -> None:
         "PongMessage",
         "PublishRequest",
         "PublishedMessage",
+        "ResumeInfo",
         "ServerMessage",
         "SessionDisconnectedEvent",
         "SetSubscriptionRequest",

@@ -154,6 +154,15 @@ def _parser() -> argparse.ArgumentParser:
         "with HTTP 429 (default 200; 0: no limit)",
     )
     serve.add_argument(
+        "--reconnect-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="keep a connection whose link broke this long, with its streams and subscriptions, "
+        "for its client to resume it (same connection and stream IDs; the others see nothing); "
+        "then it is destroyed as networkDisconnected (default 30; 0: at once)",
+    )
+    serve.add_argument(
         "--tls-cert",
         metavar="FILE",
         help="serve HTTPS and WSS with this PEM certificate (chain) (with --tls-key)",
@@ -318,10 +327,13 @@ def _serve(args: argparse.Namespace) -> int:
         raise SalonError("--signalling-rate-burst must be at least 1")
     if args.signalling_max_per_address < 0:
         raise SalonError("--signalling-max-per-address must be 0 (no limit) or more")
+    if not 0 <= args.reconnect_grace <= 3600:  # NaN too
+        raise SalonError("--reconnect-grace must be 0 (no resume) to 3600 seconds")
     signalling = SignallingConfig(
         rate_limit=args.signalling_rate_limit,
         rate_burst=args.signalling_rate_burst,
         max_per_address=args.signalling_max_per_address,
+        reconnect_grace=args.reconnect_grace,
     )
     tls_cert, tls_key = _tls_files(args)
     config = ServerConfig.from_env(

@@ -42,11 +42,12 @@ from salon.protocol import (
     ErrorMessage,
     PingMessage,
     PongMessage,
+    ResumeInfo,
     ServerMessage,
     server_message_adapter,
 )
 
-__all__ = ["LinkClosed", "SignallingLink", "signalling_url"]
+__all__ = ["LinkClosed", "ResumeRefused", "SignallingLink", "signalling_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ def signalling_url(url: str) -> str:
     if not base.startswith("ws"):
         raise ValueError(f"the server URL must be http(s):// or ws(s)://, not {url!r}")
     return base if base.endswith("/signalling") else base + "/signalling"
+
+
+class ResumeRefused(ConnectionFailed):
+    """The server refused to resume the connection (``resume_refused``): connect afresh."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +112,15 @@ class SignallingLink:
     def __repr__(self) -> str:
         return f"SignallingLink({self._name})"
 
-    async def open(self, session_id: str, token: str, *, timeout: float = 10.0) -> ConnectedMessage:
+    async def open(
+        self, session_id: str, token: str, *, timeout: float = 10.0, resume: ResumeInfo | None = None
+    ) -> ConnectedMessage:
         """Open the socket and ``connect``; the token is sent in the first message, never logged.
+        With ``resume``, the connection it names is resumed (its secret is never logged).
 
         :raises InvalidToken: the server refused the token.
         :raises SessionNotFound: no such session.
+        :raises ResumeRefused: the server cannot resume that connection.
         :raises ConnectionFailed: the server is unreachable or refused the connection otherwise.
         """
         try:
@@ -127,7 +136,7 @@ class SignallingLink:
         self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"{self!r}-reader")
         request_id = next(self._ids)
         message = ConnectRequest(
-            request_id=request_id, session_id=session_id, token=token, client="salon-python"
+            request_id=request_id, session_id=session_id, token=token, client="salon-python", resume=resume
         )
         try:
             reply = await self._roundtrip(request_id, message, timeout)
@@ -139,6 +148,8 @@ class SignallingLink:
             await self.close()
             if reply.code == ErrorCode.INVALID_TOKEN:
                 raise InvalidToken(f"the server refused the token: {reply.message}", close_code=code)
+            if reply.code == ErrorCode.RESUME_REFUSED:
+                raise ResumeRefused(f"the server cannot resume: {reply.message}", close_code=code)
             if reply.code == ErrorCode.NOT_FOUND:
                 raise SessionNotFound(f"no session {session_id}: {reply.message}", close_code=code)
             raise ConnectionFailed(f"connect refused: {reply.code!s}: {reply.message}", close_code=code)

@@ -171,6 +171,7 @@ _BY_CODE: dict[ErrorCode, type[RequestRefused]] = {
     ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.NOT_FOUND: NotFound,
     ErrorCode.CONFLICT: Conflict,
+    ErrorCode.RESUME_REFUSED: Conflict,
     ErrorCode.ALREADY_CONNECTED: Conflict,
     ErrorCode.INVALID_REQUEST: InvalidRequest,
     ErrorCode.INVALID_MESSAGE: InvalidRequest,

@@ -88,7 +88,10 @@ class Disconnected(Event):
 
 @dataclass(frozen=True, slots=True)
 class Reconnecting(Event):
-    """The signalling link broke; the SDK is reconnecting (media is stopped meanwhile)."""
+    """The signalling link broke; the SDK is reconnecting. It first tries to resume its
+    connection (the server keeps it for a grace period): media keeps flowing meanwhile if the
+    network lets it. If the server refuses the resume, media is stopped and the SDK connects
+    afresh."""
 
     detail: str
     """What broke, e.g. ``"connection lost (close code 1006)"``."""
@@ -96,12 +99,16 @@ class Reconnecting(Event):
 
 @dataclass(frozen=True, slots=True)
 class Reconnected(Event):
-    """The SDK reconnected as a new connection, and re-published and re-subscribed."""
+    """The SDK reconnected: it resumed its connection (``resumed``: the same connection ID
+    and stream IDs, the others saw nothing) or, refused that, connected as a new connection;
+    then it set up its publishers' and subscribers' media again."""
 
     connection: Connection
-    """The new connection (a new ``connection_id``)."""
+    """The connection: the same as before when ``resumed``, else a new one (a new ``connection_id``)."""
     attempts: int
     """Connection attempts it took."""
+    resumed: bool = False
+    """Whether the server resumed the connection (same connection and stream IDs)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,11 @@
 Lifecycle: construct → :meth:`Session.publish <salon.client.Session.publish>` (a sendonly
 offer in ``publish``, the server's answer applied; others see the stream once media flows)
 → :meth:`publish_audio` / :meth:`publish_video` toggles → :meth:`Session.unpublish
-<salon.client.Session.unpublish>`. If the signalling link drops, the session re-publishes it
-after reconnecting: a new peer connection and a new stream ID, from the same sources; the
-same happens at once when the server's media worker fails (``media_reset``).
+<salon.client.Session.unpublish>`. If the signalling link drops, the session sets its media
+up again after resuming its connection: a new peer connection for the same stream ID (the old
+one is closed once the new one is answered); if the server refused the resume, a new stream ID.
+The same happens at once when the server's media worker fails (``media_reset``, a new stream
+ID).
 
 Resource handling: the publisher owns its peer connection (closed on unpublish, on
 disconnect, and while reconnecting); the sources are the application's and stay open
@@ -80,6 +82,10 @@ class Publisher:
         self._pc: RTCPeerConnection | None = None
         self._video_track: SourceVideoTrack | None = None
         self._audio_track: SourceAudioTrack | None = None
+        #: The peer connection being replaced while re-publishing (its tracks stopped: a
+        #: source feeds one track at a time), closed once the new one is answered, so the
+        #: server never sees the stream's transport closed by its client meanwhile.
+        self._previous: RTCPeerConnection | None = None
         self._rates = _Rates()
 
     def __repr__(self) -> str:
@@ -187,9 +193,23 @@ class Publisher:
             sdp=sdp,
         )
 
-    async def _offer(self, ice_servers: Sequence[RTCIceServer], ice_addresses: Sequence[str] | None) -> str:
-        """A new peer connection with fresh tracks on the sources; returns its sendonly offer."""
-        await self._close_media()
+    async def _offer(
+        self,
+        ice_servers: Sequence[RTCIceServer],
+        ice_addresses: Sequence[str] | None,
+        *,
+        keep_previous: bool = False,
+    ) -> str:
+        """A new peer connection with fresh tracks on the sources; returns its sendonly offer.
+        ``keep_previous``: the current peer connection stays open (its tracks stop) until the
+        new one is answered (re-publishing the same stream after a resume)."""
+        if keep_previous and self._pc is not None and self._previous is None:
+            self._previous, self._pc = self._pc, None
+            video, audio = self._video_track, self._audio_track
+            self._video_track = self._audio_track = None
+            await self._close_pc(None, video, audio)
+        else:
+            await self._close_media()
         # Open and probe the sources first: one that cannot start fails publish() itself.
         if self.audio_source is not None:
             await self.audio_source._start()
@@ -240,6 +260,7 @@ class Publisher:
             raise MediaError(f"{self!r}: the server's answer cannot be applied: {exc}") from exc
         self._stream = stream
         logger.info("%r: published", self)
+        await self._close_previous()
 
     def _mute_forced(self) -> None:
         self._audio_on = False
@@ -251,13 +272,25 @@ class Publisher:
     async def _close_media(self) -> None:
         """Close the peer connection (the tracks stop; the sources stay open)."""
         pc, self._pc = self._pc, None
-        for track, source in ((self._video_track, self.video_source), (self._audio_track, self.audio_source)):
+        video, audio = self._video_track, self._audio_track
+        self._video_track = self._audio_track = None
+        self._stream = None
+        await self._close_previous()
+        await self._close_pc(pc, video, audio)
+
+    async def _close_previous(self) -> None:
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            await previous.close()
+
+    async def _close_pc(
+        self, pc: RTCPeerConnection | None, video: SourceVideoTrack | None, audio: SourceAudioTrack | None
+    ) -> None:
+        for track, source in ((video, self.video_source), (audio, self.audio_source)):
             if track is not None:
                 track.stop()
             if source is not None and track is not None:
                 source._release()
-        self._video_track = self._audio_track = None
-        self._stream = None
         if pc is not None:
             await pc.close()
 

@@ -16,10 +16,21 @@ it, and at most one reconnection task. Its state machine::
 Every transition goes through :meth:`Session._set_state`, which logs ``old -> new``.
 DISCONNECTED is final: a session object connects once (make a new one to connect again).
 
-Reconnection: the server keeps nothing of a dropped connection, so reconnecting means a new
-``connect`` with the same token (a new connection ID), then re-publishing every publisher
-(new stream IDs) and re-subscribing every subscriber whose stream still exists. Media stops
-while the link is down. Attempts back off exponentially (0.25 s doubling to 4 s) until
+Reconnection, as OpenTok does it (docs/protocol.md §2.7): the server keeps a connection
+whose link broke for a grace period (30 s by default) and gave this client a resume secret
+in ``connected``. On link loss the session emits :class:`Reconnecting` and tries to *resume*:
+a ``connect`` with the same token and ``resume`` (the connection ID and the secret). Media is
+left running meanwhile (it flows if only the signalling path broke). Resumed, the connection
+keeps its ID and its streams their IDs; the others saw nothing. The session reconciles its
+view with the ``connected`` snapshot (what it missed), sets its publishers' media up again
+under the same stream IDs (a ``publish`` with ``stream_id``: a new peer connection, the old
+one closed once the new one is answered; the server moves the subscribers over), subscribes
+again on a new receiving peer connection, emits :class:`Reconnected` (``resumed``) and sends
+the signals queued with ``retry_after_reconnect``. If the server refuses the resume
+(``resume_refused``: the grace period ended, or a server that keeps nothing), it falls back
+to a fresh ``connect`` with the same token (a new connection ID), then re-publishes every
+publisher (new stream IDs) and re-subscribes every subscriber whose stream still exists,
+media stopped meanwhile. Attempts back off exponentially (0.25 s doubling to 4 s) until
 ``reconnect_timeout``; a refused token, a missing session or a forced disconnection end the
 session at once.
 
@@ -56,6 +67,7 @@ is no global state (see :func:`~salon.client._media.restrict_ice_addresses` for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import ssl
@@ -67,13 +79,15 @@ from aiortc import RTCIceServer
 from pydantic import BaseModel
 
 from salon.client._emitter import Emitter, LatestQueue
-from salon.client._link import LinkClosed, SignallingLink
+from salon.client._link import LinkClosed, ResumeRefused, SignallingLink
 from salon.client._subscribe_peer import SubscribePeer
 from salon.client.errors import (
     ClientError,
     ConnectionFailed,
+    ConnectionLost,
     InvalidStateError,
     InvalidToken,
+    NotFound,
     RequestRefused,
     SessionNotFound,
 )
@@ -114,6 +128,7 @@ from salon.protocol import (
     MediaResetEvent,
     MuteForcedEvent,
     PublishedMessage,
+    ResumeInfo,
     ServerMessage,
     SessionDisconnectedEvent,
     SignalEvent,
@@ -142,7 +157,11 @@ _FINAL_CLOSE = {
     CloseCode.WRONG_SESSION: SessionEndReason.TOKEN_REFUSED,
     CloseCode.SESSION_NOT_FOUND: SessionEndReason.SERVER_CLOSED,
     CloseCode.PROTOCOL_ERROR: SessionEndReason.SERVER_CLOSED,
+    CloseCode.REPLACED: SessionEndReason.SERVER_CLOSED,
 }
+
+#: Signals queued with ``retry_after_reconnect`` while reconnecting, at most.
+MAX_QUEUED_SIGNALS = 100
 
 
 class SessionState(enum.Enum):
@@ -228,6 +247,10 @@ class Session:
         """The peer connection all subscribers receive on (created by the first subscribe)."""
         self._emitter: Emitter[Event] = Emitter(self)
         self._reconnector: asyncio.Task[None] | None = None
+        #: The secret of the latest ``connected`` that lets this client resume its connection.
+        self._resume_secret: str | None = None
+        #: Signals waiting for the end of a reconnection (``retry_after_reconnect``).
+        self._queued_signals: list[tuple[SignalRequest, str, asyncio.Future[None]]] = []
         self._end_reason: SessionEndReason | None = None
         self._disconnected = asyncio.Event()
 
@@ -248,7 +271,8 @@ class Session:
 
     @property
     def connection(self) -> Connection | None:
-        """This client's connection (a new one after each reconnection)."""
+        """This client's connection: the same after a resumed reconnection, a new one after a
+        reconnection the server refused to resume."""
         return self._connection
 
     @property
@@ -378,6 +402,7 @@ class Session:
     def _own(self, connected: ConnectedMessage) -> Connection:
         self._connection = Connection._from_wire(connected.connection)
         self._role = connected.role
+        self._resume_secret = connected.resume_secret
         if self._own_ice_servers is None:
             self._ice_servers = [
                 RTCIceServer(urls=list(server.urls), username=server.username, credential=server.credential)
@@ -385,7 +410,7 @@ class Session:
             ]
         return self._connection
 
-    async def _open_link(self) -> ConnectedMessage:
+    async def _open_link(self, resume: ResumeInfo | None = None) -> ConnectedMessage:
         link = SignallingLink(
             self.url,
             on_message=self._on_message,
@@ -394,7 +419,9 @@ class Session:
             name=self.session_id[-8:],
             ssl_context=self._ssl_context,
         )
-        connected = await link.open(self.session_id, self._token, timeout=self._connect_timeout)
+        connected = await link.open(
+            self.session_id, self._token, timeout=self._connect_timeout, resume=resume
+        )
         self._link = link
         return connected
 
@@ -425,6 +452,10 @@ class Session:
         await self._close_subscribe_peer()
         if link is not None:
             await link.close()
+        queued, self._queued_signals = self._queued_signals, []
+        for _, action, future in queued:
+            if not future.done():
+                future.set_exception(InvalidStateError(f"{action}: the session ended before it was sent"))
         self._emit(Disconnected(reason, detail))
         self._disconnected.set()
         await self._emitter.aclose()
@@ -435,17 +466,59 @@ class Session:
         link = self._require_connected(action)
         return await link.request(message, action=action)
 
-    async def signal(self, type: str = "", data: str = "", to: Connection | str | None = None) -> None:
+    async def signal(
+        self,
+        type: str = "",
+        data: str = "",
+        to: Connection | str | None = None,
+        *,
+        retry_after_reconnect: bool = False,
+    ) -> None:
         """Send a signal to every connection (this one included) or to one.
+
+        ``retry_after_reconnect`` (OpenTok's ``retryAfterReconnect``): while the session is
+        reconnecting (or if the link breaks before the server answered), the signal waits and
+        is sent once reconnected; this call returns then. (A signal whose link broke in flight
+        may then arrive twice.) At most 100 wait; the session ending fails them.
 
         :raises InvalidRequest: ``type`` over 128 or ``data`` over 8192 characters.
         :raises NotFound: ``to`` is not a connection of the session.
+        :raises InvalidStateError: not connected (nor reconnecting with ``retry_after_reconnect``).
         """
         target = to.connection_id if isinstance(to, Connection) else to
-        await self._request(
-            SignalRequest(request_id=0, signal_type=type, data=data, to=target),
-            action=f"signal {type!r} to {target or 'the session'}",
-        )
+        request = SignalRequest(request_id=0, signal_type=type, data=data, to=target)
+        action = f"signal {type!r} to {target or 'the session'}"
+        if retry_after_reconnect and self._state is SessionState.RECONNECTING:
+            await self._queue_signal(request, action)
+            return
+        try:
+            await self._request(request, action=action)
+        except ConnectionLost:
+            if not (retry_after_reconnect and self._state is SessionState.RECONNECTING):
+                raise
+            await self._queue_signal(request, action)
+
+    async def _queue_signal(self, request: SignalRequest, action: str) -> None:
+        if len(self._queued_signals) >= MAX_QUEUED_SIGNALS:
+            raise InvalidStateError(
+                f"{action}: {MAX_QUEUED_SIGNALS} signals are waiting for the reconnection already"
+            )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued_signals.append((request, action, future))
+        await future
+
+    async def _send_queued_signals(self) -> None:
+        """Send the signals that waited for the reconnection, in order."""
+        while self._queued_signals and self._state is SessionState.CONNECTED:
+            request, action, future = self._queued_signals.pop(0)
+            try:
+                await self._request(request, action=action)
+            except ClientError as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(None)
 
     async def force_disconnect(self, connection: Connection | str) -> None:
         """Moderators: force a connection out of the session.
@@ -509,13 +582,21 @@ class Session:
             await publisher._detach()
             raise
 
-    async def _negotiate_publisher(self, publisher: Publisher) -> Stream:
-        offer = await publisher._offer(self._ice_servers, self._ice_addresses)
-        reply = await self._request(publisher._publish_request(offer), action=f"publish {publisher!r}")
+    async def _negotiate_publisher(self, publisher: Publisher, *, stream_id: str | None = None) -> Stream:
+        """Publish (a new stream), or with ``stream_id`` set the media of that existing
+        stream up again after a resume (same stream ID, no :class:`StreamPublished`)."""
+        offer = await publisher._offer(
+            self._ice_servers, self._ice_addresses, keep_previous=stream_id is not None
+        )
+        request = publisher._publish_request(offer)
+        if stream_id is not None:
+            request = request.model_copy(update={"stream_id": stream_id})
+        reply = await self._request(request, action=f"publish {publisher!r}")
         assert isinstance(reply, PublishedMessage), reply
         stream = Stream._from_wire(reply.stream)
         await publisher._answer(reply.answer, stream)
-        self._emit(StreamPublished(publisher, stream))
+        if stream_id is None:
+            self._emit(StreamPublished(publisher, stream))
         return stream
 
     async def unpublish(self, publisher: Publisher) -> None:
@@ -779,23 +860,26 @@ class Session:
 
     async def _reconnect_steps(self, detail: str) -> None:
         self._emit(Reconnecting(f"connection lost ({detail})"))
-        if self.connection_id is not None:
-            self._old_connection_ids.add(self.connection_id)
+        resume = None
+        if self.connection_id is not None and self._resume_secret is not None:
+            resume = ResumeInfo(connection_id=self.connection_id, secret=self._resume_secret)
         old_link, self._link = self._link, None
         if old_link is not None:
             await old_link.close()
-        await asyncio.gather(
-            *(p._close_media() for p in self._publishers), *(s._close_media() for s in self._subscribers)
-        )
-        # The server closes the old connection's transports: subscribe again on a new one.
-        await self._close_subscribe_peer()
+        if resume is None:
+            await self._stop_media()
         deadline = time.monotonic() + self._reconnect_timeout
         delay, attempts = 0.25, 0
         while True:
             attempts += 1
             try:
-                connected = await self._open_link()
+                connected = await self._open_link(resume)
                 break
+            except ResumeRefused as exc:
+                logger.info("%r: the server cannot resume the connection (%s): connecting afresh", self, exc)
+                resume = None
+                await self._stop_media()
+                continue
             except (InvalidToken, SessionNotFound) as exc:
                 reason = (
                     SessionEndReason.TOKEN_REFUSED
@@ -812,11 +896,28 @@ class Session:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 4.0)
         self._set_state(SessionState.CONNECTED)
-        await self._restore(connected, attempts)
+        if connected.resumed:
+            await self._restore_resumed(connected, attempts)
+        else:
+            await self._restore(connected, attempts)
+        await self._send_queued_signals()
 
-    async def _restore(self, connected: ConnectedMessage, attempts: int) -> None:
-        """Reconcile the session with the server's view, then re-publish and re-subscribe."""
-        connection = self._own(connected)
+    async def _stop_media(self) -> None:
+        """Before a fresh connection: the server closes the old connection's transports, so
+        the media stops here too (it is set up again on the new connection)."""
+        if self.connection_id is not None:
+            self._old_connection_ids.add(self.connection_id)
+        await asyncio.gather(
+            *(p._close_media() for p in self._publishers), *(s._close_media() for s in self._subscribers)
+        )
+        # The server closes the old connection's transports: subscribe again on a new one.
+        await self._close_subscribe_peer()
+
+    def _reconcile(self, connected: ConnectedMessage) -> tuple[list[Connection], dict[str, Stream]]:
+        """Take in what changed while the link was down, from the ``connected`` snapshot: the
+        connections and streams gone are dropped now; the new ones wait (returned, and in
+        :attr:`_pending_streams`) to be announced after :class:`Reconnected`. Then the events
+        that came behind ``connected``."""
         # The server may not have noticed yet that our previous link died: its connection and
         # stream are still listed, and are ours, not another client's.
         now = {
@@ -837,11 +938,71 @@ class Session:
         for sid in [sid for sid in self._streams if sid not in streams]:
             self._stream_destroyed(sid, StreamReason.NETWORK_DISCONNECTED)
         # Streams new to this client are announced (and listed in .streams) after the
-        # re-publishing below; until then they wait here, tracking drops and property changes.
+        # re-publishing; until then they wait here, tracking drops and property changes.
         self._pending_streams = {sid: s for sid, s in streams.items() if sid not in self._streams}
         self._streams = {sid: s for sid, s in streams.items() if sid in self._streams}
-        # Now the events that came behind `connected`, which the snapshot comes before.
+        for subscriber in self._subscribers:
+            subscriber.stream = streams.get(subscriber.stream.stream_id, subscriber.stream)
         self._release_events()
+        return fresh_connections, streams
+
+    def _announce_fresh(self, fresh_connections: list[Connection]) -> None:
+        for new_connection in fresh_connections:
+            self._emit(ConnectionCreated(new_connection))
+        fresh_streams, self._pending_streams = self._pending_streams, {}
+        for stream in fresh_streams.values():
+            self._streams[stream.stream_id] = stream
+            self._emit(StreamReceived(stream))
+
+    async def _restore_resumed(self, connected: ConnectedMessage, attempts: int) -> None:
+        """The server resumed the connection: same connection ID, same streams, the server
+        kept the subscriptions. Reconcile, then set every publisher's media up again under
+        its stream ID and subscribe again on a new receiving peer connection."""
+        connection = self._own(connected)
+        fresh_connections, _ = self._reconcile(connected)
+        old_peer, self._subscribe_peer = self._subscribe_peer, None
+
+        async def republish(publisher: Publisher) -> None:
+            stream_id = publisher.stream_id
+            try:
+                try:
+                    await self._negotiate_publisher(publisher, stream_id=stream_id)
+                except NotFound:  # the stream ended meanwhile (or was never set up): a new one
+                    await self._negotiate_publisher(publisher)
+            except ClientError as exc:
+                if publisher in self._publishers:
+                    self._publishers.remove(publisher)
+                await publisher._detach()
+                self._emit(Error(exc, f"re-publish {publisher!r}"))
+
+        async def resubscribe(subscriber: Subscriber) -> None:
+            old = subscriber.subscription_id
+            try:
+                if old is not None:
+                    with contextlib.suppress(NotFound):
+                        await self._request(
+                            UnsubscribeRequest(request_id=0, subscription_id=old), action=f"unsubscribe {old}"
+                        )
+                await self._negotiate_subscriber(subscriber)
+            except ClientError as exc:
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+                await subscriber._detach()
+                self._emit(Error(exc, f"re-subscribe {subscriber!r}"))
+
+        await asyncio.gather(
+            *(republish(p) for p in list(self._publishers)),
+            *(resubscribe(s) for s in list(self._subscribers)),
+        )
+        if old_peer is not None:
+            await old_peer.close()
+        self._emit(Reconnected(connection, attempts, resumed=True))
+        self._announce_fresh(fresh_connections)
+
+    async def _restore(self, connected: ConnectedMessage, attempts: int) -> None:
+        """Reconcile the session with the server's view, then re-publish and re-subscribe."""
+        connection = self._own(connected)
+        fresh_connections, streams = self._reconcile(connected)
 
         async def republish(publisher: Publisher) -> None:
             try:
@@ -865,9 +1026,4 @@ class Session:
             *(resubscribe(s) for s in list(self._subscribers)),
         )
         self._emit(Reconnected(connection, attempts))
-        for new_connection in fresh_connections:
-            self._emit(ConnectionCreated(new_connection))
-        fresh_streams, self._pending_streams = self._pending_streams, {}
-        for stream in fresh_streams.values():
-            self._streams[stream.stream_id] = stream
-            self._emit(StreamReceived(stream))
+        self._announce_fresh(fresh_connections)

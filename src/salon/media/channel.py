@@ -208,6 +208,9 @@ class PublishRequest(_Request):
     router_id: str
     stream_id: str
     offer: str
+    replace: bool = False
+    """Replace the stream's publish transport, moving its consumers to the new producers
+    (:meth:`salon.media.router.Router.publish`)."""
 
 
 class SubscribeRequest(_Request):

@@ -224,6 +224,29 @@ class Consumer:
         if self._active and not self._started:
             self._request_start(self._now())
 
+    def can_switch_to(self, producer: Producer) -> bool:
+        """Whether this consumer can carry ``producer`` instead (same kind and codec)."""
+        return (
+            not self.closed
+            and producer.kind == self.kind
+            and producer.codec.name.lower() == self.codec.name.lower()
+            and producer.codec.clock_rate == self.codec.clock_rate
+        )
+
+    def switch_producer(self, producer: Producer) -> None:
+        """Carry ``producer`` from now on (its stream was published again): the outgoing
+        stream stays continuous (:class:`~salon.media.seq.SequenceRewriter` re-bases on the
+        new producer's first key frame, asked for now)."""
+        if self.closed or producer is self.producer:
+            return
+        self.producer._remove_consumer(self)
+        self.producer = producer
+        self._started = False
+        producer._add_consumer(self)
+        logger.info("%r: switched to %r", self, producer)
+        if self._active:
+            self._request_start(self._now())
+
     def pause(self) -> None:
         """Stop forwarding (e.g. the subscriber turned this kind off)."""
         if self.closed or self.paused:

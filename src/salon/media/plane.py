@@ -169,9 +169,9 @@ class SfuMediaPlane:
 
     # -- negotiation -------------------------------------------------------------------
 
-    async def publish(self, session_id: str, stream: Stream, offer: str) -> str:
+    async def publish(self, session_id: str, stream: Stream, offer: str, *, replace: bool = False) -> str:
         media = await self._session(session_id)
-        result = await media.router.publish(stream.stream_id, offer)
+        result = await media.router.publish(stream.stream_id, offer, replace=replace)
         media.publications[stream.stream_id] = _Publication(
             stream.stream_id, stream.connection_id, result.transport_id
         )

@@ -184,25 +184,50 @@ class Router:
         *,
         stream_id: str | None = None,
         transport_options: WebRtcTransportOptions | None = None,
+        replace: bool = False,
     ) -> PublishResult:
-        """Create a publish transport and its producers from a client's sendonly offer."""
+        """Create a publish transport and its producers from a client's sendonly offer.
+
+        ``replace``: the stream may exist already (its client set its media up again after a
+        lost link): the new transport and producers take its place, each consumer of an old
+        producer moves to the new producer of its kind (same codec; it starts again on the
+        next key frame, which it asks for), and the old transport is closed. Subscribers keep
+        their transports, m-lines and SSRCs. A consumer with no matching new producer closes
+        with the old transport.
+        """
         self._check_open()
         offer = parse_offer(offer_sdp)
         tracks = negotiate_publish(offer)
         stream_id = stream_id or str(uuid.uuid4())
-        if stream_id in self.streams:
+        previous = self.streams.get(stream_id)
+        if previous is not None and not replace:
             raise MediaStateError(f"{self!r}: stream {stream_id} is already published")
         transport = await self._create_transport(transport_options)
         try:
-            return self._publish_on(transport, offer, tracks, stream_id)
+            result = self._publish_on(transport, offer, tracks, stream_id, previous)
         except BaseException:
             await transport.close()
             raise
+        if previous is not None:
+            await previous.transport.close()
+        return result
 
     def _publish_on(
-        self, transport: WebRtcTransport, offer: Any, tracks: list[Any], stream_id: str
+        self,
+        transport: WebRtcTransport,
+        offer: Any,
+        tracks: list[Any],
+        stream_id: str,
+        previous: Stream | None,
     ) -> PublishResult:
-        stream = Stream(id=stream_id, transport=transport, msid=stream_id, cname=f"salon-{stream_id[:8]}")
+        if previous is not None and self.streams.get(stream_id) is not previous:
+            previous = None  # closed meanwhile: nothing to take over
+        stream = Stream(
+            id=stream_id,
+            transport=transport,
+            msid=previous.msid if previous is not None else stream_id,
+            cname=previous.cname if previous is not None else f"salon-{stream_id[:8]}",
+        )
         producers: list[Producer] = []
         answers: list[AnswerMedia] = []
         for track in tracks:
@@ -222,6 +247,15 @@ class Router:
                 )
             )
         self.streams[stream_id] = stream
+        if previous is not None:
+            moved = 0
+            for kind, old in previous.producers.items():
+                new = stream.producers.get(kind)
+                for consumer in old.consumers:
+                    if new is not None and consumer.can_switch_to(new):
+                        consumer.switch_producer(new)
+                        moved += 1
+            logger.info("%r: stream %s republished, %d consumers moved", self, stream_id, moved)
         answer = build_answer(offer, transport.local_parameters(), answers)
         transport.start(offer.transport)
         logger.info(

@@ -318,7 +318,9 @@ class Worker:
                 return Ack()
             case PublishRequest():
                 hosted = self._router(request.router_id)
-                published = await hosted.router.publish(request.offer, stream_id=request.stream_id)
+                published = await hosted.router.publish(
+                    request.offer, stream_id=request.stream_id, replace=request.replace
+                )
                 hosted.watch(published.transport)
                 for producer in published.producers:
                     if producer.kind == "audio" and producer.extensions.audio_level is not None:

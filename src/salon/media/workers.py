@@ -247,10 +247,11 @@ class RouterHandle:
             raise error_from_response(created)
         return await self.worker.request(request, result_type)
 
-    async def publish(self, stream_id: str, offer: str) -> PublishResult:
-        """Create a stream's publish transport and producers from a sendonly offer."""
+    async def publish(self, stream_id: str, offer: str, *, replace: bool = False) -> PublishResult:
+        """Create a stream's publish transport and producers from a sendonly offer
+        (``replace``: in place of the stream's current ones, keeping its consumers)."""
         request = PublishRequest(
-            id=self.worker.next_id(), router_id=self.id, stream_id=stream_id, offer=offer
+            id=self.worker.next_id(), router_id=self.id, stream_id=stream_id, offer=offer, replace=replace
         )
         result = await self._request(request, PublishResult)
         if self.closed:
@@ -415,6 +416,10 @@ class RouterHandle:
                 if transport is None:
                     return  # closed at our request: already forgotten
                 if transport.stream_id is not None:
+                    if self.streams.get(transport.stream_id) is not transport:
+                        # A replaced publish transport: the stream lives on on its successor.
+                        self.events.emit(TransportGone(self, transport.id))
+                        return
                     self.streams.pop(transport.stream_id, None)
                     if event.by_peer:
                         self.events.emit(StreamEnded(self, transport.stream_id, event.reason))

@@ -48,6 +48,10 @@ class ErrorCode(enum.StrEnum):
     """A subscribe offer from a peer connection whose server transport is gone (its media
     worker failed): subscribe again from a new peer connection."""
     INTERNAL_ERROR = "internal_error"
+    RESUME_REFUSED = "resume_refused"
+    """A ``connect`` with ``resume`` named no connection waiting to be resumed: a wrong
+    secret, another token, or its grace period is over (the connection was destroyed).
+    Connect afresh (a new connection ID); the socket is closed with 4011."""
     RATE_LIMITED = "rate_limited"
     """The connection sent more requests than its rate limit allows (50 a second, bursts of
     200, by default): the request was not carried out. Slow down."""
@@ -74,6 +78,10 @@ class CloseCode(enum.IntEnum):
     FORCE_DISCONNECTED = 4009
     SLOW_CONSUMER = 4010
     """The client did not read its messages fast enough."""
+    RESUME_REFUSED = 4011
+    """A ``connect`` with ``resume`` was refused (``resume_refused``): connect afresh."""
+    REPLACED = 4012
+    """The connection was resumed on another socket: this one is no longer it."""
     RATE_LIMITED = 4029
     """The client kept sending while its requests were refused as ``rate_limited``."""
 

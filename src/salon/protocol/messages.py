@@ -43,6 +43,7 @@ __all__ = [
     "PongMessage",
     "PublishRequest",
     "PublishedMessage",
+    "ResumeInfo",
     "ServerMessage",
     "SessionDisconnectedEvent",
     "SetSubscriptionRequest",
@@ -139,6 +140,15 @@ class StreamInfo(_ServerModel):
 # --- client -> server -------------------------------------------------------------
 
 
+class ResumeInfo(_ClientModel):
+    """Which connection a ``connect`` resumes, and the proof that it is the client's."""
+
+    connection_id: str = Field(max_length=255)
+    secret: str = Field(
+        max_length=255, description="The ``resume_secret`` of the latest ``connected`` of that connection."
+    )
+
+
 class ConnectRequest(_ClientModel):
     type: Literal["connect"] = "connect"
     request_id: RequestId
@@ -146,6 +156,12 @@ class ConnectRequest(_ClientModel):
     token: str = Field(max_length=8192)
     protocol_version: int = PROTOCOL_VERSION
     client: str = Field("", max_length=200, description="Free-form client name and version.")
+    resume: ResumeInfo | None = Field(
+        None,
+        description="Resume this connection (same connection ID, streams and subscriptions) "
+        "after its link dropped, within the server's grace period; with the same token. "
+        "Refused with ``resume_refused`` (close 4011) when it cannot be resumed.",
+    )
 
 
 class PublishRequest(_ClientModel):
@@ -163,6 +179,19 @@ class PublishRequest(_ClientModel):
         description="The client's sendonly SDP offer; absent for a signalling-only stream. With an "
         "offer the stream is announced to the others once its media flows.",
     )
+    stream_id: str | None = Field(
+        None,
+        max_length=255,
+        description="Re-establish the media of this existing stream of the connection (after a "
+        "resume) from the new offer in ``sdp``: the stream keeps its ID and its subscribers, "
+        "nobody is told. The stream's other fields are ignored (use ``update_stream``).",
+    )
+
+    @model_validator(mode="after")
+    def _republish_needs_offer(self) -> PublishRequest:
+        if self.stream_id is not None and self.sdp is None:
+            raise ValueError("re-publishing a stream (stream_id) needs an sdp offer")
+        return self
 
 
 class UnpublishRequest(_ClientModel):
@@ -346,6 +375,16 @@ class ConnectedMessage(_ServerModel):
         description="The STUN/TURN servers the client's peer connections should use; TURN "
         "credentials are minted for this connection and expire.",
     )
+    resume_secret: str | None = Field(
+        None,
+        description="Send it back in ``connect.resume`` to resume this connection after its link "
+        "dropped (a new one in each ``connected``); None when the server keeps no dropped "
+        "connection (grace period 0). Keep it secret: never log it.",
+    )
+    reconnect_grace: float = Field(
+        0, description="Seconds the server keeps a dropped connection for a resume (0: none)."
+    )
+    resumed: bool = Field(False, description="True when this ``connected`` resumed a connection.")
 
 
 class PublishedMessage(_ServerModel):

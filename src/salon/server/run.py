@@ -41,13 +41,22 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     The scope gets the :data:`~salon.signalling.service.ABORT_EXTENSION` extension: a
     signalling link whose close does not finish in time (a client that never reads, its TCP
     window full) aborts the connection instead of waiting forever for the buffer to drain.
+    Its ``close_received`` tells whether the client sent a close frame: uvicorn reports a TCP
+    connection lost without one as code 1005, as it does an empty close frame, and signalling
+    keeps the connection of a broken link for a resume.
     """
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope["extensions"][ABORT_EXTENSION] = {"abort": self.abort_if_open}
+            scope["extensions"][ABORT_EXTENSION] = {
+                "abort": self.abort_if_open,
+                "close_received": self.close_received,
+            }
+
+    def close_received(self) -> bool:
+        return self.conn.close_rcvd is not None
 
     def abort_if_open(self) -> None:
         """Abort the TCP connection unless it is gone: also when it is closing but its write

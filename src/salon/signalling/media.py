@@ -59,10 +59,16 @@ class MediaPlane(Protocol):
     async def stream_published(self, session_id: str, stream: Stream) -> None:
         """A signalling-only stream (no SDP offer) was published."""
 
-    async def publish(self, session_id: str, stream: Stream, offer: str) -> str:
+    async def publish(self, session_id: str, stream: Stream, offer: str, *, replace: bool = False) -> str:
         """Set up the media of a pending stream from the client's sendonly offer; returns the
         SDP answer. Once media flows, call :meth:`MediaEvents.stream_flowing`. Raises a
-        :class:`~salon.errors.SalonError` (and keeps nothing) if the offer cannot be served."""
+        :class:`~salon.errors.SalonError` (and keeps nothing) if the offer cannot be served.
+
+        ``replace``: the stream exists (its client resumed its connection and sets its media
+        up again): the new publish transport replaces the old one (closed, without a
+        ``stream_ended``), and the consumers of the old producers move to the new producers
+        of their kind, asking for a key frame: its subscribers get its media again on their
+        own transports, with nothing to renegotiate."""
 
     async def subscribe(
         self, session_id: str, subscription: Subscription, offer: str, *, audio: bool, video: bool
@@ -111,7 +117,7 @@ class SignallingOnly:
     async def stream_published(self, session_id: str, stream: Stream) -> None:
         return None
 
-    async def publish(self, session_id: str, stream: Stream, offer: str) -> str:
+    async def publish(self, session_id: str, stream: Stream, offer: str, *, replace: bool = False) -> str:
         raise _no_media()
 
     async def subscribe(

@@ -8,8 +8,18 @@ closed (:attr:`CloseCode.SLOW_CONSUMER`).
 Liveness: the service pings every connection every ``heartbeat_interval`` seconds; any
 message from a client counts as proof of life, and a connection silent for
 ``heartbeat_timeout`` seconds is destroyed with reason ``networkDisconnected``. The check runs
-once per interval, so with the defaults (2 s, 6 s) a client that vanishes is destroyed 6 to
-8 s after its last message: within the 10 s the platform promises.
+once per interval, so with the defaults (2 s, 6 s) a client that vanishes is noticed 6 to
+8 s after its last message.
+
+Resuming: a connection whose link broke (the socket ended without a close frame from the
+client, or its heartbeat timed out) is suspended rather than destroyed, for
+``reconnect_grace`` seconds (30 by default): the others see nothing, and a client that comes
+back with its resume secret takes it over again, same connection ID, streams and
+subscriptions (:class:`~salon.signalling.session.Session`, docs/protocol.md §2.7). When the
+grace period ends (checked every heartbeat interval) it is destroyed as
+``networkDisconnected``. A suspended connection keeps counting toward ``max_per_address``
+(the address of its last link), so dropping links cannot pile up state; a shutdown destroys
+the suspended connections.
 """
 
 from __future__ import annotations
@@ -66,7 +76,7 @@ from salon.signalling.levels import LevelThrottle, check_levels
 from salon.signalling.media import MediaPlane, SignallingOnly
 from salon.signalling.observer import SessionObserver
 from salon.signalling.ratelimit import TokenBucket, Verdict
-from salon.signalling.session import Action, Close, Deliver, Session
+from salon.signalling.session import Action, Close, Deliver, ResumeRefusedError, Session
 from salon.store.registry import Registry
 from salon.tokens import TokenClaims, token_api_key, verify_token
 
@@ -79,7 +89,8 @@ MAX_MESSAGE_SIZE = 64 * 1024
 
 #: The ASGI scope extension through which the server (salon's own uvicorn protocol,
 #: :mod:`salon.server.run`) lets a link abort its TCP connection: ``{"abort": callable}``,
-#: a no-op once the connection is gone.
+#: a no-op once the connection is gone; and ``"close_received"``: a callable telling whether
+#: the client sent a close frame (False: the socket broke).
 ABORT_EXTENSION = "salon.abort"
 
 
@@ -100,7 +111,10 @@ class SignallingConfig:
     :param rate_burst: messages one socket may send at once before the rate limit applies; a
         socket that sends this many more while refused is closed with 4029.
     :param max_per_address: WebSockets open at once from one client IP address (0: no
-        limit); over it the upgrade is refused with HTTP 429.
+        limit); over it the upgrade is refused with HTTP 429. A suspended connection (waiting
+        for its client to resume it) counts as one of its address's.
+    :param reconnect_grace: seconds a connection whose link broke is kept for its client to
+        resume it, then destroyed as ``networkDisconnected`` (0: no resume, destroyed at once).
     """
 
     heartbeat_interval: float = 2.0
@@ -111,6 +125,7 @@ class SignallingConfig:
     rate_limit: float = 50.0
     rate_burst: int = 200
     max_per_address: int = 200
+    reconnect_grace: float = 30.0
 
 
 @dataclass(slots=True)
@@ -158,8 +173,13 @@ class ClientLink:
         self._grace_timer: asyncio.TimerHandle | None = None
         extension = websocket.scope.get("extensions", {}).get(ABORT_EXTENSION) or {}
         self._abort: Callable[[], None] | None = extension.get("abort")
+        self._close_received: Callable[[], bool] | None = extension.get("close_received")
         #: The request rate limit; None when switched off.
         self.bucket: TokenBucket | None = None
+        #: Whether the socket ended without a close frame from the client (None: not ended).
+        self.broken: bool | None = None
+        #: The client's IP address while it is counted toward ``max_per_address``.
+        self.address: str | None = None
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="salon-link-writer")
@@ -264,8 +284,11 @@ class SignallingService:
         #: The STUN/TURN servers handed to each connection in ``connected``.
         self.ice = ice or IceSettings()
         self._voices: dict[str, _Voices] = {}
-        #: WebSockets open per client IP address (for ``max_per_address``).
+        #: WebSockets open (and connections suspended) per client IP address (for
+        #: ``max_per_address``).
         self._per_address: dict[str, int] = {}
+        #: The address each suspended connection counts toward.
+        self._suspended_addresses: dict[str, str] = {}
         #: Every open link, connected or not (``links`` has the connected ones by ID).
         self._open_links: set[ClientLink] = set()
         #: Sessions whose mute-all state is on (session ID -> excluded stream IDs). It outlives
@@ -291,6 +314,21 @@ class SignallingService:
             voices.cancel()
         for link in list(self.links.values()):
             link.close(CloseCode.GOING_AWAY, "server shutting down")
+        await self._end_suspended(None)
+
+    async def _end_suspended(self, now: float | None) -> None:
+        """Destroy the suspended connections whose grace period is over (all of them when
+        ``now`` is None: the server stops) as ``networkDisconnected``."""
+        for session in list(self.sessions.values()):
+            gone = (
+                session.suspended() if now is None else session.grace_over(now, self.config.reconnect_grace)
+            )
+            for connection_id in gone:
+                logger.info("%r: connection %s not resumed in time", session, connection_id)
+                try:
+                    await self.leave(session, connection_id, DisconnectReason.NETWORK_DISCONNECTED)
+                except Exception:
+                    logger.exception("%r: ending connection %s failed", session, connection_id)
 
     async def going_away(self, timeout: float) -> None:
         """Close every WebSocket with 1001 (going away), connected or not, after the messages
@@ -320,13 +358,45 @@ class SignallingService:
                         logger.exception("%r: timing out connection %s failed", session, connection_id)
             for link in list(self.links.values()):
                 link.send_text(ping)
+            await self._end_suspended(now)
 
     async def _timed_out(self, session: Session, connection_id: str) -> None:
         logger.info("%r: connection %s timed out", session, connection_id)
         link = self.links.get(connection_id)
         if link is not None:
             link.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        if link is not None and self._suspend(session, connection_id, link):
+            return
         await self.leave(session, connection_id, DisconnectReason.NETWORK_DISCONNECTED)
+
+    def _suspend(self, session: Session, connection_id: str, link: ClientLink) -> bool:
+        """Keep the connection of a broken link for a resume, if the grace period allows;
+        the link is detached from it (its end no longer concerns the connection)."""
+        if self.config.reconnect_grace <= 0 or not session.suspend(connection_id, time.monotonic()):
+            return False
+        logger.info(
+            "%r: connection %s lost its link; kept %gs for a resume",
+            session,
+            connection_id,
+            self.config.reconnect_grace,
+        )
+        if self.links.get(connection_id) is link:
+            del self.links[connection_id]
+        link.session = None
+        if link.address is not None:
+            # The connection keeps counting toward its address until resumed or destroyed.
+            self._suspended_addresses[connection_id] = link.address
+            link.address = None
+        return True
+
+    def _release_address(self, address: str | None) -> None:
+        if address is None or address not in self._per_address:
+            return
+        left = self._per_address[address] - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            del self._per_address[address]
 
     # -- actions -----------------------------------------------------------------------
 
@@ -344,6 +414,8 @@ class SignallingService:
                         link = self.links.get(connection_id)
                         if link is not None:
                             link.send_text(text)
+                        else:
+                            session.hold(connection_id, action.message)
             else:
                 link = self.links.get(action.connection_id)
                 if link is not None:
@@ -356,6 +428,7 @@ class SignallingService:
         """Remove a connection from its session (idempotent) and tell the others."""
         if connection_id not in session.connections:
             return
+        self._release_address(self._suspended_addresses.pop(connection_id, None))
         await self.carry_out(session, session.leave(connection_id, reason))
         await self._connection_gone(session, connection_id)
 
@@ -483,19 +556,18 @@ class SignallingService:
                 )
                 return
             self._per_address[address] = self._per_address.get(address, 0) + 1
-        try:
-            await self._serve_accepted(websocket)
-        finally:
-            if address is not None and limit > 0:
-                left = self._per_address[address] - 1
-                if left:
-                    self._per_address[address] = left
-                else:
-                    del self._per_address[address]
-
-    async def _serve_accepted(self, websocket: WebSocket) -> None:
-        await websocket.accept()
+        else:
+            address = None
         link = ClientLink(websocket, self.config.outbox_size, self.config.close_grace)
+        link.address = address
+        try:
+            await self._serve_accepted(link)
+        finally:
+            # None if a suspended connection took the count over.
+            self._release_address(link.address)
+
+    async def _serve_accepted(self, link: ClientLink) -> None:
+        await link.websocket.accept()
         if self.config.rate_limit > 0:
             link.bucket = TokenBucket(
                 self.config.rate_limit, max(1, self.config.rate_burst), asyncio.get_running_loop().time()
@@ -506,10 +578,15 @@ class SignallingService:
             await self._serve(link)
         finally:
             self._open_links.discard(link)
-            if link.session is not None and link.connection_id is not None:
-                await self.leave(link.session, link.connection_id, DisconnectReason.CLIENT_DISCONNECTED)
-                if self.links.get(link.connection_id) is link:
-                    del self.links[link.connection_id]
+            session, connection_id = link.session, link.connection_id
+            if session is not None and connection_id is not None:
+                # A socket that ended without the client's close frame (and that the server
+                # did not close) broke: the connection waits for a resume.
+                broken = link.broken is not False and not link.closed
+                if not (broken and self._suspend(session, connection_id, link)):
+                    await self.leave(session, connection_id, DisconnectReason.CLIENT_DISCONNECTED)
+                    if self.links.get(connection_id) is link:
+                        del self.links[connection_id]
             link.close(CloseCode.NORMAL, "")
             # Let the writer flush the close, then make sure it is gone.
             writer = link.writer
@@ -531,6 +608,10 @@ class SignallingService:
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
             raw = await asyncio.wait_for(link.websocket.receive(), timeout)
             if raw["type"] == "websocket.disconnect":
+                if link._close_received is not None:
+                    link.broken = not link._close_received()
+                else:
+                    link.broken = raw.get("code", 1006) == 1006
                 return None
             text = raw.get("text")
             if text is None:
@@ -623,6 +704,8 @@ class SignallingService:
             )
             link.close(CloseCode.INTERNAL_ERROR, "server error")
             return False
+        if request.resume is not None:
+            return await self._resume(link, request)
         session = self.sessions.get(request.session_id)
         if session is None:
             session = self.sessions[request.session_id] = Session(request.session_id, claims.api_key)
@@ -639,9 +722,22 @@ class SignallingService:
             created_at=_now_ms(),
             now=time.monotonic(),
             layout_class_list=claims.initial_layout_class_list,
+            resumable=self.config.reconnect_grace > 0,
+            token=request.token,
         )
         link.session, link.connection_id = session, connection_id
         self.links[connection_id] = link
+        self._send_connected(link, session, request, resumed=False)
+        await self.carry_out(session, actions)
+        logger.info("%r: connection %s joined as %s", session, connection_id, conn.role.value)
+        return True
+
+    def _send_connected(
+        self, link: ClientLink, session: Session, request: ConnectRequest, *, resumed: bool
+    ) -> None:
+        """``connected`` (the session as it is), then the active speaker if there is one."""
+        assert link.connection_id is not None
+        conn = session.connection(link.connection_id)
         link.send(
             ConnectedMessage(
                 request_id=request.request_id,
@@ -649,20 +745,56 @@ class SignallingService:
                 connection=conn.info(),
                 role=conn.role.value,
                 connections=[
-                    c.info() for c in session.connections.values() if c.connection_id != connection_id
+                    c.info() for c in session.connections.values() if c.connection_id != conn.connection_id
                 ],
                 streams=[s.info() for s in session.announced_streams()],
                 heartbeat_interval=self.config.heartbeat_interval,
                 heartbeat_timeout=self.config.heartbeat_timeout,
-                ice_servers=self.ice.for_connection(connection_id, now=time.time()),
+                ice_servers=self.ice.for_connection(conn.connection_id, now=time.time()),
+                resume_secret=conn.resume_secret,
+                reconnect_grace=self.config.reconnect_grace if conn.resume_secret is not None else 0,
+                resumed=resumed,
             )
         )
         voices = self._voices.get(session.session_id)
         if voices is not None and voices.active_speaker is not None:
             if self._announced(session, voices.active_speaker):
                 link.send(ActiveSpeakerEvent(stream_id=voices.active_speaker))
-        await self.carry_out(session, actions)
-        logger.info("%r: connection %s joined as %s", session, connection_id, conn.role.value)
+
+    async def _resume(self, link: ClientLink, request: ConnectRequest) -> bool:
+        """Take a suspended connection over (its token was verified): ``connected`` with
+        ``resumed`` and a new secret, then the signals held for it. Nobody else is told. A
+        connection still linked (its old link not yet noticed dead) is taken from that link,
+        which is closed with 4012. Refused: ``resume_refused``, then close 4011."""
+        assert request.resume is not None
+        session = self.sessions.get(request.session_id)
+        try:
+            if session is None:
+                raise ResumeRefusedError("no connection to resume with this secret and token")
+            conn = session.resume(
+                request.resume.connection_id, request.resume.secret, request.token, time.monotonic()
+            )
+        except ResumeRefusedError as exc:
+            logger.info("refused to resume a connection: %s", exc.message)
+            link.send(
+                ErrorMessage(
+                    request_id=request.request_id, code=ErrorCode.RESUME_REFUSED, message=exc.message
+                )
+            )
+            link.close(CloseCode.RESUME_REFUSED, "resume refused")
+            return False
+        connection_id = conn.connection_id
+        old = self.links.pop(connection_id, None)
+        if old is not None:
+            old.session = None  # its end must not touch the connection any more
+            old.close(CloseCode.REPLACED, "resumed on another link")
+        self._release_address(self._suspended_addresses.pop(connection_id, None))
+        link.session, link.connection_id = session, connection_id
+        self.links[connection_id] = link
+        self._send_connected(link, session, request, resumed=True)
+        for signal in session.take_held(connection_id):
+            link.send(signal)
+        logger.info("%r: connection %s resumed", session, connection_id)
         return True
 
     async def _verify(self, request: ConnectRequest) -> TokenClaims:
@@ -707,6 +839,9 @@ class SignallingService:
                     code=ErrorCode.ALREADY_CONNECTED,
                     message="this socket is connected already",
                 )
+            case PublishRequest() if message.stream_id is not None and message.sdp is not None:
+                await self._republish_media(session, cid, message, message.stream_id, message.sdp)
+                return None
             case PublishRequest() if message.sdp is not None:
                 await self._publish_media(session, cid, message, message.sdp)
                 return None
@@ -793,6 +928,19 @@ class SignallingService:
         reply = PublishedMessage(request_id=message.request_id, stream=stream.info(), answer=answer)
         await self._reply_then_apply(session, cid, reply, actions)
 
+    async def _republish_media(
+        self, session: Session, cid: str, message: PublishRequest, stream_id: str, offer: str
+    ) -> None:
+        """Set the media of an existing stream up again (after a resume): a new publish
+        transport replaces the old one, the subscribers' consumers move to its producers."""
+        stream = session.republish(cid, stream_id)
+        answer = await self.media.publish(session.session_id, stream, offer, replace=True)
+        if session.streams.get(stream.stream_id) is not stream:
+            await self.media.stream_unpublished(session.session_id, stream.stream_id)
+            raise NotFoundError(f"no stream {stream_id} in this session")
+        reply = PublishedMessage(request_id=message.request_id, stream=stream.info(), answer=answer)
+        await self._reply_then_apply(session, cid, reply, [])
+
     async def _subscribe_media(
         self, session: Session, cid: str, message: SubscribeRequest, offer: str
     ) -> SubscribedMessage:
@@ -827,6 +975,8 @@ class SignallingService:
         link = self.links.pop(connection_id, None)
         if link is not None:
             link.session = None  # its reader must not report clientDisconnected
+        # A suspended connection forced out no longer counts toward its address.
+        self._release_address(self._suspended_addresses.pop(connection_id, None))
         await self._connection_gone(session, connection_id)
 
     # -- REST API entry points ---------------------------------------------------------

@@ -7,15 +7,34 @@ sockets to close. It never touches a socket or a clock; the caller passes ``now`
 
 Errors are raised as :class:`~salon.errors.ClientError` subclasses *before* any state
 changes, so a refused request changes nothing.
+
+Resuming (docs/protocol.md, "Resuming a connection"): a connection whose link dropped without
+a clean close is *suspended* (:meth:`Session.suspend`) rather than destroyed: it keeps its ID,
+its streams and its subscriptions, the others are told nothing, and signals addressed to it
+are held (at most :data:`MAX_HELD_SIGNALS`, the oldest dropped first). A client that comes
+back with the connection's resume secret and the same token within the grace period takes it
+over again (:meth:`Session.resume`); once the grace period is over (:meth:`Session.grace_over`)
+the connection is destroyed as ``networkDisconnected``. A suspended connection still counts
+as a connection of the session.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from salon.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, PermissionDeniedError
+from salon.errors import (
+    ClientError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+)
 from salon.ids import new_stream_id
 from salon.protocol import (
     CloseCode,
@@ -43,7 +62,45 @@ from salon.tokens import Role
 
 PropertyValue = bool | str | list[int] | None
 
-__all__ = ["Action", "Close", "Connection", "Deliver", "Session", "Stream", "Subscription"]
+__all__ = [
+    "MAX_HELD_SIGNALS",
+    "Action",
+    "Close",
+    "Connection",
+    "Deliver",
+    "ResumeRefusedError",
+    "Session",
+    "Stream",
+    "Subscription",
+    "new_resume_secret",
+    "token_digest",
+]
+
+#: Signals held for a suspended connection, delivered when it resumes (the oldest are dropped
+#: beyond this).
+MAX_HELD_SIGNALS = 100
+
+#: The prefix of every resume secret: :mod:`salon.redact` recognises the shape and never logs it.
+RESUME_SECRET_PREFIX = "rs1-"
+
+
+def new_resume_secret() -> str:
+    """A random, unguessable resume secret (192 bits)."""
+    return RESUME_SECRET_PREFIX + secrets.token_urlsafe(24)
+
+
+def token_digest(token: str) -> bytes:
+    """What a connection remembers of its token: a resume must come with the same token."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+
+
+class ResumeRefusedError(ClientError):
+    """A resume named no suspended connection of this token and secret (or its grace ended)."""
+
+    status = 409
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="resume_refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +134,18 @@ class Connection:
     last_seen: float
     #: The token's initial layout class list: the classes of the streams this connection publishes.
     layout_class_list: tuple[str, ...] = ()
+    #: The secret a client shows to resume this connection (None: not resumable).
+    resume_secret: str | None = None
+    #: The SHA-256 of the connection's token (a resume must bring the same one).
+    token_digest: bytes = b""
+    #: When its link dropped (``now`` of :meth:`Session.suspend`); None while it has a link.
+    suspended_at: float | None = None
+    #: Signals for it that came while it was suspended, in order.
+    held: deque[SignalEvent] = field(default_factory=lambda: deque(maxlen=MAX_HELD_SIGNALS))
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspended_at is not None
 
     def info(self) -> ConnectionInfo:
         return ConnectionInfo(connection_id=self.connection_id, created_at=self.created_at, data=self.data)
@@ -207,12 +276,22 @@ class Session:
         created_at: int,
         now: float,
         layout_class_list: tuple[str, ...] = (),
+        resumable: bool = False,
+        token: str = "",
     ) -> tuple[Connection, list[Action]]:
-        """Add a connection; returns it and the events for the others."""
+        """Add a connection; returns it and the events for the others. A ``resumable``
+        connection gets a resume secret and remembers the digest of its ``token``."""
         if connection_id in self.connections:
             raise InvalidRequestError("the connection exists already", code="already_connected")
         conn = Connection(
-            connection_id, role, data, created_at, last_seen=now, layout_class_list=layout_class_list
+            connection_id,
+            role,
+            data,
+            created_at,
+            last_seen=now,
+            layout_class_list=layout_class_list,
+            resume_secret=new_resume_secret() if resumable else None,
+            token_digest=token_digest(token),
         )
         self.connections[connection_id] = conn
         return conn, [Deliver(ConnectionCreatedEvent(connection=conn.info()), exclude=connection_id)]
@@ -237,8 +316,76 @@ class Session:
             conn.last_seen = now
 
     def expired(self, now: float, timeout: float) -> list[str]:
-        """The connections silent for longer than ``timeout``."""
-        return [c.connection_id for c in self.connections.values() if now - c.last_seen > timeout]
+        """The connections with a link silent for longer than ``timeout``."""
+        return [
+            c.connection_id
+            for c in self.connections.values()
+            if not c.suspended and now - c.last_seen > timeout
+        ]
+
+    # -- suspending and resuming -----------------------------------------------------------
+
+    def suspend(self, connection_id: str, now: float) -> bool:
+        """The connection's link dropped: keep it (streams, subscriptions) for a resume.
+        Nobody is told. Returns False (and does nothing) if it is not resumable or gone."""
+        conn = self.connections.get(connection_id)
+        if conn is None or conn.resume_secret is None:
+            return False
+        if conn.suspended_at is None:
+            conn.suspended_at = now
+        return True
+
+    def resume(self, connection_id: str, secret: str, token: str, now: float) -> Connection:
+        """Take a connection over again (suspended, or still linked when the server has not
+        noticed its old link die) with its secret and the same token. Gives it a new secret
+        and returns it; its held signals are then taken with :meth:`take_held`.
+
+        :raises ResumeRefusedError: no such connection, another token, a wrong secret, or a
+            connection that is not resumable.
+        """
+        conn = self.connections.get(connection_id)
+        refused = ResumeRefusedError("no connection to resume with this secret and token")
+        if conn is None or conn.resume_secret is None:
+            raise refused
+        secret_ok = hmac.compare_digest(conn.resume_secret.encode(), secret.encode("utf-8", "replace"))
+        token_ok = hmac.compare_digest(conn.token_digest, token_digest(token))
+        if not (secret_ok and token_ok):
+            raise refused
+        conn.suspended_at = None
+        conn.last_seen = now
+        conn.resume_secret = new_resume_secret()
+        return conn
+
+    def take_held(self, connection_id: str) -> list[SignalEvent]:
+        """The signals held for a connection while it was suspended (and forget them)."""
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return []
+        held = list(conn.held)
+        conn.held.clear()
+        return held
+
+    def hold(self, connection_id: str, message: ServerMessage) -> bool:
+        """Keep a message for a suspended connection: signals are held (bounded), anything
+        else is dropped (the ``connected`` of its resume describes the session as it is then).
+        Returns whether it was held."""
+        conn = self.connections.get(connection_id)
+        if conn is None or not conn.suspended or not isinstance(message, SignalEvent):
+            return False
+        conn.held.append(message)
+        return True
+
+    def suspended(self) -> list[str]:
+        """The suspended connections."""
+        return [c.connection_id for c in self.connections.values() if c.suspended]
+
+    def grace_over(self, now: float, grace: float) -> list[str]:
+        """The suspended connections whose grace period (``grace`` seconds) is over."""
+        return [
+            c.connection_id
+            for c in self.connections.values()
+            if c.suspended_at is not None and now - c.suspended_at >= grace
+        ]
 
     def force_disconnect(self, connection_id: str, *, by: str | None = None) -> list[Action]:
         """Disconnect ``connection_id``; ``by`` is the moderator, None for the REST API."""
@@ -302,6 +449,12 @@ class Session:
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.announced:
             del self.streams[stream_id]
+
+    def republish(self, connection_id: str, stream_id: str) -> Stream:
+        """One of the connection's own streams whose media it sets up again (after a resume):
+        it keeps its ID, its subscribers and its properties; nobody is told."""
+        self.connection(connection_id)
+        return self._own_stream(connection_id, stream_id)
 
     def unpublish(self, connection_id: str, stream_id: str) -> list[Action]:
         stream = self._own_stream(connection_id, stream_id)

@@ -245,3 +245,46 @@ def test_video_extension_blocks_stay_mid_and_abs_send_time() -> None:
     )
     feed(producer, 1, 0, KEY, extensions=audio_level_block(1, 20))
     assert set(extensions_of(sub.rtp[0])) == {9, 3}
+
+
+def test_a_consumer_switched_to_a_republished_producer_continues_the_same_rtp_stream() -> None:
+    old, consumer, _old_pub, sub = make()
+    feed(old, 100, 9000, KEY)
+    feed(old, 101, 12000, DELTA)
+    new_pub = FakeTransport()
+    track = PublishTrack(
+        mid="0",
+        kind="video",
+        codec=VP8,
+        extensions=HeaderExtensionIds(mid=4),
+        ssrc=7777,
+        rtx_ssrc=None,
+        cname="d",
+    )
+    new = Producer(new_pub, track, stream_id="s")  # type: ignore[arg-type]
+    assert consumer.can_switch_to(new)
+    consumer.switch_producer(new)
+    assert consumer.producer is new and consumer in new.consumers and consumer not in old.consumers
+    # It asks the new publisher for a key frame at once, and waits for one.
+    assert any(isinstance(p, Pli) and p.media_ssrc == 7777 for raw in new_pub.rtcp for p in parse_rtcp(raw))
+    feed(new, 5000, 777000, DELTA)
+    feed(old, 102, 15000, DELTA)  # the old producer's late packets no longer reach it
+    assert len(sub.rtp) == 2
+    feed(new, 5001, 780000, KEY)
+    feed(new, 5002, 783000, DELTA)
+    headers = [parse_rtp_header(p) for p in sub.rtp]
+    assert [h.ssrc for h in headers] == [5555] * 4 and [h.payload_type for h in headers] == [120] * 4
+    seqs = [h.sequence_number for h in headers]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(4)]  # no gap, no jump
+    assert headers[3].timestamp - headers[2].timestamp == 3000
+    # Closing the old producer no longer closes the consumer.
+    old.close()
+    assert not consumer.closed
+
+
+def test_a_consumer_cannot_switch_to_another_kind_or_codec() -> None:
+    _old, consumer, _pub, _sub = make()
+    audio = PublishTrack(
+        mid="0", kind="audio", codec=OPUS, extensions=HeaderExtensionIds(), ssrc=1, rtx_ssrc=None, cname=""
+    )
+    assert not consumer.can_switch_to(Producer(FakeTransport(), audio, stream_id="s"))  # type: ignore[arg-type]

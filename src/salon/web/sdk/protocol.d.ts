@@ -23,6 +23,7 @@ export type ErrorCode =
   | "unsupported_media"
   | "transport_closed"
   | "internal_error"
+  | "resume_refused"
   | "rate_limited";
 
 /** WebSocket close codes the server uses (RFC 6455 private range 4000-4999). */
@@ -39,6 +40,8 @@ export type CloseCode =
   | 4008
   | 4009
   | 4010
+  | 4011
+  | 4012
   | 4029;
 
 /** Why a connection was destroyed (OpenTok's `connectionDestroyed` reasons). */
@@ -76,6 +79,13 @@ export interface IceServer {
   credential: string | null;
 }
 
+/** Which connection a `connect` resumes, and the proof that it is the client's. */
+export interface ResumeInfo {
+  connection_id: string;
+  /** The `resume_secret` of the latest `connected` of that connection. */
+  secret: string;
+}
+
 export interface StreamAudioLevel {
   stream_id: string;
   /** The stream's smoothed audio level, 0 (silence) to 1. */
@@ -106,6 +116,8 @@ export interface ConnectRequest {
   protocol_version?: number;
   /** Free-form client name and version. */
   client?: string;
+  /** Resume this connection (same connection ID, streams and subscriptions) after its link dropped, within the server's grace period; with the same token. Refused with `resume_refused` (close 4011) when it cannot be resumed. */
+  resume?: ResumeInfo | null;
 }
 
 export interface PublishRequest {
@@ -121,6 +133,8 @@ export interface PublishRequest {
   frame_rate?: number | null;
   /** The client's sendonly SDP offer; absent for a signalling-only stream. With an offer the stream is announced to the others once its media flows. */
   sdp?: string | null;
+  /** Re-establish the media of this existing stream of the connection (after a resume) from the new offer in `sdp`: the stream keeps its ID and its subscribers, nobody is told. The stream's other fields are ignored (use `update_stream`). */
+  stream_id?: string | null;
 }
 
 export interface UnpublishRequest {
@@ -255,6 +269,12 @@ export interface ConnectedMessage {
   heartbeat_timeout: number;
   /** The STUN/TURN servers the client's peer connections should use; TURN credentials are minted for this connection and expire. */
   ice_servers: IceServer[];
+  /** Send it back in `connect.resume` to resume this connection after its link dropped (a new one in each `connected`); null when the server keeps no dropped connection (grace period 0). Keep it secret: never log it. */
+  resume_secret: string | null;
+  /** Seconds the server keeps a dropped connection for a resume (0: none). */
+  reconnect_grace: number;
+  /** True when this `connected` resumed a connection. */
+  resumed: boolean;
 }
 
 export interface PublishedMessage {

@@ -88,7 +88,10 @@ export class SalonError extends Error {
 }
 
 /** Close codes after which reconnecting cannot help (the server's, protocol.md §10). */
-const FATAL_CLOSE_CODES = new Set([4000, 4001, 4002, 4003, 4004, 4009]);
+const FATAL_CLOSE_CODES = new Set([4000, 4001, 4002, 4003, 4004, 4009, 4012]);
+
+/** Signals queued with `retryAfterReconnect` while reconnecting, at most. */
+const MAX_QUEUED_SIGNALS = 100;
 
 /**
  * The close code the SDK itself uses when it gives up on a socket that went silent (no ping
@@ -504,8 +507,16 @@ export class Subscriber extends Emitter {
 /**
  * One connection to a salon session. Events (OpenTok.js names): connectionCreated,
  * connectionDestroyed, streamCreated, streamDestroyed, streamPropertyChanged, signal,
- * signal:TYPE, sessionDisconnected, sessionReconnecting, sessionReconnected,
+ * signal:TYPE, sessionDisconnected, sessionReconnecting, sessionReconnected ({resumed}),
  * audioLevelUpdated, activeSpeaker, muteForced.
+ *
+ * Reconnection, as OpenTok does it (docs/protocol.md §2.7): when the socket drops, the SDK
+ * emits `sessionReconnecting` and resumes its connection with the secret of its last
+ * `connected`: the same connection ID, the same stream IDs (each publisher's media is set up
+ * again under its stream ID), and the others see nothing; then `sessionReconnected` with
+ * `resumed: true`, and the signals sent with `retryAfterReconnect` meanwhile go out. If the
+ * server refuses the resume (its grace period ended), it connects afresh: a new connection,
+ * publishers published again under new stream IDs (`resumed: false`).
  */
 export class Session extends Emitter {
   /**
@@ -554,6 +565,12 @@ export class Session extends Emitter {
     this._lastMessage = 0;
     /** @type {ReturnType<typeof setInterval>|null} */
     this._watchdog = null;
+    /** @type {string|null} the secret of the last `connected`, to resume this connection */
+    this._resumeSecret = null;
+    /** @type {WebSocket|null} a socket given up as silent, closed once reconnected */
+    this._staleWs = null;
+    /** @type {{message: ClientRequestBody, resolve: () => void, reject: (e: SalonError) => void}[]} */
+    this._queuedSignals = [];
   }
 
   /** @returns {boolean} */
@@ -594,10 +611,12 @@ export class Session extends Emitter {
   }
 
   /**
-   * Open a socket and send `connect`; resolves with the `connected` message.
+   * Open a socket and send `connect` (resuming the connection `resume` names, if given);
+   * resolves with the `connected` message.
+   * @param {{connection_id: string, secret: string}|null} [resume]
    * @returns {Promise<ConnectedMessage>}
    */
-  _open() {
+  _open(resume = null) {
     return new Promise((resolve, reject) => {
       let ws;
       try {
@@ -626,6 +645,7 @@ export class Session extends Emitter {
           token: this._token,
           protocol_version: PROTOCOL_VERSION,
           client: `salon.js/${VERSION}`,
+          ...(resume ? { resume } : {}),
         });
       };
       ws.onmessage = (ev) => {
@@ -660,6 +680,7 @@ export class Session extends Emitter {
   _adopt(connected, quiet) {
     this.connection = toConnection(connected.connection);
     this.role = connected.role;
+    this._resumeSecret = connected.resume_secret ?? null;
     this.iceServers = this._ownIceServers || connected.ice_servers.map((s) => {
       /** @type {IceServer} */
       const server = { urls: s.urls };
@@ -913,12 +934,31 @@ export class Session extends Emitter {
    */
   _lost(ws) {
     ws.onmessage = ws.onclose = null;
-    try {
-      ws.close(SILENT_CLOSE, "no heartbeat");
-    } catch {
-      // already closing
+    if (this._resumeSecret) {
+      // Not closed yet: a close frame that reaches the server would end the connection for
+      // good. The resume takes the connection over (the server closes this socket, 4012).
+      this._staleWs = ws;
+    } else {
+      try {
+        ws.close(SILENT_CLOSE, "no heartbeat");
+      } catch {
+        // already closing
+      }
     }
     this._onClose(ws, { code: SILENT_CLOSE });
+  }
+
+  _closeStale() {
+    const ws = this._staleWs;
+    this._staleWs = null;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(SILENT_CLOSE, "no heartbeat");
+  }
+
+  /** Stop the media before connecting afresh (the server closes the old connection's transports). */
+  _stopMedia() {
+    for (const p of this.publishers) p._closePeer();
+    for (const s of this.subscribers) s._closePeer();
+    this._closeSubscribePc();
   }
 
   /**
@@ -946,9 +986,12 @@ export class Session extends Emitter {
 
   async _reconnect() {
     this.state = "reconnecting";
-    for (const p of this.publishers) p._closePeer();
-    for (const s of this.subscribers) s._closePeer();
-    this._closeSubscribePc(); // the server closes the old connection's transports
+    /** @type {{connection_id: string, secret: string}|null} */
+    let resume = this._resumeSecret && this.connection
+      ? { connection_id: this.connection.connectionId, secret: this._resumeSecret }
+      : null;
+    // Resuming keeps the media running meanwhile (it flows if only the signalling broke).
+    if (!resume) this._stopMedia();
     this.emit("sessionReconnecting");
     const deadline = Date.now() + this.reconnectTimeout * 1000;
     let delay = 250;
@@ -960,15 +1003,25 @@ export class Session extends Emitter {
       delay = Math.min(delay * 2, 4000);
       if (this.state !== "reconnecting") return;
       try {
-        const connected = await this._open();
+        const connected = await this._open(resume);
         if (this.state !== "reconnecting") {
           this._closeSocket();
           return;
         }
-        await this._restore(connected);
+        if (connected.resumed) await this._restoreResumed(connected);
+        else await this._restore(connected);
+        this._closeStale();
+        await this._sendQueuedSignals();
         return;
       } catch (err) {
         error = /** @type {SalonError} */ (err);
+        if (error.code === "resume_refused") {
+          // The server no longer has the connection (its grace period ended): connect afresh.
+          resume = null;
+          this._stopMedia();
+          delay = 0;
+          continue;
+        }
         if (error.code === "token_expired" && this._refreshToken && !refreshed) {
           // The token was good at connect but not any more: ask the application for a new one.
           refreshed = true;
@@ -987,6 +1040,72 @@ export class Session extends Emitter {
       const fatal = error?.closeCode && FATAL_CLOSE_CODES.has(error.closeCode) ? error : null;
       this._finish("networkDisconnected", fatal);
     }
+  }
+
+  /**
+   * The server resumed the connection: same connection and stream IDs, the server kept the
+   * subscriptions, the others saw nothing. Take in what changed meanwhile, then set every
+   * publisher's media up again under its stream ID and subscribe again on a new receiving
+   * peer connection (the old ones closed once the new ones are up).
+   * @param {ConnectedMessage} connected
+   */
+  async _restoreResumed(connected) {
+    const own = /** @type {Connection} */ (this.connection).connectionId;
+    this._adopt(connected, true);
+    this.state = "connected";
+    const connections = new Map(connected.connections.map((c) => [c.connection_id, toConnection(c)]));
+    connections.set(own, /** @type {Connection} */ (this.connection));
+    const present = new Set(connected.streams.map((s) => s.stream_id));
+    for (const id of [...this.streams.keys()]) {
+      if (!present.has(id)) this._streamGone(id, "networkDisconnected");
+    }
+    for (const [id, c] of this.connections) {
+      if (id !== own && !connections.has(id)) this.emit("connectionDestroyed", { connection: c, reason: "networkDisconnected" });
+    }
+    const before = this.connections;
+    this.connections = connections;
+    for (const [id, c] of connections) {
+      if (!before.has(id) && c !== this.connection) this.emit("connectionCreated", { connection: c });
+    }
+    for (const raw of connected.streams) {
+      if (raw.connection_id !== own && !this.streams.has(raw.stream_id)) {
+        const s = toStream(raw, this.connections);
+        this.streams.set(s.streamId, s);
+        this.emit("streamCreated", { stream: s });
+      }
+    }
+    const oldReceiving = this._subscribePc;
+    this._subscribePc = null;
+    this._subscribeOwners.clear();
+    this._subscribeTrickle = null;
+    const republish = [...this.publishers].map(async (p) => {
+      const streamId = p.stream ? p.stream.streamId : null;
+      try {
+        try {
+          await this._negotiatePublisher(p, streamId);
+        } catch (err) {
+          if (!streamId || /** @type {SalonError} */ (err).code !== "not_found") throw err;
+          p.stream = null; // the stream ended meanwhile: publish a new one
+          await this._negotiatePublisher(p);
+        }
+      } catch (err) {
+        this.publishers.delete(p);
+        p._closePeer();
+        p.emit("streamDestroyed", { stream: null, reason: "networkDisconnected", error: err });
+      }
+    });
+    const resubscribe = [...this.subscribers].map(async (s) => {
+      s.transceivers = []; // on the old receiving peer connection, closed below
+      try {
+        await this._negotiateSubscriber(s);
+      } catch (err) {
+        this.subscribers.delete(s);
+        s._destroy("networkDisconnected");
+      }
+    });
+    await Promise.all([...republish, ...resubscribe]);
+    oldReceiving?.close();
+    this.emit("sessionReconnected", { resumed: true });
   }
 
   /** @param {ConnectedMessage} connected */
@@ -1037,7 +1156,7 @@ export class Session extends Emitter {
       }
     });
     await Promise.all([...republish, ...resubscribe]);
-    this.emit("sessionReconnected");
+    this.emit("sessionReconnected", { resumed: false });
   }
 
   /**
@@ -1050,6 +1169,10 @@ export class Session extends Emitter {
     if (this._watchdog) clearInterval(this._watchdog);
     this._watchdog = null;
     this._rejectPending(new SalonError("disconnected", "the session was disconnected"));
+    for (const queued of this._queuedSignals.splice(0)) {
+      queued.reject(new SalonError("disconnected", "the session ended before the signal was sent"));
+    }
+    this._closeStale();
     this._closeSocket();
     for (const p of this.publishers) {
       p._closePeer();
@@ -1123,10 +1246,18 @@ export class Session extends Emitter {
     };
   }
 
-  /** @param {Publisher} publisher */
-  async _negotiatePublisher(publisher) {
+  /**
+   * Publish a new stream, or (`streamId`, after a resume) set the media of that existing
+   * stream up again from a new peer connection: the same stream, no `streamCreated`; the old
+   * peer connection is closed once the new one is answered (closed earlier, the server could
+   * see the stream's media stop and end it).
+   * @param {Publisher} publisher
+   * @param {string|null} [streamId]
+   */
+  async _negotiatePublisher(publisher, streamId = null) {
     const media = /** @type {MediaStream} */ (publisher.mediaStream);
     const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    const previous = streamId ? publisher.pc : null;
     publisher.pc = pc;
     for (const track of media.getTracks()) {
       const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
@@ -1146,14 +1277,17 @@ export class Session extends Emitter {
       height: settings.height || null,
       frame_rate: settings.frameRate ? Math.min(240, settings.frameRate) : null,
       sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
+      ...(streamId ? { stream_id: streamId } : {}),
     }).catch((err) => {
       pc.close();
+      if (previous) publisher.pc = previous;
       throw err;
     });
     publisher.stream = toStream(reply.stream, this.connections);
     ready({ stream_id: publisher.stream.streamId });
     await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
-    publisher.emit("streamCreated", { stream: publisher.stream });
+    previous?.close();
+    if (!streamId) publisher.emit("streamCreated", { stream: publisher.stream });
   }
 
   /**
@@ -1311,12 +1445,47 @@ export class Session extends Emitter {
   }
 
   /**
-   * Send a signal to the whole session, or to one connection (`to`).
-   * @param {{type?: string, data?: string, to?: Connection|string}} signal
+   * Send a signal to the whole session, or to one connection (`to`). With
+   * `retryAfterReconnect` (as in OpenTok.js), a signal sent while the session is reconnecting
+   * (or whose socket drops before the server answered) waits, and is sent once reconnected;
+   * the promise resolves then. At most 100 wait; the session ending rejects them.
+   * @param {{type?: string, data?: string, to?: Connection|string, retryAfterReconnect?: boolean}} signal
    */
-  async signal({ type = "", data = "", to } = {}) {
+  async signal({ type = "", data = "", to, retryAfterReconnect = false } = {}) {
     const target = to == null ? null : typeof to === "string" ? to : to.connectionId;
-    await this._request({ type: "signal", signal_type: type, data, to: target });
+    /** @type {ClientRequestBody} */
+    const message = { type: "signal", signal_type: type, data, to: target };
+    if (retryAfterReconnect && this.state === "reconnecting") return this._queueSignal(message);
+    try {
+      await this._request(message);
+    } catch (err) {
+      if (!(retryAfterReconnect && this.state === "reconnecting" && /** @type {SalonError} */ (err).code === "disconnected")) throw err;
+      await this._queueSignal(message);
+    }
+  }
+
+  /**
+   * @param {ClientRequestBody} message
+   * @returns {Promise<void>}
+   */
+  _queueSignal(message) {
+    if (this._queuedSignals.length >= MAX_QUEUED_SIGNALS) {
+      return Promise.reject(new SalonError("too_many_signals", `${MAX_QUEUED_SIGNALS} signals wait for the reconnection already`));
+    }
+    return new Promise((resolve, reject) => this._queuedSignals.push({ message, resolve, reject }));
+  }
+
+  /** Send the signals that waited for the reconnection, in order. */
+  async _sendQueuedSignals() {
+    while (this._queuedSignals.length && this.state === "connected") {
+      const queued = /** @type {(typeof this._queuedSignals)[number]} */ (this._queuedSignals.shift());
+      try {
+        await this._request(queued.message);
+        queued.resolve();
+      } catch (err) {
+        queued.reject(/** @type {SalonError} */ (err));
+      }
+    }
   }
 
   /**
