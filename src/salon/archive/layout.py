@@ -1,10 +1,11 @@
 """Custom layout stylesheets: the CSS subset OpenTok documents for archive layouts.
 
-A stylesheet is a list of rules whose selector is ``stream`` or a class (``.focus``), or a
-comma-separated list of those; each declaration is ``position`` (``absolute``/``relative``),
-``top``, ``left``, ``right``, ``bottom``, ``width``, ``height`` (a number in ``%`` or ``px``,
-or 0), ``z-index`` (an integer) or ``object-fit`` (``contain``/``cover``/``fill``). Anything
-else is refused. The composer (``salon.archive.composer``) draws from the parsed rules.
+A stylesheet is a list of rules whose selector is ``stream``, a class (``.focus``), both
+(``stream.focus``), or a comma-separated list of those; each declaration is ``position``
+(``absolute``/``relative``), ``top``, ``left``, ``right``, ``bottom``, ``width``, ``height``
+(a number in ``%`` or ``px``, or 0), ``z-index`` (an integer) or ``object-fit``
+(``contain``/``cover``/``fill``). Anything else is refused. The composer
+(``salon.archive.composer``) draws from the parsed rules.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ __all__ = ["Rule", "parse_stylesheet"]
 #: The longest stylesheet accepted, characters.
 MAX_STYLESHEET = 16 * 1024
 
-_SELECTOR = re.compile(r"^(stream|\.[A-Za-z_][A-Za-z0-9_-]*)$")
+_SELECTOR = re.compile(r"^(stream(\.[A-Za-z_][A-Za-z0-9_-]*)*|(\.[A-Za-z_][A-Za-z0-9_-]*)+)$")
 _LENGTH = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)(%|px)?$")
 _LENGTH_PROPERTIES = frozenset({"top", "left", "right", "bottom", "width", "height"})
 _KEYWORDS = {
@@ -76,7 +77,9 @@ def parse_stylesheet(text: str) -> list[Rule]:
         selectors = tuple(s.strip() for s in head.split(","))
         for selector in selectors:
             if not _SELECTOR.match(selector):
-                raise ValueError(f"the selector {selector!r} is not supported: use stream or .class")
+                raise ValueError(
+                    f"the selector {selector!r} is not supported: use stream, .class or stream.class"
+                )
         declarations = tuple(_declaration(d) for d in body.split(";") if d.strip())
         rules.append(Rule(selectors, declarations))
     if not rules:

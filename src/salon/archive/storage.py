@@ -111,6 +111,8 @@ class LocalStorage:
         try:
             await asyncio.to_thread(move)
         except OSError as exc:
+            # A copy across file systems that failed (a full disk) leaves a partial file.
+            await asyncio.to_thread(shutil.rmtree, target.parent, True)
             raise storage_error(exc) from exc
         return str(target.relative_to(self.root))
 
