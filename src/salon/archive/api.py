@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from salon.archive.models import ArchiveStatus, Layout, OutputMode, StreamMode
 from salon.archive.service import ArchiveService, StartOptions
 from salon.archive.storage import LocalStorage, StorageError
-from salon.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from salon.errors import AuthenticationError, NotFoundError
 from salon.server.rest import ERRORS, AuthFirstRoute, ErrorBody, ProjectDep
 
 __all__ = ["router"]
@@ -157,11 +157,11 @@ async def list_archives(
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     count: Annotated[int, Query(ge=1, le=1000)] = 50,
     sessionId: Annotated[str | None, Query(max_length=255)] = None,
-    session_id: Annotated[str | None, Query(max_length=255, description="vonage-video's spelling")] = None,
+    session_id: Annotated[
+        str | None, Query(max_length=255, description="vonage-video's spelling (sessionId wins if both)")
+    ] = None,
 ) -> ArchiveList:
     service = archives(request)
-    if sessionId is not None and session_id is not None and sessionId != session_id:
-        raise InvalidRequestError("sessionId and session_id differ")
     total, records = await service.list_archives(
         project.api_key, session_id=sessionId or session_id, offset=offset, count=count
     )
@@ -231,16 +231,11 @@ async def set_archive_layout(
 async def archive_streams(
     request: Request, archiveId: str, body: StreamsBody, project: ProjectDep
 ) -> Response:
-    if (body.addStream is None) == (body.removeStream is None):
-        raise InvalidRequestError("give addStream or removeStream")
-    add = body.addStream is not None
-    stream_id = body.addStream if body.addStream is not None else body.removeStream
-    assert stream_id is not None
     await archives(request).select_stream(
         project.api_key,
         archiveId,
-        stream_id,
-        add=add,
+        add=body.addStream,
+        remove=body.removeStream,
         has_audio=True if body.hasAudio is None else body.hasAudio,
         has_video=True if body.hasVideo is None else body.hasVideo,
     )

@@ -620,9 +620,9 @@ class ArchiveService:
             )
 
     async def set_layout(self, api_key: str, archive_id: str, layout: Layout) -> ArchiveRecord:
-        check_layout(layout)
         async with self._lock:
-            record = await self.get(api_key, archive_id)
+            record = await self.get(api_key, archive_id)  # an unknown archive is 404 before all
+            check_layout(layout)
             if record.output_mode != OutputMode.COMPOSED:
                 raise InvalidRequestError("only composed archives have a layout")
             active = self._active.get(archive_id)
@@ -637,18 +637,35 @@ class ArchiveService:
             return active.record
 
     async def select_stream(
-        self, api_key: str, archive_id: str, stream_id: str, *, add: bool, has_audio: bool, has_video: bool
+        self,
+        api_key: str,
+        archive_id: str,
+        *,
+        add: str | None,
+        remove: str | None,
+        has_audio: bool = True,
+        has_video: bool = True,
     ) -> None:
-        """Add (or change) or remove a stream of a manual-mode archive."""
+        """Add (or change) the stream ``add``, or remove the stream ``remove``, of a
+        manual-mode archive.
+
+        :raises InvalidRequestError: unless exactly one of ``add`` and ``remove`` is given.
+        :raises NotManualError: the archive is in auto stream mode.
+        """
         async with self._lock:
-            record = await self.get(api_key, archive_id)
+            record = await self.get(api_key, archive_id)  # an unknown archive is 404 before all
+            if (add is None) == (remove is None):
+                raise InvalidRequestError("give addStream or removeStream")
+            stream_id = add if add is not None else remove
+            assert stream_id is not None
             active = self._active.get(archive_id)
             if active is None:
                 raise ConflictError("Archive is not in started state")
             if record.stream_mode != StreamMode.MANUAL:
                 raise NotManualError("streams are chosen only for archives in manual stream mode")
             chosen = {s.stream_id: s for s in streams_of(active.record)}
-            if add:
+            info = None
+            if add is not None:
                 info = next(
                     (s for s in self._live_streams(record.session_id) if s.stream_id == stream_id), None
                 )
@@ -663,7 +680,7 @@ class ArchiveService:
                 updated_at=_now_ms(),
             )
             await self._save(active.record, notify=False)
-            if add and info is not None:
+            if info is not None:
                 await self._record_stream(active, self._recorded(active.record, info, chosen[stream_id]))
             else:
                 await self._drop_stream(active, stream_id)

@@ -161,11 +161,15 @@ class S3Storage:
         region: str | None = None,
         client: Any = None,
     ) -> None:
-        import boto3  # an optional dependency: only S3 storage needs it
+        import boto3  # an optional dependency (salon[s3]): only S3 storage needs it
+        from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self._client = client or boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+        # Signature version 4: presigned URLs carry their lifetime (X-Amz-Expires).
+        self._client = client or boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=Config(signature_version="s3v4")
+        )
 
     def _key(self, archive_id: str, name: str) -> str:
         return "/".join(p for p in (self.prefix, archive_id, name) if p)
