@@ -696,3 +696,19 @@ async def test_a_full_disk_fails_the_archive_not_the_server(
         await server.call("stop_archive", again.id)
         assert (await wait_status(server, again.id, "available")).status == "available"
         await alice.close()
+
+
+async def test_the_python_sdk_raises_archive_started_and_archive_stopped(server: Server) -> None:
+    from salon.client import ArchiveStarted, ArchiveStopped, Event, Session
+
+    sid = await asyncio.to_thread(server.session)
+    token = server.sdk.generate_token(sid, role=opentok.Roles.publisher)
+    seen: list[Event] = []
+    async with Session(sid, str(token), server.url) as session:
+        session.on(ArchiveStarted, seen.append)
+        session.on(ArchiveStopped, seen.append)
+        archive = await server.call("start_archive", sid, name="sdk")
+        await wait_for("ArchiveStarted", lambda: seen)
+        await server.call("stop_archive", archive.id)
+        await wait_for("ArchiveStopped", lambda: len(seen) == 2)
+    assert seen == [ArchiveStarted(archive.id, "sdk"), ArchiveStopped(archive.id, "sdk")]

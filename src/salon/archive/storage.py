@@ -71,7 +71,8 @@ class ArchiveStorage(Protocol):
 
 
 def _sign(key: bytes, archive_id: str, expires: int) -> str:
-    return hmac.new(key, f"{archive_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+    message = f"{archive_id}:{expires}".encode("utf-8", "replace")  # any path, even a lone surrogate
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def _server_key(path: pathlib.Path) -> bytes:
@@ -127,7 +128,8 @@ class LocalStorage:
         """Whether a download URL's signature is this server's and it has not expired."""
         if expires < (now if now is not None else time.time()):
             return False
-        return hmac.compare_digest(_sign(self._key, archive_id, expires), signature)
+        expected = _sign(self._key, archive_id, expires).encode()
+        return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
 
     def path(self, location: str) -> pathlib.Path:
         path = (self.root / location).resolve()

@@ -172,8 +172,8 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         try:
             yield
         finally:
+            await archives.close()  # archives stop (their connections told) and are stored first
             await service.stop()
-            await archives.close()
             if media is not None:
                 await media.close()
             await callbacks.close()
