@@ -4,6 +4,7 @@ S3 server on 127.0.0.1: uploaded, downloaded from a presigned URL, deleted."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pathlib
 import urllib.parse
 from collections.abc import Iterator
@@ -45,13 +46,10 @@ async def test_archives_are_stored_in_s3_and_downloaded_from_presigned_urls(
 ) -> None:
     endpoint, client = s3
     recorder = FileRecorder()
-    settings = config(tmp_path, recorder)
-    settings = type(settings)(
-        **{
-            **{name: getattr(settings, name) for name in settings.__dataclass_fields__},
-            "archive_storage": f"s3://{BUCKET}/prod/archives",
-            "archive_s3_endpoint": endpoint,
-        }
+    settings = dataclasses.replace(
+        config(tmp_path, recorder),
+        archive_storage=f"s3://{BUCKET}/prod/archives",
+        archive_s3_endpoint=endpoint,
     )
     with ServerThread(settings) as thread:
         server = Server(thread, recorder)

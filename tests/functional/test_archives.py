@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import pathlib
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -712,3 +714,76 @@ async def test_the_python_sdk_raises_archive_started_and_archive_stopped(server:
         await server.call("stop_archive", archive.id)
         await wait_for("ArchiveStopped", lambda: len(seen) == 2)
     assert seen == [ArchiveStarted(archive.id, "sdk"), ArchiveStopped(archive.id, "sdk")]
+
+
+async def test_vonage_video_drives_archives_over_https(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``vonage-video`` (strict pydantic models, ``session_id`` in lists, 409 as
+    InvalidArchiveStateError) with an application's RS256 credentials, over HTTPS."""
+    from vonage import Auth, HttpClientOptions, Vonage
+    from vonage_video import (
+        AddStreamRequest,
+        ComposedLayout,
+        CreateArchiveRequest,
+        ListArchivesFilter,
+        SessionOptions,
+        TokenOptions,
+    )
+    from vonage_video.errors import InvalidArchiveStateError
+
+    from salon.server.tls import self_signed_certificate
+    from salon.tokens import new_rsa_key_pair
+
+    cert, key = self_signed_certificate(tmp_path)
+    private_key, public_key = new_rsa_key_pair()
+    store = Store(database_url_for(tmp_path))
+    await store.open()
+    application_id = (await store.create_application("archives", public_key)).api_key
+    await store.close()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    recorder = FileRecorder()
+    settings = dataclasses.replace(config(tmp_path, recorder), tls_cert=cert, tls_key=key)
+    with ServerThread(settings) as thread:
+        options = HttpClientOptions(video_host=thread.url.removeprefix("https://"), timeout=20)
+        video = Vonage(Auth(application_id=application_id, private_key=private_key), options).video
+        sid = (await asyncio.to_thread(video.create_session, SessionOptions(media_mode="routed"))).session_id
+        token = video.generate_client_token(TokenOptions(session_id=sid, role="publisher")).decode()
+        alice = await WsClient.join(thread.url, sid, token, ssl=ssl.create_default_context(cafile=str(cert)))
+        stream = await publish(alice)
+        request = CreateArchiveRequest(
+            session_id=sid,
+            name="vv",
+            stream_mode="manual",
+            resolution="1280x720",
+            layout=ComposedLayout(type="pip"),
+        )
+        archive = await asyncio.to_thread(video.start_archive, request)
+        assert (archive.status, archive.name, archive.session_id, archive.application_id) == (
+            "started",
+            "vv",
+            sid,
+            application_id,
+        )
+        await asyncio.to_thread(video.add_stream_to_archive, archive.id, AddStreamRequest(stream_id=stream))
+        changed = await asyncio.to_thread(
+            video.change_archive_layout,
+            archive.id,
+            ComposedLayout(type="custom", stylesheet="stream { width: 50% }"),
+        )
+        assert changed.id == archive.id and [s.stream_id for s in changed.streams or []] == [stream]
+        await asyncio.to_thread(video.remove_stream_from_archive, archive.id, stream)
+        items, count, _ = await asyncio.to_thread(video.list_archives, ListArchivesFilter(session_id=sid))
+        assert count == 1 and [a.id for a in items] == [archive.id]
+        stopped = await asyncio.to_thread(video.stop_archive, archive.id)
+        assert stopped.status == "stopped"
+        with pytest.raises(InvalidArchiveStateError):
+            await asyncio.to_thread(video.stop_archive, archive.id)
+        deadline = time.monotonic() + 30
+        while (got := await asyncio.to_thread(video.get_archive, archive.id)).status != "available":
+            assert time.monotonic() < deadline, got.status
+            await asyncio.sleep(0.05)
+        assert got.url is not None and got.size and got.size > 0
+        await asyncio.to_thread(video.delete_archive, archive.id)
+        assert (await asyncio.to_thread(video.get_archive, archive.id)).status == "deleted"
+        await alice.close()

@@ -249,6 +249,7 @@ async def archive_streams(
     response_class=FileResponse,
     responses={
         200: {"description": "The archive's file", "content": {"application/octet-stream": {}}},
+        400: {"model": ErrorBody, "description": "expires or signature missing or malformed"},
         403: {"model": ErrorBody, "description": "A wrong signature, or the URL expired"},
         404: {"model": ErrorBody, "description": "No such archive file"},
     },
