@@ -114,7 +114,9 @@ class FileRecorder:
 
 
 def config(data_dir: pathlib.Path, recorder: FileRecorder | None, **archives: Any) -> ServerConfig:
-    recorders = {} if recorder is None else {"composed": recorder, "individual": recorder}
+    recorders = (
+        {} if recorder is None else {"composed": lambda media: recorder, "individual": lambda media: recorder}
+    )
     callback_url = archives.pop("callback_url", None)
     return ServerConfig(
         port=0,
@@ -124,7 +126,7 @@ def config(data_dir: pathlib.Path, recorder: FileRecorder | None, **archives: An
         signalling=SignallingConfig(heartbeat_interval=0.5, heartbeat_timeout=2.0),
         media=False,
         callbacks=FAST,
-        archive_recorders=recorders,  # type: ignore[arg-type]
+        archive_recorders=recorders,
         archives=ArchiveConfig(**archives),
         callback_url=callback_url,
     )

@@ -79,6 +79,7 @@ def test_archive_exports() -> None:
         "OutputMode",
         "RecordedStream",
         "Recorder",
+        "RecorderFactory",
         "Recording",
         "RecordingFailed",
         "RecordingResult",

@@ -68,6 +68,7 @@ __all__ = [
     "NotManualError",
     "RecordedStream",
     "Recorder",
+    "RecorderFactory",
     "Recording",
     "RecordingFailed",
     "RecordingResult",
@@ -158,6 +159,12 @@ class Recorder(Protocol):
         :raises RecordingFailed: when nothing usable is there.
         """
         ...
+
+
+#: Makes the recorder of one output mode once the server's media plane exists (it is given
+#: the :class:`~salon.media.plane.SfuMediaPlane`, or None on a server without media):
+#: ``ServerConfig.archive_recorders`` maps ``"individual"`` and ``"composed"`` to these.
+RecorderFactory = Callable[[Any], Recorder]
 
 
 # -- configuration and requests ------------------------------------------------------------

@@ -142,7 +142,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                 config.archive_storage, config.data_dir, endpoint_url=config.archive_s3_endpoint
             ),
             config.data_dir / "archives-work",
-            recorders=config.archive_recorders,
+            recorders={mode: make(media) for mode, make in config.archive_recorders.items()},
             config=config.archives,
             emit=callbacks.emit,
         )

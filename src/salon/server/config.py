@@ -6,7 +6,7 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
-from salon.archive.service import ArchiveConfig, Recorder
+from salon.archive.service import ArchiveConfig, RecorderFactory
 from salon.callbacks.delivery import CallbackConfig
 from salon.server.limits import DEFAULT_MAX_BODY_SIZE
 from salon.signalling.ice import DEFAULT_TURN_TTL, IceSettings
@@ -69,8 +69,9 @@ class ServerConfig:
         ``s3://bucket/prefix`` (``--archive-storage``; credentials as boto3 finds them).
     :param archive_s3_endpoint: the S3 endpoint URL (``--archive-s3-endpoint``), for
         S3-compatible storage other than AWS.
-    :param archive_recorders: the recorder of each output mode (``"individual"``,
-        ``"composed"``); a mode without one records nothing and its archives fail.
+    :param archive_recorders: what makes the recorder of each output mode (``"individual"``,
+        ``"composed"``), given the media plane once it runs; a mode without one records
+        nothing and its archives fail.
     :param debug_endpoints: serve ``GET /debug/processes`` (``SALON_DEBUG_ENDPOINTS=1``;
         :mod:`salon.server.debug`), for ``salon bench soak``.
     """
@@ -107,7 +108,7 @@ class ServerConfig:
     archives: ArchiveConfig = field(default_factory=ArchiveConfig)
     archive_storage: str | None = None
     archive_s3_endpoint: str | None = None
-    archive_recorders: dict[str, Recorder] = field(default_factory=dict, repr=False)
+    archive_recorders: dict[str, RecorderFactory] = field(default_factory=dict, repr=False)
 
     @property
     def store_url(self) -> str:
