@@ -1,14 +1,18 @@
-"""The archives table on SQLite and PostgreSQL: written, updated, listed newest first."""
+"""The archives table on SQLite and PostgreSQL: written, updated, listed newest first; and the
+server's archive lifecycle on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import pathlib
 
 import pytest
 
 from salon.errors import ConflictError, InvalidRequestError
+from salon.server.run import ServerThread
 from salon.store import ArchiveRecord, Store
+from tests.functional.test_archives import FileRecorder, Server, config, wait_status
 from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
@@ -85,3 +89,22 @@ async def test_archives_on_sqlite(tmp_path: pathlib.Path) -> None:
 
 async def test_archives_on_postgresql(postgres_url: str) -> None:
     await check_archives(postgres_url)
+
+
+async def test_the_archive_lifecycle_on_postgresql(tmp_path: pathlib.Path, postgres_url: str) -> None:
+    """The server's archives on PostgreSQL: started, listed, stopped, available, deleted."""
+    recorder = FileRecorder()
+    settings = dataclasses.replace(config(tmp_path, recorder), database_url=postgres_url)
+    with ServerThread(settings) as thread:
+        server = Server(thread, recorder)
+        sid = await asyncio.to_thread(server.session)
+        alice = await server.join(sid)
+        archive = await server.call("start_archive", sid, name="pg")
+        await wait_status(server, archive.id, "paused")
+        assert [a.id for a in (await server.call("list_archives", session_id=sid)).items] == [archive.id]
+        await server.call("stop_archive", archive.id)
+        available = await wait_status(server, archive.id, "available")
+        assert available.size > 0 and available.name == "pg"
+        await server.call("delete_archive", archive.id)
+        assert (await server.call("get_archive", archive.id)).status == "deleted"
+        await alice.close()
