@@ -789,3 +789,52 @@ async def test_vonage_video_drives_archives_over_https(
         await asyncio.to_thread(video.delete_archive, archive.id)
         assert (await asyncio.to_thread(video.get_archive, archive.id)).status == "deleted"
         await alice.close()
+
+
+async def test_a_server_killed_mid_recording_fails_or_finishes_its_archives_on_restart(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``kill -9`` of ``salon serve`` (which has no recorder yet: nothing on disk to recover)
+    while an archive records: after the restart it ends ``failed`` with the restart as its
+    reason, never left ``started``; one stopped before the kill has ended too."""
+    from tests.serveproc import ServeProcess
+
+    with ServeProcess(tmp_path, API_KEY, API_SECRET, ["--no-media"]) as first:
+        sdk = opentok.Client(API_KEY, API_SECRET, api_url=first.url)
+        sid = str(
+            (await asyncio.to_thread(sdk.create_session, media_mode=opentok.MediaModes.routed)).session_id
+        )
+        alice = await WsClient.join(first.url, sid, str(sdk.generate_token(sid)))
+        recording = await asyncio.to_thread(sdk.start_archive, sid, name="killed")
+        stopped = await asyncio.to_thread(sdk.start_archive, sid, multi_archive_tag="b")
+        await asyncio.to_thread(sdk.stop_archive, stopped.id)
+        assert first.proc is not None
+        first.proc.kill()  # SIGKILL: no shutdown path runs
+        await asyncio.to_thread(first.proc.wait, 10)
+        await alice.close()
+    with ServeProcess(tmp_path, API_KEY, API_SECRET, ["--no-media"]) as second:
+        sdk = opentok.Client(API_KEY, API_SECRET, api_url=second.url)
+        for archive_id in (recording.id, stopped.id):
+            deadline = time.monotonic() + 30
+            while (archive := await asyncio.to_thread(sdk.get_archive, archive_id)).status != "failed":
+                assert time.monotonic() < deadline, archive.status
+                await asyncio.sleep(0.05)
+        body = httpx.get(f"{second.url}/v2/project/{API_KEY}/archive/{recording.id}", headers=auth_header())
+        assert body.json()["reason"].startswith("the server restarted while the archive was recorded")
+        assert body.json()["name"] == "killed"
+
+
+async def test_a_server_shutting_down_stops_and_stores_its_archives(tmp_path: pathlib.Path) -> None:
+    with running(tmp_path) as server:
+        sid = await asyncio.to_thread(server.session)
+        alice = await server.join(sid)
+        archive = await server.call("start_archive", sid)
+        await alice.close()
+    with running(tmp_path) as server:
+        done = await server.call("get_archive", archive.id)
+        assert done.status == "available" and done.size > 0
+        body = httpx.get(
+            f"{server.url}/v2/project/{API_KEY}/archive/{archive.id}", headers=auth_header()
+        ).json()
+        assert body["reason"] == "the server shut down"
+        assert httpx.get(done.url).status_code == 200
