@@ -592,7 +592,7 @@ async def test_download_urls_are_signed_and_expire(server: Server) -> None:
 
 
 async def test_archives_expire_after_the_retention_period(tmp_path: pathlib.Path) -> None:
-    with running(tmp_path, retention=2.0) as server:
+    with running(tmp_path, retention=6.0) as server:  # long enough to see it available first
         sid = await asyncio.to_thread(server.session)
         alice = await server.join(sid)
         archive = await server.call("start_archive", sid)
