@@ -72,6 +72,9 @@ class FileRecording:
     async def set_layout(self, layout: Layout) -> None:
         self.write(f"layout {layout.type} {layout.stylesheet}")
 
+    async def set_stream_classes(self, stream_id: str, classes: tuple[str, ...]) -> None:
+        self.write(f"classes {stream_id} {' '.join(classes)}")
+
     async def stop(self) -> RecordingResult:
         self.write("stop")
         self.file.close()
@@ -367,6 +370,7 @@ async def test_stop_get_delete_errors(server: Server) -> None:
 async def test_set_layout_reaches_the_recorder_and_bad_layouts_are_refused(server: Server) -> None:
     sid = await asyncio.to_thread(server.session)
     alice = await server.join(sid)
+    stream = await publish(alice)
     archive = await server.call("start_archive", sid)
     stylesheet = "stream.instructor { position: absolute; width: 100%; height: 50%; }"
     await server.call("set_archive_layout", archive.id, "custom", stylesheet=stylesheet)
@@ -379,7 +383,15 @@ async def test_set_layout_reaches_the_recorder_and_bad_layouts_are_refused(serve
     assert r.status_code == 200 and r.json()["layout"]["type"] == "custom"
     r = httpx.put(url, json={"type": "bestFit", "screenshareType": "pip"}, headers=auth_header())
     assert r.status_code == 200 and r.json()["layout"] == {"type": "bestFit", "screenshareType": "pip"}
+    # A stream's class list changed through the REST API reaches the recording.
+    r = httpx.put(
+        f"{server.url}/v2/project/{API_KEY}/session/{sid}/stream",
+        json={"items": [{"id": stream, "layoutClassList": ["focus", "big"]}]},
+        headers=auth_header(),
+    )
+    assert r.status_code == 200, r.text
     lines = server.recorder.recordings[archive.id].lines
+    assert f"classes {stream} focus big" in lines
     assert (
         f"layout custom {stylesheet}" in lines and "layout custom .focus { width: 100%; z-index: 2 }" in lines
     )
