@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from salon.archive.models import RESOLUTIONS
+from salon.archive.service import ArchiveService
 from salon.errors import InvalidRequestError, NotFoundError
 from salon.ids import encode_session_id
 from salon.server.auth import authenticate, rest_jwt
@@ -281,8 +283,19 @@ async def create_session(
     e2ee = _bool(options.get("e2ee", "false"), "e2ee")
     store: Store = request.app.state.store
     session_id = encode_session_id(project.api_key, location)
+    # archiveMode always: the automatic archive's name and resolution (an unknown resolution
+    # takes the default; salon.archive).
+    archive_name = options.get("archiveName", "").replace("\x00", "")[:255] or None
+    archive_resolution = options.get("archiveResolution", "").lower()
     record = await store.create_session(
-        project.api_key, session_id, media_mode=mode, archive_mode=archive_mode, location=location, e2ee=e2ee
+        project.api_key,
+        session_id,
+        media_mode=mode,
+        archive_mode=archive_mode,
+        location=location,
+        e2ee=e2ee,
+        archive_name=archive_name,
+        archive_resolution=archive_resolution if archive_resolution in RESOLUTIONS else None,
     )
     reg.remember_session(record)
     body = [
@@ -349,13 +362,22 @@ async def get_stream(
     responses=ERRORS,
 )
 async def set_stream_class_lists(
-    sessionId: str, body: ClassListBody, project: ProjectDep, reg: RegistryDep, service: SignallingDep
+    sessionId: str,
+    body: ClassListBody,
+    request: Request,
+    project: ProjectDep,
+    reg: RegistryDep,
+    service: SignallingDep,
 ) -> StreamList:
     await session_of(project, reg, sessionId)
     session = live(service, sessionId)
     if session is None:
         raise NotFoundError("stream not found")
     streams = session.set_layout_class_lists({item.id: item.layoutClassList for item in body.items})
+    archives: ArchiveService | None = getattr(request.app.state, "archives", None)
+    if archives is not None:  # a composed archive's layout follows the classes
+        changed = {s.stream_id: tuple(s.layout_class_list) for s in streams}
+        await archives.stream_classes_changed(sessionId, changed)
     return StreamList(count=len(streams), items=[stream_body(s) for s in streams])
 
 

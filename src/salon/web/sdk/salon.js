@@ -508,7 +508,7 @@ export class Subscriber extends Emitter {
  * One connection to a salon session. Events (OpenTok.js names): connectionCreated,
  * connectionDestroyed, streamCreated, streamDestroyed, streamPropertyChanged, signal,
  * signal:TYPE, sessionDisconnected, sessionReconnecting, sessionReconnected ({resumed}),
- * audioLevelUpdated, activeSpeaker, muteForced.
+ * audioLevelUpdated, activeSpeaker, muteForced, archiveStarted, archiveStopped.
  *
  * Reconnection, as OpenTok does it (docs/protocol.md §2.7): when the socket drops, the SDK
  * emits `sessionReconnecting` and resumes its connection with the secret of its last
@@ -822,6 +822,12 @@ export class Session extends Emitter {
         break;
       case "active_speaker":
         this.emit("activeSpeaker", { streamId: msg.stream_id, stream: msg.stream_id ? this.streams.get(msg.stream_id) || null : null });
+        break;
+      case "archive_started":
+        this.emit("archiveStarted", { id: msg.archive_id, name: msg.name ?? "" });
+        break;
+      case "archive_stopped":
+        this.emit("archiveStopped", { id: msg.archive_id, name: msg.name ?? "" });
         break;
       default:
         break;
