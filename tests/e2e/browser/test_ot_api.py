@@ -1,0 +1,193 @@
+"""OpenTok.js semantics of salon's OT in Chromium, beyond the tutorial apps: return values
+(publish and subscribe give their objects at once), cancelable default actions, handler
+forms, insertDefaultUI false, targeted signals, and OpenTok's error names and codes."""
+
+from __future__ import annotations
+
+import pytest
+from ot_helpers import open_ot_page
+from playwright.async_api import Browser
+
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.timeout(240)
+
+BODY = '<div id="pub"></div><div id="subs"></div><div id="kept"></div>'
+
+#: Shared page code: connect a session (a promise), wait for a condition.
+PRELUDE = """
+window.connectSession = (apiKey, sessionId, token) => new Promise((resolve, reject) => {
+    const s = OT.initSession(apiKey, sessionId);
+    s.connect(token, (err) => (err ? reject(err) : resolve(s)));
+});
+window.until = (test, what, ms = 20000) => new Promise((resolve, reject) => {
+    const deadline = Date.now() + ms;
+    const tick = () => {
+        const value = test();
+        if (value) return resolve(value);
+        if (Date.now() > deadline) return reject(new Error(`timed out waiting for ${what}`));
+        setTimeout(tick, 50);
+    };
+    tick();
+});
+"""
+
+
+async def test_publish_subscribe_and_default_actions(browser: Browser, server: RunningServer) -> None:
+    session_id = server.session()
+    page = await open_ot_page(browser, server.url, "api", body=BODY)
+    await page.add_script_tag(content=PRELUDE)
+    result = await page.evaluate(
+        """async ([apiKey, sessionId, tokenA, tokenB]) => {
+            const out = {};
+            const a = await connectSession(apiKey, sessionId, tokenA);
+            const b = await connectSession(apiKey, sessionId, tokenB);
+            // on({type: handler}, context), space-separated types, once and off.
+            const context = {created: 0, once: 0, both: []};
+            b.on({streamCreated: function () { this.created += 1; }}, context);
+            b.once("streamCreated", () => { context.once += 1; });
+            const dropped = () => { context.dropped = true; };
+            b.on("streamCreated", dropped);
+            b.off("streamCreated", dropped);
+            b.on("streamCreated streamDestroyed", (e) => context.both.push(e.type));
+
+            // publish(target, properties, handler) returns the Publisher at once; with
+            // insertDefaultUI false nothing is inserted, videoElementCreated gives the video.
+            let element = null;
+            let published = false;
+            const publisher = a.publish("pub", {name: "Cam", insertDefaultUI: false}, (err) => {
+                if (err) throw err;
+                published = true;
+            });
+            out.publishReturned = publisher instanceof OT.Publisher && !published;
+            publisher.on("videoElementCreated", (e) => { element = e.element; });
+            await until(() => published && element, "publish");
+            out.noWidget = document.querySelector("#pub").children.length === 0;
+            out.videoElement = element instanceof HTMLVideoElement && !element.isConnected;
+
+            // subscribe returns the Subscriber before its handler runs.
+            const stream = await until(() => b.streams.find({name: "Cam"}), "the stream at b");
+            out.findByFunction = b.streams.where((s) => s.streamId === stream.streamId).length === 1;
+            let subscribed = false;
+            const sub1 = b.subscribe(stream, "subs", {insertMode: "append", width: 200, height: 150},
+                                     (err) => { if (err) throw err; subscribed = true; });
+            out.subscribeReturned = sub1 instanceof OT.Subscriber && !subscribed;
+            await until(() => subscribed, "subscribed");
+            out.subscribersForStream = b.getSubscribersForStream(stream).length === 1
+                && b.getSubscribersForStream(stream)[0] === sub1;
+            out.publisherForStream = a.getPublisherForStream(publisher.stream) === publisher;
+            const widget = sub1.element;
+            out.widgetSize = [widget.offsetWidth, widget.offsetHeight];
+
+            // The video goes off: the stream's property changes, the subscriber says why and
+            // its widget shows the poster.
+            const changes = [];
+            b.on("streamPropertyChanged", (e) => changes.push([e.changedProperty, e.oldValue, e.newValue]));
+            const disabled = new Promise((r) => sub1.once("videoDisabled", (e) => r(e.reason)));
+            publisher.publishVideo(false);
+            out.disabledReason = await disabled;
+            out.changes = changes;
+            out.poster = widget.classList.contains("OT_audio-only");
+
+            // streamDestroyed prevented: the subscriber's element stays; the publisher's
+            // streamDestroyed prevented: the publisher is not destroyed.
+            b.on("streamDestroyed", (e) => { e.preventDefault(); out.prevented = e.isDefaultPrevented(); });
+            publisher.on("streamDestroyed", (e) => { out.publisherReason = e.reason; e.preventDefault(); });
+            let publisherDestroyed = false;
+            publisher.on("destroyed", () => { publisherDestroyed = true; });
+            a.unpublish(publisher);
+            await until(() => out.prevented && out.publisherReason, "streamDestroyed");
+            await new Promise((r) => setTimeout(r, 300));
+            out.keptElement = widget.isConnected;
+            out.publisherKept = !publisherDestroyed;
+            out.context = context;
+            return out;
+        }""",
+        [server.api_key, session_id, server.token(session_id), server.token(session_id)],
+    )
+    assert result["publishReturned"] and result["subscribeReturned"], result
+    assert result["noWidget"] and result["videoElement"], result
+    assert result["findByFunction"] and result["subscribersForStream"] and result["publisherForStream"]
+    assert result["widgetSize"] == [200, 150]
+    assert result["disabledReason"] == "publishVideo"
+    assert result["changes"] == [["hasVideo", True, False]] and result["poster"] is True
+    assert result["prevented"] is True and result["keptElement"] is True
+    assert result["publisherReason"] == "unpublished" and result["publisherKept"] is True
+    assert result["context"] == {"created": 1, "once": 1, "both": ["streamCreated", "streamDestroyed"]}
+
+
+async def test_targeted_signals_and_opentok_error_codes(browser: Browser, server: RunningServer) -> None:
+    session_id = server.session()
+    page = await open_ot_page(browser, server.url, "errors", body=BODY)
+    await page.add_script_tag(content=PRELUDE)
+    result = await page.evaluate(
+        """async ([apiKey, sessionId, tokenA, tokenB, tokenC, viewerToken]) => {
+            const out = {};
+            const exceptions = [];
+            OT.on("exception", (e) => exceptions.push(e.code));
+            // Before connect: subscribe and signal fail with OT_NOT_CONNECTED (1010).
+            const idle = OT.initSession(apiKey, sessionId);
+            await new Promise((r) => idle.signal({data: "x"}, (err) => {
+                out.signalBefore = [err.name, err.code];
+                r();
+            }));
+            const a = await connectSession(apiKey, sessionId, tokenA);
+            const b = await connectSession(apiKey, sessionId, tokenB);
+            const c = await connectSession(apiKey, sessionId, tokenC);
+            // A signal to one connection reaches only it, from the sender's Connection.
+            const got = {b: [], c: []};
+            b.on("signal:chat", (e) => got.b.push([
+                e.type, e.data, e.from.connectionId === a.connection.connectionId,
+                e.from === b.connections.get(a.connection.connectionId)]));
+            c.on("signal", (e) => got.c.push(e.type));
+            await new Promise((r, j) => a.signal({type: "chat", data: "psst", to: b.connections.get(
+                b.connection.connectionId)}, (err) => (err ? j(err) : r())));
+            // ...the Connection object from a's own collection works as `to` as well:
+            const toB = a.connections.get(b.connection.connectionId);
+            await new Promise((r, j) => a.signal({type: "chat", data: "again", to: toB},
+                                                 (err) => (err ? j(err) : r())));
+            await until(() => got.b.length === 2, "two signals at b");
+            await new Promise((r) => setTimeout(r, 300));
+            out.signals = got;
+            // A publisher token cannot moderate: OT_PERMISSION_DENIED with OpenTok's codes.
+            await new Promise((r) => a.forceDisconnect(c.connection, (err) => {
+                out.forceDisconnect = [err.name, err.code];
+                r();
+            }));
+            // A subscriber token cannot publish.
+            const viewer = await connectSession(apiKey, sessionId, viewerToken);
+            out.capabilities = [viewer.capabilities.publish, viewer.capabilities.subscribe,
+                                a.capabilities.forceDisconnect];
+            await new Promise((r) => viewer.publish("pub", {}, (err) => {
+                if (err) { out.publish = [err.name, err.code]; r(); }
+            }));
+            // An unknown session ID fails connect with OT_AUTHENTICATION_ERROR or OT_INVALID_SESSION_ID.
+            const other = OT.initSession(apiKey, "2_MX4" + "0".repeat(20));
+            await new Promise((r) => other.connect(tokenA, (err) => {
+                out.wrongSession = [err.name, err.code];
+                r();
+            }));
+            out.exceptions = exceptions;
+            out.stillConnected = a.isConnected() && c.isConnected();
+            return out;
+        }""",
+        [
+            server.api_key,
+            session_id,
+            server.token(session_id),
+            server.token(session_id),
+            server.token(session_id),
+            server.token(session_id, "subscriber"),
+        ],
+    )
+    assert result["signalBefore"] == ["OT_NOT_CONNECTED", 1010]
+    assert result["signals"]["b"] == [
+        ["signal:chat", "psst", True, True],
+        ["signal:chat", "again", True, True],
+    ]
+    assert result["signals"]["c"] == []
+    assert result["forceDisconnect"] == ["OT_PERMISSION_DENIED", 1520]
+    assert result["capabilities"] == [0, 1, 0]
+    assert result["publish"] == ["OT_PERMISSION_DENIED", 1500]
+    assert result["wrongSession"] == ["OT_AUTHENTICATION_ERROR", 1004]
+    assert result["exceptions"] == [1010, 1520, 1500, 1004] and result["stillConnected"] is True
