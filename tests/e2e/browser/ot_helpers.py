@@ -19,6 +19,57 @@ BODY = """
 """
 
 
+#: The "basic video chat" tutorial's app.js, as written there (only the globals it leaves for
+#: the test to read are added: window.session/publisher/subscriber and window.errors).
+BASIC_VIDEO_CHAT = """
+var apiKey = {{API_KEY}};
+var sessionId = {{SESSION_ID}};
+var token = {{TOKEN}};
+window.errors = [];
+
+// Handling all of our errors here by alerting them
+function handleError(error) {
+  if (error) {
+    window.errors.push({name: error.name, code: error.code, message: error.message});
+  }
+}
+
+function initializeSession() {
+  var session = OT.initSession(apiKey, sessionId);
+  window.session = session;
+
+  // Subscribe to a newly created stream
+  session.on('streamCreated', function(event) {
+    window.subscriber = session.subscribe(event.stream, 'subscriber', {
+      insertMode: 'append',
+      width: '100%',
+      height: '100%'
+    }, handleError);
+  });
+
+  // Create a publisher
+  var publisher = OT.initPublisher('publisher', {
+    insertMode: 'append',
+    width: '100%',
+    height: '100%'
+  }, handleError);
+  window.publisher = publisher;
+
+  // Connect to the session
+  session.connect(token, function(error) {
+    // If the connection is successful, publish to the session
+    if (error) {
+      handleError(error);
+    } else {
+      session.publish(publisher, handleError);
+    }
+  });
+}
+
+initializeSession();
+"""
+
+
 async def open_ot_page(browser: Browser, base: str, label: str, body: str = BODY) -> Page:
     """A page of the server's origin (Chromium lets only a loopback page's WebSocket reach
     127.0.0.1) with ``body``, and ``<script src="/v2/js/opentok.js">`` loaded: the global OT."""

@@ -9,63 +9,13 @@ import time
 
 import pytest
 from browser_helpers import video_stats
-from ot_helpers import frame, open_ot_page, run_app, wait_for
+from ot_helpers import BASIC_VIDEO_CHAT, frame, open_ot_page, run_app, wait_for
 from playwright.async_api import Browser
 
 from salon.tokens import generate_token
 from tests.conftest import API_KEY, API_SECRET, RunningServer
 
 pytestmark = pytest.mark.timeout(240)
-
-#: The "basic video chat" tutorial's app.js, as written there (only the globals it leaves for
-#: the test to read are added: window.session/publisher/subscriber and window.errors).
-BASIC_VIDEO_CHAT = """
-var apiKey = {{API_KEY}};
-var sessionId = {{SESSION_ID}};
-var token = {{TOKEN}};
-window.errors = [];
-
-// Handling all of our errors here by alerting them
-function handleError(error) {
-  if (error) {
-    window.errors.push({name: error.name, code: error.code, message: error.message});
-  }
-}
-
-function initializeSession() {
-  var session = OT.initSession(apiKey, sessionId);
-  window.session = session;
-
-  // Subscribe to a newly created stream
-  session.on('streamCreated', function(event) {
-    window.subscriber = session.subscribe(event.stream, 'subscriber', {
-      insertMode: 'append',
-      width: '100%',
-      height: '100%'
-    }, handleError);
-  });
-
-  // Create a publisher
-  var publisher = OT.initPublisher('publisher', {
-    insertMode: 'append',
-    width: '100%',
-    height: '100%'
-  }, handleError);
-  window.publisher = publisher;
-
-  // Connect to the session
-  session.connect(token, function(error) {
-    // If the connection is successful, publish to the session
-    if (error) {
-      handleError(error);
-    } else {
-      session.publish(publisher, handleError);
-    }
-  });
-}
-
-initializeSession();
-"""
 
 
 async def _sees_moving_video(page: object, selector: str, who: str) -> dict[str, object]:
