@@ -131,6 +131,10 @@ async def test_targeted_signals_and_opentok_error_codes(browser: Browser, server
                 out.signalBefore = [err.name, err.code];
                 r();
             }));
+            // ...and subscribe gives no Subscriber, as in OpenTok.js (code 1501).
+            out.subscribeBefore = [idle.subscribe({streamId: "x"}, "subs", {}, (err) => {
+                out.subscribeError = [err.name, err.code];
+            }) === undefined];
             const a = await connectSession(apiKey, sessionId, tokenA);
             const b = await connectSession(apiKey, sessionId, tokenB);
             const c = await connectSession(apiKey, sessionId, tokenC);
@@ -180,7 +184,8 @@ async def test_targeted_signals_and_opentok_error_codes(browser: Browser, server
             server.token(session_id, "subscriber"),
         ],
     )
-    assert result["signalBefore"] == ["OT_NOT_CONNECTED", 1010]
+    # OpenTok.js gives signal errors HTTP-like codes.
+    assert result["signalBefore"] == ["OT_NOT_CONNECTED", 500]
     assert result["signals"]["b"] == [
         ["signal:chat", "psst", True, True],
         ["signal:chat", "again", True, True],
@@ -190,4 +195,5 @@ async def test_targeted_signals_and_opentok_error_codes(browser: Browser, server
     assert result["capabilities"] == [0, 1, 0]
     assert result["publish"] == ["OT_PERMISSION_DENIED", 1500]
     assert result["wrongSession"] == ["OT_AUTHENTICATION_ERROR", 1004]
-    assert result["exceptions"] == [1010, 1520, 1500, 1004] and result["stillConnected"] is True
+    assert result["subscribeBefore"] == [True] and result["subscribeError"] == ["OT_NOT_CONNECTED", 1501]
+    assert result["exceptions"] == [500, 1501, 1520, 1500, 1004] and result["stillConnected"] is True

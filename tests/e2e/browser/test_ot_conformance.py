@@ -256,4 +256,4 @@ async def test_ot_has_every_member_and_event_of_the_definitions(
     problems += [f"{key}: listed in {MISSING_FILE.name} but not in the definitions" for key in sorted(stale)]
     assert not problems, "\n".join(problems)
     print("dispatched here:", sorted(observed))
-    assert result["signalError"] == {"name": "OT_NOT_CONNECTED", "code": 1010}
+    assert result["signalError"] == {"name": "OT_NOT_CONNECTED", "code": 500}
