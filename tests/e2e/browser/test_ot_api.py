@@ -5,6 +5,7 @@ forms, insertDefaultUI false, targeted signals, and OpenTok's error names and co
 from __future__ import annotations
 
 import pytest
+from browser_helpers import open_page
 from ot_helpers import open_ot_page
 from playwright.async_api import Browser
 
@@ -197,3 +198,46 @@ async def test_targeted_signals_and_opentok_error_codes(browser: Browser, server
     assert result["wrongSession"] == ["OT_AUTHENTICATION_ERROR", 1004]
     assert result["subscribeBefore"] == [True] and result["subscribeError"] == ["OT_NOT_CONNECTED", 1501]
     assert result["exceptions"] == [500, 1501, 1520, 1500, 1004] and result["stillConnected"] is True
+
+
+async def test_pages_on_another_origin_load_the_script_and_the_module(
+    browser: Browser, server: RunningServer
+) -> None:
+    """A page of http://localhost:PORT loads the classic script and imports the ES module from
+    http://127.0.0.1:PORT (another origin: the module needs CORS), and both talk to the server
+    they came from, not to the page's origin."""
+    session_id = server.session()
+    page_url = server.url.replace("127.0.0.1", "localhost")
+    assert page_url != server.url
+    page = await open_page(browser, "other-origin")
+    await page.goto(f"{page_url}/")
+    await page.evaluate("() => document.body.replaceChildren()")
+    await page.add_script_tag(url=f"{server.url}/v2/js/opentok.js")
+    result = await page.evaluate(
+        """async ([scriptServer, apiKey, sessionId, token1, token2]) => {
+            const connect = (ot, token) => new Promise((resolve, reject) => {
+                const s = ot.initSession(apiKey, sessionId);
+                s.connect(token, (err) => (err ? reject(err) : resolve(s)));
+            });
+            const classic = await connect(OT, token1);
+            const module = await import(scriptServer + "/v2/js/opentok.mjs");
+            const viaModule = await connect(module.default, token2);
+            // The classic session sees the module's connection arrive: the same session, same server.
+            const deadline = Date.now() + 20000;
+            while (!classic.connections.has(viaModule.connection.connectionId) && Date.now() < deadline) {
+                await new Promise((r) => setTimeout(r, 50));
+            }
+            const out = {
+                pageOrigin: location.origin,
+                classicConnected: classic.isConnected(),
+                moduleConnected: viaModule.isConnected(),
+                sameSession: classic.connections.has(viaModule.connection.connectionId),
+            };
+            classic.disconnect();
+            viaModule.disconnect();
+            return out;
+        }""",
+        [server.url, server.api_key, session_id, server.token(session_id), server.token(session_id)],
+    )
+    assert result["pageOrigin"] == page_url
+    assert result["classicConnected"] and result["moduleConnected"] and result["sameSession"], result
