@@ -241,3 +241,63 @@ async def test_pages_on_another_origin_load_the_script_and_the_module(
     )
     assert result["pageOrigin"] == page_url
     assert result["classicConnected"] and result["moduleConnected"] and result["sameSession"], result
+
+
+async def test_switching_camera_and_microphone_keeps_the_stream(
+    browser: Browser, server: RunningServer
+) -> None:
+    """cycleVideo / setVideoSource / setAudioSource replace the tracks in place: the stream
+    and the subscription stay, and the subscriber goes on receiving."""
+    session_id = server.session()
+    page = await open_ot_page(browser, server.url, "switch", body=BODY)
+    await page.add_script_tag(content=PRELUDE)
+    result = await page.evaluate(
+        """async ([apiKey, sessionId, tokenA, tokenB]) => {
+            const a = await connectSession(apiKey, sessionId, tokenA);
+            const b = await connectSession(apiKey, sessionId, tokenB);
+            const publisher = await a.publish.promise("pub", {insertMode: "append"});
+            const stream = await until(() => b.streams.get(publisher.stream.streamId), "the stream at b");
+            const sub = await b.subscribe.promise(stream, "subs", {insertMode: "append"});
+            const received = async () => (await sub.getStats()).video.bytesReceived;
+            const flowing = async (what) => {
+                const before = await received();
+                const deadline = Date.now() + 15000;
+                while (Date.now() < deadline) {
+                    await new Promise((r) => setTimeout(r, 200));
+                    if (await received() > before) return true;
+                }
+                throw new Error(`no video received after ${what}`);
+            };
+            await flowing("subscribing");
+            const oldVideo = publisher.getVideoSource().track;
+            const cycled = await publisher.cycleVideo();
+            const newVideo = publisher.getVideoSource().track;
+            await flowing("cycleVideo");
+            const oldAudio = publisher.getAudioSource();
+            const changed = new Promise((r) => publisher.once("audioInputDeviceChanged", (e) => r(e.device)));
+            const mic = await OT.getUserMedia({videoSource: null});
+            await publisher.setAudioSource(mic.getAudioTracks()[0]);
+            const device = await changed;
+            const devices = await OT.getDevices();
+            return {
+                cycledTo: typeof cycled.deviceId === "string" && cycled.deviceId.length > 0,
+                replaced: newVideo !== oldVideo && oldVideo.readyState === "ended"
+                    && newVideo.readyState === "live",
+                type: publisher.getVideoSource().type,
+                audioReplaced: publisher.getAudioSource() !== oldAudio && oldAudio.readyState === "ended",
+                device: typeof device.deviceId === "string",
+                sameStream: publisher.stream.streamId === stream.streamId && b.streams.length() === 1,
+                kinds: [...new Set(devices.map((d) => d.kind))].sort(),
+            };
+        }""",
+        [server.api_key, session_id, server.token(session_id), server.token(session_id)],
+    )
+    assert result == {
+        "cycledTo": True,
+        "replaced": True,
+        "type": "camera",
+        "audioReplaced": True,
+        "device": True,
+        "sameStream": True,
+        "kinds": ["audioInput", "videoInput"],
+    }
