@@ -279,7 +279,16 @@ async def test_switching_camera_and_microphone_keeps_the_stream(
             await publisher.setAudioSource(mic.getAudioTracks()[0]);
             const device = await changed;
             const devices = await OT.getDevices();
+            // Snapshots of both ends (base64 PNGs, as OpenTok.js gives them), then the
+            // subscriber turns its video off: videoDisabled (subscribeToVideo) and the poster.
+            const snapshots = [publisher.getImgData(), sub.getImgData()].map((d) => d && d.slice(0, 8));
+            const disabled = new Promise((r) => sub.once("videoDisabled", (e) => r(e.reason)));
+            sub.subscribeToVideo(false);
+            const disabledReason = await disabled;
             return {
+                snapshots,
+                disabledReason,
+                poster: sub.element.classList.contains("OT_audio-only"),
                 cycledTo: typeof cycled.deviceId === "string" && cycled.deviceId.length > 0,
                 replaced: newVideo !== oldVideo && oldVideo.readyState === "ended"
                     && newVideo.readyState === "live",
@@ -293,6 +302,9 @@ async def test_switching_camera_and_microphone_keeps_the_stream(
         [server.api_key, session_id, server.token(session_id), server.token(session_id)],
     )
     assert result == {
+        "snapshots": ["iVBORw0K", "iVBORw0K"],  # the PNG signature
+        "disabledReason": "subscribeToVideo",
+        "poster": True,
         "cycledTo": True,
         "replaced": True,
         "type": "camera",
