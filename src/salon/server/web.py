@@ -60,9 +60,22 @@ class _CorsStaticFiles(StaticFiles):
         return response
 
 
+#: Bundles made by this process, by the sources' modification times (servers started again in
+#: one process, as the tests do, bundle only when a source changed).
+_BUILT: dict[tuple[tuple[str, int], ...], dict[str, _Script]] = {}
+
+
 def _bundle_scripts() -> dict[str, _Script]:
     """Bundle each script once (at start-up: a module the bundler refuses stops the server)."""
     sdk = WEB_DIR / "sdk"
+    sources = tuple(sorted((str(p), p.stat().st_mtime_ns) for p in sdk.rglob("*.js")))
+    if sources not in _BUILT:
+        _BUILT.clear()
+        _BUILT[sources] = _bundle_now(sdk)
+    return _BUILT[sources]
+
+
+def _bundle_now(sdk: pathlib.Path) -> dict[str, _Script]:
     built: dict[tuple[str, str], _Script] = {}
     scripts = {}
     for url, (entry, fmt) in OPENTOK_SCRIPTS.items():
