@@ -319,3 +319,31 @@ async def test_switching_camera_and_microphone_keeps_the_stream(
         "sameStream": True,
         "kinds": ["audioInput", "videoInput"],
     }
+
+
+async def test_cpu_performance_changes_are_dispatched(browser: Browser, server: RunningServer) -> None:
+    """cpuPerformanceChanged follows the Compute Pressure API's CPU state, emulated through the
+    DevTools protocol, once per change."""
+    session_id = server.session()
+    page = await open_ot_page(browser, server.url, "cpu", body=BODY)
+    await page.add_script_tag(content=PRELUDE)
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("Emulation.setPressureSourceOverrideEnabled", {"enabled": True, "source": "cpu"})
+    await cdp.send("Emulation.setPressureStateOverride", {"source": "cpu", "state": "nominal"})
+    await page.evaluate(
+        """async ([apiKey, sessionId, token]) => {
+            window.states = [];
+            const s = OT.initSession(apiKey, sessionId);
+            s.on("cpuPerformanceChanged", (e) => window.states.push([e.cpuPerformanceState, e.target === s]));
+            await new Promise((resolve, reject) => {
+                s.connect(token, (err) => (err ? reject(err) : resolve()));
+            });
+        }""",
+        [server.api_key, session_id, server.token(session_id)],
+    )
+    await page.wait_for_function("window.states.length === 1", timeout=20000)
+    for state in ("serious", "critical"):
+        await cdp.send("Emulation.setPressureStateOverride", {"source": "cpu", "state": state})
+        await page.wait_for_function(f"window.states.some(([s]) => s === '{state}')", timeout=20000)
+    # The observer samples every second; each change is dispatched once.
+    assert await page.evaluate("window.states") == [["nominal", True], ["serious", True], ["critical", True]]
