@@ -422,3 +422,45 @@ async def test_max_video_bitrate_and_presets(browser: Browser, server: RunningSe
         0,
     ]
     await _wait_rate(page, lambda rate: rate > 150_000, "rose again once uncapped")
+
+
+async def test_static_functions(browser: Browser, server: RunningServer) -> None:
+    """OT's functions that need no session: system and screen-sharing checks, codecs, audio
+    outputs, log level."""
+    page = await open_ot_page(browser, server.url, "static", body=BODY)
+    result = await page.evaluate(
+        """async () => {
+            const outputs = await OT.getAudioOutputDevices();
+            const bad = await OT.setAudioOutputDevice("no-such-device")
+                .then(() => null, (e) => [e.name, e.code]);
+            await OT.setAudioOutputDevice("default");
+            const active = await OT.getActiveAudioOutputDevice();
+            let screen = null;
+            const response = await OT.checkScreenSharingCapability((r) => { screen = r; });
+            const codecs = await OT.getSupportedCodecs();
+            OT.setLogLevel(OT.DEBUG);
+            OT.setLogLevel(OT.ERROR);
+            return {
+                system: OT.checkSystemRequirements(),
+                outputsAreDevices: Array.isArray(outputs)
+                    && outputs.every((o) => "deviceId" in o && "label" in o),
+                bad, active: active.deviceId,
+                screen: [screen === response, response.supported, response.supportedSources.screen],
+                encoders: codecs.videoEncoders.sort(), decoders: codecs.videoDecoders.sort(),
+                mediaProcessors: OT.hasMediaProcessorSupport(), e2ee: OT.hasEndToEndEncryptionSupport(),
+                version: OT.version,
+            };
+        }"""
+    )
+    assert result == {
+        "system": 1,
+        "outputsAreDevices": True,
+        "bad": ["OT_INVALID_AUDIO_OUTPUT_SOURCE", 1011],
+        "active": "default",
+        "screen": [True, True, True],
+        "encoders": ["H264", "VP8"],
+        "decoders": ["H264", "VP8"],
+        "mediaProcessors": False,
+        "e2ee": False,
+        "version": "2.35.2",
+    }
