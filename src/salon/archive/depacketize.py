@@ -286,7 +286,8 @@ class FrameAssembler:
             pending = self._pending = _Pending(
                 packet.timestamp, packet.sequence_number, packet.sequence_number
             )
-            pending.holes = part is None or not part.frame_start
+            # Packets lost just before a new frame may have been its first ones.
+            pending.holes = part is None or not part.frame_start or lost_before > 0
             if part is not None and part.frame_start:
                 pending.started = True
         elif lost_before:

@@ -45,7 +45,6 @@ from salon.archive.depacketize import (
     DepacketizeError,
     Frame,
     FrameAssembler,
-    avcc_record,
     parse_rtp,
     vp8_dimensions,
 )
@@ -67,6 +66,9 @@ logger = logging.getLogger(__name__)
 
 #: Longest cluster written (ms): what an archiver killed mid-recording can lose at most.
 CLUSTER_MS = 200
+#: Longest a track's packets wait for the other track's in the muxer (µs): a muted or stalled
+#: track must not hold the other one's packets in memory.
+INTERLEAVE_US = 300_000
 #: Seconds the container waits for the tracks' first frames before opening with what it has.
 OPEN_TIMEOUT = 4.0
 #: A timestamp that disagrees with arrival time by more than this (s) re-anchors the mapping.
@@ -75,6 +77,9 @@ REANCHOR_AFTER = 5.0
 KEY_FRAME_RETRY = 0.5
 #: How long a hole in the sequence is held open for a retransmission (s), by kind.
 MAX_DELAY = {"audio": 0.3, "video": 1.0}
+#: How long a track's first packets are held before the first is released (s): the recording
+#: starts at the lowest sequence number that came in that time, not at the first to arrive.
+START_HOLD = 0.1
 #: Packets a reorder buffer holds at most (beyond: the oldest hole is given up).
 MAX_BUFFERED = 2048
 #: Audio frames kept while the container waits to open.
@@ -137,6 +142,8 @@ class TrackRecording:
         self._next: int | None = None  # extended sequence number expected next
         self._highest = -1
         self._lost_pending = 0
+        self._released = False
+        self._first_at: float | None = None
         self._waiting_key = self.video
         self._key_asked_at = -1.0
         # Timestamp mapping.
@@ -159,8 +166,10 @@ class TrackRecording:
             return []
         self.stats.packets += 1
         ext = self._extend(packet.sequence_number)
-        if self._next is None:
-            self._next = ext
+        if self._next is None or (ext < self._next and not self._released):
+            self._next = ext  # the first packets may come out of order: start at the lowest
+        if self._first_at is None:
+            self._first_at = now
         if ext < self._next:
             self.stats.late += 1
             return []
@@ -172,6 +181,8 @@ class TrackRecording:
         if missing:
             self.stats.nacked += len(missing)
             self._feedback(self.kind, missing)
+        if not self._released and now - self._first_at < START_HOLD:
+            return []  # the first packets are held a moment, to start at the lowest
         out = self._release(now)
         if len(self._buffer) > MAX_BUFFERED:
             out += self._skip_hole(now)
@@ -180,6 +191,8 @@ class TrackRecording:
     def poll(self, now: float) -> list[tuple[int, Frame]]:
         """Re-NACK, give up holes older than the track's delay, re-ask for a key frame."""
         out: list[tuple[int, Frame]] = []
+        if not self._released and self._first_at is not None and now - self._first_at >= START_HOLD:
+            out += self._release(now)
         result = self._nack.poll(now)
         if result.seqs:
             self.stats.nacked += len(result.seqs)
@@ -219,6 +232,7 @@ class TrackRecording:
         assert self._next is not None
         while self._next in buffer:
             packet, _arrival = buffer.pop(self._next)
+            self._released = True
             lost, self._lost_pending = self._lost_pending, 0
             out += self._frames(self._assembler.push(packet, lost), now)
             self._next += 1
@@ -401,7 +415,11 @@ class StreamRecording:
                 str(self.path),
                 "w",
                 format=self.format,
-                options={"cluster_time_limit": str(CLUSTER_MS), "flush_packets": "1"},
+                options={
+                    "cluster_time_limit": str(CLUSTER_MS),
+                    "flush_packets": "1",
+                    "max_interleave_delta": str(INTERLEAVE_US),
+                },
             )
         except (av.FFmpegError, OSError) as exc:
             self._fail(f"cannot create {self.path.name}: {exc}")
@@ -413,10 +431,8 @@ class StreamRecording:
                 stream: Any = container.add_stream(video.info.codec, rate=30)
                 width, height = video.dimensions or (640, 480)
                 stream.width, stream.height = width, height
-                if video.info.codec == "h264":
-                    record = avcc_record(video.parameter_sets)
-                    if record is not None:
-                        stream.codec_context.extradata = record
+                # H.264 goes in as Annex B: the Matroska muxer builds the avcC record from the
+                # first key frame's SPS and PPS (WebRTC sends them with every IDR).
                 stream.time_base = _MS
                 output.streams["video"] = stream
             audio = self.tracks.get("audio")
@@ -442,7 +458,9 @@ class StreamRecording:
         stream = output.streams.get(kind)
         if stream is None:
             return
-        packet = av.Packet(frame.data)
+        packet = av.Packet(
+            _annexb(frame.data) if kind == "video" and self.format == "matroska" else frame.data
+        )
         packet.stream = stream
         packet.time_base = _MS
         packet.pts = packet.dts = max(0, pts - self.start_ms)  # the file starts when the stream joined
@@ -477,6 +495,17 @@ class StreamRecording:
             "tracks": {k: t.dump() for k, t in self.tracks.items()},
             "error": self.error,
         }
+
+
+def _annexb(avc: bytes) -> bytes:
+    """AVC (4-byte length-prefixed) NAL units as an Annex B byte stream."""
+    out: list[bytes] = []
+    pos = 0
+    while pos + 4 <= len(avc):
+        size = struct.unpack_from("!I", avc, pos)[0]
+        out.append(b"\x00\x00\x00\x01" + avc[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+    return b"".join(out)
 
 
 @dataclass(frozen=True, slots=True)
