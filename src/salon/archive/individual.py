@@ -104,7 +104,8 @@ class TrackStats:
     packets: int = 0
     duplicates: int = 0
     late: int = 0
-    """Packets that came after their hole was given up."""
+    """Packets that came after their place in the sequence was passed: after their hole was
+    given up, or a second copy (a NACK answered twice) after the first was written."""
     lost: int = 0
     """Packets given up (never arrived in time, NACKs included)."""
     malformed: int = 0

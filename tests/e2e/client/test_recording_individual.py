@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import os
 import pathlib
@@ -27,9 +28,17 @@ import pytest
 from sdk_helpers import Recorder, auto_subscribe, session_for, wait_for
 
 from salon.archive.recorder import IndividualRecording, RecordingManager, RecordingResult, StreamSource
-from salon.client import CustomVideoSource, Publisher, SessionState, TestPatternSource, ToneSource
+from salon.client import (
+    CustomVideoSource,
+    Publisher,
+    SessionState,
+    TestPatternSource,
+    ToneSource,
+    read_test_pattern_index,
+)
 from salon.media.plane import SfuMediaPlane
 from tests.conftest import RunningServer
+from tests.e2e.lossy import drop_outgoing
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -220,3 +229,47 @@ async def test_archiver_killed_mid_recording_leaves_a_playable_file_and_the_call
     assert name == "matroska,webm" and codecs == ["opus", "vp8"]
     assert len(frames) >= 10
     assert float(frames[-1].time) <= killed_at - recording.t0 + 0.5
+
+
+async def test_recording_recovers_packets_lost_on_the_publishers_uplink(
+    media_server: RunningServer, tmp_path: pathlib.Path
+) -> None:
+    """5 % of the publisher's video RTP is dropped before it leaves (its retransmissions
+    pass): the media worker NACKs upstream, the recovered packets reach the archiver late and
+    out of order, and the file has the test pattern's frames in order without a lasting gap."""
+    server = media_server
+    sid = server.session()
+    manager = RecordingManager(media_plane(server), tmp_path / "archives")
+    async with session_for(server, sid) as alice:
+        publisher = Publisher("alice", video_source=TestPatternSource(width=320, height=240), audio=False)
+        stream = await alice.publish(publisher)
+        await media_flows(server, sid, stream.stream_id)
+        assert publisher._pc is not None
+        uplink = drop_outgoing(publisher._pc, "video", 0.05)
+        recording = await on_server(server, manager.start("archive-3", sid, [StreamSource(stream.stream_id)]))
+        deadline = time.monotonic() + 40
+        while len(uplink.dropped) < 15 or time.monotonic() - recording_started(recording) < 5:
+            assert time.monotonic() < deadline, f"in 40 s only {len(uplink.dropped)} packets were dropped"
+            await asyncio.sleep(0.1)
+        uplink.active = False
+        await asyncio.sleep(1.5)  # the last retransmissions arrive
+        result = await on_server(server, recording.stop())
+    assert result.failure is None, result.failure
+    _, archive = open_archive(result)
+    with archive:
+        data = archive.read(f"{stream.stream_id}.webm")
+    (_name, codecs), frames, _ = decode(data)
+    assert codecs == ["vp8"]
+    stats = result.stats[stream.stream_id]["tracks"]["video"]
+    indices = [read_test_pattern_index(f.to_ndarray(format="gray")) for f in frames]
+    gaps = [b - a for a, b in itertools.pairwise(indices)]
+    summary = f"{len(uplink.dropped)} dropped; archiver {stats}; largest gap {max(gaps)} frames"
+    assert indices == sorted(indices), f"frames out of order ({summary})"
+    assert max(gaps) <= 15, summary
+    span = indices[-1] - indices[0] + 1
+    assert len(frames) >= 0.9 * span, f"{len(frames)} frames of {span} ({summary})"
+    assert stats["lost"] <= 0.2 * len(uplink.dropped), summary
+
+
+def recording_started(recording: IndividualRecording) -> float:
+    return recording.t0
