@@ -145,6 +145,7 @@ class TrackRecording:
         self._lost_pending = 0
         self._released = False
         self._first_at: float | None = None
+        self._arrivals: dict[int, float] = {}
         self._waiting_key = self.video
         self._key_asked_at = -1.0
         # Timestamp mapping.
@@ -232,8 +233,12 @@ class TrackRecording:
         buffer = self._buffer
         assert self._next is not None
         while self._next in buffer:
-            packet, _arrival = buffer.pop(self._next)
+            packet, arrival = buffer.pop(self._next)
             self._released = True
+            # A frame's time is when its earliest packet arrived (not a late retransmission).
+            known = self._arrivals.get(packet.timestamp)
+            if known is None or arrival < known:
+                self._arrivals[packet.timestamp] = arrival
             lost, self._lost_pending = self._lost_pending, 0
             out += self._frames(self._assembler.push(packet, lost), now)
             self._next += 1
@@ -269,7 +274,11 @@ class TrackRecording:
                 self.parameter_sets = frame.parameter_sets
             if self.video and frame.key_frame and self.info.codec == "vp8":
                 self.dimensions = vp8_dimensions(frame.data) or self.dimensions
-            out.append((self._pts(frame.timestamp, now), frame))
+            out.append((self._pts(frame.timestamp, self._arrivals.get(frame.timestamp, now)), frame))
+        for frame in frames:
+            self._arrivals.pop(frame.timestamp, None)
+        if len(self._arrivals) > 64:  # frames that never completed
+            self._arrivals.clear()
         return out
 
     def _ask_key_frame(self, now: float) -> None:
