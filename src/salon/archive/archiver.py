@@ -305,7 +305,8 @@ class Archiver:
                     )
                     for _, m in files
                 ],
-                stats={r.stream_id: r.dump() for r in self.finished} | {"unknown_datagrams": self.unknown},
+                stats={r.stream_id: r.dump() for r in self.finished}
+                | {"unknown_datagrams": self.unknown, "cpu_time": round(time.process_time(), 3)},
             )
         )
 
