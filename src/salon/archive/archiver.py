@@ -113,6 +113,9 @@ class ArchiverFinished(_Message):
     type: Literal["finished"] = "finished"
     zip_path: str | None
     files: list[FileEntry]
+    errors: list[str] = []
+    """What went wrong with some stream's file (a full disk, a muxer error): the file holds
+    what was written before."""
     stats: dict[str, Any] = {}
 
 
@@ -305,6 +308,7 @@ class Archiver:
                     )
                     for _, m in files
                 ],
+                errors=[f"stream {r.stream_id}: {r.error}" for r in self.finished if r.error],
                 stats={r.stream_id: r.dump() for r in self.finished}
                 | {"unknown_datagrams": self.unknown, "cpu_time": round(time.process_time(), 3)},
             )

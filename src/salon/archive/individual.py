@@ -478,12 +478,12 @@ class StreamRecording:
             packet.is_keyframe = True
         try:
             output.container.mux(packet)
+        except OSError as exc:  # a full disk, an I/O error (PyAV's OSError is an FFmpegError too)
+            self._fail(f"writing {self.path.name} failed: {exc}")
+            return
         except (av.FFmpegError, ValueError) as exc:
             logger.warning("%r: dropping a %s frame the muxer refused: %s", self, kind, exc)
             self.tracks[kind].stats.frames_dropped += 1
-            return
-        except OSError as exc:  # a full disk
-            self._fail(f"writing {self.path.name} failed: {exc}")
             return
         self.tracks[kind].stats.frames += 1
 

@@ -419,7 +419,13 @@ class IndividualRecording:
                         )
                     except RecordingError:
                         pass
-        return await asyncio.shield(self.ended)
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                return await asyncio.shield(self.ended)
+        except TimeoutError:
+            logger.error("%r: the archiver did not finish within %.0f s; killing it", self, STOP_TIMEOUT)
+            await self.kill()
+            return await asyncio.shield(self.ended)
 
     async def _watch_archiver(self) -> None:
         archiver = self.archiver
@@ -445,6 +451,7 @@ class IndividualRecording:
                 files,
                 path.stat().st_size if path is not None and path.exists() else 0,
                 self._duration(),
+                failure="; ".join(finished.errors) or None,
                 stats=dict(finished.stats),
             )
         )

@@ -209,3 +209,29 @@ def test_zip_with_manifest(tmp_path: pathlib.Path) -> None:
             }
         ],
     }
+
+
+def test_a_full_disk_fails_the_file_not_the_archiver(tmp_path: pathlib.Path) -> None:
+    """Writes that fail with ENOSPC (the file is /dev/full): the stream's recording ends with
+    an error saying so, and nothing raises."""
+    (tmp_path / "s.webm").symlink_to("/dev/full")
+    video = rtp_video("vp8", encode_video("vp8", 60, (255, 0, 0)))
+    recording = StreamRecording("s", [VP8], tmp_path, feedback=Feedback())
+    for now, packet in zip(video_times(video), video, strict=True):
+        recording.push("video", packet, now)
+        recording.poll(now)
+    recording.close(3.0)
+    assert recording.closed
+    assert recording.error is not None and "s.webm" in recording.error, recording.error
+    assert recording.tracks["video"].stats.frames < 60
+
+
+def test_a_missing_directory_fails_the_file_clearly(tmp_path: pathlib.Path) -> None:
+    audio = rtp_opus(20)
+    recording = StreamRecording("s", [OPUS], tmp_path / "gone", feedback=Feedback())
+    for i, packet in enumerate(audio):
+        recording.push("audio", packet, 0.2 + i * 0.02)
+        recording.poll(0.2 + i * 0.02)
+    recording.close(1.0)
+    assert recording.error is not None and "s.webm" in recording.error and "No such file" in recording.error
+    assert not recording.written
