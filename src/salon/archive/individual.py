@@ -73,6 +73,9 @@ INTERLEAVE_US = 300_000
 OPEN_TIMEOUT = 4.0
 #: A timestamp that disagrees with arrival time by more than this (s) re-anchors the mapping.
 REANCHOR_AFTER = 5.0
+#: How fast a timeline anchored on a late first frame catches up: this fraction of the media
+#: time that passes (frames spaced up to 20 % closer until it has).
+CATCH_UP = 0.2
 #: While waiting for a key frame, ask again this often (s).
 KEY_FRAME_RETRY = 0.5
 #: How long a hole in the sequence is held open for a retransmission (s), by kind.
@@ -152,6 +155,7 @@ class TrackRecording:
         self._ts_ext: int | None = None
         self._anchor_ts = 0
         self._anchor_ms = 0.0
+        self._best_ms = 0.0
         self._last_pts = -1
         self.first_ms: int | None = None
         self.last_ms: int | None = None
@@ -287,22 +291,42 @@ class TrackRecording:
         self._feedback(self.kind, None)
 
     def _pts(self, timestamp: int, now: float) -> int:
-        """Milliseconds since the archive started, from the RTP timestamp (monotonic)."""
+        """Milliseconds since the archive started of a frame with RTP ``timestamp`` whose first
+        packet arrived at ``now`` (s): the RTP clock, anchored on the least-delayed frame.
+
+        Each frame gives an estimate of where the RTP timeline sits in archive time (its
+        arrival minus its RTP time); the lowest seen wins, since a frame can only be late. A
+        first frame delayed by an encoder's start-up backlog is caught up with by shifting the
+        anchor down at most :data:`CATCH_UP` of the media time that passes (frames come a
+        little closer together, never out of order), so the timeline ends up on real time and
+        the stream's audio and video, each anchored the same way, line up.
+        """
         rate = self.info.clock_rate
+        now_ms = now * 1000.0
         if self._ts_ext is None:
             self._ts_ext = self._anchor_ts = timestamp
-            self._anchor_ms = now * 1000.0
+            self._anchor_ms = self._best_ms = now_ms
+            media_ms = 0.0
         else:
             delta = (timestamp - self._ts_ext) & 0xFFFFFFFF
             if delta >= 0x80000000:
                 delta -= 0x100000000
+            previous_ms = (self._ts_ext - self._anchor_ts) * 1000.0 / rate
             self._ts_ext += delta
-            expected_ms = self._anchor_ms + (self._ts_ext - self._anchor_ts) * 1000.0 / rate
-            if abs(expected_ms - now * 1000.0) > REANCHOR_AFTER * 1000.0:
+            media_ms = (self._ts_ext - self._anchor_ts) * 1000.0 / rate
+            offset_ms = now_ms - media_ms
+            if abs(offset_ms - self._anchor_ms) > REANCHOR_AFTER * 1000.0:
+                # The RTP clock jumped (an encoder restart): a new timeline from this frame.
                 self.stats.reanchors += 1
                 self._anchor_ts = self._ts_ext
-                self._anchor_ms = now * 1000.0
-        pts = round(self._anchor_ms + (self._ts_ext - self._anchor_ts) * 1000.0 / rate)
+                self._anchor_ms = self._best_ms = now_ms
+                media_ms = 0.0
+            else:
+                self._best_ms = min(self._best_ms, offset_ms)
+                if self._best_ms < self._anchor_ms:
+                    step = CATCH_UP * max(0.0, media_ms - previous_ms)
+                    self._anchor_ms = max(self._best_ms, self._anchor_ms - step)
+        pts = round(self._anchor_ms + media_ms)
         pts = max(pts, self._last_pts)
         self._last_pts = pts
         if self.first_ms is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 import random
@@ -235,3 +236,32 @@ def test_a_missing_directory_fails_the_file_clearly(tmp_path: pathlib.Path) -> N
     recording.close(1.0)
     assert recording.error is not None and "s.webm" in recording.error and "No such file" in recording.error
     assert not recording.written
+
+
+def test_a_late_first_frame_does_not_delay_the_timeline(tmp_path: pathlib.Path) -> None:
+    """The encoder's start-up backlog: the first 15 frames arrive together 0.5 s late, the
+    rest on time. The timeline catches up (frames at most 20 % closer together, in order),
+    so the video ends where real time is, aligned with audio that was on time."""
+    video = rtp_video("vp8", encode_video("vp8", 90, (0, 128, 255)))
+    audio = rtp_opus(150)
+    times = video_times(video, start=0.1)
+    first = parse_rtp_header(video[0]).timestamp
+    late = [
+        max(t, 0.6) if (parse_rtp_header(p).timestamp - first) < 15 * 3000 else t
+        for t, p in zip(times, video, strict=True)
+    ]
+    events = [(t, "video", p) for t, p in zip(late, video, strict=True)]
+    events += [(0.1 + i * 0.02, "audio", p) for i, p in enumerate(audio)]
+    recording = StreamRecording("s", [VP8, OPUS], tmp_path, feedback=Feedback())
+    for now, kind, packet in sorted(events, key=lambda e: e[0]):
+        recording.push(kind, packet, now)
+        recording.poll(now)
+    recording.close(3.2)
+    frames, _ = decoded(recording.path)
+    assert len(frames) == 90
+    pts = [float(f.time) for f in frames]
+    steps = [b - a for a, b in itertools.pairwise(pts)]
+    assert min(steps) >= 0.8 / FPS - 0.002, min(steps)
+    # On real time by the end: the last frame (captured at 0.1 + 89/30 s) is within 50 ms.
+    assert abs(pts[-1] - (0.1 + 89 / FPS)) < 0.05, pts[-1]
+    assert recording.tracks["audio"].first_ms == 100
