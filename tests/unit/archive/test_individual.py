@@ -7,11 +7,14 @@ import json
 import pathlib
 import random
 import zipfile
+from typing import Any
 
 import av
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from salon.archive.individual import ManifestFile, StreamRecording, TrackInfo, write_archive_zip
-from salon.media.rtp import parse_rtp_header
+from salon.media.rtp import build_rtp, parse_rtp_header
 from tests.unit.archive.media_helpers import FPS, encode_video, rtp_opus, rtp_video
 
 VP8 = TrackInfo("video", "vp8", 90000)
@@ -265,3 +268,39 @@ def test_a_late_first_frame_does_not_delay_the_timeline(tmp_path: pathlib.Path) 
     # On real time by the end: the last frame (captured at 0.1 + 89/30 s) is within 50 ms.
     assert abs(pts[-1] - (0.1 + 89 / FPS)) < 0.05, pts[-1]
     assert recording.tracks["audio"].first_ms == 100
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from(["audio", "video"]),
+            st.integers(0, 0xFFFF),
+            st.integers(0, 0xFFFFFFFF),
+            st.booleans(),
+            st.binary(max_size=40),
+            st.floats(0, 0.5),
+        ),
+        max_size=40,
+    )
+)
+def test_arbitrary_rtp_never_breaks_a_recording(tmp_path: pathlib.Path, packets: list[Any]) -> None:
+    """Any sequence numbers, timestamps, markers and payloads, at any pace: the recording
+    drops what it cannot use and never raises; what it writes is a readable file."""
+    directory = tmp_path / str(len(list(tmp_path.iterdir())))
+    directory.mkdir()
+    recording = StreamRecording("s", [VP8, OPUS], directory, feedback=Feedback())
+    now = 0.0
+    for kind, seq, ts, marker, payload, step in packets:
+        now += step
+        data = build_rtp(
+            payload_type=96, sequence_number=seq, timestamp=ts, ssrc=1, payload=payload, marker=marker
+        )
+        recording.push(kind, data, now)
+        recording.push(kind, payload, now)  # not even RTP
+        recording.poll(now)
+    recording.close(now + 5)
+    if recording.written and recording.error is None:
+        with av.open(str(recording.path)) as container:
+            for _ in container.demux():
+                pass
