@@ -45,6 +45,7 @@ from salon.archive.depacketize import (
     DepacketizeError,
     Frame,
     FrameAssembler,
+    h264_dimensions,
     parse_rtp,
     vp8_dimensions,
 )
@@ -276,14 +277,25 @@ class TrackRecording:
                 self._waiting_key = False
             if frame.parameter_sets:
                 self.parameter_sets = frame.parameter_sets
-            if self.video and frame.key_frame and self.info.codec == "vp8":
-                self.dimensions = vp8_dimensions(frame.data) or self.dimensions
+            if self.video and frame.key_frame:
+                self.dimensions = self._dimensions(frame) or self.dimensions
             out.append((self._pts(frame.timestamp, self._arrivals.get(frame.timestamp, now)), frame))
         for frame in frames:
             self._arrivals.pop(frame.timestamp, None)
         if len(self._arrivals) > 64:  # frames that never completed
             self._arrivals.clear()
         return out
+
+    def _dimensions(self, frame: Frame) -> tuple[int, int] | None:
+        if self.info.codec == "vp8":
+            return vp8_dimensions(frame.data)
+        for unit in frame.parameter_sets:
+            if unit[0] & 0x1F == 7:
+                try:
+                    return h264_dimensions(unit)
+                except DepacketizeError:
+                    return None
+        return None
 
     def _ask_key_frame(self, now: float) -> None:
         self._key_asked_at = now

@@ -85,6 +85,10 @@ def test_h264_and_opus_to_matroska(tmp_path: pathlib.Path) -> None:
     with av.open(str(recording.path)) as container:
         assert container.format.name.startswith("matroska")
         assert container.streams.video[0].codec_context.name == "h264"
+    # The track header's PixelWidth / PixelHeight (EBML 0xB0 / 0xBA) are the SPS's 320 x 240
+    # (PyAV would report the decoded size whatever the header says).
+    header = recording.path.read_bytes()[:2000]
+    assert b"\xb0\x82\x01\x40" in header and b"\xba\x81\xf0" in header
     frames, _ = decoded(recording.path)
     assert len(frames) == 30
     blue = frames[-1].to_ndarray(format="rgb24")[120, 160]
