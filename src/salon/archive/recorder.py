@@ -23,6 +23,7 @@ packages the files left behind into the archive ZIP, and the result says what ha
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import pathlib
@@ -60,10 +61,13 @@ __all__ = [
     "RecordingPlane",
     "RecordingResult",
     "StreamSource",
+    "package_unfinished",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: The main process's journal of a recording, in its directory (:func:`package_unfinished`).
+JOURNAL = "recording.json"
 #: Seconds an archiver has to start, and to finish its files once told to stop.
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 60.0
@@ -303,6 +307,8 @@ class IndividualRecording:
         self.archiver: ArchiverProcess | None = None
         self.ended: asyncio.Future[RecordingResult] = asyncio.get_running_loop().create_future()
         self.t0 = 0.0
+        self.started_at = 0
+        """When the recording started (ms since the epoch)."""
         self._sink: tuple[str, int] = ("127.0.0.1", 0)
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
@@ -318,6 +324,8 @@ class IndividualRecording:
         """Start the archiver, then record ``streams``. Raises :class:`RecordingError`."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.t0 = time.monotonic()
+        self.started_at = int(time.time() * 1000)
+        self._write_journal()
         try:
             self.archiver = await ArchiverProcess.spawn(self.directory, self.t0, log_level=self.log_level)
         except (OSError, RecordingError, TimeoutError) as exc:
@@ -355,6 +363,7 @@ class IndividualRecording:
             ]
             entry = _Recorded(source, token, started.recorder_id, self._ms(), tracks=tracks)
             self.streams[source.stream_id] = entry
+            self._write_journal()
             try:
                 self.archiver.send(
                     AddStream(
@@ -378,6 +387,7 @@ class IndividualRecording:
             if entry is None or entry.stop_ms is not None:
                 return
             entry.stop_ms = self._ms()
+            self._write_journal()
             await self._stop_recorder(entry)
             if self.archiver is not None and not self.ended.done():
                 try:
@@ -405,6 +415,8 @@ class IndividualRecording:
                 for entry in self.streams.values():
                     if entry.stop_ms is None:
                         entry.stop_ms = stop_ms
+                self._write_journal()
+                for entry in self.streams.values():
                     await self._stop_recorder(entry)
                 if self.archiver is not None:
                     try:
@@ -470,59 +482,40 @@ class IndividualRecording:
                 if entry.stop_ms is None:
                     entry.stop_ms = stop_ms
                 await self._stop_recorder(entry)
-        files: list[tuple[pathlib.Path, ManifestFile]] = []
-        for stream_id, entry in self.streams.items():
-            for suffix in (".webm", ".mkv"):
-                path = self.directory / f"{stream_id}{suffix}"
-                if path.exists() and path.stat().st_size > 0:
-                    files.append(
-                        (
-                            path,
-                            ManifestFile(
-                                stream_id,
-                                entry.source.connection_data,
-                                path.name,
-                                path.stat().st_size,
-                                entry.start_ms,
-                                entry.stop_ms if entry.stop_ms is not None else stop_ms,
-                            ),
-                        )
-                    )
-        zip_path: pathlib.Path | None = self.directory / f"{self.archive_id}.zip"
-        assert zip_path is not None
+            self._write_journal()
         try:
-            await asyncio.to_thread(
-                write_archive_zip,
-                zip_path,
-                archive_id=self.archive_id,
-                name=self.name,
-                session_id=self.session_id,
-                created_at=self.created_at,
-                files=files,
-            )
-        except OSError as exc:
+            result = await asyncio.to_thread(package_unfinished, self.directory)
+        except (OSError, ValueError) as exc:
+            result = RecordingResult(self.archive_id, None, [], 0, round(stop_ms / 1000.0, 3))
             why = f"{why}; packaging failed: {exc}"
-            zip_path = None
-        self._end(
-            RecordingResult(
-                self.archive_id,
-                zip_path,
-                [
-                    RecordedFile(
-                        m.stream_id,
-                        m.connection_data,
-                        m.filename,
-                        m.size,
-                        m.start_offset_ms,
-                        m.stop_offset_ms,
-                    )
-                    for _, m in files
-                ],
-                zip_path.stat().st_size if zip_path is not None else 0,
-                round(stop_ms / 1000.0, 3),
-                failure=why,
-            )
-        )
+        result.failure = why
+        self._end(result)
+
+    def _write_journal(self) -> None:
+        """What the main process knows of the recording, next to its files
+        (:data:`JOURNAL`): enough to package them without the archiver, even after a restart
+        (:func:`package_unfinished`)."""
+        journal = {
+            "archive_id": self.archive_id,
+            "name": self.name,
+            "session_id": self.session_id,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "streams": {
+                stream_id: {
+                    "connection_data": e.source.connection_data,
+                    "start_ms": e.start_ms,
+                    "stop_ms": e.stop_ms,
+                }
+                for stream_id, e in self.streams.items()
+            },
+        }
+        try:
+            partial = self.directory / (JOURNAL + ".partial")
+            partial.write_text(json.dumps(journal))
+            partial.replace(self.directory / JOURNAL)
+        except OSError as exc:  # a full disk: the archiver's files tell the rest
+            logger.warning("%r: cannot write its journal: %s", self, exc)
 
     def _end(self, result: RecordingResult) -> None:
         if self.ended.done():
@@ -547,6 +540,62 @@ class IndividualRecording:
             await self.archiver.kill()
         if self._watch is not None:
             await asyncio.shield(self._watch)
+
+
+def package_unfinished(directory: pathlib.Path) -> RecordingResult:
+    """Package an individual recording whose archiver did not finish (it crashed, or the
+    server stopped): the stream files it left, with the offsets from the main process's
+    journal, into the archive ZIP with its manifest. A stream without a stop offset (the
+    server went down) ends when its file was last written. Raises :class:`OSError` or
+    :class:`ValueError` (no journal, or an unreadable one)."""
+    journal = json.loads((directory / JOURNAL).read_text())
+    archive_id = str(journal["archive_id"])
+    started_at = int(journal.get("started_at") or 0)
+    files: list[tuple[pathlib.Path, ManifestFile]] = []
+    for stream_id, entry in dict(journal["streams"]).items():
+        for suffix in (".webm", ".mkv"):
+            path = directory / f"{stream_id}{suffix}"
+            if not path.is_file() or path.stat().st_size == 0:
+                continue
+            stat = path.stat()
+            stop_ms = entry.get("stop_ms")
+            if stop_ms is None:
+                stop_ms = max(int(entry["start_ms"]), int(stat.st_mtime * 1000) - started_at)
+            files.append(
+                (
+                    path,
+                    ManifestFile(
+                        stream_id,
+                        str(entry.get("connection_data") or ""),
+                        path.name,
+                        stat.st_size,
+                        int(entry["start_ms"]),
+                        int(stop_ms),
+                    ),
+                )
+            )
+    zip_path = directory / f"{archive_id}.zip"
+    write_archive_zip(
+        zip_path,
+        archive_id=archive_id,
+        name=journal.get("name"),
+        session_id=str(journal["session_id"]),
+        created_at=int(journal["created_at"]),
+        files=files,
+    )
+    duration_ms = max((m.stop_offset_ms for _, m in files), default=0)
+    return RecordingResult(
+        archive_id,
+        zip_path,
+        [
+            RecordedFile(
+                m.stream_id, m.connection_data, m.filename, m.size, m.start_offset_ms, m.stop_offset_ms
+            )
+            for _, m in files
+        ],
+        zip_path.stat().st_size,
+        round(duration_ms / 1000.0, 3),
+    )
 
 
 class RecordingManager:

@@ -225,6 +225,8 @@ async def test_archiver_killed_mid_recording_leaves_a_playable_file_and_the_call
         data = archive.read(f"{stream.stream_id}.webm")
     (entry,) = manifest["files"]
     assert entry["streamId"] == stream.stream_id and entry["size"] == len(data)
+    assert 0 <= entry["startTimeOffset"] < entry["stopTimeOffset"]
+    assert entry["stopTimeOffset"] / 1000 >= killed_at - recording.t0 - 0.1
     (name, codecs), frames, _samples = decode(data)
     assert name == "matroska,webm" and codecs == ["opus", "vp8"]
     assert len(frames) >= 10

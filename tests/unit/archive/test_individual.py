@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import pathlib
 import random
+import time
 import zipfile
 from typing import Any
 
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from salon.archive.individual import ManifestFile, StreamRecording, TrackInfo, write_archive_zip
+from salon.archive.recorder import JOURNAL, package_unfinished
 from salon.media.rtp import build_rtp, parse_rtp_header
 from tests.unit.archive.media_helpers import FPS, encode_video, rtp_opus, rtp_video
 
@@ -308,3 +311,45 @@ def test_arbitrary_rtp_never_breaks_a_recording(tmp_path: pathlib.Path, packets:
         with av.open(str(recording.path)) as container:
             for _ in container.demux():
                 pass
+
+
+def test_an_unfinished_recording_is_packaged_from_its_journal(tmp_path: pathlib.Path) -> None:
+    """After a server restart: the files an archiver left (one stream stopped, one cut off)
+    and the main process's journal make the archive ZIP; the cut-off stream ends when its file
+    was last written."""
+    video = rtp_video("vp8", encode_video("vp8", 30, (255, 0, 0)))
+    for stream_id in ("one", "two"):
+        recording = StreamRecording(stream_id, [VP8], tmp_path, feedback=Feedback())
+        for now, packet in zip(video_times(video), video, strict=True):
+            recording.push("video", packet, now)
+        # Not closed: the archiver died.
+    started_at = int(time.time() * 1000) - 3000
+    (tmp_path / JOURNAL).write_text(
+        json.dumps(
+            {
+                "archive_id": "arch",
+                "name": None,
+                "session_id": "sess",
+                "created_at": started_at,
+                "started_at": started_at,
+                "streams": {
+                    "one": {"connection_data": "a", "start_ms": 0, "stop_ms": 1500},
+                    "two": {"connection_data": "b", "start_ms": 200, "stop_ms": None},
+                    "three": {"connection_data": "c", "start_ms": 300, "stop_ms": 400},  # no file
+                },
+            }
+        )
+    )
+    result = package_unfinished(tmp_path)
+    assert result.path == tmp_path / "arch.zip"
+    with zipfile.ZipFile(result.path) as archive:
+        manifest = json.loads(archive.read("arch.json"))
+        assert sorted(archive.namelist()) == ["arch.json", "one.webm", "two.webm"]
+        for entry in manifest["files"]:
+            with av.open(io.BytesIO(archive.read(entry["filename"]))) as container:
+                assert len(list(container.decode(video=0))) >= 20
+    files = {f["streamId"]: f for f in manifest["files"]}
+    assert (files["one"]["startTimeOffset"], files["one"]["stopTimeOffset"]) == (0, 1500)
+    assert files["two"]["startTimeOffset"] == 200
+    assert abs(files["two"]["stopTimeOffset"] - 3000) < 1500, files["two"]
+    assert manifest["sessionId"] == "sess" and manifest["name"] is None
