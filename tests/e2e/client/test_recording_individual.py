@@ -275,3 +275,60 @@ async def test_recording_recovers_packets_lost_on_the_publishers_uplink(
 
 def recording_started(recording: IndividualRecording) -> float:
     return recording.t0
+
+
+async def test_mute_and_unmute_during_a_recording(
+    media_server: RunningServer, tmp_path: pathlib.Path
+) -> None:
+    """The publisher turns its video off for ~2 s (black frames at a low rate) and on again:
+    the file's timeline keeps real time through it, red, then black, then red again."""
+    server = media_server
+    sid = server.session()
+    source = CustomVideoSource(width=320, height=240)
+    painter = asyncio.create_task(solid_colour(source, RED))
+    manager = RecordingManager(media_plane(server), tmp_path / "archives")
+    try:
+        async with session_for(server, sid) as alice:
+            publisher = Publisher("alice", video_source=source, audio_source=ToneSource(440.0))
+            stream = await alice.publish(publisher)
+            await media_flows(server, sid, stream.stream_id)
+            recording = await on_server(
+                server, manager.start("archive-4", sid, [StreamSource(stream.stream_id)])
+            )
+            webm = recording.directory / f"{stream.stream_id}.webm"
+            await wait_for(
+                lambda: webm.exists() and webm.stat().st_size > 10_000, "the file to grow", timeout=30
+            )
+            await asyncio.sleep(1.0)
+            muted_at = time.monotonic() - recording.t0
+            await publisher.publish_video(False)
+            await asyncio.sleep(2.0)
+            unmuted_at = time.monotonic() - recording.t0
+            await publisher.publish_video(True)
+            await asyncio.sleep(2.0)
+            stopping_at = time.monotonic() - recording.t0
+            result = await on_server(server, recording.stop())
+    finally:
+        painter.cancel()
+    assert result.failure is None, result.failure
+    (entry,) = result.files
+    _, archive = open_archive(result)
+    with archive:
+        data = archive.read(entry.filename)
+    _, frames, samples = decode(data)
+    start = entry.start_offset_ms / 1000  # the file's time 0 in archive time
+    times = [float(f.time) + start for f in frames]
+    assert times == sorted(times)
+    assert abs(times[-1] - stopping_at) < 1.0, (times[-1], stopping_at)
+    assert abs(samples / 48000 - (stopping_at - start)) < 1.0
+    colours = ["red" if is_red(f) else "black" if is_black(f) else "other" for f in frames]
+    before = [c for t, c in zip(times, colours, strict=True) if t < muted_at - 0.2]
+    during = [c for t, c in zip(times, colours, strict=True) if muted_at + 0.5 < t < unmuted_at - 0.2]
+    after = [c for t, c in zip(times, colours, strict=True) if t > unmuted_at + 1.0]
+    assert before and set(before) == {"red"}, before
+    assert during and set(during) == {"black"}, during
+    assert after and set(after) == {"red"}, after
+
+
+def is_black(frame: av.VideoFrame) -> bool:
+    return bool(frame.to_ndarray(format="rgb24").mean() < 30)
