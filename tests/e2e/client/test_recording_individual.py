@@ -332,3 +332,55 @@ async def test_mute_and_unmute_during_a_recording(
 
 def is_black(frame: av.VideoFrame) -> bool:
     return bool(frame.to_ndarray(format="rgb24").mean() < 30)
+
+
+async def test_a_stalled_archiver_never_delays_the_call(
+    media_server: RunningServer, tmp_path: pathlib.Path
+) -> None:
+    """The archiver is stopped (SIGSTOP) for 3 s: the subscriber keeps decoding at full rate
+    meanwhile (the worker's sends never wait), and once the archiver runs again the recording
+    goes on: what its socket could not hold is NACKed or skipped to the next key frame."""
+    server = media_server
+    sid = server.session()
+    seen = Recorder()
+    manager = RecordingManager(media_plane(server), tmp_path / "archives")
+    async with session_for(server, sid) as alice, session_for(server, sid, role="subscriber") as bob:
+        auto_subscribe(bob, seen)
+        publisher = Publisher(
+            "alice", video_source=TestPatternSource(width=320, height=240), audio_source=ToneSource()
+        )
+        stream = await alice.publish(publisher)
+        await media_flows(server, sid, stream.stream_id)
+        await wait_for(lambda: len(seen.indices) >= 10, "bob to decode alice's video", timeout=30)
+        recording = await on_server(server, manager.start("archive-5", sid, [StreamSource(stream.stream_id)]))
+        assert recording.archiver is not None
+        webm = recording.directory / f"{stream.stream_id}.webm"
+        await wait_for(lambda: webm.exists() and webm.stat().st_size > 10_000, "the file to grow", timeout=30)
+        os.kill(recording.archiver.pid, signal.SIGSTOP)
+        stalled_at = time.monotonic() - recording.t0
+        try:
+            before = len(seen.indices)
+            await asyncio.sleep(3.0)
+            decoded_meanwhile = len(seen.indices) - before
+        finally:
+            os.kill(recording.archiver.pid, signal.SIGCONT)
+        resumed_at = time.monotonic() - recording.t0
+        await asyncio.sleep(3.0)
+        result = await on_server(server, recording.stop())
+        stopping_at = time.monotonic() - recording.t0
+    assert decoded_meanwhile >= 45, (
+        f"bob decoded {decoded_meanwhile} frames in 3 s while the archiver was stopped"
+    )
+    assert result.failure is None, result.failure
+    (entry,) = result.files
+    _, archive = open_archive(result)
+    with archive:
+        data = archive.read(entry.filename)
+    _, frames, _ = decode(data)
+    start = entry.start_offset_ms / 1000
+    times = [float(f.time) + start for f in frames]
+    assert times == sorted(times)
+    assert any(t < stalled_at for t in times), "frames before the stall"
+    after = [t for t in times if t > resumed_at + 1.0]
+    assert len(after) >= 30, f"{len(after)} frames recorded after the archiver resumed"
+    assert abs(times[-1] - stopping_at) < 1.0, (times[-1], stopping_at)
