@@ -69,9 +69,15 @@ class TrackSpec(_Message):
     channels: int | None = None
 
 
+#: What a stream ID or file stem may be: it names a file in the archive's directory.
+_FILE_SAFE = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+
+
 class AddStream(_Message):
     type: Literal["add_stream"] = "add_stream"
-    stream_id: str
+    stream_id: str = Field(pattern=_FILE_SAFE)
+    stem: str | None = Field(default=None, pattern=_FILE_SAFE)
+    """The file's name without extension (default: the stream ID)."""
     token: str = Field(pattern="^[0-9a-f]{32}$")
     tracks: list[TrackSpec]
     connection_data: str = ""
@@ -237,6 +243,7 @@ class Archiver:
                     feedback=self._feedback(token),
                     start_ms=message.start_ms,
                     connection_data=message.connection_data,
+                    stem=message.stem,
                 )
                 entry = _Entry(recording)
                 self.by_token[token] = self.by_stream[message.stream_id] = entry

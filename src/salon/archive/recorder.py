@@ -271,6 +271,9 @@ class _Recorded:
     token: bytes
     recorder_id: str | None
     start_ms: int
+    stem: str
+    """The file's name without its extension: the stream ID, with ``-2``, ``-3``... for a
+    stream recorded again after it was removed (manual stream mode)."""
     stop_ms: int | None = None
     tracks: list[TrackSpec] = field(default_factory=list)
 
@@ -304,6 +307,9 @@ class IndividualRecording:
         self.on_ended = on_ended
         self.log_level = log_level
         self.streams: dict[str, _Recorded] = {}
+        """The latest recording of each stream, by stream ID."""
+        self.entries: list[_Recorded] = []
+        """Every stream recording, in order (a stream removed and added again has several)."""
         self.archiver: ArchiverProcess | None = None
         self.ended: asyncio.Future[RecordingResult] = asyncio.get_running_loop().create_future()
         self.t0 = 0.0
@@ -361,13 +367,17 @@ class IndividualRecording:
                 TrackSpec(kind=t.kind, codec=t.codec, clock_rate=t.clock_rate, channels=t.channels)
                 for t in started.tracks
             ]
-            entry = _Recorded(source, token, started.recorder_id, self._ms(), tracks=tracks)
+            earlier = sum(1 for e in self.entries if e.source.stream_id == source.stream_id)
+            stem = source.stream_id if not earlier else f"{source.stream_id}-{earlier + 1}"
+            entry = _Recorded(source, token, started.recorder_id, self._ms(), stem, tracks=tracks)
             self.streams[source.stream_id] = entry
+            self.entries.append(entry)
             self._write_journal()
             try:
                 self.archiver.send(
                     AddStream(
                         stream_id=source.stream_id,
+                        stem=stem,
                         token=token.hex(),
                         tracks=tracks,
                         connection_data=source.connection_data,
@@ -412,11 +422,11 @@ class IndividualRecording:
             if not self._stopping and not self.ended.done():
                 self._stopping = True
                 stop_ms = self._ms()
-                for entry in self.streams.values():
+                for entry in self.entries:
                     if entry.stop_ms is None:
                         entry.stop_ms = stop_ms
                 self._write_journal()
-                for entry in self.streams.values():
+                for entry in self.entries:
                     await self._stop_recorder(entry)
                 if self.archiver is not None:
                     try:
@@ -469,7 +479,7 @@ class IndividualRecording:
         )
 
     def _duration(self) -> float:
-        stops = [e.stop_ms for e in self.streams.values() if e.stop_ms is not None]
+        stops = [e.stop_ms for e in self.entries if e.stop_ms is not None]
         end_ms = max(stops) if stops and self._stopping else self._ms()
         return round(end_ms / 1000.0, 3)
 
@@ -478,7 +488,7 @@ class IndividualRecording:
         logger.error("%r: %s; packaging the files it wrote", self, why)
         stop_ms = self._ms()
         async with self._lock:
-            for entry in self.streams.values():
+            for entry in self.entries:
                 if entry.stop_ms is None:
                     entry.stop_ms = stop_ms
                 await self._stop_recorder(entry)
@@ -501,14 +511,16 @@ class IndividualRecording:
             "session_id": self.session_id,
             "created_at": self.created_at,
             "started_at": self.started_at,
-            "streams": {
-                stream_id: {
+            "streams": [
+                {
+                    "stream_id": e.source.stream_id,
+                    "stem": e.stem,
                     "connection_data": e.source.connection_data,
                     "start_ms": e.start_ms,
                     "stop_ms": e.stop_ms,
                 }
-                for stream_id, e in self.streams.items()
-            },
+                for e in self.entries
+            ],
         }
         try:
             partial = self.directory / (JOURNAL + ".partial")
@@ -552,9 +564,10 @@ def package_unfinished(directory: pathlib.Path) -> RecordingResult:
     archive_id = str(journal["archive_id"])
     started_at = int(journal.get("started_at") or 0)
     files: list[tuple[pathlib.Path, ManifestFile]] = []
-    for stream_id, entry in dict(journal["streams"]).items():
+    for entry in list(journal["streams"]):
+        stream_id = str(entry["stream_id"])
         for suffix in (".webm", ".mkv"):
-            path = directory / f"{stream_id}{suffix}"
+            path = directory / f"{entry.get('stem') or stream_id}{suffix}"
             if not path.is_file() or path.stat().st_size == 0:
                 continue
             stat = path.stat()

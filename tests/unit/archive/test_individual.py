@@ -332,11 +332,30 @@ def test_an_unfinished_recording_is_packaged_from_its_journal(tmp_path: pathlib.
                 "session_id": "sess",
                 "created_at": started_at,
                 "started_at": started_at,
-                "streams": {
-                    "one": {"connection_data": "a", "start_ms": 0, "stop_ms": 1500},
-                    "two": {"connection_data": "b", "start_ms": 200, "stop_ms": None},
-                    "three": {"connection_data": "c", "start_ms": 300, "stop_ms": 400},  # no file
-                },
+                "streams": [
+                    {
+                        "stream_id": "one",
+                        "stem": "one",
+                        "connection_data": "a",
+                        "start_ms": 0,
+                        "stop_ms": 1500,
+                    },
+                    {
+                        "stream_id": "two",
+                        "stem": "two",
+                        "connection_data": "b",
+                        "start_ms": 200,
+                        "stop_ms": None,
+                    },
+                    # No file: nothing written before the crash.
+                    {
+                        "stream_id": "three",
+                        "stem": "three",
+                        "connection_data": "c",
+                        "start_ms": 300,
+                        "stop_ms": 400,
+                    },
+                ],
             }
         )
     )
@@ -353,3 +372,23 @@ def test_an_unfinished_recording_is_packaged_from_its_journal(tmp_path: pathlib.
     assert files["two"]["startTimeOffset"] == 200
     assert abs(files["two"]["stopTimeOffset"] - 3000) < 1500, files["two"]
     assert manifest["sessionId"] == "sess" and manifest["name"] is None
+
+
+def test_a_publisher_clock_running_slow_is_stretched_to_real_time(tmp_path: pathlib.Path) -> None:
+    """A starved software encoder stamps its frames 1/30 s apart while it only manages 15 a
+    second: the RTP clock runs at half speed. The file keeps real time (within the anchor
+    window's lag), frames in order."""
+    encoded = encode_video("vp8", 60, (255, 0, 0))
+    video = rtp_video("vp8", encoded)
+    first = parse_rtp_header(video[0]).timestamp
+    # Arrival: frame i at i/15 s (its RTP time says i/30 s).
+    times = [2 * ((parse_rtp_header(p).timestamp - first) / 90000) for p in video]
+    recording = StreamRecording("s", [VP8], tmp_path, feedback=Feedback())
+    for now, packet in zip(times, video, strict=True):
+        recording.push("video", packet, now)
+        recording.poll(now)
+    recording.close(times[-1] + 1)
+    frames, _ = decoded(recording.path)
+    pts = [float(f.time) for f in frames]
+    assert len(frames) == 60 and pts == sorted(pts)
+    assert abs(pts[-1] - times[-1]) < 0.6, (pts[-1], times[-1])
