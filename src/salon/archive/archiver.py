@@ -204,7 +204,10 @@ class Archiver:
         track = data[TOKEN_SIZE]
         kind = "audio" if track == TRACK_AUDIO else "video" if track == TRACK_VIDEO else None
         if kind is not None:
-            entry.recording.push(kind, data[TOKEN_SIZE + 1 :], self.now())
+            try:
+                entry.recording.push(kind, data[TOKEN_SIZE + 1 :], self.now())
+            except Exception:  # a bug: lose this packet, not the archive
+                logger.exception("%r: a packet could not be recorded", entry.recording)
 
     def _feedback(self, token: bytes) -> Any:
         def feedback(kind: str, seqs: list[int] | None) -> None:
@@ -223,7 +226,10 @@ class Archiver:
     def _poll(self) -> None:
         now = self.now()
         for entry in list(self.by_token.values()):
-            entry.recording.poll(now)
+            try:
+                entry.recording.poll(now)
+            except Exception:  # a bug: keep the timer (and the other streams) going
+                logger.exception("%r: poll failed", entry.recording)
         self._timer = asyncio.get_running_loop().call_later(POLL_INTERVAL, self._poll)
 
     # -- control -----------------------------------------------------------------------------

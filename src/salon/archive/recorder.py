@@ -25,10 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import pathlib
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -253,7 +251,7 @@ class ArchiverProcess:
         """SIGKILL the process and wait for it; idempotent."""
         if self.process.poll() is None:
             try:
-                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.kill()  # SIGKILL; Popen does not signal a pid it has reaped
             except ProcessLookupError:
                 pass
         self.writer.close()
