@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import av
 import numpy as np
 import pytest
-from sdk_helpers import Recorder, auto_subscribe, session_for, wait_for
+from sdk_helpers import Recorder, auto_subscribe, dominant_frequency, session_for, wait_for
 
 from salon.archive.recorder import IndividualRecording, RecordingManager, RecordingResult, StreamSource
 from salon.client import (
@@ -97,6 +97,14 @@ def decode(data: bytes) -> tuple[Any, list[av.VideoFrame], int]:
     return (name, codecs), frames, samples
 
 
+def audio_tone(data: bytes) -> tuple[float, float]:
+    """(dominant frequency, share of energy near it) of a media file's first audio channel."""
+    with av.open(io.BytesIO(data)) as container:
+        chunks = [f.to_ndarray()[0].astype(np.float64) for f in container.decode(audio=0)]
+        rate = container.streams.audio[0].codec_context.sample_rate
+    return dominant_frequency(chunks[10:], rate)
+
+
 def is_red(frame: av.VideoFrame) -> bool:
     rgb = frame.to_ndarray(format="rgb24").reshape(-1, 3).astype(int)
     mean = rgb.mean(axis=0)
@@ -161,6 +169,8 @@ async def test_individual_recording_of_a_published_stream(
     duration = float(frames[-1].time)
     assert abs(duration - recorded) < 1.0, (duration, recorded)
     assert abs(samples / 48000 - recorded) < 1.0, (samples / 48000, recorded)
+    peak, share = audio_tone(data)
+    assert abs(peak - 440) < 15 and share > 0.5, f"the publisher's 440 Hz tone: {peak:.1f} Hz, {share:.0%}"
     assert len(frames) >= 15 * (recorded - 1), len(frames)  # ~30 fps published; generous on a loaded box
     assert (frames[0].width, frames[0].height) == (320, 240)
     red = [is_red(f) for f in frames]
