@@ -51,10 +51,9 @@ async def test_moderator_mutes_unpublishes_and_disconnects_a_participant(
     )
     assert refused == {"capabilities": [0, 0, 0], "error": "OT_PERMISSION_DENIED"}, refused
 
-    # forceMuteStream: the participant's audio goes off and it is told.
+    # forceMuteStream: the participant's audio goes off; its Publisher says muteForced.
     await moderator.get_by_role("button", name="Mute", exact=True).click()
     await wait_log(moderator, "forceMuteStream done")
-    await wait_log(participant, "muteForced")
     await wait_log(participant, "publisher muteForced")
     await wait_true(participant, f"() => ({HAS_AUDIO})() === false", what="the participant's hasAudio false")
     await wait_log(moderator, "streamPropertyChanged hasAudio true -> false")
@@ -67,19 +66,24 @@ async def test_moderator_mutes_unpublishes_and_disconnects_a_participant(
     )
     await wait_log(moderator, "streamPropertyChanged hasAudio false -> true")
 
-    # forceMuteAll mutes it again; disableForceMute lets later streams publish audio.
+    # forceMuteAll mutes it again: its Publisher says muteForced, and every client's Session
+    # says muteForced with active true; disableForceMute: every Session, active false.
     await moderator.get_by_role("button", name="Mute all").click()
     await wait_log(moderator, "forceMuteAll done")
     await wait_true(
         participant,
-        "() => log.filter((e) => e === 'muteForced').length === 2",
-        what="a second muteForced on the participant",
+        "() => log.filter((e) => e === 'publisher muteForced').length === 2",
+        what="a second muteForced of the participant's Publisher",
     )
     await wait_true(
         participant, f"() => ({HAS_AUDIO})() === false", what="the participant muted by forceMuteAll"
     )
+    for page in (participant, moderator):
+        await wait_log(page, "muteForced true")
     await moderator.get_by_role("button", name="Allow unmute").click()
     await wait_log(moderator, "disableForceMute done")
+    for page in (participant, moderator):
+        await wait_log(page, "muteForced false")
 
     # forceUnpublish: the participant's publisher stream ends, the participant stays connected.
     await moderator.get_by_role("button", name="Stop their stream").click()
@@ -98,3 +102,11 @@ async def test_moderator_mutes_unpublishes_and_disconnects_a_participant(
     await wait_log(moderator, "connectionDestroyed forceDisconnected")
     log = await app_log(participant)
     assert not [e for e in log if e.startswith("error")], log
+    # forceMuteStream told the Publisher only; the Session's muteForced is about mute-all.
+    forced = sorted(e for e in log if "muteForced" in e)
+    assert forced == [
+        "muteForced false",
+        "muteForced true",
+        "publisher muteForced",
+        "publisher muteForced",
+    ], log

@@ -31,6 +31,9 @@ session.on({
   streamDestroyed: function (event) {
     note('streamDestroyed ' + event.reason);
   },
+  muteForced: function (event) {
+    note('muteForced ' + event.active);
+  },
   streamPropertyChanged: function (event) {
     note('streamPropertyChanged ' + event.changedProperty + ' ' + event.oldValue + ' -> ' + event.newValue);
   }

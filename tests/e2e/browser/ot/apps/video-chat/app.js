@@ -49,9 +49,9 @@ function initializeSession() {
     note('sessionDisconnected ' + event.reason);
   });
 
-  // A moderator muted this client's audio
-  session.on('muteForced', function muteForced() {
-    note('muteForced');
+  // A moderator muted every stream (active true), or lifted that state (active false)
+  session.on('muteForced', function muteForced(event) {
+    note('muteForced ' + event.active);
   });
 
   // initialize the publisher
@@ -70,6 +70,7 @@ function initializeSession() {
     streamDestroyed: function (event) {
       note('publisher streamDestroyed ' + event.reason);
     },
+    // A moderator muted this publisher's audio
     muteForced: function () {
       note('publisher muteForced');
     }
