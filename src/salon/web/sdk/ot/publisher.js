@@ -70,7 +70,7 @@ export class Publisher extends EventEmitter {
         height: props.height,
         name: props.showControls === false ? "" : name,
         mirror: props.mirror ?? !this._screen,
-        fitMode: props.fitMode,
+        fitMode: props.fitMode ?? (this._screen ? "contain" : "cover"),
         style: props.style,
       });
       this.element = this._widget.element;

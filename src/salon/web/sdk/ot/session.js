@@ -296,6 +296,8 @@ export class Session extends EventEmitter {
    */
   _streamDestroyed(salonStream, reason) {
     if (!salonStream || this._own(salonStream)) return;
+    // OpenTok.js: the others see an unpublished stream go with reason clientDisconnected.
+    if (reason === "unpublished") reason = "clientDisconnected";
     const stream = this.streams.get(salonStream.streamId) || this._streamFor(salonStream);
     this.streams._remove(stream.streamId);
     const subscribers = [...this._subscribers].filter((sub) => sub.stream === stream);

@@ -49,7 +49,7 @@ export class Subscriber extends EventEmitter {
         width: props.width,
         height: props.height,
         name: props.showControls === false ? "" : stream.name,
-        fitMode: props.fitMode,
+        fitMode: props.fitMode ?? (stream.videoType === "screen" ? "contain" : "cover"),
         style: props.style,
       });
       this.element = this._widget.element;
