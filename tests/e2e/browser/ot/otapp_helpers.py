@@ -36,6 +36,10 @@ class AppServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path == "/favicon.ico":  # the apps have none; a 404 is a console error
+                    self.send_response(204)
+                    self.end_headers()
+                    return
                 body, content_type = server._resolve(self.path.split("?", 1)[0])
                 if body is None:
                     self.send_error(404)

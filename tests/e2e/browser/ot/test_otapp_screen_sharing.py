@@ -41,13 +41,16 @@ async def test_a_shared_screen_reaches_the_other_page(
     # The sharer's preview: the widget in #screen-preview, 100% of its 320x180, not mirrored.
     preview = sharer.locator("#screen-preview .OT_publisher")
     await expect(preview).to_have_count(1)
-    assert "OT_mirrored" not in (await preview.get_attribute("class") or ""), "a screen is never mirrored"
+    classes = (await preview.get_attribute("class") or "").split()
+    assert "OT_mirrored" not in classes, "a screen is never mirrored"
+    assert "OT_fit-mode-contain" in classes, "OpenTok.js fits a screen in whole (fitMode contain)"
     stats = await video_plays(sharer, "#screen-preview .OT_publisher video")
     assert (stats["boxWidth"], stats["boxHeight"]) == (320, 180), stats
 
-    # The viewer sees a screen stream (videoType "screen", hasAudio false, hasVideo true) and
-    # subscribes to it at half its videoDimensions.
-    await wait_log(viewer, "streamCreated screen false true")
+    # The viewer sees a screen stream (videoType "screen"; with the microphone's audio, as
+    # OpenTok.js publishes a screen unless audioSource is null) and subscribes to it at half its
+    # videoDimensions.
+    await wait_log(viewer, "streamCreated screen true true")
     subscribed = await wait_log(viewer, r"subscribed to screen \d+x\d+")
     width, height = (int(v) for v in subscribed.rsplit(" ", 1)[1].split("x"))
     assert width >= 320 and height >= 180, subscribed
