@@ -125,10 +125,16 @@ export function toOTError(err, context) {
     other: 0,
   };
   let num = codes[context] || undefined;
+  if (context === "signal") {
+    // OpenTok.js gives signal errors HTTP-like codes.
+    /** @type {Record<string, number>} */
+    const signalCodes = { not_connected: 500, disconnected: 500, invalid_message: 400, invalid_parameter: 400, rate_limited: 429, not_found: 404, permission_denied: 403 };
+    num = signalCodes[code];
+  }
   let name = /** @type {Record<string, string>} */ (COMMON)[code];
   if (context === "publish") name = /** @type {Record<string, string>} */ (MEDIA)[code] || name;
   if (context === "subscribe" && code === "not_found") name = "OT_STREAM_NOT_FOUND";
-  if (code === "not_connected" || code === "disconnected") num = 1010;
+  if ((code === "not_connected" || code === "disconnected") && context !== "signal") num = 1010;
   if (!name) name = context === "subscribe" ? "OT_UNABLE_TO_SUBSCRIBE" : context === "publish" ? "OT_STREAM_CREATE_FAILED" : "OT_UNEXPECTED_SERVER_RESPONSE";
   return new OTError(name, message, num, err);
 }

@@ -169,7 +169,7 @@ export class Publisher extends EventEmitter {
     const session = this.session;
     this.stream = undefined;
     this.session = undefined;
-    session?._publisherGone(this);
+    session?._publisherGone(this, stream);
     if (this._destroyed) return;
     const event = this.trigger("streamDestroyed", { stream, reason }, true);
     // OpenTok.js: unless prevented, the publisher is destroyed with its stream.

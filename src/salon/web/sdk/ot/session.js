@@ -181,13 +181,17 @@ export class Session extends EventEmitter {
       (/** @type {Stream} */ stream, /** @type {any} */ target, /** @type {any} */ properties, /** @type {Function|undefined} */ completionHandler) => {
         if (typeof target === "function") [target, properties, completionHandler] = [undefined, undefined, target];
         else if (typeof properties === "function") [properties, completionHandler] = [undefined, properties];
+        // OpenTok.js: subscribe(stream, {insertDefaultUI: false}) passes the properties in place of the target.
+        if (target && typeof target === "object" && !(target instanceof Element) && target.insertDefaultUI === false) {
+          [target, properties] = [undefined, target];
+        }
         return this._subscribe(stream, target, properties, completionHandler);
       },
       {
         promise: (/** @type {Stream} */ stream, /** @type {any} */ target, /** @type {any} */ properties) =>
           new Promise((resolve, reject) => {
             const subscriber = this._subscribe(stream, target, properties, (/** @type {any} */ err) =>
-              err ? reject(err) : resolve(subscriber),
+              err ? reject(err) : resolve(/** @type {Subscriber} */ (subscriber)),
             );
           }),
       },
@@ -360,9 +364,14 @@ export class Session extends EventEmitter {
     }
   }
 
-  /** @param {Publisher} publisher */
-  _publisherGone(publisher) {
+  /**
+   * A publisher's stream ended (unpublished, force-unpublished, or the session ended).
+   * @param {Publisher} publisher
+   * @param {Stream|undefined} stream
+   */
+  _publisherGone(publisher, stream) {
     this._publishers.delete(publisher);
+    if (stream) this.streams._remove(stream.streamId);
   }
 
   /** @param {Publisher} publisher */
@@ -388,21 +397,25 @@ export class Session extends EventEmitter {
    * @param {any} target
    * @param {any} properties
    * @param {Function|undefined} completionHandler
-   * @returns {Subscriber}
+   * @returns {Subscriber|undefined} undefined, as in OpenTok.js, when it cannot even start
    */
   _subscribe(stream, target, properties, completionHandler) {
-    if (!(stream instanceof Stream)) {
-      const error = new OTError("OT_INVALID_PARAMETER", "subscribe needs a Stream (from a streamCreated event)", 1011);
-      report(error, this, completionHandler);
-      throw error;
+    // The refusals OpenTok.js makes before creating a Subscriber, with its names and codes.
+    /** @type {OTError|null} */
+    let refusal = null;
+    if (this._s.state !== "connected") {
+      refusal = new OTError("OT_NOT_CONNECTED", "Session.subscribe :: Connection required to subscribe", 1501);
+    } else if (!(stream instanceof Stream)) {
+      refusal = new OTError("OT_INVALID_PARAMETER", "Session.subscribe :: a Stream (from a streamCreated event) is needed", 1501);
+    } else if (properties?.insertDefaultUI === false && target) {
+      refusal = new OTError("OT_INVALID_PARAMETER", "You cannot specify a target element if insertDefaultUI is false", 1011);
+    }
+    if (refusal) {
+      report(refusal, this, completionHandler);
+      return undefined;
     }
     const subscriber = new Subscriber(this, stream, target, properties);
     this._subscribers.add(subscriber);
-    if (this._s.state !== "connected") {
-      subscriber._destroy("subscribeFailed", true);
-      report(new OTError("OT_NOT_CONNECTED", "connect to the session before subscribing", 1010), subscriber, completionHandler);
-      return subscriber;
-    }
     const salonStream = this._s.streams.get(stream.streamId);
     if (!salonStream) {
       subscriber._destroy("subscribeFailed", true);
@@ -434,10 +447,10 @@ export class Session extends EventEmitter {
   async signal(signal, completionHandler) {
     try {
       const { type = "", data = "", to, retryAfterReconnect = true } = signal || {};
-      if (to != null && !isConnection(to)) throw new OTError("OT_INVALID_PARAMETER", "signal's `to` must be a Connection", 1011);
-      if (typeof data !== "string") throw new OTError("OT_INVALID_PARAMETER", "signal's `data` must be a string", 1011);
+      if (to != null && !isConnection(to)) throw new OTError("OT_INVALID_PARAMETER", "signal's `to` must be a Connection", 400);
+      if (typeof data !== "string") throw new OTError("OT_INVALID_PARAMETER", "signal's `data` must be a string", 400);
       if (this._s.state === "reconnecting" && retryAfterReconnect) await this._reconnected();
-      if (this._s.state !== "connected") throw new OTError("OT_NOT_CONNECTED", "connect to the session before signalling", 1010);
+      if (this._s.state !== "connected") throw new OTError("OT_NOT_CONNECTED", "connect to the session before signalling", 500);
       await this._s.signal({ type, data, to: to ? to.connectionId : undefined });
       done(completionHandler);
     } catch (err) {
