@@ -7,6 +7,7 @@ import { createWidget } from "./widget.js";
 import { openMedia, isScreen, isOff, listDevices, willPrompt } from "./media.js";
 import { publisherStats, imageData } from "./stats.js";
 import { log } from "./config.js";
+import { LevelRepeater } from "./levels.js";
 
 let nextId = 1;
 
@@ -56,6 +57,10 @@ export class Publisher extends EventEmitter {
     /** @type {any} the OT.Session it publishes to */
     this.session = undefined;
     this._destroyed = false;
+    this._levels = new LevelRepeater((level) => {
+      this._widget?.setAudioLevel(level);
+      this.trigger("audioLevelUpdated", { audioLevel: level });
+    });
     this._screen = isScreen(props.videoSource);
     /** @type {any} */
     this._style = { ...(props.style || {}) };
@@ -165,6 +170,7 @@ export class Publisher extends EventEmitter {
 
   /** The publisher's stream ended (unpublished, force-unpublished, disconnected). @param {string} reason */
   _streamEnded(reason) {
+    this._levels.stop();
     const stream = this.stream;
     const session = this.session;
     this.stream = undefined;
@@ -180,6 +186,7 @@ export class Publisher extends EventEmitter {
   async _destroy(reason) {
     if (this._destroyed) return;
     this._destroyed = true;
+    this._levels.stop();
     const session = this.session;
     if (session && this.stream) {
       try {
@@ -332,7 +339,6 @@ export class Publisher extends EventEmitter {
 
   /** @param {number} level */
   _audioLevel(level) {
-    this._widget?.setAudioLevel(level);
-    this.trigger("audioLevelUpdated", { audioLevel: level });
+    this._levels.set(level);
   }
 }

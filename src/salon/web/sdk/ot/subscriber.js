@@ -6,6 +6,7 @@ import { createWidget } from "./widget.js";
 import { subscriberStats, imageData } from "./stats.js";
 import { config, log } from "./config.js";
 import { widgetId, withPromise } from "./publisher.js";
+import { LevelRepeater } from "./levels.js";
 
 /**
  * Returned by `session.subscribe(stream, target, properties, completionHandler)` at once; the
@@ -32,6 +33,10 @@ export class Subscriber extends EventEmitter {
     /** @type {any} the salon SDK's Subscriber, once subscribed */
     this._salon = null;
     this._destroyed = false;
+    this._levels = new LevelRepeater((level) => {
+      this._widget?.setAudioLevel(level);
+      this.trigger("audioLevelUpdated", { audioLevel: level });
+    });
     /** set when a cancelled streamDestroyed / sessionDisconnected keeps the element */
     this._keep = false;
     this._audioOn = props.subscribeToAudio !== false;
@@ -102,10 +107,7 @@ export class Subscriber extends EventEmitter {
         return;
       }
       this._salon = sub;
-      sub.on("audioLevelUpdated", (/** @type {any} */ e) => {
-        this._widget?.setAudioLevel(e.audioLevel);
-        this.trigger("audioLevelUpdated", { audioLevel: e.audioLevel });
-      });
+      sub.on("audioLevelUpdated", (/** @type {any} */ e) => this._levels.set(e.audioLevel));
       sub.on("destroyed", (/** @type {any} */ e) => this._salonGone(e.reason));
       this._attach();
       this.trigger("videoElementCreated", { element: this._video });
@@ -193,6 +195,7 @@ export class Subscriber extends EventEmitter {
   _destroy(reason, quiet = false) {
     if (this._destroyed) return;
     this._destroyed = true;
+    this._levels.stop();
     config.subscribers.delete(this);
     this.session?._subscriberGone(this);
     this._widget?.destroy();
