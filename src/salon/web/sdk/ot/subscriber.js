@@ -108,6 +108,9 @@ export class Subscriber extends EventEmitter {
       }
       this._salon = sub;
       sub.on("audioLevelUpdated", (/** @type {any} */ e) => this._levels.set(e.audioLevel));
+      // A steady level was sent before this subscription: start from it.
+      const level = this.session?._lastLevels?.get(salonStream.streamId);
+      if (level !== undefined) this._levels.set(level);
       sub.on("destroyed", (/** @type {any} */ e) => this._salonGone(e.reason));
       this._attach();
       this.trigger("videoElementCreated", { element: this._video });
