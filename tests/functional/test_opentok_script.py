@@ -39,6 +39,20 @@ def test_classic_script_and_module_are_served_with_caching_and_cors(server: Runn
     assert stale.status_code == 200 and stale.content == classic.content
     head = httpx.head(f"{server.url}/v2/js/opentok.js")
     assert head.status_code == 200 and head.headers["etag"] == etag
+    # Compressed for clients that take gzip (once, at start-up), under its own ETag.
+    raw = httpx.get(f"{server.url}/v2/js/opentok.js", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in raw.headers and raw.headers["vary"] == "Accept-Encoding"
+    zipped = httpx.get(f"{server.url}/v2/js/opentok.js", headers={"Accept-Encoding": "gzip, br"})
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.content == raw.content
+    assert int(zipped.headers["content-length"]) < len(raw.content) / 3
+    assert zipped.headers["etag"] != raw.headers["etag"]
+    assert (
+        httpx.get(
+            f"{server.url}/v2/js/opentok.js",
+            headers={"Accept-Encoding": "gzip", "If-None-Match": zipped.headers["etag"]},
+        ).status_code
+        == 304
+    )
     # The ES modules themselves (imported cross-origin by module scripts) carry CORS too.
     esm = httpx.get(f"{server.url}/sdk/opentok.js")
     assert esm.status_code == 200 and esm.headers["access-control-allow-origin"] == "*"

@@ -44,6 +44,7 @@ _EXPORT_DECL = re.compile(
 _EXPORT_LIST = re.compile(r"^export\s*\{(?P<names>[^}]*)\};[ \t]*$", re.MULTILINE)
 _EXPORT_DEFAULT = re.compile(r"^export\s+default\s+(?P<name>[A-Za-z_$][\w$]*);[ \t]*$", re.MULTILINE)
 _IDENT = re.compile(r"^[A-Za-z_$][\w$]*$")
+_STRAY = re.compile(r"^(?:import|export)\b.*$", re.MULTILINE)
 
 
 @dataclass
@@ -130,9 +131,10 @@ def _parse(module: _Module, var_for: dict[pathlib.Path, str]) -> None:
         return ""
 
     text = _EXPORT_DEFAULT.sub(on_default, text)
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if re.match(r"^(import|export)\b", line):
-            raise BundleError(f"{where}:{line_no}: cannot bundle {line.strip()!r}")
+    stray = _STRAY.search(text)
+    if stray:
+        line_no = text.count("\n", 0, stray.start()) + 1
+        raise BundleError(f"{where}:{line_no}: cannot bundle {stray.group(0).strip()!r}")
     module.body = text
 
 

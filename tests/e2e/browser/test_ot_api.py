@@ -154,6 +154,11 @@ async def test_targeted_signals_and_opentok_error_codes(browser: Browser, server
             await until(() => got.b.length === 2, "two signals at b");
             await new Promise((r) => setTimeout(r, 300));
             out.signals = got;
+            // Data over the server's 8192 characters: OT_INVALID_PARAMETER, 413.
+            await new Promise((r) => a.signal({type: "chat", data: "x".repeat(9000)}, (err) => {
+                out.tooLarge = [err.name, err.code];
+                r();
+            }));
             // A publisher token cannot moderate: OT_PERMISSION_DENIED with OpenTok's codes.
             await new Promise((r) => a.forceDisconnect(c.connection, (err) => {
                 out.forceDisconnect = [err.name, err.code];
@@ -197,7 +202,8 @@ async def test_targeted_signals_and_opentok_error_codes(browser: Browser, server
     assert result["publish"] == ["OT_PERMISSION_DENIED", 1500]
     assert result["wrongSession"] == ["OT_AUTHENTICATION_ERROR", 1004]
     assert result["subscribeBefore"] == [True] and result["subscribeError"] == ["OT_NOT_CONNECTED", 1501]
-    assert result["exceptions"] == [500, 1501, 1520, 1500, 1004] and result["stillConnected"] is True
+    assert result["tooLarge"] == ["OT_INVALID_PARAMETER", 413]
+    assert result["exceptions"] == [500, 1501, 413, 1520, 1500, 1004] and result["stillConnected"] is True
 
 
 async def test_pages_on_another_origin_load_the_script_and_the_module(
@@ -279,7 +285,16 @@ async def test_switching_camera_and_microphone_keeps_the_stream(
             await publisher.setAudioSource(mic.getAudioTracks()[0]);
             const device = await changed;
             const devices = await OT.getDevices();
+            // Snapshots of both ends (base64 PNGs, as OpenTok.js gives them), then the
+            // subscriber turns its video off: videoDisabled (subscribeToVideo) and the poster.
+            const snapshots = [publisher.getImgData(), sub.getImgData()].map((d) => d && d.slice(0, 8));
+            const disabled = new Promise((r) => sub.once("videoDisabled", (e) => r(e.reason)));
+            sub.subscribeToVideo(false);
+            const disabledReason = await disabled;
             return {
+                snapshots,
+                disabledReason,
+                poster: sub.element.classList.contains("OT_audio-only"),
                 cycledTo: typeof cycled.deviceId === "string" && cycled.deviceId.length > 0,
                 replaced: newVideo !== oldVideo && oldVideo.readyState === "ended"
                     && newVideo.readyState === "live",
@@ -293,6 +308,9 @@ async def test_switching_camera_and_microphone_keeps_the_stream(
         [server.api_key, session_id, server.token(session_id), server.token(session_id)],
     )
     assert result == {
+        "snapshots": ["iVBORw0K", "iVBORw0K"],  # the PNG signature
+        "disabledReason": "subscribeToVideo",
+        "poster": True,
         "cycledTo": True,
         "replaced": True,
         "type": "camera",

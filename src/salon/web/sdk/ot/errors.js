@@ -96,6 +96,7 @@ const COMMON = {
   timeout: "OT_TIMEOUT",
   invalid_message: "OT_INVALID_PARAMETER",
   invalid_parameter: "OT_INVALID_PARAMETER",
+  signal_too_large: "OT_INVALID_PARAMETER",
   rate_limited: "OT_RATE_LIMIT_EXCEEDED",
   too_many_streams: "OT_STREAM_LIMIT_EXCEEDED",
 };
@@ -128,7 +129,7 @@ export function toOTError(err, context) {
   if (context === "signal") {
     // OpenTok.js gives signal errors HTTP-like codes.
     /** @type {Record<string, number>} */
-    const signalCodes = { not_connected: 500, disconnected: 500, invalid_message: 400, invalid_parameter: 400, rate_limited: 429, not_found: 404, permission_denied: 403 };
+    const signalCodes = { not_connected: 500, disconnected: 500, invalid_message: 400, invalid_parameter: 400, signal_too_large: 413, rate_limited: 429, not_found: 404, permission_denied: 403 };
     num = signalCodes[code];
   }
   let name = /** @type {Record<string, string>} */ (COMMON)[code];

@@ -109,6 +109,7 @@ export class Publisher extends EventEmitter {
     });
     const s = this._salon;
     s.on("accessAllowed", () => {
+      if (this._destroyed) return;
       this.accessAllowed = true;
       this._video.srcObject = s.mediaStream;
       this._video.play?.().catch(() => {});
@@ -196,6 +197,8 @@ export class Publisher extends EventEmitter {
       }
     }
     await this._salon.destroy();
+    // Destroyed while the devices were still opening: close them when they are open.
+    this._salon.ready.then((media) => media.getTracks().forEach((t) => t.stop()), () => {});
     this._widget?.destroy();
     this._video.srcObject = null;
     this.trigger("destroyed", { reason });

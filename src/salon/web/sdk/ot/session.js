@@ -241,6 +241,8 @@ export class Session extends EventEmitter {
       for (const sub of this._subscribers) sub.trigger("disconnected");
     });
     s.on("sessionReconnected", () => {
+      // The same connection once the server resumes it; a new one from a server that cannot.
+      if (this._s.connection) this.connection = this._connectionFor(this._s.connection);
       this._emit("sessionReconnected");
       for (const sub of this._subscribers) {
         sub._attach();
