@@ -3,8 +3,9 @@ media both ways, checked by content.
 
 The Python client publishes a known colour (a :class:`~salon.client.CustomVideoSource`) and a
 tone; the page's subscriber shows that colour (``subscriber.getImgData()``) and hears the tone
-(its ``audioLevelUpdated``). The Python client decodes the page's fake camera at the size the
-publisher sends (OpenTok.js's default 640x480) and sees it move.
+(its ``audioLevelUpdated``), and shows the poster and the audio-level meter of OpenTok.js's
+default UI while the Python client's video is off. The Python client decodes the page's fake
+camera at the size the publisher sends (OpenTok.js's default 640x480) and sees it move.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ async def test_browser_on_ot_and_python_client_exchange_media(
                 subscribed.set()
 
             session.on(StreamReceived, on_stream)
-            await session.publish(Publisher("Python", video_source=source))
+            publisher = Publisher("Python", video_source=source)
+            await session.publish(publisher)
             await asyncio.wait_for(subscribed.wait(), 30)
 
             # The browser: the app subscribed to "Python" and its subscriber shows the colour.
@@ -115,6 +117,42 @@ async def test_browser_on_ot_and_python_client_exchange_media(
                 })"""
             )
             assert 0.05 < level <= 1, f"the subscriber's audioLevelUpdated peaked at {level} (-1: no event)"
+
+            # The Python client turns its video off: the subscriber says videoDisabled and its
+            # default UI shows the poster and the audio-level meter (the tone's level).
+            await publisher.publish_video(False)
+            await wait_log(page, "videoDisabled publishVideo")
+            widget = "#subscriber .OT_subscriber"
+            shown = """(selector) => {
+                const el = document.querySelector(selector);
+                return el !== null && getComputedStyle(el).display !== "none";
+            }"""
+            await wait_true(
+                page,
+                "(w) => document.querySelector(w).classList.contains('OT_audio-only')",
+                widget,
+                what="the subscriber widget in audio-only mode",
+            )
+            assert await page.evaluate(shown, f"{widget} .OT_video-poster")
+            assert await page.evaluate(shown, f"{widget} .OT_audio-level-meter")
+            await wait_true(
+                page,
+                "(w) => Number(document.querySelector(w + ' .OT_audio-level-meter')"
+                ".style.getPropertyValue('--OT-audio-level')) > 0.05",
+                widget,
+                what="the meter showing the Python client's tone",
+            )
+            await publisher.publish_video(True)
+            await wait_log(page, "videoEnabled publishVideo")
+            await wait_true(
+                page,
+                "(w) => !document.querySelector(w).classList.contains('OT_audio-only')",
+                widget,
+                what="the subscriber widget showing video again",
+            )
+            assert not await page.evaluate(shown, f"{widget} .OT_video-poster")
+            before = await video_plays(page, f"{widget} video")
+            await video_plays(page, f"{widget} video", frames=before["frames"] + 10)
 
             # Python: the browser's fake camera, decoded at 640x480, moving.
             await asyncio.wait_for(full_size.wait(), 60)

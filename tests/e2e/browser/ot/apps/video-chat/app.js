@@ -38,6 +38,14 @@ function initializeSession() {
         note('subscribed ' + event.stream.name);
       }
     });
+    subscriber.on({
+      videoDisabled: function (event) {
+        note('videoDisabled ' + event.reason);
+      },
+      videoEnabled: function (event) {
+        note('videoEnabled ' + event.reason);
+      }
+    });
     subscribers.push(subscriber);
   });
 
