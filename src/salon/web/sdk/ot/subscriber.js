@@ -42,6 +42,7 @@ export class Subscriber extends EventEmitter {
     this._audioOn = props.subscribeToAudio !== false;
     this._videoOn = props.subscribeToVideo !== false;
     this._volume = typeof props.audioVolume === "number" ? Math.max(0, Math.min(100, props.audioVolume)) : 50;
+    this._unmutedVolume = this._volume > 0 ? this._volume : 50;
     this._blocked = false;
     /** @type {any} */
     this._style = { ...(props.style || {}) };
@@ -59,6 +60,9 @@ export class Subscriber extends EventEmitter {
       });
       this.element = this._widget.element;
       this.element.id ||= this.id;
+      // OpenTok.js: the mute button sets the volume to 0, and back to the last one above 0.
+      this._widget.onMuteToggle((muted) => this.setAudioVolume(muted ? 0 : this._unmutedVolume));
+      this._widget.setMuted(this._volume === 0);
     }
     /** @type {HTMLVideoElement} */
     this._video = this._widget ? this._widget.video : document.createElement("video");
@@ -84,6 +88,7 @@ export class Subscriber extends EventEmitter {
     }, "subscribeToVideo");
     this.setAudioVolume = withPromise(this, async (/** @type {number} */ value) => {
       this._volume = Math.max(0, Math.min(100, Number(value) || 0));
+      if (this._volume > 0) this._unmutedVolume = this._volume;
       this._video.volume = this._volume / 100;
       this._widget?.setMuted(this._volume === 0);
     }, "setAudioVolume");

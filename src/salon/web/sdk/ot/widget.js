@@ -7,6 +7,9 @@
 //   widget.video.srcObject = mediaStream;
 //   widget.onMuteToggle((muted) => publisher.publishAudio(!muted));
 //
+// The widget shows state and reports the user's clicks; the owner acts on them (a publisher's
+// mute button: publishAudio; a subscriber's: setAudioVolume(0) and back, as OpenTok.js does).
+//
 // The markup and class names are OpenTok.js's, so an app's CSS for them keeps working:
 //
 //   <div class="OT_publisher OT_mirrored OT_fit-mode-cover" style="width:264px;height:198px">
@@ -57,8 +60,7 @@
  * @property {(off: boolean) => void} setVideoOff show the poster instead of the video
  * @property {(callback: (muted: boolean) => void) => void} onMuteToggle called with the new
  *   state when the user clicks the mute button (the widget already shows it)
- * @property {(muted: boolean) => void} setMuted show the mute state (a subscriber's widget
- *   also mutes its video element's playback)
+ * @property {(muted: boolean) => void} setMuted show the mute state
  * @property {(style: WidgetStyle) => void} setStyle change some of the style options
  * @property {() => Required<WidgetStyle>} getStyle the style options in force
  * @property {() => void} destroy stop the video and remove the element from the page
@@ -291,7 +293,6 @@ export function createWidget(target, options = {}) {
     muteButton.setAttribute("aria-pressed", String(muted));
     muteButton.setAttribute("aria-label", muted ? "Unmute" : "Mute");
     muteButton.title = muted ? "Unmute" : "Mute";
-    if (kind === "subscriber") video.muted = muted;
   };
   const onClick = () => {
     setMuted(!muted);
