@@ -118,6 +118,16 @@ async def test_browser_on_ot_and_python_client_exchange_media(
             )
             assert 0.05 < level <= 1, f"the subscriber's audioLevelUpdated peaked at {level} (-1: no event)"
 
+            # The subscriber's mute button sets its volume to 0 and back, as in OpenTok.js.
+            mute = page.locator("#subscriber .OT_subscriber .OT_mute")
+            await mute.click()
+            volume = (
+                "() => [subscribers[0].getAudioVolume(), document.querySelector('#subscriber video').volume]"
+            )
+            assert await page.evaluate(volume) == [0, 0]
+            await mute.click()
+            assert await page.evaluate(volume) == [50, 0.5]
+
             # The Python client turns its video off: the subscriber says videoDisabled and its
             # default UI shows the poster and the audio-level meter (the tone's level).
             await publisher.publish_video(False)
