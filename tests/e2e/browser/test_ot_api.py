@@ -4,10 +4,12 @@ forms, insertDefaultUI false, targeted signals, and OpenTok's error names and co
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from browser_helpers import open_page
 from ot_helpers import open_ot_page
-from playwright.async_api import Browser
+from playwright.async_api import Browser, Page
 
 from tests.conftest import RunningServer
 
@@ -318,4 +320,147 @@ async def test_switching_camera_and_microphone_keeps_the_stream(
         "device": True,
         "sameStream": True,
         "kinds": ["audioInput", "videoInput"],
+    }
+
+
+async def test_cpu_performance_changes_are_dispatched(browser: Browser, server: RunningServer) -> None:
+    """cpuPerformanceChanged follows the Compute Pressure API's CPU state, emulated through the
+    DevTools protocol, once per change."""
+    session_id = server.session()
+    page = await open_ot_page(browser, server.url, "cpu", body=BODY)
+    await page.add_script_tag(content=PRELUDE)
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("Emulation.setPressureSourceOverrideEnabled", {"enabled": True, "source": "cpu"})
+    await cdp.send("Emulation.setPressureStateOverride", {"source": "cpu", "state": "nominal"})
+    await page.evaluate(
+        """async ([apiKey, sessionId, token]) => {
+            window.states = [];
+            const s = OT.initSession(apiKey, sessionId);
+            s.on("cpuPerformanceChanged", (e) => window.states.push([e.cpuPerformanceState, e.target === s]));
+            await new Promise((resolve, reject) => {
+                s.connect(token, (err) => (err ? reject(err) : resolve()));
+            });
+        }""",
+        [server.api_key, session_id, server.token(session_id)],
+    )
+    await page.wait_for_function("window.states.length === 1", timeout=20000)
+    for state in ("serious", "critical"):
+        await cdp.send("Emulation.setPressureStateOverride", {"source": "cpu", "state": state})
+        await page.wait_for_function(f"window.states.some(([s]) => s === '{state}')", timeout=20000)
+    # The observer samples every second; each change is dispatched once.
+    assert await page.evaluate("window.states") == [["nominal", True], ["serious", True], ["critical", True]]
+
+
+#: The page's video send rate over the next window (bits per second), from the publisher's
+#: own RTCStatsReport.
+SEND_RATE = """async (ms) => {
+    const sent = async () => {
+        let bytes = 0;
+        for (const {rtcStatsReport} of await window.publisher.getRtcStatsReport()) {
+            rtcStatsReport.forEach((r) => {
+                if (r.type === "outbound-rtp" && r.kind === "video") bytes += r.bytesSent;
+            });
+        }
+        return bytes;
+    };
+    const before = await sent();
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, ms));
+    return ((await sent()) - before) * 8 / ((performance.now() - t0) / 1000);
+}"""
+
+
+async def _wait_rate(page: Page, test: Callable[[float], bool], what: str) -> float:
+    """Measure the send rate over 1.5 s windows until ``test`` holds (20 s at most)."""
+    rates = []
+    for _ in range(13):
+        rates.append(await page.evaluate(SEND_RATE, 1500))
+        if test(rates[-1]):
+            return rates[-1]
+    raise AssertionError(f"the video send rate never {what}: {[round(r) for r in rates]} bit/s")
+
+
+async def test_max_video_bitrate_and_presets(browser: Browser, server: RunningServer) -> None:
+    session_id = server.session()
+    page = await open_ot_page(browser, server.url, "bitrate", body=BODY)
+    await page.add_script_tag(content=PRELUDE)
+    state = await page.evaluate(
+        """async ([apiKey, sessionId, token]) => {
+            const s = await connectSession(apiKey, sessionId, token);
+            window.publisher = await s.publish.promise("pub", {insertMode: "append", resolution: "640x480"});
+            const errors = [];
+            const calls = [() => publisher.setMaxVideoBitrate(100),
+                           () => publisher.setVideoBitratePreset("fast")];
+            for (const call of calls) {
+                await call().catch((e) => errors.push([e.name, e.code]));
+            }
+            return {preset: publisher.getVideoBitratePreset(), max: publisher.getMaxVideoBitrate(), errors};
+        }""",
+        [server.api_key, session_id, server.token(session_id)],
+    )
+    assert state == {
+        "preset": "default",
+        "max": 0,
+        "errors": [["OT_INVALID_PARAMETER", 1011], ["OT_INVALID_PARAMETER", 1011]],
+    }
+    # Uncapped, the fake camera's moving pattern goes well above the caps below...
+    await _wait_rate(page, lambda rate: rate > 250_000, "rose above 250 kbit/s uncapped")
+    # ...extra_bw_saver at 640x480 caps it at 100 kbit/s (OpenTok.js's table)...
+    await page.evaluate("publisher.setVideoBitratePreset('extra_bw_saver')")
+    assert await page.evaluate("publisher.getVideoBitratePreset()") == "extra_bw_saver"
+    await _wait_rate(page, lambda rate: rate < 100_000 * 1.3, "fell under extra_bw_saver's 100 kbit/s")
+    # ...a custom cap is 'custom'; 0 removes it.
+    await page.evaluate("publisher.setMaxVideoBitrate(50000)")
+    assert await page.evaluate("[publisher.getVideoBitratePreset(), publisher.getMaxVideoBitrate()]") == [
+        "custom",
+        50000,
+    ]
+    await _wait_rate(page, lambda rate: rate < 50_000 * 1.3, "fell under the 50 kbit/s cap")
+    await page.evaluate("publisher.setMaxVideoBitrate(0)")
+    assert await page.evaluate("[publisher.getVideoBitratePreset(), publisher.getMaxVideoBitrate()]") == [
+        "default",
+        0,
+    ]
+    await _wait_rate(page, lambda rate: rate > 150_000, "rose again once uncapped")
+
+
+async def test_static_functions(browser: Browser, server: RunningServer) -> None:
+    """OT's functions that need no session: system and screen-sharing checks, codecs, audio
+    outputs, log level."""
+    page = await open_ot_page(browser, server.url, "static", body=BODY)
+    result = await page.evaluate(
+        """async () => {
+            const outputs = await OT.getAudioOutputDevices();
+            const bad = await OT.setAudioOutputDevice("no-such-device")
+                .then(() => null, (e) => [e.name, e.code]);
+            await OT.setAudioOutputDevice("default");
+            const active = await OT.getActiveAudioOutputDevice();
+            let screen = null;
+            const response = await OT.checkScreenSharingCapability((r) => { screen = r; });
+            const codecs = await OT.getSupportedCodecs();
+            OT.setLogLevel(OT.DEBUG);
+            OT.setLogLevel(OT.ERROR);
+            return {
+                system: OT.checkSystemRequirements(),
+                outputsAreDevices: Array.isArray(outputs)
+                    && outputs.every((o) => "deviceId" in o && "label" in o),
+                bad, active: active.deviceId,
+                screen: [screen === response, response.supported, response.supportedSources.screen],
+                encoders: codecs.videoEncoders.sort(), decoders: codecs.videoDecoders.sort(),
+                mediaProcessors: OT.hasMediaProcessorSupport(), e2ee: OT.hasEndToEndEncryptionSupport(),
+                version: OT.version,
+            };
+        }"""
+    )
+    assert result == {
+        "system": 1,
+        "outputsAreDevices": True,
+        "bad": ["OT_INVALID_AUDIO_OUTPUT_SOURCE", 1011],
+        "active": "default",
+        "screen": [True, True, True],
+        "encoders": ["H264", "VP8"],
+        "decoders": ["H264", "VP8"],
+        "mediaProcessors": False,
+        "e2ee": False,
+        "version": "2.35.2",
     }

@@ -99,3 +99,34 @@ async def test_an_opentok_app_reconnects_after_the_link_drops(
         stats = await video_stats(page, "#subscriber .OT_subscriber video", timeout_ms=30000)
         assert stats["found"] and stats["framesAdvanced"] > 0, f"{who}: {stats}"
     assert await bob.evaluate("window.errors") == [] and await alice.evaluate("window.errors") == []
+
+
+async def test_set_proxy_url_routes_the_session_through_the_proxy(
+    browser: Browser, flaky_server: RunningServer, proxy: TcpProxy
+) -> None:
+    """OT.setProxyUrl, before any session, makes OT talk to salon through that URL: the page
+    loads the script from the server itself, yet resetting the proxy's links breaks (and
+    reconnects) its session. Calls too late or twice are refused as OpenTok.js refuses them."""
+    session_id = flaky_server.session()
+    page = await open_ot_page(browser, flaky_server.url, "proxied")
+    await page.evaluate(
+        """([proxyUrl, apiKey, sessionId, token]) => new Promise((resolve, reject) => {
+            window.log = [];
+            OT.on("exception", (e) => window.log.push(`exception ${e.code} ${e.title}`));
+            OT.setProxyUrl(proxyUrl);
+            OT.setProxyUrl(proxyUrl);  // already set: 2022
+            const s = OT.initSession(apiKey, sessionId);
+            OT.setProxyUrl(proxyUrl);  // after initSession: 2021
+            s.on("sessionReconnecting sessionReconnected", (e) => window.log.push(e.type));
+            s.connect(token, (err) => (err ? reject(err) : resolve()));
+        })""",
+        [proxy.url, API_KEY, session_id, flaky_server.token(session_id)],
+    )
+    proxy.drop()
+    await wait_for(page, "window.log.includes('sessionReconnected')", 30000, "reconnected through the proxy")
+    assert await page.evaluate("window.log") == [
+        "exception 2022 Proxy URL Already Set Error",
+        "exception 2021 Proxy URL Timing Error",
+        "sessionReconnecting",
+        "sessionReconnected",
+    ]

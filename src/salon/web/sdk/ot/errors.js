@@ -46,6 +46,8 @@ const TITLES = {
   1605: "Stream Limit Exceeded",
   2000: "Internal Error",
   2001: "Unexpected Server Response",
+  2021: "Proxy URL Timing Error",
+  2022: "Proxy URL Already Set Error",
 };
 
 /** An OpenTok.js error: `name` is one of OpenTok's `OT_…` names. */

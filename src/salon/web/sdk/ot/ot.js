@@ -16,8 +16,13 @@ import { openMedia, listDevices, listAudioOutputs, supportedCodecs } from "./med
  * @param {any} [options]
  */
 function initSession(apiKey, sessionId, options) {
+  started = true;
   return new Session(apiKey, sessionId, options);
 }
+
+/** Whether a Session or Publisher was made (OT.setProxyUrl must come before). */
+let started = false;
+let proxySet = false;
 
 /**
  * OT.initPublisher(targetElement, properties, completionHandler): a Publisher, at once; the
@@ -29,6 +34,7 @@ function initSession(apiKey, sessionId, options) {
 function initPublisher(target, properties, completionHandler) {
   if (typeof target === "function") [target, properties, completionHandler] = [undefined, undefined, target];
   else if (typeof properties === "function") [properties, completionHandler] = [undefined, properties];
+  started = true;
   return new Publisher(/** @type {any} */ (target), properties, completionHandler);
 }
 initPublisher.promise = (/** @type {any} */ target, /** @type {any} */ properties) =>
@@ -118,6 +124,23 @@ function setServerUrl(url) {
   config.serverUrl = String(url || "").replace(/\/+$/, "");
 }
 
+/**
+ * OT.setProxyUrl: talk to salon through the reverse proxy at `url` (OpenTok.js's IP proxy),
+ * with OpenTok.js's rules: before any initSession / initPublisher, and once.
+ * @param {string} url
+ */
+function setProxyUrl(url) {
+  const target = { setProxyUrl: url };
+  if (started) {
+    report(new OTError("OT_SET_PROXY_URL_TIMING_ERROR", "OT.setProxyUrl must be called before OT.initSession and OT.initPublisher", 2021), target);
+  } else if (proxySet) {
+    report(new OTError("OT_PROXY_URL_ALREADY_SET_ERROR", "the proxy URL is already set", 2022), target);
+  } else {
+    proxySet = true;
+    setServerUrl(url);
+  }
+}
+
 export const OT = {
   /** OpenTok.js's version this layer follows; salon's own SDK version is `salonVersion`. */
   version: "2.35.2",
@@ -154,6 +177,7 @@ export const OT = {
   log: (message) => log(4, message),
   unblockAudio,
   setServerUrl,
+  setProxyUrl,
   /** @param {any} type @param {any} [handler] @param {any} [context] */
   on: (type, handler, context) => {
     exceptions.on(type, handler, context);

@@ -91,6 +91,10 @@ export class Publisher extends EventEmitter {
     this._video.playsInline = true;
     this._video.addEventListener("resize", () => this._resized());
     this._dimensions = { width: 0, height: 0 };
+    /** setMaxVideoBitrate's bits per second (0: none), or setVideoBitratePreset's preset */
+    this._maxBitrate = 0;
+    /** @type {"default"|"bw_saver"|"extra_bw_saver"|"custom"} */
+    this._bitratePreset = "default";
 
     const codecs = Array.isArray(props.preferredVideoCodecs) ? props.preferredVideoCodecs : [];
     const codec = codecs.map((/** @type {string} */ c) => c.toUpperCase()).find((/** @type {string} */ c) => c === "VP8" || c === "H264");
@@ -132,7 +136,10 @@ export class Publisher extends EventEmitter {
       this._widget?.setMuted(true);
       this.trigger("muteForced");
     });
-    s.on("streamCreated", () => this.session?._publisherStreamCreated(this));
+    s.on("streamCreated", () => {
+      this.session?._publisherStreamCreated(this);
+      this._applyBitrate().catch((err) => log(2, "could not apply the maximum video bitrate", err));
+    });
     s.on("streamDestroyed", ({ reason }) => this._streamEnded(reason || "networkDisconnected"));
 
     this.publishAudio = withPromise(this, async (/** @type {boolean} */ value) => {
@@ -319,6 +326,73 @@ export class Publisher extends EventEmitter {
   async setVideoContentHint(hint) {
     const track = this._salon.videoTrack;
     if (track) track.contentHint = hint;
+  }
+
+  /**
+   * Cap the video bitrate (bits per second, 5 000 to 10 000 000; 0 removes the cap), on the
+   * sender: no renegotiation, kept across republishing.
+   * @param {number} bitrateBps
+   */
+  async setMaxVideoBitrate(bitrateBps) {
+    const bitrate = typeof bitrateBps === "number" ? Math.trunc(bitrateBps) : NaN;
+    if (Number.isNaN(bitrate) || (bitrate !== 0 && (bitrate < 5000 || bitrate > 10_000_000))) {
+      throw new OTError("OT_INVALID_PARAMETER", "Invalid bitrate: it must be 0 or any number between 5000 and 10000000", 1011);
+    }
+    this._maxBitrate = bitrate;
+    this._bitratePreset = bitrate === 0 ? "default" : "custom";
+    await this._applyBitrate();
+  }
+
+  /**
+   * OpenTok.js's presets: "default" (no cap), "bw_saver", "extra_bw_saver" (caps by resolution,
+   * OpenTok.js's table for one encoding).
+   * @param {string} preset
+   */
+  async setVideoBitratePreset(preset) {
+    const name = typeof preset === "string" ? preset.toLowerCase() : "";
+    if (name !== "default" && name !== "bw_saver" && name !== "extra_bw_saver") {
+      throw new OTError("OT_INVALID_PARAMETER", 'Invalid preset. It must be either "default", "bw_saver", or "extra_bw_saver"', 1011);
+    }
+    this._bitratePreset = name;
+    this._maxBitrate = 0;
+    await this._applyBitrate();
+  }
+
+  /** @returns {number} the cap set with setMaxVideoBitrate, 0 for none */
+  getMaxVideoBitrate() {
+    return this._maxBitrate;
+  }
+
+  /** @returns {"default"|"bw_saver"|"extra_bw_saver"|"custom"} */
+  getVideoBitratePreset() {
+    return this._bitratePreset;
+  }
+
+  /** The cap in force, in bits per second (null: none). @returns {number|null} */
+  _bitrateCap() {
+    if (this._bitratePreset === "custom") return this._maxBitrate;
+    if (this._bitratePreset === "default") return null;
+    // OpenTok.js's singleEncodingBitrateTable, by the nearest resolution class.
+    const pixels = (this.videoWidth() || 640) * (this.videoHeight() || 480);
+    const size = pixels >= 1920 * 1080 * 0.9 ? "FHD" : pixels >= 1280 * 720 * 0.9 ? "HD" : pixels >= 960 * 540 * 0.9 ? "qHD" : "VGA";
+    /** @type {Record<string, [number, number]>} [bw_saver, extra_bw_saver] */
+    const table = { FHD: [1_000_000, 300_000], HD: [800_000, 250_000], qHD: [600_000, 150_000], VGA: [450_000, 100_000] };
+    return table[size][this._bitratePreset === "bw_saver" ? 0 : 1];
+  }
+
+  /** Put the cap on the video sender, if publishing. */
+  async _applyBitrate() {
+    const track = this._salon.videoTrack;
+    const sender = this._salon.pc?.getSenders().find((x) => x.track === track && track);
+    if (!sender) return;
+    const params = sender.getParameters();
+    if (!params.encodings?.length) return;
+    const cap = this._bitrateCap();
+    for (const encoding of params.encodings) {
+      if (cap == null) delete encoding.maxBitrate;
+      else encoding.maxBitrate = cap;
+    }
+    await sender.setParameters(params);
   }
 
   /** @returns {number|undefined} */

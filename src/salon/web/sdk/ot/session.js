@@ -97,6 +97,8 @@ export class Session extends EventEmitter {
     this._lastLevels = new Map();
     /** @type {Event[]|null} events held back while connecting (they follow sessionConnected) */
     this._held = null;
+    /** @type {any} the Compute Pressure observer behind cpuPerformanceChanged, while connected */
+    this._pressure = null;
     const ice = options?.iceConfig;
     /** @type {any} */
     const salonOptions = { url: options?.serverUrl || config.serverUrl || undefined };
@@ -129,6 +131,7 @@ export class Session extends EventEmitter {
       const held = [new Event("connectionCreated", this, { connection: this.connection }), ...(this._held || [])];
       this._held = null;
       this.trigger("sessionConnected");
+      this._watchCpu();
       return held;
     };
     /** connect(token, completionHandler): the handler gets an OTError (name OT_AUTHENTICATION_ERROR, …) or nothing. */
@@ -257,6 +260,31 @@ export class Session extends EventEmitter {
       this.streams._clear();
       this.connections._clear();
       this.connection = undefined;
+      this._pressure?.disconnect();
+      this._pressure = null;
+    });
+  }
+
+  /**
+   * OpenTok.js's cpuPerformanceChanged: the Compute Pressure API's CPU state ("nominal",
+   * "fair", "serious", "critical"), dispatched when it changes while connected. Browsers
+   * without the API (or refusing it) dispatch nothing.
+   */
+  _watchCpu() {
+    const PressureObserver = /** @type {any} */ (globalThis).PressureObserver;
+    if (typeof PressureObserver !== "function" || this._pressure) return;
+    /** @type {string|null} */
+    let last = null;
+    const observer = new PressureObserver((/** @type {{state: string}[]} */ records) => {
+      const state = records[records.length - 1]?.state;
+      if (!state || state === last || observer !== this._pressure) return;
+      last = state;
+      this._emit("cpuPerformanceChanged", { cpuPerformanceState: state });
+    });
+    this._pressure = observer;
+    observer.observe("cpu", { sampleInterval: 1000 }).catch((/** @type {any} */ err) => {
+      log(3, "no CPU pressure information", err);
+      if (this._pressure === observer) this._pressure = null;
     });
   }
 
