@@ -252,6 +252,24 @@ async def test_name_mute_meter_and_poster(server: RunningServer, browser: Browse
     pub = await page.evaluate(state, "pub")
     assert not pub["meterShown"] and await page.evaluate("window.pub.getStyle().nameDisplayMode") == "on", pub
 
+    # Sound the browser blocks (autoplay): a "play audio" button over the subscriber.
+    blocked = """() => {
+        const b = window.sub.element.querySelector(".OT_audio-blocked-indicator");
+        return getComputedStyle(b).display !== "none";
+    }"""
+    await page.evaluate("() => { window.unblocks = 0; window.sub.onUnblockClick(() => window.unblocks++); }")
+    assert not await page.evaluate(blocked)
+    await page.evaluate("() => window.sub.setAudioBlocked(true)")
+    assert await page.evaluate(blocked)
+    await page.get_by_role("button", name="Play audio").click()
+    assert await page.evaluate("window.unblocks") == 1
+    await page.evaluate("() => window.sub.setStyle({audioBlockedDisplayMode: 'off'})")
+    assert not await page.evaluate(blocked)
+    await page.evaluate(
+        "() => { window.sub.setStyle({audioBlockedDisplayMode: 'auto'}); window.sub.setAudioBlocked(false); }"
+    )
+    assert not await page.evaluate(blocked)
+
     await page.evaluate("() => { window.pub.destroy(); window.sub.destroy(); }")
     assert await page.locator(".OT_publisher, .OT_subscriber").count() == 0
 

@@ -63,6 +63,8 @@ export class Subscriber extends EventEmitter {
       // OpenTok.js: the mute button sets the volume to 0, and back to the last one above 0.
       this._widget.onMuteToggle((muted) => this.setAudioVolume(muted ? 0 : this._unmutedVolume));
       this._widget.setMuted(this._volume === 0);
+      // OpenTok.js: the audio-blocked indicator's click unblocks the audio.
+      this._widget.onUnblockClick(() => this._unblock().catch((err) => log(2, "unblocking audio failed", err)));
     }
     /** @type {HTMLVideoElement} */
     this._video = this._widget ? this._widget.video : document.createElement("video");
@@ -141,6 +143,7 @@ export class Subscriber extends EventEmitter {
       () => {
         if (this._blocked) {
           this._blocked = false;
+          this._widget?.setAudioBlocked(false);
           this.trigger("audioUnblocked");
         }
       },
@@ -151,6 +154,7 @@ export class Subscriber extends EventEmitter {
         this._blocked = true;
         this._video.muted = true;
         this._video.play().catch(() => {});
+        this._widget?.setAudioBlocked(true);
         this.trigger("audioBlocked");
       },
     );
@@ -162,6 +166,7 @@ export class Subscriber extends EventEmitter {
     this._video.muted = false;
     await this._video.play();
     this._blocked = false;
+    this._widget?.setAudioBlocked(false);
     this.trigger("audioUnblocked");
   }
 
