@@ -1,5 +1,9 @@
 """Pages running OpenTok.js apps on salon: the classic script ``/v2/js/opentok.js`` loaded the
-way an OpenTok app loads OpenTok's, the app's own code added as an inline script."""
+way an OpenTok app loads OpenTok's, the app's own code added as an inline script.
+
+Tests name the server fixture before ``browser``: fixtures are torn down in reverse, so the
+pages close before the server stops (a server stopping under connected pages makes their SDK
+try to reconnect, and Chromium logs each refused WebSocket as a console error)."""
 
 from __future__ import annotations
 

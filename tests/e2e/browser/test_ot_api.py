@@ -36,7 +36,7 @@ window.until = (test, what, ms = 20000) => new Promise((resolve, reject) => {
 """
 
 
-async def test_publish_subscribe_and_default_actions(browser: Browser, server: RunningServer) -> None:
+async def test_publish_subscribe_and_default_actions(server: RunningServer, browser: Browser) -> None:
     session_id = server.session()
     page = await open_ot_page(browser, server.url, "api", body=BODY)
     await page.add_script_tag(content=PRELUDE)
@@ -119,7 +119,7 @@ async def test_publish_subscribe_and_default_actions(browser: Browser, server: R
     assert result["context"] == {"created": 1, "once": 1, "both": ["streamCreated", "streamDestroyed"]}
 
 
-async def test_targeted_signals_and_opentok_error_codes(browser: Browser, server: RunningServer) -> None:
+async def test_targeted_signals_and_opentok_error_codes(server: RunningServer, browser: Browser) -> None:
     session_id = server.session()
     page = await open_ot_page(browser, server.url, "errors", body=BODY)
     await page.add_script_tag(content=PRELUDE)
@@ -209,7 +209,7 @@ async def test_targeted_signals_and_opentok_error_codes(browser: Browser, server
 
 
 async def test_pages_on_another_origin_load_the_script_and_the_module(
-    browser: Browser, server: RunningServer
+    server: RunningServer, browser: Browser
 ) -> None:
     """A page of http://localhost:PORT loads the classic script and imports the ES module from
     http://127.0.0.1:PORT (another origin: the module needs CORS), and both talk to the server
@@ -252,7 +252,7 @@ async def test_pages_on_another_origin_load_the_script_and_the_module(
 
 
 async def test_switching_camera_and_microphone_keeps_the_stream(
-    browser: Browser, server: RunningServer
+    server: RunningServer, browser: Browser
 ) -> None:
     """cycleVideo / setVideoSource / setAudioSource replace the tracks in place: the stream
     and the subscription stay, and the subscriber goes on receiving."""
@@ -323,7 +323,7 @@ async def test_switching_camera_and_microphone_keeps_the_stream(
     }
 
 
-async def test_cpu_performance_changes_are_dispatched(browser: Browser, server: RunningServer) -> None:
+async def test_cpu_performance_changes_are_dispatched(server: RunningServer, browser: Browser) -> None:
     """cpuPerformanceChanged follows the Compute Pressure API's CPU state, emulated through the
     DevTools protocol, once per change."""
     session_id = server.session()
@@ -380,7 +380,7 @@ async def _wait_rate(page: Page, test: Callable[[float], bool], what: str) -> fl
     raise AssertionError(f"the video send rate never {what}: {[round(r) for r in rates]} bit/s")
 
 
-async def test_max_video_bitrate_and_presets(browser: Browser, server: RunningServer) -> None:
+async def test_max_video_bitrate_and_presets(server: RunningServer, browser: Browser) -> None:
     session_id = server.session()
     page = await open_ot_page(browser, server.url, "bitrate", body=BODY)
     await page.add_script_tag(content=PRELUDE)
@@ -424,7 +424,7 @@ async def test_max_video_bitrate_and_presets(browser: Browser, server: RunningSe
     await _wait_rate(page, lambda rate: rate > 150_000, "rose again once uncapped")
 
 
-async def test_static_functions(browser: Browser, server: RunningServer) -> None:
+async def test_static_functions(server: RunningServer, browser: Browser) -> None:
     """OT's functions that need no session: system and screen-sharing checks, codecs, audio
     outputs, log level."""
     page = await open_ot_page(browser, server.url, "static", body=BODY)

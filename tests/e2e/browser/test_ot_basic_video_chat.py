@@ -35,7 +35,7 @@ async def _sees_moving_video(page: object, selector: str, who: str) -> dict[str,
     return stats
 
 
-async def test_basic_video_chat_as_the_opentok_docs_write_it(browser: Browser, server: RunningServer) -> None:
+async def test_basic_video_chat_as_the_opentok_docs_write_it(server: RunningServer, browser: Browser) -> None:
     session_id = server.session()
     pages = []
     for name in ("alice", "bob"):
@@ -68,7 +68,7 @@ async def test_basic_video_chat_as_the_opentok_docs_write_it(browser: Browser, s
 
 
 async def test_an_expired_token_fails_connect_with_ot_authentication_error(
-    browser: Browser, server: RunningServer
+    server: RunningServer, browser: Browser
 ) -> None:
     session_id = server.session()
     # Minted as if an hour ago, for 60 s: expired a long time ago (the server allows no leeway).

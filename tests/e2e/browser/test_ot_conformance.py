@@ -204,7 +204,7 @@ def test_definitions_are_parsed() -> None:
 
 
 async def test_ot_has_every_member_and_event_of_the_definitions(
-    browser: Browser, server: RunningServer
+    server: RunningServer, browser: Browser
 ) -> None:
     spec = _definitions()
     missing: dict[str, str] = json.loads(MISSING_FILE.read_text())["missing"]

@@ -55,7 +55,7 @@ async def proxy(flaky_server: RunningServer) -> AsyncIterator[TcpProxy]:
 
 
 async def test_an_opentok_app_reconnects_after_the_link_drops(
-    browser: Browser, flaky_server: RunningServer, proxy: TcpProxy
+    flaky_server: RunningServer, proxy: TcpProxy, browser: Browser
 ) -> None:
     server = flaky_server
     session_id = server.session()
@@ -102,7 +102,7 @@ async def test_an_opentok_app_reconnects_after_the_link_drops(
 
 
 async def test_set_proxy_url_routes_the_session_through_the_proxy(
-    browser: Browser, flaky_server: RunningServer, proxy: TcpProxy
+    flaky_server: RunningServer, proxy: TcpProxy, browser: Browser
 ) -> None:
     """OT.setProxyUrl, before any session, makes OT talk to salon through that URL: the page
     loads the script from the server itself, yet resetting the proxy's links breaks (and
