@@ -404,10 +404,14 @@ export class Publisher extends Emitter {
     if (this.videoElement && track.kind === "video") this.videoElement.srcObject = media;
   }
 
-  /** @param {object} fields */
+  /** @param {{has_audio?: boolean, has_video?: boolean}} fields */
   async _update(fields) {
     if (this.session && this.stream && this.session.isConnected()) {
-      await this.session._request({ type: "update_stream", stream_id: this.stream.streamId, ...fields });
+      const stream = this.stream;
+      await this.session._request({ type: "update_stream", stream_id: stream.streamId, ...fields });
+      // The others get stream_property_changed; the owner's own Stream follows the change here.
+      if (fields.has_audio !== undefined) stream.hasAudio = fields.has_audio;
+      if (fields.has_video !== undefined) stream.hasVideo = fields.has_video;
     }
   }
 
@@ -833,6 +837,8 @@ export class Session extends Emitter {
           if (p.stream?.streamId === msg.stream_id) {
             p._audioOn = false;
             if (p.audioTrack) p.audioTrack.enabled = false;
+            // The server turned the stream's has_audio off; the owner gets no stream_property_changed.
+            if (p.stream) p.stream.hasAudio = false;
             p.emit("muteForced", { stream: p.stream });
             this.emit("muteForced", { stream: p.stream });
           }

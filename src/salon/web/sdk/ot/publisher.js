@@ -7,6 +7,7 @@ import { createWidget } from "./widget.js";
 import { openMedia, isScreen, isOff, listDevices, willPrompt } from "./media.js";
 import { publisherStats, imageData } from "./stats.js";
 import { log } from "./config.js";
+import { LevelRepeater } from "./levels.js";
 
 let nextId = 1;
 
@@ -56,6 +57,10 @@ export class Publisher extends EventEmitter {
     /** @type {any} the OT.Session it publishes to */
     this.session = undefined;
     this._destroyed = false;
+    this._levels = new LevelRepeater((level) => {
+      this._widget?.setAudioLevel(level);
+      this.trigger("audioLevelUpdated", { audioLevel: level });
+    });
     this._screen = isScreen(props.videoSource);
     /** @type {any} */
     this._style = { ...(props.style || {}) };
@@ -70,7 +75,7 @@ export class Publisher extends EventEmitter {
         height: props.height,
         name: props.showControls === false ? "" : name,
         mirror: props.mirror ?? !this._screen,
-        fitMode: props.fitMode,
+        fitMode: props.fitMode ?? (this._screen ? "contain" : "cover"),
         style: props.style,
       });
       this.element = this._widget.element;
@@ -173,6 +178,7 @@ export class Publisher extends EventEmitter {
 
   /** The publisher's stream ended (unpublished, force-unpublished, disconnected). @param {string} reason */
   _streamEnded(reason) {
+    this._levels.stop();
     const stream = this.stream;
     const session = this.session;
     this.stream = undefined;
@@ -188,6 +194,7 @@ export class Publisher extends EventEmitter {
   async _destroy(reason) {
     if (this._destroyed) return;
     this._destroyed = true;
+    this._levels.stop();
     const session = this.session;
     if (session && this.stream) {
       try {
@@ -409,7 +416,6 @@ export class Publisher extends EventEmitter {
 
   /** @param {number} level */
   _audioLevel(level) {
-    this._widget?.setAudioLevel(level);
-    this.trigger("audioLevelUpdated", { audioLevel: level });
+    this._levels.set(level);
   }
 }

@@ -93,6 +93,8 @@ export class Session extends EventEmitter {
     this._publishers = new Set();
     /** @type {Set<Subscriber>} */
     this._subscribers = new Set();
+    /** @type {Map<string, number>} each stream's last audio level (a subscriber starts from it) */
+    this._lastLevels = new Map();
     /** @type {Event[]|null} events held back while connecting (they follow sessionConnected) */
     this._held = null;
     /** @type {any} the Compute Pressure observer behind cpuPerformanceChanged, while connected */
@@ -234,6 +236,7 @@ export class Session extends EventEmitter {
     });
     s.on("muteForced", () => this._emit("muteForced"));
     s.on("audioLevelUpdated", (/** @type {any} */ e) => {
+      this._lastLevels.set(e.streamId, e.audioLevel);
       for (const p of this._publishers) if (p.stream?.streamId === e.streamId) p._audioLevel(e.audioLevel);
     });
     s.on("sessionReconnecting", () => {
@@ -331,7 +334,10 @@ export class Session extends EventEmitter {
    * @param {string} reason
    */
   _streamDestroyed(salonStream, reason) {
+    if (salonStream) this._lastLevels.delete(salonStream.streamId);
     if (!salonStream || this._own(salonStream)) return;
+    // OpenTok.js: the others see an unpublished stream go with reason clientDisconnected.
+    if (reason === "unpublished") reason = "clientDisconnected";
     const stream = this.streams.get(salonStream.streamId) || this._streamFor(salonStream);
     this.streams._remove(stream.streamId);
     const subscribers = [...this._subscribers].filter((sub) => sub.stream === stream);

@@ -6,6 +6,7 @@ import { createWidget } from "./widget.js";
 import { subscriberStats, imageData } from "./stats.js";
 import { config, log } from "./config.js";
 import { widgetId, withPromise } from "./publisher.js";
+import { LevelRepeater } from "./levels.js";
 
 /**
  * Returned by `session.subscribe(stream, target, properties, completionHandler)` at once; the
@@ -32,11 +33,16 @@ export class Subscriber extends EventEmitter {
     /** @type {any} the salon SDK's Subscriber, once subscribed */
     this._salon = null;
     this._destroyed = false;
+    this._levels = new LevelRepeater((level) => {
+      this._widget?.setAudioLevel(level);
+      this.trigger("audioLevelUpdated", { audioLevel: level });
+    });
     /** set when a cancelled streamDestroyed / sessionDisconnected keeps the element */
     this._keep = false;
     this._audioOn = props.subscribeToAudio !== false;
     this._videoOn = props.subscribeToVideo !== false;
     this._volume = typeof props.audioVolume === "number" ? Math.max(0, Math.min(100, props.audioVolume)) : 50;
+    this._unmutedVolume = this._volume > 0 ? this._volume : 50;
     this._blocked = false;
     /** @type {any} */
     this._style = { ...(props.style || {}) };
@@ -49,11 +55,16 @@ export class Subscriber extends EventEmitter {
         width: props.width,
         height: props.height,
         name: props.showControls === false ? "" : stream.name,
-        fitMode: props.fitMode,
+        fitMode: props.fitMode ?? (stream.videoType === "screen" ? "contain" : "cover"),
         style: props.style,
       });
       this.element = this._widget.element;
       this.element.id ||= this.id;
+      // OpenTok.js: the mute button sets the volume to 0, and back to the last one above 0.
+      this._widget.onMuteToggle((muted) => this.setAudioVolume(muted ? 0 : this._unmutedVolume));
+      this._widget.setMuted(this._volume === 0);
+      // OpenTok.js: the audio-blocked indicator's click unblocks the audio.
+      this._widget.onUnblockClick(() => this._unblock().catch((err) => log(2, "unblocking audio failed", err)));
     }
     /** @type {HTMLVideoElement} */
     this._video = this._widget ? this._widget.video : document.createElement("video");
@@ -79,6 +90,7 @@ export class Subscriber extends EventEmitter {
     }, "subscribeToVideo");
     this.setAudioVolume = withPromise(this, async (/** @type {number} */ value) => {
       this._volume = Math.max(0, Math.min(100, Number(value) || 0));
+      if (this._volume > 0) this._unmutedVolume = this._volume;
       this._video.volume = this._volume / 100;
       this._widget?.setMuted(this._volume === 0);
     }, "setAudioVolume");
@@ -102,10 +114,10 @@ export class Subscriber extends EventEmitter {
         return;
       }
       this._salon = sub;
-      sub.on("audioLevelUpdated", (/** @type {any} */ e) => {
-        this._widget?.setAudioLevel(e.audioLevel);
-        this.trigger("audioLevelUpdated", { audioLevel: e.audioLevel });
-      });
+      sub.on("audioLevelUpdated", (/** @type {any} */ e) => this._levels.set(e.audioLevel));
+      // A steady level was sent before this subscription: start from it.
+      const level = this.session?._lastLevels?.get(salonStream.streamId);
+      if (level !== undefined) this._levels.set(level);
       sub.on("destroyed", (/** @type {any} */ e) => this._salonGone(e.reason));
       this._attach();
       this.trigger("videoElementCreated", { element: this._video });
@@ -131,6 +143,7 @@ export class Subscriber extends EventEmitter {
       () => {
         if (this._blocked) {
           this._blocked = false;
+          this._widget?.setAudioBlocked(false);
           this.trigger("audioUnblocked");
         }
       },
@@ -141,6 +154,7 @@ export class Subscriber extends EventEmitter {
         this._blocked = true;
         this._video.muted = true;
         this._video.play().catch(() => {});
+        this._widget?.setAudioBlocked(true);
         this.trigger("audioBlocked");
       },
     );
@@ -152,6 +166,7 @@ export class Subscriber extends EventEmitter {
     this._video.muted = false;
     await this._video.play();
     this._blocked = false;
+    this._widget?.setAudioBlocked(false);
     this.trigger("audioUnblocked");
   }
 
@@ -193,6 +208,7 @@ export class Subscriber extends EventEmitter {
   _destroy(reason, quiet = false) {
     if (this._destroyed) return;
     this._destroyed = true;
+    this._levels.stop();
     config.subscribers.delete(this);
     this.session?._subscriberGone(this);
     this._widget?.destroy();

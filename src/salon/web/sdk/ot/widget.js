@@ -7,6 +7,9 @@
 //   widget.video.srcObject = mediaStream;
 //   widget.onMuteToggle((muted) => publisher.publishAudio(!muted));
 //
+// The widget shows state and reports the user's clicks; the owner acts on them (a publisher's
+// mute button: publishAudio; a subscriber's: setAudioVolume(0) and back, as OpenTok.js does).
+//
 // The markup and class names are OpenTok.js's, so an app's CSS for them keeps working:
 //
 //   <div class="OT_publisher OT_mirrored OT_fit-mode-cover" style="width:264px;height:198px">
@@ -35,6 +38,8 @@
  *   ("auto"), always, never
  * @property {string|null} [backgroundImageURI] the poster shown while the video is off (default:
  *   a silhouette); "" or null for none
+ * @property {DisplayMode} [audioBlockedDisplayMode] a subscriber's "play audio" button while the
+ *   browser blocks its sound ("auto" and "on"), or never ("off")
  */
 /**
  * @typedef {object} WidgetOptions
@@ -57,8 +62,10 @@
  * @property {(off: boolean) => void} setVideoOff show the poster instead of the video
  * @property {(callback: (muted: boolean) => void) => void} onMuteToggle called with the new
  *   state when the user clicks the mute button (the widget already shows it)
- * @property {(muted: boolean) => void} setMuted show the mute state (a subscriber's widget
- *   also mutes its video element's playback)
+ * @property {(muted: boolean) => void} setMuted show the mute state
+ * @property {(blocked: boolean) => void} setAudioBlocked show or hide the "play audio" button
+ *   (the browser refused to play the sound before a user gesture)
+ * @property {(callback: () => void) => void} onUnblockClick called when the user clicks it
  * @property {(style: WidgetStyle) => void} setStyle change some of the style options
  * @property {() => Required<WidgetStyle>} getStyle the style options in force
  * @property {() => void} destroy stop the video and remove the element from the page
@@ -130,6 +137,12 @@ const CSS = `
 .OT_edge-bar-item.OT_mode-auto:focus-visible, .OT_edge-bar-item.OT_mode-on { opacity: 1; }
 .OT_audio-level-meter.OT_mode-auto { display: none; }
 .OT_audio-only .OT_audio-level-meter.OT_mode-auto { display: block; }
+.OT_audio-blocked-indicator {
+  position: absolute; left: 50%; top: 50%; z-index: 4; width: 64px; height: 64px; margin: -32px 0 0 -32px;
+  padding: 0; border: 0; border-radius: 50%; cursor: pointer; display: none;
+  background: rgba(0, 0, 0, 0.6) url("${MUTED_ICON}") center / 36px no-repeat;
+}
+.OT_audio-blocked .OT_audio-blocked-indicator { display: block; }
 `;
 
 let widgetCount = 0;
@@ -239,7 +252,13 @@ export function createWidget(target, options = {}) {
   const poster = document.createElement("div");
   poster.className = "OT_video-poster";
   container.append(video, poster);
+  const unblockButton = document.createElement("button");
+  unblockButton.type = "button";
+  unblockButton.className = "OT_audio-blocked-indicator";
+  unblockButton.setAttribute("aria-label", "Play audio");
+  unblockButton.title = "Play audio";
   root.append(nameBar, muteButton, meter, container);
+  if (kind === "subscriber") root.append(unblockButton); // only a subscriber's sound is blocked
 
   const onData = () => root.classList.remove("OT_loading");
   video.addEventListener("loadeddata", onData);
@@ -250,11 +269,14 @@ export function createWidget(target, options = {}) {
     buttonDisplayMode: "auto",
     audioLevelDisplayMode: "auto",
     backgroundImageURI: SILHOUETTE,
+    audioBlockedDisplayMode: "auto",
   };
   let name = "";
   let muted = false;
   /** @type {((muted: boolean) => void)[]} */
   const muteCallbacks = [];
+  /** @type {(() => void)[]} */
+  const unblockCallbacks = [];
 
   /**
    * @param {HTMLElement} element
@@ -267,13 +289,20 @@ export function createWidget(target, options = {}) {
   /** @param {WidgetStyle} changes */
   const setStyle = (changes) => {
     if (!changes || typeof changes !== "object") return;
-    for (const key of /** @type {const} */ (["nameDisplayMode", "buttonDisplayMode", "audioLevelDisplayMode"])) {
+    const keys = /** @type {const} */ ([
+      "nameDisplayMode",
+      "buttonDisplayMode",
+      "audioLevelDisplayMode",
+      "audioBlockedDisplayMode",
+    ]);
+    for (const key of keys) {
       if (key in changes) style[key] = displayMode(changes[key], style[key]);
     }
     if ("backgroundImageURI" in changes) style.backgroundImageURI = changes.backgroundImageURI ?? "";
     applyMode(nameBar, style.nameDisplayMode);
     applyMode(muteButton, style.buttonDisplayMode);
     applyMode(meter, style.audioLevelDisplayMode);
+    applyMode(unblockButton, style.audioBlockedDisplayMode);
     const uri = style.backgroundImageURI;
     poster.style.backgroundImage = uri ? `url(${JSON.stringify(uri)})` : "none";
   };
@@ -291,13 +320,16 @@ export function createWidget(target, options = {}) {
     muteButton.setAttribute("aria-pressed", String(muted));
     muteButton.setAttribute("aria-label", muted ? "Unmute" : "Mute");
     muteButton.title = muted ? "Unmute" : "Mute";
-    if (kind === "subscriber") video.muted = muted;
   };
   const onClick = () => {
     setMuted(!muted);
     for (const callback of [...muteCallbacks]) callback(muted);
   };
   muteButton.addEventListener("click", onClick);
+  const onUnblock = () => {
+    for (const callback of [...unblockCallbacks]) callback();
+  };
+  unblockButton.addEventListener("click", onUnblock);
 
   setStyle(options.style ?? {});
   setName(options.name ?? "");
@@ -318,10 +350,18 @@ export function createWidget(target, options = {}) {
       if (typeof callback === "function") muteCallbacks.push(callback);
     },
     setMuted,
+    setAudioBlocked(blocked) {
+      root.classList.toggle("OT_audio-blocked", Boolean(blocked));
+    },
+    onUnblockClick(callback) {
+      if (typeof callback === "function") unblockCallbacks.push(callback);
+    },
     setStyle,
     getStyle: () => ({ ...style }),
     destroy() {
       muteButton.removeEventListener("click", onClick);
+      unblockButton.removeEventListener("click", onUnblock);
+      unblockCallbacks.length = 0;
       video.removeEventListener("loadeddata", onData);
       muteCallbacks.length = 0;
       video.pause();
