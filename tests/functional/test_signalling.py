@@ -220,6 +220,10 @@ async def test_a_moderator_switches_mute_all_on_and_off(server: RunningServer) -
     user = await WsClient.join(server.url, sid, server.token(sid))
     own = (await mod.request({"type": "publish", "name": "mod"}))["stream"]["stream_id"]
     assert (await mod.request({"type": "force_mute", "excluded_stream_ids": [own]}))["type"] == "ack"
+    # Every connection hears that mute-all is on (OpenTok.js's Session muteForced, active true).
+    for client in (mod, user):
+        on = await client.next("mute_all_changed")
+        assert (on["active"], on["excluded_stream_ids"]) == (True, [own])
     # A stream published later starts muted, and its owner is told.
     later = (await user.request({"type": "publish", "name": "later"}))["stream"]
     assert later["has_audio"] is False
@@ -231,13 +235,13 @@ async def test_a_moderator_switches_mute_all_on_and_off(server: RunningServer) -
     bad = await mod.request({"type": "force_mute", "active": False, "stream_id": own})
     assert bad["code"] == "invalid_message" and "active" in bad["message"]
     assert (await mod.request({"type": "force_mute", "active": False}))["type"] == "ack"
-    # Switching off mutes and unmutes nothing; streams published afterwards keep their audio.
-    changes = [
-        m
-        for m in await user.quiet() + await mod.quiet()
-        if m["type"] not in ("connection_created", "stream_created")
-    ]
-    assert changes == []
+    # Switching off mutes and unmutes nothing (everyone hears it is off); streams published
+    # afterwards keep their audio.
+    for client in (mod, user):
+        changes = [
+            m for m in await client.quiet() if m["type"] not in ("connection_created", "stream_created")
+        ]
+        assert changes == [{"type": "mute_all_changed", "active": False, "excluded_stream_ids": []}]
     after = (await user.request({"type": "publish", "name": "after"}))["stream"]
     assert after["has_audio"] is True
     assert [m for m in await user.quiet() if m["type"] == "mute_forced"] == []

@@ -44,6 +44,7 @@ EXPECTED = [
     "MediaFileVideoSource",
     "MediaRejected",
     "MediaUnavailable",
+    "MuteAllChanged",
     "MuteForced",
     "NotFound",
     "PermissionDenied",

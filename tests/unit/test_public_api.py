@@ -118,6 +118,7 @@ def test_protocol_exports() -> None:
         "IceCandidateRequest",
         "IceServer",
         "MediaResetEvent",
+        "MuteAllChangedEvent",
         "MuteForcedEvent",
         "PingMessage",
         "PongMessage",

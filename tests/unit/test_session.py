@@ -11,6 +11,7 @@ from salon.protocol import (
     ConnectionDestroyedEvent,
     DisconnectReason,
     MediaResetEvent,
+    MuteAllChangedEvent,
     MuteForcedEvent,
     PublishRequest,
     SessionDisconnectedEvent,
@@ -131,9 +132,13 @@ def test_mute_all_mutes_existing_and_later_streams_but_the_excluded() -> None:
     ]
     assert muted == [s0]
     assert not session.streams[s0].has_audio and session.streams[s1].has_audio
+    # Every connection is told mute-all is on, before the per-stream mute_forced.
+    assert actions[0] == Deliver(MuteAllChangedEvent(active=True, excluded_stream_ids=[s1]))
     s2 = publish(session, "c1")
     assert not session.streams[s2].has_audio
-    session.force_mute(None, active=False)
+    assert session.force_mute(None, active=False) == [
+        Deliver(MuteAllChangedEvent(active=False, excluded_stream_ids=[]))
+    ]
     assert session.streams[publish(session, "c1")].has_audio
 
 
@@ -216,7 +221,10 @@ def test_mute_all_tells_the_others_about_announced_streams_only() -> None:
     session = make_session(Role.MODERATOR, Role.PUBLISHER)
     pending, _ = session.publish("c1", PublishRequest(request_id=1), created_at=1, announce=False)
     actions = session.force_mute(None, by="c0")
-    assert actions == [Deliver(MuteForcedEvent(stream_id=pending.stream_id), to=("c1",))]
+    assert actions == [
+        Deliver(MuteAllChangedEvent(active=True, excluded_stream_ids=[])),
+        Deliver(MuteForcedEvent(stream_id=pending.stream_id), to=("c1",)),
+    ]
     assert not pending.has_audio
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "Disconnected",
     "Error",
     "Event",
+    "MuteAllChanged",
     "MuteForced",
     "Reconnected",
     "Reconnecting",
@@ -185,6 +186,17 @@ class MuteForced(Event):
     """A moderator muted one of this client's publishers; the SDK stopped its audio."""
 
     publisher: Publisher
+
+
+@dataclass(frozen=True, slots=True)
+class MuteAllChanged(Event):
+    """A moderator (or the REST API) switched the session's mute-all on or off; every client
+    of the session gets it (OpenTok.js's Session ``muteForced`` with ``active``). While it is on,
+    every stream but ``excluded_stream_ids`` is muted, and so are streams published later;
+    switching it off unmutes nothing."""
+
+    active: bool
+    excluded_stream_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,7 @@ from salon.client.events import (
     Disconnected,
     Error,
     Event,
+    MuteAllChanged,
     MuteForced,
     Reconnected,
     Reconnecting,
@@ -130,6 +131,7 @@ from salon.protocol import (
     ForceMuteRequest,
     ForceUnpublishRequest,
     MediaResetEvent,
+    MuteAllChangedEvent,
     MuteForcedEvent,
     PublishedMessage,
     ResumeInfo,
@@ -766,6 +768,8 @@ class Session:
                     if publisher.stream_id == sid:
                         publisher._mute_forced()
                         self._emit(MuteForced(publisher))
+            case MuteAllChangedEvent(active=active, excluded_stream_ids=excluded):
+                self._emit(MuteAllChanged(active, tuple(excluded)))
             case AudioLevelEvent(levels=levels):
                 self._emit(AudioLevels({entry.stream_id: entry.level for entry in levels}))
             case ActiveSpeakerEvent(stream_id=stream_id):

@@ -40,6 +40,7 @@ __all__ = [
     "IceCandidateRequest",
     "IceServer",
     "MediaResetEvent",
+    "MuteAllChangedEvent",
     "MuteForcedEvent",
     "PingMessage",
     "PongMessage",
@@ -466,6 +467,17 @@ class MuteForcedEvent(_ServerModel):
     stream_id: str
 
 
+class MuteAllChangedEvent(_ServerModel):
+    """Sent to every connection of the session when a moderator (or the REST API) switches
+    mute-all on (``active`` true: every stream but ``excluded_stream_ids`` is muted, and so are
+    the streams published later) or off (``active`` false: nothing is unmuted, later streams are
+    no longer muted). The owners of the muted streams also get ``mute_forced`` per stream."""
+
+    type: Literal["mute_all_changed"] = "mute_all_changed"
+    active: bool
+    excluded_stream_ids: list[str] = Field(default_factory=list)
+
+
 class SessionDisconnectedEvent(_ServerModel):
     """Sent to a connection just before the server closes it."""
 
@@ -541,6 +553,7 @@ ServerMessage = Annotated[
     | StreamPropertyChangedEvent
     | SignalEvent
     | MuteForcedEvent
+    | MuteAllChangedEvent
     | SessionDisconnectedEvent
     | AudioLevelEvent
     | ActiveSpeakerEvent

@@ -43,6 +43,7 @@ from salon.protocol import (
     ConnectionInfo,
     DisconnectReason,
     MediaResetEvent,
+    MuteAllChangedEvent,
     MuteForcedEvent,
     PublishRequest,
     ServerMessage,
@@ -546,15 +547,17 @@ class Session:
         """
         if by is not None:
             self._moderator(by)
+        actions: list[Action] = []
         if stream_id is not None:
             targets = [self.stream(stream_id)]
         else:
             self.mute_all_active = active
             self.mute_all_excluded = frozenset(excluded)
+            excluded_ids = sorted(self.mute_all_excluded)
+            actions.append(Deliver(MuteAllChangedEvent(active=active, excluded_stream_ids=excluded_ids)))
             if not active:
-                return []
+                return actions
             targets = [s for s in self.streams.values() if s.stream_id not in self.mute_all_excluded]
-        actions: list[Action] = []
         for stream in targets:
             actions.append(Deliver(MuteForcedEvent(stream_id=stream.stream_id), to=(stream.connection_id,)))
             if stream.has_audio:

@@ -11,6 +11,7 @@ from sdk_helpers import EventLog, session_for, wait_for
 
 from salon.client import (
     AudioFrame,
+    MuteAllChanged,
     MuteForced,
     Publisher,
     StreamPropertyChanged,
@@ -158,5 +159,8 @@ async def test_force_mute_of_everyone_spares_the_excluded_streams(media_server: 
         assert not alice_pub.publishing_audio
         assert bob_pub.publishing_audio and not logs["bob"].of(MuteForced)
         assert moderator.streams[bob_stream.stream_id].has_audio
+        # Every client, the moderator too, heard that mute-all is on, sparing bob's stream.
+        for log in (*logs.values(), mod_log):
+            assert log.of(MuteAllChanged) == [MuteAllChanged(True, (bob_stream.stream_id,))]
         changes = [e for e in mod_log.of(StreamPropertyChanged) if isinstance(e, StreamPropertyChanged)]
         assert {c.stream.stream_id for c in changes} == {alice_stream.stream_id}

@@ -358,6 +358,18 @@ export interface MuteForcedEvent {
   stream_id: string;
 }
 
+/**
+ * Sent to every connection of the session when a moderator (or the REST API) switches
+ * mute-all on (`active` true: every stream but `excluded_stream_ids` is muted, and so are
+ * the streams published later) or off (`active` false: nothing is unmuted, later streams are
+ * no longer muted). The owners of the muted streams also get `mute_forced` per stream.
+ */
+export interface MuteAllChangedEvent {
+  type: "mute_all_changed";
+  active: boolean;
+  excluded_stream_ids: string[];
+}
+
 /** Sent to a connection just before the server closes it. */
 export interface SessionDisconnectedEvent {
   type: "session_disconnected";
@@ -464,6 +476,7 @@ export type ServerMessage =
   | StreamPropertyChangedEvent
   | SignalEvent
   | MuteForcedEvent
+  | MuteAllChangedEvent
   | SessionDisconnectedEvent
   | AudioLevelEvent
   | ActiveSpeakerEvent
@@ -489,6 +502,7 @@ export type ServerEvent =
   | StreamPropertyChangedEvent
   | SignalEvent
   | MuteForcedEvent
+  | MuteAllChangedEvent
   | SessionDisconnectedEvent
   | AudioLevelEvent
   | ActiveSpeakerEvent

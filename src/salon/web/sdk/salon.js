@@ -541,7 +541,8 @@ export class Subscriber extends Emitter {
  * One connection to a salon session. Events (OpenTok.js names): connectionCreated,
  * connectionDestroyed, streamCreated, streamDestroyed, streamPropertyChanged, signal,
  * signal:TYPE, sessionDisconnected, sessionReconnecting, sessionReconnected ({resumed}),
- * audioLevelUpdated, activeSpeaker, muteForced, archiveStarted, archiveStopped.
+ * audioLevelUpdated, activeSpeaker, muteForced, muteAllChanged ({active, excludedStreamIds}),
+ * archiveStarted, archiveStopped.
  *
  * Reconnection, as OpenTok does it (docs/protocol.md §2.7): when the socket drops, the SDK
  * emits `sessionReconnecting` and resumes its connection with the secret of its last
@@ -832,6 +833,11 @@ export class Session extends Emitter {
         if (msg.signal_type) this.emit(`signal:${msg.signal_type}`, event);
         break;
       }
+      case "mute_all_changed":
+        // Mute-all switched on or off by a moderator; every connection gets it (OpenTok.js's
+        // Session muteForced with `active`). Muted streams' owners also get mute_forced.
+        this.emit("muteAllChanged", { active: msg.active, excludedStreamIds: msg.excluded_stream_ids ?? [] });
+        break;
       case "mute_forced":
         for (const p of this.publishers) {
           if (p.stream?.streamId === msg.stream_id) {

@@ -5,11 +5,9 @@ to mute, lets it unmute, mutes everyone, stops its stream and disconnects it; th
 sees ``muteForced``, its publisher's ``streamDestroyed`` with reason ``forceUnpublished`` and
 ``sessionDisconnected`` with reason ``forceDisconnected``, as OpenTok.js reports them.
 
-Not checked, because salon's protocol cannot carry it yet: OpenTok.js's *Session* ``muteForced``
-(``active: true`` in every client on ``forceMuteAll``, ``active: false`` on
-``disableForceMute``). Salon sends ``mute_forced`` to a muted stream's owner only and nothing
-on ``disableForceMute``; the OT layer re-dispatches the owner's ``mute_forced`` as a Session
-``muteForced`` without ``active``.
+Every client's *Session* ``muteForced`` carries ``active``: ``true`` in every client on
+``forceMuteAll``, ``false`` on ``disableForceMute``, and none on ``forceMuteStream`` (only the
+muted Publisher's ``muteForced``), as OpenTok.js dispatches them.
 """
 
 from __future__ import annotations
@@ -84,8 +82,13 @@ async def test_moderator_mutes_unpublishes_and_disconnects_a_participant(
     await wait_true(
         participant, f"() => ({HAS_AUDIO})() === false", what="the participant muted by forceMuteAll"
     )
+    # Every client's Session says mute-all is on (none said anything for forceMuteStream).
+    for page in (participant, moderator):
+        await wait_log(page, "muteForced true")
     await controls.get_by_role("button", name="Allow unmute").click()
     await wait_log(moderator, "disableForceMute done")
+    for page in (participant, moderator):
+        await wait_log(page, "muteForced false")
 
     # forceUnpublish: the participant's publisher stream ends, the participant stays connected.
     await controls.get_by_role("button", name="Stop their stream").click()
@@ -106,3 +109,9 @@ async def test_moderator_mutes_unpublishes_and_disconnects_a_participant(
     assert not [e for e in log if e.startswith("error")], log
     # One Publisher muteForced per forced mute (forceMuteStream, forceMuteAll), no more.
     assert log.count("publisher muteForced") == 2, log
+    # One Session muteForced per mute-all switch, in each page.
+    for entries in (log, await app_log(moderator)):
+        assert [e for e in entries if e.startswith("muteForced")] == [
+            "muteForced true",
+            "muteForced false",
+        ], entries

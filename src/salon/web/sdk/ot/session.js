@@ -66,7 +66,7 @@ const isConnection = (c) => c instanceof Connection;
  * Create with `OT.initSession(apiKey, sessionId, options)`.
  * Events: sessionConnected, sessionDisconnected, sessionReconnecting, sessionReconnected,
  * connectionCreated, connectionDestroyed, streamCreated, streamDestroyed,
- * streamPropertyChanged, signal, signal:TYPE, muteForced.
+ * streamPropertyChanged, signal, signal:TYPE, muteForced, archiveStarted, archiveStopped.
  */
 export class Session extends EventEmitter {
   /**
@@ -234,7 +234,11 @@ export class Session extends EventEmitter {
       this.dispatchEvent(event, "signal");
       if (e.signalType) this.dispatchEvent(event, type);
     });
-    s.on("muteForced", () => this._emit("muteForced"));
+    // OpenTok.js: the Session's muteForced goes to every client when mute-all is switched on
+    // (active true) or off (active false); a single forced mute is only the Publisher's event.
+    s.on("archiveStarted", (/** @type {any} */ e) => this._emit("archiveStarted", { id: e.id, name: e.name }));
+    s.on("archiveStopped", (/** @type {any} */ e) => this._emit("archiveStopped", { id: e.id, name: e.name }));
+    s.on("muteAllChanged", (/** @type {any} */ e) => this._emit("muteForced", { active: e.active }));
     s.on("audioLevelUpdated", (/** @type {any} */ e) => {
       this._lastLevels.set(e.streamId, e.audioLevel);
       for (const p of this._publishers) if (p.stream?.streamId === e.streamId) p._audioLevel(e.audioLevel);
