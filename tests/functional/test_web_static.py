@@ -59,6 +59,8 @@ def test_a_built_wheel_contains_the_web_files(tmp_path: pathlib.Path) -> None:
     assert {
         "salon/web/sdk/salon.js",
         "salon/web/sdk/protocol.d.ts",  # the browser SDK's types of the protocol ship with it
+        "salon/web/sdk/opentok.js",
+        "salon/web/sdk/ot/ot.js",  # the OpenTok.js layer the server bundles at start-up
         "salon/web/app/index.html",
         "salon/web/app/app.js",
     } <= web_files

@@ -33,6 +33,11 @@
  * @property {"VP8"|"H264"} [videoCodec] the codec to send the video in when the browser has it
  *   (default: the browser's first choice, VP8 in Chromium); subscribers receive it as sent
  * @property {boolean} [insertDefaultUI] render a <video> into the element (default true)
+ * @property {boolean} [publishAudio] start with the audio on (default true): false mutes it
+ * @property {boolean} [publishVideo] start with the video on (default true): false turns it off
+ * @property {() => Promise<MediaStream>} [media] open the devices this way instead of the SDK's
+ *   getUserMedia / getDisplayMedia call (the OpenTok.js layer passes device IDs, tracks and
+ *   constraints so); its errors are reported as the SDK's own (`media_access_denied`, …)
  */
 /**
  * @typedef {object} SubscriberOptions
@@ -265,8 +270,8 @@ export class Publisher extends Emitter {
     this.session = null;
     /** @type {RTCPeerConnection|null} */
     this.pc = null;
-    this._audioOn = true;
-    this._videoOn = true;
+    this._audioOn = options.publishAudio !== false;
+    this._videoOn = options.publishVideo !== false;
     const container = resolveElement(element);
     if (options.insertDefaultUI !== false) {
       const { wrapper, video } = renderVideo(container, "salon-publisher", true);
@@ -292,7 +297,9 @@ export class Publisher extends Emitter {
     try {
       /** @type {MediaStream} */
       let media;
-      if (this.videoSource === "screen") {
+      if (opts.media) {
+        media = await opts.media();
+      } else if (this.videoSource === "screen") {
         if (!navigator.mediaDevices?.getDisplayMedia) {
           throw new SalonError("screen_sharing_not_supported", "this browser cannot share the screen");
         }
@@ -309,6 +316,8 @@ export class Publisher extends Emitter {
         });
       }
       this.mediaStream = media;
+      for (const track of media.getAudioTracks()) track.enabled = this._audioOn;
+      for (const track of media.getVideoTracks()) track.enabled = this._videoOn;
       if (this.videoElement) this.videoElement.srcObject = media;
       for (const track of media.getTracks()) {
         track.addEventListener("ended", () => this.emit("mediaStopped", { track }));
@@ -373,6 +382,26 @@ export class Publisher extends Emitter {
     const track = this.videoTrack;
     if (track) track.enabled = on;
     await this._update({ has_video: on && !!track });
+  }
+
+  /**
+   * Send another track in place of the one of its kind (another camera or microphone), with no
+   * renegotiation: the old track stops; the new one takes the mute state.
+   * @param {MediaStreamTrack} track
+   */
+  async replaceTrack(track) {
+    await this.ready;
+    const media = /** @type {MediaStream} */ (this.mediaStream);
+    const old = track.kind === "audio" ? this.audioTrack : this.videoTrack;
+    if (!old) throw new SalonError("invalid_parameter", `this publisher has no ${track.kind} track to replace`);
+    const sender = this.pc?.getSenders().find((s) => s.track === old);
+    if (sender) await sender.replaceTrack(track);
+    track.enabled = track.kind === "audio" ? this._audioOn : this._videoOn;
+    media.removeTrack(old);
+    media.addTrack(track);
+    old.stop();
+    track.addEventListener("ended", () => this.emit("mediaStopped", { track }));
+    if (this.videoElement && track.kind === "video") this.videoElement.srcObject = media;
   }
 
   /** @param {object} fields */
@@ -1522,6 +1551,11 @@ export class Session extends Emitter {
   async forceMuteAll(excluded = []) {
     const ids = excluded.map((s) => (typeof s === "string" ? s : s.streamId));
     await this._request({ type: "force_mute", stream_id: null, excluded_stream_ids: ids });
+  }
+
+  /** Moderators: switch off the mute-all state, so that streams published later keep their audio. */
+  async disableForceMute() {
+    await this._request({ type: "force_mute", active: false });
   }
 }
 
