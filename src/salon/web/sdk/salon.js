@@ -115,6 +115,11 @@ const SILENT_CLOSE = 4100;
  *   because the token has expired: return a fresh token (for the same session) to go on
  *   reconnecting with it; without it (or if it fails) the session ends with `sessionDisconnected`
  *   (`networkDisconnected`, `error.code` `token_expired`)
+ * @property {boolean} [resumeOnly] reconnect only by resuming the same connection, as
+ *   OpenTok.js does (the OpenTok.js layer sets it): when the server refuses the resume (its
+ *   grace period ended) or offers none (`reconnect_grace` 0), the session ends with
+ *   `sessionDisconnected` (`networkDisconnected`) instead of connecting afresh as a new
+ *   connection (default false)
  */
 
 /** A minimal event emitter: `on`, `once`, `off`; handlers get one event object. */
@@ -545,7 +550,8 @@ export class Subscriber extends Emitter {
  * again under its stream ID), and the others see nothing; then `sessionReconnected` with
  * `resumed: true`, and the signals sent with `retryAfterReconnect` meanwhile go out. If the
  * server refuses the resume (its grace period ended), it connects afresh: a new connection,
- * publishers published again under new stream IDs (`resumed: false`).
+ * publishers published again under new stream IDs (`resumed: false`); with the `resumeOnly`
+ * option the session ends instead (`sessionDisconnected`, `networkDisconnected`).
  */
 export class Session extends Emitter {
   /**
@@ -559,6 +565,7 @@ export class Session extends Emitter {
     this.reconnectTimeout = options.reconnectTimeout ?? 30;
     this.requestTimeout = options.requestTimeout ?? 20;
     this._refreshToken = options.refreshToken || null;
+    this._resumeOnly = options.resumeOnly === true;
     this._ownIceServers = options.iceServers || null;
     /** @type {IceServer[]} */
     this.iceServers = [];
@@ -1019,6 +1026,11 @@ export class Session extends Emitter {
     let resume = this._resumeSecret && this.connection
       ? { connection_id: this.connection.connectionId, secret: this._resumeSecret }
       : null;
+    if (!resume && this._resumeOnly) {
+      // Nothing to resume (the server keeps no connection for a resume): the session ends.
+      this._finish("networkDisconnected");
+      return;
+    }
     // Resuming keeps the media running meanwhile (it flows if only the signalling broke).
     if (!resume) this._stopMedia();
     this.emit("sessionReconnecting");
@@ -1044,6 +1056,7 @@ export class Session extends Emitter {
         return;
       } catch (err) {
         error = /** @type {SalonError} */ (err);
+        if (error.code === "resume_refused" && this._resumeOnly) break;
         if (error.code === "resume_refused") {
           // The server no longer has the connection (its grace period ended): connect afresh.
           resume = null;
@@ -1066,7 +1079,8 @@ export class Session extends Emitter {
       }
     }
     if (this.state === "reconnecting") {
-      const fatal = error?.closeCode && FATAL_CLOSE_CODES.has(error.closeCode) ? error : null;
+      const refused = error?.code === "resume_refused" || (error?.closeCode && FATAL_CLOSE_CODES.has(error.closeCode));
+      const fatal = refused ? error : null;
       this._finish("networkDisconnected", fatal);
     }
   }
@@ -1445,6 +1459,11 @@ export class Session extends Emitter {
     pc.ontrack = (ev) => {
       const owner = ev.transceiver.mid ? this._subscribeOwners.get(ev.transceiver.mid) : undefined;
       if (!owner) return;
+      // A track received again (after a resume: a new receiving peer connection) takes the
+      // place of the old one of its kind, so that the elements playing the stream go on.
+      for (const old of owner.mediaStream.getTracks()) {
+        if (old.kind === ev.track.kind && old !== ev.track) owner.mediaStream.removeTrack(old);
+      }
       owner.mediaStream.addTrack(ev.track);
       if (owner.videoElement) owner.videoElement.play?.().catch(() => {});
     };
