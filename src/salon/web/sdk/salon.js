@@ -1459,11 +1459,6 @@ export class Session extends Emitter {
     pc.ontrack = (ev) => {
       const owner = ev.transceiver.mid ? this._subscribeOwners.get(ev.transceiver.mid) : undefined;
       if (!owner) return;
-      // A track received again (after a resume: a new receiving peer connection) takes the
-      // place of the old one of its kind, so that the elements playing the stream go on.
-      for (const old of owner.mediaStream.getTracks()) {
-        if (old.kind === ev.track.kind && old !== ev.track) owner.mediaStream.removeTrack(old);
-      }
       owner.mediaStream.addTrack(ev.track);
       if (owner.videoElement) owner.videoElement.play?.().catch(() => {});
     };
