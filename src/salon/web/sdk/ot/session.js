@@ -247,6 +247,8 @@ export class Session extends EventEmitter {
       // The same connection (resumeOnly: the salon session never comes back as a new one).
       if (this._s.connection) this.connection = this._connectionFor(this._s.connection);
       this._emit("sessionReconnected");
+      // A publisher's media may be on a new peer connection (resumed or republished): cap it again.
+      for (const p of this._publishers) p._applyBitrate().catch((err) => log(2, "could not apply the maximum video bitrate", err));
       for (const sub of this._subscribers) {
         sub._attach();
         sub.trigger("connected");
