@@ -362,3 +362,29 @@ async def test_a_python_client_resuming_goes_unnoticed_by_an_opentok_app(
             assert await page.evaluate("window.log.slice()") == before
             assert await page.evaluate("subscriber.stream.streamId") == stream.stream_id
             assert await page.evaluate("window.errors") == []
+
+
+@pytest.fixture
+def no_grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
+    with start_server(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=15.0, reconnect_grace=0) as thread:
+        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
+
+
+async def test_an_opentok_app_on_a_server_without_a_grace_period_is_disconnected_at_once(
+    no_grace_server: RunningServer, browser: Browser
+) -> None:
+    """A server that keeps nothing to resume (--reconnect-grace 0): the dropped page's session
+    ends (networkDisconnected) without trying to come back as a new connection."""
+    server = no_grace_server
+    session_id = server.session()
+    async with TcpProxy(server.url) as proxy:
+        alice = await open_ot_page(browser, proxy.url, "alice")
+        await _start_app(alice, server, session_id, publish=False)
+        await wait_for(alice, "session.isConnected() && window.log.length > 0", what="alice connected")
+        proxy.drop()
+        await wait_for(
+            alice, "window.log.some((e) => e.startsWith('sessionDisconnected'))", 15000, "alice's end"
+        )
+        log: list[str] = await alice.evaluate("window.log.slice()")
+        assert log[1:] == ["sessionDisconnected networkDisconnected"], log
+        assert await alice.evaluate("session.connection === undefined && !session.isConnected()")
