@@ -89,6 +89,9 @@ var publisher = OT.initPublisher('publisher', {
   height: '100%'
 }, handleError);
 window.publisher = publisher;
+publisher.on('streamCreated', function (event) {
+  window.log.push('publisher streamCreated ' + event.stream.streamId);
+});
 publisher.on('streamDestroyed', function (event) {
   window.log.push('publisher streamDestroyed ' + event.reason);
 });
@@ -190,6 +193,7 @@ async def test_an_opentok_app_resumes_with_the_same_ids_and_the_other_page_sees_
             }"""
         )
         bob_before: list[str] = await bob.evaluate("window.log.slice()")
+        assert before["log"].count(f"publisher streamCreated {before['stream']}") == 1, before["log"]
         # Bob saw alice's connection and stream come, once each, under the IDs she has.
         assert bob_before.count(f"connectionCreated {before['connection']}") == 1, bob_before
         assert [e for e in bob_before if e.startswith("streamCreated")] == [
