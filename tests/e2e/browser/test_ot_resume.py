@@ -114,12 +114,13 @@ SIGNAL_DURING_THE_GAP = """() => {
 }"""
 
 SUBSCRIBER_VIDEO = "#subscriber .OT_subscriber video"
+PUBLISHER_VIDEO = "#publisher .OT_publisher video"
 
-#: Frames the page's subscriber <video> has shown so far.
-FRAMES_SHOWN = f"""() => {{
-    const video = document.querySelector({SUBSCRIBER_VIDEO!r});
+#: Frames the <video> at a selector has shown so far.
+FRAMES_SHOWN = """(selector) => {
+    const video = document.querySelector(selector);
     return video ? video.getVideoPlaybackQuality().totalVideoFrames : 0;
-}}"""
+}"""
 
 
 @pytest.fixture
@@ -153,11 +154,13 @@ async def _start_app(page: Page, server: RunningServer, session_id: str, *, publ
     )
 
 
-async def _frames_grow(page: Page, by: int, what: str, timeout: float = 30) -> None:
-    """Wait until the page's subscriber <video> has shown ``by`` more frames than now."""
-    start = await page.evaluate(FRAMES_SHOWN)
+async def _frames_grow(
+    page: Page, by: int, what: str, timeout: float = 30, selector: str = SUBSCRIBER_VIDEO
+) -> None:
+    """Wait until the <video> at ``selector`` has shown ``by`` more frames than now."""
+    start = await page.evaluate(FRAMES_SHOWN, selector)
     deadline = asyncio.get_running_loop().time() + timeout
-    while (now := await page.evaluate(FRAMES_SHOWN)) < start + by:
+    while (now := await page.evaluate(FRAMES_SHOWN, selector)) < start + by:
         assert asyncio.get_running_loop().time() < deadline, f"{what}: {now - start} frames in {timeout} s"
         await asyncio.sleep(0.2)
 
@@ -246,6 +249,7 @@ async def test_an_opentok_app_resumes_with_the_same_ids_and_the_other_page_sees_
         # connection (the old one is closed), alice's subscriber plays bob's again.
         await _frames_grow(bob, 20, "bob's subscriber showing alice after the resume")
         await _frames_grow(alice, 20, "alice's subscriber showing bob after the resume")
+        await _frames_grow(alice, 20, "alice's publisher showing her camera", selector=PUBLISHER_VIDEO)
         await _playing(alice, "alice playing bob after the resume")
         # The subscriber's element plays the new tracks only (the old ones, ended, left it).
         tracks = await alice.evaluate(
