@@ -105,11 +105,16 @@ session.connect(token, function (error) {
 });
 """
 
-#: Sent while reconnecting; ``window.signalCallbacks`` collects each call of its handler.
+#: Sent while reconnecting; ``window.signalCallbacks`` collects each call of its handler
+#: (and ``window.unqueuedCallbacks`` those of one sent with ``retryAfterReconnect: false``).
 SIGNAL_DURING_THE_GAP = """() => {
     window.signalCallbacks = [];
     session.signal({type: 'msg', data: 'sent while away', retryAfterReconnect: true}, function (error) {
         window.signalCallbacks.push(error ? error.name : 'sent');
+    });
+    window.unqueuedCallbacks = [];
+    session.signal({type: 'msg', data: 'not queued', retryAfterReconnect: false}, function (error) {
+        window.unqueuedCallbacks.push(error ? error.name + ' ' + error.code : 'sent');
     });
 }"""
 
@@ -210,6 +215,8 @@ async def test_an_opentok_app_resumes_with_the_same_ids_and_the_other_page_sees_
         await alice.evaluate(SIGNAL_DURING_THE_GAP)
         await asyncio.sleep(5)  # the outage itself
         assert await alice.evaluate("window.signalCallbacks") == [], "called back before the link came back"
+        # Without retryAfterReconnect it fails at once, as in OpenTok.js (and is never sent).
+        assert await alice.evaluate("window.unqueuedCallbacks") == ["OT_NOT_CONNECTED 500"]
         assert not any(e.startswith("signal:msg") for e in await bob.evaluate("window.log")), (
             "sent during the gap"
         )
