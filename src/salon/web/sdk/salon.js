@@ -1094,6 +1094,10 @@ export class Session extends Emitter {
    */
   async _restoreResumed(connected) {
     const own = /** @type {Connection} */ (this.connection).connectionId;
+    // The subscriptions to set up again: those from before that are still there (an app
+    // subscribing from the streamCreated handlers below subscribes on the new receiving peer
+    // connection already; the subscribers of streams gone meanwhile are destroyed below).
+    const subscribers = [...this.subscribers];
     this._adopt(connected, true);
     this.state = "connected";
     const connections = new Map(connected.connections.map((c) => [c.connection_id, toConnection(c)]));
@@ -1137,7 +1141,7 @@ export class Session extends Emitter {
         p.emit("streamDestroyed", { stream: null, reason: "networkDisconnected", error: err });
       }
     });
-    const resubscribe = [...this.subscribers].map(async (s) => {
+    const resubscribe = subscribers.filter((s) => this.subscribers.has(s)).map(async (s) => {
       s.transceivers = []; // on the old receiving peer connection, closed below
       try {
         await this._negotiateSubscriber(s);
@@ -1154,6 +1158,7 @@ export class Session extends Emitter {
   /** @param {ConnectedMessage} connected */
   async _restore(connected) {
     const oldConnectionId = this.connection?.connectionId;
+    const subscribers = [...this.subscribers]; // as in _restoreResumed
     this._adopt(connected, true);
     this.state = "connected";
     // Diff what we knew against what the session holds now.
@@ -1190,7 +1195,7 @@ export class Session extends Emitter {
         p.emit("streamDestroyed", { stream: null, reason: "networkDisconnected", error: err });
       }
     });
-    const resubscribe = [...this.subscribers].map(async (s) => {
+    const resubscribe = subscribers.filter((s) => this.subscribers.has(s)).map(async (s) => {
       try {
         await this._negotiateSubscriber(s);
       } catch (err) {
