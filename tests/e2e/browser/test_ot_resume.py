@@ -403,3 +403,61 @@ async def test_an_opentok_app_on_a_server_without_a_grace_period_is_disconnected
         log: list[str] = await alice.evaluate("window.log.slice()")
         assert log[1:] == ["sessionDisconnected networkDisconnected"], log
         assert await alice.evaluate("session.connection === undefined && !session.isConnected()")
+
+
+async def test_an_opentok_app_learns_on_resuming_what_came_meanwhile_and_subscribes_to_it(
+    grace_server: RunningServer, browser: Browser
+) -> None:
+    """Carol joins and publishes while alice's link is down: on resuming alice gets her
+    connectionCreated and streamCreated (before sessionReconnected), and the app's subscribe
+    from its streamCreated handler plays carol's video."""
+    server = grace_server
+    session_id = server.session()
+    async with TcpProxy(server.url) as proxy:
+        alice = await open_ot_page(browser, proxy.url, "alice")
+        carol = await open_ot_page(browser, server.url, "carol")
+        await _start_app(alice, server, session_id, publish=False)
+        await wait_for(alice, "session.isConnected() && window.log.length > 0", what="alice connected")
+        alice_id = await alice.evaluate("session.connection.connectionId")
+        proxy.freeze()
+        proxy.drop()
+        await wait_for(alice, "window.log.includes('sessionReconnecting')", 15000, "alice reconnecting")
+        await _start_app(carol, server, session_id, publish=True)
+        await wait_for(carol, "!!publisher.stream", 20000, "carol publishing")
+        ids = await carol.evaluate(
+            "() => ({connection: session.connection.connectionId, stream: publisher.stream.streamId})"
+        )
+        # Alice is suspended, not gone: carol sees her connection (and no stream of hers).
+        assert f"connectionCreated {alice_id}" in await carol.evaluate("window.log.slice()")
+        # What alice's session asks of the server from now on (to see it subscribe only once).
+        await alice.evaluate(
+            """() => {
+                window.requests = [];
+                const salonSession = session._s;
+                const request = salonSession._request.bind(salonSession);
+                salonSession._request = (message) => {
+                    window.requests.push(message.type);
+                    return request(message);
+                };
+            }"""
+        )
+        proxy.thaw()
+
+        await wait_for(alice, "window.log.includes('sessionReconnected')", 40000, "alice reconnected")
+        log: list[str] = await alice.evaluate("window.log.slice()")
+        assert log[log.index("sessionReconnecting") :] == [
+            "sessionReconnecting",
+            f"connectionCreated {ids['connection']}",
+            f"streamCreated {ids['stream']}",
+            "sessionReconnected",
+        ], log
+        assert await alice.evaluate("session.connection.connectionId") == alice_id
+        await _playing(alice, "alice playing carol, subscribed on resuming")
+        await _frames_grow(alice, 20, "alice's subscriber showing carol")
+        tracks = await alice.evaluate(
+            "() => subscriber._video.srcObject.getTracks().map((t) => t.kind + ' ' + t.readyState).sort()"
+        )
+        assert tracks == ["audio live", "video live"], tracks
+        requests = [r for r in await alice.evaluate("window.requests") if r != "ice_candidate"]
+        assert requests == ["subscribe"], requests  # once: not subscribed again by the resume
+        assert await alice.evaluate("window.errors") == [] and await carol.evaluate("window.errors") == []
