@@ -461,3 +461,36 @@ async def test_an_opentok_app_learns_on_resuming_what_came_meanwhile_and_subscri
         requests = [r for r in await alice.evaluate("window.requests") if r != "ice_candidate"]
         assert requests == ["subscribe"], requests  # once: not subscribed again by the resume
         assert await alice.evaluate("window.errors") == [] and await carol.evaluate("window.errors") == []
+
+
+async def test_an_opentok_app_resumes_over_a_link_the_server_still_holds(
+    grace_server: RunningServer, browser: Browser
+) -> None:
+    """The page's end of its link resets while the server's end stays open and silent (the
+    server would notice only at its heartbeat timeout, 15 s): the page resumes at once, the
+    server replaces the old link, and the other page sees nothing."""
+    server = grace_server
+    session_id = server.session()
+    async with TcpProxy(server.url) as proxy:
+        alice = await open_ot_page(browser, proxy.url, "alice")
+        bob = await open_ot_page(browser, server.url, "bob")
+        await _start_app(alice, server, session_id)
+        await _start_app(bob, server, session_id, publish=False)
+        await _playing(bob, "bob playing alice")
+        ids = await alice.evaluate(
+            "() => ({connection: session.connection.connectionId, stream: publisher.stream.streamId})"
+        )
+        alice_before: list[str] = await alice.evaluate("window.log.slice()")
+        bob_before: list[str] = await bob.evaluate("window.log.slice()")
+        proxy.cut()
+        await wait_for(alice, "window.log.includes('sessionReconnected')", 10000, "alice resumed")
+        assert (await alice.evaluate("window.log.slice()"))[len(alice_before) :] == [
+            "sessionReconnecting",
+            "sessionReconnected",
+        ]
+        after = await alice.evaluate(
+            "() => ({connection: session.connection.connectionId, stream: publisher.stream.streamId})"
+        )
+        assert after == ids, (after, ids)
+        await _frames_grow(bob, 20, "bob's subscriber showing alice after the resume")
+        assert await bob.evaluate("window.log.slice()") == bob_before
