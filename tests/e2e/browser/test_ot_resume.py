@@ -336,6 +336,17 @@ async def test_an_opentok_app_past_the_grace_period_is_disconnected_not_reconnec
         # Alice never came back as someone new: bob saw one connection of hers come, and go.
         assert len([e for e in bob_log if e.startswith("connectionCreated")]) == 2, bob_log  # bob's, alice's
 
+        # Until her app connects again: a new connection, which bob sees come.
+        await alice.evaluate(
+            """() => new Promise((resolve, reject) =>
+                session.connect(token, (error) => (error ? reject(error) : resolve())))"""
+        )
+        again = await alice.evaluate("session.connection.connectionId")
+        assert again != ids["connection"]
+        await wait_for(
+            bob, f"window.log.includes('connectionCreated {again}')", 10000, "alice's new connection"
+        )
+
 
 async def test_a_python_client_resuming_goes_unnoticed_by_an_opentok_app(
     grace_server: RunningServer, browser: Browser
