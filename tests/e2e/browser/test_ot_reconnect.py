@@ -44,7 +44,8 @@ def allowed_page_errors() -> list[str]:
 
 @pytest.fixture
 def flaky_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
-    with start_server(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=6.0) as thread:
+    # A grace period, so that a dropped link resumes (OT never reconnects as a new connection).
+    with start_server(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=6.0, reconnect_grace=30) as thread:
         yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
 
 

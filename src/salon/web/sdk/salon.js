@@ -115,6 +115,11 @@ const SILENT_CLOSE = 4100;
  *   because the token has expired: return a fresh token (for the same session) to go on
  *   reconnecting with it; without it (or if it fails) the session ends with `sessionDisconnected`
  *   (`networkDisconnected`, `error.code` `token_expired`)
+ * @property {boolean} [resumeOnly] reconnect only by resuming the same connection, as
+ *   OpenTok.js does (the OpenTok.js layer sets it): when the server refuses the resume (its
+ *   grace period ended) or offers none (`reconnect_grace` 0), the session ends with
+ *   `sessionDisconnected` (`networkDisconnected`) instead of connecting afresh as a new
+ *   connection (default false)
  */
 
 /** A minimal event emitter: `on`, `once`, `off`; handlers get one event object. */
@@ -550,7 +555,8 @@ export class Subscriber extends Emitter {
  * again under its stream ID), and the others see nothing; then `sessionReconnected` with
  * `resumed: true`, and the signals sent with `retryAfterReconnect` meanwhile go out. If the
  * server refuses the resume (its grace period ended), it connects afresh: a new connection,
- * publishers published again under new stream IDs (`resumed: false`).
+ * publishers published again under new stream IDs (`resumed: false`); with the `resumeOnly`
+ * option the session ends instead (`sessionDisconnected`, `networkDisconnected`).
  */
 export class Session extends Emitter {
   /**
@@ -564,6 +570,7 @@ export class Session extends Emitter {
     this.reconnectTimeout = options.reconnectTimeout ?? 30;
     this.requestTimeout = options.requestTimeout ?? 20;
     this._refreshToken = options.refreshToken || null;
+    this._resumeOnly = options.resumeOnly === true;
     this._ownIceServers = options.iceServers || null;
     /** @type {IceServer[]} */
     this.iceServers = [];
@@ -1037,6 +1044,11 @@ export class Session extends Emitter {
     let resume = this._resumeSecret && this.connection
       ? { connection_id: this.connection.connectionId, secret: this._resumeSecret }
       : null;
+    if (!resume && this._resumeOnly) {
+      // Nothing to resume (the server keeps no connection for a resume): the session ends.
+      this._finish("networkDisconnected");
+      return;
+    }
     // Resuming keeps the media running meanwhile (it flows if only the signalling broke).
     if (!resume) this._stopMedia();
     this.emit("sessionReconnecting");
@@ -1062,6 +1074,7 @@ export class Session extends Emitter {
         return;
       } catch (err) {
         error = /** @type {SalonError} */ (err);
+        if (error.code === "resume_refused" && this._resumeOnly) break;
         if (error.code === "resume_refused") {
           // The server no longer has the connection (its grace period ended): connect afresh.
           resume = null;
@@ -1084,7 +1097,8 @@ export class Session extends Emitter {
       }
     }
     if (this.state === "reconnecting") {
-      const fatal = error?.closeCode && FATAL_CLOSE_CODES.has(error.closeCode) ? error : null;
+      const refused = error?.code === "resume_refused" || (error?.closeCode && FATAL_CLOSE_CODES.has(error.closeCode));
+      const fatal = refused ? error : null;
       this._finish("networkDisconnected", fatal);
     }
   }
@@ -1098,6 +1112,10 @@ export class Session extends Emitter {
    */
   async _restoreResumed(connected) {
     const own = /** @type {Connection} */ (this.connection).connectionId;
+    // The subscriptions to set up again: those from before that are still there (an app
+    // subscribing from the streamCreated handlers below subscribes on the new receiving peer
+    // connection already; the subscribers of streams gone meanwhile are destroyed below).
+    const subscribers = [...this.subscribers];
     this._adopt(connected, true);
     this.state = "connected";
     const connections = new Map(connected.connections.map((c) => [c.connection_id, toConnection(c)]));
@@ -1141,7 +1159,7 @@ export class Session extends Emitter {
         p.emit("streamDestroyed", { stream: null, reason: "networkDisconnected", error: err });
       }
     });
-    const resubscribe = [...this.subscribers].map(async (s) => {
+    const resubscribe = subscribers.filter((s) => this.subscribers.has(s)).map(async (s) => {
       s.transceivers = []; // on the old receiving peer connection, closed below
       try {
         await this._negotiateSubscriber(s);
@@ -1158,6 +1176,7 @@ export class Session extends Emitter {
   /** @param {ConnectedMessage} connected */
   async _restore(connected) {
     const oldConnectionId = this.connection?.connectionId;
+    const subscribers = [...this.subscribers]; // as in _restoreResumed
     this._adopt(connected, true);
     this.state = "connected";
     // Diff what we knew against what the session holds now.
@@ -1194,7 +1213,7 @@ export class Session extends Emitter {
         p.emit("streamDestroyed", { stream: null, reason: "networkDisconnected", error: err });
       }
     });
-    const resubscribe = [...this.subscribers].map(async (s) => {
+    const resubscribe = subscribers.filter((s) => this.subscribers.has(s)).map(async (s) => {
       try {
         await this._negotiateSubscriber(s);
       } catch (err) {

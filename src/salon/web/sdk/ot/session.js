@@ -101,7 +101,10 @@ export class Session extends EventEmitter {
     this._pressure = null;
     const ice = options?.iceConfig;
     /** @type {any} */
-    const salonOptions = { url: options?.serverUrl || config.serverUrl || undefined };
+    // resumeOnly: as OpenTok.js, a dropped link resumes the same connection (same connection
+    // and stream IDs) or ends the session (sessionDisconnected, networkDisconnected); it never
+    // comes back as a new connection.
+    const salonOptions = { url: options?.serverUrl || config.serverUrl || undefined, resumeOnly: true };
     if (ice?.includeServers === "custom" && Array.isArray(ice.customServers)) {
       salonOptions.iceServers = ice.customServers.map((/** @type {any} */ s) => ({
         urls: Array.isArray(s.urls) ? s.urls : [s.urls],
@@ -248,7 +251,7 @@ export class Session extends EventEmitter {
       for (const sub of this._subscribers) sub.trigger("disconnected");
     });
     s.on("sessionReconnected", () => {
-      // The same connection once the server resumes it; a new one from a server that cannot.
+      // The same connection (resumeOnly: the salon session never comes back as a new one).
       if (this._s.connection) this.connection = this._connectionFor(this._s.connection);
       this._emit("sessionReconnected");
       // A publisher's media may be on a new peer connection (resumed or republished): cap it again.
@@ -489,9 +492,12 @@ export class Session extends EventEmitter {
       const { type = "", data = "", to, retryAfterReconnect = true } = signal || {};
       if (to != null && !isConnection(to)) throw new OTError("OT_INVALID_PARAMETER", "signal's `to` must be a Connection", 400);
       if (typeof data !== "string") throw new OTError("OT_INVALID_PARAMETER", "signal's `data` must be a string", 400);
-      if (this._s.state === "reconnecting" && retryAfterReconnect) await this._reconnected();
-      if (this._s.state !== "connected") throw new OTError("OT_NOT_CONNECTED", "connect to the session before signalling", 500);
-      await this._s.signal({ type, data, to: to ? to.connectionId : undefined });
+      const waits = this._s.state === "reconnecting" && retryAfterReconnect;
+      if (this._s.state !== "connected" && !waits) throw new OTError("OT_NOT_CONNECTED", "connect to the session before signalling", 500);
+      // With retryAfterReconnect the salon session holds the signal while reconnecting (or if
+      // the link drops before the server's reply) and sends it once resumed, in order; a
+      // session that ends meanwhile fails it (OT_NOT_CONNECTED).
+      await this._s.signal({ type, data, to: to ? to.connectionId : undefined, retryAfterReconnect: Boolean(retryAfterReconnect) });
       done(completionHandler);
     } catch (err) {
       const error = toOTError(err, "signal");
@@ -500,19 +506,6 @@ export class Session extends EventEmitter {
       report(error, this, completionHandler);
       if (typeof completionHandler !== "function") throw error;
     }
-  }
-
-  /** Resolves when a reconnection ends, either way (sessionReconnected or sessionDisconnected). */
-  _reconnected() {
-    return new Promise((resolve) => {
-      const end = () => {
-        this._s.off("sessionReconnected", end);
-        this._s.off("sessionDisconnected", end);
-        resolve(undefined);
-      };
-      this._s.on("sessionReconnected", end);
-      this._s.on("sessionDisconnected", end);
-    });
   }
 
   /**
