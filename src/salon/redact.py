@@ -23,6 +23,10 @@ REDACTED = "[redacted]"
 #: even cut short, as a log line may quote part of one.
 _TOKENS = re.compile(r"T1==[A-Za-z0-9+/=]+|eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}")
 
+#: The signature of a download URL (an archive's ``url``: salon's own, or S3 presigned): it
+#: downloads the archive without other credentials while it lasts.
+_URL_SIGNATURES = re.compile(r"((?:[?&]|\b)(?:signature|X-Amz-Signature|Signature)=)[^&\s\"']+")
+
 #: Loggers whose DEBUG output is request data itself: SQLAlchemy's result rows (a project's
 #: row holds its secret), the SQLite driver's calls with their parameters, WebSocket frames
 #: (a ``connect`` carries a token). They log at INFO at most, whatever the level.
@@ -48,6 +52,7 @@ def register_secret(*values: str | None) -> None:
 def redact(text: str) -> str:
     """``text`` with tokens and registered secrets replaced by ``[redacted]``."""
     text = _TOKENS.sub(REDACTED, text)
+    text = _URL_SIGNATURES.sub(r"\1" + REDACTED, text)
     for secret in tuple(_secrets):
         if secret in text:
             text = text.replace(secret, REDACTED)

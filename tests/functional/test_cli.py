@@ -163,3 +163,55 @@ def test_serve_takes_the_signalling_limits(
         assert main([*base, *bad]) == 1
         assert message in capsys.readouterr().err
     assert started == []
+
+
+def test_serve_takes_the_archive_options(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import salon.server.run
+    from salon.server.config import ServerConfig
+
+    started: list[ServerConfig] = []
+    monkeypatch.setattr(salon.server.run, "run_server", lambda config, **kwargs: started.append(config))
+    base = ["serve", "--port", "0", "--data-dir", str(tmp_path), "--no-media"]
+    assert main(base) == 0
+    defaults = started.pop()
+    assert (defaults.archives.max_duration, defaults.archives.empty_timeout) == (14400, 60)
+    assert defaults.archives.retention == 72 * 3600 and defaults.archive_storage is None
+    flags = [
+        "--archive-max-duration",
+        "600",
+        "--archive-empty-timeout",
+        "5",
+        "--archive-retention",
+        "0.5",
+        "--archive-storage",
+        "s3://bucket/prefix",
+        "--archive-s3-endpoint",
+        "http://127.0.0.1:9000",
+        "--public-url",
+        "https://salon.example.com",
+    ]
+    assert main([*base, *flags]) == 0
+    chosen = started.pop()
+    assert (chosen.archives.max_duration, chosen.archives.empty_timeout, chosen.archives.retention) == (
+        600,
+        5,
+        12 * 3600,
+    )
+    assert chosen.archives.public_url == "https://salon.example.com"
+    assert (chosen.archive_storage, chosen.archive_s3_endpoint) == (
+        "s3://bucket/prefix",
+        "http://127.0.0.1:9000",
+    )
+    capsys.readouterr()
+    for bad, message in [
+        (["--archive-max-duration", "0"], "--archive-max-duration"),
+        (["--archive-empty-timeout", "nan"], "--archive-empty-timeout"),
+        (["--archive-retention", "-1"], "--archive-retention"),
+        (["--archive-storage", "/var/archives"], "--archive-storage"),
+        (["--public-url", "salon.example.com"], "--public-url"),
+    ]:
+        assert main([*base, *bad]) == 1
+        assert message in capsys.readouterr().err
+    assert started == []

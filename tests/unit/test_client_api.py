@@ -15,6 +15,8 @@ from salon.protocol import ErrorCode
 
 EXPECTED = [
     "ActiveSpeakerChanged",
+    "ArchiveStarted",
+    "ArchiveStopped",
     "AudioFrame",
     "AudioLevels",
     "AudioSource",
@@ -175,3 +177,20 @@ def test_audio_levels_and_active_speaker_messages_become_typed_events() -> None:
     session._on_message(ActiveSpeakerEvent(stream_id="s1"))
     session._on_message(ActiveSpeakerEvent(stream_id=None))
     assert seen == [AudioLevels({"s1": 0.25}), ActiveSpeakerChanged("s1"), ActiveSpeakerChanged(None)]
+
+
+def test_archive_messages_become_typed_events() -> None:
+    from salon.client import ArchiveStarted, ArchiveStopped, Event, Session
+    from salon.protocol import ArchiveStartedEvent, ArchiveStoppedEvent, server_message_adapter
+
+    session = Session("1_session", "token", "http://127.0.0.1:1")
+    seen: list[Event] = []
+    session.on(Event, seen.append)
+    session._on_message(server_message_adapter.validate_json('{"type":"archive_started","archive_id":"a1"}'))
+    session._on_message(ArchiveStartedEvent(archive_id="a2", name="lesson"))
+    session._on_message(ArchiveStoppedEvent(archive_id="a2", name="lesson"))
+    assert seen == [
+        ArchiveStarted("a1", None),
+        ArchiveStarted("a2", "lesson"),
+        ArchiveStopped("a2", "lesson"),
+    ]

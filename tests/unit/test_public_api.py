@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import salon
+import salon.archive
 import salon.callbacks
 import salon.protocol
 import salon.protocol.codes
@@ -46,6 +47,7 @@ def test_server_and_signalling_exports() -> None:
     assert salon.server.__all__ == ["ServerConfig", "create_app"]
     assert salon.signalling.__all__ == ["Session", "SignallingConfig", "SignallingService"]
     assert salon.store.__all__ == [
+        "ArchiveRecord",
         "CallbackEvent",
         "CallbackOutcome",
         "NewCallback",
@@ -65,11 +67,40 @@ def test_server_and_signalling_exports() -> None:
     ]
 
 
+def test_archive_exports() -> None:
+    assert salon.archive.__all__ == [
+        "ArchiveConfig",
+        "ArchiveService",
+        "ArchiveStatus",
+        "ArchiveStorage",
+        "ArchiveStream",
+        "Layout",
+        "LocalStorage",
+        "OutputMode",
+        "RecordedStream",
+        "Recorder",
+        "RecorderFactory",
+        "Recording",
+        "RecordingFailed",
+        "RecordingResult",
+        "S3Storage",
+        "StartOptions",
+        "StorageError",
+        "StreamMode",
+        "archive_json",
+        "storage_from_url",
+    ]
+    for name in salon.archive.__all__:
+        assert hasattr(salon.archive, name), name
+
+
 def test_protocol_exports() -> None:
     assert salon.protocol.__all__ == [
         "PROTOCOL_VERSION",
         "AckMessage",
         "ActiveSpeakerEvent",
+        "ArchiveStartedEvent",
+        "ArchiveStoppedEvent",
         "AudioLevelEvent",
         "ClientMessage",
         "CloseCode",

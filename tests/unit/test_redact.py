@@ -26,6 +26,16 @@ def test_tokens_jwts_and_registered_secrets_are_redacted() -> None:
     assert "a short word" in clean and clean.count("[redacted]") == 4
 
 
+def test_download_url_signatures_are_redacted() -> None:
+    sig = "9f2c" * 16
+    local = f'"GET /v2/archive-download/b40e?expires=1796332816&signature={sig} HTTP/1.1" 200'
+    assert redact(local) == (
+        '"GET /v2/archive-download/b40e?expires=1796332816&signature=[redacted] HTTP/1.1" 200'
+    )
+    s3 = f"https://s3.example/b/k?X-Amz-Expires=600&X-Amz-Signature={sig}&x=1"
+    assert redact(s3) == "https://s3.example/b/k?X-Amz-Expires=600&X-Amz-Signature=[redacted]&x=1"
+
+
 def test_installed_records_are_redacted_in_message_and_traceback(caplog: pytest.LogCaptureFixture) -> None:
     register_secret(SECRET)
     install()

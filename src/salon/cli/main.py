@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from salon import __version__
+from salon.archive.service import ArchiveConfig
 from salon.cli.bench_options import add_bench_parser
 from salon.errors import SalonError
 from salon.ids import decode_session_id, encode_session_id
@@ -128,6 +129,39 @@ def _parser() -> argparse.ArgumentParser:
         "--callback-url",
         metavar="URL",
         help="session-monitoring (and archive) callback URL of the project of SALON_API_KEY (or the first)",
+    )
+    serve.add_argument(
+        "--archive-max-duration",
+        type=float,
+        default=4 * 3600.0,
+        metavar="SECONDS",
+        help="an archive stops at this length (default 14400: 4 hours)",
+    )
+    serve.add_argument(
+        "--archive-empty-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="an archive stops when its session has been empty this long (default 60)",
+    )
+    serve.add_argument(
+        "--archive-retention",
+        type=float,
+        default=3.0,
+        metavar="DAYS",
+        help="available archives expire, their files removed, this long after they started (default 3)",
+    )
+    serve.add_argument(
+        "--archive-storage",
+        metavar="URL",
+        help="where archives are kept: the data directory (default), or s3://bucket/prefix "
+        "(credentials as boto3 finds them)",
+    )
+    serve.add_argument("--archive-s3-endpoint", metavar="URL", help="the endpoint of S3-compatible storage")
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="this server's public base URL, for archive download links (default: the request's)",
     )
     serve.add_argument(
         "--signalling-rate-limit",
@@ -318,6 +352,20 @@ def _serve(args: argparse.Namespace) -> int:
         raise SalonError("--signalling-rate-burst must be at least 1")
     if args.signalling_max_per_address < 0:
         raise SalonError("--signalling-max-per-address must be 0 (no limit) or more")
+    if not args.archive_max_duration > 0 or not args.archive_empty_timeout > 0:
+        raise SalonError("--archive-max-duration and --archive-empty-timeout must be above 0")
+    if not args.archive_retention > 0:
+        raise SalonError("--archive-retention must be above 0 days")
+    if args.archive_storage and not args.archive_storage.startswith("s3://"):
+        raise SalonError(f"--archive-storage must be s3://bucket/prefix, not {args.archive_storage!r}")
+    if args.public_url and not args.public_url.startswith(("http://", "https://")):
+        raise SalonError(f"--public-url must be http:// or https://, not {args.public_url!r}")
+    archives = ArchiveConfig(
+        max_duration=args.archive_max_duration,
+        empty_timeout=args.archive_empty_timeout,
+        retention=args.archive_retention * 86400,
+        public_url=args.public_url,
+    )
     signalling = SignallingConfig(
         rate_limit=args.signalling_rate_limit,
         rate_burst=args.signalling_rate_burst,
@@ -348,6 +396,9 @@ def _serve(args: argparse.Namespace) -> int:
         demo_rate_burst=args.demo_rate_burst,
         demo_rate_interval=args.demo_rate_interval,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        archives=archives,
+        archive_storage=args.archive_storage,
+        archive_s3_endpoint=args.archive_s3_endpoint,
     )
     if args.callback_url and not args.callback_url.startswith(("http://", "https://")):
         raise SalonError(f"--callback-url must be http:// or https://, not {args.callback_url!r}")

@@ -48,6 +48,8 @@ from salon.client.errors import (
 )
 from salon.client.events import (
     ActiveSpeakerChanged,
+    ArchiveStarted,
+    ArchiveStopped,
     AudioLevels,
     Connected,
     ConnectionCreated,
@@ -88,6 +90,8 @@ from salon.client.subscriber import Subscriber
 
 __all__ = [
     "ActiveSpeakerChanged",
+    "ArchiveStarted",
+    "ArchiveStopped",
     "AudioFrame",
     "AudioLevels",
     "AudioSource",

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActiveSpeakerChanged",
+    "ArchiveStarted",
+    "ArchiveStopped",
     "AudioLevels",
     "Connected",
     "ConnectionCreated",
@@ -202,3 +204,21 @@ class ActiveSpeakerChanged(Event):
 
     stream_id: str | None
     """The loudest stream, or None when nobody speaks."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStarted(Event):
+    """The session is being archived (recorded): an archive started, or one was being recorded
+    when this client connected."""
+
+    archive_id: str
+    name: str | None
+    """The archive's name, if it was given one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStopped(Event):
+    """An archive of the session stopped recording."""
+
+    archive_id: str
+    name: str | None

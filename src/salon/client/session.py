@@ -79,6 +79,8 @@ from salon.client.errors import (
 )
 from salon.client.events import (
     ActiveSpeakerChanged,
+    ArchiveStarted,
+    ArchiveStopped,
     AudioLevels,
     Connected,
     ConnectionCreated,
@@ -101,6 +103,8 @@ from salon.client.publisher import Publisher
 from salon.client.subscriber import Subscriber
 from salon.protocol import (
     ActiveSpeakerEvent,
+    ArchiveStartedEvent,
+    ArchiveStoppedEvent,
     AudioLevelEvent,
     CloseCode,
     ConnectedMessage,
@@ -685,6 +689,10 @@ class Session:
                 self._emit(AudioLevels({entry.stream_id: entry.level for entry in levels}))
             case ActiveSpeakerEvent(stream_id=stream_id):
                 self._emit(ActiveSpeakerChanged(stream_id))
+            case ArchiveStartedEvent(archive_id=archive_id, name=name):
+                self._emit(ArchiveStarted(archive_id, name))
+            case ArchiveStoppedEvent(archive_id=archive_id, name=name):
+                self._emit(ArchiveStopped(archive_id, name))
             case SessionDisconnectedEvent(reason=reason):
                 if reason == DisconnectReason.FORCE_DISCONNECTED:
                     self._end_reason = SessionEndReason.FORCE_DISCONNECTED

@@ -24,6 +24,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AckMessage",
     "ActiveSpeakerEvent",
+    "ArchiveStartedEvent",
+    "ArchiveStoppedEvent",
     "AudioLevelEvent",
     "ClientMessage",
     "ConnectRequest",
@@ -465,6 +467,23 @@ class MediaResetEvent(_ServerModel):
     )
 
 
+class ArchiveStartedEvent(_ServerModel):
+    """The session is being archived (recorded): sent to every connection when an archive
+    starts, and to a connection that joins while one is being recorded."""
+
+    type: Literal["archive_started"] = "archive_started"
+    archive_id: str
+    name: str | None = Field(default=None, description="The archive's name, if it was given one.")
+
+
+class ArchiveStoppedEvent(_ServerModel):
+    """An archive of the session stopped recording (sent to every connection)."""
+
+    type: Literal["archive_stopped"] = "archive_stopped"
+    archive_id: str
+    name: str | None = Field(default=None, description="The archive's name, if it was given one.")
+
+
 class PingMessage(_ServerModel):
     type: Literal["ping"] = "ping"
     timestamp: float
@@ -487,6 +506,8 @@ ServerMessage = Annotated[
     | AudioLevelEvent
     | ActiveSpeakerEvent
     | MediaResetEvent
+    | ArchiveStartedEvent
+    | ArchiveStoppedEvent
     | PingMessage,
     Field(discriminator="type"),
 ]

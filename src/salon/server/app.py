@@ -17,6 +17,9 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from salon import __version__
+from salon.archive.api import router as archive_router
+from salon.archive.service import ArchiveService
+from salon.archive.storage import storage_from_url
 from salon.callbacks import CallbackService
 from salon.errors import SalonError
 from salon.media import memtrace
@@ -28,6 +31,7 @@ from salon.server.demo import router as demo_router
 from salon.server.limits import BodyLimit, RateLimiter
 from salon.server.rest import router
 from salon.server.web import mount_web
+from salon.signalling.observer import Observers
 from salon.signalling.service import SignallingService
 from salon.store import Project, Store
 from salon.store.registry import Registry
@@ -101,8 +105,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         memtrace.start_from_env()
-        if config.database_url is None:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.data_dir.mkdir(parents=True, exist_ok=True)  # the database, archives
         store = Store(config.store_url)
         await store.open()
         registry = Registry(store)
@@ -132,14 +135,30 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             except BaseException:
                 await store.close()
                 raise
-        service = SignallingService(registry, config.signalling, media=media, ice=ice, observer=callbacks)
+        archives = ArchiveService(
+            store,
+            registry,
+            storage_from_url(
+                config.archive_storage, config.data_dir, endpoint_url=config.archive_s3_endpoint
+            ),
+            config.data_dir / "archives-work",
+            recorders={mode: make(media) for mode, make in config.archive_recorders.items()},
+            config=config.archives,
+            emit=callbacks.emit,
+        )
+        service = SignallingService(
+            registry, config.signalling, media=media, ice=ice, observer=Observers(callbacks, archives)
+        )
+        archives.signalling = service
         if media is not None:
             media.events = service
         await callbacks.start()
         await service.start()
+        await archives.start()
         app.state.store, app.state.registry, app.state.signalling = store, registry, service
         app.state.media = media
         app.state.callbacks = callbacks
+        app.state.archives = archives
         app.state.demo_project = project
         if config.demo:
             logger.warning(
@@ -153,6 +172,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         try:
             yield
         finally:
+            await archives.close()  # archives stop (their connections told) and are stored first
             await service.stop()
             if media is not None:
                 await media.close()
@@ -172,6 +192,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(archive_router)
     if config.demo:
         app.state.demo_limiter = RateLimiter(config.demo_rate_burst, config.demo_rate_interval)
         app.include_router(demo_router)

@@ -6,6 +6,7 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
+from salon.archive.service import ArchiveConfig, RecorderFactory
 from salon.callbacks.delivery import CallbackConfig
 from salon.server.limits import DEFAULT_MAX_BODY_SIZE
 from salon.signalling.ice import DEFAULT_TURN_TTL, IceSettings
@@ -61,6 +62,16 @@ class ServerConfig:
         ``rate_burst``; ``--signalling-rate-limit``, ``--signalling-rate-burst``) and the
         WebSockets allowed per client address (``max_per_address``;
         ``--signalling-max-per-address``).
+    :param archives: archive limits: maximum duration (``--archive-max-duration``), how long
+        an empty session's archives go on (60 s), retention (``--archive-retention``), the
+        public base URL of download links (``--public-url``).
+    :param archive_storage: where finished archives go: None for the data directory, or
+        ``s3://bucket/prefix`` (``--archive-storage``; credentials as boto3 finds them).
+    :param archive_s3_endpoint: the S3 endpoint URL (``--archive-s3-endpoint``), for
+        S3-compatible storage other than AWS.
+    :param archive_recorders: what makes the recorder of each output mode (``"individual"``,
+        ``"composed"``), given the media plane once it runs; a mode without one records
+        nothing and its archives fail.
     :param debug_endpoints: serve ``GET /debug/processes`` (``SALON_DEBUG_ENDPOINTS=1``;
         :mod:`salon.server.debug`), for ``salon bench soak``.
     """
@@ -94,6 +105,10 @@ class ServerConfig:
     tls_cert: pathlib.Path | None = None
     tls_key: pathlib.Path | None = None
     debug_endpoints: bool = False
+    archives: ArchiveConfig = field(default_factory=ArchiveConfig)
+    archive_storage: str | None = None
+    archive_s3_endpoint: str | None = None
+    archive_recorders: dict[str, RecorderFactory] = field(default_factory=dict, repr=False)
 
     @property
     def store_url(self) -> str:

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from salon.archive.models import RESOLUTIONS
 from salon.errors import InvalidRequestError, NotFoundError
 from salon.ids import encode_session_id
 from salon.server.auth import authenticate, rest_jwt
@@ -281,8 +282,19 @@ async def create_session(
     e2ee = _bool(options.get("e2ee", "false"), "e2ee")
     store: Store = request.app.state.store
     session_id = encode_session_id(project.api_key, location)
+    # archiveMode always: the automatic archive's name and resolution (an unknown resolution
+    # takes the default; salon.archive).
+    archive_name = options.get("archiveName", "").replace("\x00", "")[:255] or None
+    archive_resolution = options.get("archiveResolution", "").lower()
     record = await store.create_session(
-        project.api_key, session_id, media_mode=mode, archive_mode=archive_mode, location=location, e2ee=e2ee
+        project.api_key,
+        session_id,
+        media_mode=mode,
+        archive_mode=archive_mode,
+        location=location,
+        e2ee=e2ee,
+        archive_name=archive_name,
+        archive_resolution=archive_resolution if archive_resolution in RESOLUTIONS else None,
     )
     reg.remember_session(record)
     body = [

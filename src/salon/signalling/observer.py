@@ -12,7 +12,7 @@ from typing import Protocol
 
 from salon.protocol import ServerMessage
 
-__all__ = ["SessionObserver"]
+__all__ = ["Observers", "SessionObserver"]
 
 
 class SessionObserver(Protocol):
@@ -21,3 +21,22 @@ class SessionObserver(Protocol):
     def delivered(self, session_id: str, api_key: str, message: ServerMessage) -> None: ...
 
     def session_ended(self, session_id: str, api_key: str) -> None: ...
+
+
+class Observers:
+    """Several observers as one: each is told everything, in the order given."""
+
+    def __init__(self, *observers: SessionObserver) -> None:
+        self.observers = observers
+
+    def session_started(self, session_id: str, api_key: str) -> None:
+        for observer in self.observers:
+            observer.session_started(session_id, api_key)
+
+    def delivered(self, session_id: str, api_key: str, message: ServerMessage) -> None:
+        for observer in self.observers:
+            observer.delivered(session_id, api_key, message)
+
+    def session_ended(self, session_id: str, api_key: str) -> None:
+        for observer in self.observers:
+            observer.session_ended(session_id, api_key)

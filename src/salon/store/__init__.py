@@ -6,6 +6,7 @@ server is given a ``postgresql://`` URL.
 """
 
 from salon.store.store import (
+    ArchiveRecord,
     CallbackEvent,
     CallbackOutcome,
     NewCallback,
@@ -16,6 +17,7 @@ from salon.store.store import (
 )
 
 __all__ = [
+    "ArchiveRecord",
     "CallbackEvent",
     "CallbackOutcome",
     "NewCallback",

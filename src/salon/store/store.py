@@ -18,6 +18,7 @@ from salon.redact import register_secret
 from salon.store import migrations
 
 __all__ = [
+    "ArchiveRecord",
     "CallbackEvent",
     "CallbackOutcome",
     "NewCallback",
@@ -58,6 +59,40 @@ sessions = sa.Table(
     sa.Column("location", sa.String(64), nullable=False, default=""),
     sa.Column("e2ee", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # archiveMode always: the name and resolution of the archive started automatically.
+    sa.Column("archive_name", sa.String(255), nullable=True),
+    sa.Column("archive_resolution", sa.String(16), nullable=True),
+)
+
+#: Archives (``salon.archive``): one row per archive, written before its start is
+#: acknowledged and at every status change. ``layout`` and ``streams`` are JSON;
+#: ``location`` is where storage keeps the archive's file (None until it is stored).
+archives = sa.Table(
+    "archives",
+    metadata,
+    sa.Column("archive_id", sa.String(36), primary_key=True),
+    sa.Column("api_key", sa.String(64), nullable=False),
+    sa.Column("session_id", sa.String(255), nullable=False),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("stopped_at", sa.BigInteger, nullable=True),
+    sa.Column("duration", sa.Integer, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("output_mode", sa.String(16), nullable=False),
+    sa.Column("stream_mode", sa.String(16), nullable=False),
+    sa.Column("has_audio", sa.Boolean, nullable=False),
+    sa.Column("has_video", sa.Boolean, nullable=False),
+    sa.Column("resolution", sa.String(16), nullable=True),
+    sa.Column("layout", sa.Text, nullable=False),
+    sa.Column("streams", sa.Text, nullable=False),
+    sa.Column("multi_archive_tag", sa.String(255), nullable=True),
+    sa.Column("location", sa.String(2048), nullable=True),
+    sa.Index("ix_archives_project", "api_key", "created_at"),
+    sa.Index("ix_archives_session", "session_id", "status"),
+    sa.Index("ix_archives_status", "status"),
 )
 
 
@@ -150,6 +185,34 @@ class SessionRecord:
     location: str
     e2ee: bool
     created_at: int
+    archive_name: str | None = None
+    archive_resolution: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRecord:
+    """An archive as stored (:mod:`salon.archive.models` gives it its OpenTok JSON)."""
+
+    archive_id: str
+    api_key: str
+    session_id: str
+    name: str | None
+    status: str
+    reason: str
+    created_at: int
+    updated_at: int
+    stopped_at: int | None
+    duration: int
+    size: int
+    output_mode: str
+    stream_mode: str
+    has_audio: bool
+    has_video: bool
+    resolution: str | None
+    layout: str
+    streams: str
+    multi_archive_tag: str | None
+    location: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +360,16 @@ class Store:
         return [_project(row) for row in rows]
 
     async def create_session(
-        self, api_key: str, session_id: str, *, media_mode: str, archive_mode: str, location: str, e2ee: bool
+        self,
+        api_key: str,
+        session_id: str,
+        *,
+        media_mode: str,
+        archive_mode: str,
+        location: str,
+        e2ee: bool,
+        archive_name: str | None = None,
+        archive_resolution: str | None = None,
     ) -> SessionRecord:
         record = SessionRecord(
             session_id=session_id,
@@ -307,6 +379,8 @@ class Store:
             location=location,
             e2ee=e2ee,
             created_at=_now_ms(),
+            archive_name=archive_name,
+            archive_resolution=archive_resolution,
         )
         _check_fits(sessions, record)
         try:
@@ -416,6 +490,71 @@ class Store:
                 )
         except SQLAlchemyError as exc:
             raise ServerError(f"cannot delete the project: {exc.__class__.__name__}") from exc
+
+    # -- archives (salon.archive) ------------------------------------------------------------
+
+    async def create_archive(self, record: ArchiveRecord) -> None:
+        _check_fits(archives, record)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(sa.insert(archives).values(**_as_dict(record)))
+        except IntegrityError as exc:
+            raise ConflictError("the archive exists already") from exc
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot store the archive: {exc.__class__.__name__}") from exc
+
+    async def update_archive(self, record: ArchiveRecord) -> None:
+        """Write every field of an archive (its ``archive_id`` names the row)."""
+        _check_fits(archives, record)
+        values = _as_dict(record)
+        del values["archive_id"]
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    sa.update(archives).where(archives.c.archive_id == record.archive_id).values(**values)
+                )
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot update the archive: {exc.__class__.__name__}") from exc
+
+    async def get_archive(self, archive_id: str) -> ArchiveRecord | None:
+        if "\x00" in archive_id or len(archive_id) > 36:  # never stored
+            return None
+        rows = await self._select(sa.select(archives).where(archives.c.archive_id == archive_id))
+        return ArchiveRecord(**rows[0]) if rows else None
+
+    async def list_archives(
+        self, api_key: str, *, session_id: str | None = None, offset: int = 0, count: int = 50
+    ) -> tuple[int, list[ArchiveRecord]]:
+        """How many archives a project has (of one session, if given), and ``count`` of them
+        from ``offset``, newest first."""
+        if "\x00" in api_key or (session_id is not None and "\x00" in session_id):
+            return 0, []
+        where = [archives.c.api_key == api_key]
+        if session_id is not None:
+            where.append(archives.c.session_id == session_id)
+        total_query = sa.select(sa.func.count()).select_from(archives).where(*where)
+        query = (
+            sa.select(archives)
+            .where(*where)
+            .order_by(archives.c.created_at.desc(), archives.c.archive_id.desc())
+            .offset(offset)
+            .limit(count)
+        )
+        try:
+            async with self._engine.connect() as conn:
+                total = int((await conn.execute(total_query)).scalar_one())
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot read the database: {exc.__class__.__name__}") from exc
+        return total, [ArchiveRecord(**row) for row in await self._select(query)]
+
+    async def archives_in(
+        self, statuses: tuple[str, ...], *, created_before: int | None = None
+    ) -> list[ArchiveRecord]:
+        """Every archive in one of these statuses (created before a time, if given), oldest first."""
+        query = sa.select(archives).where(archives.c.status.in_(statuses))
+        if created_before is not None:
+            query = query.where(archives.c.created_at < created_before)
+        return [ArchiveRecord(**row) for row in await self._select(query.order_by(archives.c.created_at))]
 
     # -- the callback outbox (salon.callbacks) --------------------------------------------
 
@@ -590,7 +729,7 @@ def _project(row: dict[str, Any]) -> Project:
     return project
 
 
-def _check_fits(table: sa.Table, value: Project | SessionRecord) -> None:
+def _check_fits(table: sa.Table, value: Project | SessionRecord | ArchiveRecord) -> None:
     """Refuse what PostgreSQL would refuse (SQLite stores it): NUL and over-long strings."""
     for name, item in _as_dict(value).items():
         if not isinstance(item, str):
@@ -602,5 +741,5 @@ def _check_fits(table: sa.Table, value: Project | SessionRecord) -> None:
             raise InvalidRequestError(f"{name} must not contain NUL characters")
 
 
-def _as_dict(value: Project | SessionRecord) -> dict[str, object]:
+def _as_dict(value: Project | SessionRecord | ArchiveRecord) -> dict[str, object]:
     return {name: getattr(value, name) for name in value.__slots__}

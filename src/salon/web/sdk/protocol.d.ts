@@ -373,6 +373,25 @@ export interface MediaResetEvent {
   stream_ids: string[];
 }
 
+/**
+ * The session is being archived (recorded): sent to every connection when an archive
+ * starts, and to a connection that joins while one is being recorded.
+ */
+export interface ArchiveStartedEvent {
+  type: "archive_started";
+  archive_id: string;
+  /** The archive's name, if it was given one. */
+  name: string | null;
+}
+
+/** An archive of the session stopped recording (sent to every connection). */
+export interface ArchiveStoppedEvent {
+  type: "archive_stopped";
+  archive_id: string;
+  /** The archive's name, if it was given one. */
+  name: string | null;
+}
+
 export interface PingMessage {
   type: "ping";
   timestamp: number;
@@ -429,6 +448,8 @@ export type ServerMessage =
   | AudioLevelEvent
   | ActiveSpeakerEvent
   | MediaResetEvent
+  | ArchiveStartedEvent
+  | ArchiveStoppedEvent
   | PingMessage;
 
 /** The server messages that answer a request (`error` also comes alone). */
@@ -452,6 +473,8 @@ export type ServerEvent =
   | AudioLevelEvent
   | ActiveSpeakerEvent
   | MediaResetEvent
+  | ArchiveStartedEvent
+  | ArchiveStoppedEvent
   | PingMessage;
 
 /** A client request without its `request_id`, which the SDK adds when it sends it. */

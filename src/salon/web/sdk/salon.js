@@ -505,7 +505,7 @@ export class Subscriber extends Emitter {
  * One connection to a salon session. Events (OpenTok.js names): connectionCreated,
  * connectionDestroyed, streamCreated, streamDestroyed, streamPropertyChanged, signal,
  * signal:TYPE, sessionDisconnected, sessionReconnecting, sessionReconnected,
- * audioLevelUpdated, activeSpeaker, muteForced.
+ * audioLevelUpdated, activeSpeaker, muteForced, archiveStarted, archiveStopped.
  */
 export class Session extends Emitter {
   /**
@@ -801,6 +801,12 @@ export class Session extends Emitter {
         break;
       case "active_speaker":
         this.emit("activeSpeaker", { streamId: msg.stream_id, stream: msg.stream_id ? this.streams.get(msg.stream_id) || null : null });
+        break;
+      case "archive_started":
+        this.emit("archiveStarted", { id: msg.archive_id, name: msg.name ?? "" });
+        break;
+      case "archive_stopped":
+        this.emit("archiveStopped", { id: msg.archive_id, name: msg.name ?? "" });
         break;
       default:
         break;
