@@ -391,4 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as salon.archive.archiver, not as __main__: the message classes must be the ones
+    # salon.archive.composed imports (a second copy of this module would have its own).
+    from salon.archive import archiver
+
+    sys.exit(archiver.main())

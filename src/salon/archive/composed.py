@@ -124,8 +124,11 @@ class _ComposedStream:
         self.tracks = {t.kind: TrackRecording(t, feedback) for t in tracks}
         self.closed = False
         self.frames = {"audio": 0, "video": 0}
+        self.delayed = 0
         self._key_asked_at = -1.0
         self.error: str | None = None
+        self.delay = 0.0
+        """Seconds this stream's media is placed later than its timestamps say (see _feed)."""
 
     def __repr__(self) -> str:
         return f"ComposedStream({self.stream_id})"
@@ -161,7 +164,16 @@ class _ComposedStream:
     def _feed(self, kind: str, frames: list[tuple[int, Frame]]) -> None:
         composer = self.archiver.composer
         for pts_ms, frame in frames:
-            pts = pts_ms / 1000.0
+            pts = pts_ms / 1000.0 + self.delay
+            if kind == "audio" and composer.has_audio and pts < composer.audio_position:
+                # Audio timestamped before what is mixed already (the publisher stalled, and
+                # its RTP clock now runs behind real time by more than LAG) would be lost for
+                # good: the stream's media is placed later from now on, audio and video alike,
+                # so that it is heard (in sync with its video) rather than dropped.
+                shift = composer.audio_position - pts + 0.02
+                self.delay += shift
+                pts += shift
+                self.delayed += 1
             try:
                 if kind == "video":
                     data = _annexb(frame.data) if self.tracks["video"].info.codec == "h264" else frame.data
@@ -181,6 +193,8 @@ class _ComposedStream:
         return {
             "stream_id": self.stream_id,
             "frames": dict(self.frames),
+            "delay": round(self.delay, 3),
+            "delayed": self.delayed,
             "tracks": {k: t.dump() for k, t in self.tracks.items()},
         }
 
