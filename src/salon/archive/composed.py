@@ -11,10 +11,10 @@ Both sides of a composed archive:
   lays out, mixes and encodes them into ``archive.mp4`` (H.264 + AAC, fragmented). Every poll
   (20 ms) the composer is advanced to :data:`LAG` seconds before now: what is older than that
   has arrived (a hole in the sequence is repaired or given up within 0.3 s for audio). A
-  stream's join and leave are scheduled at their time on the archive's clock, so the layout
-  changes on the right frame; a new layout (``SetLayout``) takes effect on the next frame
-  written. When the composer's decoder waits for a key frame (a frame that did not decode) the
-  archiver asks the media worker for one, as it does after a loss.
+  stream's join and leave, and a new layout (``SetLayout``), are scheduled at their time on the
+  archive's clock, so the layout changes on the right frame. When the composer's decoder waits
+  for a key frame (a frame that did not decode) the archiver asks the media worker for one, as
+  it does after a loss. The archive's clock starts at its ``createdAt``.
 * **In the main process**, :class:`ComposedRecording` is an
   :class:`~salon.archive.recorder.IndividualRecording` whose archiver composes: the same media
   recorders, process and failure handling; its result is the MP4. An archiver that dies leaves
@@ -268,7 +268,7 @@ class ComposedArchiver(Archiver):
                     self.composer.remove_stream(message.stream_id, at=stop / 1000.0)
             case SetLayout():
                 try:
-                    self.composer.set_layout(layout_spec(message.layout))
+                    self.composer.set_layout(layout_spec(message.layout), at=self.now())
                 except ValueError as exc:  # checked by the API already: keep the old one
                     logger.warning("layout refused: %s", exc)
             case StopArchive():

@@ -406,7 +406,11 @@ class Composer:
             state.layout_classes = tuple(layout_classes)
             self._tiles = None
 
-    def set_layout(self, layout: LayoutSpec) -> None:
+    def set_layout(self, layout: LayoutSpec, *, at: float | None = None) -> None:
+        """A new layout (from time ``at``, or now: the next tick written)."""
+        if at is not None:
+            self._schedule(at, "layout", (layout,))
+            return
         self.layout = layout
         self._tiles = None
 
@@ -430,6 +434,8 @@ class Composer:
                 stream_id, classes, video_type, codec = args
                 if stream_id not in self._streams:
                     self.add_stream(stream_id, classes, video_type, video_codec=codec)
+            elif kind == "layout":
+                self.set_layout(args[0])
             else:
                 self.remove_stream(args[0])
 

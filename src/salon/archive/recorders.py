@@ -142,8 +142,11 @@ class MediaRecorder:
             recording = ComposedRecording(self.plane, options=options, **common)
         else:
             recording = IndividualRecording(self.plane, **common)
+        # The archive's clock starts at its createdAt, so that offsets in the files (a stream's
+        # join, the composed timeline) count from the time the archive JSON gives.
+        t0 = time.monotonic() - max(0.0, time.time() - archive.created_at / 1000)
         try:
-            await recording.start()
+            await recording.start(t0=t0)
         except RecordingError as exc:
             raise RecordingFailed(str(exc)) from exc
         handle = _Recording(recording)
