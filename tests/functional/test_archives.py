@@ -72,6 +72,9 @@ class FileRecording:
     async def set_layout(self, layout: Layout) -> None:
         self.write(f"layout {layout.type} {layout.stylesheet}")
 
+    async def set_stream_classes(self, stream_id: str, classes: tuple[str, ...]) -> None:
+        self.write(f"classes {stream_id} {' '.join(classes)}")
+
     async def stop(self) -> RecordingResult:
         self.write("stop")
         self.file.close()
@@ -367,6 +370,7 @@ async def test_stop_get_delete_errors(server: Server) -> None:
 async def test_set_layout_reaches_the_recorder_and_bad_layouts_are_refused(server: Server) -> None:
     sid = await asyncio.to_thread(server.session)
     alice = await server.join(sid)
+    stream = await publish(alice)
     archive = await server.call("start_archive", sid)
     stylesheet = "stream.instructor { position: absolute; width: 100%; height: 50%; }"
     await server.call("set_archive_layout", archive.id, "custom", stylesheet=stylesheet)
@@ -379,7 +383,15 @@ async def test_set_layout_reaches_the_recorder_and_bad_layouts_are_refused(serve
     assert r.status_code == 200 and r.json()["layout"]["type"] == "custom"
     r = httpx.put(url, json={"type": "bestFit", "screenshareType": "pip"}, headers=auth_header())
     assert r.status_code == 200 and r.json()["layout"] == {"type": "bestFit", "screenshareType": "pip"}
+    # A stream's class list changed through the REST API reaches the recording.
+    r = httpx.put(
+        f"{server.url}/v2/project/{API_KEY}/session/{sid}/stream",
+        json={"items": [{"id": stream, "layoutClassList": ["focus", "big"]}]},
+        headers=auth_header(),
+    )
+    assert r.status_code == 200, r.text
     lines = server.recorder.recordings[archive.id].lines
+    assert f"classes {stream} focus big" in lines
     assert (
         f"layout custom {stylesheet}" in lines and "layout custom .focus { width: 100%; z-index: 2 }" in lines
     )
@@ -592,7 +604,7 @@ async def test_download_urls_are_signed_and_expire(server: Server) -> None:
 
 
 async def test_archives_expire_after_the_retention_period(tmp_path: pathlib.Path) -> None:
-    with running(tmp_path, retention=2.0) as server:
+    with running(tmp_path, retention=6.0) as server:  # long enough to see it available first
         sid = await asyncio.to_thread(server.session)
         alice = await server.join(sid)
         archive = await server.call("start_archive", sid)
@@ -789,3 +801,52 @@ async def test_vonage_video_drives_archives_over_https(
         await asyncio.to_thread(video.delete_archive, archive.id)
         assert (await asyncio.to_thread(video.get_archive, archive.id)).status == "deleted"
         await alice.close()
+
+
+async def test_a_server_killed_mid_recording_fails_or_finishes_its_archives_on_restart(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``kill -9`` of ``salon serve`` (which has no recorder yet: nothing on disk to recover)
+    while an archive records: after the restart it ends ``failed`` with the restart as its
+    reason, never left ``started``; one stopped before the kill has ended too."""
+    from tests.serveproc import ServeProcess
+
+    with ServeProcess(tmp_path, API_KEY, API_SECRET, ["--no-media"]) as first:
+        sdk = opentok.Client(API_KEY, API_SECRET, api_url=first.url)
+        sid = str(
+            (await asyncio.to_thread(sdk.create_session, media_mode=opentok.MediaModes.routed)).session_id
+        )
+        alice = await WsClient.join(first.url, sid, str(sdk.generate_token(sid)))
+        recording = await asyncio.to_thread(sdk.start_archive, sid, name="killed")
+        stopped = await asyncio.to_thread(sdk.start_archive, sid, multi_archive_tag="b")
+        await asyncio.to_thread(sdk.stop_archive, stopped.id)
+        assert first.proc is not None
+        first.proc.kill()  # SIGKILL: no shutdown path runs
+        await asyncio.to_thread(first.proc.wait, 10)
+        await alice.close()
+    with ServeProcess(tmp_path, API_KEY, API_SECRET, ["--no-media"]) as second:
+        sdk = opentok.Client(API_KEY, API_SECRET, api_url=second.url)
+        for archive_id in (recording.id, stopped.id):
+            deadline = time.monotonic() + 30
+            while (archive := await asyncio.to_thread(sdk.get_archive, archive_id)).status != "failed":
+                assert time.monotonic() < deadline, archive.status
+                await asyncio.sleep(0.05)
+        body = httpx.get(f"{second.url}/v2/project/{API_KEY}/archive/{recording.id}", headers=auth_header())
+        assert body.json()["reason"].startswith("the server restarted while the archive was recorded")
+        assert body.json()["name"] == "killed"
+
+
+async def test_a_server_shutting_down_stops_and_stores_its_archives(tmp_path: pathlib.Path) -> None:
+    with running(tmp_path) as server:
+        sid = await asyncio.to_thread(server.session)
+        alice = await server.join(sid)
+        archive = await server.call("start_archive", sid)
+        await alice.close()
+    with running(tmp_path) as server:
+        done = await server.call("get_archive", archive.id)
+        assert done.status == "available" and done.size > 0
+        body = httpx.get(
+            f"{server.url}/v2/project/{API_KEY}/archive/{archive.id}", headers=auth_header()
+        ).json()
+        assert body["reason"] == "the server shut down"
+        assert httpx.get(done.url).status_code == 200

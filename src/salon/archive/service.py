@@ -128,6 +128,11 @@ class Recording(Protocol):
         """A composed archive's new layout (individual recordings ignore it)."""
         ...
 
+    async def set_stream_classes(self, stream_id: str, classes: tuple[str, ...]) -> None:
+        """A recorded stream's layout classes changed (``PUT …/session/{id}/stream``): a
+        composed archive's layout follows them (individual recordings ignore it)."""
+        ...
+
     async def stop(self) -> RecordingResult:
         """Stop and finish the files (also after a failure was reported: salvage what was
         recorded).
@@ -702,6 +707,19 @@ class ArchiveService:
     async def _drop_stream(self, active: _Active, stream_id: str) -> None:
         if active.streams.pop(stream_id, None) is not None and active.recording is not None:
             await active.recording.remove_stream(stream_id)
+
+    async def stream_classes_changed(self, session_id: str, classes: Mapping[str, tuple[str, ...]]) -> None:
+        """Streams' layout class lists changed (stream ID -> classes): tell the recordings
+        that record them."""
+        async with self._lock:
+            for active in self._of_session(session_id):
+                for stream_id, stream_classes in classes.items():
+                    stream = active.streams.get(stream_id)
+                    if stream is None or stream.layout_class_list == stream_classes:
+                        continue
+                    active.streams[stream_id] = dataclasses.replace(stream, layout_class_list=stream_classes)
+                    if active.recording is not None:
+                        await active.recording.set_stream_classes(stream_id, stream_classes)
 
     # -- SessionObserver ---------------------------------------------------------------------
 

@@ -163,8 +163,11 @@ class S3Storage:
         region: str | None = None,
         client: Any = None,
     ) -> None:
-        import boto3  # an optional dependency (salon[s3]): only S3 storage needs it
-        from botocore.config import Config
+        try:  # an optional dependency (salon[s3]): only S3 storage needs it
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:
+            raise StorageError("S3 archive storage needs boto3: pip install 'salon[s3]'") from exc
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from salon import __version__
 from salon.archive.api import router as archive_router
 from salon.archive.service import ArchiveService
-from salon.archive.storage import storage_from_url
+from salon.archive.storage import StorageError, storage_from_url
 from salon.callbacks import CallbackService
 from salon.errors import SalonError
 from salon.media import memtrace
@@ -117,6 +117,13 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         if config.callback_url is not None:
             project = await store.update_project(project.api_key, callback_url=config.callback_url)
         registry.remember_project(project)
+        try:
+            storage = storage_from_url(
+                config.archive_storage, config.data_dir, endpoint_url=config.archive_s3_endpoint
+            )
+        except (StorageError, ValueError) as exc:
+            await store.close()
+            raise SalonError(f"archive storage: {exc}") from exc
         callbacks = CallbackService(store, registry, config.callbacks)
         media: SfuMediaPlane | None = None
         if config.media:
@@ -138,9 +145,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         archives = ArchiveService(
             store,
             registry,
-            storage_from_url(
-                config.archive_storage, config.data_dir, endpoint_url=config.archive_s3_endpoint
-            ),
+            storage,
             config.data_dir / "archives-work",
             recorders={mode: make(media) for mode, make in config.archive_recorders.items()},
             config=config.archives,

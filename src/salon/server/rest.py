@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from salon.archive.models import RESOLUTIONS
+from salon.archive.service import ArchiveService
 from salon.errors import InvalidRequestError, NotFoundError
 from salon.ids import encode_session_id
 from salon.server.auth import authenticate, rest_jwt
@@ -361,13 +362,22 @@ async def get_stream(
     responses=ERRORS,
 )
 async def set_stream_class_lists(
-    sessionId: str, body: ClassListBody, project: ProjectDep, reg: RegistryDep, service: SignallingDep
+    sessionId: str,
+    body: ClassListBody,
+    request: Request,
+    project: ProjectDep,
+    reg: RegistryDep,
+    service: SignallingDep,
 ) -> StreamList:
     await session_of(project, reg, sessionId)
     session = live(service, sessionId)
     if session is None:
         raise NotFoundError("stream not found")
     streams = session.set_layout_class_lists({item.id: item.layoutClassList for item in body.items})
+    archives: ArchiveService | None = getattr(request.app.state, "archives", None)
+    if archives is not None:  # a composed archive's layout follows the classes
+        changed = {s.stream_id: tuple(s.layout_class_list) for s in streams}
+        await archives.stream_classes_changed(sessionId, changed)
     return StreamList(count=len(streams), items=[stream_body(s) for s in streams])
 
 
