@@ -46,6 +46,7 @@ __all__ = [
     "ArchiverReady",
     "RemoveStream",
     "SetLayout",
+    "SetStreamClasses",
     "StopArchive",
     "TrackSpec",
     "main",
@@ -70,9 +71,15 @@ class TrackSpec(_Message):
     channels: int | None = None
 
 
+#: What a stream ID or file stem may be: it names a file in the archive's directory.
+_FILE_SAFE = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+
+
 class AddStream(_Message):
     type: Literal["add_stream"] = "add_stream"
-    stream_id: str
+    stream_id: str = Field(pattern=_FILE_SAFE)
+    stem: str | None = Field(default=None, pattern=_FILE_SAFE)
+    """The file's name without extension (default: the stream ID)."""
     token: str = Field(pattern="^[0-9a-f]{32}$")
     tracks: list[TrackSpec]
     connection_data: str = ""
@@ -95,6 +102,14 @@ class SetLayout(_Message):
 
     type: Literal["set_layout"] = "set_layout"
     layout: dict[str, Any]
+
+
+class SetStreamClasses(_Message):
+    """A stream's ``layoutClassList`` changed (a composed archive's layout follows it)."""
+
+    type: Literal["set_stream_classes"] = "set_stream_classes"
+    stream_id: str
+    layout_classes: list[str]
 
 
 class StopArchive(_Message):
@@ -137,9 +152,13 @@ class ArchiverFailed(_Message):
     reason: str
 
 
-ToArchiver = Annotated[AddStream | RemoveStream | SetLayout | StopArchive, Field(discriminator="type")]
+ToArchiver = Annotated[
+    AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive, Field(discriminator="type")
+]
 FromArchiver = Annotated[ArchiverReady | ArchiverFinished | ArchiverFailed, Field(discriminator="type")]
-to_archiver: TypeAdapter[AddStream | RemoveStream | SetLayout | StopArchive] = TypeAdapter(ToArchiver)
+to_archiver: TypeAdapter[AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive] = TypeAdapter(
+    ToArchiver
+)
 from_archiver: TypeAdapter[ArchiverReady | ArchiverFinished | ArchiverFailed] = TypeAdapter(FromArchiver)
 
 
@@ -211,7 +230,10 @@ class Archiver:
         track = data[TOKEN_SIZE]
         kind = "audio" if track == TRACK_AUDIO else "video" if track == TRACK_VIDEO else None
         if kind is not None:
-            entry.recording.push(kind, data[TOKEN_SIZE + 1 :], self.now())
+            try:
+                entry.recording.push(kind, data[TOKEN_SIZE + 1 :], self.now())
+            except Exception:  # a bug: lose this packet, not the archive
+                logger.exception("%r: a packet could not be recorded", entry.recording)
 
     def _feedback(self, token: bytes) -> Any:
         def feedback(kind: str, seqs: list[int] | None) -> None:
@@ -230,12 +252,15 @@ class Archiver:
     def _poll(self) -> None:
         now = self.now()
         for entry in list(self.by_token.values()):
-            entry.recording.poll(now)
+            try:
+                entry.recording.poll(now)
+            except Exception:  # a bug: keep the timer (and the other streams) going
+                logger.exception("%r: poll failed", entry.recording)
         self._timer = asyncio.get_running_loop().call_later(POLL_INTERVAL, self._poll)
 
     # -- control -----------------------------------------------------------------------------
 
-    def handle(self, message: AddStream | RemoveStream | SetLayout | StopArchive) -> bool:
+    def handle(self, message: AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive) -> bool:
         """Act on a message; False once the archive is stopped (the process exits)."""
         match message:
             case AddStream():
@@ -250,13 +275,14 @@ class Archiver:
                     feedback=self._feedback(token),
                     start_ms=message.start_ms,
                     connection_data=message.connection_data,
+                    stem=message.stem,
                 )
                 entry = _Entry(recording)
                 self.by_token[token] = self.by_stream[message.stream_id] = entry
                 logger.info("%r joins the archive at %d ms", recording, message.start_ms)
             case RemoveStream():
                 self._finish_stream(message.stream_id, message.stop_ms)
-            case SetLayout():
+            case SetLayout() | SetStreamClasses():
                 pass  # individual files have no layout
             case StopArchive():
                 for stream_id in list(self.by_stream):

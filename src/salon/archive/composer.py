@@ -400,7 +400,13 @@ class Composer:
         self._mixer.remove(stream_id)
         self._audio_decoders.pop(stream_id, None)
 
-    def set_layout_classes(self, stream_id: str, layout_classes: Sequence[str]) -> None:
+    def set_layout_classes(
+        self, stream_id: str, layout_classes: Sequence[str], *, at: float | None = None
+    ) -> None:
+        """A stream's layout classes changed (at time ``at``, or now)."""
+        if at is not None:
+            self._schedule(at, "classes", (stream_id, tuple(layout_classes)))
+            return
         state = self._streams.get(stream_id)
         if state is not None:
             state.layout_classes = tuple(layout_classes)
@@ -436,6 +442,8 @@ class Composer:
                     self.add_stream(stream_id, classes, video_type, video_codec=codec)
             elif kind == "layout":
                 self.set_layout(args[0])
+            elif kind == "classes":
+                self.set_layout_classes(args[0], args[1])
             else:
                 self.remove_stream(args[0])
 

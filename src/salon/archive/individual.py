@@ -29,6 +29,7 @@ leaves a file that plays up to then.
 
 from __future__ import annotations
 
+import collections
 import fractions
 import json
 import logging
@@ -45,6 +46,7 @@ from salon.archive.depacketize import (
     DepacketizeError,
     Frame,
     FrameAssembler,
+    h264_dimensions,
     parse_rtp,
     vp8_dimensions,
 )
@@ -76,6 +78,11 @@ REANCHOR_AFTER = 5.0
 #: How fast a timeline anchored on a late first frame catches up: this fraction of the media
 #: time that passes (frames spaced up to 20 % closer until it has).
 CATCH_UP = 0.2
+#: How fast a timeline falls behind a publisher whose RTP clock runs slow: this fraction of the
+#: media time that passes (frames spaced up to twice as far apart until it has).
+STRETCH = 1.0
+#: Seconds of frames whose lowest offset (arrival minus RTP time) anchors the timeline.
+ANCHOR_WINDOW = 1.0
 #: While waiting for a key frame, ask again this often (s).
 KEY_FRAME_RETRY = 0.5
 #: How long a hole in the sequence is held open for a retransmission (s), by kind.
@@ -155,7 +162,7 @@ class TrackRecording:
         self._ts_ext: int | None = None
         self._anchor_ts = 0
         self._anchor_ms = 0.0
-        self._best_ms = 0.0
+        self._window: collections.deque[tuple[float, float]] = collections.deque()
         self._last_pts = -1
         self.first_ms: int | None = None
         self.last_ms: int | None = None
@@ -276,14 +283,25 @@ class TrackRecording:
                 self._waiting_key = False
             if frame.parameter_sets:
                 self.parameter_sets = frame.parameter_sets
-            if self.video and frame.key_frame and self.info.codec == "vp8":
-                self.dimensions = vp8_dimensions(frame.data) or self.dimensions
+            if self.video and frame.key_frame:
+                self.dimensions = self._dimensions(frame) or self.dimensions
             out.append((self._pts(frame.timestamp, self._arrivals.get(frame.timestamp, now)), frame))
         for frame in frames:
             self._arrivals.pop(frame.timestamp, None)
         if len(self._arrivals) > 64:  # frames that never completed
             self._arrivals.clear()
         return out
+
+    def _dimensions(self, frame: Frame) -> tuple[int, int] | None:
+        if self.info.codec == "vp8":
+            return vp8_dimensions(frame.data)
+        for unit in frame.parameter_sets:
+            if unit[0] & 0x1F == 7:
+                try:
+                    return h264_dimensions(unit)
+                except DepacketizeError:
+                    return None
+        return None
 
     def _ask_key_frame(self, now: float) -> None:
         self._key_asked_at = now
@@ -292,21 +310,27 @@ class TrackRecording:
 
     def _pts(self, timestamp: int, now: float) -> int:
         """Milliseconds since the archive started of a frame with RTP ``timestamp`` whose first
-        packet arrived at ``now`` (s): the RTP clock, anchored on the least-delayed frame.
+        packet arrived at ``now`` (s): the RTP clock, anchored to real time.
 
-        Each frame gives an estimate of where the RTP timeline sits in archive time (its
-        arrival minus its RTP time); the lowest seen wins, since a frame can only be late. A
-        first frame delayed by an encoder's start-up backlog is caught up with by shifting the
-        anchor down at most :data:`CATCH_UP` of the media time that passes (frames come a
-        little closer together, never out of order), so the timeline ends up on real time and
-        the stream's audio and video, each anchored the same way, line up.
+        Each frame tells where the RTP timeline sits in archive time: its arrival minus its
+        RTP time (its offset). A frame can only be late, so the lowest offset of the last
+        :data:`ANCHOR_WINDOW` seconds is the estimate, and the anchor moves towards it
+        gradually: down by at most :data:`CATCH_UP` of the media time that passes (a first
+        frame delayed by an encoder's start-up backlog: frames come a little closer together),
+        up by at most :data:`STRETCH` of it (a publisher whose RTP clock runs slow, as a
+        starved software encoder's does: frames spread out), never out of order. So the file
+        keeps real time, and the stream's audio and video, each anchored the same way, line
+        up. A jump of more than :data:`REANCHOR_AFTER` seconds (an encoder restart) starts a
+        new timeline at once.
         """
         rate = self.info.clock_rate
         now_ms = now * 1000.0
+        window = self._window
         if self._ts_ext is None:
             self._ts_ext = self._anchor_ts = timestamp
-            self._anchor_ms = self._best_ms = now_ms
+            self._anchor_ms = now_ms
             media_ms = 0.0
+            window.append((now_ms, now_ms))
         else:
             delta = (timestamp - self._ts_ext) & 0xFFFFFFFF
             if delta >= 0x80000000:
@@ -316,16 +340,25 @@ class TrackRecording:
             media_ms = (self._ts_ext - self._anchor_ts) * 1000.0 / rate
             offset_ms = now_ms - media_ms
             if abs(offset_ms - self._anchor_ms) > REANCHOR_AFTER * 1000.0:
-                # The RTP clock jumped (an encoder restart): a new timeline from this frame.
                 self.stats.reanchors += 1
                 self._anchor_ts = self._ts_ext
-                self._anchor_ms = self._best_ms = now_ms
+                self._anchor_ms = now_ms
                 media_ms = 0.0
+                window.clear()
+                window.append((now_ms, now_ms))
             else:
-                self._best_ms = min(self._best_ms, offset_ms)
-                if self._best_ms < self._anchor_ms:
-                    step = CATCH_UP * max(0.0, media_ms - previous_ms)
-                    self._anchor_ms = max(self._best_ms, self._anchor_ms - step)
+                # Sliding-window minimum: offsets ascending, oldest first.
+                while window and window[-1][1] >= offset_ms:
+                    window.pop()
+                window.append((now_ms, offset_ms))
+                while window[0][0] < now_ms - ANCHOR_WINDOW * 1000.0:
+                    window.popleft()
+                target = window[0][1]
+                elapsed = max(0.0, media_ms - previous_ms)
+                if target < self._anchor_ms:
+                    self._anchor_ms = max(target, self._anchor_ms - CATCH_UP * elapsed)
+                elif target > self._anchor_ms:
+                    self._anchor_ms = min(target, self._anchor_ms + STRETCH * elapsed)
         pts = round(self._anchor_ms + media_ms)
         pts = max(pts, self._last_pts)
         self._last_pts = pts
@@ -362,6 +395,7 @@ class StreamRecording:
         feedback: Feedback,
         start_ms: int = 0,
         connection_data: str = "",
+        stem: str | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.connection_data = connection_data
@@ -370,7 +404,7 @@ class StreamRecording:
         self.tracks = {t.kind: TrackRecording(t, feedback) for t in tracks}
         codecs = {t.codec for t in tracks}
         self.format = "matroska" if "h264" in codecs else "webm"
-        self.path = directory / f"{stream_id}.{'mkv' if self.format == 'matroska' else 'webm'}"
+        self.path = directory / f"{stem or stream_id}.{'mkv' if self.format == 'matroska' else 'webm'}"
         self._output: _Output | None = None
         self._early: list[tuple[str, int, Frame]] = []
         self._first_at: float | None = None

@@ -23,11 +23,10 @@ packages the files left behind into the archive ZIP, and the result says what ha
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import os
 import pathlib
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from salon.archive.archiver import (
     ArchiverReady,
     RemoveStream,
     SetLayout,
+    SetStreamClasses,
     StopArchive,
     TrackSpec,
     encode,
@@ -61,10 +61,13 @@ __all__ = [
     "RecordingPlane",
     "RecordingResult",
     "StreamSource",
+    "package_unfinished",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: The main process's journal of a recording, in its directory (:func:`package_unfinished`).
+JOURNAL = "recording.json"
 #: Seconds an archiver has to start, and to finish its files once told to stop.
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 60.0
@@ -205,7 +208,7 @@ class ArchiverProcess:
             raise
         return handle
 
-    def send(self, message: AddStream | RemoveStream | SetLayout | StopArchive) -> None:
+    def send(self, message: AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive) -> None:
         if self.writer.is_closing():
             raise RecordingError("the archiver is gone")
         self.writer.write(encode(message))
@@ -255,7 +258,7 @@ class ArchiverProcess:
         """SIGKILL the process and wait for it; idempotent."""
         if self.process.poll() is None:
             try:
-                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.kill()  # SIGKILL; Popen does not signal a pid it has reaped
             except ProcessLookupError:
                 pass
         self.writer.close()
@@ -273,6 +276,9 @@ class _Recorded:
     token: bytes
     recorder_id: str | None
     start_ms: int
+    stem: str
+    """The file's name without its extension: the stream ID, with ``-2``, ``-3``... for a
+    stream recorded again after it was removed (manual stream mode)."""
     stop_ms: int | None = None
     tracks: list[TrackSpec] = field(default_factory=list)
 
@@ -306,9 +312,14 @@ class IndividualRecording:
         self.on_ended = on_ended
         self.log_level = log_level
         self.streams: dict[str, _Recorded] = {}
+        """The latest recording of each stream, by stream ID."""
+        self.entries: list[_Recorded] = []
+        """Every stream recording, in order (a stream removed and added again has several)."""
         self.archiver: ArchiverProcess | None = None
         self.ended: asyncio.Future[RecordingResult] = asyncio.get_running_loop().create_future()
         self.t0 = 0.0
+        self.started_at = 0
+        """When the recording started (ms since the epoch)."""
         self._sink: tuple[str, int] = ("127.0.0.1", 0)
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
@@ -329,6 +340,8 @@ class IndividualRecording:
         ``t0``: the archive's start on ``time.monotonic()`` (default: now)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.t0 = time.monotonic() if t0 is None else t0
+        self.started_at = int((time.time() - (time.monotonic() - self.t0)) * 1000)
+        self._write_journal()
         try:
             self.archiver = await ArchiverProcess.spawn(
                 self.directory, self.t0, log_level=self.log_level, args=self.archiver_args()
@@ -366,12 +379,17 @@ class IndividualRecording:
                 TrackSpec(kind=t.kind, codec=t.codec, clock_rate=t.clock_rate, channels=t.channels)
                 for t in started.tracks
             ]
-            entry = _Recorded(source, token, started.recorder_id, self._ms(), tracks=tracks)
+            earlier = sum(1 for e in self.entries if e.source.stream_id == source.stream_id)
+            stem = source.stream_id if not earlier else f"{source.stream_id}-{earlier + 1}"
+            entry = _Recorded(source, token, started.recorder_id, self._ms(), stem, tracks=tracks)
             self.streams[source.stream_id] = entry
+            self.entries.append(entry)
+            self._write_journal()
             try:
                 self.archiver.send(
                     AddStream(
                         stream_id=source.stream_id,
+                        stem=stem,
                         token=token.hex(),
                         tracks=tracks,
                         connection_data=source.connection_data,
@@ -393,6 +411,7 @@ class IndividualRecording:
             if entry is None or entry.stop_ms is not None:
                 return
             entry.stop_ms = self._ms()
+            self._write_journal()
             await self._stop_recorder(entry)
             if self.archiver is not None and not self.ended.done():
                 try:
@@ -417,9 +436,11 @@ class IndividualRecording:
             if not self._stopping and not self.ended.done():
                 self._stopping = True
                 stop_ms = self._ms()
-                for entry in self.streams.values():
+                for entry in self.entries:
                     if entry.stop_ms is None:
                         entry.stop_ms = stop_ms
+                self._write_journal()
+                for entry in self.entries:
                     await self._stop_recorder(entry)
                 if self.archiver is not None:
                     try:
@@ -472,7 +493,7 @@ class IndividualRecording:
         )
 
     def _duration(self) -> float:
-        stops = [e.stop_ms for e in self.streams.values() if e.stop_ms is not None]
+        stops = [e.stop_ms for e in self.entries if e.stop_ms is not None]
         end_ms = max(stops) if stops and self._stopping else self._ms()
         return round(end_ms / 1000.0, 3)
 
@@ -481,63 +502,46 @@ class IndividualRecording:
         logger.error("%r: %s; packaging the files it wrote", self, why)
         stop_ms = self._ms()
         async with self._lock:
-            for entry in self.streams.values():
+            for entry in self.entries:
                 if entry.stop_ms is None:
                     entry.stop_ms = stop_ms
                 await self._stop_recorder(entry)
-        files: list[tuple[pathlib.Path, ManifestFile]] = []
-        for stream_id, entry in self.streams.items():
-            for suffix in (".webm", ".mkv"):
-                path = self.directory / f"{stream_id}{suffix}"
-                if path.exists() and path.stat().st_size > 0:
-                    files.append(
-                        (
-                            path,
-                            ManifestFile(
-                                stream_id,
-                                entry.source.connection_data,
-                                path.name,
-                                path.stat().st_size,
-                                entry.start_ms,
-                                entry.stop_ms if entry.stop_ms is not None else stop_ms,
-                            ),
-                        )
-                    )
-        zip_path: pathlib.Path | None = self.directory / f"{self.archive_id}.zip"
-        assert zip_path is not None
+            self._write_journal()
         try:
-            await asyncio.to_thread(
-                write_archive_zip,
-                zip_path,
-                archive_id=self.archive_id,
-                name=self.name,
-                session_id=self.session_id,
-                created_at=self.created_at,
-                files=files,
-            )
-        except OSError as exc:
+            result = await asyncio.to_thread(package_unfinished, self.directory)
+        except (OSError, ValueError) as exc:
+            result = RecordingResult(self.archive_id, None, [], 0, round(stop_ms / 1000.0, 3))
             why = f"{why}; packaging failed: {exc}"
-            zip_path = None
-        self._end(
-            RecordingResult(
-                self.archive_id,
-                zip_path,
-                [
-                    RecordedFile(
-                        m.stream_id,
-                        m.connection_data,
-                        m.filename,
-                        m.size,
-                        m.start_offset_ms,
-                        m.stop_offset_ms,
-                    )
-                    for _, m in files
-                ],
-                zip_path.stat().st_size if zip_path is not None else 0,
-                round(stop_ms / 1000.0, 3),
-                failure=why,
-            )
-        )
+        result.failure = why
+        self._end(result)
+
+    def _write_journal(self) -> None:
+        """What the main process knows of the recording, next to its files
+        (:data:`JOURNAL`): enough to package them without the archiver, even after a restart
+        (:func:`package_unfinished`)."""
+        journal = {
+            "archive_id": self.archive_id,
+            "name": self.name,
+            "session_id": self.session_id,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "streams": [
+                {
+                    "stream_id": e.source.stream_id,
+                    "stem": e.stem,
+                    "connection_data": e.source.connection_data,
+                    "start_ms": e.start_ms,
+                    "stop_ms": e.stop_ms,
+                }
+                for e in self.entries
+            ],
+        }
+        try:
+            partial = self.directory / (JOURNAL + ".partial")
+            partial.write_text(json.dumps(journal))
+            partial.replace(self.directory / JOURNAL)
+        except OSError as exc:  # a full disk: the archiver's files tell the rest
+            logger.warning("%r: cannot write its journal: %s", self, exc)
 
     def _end(self, result: RecordingResult) -> None:
         if self.ended.done():
@@ -562,6 +566,63 @@ class IndividualRecording:
             await self.archiver.kill()
         if self._watch is not None:
             await asyncio.shield(self._watch)
+
+
+def package_unfinished(directory: pathlib.Path) -> RecordingResult:
+    """Package an individual recording whose archiver did not finish (it crashed, or the
+    server stopped): the stream files it left, with the offsets from the main process's
+    journal, into the archive ZIP with its manifest. A stream without a stop offset (the
+    server went down) ends when its file was last written. Raises :class:`OSError` or
+    :class:`ValueError` (no journal, or an unreadable one)."""
+    journal = json.loads((directory / JOURNAL).read_text())
+    archive_id = str(journal["archive_id"])
+    started_at = int(journal.get("started_at") or 0)
+    files: list[tuple[pathlib.Path, ManifestFile]] = []
+    for entry in list(journal["streams"]):
+        stream_id = str(entry["stream_id"])
+        for suffix in (".webm", ".mkv"):
+            path = directory / f"{entry.get('stem') or stream_id}{suffix}"
+            if not path.is_file() or path.stat().st_size == 0:
+                continue
+            stat = path.stat()
+            stop_ms = entry.get("stop_ms")
+            if stop_ms is None:
+                stop_ms = max(int(entry["start_ms"]), int(stat.st_mtime * 1000) - started_at)
+            files.append(
+                (
+                    path,
+                    ManifestFile(
+                        stream_id,
+                        str(entry.get("connection_data") or ""),
+                        path.name,
+                        stat.st_size,
+                        int(entry["start_ms"]),
+                        int(stop_ms),
+                    ),
+                )
+            )
+    zip_path = directory / f"{archive_id}.zip"
+    write_archive_zip(
+        zip_path,
+        archive_id=archive_id,
+        name=journal.get("name"),
+        session_id=str(journal["session_id"]),
+        created_at=int(journal["created_at"]),
+        files=files,
+    )
+    duration_ms = max((m.stop_offset_ms for _, m in files), default=0)
+    return RecordingResult(
+        archive_id,
+        zip_path,
+        [
+            RecordedFile(
+                m.stream_id, m.connection_data, m.filename, m.size, m.start_offset_ms, m.stop_offset_ms
+            )
+            for _, m in files
+        ],
+        zip_path.stat().st_size,
+        round(duration_ms / 1000.0, 3),
+    )
 
 
 class RecordingManager:

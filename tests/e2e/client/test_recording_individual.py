@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import av
 import numpy as np
 import pytest
-from sdk_helpers import Recorder, auto_subscribe, session_for, wait_for
+from sdk_helpers import Recorder, auto_subscribe, dominant_frequency, session_for, wait_for
 
 from salon.archive.recorder import IndividualRecording, RecordingManager, RecordingResult, StreamSource
 from salon.client import (
@@ -97,6 +97,14 @@ def decode(data: bytes) -> tuple[Any, list[av.VideoFrame], int]:
     return (name, codecs), frames, samples
 
 
+def audio_tone(data: bytes) -> tuple[float, float]:
+    """(dominant frequency, share of energy near it) of a media file's first audio channel."""
+    with av.open(io.BytesIO(data)) as container:
+        chunks = [f.to_ndarray()[0].astype(np.float64) for f in container.decode(audio=0)]
+        rate = container.streams.audio[0].codec_context.sample_rate
+    return dominant_frequency(chunks[10:], rate)
+
+
 def is_red(frame: av.VideoFrame) -> bool:
     rgb = frame.to_ndarray(format="rgb24").reshape(-1, 3).astype(int)
     mean = rgb.mean(axis=0)
@@ -161,6 +169,8 @@ async def test_individual_recording_of_a_published_stream(
     duration = float(frames[-1].time)
     assert abs(duration - recorded) < 1.0, (duration, recorded)
     assert abs(samples / 48000 - recorded) < 1.0, (samples / 48000, recorded)
+    peak, share = audio_tone(data)
+    assert abs(peak - 440) < 15 and share > 0.5, f"the publisher's 440 Hz tone: {peak:.1f} Hz, {share:.0%}"
     assert len(frames) >= 15 * (recorded - 1), len(frames)  # ~30 fps published; generous on a loaded box
     assert (frames[0].width, frames[0].height) == (320, 240)
     red = [is_red(f) for f in frames]
@@ -225,6 +235,8 @@ async def test_archiver_killed_mid_recording_leaves_a_playable_file_and_the_call
         data = archive.read(f"{stream.stream_id}.webm")
     (entry,) = manifest["files"]
     assert entry["streamId"] == stream.stream_id and entry["size"] == len(data)
+    assert 0 <= entry["startTimeOffset"] < entry["stopTimeOffset"]
+    assert entry["stopTimeOffset"] / 1000 >= killed_at - recording.t0 - 0.1
     (name, codecs), frames, _samples = decode(data)
     assert name == "matroska,webm" and codecs == ["opus", "vp8"]
     assert len(frames) >= 10
@@ -273,3 +285,112 @@ async def test_recording_recovers_packets_lost_on_the_publishers_uplink(
 
 def recording_started(recording: IndividualRecording) -> float:
     return recording.t0
+
+
+async def test_mute_and_unmute_during_a_recording(
+    media_server: RunningServer, tmp_path: pathlib.Path
+) -> None:
+    """The publisher turns its video off for ~2 s (black frames at a low rate) and on again:
+    the file's timeline keeps real time through it, red, then black, then red again."""
+    server = media_server
+    sid = server.session()
+    source = CustomVideoSource(width=320, height=240)
+    painter = asyncio.create_task(solid_colour(source, RED))
+    manager = RecordingManager(media_plane(server), tmp_path / "archives")
+    try:
+        async with session_for(server, sid) as alice:
+            publisher = Publisher("alice", video_source=source, audio_source=ToneSource(440.0))
+            stream = await alice.publish(publisher)
+            await media_flows(server, sid, stream.stream_id)
+            recording = await on_server(
+                server, manager.start("archive-4", sid, [StreamSource(stream.stream_id)])
+            )
+            webm = recording.directory / f"{stream.stream_id}.webm"
+            await wait_for(
+                lambda: webm.exists() and webm.stat().st_size > 10_000, "the file to grow", timeout=30
+            )
+            await asyncio.sleep(1.0)
+            muted_at = time.monotonic() - recording.t0
+            await publisher.publish_video(False)
+            await asyncio.sleep(2.0)
+            unmuted_at = time.monotonic() - recording.t0
+            await publisher.publish_video(True)
+            await asyncio.sleep(2.0)
+            stopping_at = time.monotonic() - recording.t0
+            result = await on_server(server, recording.stop())
+    finally:
+        painter.cancel()
+    assert result.failure is None, result.failure
+    (entry,) = result.files
+    _, archive = open_archive(result)
+    with archive:
+        data = archive.read(entry.filename)
+    _, frames, samples = decode(data)
+    start = entry.start_offset_ms / 1000  # the file's time 0 in archive time
+    times = [float(f.time) + start for f in frames]
+    assert times == sorted(times)
+    assert abs(times[-1] - stopping_at) < 1.0, (times[-1], stopping_at)
+    assert abs(samples / 48000 - (stopping_at - start)) < 1.0
+    colours = ["red" if is_red(f) else "black" if is_black(f) else "other" for f in frames]
+    before = [c for t, c in zip(times, colours, strict=True) if t < muted_at - 0.2]
+    during = [c for t, c in zip(times, colours, strict=True) if muted_at + 0.5 < t < unmuted_at - 0.2]
+    after = [c for t, c in zip(times, colours, strict=True) if t > unmuted_at + 1.0]
+    assert before and set(before) == {"red"}, before
+    assert during and set(during) == {"black"}, during
+    assert after and set(after) == {"red"}, after
+
+
+def is_black(frame: av.VideoFrame) -> bool:
+    return bool(frame.to_ndarray(format="rgb24").mean() < 30)
+
+
+async def test_a_stalled_archiver_never_delays_the_call(
+    media_server: RunningServer, tmp_path: pathlib.Path
+) -> None:
+    """The archiver is stopped (SIGSTOP) for 3 s: the subscriber keeps decoding at full rate
+    meanwhile (the worker's sends never wait), and once the archiver runs again the recording
+    goes on: what its socket could not hold is NACKed or skipped to the next key frame."""
+    server = media_server
+    sid = server.session()
+    seen = Recorder()
+    manager = RecordingManager(media_plane(server), tmp_path / "archives")
+    async with session_for(server, sid) as alice, session_for(server, sid, role="subscriber") as bob:
+        auto_subscribe(bob, seen)
+        publisher = Publisher(
+            "alice", video_source=TestPatternSource(width=320, height=240), audio_source=ToneSource()
+        )
+        stream = await alice.publish(publisher)
+        await media_flows(server, sid, stream.stream_id)
+        await wait_for(lambda: len(seen.indices) >= 10, "bob to decode alice's video", timeout=30)
+        recording = await on_server(server, manager.start("archive-5", sid, [StreamSource(stream.stream_id)]))
+        assert recording.archiver is not None
+        webm = recording.directory / f"{stream.stream_id}.webm"
+        await wait_for(lambda: webm.exists() and webm.stat().st_size > 10_000, "the file to grow", timeout=30)
+        os.kill(recording.archiver.pid, signal.SIGSTOP)
+        stalled_at = time.monotonic() - recording.t0
+        try:
+            before = len(seen.indices)
+            await asyncio.sleep(3.0)
+            decoded_meanwhile = len(seen.indices) - before
+        finally:
+            os.kill(recording.archiver.pid, signal.SIGCONT)
+        resumed_at = time.monotonic() - recording.t0
+        await asyncio.sleep(3.0)
+        result = await on_server(server, recording.stop())
+        stopping_at = time.monotonic() - recording.t0
+    assert decoded_meanwhile >= 45, (
+        f"bob decoded {decoded_meanwhile} frames in 3 s while the archiver was stopped"
+    )
+    assert result.failure is None, result.failure
+    (entry,) = result.files
+    _, archive = open_archive(result)
+    with archive:
+        data = archive.read(entry.filename)
+    _, frames, _ = decode(data)
+    start = entry.start_offset_ms / 1000
+    times = [float(f.time) + start for f in frames]
+    assert times == sorted(times)
+    assert any(t < stalled_at for t in times), "frames before the stall"
+    after = [t for t in times if t > resumed_at + 1.0]
+    assert len(after) >= 30, f"{len(after)} frames recorded after the archiver resumed"
+    assert abs(times[-1] - stopping_at) < 1.0, (times[-1], stopping_at)

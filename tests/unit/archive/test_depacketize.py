@@ -16,6 +16,7 @@ from salon.archive.depacketize import (
     Vp8Depacketizer,
     avcc_record,
     depacketizer_for,
+    h264_dimensions,
     parse_rtp,
     vp8_dimensions,
 )
@@ -221,5 +222,36 @@ def test_garbage_payloads_raise_nothing_but_depacketize_error(codec: str, payloa
 def test_garbage_rtp_raises_nothing_but_depacketize_error(data: bytes) -> None:
     try:
         parse_rtp(data)
+    except DepacketizeError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("size", "profile"), [((320, 240), "baseline"), ((642, 362), "high"), ((1280, 720), "main")]
+)
+def test_h264_sps_dimensions(size: tuple[int, int], profile: str) -> None:
+    import fractions
+
+    import av
+
+    from tests.unit.archive.media_helpers import colour_frames
+
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height = size
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 90000)
+    encoder.profile = profile
+    encoder.options = {"preset": "ultrafast"}
+    frame = next(colour_frames(1, (0, 0, 0), width=size[0], height=size[1]))
+    data = b"".join(bytes(p) for p in [*encoder.encode(frame), *encoder.encode(None)])
+    (sps,) = [u for u in split_annexb(data) if u[0] & 0x1F == 7]
+    assert h264_dimensions(sps) == size
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=40))
+def test_garbage_sps_raises_nothing_but_depacketize_error(data: bytes) -> None:
+    try:
+        h264_dimensions(b"\x67" + data)
     except DepacketizeError:
         pass

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import pathlib
 import random
+import time
 import zipfile
+from typing import Any
 
 import av
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from salon.archive.individual import ManifestFile, StreamRecording, TrackInfo, write_archive_zip
-from salon.media.rtp import parse_rtp_header
+from salon.archive.recorder import JOURNAL, package_unfinished
+from salon.media.rtp import build_rtp, parse_rtp_header
 from tests.unit.archive.media_helpers import FPS, encode_video, rtp_opus, rtp_video
 
 VP8 = TrackInfo("video", "vp8", 90000)
@@ -82,6 +88,10 @@ def test_h264_and_opus_to_matroska(tmp_path: pathlib.Path) -> None:
     with av.open(str(recording.path)) as container:
         assert container.format.name.startswith("matroska")
         assert container.streams.video[0].codec_context.name == "h264"
+    # The track header's PixelWidth / PixelHeight (EBML 0xB0 / 0xBA) are the SPS's 320 x 240
+    # (PyAV would report the decoded size whatever the header says).
+    header = recording.path.read_bytes()[:2000]
+    assert b"\xb0\x82\x01\x40" in header and b"\xba\x81\xf0" in header
     frames, _ = decoded(recording.path)
     assert len(frames) == 30
     blue = frames[-1].to_ndarray(format="rgb24")[120, 160]
@@ -265,3 +275,120 @@ def test_a_late_first_frame_does_not_delay_the_timeline(tmp_path: pathlib.Path) 
     # On real time by the end: the last frame (captured at 0.1 + 89/30 s) is within 50 ms.
     assert abs(pts[-1] - (0.1 + 89 / FPS)) < 0.05, pts[-1]
     assert recording.tracks["audio"].first_ms == 100
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from(["audio", "video"]),
+            st.integers(0, 0xFFFF),
+            st.integers(0, 0xFFFFFFFF),
+            st.booleans(),
+            st.binary(max_size=40),
+            st.floats(0, 0.5),
+        ),
+        max_size=40,
+    )
+)
+def test_arbitrary_rtp_never_breaks_a_recording(tmp_path: pathlib.Path, packets: list[Any]) -> None:
+    """Any sequence numbers, timestamps, markers and payloads, at any pace: the recording
+    drops what it cannot use and never raises; what it writes is a readable file."""
+    directory = tmp_path / str(len(list(tmp_path.iterdir())))
+    directory.mkdir()
+    recording = StreamRecording("s", [VP8, OPUS], directory, feedback=Feedback())
+    now = 0.0
+    for kind, seq, ts, marker, payload, step in packets:
+        now += step
+        data = build_rtp(
+            payload_type=96, sequence_number=seq, timestamp=ts, ssrc=1, payload=payload, marker=marker
+        )
+        recording.push(kind, data, now)
+        recording.push(kind, payload, now)  # not even RTP
+        recording.poll(now)
+    recording.close(now + 5)
+    if recording.written and recording.error is None:
+        with av.open(str(recording.path)) as container:
+            for _ in container.demux():
+                pass
+
+
+def test_an_unfinished_recording_is_packaged_from_its_journal(tmp_path: pathlib.Path) -> None:
+    """After a server restart: the files an archiver left (one stream stopped, one cut off)
+    and the main process's journal make the archive ZIP; the cut-off stream ends when its file
+    was last written."""
+    video = rtp_video("vp8", encode_video("vp8", 30, (255, 0, 0)))
+    for stream_id in ("one", "two"):
+        recording = StreamRecording(stream_id, [VP8], tmp_path, feedback=Feedback())
+        for now, packet in zip(video_times(video), video, strict=True):
+            recording.push("video", packet, now)
+        # Not closed: the archiver died.
+    started_at = int(time.time() * 1000) - 3000
+    (tmp_path / JOURNAL).write_text(
+        json.dumps(
+            {
+                "archive_id": "arch",
+                "name": None,
+                "session_id": "sess",
+                "created_at": started_at,
+                "started_at": started_at,
+                "streams": [
+                    {
+                        "stream_id": "one",
+                        "stem": "one",
+                        "connection_data": "a",
+                        "start_ms": 0,
+                        "stop_ms": 1500,
+                    },
+                    {
+                        "stream_id": "two",
+                        "stem": "two",
+                        "connection_data": "b",
+                        "start_ms": 200,
+                        "stop_ms": None,
+                    },
+                    # No file: nothing written before the crash.
+                    {
+                        "stream_id": "three",
+                        "stem": "three",
+                        "connection_data": "c",
+                        "start_ms": 300,
+                        "stop_ms": 400,
+                    },
+                ],
+            }
+        )
+    )
+    result = package_unfinished(tmp_path)
+    assert result.path == tmp_path / "arch.zip"
+    with zipfile.ZipFile(result.path) as archive:
+        manifest = json.loads(archive.read("arch.json"))
+        assert sorted(archive.namelist()) == ["arch.json", "one.webm", "two.webm"]
+        for entry in manifest["files"]:
+            with av.open(io.BytesIO(archive.read(entry["filename"]))) as container:
+                assert len(list(container.decode(video=0))) >= 20
+    files = {f["streamId"]: f for f in manifest["files"]}
+    assert (files["one"]["startTimeOffset"], files["one"]["stopTimeOffset"]) == (0, 1500)
+    assert files["two"]["startTimeOffset"] == 200
+    assert abs(files["two"]["stopTimeOffset"] - 3000) < 1500, files["two"]
+    assert manifest["sessionId"] == "sess" and manifest["name"] is None
+
+
+def test_a_publisher_clock_running_slow_is_stretched_to_real_time(tmp_path: pathlib.Path) -> None:
+    """A starved software encoder stamps its frames 1/30 s apart while it only manages 15 a
+    second: the RTP clock runs at half speed. The file keeps real time (within the anchor
+    window's lag), frames in order."""
+    encoded = encode_video("vp8", 60, (255, 0, 0))
+    video = rtp_video("vp8", encoded)
+    first = parse_rtp_header(video[0]).timestamp
+    # Arrival: frame i at i/15 s (its RTP time says i/30 s).
+    times = [2 * ((parse_rtp_header(p).timestamp - first) / 90000) for p in video]
+    recording = StreamRecording("s", [VP8], tmp_path, feedback=Feedback())
+    for now, packet in zip(times, video, strict=True):
+        recording.push("video", packet, now)
+        recording.poll(now)
+    recording.close(times[-1] + 1)
+    frames, _ = decoded(recording.path)
+    pts = [float(f.time) for f in frames]
+    assert len(frames) == 60 and pts == sorted(pts)
+    assert abs(pts[-1] - times[-1]) < 0.6, (pts[-1], times[-1])

@@ -8,7 +8,10 @@ does not choose (H.264), and the router's bookkeeping of its recorders.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import itertools
+import json
 import pathlib
 import time
 import zipfile
@@ -78,8 +81,8 @@ async def test_h264_and_opus_are_recorded_to_matroska(router: Router, tmp_path: 
         await wait_for(lambda: mkv.exists() and mkv.stat().st_size > 50_000, 30, "the file to grow")
         await wait_for(lambda: time.monotonic() - started > 3, 10, "3 s of recording")
         (recorder,) = router.recorders.values()
-        result = await recording.stop()
         recorded = time.monotonic() - started
+        result = await recording.stop()
         assert recorder.closed and router.recorders == {}
         assert video.recorders == []
     finally:
@@ -116,3 +119,52 @@ async def test_router_recorder_bookkeeping(router: Router, tmp_path: pathlib.Pat
         await wait_for(lambda: recorder.closed and not router.recorders, 10, "the recorder to close")
     finally:
         await pub.close()
+
+
+async def test_a_stream_removed_and_added_again_gets_a_second_file(
+    router: Router, tmp_path: pathlib.Path
+) -> None:
+    """Manual stream mode: a stream taken out of the archive and put back is recorded in a
+    second file (``<streamId>-2.webm``); the manifest lists both with their own offsets."""
+    pub = Publisher()
+    published = await publish(router, pub)
+    stream_id = published.stream.id
+    try:
+        video = published.stream.video
+        assert video is not None
+        await wait_for(lambda: video.stats.packets_received > 30, 20, "the publisher's video")
+        recording = IndividualRecording(
+            RouterPlane(router), archive_id="arch", session_id="sess", directory=tmp_path
+        )
+        await recording.start([StreamSource(stream_id)])
+        first = tmp_path / f"{stream_id}.webm"
+        await wait_for(
+            lambda: first.exists() and first.stat().st_size > 150_000, 30, "the first file to grow"
+        )
+        await asyncio.sleep(1.0)
+        await recording.remove_stream(stream_id)
+        assert router.recorders == {}
+        await recording.remove_stream(stream_id)  # again: nothing to do
+        await asyncio.sleep(0.5)
+        await recording.add_stream(StreamSource(stream_id))
+        second = tmp_path / f"{stream_id}-2.webm"
+        await wait_for(
+            lambda: second.exists() and second.stat().st_size > 150_000, 30, "the second file to grow"
+        )
+        await asyncio.sleep(1.0)
+        result = await recording.stop()
+    finally:
+        await pub.close()
+    assert result.failure is None, result.failure
+    with zipfile.ZipFile(tmp_path / "arch.zip") as archive:
+        manifest = json.loads(archive.read("arch.json"))
+        assert sorted(archive.namelist()) == sorted(["arch.json", first.name, second.name])
+        for name in (first.name, second.name):
+            with av.open(io.BytesIO(archive.read(name))) as container:
+                assert len(list(container.decode(video=0))) >= 10, name
+    one, two = manifest["files"]
+    assert (one["streamId"], one["filename"]) == (stream_id, first.name)
+    assert (two["streamId"], two["filename"]) == (stream_id, second.name)
+    assert (
+        one["startTimeOffset"] < one["stopTimeOffset"] <= two["startTimeOffset"] - 400 < two["stopTimeOffset"]
+    )
