@@ -108,7 +108,11 @@ def add_bench_parser(commands: Any) -> None:
         "archive", help="archiver CPU per archive, and the composed output's audio-video offset"
     )
     archive.add_argument(
-        "--mode", choices=["composed"], default="composed", help="composed: decode, lay out, mix, encode"
+        "--mode",
+        choices=["composed", "individual"],
+        default="composed",
+        help="composed: decode, lay out, mix, encode (in this process); individual: an archiver "
+        "process remuxing RTP to WebM",
     )
     archive.add_argument("--duration", type=float, default=20.0, help="seconds recorded")
     archive.add_argument("--streams", type=int, default=4, help="publishers (1-16)")
