@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import pathlib
+import socket
 import struct
 import time
 from typing import Any
@@ -275,11 +276,35 @@ class ComposedArchiver(Archiver):
             case SetStreamClasses():
                 self.composer.set_layout_classes(message.stream_id, message.layout_classes, at=self.now())
             case StopArchive():
+                self._drain()
                 for stream_id in list(self.by_stream):
                     self._finish_stream(stream_id, message.stop_ms)
                 self._finish_composed(message)
                 return False
         return True
+
+    def _drain(self) -> None:
+        """Take the datagrams still waiting in the sink socket before finishing: a composer
+        busy encoding can be behind the socket, and what was sent before the stop belongs
+        in the archive."""
+        if self.transport is None:
+            return
+        extra = self.transport.get_extra_info("socket")
+        if extra is None:
+            return
+        sock = socket.fromfd(extra.fileno(), socket.AF_INET, socket.SOCK_DGRAM)  # a dup
+        try:
+            sock.setblocking(False)
+            for _ in range(200_000):
+                try:
+                    data, addr = sock.recvfrom(65536)
+                except (BlockingIOError, InterruptedError):
+                    break
+                self.on_datagram(data, addr)
+        except OSError as exc:
+            logger.debug("draining the sink socket: %s", exc)
+        finally:
+            sock.close()
 
     def _finish_composed(self, message: StopArchive) -> None:
         if self._timer is not None:

@@ -423,6 +423,16 @@ def run_archive_bench(args: argparse.Namespace) -> int:
         return run_and_report(
             "archive", lambda: run_individual(duration=args.duration, streams=args.streams), passed_individual
         )
+    if args.archiver:
+        from salon.bench.archive_individual import passed_archiver, run_composed_archiver
+
+        return run_and_report(
+            "archive",
+            lambda: run_composed_archiver(
+                duration=args.duration, streams=args.streams, resolution=args.resolution
+            ),
+            passed_archiver,
+        )
     return run_and_report(
         "archive",
         lambda: run(

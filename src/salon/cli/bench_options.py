@@ -121,6 +121,12 @@ def add_bench_parser(commands: Any) -> None:
         default="1280x720",
         choices=["640x480", "480x640", "1280x720", "720x1280", "1920x1080", "1080x1920"],
     )
+    archive.add_argument(
+        "--archiver",
+        action="store_true",
+        help="composed: run a real archiver process fed RTP over loopback (its CPU), not the "
+        "composer in this process (no A/V offset measured)",
+    )
     archive.add_argument("--fps", type=int, default=25, help="output frame rate")
     archive.add_argument("--preset", default="veryfast", help="x264 preset")
     archive.add_argument("--threads", type=int, default=2, help="x264 threads")
