@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 LAG = 0.5
 #: The composed archive's file in the archive's working directory.
 MP4_NAME = "archive.mp4"
+#: Most output (s) written per poll: a composer behind real time catches up in steps, reading
+#: the sink socket in between, so that its receive buffer never overflows meanwhile.
+MAX_STEP = 0.1
 #: While the composer waits for a key frame of a stream, ask again this often (s).
 KEY_FRAME_RETRY = 0.5
 
@@ -231,7 +234,7 @@ class ComposedArchiver(Archiver):
         if self.error is not None or until <= 0:
             return
         try:
-            self.composer.advance(until)
+            self.composer.advance(min(until, self.composer.duration + MAX_STEP))
         except (av.FFmpegError, OSError) as exc:
             # A full disk or a muxer error: what was written stays playable; the archive fails.
             self.error = f"writing the composed archive failed: {exc}"

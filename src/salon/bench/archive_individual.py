@@ -167,6 +167,11 @@ async def _run(
                 for sid, stats in finished.stats.items()
                 if isinstance(stats, dict) and "frames" in stats
             },
+            "tracks": {
+                sid: stats["tracks"]
+                for sid, stats in finished.stats.items()
+                if isinstance(stats, dict) and "tracks" in stats
+            },
             "errors": list(finished.errors),
         }
     files, zip_bytes = await asyncio.to_thread(_zip_contents, zip_path)
@@ -287,6 +292,7 @@ def run_composed_archiver(
         "output": {
             "bytes": result["bytes"],
             "frames_in": result["frames"],
+            "tracks": result["tracks"],
             **result["stats"],
             "errors": result["errors"],
         },
