@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
 import pathlib
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,8 +27,9 @@ import opentok
 import pytest
 from sdk_helpers import session_for, wait_for
 
+from salon.archive.composed import ComposedRecording
 from salon.archive.recorders import media_recorders
-from salon.client import CustomVideoSource, Publisher, Session, ToneSource
+from salon.client import CustomVideoSource, Publisher, Session, SessionState, ToneSource
 from salon.media.plane import SfuMediaPlane
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
@@ -320,3 +324,54 @@ async def test_manual_streams_and_a_new_layout_change_the_composed_output(
     assert mp4.tone_share(first, removed - 0.5, BOB_TONE) < 0.01
     silence = mp4.audio[int((removed + 1.0) * mp4.rate) : int((stopping - 0.5) * mp4.rate)]
     assert float(np.sqrt(np.mean(silence**2))) < 0.003, "silence once Alice is removed"
+
+
+def _archiver_pid(server: RunningServer, archive_id: str) -> int:
+    """The pid of an archive's archiver process (the service's recording of it)."""
+    archives = server.thread.server.config.app.state.archives
+    recording = archives._active[archive_id].recording.recording
+    assert isinstance(recording, ComposedRecording) and recording.archiver is not None
+    return recording.archiver.pid
+
+
+async def test_an_archiver_killed_mid_recording_delivers_what_it_composed(
+    archive_server: RunningServer,
+) -> None:
+    """``kill -9`` of a composed archive's archiver: the call goes on, the archive is stopped
+    with the failure as its reason and delivered with what was composed until the kill."""
+    server = archive_server
+    sid = server.session()
+    alice = Painted("alice", RED, ALICE_TONE)
+    try:
+        async with session_for(server, sid) as alice_session:
+            await publish(server, alice_session, alice)
+            archive = await sdk(server, "start_archive", sid, resolution="640x480")
+            clock = Clock(archive)
+            await clock.until(6.0)
+            killed = clock.now()
+            os.kill(_archiver_pid(server, archive.id), signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while (await sdk(server, "get_archive", archive.id)).status == "started":
+                assert time.monotonic() < deadline, "the archive is still started after its archiver died"
+                await asyncio.sleep(0.1)
+            # The call goes on: Alice still publishes and is still connected.
+            assert alice_session.state == SessionState.CONNECTED
+    finally:
+        alice.close()
+    done = await available(server, archive.id)
+    body = await asyncio.to_thread(
+        lambda: json.loads(
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    f"{server.url}/v2/project/{API_KEY}/archive/{archive.id}",
+                    headers=server.sdk.get_json_headers(),
+                )
+            ).read()
+        )
+    )
+    assert "archiver" in body["reason"] and "exit code -9" in body["reason"], body["reason"]
+    mp4 = Mp4(await download(done.url))
+    assert mp4.codecs == ["aac", "h264"] and (mp4.width, mp4.height) == (640, 480)
+    # Fragments of one second: what was composed until the kill (0.5 s behind) is there.
+    assert killed - 2.5 < mp4.duration <= killed + 0.5, (mp4.duration, killed)
+    assert near(colour_of(mp4.frame_at(mp4.duration - 0.5), 0.1, 0.1, 0.9, 0.9), RED)
