@@ -115,6 +115,19 @@ async def available(server: RunningServer, archive_id: str, timeout: float = 60.
         await asyncio.sleep(0.2)
 
 
+async def archive_json(server: RunningServer, archive_id: str) -> Any:
+    """The Archive JSON as the REST API gives it (``reason`` included, which the SDK drops)."""
+
+    def get() -> Any:
+        request = urllib.request.Request(
+            f"{server.url}/v2/project/{API_KEY}/archive/{archive_id}", headers=server.sdk.get_json_headers()
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    return await asyncio.to_thread(get)
+
+
 async def download(url: str) -> bytes:
     def get() -> bytes:
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -359,19 +372,65 @@ async def test_an_archiver_killed_mid_recording_delivers_what_it_composed(
     finally:
         alice.close()
     done = await available(server, archive.id)
-    body = await asyncio.to_thread(
-        lambda: json.loads(
-            urllib.request.urlopen(
-                urllib.request.Request(
-                    f"{server.url}/v2/project/{API_KEY}/archive/{archive.id}",
-                    headers=server.sdk.get_json_headers(),
-                )
-            ).read()
-        )
-    )
+    body = await archive_json(server, archive.id)
     assert "archiver" in body["reason"] and "exit code -9" in body["reason"], body["reason"]
     mp4 = Mp4(await download(done.url))
     assert mp4.codecs == ["aac", "h264"] and (mp4.width, mp4.height) == (640, 480)
     # Fragments of one second: what was composed until the kill (0.5 s behind) is there.
+    assert killed - 2.5 < mp4.duration <= killed + 0.5, (mp4.duration, killed)
+    assert near(colour_of(mp4.frame_at(mp4.duration - 0.5), 0.1, 0.1, 0.9, 0.9), RED)
+
+
+def _archivers_of(data_dir: pathlib.Path) -> list[int]:
+    """Archiver processes writing under ``data_dir``."""
+    pids = []
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"salon.archive.archiver" in cmdline and any(str(data_dir).encode() in a for a in cmdline):
+            if state != "Z":
+                pids.append(int(proc.name))
+    return pids
+
+
+async def test_a_composed_archive_is_finalised_after_salon_serve_is_killed(tmp_path: pathlib.Path) -> None:
+    """``kill -9`` of ``salon serve`` while a composed archive records: its archiver finishes
+    the MP4 up to then and exits; the restarted server delivers it (``available``, with the
+    restart as its reason), playable, with the publisher's picture."""
+    from tests.serveproc import ServeProcess
+
+    data_dir = tmp_path / "data"
+    alice = Painted("alice", RED, ALICE_TONE)
+    try:
+        with ServeProcess(data_dir, API_KEY, API_SECRET, ["--workers", "1"]) as first:
+            server = RunningServer(first.url, API_KEY, API_SECRET, None)  # type: ignore[arg-type]
+            sid = await asyncio.to_thread(server.session)
+            async with session_for(server, sid) as alice_session:
+                await alice_session.publish(alice.publisher)
+                archive = await sdk(server, "start_archive", sid, resolution="640x480")
+                clock = Clock(archive)
+                await wait_for(lambda: _archivers_of(data_dir), "the archiver to start", timeout=30)
+                await clock.until(7.0)
+                assert first.proc is not None
+                first.proc.kill()  # SIGKILL: no shutdown path runs
+                killed = clock.now()
+                await asyncio.to_thread(first.proc.wait, 10)
+                await wait_for(
+                    lambda: not _archivers_of(data_dir), "the orphaned archiver to exit", timeout=30
+                )
+    finally:
+        alice.close()
+    with ServeProcess(data_dir, API_KEY, API_SECRET, ["--workers", "1"]) as second:
+        server = RunningServer(second.url, API_KEY, API_SECRET, None)  # type: ignore[arg-type]
+        done = await available(server, archive.id)
+        reason = (await archive_json(server, archive.id))["reason"]
+        assert reason.startswith("the server restarted"), reason
+        mp4 = Mp4(await download(done.url))
+    assert mp4.codecs == ["aac", "h264"] and (mp4.width, mp4.height) == (640, 480)
     assert killed - 2.5 < mp4.duration <= killed + 0.5, (mp4.duration, killed)
     assert near(colour_of(mp4.frame_at(mp4.duration - 0.5), 0.1, 0.1, 0.9, 0.9), RED)
