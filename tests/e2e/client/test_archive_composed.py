@@ -29,7 +29,7 @@ from sdk_helpers import session_for, wait_for
 
 from salon.archive.composed import ComposedRecording
 from salon.archive.recorders import media_recorders
-from salon.client import CustomVideoSource, Publisher, Session, SessionState, ToneSource
+from salon.client import CustomVideoSource, Publisher, Session, SessionState, ToneSource, VideoType
 from salon.media.plane import SfuMediaPlane
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
@@ -436,3 +436,34 @@ async def test_a_composed_archive_is_finalised_after_salon_serve_is_killed(tmp_p
     assert mp4.codecs == ["aac", "h264"] and (mp4.width, mp4.height) == (640, 480)
     assert killed - 2.5 < mp4.duration <= killed + 0.5, (mp4.duration, killed)
     assert near(colour_of(mp4.frame_at(mp4.duration - 0.5), 0.1, 0.1, 0.9, 0.9), RED)
+
+
+async def test_a_screen_share_takes_the_focus_with_screenshare_type(archive_server: RunningServer) -> None:
+    """``bestFit`` with ``screenshareType: pip``: Bob's screen share fills the output and
+    Alice's camera, published first, goes to the corner."""
+    server = archive_server
+    sid = server.session()
+    alice, bob = Painted("alice", RED, ALICE_TONE), Painted("bob", BLUE, BOB_TONE)
+    bob.publisher = Publisher("bob", video_source=bob.source, video_type=VideoType.SCREEN)
+    try:
+        async with session_for(server, sid) as alice_session, session_for(server, sid) as bob_session:
+            await publish(server, alice_session, alice)
+            await publish(server, bob_session, bob)
+            archive = await sdk(
+                server,
+                "start_archive",
+                sid,
+                resolution="640x480",
+                layout={"type": "bestFit", "screenshareType": "pip"},
+            )
+            clock = Clock((await archive_json(server, archive.id))["createdAt"])
+            await clock.until(9.0)
+            await sdk(server, "stop_archive", archive.id)
+    finally:
+        alice.close()
+        bob.close()
+    done = await available(server, archive.id)
+    mp4 = Mp4(await download(done.url))
+    frame = mp4.frame_at(8.0)
+    assert near(colour_of(frame, 0.1, 0.1, 0.6, 0.6), BLUE), colour_of(frame, 0.1, 0.1, 0.6, 0.6)
+    assert near(colour_of(frame, 0.75, 0.74, 0.95, 0.95), RED), colour_of(frame, 0.75, 0.74, 0.95, 0.95)
