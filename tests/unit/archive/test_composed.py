@@ -14,6 +14,7 @@ from salon.archive.archiver import (
     ArchiverFinished,
     RemoveStream,
     SetLayout,
+    SetStreamClasses,
     StopArchive,
     TrackSpec,
     from_archiver,
@@ -152,3 +153,24 @@ def test_rtp_of_two_streams_composed_with_a_join_a_layout_and_a_leave(tmp_path: 
     # The mix: B's tone only while B is in.
     assert tone_share(path, 2.5, 5.5, 1250.0) > 0.15 and tone_share(path, 2.5, 5.5, 440.0) > 0.15
     assert tone_share(path, 6.5, 7.8, 1250.0) < 0.01 and tone_share(path, 6.5, 7.8, 440.0) > 0.3
+
+
+def test_a_class_change_moves_the_focus_at_its_time(tmp_path: pathlib.Path) -> None:
+    writer, clock = Writer(), Clock()
+    options = ComposedOptions(width=640, height=480, has_audio=False, layout={"type": "verticalPresentation"})
+    archiver = ComposedArchiver(tmp_path, 0.0, writer, options)  # type: ignore[arg-type]
+    archiver.now = clock  # type: ignore[method-assign]
+    for name in ("a", "b"):
+        archiver.handle(AddStream(stream_id=name, token=secrets.token_bytes(16).hex(), tracks=TRACKS[:1]))
+    clock.now = 1.5
+    archiver.handle(SetStreamClasses(stream_id="b", layout_classes=["focus"]))
+
+    def focus() -> str:
+        return max(archiver.composer.tiles(), key=lambda tile: tile.w * tile.h).stream_id
+
+    for step in range(1, 75):  # polls every 20 ms (each writes at most 0.1 s)
+        archiver._advance(step * 0.02)
+        assert focus() == ("b" if archiver.composer.duration > 1.5 else "a"), archiver.composer.duration
+    archiver.handle(StopArchive(archive_id="x", session_id="s", created_at=0, stop_ms=2000))
+    (finished,) = writer.messages()
+    assert isinstance(finished, ArchiverFinished) and finished.stats["frames"] == 50
