@@ -6,6 +6,8 @@ archive is started and stopped through the official ``opentok`` SDK, becomes ``a
 and the MP4 its ``url`` downloads is opened with PyAV: H.264 + AAC, the requested resolution, a
 duration within 1 s of the time recorded, each publisher's tile in its colour where the layout
 puts it, and the mixed audio carrying each publisher's tone while (and only while) it is in.
+Also: manual stream mode and layout changes, screen shares, an archiver or the server killed
+mid-recording, and the same recorders' individual mode.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pathlib
 import signal
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -467,3 +470,40 @@ async def test_a_screen_share_takes_the_focus_with_screenshare_type(archive_serv
     frame = mp4.frame_at(8.0)
     assert near(colour_of(frame, 0.1, 0.1, 0.6, 0.6), BLUE), colour_of(frame, 0.1, 0.1, 0.6, 0.6)
     assert near(colour_of(frame, 0.75, 0.74, 0.95, 0.95), RED), colour_of(frame, 0.75, 0.74, 0.95, 0.95)
+
+
+async def test_an_individual_archive_through_the_sdk_is_a_zip_of_each_stream(
+    archive_server: RunningServer,
+) -> None:
+    """The same recorders' individual mode through the REST API: the ZIP the ``url``
+    downloads holds a WebM per stream (VP8 + Opus, the publisher's colour) and its manifest."""
+    server = archive_server
+    sid = server.session()
+    alice = Painted("alice", RED, ALICE_TONE)
+    try:
+        async with session_for(server, sid) as alice_session:
+            stream_id = await publish(server, alice_session, alice)
+            archive = await sdk(
+                server, "start_archive", sid, name="one by one", output_mode=opentok.OutputModes.individual
+            )
+            clock = Clock((await archive_json(server, archive.id))["createdAt"])
+            await clock.until(6.0)
+            await sdk(server, "stop_archive", archive.id)
+            recorded = clock.now()
+    finally:
+        alice.close()
+    done = await available(server, archive.id)
+    data = await download(done.url)
+    with zipfile.ZipFile(io.BytesIO(data)) as bundle:
+        manifest = json.loads(bundle.read(f"{archive.id}.json"))
+        assert sorted(bundle.namelist()) == sorted([f"{stream_id}.webm", f"{archive.id}.json"])
+        webm = bundle.read(f"{stream_id}.webm")
+    assert manifest["id"] == archive.id and manifest["name"] == "one by one" and manifest["sessionId"] == sid
+    (entry,) = manifest["files"]
+    assert entry["streamId"] == stream_id and entry["size"] == len(webm)
+    with av.open(io.BytesIO(webm)) as container:
+        assert sorted(s.codec_context.name for s in container.streams) == ["opus", "vp8"]
+        frames = [(float(f.time), f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    end = entry["startTimeOffset"] / 1000 + frames[-1][0]
+    assert abs(end - recorded) < 1.0, (end, recorded)
+    assert near(colour_of(frames[-1][1], 0.1, 0.1, 0.9, 0.9), RED)
