@@ -68,11 +68,15 @@ __all__ = [
     "PublishRequest",
     "PublishResult",
     "ReadyEvent",
+    "RecordedTrack",
+    "RecordingResult",
     "Request",
     "Response",
     "Result",
     "ResultResponse",
     "SetConsumersRequest",
+    "StartRecordingRequest",
+    "StopRecordingRequest",
     "SubscribeRequest",
     "SubscribeResult",
     "TransportClosedEvent",
@@ -290,6 +294,30 @@ class DumpRequest(_Request):
     (:func:`salon.media.memtrace.census`), at most this many."""
 
 
+class StartRecordingRequest(_Request):
+    """Copy a published stream's RTP to an archiver's loopback UDP sink, each datagram
+    prefixed with ``token`` (32 hex digits; :mod:`salon.media.recording`). Result:
+    :class:`RecordingResult`."""
+
+    type: Literal["start_recording"] = "start_recording"
+    router_id: str
+    stream_id: str
+    sink_host: str
+    sink_port: int = Field(ge=1, le=65535)
+    token: str = Field(pattern="^[0-9a-f]{32}$")
+    audio: bool = True
+    video: bool = True
+
+
+class StopRecordingRequest(_Request):
+    """Stop a recorder; unknown ids are fine. Result: :class:`RecordingResult` (no tracks when
+    it was unknown)."""
+
+    type: Literal["stop_recording"] = "stop_recording"
+    router_id: str
+    recorder_id: str
+
+
 Request = (
     CreateRouterRequest
     | CloseRouterRequest
@@ -301,6 +329,8 @@ Request = (
     | CloseTransportsRequest
     | CloseConsumersRequest
     | DumpRequest
+    | StartRecordingRequest
+    | StopRecordingRequest
 )
 MainMessage = Annotated[Request, Field(discriminator="type")]
 """Everything the main process sends."""
@@ -345,6 +375,25 @@ class ConsumersResult(_Message):
     consumers: list[ConsumerInfo]
 
 
+class RecordedTrack(_Message):
+    """One track a recorder sends: what the archiver needs to write it."""
+
+    kind: Literal["audio", "video"]
+    codec: str
+    """Lower-case codec name: ``opus``, ``vp8``, ``h264``."""
+    clock_rate: int
+    payload_type: int
+    channels: int | None = None
+
+
+class RecordingResult(_Message):
+    type: Literal["recording_result"] = "recording_result"
+    recorder_id: str
+    tracks: list[RecordedTrack] = []
+    stats: dict[str, int] = {}
+    """The recorder's counters (:class:`~salon.media.recording.RecorderStats`)."""
+
+
 class WorkerDump(_Message):
     type: Literal["worker_dump"] = "worker_dump"
     pid: int
@@ -373,7 +422,7 @@ class WorkerDump(_Message):
     """The C heap: bytes in use, free inside it, mmapped (:func:`salon.media.memtrace.heap`)."""
 
 
-Result = Ack | PublishResult | SubscribeResult | ConsumersResult | WorkerDump
+Result = Ack | PublishResult | SubscribeResult | ConsumersResult | RecordingResult | WorkerDump
 
 
 class ResultResponse(_Message):

@@ -40,7 +40,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from salon.errors import ConflictError, InvalidRequestError
+from salon.errors import ConflictError, InvalidRequestError, NotFoundError
+from salon.media.channel import RecordingResult
 from salon.media.errors import MediaStateError
 from salon.media.transport import WebRtcTransportOptions
 from salon.media.workers import (
@@ -239,6 +240,36 @@ class SfuMediaPlane:
         if media is None or entry is None:
             return  # a signalling-only subscription forwards nothing either way
         await media.router.set_consumers(entry.transport_id, entry.consumers, audio=audio, video=video)
+
+    # -- recording ---------------------------------------------------------------------
+
+    async def start_recording(
+        self,
+        session_id: str,
+        stream_id: str,
+        sink: tuple[str, int],
+        token: bytes,
+        *,
+        audio: bool = True,
+        video: bool = True,
+    ) -> RecordingResult:
+        """Copy a published stream's RTP to an archiver's loopback UDP ``sink``, each datagram
+        carrying ``token`` (:mod:`salon.media.recording`); the media worker asks the publisher
+        for a key frame and answers the archiver's NACKs. Returns the recorder's id and the
+        tracks it sends (codec, clock rate). Raises :class:`~salon.errors.NotFoundError` when
+        the stream has no media here."""
+        media = self.sessions.get(session_id)
+        if media is None or stream_id not in media.publications:
+            raise NotFoundError(f"stream {stream_id} has no media to record")
+        return await media.router.start_recording(stream_id, sink, token, audio=audio, video=video)
+
+    async def stop_recording(self, session_id: str, recorder_id: str) -> dict[str, int]:
+        """Stop a recorder (unknown ones are fine: they went with their stream or worker);
+        returns its counters."""
+        media = self.sessions.get(session_id)
+        if media is None:
+            return {}
+        return await media.router.stop_recording(recorder_id)
 
     # -- notifications (MediaPlane) ----------------------------------------------------
 

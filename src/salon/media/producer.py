@@ -61,6 +61,7 @@ from salon.media.sdp import HeaderExtensionIds, MediaKind, PublishTrack, RtpCode
 
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
+    from salon.media.recording import Recorder
     from salon.media.transport import WebRtcTransport
 
 __all__ = [
@@ -173,6 +174,9 @@ class Producer:
         #: The consumers that forward (not paused, transport connected): what the packet path
         #: iterates, so paused or not-yet-connected subscribers cost nothing per packet.
         self._forwarding: tuple[Consumer, ...] = ()
+        #: Recorders copying this track to an archiver (:mod:`salon.media.recording`): after the
+        #: consumers on the packet path, and not part of the bandwidth estimate.
+        self._recorders: tuple[Recorder, ...] = ()
         self._cache = RetransmissionBuffer(RETRANSMISSION_CAPACITY)
         self._nack: NackGenerator | None = NackGenerator() if track.codec.supports_feedback("nack") else None
         self._use_fir = not track.codec.supports_feedback("nack", "pli") and track.codec.supports_feedback(
@@ -233,6 +237,17 @@ class Producer:
     def _consumers_changed(self) -> None:
         """A consumer was added, removed, paused, resumed, connected or closed."""
         self._forwarding = tuple(c for c in self._consumers if c.forwarding)
+
+    @property
+    def recorders(self) -> list[Recorder]:
+        return list(self._recorders)
+
+    def _add_recorder(self, recorder: Recorder) -> None:
+        if not self.closed and recorder not in self._recorders:
+            self._recorders = (*self._recorders, recorder)
+
+    def _remove_recorder(self, recorder: Recorder) -> None:
+        self._recorders = tuple(r for r in self._recorders if r is not recorder)
 
     # ----------------------------------------------------------------------------------------
     # Packet path
@@ -304,6 +319,8 @@ class Producer:
 
         for consumer in self._forwarding:
             consumer.send_rtp(data, header, key_frame, now)
+        for recorder in self._recorders:
+            recorder.send_rtp(self, data)
 
     def _update_receive_stats(self, seq: int) -> None:
         if self._base_seq < 0:
@@ -460,6 +477,9 @@ class Producer:
             consumer.producer_closed()
         self._consumers.clear()
         self._forwarding = ()
+        recorders, self._recorders = self._recorders, ()
+        for recorder in recorders:
+            recorder.producer_closed(self)
         self.transport._remove_producer(self)
         self.events.emit(ProducerClosed(self, reason))
         self.events.clear()
@@ -472,5 +492,6 @@ class Producer:
             "ssrc": self.ssrc,
             "rtx_ssrc": self.rtx_ssrc,
             "consumers": [c.id for c in self._consumers],
+            "recorders": [r.id for r in self._recorders],
             "stats": dataclasses.asdict(self.stats),
         }

@@ -50,6 +50,7 @@ from salon.media.consumer import Consumer
 from salon.media.errors import MediaStateError
 from salon.media.events import EventEmitter
 from salon.media.producer import Producer, ProducerClosed, ProducerEvent
+from salon.media.recording import Recorder
 from salon.media.sdp import (
     AnswerMedia,
     MediaKind,
@@ -171,6 +172,8 @@ class Router:
         self._ssrcs: set[int] = set()
         self._ssrcs_by_transport: dict[str, list[int]] = {}
         self._close_task: asyncio.Task[None] | None = None
+        self.recorders: dict[str, Recorder] = {}
+        """Streams being recorded (:mod:`salon.media.recording`), by recorder id."""
 
     def __repr__(self) -> str:
         return f"Router({self.id})"
@@ -405,6 +408,45 @@ class Router:
                 consumer.close()
 
     # ----------------------------------------------------------------------------------------
+    # Recording
+
+    def start_recording(
+        self,
+        stream_id: str,
+        sink: tuple[str, int],
+        token: bytes,
+        *,
+        audio: bool = True,
+        video: bool = True,
+    ) -> Recorder:
+        """Copy a published stream's RTP (its audio and/or video) to an archiver's ``sink``
+        (a loopback UDP address), each datagram carrying ``token`` (:mod:`salon.media.recording`).
+        The recorder asks the publisher for a key frame at once."""
+        self._check_open()
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.closed:
+            raise NotFoundError(f"{self!r}: no published stream {stream_id!r}")
+        wanted = [
+            p for k, p in stream.producers.items() if not p.closed and (audio if k == "audio" else video)
+        ]
+        if not wanted:
+            raise MediaStateError(f"{self!r}: stream {stream_id} has no track to record")
+        try:
+            recorder = Recorder(wanted, sink, token)
+        except OSError as exc:
+            raise MediaStateError(f"{self!r}: cannot reach the archiver at {sink}: {exc}") from exc
+        self.recorders[recorder.id] = recorder
+        logger.info("%r: %r records stream %s", self, recorder, stream_id)
+        return recorder
+
+    def stop_recording(self, recorder_id: str) -> Recorder | None:
+        """Stop a recorder (unknown ids are fine); returns it, with its final counters."""
+        recorder = self.recorders.pop(recorder_id, None)
+        if recorder is not None:
+            recorder.close()
+        return recorder
+
+    # ----------------------------------------------------------------------------------------
     # Transports
 
     async def _create_transport(self, options: WebRtcTransportOptions | None) -> WebRtcTransport:
@@ -434,6 +476,8 @@ class Router:
             if stream is not None and stream.closed:
                 del self.streams[stream.id]
                 logger.info("%r: stream %s closed", self, stream.id)
+                for recorder_id in [k for k, r in self.recorders.items() if r.closed]:
+                    del self.recorders[recorder_id]
                 self.events.emit(StreamClosed(self, stream))
 
     def _new_ssrc(self, transport: WebRtcTransport) -> int:
@@ -460,6 +504,9 @@ class Router:
 
     async def _close(self) -> None:
         logger.info("%r: closing (%d transports)", self, len(self.transports))
+        for recorder in self.recorders.values():
+            recorder.close()
+        self.recorders.clear()
         transports = list(self.transports.values())
         await asyncio.gather(*(t.router_closed() for t in transports))
         self.transports.clear()
@@ -477,4 +524,5 @@ class Router:
             "transports": [t.dump() for t in self.transports.values()],
             "streams": {s.id: {k: p.dump() for k, p in s.producers.items()} for s in self.streams.values()},
             "consumers": {c.id: c.dump() for t in self.transports.values() for c in t.consumers.values()},
+            "recorders": {r.id: r.dump() for r in self.recorders.values()},
         }

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -66,11 +67,15 @@ from salon.media.channel import (
     PublishRequest,
     PublishResult,
     ReadyEvent,
+    RecordedTrack,
+    RecordingResult,
     Request,
     Response,
     Result,
     ResultResponse,
     SetConsumersRequest,
+    StartRecordingRequest,
+    StopRecordingRequest,
     SubscribeRequest,
     SubscribeResult,
     UnpublishRequest,
@@ -382,6 +387,35 @@ class Worker:
                 if hosted is not None:
                     await hosted.router.close_consumers(request.transport_id, request.consumer_ids)
                 return Ack()
+            case StartRecordingRequest():
+                hosted = self._router(request.router_id)
+                recorder = hosted.router.start_recording(
+                    request.stream_id,
+                    (request.sink_host, request.sink_port),
+                    bytes.fromhex(request.token),
+                    audio=request.audio,
+                    video=request.video,
+                )
+                return RecordingResult(
+                    recorder_id=recorder.id,
+                    tracks=[
+                        RecordedTrack(
+                            kind=p.kind,
+                            codec=p.codec.name,
+                            clock_rate=p.codec.clock_rate,
+                            payload_type=p.codec.payload_type,
+                            channels=p.codec.channels,
+                        )
+                        for p in recorder.producers.values()
+                    ],
+                )
+            case StopRecordingRequest():
+                hosted = self.routers.get(request.router_id)
+                stopped = None if hosted is None else hosted.router.stop_recording(request.recorder_id)
+                return RecordingResult(
+                    recorder_id=request.recorder_id,
+                    stats={} if stopped is None else dataclasses.asdict(stopped.stats),
+                )
             case DumpRequest():
                 return self.dump(
                     routers=request.routers, tracemalloc=request.tracemalloc, objects=request.objects

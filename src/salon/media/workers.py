@@ -73,11 +73,14 @@ from salon.media.channel import (
     PublishRequest,
     PublishResult,
     ReadyEvent,
+    RecordingResult,
     Request,
     Response,
     Result,
     ResultResponse,
     SetConsumersRequest,
+    StartRecordingRequest,
+    StopRecordingRequest,
     SubscribeRequest,
     SubscribeResult,
     TransportClosedEvent,
@@ -351,6 +354,42 @@ class RouterHandle:
             id=self.worker.next_id(), router_id=self.id, transport_ids=list(transport_ids)
         )
         await self._closing_request(request)
+
+    async def start_recording(
+        self,
+        stream_id: str,
+        sink: tuple[str, int],
+        token: bytes,
+        *,
+        audio: bool = True,
+        video: bool = True,
+    ) -> RecordingResult:
+        """Copy a stream's RTP to an archiver's loopback sink (:mod:`salon.media.recording`);
+        the result names the recorder and the tracks it sends."""
+        request = StartRecordingRequest(
+            id=self.worker.next_id(),
+            router_id=self.id,
+            stream_id=stream_id,
+            sink_host=sink[0],
+            sink_port=sink[1],
+            token=token.hex(),
+            audio=audio,
+            video=video,
+        )
+        return await self._request(request, RecordingResult)
+
+    async def stop_recording(self, recorder_id: str) -> dict[str, int]:
+        """Stop a recorder; returns its counters ({} if it was gone already, with its router
+        or worker)."""
+        if self.closed:
+            return {}
+        request = StopRecordingRequest(id=self.worker.next_id(), router_id=self.id, recorder_id=recorder_id)
+        try:
+            result = await self._request(request, RecordingResult)
+        except (WorkerDiedError, MediaStateError) as exc:
+            logger.debug("%r: stop_recording: went with its worker (%s)", self, exc)
+            return {}
+        return dict(result.stats)
 
     async def _closing_request(self, request: Request) -> None:
         try:
