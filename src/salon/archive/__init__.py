@@ -4,7 +4,8 @@
 - :mod:`salon.archive.service`: :class:`ArchiveService`, the archives' lifecycle, and the
   :class:`Recorder` / :class:`Recording` interface the media side implements.
 - :mod:`salon.archive.storage`: local disk (signed download URLs) or S3 (presigned URLs).
-- :mod:`salon.archive.layout`: the custom layout stylesheet subset.
+- :mod:`salon.archive.layout`: where each stream goes (predefined layouts, the CSS subset).
+- :mod:`salon.archive.composer`: the composed archive (decode, lay out, mix, encode).
 - :mod:`salon.archive.api`: the REST routes under ``/v2/project/{apiKey}/archive``.
 """
 

@@ -45,6 +45,7 @@ __all__ = [
     "ArchiverFinished",
     "ArchiverReady",
     "RemoveStream",
+    "SetLayout",
     "StopArchive",
     "TrackSpec",
     "main",
@@ -82,12 +83,24 @@ class AddStream(_Message):
     tracks: list[TrackSpec]
     connection_data: str = ""
     start_ms: int = 0
+    layout_classes: list[str] = []
+    """The stream's ``layoutClassList`` (composed mode)."""
+    video_type: str | None = None
+    """``camera`` or ``screen`` (composed mode)."""
 
 
 class RemoveStream(_Message):
     type: Literal["remove_stream"] = "remove_stream"
     stream_id: str
     stop_ms: int | None = None
+
+
+class SetLayout(_Message):
+    """A composed archive's new layout (``type``, ``stylesheet``, ``screenshareType`` as the
+    REST API takes them); an individual archive ignores it."""
+
+    type: Literal["set_layout"] = "set_layout"
+    layout: dict[str, Any]
 
 
 class StopArchive(_Message):
@@ -130,9 +143,9 @@ class ArchiverFailed(_Message):
     reason: str
 
 
-ToArchiver = Annotated[AddStream | RemoveStream | StopArchive, Field(discriminator="type")]
+ToArchiver = Annotated[AddStream | RemoveStream | SetLayout | StopArchive, Field(discriminator="type")]
 FromArchiver = Annotated[ArchiverReady | ArchiverFinished | ArchiverFailed, Field(discriminator="type")]
-to_archiver: TypeAdapter[AddStream | RemoveStream | StopArchive] = TypeAdapter(ToArchiver)
+to_archiver: TypeAdapter[AddStream | RemoveStream | SetLayout | StopArchive] = TypeAdapter(ToArchiver)
 from_archiver: TypeAdapter[ArchiverReady | ArchiverFinished | ArchiverFailed] = TypeAdapter(FromArchiver)
 
 
@@ -234,7 +247,7 @@ class Archiver:
 
     # -- control -----------------------------------------------------------------------------
 
-    def handle(self, message: AddStream | RemoveStream | StopArchive) -> bool:
+    def handle(self, message: AddStream | RemoveStream | SetLayout | StopArchive) -> bool:
         """Act on a message; False once the archive is stopped (the process exits)."""
         match message:
             case AddStream():
@@ -256,6 +269,8 @@ class Archiver:
                 logger.info("%r joins the archive at %d ms", recording, message.start_ms)
             case RemoveStream():
                 self._finish_stream(message.stream_id, message.stop_ms)
+            case SetLayout():
+                pass  # individual files have no layout
             case StopArchive():
                 for stream_id in list(self.by_stream):
                     self._finish_stream(stream_id, message.stop_ms)
@@ -336,10 +351,18 @@ class Archiver:
         self.by_token.clear()
 
 
-async def serve(fd: int, directory: pathlib.Path, t0: float) -> None:
+async def serve(fd: int, directory: pathlib.Path, t0: float, composed: str | None = None) -> None:
+    """``composed``: the JSON options of a composed archive (:mod:`salon.archive.composed`);
+    None for an individual one."""
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    archiver = Archiver(directory, t0, writer)
+    archiver: Archiver
+    if composed is not None:
+        from salon.archive.composed import ComposedArchiver, ComposedOptions
+
+        archiver = ComposedArchiver(directory, t0, writer, ComposedOptions.model_validate_json(composed))
+    else:
+        archiver = Archiver(directory, t0, writer)
     host, port = await archiver.open()
     archiver.send(ArchiverReady(pid=os.getpid(), host=host, port=port))
     decoder = FrameDecoder()
@@ -366,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", type=pathlib.Path, required=True, help="where the files are written")
     parser.add_argument("--t0", type=float, required=True, help="the archive's start (CLOCK_MONOTONIC)")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--composed", metavar="JSON", help="record a composed archive with these options (one MP4)"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
@@ -373,9 +399,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s salon-archiver[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     args.dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(args.fd, args.dir, args.t0))
+    asyncio.run(serve(args.fd, args.dir, args.t0, args.composed))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as salon.archive.archiver, not as __main__: the message classes must be the ones
+    # salon.archive.composed imports (a second copy of this module would have its own).
+    from salon.archive import archiver
+
+    sys.exit(archiver.main())

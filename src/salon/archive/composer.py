@@ -513,6 +513,11 @@ class Composer:
             return self.frames / self.fps
         return self._mixer.position / AUDIO_RATE
 
+    @property
+    def audio_position(self) -> float:
+        """Seconds of audio mixed so far: audio pushed for earlier than this is not heard."""
+        return self._mixer.position / AUDIO_RATE
+
     def advance(self, until: float) -> None:
         """Everything up to ``until`` seconds has been pushed: write the output up to there."""
         if self._closed:

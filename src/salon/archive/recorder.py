@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from salon.archive.archiver import (
     ArchiverFinished,
     ArchiverReady,
     RemoveStream,
+    SetLayout,
     StopArchive,
     TrackSpec,
     encode,
@@ -100,6 +101,9 @@ class StreamSource:
     connection_data: str = ""
     has_audio: bool = True
     has_video: bool = True
+    layout_classes: tuple[str, ...] = ()
+    """Its ``layoutClassList`` (a composed archive lays it out by them)."""
+    video_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +139,7 @@ class RecordingResult:
 
 
 def _spawn(
-    directory: pathlib.Path, t0: float, log_level: str
+    directory: pathlib.Path, t0: float, log_level: str, args: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[bytes], socket.socket]:
     """Start ``python -m salon.archive.archiver`` with one end of a fresh socket pair."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -153,6 +157,7 @@ def _spawn(
                 repr(t0),
                 "--log-level",
                 log_level,
+                *args,
             ],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
@@ -185,9 +190,10 @@ class ArchiverProcess:
 
     @classmethod
     async def spawn(
-        cls, directory: pathlib.Path, t0: float, *, log_level: str = "WARNING"
+        cls, directory: pathlib.Path, t0: float, *, log_level: str = "WARNING", args: Sequence[str] = ()
     ) -> ArchiverProcess:
-        process, ours = _spawn(directory, t0, log_level)
+        """``args``: more of the archiver's arguments (``--composed``)."""
+        process, ours = _spawn(directory, t0, log_level, args)
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         handle = cls(process, writer)
         handle._reader_task = asyncio.get_running_loop().create_task(
@@ -201,7 +207,7 @@ class ArchiverProcess:
             raise
         return handle
 
-    def send(self, message: AddStream | RemoveStream | StopArchive) -> None:
+    def send(self, message: AddStream | RemoveStream | SetLayout | StopArchive) -> None:
         if self.writer.is_closing():
             raise RecordingError("the archiver is gone")
         self.writer.write(encode(message))
@@ -321,6 +327,10 @@ class IndividualRecording:
     def __repr__(self) -> str:
         return f"IndividualRecording({self.archive_id}, {len(self.streams)} streams)"
 
+    def archiver_args(self) -> list[str]:
+        """More arguments of the archiver process (a composed recording's options)."""
+        return []
+
     def _ms(self) -> int:
         return round((time.monotonic() - self.t0) * 1000)
 
@@ -331,7 +341,9 @@ class IndividualRecording:
         self.started_at = int(time.time() * 1000)
         self._write_journal()
         try:
-            self.archiver = await ArchiverProcess.spawn(self.directory, self.t0, log_level=self.log_level)
+            self.archiver = await ArchiverProcess.spawn(
+                self.directory, self.t0, log_level=self.log_level, args=self.archiver_args()
+            )
         except (OSError, RecordingError, TimeoutError) as exc:
             raise RecordingError(f"the archiver could not start: {exc}") from exc
         ready = self.archiver.ready.result()
@@ -380,6 +392,8 @@ class IndividualRecording:
                         tracks=tracks,
                         connection_data=source.connection_data,
                         start_ms=entry.start_ms,
+                        layout_classes=list(source.layout_classes),
+                        video_type=source.video_type,
                     )
                 )
             except RecordingError:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from salon import __version__
+from salon.archive.recorders import media_recorders
 from salon.archive.service import ArchiveConfig
 from salon.cli.bench_options import add_bench_parser
 from salon.errors import SalonError
@@ -411,6 +412,7 @@ def _serve(args: argparse.Namespace) -> int:
         archives=archives,
         archive_storage=args.archive_storage,
         archive_s3_endpoint=args.archive_s3_endpoint,
+        archive_recorders=media_recorders(),
     )
     if args.callback_url and not args.callback_url.startswith(("http://", "https://")):
         raise SalonError(f"--callback-url must be http:// or https://, not {args.callback_url!r}")
