@@ -46,6 +46,7 @@ __all__ = [
     "ArchiverReady",
     "RemoveStream",
     "SetLayout",
+    "SetStreamClasses",
     "StopArchive",
     "TrackSpec",
     "main",
@@ -103,6 +104,15 @@ class SetLayout(_Message):
     layout: dict[str, Any]
 
 
+class SetStreamClasses(_Message):
+    """A recorded stream's new ``layoutClassList`` (a composed archive's layout follows it);
+    an individual archive ignores it."""
+
+    type: Literal["set_stream_classes"] = "set_stream_classes"
+    stream_id: str
+    layout_classes: list[str]
+
+
 class StopArchive(_Message):
     type: Literal["stop"] = "stop"
     archive_id: str
@@ -143,9 +153,10 @@ class ArchiverFailed(_Message):
     reason: str
 
 
-ToArchiver = Annotated[AddStream | RemoveStream | SetLayout | StopArchive, Field(discriminator="type")]
+ToArchiverMessage = AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive
+ToArchiver = Annotated[ToArchiverMessage, Field(discriminator="type")]
 FromArchiver = Annotated[ArchiverReady | ArchiverFinished | ArchiverFailed, Field(discriminator="type")]
-to_archiver: TypeAdapter[AddStream | RemoveStream | SetLayout | StopArchive] = TypeAdapter(ToArchiver)
+to_archiver: TypeAdapter[ToArchiverMessage] = TypeAdapter(ToArchiver)
 from_archiver: TypeAdapter[ArchiverReady | ArchiverFinished | ArchiverFailed] = TypeAdapter(FromArchiver)
 
 
@@ -247,7 +258,7 @@ class Archiver:
 
     # -- control -----------------------------------------------------------------------------
 
-    def handle(self, message: AddStream | RemoveStream | SetLayout | StopArchive) -> bool:
+    def handle(self, message: AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive) -> bool:
         """Act on a message; False once the archive is stopped (the process exits)."""
         match message:
             case AddStream():
@@ -269,7 +280,7 @@ class Archiver:
                 logger.info("%r joins the archive at %d ms", recording, message.start_ms)
             case RemoveStream():
                 self._finish_stream(message.stream_id, message.stop_ms)
-            case SetLayout():
+            case SetLayout() | SetStreamClasses():
                 pass  # individual files have no layout
             case StopArchive():
                 for stream_id in list(self.by_stream):

@@ -42,6 +42,7 @@ from salon.archive.archiver import (
     ArchiverFinished,
     RemoveStream,
     SetLayout,
+    SetStreamClasses,
     StopArchive,
 )
 from salon.archive.composer import Composer
@@ -238,7 +239,7 @@ class ComposedArchiver(Archiver):
                 self.failed = True
                 self.send(ArchiverFailed(reason=self.error))
 
-    def handle(self, message: AddStream | RemoveStream | SetLayout | StopArchive) -> bool:
+    def handle(self, message: AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive) -> bool:
         match message:
             case AddStream():
                 if message.stream_id in self.by_stream:
@@ -271,6 +272,8 @@ class ComposedArchiver(Archiver):
                     self.composer.set_layout(layout_spec(message.layout))
                 except ValueError as exc:  # checked by the API already: keep the old one
                     logger.warning("layout refused: %s", exc)
+            case SetStreamClasses():
+                self.composer.set_layout_classes(message.stream_id, message.layout_classes)
             case StopArchive():
                 for stream_id in list(self.by_stream):
                     self._finish_stream(stream_id, message.stop_ms)
@@ -373,6 +376,12 @@ class ComposedRecording(IndividualRecording):
         if self.archiver is None or self.ended.done():
             raise RecordingError(f"{self!r} is not recording")
         self.archiver.send(SetLayout(layout=json.loads(json.dumps(layout))))
+
+    async def set_stream_classes(self, stream_id: str, classes: tuple[str, ...]) -> None:
+        """A recorded stream's new layout classes, from the next frame on."""
+        if self.archiver is None or self.ended.done():
+            raise RecordingError(f"{self!r} is not recording")
+        self.archiver.send(SetStreamClasses(stream_id=stream_id, layout_classes=list(classes)))
 
     async def _salvage(self, why: str) -> None:
         """The archiver ended without finishing: the MP4 it left plays up to its last fragment."""

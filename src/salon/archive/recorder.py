@@ -42,6 +42,7 @@ from salon.archive.archiver import (
     ArchiverReady,
     RemoveStream,
     SetLayout,
+    SetStreamClasses,
     StopArchive,
     TrackSpec,
     encode,
@@ -207,7 +208,7 @@ class ArchiverProcess:
             raise
         return handle
 
-    def send(self, message: AddStream | RemoveStream | SetLayout | StopArchive) -> None:
+    def send(self, message: AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive) -> None:
         if self.writer.is_closing():
             raise RecordingError("the archiver is gone")
         self.writer.write(encode(message))

@@ -83,6 +83,13 @@ class _Recording:
             except RecordingError as exc:
                 logger.warning("%r: %s", self.recording, exc)
 
+    async def set_stream_classes(self, stream_id: str, classes: tuple[str, ...]) -> None:
+        if isinstance(self.recording, ComposedRecording):
+            try:
+                await self.recording.set_stream_classes(stream_id, classes)
+            except RecordingError as exc:
+                logger.warning("%r: %s", self.recording, exc)
+
     async def stop(self) -> RecordingResult:
         return _result(await self.recording.stop())
 
