@@ -354,6 +354,7 @@ async def test_a_composed_archive_follows_mute_and_unmute(archive_server: Runnin
         async with session_for(server, sid) as alice_session, session_for(server, sid) as bob_session:
             await publish(server, alice_session, alice)
             await publish(server, bob_session, bob)
+            clock = Clock()  # the archive's time 0 is when it is asked for (its archiver starts then)
             archive = await sdk(
                 server,
                 "start_archive",
@@ -362,9 +363,9 @@ async def test_a_composed_archive_follows_mute_and_unmute(archive_server: Runnin
                 resolution="640x480",
                 layout={"type": "bestFit"},
             )
-            clock = Clock()
-            # Both in for 6 s; Alice's video off 4 s, on 4 s; her audio off 4 s, on 4 s.
-            await clock.until(6.0)
+            # Both in for 8 s (the archiver starts meanwhile); Alice's video off 4 s, on 4 s;
+            # her audio off 4 s, on 4 s.
+            await clock.until(8.0)
             video_off = clock.now()
             await alice.publisher.publish_video(False)
             await clock.until(video_off + 4.0)
@@ -386,6 +387,7 @@ async def test_a_composed_archive_follows_mute_and_unmute(archive_server: Runnin
     assert done["status"] == "available", done
     mp4 = Mp4(await download(done["url"]))
     assert mp4.codecs == ["aac", "h264"] and (mp4.width, mp4.height) == (640, 480)
+    assert abs(mp4.duration - stopping) < 1.0, (mp4.duration, stopping)
 
     left, right = (0.0, 0.25, 0.5, 0.75), (0.5, 0.25, 1.0, 0.75)
 
@@ -394,12 +396,15 @@ async def test_a_composed_archive_follows_mute_and_unmute(archive_server: Runnin
         return colour_of(frame, *left), colour_of(frame, *right)
 
     black = (16, 16, 16)
+    timeline = [(round(t, 1), colour_of(frame, *left)) for t, frame in mp4.frames[::12]]
+    first = next((t for t, colour in timeline if near(colour, RED)), None)
+    assert first is not None and first < video_off - 1.5, ("Alice's first frame", first, timeline)
     for t in (video_off - 1.0, video_on + 2.0, stopping - 1.0):
         alice_tile, bob_tile = tiles(t)
         assert near(alice_tile, RED) and near(bob_tile, BLUE), (t, alice_tile, bob_tile)
     for t in (video_off + 1.5, video_on - 0.5):
         alice_tile, bob_tile = tiles(t)
-        assert near(alice_tile, black, 30) and near(bob_tile, BLUE), ("video off", t, alice_tile, bob_tile)
+        assert near(alice_tile, black, 30) and near(bob_tile, BLUE), ("video off", t, alice_tile, timeline)
 
     # Alice's tone is in the mix except while her audio is off; Bob's throughout.
     on = mp4.tone_share(video_on + 0.5, audio_off - 0.5, ALICE_TONE)
