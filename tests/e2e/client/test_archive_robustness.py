@@ -8,9 +8,10 @@
 * ``kill -9`` of the archiver mid-recording (individual and composed): the call goes on, the
   archive ends ``available`` with what was recorded (playable up to the kill), its reason
   naming the archiver.
-* ``kill -9`` of ``salon serve`` while its archives are being finalised (their archivers
-  frozen with SIGSTOP, so the kill lands while the archives are ``stopped``): after the restart
-  each is ``available`` (what was recorded, playable) or ``failed`` with a reason.
+* ``kill -9`` of ``salon serve`` while its archives (individual and composed) record, and
+  while they are being finalised (their archivers frozen with SIGSTOP, so the kill lands while
+  the archives are ``stopped``): the archivers do not outlive the server, and after the
+  restart each archive is ``available`` with what was recorded (playable), with its reason.
 * A composed archive through a mute and unmute of video and of audio: the tile goes black
   while the video is off, the publisher's tone leaves the mix while its audio is off.
 
@@ -140,6 +141,15 @@ def archiver_pids(server_pid: int) -> list[int]:
         if ppid == server_pid and b"salon.archive.archiver" in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # -- loss on the publisher's leg ----------------------------------------------------------------
@@ -278,8 +288,9 @@ async def test_an_archiver_killed_mid_recording_leaves_the_call_and_ends_the_arc
 # -- kill -9 of salon serve while archives are finalised -------------------------------------------
 
 
-async def test_a_server_killed_while_archives_are_finalised_finalises_them_after_a_restart(
-    tmp_path: pathlib.Path,
+@pytest.mark.parametrize("phase", ["recording", "finalising"])
+async def test_a_server_killed_while_archives_record_or_are_finalised_finalises_them_after_a_restart(
+    tmp_path: pathlib.Path, phase: str
 ) -> None:
     args = ["--workers", "1"]
     frozen: list[int] = []
@@ -315,14 +326,16 @@ async def test_a_server_killed_while_archives_are_finalised_finalises_them_after
                 await wait_for(lambda: mp4.stat().st_size > size + 20_000, "the MP4 to grow", timeout=60)
                 pids = archiver_pids(first.pid)
                 assert len(pids) == 2, pids
-                for pid in pids:
-                    os.kill(pid, signal.SIGSTOP)  # they cannot finish: finalising lasts
-                    frozen.append(pid)
+                if phase == "finalising":
+                    for pid in pids:
+                        os.kill(pid, signal.SIGSTOP)  # they cannot finish: finalising lasts
+                        frozen.append(pid)
+                    for archive in (individual, composed):
+                        stopped = await asyncio.to_thread(client.stop_archive, archive.id)
+                        assert stopped.status == "stopped"
                 for archive in (individual, composed):
-                    stopped = await asyncio.to_thread(client.stop_archive, archive.id)
-                    assert stopped.status == "stopped"
-                for archive in (individual, composed):
-                    assert (await asyncio.to_thread(client.get_archive, archive.id)).status == "stopped"
+                    status = (await asyncio.to_thread(client.get_archive, archive.id)).status
+                    assert status == ("stopped" if phase == "finalising" else "started"), status
                 assert first.proc is not None
                 first.proc.kill()  # SIGKILL: no shutdown path runs
                 await asyncio.to_thread(first.proc.wait, 10)
@@ -331,12 +344,21 @@ async def test_a_server_killed_while_archives_are_finalised_finalises_them_after
         for pid in frozen:
             os.kill(pid, signal.SIGKILL)  # orphans of the killed server, frozen by this test
         frozen.clear()
+        # Archivers never outlive their server: they end once its channel is gone.
+        await wait_for(
+            lambda: not [p for p in pids if alive(p)], "the archivers to exit after the server", timeout=30
+        )
         with ServeProcess(tmp_path, API_KEY, API_SECRET, args) as second:
             client = opentok.Client(API_KEY, API_SECRET, api_url=second.url)
             done_individual = await ended(second.url, individual.id)
             done_composed = await ended(second.url, composed.id)
             for done in (done_individual, done_composed):
-                assert done["reason"] == "user initiated", done  # why it stopped, as before the kill
+                if phase == "finalising":
+                    assert done["reason"] == "user initiated", done  # why it stopped, before the kill
+                else:
+                    assert done["reason"].startswith("the server restarted while the archive was recorded"), (
+                        done
+                    )
             # Both held media when the server died: each is delivered with what it recorded.
             assert done_individual["status"] == "available", done_individual
             assert done_composed["status"] == "available", done_composed
