@@ -37,6 +37,7 @@ from typing import Any
 import av
 import av.logging
 import httpx
+import numpy as np
 import opentok
 import pytest
 from sdk_helpers import LOOPBACK, Recorder, auto_subscribe, session_for, wait_for
@@ -445,3 +446,59 @@ async def test_a_composed_archive_follows_mute_and_unmute(archive_server: Runnin
     assert on > 0.15 and back > 0.15, (on, back)
     assert off < 0.01, f"Alice's tone while her audio is off: {off:.3f}"
     assert bob_while_off > 0.3, bob_while_off
+
+
+# -- an archive started while a publisher is muted ---------------------------------------------------
+
+
+async def test_an_archive_started_while_a_publisher_is_muted_records_it_once_unmuted(
+    archive_server: RunningServer, tmp_path: pathlib.Path
+) -> None:
+    """The archive starts while Alice's video and audio are off (her tracks are published,
+    muted): once she turns them on, her red and her tone are in the file. A mute is a state of
+    the stream, not a lack of tracks."""
+    server = archive_server
+    sid = server.session()
+    alice = Painted("alice", RED, ALICE_TONE)
+    try:
+        async with session_for(server, sid) as session:
+            stream_id = await publish(server, session, alice)
+            await alice.publisher.publish_video(False)
+            await alice.publisher.publish_audio(False)
+            live = server.thread.server.config.app.state.archives.signalling.live_session(sid)
+            (muted,) = [s.info() for s in live.announced_streams()]
+            assert not (muted.has_video or muted.has_audio), muted  # the server's view of it
+            archive = await sdk(server, "start_archive", sid, output_mode=opentok.OutputModes.individual)
+            webm = tmp_path / "archives-work" / archive.id / f"{stream_id}.webm"
+            await wait_for(
+                lambda: webm.exists() and webm.stat().st_size > 2_000, "the file to start", timeout=40
+            )
+            clock = Clock()
+            await clock.until(2.0)
+            unmuted = clock.now()
+            await alice.publisher.publish_video(True)
+            await alice.publisher.publish_audio(True)
+            await clock.until(unmuted + 5.0)
+            await sdk(server, "stop_archive", archive.id)
+    finally:
+        alice.close()
+    done = await ended(server.url, archive.id)
+    assert done["status"] == "available", done
+    _, files = unzip(await download(done["url"]), archive.id)
+    data = files[f"{stream_id}.webm"]
+    with av.open(io.BytesIO(data)) as container:
+        kinds = sorted(s.type for s in container.streams)
+    assert kinds == ["audio", "video"], f"the muted stream's tracks were left out: {kinds}"
+    frames, errors, _ = decode_video(data)
+    assert errors == [], errors[:5]
+    colours = [colour_of(f.to_ndarray(format="rgb24"), 0.2, 0.2, 0.8, 0.8) for f in frames]
+    last = colours[-len(colours) // 4 :]
+    assert last and all(near(c, RED) for c in last), f"after the unmute: {last[:5]}…"
+    with av.open(io.BytesIO(data)) as container:
+        chunks = [f.to_ndarray()[0] for f in container.decode(audio=0)]
+        rate = container.streams.audio[0].codec_context.sample_rate
+    tail = np.concatenate(chunks)[-2 * rate :].astype(np.float64)
+    spectrum = np.abs(np.fft.rfft((tail - tail.mean()) * np.hanning(len(tail)))) ** 2
+    freqs = np.fft.rfftfreq(len(tail), 1 / rate)
+    share = float(spectrum[np.abs(freqs - ALICE_TONE) < 20].sum() / spectrum.sum())
+    assert share > 0.3, f"Alice's tone after the unmute: {share:.0%} of the energy"
