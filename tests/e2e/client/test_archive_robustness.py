@@ -229,8 +229,9 @@ async def test_an_individual_archive_recovers_loss_on_the_publishers_leg(
     assert len(frames) >= 0.95 * span, f"{len(frames)} frames of {span} sent ({summary}; gaps {gaps})"
     assert max(gaps) <= 10, f"largest gap {max(gaps)} frames ({summary})"
     for (t0, i0), (t1, i1) in itertools.pairwise(zip(times, indices, strict=True)):
-        # ~30 fps: a step of n frames takes about n/30 s (a loaded publisher may send late).
-        assert t1 - t0 < (i1 - i0) / 30 + 0.5, (t0, i0, t1, i1, summary)
+        # ~30 fps: a step of n frames takes about n/30 s (a publisher whose loop stalls skips
+        # ahead in time, not in numbers: a second of slack).
+        assert t1 - t0 < (i1 - i0) / 30 + 1.0, (t0, i0, t1, i1, summary)
     assert abs(times[-1] - times[0] - recorded) < 1.5, (times[-1] - times[0], recorded)
 
 
