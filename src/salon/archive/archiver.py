@@ -105,8 +105,7 @@ class SetLayout(_Message):
 
 
 class SetStreamClasses(_Message):
-    """A recorded stream's new ``layoutClassList`` (a composed archive's layout follows it);
-    an individual archive ignores it."""
+    """A stream's ``layoutClassList`` changed (a composed archive's layout follows it)."""
 
     type: Literal["set_stream_classes"] = "set_stream_classes"
     stream_id: str
@@ -153,10 +152,13 @@ class ArchiverFailed(_Message):
     reason: str
 
 
-ToArchiverMessage = AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive
-ToArchiver = Annotated[ToArchiverMessage, Field(discriminator="type")]
+ToArchiver = Annotated[
+    AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive, Field(discriminator="type")
+]
 FromArchiver = Annotated[ArchiverReady | ArchiverFinished | ArchiverFailed, Field(discriminator="type")]
-to_archiver: TypeAdapter[ToArchiverMessage] = TypeAdapter(ToArchiver)
+to_archiver: TypeAdapter[AddStream | RemoveStream | SetLayout | SetStreamClasses | StopArchive] = TypeAdapter(
+    ToArchiver
+)
 from_archiver: TypeAdapter[ArchiverReady | ArchiverFinished | ArchiverFailed] = TypeAdapter(FromArchiver)
 
 

@@ -11,10 +11,10 @@ Both sides of a composed archive:
   lays out, mixes and encodes them into ``archive.mp4`` (H.264 + AAC, fragmented). Every poll
   (20 ms) the composer is advanced to :data:`LAG` seconds before now: what is older than that
   has arrived (a hole in the sequence is repaired or given up within 0.3 s for audio). A
-  stream's join and leave are scheduled at their time on the archive's clock, so the layout
-  changes on the right frame; a new layout (``SetLayout``) takes effect on the next frame
-  written. When the composer's decoder waits for a key frame (a frame that did not decode) the
-  archiver asks the media worker for one, as it does after a loss.
+  stream's join and leave, and a new layout (``SetLayout``), are scheduled at their time on the
+  archive's clock, so the layout changes on the right frame. When the composer's decoder waits
+  for a key frame (a frame that did not decode) the archiver asks the media worker for one, as
+  it does after a loss. The archive's clock starts at its ``createdAt``.
 * **In the main process**, :class:`ComposedRecording` is an
   :class:`~salon.archive.recorder.IndividualRecording` whose archiver composes: the same media
   recorders, process and failure handling; its result is the MP4. An archiver that dies leaves
@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import pathlib
+import socket
 import struct
 import time
 from typing import Any
@@ -67,6 +68,9 @@ logger = logging.getLogger(__name__)
 LAG = 0.5
 #: The composed archive's file in the archive's working directory.
 MP4_NAME = "archive.mp4"
+#: Most output (s) written per poll: a composer behind real time catches up in steps, reading
+#: the sink socket in between, so that its receive buffer never overflows meanwhile.
+MAX_STEP = 0.1
 #: While the composer waits for a key frame of a stream, ask again this often (s).
 KEY_FRAME_RETRY = 0.5
 
@@ -230,7 +234,7 @@ class ComposedArchiver(Archiver):
         if self.error is not None or until <= 0:
             return
         try:
-            self.composer.advance(until)
+            self.composer.advance(min(until, self.composer.duration + MAX_STEP))
         except (av.FFmpegError, OSError) as exc:
             # A full disk or a muxer error: what was written stays playable; the archive fails.
             self.error = f"writing the composed archive failed: {exc}"
@@ -269,17 +273,41 @@ class ComposedArchiver(Archiver):
                     self.composer.remove_stream(message.stream_id, at=stop / 1000.0)
             case SetLayout():
                 try:
-                    self.composer.set_layout(layout_spec(message.layout))
+                    self.composer.set_layout(layout_spec(message.layout), at=self.now())
                 except ValueError as exc:  # checked by the API already: keep the old one
                     logger.warning("layout refused: %s", exc)
             case SetStreamClasses():
-                self.composer.set_layout_classes(message.stream_id, message.layout_classes)
+                self.composer.set_layout_classes(message.stream_id, message.layout_classes, at=self.now())
             case StopArchive():
+                self._drain()
                 for stream_id in list(self.by_stream):
                     self._finish_stream(stream_id, message.stop_ms)
                 self._finish_composed(message)
                 return False
         return True
+
+    def _drain(self) -> None:
+        """Take the datagrams still waiting in the sink socket before finishing: a composer
+        busy encoding can be behind the socket, and what was sent before the stop belongs
+        in the archive."""
+        if self.transport is None:
+            return
+        extra = self.transport.get_extra_info("socket")
+        if extra is None:
+            return
+        sock = socket.fromfd(extra.fileno(), socket.AF_INET, socket.SOCK_DGRAM)  # a dup
+        try:
+            sock.setblocking(False)
+            for _ in range(200_000):
+                try:
+                    data, addr = sock.recvfrom(65536)
+                except (BlockingIOError, InterruptedError):
+                    break
+                self.on_datagram(data, addr)
+        except OSError as exc:
+            logger.debug("draining the sink socket: %s", exc)
+        finally:
+            sock.close()
 
     def _finish_composed(self, message: StopArchive) -> None:
         if self._timer is not None:
@@ -378,7 +406,7 @@ class ComposedRecording(IndividualRecording):
         self.archiver.send(SetLayout(layout=json.loads(json.dumps(layout))))
 
     async def set_stream_classes(self, stream_id: str, classes: tuple[str, ...]) -> None:
-        """A recorded stream's new layout classes, from the next frame on."""
+        """A stream's layout classes changed: the layout follows from the next frame on."""
         if self.archiver is None or self.ended.done():
             raise RecordingError(f"{self!r} is not recording")
         self.archiver.send(SetStreamClasses(stream_id=stream_id, layout_classes=list(classes)))
@@ -388,7 +416,7 @@ class ComposedRecording(IndividualRecording):
         logger.error("%r: %s; keeping the composed file it wrote", self, why)
         stop_ms = self._ms()
         async with self._lock:
-            for entry in self.streams.values():
+            for entry in self.entries:
                 if entry.stop_ms is None:
                     entry.stop_ms = stop_ms
                 await self._stop_recorder(entry)

@@ -400,13 +400,23 @@ class Composer:
         self._mixer.remove(stream_id)
         self._audio_decoders.pop(stream_id, None)
 
-    def set_layout_classes(self, stream_id: str, layout_classes: Sequence[str]) -> None:
+    def set_layout_classes(
+        self, stream_id: str, layout_classes: Sequence[str], *, at: float | None = None
+    ) -> None:
+        """A stream's layout classes changed (at time ``at``, or now)."""
+        if at is not None:
+            self._schedule(at, "classes", (stream_id, tuple(layout_classes)))
+            return
         state = self._streams.get(stream_id)
         if state is not None:
             state.layout_classes = tuple(layout_classes)
             self._tiles = None
 
-    def set_layout(self, layout: LayoutSpec) -> None:
+    def set_layout(self, layout: LayoutSpec, *, at: float | None = None) -> None:
+        """A new layout (from time ``at``, or now: the next tick written)."""
+        if at is not None:
+            self._schedule(at, "layout", (layout,))
+            return
         self.layout = layout
         self._tiles = None
 
@@ -430,6 +440,10 @@ class Composer:
                 stream_id, classes, video_type, codec = args
                 if stream_id not in self._streams:
                     self.add_stream(stream_id, classes, video_type, video_codec=codec)
+            elif kind == "layout":
+                self.set_layout(args[0])
+            elif kind == "classes":
+                self.set_layout_classes(args[0], args[1])
             else:
                 self.remove_stream(args[0])
 

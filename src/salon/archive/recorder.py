@@ -335,11 +335,12 @@ class IndividualRecording:
     def _ms(self) -> int:
         return round((time.monotonic() - self.t0) * 1000)
 
-    async def start(self, streams: Iterable[StreamSource] = ()) -> None:
-        """Start the archiver, then record ``streams``. Raises :class:`RecordingError`."""
+    async def start(self, streams: Iterable[StreamSource] = (), *, t0: float | None = None) -> None:
+        """Start the archiver, then record ``streams``. Raises :class:`RecordingError`.
+        ``t0``: the archive's start on ``time.monotonic()`` (default: now)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.t0 = time.monotonic()
-        self.started_at = int(time.time() * 1000)
+        self.t0 = time.monotonic() if t0 is None else t0
+        self.started_at = int((time.time() - (time.monotonic() - self.t0)) * 1000)
         self._write_journal()
         try:
             self.archiver = await ArchiverProcess.spawn(

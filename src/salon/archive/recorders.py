@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 from salon.archive.composed import MP4_NAME, ComposedOptions, ComposedRecording, playable_duration
-from salon.archive.individual import ManifestFile, write_archive_zip
 from salon.archive.layout import parse_resolution
 from salon.archive.models import DEFAULT_RESOLUTION, Layout, OutputMode, layout_of
 from salon.archive.recorder import (
@@ -32,6 +31,7 @@ from salon.archive.recorder import (
     RecordingError,
     RecordingPlane,
     StreamSource,
+    package_unfinished,
 )
 from salon.archive.recorder import RecordingResult as ArchiverResult
 from salon.archive.service import (
@@ -149,8 +149,11 @@ class MediaRecorder:
             recording = ComposedRecording(self.plane, options=options, **common)
         else:
             recording = IndividualRecording(self.plane, **common)
+        # The archive's clock starts at its createdAt, so that offsets in the files (a stream's
+        # join, the composed timeline) count from the time the archive JSON gives.
+        t0 = time.monotonic() - max(0.0, time.time() - archive.created_at / 1000)
         try:
-            await recording.start()
+            await recording.start(t0=t0)
         except RecordingError as exc:
             raise RecordingFailed(str(exc)) from exc
         handle = _Recording(recording)
@@ -161,7 +164,7 @@ class MediaRecorder:
     async def finalise(self, archive: ArchiveRecord, directory: pathlib.Path) -> RecordingResult:
         if self.mode == OutputMode.COMPOSED:
             return await asyncio.to_thread(_composed_left, directory)
-        return await asyncio.to_thread(_individual_left, archive, directory)
+        return await asyncio.to_thread(_individual_left, directory)
 
 
 def _composed_left(directory: pathlib.Path) -> RecordingResult:
@@ -173,29 +176,16 @@ def _composed_left(directory: pathlib.Path) -> RecordingResult:
     return RecordingResult((path,), path.stat().st_size, duration)
 
 
-def _individual_left(archive: ArchiveRecord, directory: pathlib.Path) -> RecordingResult:
-    """The streams' files a previous run left, packaged into the archive's ZIP (their offsets
-    are not known any more: each starts at 0)."""
-    files: list[tuple[pathlib.Path, ManifestFile]] = []
-    for path in sorted(directory.iterdir()):
-        if path.suffix in (".webm", ".mkv") and path.stat().st_size > 0:
-            duration = playable_duration(path)
-            if duration > 0:
-                size = path.stat().st_size
-                files.append((path, ManifestFile(path.stem, "", path.name, size, 0, round(duration * 1000))))
-    if not files:
+def _individual_left(directory: pathlib.Path) -> RecordingResult:
+    """The streams' files a previous run left, packaged into the archive's ZIP with the offsets
+    the recording's journal kept (:func:`~salon.archive.recorder.package_unfinished`)."""
+    try:
+        result = package_unfinished(directory)
+    except (OSError, ValueError) as exc:
+        raise RecordingFailed(f"the server restarted; the recording could not be packaged: {exc}") from exc
+    if not result.files or result.path is None:
         raise RecordingFailed("the server restarted before the archive held any media")
-    zip_path = directory / f"{archive.archive_id}.zip"
-    write_archive_zip(
-        zip_path,
-        archive_id=archive.archive_id,
-        name=archive.name,
-        session_id=archive.session_id,
-        created_at=archive.created_at or int(time.time() * 1000),
-        files=files,
-    )
-    duration = max(m.stop_offset_ms for _, m in files) / 1000.0
-    return RecordingResult((zip_path,), zip_path.stat().st_size, duration)
+    return RecordingResult((result.path,), result.size, result.duration)
 
 
 def media_recorders(*, log_level: str = "WARNING") -> dict[str, RecorderFactory]:

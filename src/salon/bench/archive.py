@@ -1,5 +1,8 @@
 """``salon bench archive``: what recording costs, and how well the composed output keeps sync.
 
+``--mode individual`` measures a real archiver process remuxing streams
+(:mod:`salon.bench.archive_individual`); the rest of this module is ``--mode composed``.
+
 ``--mode composed`` runs a :class:`~salon.archive.composer.Composer` exactly as an archiver
 does, in this process, fed encoded frames as the RTP depacketisers produce them:
 
@@ -414,9 +417,22 @@ def _passed(report: dict[str, Any]) -> bool:
 
 def run_archive_bench(args: argparse.Namespace) -> int:
     """``salon bench archive``: run it, print the JSON report; 0 when the targets are met."""
-    if args.mode != "composed":
-        _log(f"--mode {args.mode} is not measured by this build")
-        return 1
+    if args.mode == "individual":
+        from salon.bench.archive_individual import passed_individual, run_individual
+
+        return run_and_report(
+            "archive", lambda: run_individual(duration=args.duration, streams=args.streams), passed_individual
+        )
+    if args.archiver:
+        from salon.bench.archive_individual import passed_archiver, run_composed_archiver
+
+        return run_and_report(
+            "archive",
+            lambda: run_composed_archiver(
+                duration=args.duration, streams=args.streams, resolution=args.resolution
+            ),
+            passed_archiver,
+        )
     return run_and_report(
         "archive",
         lambda: run(

@@ -108,7 +108,11 @@ def add_bench_parser(commands: Any) -> None:
         "archive", help="archiver CPU per archive, and the composed output's audio-video offset"
     )
     archive.add_argument(
-        "--mode", choices=["composed"], default="composed", help="composed: decode, lay out, mix, encode"
+        "--mode",
+        choices=["composed", "individual"],
+        default="composed",
+        help="composed: decode, lay out, mix, encode (in this process); individual: an archiver "
+        "process remuxing RTP to WebM",
     )
     archive.add_argument("--duration", type=float, default=20.0, help="seconds recorded")
     archive.add_argument("--streams", type=int, default=4, help="publishers (1-16)")
@@ -116,6 +120,12 @@ def add_bench_parser(commands: Any) -> None:
         "--resolution",
         default="1280x720",
         choices=["640x480", "480x640", "1280x720", "720x1280", "1920x1080", "1080x1920"],
+    )
+    archive.add_argument(
+        "--archiver",
+        action="store_true",
+        help="composed: run a real archiver process fed RTP over loopback (its CPU), not the "
+        "composer in this process (no A/V offset measured)",
     )
     archive.add_argument("--fps", type=int, default=25, help="output frame rate")
     archive.add_argument("--preset", default="veryfast", help="x264 preset")

@@ -412,7 +412,7 @@ def _serve(args: argparse.Namespace) -> int:
         archives=archives,
         archive_storage=args.archive_storage,
         archive_s3_endpoint=args.archive_s3_endpoint,
-        archive_recorders=media_recorders(),
+        archive_recorders={} if args.no_media else media_recorders(),
     )
     if args.callback_url and not args.callback_url.startswith(("http://", "https://")):
         raise SalonError(f"--callback-url must be http:// or https://, not {args.callback_url!r}")
