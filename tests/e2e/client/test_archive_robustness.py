@@ -49,6 +49,7 @@ from test_archive_composed import (
     Clock,
     Mp4,
     Painted,
+    archive_json,
     colour_of,
     download,
     media_flows,
@@ -387,7 +388,6 @@ async def test_a_composed_archive_follows_mute_and_unmute(archive_server: Runnin
         async with session_for(server, sid) as alice_session, session_for(server, sid) as bob_session:
             await publish(server, alice_session, alice)
             await publish(server, bob_session, bob)
-            clock = Clock()  # the archive's time 0 is when it is asked for (its archiver starts then)
             archive = await sdk(
                 server,
                 "start_archive",
@@ -396,6 +396,7 @@ async def test_a_composed_archive_follows_mute_and_unmute(archive_server: Runnin
                 resolution="640x480",
                 layout={"type": "bestFit"},
             )
+            clock = Clock((await archive_json(server, archive.id))["createdAt"])  # the MP4's time 0
             # Both in for 8 s (the archiver starts meanwhile); Alice's video off 4 s, on 4 s;
             # her audio off 4 s, on 4 s.
             await clock.until(8.0)
@@ -474,7 +475,7 @@ async def test_an_archive_started_while_a_publisher_is_muted_records_it_once_unm
             await wait_for(
                 lambda: webm.exists() and webm.stat().st_size > 2_000, "the file to start", timeout=40
             )
-            clock = Clock()
+            clock = Clock(round(time.time() * 1000))
             await clock.until(2.0)
             unmuted = clock.now()
             await alice.publisher.publish_video(True)
