@@ -12,6 +12,8 @@
   while they are being finalised (their archivers frozen with SIGSTOP, so the kill lands while
   the archives are ``stopped``): the archivers do not outlive the server, and after the
   restart each archive is ``available`` with what was recorded (playable), with its reason.
+* The recordings' disk fills up mid-recording: the call goes on, the archive ends with a
+  reason saying so, the server goes on serving.
 * A composed archive through a mute and unmute of video and of audio: the tile goes black
   while the video is off, the publisher's tone leaves the mix while its audio is off.
 
@@ -22,6 +24,7 @@ from their ``url``; every wait is on a condition, bounded generously.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -29,6 +32,7 @@ import os
 import pathlib
 import re
 import signal
+import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -76,6 +80,12 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture
 def archive_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
     """The real server with ``salon serve``'s recorders (archiver processes)."""
+    with recording_server(tmp_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def recording_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
     config = ServerConfig(
         port=0,
         data_dir=tmp_path,
@@ -504,3 +514,63 @@ async def test_an_archive_started_while_a_publisher_is_muted_records_it_once_unm
     freqs = np.fft.rfftfreq(len(tail), 1 / rate)
     share = float(spectrum[np.abs(freqs - ALICE_TONE) < 20].sum() / spectrum.sum())
     assert share > 0.3, f"Alice's tone after the unmute: {share:.0%} of the energy"
+
+
+# -- a full disk ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_work_dir(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """The data directory's ``archives-work`` (recordings in progress) as a 300 KiB tmpfs (the
+    tests run as root)."""
+    work = tmp_path / "archives-work"
+    work.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(work)], check=True)
+    try:
+        yield work
+    finally:
+        subprocess.run(["umount", str(work)], check=True)
+
+
+async def test_a_disk_filling_up_mid_recording_ends_the_archive_with_a_reason_not_the_call(
+    tmp_path: pathlib.Path, small_work_dir: pathlib.Path
+) -> None:
+    """The recordings' working directory is a 300 KiB tmpfs (the tests run as root): it fills
+    up while an individual archive records. The call goes on, the archive ends ``available``
+    with what fit or ``failed``, with a reason saying so, and the server goes on serving."""
+    work = small_work_dir
+    with recording_server(tmp_path) as server:
+        sid = server.session()
+        seen = Recorder()
+        async with session_for(server, sid) as alice, session_for(server, sid, role="subscriber") as bob:
+            auto_subscribe(bob, seen)
+            publisher = Publisher(
+                "alice", video_source=TestPatternSource(width=320, height=240), audio_source=ToneSource()
+            )
+            stream = await alice.publish(publisher)
+            await media_flows(server, sid, stream.stream_id)
+            archive = await sdk(server, "start_archive", sid, output_mode=opentok.OutputModes.individual)
+
+            def full() -> bool:
+                usage = os.statvfs(work)
+                return usage.f_bavail * usage.f_frsize < 16 * 1024
+
+            await wait_for(full, "the disk to fill up", timeout=60)
+            before = len(seen.indices)
+            await wait_for(lambda: len(seen.indices) >= before + 30, "bob to keep decoding", timeout=30)
+            try:
+                await sdk(server, "stop_archive", archive.id)
+            except opentok.exceptions.ArchiveError:
+                pass  # it had stopped by itself, on the failure
+            done = await ended(server.url, archive.id)
+            assert "disk" in done["reason"] or "space" in done["reason"], done
+            assert alice.state.name == "CONNECTED" and bob.state.name == "CONNECTED"
+            # The server goes on: its API answers, the call still flows.
+            listed = await sdk(server, "list_archives", session_id=sid)
+            assert [a.id for a in listed.items] == [archive.id]
+            before = len(seen.indices)
+            await wait_for(lambda: len(seen.indices) >= before + 30, "bob to keep decoding", timeout=30)
+        if done["status"] == "available":
+            _, files = unzip(await download(done["url"]), archive.id)
+            frames, errors, _ = decode_video(files[f"{stream.stream_id}.webm"])
+            assert frames and errors == [], errors[:5]
