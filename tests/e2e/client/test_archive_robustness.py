@@ -1,10 +1,11 @@
 """Archives through ``salon serve``'s real recorders when things go wrong.
 
-* 5 % of the publisher's VP8 packets are dropped on its leg to the server (a UDP relay on
-  127.0.0.1 the publisher's only ICE path goes through, as tests/e2e/browser/
-  test_sdk_loss_recovery.py does for Chromium; RTX retransmissions pass): the worker NACKs, the
+* 5 % of the publisher's VP8 packets are dropped on its leg to the server, during an
+  individual and during a composed archive (a UDP relay on 127.0.0.1 the publisher's only ICE
+  path goes through, as tests/e2e/browser/test_sdk_loss_recovery.py does for Chromium; RTX
+  retransmissions pass): the worker NACKs, the
   individual WebM has the test pattern's frames in order, no gap beyond a lost frame or two,
-  and decodes without an error.
+  and decodes without an error; the composed MP4 shows the pattern without freezing.
 * ``kill -9`` of the archiver mid-recording (individual and composed): the call goes on, the
   archive ends ``available`` with what was recorded (playable up to the kill), its reason
   naming the archiver.
@@ -167,8 +168,9 @@ def alive(pid: int) -> bool:
 # -- loss on the publisher's leg ----------------------------------------------------------------
 
 
-async def test_an_individual_archive_recovers_loss_on_the_publishers_leg(
-    archive_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mode", ["individual", "composed"])
+async def test_an_archive_recovers_loss_on_the_publishers_leg(
+    archive_server: RunningServer, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     server = archive_server
     sid = server.session()
@@ -196,7 +198,11 @@ async def test_an_individual_archive_recovers_loss_on_the_publishers_leg(
             stream = await alice.publish(publisher)
             await media_flows(server, sid, stream.stream_id)
             (relay,) = relays
-            archive = await sdk(server, "start_archive", sid, output_mode=opentok.OutputModes.individual)
+            options: dict[str, Any] = {"output_mode": opentok.OutputModes(mode)}
+            if mode == "composed":
+                options["resolution"] = "640x480"  # Alice's 4:3 picture fills it, scaled 2x
+            asked = time.monotonic()
+            archive = await sdk(server, "start_archive", sid, **options)
             started = time.monotonic()
             deadline = started + 90
             while len(relay.dropped) < 30 or time.monotonic() - started < 6:
@@ -226,6 +232,9 @@ async def test_an_individual_archive_recovers_loss_on_the_publishers_leg(
 
     done = await ended(server.url, archive.id)
     assert done["status"] == "available", done
+    if mode == "composed":
+        # The MP4's time 0 is the archive's creation: before the start call returned.
+        return check_composed_pattern(await download(done["url"]), recorded + started - asked, summary)
     _, files = unzip(await download(done["url"]), archive.id)
     frames, errors, name = decode_video(files[f"{stream.stream_id}.webm"])
     assert name == "matroska,webm" and frames
@@ -244,6 +253,25 @@ async def test_an_individual_archive_recovers_loss_on_the_publishers_leg(
         # ahead in time, not in numbers: a second of slack).
         assert t1 - t0 < (i1 - i0) / 30 + 1.0, (t0, i0, t1, i1, summary)
     assert abs(times[-1] - times[0] - recorded) < 1.5, (times[-1] - times[0], recorded)
+
+
+def check_composed_pattern(data: bytes, recorded: float, summary: str) -> None:
+    """A composed MP4 of the test pattern (25 fps from a 30 fps source): after the black
+    frames before the first key frame, the pattern's numbers never go back, never freeze
+    longer than a few frames (an unrepaired loss shows as a freeze until the next key frame)
+    and never skip more than a few."""
+    frames, errors, name = decode_video(data)
+    assert name.startswith("mov,mp4") and frames
+    assert errors == [], f"decoding logged errors: {errors[:5]} ({summary})"
+    indices = [read_test_pattern_index(f.to_ndarray(format="gray")) for f in frames]
+    first = next(i for i, index in enumerate(indices) if index > 0)
+    shown = indices[first:]
+    steps = [b - a for a, b in itertools.pairwise(shown)]
+    assert min(steps) >= 0, f"the pattern went back ({summary})"
+    longest = max(len(list(run)) for step, run in itertools.groupby(steps) if step == 0) if 0 in steps else 0
+    assert longest <= 5, f"a freeze of {longest} frames ({summary})"
+    assert max(steps) <= 10, f"a skip of {max(steps)} frames ({summary})"
+    assert abs(len(frames) / 25 - recorded) < 1.0, (len(frames) / 25, recorded)
 
 
 # -- kill -9 of an archiver ----------------------------------------------------------------------
