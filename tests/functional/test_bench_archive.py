@@ -34,3 +34,5 @@ def test_bench_archive_composed_through_the_archiver(capsys: pytest.CaptureFixtu
     assert report["output"]["frames"] == round(report["output"]["duration"] * 25)
     assert report["output"]["duration"] >= 3 and report["output"]["bytes"] > 0
     assert report["cpu"]["cores"] > 0
+    # Stream 0's flashes and beeps went through the whole pipeline and were paired.
+    assert report["av_offset"]["pairs"] >= 2, report["av_offset"]

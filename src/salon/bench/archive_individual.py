@@ -31,7 +31,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 
 from salon.archive.archiver import AddStream, StopArchive, TrackSpec
 from salon.archive.composed import ComposedOptions
-from salon.archive.layout import parse_resolution
+from salon.archive.layout import compute_layout, parse_resolution
 from salon.archive.recorder import ArchiverProcess
 from salon.bench._harness import BenchError, machine, machine_line
 from salon.media.recording import TRACK_AUDIO, TRACK_VIDEO
@@ -96,17 +96,30 @@ def _packetise(
 async def _run(
     duration: float, streams: int, directory: pathlib.Path, composed: ComposedOptions | None = None
 ) -> dict[str, Any]:
-    from salon.bench.archive import _log, _pattern_frames, encode_audio, encode_video, tone
+    from salon.bench.archive import (
+        _beeps,
+        _flash_frames,
+        _log,
+        _pattern_frames,
+        encode_audio,
+        encode_video,
+        measure_av_offset,
+        tone,
+    )
 
     _log(f"encoding {streams} sources")
     clip_seconds = 4
     tokens = [secrets.token_bytes(16) for _ in range(streams)]
     datagrams: list[tuple[float, bytes]] = []
     for index in range(streams):
-        clips = (
-            encode_video(_pattern_frames(index % 4 + 1, clip_seconds)),
-            encode_audio(tone(200.0 + 100 * index, clip_seconds, 0.2)),
-        )
+        if composed is not None and index == 0:
+            # The composed output's A/V offset is measured on a flash-and-beep source.
+            clips = (encode_video(_flash_frames(clip_seconds)), encode_audio(_beeps(clip_seconds)))
+        else:
+            clips = (
+                encode_video(_pattern_frames(index % 4 + 1, clip_seconds)),
+                encode_audio(tone(200.0 + 100 * index, clip_seconds, 0.2)),
+            )
         datagrams += _packetise(index, duration, clips, tokens[index])
     datagrams.sort(key=lambda item: item[0])
     args = [] if composed is None else ["--composed", composed.model_dump_json()]
@@ -156,7 +169,14 @@ async def _run(
         raise BenchError("the archiver wrote no archive")
     zip_path = pathlib.Path(finished.zip_path)
     if composed is not None:
+        ids = [f"stream-{i}" for i in range(streams)]
+        size = (composed.width, composed.height)
+        tiles = compute_layout("bestFit", None, size, [(s, [], "camera") for s in ids])
+        tile = next(t for t in tiles if t.stream_id == ids[0])
+        region = (tile.x + tile.w // 4, tile.y + tile.h // 4, tile.w // 2, tile.h // 2)
+        offset = await asyncio.to_thread(measure_av_offset, zip_path, region)
         return {
+            "av_offset": offset,
             "cpu": cpu,
             "wall": wall,
             "mbit_per_s": round(bytes_sent * 8 / duration / 1e6, 2),
@@ -255,7 +275,7 @@ def run_composed_archiver(
 ) -> dict[str, Any]:
     """``--mode composed --archiver``: the same RTP sources, composed by a real archiver process
     (``--composed``: depacketise, decode, lay out, mix, encode); its CPU from ``/proc``."""
-    from salon.bench.archive import CPU_TARGET, _log
+    from salon.bench.archive import CPU_TARGET, OFFSET_TARGET_MS, _log
 
     if streams < 1 or streams > 16:
         raise BenchError("--streams must be between 1 and 16")
@@ -289,6 +309,7 @@ def run_composed_archiver(
             "cores_per_stream": round(cores / streams, 4),
             "target_cores": CPU_TARGET,
         },
+        "av_offset": {**result["av_offset"], "target_ms": OFFSET_TARGET_MS},
         "output": {
             "bytes": result["bytes"],
             "frames_in": result["frames"],
@@ -300,10 +321,14 @@ def run_composed_archiver(
 
 
 def passed_archiver(report: dict[str, Any]) -> bool:
-    from salon.bench.archive import CPU_TARGET, _log
+    from salon.bench.archive import CPU_TARGET, OFFSET_TARGET_MS, _log
 
     cores = float(report["cpu"]["cores"])
     ok = not report["output"]["errors"]
+    offset = report["av_offset"]["max_abs_ms"]
+    if offset is None or offset >= OFFSET_TARGET_MS:
+        _log(f"audio-video offset {offset} ms is over the {OFFSET_TARGET_MS} ms target (or not measured)")
+        ok = False
     if (
         report["config"]["resolution"] == "1280x720"
         and report["config"]["streams"] <= 4
