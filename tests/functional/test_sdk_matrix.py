@@ -9,7 +9,10 @@ One server (``--tls self-signed``'s certificate, trusted by each SDK the way a u
 * ``vonage`` 4.9.1 with ``vonage-video`` 1.6.1, with an application id and private key.
 
 Each creates a session and tokens that connect over wss, lists and gets streams, signals all
-and one, mutes one and all, forces a disconnect, and is refused (403) with bad credentials.
+and one, mutes one and all, forces a disconnect, and is refused (403) with bad credentials; and
+drives an archive's life (start, get, list, stop, stop again refused, get until available,
+download from its url, delete). The server's recorder is the archive tests' ``FileRecorder``
+(the control plane's side; recording real media is tests/e2e/client/test_archive_*.py's).
 (``opentok`` for Python in its Vonage mode always calls video.api.vonage.com: it cannot be
 pointed at a server, see docs/rest-api.md.)
 """
@@ -23,12 +26,15 @@ import pathlib
 import shutil
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 import opentok
 import pytest
-from opentok.exceptions import AuthError, RequestError
+from opentok.exceptions import ArchiveError, AuthError, RequestError
 
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
@@ -36,6 +42,7 @@ from salon.server.tls import self_signed_certificate
 from salon.store import Store, database_url_for
 from salon.tokens import new_rsa_key_pair
 from tests.conftest import API_KEY, API_SECRET
+from tests.functional.test_archives import FileRecorder
 from tests.wsclient import WsClient
 
 pytestmark = pytest.mark.timeout(180)
@@ -58,6 +65,31 @@ class Driver(Protocol):
     def refused(self) -> list[str]:
         """With bad credentials: create a session and list streams; what each call raised."""
         ...
+
+    def start_archive(self, session_id: str, name: str) -> Archived: ...
+    def get_archive(self, archive_id: str) -> Archived: ...
+    def list_archives(self, session_id: str) -> tuple[list[str], int]:
+        """The IDs of the session's archives (newest first) and the count."""
+        ...
+
+    def stop_archive(self, archive_id: str) -> Archived: ...
+    def stop_refused(self, archive_id: str) -> str:
+        """Stopping an archive that is not started: what the SDK raised."""
+        ...
+
+    def delete_archive(self, archive_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Archived:
+    """What every SDK's archive object says, in one shape."""
+
+    id: str
+    status: str
+    name: str
+    session_id: str
+    size: int
+    url: str | None
 
 
 # -- the SDKs ------------------------------------------------------------------------------
@@ -108,6 +140,35 @@ class PythonOpenTok:
         except AuthError as exc:  # raised for 403 only (401 is a plain RequestError)
             errors.append(f"AuthError: {exc}")
         return errors
+
+    @staticmethod
+    def _archived(archive: Any) -> Archived:
+        return Archived(
+            archive.id, archive.status, archive.name, archive.session_id, archive.size, archive.url
+        )
+
+    def start_archive(self, session_id: str, name: str) -> Archived:
+        return self._archived(self.sdk.start_archive(session_id, name=name))
+
+    def get_archive(self, archive_id: str) -> Archived:
+        return self._archived(self.sdk.get_archive(archive_id))
+
+    def list_archives(self, session_id: str) -> tuple[list[str], int]:
+        listed = self.sdk.list_archives(session_id=session_id)
+        return [a.id for a in listed.items], int(listed.count)
+
+    def stop_archive(self, archive_id: str) -> Archived:
+        return self._archived(self.sdk.stop_archive(archive_id))
+
+    def stop_refused(self, archive_id: str) -> str:
+        try:
+            self.sdk.stop_archive(archive_id)
+        except ArchiveError as exc:
+            return f"ArchiveError: {exc}"
+        raise AssertionError("stopping a stopped archive was accepted")
+
+    def delete_archive(self, archive_id: str) -> None:
+        self.sdk.delete_archive(archive_id)
 
 
 class NodeOpenTok:
@@ -203,6 +264,38 @@ class NodeOpenTok:
             str(r.get("error")) for r in results[:2] if "Invalid API key or secret" in str(r.get("error"))
         ]
 
+    @staticmethod
+    def _archived(archive: dict[str, Any]) -> Archived:
+        return Archived(
+            archive["id"],
+            archive["status"],
+            archive["name"],
+            archive["sessionId"],
+            archive["size"],
+            archive["url"],
+        )
+
+    def start_archive(self, session_id: str, name: str) -> Archived:
+        return self._archived(self.one("startArchive", sessionId=session_id, options={"name": name}))
+
+    def get_archive(self, archive_id: str) -> Archived:
+        return self._archived(self.one("getArchive", archiveId=archive_id))
+
+    def list_archives(self, session_id: str) -> tuple[list[str], int]:
+        listed = self.one("listArchives", options={"sessionId": session_id})
+        return [a["id"] for a in listed["items"]], int(listed["count"])
+
+    def stop_archive(self, archive_id: str) -> Archived:
+        return self._archived(self.one("stopArchive", archiveId=archive_id))
+
+    def stop_refused(self, archive_id: str) -> str:
+        (result,) = self.run(("stopArchive", {"archiveId": archive_id}))
+        assert "error" in result, result
+        return str(result["error"])
+
+    def delete_archive(self, archive_id: str) -> None:
+        self.one("deleteArchive", archiveId=archive_id)
+
 
 class PythonVonage:
     def __init__(self, host: str, application_id: str, private_key: str, other_key: str) -> None:
@@ -263,6 +356,43 @@ class PythonVonage:
                 errors.append(f"ForbiddenError: {exc}")
         return errors
 
+    @staticmethod
+    def _archived(archive: Any) -> Archived:
+        return Archived(
+            archive.id, archive.status, archive.name, archive.session_id, archive.size, archive.url
+        )
+
+    def start_archive(self, session_id: str, name: str) -> Archived:
+        from vonage_video import CreateArchiveRequest
+
+        return self._archived(
+            self.video.start_archive(CreateArchiveRequest(session_id=session_id, name=name))
+        )
+
+    def get_archive(self, archive_id: str) -> Archived:
+        return self._archived(self.video.get_archive(archive_id))
+
+    def list_archives(self, session_id: str) -> tuple[list[str], int]:
+        from vonage_video import ListArchivesFilter
+
+        items, count, _ = self.video.list_archives(ListArchivesFilter(session_id=session_id))
+        return [a.id for a in items], int(count)
+
+    def stop_archive(self, archive_id: str) -> Archived:
+        return self._archived(self.video.stop_archive(archive_id))
+
+    def stop_refused(self, archive_id: str) -> str:
+        from vonage_video.errors import InvalidArchiveStateError
+
+        try:
+            self.video.stop_archive(archive_id)
+        except InvalidArchiveStateError as exc:
+            return f"InvalidArchiveStateError: {exc}"
+        raise AssertionError("stopping a stopped archive was accepted")
+
+    def delete_archive(self, archive_id: str) -> None:
+        self.video.delete_archive(archive_id)
+
 
 # -- the server and the SDKs set up ----------------------------------------------------------
 
@@ -282,6 +412,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Drive
         pytest.fail("the Node SDK is missing: run `npm ci` (scripts/test does)")
     data_dir = tmp_path_factory.mktemp("matrix")
     cert, key = self_signed_certificate(data_dir)
+    recorder = FileRecorder()
     config = ServerConfig(
         port=0,
         data_dir=data_dir,
@@ -290,6 +421,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Drive
         media=False,
         tls_cert=cert,
         tls_key=key,
+        archive_recorders={"composed": lambda media: recorder, "individual": lambda media: recorder},
     )
     with ServerThread(config) as server:
         private_key, public_key = new_rsa_key_pair()
@@ -373,6 +505,45 @@ def test_sdk_with_bad_credentials_is_refused(
 ) -> None:
     errors = matrix[sdk].refused()
     assert len(errors) == 2, errors
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+async def test_sdk_drives_an_archive(sdk: str, matrix: dict[str, Driver], trust: ssl.SSLContext) -> None:
+    driver = matrix[sdk]
+    url = matrix_url(matrix)
+    sid = await asyncio.to_thread(driver.create_session)
+    token = await asyncio.to_thread(driver.token, sid, "publisher", "name=Ann", [])
+    ann = await WsClient.join(url, sid, token, ssl=trust)
+    try:
+        await ann.request({"type": "publish", "name": "ann"})
+        started = await asyncio.to_thread(driver.start_archive, sid, f"matrix {sdk}")
+        assert (started.status, started.name, started.session_id) == ("started", f"matrix {sdk}", sid)
+        assert started.url is None and started.size == 0
+        assert (await ann.next("archive_started"))["archive_id"] == started.id
+        got = await asyncio.to_thread(driver.get_archive, started.id)
+        assert (got.id, got.status) == (started.id, "started")
+        assert await asyncio.to_thread(driver.list_archives, sid) == ([started.id], 1)
+        stopped = await asyncio.to_thread(driver.stop_archive, started.id)
+        assert (stopped.id, stopped.status) == (started.id, "stopped")
+        assert (await ann.next("archive_stopped"))["archive_id"] == started.id
+        refused = await asyncio.to_thread(driver.stop_refused, started.id)
+        assert "not in started state" in refused.lower() or "InvalidArchiveStateError" in refused, refused
+        deadline = time.monotonic() + 30
+        while (done := await asyncio.to_thread(driver.get_archive, started.id)).status != "available":
+            assert done.status == "stopped", done
+            assert time.monotonic() < deadline, f"the archive is still {done.status} after 30 s"
+            await asyncio.sleep(0.05)
+        assert done.url is not None and done.size > 0
+        async with httpx.AsyncClient(verify=trust) as http:
+            download = await http.get(done.url)  # the signed URL alone: no credentials
+        assert download.status_code == 200 and len(download.content) == done.size
+        assert f"start {started.id}" in download.text
+        await asyncio.to_thread(driver.delete_archive, started.id)
+        assert (await asyncio.to_thread(driver.get_archive, started.id)).status == "deleted"
+        async with httpx.AsyncClient(verify=trust) as http:
+            assert (await http.get(done.url)).status_code == 404
+    finally:
+        await ann.close()
 
 
 def matrix_url(matrix: dict[str, Driver]) -> str:

@@ -39,6 +39,12 @@ const ops = {
   forceDisconnect: (a) => call((cb) => ot.forceDisconnect(a.sessionId, a.connectionId, cb)),
   forceMuteStream: (a) => call((cb) => ot.forceMuteStream(a.sessionId, a.streamId, cb)),
   forceMuteAll: (a) => call((cb) => ot.forceMuteAll(a.sessionId, { excludedStreamIds: a.excluded || [] }, cb)),
+  startArchive: (a) => call((cb) => ot.startArchive(a.sessionId, a.options || {}, cb)),
+  getArchive: (a) => call((cb) => ot.getArchive(a.archiveId, cb)),
+  listArchives: (a) => call((cb) => ot.listArchives(a.options || {},
+    (err, archives, count) => cb(err, archives && { items: archives, count }))),
+  stopArchive: (a) => call((cb) => ot.stopArchive(a.archiveId, cb)),
+  deleteArchive: (a) => call((cb) => ot.deleteArchive(a.archiveId, cb)),
   // The HTTP status of a stream listing with the auth JWT the SDK makes (its AuthError
   // does not tell 401 from 403), sent in the header the SDK would send it in.
   authStatus: async (a) => {

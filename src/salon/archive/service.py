@@ -90,7 +90,10 @@ REASON_SHUTDOWN = "the server shut down"
 @dataclass(frozen=True, slots=True)
 class RecordedStream:
     """A stream a recording takes, with what of it to record (``has_audio``/``has_video``:
-    the stream's media, narrowed by the archive's and, in manual mode, the selection's)."""
+    the archive's, narrowed in manual mode by the selection's). Not the stream's own
+    ``hasAudio``/``hasVideo``: those say whether it is muted now, and a stream muted when its
+    recording starts is recorded (black frames, silence) so that its unmute is too; the
+    recorder takes whichever tracks the stream publishes."""
 
     stream_id: str
     connection_id: str
@@ -383,8 +386,8 @@ class ArchiveService:
     def _recorded(
         self, record: ArchiveRecord, info: StreamInfo, chosen: ArchiveStream | None = None
     ) -> RecordedStream:
-        has_audio = record.has_audio and info.has_audio and (chosen is None or chosen.has_audio)
-        has_video = record.has_video and info.has_video and (chosen is None or chosen.has_video)
+        has_audio = record.has_audio and (chosen is None or chosen.has_audio)
+        has_video = record.has_video and (chosen is None or chosen.has_video)
         return RecordedStream(
             stream_id=info.stream_id,
             connection_id=info.connection_id,
