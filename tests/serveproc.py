@@ -13,6 +13,9 @@ from collections.abc import Sequence
 class ServeProcess:
     """``python -m salon serve --port 0 ...`` with ``SALON_API_KEY``/``SALON_API_SECRET`` set.
 
+    ``prefix`` runs it under another command, e.g. ``ip netns exec NS`` (which execs, so
+    :attr:`pid` is still the server's).
+
     ::
 
         with ServeProcess(tmp_path, KEY, SECRET, ["--no-media"]) as server:
@@ -28,11 +31,13 @@ class ServeProcess:
         args: Sequence[str] = (),
         *,
         log_level: str = "info",
+        prefix: Sequence[str] = (),
     ) -> None:
         self.data_dir = data_dir
         self.stdout_path = data_dir / f"serve-{id(self)}.out"
         self.stderr_path = data_dir / f"serve-{id(self)}.err"
         self.command = [
+            *prefix,
             sys.executable,
             "-m",
             "salon",
