@@ -167,3 +167,18 @@ def agents() -> Iterator[Callable[..., Agent]]:
     yield start
     for agent in started:
         agent.stop()
+
+
+async def chromium_in(pw: Any, lab: NetLab, leaf: str, server: HubServer, tmp_path: pathlib.Path) -> Any:
+    """Debian's Chromium (as the browser tests launch it) running inside a leaf's namespace.
+
+    Playwright drives it over a pipe, which crosses namespaces; the page's origin is the hub
+    server's (not a secure context by its address), so Chromium is told to treat it as one.
+    """
+    from tests.e2e.browser.browser_helpers import BASE_ARGS, CHROMIUM, FAKE_UI
+
+    wrapper = tmp_path / f"chromium-{leaf}"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab.namespace(leaf)} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    args = [*BASE_ARGS, FAKE_UI, f"--unsafely-treat-insecure-origin-as-secure={server.url}"]
+    return await pw.chromium.launch(executable_path=str(wrapper), headless=True, args=args)
