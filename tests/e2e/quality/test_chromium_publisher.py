@@ -8,9 +8,9 @@ from typing import Any
 
 import playwright.async_api as playwright_api
 import pytest
-from tests.e2e.browser.browser_helpers import open_sdk_page
 
 from salon.bench.netlab import NetLab
+from tests.e2e.browser.browser_helpers import open_sdk_page
 from tests.e2e.quality.conftest import Agent, HubServer, chromium_in
 
 pytestmark = pytest.mark.timeout(180)
