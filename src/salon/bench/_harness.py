@@ -45,7 +45,7 @@ __all__ = [
     "version",
 ]
 
-_SERVING = re.compile(r"salon serving on (http://127\.0\.0\.1:(\d+))")
+_SERVING = re.compile(r"salon serving on (http://[0-9.]+:(\d+))")
 SERVER_START_TIMEOUT = 30.0
 
 
@@ -187,7 +187,10 @@ def process_rss_kb(pid: int) -> int:
 
 
 class ServerProcess:
-    """``python -m salon serve`` on 127.0.0.1 and a free port, with its own project.
+    """``python -m salon serve`` on 127.0.0.1 (or ``host``) and a free port, with its own project.
+
+    ``prefix`` runs it under another command, e.g. ``ip netns exec NS`` (which execs: :attr:`pid`
+    is the server's).
 
     ``workers`` is passed as ``--workers`` (media worker processes) when given; ``serve_args``
     are appended to the command line as they are; ``env`` adds to its environment.
@@ -201,8 +204,12 @@ class ServerProcess:
         log_level: str = "warning",
         serve_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
     ) -> None:
         self.data_dir = data_dir
+        self.host = host
+        self.prefix = list(prefix)
         self.workers = workers
         self.log_level = log_level
         self.serve_args = list(serve_args)
@@ -227,7 +234,7 @@ class ServerProcess:
         env["SALON_API_KEY"] = self.api_key
         env["SALON_API_SECRET"] = self.api_secret
         env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, "-m", "salon", "serve", "--host", "127.0.0.1", "--port", "0"]
+        command = [*self.prefix, sys.executable, "-m", "salon", "serve", "--host", self.host, "--port", "0"]
         command += ["--data-dir", str(self.data_dir / "data"), "--log-level", self.log_level]
         if self.workers is not None:
             command += ["--workers", str(self.workers)]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -221,6 +222,14 @@ class NetLab:
     def command(self, leaf: str, argv: Sequence[str]) -> list[str]:
         """``argv`` to run inside a leaf's namespace (or the hub's: ``"hub"``)."""
         return ["ip", "netns", "exec", self.namespace(leaf), *argv]
+
+    def wrapper(self, leaf: str, executable: str, directory: pathlib.Path) -> pathlib.Path:
+        """A script in ``directory`` that runs ``executable`` (with its arguments) inside a leaf's
+        namespace: for launchers that take an executable path, such as Playwright's."""
+        path = directory / f"{pathlib.Path(executable).name}-in-{leaf}"
+        path.write_text(f'#!/bin/sh\nexec ip netns exec {self.namespace(leaf)} {executable} "$@"\n')
+        path.chmod(0o755)
+        return path
 
     def popen(self, leaf: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside a leaf's namespace (or the hub's)."""

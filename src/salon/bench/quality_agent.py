@@ -30,15 +30,19 @@ import asyncio
 import dataclasses
 import json
 import logging
+import queue
+import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from salon.bench.netlab import NetLab
 from salon.client import Event, Publisher, Session, StreamReceived, Subscriber, TestPatternSource, VideoFrame
 
-__all__ = ["main"]
+__all__ = ["AgentProcess", "main"]
 
 
 class _DecodeErrors(logging.Handler):
@@ -187,6 +191,87 @@ async def run(
     finally:
         commands.cancel()
         await session.disconnect()
+
+
+class AgentProcess:
+    """This module run as a process in a lab leaf; its JSON lines collected by a thread."""
+
+    def __init__(self, lab: NetLab, leaf: str, url: str, session_id: str, token: str, *extra: str) -> None:
+        link = lab.links[leaf]
+        self.leaf = leaf
+        self.lines: list[dict[str, Any]] = []
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._stderr = b""
+        self.proc = lab.popen(
+            leaf,
+            [
+                sys.executable, "-m", "salon.bench.quality_agent", url, session_id,
+                token, "--ice-address", link.leaf_address, *extra,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._errors = threading.Thread(target=self._read_errors, daemon=True)
+        self._errors.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = json.loads(raw)
+            self.lines.append(line)
+            self._queue.put(line)
+
+    def _read_errors(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self._stderr = (self._stderr + raw)[-20000:]
+
+    @property
+    def stderr(self) -> str:
+        return self._stderr.decode(errors="replace")
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 30
+    ) -> dict[str, Any]:
+        """The next line (from now on) for which ``predicate`` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.leaf}: no {what} within {timeout:g} s; stderr: {self.stderr[-3000:]}"
+                )
+            try:
+                line = self._queue.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if predicate(line):
+                return line
+
+    def reports(self, since: float = 0.0) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("kind") == "report" and line["t"] >= since]
+
+    def send(self, command: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"quit": True})
+                self.proc.wait(timeout=10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        self._errors.join(timeout=5)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,13 +8,7 @@ process itself talks to the server (REST) over the lab's control link.
 
 from __future__ import annotations
 
-import json
 import pathlib
-import queue
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +16,7 @@ import opentok
 import pytest
 
 from salon.bench.netlab import NetLab, NetLabError
+from salon.bench.quality_agent import AgentProcess
 from tests.conftest import API_KEY, API_SECRET
 from tests.serveproc import ServeProcess
 
@@ -74,85 +69,11 @@ def hub_server(lab: NetLab, tmp_path: pathlib.Path) -> Iterator[HubServer]:
         yield server
 
 
-class Agent:
-    """A :mod:`salon.bench.quality_agent` process in a leaf; its JSON lines collected."""
+class Agent(AgentProcess):
+    """A quality agent in a leaf, connected to the hub server's session."""
 
     def __init__(self, lab: NetLab, leaf: str, server: HubServer, session_id: str, *extra: str) -> None:
-        link = lab.links[leaf]
-        self.leaf = leaf
-        self.lines: list[dict[str, Any]] = []
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._stderr = b""
-        self.proc = lab.popen(
-            leaf,
-            [
-                sys.executable, "-m", "salon.bench.quality_agent", server.url, session_id,
-                server.token(session_id), "--ice-address", link.leaf_address, *extra,
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self._errors = threading.Thread(target=self._read_errors, daemon=True)
-        self._errors.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = json.loads(raw)
-            self.lines.append(line)
-            self._queue.put(line)
-
-    def _read_errors(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self._stderr = (self._stderr + raw)[-20000:]
-
-    @property
-    def stderr(self) -> str:
-        return self._stderr.decode(errors="replace")
-
-    def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 30
-    ) -> dict[str, Any]:
-        """The next line (from now on) for which ``predicate`` holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.proc.poll() is not None:
-                raise AssertionError(
-                    f"{self.leaf}: no {what} within {timeout:g} s; stderr: {self.stderr[-3000:]}"
-                )
-            try:
-                line = self._queue.get(timeout=min(remaining, 0.5))
-            except queue.Empty:
-                continue
-            if predicate(line):
-                return line
-
-    def reports(self, since: float = 0.0) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line.get("kind") == "report" and line["t"] >= since]
-
-    def send(self, command: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command).encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send({"quit": True})
-                self.proc.wait(timeout=10)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        self._errors.join(timeout=5)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        super().__init__(lab, leaf, server.url, session_id, server.token(session_id), *extra)
 
 
 @pytest.fixture
@@ -177,8 +98,6 @@ async def chromium_in(pw: Any, lab: NetLab, leaf: str, server: HubServer, tmp_pa
     """
     from tests.e2e.browser.browser_helpers import BASE_ARGS, CHROMIUM, FAKE_UI
 
-    wrapper = tmp_path / f"chromium-{leaf}"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab.namespace(leaf)} {CHROMIUM} "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = lab.wrapper(leaf, CHROMIUM, tmp_path)
     args = [*BASE_ARGS, FAKE_UI, f"--unsafely-treat-insecure-origin-as-secure={server.url}"]
     return await pw.chromium.launch(executable_path=str(wrapper), headless=True, args=args)
