@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "soak": ("salon.bench.soak", "run_soak_bench"),
     "callbacks": ("salon.bench.callbacks", "run_callbacks_bench"),
     "archive": ("salon.bench.archive", "run_archive_bench"),
+    "quality": ("salon.bench.quality", "run_quality_bench"),
 }
 
 

@@ -104,6 +104,17 @@ def add_bench_parser(commands: Any) -> None:
     browser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
     browser.add_argument("--timeout", type=float, default=20.0, help="seconds allowed per run")
 
+    quality = bench_commands.add_parser(
+        "quality",
+        help="a subscriber's video after its link drops and recovers (Chromium simulcast publisher, "
+        "shaped links in network namespaces; needs root)",
+    )
+    quality.add_argument("--drop-to", type=int, default=500, help="the subscriber's limited downlink, kbit/s")
+    quality.add_argument("--hold", type=float, default=20.0, help="seconds measured after each change")
+    quality.add_argument("--warm-up", type=float, default=15.0, help="seconds before the top layer is judged")
+    quality.add_argument("--timeout", type=float, default=90.0, help="seconds allowed for the warm-up")
+    quality.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
+
     archive = bench_commands.add_parser(
         "archive", help="archiver CPU per archive, and the composed output's audio-video offset"
     )
