@@ -115,6 +115,8 @@ def _event_fields(event: Event) -> dict[str, Any]:
                 fields[item.name] = value
             elif hasattr(value, "stream_id"):
                 fields[item.name] = value.stream_id
+            elif hasattr(value, "stream") and hasattr(value.stream, "stream_id"):
+                fields[item.name] = value.stream.stream_id  # a Subscriber
             else:
                 fields[item.name] = str(value)
     return fields
