@@ -223,9 +223,7 @@ async def test_a_link_failure_closes_the_transport_with_its_reason() -> None:
     assert link.closed
 
 
-CHROMIUM_OFFER = (
-    (pathlib.Path(__file__).parent / "fixtures" / "chromium-offer.sdp").read_bytes().decode()
-)
+CHROMIUM_OFFER = (pathlib.Path(__file__).parent / "fixtures" / "chromium-offer.sdp").read_bytes().decode()
 CHROMIUM_AUDIO_SSRC, CHROMIUM_VIDEO_SSRC = 1293847561, 2763917513
 
 
