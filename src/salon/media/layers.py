@@ -51,6 +51,7 @@ class LayerSwitcher:
     :param clock_rate: RTP clock rate (timestamp advance across switches).
     :param layers: number of encodings.
     :param initial_seq, initial_ts: first output numbers (random if None).
+    :param sequence: continue this rewriter's output instead (a consumer that changes producer).
     """
 
     __slots__ = (
@@ -80,13 +81,14 @@ class LayerSwitcher:
         layers: int,
         initial_seq: int | None = None,
         initial_ts: int | None = None,
+        sequence: SequenceRewriter | None = None,
     ) -> None:
         if layers < 1:
             raise ValueError(f"a layer switcher needs at least one layer, got {layers}")
         self._vp8 = codec.lower() == "vp8"
         self._clock_rate = clock_rate
         self._layers = layers
-        self._seq = SequenceRewriter(initial_seq, initial_ts)
+        self._seq = sequence if sequence is not None else SequenceRewriter(initial_seq, initial_ts)
         self._current: int | None = None
         self._target = layers - 1
         self._max_temporal = 0xFF

@@ -242,11 +242,15 @@ class Router:
             stream.producers[track.kind] = producer
             self.producers[producer.id] = producer
             producers.append(producer)
-            if track.simulcast_offered:
+            if track.simulcast_offered and not track.encodings:
                 logger.info("%r: %r offered simulcast; answering with a single encoding", self, producer)
             answers.append(
                 AnswerMedia(
-                    mid=track.mid, direction="recvonly", codec=track.codec, extensions=track.extensions
+                    mid=track.mid,
+                    direction="recvonly",
+                    codec=track.codec,
+                    extensions=track.extensions,
+                    simulcast_rids=track.simulcast_rids,
                 )
             )
         self.streams[stream_id] = stream

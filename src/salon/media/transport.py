@@ -837,7 +837,19 @@ class WebRtcTransport:
                 producer = self._producers_by_mid.get(bytes(mid).decode("ascii", "replace"))
         if producer is None:
             producer = self._producers_by_pt.get(header.payload_type)
-        if producer is None or not producer.learn_ssrc(header.ssrc, header.payload_type):
+        if producer is None:
+            return None
+        # Simulcast: the RID (media) or repaired RID (RTX) extension names the encoding.
+        rid = repaired_rid = None
+        ext = producer.extensions
+        if header.extension_length and (ext.rid is not None or ext.repaired_rid is not None):
+            if ext.rid is not None:
+                value = find_header_extension(data, header, ext.rid)
+                rid = bytes(value).decode("ascii", "replace") if value else None
+            if ext.repaired_rid is not None:
+                value = find_header_extension(data, header, ext.repaired_rid)
+                repaired_rid = bytes(value).decode("ascii", "replace") if value else None
+        if not producer.learn_ssrc(header.ssrc, header.payload_type, rid, repaired_rid):
             return None
         self._producers_by_ssrc[header.ssrc] = producer
         logger.info("%r: SSRC %d bound to %r", self, header.ssrc, producer)
