@@ -45,7 +45,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from salon.media.events import EventEmitter
 from salon.media.keyframe import KeyFrameRequestThrottle
@@ -72,7 +72,6 @@ from salon.media.sdp import EncodingParameters, HeaderExtensionIds, MediaKind, P
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
     from salon.media.recording import Recorder
-    from salon.media.transport import WebRtcTransport
 
 __all__ = [
     "Encoding",
@@ -81,6 +80,7 @@ __all__ = [
     "ProducerClosed",
     "ProducerEvent",
     "ProducerStats",
+    "ProducerTransport",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,19 @@ DEFAULT_MAX_BITRATE = 1_500_000
 SIMULCAST_MAX_BITRATE = 4_000_000
 #: RFC 6464 value for "no voice, -127 dBov", until the publisher's packets carry a level.
 _SILENCE = b"\x7f"
+
+
+class ProducerTransport(Protocol):
+    """What a producer uses of its (publisher's) transport."""
+
+    def send_rtcp(self, packet: bytes) -> None:
+        """Protect and send one (compound) RTCP packet to the publisher now."""
+
+    def schedule(self, at: float) -> None:
+        """Call ``on_timer`` of the producers and consumers no later than ``at``."""
+
+    def remove_producer(self, producer: Producer) -> None:
+        """The producer closed: route nothing more to it."""
 
 
 class ProducerCloseReason(enum.Enum):
@@ -144,22 +157,22 @@ class Encoding:
     """One RTP stream of a producer (its only one, or one simulcast encoding)."""
 
     __slots__ = (
-        "_base_seq",
-        "_cache",
-        "_cycles",
-        "_expected_prior",
-        "_fir_seq",
-        "_key_frames",
-        "_last_sr",
-        "_last_sr_at",
-        "_max_seq",
-        "_nack",
-        "_received",
-        "_received_prior",
+        "base_seq",
+        "cache",
+        "cycles",
+        "expected_prior",
+        "fir_seq",
         "index",
+        "key_frame_throttle",
         "key_frames",
         "last_packet_at",
+        "last_sr",
+        "last_sr_at",
+        "max_seq",
+        "nack",
         "packets_received",
+        "received",
+        "received_prior",
         "rid",
         "rtx_ssrc",
         "ssrc",
@@ -174,19 +187,19 @@ class Encoding:
         self.key_frames = 0
         #: When the last packet arrived (monotonic seconds; -inf: none yet).
         self.last_packet_at = float("-inf")
-        self._cache = RetransmissionBuffer(RETRANSMISSION_CAPACITY)
-        self._nack: NackGenerator | None = NackGenerator() if nack else None
-        self._key_frames = KeyFrameRequestThrottle(KEY_FRAME_REQUEST_INTERVAL)
-        self._fir_seq = 0
+        self.cache = RetransmissionBuffer(RETRANSMISSION_CAPACITY)
+        self.nack: NackGenerator | None = NackGenerator() if nack else None
+        self.key_frame_throttle = KeyFrameRequestThrottle(KEY_FRAME_REQUEST_INTERVAL)
+        self.fir_seq = 0
         # Receive statistics for receiver reports (RFC 3550 A.3).
-        self._base_seq = -1
-        self._max_seq = 0
-        self._cycles = 0
-        self._received = 0
-        self._expected_prior = 0
-        self._received_prior = 0
-        self._last_sr = 0
-        self._last_sr_at = 0.0
+        self.base_seq = -1
+        self.max_seq = 0
+        self.cycles = 0
+        self.received = 0
+        self.expected_prior = 0
+        self.received_prior = 0
+        self.last_sr = 0
+        self.last_sr_at = 0.0
 
     def __repr__(self) -> str:
         return f"Encoding({self.index} rid={self.rid} ssrc={self.ssrc} rtx={self.rtx_ssrc})"
@@ -207,7 +220,7 @@ class Producer:
 
     def __init__(
         self,
-        transport: WebRtcTransport,
+        transport: ProducerTransport,
         track: PublishTrack,
         *,
         stream_id: str,
@@ -338,18 +351,20 @@ class Producer:
     def consumers(self) -> list[Consumer]:
         return list(self._consumers)
 
-    def _add_consumer(self, consumer: Consumer) -> None:
+    def add_consumer(self, consumer: Consumer) -> None:
+        """Feed ``consumer`` (once it forwards: :meth:`consumers_changed`)."""
         if self.closed:
             return
         self._consumers.append(consumer)
-        self._consumers_changed()
+        self.consumers_changed()
 
-    def _remove_consumer(self, consumer: Consumer) -> None:
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """Stop feeding ``consumer`` (it closed or switched to another producer)."""
         if consumer in self._consumers:
             self._consumers.remove(consumer)
-        self._consumers_changed()
+        self.consumers_changed()
 
-    def _consumers_changed(self) -> None:
+    def consumers_changed(self) -> None:
         """A consumer was added, removed, paused, resumed, connected or closed."""
         self._forwarding = tuple(c for c in self._consumers if c.forwarding)
 
@@ -357,11 +372,11 @@ class Producer:
     def recorders(self) -> list[Recorder]:
         return list(self._recorders)
 
-    def _add_recorder(self, recorder: Recorder) -> None:
+    def add_recorder(self, recorder: Recorder) -> None:
         if not self.closed and recorder not in self._recorders:
             self._recorders = (*self._recorders, recorder)
 
-    def _remove_recorder(self, recorder: Recorder) -> None:
+    def remove_recorder(self, recorder: Recorder) -> None:
         self._recorders = tuple(r for r in self._recorders if r is not recorder)
 
     # ----------------------------------------------------------------------------------------
@@ -404,16 +419,16 @@ class Producer:
         encoding.last_packet_at = now
         seq = header.sequence_number
         # _update_receive_stats, inlined for the in-order case (one call less per packet).
-        delta = (seq - encoding._max_seq) & 0xFFFF
-        if delta == 1 and encoding._base_seq >= 0:
+        delta = (seq - encoding.max_seq) & 0xFFFF
+        if delta == 1 and encoding.base_seq >= 0:
             if seq == 0:
-                encoding._cycles += 0x10000
-            encoding._max_seq = seq
-            encoding._received += 1
+                encoding.cycles += 0x10000
+            encoding.max_seq = seq
+            encoding.received += 1
         else:
             self._update_receive_stats(encoding, seq)
 
-        nack = encoding._nack
+        nack = encoding.nack
         if nack is not None:
             missing = nack.on_packet(seq, now)
             if missing:
@@ -421,7 +436,7 @@ class Producer:
                 deadline = nack.next_deadline()
                 if deadline is not None:
                     self.transport.schedule(deadline)
-        encoding._cache.store(seq, data, now)
+        encoding.cache.store(seq, data, now)
 
         key_frame = True
         detector = self._is_key_frame
@@ -430,7 +445,7 @@ class Producer:
             if key_frame:
                 stats.key_frames += 1
                 encoding.key_frames += 1
-                encoding._key_frames.on_key_frame(now)
+                encoding.key_frame_throttle.on_key_frame(now)
         elif self._audio_level_id is not None and header.extension_length:
             value = find_header_extension(data, header, self._audio_level_id)
             if value:
@@ -448,16 +463,16 @@ class Producer:
 
     @staticmethod
     def _update_receive_stats(encoding: Encoding, seq: int) -> None:
-        if encoding._base_seq < 0:
-            encoding._base_seq = seq
-            encoding._max_seq = seq
+        if encoding.base_seq < 0:
+            encoding.base_seq = seq
+            encoding.max_seq = seq
         else:
-            delta = (seq - encoding._max_seq) & 0xFFFF
+            delta = (seq - encoding.max_seq) & 0xFFFF
             if 0 < delta < 0x8000:
-                if seq < encoding._max_seq:
-                    encoding._cycles += 0x10000
-                encoding._max_seq = seq
-        encoding._received += 1
+                if seq < encoding.max_seq:
+                    encoding.cycles += 0x10000
+                encoding.max_seq = seq
+        encoding.received += 1
 
     def active_layers(self, now: float, within: float = 1.0) -> list[int]:
         """The encodings that received a packet in the last ``within`` seconds, lowest first
@@ -473,7 +488,7 @@ class Producer:
     def get_cached(self, seq: int, layer: int | None = None) -> bytes | None:
         """The packet with publisher sequence number ``seq`` of encoding ``layer`` (None: the
         top one) if still cached."""
-        return self._encoding(layer)._cache.get(seq)
+        return self._encoding(layer).cache.get(seq)
 
     # ----------------------------------------------------------------------------------------
     # Upstream RTCP
@@ -484,9 +499,9 @@ class Producer:
         if self.closed or self.kind != "video":
             return
         encoding = self._encoding(layer)
-        if encoding._key_frames.request(now):
+        if encoding.key_frame_throttle.request(now):
             self._send_key_frame_request(encoding)
-        deadline = encoding._key_frames.next_deadline()
+        deadline = encoding.key_frame_throttle.next_deadline()
         if deadline is not None:
             self.transport.schedule(deadline)
 
@@ -496,8 +511,8 @@ class Producer:
             return
         self.stats.key_frame_requests_sent += 1
         if self._use_fir:
-            encoding._fir_seq = (encoding._fir_seq + 1) & 0xFF
-            self.transport.send_rtcp(build_fir(self._rtcp_ssrc, ssrc, encoding._fir_seq))
+            encoding.fir_seq = (encoding.fir_seq + 1) & 0xFF
+            self.transport.send_rtcp(build_fir(self._rtcp_ssrc, ssrc, encoding.fir_seq))
         else:
             self.transport.send_rtcp(build_pli(self._rtcp_ssrc, ssrc))
 
@@ -509,7 +524,7 @@ class Producer:
         schedule. Packets it is already chasing, or has given up, are left to it.
         """
         encoding = self._encoding(layer)
-        nack = encoding._nack
+        nack = encoding.nack
         if self.closed or not seqs or nack is None:
             return
         wanted = nack.request(seqs, now)
@@ -534,8 +549,8 @@ class Producer:
         encoding = self._by_ssrc.get(report.ssrc)
         if self.closed or encoding is None or report.ssrc != encoding.ssrc:
             return
-        encoding._last_sr = (report.ntp_timestamp >> 16) & 0xFFFFFFFF
-        encoding._last_sr_at = now
+        encoding.last_sr = (report.ntp_timestamp >> 16) & 0xFFFFFFFF
+        encoding.last_sr_at = now
         for consumer in self._consumers:
             consumer.send_sender_report(report.ntp_timestamp, report.rtp_timestamp, now, encoding.index)
 
@@ -547,7 +562,7 @@ class Producer:
         next_at = float("inf")
         recovered = given_up = 0
         for encoding in self.encodings:
-            nack = encoding._nack
+            nack = encoding.nack
             if nack is not None:
                 recovered += nack.recovered
                 given_up += nack.given_up
@@ -559,9 +574,9 @@ class Producer:
                 deadline = nack.next_deadline()
                 if deadline is not None:
                     next_at = min(next_at, deadline)
-            if encoding._key_frames.poll(now):
+            if encoding.key_frame_throttle.poll(now):
                 self._send_key_frame_request(encoding)
-            deadline = encoding._key_frames.next_deadline()
+            deadline = encoding.key_frame_throttle.next_deadline()
             if deadline is not None:
                 next_at = min(next_at, deadline)
         self.stats.recovered = recovered
@@ -590,27 +605,27 @@ class Producer:
 
     @staticmethod
     def _report_block(encoding: Encoding, now: float) -> ReportBlock | None:
-        if encoding.ssrc is None or encoding._base_seq < 0:
+        if encoding.ssrc is None or encoding.base_seq < 0:
             return None
-        extended_max = encoding._cycles + encoding._max_seq
-        expected = extended_max - encoding._base_seq + 1
-        lost = max(0, expected - encoding._received)
-        expected_interval = expected - encoding._expected_prior
-        received_interval = encoding._received - encoding._received_prior
-        encoding._expected_prior = expected
-        encoding._received_prior = encoding._received
+        extended_max = encoding.cycles + encoding.max_seq
+        expected = extended_max - encoding.base_seq + 1
+        lost = max(0, expected - encoding.received)
+        expected_interval = expected - encoding.expected_prior
+        received_interval = encoding.received - encoding.received_prior
+        encoding.expected_prior = expected
+        encoding.received_prior = encoding.received
         lost_interval = expected_interval - received_interval
         fraction = (
             0 if expected_interval <= 0 or lost_interval <= 0 else (lost_interval << 8) // expected_interval
         )
-        dlsr = int((now - encoding._last_sr_at) * 65536) if encoding._last_sr else 0
+        dlsr = int((now - encoding.last_sr_at) * 65536) if encoding.last_sr else 0
         return ReportBlock(
             ssrc=encoding.ssrc,
             fraction_lost=min(fraction, 255),
             packets_lost=min(lost, 0x7FFFFF),
             highest_sequence=extended_max & 0xFFFFFFFF,
             jitter=0,
-            lsr=encoding._last_sr,
+            lsr=encoding.last_sr,
             dlsr=dlsr & 0xFFFFFFFF,
         )
 
@@ -638,7 +653,7 @@ class Producer:
         recorders, self._recorders = self._recorders, ()
         for recorder in recorders:
             recorder.producer_closed(self)
-        self.transport._remove_producer(self)
+        self.transport.remove_producer(self)
         self.events.emit(ProducerClosed(self, reason))
         self.events.clear()
 

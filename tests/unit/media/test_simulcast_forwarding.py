@@ -41,11 +41,10 @@ class Publisher:
             encodings=tuple(EncodingParameters(rid=r) for r in RIDS),
         )
         self.producer = Producer(self.transport, track, stream_id="s")  # type: ignore[arg-type]
-        # What WebRtcTransport._learn_ssrc reads.
+        # Registered as the real transport does (routes by mid, RID and payload type).
         t: Any = self.transport
-        t._mid_extension_id = MID
-        t._producers_by_mid = {"1": self.producer}
-        t._producers_by_pt = {96: self.producer, 97: self.producer}
+        t.producers = {}
+        WebRtcTransport.add_producer(t, self.producer)
         self.seq = [100, 30000, 65530]
         self.ts = [1000, 2000000, 3000000000]
         self.pid = [10, 20000, 32767]
@@ -84,7 +83,7 @@ class Publisher:
 
     def receive(self, data: bytes) -> None:
         header = parse_rtp_header(data)
-        producer = self.transport._producers_by_ssrc.get(header.ssrc)
+        producer = self.transport.routes.producer(header.ssrc)
         if producer is None:
             producer = WebRtcTransport._learn_ssrc(self.transport, data, header)  # type: ignore[arg-type]
         assert producer is self.producer, f"SSRC {header.ssrc} not routed"
@@ -174,7 +173,7 @@ def test_nack_and_sender_reports_follow_the_forwarded_encoding() -> None:
     rtx = parse_rtp_header(sub.rtp[0])
     assert rtx.ssrc == 9001 and rtx.payload_type == 121
     # A NACK miss goes upstream to encoding 1's SSRC.
-    pub.producer.encodings[1]._cache.clear()
+    pub.producer.encodings[1].cache.clear()
     sub.receive_rtcp(build_nack(1, 9000, [last.sequence_number]), pub.now)
     nacks = pub.transport.sent_rtcp(Nack)
     assert nacks and nacks[-1].media_ssrc == SSRCS[1]
