@@ -411,6 +411,19 @@ class Router:
             if consumer is not None:
                 consumer.close()
 
+    def set_consumer_layer(
+        self, transport_id: str, consumer_ids: list[str], spatial: int | None, temporal: int | None
+    ) -> None:
+        """Set the simulcast layer of some consumers of a transport
+        (:meth:`~salon.media.consumer.Consumer.set_layer`); unknown ids are fine."""
+        transport = self.transports.get(transport_id)
+        if transport is None:
+            return
+        for consumer_id in consumer_ids:
+            consumer = transport.consumers.get(consumer_id)
+            if consumer is not None:
+                consumer.set_layer(spatial, temporal)
+
     # ----------------------------------------------------------------------------------------
     # Recording
 
