@@ -27,7 +27,11 @@ learnt from the RID header extension of its first packet) and RTX SSRC (learnt f
 repaired-RID extension), its own NACK generator, retransmission cache, key-frame request
 throttle and receive statistics, since each is its own RTP stream. Consumers get every packet
 with its encoding's index and forward one encoding
-(:class:`~salon.media.layers.LayerSwitcher`); recorders get the top encoding only. The REMB
+(:class:`~salon.media.layers.LayerSwitcher`). Recorders get one stream too: the top encoding,
+or the best one still flowing when the publisher stopped sending it (checked every second),
+through the producer's own switcher, so the archiver sees one continuous RTP stream (its
+NACKs and key-frame requests go through :meth:`Producer.get_cached` /
+:meth:`Producer.request_retransmission` / :meth:`Producer.request_key_frame` with no layer). The REMB
 sent to a simulcast publisher is :data:`SIMULCAST_MAX_BITRATE`, not its subscribers' minimum:
 subscribers on weak links take a lower encoding instead of lowering everyone's.
 
@@ -49,6 +53,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from salon.media.events import EventEmitter
 from salon.media.keyframe import KeyFrameRequestThrottle
+from salon.media.layers import LayerSwitcher
 from salon.media.nack import NackGenerator
 from salon.media.retransmission import RetransmissionBuffer
 from salon.media.rtcp import (
@@ -65,6 +70,8 @@ from salon.media.rtp import (
     RtpHeader,
     find_header_extension,
     parse_audio_level,
+    parse_rtp_header,
+    rewrite_rtp,
     unwrap_rtx,
 )
 from salon.media.sdp import EncodingParameters, HeaderExtensionIds, MediaKind, PublishTrack, RtpCodec
@@ -265,6 +272,13 @@ class Producer:
         #: The only encoding of a non-simulcast producer (the transport already routed the
         #: packet by SSRC), None for simulcast (the SSRC names the encoding).
         self._single: Encoding | None = self._top if len(self.encodings) == 1 else None
+        #: Simulcast: what recorders get (one encoding, rewritten continuous), else None.
+        self._recording: LayerSwitcher | None = (
+            LayerSwitcher(track.codec.name, track.codec.clock_rate, layers=len(self.encodings))
+            if len(self.encodings) > 1
+            else None
+        )
+        self._recording_ssrc = secrets.randbits(32) or 1
         self._by_ssrc: dict[int, Encoding] = {}
         for encoding in self.encodings:
             for ssrc in (encoding.ssrc, encoding.rtx_ssrc):
@@ -457,9 +471,34 @@ class Producer:
         index = encoding.index
         for consumer in self._forwarding:
             consumer.send_rtp(data, header, key_frame, now, index)
-        if encoding is self._top:
-            for recorder in self._recorders:
-                recorder.send_rtp(self, data)
+        if self._recorders:
+            recording = self._recording
+            if recording is None:
+                for recorder in self._recorders:
+                    recorder.send_rtp(self, data)
+            else:
+                forward = recording.forward(
+                    index, seq, header.timestamp, memoryview(data)[header.payload_offset :], key_frame, now
+                )
+                if forward is not None:
+                    packet = self._recorded_packet(data, header, forward[0], forward[1], forward[2])
+                    for recorder in self._recorders:
+                        recorder.send_rtp(self, packet)
+
+    def _recorded_packet(
+        self, data: bytes, header: RtpHeader, seq: int, timestamp: int, prefix: bytes | None
+    ) -> bytes:
+        packet = rewrite_rtp(
+            data,
+            header,
+            ssrc=self._recording_ssrc,
+            payload_type=self._pt,
+            sequence_number=seq,
+            timestamp=timestamp,
+        )
+        if prefix:
+            packet = packet[:12] + prefix + packet[12 + len(prefix) :]
+        return packet
 
     @staticmethod
     def _update_receive_stats(encoding: Encoding, seq: int) -> None:
@@ -482,13 +521,33 @@ class Producer:
 
     def _encoding(self, layer: int | None) -> Encoding:
         if layer is None:
-            return self._top
+            recording = self._recording
+            if recording is None:
+                return self._top
+            layer = recording.current_layer if recording.current_layer is not None else recording.target_layer
         return self.encodings[max(0, min(layer, len(self.encodings) - 1))]
 
     def get_cached(self, seq: int, layer: int | None = None) -> bytes | None:
-        """The packet with publisher sequence number ``seq`` of encoding ``layer`` (None: the
-        top one) if still cached."""
-        return self._encoding(layer).cache.get(seq)
+        """The packet with publisher sequence number ``seq`` of encoding ``layer`` if still
+        cached. ``layer`` None: of the recorded stream (``seq`` is then a recorded sequence
+        number of a simulcast producer, and the packet comes back as recorded)."""
+        recording = self._recording
+        if layer is not None or recording is None:
+            return self._encoding(layer).cache.get(seq)
+        current = recording.current_layer
+        in_seq = recording.sequence.to_input(seq) if current is not None else None
+        if current is None or in_seq is None:
+            return None
+        data = self.encodings[current].cache.get(in_seq)
+        if data is None:
+            return None
+        header = parse_rtp_header(data)
+        ok, prefix = recording.rewrite_retransmission(current, memoryview(data)[header.payload_offset :])
+        if not ok:
+            return None
+        return self._recorded_packet(
+            data, header, seq, recording.sequence.rewrite_timestamp(header.timestamp), prefix
+        )
 
     # ----------------------------------------------------------------------------------------
     # Upstream RTCP
@@ -524,6 +583,11 @@ class Producer:
         schedule. Packets it is already chasing, or has given up, are left to it.
         """
         encoding = self._encoding(layer)
+        recording = self._recording
+        if layer is None and recording is not None:
+            # Recorded sequence numbers: back to the recorded encoding's own.
+            mapped = (recording.sequence.to_input(s) for s in seqs)
+            seqs = [s for s in mapped if s is not None]
         nack = encoding.nack
         if self.closed or not seqs or nack is None:
             return
@@ -581,6 +645,16 @@ class Producer:
                 next_at = min(next_at, deadline)
         self.stats.recovered = recovered
         self.stats.given_up = given_up
+        recording = self._recording
+        if recording is not None and self._recorders:
+            # Record the top encoding, or the best one still flowing.
+            active = self.active_layers(now)
+            target = active[-1] if active else len(self.encodings) - 1
+            if target != recording.target_layer:
+                recording.set_target(target)
+                if recording.waiting:
+                    self.request_key_frame(now, target)
+            next_at = min(next_at, now + REPORT_INTERVAL)
         if now >= self._next_report:
             self._send_report(now)
             self._next_report = now + REPORT_INTERVAL

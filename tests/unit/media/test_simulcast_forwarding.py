@@ -230,3 +230,62 @@ def test_non_simulcast_consumers_are_unchanged() -> None:
     consumer.set_layer(0)  # no effect
     assert not producer.simulcast and producer.ssrcs() == [1, 2]
     assert [p for raw in pub.rtcp for p in parse_rtcp(raw) if isinstance(p, Pli)]
+
+
+class FakeRecorder:
+    id = "rec"
+
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def send_rtp(self, producer: Producer, data: bytes) -> None:
+        self.packets.append(data)
+
+    def producer_closed(self, producer: Producer) -> None:
+        pass
+
+
+def test_recorders_get_the_top_flowing_encoding_as_one_stream() -> None:
+    pub = Publisher()
+    recorder = FakeRecorder()
+    pub.producer.add_recorder(recorder)  # type: ignore[arg-type]
+    for _ in range(4):
+        pub.send_frame()
+    headers = [parse_rtp_header(p) for p in recorder.packets]
+    assert len(headers) == 8 and len({h.ssrc for h in headers}) == 1
+    assert all(
+        parse_vp8_descriptor(p[h.payload_offset :]).picture_id is not None
+        for p, h in zip(recorder.packets, headers, strict=True)
+    )
+    # The archiver's NACK of a recorded packet comes back as recorded.
+    assert pub.producer.get_cached(headers[5].sequence_number) == recorder.packets[5]
+    # The publisher stops sending f: after a second the recording asks h for a key frame and
+    # continues on it.
+    for _ in range(40):
+        for layer in range(2):
+            for part in range(2):
+                pub.receive(
+                    pub.packet(layer, descriptor(start=part == 0, picture_id=pub.pid[layer], tl0=0, tid=0))
+                )
+            pub.pid[layer] += 1
+            pub.ts[layer] += 3000
+        pub.now += 1 / 30
+    pub.transport.rtcp.clear()
+    pub.producer.on_timer(pub.now)
+    assert [p.media_ssrc for p in pub.transport.sent_rtcp(Pli)] == [SSRCS[1]]
+    for part in range(2):
+        pub.receive(
+            pub.packet(1, descriptor(start=part == 0, picture_id=pub.pid[1], tl0=1, tid=0, key=part == 0))
+        )
+    headers = [parse_rtp_header(p) for p in recorder.packets]
+    assert len(headers) == 10 and len({h.ssrc for h in headers}) == 1
+    assert all(b.sequence_number == (a.sequence_number + 1) & 0xFFFF for a, b in itertools.pairwise(headers))
+    pictures = [
+        parse_vp8_descriptor(p[h.payload_offset :]).picture_id
+        for p, h in zip(recorder.packets, headers, strict=True)
+    ]
+    assert pictures[8] == (pictures[7] + 1) & 0x7FFF
+    # A NACK miss of a recorded packet goes upstream to the encoding it came from.
+    pub.producer.encodings[1].cache.clear()
+    pub.producer.request_retransmission([headers[9].sequence_number], pub.now)
+    assert pub.transport.sent_rtcp(Nack)[-1].media_ssrc == SSRCS[1]
