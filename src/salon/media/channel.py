@@ -74,6 +74,7 @@ __all__ = [
     "Response",
     "Result",
     "ResultResponse",
+    "SetConsumerLayerRequest",
     "SetConsumersRequest",
     "StartRecordingRequest",
     "StopRecordingRequest",
@@ -280,6 +281,20 @@ class CloseConsumersRequest(_Request):
     consumer_ids: list[str]
 
 
+class SetConsumerLayerRequest(_Request):
+    """Set the simulcast layer some consumers of a subscribe transport forward
+    (:meth:`~salon.media.consumer.Consumer.set_layer`): ``spatial`` 0 is the lowest encoding,
+    None the top one; ``temporal`` None is every temporal layer. Consumers that are not
+    simulcast and unknown ids are left alone. Result: :class:`Ack`."""
+
+    type: Literal["set_consumer_layer"] = "set_consumer_layer"
+    router_id: str
+    transport_id: str
+    consumer_ids: list[str]
+    spatial: int | None = Field(default=None, ge=0, le=15)
+    temporal: int | None = Field(default=None, ge=0, le=7)
+
+
 class DumpRequest(_Request):
     """Counters of the worker (and the full dump of each router if ``routers``). Result:
     :class:`WorkerDump`."""
@@ -328,6 +343,7 @@ Request = (
     | UnpublishRequest
     | CloseTransportsRequest
     | CloseConsumersRequest
+    | SetConsumerLayerRequest
     | DumpRequest
     | StartRecordingRequest
     | StopRecordingRequest

@@ -20,6 +20,17 @@ bytes to ``transport.send_rtp`` (SRTP protect + sendto).
   SRs are rewritten into per-subscriber SRs (RTP timestamp + this consumer's offset, its own
   packet/octet counts) for A/V sync.
 
+* **Simulcast.** A video consumer of a simulcast producer forwards one encoding at a time
+  through a :class:`~salon.media.layers.LayerSwitcher`: it switches only at a key frame of the
+  target encoding (asked for, and asked again while waiting), rewriting sequence numbers,
+  timestamps and the VP8 picture ID / TL0PICIDX so the subscriber sees one continuous stream;
+  VP8 temporal layers above the target are dropped without a gap. The target is set with
+  :meth:`Consumer.set_layer` (the allocator and the subscriber's preferences call it; until
+  then the top encoding). An encoding the publisher stopped sending (no packet for
+  :data:`LAYER_INACTIVE_AFTER` seconds: a capture too small for it, or a constrained uplink) is
+  skipped for the highest one still flowing below the wanted one, checked every
+  :data:`LAYER_CHECK_INTERVAL` seconds.
+
 Closing: :meth:`close` (the subscriber unsubscribed), :meth:`producer_closed` (the publisher
 unpublished: the server turns the :class:`ConsumerClosed` event with reason
 ``producer_closed`` into signalling) and :meth:`transport_closed` are idempotent.
@@ -44,6 +55,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from salon.media.events import EventEmitter
+from salon.media.layers import LayerSwitcher
 from salon.media.rtcp import ReportBlock, build_sender_report
 from salon.media.rtp import (
     RtpHeader,
@@ -94,6 +106,10 @@ def _abs_send_time_once(now: float) -> bytes:
 
 #: While waiting for a key frame, ask again this often.
 KEY_FRAME_RETRY_INTERVAL = 0.5
+#: A simulcast encoding without a packet for this long is not a target (seconds).
+LAYER_INACTIVE_AFTER = 1.0
+#: How often a simulcast consumer re-checks which encodings flow (seconds).
+LAYER_CHECK_INTERVAL = 0.5
 
 
 class ConsumerTransport(Protocol):
@@ -149,6 +165,10 @@ class ConsumerStats:
     sender_reports_sent: int = 0
     fraction_lost: int = 0
     """Last fraction lost (/256) reported by the subscriber."""
+    layer_switches: int = 0
+    """Simulcast: starts and switches between encodings."""
+    temporal_dropped: int = 0
+    """Simulcast VP8: packets not forwarded for being above the wanted temporal layer."""
 
 
 class Consumer:
@@ -186,6 +206,11 @@ class Consumer:
         self._rtx_pt = track.codec.rtx_payload_type
         self._clock_rate = track.codec.clock_rate
         self._seq = SequenceRewriter()
+        #: Simulcast (producer with several video encodings): the switcher, else None.
+        self._switcher: LayerSwitcher | None = None
+        #: Wanted (spatial, temporal) layer; (None, None): the top one, all temporal layers.
+        self._wanted: tuple[int | None, int | None] = (None, None)
+        self._setup_switcher()
         self._started = False
         self._rtx_seq = secrets.randbits(16)
         self._waiting_since = 0.0
@@ -243,6 +268,64 @@ class Consumer:
             self._active = active
             self.producer.consumers_changed()
 
+    # ----------------------------------------------------------------------------------------
+    # Simulcast layers
+
+    @property
+    def simulcast(self) -> bool:
+        """Whether this consumer forwards one of several encodings."""
+        return self._switcher is not None
+
+    @property
+    def current_layer(self) -> int | None:
+        """The encoding being forwarded (simulcast), None before the first key frame or when
+        not simulcast."""
+        return self._switcher.current_layer if self._switcher is not None else None
+
+    @property
+    def target_layer(self) -> int | None:
+        """The encoding being switched to (or forwarded); None when not simulcast."""
+        return self._switcher.target_layer if self._switcher is not None else None
+
+    def _setup_switcher(self) -> None:
+        producer = self.producer
+        if self.kind == "video" and producer.simulcast:
+            self._switcher = LayerSwitcher(
+                self.codec.name, self._clock_rate, layers=len(producer.encodings), sequence=self._seq
+            )
+        else:
+            self._switcher = None
+
+    def set_layer(self, spatial: int | None, temporal: int | None = None) -> None:
+        """Forward simulcast encoding ``spatial`` (0 lowest; None or above the top: the top
+        one) with VP8 temporal layers up to ``temporal`` (None: all), switching at its next key
+        frame (asked for now). No effect on a consumer that is not simulcast."""
+        if spatial is not None and spatial < 0:
+            raise ValueError(f"spatial layer must be >= 0, got {spatial}")
+        if temporal is not None and temporal < 0:
+            raise ValueError(f"temporal layer must be >= 0, got {temporal}")
+        self._wanted = (spatial, temporal)
+        if self._switcher is not None:
+            self._retarget(self._now())
+
+    def _retarget(self, now: float, *, ask: bool = True) -> None:
+        """Point the switcher at the wanted encoding, or the best one flowing below it; ask
+        for a key frame of a new target (``ask``)."""
+        switcher = self._switcher
+        if switcher is None:
+            return
+        top = switcher.layers - 1
+        spatial, temporal = self._wanted
+        wanted = top if spatial is None else min(spatial, top)
+        active = self.producer.active_layers(now, LAYER_INACTIVE_AFTER)
+        if active and wanted not in active:
+            below = [i for i in active if i <= wanted]
+            wanted = below[-1] if below else active[0]
+        before = switcher.target_layer
+        switcher.set_target(wanted, temporal)
+        if ask and self._active and switcher.waiting and before != wanted:
+            self._request_start(now)
+
     def transport_connected(self) -> None:
         """Called by the transport once ICE + DTLS are up."""
         self._update_active()
@@ -267,6 +350,7 @@ class Consumer:
         self.producer.remove_consumer(self)
         self.producer = producer
         self._started = False
+        self._setup_switcher()
         producer.add_consumer(self)
         logger.info("%r: switched to %r", self, producer)
         if self._active:
@@ -286,6 +370,8 @@ class Consumer:
             return
         self.paused = False
         self._started = False
+        if self._switcher is not None:
+            self._switcher.reset()
         self._update_active()
         logger.debug("%r: resumed", self)
         if self._active:
@@ -294,7 +380,12 @@ class Consumer:
     def _request_start(self, now: float) -> None:
         self._waiting_since = now
         if self.kind == "video":
-            self.producer.request_key_frame(now)
+            switcher = self._switcher
+            if switcher is not None:
+                self._retarget(now, ask=False)
+                self.producer.request_key_frame(now, switcher.target_layer)
+            else:
+                self.producer.request_key_frame(now)
             self.transport.schedule(now + KEY_FRAME_RETRY_INTERVAL)
 
     @staticmethod
@@ -304,18 +395,35 @@ class Consumer:
     # ----------------------------------------------------------------------------------------
     # Packet path
 
-    def send_rtp(self, data: bytes, header: RtpHeader, key_frame: bool, now: float) -> None:
+    def send_rtp(self, data: bytes, header: RtpHeader, key_frame: bool, now: float, layer: int = 0) -> None:
         """Rewrite and send one producer packet (synchronous, the per-consumer hot path).
 
         Same result as :func:`~salon.media.rtp.rewrite_rtp` with this consumer's extension
         block (abs-send-time or audio level patched), built with one ``struct.pack`` and one
         join of prebuilt pieces plus a view of the payload (one copy of the payload, no
         keyword call); the abs-send-time bytes are computed once per packet for all
-        consumers, the audio level is the producer's byte of this packet.
+        consumers, the audio level is the producer's byte of this packet. ``layer``: the
+        packet's encoding (simulcast).
         """
         if not self._active:
             return
-        if not self._started:
+        offset = header.payload_offset
+        prefix = b""
+        switcher = self._switcher
+        if switcher is not None:
+            forward = switcher.forward(
+                layer, header.sequence_number, header.timestamp, memoryview(data)[offset:], key_frame, now
+            )
+            if forward is None:
+                return
+            out: tuple[int, int] | None = (forward[0], forward[1])
+            if forward[2] is not None:
+                prefix = forward[2]
+            if switcher.switches != self.stats.layer_switches:
+                self.stats.layer_switches = switcher.switches
+                self.stats.key_frame_starts += 1
+                self._started = True
+        elif not self._started:
             if not key_frame:
                 return
             self._seq.start(header.sequence_number, header.timestamp, now, self._clock_rate)
@@ -328,7 +436,8 @@ class Consumer:
             out = self._seq.rewrite(header.sequence_number, header.timestamp)
             if out is None:
                 return
-        offset = header.payload_offset
+        if out is None:
+            return
         self.transport.send_rtp(
             _JOIN(
                 (
@@ -346,7 +455,8 @@ class Consumer:
                     if self._level_offset
                     else b"",
                     self._ext_tail,
-                    memoryview(data)[offset:],
+                    prefix,
+                    memoryview(data)[offset + len(prefix) :],
                 )
             )
         )
@@ -363,15 +473,28 @@ class Consumer:
             return
         self.stats.nacks_received += 1
         misses: list[int] = []
+        switcher = self._switcher
+        layer = switcher.current_layer if switcher is not None else None
+        if switcher is not None and layer is None:
+            return
         for out_seq in lost:
             in_seq = self._seq.to_input(out_seq)
             if in_seq is None:
                 continue
-            cached = self.producer.get_cached(in_seq)
+            cached = self.producer.get_cached(in_seq, layer)
             if cached is None:
                 misses.append(in_seq)
                 continue
             header = parse_rtp_header(cached)
+            if switcher is not None and layer is not None:
+                ok, prefix = switcher.rewrite_retransmission(
+                    layer, memoryview(cached)[header.payload_offset :]
+                )
+                if not ok:
+                    continue
+                if prefix is not None:
+                    start = header.payload_offset
+                    cached = cached[:start] + prefix + cached[start + len(prefix) :]
             out_ts = self._seq.rewrite_timestamp(header.timestamp)
             ext = self._ext_block
             if self._abs_offset:
@@ -404,7 +527,7 @@ class Consumer:
             self.stats.retransmitted_from_cache += 1
         if misses:
             self.stats.cache_misses += len(misses)
-            self.producer.request_retransmission(misses, now)
+            self.producer.request_retransmission(misses, now, layer)
 
     def _cached_audio_level(self, packet: bytes, header: RtpHeader) -> bytes:
         """The RFC 6464 byte of a cached publisher packet (silence if it carries none)."""
@@ -419,7 +542,12 @@ class Consumer:
             return
         self.stats.key_frame_requests_received += 1
         if self._active:
-            self.producer.request_key_frame(now)
+            switcher = self._switcher
+            if switcher is None:
+                self.producer.request_key_frame(now)
+            else:
+                layer = switcher.current_layer
+                self.producer.request_key_frame(now, switcher.target_layer if layer is None else layer)
 
     def receive_remb(self, bitrate: int, now: float) -> None:
         self.remb_bitrate = int(bitrate)
@@ -427,9 +555,12 @@ class Consumer:
     def receive_report_block(self, block: ReportBlock, now: float) -> None:
         self.stats.fraction_lost = block.fraction_lost
 
-    def send_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, now: float) -> None:
-        """Rewrite a publisher SR for this subscriber: same NTP time, our RTP timeline/counts."""
+    def send_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, now: float, layer: int = 0) -> None:
+        """Rewrite a publisher SR for this subscriber: same NTP time, our RTP timeline/counts
+        (simulcast: only the SR of the encoding being forwarded)."""
         if not self._active or not self._started:
+            return
+        if self._switcher is not None and layer != self._switcher.current_layer:
             return
         self.stats.sender_reports_sent += 1
         self.transport.send_rtcp(
@@ -443,8 +574,22 @@ class Consumer:
         )
 
     def on_timer(self, now: float) -> float:
-        """Transport timer: re-ask for a key frame while waiting for one."""
-        if not self._active or self._started or self.kind != "video":
+        """Transport timer: re-ask for a key frame while waiting for one; simulcast: follow
+        the encodings that flow."""
+        if not self._active or self.kind != "video":
+            return float("inf")
+        switcher = self._switcher
+        if switcher is not None:
+            self._retarget(now, ask=False)
+            self.stats.temporal_dropped = switcher.temporal_dropped
+            next_check = now + LAYER_CHECK_INTERVAL
+            if not switcher.waiting:
+                self._waiting_since = 0.0
+                return next_check
+            if not self._waiting_since or now - self._waiting_since >= KEY_FRAME_RETRY_INTERVAL:
+                self._request_start(now)
+            return min(next_check, self._waiting_since + KEY_FRAME_RETRY_INTERVAL)
+        if self._started:
             return float("inf")
         if now - self._waiting_since >= KEY_FRAME_RETRY_INTERVAL:
             self._request_start(now)
@@ -487,5 +632,8 @@ class Consumer:
             "payload_type": self._pt,
             "paused": self.paused,
             "started": self._started,
+            "simulcast": self._switcher is not None,
+            "current_layer": self.current_layer,
+            "target_layer": self.target_layer,
             "stats": dataclasses.asdict(self.stats),
         }

@@ -241,6 +241,22 @@ class SfuMediaPlane:
             return  # a signalling-only subscription forwards nothing either way
         await media.router.set_consumers(entry.transport_id, entry.consumers, audio=audio, video=video)
 
+    async def set_subscription_layer(
+        self, session_id: str, subscription_id: str, *, spatial: int | None, temporal: int | None = None
+    ) -> bool:
+        """Forward simulcast layer ``spatial`` (0: lowest encoding, None: the top one) and VP8
+        temporal layers up to ``temporal`` (None: all) to a subscription's video: the hook for
+        the bandwidth allocator and the subscriber's preferred resolution / frame rate. The
+        switch happens at the layer's next key frame. False if the subscription has no media
+        here."""
+        media = self.sessions.get(session_id)
+        entry = None if media is None else media.subscriptions.get(subscription_id)
+        if media is None or entry is None:
+            return False
+        video = [c for c in entry.consumers if c.kind == "video"]
+        await media.router.set_consumer_layer(entry.transport_id, video, spatial=spatial, temporal=temporal)
+        return True
+
     # -- recording ---------------------------------------------------------------------
 
     async def start_recording(

@@ -21,6 +21,20 @@ only offered ``ccm fir``); every ~1 s the producer sends a receiver report plus 
 the minimum of its forwarding consumers' REMB estimates (capped at ``max_bitrate``). A publisher SR is
 rewritten into one SR per consumer so lip sync survives the timestamp offsets.
 
+Simulcast: a producer has one :class:`Encoding` per simulcast encoding (lowest quality first;
+a non-simulcast producer has one). Each has its SSRC (announced by a legacy ``SIM`` group, or
+learnt from the RID header extension of its first packet) and RTX SSRC (learnt from the
+repaired-RID extension), its own NACK generator, retransmission cache, key-frame request
+throttle and receive statistics, since each is its own RTP stream. Consumers get every packet
+with its encoding's index and forward one encoding
+(:class:`~salon.media.layers.LayerSwitcher`). Recorders get one stream too: the top encoding,
+or the best one still flowing when the publisher stopped sending it (checked every second),
+through the producer's own switcher, so the archiver sees one continuous RTP stream (its
+NACKs and key-frame requests go through :meth:`Producer.get_cached` /
+:meth:`Producer.request_retransmission` / :meth:`Producer.request_key_frame` with no layer). The REMB
+sent to a simulcast publisher is :data:`SIMULCAST_MAX_BITRATE`, not its subscribers' minimum:
+subscribers on weak links take a lower encoding instead of lowering everyone's.
+
 Closing: :meth:`Producer.close` (unpublish) and :meth:`Producer.transport_closed` both close
 every consumer with :attr:`~salon.media.consumer.ConsumerCloseReason.PRODUCER_CLOSED`, then emit
 :class:`ProducerClosed` with the matching reason. Both are idempotent.
@@ -39,6 +53,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from salon.media.events import EventEmitter
 from salon.media.keyframe import KeyFrameRequestThrottle
+from salon.media.layers import LayerSwitcher
 from salon.media.nack import NackGenerator
 from salon.media.retransmission import RetransmissionBuffer
 from salon.media.rtcp import (
@@ -55,15 +70,18 @@ from salon.media.rtp import (
     RtpHeader,
     find_header_extension,
     parse_audio_level,
+    parse_rtp_header,
+    rewrite_rtp,
     unwrap_rtx,
 )
-from salon.media.sdp import HeaderExtensionIds, MediaKind, PublishTrack, RtpCodec
+from salon.media.sdp import EncodingParameters, HeaderExtensionIds, MediaKind, PublishTrack, RtpCodec
 
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
     from salon.media.recording import Recorder
 
 __all__ = [
+    "Encoding",
     "Producer",
     "ProducerCloseReason",
     "ProducerClosed",
@@ -84,6 +102,9 @@ KEY_FRAME_REQUEST_INTERVAL = 0.3
 REPORT_INTERVAL = 1.0
 #: REMB cap sent upstream (aiortc clamps its encoder to 250 kb/s - 1.5 Mb/s anyway).
 DEFAULT_MAX_BITRATE = 1_500_000
+#: REMB sent to a simulcast publisher: room for all its encodings (Chromium's three layers of
+#: 720p video take about 2.5 Mb/s).
+SIMULCAST_MAX_BITRATE = 4_000_000
 #: RFC 6464 value for "no voice, -127 dBov", until the publisher's packets carry a level.
 _SILENCE = b"\x7f"
 
@@ -139,6 +160,68 @@ class ProducerStats:
     reports_sent: int = 0
 
 
+class Encoding:
+    """One RTP stream of a producer (its only one, or one simulcast encoding)."""
+
+    __slots__ = (
+        "base_seq",
+        "cache",
+        "cycles",
+        "expected_prior",
+        "fir_seq",
+        "index",
+        "key_frame_throttle",
+        "key_frames",
+        "last_packet_at",
+        "last_sr",
+        "last_sr_at",
+        "max_seq",
+        "nack",
+        "packets_received",
+        "received",
+        "received_prior",
+        "rid",
+        "rtx_ssrc",
+        "ssrc",
+    )
+
+    def __init__(self, index: int, params: EncodingParameters, *, nack: bool) -> None:
+        self.index = index
+        self.rid = params.rid
+        self.ssrc: int | None = params.ssrc
+        self.rtx_ssrc: int | None = params.rtx_ssrc
+        self.packets_received = 0
+        self.key_frames = 0
+        #: When the last packet arrived (monotonic seconds; -inf: none yet).
+        self.last_packet_at = float("-inf")
+        self.cache = RetransmissionBuffer(RETRANSMISSION_CAPACITY)
+        self.nack: NackGenerator | None = NackGenerator() if nack else None
+        self.key_frame_throttle = KeyFrameRequestThrottle(KEY_FRAME_REQUEST_INTERVAL)
+        self.fir_seq = 0
+        # Receive statistics for receiver reports (RFC 3550 A.3).
+        self.base_seq = -1
+        self.max_seq = 0
+        self.cycles = 0
+        self.received = 0
+        self.expected_prior = 0
+        self.received_prior = 0
+        self.last_sr = 0
+        self.last_sr_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"Encoding({self.index} rid={self.rid} ssrc={self.ssrc} rtx={self.rtx_ssrc})"
+
+    def dump(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "rid": self.rid,
+            "ssrc": self.ssrc,
+            "rtx_ssrc": self.rtx_ssrc,
+            "packets_received": self.packets_received,
+            "key_frames": self.key_frames,
+        }
+
+
 class Producer:
     """One incoming track (audio or video) on a publisher's transport."""
 
@@ -178,11 +261,29 @@ class Producer:
         #: (the worker announces the stream once media flows, not when ICE + DTLS are up).
         self.on_first_packet: Callable[[Producer], None] | None = None
 
-        self.ssrc: int | None = track.ssrc
-        self.rtx_ssrc: int | None = track.rtx_ssrc
         self._rtx_pt = track.codec.rtx_payload_type
         self._pt = track.codec.payload_type
         self._rtcp_ssrc = secrets.randbits(32) or 1
+        nack = track.codec.supports_feedback("nack")
+        params = track.encodings or (EncodingParameters(rid=None, ssrc=track.ssrc, rtx_ssrc=track.rtx_ssrc),)
+        #: The encodings, lowest quality first (one unless simulcast).
+        self.encodings: tuple[Encoding, ...] = tuple(Encoding(i, e, nack=nack) for i, e in enumerate(params))
+        self._top = self.encodings[-1]
+        #: The only encoding of a non-simulcast producer (the transport already routed the
+        #: packet by SSRC), None for simulcast (the SSRC names the encoding).
+        self._single: Encoding | None = self._top if len(self.encodings) == 1 else None
+        #: Simulcast: what recorders get (one encoding, rewritten continuous), else None.
+        self._recording: LayerSwitcher | None = (
+            LayerSwitcher(track.codec.name, track.codec.clock_rate, layers=len(self.encodings))
+            if len(self.encodings) > 1
+            else None
+        )
+        self._recording_ssrc = secrets.randbits(32) or 1
+        self._by_ssrc: dict[int, Encoding] = {}
+        for encoding in self.encodings:
+            for ssrc in (encoding.ssrc, encoding.rtx_ssrc):
+                if ssrc is not None:
+                    self._by_ssrc[ssrc] = encoding
         self._consumers: list[Consumer] = []
         #: The consumers that forward (not paused, transport connected): what the packet path
         #: iterates, so paused or not-yet-connected subscribers cost nothing per packet.
@@ -190,25 +291,12 @@ class Producer:
         #: Recorders copying this track to an archiver (:mod:`salon.media.recording`): after the
         #: consumers on the packet path, and not part of the bandwidth estimate.
         self._recorders: tuple[Recorder, ...] = ()
-        self._cache = RetransmissionBuffer(RETRANSMISSION_CAPACITY)
-        self._nack: NackGenerator | None = NackGenerator() if track.codec.supports_feedback("nack") else None
         self._use_fir = not track.codec.supports_feedback("nack", "pli") and track.codec.supports_feedback(
             "ccm", "fir"
         )
-        self._fir_seq = 0
-        self._key_frames = KeyFrameRequestThrottle(KEY_FRAME_REQUEST_INTERVAL)
         self._is_key_frame = KEYFRAME_DETECTORS.get(track.codec.name) if self.kind == "video" else None
         self._audio_level_id = track.extensions.audio_level
         self._next_report = 0.0
-        # Receive statistics for receiver reports (RFC 3550 A.3).
-        self._base_seq = -1
-        self._max_seq = 0
-        self._cycles = 0
-        self._received = 0
-        self._expected_prior = 0
-        self._received_prior = 0
-        self._last_sr = 0
-        self._last_sr_at = 0.0
 
     def __repr__(self) -> str:
         return f"Producer({self.id} {self.kind} {self.codec.name} stream={self.stream_id})"
@@ -216,21 +304,62 @@ class Producer:
     # ----------------------------------------------------------------------------------------
     # Wiring
 
+    @property
+    def simulcast(self) -> bool:
+        """Whether the producer has several encodings."""
+        return len(self.encodings) > 1
+
+    @property
+    def ssrc(self) -> int | None:
+        """The media SSRC of the top (or only) encoding."""
+        return self._top.ssrc
+
+    @property
+    def rtx_ssrc(self) -> int | None:
+        """The RTX SSRC of the top (or only) encoding."""
+        return self._top.rtx_ssrc
+
     def ssrcs(self) -> list[int]:
-        return [s for s in (self.ssrc, self.rtx_ssrc) if s is not None]
+        return list(self._by_ssrc)
 
     def payload_types(self) -> list[int]:
         return [p for p in (self._pt, self._rtx_pt) if p is not None]
 
-    def learn_ssrc(self, ssrc: int, payload_type: int) -> bool:
-        """Accept an SSRC the offer did not announce (first packet seen with our mid/PT)."""
-        if payload_type == self._pt and self.ssrc is None:
-            self.ssrc = ssrc
+    def learn_ssrc(
+        self, ssrc: int, payload_type: int, rid: str | None = None, repaired_rid: str | None = None
+    ) -> bool:
+        """Accept an SSRC the offer did not announce (first packet seen with our mid/PT).
+
+        A simulcast producer whose encodings have RIDs binds it to the encoding the packet's
+        RID (media) or repaired RID (RTX) names; otherwise the first encoding without one
+        takes it.
+        """
+        if ssrc in self._by_ssrc:
             return True
-        if payload_type == self._rtx_pt and self.rtx_ssrc is None:
-            self.rtx_ssrc = ssrc
-            return True
-        return False
+        by_rid = self.encodings[0].rid is not None
+        encoding: Encoding | None = None
+        if payload_type == self._pt:
+            if by_rid:
+                encoding = next((e for e in self.encodings if e.rid == rid and e.ssrc is None), None)
+            else:
+                encoding = next((e for e in self.encodings if e.ssrc is None), None)
+            if encoding is None:
+                return False
+            encoding.ssrc = ssrc
+        elif payload_type == self._rtx_pt and self._rtx_pt is not None:
+            if by_rid:
+                encoding = next(
+                    (e for e in self.encodings if e.rid == repaired_rid and e.rtx_ssrc is None), None
+                )
+            else:
+                encoding = next((e for e in self.encodings if e.rtx_ssrc is None), None)
+            if encoding is None:
+                return False
+            encoding.rtx_ssrc = ssrc
+        else:
+            return False
+        self._by_ssrc[ssrc] = encoding
+        return True
 
     @property
     def consumers(self) -> list[Consumer]:
@@ -271,12 +400,16 @@ class Producer:
         """Handle one decrypted packet from the publisher and fan it out (synchronous)."""
         if self.closed:
             return
+        encoding = self._by_ssrc.get(header.ssrc, self._single)
+        if encoding is None:
+            return
         if header.payload_type == self._rtx_pt:
             try:
                 osn, payload = unwrap_rtx(data, header)
             except ValueError:
                 return  # padding-only probe on the RTX stream
-            if self.ssrc is None:
+            ssrc = encoding.ssrc
+            if ssrc is None:
                 return
             self.stats.rtx_received += 1
             # Rebuild the original packet (no extensions needed downstream: consumers add theirs).
@@ -284,10 +417,10 @@ class Producer:
                 bytes([0x80, (data[1] & 0x80) | self._pt])
                 + osn.to_bytes(2, "big")
                 + header.timestamp.to_bytes(4, "big")
-                + self.ssrc.to_bytes(4, "big")
+                + ssrc.to_bytes(4, "big")
                 + payload
             )
-            header = RtpHeader(header.marker, self._pt, osn, header.timestamp, self.ssrc, 12, 0, 0)
+            header = RtpHeader(header.marker, self._pt, osn, header.timestamp, ssrc, 12, 0, 0)
         elif header.payload_type != self._pt:
             return
         if self.on_first_packet is not None:
@@ -296,26 +429,28 @@ class Producer:
         stats = self.stats
         stats.packets_received += 1
         stats.bytes_received += len(data)
+        encoding.packets_received += 1
+        encoding.last_packet_at = now
         seq = header.sequence_number
         # _update_receive_stats, inlined for the in-order case (one call less per packet).
-        delta = (seq - self._max_seq) & 0xFFFF
-        if delta == 1 and self._base_seq >= 0:
+        delta = (seq - encoding.max_seq) & 0xFFFF
+        if delta == 1 and encoding.base_seq >= 0:
             if seq == 0:
-                self._cycles += 0x10000
-            self._max_seq = seq
-            self._received += 1
+                encoding.cycles += 0x10000
+            encoding.max_seq = seq
+            encoding.received += 1
         else:
-            self._update_receive_stats(seq)
+            self._update_receive_stats(encoding, seq)
 
-        nack = self._nack
+        nack = encoding.nack
         if nack is not None:
             missing = nack.on_packet(seq, now)
             if missing:
-                self._send_nack(missing)
+                self._send_nack(encoding, missing)
                 deadline = nack.next_deadline()
                 if deadline is not None:
                     self.transport.schedule(deadline)
-        self._cache.store(seq, data, now)
+        encoding.cache.store(seq, data, now)
 
         key_frame = True
         detector = self._is_key_frame
@@ -323,7 +458,8 @@ class Producer:
             key_frame = detector(memoryview(data)[header.payload_offset :])
             if key_frame:
                 stats.key_frames += 1
-                self._key_frames.on_key_frame(now)
+                encoding.key_frames += 1
+                encoding.key_frame_throttle.on_key_frame(now)
         elif self._audio_level_id is not None and header.extension_length:
             value = find_header_extension(data, header, self._audio_level_id)
             if value:
@@ -332,83 +468,155 @@ class Producer:
                 if self.on_audio_level is not None:
                     self.on_audio_level(self, self.audio_level, self.voice_activity, now)
 
+        index = encoding.index
         for consumer in self._forwarding:
-            consumer.send_rtp(data, header, key_frame, now)
-        for recorder in self._recorders:
-            recorder.send_rtp(self, data)
+            consumer.send_rtp(data, header, key_frame, now, index)
+        if self._recorders:
+            recording = self._recording
+            if recording is None:
+                for recorder in self._recorders:
+                    recorder.send_rtp(self, data)
+            else:
+                forward = recording.forward(
+                    index, seq, header.timestamp, memoryview(data)[header.payload_offset :], key_frame, now
+                )
+                if forward is not None:
+                    packet = self._recorded_packet(data, header, forward[0], forward[1], forward[2])
+                    for recorder in self._recorders:
+                        recorder.send_rtp(self, packet)
 
-    def _update_receive_stats(self, seq: int) -> None:
-        if self._base_seq < 0:
-            self._base_seq = seq
-            self._max_seq = seq
+    def _recorded_packet(
+        self, data: bytes, header: RtpHeader, seq: int, timestamp: int, prefix: bytes | None
+    ) -> bytes:
+        packet = rewrite_rtp(
+            data,
+            header,
+            ssrc=self._recording_ssrc,
+            payload_type=self._pt,
+            sequence_number=seq,
+            timestamp=timestamp,
+        )
+        if prefix:
+            packet = packet[:12] + prefix + packet[12 + len(prefix) :]
+        return packet
+
+    @staticmethod
+    def _update_receive_stats(encoding: Encoding, seq: int) -> None:
+        if encoding.base_seq < 0:
+            encoding.base_seq = seq
+            encoding.max_seq = seq
         else:
-            delta = (seq - self._max_seq) & 0xFFFF
+            delta = (seq - encoding.max_seq) & 0xFFFF
             if 0 < delta < 0x8000:
-                if seq < self._max_seq:
-                    self._cycles += 0x10000
-                self._max_seq = seq
-        self._received += 1
+                if seq < encoding.max_seq:
+                    encoding.cycles += 0x10000
+                encoding.max_seq = seq
+        encoding.received += 1
 
-    def get_cached(self, seq: int) -> bytes | None:
-        """The packet with publisher sequence number ``seq`` if still cached."""
-        return self._cache.get(seq)
+    def active_layers(self, now: float, within: float = 1.0) -> list[int]:
+        """The encodings that received a packet in the last ``within`` seconds, lowest first
+        (a publisher stops sending an encoding when its capture is too small or its uplink too
+        weak)."""
+        return [e.index for e in self.encodings if now - e.last_packet_at <= within]
+
+    def _encoding(self, layer: int | None) -> Encoding:
+        if layer is None:
+            recording = self._recording
+            if recording is None:
+                return self._top
+            layer = recording.current_layer if recording.current_layer is not None else recording.target_layer
+        return self.encodings[max(0, min(layer, len(self.encodings) - 1))]
+
+    def get_cached(self, seq: int, layer: int | None = None) -> bytes | None:
+        """The packet with publisher sequence number ``seq`` of encoding ``layer`` if still
+        cached. ``layer`` None: of the recorded stream (``seq`` is then a recorded sequence
+        number of a simulcast producer, and the packet comes back as recorded)."""
+        recording = self._recording
+        if layer is not None or recording is None:
+            return self._encoding(layer).cache.get(seq)
+        current = recording.current_layer
+        in_seq = recording.sequence.to_input(seq) if current is not None else None
+        if current is None or in_seq is None:
+            return None
+        data = self.encodings[current].cache.get(in_seq)
+        if data is None:
+            return None
+        header = parse_rtp_header(data)
+        ok, prefix = recording.rewrite_retransmission(current, memoryview(data)[header.payload_offset :])
+        if not ok:
+            return None
+        return self._recorded_packet(
+            data, header, seq, recording.sequence.rewrite_timestamp(header.timestamp), prefix
+        )
 
     # ----------------------------------------------------------------------------------------
     # Upstream RTCP
 
-    def request_key_frame(self, now: float) -> None:
-        """Ask the publisher for a key frame (throttled; a throttled request is sent later)."""
+    def request_key_frame(self, now: float, layer: int | None = None) -> None:
+        """Ask the publisher for a key frame of encoding ``layer`` (None: the top one)
+        (throttled per encoding; a throttled request is sent later)."""
         if self.closed or self.kind != "video":
             return
-        if self._key_frames.request(now):
-            self._send_key_frame_request()
-        deadline = self._key_frames.next_deadline()
+        encoding = self._encoding(layer)
+        if encoding.key_frame_throttle.request(now):
+            self._send_key_frame_request(encoding)
+        deadline = encoding.key_frame_throttle.next_deadline()
         if deadline is not None:
             self.transport.schedule(deadline)
 
-    def _send_key_frame_request(self) -> None:
-        if self.ssrc is None:
+    def _send_key_frame_request(self, encoding: Encoding) -> None:
+        ssrc = encoding.ssrc
+        if ssrc is None:
             return
         self.stats.key_frame_requests_sent += 1
         if self._use_fir:
-            self._fir_seq = (self._fir_seq + 1) & 0xFF
-            self.transport.send_rtcp(build_fir(self._rtcp_ssrc, self.ssrc, self._fir_seq))
+            encoding.fir_seq = (encoding.fir_seq + 1) & 0xFF
+            self.transport.send_rtcp(build_fir(self._rtcp_ssrc, ssrc, encoding.fir_seq))
         else:
-            self.transport.send_rtcp(build_pli(self._rtcp_ssrc, self.ssrc))
+            self.transport.send_rtcp(build_pli(self._rtcp_ssrc, ssrc))
 
-    def request_retransmission(self, seqs: list[int], now: float) -> None:
+    def request_retransmission(self, seqs: list[int], now: float, layer: int | None = None) -> None:
         """A consumer's NACK missed the cache: NACK upstream now, then retry like a detected gap.
 
         The packets join the :class:`~salon.media.nack.NackGenerator`'s list, so they are
         re-NACKed every retry interval and given up (then a key frame is asked for) on its
         schedule. Packets it is already chasing, or has given up, are left to it.
         """
-        nack = self._nack
+        encoding = self._encoding(layer)
+        recording = self._recording
+        if layer is None and recording is not None:
+            # Recorded sequence numbers: back to the recorded encoding's own.
+            mapped = (recording.sequence.to_input(s) for s in seqs)
+            seqs = [s for s in mapped if s is not None]
+        nack = encoding.nack
         if self.closed or not seqs or nack is None:
             return
         wanted = nack.request(seqs, now)
         if wanted:
             self.stats.upstream_nacks += len(wanted)
-            self._send_nack(wanted)
+            self._send_nack(encoding, wanted)
             deadline = nack.next_deadline()
             if deadline is not None:
                 self.transport.schedule(deadline)
 
-    def _send_nack(self, seqs: list[int]) -> None:
-        if self.ssrc is None:
+    def _send_nack(self, encoding: Encoding, seqs: list[int]) -> None:
+        ssrc = encoding.ssrc
+        if ssrc is None:
             return
         self.stats.nack_packets_sent += 1
         self.stats.nacked_sequence_numbers += len(seqs)
-        self.transport.send_rtcp(build_nack(self._rtcp_ssrc, self.ssrc, seqs))
+        self.transport.send_rtcp(build_nack(self._rtcp_ssrc, ssrc, seqs))
 
     def receive_sender_report(self, report: SenderReport, now: float) -> None:
-        """A publisher SR: remember it for our RR (LSR/DLSR) and rewrite it for each consumer."""
-        if self.closed or report.ssrc != self.ssrc:
+        """A publisher SR: remember it for our RR (LSR/DLSR) and rewrite it for each consumer
+        (of that encoding)."""
+        encoding = self._by_ssrc.get(report.ssrc)
+        if self.closed or encoding is None or report.ssrc != encoding.ssrc:
             return
-        self._last_sr = (report.ntp_timestamp >> 16) & 0xFFFFFFFF
-        self._last_sr_at = now
+        encoding.last_sr = (report.ntp_timestamp >> 16) & 0xFFFFFFFF
+        encoding.last_sr_at = now
         for consumer in self._consumers:
-            consumer.send_sender_report(report.ntp_timestamp, report.rtp_timestamp, now)
+            consumer.send_sender_report(report.ntp_timestamp, report.rtp_timestamp, now, encoding.index)
 
     def on_timer(self, now: float) -> float:
         """Called by the transport timer: NACK retries, throttled PLIs, periodic RR + REMB.
@@ -416,60 +624,84 @@ class Producer:
         if self.closed:
             return float("inf")
         next_at = float("inf")
-        nack = self._nack
-        if nack is not None:
-            self.stats.recovered = nack.recovered
-            self.stats.given_up = nack.given_up
-            poll = nack.poll(now)
-            if poll.seqs:
-                self._send_nack(list(poll.seqs))
-            if poll.key_frame_needed:
-                self.request_key_frame(now)
-            deadline = nack.next_deadline()
+        recovered = given_up = 0
+        for encoding in self.encodings:
+            nack = encoding.nack
+            if nack is not None:
+                recovered += nack.recovered
+                given_up += nack.given_up
+                poll = nack.poll(now)
+                if poll.seqs:
+                    self._send_nack(encoding, list(poll.seqs))
+                if poll.key_frame_needed:
+                    self.request_key_frame(now, encoding.index)
+                deadline = nack.next_deadline()
+                if deadline is not None:
+                    next_at = min(next_at, deadline)
+            if encoding.key_frame_throttle.poll(now):
+                self._send_key_frame_request(encoding)
+            deadline = encoding.key_frame_throttle.next_deadline()
             if deadline is not None:
-                next_at = deadline
-        if self._key_frames.poll(now):
-            self._send_key_frame_request()
-        deadline = self._key_frames.next_deadline()
-        if deadline is not None:
-            next_at = min(next_at, deadline)
+                next_at = min(next_at, deadline)
+        self.stats.recovered = recovered
+        self.stats.given_up = given_up
+        recording = self._recording
+        if recording is not None and self._recorders:
+            # Record the top encoding, or the best one still flowing.
+            active = self.active_layers(now)
+            target = active[-1] if active else len(self.encodings) - 1
+            if target != recording.target_layer:
+                recording.set_target(target)
+                if recording.waiting:
+                    self.request_key_frame(now, target)
+            next_at = min(next_at, now + REPORT_INTERVAL)
         if now >= self._next_report:
             self._send_report(now)
             self._next_report = now + REPORT_INTERVAL
         return min(next_at, self._next_report)
 
     def _send_report(self, now: float) -> None:
-        if self.ssrc is None or self._base_seq < 0:
+        blocks = [b for b in (self._report_block(e, now) for e in self.encodings) if b is not None]
+        if not blocks:
             return
-        extended_max = self._cycles + self._max_seq
-        expected = extended_max - self._base_seq + 1
-        lost = max(0, expected - self._received)
-        expected_interval = expected - self._expected_prior
-        received_interval = self._received - self._received_prior
-        self._expected_prior = expected
-        self._received_prior = self._received
+        packet = build_receiver_report(self._rtcp_ssrc, blocks)
+        if self.kind == "video":
+            if self.simulcast:
+                # Every encoding is wanted: weak subscribers take a lower one.
+                bitrate = max(self.max_bitrate, SIMULCAST_MAX_BITRATE)
+            else:
+                # Only subscribers we send to count: a paused one's last estimate is stale.
+                estimates = [c.remb_bitrate for c in self._forwarding if c.remb_bitrate]
+                bitrate = min([self.max_bitrate, *estimates])
+            packet += build_remb(self._rtcp_ssrc, bitrate, [b.ssrc for b in blocks])
+        self.stats.reports_sent += 1
+        self.transport.send_rtcp(packet)
+
+    @staticmethod
+    def _report_block(encoding: Encoding, now: float) -> ReportBlock | None:
+        if encoding.ssrc is None or encoding.base_seq < 0:
+            return None
+        extended_max = encoding.cycles + encoding.max_seq
+        expected = extended_max - encoding.base_seq + 1
+        lost = max(0, expected - encoding.received)
+        expected_interval = expected - encoding.expected_prior
+        received_interval = encoding.received - encoding.received_prior
+        encoding.expected_prior = expected
+        encoding.received_prior = encoding.received
         lost_interval = expected_interval - received_interval
         fraction = (
             0 if expected_interval <= 0 or lost_interval <= 0 else (lost_interval << 8) // expected_interval
         )
-        dlsr = int((now - self._last_sr_at) * 65536) if self._last_sr else 0
-        block = ReportBlock(
-            ssrc=self.ssrc,
+        dlsr = int((now - encoding.last_sr_at) * 65536) if encoding.last_sr else 0
+        return ReportBlock(
+            ssrc=encoding.ssrc,
             fraction_lost=min(fraction, 255),
             packets_lost=min(lost, 0x7FFFFF),
             highest_sequence=extended_max & 0xFFFFFFFF,
             jitter=0,
-            lsr=self._last_sr,
+            lsr=encoding.last_sr,
             dlsr=dlsr & 0xFFFFFFFF,
         )
-        packet = build_receiver_report(self._rtcp_ssrc, [block])
-        if self.kind == "video":
-            # Only subscribers we send to count: a paused one's last estimate is stale.
-            estimates = [c.remb_bitrate for c in self._forwarding if c.remb_bitrate]
-            bitrate = min([self.max_bitrate, *estimates])
-            packet += build_remb(self._rtcp_ssrc, bitrate, [self.ssrc])
-        self.stats.reports_sent += 1
-        self.transport.send_rtcp(packet)
 
     # ----------------------------------------------------------------------------------------
     # Closing
@@ -506,6 +738,7 @@ class Producer:
             "codec": self.codec.mime_type,
             "ssrc": self.ssrc,
             "rtx_ssrc": self.rtx_ssrc,
+            "encodings": [e.dump() for e in self.encodings],
             "consumers": [c.id for c in self._consumers],
             "recorders": [r.id for r in self._recorders],
             "stats": dataclasses.asdict(self.stats),

@@ -248,11 +248,15 @@ class Router:
             stream.producers[track.kind] = producer
             self.producers[producer.id] = producer
             producers.append(producer)
-            if track.simulcast_offered:
+            if track.simulcast_offered and not track.encodings:
                 logger.info("%r: %r offered simulcast; answering with a single encoding", self, producer)
             answers.append(
                 AnswerMedia(
-                    mid=track.mid, direction="recvonly", codec=track.codec, extensions=track.extensions
+                    mid=track.mid,
+                    direction="recvonly",
+                    codec=track.codec,
+                    extensions=track.extensions,
+                    simulcast_rids=track.simulcast_rids,
                 )
             )
         self.streams[stream_id] = stream
@@ -412,6 +416,19 @@ class Router:
             consumer = transport.consumers.get(consumer_id)
             if consumer is not None:
                 consumer.close()
+
+    def set_consumer_layer(
+        self, transport_id: str, consumer_ids: list[str], spatial: int | None, temporal: int | None
+    ) -> None:
+        """Set the simulcast layer of some consumers of a transport
+        (:meth:`~salon.media.consumer.Consumer.set_layer`); unknown ids are fine."""
+        transport = self.transports.get(transport_id)
+        if transport is None:
+            return
+        for consumer_id in consumer_ids:
+            consumer = transport.consumers.get(consumer_id)
+            if consumer is not None:
+                consumer.set_layer(spatial, temporal)
 
     # ----------------------------------------------------------------------------------------
     # Recording

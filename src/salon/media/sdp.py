@@ -21,10 +21,19 @@ Two kinds of offer exist, one per transport:
   cannot receive the producer's codec, :class:`~salon.media.errors.UnsupportedError` is
   raised.
 
+Simulcast (RFC 8853): a video m-line of a publish offer with ``a=simulcast:send`` naming
+``a=rid:<id> send`` lines, and the ``rtp-stream-id`` header extension, is answered with
+``a=rid:<id> recv`` and ``a=simulcast:recv`` for the same RIDs (in the offer's order, which is
+taken as lowest to highest quality) and the ``rtp-stream-id`` / ``repaired-rtp-stream-id``
+extensions: the producer gets one :class:`EncodingParameters` per RID, whose SSRCs it learns
+from the RIDs of the first packets. The legacy form (``a=ssrc-group:SIM`` listing the SSRCs,
+lowest first, each with its ``FID`` group) gives encodings with known SSRCs and needs nothing
+in the answer. At most :data:`MAX_SIMULCAST_ENCODINGS` encodings are accepted.
+
 What we deliberately do not negotiate: transport-cc (we do REMB), red/ulpfec/flexfec, VP9/AV1
-(forwarding them is possible, key-frame detection is not written), and simulcast: ``a=rid`` /
-``a=simulcast`` are ignored, so a client offering simulcast gets an answer without them and,
-per RFC 8853, sends a single encoding.
+(forwarding them is possible, key-frame detection is not written), and simulcast without the
+``rtp-stream-id`` extension (answered without ``a=simulcast``, so per RFC 8853 the client
+sends a single encoding).
 
 Parsing uses ``aiortc.sdp.SessionDescription.parse`` (not exported, pinned with aiortc) and
 translates its assertion/lookup failures into :class:`~salon.media.errors.InvalidSdpError`.
@@ -58,8 +67,12 @@ __all__ = [
     "EXT_ABS_SEND_TIME",
     "EXT_AUDIO_LEVEL",
     "EXT_MID",
+    "EXT_REPAIRED_RID",
+    "EXT_RID",
+    "MAX_SIMULCAST_ENCODINGS",
     "AnswerMedia",
     "ClientOffer",
+    "EncodingParameters",
     "HeaderExtensionIds",
     "HostCandidate",
     "LocalTransportParameters",
@@ -85,6 +98,11 @@ MediaKind = Literal["audio", "video"]
 EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+EXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+
+#: Simulcast encodings accepted per m-line (Chromium sends up to 3; more are not answered).
+MAX_SIMULCAST_ENCODINGS = 4
 
 #: RTCP feedback the SFU implements, as (type, parameter).
 SUPPORTED_RTCP_FEEDBACK: frozenset[tuple[str, str | None]] = frozenset(
@@ -105,14 +123,23 @@ class HeaderExtensionIds:
     mid: int | None = None
     abs_send_time: int | None = None
     audio_level: int | None = None
+    rid: int | None = None
+    """``rtp-stream-id`` (simulcast publish m-lines only)."""
+    repaired_rid: int | None = None
+    """``repaired-rtp-stream-id`` (simulcast publish m-lines only)."""
 
     @classmethod
-    def from_map(cls, kind: MediaKind, uris: Mapping[str, int]) -> HeaderExtensionIds:
-        """Keep the extensions we support out of an offered ``uri -> id`` map."""
+    def from_map(
+        cls, kind: MediaKind, uris: Mapping[str, int], *, simulcast: bool = False
+    ) -> HeaderExtensionIds:
+        """Keep the extensions we support out of an offered ``uri -> id`` map (the RID ones
+        only for a simulcast publish m-line)."""
         return cls(
             mid=uris.get(EXT_MID),
             abs_send_time=uris.get(EXT_ABS_SEND_TIME) if kind == "video" else None,
             audio_level=uris.get(EXT_AUDIO_LEVEL) if kind == "audio" else None,
+            rid=uris.get(EXT_RID) if simulcast else None,
+            repaired_rid=uris.get(EXT_REPAIRED_RID) if simulcast else None,
         )
 
     def to_sdp(self) -> list[tuple[int, str]]:
@@ -123,6 +150,10 @@ class HeaderExtensionIds:
             out.append((self.abs_send_time, EXT_ABS_SEND_TIME))
         if self.audio_level is not None:
             out.append((self.audio_level, EXT_AUDIO_LEVEL))
+        if self.rid is not None:
+            out.append((self.rid, EXT_RID))
+        if self.repaired_rid is not None:
+            out.append((self.repaired_rid, EXT_REPAIRED_RID))
         return out
 
 
@@ -191,8 +222,12 @@ class OfferedMedia:
     cname: str | None
     msid: str | None
     rids: tuple[str, ...]
-    """``a=rid`` ids (simulcast), ignored for negotiation but reported."""
+    """``a=rid:<id> send`` ids, in offer order."""
     first_fmt: str
+    simulcast: tuple[str, ...] = ()
+    """The RIDs of ``a=simulcast:send`` in order (first alternative of each; ``~`` removed)."""
+    sim_ssrcs: tuple[int, ...] = ()
+    """``a=ssrc-group:SIM`` SSRCs (legacy simulcast), lowest encoding first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +237,15 @@ class ClientOffer:
     transport: RemoteTransportParameters
     media: tuple[OfferedMedia, ...]
     bundle: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodingParameters:
+    """One simulcast encoding of a publish track: known by RID or by SSRC (legacy SIM group)."""
+
+    rid: str | None
+    ssrc: int | None = None
+    rtx_ssrc: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +261,13 @@ class PublishTrack:
     rtx_ssrc: int | None
     cname: str | None
     simulcast_offered: bool = False
+    encodings: tuple[EncodingParameters, ...] = ()
+    """Simulcast encodings, lowest first (empty: one encoding, ``ssrc`` / ``rtx_ssrc``)."""
+
+    @property
+    def simulcast_rids(self) -> tuple[str, ...]:
+        """The RIDs to answer with ``a=simulcast:recv`` (empty for legacy or no simulcast)."""
+        return tuple(e.rid for e in self.encodings if e.rid is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +323,8 @@ class AnswerMedia:
     codec: RtpCodec | None
     extensions: HeaderExtensionIds = HeaderExtensionIds()
     sending: SendingSsrcs | None = None
+    simulcast_rids: tuple[str, ...] = ()
+    """Answer ``a=rid:<id> recv`` + ``a=simulcast:recv`` with these RIDs."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +348,7 @@ def parse_offer(sdp: str) -> ClientOffer:
     if not session.media:
         raise InvalidSdpError("the SDP offer has no m-line")
 
-    rids_by_index = _scan_rids(sdp)
+    rids_by_index, simulcast_by_index = _scan_rids(sdp)
     media: list[OfferedMedia] = []
     for index, m in enumerate(session.media):
         mid = m.rtp.muxId if m.rtp.muxId is not None else str(index)
@@ -308,6 +361,7 @@ def parse_offer(sdp: str) -> ClientOffer:
             for g in m.ssrc_group
             if g.semantic == "FID" and len(g.items) == 2
         )
+        sim = next((tuple(int(i) for i in g.items) for g in m.ssrc_group if g.semantic == "SIM"), ())
         cname = next((s.cname for s in m.ssrc if s.cname), None)
         media.append(
             OfferedMedia(
@@ -323,6 +377,8 @@ def parse_offer(sdp: str) -> ClientOffer:
                 msid=m.msid,
                 rids=rids_by_index.get(index, ()),
                 first_fmt=str(m.fmt[0]) if m.fmt else "0",
+                simulcast=simulcast_by_index.get(index, ()),
+                sim_ssrcs=sim,
             )
         )
 
@@ -377,16 +433,34 @@ def _candidate_line(c: RTCIceCandidate) -> str:
     return str(candidate_to_sdp(c))
 
 
-def _scan_rids(sdp: str) -> dict[int, tuple[str, ...]]:
-    """aiortc drops ``a=rid``: find them ourselves, per m-line index."""
-    out: dict[int, list[str]] = {}
+def _scan_rids(sdp: str) -> tuple[dict[int, tuple[str, ...]], dict[int, tuple[str, ...]]]:
+    """aiortc drops ``a=rid`` and ``a=simulcast``: find them ourselves, per m-line index.
+
+    Returns the ``send`` RIDs and the ``a=simulcast:send`` RIDs (RFC 8853 §5.1: ``;``
+    separates streams, ``,`` alternatives of which we take the first, ``~`` marks a paused
+    one, which is still an encoding)."""
+    rids: dict[int, list[str]] = {}
+    simulcast: dict[int, tuple[str, ...]] = {}
     index = -1
     for line in sdp.splitlines():
         if line.startswith("m="):
             index += 1
-        elif line.startswith("a=rid:") and index >= 0:
-            out.setdefault(index, []).append(line[6:].split(" ", 1)[0])
-    return {k: tuple(v) for k, v in out.items()}
+        elif index < 0:
+            continue
+        elif line.startswith("a=rid:"):
+            parts = line[6:].split()
+            if len(parts) >= 2 and parts[1] == "send":
+                rids.setdefault(index, []).append(parts[0])
+        elif line.startswith("a=simulcast:"):
+            parts = line[12:].split()
+            for direction, streams in zip(parts[::2], parts[1::2], strict=False):
+                if direction == "send":
+                    simulcast[index] = tuple(
+                        s.split(",", 1)[0].lstrip("~")
+                        for s in streams.split(";")
+                        if s.split(",", 1)[0].lstrip("~")
+                    )
+    return {k: tuple(v) for k, v in rids.items()}, simulcast
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,21 +646,41 @@ def negotiate_publish(offer: ClientOffer) -> list[PublishTrack]:
         rtx_pt = _rtx_for(m, chosen.payload_type) if m.kind == "video" else None
         codec = replace(chosen, rtcp_feedback=_supported_feedback(chosen), rtx_payload_type=rtx_pt)
         ssrc, rtx_ssrc = _publish_ssrcs(m)
+        encodings = _simulcast_encodings(m, rtx_pt is not None) if m.kind == "video" else ()
+        by_rid = bool(encodings) and encodings[0].rid is not None
+        if encodings:
+            ssrc, rtx_ssrc = encodings[0].ssrc, encodings[0].rtx_ssrc
         tracks.append(
             PublishTrack(
                 mid=m.mid,
                 kind=_kind(m.kind),
                 codec=codec,
-                extensions=HeaderExtensionIds.from_map(_kind(m.kind), m.extensions),
+                extensions=HeaderExtensionIds.from_map(_kind(m.kind), m.extensions, simulcast=by_rid),
                 ssrc=ssrc,
                 rtx_ssrc=rtx_ssrc if rtx_pt is not None else None,
                 cname=m.cname,
-                simulcast_offered=bool(m.rids),
+                simulcast_offered=bool(m.rids or m.simulcast or m.sim_ssrcs),
+                encodings=encodings,
             )
         )
     if not tracks:
         raise UnsupportedError("the publish offer has no usable m-line: " + "; ".join(reasons))
     return tracks
+
+
+def _simulcast_encodings(m: OfferedMedia, rtx: bool) -> tuple[EncodingParameters, ...]:
+    """The simulcast encodings of a publish m-line, lowest first; () for one encoding."""
+    send_rids = set(m.rids)
+    rids = [r for r in m.simulcast if r in send_rids]
+    if len(rids) >= 2 and EXT_RID in m.extensions:
+        return tuple(EncodingParameters(rid=r) for r in rids[:MAX_SIMULCAST_ENCODINGS])
+    if len(m.sim_ssrcs) >= 2:
+        fid = dict(m.fid_groups)
+        return tuple(
+            EncodingParameters(rid=None, ssrc=s, rtx_ssrc=fid.get(s) if rtx else None)
+            for s in m.sim_ssrcs[:MAX_SIMULCAST_ENCODINGS]
+        )
+    return ()
 
 
 def _publish_ssrcs(m: OfferedMedia) -> tuple[int | None, int | None]:
@@ -747,4 +841,21 @@ def build_answer(offer: ClientOffer, local: LocalTransportParameters, media: Seq
         accepted.append(m.mid)
     if accepted:
         session.group.append(GroupDescription(semantic="BUNDLE", items=list(accepted)))
-    return str(session)
+    return _add_simulcast(str(session), {a.mid: a.simulcast_rids for a in media if a.simulcast_rids})
+
+
+def _add_simulcast(sdp: str, rids_by_mid: Mapping[str, tuple[str, ...]]) -> str:
+    """aiortc cannot write ``a=rid`` / ``a=simulcast``: append them to the m-sections that
+    receive simulcast (RFC 8853 §5.3: the answer mirrors the offer's RIDs as ``recv``)."""
+    if not rids_by_mid:
+        return sdp
+    sections = sdp.split("\r\nm=")
+    out: list[str] = []
+    for section in sections:
+        mid = next((line[6:] for line in section.split("\r\n") if line.startswith("a=mid:")), None)
+        rids = rids_by_mid.get(mid) if mid is not None else None
+        if rids:
+            extra = "".join(f"a=rid:{r} recv\r\n" for r in rids) + f"a=simulcast:recv {';'.join(rids)}\r\n"
+            section = section + extra if section.endswith("\r\n") else section + "\r\n" + extra.rstrip("\r\n")
+        out.append(section)
+    return "\r\nm=".join(out)

@@ -78,7 +78,7 @@ from salon.media.demux import Datagram, classify_datagram
 from salon.media.errors import CandidateRefusedError, InvalidSdpError, MediaStateError
 from salon.media.events import EventEmitter
 from salon.media.ice_policy import MAX_REMOTE_CANDIDATES, IcePolicy
-from salon.media.routing import RtpRoutes
+from salon.media.routing import RouteReason, RtpRoutes
 from salon.media.rtcp import Bye, Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
 from salon.media.rtp import RtpHeader, parse_rtp_header
 from salon.media.sdp import AnswerMedia, LocalTransportParameters, RemoteTransportParameters
@@ -505,8 +505,15 @@ class WebRtcTransport:
         self.routes.add_producer(
             producer, mid=producer.mid, ssrcs=producer.ssrcs(), payload_types=producer.payload_types()
         )
-        if producer.extensions.mid is not None:
-            self.routes.set_extensions(mid=producer.extensions.mid)
+        ext = producer.extensions
+        if ext.mid is not None:
+            self.routes.set_extensions(mid=ext.mid)
+        if ext.rid is not None or ext.repaired_rid is not None:
+            # Simulcast by RID: the encodings' SSRCs are learnt from these extensions.
+            self.routes.set_extensions(rid=ext.rid, repaired_rid=ext.repaired_rid)
+            for encoding in producer.encodings:
+                if encoding.rid is not None:
+                    self.routes.add_rid(producer, mid=producer.mid, rid=encoding.rid)
 
     def remove_producer(self, producer: Producer) -> None:
         """Forget ``producer`` (it closed)."""
@@ -672,7 +679,10 @@ class WebRtcTransport:
         if route is None:
             return None
         producer = route.sink
-        if not producer.learn_ssrc(header.ssrc, header.payload_type):
+        # Simulcast: the RID (media) or repaired RID (RTX) names the encoding.
+        rid = route.rid if route.reason is RouteReason.RID else None
+        repaired_rid = route.rid if route.repaired else None
+        if not producer.learn_ssrc(header.ssrc, header.payload_type, rid, repaired_rid):
             return None
         self.routes.bind_ssrc(header.ssrc, producer)
         logger.info("%r: SSRC %d bound to %r (by %s)", self, header.ssrc, producer, route.reason.value)

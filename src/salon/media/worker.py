@@ -73,6 +73,7 @@ from salon.media.channel import (
     Response,
     Result,
     ResultResponse,
+    SetConsumerLayerRequest,
     SetConsumersRequest,
     StartRecordingRequest,
     StopRecordingRequest,
@@ -386,6 +387,13 @@ class Worker:
                 hosted = self.routers.get(request.router_id)
                 if hosted is not None:
                     await hosted.router.close_consumers(request.transport_id, request.consumer_ids)
+                return Ack()
+            case SetConsumerLayerRequest():
+                hosted = self.routers.get(request.router_id)
+                if hosted is not None:
+                    hosted.router.set_consumer_layer(
+                        request.transport_id, request.consumer_ids, request.spatial, request.temporal
+                    )
                 return Ack()
             case StartRecordingRequest():
                 hosted = self._router(request.router_id)

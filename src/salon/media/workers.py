@@ -78,6 +78,7 @@ from salon.media.channel import (
     Response,
     Result,
     ResultResponse,
+    SetConsumerLayerRequest,
     SetConsumersRequest,
     StartRecordingRequest,
     StopRecordingRequest,
@@ -315,6 +316,28 @@ class RouterHandle:
         paused = {c.id: c.paused for c in result.consumers}
         for consumer in consumers:
             consumer.paused = paused.get(consumer.id, consumer.paused)
+
+    async def set_consumer_layer(
+        self,
+        transport_id: str,
+        consumers: Sequence[RemoteConsumer],
+        *,
+        spatial: int | None,
+        temporal: int | None = None,
+    ) -> None:
+        """Set the simulcast layer some consumers of a subscribe transport forward (video
+        consumers of a simulcast producer; others ignore it)."""
+        if self.closed or not consumers:
+            return
+        request = SetConsumerLayerRequest(
+            id=self.worker.next_id(),
+            router_id=self.id,
+            transport_id=transport_id,
+            consumer_ids=[c.id for c in consumers],
+            spatial=spatial,
+            temporal=temporal,
+        )
+        await self._request(request, Ack)
 
     async def close_consumers(self, transport_id: str, consumers: Sequence[RemoteConsumer]) -> None:
         """Close some consumers of a transport (an unsubscribe); the transport stays."""

@@ -116,7 +116,7 @@ def test_nack_is_answered_from_the_cache_with_rtx_and_misses_go_upstream() -> No
     # seq + 5 was never sent to this subscriber: nothing to map, nothing upstream.
     assert consumer.stats.cache_misses == 0
     # A NACK for a packet forwarded but evicted from the cache goes upstream.
-    producer._cache.clear()
+    producer.encodings[0].cache.clear()
     consumer.receive_nack([first.sequence_number], now=2.1)
     assert consumer.stats.cache_misses == 1
     nacks = [p for raw in pub.rtcp for p in parse_rtcp(raw) if isinstance(p, Nack)]

@@ -55,7 +55,7 @@ def test_a_cache_miss_is_nacked_upstream_then_retried_until_given_up_and_a_key_f
     for seq in range(101, 110):
         feed(producer, seq, 1000, CONT, now=0.1)
     out = parse_rtp_header(sub.rtp[3])  # publisher seq 103
-    producer._cache.clear()  # evicted: the subscriber's NACK misses the cache
+    producer.encodings[0].cache.clear()  # evicted: the subscriber's NACK misses the cache
     pub.rtcp.clear()
     sub.receive_rtcp(build_nack(7, consumer.ssrc, [out.sequence_number]), 0.2)
     assert consumer.stats.cache_misses == 1 and producer.stats.upstream_nacks == 1
@@ -82,7 +82,7 @@ def test_a_retransmission_after_a_cache_miss_stops_the_retries_and_counts_as_rec
     feed(producer, 100, 1000, KEY, now=0.1)
     feed(producer, 101, 1000, CONT, now=0.1)
     feed(producer, 102, 1000, CONT, now=0.1)
-    producer._cache.clear()
+    producer.encodings[0].cache.clear()
     pub.rtcp.clear()
     out = parse_rtp_header(sub.rtp[1])
     consumer.receive_nack([out.sequence_number], 0.2)

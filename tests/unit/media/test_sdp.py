@@ -208,19 +208,80 @@ def test_chromium_offer_without_vp8_chooses_h264_packetization_mode_1() -> None:
     assert video.codec.parameters["profile-level-id"] == "42001f"
 
 
-def test_chromium_simulcast_offer_gets_a_single_encoding_answer() -> None:
+def simulcast_offer(rid_extension: bool = True, simulcast_line: str = "a=simulcast:send q;h;f") -> str:
+    """The Chromium offer as Chromium writes it with three ``sendEncodings`` (no a=ssrc)."""
     sdp = re.sub(r"a=ssrc(-group)?:[^\r]*\r\n", "", CHROMIUM_OFFER)
-    sdp = sdp.replace(
+    if not rid_extension:
+        sdp = re.sub(r"a=extmap:1[01] [^\r]*\r\n", "", sdp)
+    return sdp.replace(
         "a=rtpmap:96 VP8/90000",
-        "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\na=rtpmap:96 VP8/90000",
+        f"a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n{simulcast_line}\r\na=rtpmap:96 VP8/90000",
     )
-    offer = parse_offer(sdp)
+
+
+def test_chromium_simulcast_offer_is_answered_with_its_rids() -> None:
+    offer = parse_offer(simulcast_offer())
     _audio, video = negotiate_publish(offer)
     assert video.simulcast_offered and video.ssrc is None and video.rtx_ssrc is None
-    answer = build_answer(offer, LOCAL, [AnswerMedia(mid=video.mid, direction="recvonly", codec=video.codec)])
-    assert "a=rid" not in answer and "a=simulcast" not in answer
+    assert [e.rid for e in video.encodings] == ["q", "h", "f"]
+    assert all(e.ssrc is None and e.rtx_ssrc is None for e in video.encodings)
+    assert (video.extensions.rid, video.extensions.repaired_rid, video.extensions.mid) == (10, 11, 4)
+    answer = build_answer(
+        offer,
+        LOCAL,
+        [
+            AnswerMedia(
+                mid=video.mid,
+                direction="recvonly",
+                codec=video.codec,
+                extensions=video.extensions,
+                simulcast_rids=video.simulcast_rids,
+            )
+        ],
+    )
+    section = media_sections(answer)[1]
+    assert "a=rid:q recv\r\na=rid:h recv\r\na=rid:f recv\r\na=simulcast:recv q;h;f" in section
+    assert "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id" in section
+    assert "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id" in section
     assert media_sections(answer)[0].startswith("m=audio 0 ")  # not answered: rejected
     assert "a=group:BUNDLE 1" in answer
+    # The answer still parses, with the lines in the video section only.
+    reparsed = SessionDescription.parse(answer)
+    assert [m.kind for m in reparsed.media] == ["audio", "video"]
+    assert "a=rid" not in media_sections(answer)[0] and answer.endswith("\r\n")
+
+
+def test_simulcast_paused_and_alternative_rids() -> None:
+    offer = parse_offer(simulcast_offer(simulcast_line="a=simulcast:send q;~h,x;f"))
+    _audio, video = negotiate_publish(offer)
+    assert [e.rid for e in video.encodings] == ["q", "h", "f"]
+
+
+def test_simulcast_without_the_rid_extension_gets_a_single_encoding() -> None:
+    offer = parse_offer(simulcast_offer(rid_extension=False))
+    _audio, video = negotiate_publish(offer)
+    assert video.simulcast_offered and video.encodings == () and video.simulcast_rids == ()
+    assert video.extensions.rid is None
+    answer = build_answer(offer, LOCAL, [AnswerMedia(mid=video.mid, direction="recvonly", codec=video.codec)])
+    assert "a=rid" not in answer and "a=simulcast" not in answer
+
+
+def test_legacy_sim_group_gives_encodings_with_their_ssrcs() -> None:
+    sdp = re.sub(r"a=ssrc(-group)?:[^\r]*\r\n", "", CHROMIUM_OFFER)
+    lines = "a=ssrc-group:SIM 11 22 33\r\n" + "".join(
+        f"a=ssrc-group:FID {m} {r}\r\n" for m, r in ((11, 111), (22, 222), (33, 333))
+    )
+    lines += "".join(f"a=ssrc:{s} cname:abc\r\n" for s in (11, 111, 22, 222, 33, 333))
+    sdp = sdp.replace("a=rtpmap:96 VP8/90000", lines + "a=rtpmap:96 VP8/90000")
+    offer = parse_offer(sdp)
+    _audio, video = negotiate_publish(offer)
+    assert [(e.rid, e.ssrc, e.rtx_ssrc) for e in video.encodings] == [
+        (None, 11, 111),
+        (None, 22, 222),
+        (None, 33, 333),
+    ]
+    assert (video.ssrc, video.rtx_ssrc) == (11, 111) and video.simulcast_rids == ()
+    assert video.extensions.rid is None
 
 
 # --- subscribe ------------------------------------------------------------------------------

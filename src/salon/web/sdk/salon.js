@@ -32,6 +32,10 @@
  * @property {number} [frameRate] frames per second asked of the device
  * @property {"VP8"|"H264"} [videoCodec] the codec to send the video in when the browser has it
  *   (default: the browser's first choice, VP8 in Chromium); subscribers receive it as sent
+ * @property {boolean} [simulcast] send the video in several layers (simulcast, as OpenTok's
+ *   scalable video), so each subscriber gets the one its link and window take: a camera in
+ *   three (full, half and quarter resolution; Chromium sends all three from 960x540 up), a
+ *   screen in two (full and half). Default true; false sends one encoding.
  * @property {boolean} [insertDefaultUI] render a <video> into the element (default true)
  * @property {boolean} [publishAudio] start with the audio on (default true): false mutes it
  * @property {boolean} [publishVideo] start with the video on (default true): false turns it off
@@ -73,6 +77,28 @@ function preferCodec(transceiver, codec) {
   if (!chosen.length) return;
   const rest = capabilities.codecs.filter((c) => c.mimeType.toLowerCase() !== wanted);
   transceiver.setCodecPreferences([...chosen, ...rest]);
+}
+
+/**
+ * The `sendEncodings` of a published video track: simulcast layers, lowest first (the order
+ * the server takes as lowest to highest quality), or one encoding when simulcast is off.
+ * @param {"camera"|"screen"} videoSource
+ * @param {boolean} simulcast
+ * @returns {RTCRtpEncodingParameters[]|undefined}
+ */
+function simulcastEncodings(videoSource, simulcast) {
+  if (!simulcast) return undefined;
+  if (videoSource === "screen") {
+    return [
+      { rid: "h", scaleResolutionDownBy: 2 },
+      { rid: "f", scaleResolutionDownBy: 1 },
+    ];
+  }
+  return [
+    { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 2_000_000 },
+  ];
 }
 
 /** An error of the SDK or a refusal from the server: `code` is stable, `message` is for humans. */
@@ -1326,7 +1352,11 @@ export class Session extends Emitter {
     const previous = streamId ? publisher.pc : null;
     publisher.pc = pc;
     for (const track of media.getTracks()) {
-      const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [media] });
+      /** @type {RTCRtpTransceiverInit} */
+      const init = { direction: "sendonly", streams: [media] };
+      const encodings = track.kind === "video" ? simulcastEncodings(publisher.videoSource, publisher.options.simulcast !== false) : undefined;
+      if (encodings) init.sendEncodings = encodings;
+      const transceiver = pc.addTransceiver(track, init);
       if (track.kind === "video" && publisher.options.videoCodec) preferCodec(transceiver, publisher.options.videoCodec);
     }
     const ready = this._trickle(pc);

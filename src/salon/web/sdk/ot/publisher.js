@@ -106,6 +106,7 @@ export class Publisher extends EventEmitter {
       resolution: props.resolution,
       frameRate: props.frameRate,
       videoCodec: /** @type {any} */ (codec),
+      simulcast: props.simulcast !== false,
       insertDefaultUI: false,
       publishAudio: props.publishAudio !== false,
       publishVideo: props.publishVideo !== false,

@@ -1,0 +1,286 @@
+"""Layer switching for a simulcast consumer: one encoding out of several, one continuous stream.
+
+A simulcast producer receives several encodings (spatial layers, lowest first) of the same
+video, each its own RTP stream with unrelated sequence numbers, timestamps and (VP8) picture
+IDs. A subscriber must see one RTP stream whose decoder never notices a switch.
+:class:`LayerSwitcher` decides, per packet, whether to forward it and with which numbers:
+
+* **One layer at a time.** Packets of other encodings are not forwarded. A new target layer
+  (:meth:`LayerSwitcher.set_target`, called by the allocator or the subscriber's preferences)
+  takes effect only at the first packet of a key frame *of the target layer*; until then the
+  current layer keeps flowing (the caller asks the publisher for that key frame:
+  :attr:`LayerSwitcher.waiting`). Before the first start nothing is forwarded.
+* **Sequence numbers and timestamps** go through one
+  :class:`~salon.media.seq.SequenceRewriter`, re-based at each switch (the key frame gets
+  ``last + 1`` and a timestamp advanced by the wall-clock time since the last packet).
+* **VP8 picture ID and TL0PICIDX** are offset the same way: at a switch the key frame gets the
+  last output picture ID + 1 and the last output TL0PICIDX + 1, so the decoder sees neither a
+  gap nor a repeat (a gap in picture IDs would make it wait for a missing frame).
+* **VP8 temporal layers**: packets whose TID is above the maximum temporal layer are dropped,
+  and the sequence numbers and picture IDs of what is forwarded close up over them (no gap: the
+  subscriber does not NACK what was dropped on purpose). Lowering the maximum takes effect at
+  the next frame; raising it waits for a frame that does not depend on the frames dropped so
+  far (TID 0, or the layer-sync bit Y), or for the next switch.
+
+H.264 simulcast works the same way without the picture-ID part (key frame: IDR/SPS, as
+detected by the producer) and without temporal layers (no TID in the payload).
+
+Nothing here does I/O; ``now`` is passed in (seconds, monotonic clock).
+"""
+
+from __future__ import annotations
+
+from salon.media.seq import SequenceRewriter
+from salon.media.vp8 import Vp8Descriptor, parse_vp8_descriptor, write_vp8_descriptor
+
+__all__ = ["Forward", "LayerSwitcher"]
+
+#: (sequence number, timestamp, rewritten payload descriptor or None): the caller writes the
+#: descriptor bytes over the start of the payload (VP8); None leaves the payload as it is.
+Forward = tuple[int, int, bytes | None]
+
+#: Recent picture IDs remembered (input -> output), for late and retransmitted packets.
+_PICTURE_MAP_SIZE = 256
+
+
+class LayerSwitcher:
+    """Forward one of ``layers`` encodings (0 lowest) as one continuous RTP stream.
+
+    :param codec: lower-case codec name (``"vp8"``, ``"h264"``); VP8 gets picture-ID rewriting
+        and temporal-layer dropping.
+    :param clock_rate: RTP clock rate (timestamp advance across switches).
+    :param layers: number of encodings.
+    :param initial_seq, initial_ts: first output numbers (random if None).
+    :param sequence: continue this rewriter's output instead (a consumer that changes producer).
+    """
+
+    __slots__ = (
+        "_clock_rate",
+        "_current",
+        "_layers",
+        "_max_temporal",
+        "_pending_temporal",
+        "_pid_last_in",
+        "_pid_last_out",
+        "_pid_map",
+        "_pid_offset",
+        "_seq",
+        "_target",
+        "_tl0_last_out",
+        "_tl0_offset",
+        "_vp8",
+        "switches",
+        "temporal_dropped",
+    )
+
+    def __init__(
+        self,
+        codec: str,
+        clock_rate: int,
+        *,
+        layers: int,
+        initial_seq: int | None = None,
+        initial_ts: int | None = None,
+        sequence: SequenceRewriter | None = None,
+    ) -> None:
+        if layers < 1:
+            raise ValueError(f"a layer switcher needs at least one layer, got {layers}")
+        self._vp8 = codec.lower() == "vp8"
+        self._clock_rate = clock_rate
+        self._layers = layers
+        self._seq = sequence if sequence is not None else SequenceRewriter(initial_seq, initial_ts)
+        self._current: int | None = None
+        self._target = layers - 1
+        self._max_temporal = 0xFF
+        self._pending_temporal = 0xFF
+        self._pid_offset = 0
+        self._pid_last_in: int | None = None
+        self._pid_last_out: int | None = None
+        self._pid_map: dict[int, int] = {}
+        self._tl0_offset = 0
+        self._tl0_last_out: int | None = None
+        #: Switches (and starts) made so far.
+        self.switches = 0
+        #: Packets dropped for being above the maximum temporal layer.
+        self.temporal_dropped = 0
+
+    # ------------------------------------------------------------------------------------
+    # State
+
+    @property
+    def sequence(self) -> SequenceRewriter:
+        """The sequence/timestamp rewriter (NACK mapping, sender-report timestamps)."""
+        return self._seq
+
+    @property
+    def layers(self) -> int:
+        return self._layers
+
+    @property
+    def current_layer(self) -> int | None:
+        """The layer being forwarded, None before the first start (or after :meth:`reset`)."""
+        return self._current
+
+    @property
+    def target_layer(self) -> int:
+        return self._target
+
+    @property
+    def max_temporal_layer(self) -> int:
+        """The maximum VP8 temporal layer asked for (255: all)."""
+        return self._pending_temporal
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for a key frame of the target layer (to start or to switch)."""
+        return self._current != self._target
+
+    def set_target(self, spatial: int, temporal: int | None = None) -> None:
+        """Forward ``spatial`` (clamped to the layers there are) from its next key frame, and
+        VP8 temporal layers up to ``temporal`` (None: all)."""
+        self._target = max(0, min(int(spatial), self._layers - 1))
+        wanted = 0xFF if temporal is None else max(0, min(int(temporal), 0xFF))
+        # Dropping more takes effect at the next frame; adding back waits for a sync point.
+        self._pending_temporal = wanted
+
+    def reset(self) -> None:
+        """Forward nothing until the next key frame of the target layer (pause/resume,
+        producer change); the output stays continuous across it."""
+        self._current = None
+
+    # ------------------------------------------------------------------------------------
+    # Packet path
+
+    def forward(
+        self,
+        layer: int,
+        sequence_number: int,
+        timestamp: int,
+        payload: bytes | memoryview,
+        key_frame: bool,
+        now: float,
+    ) -> Forward | None:
+        """Decide about one packet of encoding ``layer``: None (not forwarded) or its output
+        sequence number, timestamp and rewritten VP8 descriptor.
+
+        ``key_frame``: the packet is the first of a key frame (the producer's detection).
+        """
+        current = self._current
+        switching = False
+        if layer != current:
+            if layer != self._target or not key_frame:
+                return None
+            switching = True
+        desc: Vp8Descriptor | None = None
+        if self._vp8:
+            try:
+                desc = parse_vp8_descriptor(payload)
+            except ValueError:
+                return None
+        if switching:
+            self._switch(layer, sequence_number, timestamp, desc, now)
+        elif desc is not None and desc.tid is not None:
+            if desc.frame_start and self._pending_temporal != self._max_temporal:
+                pending = self._pending_temporal
+                if pending < self._max_temporal or desc.tid == 0 or (desc.layer_sync and desc.tid <= pending):
+                    self._max_temporal = pending
+            if desc.tid > self._max_temporal:
+                self._seq.drop(sequence_number)
+                self._drop_picture(desc)
+                self.temporal_dropped += 1
+                return None
+        out = self._seq.rewrite(sequence_number, timestamp, now)
+        if out is None:
+            return None
+        prefix = self._rewrite_descriptor(payload, desc) if desc is not None else None
+        return out[0], out[1], prefix
+
+    def rewrite_retransmission(self, layer: int, payload: bytes | memoryview) -> tuple[bool, bytes | None]:
+        """For a cached packet asked for again (subscriber NACK): whether it may be sent
+        (it is of the current layer and not of a dropped temporal layer) and its rewritten VP8
+        descriptor."""
+        if layer != self._current:
+            return False, None
+        if not self._vp8:
+            return True, None
+        try:
+            desc = parse_vp8_descriptor(payload)
+        except ValueError:
+            return False, None
+        if desc.tid is not None and desc.tid > self._max_temporal:
+            return False, None
+        return True, self._rewrite_descriptor(payload, desc, learn=False)
+
+    # ------------------------------------------------------------------------------------
+    # Internals
+
+    def _switch(
+        self, layer: int, sequence_number: int, timestamp: int, desc: Vp8Descriptor | None, now: float
+    ) -> None:
+        self._seq.start(sequence_number, timestamp, now, self._clock_rate)
+        self._current = layer
+        self._max_temporal = self._pending_temporal
+        self.switches += 1
+        self._pid_map.clear()
+        if desc is None:
+            return
+        if desc.picture_id is not None:
+            if self._pid_last_out is None:
+                self._pid_offset = 0
+            else:
+                self._pid_offset = (self._pid_last_out + 1 - desc.picture_id) & 0x7FFF
+            self._pid_last_in = None
+        if desc.tl0_pic_idx is not None:
+            if self._tl0_last_out is None:
+                self._tl0_offset = 0
+            else:
+                self._tl0_offset = (self._tl0_last_out + 1 - desc.tl0_pic_idx) & 0xFF
+
+    def _is_new_picture(self, desc: Vp8Descriptor) -> bool:
+        pid = desc.picture_id
+        last = self._pid_last_in
+        if pid is None:
+            return False
+        if last is None:
+            return True
+        modulus = 1 << desc.picture_id_bits
+        diff = (pid - last) % modulus
+        return 0 < diff < modulus // 2
+
+    def _drop_picture(self, desc: Vp8Descriptor) -> None:
+        # A dropped picture takes no output picture ID: later ones close up over it.
+        if self._is_new_picture(desc):
+            self._pid_last_in = desc.picture_id
+            self._pid_offset = (self._pid_offset - 1) & 0x7FFF
+
+    def _rewrite_descriptor(
+        self, payload: bytes | memoryview, desc: Vp8Descriptor, learn: bool = True
+    ) -> bytes | None:
+        pid = desc.picture_id
+        tl0 = desc.tl0_pic_idx
+        if pid is None and tl0 is None:
+            return None
+        out_pid: int | None = None
+        if pid is not None:
+            mapped = self._pid_map.get(pid)
+            if mapped is not None:
+                out_pid = mapped
+            else:
+                out_pid = (pid + self._pid_offset) & 0x7FFF
+                if learn and self._is_new_picture(desc):
+                    self._pid_last_in = pid
+                    self._pid_last_out = out_pid
+                    pid_map = self._pid_map
+                    pid_map[pid] = out_pid
+                    if len(pid_map) > _PICTURE_MAP_SIZE:
+                        del pid_map[next(iter(pid_map))]
+        out_tl0: int | None = None
+        if tl0 is not None:
+            out_tl0 = (tl0 + self._tl0_offset) & 0xFF
+            if learn:
+                last = self._tl0_last_out
+                if last is None or 0 < ((out_tl0 - last) & 0xFF) < 0x80:
+                    self._tl0_last_out = out_tl0
+        buffer = bytearray(payload[: desc.size])
+        write_vp8_descriptor(buffer, desc, picture_id=out_pid, tl0_pic_idx=out_tl0)
+        return bytes(buffer)
