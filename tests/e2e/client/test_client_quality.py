@@ -7,9 +7,6 @@ while its audio goes on."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import pytest
 from sdk_helpers import EventLog, session_for, wait_for, wait_settled
 
@@ -23,35 +20,9 @@ from salon.client import (
     VideoReason,
 )
 from tests.conftest import RunningServer
-from tests.e2e.media.sfu_state import plane_of
+from tests.e2e.media.sfu_state import eventually_preferences, pause_for_quality, video_consumer
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def video_consumer(server: RunningServer) -> dict[str, Any]:
-    """The dump of the worker's only video consumer."""
-    (worker,) = plane_of(server).pool.workers.values()
-    dump = await asyncio.wrap_future(server.thread.run_coroutine(worker.dump(routers=True)))
-    consumers = [
-        c for r in dump.router_dumps.values() for c in r["consumers"].values() if c["kind"] == "video"
-    ]
-    assert len(consumers) == 1, consumers
-    return consumers[0]
-
-
-async def eventually_preferences(server: RunningServer, expected: dict[str, object], what: str) -> None:
-    last: dict[str, object] = {}
-
-    async def check() -> bool:
-        nonlocal last
-        last = (await video_consumer(server))["preferences"]
-        return last == expected
-
-    for _ in range(100):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: the video consumer has {last}, expected {expected}")
 
 
 async def test_preferences_reach_the_consumer_and_quality_pauses_reach_the_subscriber(
@@ -98,10 +69,7 @@ async def test_preferences_reach_the_consumer_and_quality_pauses_reach_the_subsc
         # The allocator's decision, taken through the worker: the link cannot carry video.
         subscription_id = subscriber.subscription_id
         assert subscription_id is not None
-        plane = plane_of(server)
-        await asyncio.wrap_future(
-            server.thread.run_coroutine(plane.pause_for_quality(sid, subscription_id, True))
-        )
+        await pause_for_quality(server, sid, subscription_id, True)
         await wait_for(lambda: bob_events.of(VideoDisabled), "VideoDisabled at bob")
         (disabled,) = bob_events.of(VideoDisabled)
         assert isinstance(disabled, VideoDisabled)
@@ -114,12 +82,8 @@ async def test_preferences_reach_the_consumer_and_quality_pauses_reach_the_subsc
         assert subscriber.video_frames_received - stopped_at <= 1, "video came back without a resume"
 
         # Pausing again changes nothing and tells nobody.
-        await asyncio.wrap_future(
-            server.thread.run_coroutine(plane.pause_for_quality(sid, subscription_id, True))
-        )
-        await asyncio.wrap_future(
-            server.thread.run_coroutine(plane.pause_for_quality(sid, subscription_id, False))
-        )
+        await pause_for_quality(server, sid, subscription_id, True)
+        await pause_for_quality(server, sid, subscription_id, False)
         await wait_for(lambda: bob_events.of(VideoEnabled), "VideoEnabled at bob")
         assert len(bob_events.of(VideoDisabled)) == 1
         (enabled,) = bob_events.of(VideoEnabled)
