@@ -262,7 +262,8 @@ class VideoDisabled(Event):
 @dataclass(frozen=True, slots=True)
 class VideoEnabled(Event):
     """The server sends one of your subscribers its video again after a
-    :class:`VideoDisabled` with the same ``reason``."""
+    :class:`VideoDisabled` with the same ``reason`` (also when the SDK subscribed again, e.g.
+    after a reconnection: a new subscription starts with its video)."""
 
     subscriber: Subscriber
     reason: VideoReason | str

@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from salon.client._emitter import LatestQueue
 from salon.client._subscribe_peer import SubscribePeer
 from salon.client.errors import InvalidStateError, MediaError
+from salon.client.events import VideoEnabled
 from salon.client.frames import AudioFrame, VideoFrame
 from salon.client.models import Stream
 from salon.client.stats import (
@@ -272,7 +273,10 @@ class Subscriber:
         if sdp is None:
             raise MediaError(f"{self!r}: the server sent no SDP answer (a server without media?)")
         self._subscription_id = subscription_id
-        self.video_disabled_reason = None  # a new subscription starts with its video
+        reason, self.video_disabled_reason = self.video_disabled_reason, None
+        if reason is not None and self._session is not None:
+            # A new subscription (after a reconnection) starts with its video: say so.
+            self._session._emit(VideoEnabled(self, reason))
         await peer.answer(self, sdp)
         logger.info("%r: subscribed (%s)", self, subscription_id)
 

@@ -1564,7 +1564,10 @@ export class Session extends Emitter {
       throw err;
     }
     subscriber.subscriptionId = reply.subscription_id;
-    subscriber.videoDisabledReason = null; // a new subscription starts with its video
+    const heldBack = subscriber.videoDisabledReason;
+    subscriber.videoDisabledReason = null;
+    // A new subscription (after a reconnection) starts with its video: say so.
+    if (heldBack) subscriber.emit("videoEnabled", { reason: heldBack });
     this._subscribeTrickle?.({ subscription_id: reply.subscription_id });
     this._subscribeTrickle = null; // the transport is the same for every later subscription
     await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });
