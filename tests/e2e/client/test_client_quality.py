@@ -94,3 +94,44 @@ async def test_preferences_reach_the_consumer_and_quality_pauses_reach_the_subsc
         await wait_for(lambda: subscriber.video_frames_received >= video_now + 10, "video to resume", 30)
         # The publisher is told nothing of a subscriber's quality pauses.
         assert not alice_events.of(VideoDisabled) and not alice_events.of(VideoEnabled)
+
+
+async def test_a_new_subscription_carries_the_preferences_and_starts_with_video(
+    media_server: RunningServer,
+) -> None:
+    """When the SDK subscribes again (as after a reconnection or a stream regaining video), the
+    new subscription gets the subscriber's current preferences, and a subscriber whose video
+    was held back for quality is told it is back."""
+    server = media_server
+    sid = server.session()
+    async with session_for(server, sid) as alice, session_for(server, sid) as bob:
+        bob_events = EventLog(bob)
+        stream = await alice.publish(
+            Publisher(
+                "alice", video_source=TestPatternSource(width=320, height=240), audio_source=ToneSource()
+            )
+        )
+        await wait_for(lambda: stream.stream_id in bob.streams, "alice's stream at bob")
+        subscriber = Subscriber(bob.streams[stream.stream_id])
+        await bob.subscribe(subscriber)
+        await eventually_preferences(
+            server, {"max_width": None, "max_height": None, "max_frame_rate": None}, "no preferences"
+        )
+        await subscriber.set_preferred_resolution((200, 100))
+        await subscriber.set_preferred_frame_rate(12.5)
+        old = subscriber.subscription_id
+        assert old is not None
+        await pause_for_quality(server, sid, old, True)
+        await wait_for(lambda: bob_events.of(VideoDisabled), "VideoDisabled at bob")
+
+        await bob._resubscribe(subscriber)  # what the SDK does after a reconnection
+        assert subscriber.subscription_id not in (None, old)
+        await wait_for(lambda: bob_events.of(VideoEnabled), "VideoEnabled for the new subscription")
+        (enabled,) = bob_events.of(VideoEnabled)
+        assert isinstance(enabled, VideoEnabled) and enabled.reason == "quality"
+        assert subscriber.video_disabled_reason is None
+        await eventually_preferences(
+            server, {"max_width": 200, "max_height": 100, "max_frame_rate": 12.5}, "the new subscription"
+        )
+        video_now = subscriber.video_frames_received
+        await wait_for(lambda: subscriber.video_frames_received >= video_now + 10, "video", 30)
