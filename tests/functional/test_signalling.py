@@ -1111,3 +1111,68 @@ async def test_every_closed_websocket_is_reported_for_a_prompt_collection(server
         assert len(closed) == 2
     finally:
         service.on_link_closed = None
+
+
+async def test_subscription_preferences_round_trip_and_bad_ones_change_nothing(server: RunningServer) -> None:
+    sid = server.session()
+    pub = await WsClient.join(server.url, sid, server.token(sid))
+    stream_id = (await pub.request({"type": "publish"}))["stream"]["stream_id"]
+    sub = await WsClient.join(server.url, sid, server.token(sid, "subscriber"))
+    other = await WsClient.join(server.url, sid, server.token(sid, "subscriber"))
+    reply = await sub.request(
+        {
+            "type": "subscribe",
+            "stream_id": stream_id,
+            "preferred_resolution": {"width": 320, "height": 240},
+            "preferred_frame_rate": 15,
+        }
+    )
+    assert reply["type"] == "subscribed", reply
+    subscription_id = reply["subscription_id"]
+    service = server.thread.server.config.app.state.signalling
+    live = service.live_session(sid)
+
+    def preferences() -> tuple[object, object]:
+        subscription = live.subscriptions[subscription_id]
+        return subscription.preferred_resolution, subscription.preferred_frame_rate
+
+    assert preferences() == ((320, 240), 15.0)
+    change = {"type": "set_subscription_preferences", "subscription_id": subscription_id}
+    assert (await sub.request(change | {"preferred_frame_rate": 7.5}))["type"] == "ack"
+    assert preferences() == (None, 7.5)  # both are replaced: no resolution now
+    ack = await sub.request(change | {"preferred_resolution": {"width": 1280, "height": 720}})
+    assert ack["type"] == "ack"
+    assert preferences() == ((1280, 720), None)
+
+    bad: list[tuple[dict[str, object], str]] = [
+        ({"preferred_frame_rate": 0}, "preferred_frame_rate"),
+        ({"preferred_frame_rate": 1000}, "preferred_frame_rate"),
+        ({"preferred_frame_rate": "30"}, "preferred_frame_rate"),
+        ({"preferred_resolution": {"width": 0, "height": 240}}, "preferred_resolution.width"),
+        ({"preferred_resolution": {"width": 320, "height": 99999}}, "preferred_resolution.height"),
+        ({"preferred_resolution": {"width": 320.5, "height": 240}}, "preferred_resolution.width"),
+        ({"preferred_resolution": {"width": 320}}, "preferred_resolution.height"),
+        ({"preferred_resolution": [320, 240]}, "preferred_resolution"),
+        ({"preferred_bitrate": 100}, "preferred_bitrate"),
+    ]
+    for fields, where in bad:
+        error = await sub.request(change | fields)
+        assert (error["type"], error["code"]) == ("error", "invalid_message"), (fields, error)
+        assert error["message"].startswith(f"{where}:"), (fields, error)
+        assert preferences() == ((1280, 720), None), fields
+    refused = await sub.request(
+        {"type": "subscribe", "stream_id": stream_id, "preferred_resolution": {"width": -1, "height": 1}}
+    )
+    assert refused["code"] == "invalid_message"
+    assert list(live.subscriptions) == [subscription_id]
+    # Another connection's subscription, or none: not_found, nothing changes.
+    for client, target in ((other, subscription_id), (sub, "no-such-subscription")):
+        error = await client.request(
+            {"type": "set_subscription_preferences", "subscription_id": target, "preferred_frame_rate": 5}
+        )
+        assert error["code"] == "not_found", error
+    assert preferences() == ((1280, 720), None)
+    told = [m["type"] for m in await pub.quiet(0.3)]
+    assert told == ["connection_created", "connection_created"]  # and nothing of the preferences
+    for client in (pub, sub, other):
+        await client.close()

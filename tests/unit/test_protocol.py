@@ -204,3 +204,58 @@ def test_the_check_command_fails_on_a_stale_file(tmp_path: Path, capsys: pytest.
     path.write_text(path.read_text(encoding="utf-8").replace('"not_found"', '"gone"'), encoding="utf-8")
     assert typescript.main(["--output", str(path), "--check"]) == 1
     assert typescript.REGENERATE in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"preferred_resolution": {"width": 0, "height": 240}},
+        {"preferred_resolution": {"width": 320, "height": 16385}},
+        {"preferred_resolution": {"width": "320", "height": 240}},
+        {"preferred_resolution": {"width": 320.0, "height": 240}},
+        {"preferred_resolution": {"width": True, "height": 240}},
+        {"preferred_resolution": {"width": 320}},
+        {"preferred_resolution": {"width": 320, "height": 240, "depth": 8}},
+        {"preferred_resolution": [320, 240]},
+        {"preferred_frame_rate": 0},
+        {"preferred_frame_rate": -1},
+        {"preferred_frame_rate": 241},
+        {"preferred_frame_rate": "30"},
+        {"preferred_frame_rate": True},
+    ],
+)
+def test_subscription_preferences_are_checked_strictly(fields: dict[str, Any]) -> None:
+    for base in (
+        {"type": "set_subscription_preferences", "request_id": 1, "subscription_id": "s"},
+        {"type": "subscribe", "request_id": 1, "stream_id": "x"},
+    ):
+        with pytest.raises(ValidationError):
+            client_message_adapter.validate_json(json.dumps(base | fields))
+
+
+def test_subscription_preferences_parse() -> None:
+    message = client_message_adapter.validate_json(
+        '{"type":"set_subscription_preferences","request_id":1,"subscription_id":"s",'
+        '"preferred_resolution":{"width":320,"height":180},"preferred_frame_rate":7.5}'
+    )
+    assert isinstance(message, salon.protocol.SetSubscriptionPreferencesRequest)
+    assert message.preferred_resolution == salon.protocol.PreferredResolution(width=320, height=180)
+    assert message.preferred_frame_rate == 7.5
+    cleared = client_message_adapter.validate_json(
+        '{"type":"set_subscription_preferences","request_id":1,"subscription_id":"s"}'
+    )
+    assert isinstance(cleared, salon.protocol.SetSubscriptionPreferencesRequest)
+    assert (cleared.preferred_resolution, cleared.preferred_frame_rate) == (None, None)
+
+
+def test_video_events_accept_an_unknown_reason() -> None:
+    known = server_message_adapter.validate_json(
+        '{"type":"video_disabled","subscription_id":"s","stream_id":"x","reason":"quality"}'
+    )
+    assert isinstance(known, salon.protocol.VideoDisabledEvent)
+    assert known.reason is salon.protocol.VideoReason.QUALITY
+    newer = server_message_adapter.validate_json(
+        '{"type":"video_enabled","subscription_id":"s","stream_id":"x","reason":"codec","more":1}'
+    )
+    assert isinstance(newer, salon.protocol.VideoEnabledEvent)
+    assert newer.reason == "codec"

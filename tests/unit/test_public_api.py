@@ -122,11 +122,13 @@ def test_protocol_exports() -> None:
         "MuteForcedEvent",
         "PingMessage",
         "PongMessage",
+        "PreferredResolution",
         "PublishRequest",
         "PublishedMessage",
         "ResumeInfo",
         "ServerMessage",
         "SessionDisconnectedEvent",
+        "SetSubscriptionPreferencesRequest",
         "SetSubscriptionRequest",
         "SignalEvent",
         "SignalRequest",
@@ -142,11 +144,20 @@ def test_protocol_exports() -> None:
         "UnpublishRequest",
         "UnsubscribeRequest",
         "UpdateStreamRequest",
+        "VideoDisabledEvent",
+        "VideoEnabledEvent",
+        "VideoReason",
         "VideoType",
         "client_message_adapter",
         "server_message_adapter",
     ]
-    assert salon.protocol.codes.__all__ == ["CloseCode", "DisconnectReason", "ErrorCode", "StreamReason"]
+    assert salon.protocol.codes.__all__ == [
+        "CloseCode",
+        "DisconnectReason",
+        "ErrorCode",
+        "StreamReason",
+        "VideoReason",
+    ]
     assert sorted(salon.protocol.__all__) == sorted(
         salon.protocol.codes.__all__ + salon.protocol.messages.__all__
     )

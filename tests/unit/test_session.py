@@ -20,6 +20,9 @@ from salon.protocol import (
     StreamDestroyedEvent,
     StreamReason,
     UpdateStreamRequest,
+    VideoDisabledEvent,
+    VideoEnabledEvent,
+    VideoReason,
 )
 from salon.signalling.session import Close, Deliver, Session
 from salon.tokens import Role
@@ -259,3 +262,90 @@ def test_media_reset_tells_every_connection_its_own_streams_then_ends_them() -> 
     ]
     assert list(session.streams) == [signalling_only]  # streams without media stay
     assert sub.subscription_id not in session.subscriptions
+
+
+# -- subscription preferences and quality events ----------------------------------------
+
+
+def test_subscribe_stores_the_preferences_and_set_preferences_replaces_both() -> None:
+    session = make_session(Role.PUBLISHER, Role.SUBSCRIBER)
+    stream_id = publish(session, "c0")
+    sub = session.subscribe("c1", stream_id, preferred_resolution=(320, 240), preferred_frame_rate=15)
+    assert (sub.preferred_resolution, sub.preferred_frame_rate) == ((320, 240), 15.0)
+    assert isinstance(sub.preferred_frame_rate, float)
+    same = session.set_preferences(
+        "c1", sub.subscription_id, preferred_resolution=(1280, 720), preferred_frame_rate=None
+    )
+    assert same is sub
+    assert (sub.preferred_resolution, sub.preferred_frame_rate) == ((1280, 720), None)
+    session.set_preferences("c1", sub.subscription_id, preferred_resolution=None, preferred_frame_rate=7.5)
+    assert (sub.preferred_resolution, sub.preferred_frame_rate) == (None, 7.5)
+
+
+@pytest.mark.parametrize(
+    ("resolution", "frame_rate"),
+    [
+        ((0, 240), None),
+        ((320, -1), None),
+        ((320, 16385), None),
+        ((320.0, 240), None),
+        ((True, 240), None),
+        ((320,), None),
+        (None, 0),
+        (None, -5.0),
+        (None, 240.5),
+        (None, True),
+        (None, float("nan")),
+        (None, "30"),
+    ],
+)
+def test_preferences_out_of_bounds_are_refused_and_change_nothing(
+    resolution: object, frame_rate: object
+) -> None:
+    session = make_session(Role.PUBLISHER, Role.SUBSCRIBER)
+    stream_id = publish(session, "c0")
+    sub = session.subscribe("c1", stream_id, preferred_resolution=(640, 480), preferred_frame_rate=30)
+    with pytest.raises(InvalidRequestError) as refused:
+        session.set_preferences(
+            "c1",
+            sub.subscription_id,
+            preferred_resolution=resolution,  # type: ignore[arg-type]
+            preferred_frame_rate=frame_rate,  # type: ignore[arg-type]
+        )
+    assert refused.value.code == "invalid_request"
+    assert (sub.preferred_resolution, sub.preferred_frame_rate) == ((640, 480), 30.0)
+    with pytest.raises(InvalidRequestError):
+        session.subscribe(
+            "c1",
+            stream_id,
+            preferred_resolution=resolution,  # type: ignore[arg-type]
+            preferred_frame_rate=frame_rate,  # type: ignore[arg-type]
+        )
+    assert list(session.subscriptions) == [sub.subscription_id]
+
+
+def test_only_the_subscriber_sets_its_preferences() -> None:
+    session = make_session(Role.PUBLISHER, Role.SUBSCRIBER, Role.MODERATOR)
+    stream_id = publish(session, "c0")
+    sub = session.subscribe("c1", stream_id, preferred_frame_rate=30)
+    for cid, sub_id in (("c2", sub.subscription_id), ("c0", sub.subscription_id), ("c1", "nope")):
+        with pytest.raises(NotFoundError):
+            session.set_preferences(cid, sub_id, preferred_resolution=(1, 1), preferred_frame_rate=1)
+    assert (sub.preferred_resolution, sub.preferred_frame_rate) == (None, 30.0)
+
+
+def test_quality_changes_go_to_the_subscriber_once_per_change() -> None:
+    session = make_session(Role.PUBLISHER, Role.SUBSCRIBER)
+    stream_id = publish(session, "c0")
+    sub = session.subscribe("c1", stream_id)
+    sid = sub.subscription_id
+    disabled = VideoDisabledEvent(subscription_id=sid, stream_id=stream_id, reason=VideoReason.QUALITY)
+    enabled = VideoEnabledEvent(subscription_id=sid, stream_id=stream_id, reason=VideoReason.QUALITY)
+    assert session.video_quality_changed(sid, False) == []  # it was on already
+    assert session.video_quality_changed(sid, True) == [Deliver(disabled, to=("c1",))]
+    assert sub.video_disabled_for_quality
+    assert session.video_quality_changed(sid, True) == []
+    assert session.video_quality_changed(sid, False) == [Deliver(enabled, to=("c1",))]
+    assert not sub.video_disabled_for_quality
+    session.unsubscribe("c1", sid)
+    assert session.video_quality_changed(sid, True) == []  # an ended subscription: nobody to tell

@@ -69,6 +69,9 @@ from salon.client.events import (
     StreamPublished,
     StreamReason,
     StreamReceived,
+    VideoDisabled,
+    VideoEnabled,
+    VideoReason,
 )
 from salon.client.frames import AudioFrame, VideoFrame
 from salon.client.models import Connection, Stream, VideoType
@@ -148,7 +151,10 @@ __all__ = [
     "SubscriberStats",
     "TestPatternSource",
     "ToneSource",
+    "VideoDisabled",
+    "VideoEnabled",
     "VideoFrame",
+    "VideoReason",
     "VideoSource",
     "VideoType",
     "read_test_pattern_index",

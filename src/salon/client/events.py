@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 
 from salon.client.errors import ClientError
 from salon.client.models import Connection, Stream
-from salon.protocol import DisconnectReason, StreamProperty, StreamReason
+from salon.protocol import DisconnectReason, StreamProperty, StreamReason, VideoReason
 
 if TYPE_CHECKING:
     from salon.client.publisher import Publisher
+    from salon.client.subscriber import Subscriber
 
 __all__ = [
     "ActiveSpeakerChanged",
@@ -47,6 +48,9 @@ __all__ = [
     "StreamPublished",
     "StreamReason",
     "StreamReceived",
+    "VideoDisabled",
+    "VideoEnabled",
+    "VideoReason",
 ]
 
 
@@ -241,3 +245,25 @@ class ArchiveStopped(Event):
 
     archive_id: str
     name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VideoDisabled(Event):
+    """The server stopped sending one of your subscribers its video on its own (audio goes
+    on): with reason ``quality``, your link cannot carry even the stream's lowest video layer
+    (OpenTok's audio fallback). :class:`VideoEnabled` follows when it comes back."""
+
+    subscriber: Subscriber
+    reason: VideoReason | str
+    """A :class:`~salon.protocol.VideoReason` (a newer server may send one this SDK does not
+    know, as a plain string)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VideoEnabled(Event):
+    """The server sends one of your subscribers its video again after a
+    :class:`VideoDisabled` with the same ``reason`` (also when the SDK subscribed again, e.g.
+    after a reconnection: a new subscription starts with its video)."""
+
+    subscriber: Subscriber
+    reason: VideoReason | str

@@ -112,6 +112,8 @@ from salon.client.events import (
     StreamPropertyChanged,
     StreamPublished,
     StreamReceived,
+    VideoDisabled,
+    VideoEnabled,
 )
 from salon.client.models import Connection, Stream
 from salon.client.publisher import Publisher
@@ -147,6 +149,8 @@ from salon.protocol import (
     SubscribeRequest,
     UnpublishRequest,
     UnsubscribeRequest,
+    VideoDisabledEvent,
+    VideoEnabledEvent,
 )
 
 __all__ = ["Session", "SessionState"]
@@ -680,6 +684,8 @@ class Session:
                 audio=subscriber.subscribed_to_audio,
                 video=subscriber.subscribed_to_video,
                 sdp=offer,
+                preferred_resolution=subscriber._wire_resolution(),
+                preferred_frame_rate=subscriber.preferred_frame_rate,
             )
             try:
                 reply = await self._request(request, action=f"subscribe to stream {stream_id}")
@@ -778,11 +784,25 @@ class Session:
                 self._emit(ArchiveStarted(archive_id, name))
             case ArchiveStoppedEvent(archive_id=archive_id, name=name):
                 self._emit(ArchiveStopped(archive_id, name))
+            case VideoDisabledEvent() | VideoEnabledEvent():
+                self._video_changed(message)
             case SessionDisconnectedEvent(reason=reason):
                 if reason == DisconnectReason.FORCE_DISCONNECTED:
                     self._end_reason = SessionEndReason.FORCE_DISCONNECTED
             case _:
                 logger.debug("%r: ignored %s", self, message.type)
+
+    def _video_changed(self, message: VideoDisabledEvent | VideoEnabledEvent) -> None:
+        """The server stopped or resumed a subscriber's video on its own (e.g. quality)."""
+        target = next((s for s in self._subscribers if s.subscription_id == message.subscription_id), None)
+        if target is None:
+            return  # unsubscribed meanwhile
+        if isinstance(message, VideoDisabledEvent):
+            target.video_disabled_reason = str(message.reason)
+            self._emit(VideoDisabled(target, message.reason))
+        else:
+            target.video_disabled_reason = None
+            self._emit(VideoEnabled(target, message.reason))
 
     def _on_unknown(self, raw: dict[str, Any]) -> None:
         """A message newer than this SDK's schema (a newer server): ignored."""

@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from salon.client._emitter import LatestQueue
 from salon.client._subscribe_peer import SubscribePeer
 from salon.client.errors import InvalidStateError, MediaError
+from salon.client.events import VideoEnabled
 from salon.client.frames import AudioFrame, VideoFrame
 from salon.client.models import Stream
 from salon.client.stats import (
@@ -37,7 +38,12 @@ from salon.client.stats import (
     collect,
     ice_round_trip_time,
 )
-from salon.protocol import SetSubscriptionRequest
+from salon.protocol import (
+    PreferredResolution,
+    SetSubscriptionPreferencesRequest,
+    SetSubscriptionRequest,
+)
+from salon.protocol.messages import MAX_PREFERRED_DIMENSION, MAX_PREFERRED_FRAME_RATE
 
 if TYPE_CHECKING:
     from salon.client.session import Session
@@ -55,6 +61,10 @@ class Subscriber:
     :param on_audio_frame: called with each decoded :class:`~salon.client.frames.AudioFrame`.
     :param audio: receive audio from the start (toggle with :meth:`subscribe_to_audio`).
     :param video: receive video from the start (toggle with :meth:`subscribe_to_video`).
+    :param preferred_resolution: the largest video wanted, ``(width, height)`` (change it
+        with :meth:`set_preferred_resolution`); None: no preference.
+    :param preferred_frame_rate: the highest frame rate wanted (change it with
+        :meth:`set_preferred_frame_rate`); None: no preference.
 
     Callbacks run on the event loop, in the reader task: keep them short (or hand off to a
     queue/thread); an exception in one is logged and the frames keep coming.
@@ -68,7 +78,11 @@ class Subscriber:
         on_audio_frame: Callable[[AudioFrame], object] | None = None,
         audio: bool = True,
         video: bool = True,
+        preferred_resolution: tuple[int, int] | None = None,
+        preferred_frame_rate: float | None = None,
     ) -> None:
+        self._preferred_resolution = _check_resolution(preferred_resolution)
+        self._preferred_frame_rate = _check_frame_rate(preferred_frame_rate)
         self.stream = stream
         self.on_video_frame = on_video_frame
         self.on_audio_frame = on_audio_frame
@@ -90,6 +104,10 @@ class Subscriber:
         """Audio frames decoded so far."""
         self.size: tuple[int, int] | None = None
         """The size of the last video frame."""
+        self.video_disabled_reason: str | None = None
+        """Why the server stopped sending this subscriber's video on its own (``"quality"``:
+        the link cannot carry it, see :class:`~salon.client.events.VideoDisabled`); None while
+        it sends it."""
 
     def __repr__(self) -> str:
         return f"Subscriber({self.stream.stream_id[:8]})"
@@ -110,6 +128,14 @@ class Subscriber:
     @property
     def subscribed_to_video(self) -> bool:
         return self._want_video
+
+    @property
+    def preferred_resolution(self) -> tuple[int, int] | None:
+        return self._preferred_resolution
+
+    @property
+    def preferred_frame_rate(self) -> float | None:
+        return self._preferred_frame_rate
 
     # -- frames ------------------------------------------------------------------------
 
@@ -138,6 +164,46 @@ class Subscriber:
         """Receive this stream's video or not (the server stops forwarding it)."""
         self._want_video = enabled
         await self._set(video=enabled)
+
+    async def set_preferred_resolution(self, resolution: tuple[int, int] | None) -> None:
+        """Ask for video no larger than ``(width, height)`` (each 1 to 16384), or (None) for
+        no limit: the server forwards the stream's layer that fits (OpenTok.js's
+        ``setPreferredResolution``). Kept across reconnections.
+
+        :raises ValueError: not a pair of integers in range (nothing is sent).
+        :raises RequestRefused: the server refused it.
+        """
+        self._preferred_resolution = _check_resolution(resolution)
+        await self._send_preferences()
+
+    async def set_preferred_frame_rate(self, frame_rate: float | None) -> None:
+        """Ask for video at no more than ``frame_rate`` frames per second (greater than 0, at
+        most 240), or (None) at any rate (OpenTok.js's ``setPreferredFrameRate``). Kept across
+        reconnections.
+
+        :raises ValueError: not a number in range (nothing is sent).
+        :raises RequestRefused: the server refused it.
+        """
+        self._preferred_frame_rate = _check_frame_rate(frame_rate)
+        await self._send_preferences()
+
+    def _wire_resolution(self) -> PreferredResolution | None:
+        resolution = self._preferred_resolution
+        return None if resolution is None else PreferredResolution(width=resolution[0], height=resolution[1])
+
+    async def _send_preferences(self) -> None:
+        session, subscription_id = self._session, self._subscription_id
+        if session is None or subscription_id is None:
+            return  # sent with the subscribe
+        await session._request(
+            SetSubscriptionPreferencesRequest(
+                request_id=0,
+                subscription_id=subscription_id,
+                preferred_resolution=self._wire_resolution(),
+                preferred_frame_rate=self._preferred_frame_rate,
+            ),
+            action=f"set the preferences of subscription {subscription_id}",
+        )
 
     async def _set(self, **kinds: bool) -> None:
         session, subscription_id = self._session, self._subscription_id
@@ -207,6 +273,10 @@ class Subscriber:
         if sdp is None:
             raise MediaError(f"{self!r}: the server sent no SDP answer (a server without media?)")
         self._subscription_id = subscription_id
+        reason, self.video_disabled_reason = self.video_disabled_reason, None
+        if reason is not None and self._session is not None:
+            # A new subscription (after a reconnection) starts with its video: say so.
+            self._session._emit(VideoEnabled(self, reason))
         await peer.answer(self, sdp)
         logger.info("%r: subscribed (%s)", self, subscription_id)
 
@@ -285,6 +355,37 @@ class Subscriber:
             audio.end()
         self._video_queues.clear()
         self._audio_queues.clear()
+
+
+def _check_resolution(resolution: tuple[int, int] | None) -> tuple[int, int] | None:
+    if resolution is None:
+        return None
+    try:
+        width, height = resolution
+    except (TypeError, ValueError):
+        raise ValueError(f"a preferred resolution is (width, height), not {resolution!r}") from None
+    for side in (width, height):
+        if isinstance(side, bool) or not isinstance(side, int) or not 1 <= side <= MAX_PREFERRED_DIMENSION:
+            raise ValueError(
+                f"a preferred width and height are integers from 1 to {MAX_PREFERRED_DIMENSION}, "
+                f"not {resolution!r}"
+            )
+    return width, height
+
+
+def _check_frame_rate(frame_rate: float | None) -> float | None:
+    if frame_rate is None:
+        return None
+    if (
+        isinstance(frame_rate, bool)
+        or not isinstance(frame_rate, int | float)
+        or not 0 < frame_rate <= MAX_PREFERRED_FRAME_RATE
+    ):
+        raise ValueError(
+            f"a preferred frame rate is greater than 0 and at most {MAX_PREFERRED_FRAME_RATE}, "
+            f"not {frame_rate!r}"
+        )
+    return float(frame_rate)
 
 
 T = TypeVar("T")

@@ -20,6 +20,7 @@ a ``type`` discriminator, and there is one union per direction:
                            ended, ``mediaStopped``)
   :class:`AudioLevelsEvent`         smoothed audio levels of a router's streams (≤ 4/s)
   :class:`ActiveSpeakerEvent`       a router's active speaker changed
+  :class:`VideoQualityEvent`        a video consumer was paused for quality, or resumed
   ======================== ===============================================================
 
 An :class:`ErrorResponse` carries the class name of the :class:`~salon.errors.SalonError`
@@ -76,6 +77,8 @@ __all__ = [
     "ResultResponse",
     "SetConsumerLayerRequest",
     "SetConsumersRequest",
+    "SetPreferencesRequest",
+    "SetQualityPausedRequest",
     "StartRecordingRequest",
     "StopRecordingRequest",
     "SubscribeRequest",
@@ -84,6 +87,7 @@ __all__ = [
     "TransportConnectedEvent",
     "TransportSettings",
     "UnpublishRequest",
+    "VideoQualityEvent",
     "WorkerDump",
     "WorkerEvent",
     "WorkerMessage",
@@ -231,6 +235,10 @@ class SubscribeRequest(_Request):
     audio: bool = True
     video: bool = True
     transport_id: str | None = None
+    max_width: int | None = None
+    max_height: int | None = None
+    max_frame_rate: float | None = None
+    """The subscriber's preferences, given to the new video consumers (None: none)."""
 
 
 class AddCandidateRequest(_Request):
@@ -252,6 +260,34 @@ class SetConsumersRequest(_Request):
     consumer_ids: list[str]
     audio: bool | None = None
     video: bool | None = None
+
+
+class SetPreferencesRequest(_Request):
+    """Set the subscriber's preferred maximum resolution and frame rate (None: no preference)
+    on some consumers of a subscribe transport (:meth:`~salon.media.consumer.Consumer.set_preferences`;
+    audio consumers ignore them). Unknown ids are fine. Result: :class:`Ack`."""
+
+    type: Literal["set_preferences"] = "set_preferences"
+    router_id: str
+    transport_id: str
+    consumer_ids: list[str]
+    max_width: int | None = None
+    max_height: int | None = None
+    max_frame_rate: float | None = None
+
+
+class SetQualityPausedRequest(_Request):
+    """Pause (or resume) some video consumers of a subscribe transport for quality, as the
+    allocator does when a link cannot carry the lowest layer
+    (:meth:`~salon.media.consumer.Consumer.set_paused`): each change is reported as a
+    :class:`VideoQualityEvent`. For tests and operators; audio consumers and unknown ids are
+    left alone. Result: :class:`Ack`."""
+
+    type: Literal["set_quality_paused"] = "set_quality_paused"
+    router_id: str
+    transport_id: str
+    consumer_ids: list[str]
+    paused: bool
 
 
 class UnpublishRequest(_Request):
@@ -340,6 +376,8 @@ Request = (
     | SubscribeRequest
     | AddCandidateRequest
     | SetConsumersRequest
+    | SetPreferencesRequest
+    | SetQualityPausedRequest
     | UnpublishRequest
     | CloseTransportsRequest
     | CloseConsumersRequest
@@ -501,8 +539,23 @@ class ActiveSpeakerEvent(_Message):
     """The new active speaker's stream; None when the speaker's stream went away."""
 
 
+class VideoQualityEvent(_Message):
+    """A video consumer was paused for quality (``disabled``) or resumed from it."""
+
+    type: Literal["video_quality"] = "video_quality"
+    router_id: str
+    transport_id: str
+    consumer_id: str
+    disabled: bool
+
+
 WorkerEvent = (
-    ReadyEvent | TransportConnectedEvent | TransportClosedEvent | AudioLevelsEvent | ActiveSpeakerEvent
+    ReadyEvent
+    | TransportConnectedEvent
+    | TransportClosedEvent
+    | AudioLevelsEvent
+    | ActiveSpeakerEvent
+    | VideoQualityEvent
 )
 WorkerMessage = Annotated[Response | WorkerEvent, Field(discriminator="type")]
 """Everything a worker sends."""

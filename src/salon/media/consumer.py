@@ -13,6 +13,14 @@ bytes to ``transport.send_rtp`` (SRTP protect + sendto).
   Sequence numbers and timestamps stay continuous across pauses and restarts (the rewriter
   re-bases them at the key frame).
 * **Pause / resume** (subscribe to audio or video only): paused consumers send nothing.
+  :meth:`set_paused` with :attr:`PauseReason.QUALITY` pauses for quality instead (the
+  allocator: the subscriber's link cannot carry even the lowest layer), independently of the
+  subscriber's own choice; a change emits :class:`ConsumerQualityChanged` (the worker reports
+  it, and signalling tells the subscriber ``video_disabled`` / ``video_enabled``, reason
+  ``quality``).
+* **Preferences.** :meth:`set_preferences` stores the subscriber's preferred maximum
+  resolution and frame rate (:attr:`max_width`, :attr:`max_height`, :attr:`max_frame_rate`;
+  None: no preference) for layer selection to read.
 * **Subscriber RTCP.** NACKs are mapped back to publisher sequence numbers and answered from
   the producer's cache (RTX-wrapped when RTX was negotiated); cache misses become an upstream
   NACK, retried on the producer's NACK schedule. PLI/FIR become a (throttled) producer
@@ -80,8 +88,10 @@ __all__ = [
     "ConsumerCloseReason",
     "ConsumerClosed",
     "ConsumerEvent",
+    "ConsumerQualityChanged",
     "ConsumerStats",
     "ConsumerTransport",
+    "PauseReason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,9 +150,23 @@ class ConsumerCloseReason(enum.Enum):
     """The subscriber's transport closed."""
 
 
+class PauseReason(enum.Enum):
+    SUBSCRIBER = "subscriber"
+    """The subscriber turned this kind off (``set_subscription``)."""
+    QUALITY = "quality"
+    """The subscriber's link cannot carry the stream (the allocator's decision)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerEvent:
     consumer: Consumer
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerQualityChanged(ConsumerEvent):
+    """The consumer was paused for quality (``paused`` True) or resumed from it."""
+
+    paused: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +223,12 @@ class Consumer:
         self.closed = False
         self.close_reason: ConsumerCloseReason | None = None
         self.paused = paused
+        #: Paused for quality (:meth:`set_paused` with :attr:`PauseReason.QUALITY`).
+        self.quality_paused = False
+        #: The subscriber's preferences (:meth:`set_preferences`); None: no preference.
+        self.max_width: int | None = None
+        self.max_height: int | None = None
+        self.max_frame_rate: float | None = None
         #: Last REMB estimate from the subscriber in bit/s (0: none yet).
         self.remb_bitrate = 0
 
@@ -263,7 +293,12 @@ class Consumer:
         return self._active
 
     def _update_active(self) -> None:
-        active = not self.closed and not self.paused and self.transport.state is TransportState.CONNECTED
+        active = (
+            not self.closed
+            and not self.paused
+            and not self.quality_paused
+            and self.transport.state is TransportState.CONNECTED
+        )
         if active is not self._active:
             self._active = active
             self.producer.consumers_changed()
@@ -376,6 +411,35 @@ class Consumer:
         logger.debug("%r: resumed", self)
         if self._active:
             self._request_start(self._now())
+
+    def set_paused(self, paused: bool, reason: PauseReason) -> None:
+        """Pause or resume for ``reason``: the consumer forwards only when paused for
+        neither. A change of the quality pause emits :class:`ConsumerQualityChanged`."""
+        if reason is PauseReason.SUBSCRIBER:
+            if paused:
+                self.pause()
+            else:
+                self.resume()
+            return
+        if self.closed or self.quality_paused == paused:
+            return
+        self.quality_paused = paused
+        if not paused:
+            self._started = False
+        self._update_active()
+        logger.info("%r: %s for quality", self, "paused" if paused else "resumed")
+        if self._active:
+            self._request_start(self._now())
+        self.events.emit(ConsumerQualityChanged(self, paused))
+
+    def set_preferences(
+        self, max_width: int | None, max_height: int | None, max_frame_rate: float | None
+    ) -> None:
+        """Store the subscriber's preferred maximum resolution and frame rate (None: no
+        preference), for layer selection to honour."""
+        self.max_width = max_width
+        self.max_height = max_height
+        self.max_frame_rate = max_frame_rate
 
     def _request_start(self, now: float) -> None:
         self._waiting_since = now
@@ -631,6 +695,12 @@ class Consumer:
             "rtx_ssrc": self.rtx_ssrc,
             "payload_type": self._pt,
             "paused": self.paused,
+            "quality_paused": self.quality_paused,
+            "preferences": {
+                "max_width": self.max_width,
+                "max_height": self.max_height,
+                "max_frame_rate": self.max_frame_rate,
+            },
             "started": self._started,
             "simulcast": self._switcher is not None,
             "current_layer": self.current_layer,

@@ -25,7 +25,12 @@ Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through 
   (a new transport could never reach that peer connection: its DTLS association is gone),
   so the client subscribes from a new peer connection instead of waiting for media that
   never comes;
-* audio levels (≤ 4/s) and active-speaker changes → ``audio_levels`` / ``active_speaker``.
+* audio levels (≤ 4/s) and active-speaker changes → ``audio_levels`` / ``active_speaker``;
+* a subscription's video consumer paused for quality, or resumed → ``video_quality_changed``
+  (signalling tells the subscriber ``video_disabled`` / ``video_enabled``, reason ``quality``).
+
+A subscription's preferred resolution and frame rate go to its video consumers at subscribe
+time and whenever they change (:meth:`SfuMediaPlane.set_subscription_preferences`).
 
 A subscribe transport whose producer closed needs no report: signalling already sent
 ``stream_destroyed`` to the subscribers, and :meth:`SfuMediaPlane.stream_unpublished` closes
@@ -53,6 +58,7 @@ from salon.media.workers import (
     StreamEnded,
     StreamFlowing,
     TransportGone,
+    VideoQualityChanged,
     WorkerDied,
     WorkerPool,
 )
@@ -108,6 +114,13 @@ class _SessionMedia:
     subscribe_peers: dict[str, tuple[str, _PeerKey]] = field(default_factory=dict)
     """Subscribe transport ID → its connection and the ICE credentials of the client's peer
     connection (remembered when the worker dies)."""
+
+
+def _limits(subscription: Subscription) -> tuple[int | None, int | None, float | None]:
+    """A subscription's preferences as a consumer takes them: max width, height, frame rate."""
+    resolution = subscription.preferred_resolution
+    width, height = (None, None) if resolution is None else resolution
+    return width, height, subscription.preferred_frame_rate
 
 
 def _no_transport(what: str) -> InvalidRequestError:
@@ -192,12 +205,16 @@ class SfuMediaPlane:
         media = self.sessions.get(session_id)
         if media is None or subscription.stream_id not in media.publications:
             raise _no_transport(f"stream {subscription.stream_id}")
+        max_width, max_height, max_frame_rate = _limits(subscription)
         transport, consumers, answer = await media.router.subscribe(
             subscription.stream_id,
             offer,
             audio=audio,
             video=video,
             transport_id=media.subscribe_transports.get(subscription.connection_id),
+            max_width=max_width,
+            max_height=max_height,
+            max_frame_rate=max_frame_rate,
         )
         media.subscribe_transports[subscription.connection_id] = transport.id
         if peer is not None:
@@ -240,6 +257,33 @@ class SfuMediaPlane:
         if media is None or entry is None:
             return  # a signalling-only subscription forwards nothing either way
         await media.router.set_consumers(entry.transport_id, entry.consumers, audio=audio, video=video)
+
+    async def set_subscription_preferences(self, session_id: str, subscription: Subscription) -> None:
+        media = self.sessions.get(session_id)
+        entry = None if media is None else media.subscriptions.get(subscription.subscription_id)
+        if media is None or entry is None:
+            return  # a signalling-only subscription: nothing to tell a consumer
+        max_width, max_height, max_frame_rate = _limits(subscription)
+        await media.router.set_preferences(
+            entry.transport_id,
+            entry.consumers,
+            max_width=max_width,
+            max_height=max_height,
+            max_frame_rate=max_frame_rate,
+        )
+
+    async def pause_for_quality(self, session_id: str, subscription_id: str, paused: bool) -> None:
+        """Pause (or resume) a subscription's video for quality, as the allocator does when the
+        subscriber's link cannot carry the lowest layer: the change comes back through the
+        worker and signalling tells the subscriber. For tests and operators.
+
+        :raises NotFoundError: the subscription has no media here.
+        """
+        media = self.sessions.get(session_id)
+        entry = None if media is None else media.subscriptions.get(subscription_id)
+        if media is None or entry is None:
+            raise NotFoundError(f"no subscription {subscription_id} with media")
+        await media.router.set_quality_paused(entry.transport_id, entry.consumers, paused=paused)
 
     async def set_subscription_layer(
         self, session_id: str, subscription_id: str, *, spatial: int | None, temporal: int | None = None
@@ -400,6 +444,18 @@ class SfuMediaPlane:
             case ActiveSpeaker():
                 if events is not None:
                     self._spawn(events.active_speaker(session_id, event.stream_id))
+            case VideoQualityChanged():
+                subscription_id = next(
+                    (
+                        entry.subscription_id
+                        for entry in media.subscriptions.values()
+                        if entry.transport_id == event.transport_id
+                        and any(c.id == event.consumer_id for c in entry.consumers)
+                    ),
+                    None,
+                )
+                if events is not None and subscription_id is not None:
+                    self._spawn(events.video_quality_changed(session_id, subscription_id, event.disabled))
             case WorkerDied():
                 if self.sessions.get(session_id) is media:
                     del self.sessions[session_id]

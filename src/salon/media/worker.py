@@ -75,11 +75,14 @@ from salon.media.channel import (
     ResultResponse,
     SetConsumerLayerRequest,
     SetConsumersRequest,
+    SetPreferencesRequest,
+    SetQualityPausedRequest,
     StartRecordingRequest,
     StopRecordingRequest,
     SubscribeRequest,
     SubscribeResult,
     UnpublishRequest,
+    VideoQualityEvent,
     WorkerDump,
     WorkerEvent,
     decode_main_message,
@@ -89,6 +92,7 @@ from salon.media.channel import (
 from salon.media.channel import TransportClosedEvent as TransportClosedMessage
 from salon.media.channel import TransportConnectedEvent as TransportConnectedMessage
 from salon.media.collector import Collector
+from salon.media.consumer import Consumer, ConsumerEvent, ConsumerQualityChanged, PauseReason
 from salon.media.errors import MediaStateError
 from salon.media.producer import Producer
 from salon.media.router import Router, RouterEvent, StreamClosed
@@ -191,6 +195,22 @@ class HostedRouter:
     def _send_speaker(self, event: ActiveSpeakerChanged) -> None:
         logger.debug("%r: active speaker %s -> %s", self, event.previous, event.stream_id)
         self.worker.send(ActiveSpeakerEvent(router_id=self.id, stream_id=event.stream_id))
+
+    def watch_consumer(self, consumer: Consumer) -> None:
+        """Report ``consumer``'s quality pauses to the main process (:class:`VideoQualityEvent`)."""
+        consumer.events.add_listener(self._on_consumer_event)
+
+    def _on_consumer_event(self, event: ConsumerEvent) -> None:
+        if isinstance(event, ConsumerQualityChanged) and not self.router.closed:
+            consumer = event.consumer
+            self.worker.send(
+                VideoQualityEvent(
+                    router_id=self.id,
+                    transport_id=consumer.transport.id,
+                    consumer_id=consumer.id,
+                    disabled=event.paused,
+                )
+            )
 
     def _on_router_event(self, event: RouterEvent) -> None:
         if isinstance(event, StreamClosed):
@@ -347,6 +367,12 @@ class Worker:
                 )
                 if subscribed.new_transport:
                     hosted.watch(subscribed.transport)
+                for consumer in subscribed.consumers:
+                    hosted.watch_consumer(consumer)
+                    if consumer.kind == "video":
+                        consumer.set_preferences(
+                            request.max_width, request.max_height, request.max_frame_rate
+                        )
                 return SubscribeResult(
                     transport_id=subscribed.transport.id,
                     answer=subscribed.answer_sdp,
@@ -372,6 +398,18 @@ class Worker:
                 return ConsumersResult(
                     consumers=[ConsumerInfo(id=c.id, kind=c.kind, paused=c.paused) for c in consumers]
                 )
+            case SetPreferencesRequest():
+                transport = self._router(request.router_id).transport(request.transport_id)
+                for target in map(transport.consumers.get, request.consumer_ids):
+                    if target is not None and target.kind == "video":
+                        target.set_preferences(request.max_width, request.max_height, request.max_frame_rate)
+                return Ack()
+            case SetQualityPausedRequest():
+                transport = self._router(request.router_id).transport(request.transport_id)
+                for paused_consumer in map(transport.consumers.get, request.consumer_ids):
+                    if paused_consumer is not None and paused_consumer.kind == "video":
+                        paused_consumer.set_paused(request.paused, PauseReason.QUALITY)
+                return Ack()
             case UnpublishRequest():
                 hosted = self.routers.get(request.router_id)
                 if hosted is not None:

@@ -80,6 +80,8 @@ from salon.media.channel import (
     ResultResponse,
     SetConsumerLayerRequest,
     SetConsumersRequest,
+    SetPreferencesRequest,
+    SetQualityPausedRequest,
     StartRecordingRequest,
     StopRecordingRequest,
     SubscribeRequest,
@@ -88,6 +90,7 @@ from salon.media.channel import (
     TransportConnectedEvent,
     TransportSettings,
     UnpublishRequest,
+    VideoQualityEvent,
     WorkerDump,
     WorkerEvent,
     decode_worker_message,
@@ -108,6 +111,7 @@ __all__ = [
     "StreamEnded",
     "StreamFlowing",
     "TransportGone",
+    "VideoQualityChanged",
     "WorkerDied",
     "WorkerDiedError",
     "WorkerHandle",
@@ -196,6 +200,15 @@ class ActiveSpeaker(RouterHandleEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class VideoQualityChanged(RouterHandleEvent):
+    """A video consumer was paused for quality (``disabled``) or resumed from it."""
+
+    transport_id: str
+    consumer_id: str
+    disabled: bool
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerDied(RouterHandleEvent):
     """The router's worker died: the router and all its transports are gone."""
 
@@ -265,11 +278,21 @@ class RouterHandle:
         return result
 
     async def subscribe(
-        self, stream_id: str, offer: str, *, audio: bool, video: bool, transport_id: str | None = None
+        self,
+        stream_id: str,
+        offer: str,
+        *,
+        audio: bool,
+        video: bool,
+        transport_id: str | None = None,
+        max_width: int | None = None,
+        max_height: int | None = None,
+        max_frame_rate: float | None = None,
     ) -> tuple[RemoteTransport, list[RemoteConsumer], str]:
         """Consume a stream on the client's subscribe transport ``transport_id`` (renegotiated
-        when the offer comes from the same peer connection) or on a new one; returns the
-        transport, the new consumers and the SDP answer."""
+        when the offer comes from the same peer connection) or on a new one, its video with
+        the subscriber's preferences (``max_*``, None: none); returns the transport, the new
+        consumers and the SDP answer."""
         request = SubscribeRequest(
             id=self.worker.next_id(),
             router_id=self.id,
@@ -278,6 +301,9 @@ class RouterHandle:
             audio=audio,
             video=video,
             transport_id=transport_id,
+            max_width=max_width,
+            max_height=max_height,
+            max_frame_rate=max_frame_rate,
         )
         result = await self._request(request, SubscribeResult)
         if self.closed:
@@ -316,6 +342,42 @@ class RouterHandle:
         paused = {c.id: c.paused for c in result.consumers}
         for consumer in consumers:
             consumer.paused = paused.get(consumer.id, consumer.paused)
+
+    async def set_preferences(
+        self,
+        transport_id: str,
+        consumers: Sequence[RemoteConsumer],
+        *,
+        max_width: int | None,
+        max_height: int | None,
+        max_frame_rate: float | None,
+    ) -> None:
+        """Give some consumers of a subscribe transport the subscriber's preferred maximum
+        resolution and frame rate (None: no preference)."""
+        request = SetPreferencesRequest(
+            id=self.worker.next_id(),
+            router_id=self.id,
+            transport_id=transport_id,
+            consumer_ids=[c.id for c in consumers],
+            max_width=max_width,
+            max_height=max_height,
+            max_frame_rate=max_frame_rate,
+        )
+        await self._request(request, Ack)
+
+    async def set_quality_paused(
+        self, transport_id: str, consumers: Sequence[RemoteConsumer], *, paused: bool
+    ) -> None:
+        """Pause (or resume) the video ones of some consumers for quality, as the allocator
+        does; each change comes back as :class:`VideoQualityChanged`. For tests and operators."""
+        request = SetQualityPausedRequest(
+            id=self.worker.next_id(),
+            router_id=self.id,
+            transport_id=transport_id,
+            consumer_ids=[c.id for c in consumers if c.kind == "video"],
+            paused=paused,
+        )
+        await self._request(request, Ack)
 
     async def set_consumer_layer(
         self,
@@ -490,6 +552,10 @@ class RouterHandle:
                 self.events.emit(AudioLevels(self, dict(event.levels)))
             case ActiveSpeakerEvent():
                 self.events.emit(ActiveSpeaker(self, event.stream_id))
+            case VideoQualityEvent():
+                self.events.emit(
+                    VideoQualityChanged(self, event.transport_id, event.consumer_id, event.disabled)
+                )
             case ReadyEvent():
                 pass
 

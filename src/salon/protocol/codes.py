@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CloseCode", "DisconnectReason", "ErrorCode", "StreamReason"]
+__all__ = ["CloseCode", "DisconnectReason", "ErrorCode", "StreamReason", "VideoReason"]
 
 
 class ErrorCode(enum.StrEnum):
@@ -103,3 +103,12 @@ class StreamReason(enum.StrEnum):
     FORCE_UNPUBLISHED = "forceUnpublished"
     UNPUBLISHED = "unpublished"
     MEDIA_STOPPED = "mediaStopped"
+
+
+class VideoReason(enum.StrEnum):
+    """Why a subscription's video stopped or came back (``video_disabled`` / ``video_enabled``;
+    OpenTok's ``videoDisabled`` / ``videoEnabled`` reasons that the server decides)."""
+
+    QUALITY = "quality"
+    """The subscriber's link cannot carry even the stream's lowest video layer: the server
+    stopped forwarding its video (audio goes on), or forwards it again now that it can."""

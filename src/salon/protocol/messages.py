@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from salon.protocol.codes import DisconnectReason, ErrorCode, StreamReason
+from salon.protocol.codes import DisconnectReason, ErrorCode, StreamReason, VideoReason
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -44,11 +44,13 @@ __all__ = [
     "MuteForcedEvent",
     "PingMessage",
     "PongMessage",
+    "PreferredResolution",
     "PublishRequest",
     "PublishedMessage",
     "ResumeInfo",
     "ServerMessage",
     "SessionDisconnectedEvent",
+    "SetSubscriptionPreferencesRequest",
     "SetSubscriptionRequest",
     "SignalEvent",
     "SignalRequest",
@@ -63,6 +65,8 @@ __all__ = [
     "UnpublishRequest",
     "UnsubscribeRequest",
     "UpdateStreamRequest",
+    "VideoDisabledEvent",
+    "VideoEnabledEvent",
     "VideoType",
     "client_message_adapter",
     "server_message_adapter",
@@ -72,6 +76,9 @@ PROTOCOL_VERSION = 1
 MAX_SIGNAL_TYPE_LENGTH = 128
 MAX_SIGNAL_DATA_LENGTH = 8192
 MAX_STREAM_NAME_LENGTH = 1000
+#: Bounds of a subscription's preferred resolution (each side) and frame rate.
+MAX_PREFERRED_DIMENSION = 16384
+MAX_PREFERRED_FRAME_RATE = 240
 
 RequestId = Annotated[int | str, Field(description="Chosen by the client, echoed in the reply.")]
 
@@ -91,6 +98,13 @@ AnyDisconnectReason = Annotated[
     Field(
         union_mode="left_to_right",
         description="A `DisconnectReason`; a newer server may send one this client does not know.",
+    ),
+]
+AnyVideoReason = Annotated[
+    VideoReason | str,
+    Field(
+        union_mode="left_to_right",
+        description="A `VideoReason`; a newer server may send one this client does not know.",
     ),
 ]
 AnyStreamReason = Annotated[
@@ -218,6 +232,29 @@ class UpdateStreamRequest(_ClientModel):
     height: int | None = Field(None, ge=1, le=16384)
 
 
+# Preferences are checked strictly (no "320" for 320, no 320.0, no true for 1): they are new
+# fields, so no client depends on the lax parsing of the older ones.
+PreferredDimension = Annotated[int, Field(strict=True, ge=1, le=MAX_PREFERRED_DIMENSION)]
+PreferredFrameRate = Annotated[
+    float,
+    Field(
+        strict=True,
+        gt=0,
+        le=MAX_PREFERRED_FRAME_RATE,
+        description="Frames per second, greater than 0 and at most 240.",
+    ),
+]
+
+
+class PreferredResolution(_ClientModel):
+    """The largest video a subscriber wants for a subscription (OpenTok.js's
+    ``setPreferredResolution``): the server forwards the stream's layer closest to it, never
+    a larger one when a smaller one exists."""
+
+    width: PreferredDimension
+    height: PreferredDimension
+
+
 class SubscribeRequest(_ClientModel):
     type: Literal["subscribe"] = "subscribe"
     request_id: RequestId
@@ -225,6 +262,12 @@ class SubscribeRequest(_ClientModel):
     audio: bool = True
     video: bool = True
     sdp: str | None = Field(None, description="The client's recvonly SDP offer; absent without media.")
+    preferred_resolution: PreferredResolution | None = Field(
+        None, description="The largest video wanted (None: no preference)."
+    )
+    preferred_frame_rate: PreferredFrameRate | None = Field(
+        None, description="The highest frame rate wanted (None: no preference)."
+    )
 
 
 class UnsubscribeRequest(_ClientModel):
@@ -241,6 +284,17 @@ class SetSubscriptionRequest(_ClientModel):
     subscription_id: str
     audio: bool | None = None
     video: bool | None = None
+
+
+class SetSubscriptionPreferencesRequest(_ClientModel):
+    """Set a subscription's preferred resolution and frame rate. Both are replaced: None (or
+    absent) means no preference."""
+
+    type: Literal["set_subscription_preferences"] = "set_subscription_preferences"
+    request_id: RequestId
+    subscription_id: str
+    preferred_resolution: PreferredResolution | None = None
+    preferred_frame_rate: PreferredFrameRate | None = None
 
 
 class IceCandidateRequest(_ClientModel):
@@ -321,6 +375,7 @@ ClientMessage = Annotated[
     | SubscribeRequest
     | UnsubscribeRequest
     | SetSubscriptionRequest
+    | SetSubscriptionPreferencesRequest
     | IceCandidateRequest
     | SignalRequest
     | ForceDisconnectRequest
@@ -340,6 +395,7 @@ CLIENT_MESSAGE_TYPES = frozenset(
         SubscribeRequest,
         UnsubscribeRequest,
         SetSubscriptionRequest,
+        SetSubscriptionPreferencesRequest,
         IceCandidateRequest,
         SignalRequest,
         ForceDisconnectRequest,
@@ -535,6 +591,27 @@ class ArchiveStoppedEvent(_ServerModel):
     name: str | None = Field(default=None, description="The archive's name, if it was given one.")
 
 
+class VideoDisabledEvent(_ServerModel):
+    """Sent to a subscriber when the server stops forwarding a subscription's video on its
+    own (``reason`` ``quality``: the subscriber's link cannot carry the stream's lowest video
+    layer); audio goes on. ``video_enabled`` follows when the video comes back."""
+
+    type: Literal["video_disabled"] = "video_disabled"
+    subscription_id: str
+    stream_id: str
+    reason: AnyVideoReason
+
+
+class VideoEnabledEvent(_ServerModel):
+    """Sent to a subscriber when the server forwards a subscription's video again after a
+    ``video_disabled`` with the same ``reason``."""
+
+    type: Literal["video_enabled"] = "video_enabled"
+    subscription_id: str
+    stream_id: str
+    reason: AnyVideoReason
+
+
 class PingMessage(_ServerModel):
     type: Literal["ping"] = "ping"
     timestamp: float
@@ -560,6 +637,8 @@ ServerMessage = Annotated[
     | MediaResetEvent
     | ArchiveStartedEvent
     | ArchiveStoppedEvent
+    | VideoDisabledEvent
+    | VideoEnabledEvent
     | PingMessage,
     Field(discriminator="type"),
 ]

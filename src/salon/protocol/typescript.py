@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 
-from salon.protocol.codes import CloseCode, DisconnectReason, ErrorCode, StreamReason
+from salon.protocol.codes import CloseCode, DisconnectReason, ErrorCode, StreamReason, VideoReason
 from salon.protocol.messages import (
     PROTOCOL_VERSION,
     ClientMessage,
@@ -40,7 +40,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "web" / "sdk" / "protoco
 #: The command that regenerates :data:`DEFAULT_PATH`.
 REGENERATE = "python -m salon.protocol.typescript"
 
-_ENUMS: tuple[type, ...] = (ErrorCode, CloseCode, DisconnectReason, StreamReason, VideoType)
+_ENUMS: tuple[type, ...] = (ErrorCode, CloseCode, DisconnectReason, StreamReason, VideoReason, VideoType)
 
 Schema = dict[str, Any]
 

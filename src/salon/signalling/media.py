@@ -52,6 +52,12 @@ class MediaEvents(Protocol):
         """The session's active speaker is now ``stream_id`` (None: nobody). Signalling sends
         ``active_speaker`` to every connection when it changed, if the stream is announced."""
 
+    async def video_quality_changed(self, session_id: str, subscription_id: str, disabled: bool) -> None:
+        """The media plane stopped forwarding a subscription's video because the subscriber's
+        link cannot carry the stream's lowest layer (``disabled`` True), or forwards it again
+        (False). Signalling sends the subscriber ``video_disabled`` / ``video_enabled`` with
+        reason ``quality``, once per change."""
+
 
 class MediaPlane(Protocol):
     """What signalling asks of the media plane. Every method is idempotent."""
@@ -90,6 +96,10 @@ class MediaPlane(Protocol):
         self, session_id: str, subscription: Subscription, *, audio: bool | None, video: bool | None
     ) -> None:
         """Forward a subscription's audio / video or not (None: leave that kind as it is)."""
+
+    async def set_subscription_preferences(self, session_id: str, subscription: Subscription) -> None:
+        """The subscription's preferred resolution / frame rate changed (read them from
+        ``subscription``; None: no preference). :meth:`subscribe` reads them too."""
 
     async def stream_unpublished(self, session_id: str, stream_id: str) -> None:
         """A stream was destroyed for any reason: release its producers and their consumers."""
@@ -139,6 +149,9 @@ class SignallingOnly:
         self, session_id: str, subscription: Subscription, *, audio: bool | None, video: bool | None
     ) -> None:
         return None  # a signalling-only subscription forwards nothing either way
+
+    async def set_subscription_preferences(self, session_id: str, subscription: Subscription) -> None:
+        return None  # nothing is forwarded: the preferences are kept in signalling only
 
     async def stream_unpublished(self, session_id: str, stream_id: str) -> None:
         return None

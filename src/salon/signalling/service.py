@@ -58,6 +58,7 @@ from salon.protocol import (
     PublishedMessage,
     PublishRequest,
     ServerMessage,
+    SetSubscriptionPreferencesRequest,
     SetSubscriptionRequest,
     SignalRequest,
     StreamAudioLevel,
@@ -76,7 +77,7 @@ from salon.signalling.levels import LevelThrottle, check_levels
 from salon.signalling.media import MediaPlane, SignallingOnly
 from salon.signalling.observer import SessionObserver
 from salon.signalling.ratelimit import TokenBucket, Verdict
-from salon.signalling.session import Action, Close, Deliver, ResumeRefusedError, Session
+from salon.signalling.session import Action, Close, Deliver, ResumeRefusedError, Session, Subscription
 from salon.store.registry import Registry
 from salon.tokens import TokenClaims, token_api_key, verify_token
 
@@ -524,6 +525,13 @@ class SignallingService:
         voices.active_speaker = stream_id
         self._broadcast(session, ActiveSpeakerEvent(stream_id=stream_id))
 
+    async def video_quality_changed(self, session_id: str, subscription_id: str, disabled: bool) -> None:
+        """The media plane stopped or resumed a subscription's video for quality: tell its
+        subscriber (:class:`~salon.signalling.media.MediaEvents`)."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            await self.carry_out(session, session.video_quality_changed(subscription_id, disabled))
+
     @staticmethod
     def _announced(session: Session, stream_id: str) -> bool:
         stream = session.streams.get(stream_id)
@@ -862,7 +870,7 @@ class SignallingService:
             case SubscribeRequest() if message.sdp is not None:
                 return await self._subscribe_media(session, cid, message, message.sdp)
             case SubscribeRequest():
-                sub = session.subscribe(cid, message.stream_id)
+                sub = _subscribe(session, cid, message)
                 await self.media.subscribed(session.session_id, sub)
                 return SubscribedMessage(
                     request_id=message.request_id,
@@ -879,6 +887,18 @@ class SignallingService:
                 await self.media.set_subscription(
                     session.session_id, sub, audio=message.audio, video=message.video
                 )
+                actions = []
+            case SetSubscriptionPreferencesRequest():
+                resolution = message.preferred_resolution
+                sub = session.set_preferences(
+                    cid,
+                    message.subscription_id,
+                    preferred_resolution=None
+                    if resolution is None
+                    else (resolution.width, resolution.height),
+                    preferred_frame_rate=message.preferred_frame_rate,
+                )
+                await self.media.set_subscription_preferences(session.session_id, sub)
                 actions = []
             case IceCandidateRequest():
                 if message.stream_id is not None:
@@ -944,7 +964,7 @@ class SignallingService:
     async def _subscribe_media(
         self, session: Session, cid: str, message: SubscribeRequest, offer: str
     ) -> SubscribedMessage:
-        sub = session.subscribe(cid, message.stream_id)
+        sub = _subscribe(session, cid, message)
         try:
             answer = await self.media.subscribe(
                 session.session_id, sub, offer, audio=message.audio, video=message.video
@@ -1018,6 +1038,17 @@ async def _refuse_upgrade(websocket: WebSocket, status: int, code: str, message:
         )
     else:
         await websocket.close(int(CloseCode.GOING_AWAY), message)
+
+
+def _subscribe(session: Session, cid: str, message: SubscribeRequest) -> Subscription:
+    """A new subscription with the preferences of the ``subscribe``."""
+    resolution = message.preferred_resolution
+    return session.subscribe(
+        cid,
+        message.stream_id,
+        preferred_resolution=None if resolution is None else (resolution.width, resolution.height),
+        preferred_frame_rate=message.preferred_frame_rate,
+    )
 
 
 def _error_code(exc: SalonError) -> ErrorCode:

@@ -56,9 +56,17 @@ from salon.protocol import (
     StreamPropertyChangedEvent,
     StreamReason,
     UpdateStreamRequest,
+    VideoDisabledEvent,
+    VideoEnabledEvent,
+    VideoReason,
     VideoType,
 )
-from salon.protocol.messages import MAX_SIGNAL_DATA_LENGTH, MAX_SIGNAL_TYPE_LENGTH
+from salon.protocol.messages import (
+    MAX_PREFERRED_DIMENSION,
+    MAX_PREFERRED_FRAME_RATE,
+    MAX_SIGNAL_DATA_LENGTH,
+    MAX_SIGNAL_TYPE_LENGTH,
+)
 from salon.tokens import Role
 
 PropertyValue = bool | str | list[int] | None
@@ -73,6 +81,7 @@ __all__ = [
     "Session",
     "Stream",
     "Subscription",
+    "check_preferences",
     "new_resume_secret",
     "token_digest",
 ]
@@ -184,11 +193,43 @@ class Stream:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Subscription:
     subscription_id: str
     connection_id: str
     stream_id: str
+    #: The largest video the subscriber wants, (width, height); None: no preference.
+    preferred_resolution: tuple[int, int] | None = None
+    #: The highest frame rate the subscriber wants; None: no preference.
+    preferred_frame_rate: float | None = None
+    #: Whether the media plane stopped its video for quality (``video_disabled`` was sent).
+    video_disabled_for_quality: bool = False
+
+
+def check_preferences(resolution: tuple[int, int] | None, frame_rate: float | None) -> None:
+    """Refuse preferences out of bounds (the wire schema refuses them first; this guards the
+    other callers). Raises :class:`~salon.errors.InvalidRequestError` (``invalid_request``)."""
+    if resolution is not None:
+        if len(resolution) != 2:
+            raise InvalidRequestError("a preferred resolution is (width, height)")
+        for side in resolution:
+            if (
+                isinstance(side, bool)
+                or not isinstance(side, int)
+                or not 1 <= side <= MAX_PREFERRED_DIMENSION
+            ):
+                raise InvalidRequestError(
+                    f"a preferred width or height is an integer from 1 to {MAX_PREFERRED_DIMENSION}"
+                )
+    if frame_rate is not None:
+        if (
+            isinstance(frame_rate, bool)
+            or not isinstance(frame_rate, int | float)
+            or not 0 < frame_rate <= MAX_PREFERRED_FRAME_RATE
+        ):
+            raise InvalidRequestError(
+                f"a preferred frame rate is a number greater than 0 and at most {MAX_PREFERRED_FRAME_RATE}"
+            )
 
 
 def _check_signal(signal_type: str, data: str) -> None:
@@ -579,16 +620,65 @@ class Session:
 
     # -- subscriptions -----------------------------------------------------------------
 
-    def subscribe(self, connection_id: str, stream_id: str) -> Subscription:
+    def subscribe(
+        self,
+        connection_id: str,
+        stream_id: str,
+        *,
+        preferred_resolution: tuple[int, int] | None = None,
+        preferred_frame_rate: float | None = None,
+    ) -> Subscription:
         conn = self.connection(connection_id)
         if not conn.role.can_subscribe:
             raise PermissionDeniedError("a publisheronly token cannot subscribe")
         stream = self.announced_stream(stream_id)
         if stream.connection_id == connection_id:
             raise InvalidRequestError("a connection cannot subscribe to its own stream")
-        sub = Subscription(str(uuid.uuid4()), connection_id, stream_id)
+        check_preferences(preferred_resolution, preferred_frame_rate)
+        sub = Subscription(
+            str(uuid.uuid4()),
+            connection_id,
+            stream_id,
+            preferred_resolution=preferred_resolution,
+            preferred_frame_rate=None if preferred_frame_rate is None else float(preferred_frame_rate),
+        )
         self.subscriptions[sub.subscription_id] = sub
         return sub
+
+    def set_preferences(
+        self,
+        connection_id: str,
+        subscription_id: str,
+        *,
+        preferred_resolution: tuple[int, int] | None,
+        preferred_frame_rate: float | None,
+    ) -> Subscription:
+        """Replace the preferred resolution and frame rate of one of the connection's
+        subscriptions (None: no preference). Checked before anything changes."""
+        sub = self.own_subscription(connection_id, subscription_id)
+        check_preferences(preferred_resolution, preferred_frame_rate)
+        sub.preferred_resolution = preferred_resolution
+        sub.preferred_frame_rate = None if preferred_frame_rate is None else float(preferred_frame_rate)
+        return sub
+
+    def video_quality_changed(self, subscription_id: str, disabled: bool) -> list[Action]:
+        """The media plane stopped (``disabled``) or resumed a subscription's video for
+        quality: tell its subscriber (``video_disabled`` / ``video_enabled``, reason
+        ``quality``), once per change. An unknown (ended) subscription is ignored."""
+        sub = self.subscriptions.get(subscription_id)
+        if sub is None or sub.video_disabled_for_quality == disabled:
+            return []
+        sub.video_disabled_for_quality = disabled
+        event: ServerMessage
+        if disabled:
+            event = VideoDisabledEvent(
+                subscription_id=sub.subscription_id, stream_id=sub.stream_id, reason=VideoReason.QUALITY
+            )
+        else:
+            event = VideoEnabledEvent(
+                subscription_id=sub.subscription_id, stream_id=sub.stream_id, reason=VideoReason.QUALITY
+            )
+        return [Deliver(event, to=(sub.connection_id,))]
 
     def unsubscribe(self, connection_id: str, subscription_id: str) -> Subscription:
         sub = self.own_subscription(connection_id, subscription_id)

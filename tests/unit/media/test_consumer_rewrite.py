@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from salon.media.consumer import Consumer, ConsumerClosed, ConsumerCloseReason
+from salon.media.consumer import (
+    Consumer,
+    ConsumerClosed,
+    ConsumerCloseReason,
+    ConsumerQualityChanged,
+    PauseReason,
+)
 from salon.media.producer import Producer, ProducerClosed, ProducerCloseReason
 from salon.media.rtcp import Nack, Pli, Remb, SenderReport, parse_rtcp
 from salon.media.rtp import (
@@ -288,3 +294,45 @@ def test_a_consumer_cannot_switch_to_another_kind_or_codec() -> None:
         mid="0", kind="audio", codec=OPUS, extensions=HeaderExtensionIds(), ssrc=1, rtx_ssrc=None, cname=""
     )
     assert not consumer.can_switch_to(Producer(FakeTransport(), audio, stream_id="s"))  # type: ignore[arg-type]
+
+
+def test_a_quality_pause_stops_forwarding_apart_from_the_subscribers_own_and_is_reported() -> None:
+    producer, consumer, _pub, sub = make()
+    changes: list[bool] = []
+    consumer.events.add_listener(
+        lambda e: changes.append(e.paused) if isinstance(e, ConsumerQualityChanged) else None
+    )
+    feed(producer, 100, 9000, KEY)
+    assert len(sub.rtp) == 1
+    consumer.set_paused(True, PauseReason.QUALITY)
+    consumer.set_paused(True, PauseReason.QUALITY)  # no change: not reported again
+    assert changes == [True] and consumer.quality_paused and not consumer.paused
+    assert not consumer.forwarding
+    feed(producer, 101, 12000, KEY)
+    assert len(sub.rtp) == 1
+    # The subscriber turning video on does not lift the quality pause, nor off-and-on.
+    consumer.set_paused(False, PauseReason.SUBSCRIBER)
+    consumer.set_paused(True, PauseReason.SUBSCRIBER)
+    consumer.set_paused(False, PauseReason.SUBSCRIBER)
+    feed(producer, 102, 15000, KEY)
+    assert len(sub.rtp) == 1 and changes == [True]
+    consumer.set_paused(False, PauseReason.QUALITY)
+    assert changes == [True, False] and consumer.forwarding
+    feed(producer, 103, 18000, DELTA)
+    assert len(sub.rtp) == 1  # not before the key frame
+    feed(producer, 104, 21000, KEY)
+    headers = [parse_rtp_header(p) for p in sub.rtp]
+    assert len(headers) == 2 and headers[1].sequence_number == (headers[0].sequence_number + 1) & 0xFFFF
+    consumer.close()
+    consumer.set_paused(True, PauseReason.QUALITY)  # closed: nothing happens
+    assert changes == [True, False]
+
+
+def test_preferences_are_stored_for_layer_selection() -> None:
+    _producer, consumer, _pub, _sub = make()
+    assert (consumer.max_width, consumer.max_height, consumer.max_frame_rate) == (None, None, None)
+    consumer.set_preferences(320, 180, 7.5)
+    assert (consumer.max_width, consumer.max_height, consumer.max_frame_rate) == (320, 180, 7.5)
+    assert consumer.dump()["preferences"] == {"max_width": 320, "max_height": 180, "max_frame_rate": 7.5}
+    consumer.set_preferences(None, None, None)
+    assert consumer.dump()["preferences"] == {"max_width": None, "max_height": None, "max_frame_rate": None}

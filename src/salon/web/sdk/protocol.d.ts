@@ -56,6 +56,12 @@ export type StreamReason =
   | "unpublished"
   | "mediaStopped";
 
+/**
+ * Why a subscription's video stopped or came back (`video_disabled` / `video_enabled`;
+ * OpenTok's `videoDisabled` / `videoEnabled` reasons that the server decides).
+ */
+export type VideoReason = "quality";
+
 export type VideoType = "camera" | "screen" | "custom";
 
 // --- objects inside server messages --------------------------------------------------------------
@@ -77,6 +83,16 @@ export interface IceServer {
   urls: string[];
   username: string | null;
   credential: string | null;
+}
+
+/**
+ * The largest video a subscriber wants for a subscription (OpenTok.js's
+ * `setPreferredResolution`): the server forwards the stream's layer closest to it, never
+ * a larger one when a smaller one exists.
+ */
+export interface PreferredResolution {
+  width: number;
+  height: number;
 }
 
 /** Which connection a `connect` resumes, and the proof that it is the client's. */
@@ -170,6 +186,10 @@ export interface SubscribeRequest {
   video?: boolean;
   /** The client's recvonly SDP offer; absent without media. */
   sdp?: string | null;
+  /** The largest video wanted (null: no preference). */
+  preferred_resolution?: PreferredResolution | null;
+  /** The highest frame rate wanted (null: no preference). */
+  preferred_frame_rate?: number | null;
 }
 
 export interface UnsubscribeRequest {
@@ -187,6 +207,19 @@ export interface SetSubscriptionRequest {
   subscription_id: string;
   audio?: boolean | null;
   video?: boolean | null;
+}
+
+/**
+ * Set a subscription's preferred resolution and frame rate. Both are replaced: null (or
+ * absent) means no preference.
+ */
+export interface SetSubscriptionPreferencesRequest {
+  type: "set_subscription_preferences";
+  /** Chosen by the client, echoed in the reply. */
+  request_id: number | string;
+  subscription_id: string;
+  preferred_resolution?: PreferredResolution | null;
+  preferred_frame_rate?: number | null;
 }
 
 /**
@@ -424,6 +457,31 @@ export interface ArchiveStoppedEvent {
   name: string | null;
 }
 
+/**
+ * Sent to a subscriber when the server stops forwarding a subscription's video on its
+ * own (`reason` `quality`: the subscriber's link cannot carry the stream's lowest video
+ * layer); audio goes on. `video_enabled` follows when the video comes back.
+ */
+export interface VideoDisabledEvent {
+  type: "video_disabled";
+  subscription_id: string;
+  stream_id: string;
+  /** A `VideoReason`; a newer server may send one this client does not know. */
+  reason: VideoReason | string;
+}
+
+/**
+ * Sent to a subscriber when the server forwards a subscription's video again after a
+ * `video_disabled` with the same `reason`.
+ */
+export interface VideoEnabledEvent {
+  type: "video_enabled";
+  subscription_id: string;
+  stream_id: string;
+  /** A `VideoReason`; a newer server may send one this client does not know. */
+  reason: VideoReason | string;
+}
+
 export interface PingMessage {
   type: "ping";
   timestamp: number;
@@ -440,6 +498,7 @@ export type ClientMessage =
   | SubscribeRequest
   | UnsubscribeRequest
   | SetSubscriptionRequest
+  | SetSubscriptionPreferencesRequest
   | IceCandidateRequest
   | SignalRequest
   | ForceDisconnectRequest
@@ -456,6 +515,7 @@ export type ClientRequest =
   | SubscribeRequest
   | UnsubscribeRequest
   | SetSubscriptionRequest
+  | SetSubscriptionPreferencesRequest
   | IceCandidateRequest
   | SignalRequest
   | ForceDisconnectRequest
@@ -483,6 +543,8 @@ export type ServerMessage =
   | MediaResetEvent
   | ArchiveStartedEvent
   | ArchiveStoppedEvent
+  | VideoDisabledEvent
+  | VideoEnabledEvent
   | PingMessage;
 
 /** The server messages that answer a request (`error` also comes alone). */
@@ -509,6 +571,8 @@ export type ServerEvent =
   | MediaResetEvent
   | ArchiveStartedEvent
   | ArchiveStoppedEvent
+  | VideoDisabledEvent
+  | VideoEnabledEvent
   | PingMessage;
 
 /** A client request without its `request_id`, which the SDK adds when it sends it. */

@@ -48,6 +48,10 @@
  * @property {boolean} [subscribeToAudio] receive the audio (default true)
  * @property {boolean} [subscribeToVideo] receive the video (default true)
  * @property {boolean} [insertDefaultUI] render a <video> into the element (default true)
+ * @property {{width: number, height: number}|null} [preferredResolution] the largest video wanted
+ *   (default: no preference; change it with `setPreferredResolution`)
+ * @property {number|null} [preferredFrameRate] the highest frame rate wanted (default: no
+ *   preference; change it with `setPreferredFrameRate`)
  */
 /** @typedef {{urls: string[], username?: string, credential?: string}} IceServer */
 // The wire messages (docs/protocol.md), generated from the server's schema: protocol.d.ts.
@@ -271,6 +275,37 @@ function renderVideo(container, className, muted) {
   return { wrapper, video };
 }
 
+/** The largest width or height, and frame rate, a subscriber may prefer (docs/protocol.md §13.7). */
+const MAX_PREFERRED_DIMENSION = 16384;
+const MAX_PREFERRED_FRAME_RATE = 240;
+
+/**
+ * A preferred resolution as the server takes it, or null; a TypeError for anything else.
+ * @param {{width: number, height: number}|null} resolution
+ * @returns {{width: number, height: number}|null}
+ */
+function checkResolution(resolution) {
+  if (resolution === null || resolution === undefined) return null;
+  const ok = (/** @type {unknown} */ v) => Number.isInteger(v) && /** @type {number} */ (v) >= 1 && /** @type {number} */ (v) <= MAX_PREFERRED_DIMENSION;
+  if (typeof resolution !== "object" || !ok(resolution.width) || !ok(resolution.height)) {
+    throw new TypeError(`a preferred resolution is {width, height}, integers from 1 to ${MAX_PREFERRED_DIMENSION}`);
+  }
+  return { width: resolution.width, height: resolution.height };
+}
+
+/**
+ * A preferred frame rate as the server takes it, or null; a TypeError for anything else.
+ * @param {number|null} frameRate
+ * @returns {number|null}
+ */
+function checkFrameRate(frameRate) {
+  if (frameRate === null || frameRate === undefined) return null;
+  if (typeof frameRate !== "number" || !(frameRate > 0 && frameRate <= MAX_PREFERRED_FRAME_RATE)) {
+    throw new TypeError(`a preferred frame rate is a number greater than 0 and at most ${MAX_PREFERRED_FRAME_RATE}`);
+  }
+  return frameRate;
+}
+
 /** @param {number} ms */
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -468,7 +503,9 @@ export class Publisher extends Emitter {
 
 /**
  * The media of one remote stream, rendered into an element. Events: `videoElementCreated`,
- * `audioLevelUpdated` ({audioLevel}), `destroyed` ({reason}).
+ * `audioLevelUpdated` ({audioLevel}), `destroyed` ({reason}), `videoDisabled` / `videoEnabled`
+ * ({reason}: `"quality"` when the server stopped the video because this link cannot carry it,
+ * then brought it back).
  */
 export class Subscriber extends Emitter {
   /**
@@ -492,6 +529,12 @@ export class Subscriber extends Emitter {
     this.kinds = new Set();
     this.audioOn = options.subscribeToAudio !== false;
     this.videoOn = options.subscribeToVideo !== false;
+    /** @type {{width: number, height: number}|null} */
+    this.preferredResolution = checkResolution(options.preferredResolution ?? null);
+    /** @type {number|null} */
+    this.preferredFrameRate = checkFrameRate(options.preferredFrameRate ?? null);
+    /** @type {string|null} why the server stopped this video on its own ("quality"), null while it sends it */
+    this.videoDisabledReason = null;
     this.element = null;
     /** @type {HTMLVideoElement|null} */
     this.videoElement = null;
@@ -522,6 +565,46 @@ export class Subscriber extends Emitter {
     this.videoOn = on;
     if (this.session && this.subscriptionId) {
       await this.session._request({ type: "set_subscription", subscription_id: this.subscriptionId, video: on });
+    }
+  }
+
+  /**
+   * Ask for video no larger than this (each side an integer from 1 to 16384), or (null) for
+   * no limit: the server forwards the stream's layer that fits. Throws a TypeError (sends
+   * nothing) for a value out of range; rejects with the server's SalonError if it refuses.
+   * @param {{width: number, height: number}|null} resolution
+   */
+  async setPreferredResolution(resolution) {
+    this.preferredResolution = checkResolution(resolution);
+    await this._sendPreferences();
+  }
+
+  /**
+   * Ask for video at no more than this many frames per second (greater than 0, at most 240),
+   * or (null) at any rate. Throws a TypeError for a value out of range.
+   * @param {number|null} frameRate
+   */
+  async setPreferredFrameRate(frameRate) {
+    this.preferredFrameRate = checkFrameRate(frameRate);
+    await this._sendPreferences();
+  }
+
+  /** The preferences as `subscribe` and `set_subscription_preferences` carry them. */
+  _wirePreferences() {
+    const r = this.preferredResolution;
+    return {
+      preferred_resolution: r ? { width: r.width, height: r.height } : null,
+      preferred_frame_rate: this.preferredFrameRate,
+    };
+  }
+
+  async _sendPreferences() {
+    if (this.session && this.subscriptionId) {
+      await this.session._request({
+        type: "set_subscription_preferences",
+        subscription_id: this.subscriptionId,
+        ...this._wirePreferences(),
+      });
     }
   }
 
@@ -902,6 +985,18 @@ export class Session extends Emitter {
         break;
       case "archive_stopped":
         this.emit("archiveStopped", { id: msg.archive_id, name: msg.name ?? "" });
+        break;
+      case "video_disabled":
+      case "video_enabled":
+        // The server stopped (or resumed) a subscription's video on its own: reason "quality"
+        // when this link cannot carry even the stream's lowest layer.
+        for (const sub of this.subscribers) {
+          if (sub.subscriptionId === msg.subscription_id) {
+            const disabled = msg.type === "video_disabled";
+            sub.videoDisabledReason = disabled ? msg.reason : null;
+            sub.emit(disabled ? "videoDisabled" : "videoEnabled", { reason: msg.reason });
+          }
+        }
         break;
       default:
         break;
@@ -1476,6 +1571,7 @@ export class Session extends Emitter {
         audio: subscriber.audioOn,
         video: subscriber.videoOn,
         sdp: /** @type {RTCSessionDescription} */ (pc.localDescription).sdp,
+        ...subscriber._wirePreferences(),
       });
     } catch (err) {
       // Refused: take the offer back; its new transceivers go (they never had an answer).
@@ -1498,6 +1594,10 @@ export class Session extends Emitter {
       throw err;
     }
     subscriber.subscriptionId = reply.subscription_id;
+    const heldBack = subscriber.videoDisabledReason;
+    subscriber.videoDisabledReason = null;
+    // A new subscription (after a reconnection) starts with its video: say so.
+    if (heldBack) subscriber.emit("videoEnabled", { reason: heldBack });
     this._subscribeTrickle?.({ subscription_id: reply.subscription_id });
     this._subscribeTrickle = null; // the transport is the same for every later subscription
     await pc.setRemoteDescription({ type: "answer", sdp: reply.answer });

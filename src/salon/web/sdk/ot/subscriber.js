@@ -12,7 +12,13 @@ import { LevelRepeater } from "./levels.js";
  * Returned by `session.subscribe(stream, target, properties, completionHandler)` at once; the
  * media follows. Events: audioBlocked, audioUnblocked, audioLevelUpdated, connected,
  * disconnected, destroyed, mediaStreamAvailable, videoDimensionsChanged, videoDisabled,
- * videoEnabled (reasons publishVideo, subscribeToVideo), videoElementCreated.
+ * videoEnabled (reasons publishVideo, subscribeToVideo, quality), videoElementCreated.
+ *
+ * `setPreferredResolution` / `setPreferredFrameRate` (and the `preferredResolution` /
+ * `preferredFrameRate` properties) ask the server for at most that much video: it forwards
+ * the stream's layer that fits (docs/opentok-js.md). When the server stops the video because
+ * this link cannot carry it, `videoDisabled` comes with reason `quality`, and `videoEnabled`
+ * with reason `quality` when it comes back (OpenTok's audio fallback).
  */
 export class Subscriber extends EventEmitter {
   /**
@@ -41,6 +47,19 @@ export class Subscriber extends EventEmitter {
     this._keep = false;
     this._audioOn = props.subscribeToAudio !== false;
     this._videoOn = props.subscribeToVideo !== false;
+    /** the server stopped the video for quality (videoDisabled, reason quality) */
+    this._qualityOff = false;
+    /** @type {{width: number, height: number}|null} */
+    this._preferredResolution = null;
+    /** @type {number|null} */
+    this._preferredFrameRate = null;
+    try {
+      // OpenTok.js's "auto" (adapt to the element's size) is no preference here.
+      if (props.preferredResolution !== "auto") this._preferredResolution = otResolution(props.preferredResolution);
+      this._preferredFrameRate = otFrameRate(props.preferredFrameRate);
+    } catch (err) {
+      log(2, "ignoring a subscriber preference", err);
+    }
     this._volume = typeof props.audioVolume === "number" ? Math.max(0, Math.min(100, props.audioVolume)) : 50;
     this._unmutedVolume = this._volume > 0 ? this._volume : 50;
     this._blocked = false;
@@ -88,6 +107,24 @@ export class Subscriber extends EventEmitter {
       const now = this._videoOn && this.stream.hasVideo;
       if (was !== now) this.trigger(now ? "videoEnabled" : "videoDisabled", { reason: "subscribeToVideo" });
     }, "subscribeToVideo");
+    /**
+     * OpenTok.js: the largest video wanted, `{width, height}`, or null for none.
+     * @param {{width: number, height: number}|null} resolution
+     * @returns {Promise<void>}
+     */
+    this.setPreferredResolution = async (resolution) => {
+      this._preferredResolution = otResolution(resolution);
+      if (this._salon) await this._salon.setPreferredResolution(this._preferredResolution).catch(otFailure);
+    };
+    /**
+     * OpenTok.js: the highest frame rate wanted, or null for none.
+     * @param {number|null} frameRate
+     * @returns {Promise<void>}
+     */
+    this.setPreferredFrameRate = async (frameRate) => {
+      this._preferredFrameRate = otFrameRate(frameRate);
+      if (this._salon) await this._salon.setPreferredFrameRate(this._preferredFrameRate).catch(otFailure);
+    };
     this.setAudioVolume = withPromise(this, async (/** @type {number} */ value) => {
       this._volume = Math.max(0, Math.min(100, Number(value) || 0));
       if (this._volume > 0) this._unmutedVolume = this._volume;
@@ -108,6 +145,8 @@ export class Subscriber extends EventEmitter {
         subscribeToAudio: this._audioOn,
         subscribeToVideo: this._videoOn,
         insertDefaultUI: false,
+        preferredResolution: this._preferredResolution,
+        preferredFrameRate: this._preferredFrameRate,
       });
       if (this._destroyed) {
         salonSession.unsubscribe(sub).catch(() => {});
@@ -119,6 +158,8 @@ export class Subscriber extends EventEmitter {
       const level = this.session?._lastLevels?.get(salonStream.streamId);
       if (level !== undefined) this._levels.set(level);
       sub.on("destroyed", (/** @type {any} */ e) => this._salonGone(e.reason));
+      sub.on("videoDisabled", (/** @type {any} */ e) => this._serverVideo(false, e.reason));
+      sub.on("videoEnabled", (/** @type {any} */ e) => this._serverVideo(true, e.reason));
       this._attach();
       this.trigger("videoElementCreated", { element: this._video });
       this.trigger("mediaStreamAvailable", { mediaStream: sub.mediaStream });
@@ -178,7 +219,19 @@ export class Subscriber extends EventEmitter {
   }
 
   _showVideoState() {
-    this._widget?.setVideoOff(!(this._videoOn && this.stream.hasVideo));
+    this._widget?.setVideoOff(!(this._videoOn && this.stream.hasVideo) || this._qualityOff);
+  }
+
+  /**
+   * The server stopped (or resumed) the video on its own: OpenTok.js's videoDisabled /
+   * videoEnabled with its reason (quality: this link cannot carry the video).
+   * @param {boolean} on
+   * @param {string} reason
+   */
+  _serverVideo(on, reason) {
+    if (reason === "quality") this._qualityOff = !on;
+    this._showVideoState();
+    this.trigger(on ? "videoEnabled" : "videoDisabled", { reason });
   }
 
   /** The stream's hasVideo changed: OpenTok.js's videoDisabled / videoEnabled (publishVideo). */
@@ -281,4 +334,48 @@ export class Subscriber extends EventEmitter {
       this.trigger("videoDimensionsChanged", { oldValue, newValue });
     }
   }
+}
+
+/** The largest preferred width or height, and frame rate, the server takes. */
+const MAX_DIMENSION = 16384;
+const MAX_FRAME_RATE = 240;
+
+/**
+ * OpenTok.js's preferred resolution as salon takes it: null (none), or `{width, height}` of
+ * positive numbers, rounded and capped at 16384; anything else is OT_INVALID_PARAMETER.
+ * @param {any} resolution
+ * @returns {{width: number, height: number}|null}
+ */
+function otResolution(resolution) {
+  if (resolution === null || resolution === undefined) return null;
+  const side = (/** @type {any} */ v) => (typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.min(MAX_DIMENSION, Math.max(1, Math.round(v))) : 0);
+  const width = side(resolution?.width);
+  const height = side(resolution?.height);
+  if (!width || !height) {
+    throw new OTError("OT_INVALID_PARAMETER", "a preferred resolution is {width, height}, both positive numbers, or null", 1011);
+  }
+  return { width, height };
+}
+
+/**
+ * OpenTok.js's preferred frame rate as salon takes it: null (none), or a positive number
+ * capped at 240; anything else is OT_INVALID_PARAMETER.
+ * @param {any} frameRate
+ * @returns {number|null}
+ */
+function otFrameRate(frameRate) {
+  if (frameRate === null || frameRate === undefined) return null;
+  if (typeof frameRate !== "number" || !Number.isFinite(frameRate) || frameRate <= 0) {
+    throw new OTError("OT_INVALID_PARAMETER", "a preferred frame rate is a positive number, or null", 1011);
+  }
+  return Math.min(MAX_FRAME_RATE, frameRate);
+}
+
+/**
+ * A refused preference, as OpenTok.js reports failures.
+ * @param {any} err
+ * @returns {never}
+ */
+function otFailure(err) {
+  throw toOTError(err, "other");
 }
