@@ -126,6 +126,9 @@ class ConsumerTransport(Protocol):
     """What a consumer uses of its (subscriber's) transport."""
 
     @property
+    def id(self) -> str: ...
+
+    @property
     def state(self) -> TransportState: ...
 
     def send_rtp(self, packet: bytes) -> None:
