@@ -58,6 +58,7 @@ from salon.media.rtp import (
 )
 from salon.media.sdp import HeaderExtensionIds, MediaKind, RtpCodec, SubscribeTrack
 from salon.media.seq import SequenceRewriter
+from salon.media.totals import retire_consumer
 from salon.media.transport import TransportState
 
 if TYPE_CHECKING:
@@ -448,6 +449,7 @@ class Consumer:
         self._active = False
         logger.info("%r: closed (%s)", self, reason.value)
         self.producer._remove_consumer(self)
+        retire_consumer(self)  # its counts stay in the worker's totals (metrics)
         self.transport._remove_consumer(self)
         self.events.emit(ConsumerClosed(self, reason))
         self.events.clear()

@@ -58,6 +58,7 @@ from salon.media.rtp import (
     unwrap_rtx,
 )
 from salon.media.sdp import HeaderExtensionIds, MediaKind, PublishTrack, RtpCodec
+from salon.media.totals import retire_producer
 
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
@@ -480,6 +481,7 @@ class Producer:
         recorders, self._recorders = self._recorders, ()
         for recorder in recorders:
             recorder.producer_closed(self)
+        retire_producer(self)  # its counts stay in the worker's totals (metrics)
         self.transport._remove_producer(self)
         self.events.emit(ProducerClosed(self, reason))
         self.events.clear()
