@@ -49,6 +49,8 @@ class ServeProcess:
         self.env.update(SALON_API_KEY=api_key, SALON_API_SECRET=api_secret, PYTHONUNBUFFERED="1")
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.metrics_url = ""
+        """``salon metrics on URL`` (with ``--metrics-address``; printed before ``serving on``)."""
 
     @property
     def pid(self) -> int:
@@ -77,6 +79,8 @@ class ServeProcess:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for line in self.stdout_path.read_text(errors="replace").splitlines():
+                if line.startswith("salon metrics on "):
+                    self.metrics_url = line.split()[-1]
                 if line.startswith("salon serving on "):
                     self.url = line.split()[-1]
                     return self

@@ -693,7 +693,6 @@ class SignallingService:
         SESSION_ID.set(first.session_id[:200])  # this link's task logs with its IDs
         if not await self._connect(link, first):
             return
-        CONNECTION_ID.set(link.connection_id)
         while True:
             message = await self._receive(link, None)
             if message is None or link.session is None:
@@ -754,6 +753,7 @@ class SignallingService:
             token=request.token,
         )
         link.session, link.connection_id = session, connection_id
+        CONNECTION_ID.set(connection_id)  # this link's task logs with it from now on
         self.links[connection_id] = link
         self._send_connected(link, session, request, resumed=False)
         await self.carry_out(session, actions)
@@ -818,6 +818,7 @@ class SignallingService:
             old.close(CloseCode.REPLACED, "resumed on another link")
         self._release_address(self._suspended_addresses.pop(connection_id, None))
         link.session, link.connection_id = session, connection_id
+        CONNECTION_ID.set(connection_id)  # this link's task logs with it from now on
         self.links[connection_id] = link
         self._send_connected(link, session, request, resumed=True)
         for signal in session.take_held(connection_id):
