@@ -43,6 +43,8 @@ class ServeProcess:
             str(data_dir),
             "--log-level",
             log_level,
+            # Metrics on a free port (printed: metrics_url), unless the test chooses.
+            *(() if "--metrics-address" in args else ("--metrics-address", "127.0.0.1:0")),
             *args,
         ]
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SALON_")}

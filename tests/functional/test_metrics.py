@@ -10,12 +10,18 @@ connections, and never the token.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
+import socket
+import subprocess
+import sys
 
 import httpx
 import pytest
 
+from salon.observability import metrics
 from salon.tokens import generate_token
 from tests.conftest import API_KEY, API_SECRET
 from tests.metrics import Node, check_call_moves_metrics, parse
@@ -77,3 +83,38 @@ def test_metrics_address_off(tmp_path: pathlib.Path, address: str) -> None:
         assert server.metrics_url == ""
         assert "salon metrics on" not in server.output
         assert httpx.get(server.url + "/metrics", timeout=15).status_code == 404  # no token: no route
+
+
+def test_a_taken_metrics_address(tmp_path: pathlib.Path) -> None:
+    """Chosen: the start stops with one clear line. The default: the server starts without it."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SALON_")}
+        command = [sys.executable, "-m", "salon", "serve", "--port", "0", "--data-dir", str(tmp_path)]
+        refused = subprocess.run(
+            [*command, "--no-media", "--metrics-address", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert refused.returncode == 1, refused.stderr[-2000:]
+        assert f"salon: error: cannot serve metrics on 127.0.0.1:{port}: " in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert metrics.DEFAULT_METRICS_ADDRESS == "127.0.0.1:9464"
+    with socket.create_server(("127.0.0.1", 9464)) if _free(9464) else contextlib.nullcontext():
+        # The default address is taken now (by this test, or by another server).
+        server = ServeProcess(tmp_path, API_KEY, API_SECRET, ["--no-media"])
+        server.command.remove("127.0.0.1:0")
+        server.command.remove("--metrics-address")
+        with server:
+            assert httpx.get(server.url + "/health", timeout=15).status_code == 200
+        assert "metrics not served" in server.output and server.metrics_url == ""
+
+
+def _free(port: int) -> bool:
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+    except OSError:
+        return False
+    return True

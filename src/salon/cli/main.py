@@ -55,10 +55,9 @@ def _add_observability_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--metrics-address",
-        default=DEFAULT_METRICS_ADDRESS,
         metavar="HOST:PORT",
-        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default {DEFAULT_METRICS_ADDRESS}; "
-        "port 0 picks a free one; '' or off: not served there)",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default {DEFAULT_METRICS_ADDRESS}, "
+        "skipped with a warning if taken; port 0 picks a free one; '' or off: not served there)",
     )
     serve.add_argument(
         "--metrics-token",
@@ -360,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from salon.observability import logs
-    from salon.observability.metrics import parse_metrics_address
+    from salon.observability.metrics import DEFAULT_METRICS_ADDRESS, parse_metrics_address
     from salon.redact import install as install_redaction
     from salon.redact import register_secret
     from salon.server.run import run_server
@@ -375,9 +374,13 @@ def _serve(args: argparse.Namespace) -> int:
     if metrics_token is not None and (len(metrics_token) < 16 or not metrics_token.isprintable()):
         raise SalonError("--metrics-token must be at least 16 printable characters")
     try:
-        metrics_address = parse_metrics_address(args.metrics_address)
+        metrics_address = parse_metrics_address(
+            DEFAULT_METRICS_ADDRESS if args.metrics_address is None else args.metrics_address
+        )
     except ValueError as exc:
         raise SalonError(f"--metrics-address: {exc}") from None
+    if metrics_address is not None and args.metrics_address is not None:
+        _check_metrics_address(metrics_address)  # a chosen address that is taken: one clear line
     if (args.rtc_min_port is None) != (args.rtc_max_port is None):
         raise SalonError("--rtc-min-port and --rtc-max-port go together")
     port_range = None
@@ -456,6 +459,7 @@ def _serve(args: argparse.Namespace) -> int:
         archive_recorders={} if args.no_media else media_recorders(),
         node_name=node_name,
         metrics_address=metrics_address,
+        metrics_address_is_default=args.metrics_address is None,
         metrics_token=metrics_token,
     )
     if args.callback_url and not args.callback_url.startswith(("http://", "https://")):
@@ -469,6 +473,15 @@ def _serve(args: argparse.Namespace) -> int:
     asyncio.run(_ensure_project(config))
     run_server(config, log_level=args.log_level)
     return 0
+
+
+def _check_metrics_address(address: tuple[str, int]) -> None:
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        raise SalonError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _tls_files(args: argparse.Namespace) -> tuple[pathlib.Path | None, pathlib.Path | None]:

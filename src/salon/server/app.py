@@ -119,9 +119,14 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     MetricsServer, app.state.metrics_registry, config.metrics_address
                 )
             except OSError as exc:
-                raise SalonError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
-            app.state.metrics_url = metrics_server.url
-            announce(f"salon metrics on {metrics_server.url}")
+                why = f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+                if not config.metrics_address_is_default:
+                    raise SalonError(why) from None
+                # The default address, taken (another server on this machine): go on without.
+                logger.warning("%s; metrics not served (choose another --metrics-address)", why)
+            else:
+                app.state.metrics_url = metrics_server.url
+                announce(f"salon metrics on {metrics_server.url}")
         try:
             async with services(app):
                 yield

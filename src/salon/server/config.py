@@ -77,6 +77,8 @@ class ServerConfig:
         label of every metric and the ``node`` of every JSON log line.
     :param metrics_address: where to serve Prometheus metrics, (host, port) (``--metrics-address``,
         port 0 picks a free one); None serves none there (:mod:`salon.observability.metrics`).
+    :param metrics_address_is_default: ``metrics_address`` is the default, not chosen: if it is
+        taken (another server on the machine) the server starts without it, with a warning.
     :param metrics_token: serve the metrics at ``GET /metrics`` on the main HTTP server too, to
         a request with ``Authorization: Bearer`` and this token (``--metrics-token`` or
         ``SALON_METRICS_TOKEN``); never logged.
@@ -119,6 +121,7 @@ class ServerConfig:
     archive_recorders: dict[str, RecorderFactory] = field(default_factory=dict, repr=False)
     node_name: str = field(default_factory=socket.gethostname)
     metrics_address: tuple[str, int] | None = None
+    metrics_address_is_default: bool = False
     metrics_token: str | None = field(default=None, repr=False)
 
     @property
