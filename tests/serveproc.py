@@ -48,12 +48,16 @@ class ServeProcess:
             str(data_dir),
             "--log-level",
             log_level,
+            # Metrics on a free port (printed: metrics_url), unless the test chooses.
+            *(() if "--metrics-address" in args else ("--metrics-address", "127.0.0.1:0")),
             *args,
         ]
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SALON_")}
         self.env.update(SALON_API_KEY=api_key, SALON_API_SECRET=api_secret, PYTHONUNBUFFERED="1")
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.metrics_url = ""
+        """``salon metrics on URL`` (with ``--metrics-address``; printed before ``serving on``)."""
 
     @property
     def pid(self) -> int:
@@ -82,6 +86,8 @@ class ServeProcess:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for line in self.stdout_path.read_text(errors="replace").splitlines():
+                if line.startswith("salon metrics on "):
+                    self.metrics_url = line.split()[-1]
                 if line.startswith("salon serving on "):
                     self.url = line.split()[-1]
                     return self

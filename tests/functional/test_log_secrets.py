@@ -7,6 +7,7 @@ the CLI and calls with the new secret; then everything the server wrote is searc
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 
@@ -24,8 +25,17 @@ from tests.wsclient import WsClient
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
-async def test_no_log_level_writes_a_secret_or_a_token(tmp_path: pathlib.Path, level: str) -> None:
+@pytest.mark.parametrize(
+    ("level", "log_format"),
+    [
+        *((level, "text") for level in ("debug", "info", "warning", "error")),
+        ("debug", "json"),
+        ("info", "json"),
+    ],
+)
+async def test_no_log_level_writes_a_secret_or_a_token(
+    tmp_path: pathlib.Path, level: str, log_format: str
+) -> None:
     secrets = [API_SECRET]
     tokens: list[str] = []
 
@@ -43,7 +53,8 @@ async def test_no_log_level_writes_a_secret_or_a_token(tmp_path: pathlib.Path, l
         tokens.extend(minted)
         return minted
 
-    with ServeProcess(tmp_path, API_KEY, API_SECRET, ["--no-media"], log_level=level) as server:
+    args = ["--no-media", "--log-format", log_format, "--node-name", "n1"]
+    with ServeProcess(tmp_path, API_KEY, API_SECRET, args, log_level=level) as server:
         url = server.url
         async with httpx.AsyncClient(base_url=url) as http:
             r = await http.post("/session/create", headers=auth(API_KEY, API_SECRET))
@@ -90,7 +101,11 @@ async def test_no_log_level_writes_a_secret_or_a_token(tmp_path: pathlib.Path, l
     output = server.output
     assert "salon serving on" in output
     if level == "debug":  # the level really is verbose: requests and frames are logged
-        assert " DEBUG " in output and "/session/create" in output, output[-2000:]
+        debug = '"level": "DEBUG"' if log_format == "json" else " DEBUG "
+        assert debug in output and "/session/create" in output, output[-2000:]
+    if log_format == "json":  # every log line is a JSON object with the node name
+        lines = server.stderr_path.read_text(encoding="utf-8").splitlines()
+        assert lines and all(json.loads(line)["node"] == "n1" for line in lines), lines[:3]
     for secret in secrets:
         assert secret not in output, f"an API secret is in the {level} log"
     for token in tokens:

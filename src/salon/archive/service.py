@@ -298,6 +298,8 @@ class ArchiveService:
         self._runner: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+        #: Archives started since the server started (metrics).
+        self.started_total = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -337,6 +339,11 @@ class ArchiveService:
             logger.error("archive task %s failed", task.get_name(), exc_info=task.exception())
 
     # -- records, callbacks, events ----------------------------------------------------------
+
+    @property
+    def active_count(self) -> int:
+        """Archives recording now (started or paused; metrics)."""
+        return len(self._active)
 
     def url_of(self, record: ArchiveRecord, base_url: str | None = None) -> str | None:
         if record.status != ArchiveStatus.AVAILABLE or record.location is None:
@@ -477,6 +484,7 @@ class ArchiveService:
         await self._save(record, new=True)
         active = _Active(record)
         self._active[record.archive_id] = active
+        self.started_total += 1
         loop = asyncio.get_running_loop()
         active.max_timer = loop.call_later(
             self.config.max_duration, self._stop_later, record.archive_id, REASON_MAX_DURATION

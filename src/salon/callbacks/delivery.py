@@ -144,6 +144,11 @@ class CallbackService:
 
     # -- SessionObserver -------------------------------------------------------------------
 
+    @property
+    def queued(self) -> int:
+        """Callbacks emitted but not yet stored in the outbox (metrics)."""
+        return self._queue.qsize()
+
     def session_started(self, session_id: str, api_key: str) -> None:
         self.emit(self.monitor.session_started(session_id, api_key, _now_ms()))
 

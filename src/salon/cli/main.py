@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import pathlib
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +40,31 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="salon-data", help="where the embedded database lives")
     parser.add_argument(
         "--database-url", help="e.g. postgresql://user:pass@host/salon (default: SQLite in --data-dir)"
+    )
+
+
+def _add_observability_options(serve: argparse.ArgumentParser) -> None:
+    from salon.observability.metrics import DEFAULT_METRICS_ADDRESS
+
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines (default), or one JSON object per line with the node name and the "
+        "session and connection IDs (media workers too)",
+    )
+    serve.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default {DEFAULT_METRICS_ADDRESS}, "
+        "skipped with a warning if taken; port 0 picks a free one; '' or off: not served there)",
+    )
+    serve.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        help="also serve the metrics at /metrics on the main port, to requests with "
+        "Authorization: Bearer TOKEN (at least 16 characters; or SALON_METRICS_TOKEN, which ps "
+        "does not show)",
     )
 
 
@@ -209,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
         help="self-signed: serve HTTPS and WSS with a development certificate made under --data-dir "
         "(its path is printed, for clients to trust)",
     )
+    # --node-name: this node's name (metrics' node label, JSON logs; a cluster's node name too).
+    serve.add_argument("--node-name", metavar="NAME", help="this node's name (default: the host name)")
+    _add_observability_options(serve)
     _add_store_options(serve)
 
     project = commands.add_parser("project", help="manage projects (API key and secret)")
@@ -330,13 +358,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from salon.observability import logs
+    from salon.observability.metrics import DEFAULT_METRICS_ADDRESS, parse_metrics_address
     from salon.redact import install as install_redaction
+    from salon.redact import register_secret
     from salon.server.run import run_server
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    node_name = args.node_name if args.node_name is not None else socket.gethostname()
+    if not node_name.strip() or len(node_name) > 128:
+        raise SalonError("--node-name must be 1 to 128 characters")
+    metrics_token = args.metrics_token or os.environ.get("SALON_METRICS_TOKEN") or None
+    register_secret(metrics_token)
+    logs.configure(args.log_format, args.log_level, node_name)
     install_redaction()  # no log level writes a secret or a token
+    if metrics_token is not None and (len(metrics_token) < 16 or not metrics_token.isprintable()):
+        raise SalonError("--metrics-token must be at least 16 printable characters")
+    try:
+        metrics_address = parse_metrics_address(
+            DEFAULT_METRICS_ADDRESS if args.metrics_address is None else args.metrics_address
+        )
+    except ValueError as exc:
+        raise SalonError(f"--metrics-address: {exc}") from None
+    if metrics_address is not None and args.metrics_address is not None:
+        _check_metrics_address(metrics_address)  # a chosen address that is taken: one clear line
     if (args.rtc_min_port is None) != (args.rtc_max_port is None):
         raise SalonError("--rtc-min-port and --rtc-max-port go together")
     port_range = None
@@ -413,6 +457,10 @@ def _serve(args: argparse.Namespace) -> int:
         archive_storage=args.archive_storage,
         archive_s3_endpoint=args.archive_s3_endpoint,
         archive_recorders={} if args.no_media else media_recorders(),
+        node_name=node_name,
+        metrics_address=metrics_address,
+        metrics_address_is_default=args.metrics_address is None,
+        metrics_token=metrics_token,
     )
     if args.callback_url and not args.callback_url.startswith(("http://", "https://")):
         raise SalonError(f"--callback-url must be http:// or https://, not {args.callback_url!r}")
@@ -425,6 +473,15 @@ def _serve(args: argparse.Namespace) -> int:
     asyncio.run(_ensure_project(config))
     run_server(config, log_level=args.log_level)
     return 0
+
+
+def _check_metrics_address(address: tuple[str, int]) -> None:
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        raise SalonError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _tls_files(args: argparse.Namespace) -> tuple[pathlib.Path | None, pathlib.Path | None]:

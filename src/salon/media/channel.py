@@ -343,6 +343,8 @@ class DumpRequest(_Request):
     objects: int = 0
     """The object types whose live count grew the most since the first such request
     (:func:`salon.media.memtrace.census`), at most this many."""
+    media: bool = False
+    """Include the cumulative media counters and the event-loop lag (for metrics)."""
 
 
 class StartRecordingRequest(_Request):
@@ -474,6 +476,15 @@ class WorkerDump(_Message):
     """The object types that grew the most (:attr:`DumpRequest.objects`)."""
     heap: dict[str, int] = {}
     """The C heap: bytes in use, free inside it, mmapped (:func:`salon.media.memtrace.heap`)."""
+    media: dict[str, int] = {}
+    """With :attr:`DumpRequest.media`: media counters since the worker started
+    (:func:`salon.media.totals.totals`)."""
+    loop_lag_buckets: list[int] = []
+    """With :attr:`DumpRequest.media`: the event-loop lag histogram, cumulative counts per
+    bound of :data:`salon.observability.lag.LAG_BUCKETS` then +Inf."""
+    loop_lag_sum: float = 0.0
+    loop_lag_max: float = 0.0
+    """The largest event-loop lag of the last 10 to 20 seconds."""
 
 
 Result = Ack | PublishResult | SubscribeResult | ConsumersResult | RecordingResult | WorkerDump

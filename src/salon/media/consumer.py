@@ -78,6 +78,7 @@ from salon.media.rtp import (
 )
 from salon.media.sdp import HeaderExtensionIds, MediaKind, RtpCodec, SubscribeTrack
 from salon.media.seq import SequenceRewriter
+from salon.media.totals import retire_consumer
 from salon.media.transport import TransportState
 
 if TYPE_CHECKING:
@@ -685,6 +686,7 @@ class Consumer:
         self._active = False
         logger.info("%r: closed (%s)", self, reason.value)
         self.producer.remove_consumer(self)
+        retire_consumer(self)  # its counts stay in the worker's totals (metrics)
         self.transport.remove_consumer(self)
         self.events.emit(ConsumerClosed(self, reason))
         self.events.clear()

@@ -75,6 +75,7 @@ from salon.media.rtp import (
     unwrap_rtx,
 )
 from salon.media.sdp import EncodingParameters, HeaderExtensionIds, MediaKind, PublishTrack, RtpCodec
+from salon.media.totals import retire_producer
 
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
@@ -513,6 +514,18 @@ class Producer:
                 encoding.max_seq = seq
         encoding.received += 1
 
+    def nack_counts(self) -> tuple[int, int, int]:
+        """(packets found missing, recovered after a NACK, given up) over every encoding: current
+        counts (the stats' copies lag by a timer tick)."""
+        lost = recovered = given_up = 0
+        for encoding in self.encodings:
+            nack = encoding.nack
+            if nack is not None:
+                lost += nack.nacked
+                recovered += nack.recovered
+                given_up += nack.given_up
+        return lost, recovered, given_up
+
     def active_layers(self, now: float, within: float = 1.0) -> list[int]:
         """The encodings that received a packet in the last ``within`` seconds, lowest first
         (a publisher stops sending an encoding when its capture is too small or its uplink too
@@ -727,6 +740,7 @@ class Producer:
         recorders, self._recorders = self._recorders, ()
         for recorder in recorders:
             recorder.producer_closed(self)
+        retire_producer(self)  # its counts stay in the worker's totals (metrics)
         self.transport.remove_producer(self)
         self.events.emit(ProducerClosed(self, reason))
         self.events.clear()

@@ -96,6 +96,7 @@ from salon.media.consumer import Consumer, ConsumerEvent, ConsumerQualityChanged
 from salon.media.errors import MediaStateError
 from salon.media.producer import Producer
 from salon.media.router import Router, RouterEvent, StreamClosed
+from salon.media.totals import totals
 from salon.media.transport import (
     DROPPED,
     TransportClosed,
@@ -105,6 +106,8 @@ from salon.media.transport import (
     WebRtcTransport,
     WebRtcTransportOptions,
 )
+from salon.observability.lag import LoopLag
+from salon.observability.logs import configure_worker as configure_worker_logging
 
 __all__ = ["HostedRouter", "Worker", "main"]
 
@@ -262,6 +265,8 @@ class Worker:
         self._closing = False
         self.collector = Collector()
         """Frees closed transports' garbage promptly (:mod:`salon.media.collector`)."""
+        self.lag = LoopLag()
+        """How late this worker's event loop runs (metrics)."""
 
     def __repr__(self) -> str:
         return f"Worker(pid={os.getpid()}, {len(self.routers)} routers)"
@@ -275,6 +280,7 @@ class Worker:
 
     async def run(self) -> None:
         loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        self.lag.start()
         self.send(ReadyEvent(pid=os.getpid(), loop=loop_name))
         logger.info("%r: ready (%s loop)", self, loop_name)
         decoder = FrameDecoder()
@@ -464,10 +470,15 @@ class Worker:
                 )
             case DumpRequest():
                 return self.dump(
-                    routers=request.routers, tracemalloc=request.tracemalloc, objects=request.objects
+                    routers=request.routers,
+                    tracemalloc=request.tracemalloc,
+                    objects=request.objects,
+                    media=request.media,
                 )
 
-    def dump(self, *, routers: bool = False, tracemalloc: int = 0, objects: int = 0) -> WorkerDump:
+    def dump(
+        self, *, routers: bool = False, tracemalloc: int = 0, objects: int = 0, media: bool = False
+    ) -> WorkerDump:
         hosted = [h.router for h in self.routers.values()]
         transports = [t for r in hosted for t in r.transports.values()]
         return WorkerDump(
@@ -485,6 +496,10 @@ class Worker:
             tracemalloc=memtrace.growth(tracemalloc),
             objects=memtrace.census(objects),
             heap=memtrace.heap(),
+            media=totals(transports) if media else {},
+            loop_lag_buckets=self.lag.buckets() if media else [],
+            loop_lag_sum=self.lag.sum,
+            loop_lag_max=self.lag.max,
         )
 
     async def close(self) -> None:
@@ -493,6 +508,7 @@ class Worker:
             return
         self._closing = True
         self.collector.close()
+        self.lag.stop()
         routers = list(self.routers.values())
         self.routers.clear()
         if routers:
@@ -567,10 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     memtrace.start_from_env()
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s salon-{args.name}[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_worker_logging(args.name, args.log_level)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows

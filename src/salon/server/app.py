@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -25,6 +26,9 @@ from salon.errors import SalonError
 from salon.media import memtrace
 from salon.media.plane import SfuMediaPlane
 from salon.media.transport import WebRtcTransportOptions
+from salon.observability.logs import LogContext
+from salon.observability.metrics import MetricsServer, SalonCollector, registry_for
+from salon.observability.metrics import router as metrics_router
 from salon.server.config import ServerConfig
 from salon.server.debug import router as debug_router
 from salon.server.demo import router as demo_router
@@ -104,6 +108,34 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The metrics address first: a port in use fails the start before anything else opens.
+        app.state.metrics_registry = registry_for()
+        metrics_server: MetricsServer | None = None
+        app.state.metrics_url = None
+        if config.metrics_address is not None:
+            host, port = config.metrics_address
+            try:
+                metrics_server = await asyncio.to_thread(
+                    MetricsServer, app.state.metrics_registry, config.metrics_address
+                )
+            except OSError as exc:
+                why = f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+                if not config.metrics_address_is_default:
+                    raise SalonError(why) from None
+                # The default address, taken (another server on this machine): go on without.
+                logger.warning("%s; metrics not served (choose another --metrics-address)", why)
+            else:
+                app.state.metrics_url = metrics_server.url
+                announce(f"salon metrics on {metrics_server.url}")
+        try:
+            async with services(app):
+                yield
+        finally:
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.close)
+
+    @contextlib.asynccontextmanager
+    async def services(app: FastAPI) -> AsyncIterator[None]:
         memtrace.start_from_env()
         config.data_dir.mkdir(parents=True, exist_ok=True)  # the database, archives
         store = Store(config.store_url)
@@ -155,6 +187,10 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             registry, config.signalling, media=media, ice=ice, observer=Observers(callbacks, archives)
         )
         archives.signalling = service
+        collector = SalonCollector(
+            config.node_name, service, media=media, callbacks=callbacks, archives=archives, store=store
+        )
+        app.state.metrics_registry.register(collector)
         if media is not None:
             media.events = service
         await callbacks.start()
@@ -183,6 +219,8 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                 await media.close()
             await callbacks.close()
             await store.close()
+            collector.close()
+            app.state.metrics_registry.unregister(collector)
 
     app = FastAPI(
         title="salon",
@@ -203,6 +241,9 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         app.include_router(demo_router)
     if config.debug_endpoints:
         app.include_router(debug_router)
+    if config.metrics_token:
+        app.state.metrics_token = config.metrics_token
+        app.include_router(metrics_router)
     mount_web(app)
 
     @app.exception_handler(SalonError)
@@ -242,6 +283,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         logger.exception("request %s %s failed", request.scope.get("method", "WEBSOCKET"), request.url.path)
         return _error(500, "internal_error", "internal server error")
 
+    app.add_middleware(LogContext)
     app.add_middleware(CollapseSlashes)
     app.add_middleware(BodyLimit, max_size=config.max_body_size)
     _document_limits(app)

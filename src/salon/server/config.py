@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
 from dataclasses import dataclass, field
 
 from salon.archive.service import ArchiveConfig, RecorderFactory
@@ -72,6 +73,15 @@ class ServerConfig:
     :param archive_recorders: what makes the recorder of each output mode (``"individual"``,
         ``"composed"``), given the media plane once it runs; a mode without one records
         nothing and its archives fail.
+    :param node_name: this node's name (``--node-name``, default the host name): the ``node``
+        label of every metric and the ``node`` of every JSON log line.
+    :param metrics_address: where to serve Prometheus metrics, (host, port) (``--metrics-address``,
+        port 0 picks a free one); None serves none there (:mod:`salon.observability.metrics`).
+    :param metrics_address_is_default: ``metrics_address`` is the default, not chosen: if it is
+        taken (another server on the machine) the server starts without it, with a warning.
+    :param metrics_token: serve the metrics at ``GET /metrics`` on the main HTTP server too, to
+        a request with ``Authorization: Bearer`` and this token (``--metrics-token`` or
+        ``SALON_METRICS_TOKEN``); never logged.
     :param debug_endpoints: serve ``GET /debug/processes`` (``SALON_DEBUG_ENDPOINTS=1``;
         :mod:`salon.server.debug`), for ``salon bench soak``.
     """
@@ -109,6 +119,10 @@ class ServerConfig:
     archive_storage: str | None = None
     archive_s3_endpoint: str | None = None
     archive_recorders: dict[str, RecorderFactory] = field(default_factory=dict, repr=False)
+    node_name: str = field(default_factory=socket.gethostname)
+    metrics_address: tuple[str, int] | None = None
+    metrics_address_is_default: bool = False
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def store_url(self) -> str:
@@ -139,6 +153,8 @@ class ServerConfig:
         if os.environ.get("SALON_TURN_USERNAME") or os.environ.get("SALON_TURN_PASSWORD"):
             values["turn_username"] = os.environ.get("SALON_TURN_USERNAME")
             values["turn_password"] = os.environ.get("SALON_TURN_PASSWORD")
+        if os.environ.get("SALON_METRICS_TOKEN"):
+            values["metrics_token"] = os.environ["SALON_METRICS_TOKEN"]
         if os.environ.get("SALON_DEBUG_ENDPOINTS") == "1":
             values["debug_endpoints"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})

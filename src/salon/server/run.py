@@ -15,6 +15,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 
 from salon.media.collector import Collector
+from salon.observability.logs import use_for_uvicorn as use_json_logs_for_uvicorn
 from salon.redact import install as install_redaction
 from salon.redact import register_secret
 from salon.server.app import create_app
@@ -114,7 +115,7 @@ class Server(uvicorn.Server):
 def uvicorn_config(
     config: ServerConfig, *, log_level: str = "info", announce: Callable[[str], None] = print
 ) -> uvicorn.Config:
-    register_secret(config.api_secret, config.turn_secret, config.turn_password)
+    register_secret(config.api_secret, config.turn_secret, config.turn_password, config.metrics_token)
     uv_config = uvicorn.Config(
         create_app(config, announce=announce),
         host=config.host,
@@ -135,6 +136,7 @@ def uvicorn_config(
         ssl_keyfile=config.tls_key,
     )
     install_redaction()  # after uvicorn configured its loggers
+    use_json_logs_for_uvicorn()  # --log-format json: uvicorn's lines too
     return uv_config
 
 
@@ -216,6 +218,13 @@ class ServerThread:
     def url(self) -> str:
         assert self.server.url is not None
         return self.server.url
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the server serves its metrics (``ServerConfig.metrics_address``), if anywhere."""
+        app: Any = self.server.config.loaded_app
+        state = getattr(getattr(app, "app", app), "state", None)  # under uvicorn's middleware
+        return getattr(state, "metrics_url", None)
 
     @property
     def app_state(self) -> object:

@@ -25,6 +25,7 @@ the suspended connections.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -38,6 +39,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from salon.errors import ClientError, NotFoundError, SalonError, TokenError
 from salon.ids import new_connection_id
+from salon.observability.logs import CONNECTION_ID, SESSION_ID
 from salon.protocol import (
     AckMessage,
     ActiveSpeakerEvent,
@@ -81,7 +83,7 @@ from salon.signalling.session import Action, Close, Deliver, ResumeRefusedError,
 from salon.store.registry import Registry
 from salon.tokens import TokenClaims, token_api_key, verify_token
 
-__all__ = ["ClientLink", "SignallingConfig", "SignallingService"]
+__all__ = ["ClientLink", "SignallingConfig", "SignallingService", "SignallingStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,16 @@ class SignallingConfig:
 
 
 @dataclass(slots=True)
+class SignallingStats:
+    """What signalling counted since the server started (:mod:`salon.observability.metrics`):
+    valid client messages by type, server messages queued by type, error replies by code."""
+
+    received: collections.Counter[str] = field(default_factory=collections.Counter)
+    sent: collections.Counter[str] = field(default_factory=collections.Counter)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+@dataclass(slots=True)
 class _Voices:
     """A session's audio-level state: the throttle of its ``audio_levels`` events, the timer
     that sends a waiting batch, and the active speaker last announced."""
@@ -163,8 +175,15 @@ class ClientLink:
     window full, the writer blocked) would never be closed nor destroyed.
     """
 
-    def __init__(self, websocket: WebSocket, outbox_size: int, close_grace: float = 2.0) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        outbox_size: int,
+        close_grace: float = 2.0,
+        stats: SignallingStats | None = None,
+    ) -> None:
         self.websocket = websocket
+        self.stats = stats if stats is not None else SignallingStats()
         self.connection_id: str | None = None
         self.session: Session | None = None
         self._outbox: asyncio.Queue[str | Close] = asyncio.Queue(outbox_size)
@@ -190,10 +209,12 @@ class ClientLink:
         """The task writing the outbox (done once the close frame is written)."""
         return self._writer
 
-    def send_text(self, text: str) -> None:
-        """Queue a message without waiting; close the link if the client cannot keep up."""
+    def send_text(self, text: str, kind: str = "other") -> None:
+        """Queue a message (of type ``kind``) without waiting; close the link if the client
+        cannot keep up."""
         if self.closed:
             return
+        self.stats.sent[kind] += 1
         try:
             self._outbox.put_nowait(text)
         except asyncio.QueueFull:
@@ -206,7 +227,9 @@ class ClientLink:
             self._writer_close(Close(self.connection_id or "", CloseCode.SLOW_CONSUMER, "slow consumer"))
 
     def send(self, message: ServerMessage) -> None:
-        self.send_text(message.model_dump_json())
+        if isinstance(message, ErrorMessage) and not self.closed:
+            self.stats.errors[str(message.code)] += 1
+        self.send_text(message.model_dump_json(), message.type)
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Close after the messages already queued have been written. Idempotent."""
@@ -299,6 +322,8 @@ class SignallingService:
         #: cycles. ``salon serve`` asks for a prompt garbage collection here
         #: (:func:`salon.server.run.run_server`).
         self.on_link_closed: Callable[[], None] | None = None
+        #: Messages and errors counted (metrics).
+        self.stats = SignallingStats()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -358,7 +383,7 @@ class SignallingService:
                     except Exception:
                         logger.exception("%r: timing out connection %s failed", session, connection_id)
             for link in list(self.links.values()):
-                link.send_text(ping)
+                link.send_text(ping, "ping")
             await self._end_suspended(now)
 
     async def _timed_out(self, session: Session, connection_id: str) -> None:
@@ -414,7 +439,7 @@ class SignallingService:
                     if connection_id != action.exclude:
                         link = self.links.get(connection_id)
                         if link is not None:
-                            link.send_text(text)
+                            link.send_text(text, action.message.type)
                         else:
                             session.hold(connection_id, action.message)
             else:
@@ -542,7 +567,7 @@ class SignallingService:
         for connection_id in session.connections:
             link = self.links.get(connection_id)
             if link is not None:
-                link.send_text(text)
+                link.send_text(text, message.type)
 
     def live_session(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
@@ -566,7 +591,7 @@ class SignallingService:
             self._per_address[address] = self._per_address.get(address, 0) + 1
         else:
             address = None
-        link = ClientLink(websocket, self.config.outbox_size, self.config.close_grace)
+        link = ClientLink(websocket, self.config.outbox_size, self.config.close_grace, self.stats)
         link.address = address
         try:
             await self._serve_accepted(link)
@@ -643,6 +668,7 @@ class SignallingService:
                 link.send(_schema_error(text, exc))
                 continue
             if verdict is Verdict.ALLOW:
+                link.stats.received[message.type] += 1
                 return message
             if not isinstance(message, PongMessage):  # a pong still proves liveness
                 link.send(
@@ -672,6 +698,7 @@ class SignallingService:
             )
             link.close(CloseCode.PROTOCOL_ERROR, "expected connect")
             return
+        SESSION_ID.set(first.session_id[:200])  # this link's task logs with its IDs
         if not await self._connect(link, first):
             return
         while True:
@@ -734,6 +761,7 @@ class SignallingService:
             token=request.token,
         )
         link.session, link.connection_id = session, connection_id
+        CONNECTION_ID.set(connection_id)  # this link's task logs with it from now on
         self.links[connection_id] = link
         self._send_connected(link, session, request, resumed=False)
         await self.carry_out(session, actions)
@@ -798,6 +826,7 @@ class SignallingService:
             old.close(CloseCode.REPLACED, "resumed on another link")
         self._release_address(self._suspended_addresses.pop(connection_id, None))
         link.session, link.connection_id = session, connection_id
+        CONNECTION_ID.set(connection_id)  # this link's task logs with it from now on
         self.links[connection_id] = link
         self._send_connected(link, session, request, resumed=True)
         for signal in session.take_held(connection_id):
