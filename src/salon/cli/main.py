@@ -43,6 +43,19 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--redis-url",
+        help="run as a node of a cluster: its Redis, e.g. redis://host:6379/0 (with a PostgreSQL "
+        "--database-url; default: SALON_REDIS_URL, else a single server without Redis)",
+    )
+    # --node-name also labels this server's metrics: defined once, here.
+    serve.add_argument("--node-name", help="this node's name in the cluster (default: the host name)")
+    serve.add_argument(
+        "--node-address", help="where the other nodes reach this one (default: --announced-address)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="salon", description="Self-hosted, OpenTok-compatible video sessions."
@@ -210,6 +223,18 @@ def _parser() -> argparse.ArgumentParser:
         "(its path is printed, for clients to trust)",
     )
     _add_store_options(serve)
+    _add_cluster_options(serve)
+
+    node = commands.add_parser("node", help="the nodes of a cluster (through its Redis)")
+    node_commands = node.add_subparsers(dest="node_command", required=True)
+    nlist = node_commands.add_parser("list", help="the nodes, their address, load and draining state")
+    nlist.add_argument("--redis-url", help="the cluster's Redis (default: SALON_REDIS_URL)")
+    drain = node_commands.add_parser(
+        "drain", help="mark a node draining: it refuses new connections, its clients stay"
+    )
+    drain.add_argument("name", help="the node's name (--node-name)")
+    drain.add_argument("--undo", action="store_true", help="take new connections again")
+    drain.add_argument("--redis-url", help="the cluster's Redis (default: SALON_REDIS_URL)")
 
     project = commands.add_parser("project", help="manage projects (API key and secret)")
     project_commands = project.add_subparsers(dest="project_command", required=True)
@@ -317,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from salon.cli.demo import run_demo
 
             return run_demo(args)
+        if args.command == "node":
+            return asyncio.run(_node_command(args))
         if args.command == "bench":
             from salon.bench import run as run_bench
 
@@ -384,8 +411,18 @@ def _serve(args: argparse.Namespace) -> int:
         max_per_address=args.signalling_max_per_address,
         reconnect_grace=args.reconnect_grace,
     )
+    redis_url = args.redis_url or os.environ.get("SALON_REDIS_URL") or None
+    if redis_url is not None:
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SalonError(f"--redis-url must be redis://, rediss:// or unix://, not {redis_url!r}")
+        database_url = args.database_url or os.environ.get("SALON_DATABASE_URL") or ""
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise SalonError("a cluster node (--redis-url) needs a shared PostgreSQL --database-url")
     tls_cert, tls_key = _tls_files(args)
     config = ServerConfig.from_env(
+        redis_url=redis_url,
+        node_name=args.node_name,
+        node_address=args.node_address,
         signalling=signalling,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -424,6 +461,31 @@ def _serve(args: argparse.Namespace) -> int:
     # clear line here, where inside the app's start-up it would come wrapped in a traceback.
     asyncio.run(_ensure_project(config))
     run_server(config, log_level=args.log_level)
+    return 0
+
+
+async def _node_command(args: argparse.Namespace) -> int:
+    url = args.redis_url or os.environ.get("SALON_REDIS_URL")
+    if not url:
+        raise SalonError("give the cluster's Redis: --redis-url or SALON_REDIS_URL")
+    from redis.exceptions import RedisError
+
+    from salon.cluster.node import list_nodes, set_draining
+
+    try:
+        if args.node_command == "list":
+            for name, record in await list_nodes(url):
+                if record is None:
+                    print(f"{name}\t-\t-\tgone")
+                else:
+                    state = "draining" if record.draining else "up"
+                    print(f"{name}\t{record.address}\t{record.load}\t{state}")
+            return 0
+        known = await set_draining(url, args.name, not args.undo)
+    except (RedisError, OSError) as exc:
+        raise SalonError(f"the cluster's Redis: {exc}") from None
+    verb = "takes new connections again" if args.undo else "is draining"
+    print(f"node {args.name} {verb}" + ("" if known else " (no such node registered yet)"))
     return 0
 
 
