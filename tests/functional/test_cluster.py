@@ -176,6 +176,19 @@ async def test_clients_on_three_nodes_see_one_session_in_one_order(nodes: list[S
         ended = await next_of(client, "stream_destroyed", stream_id=stream_id)
         assert ended["reason"] == "forceUnpublished"
     assert await c1.quiet() == [] and await c2.quiet() == [], "nothing twice"
+
+    # A moderator forces out a client of its own node: it is closed, the others are told.
+    c4 = await WsClient.join(nodes[1].url, session_id, token(session_id))
+    for client in (c1, c2):
+        await next_of(client, "connection_created")
+    reply = await c2.request({"type": "force_disconnect", "connection_id": c4.connection_id})
+    assert reply["type"] == "ack", reply
+    assert (await next_of(c4, "session_disconnected"))["reason"] == "forceDisconnected"
+    assert (await c4.closed(15))[0] == 4009
+    for client in (c1, c2):
+        gone = await next_of(client, "connection_destroyed", connection_id=c4.connection_id)
+        assert gone["reason"] == "forceDisconnected"
+    assert await c1.quiet() == [] and await c2.quiet() == []
     await c1.close()
     assert (await next_of(c2, "connection_destroyed", connection_id=c1.connection_id))[
         "reason"
@@ -231,7 +244,9 @@ async def test_a_drained_node_refuses_new_connections(nodes: list[ServeProcess])
 
     async def refused() -> bool:
         client = await WsClient.open(nodes[1].url)
-        reply = await client.request({"type": "connect", "session_id": session_id, "token": token(session_id)})
+        reply = await client.request(
+            {"type": "connect", "session_id": session_id, "token": token(session_id)}
+        )
         if reply["type"] == "connected":
             await client.close()
             return False

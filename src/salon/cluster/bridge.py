@@ -60,7 +60,7 @@ class ClusterBridge:
     def publish(self, session: Session, actions: list[Action]) -> list[Action]:
         """Publish a session's change; returns the actions to carry out here at once (the last
         messages and the close of this node's connections that the change closes)."""
-        now, bus = split_local(session, actions)
+        now, bus = split_local(actions, self.service.links.__contains__)
         if bus:
             fields, presence = encode_batch(self.node.name, session, bus)
             self.node.publish(session.session_id, fields, presence)

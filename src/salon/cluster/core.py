@@ -16,7 +16,7 @@ Nothing here touches a socket or Redis.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from salon.protocol import (
@@ -185,18 +185,12 @@ def decode_batch(fields: Mapping[str, str]) -> Batch:
     )
 
 
-def split_local(session: Session, actions: list[Action]) -> tuple[list[Action], list[Action]]:
-    """(carried out here at once, published on the bus). A connection of this node that an
-    action closes gets its last messages and the close at once (its link may be gone by the
-    time the bus brings them back); everything else, including every action for another
-    node's connections, goes through the bus, in order."""
-    closing = {
-        a.connection_id
-        for a in actions
-        if isinstance(a, Close)
-        and (c := session.connections.get(a.connection_id)) is not None
-        and c.node is None
-    }
+def split_local(actions: list[Action], is_local: Callable[[str], bool]) -> tuple[list[Action], list[Action]]:
+    """(carried out here at once, published on the bus). A connection of this node (one with
+    a link here: ``is_local``) that an action closes gets its last messages and the close at
+    once (its link is gone by the time the bus brings them back); everything else, including
+    every action for another node's connections, goes through the bus, in order."""
+    closing = {a.connection_id for a in actions if isinstance(a, Close) and is_local(a.connection_id)}
     if not closing:
         return [], list(actions)
     now: list[Action] = []

@@ -82,7 +82,11 @@ def streams_key(session_id: str) -> str:
 
 
 def connect(url: str) -> aioredis.Redis:
-    client: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2.0)
+    # A socket timeout: a silent network must fail the command (the loops then retry and read on
+    # from the last entry) rather than hang it; an XREAD blocks for READ_BLOCK_MS only.
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0
+    )
     return client
 
 
