@@ -52,9 +52,13 @@ def token(session_id: str) -> str:
 
 
 def node_cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return salon_cli("node", *args, "--redis-url", redis_url)
+
+
+def salon_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SALON_")}
     return subprocess.run(
-        [sys.executable, "-m", "salon", "node", *args, "--redis-url", redis_url],
+        [sys.executable, "-m", "salon", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -278,3 +282,23 @@ async def test_a_drained_node_refuses_new_connections(nodes: list[ServeProcess])
         await asyncio.sleep(0.2)
     await before.close()
     await other.close()
+
+
+async def test_a_rotated_secret_takes_effect_on_every_node(nodes: list[ServeProcess]) -> None:
+    for node in nodes:
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            assert (await http.post("/session/create", headers=auth())).status_code == 200
+    database_url = nodes[0].command[nodes[0].command.index("--database-url") + 1]
+    done = salon_cli(
+        *("project", "rotate-secret", API_KEY, "--grace", "0"),
+        *("--database-url", database_url, "--redis-url", _redis_url_of(nodes[0])),
+    )
+    assert done.returncode == 0, done.stderr
+    for node in nodes:
+        deadline = time.monotonic() + 10
+        while "changed elsewhere: its cached copy dropped" not in node.output:
+            assert time.monotonic() < deadline, f"no node-wide invalidation: {node.output[-2000:]}"
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            refused = await http.post("/session/create", headers=auth())
+            assert refused.status_code in (401, 403), refused.text

@@ -253,12 +253,20 @@ def _parser() -> argparse.ArgumentParser:
         "--signature-secret", metavar="S", help="signs each callback (HS256 JWT; '' to clear)"
     )
     _add_store_options(update)
+    update.add_argument(
+        "--redis-url",
+        help="a cluster's Redis: every node drops its cached copy at once (default: SALON_REDIS_URL)",
+    )
 
     delete = project_commands.add_parser(
         "delete", help="delete a project and its sessions: its secret stops working at once"
     )
     delete.add_argument("api_key")
     _add_store_options(delete)
+    delete.add_argument(
+        "--redis-url",
+        help="a cluster's Redis: every node drops its cached copy at once (default: SALON_REDIS_URL)",
+    )
     rotate = project_commands.add_parser(
         "rotate-secret", help="give a project a new API secret (printed); the old one works for --grace"
     )
@@ -271,6 +279,10 @@ def _parser() -> argparse.ArgumentParser:
         help="how long the old secret keeps working (default 300; 0 revokes it at once)",
     )
     _add_store_options(rotate)
+    rotate.add_argument(
+        "--redis-url",
+        help="a cluster's Redis: every node drops its cached copy at once (default: SALON_REDIS_URL)",
+    )
 
     application = commands.add_parser(
         "application", help="manage Vonage applications (an id and an RSA key pair; projects too)"
@@ -464,6 +476,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _tell_cluster(args: argparse.Namespace) -> None:
+    """A project changed: tell every node of the cluster (if there is one) to drop its copy
+    (without a cluster, or if the message is lost, nodes read it again within a second)."""
+    url = args.redis_url or os.environ.get("SALON_REDIS_URL")
+    if not url:
+        return
+    from redis.exceptions import RedisError
+
+    from salon.cluster.node import announce_project_change
+
+    try:
+        await announce_project_change(url, args.api_key)
+    except (RedisError, OSError) as exc:
+        raise SalonError(f"changed, but the cluster's Redis could not be told: {exc}") from None
+
+
 async def _node_command(args: argparse.Namespace) -> int:
     url = args.redis_url or os.environ.get("SALON_REDIS_URL")
     if not url:
@@ -653,11 +681,13 @@ async def _store_command(args: argparse.Namespace) -> int:
             )
         elif args.command == "project" and args.project_command == "delete":
             await store.delete_project(args.api_key)
+            await _tell_cluster(args)
             print(json.dumps({"api_key": args.api_key, "deleted": True}))
         elif args.command == "project" and args.project_command == "rotate-secret":
             if not 0 <= args.grace <= MAX_GRACE:  # also refuses nan
                 raise SalonError(f"--grace must be 0 to {MAX_GRACE} seconds")
             project = await store.rotate_secret(args.api_key, grace=args.grace)
+            await _tell_cluster(args)
             print(
                 json.dumps(
                     {
@@ -677,6 +707,7 @@ async def _store_command(args: argparse.Namespace) -> int:
                 archive_callback_url=args.archive_callback_url,
                 signature_secret=args.signature_secret,
             )
+            await _tell_cluster(args)
             print(json.dumps(_project_settings(project)))
         elif args.command == "application" and args.application_command == "create":
             print(json.dumps(await _create_application(store, args)))

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from salon.cluster.core import NodeRecord, Presence, Snapshot, encode_batch, reap_actions
 
-__all__ = ["HEARTBEAT", "NODE_TTL", "ClusterNode", "list_nodes", "set_draining"]
+__all__ = ["HEARTBEAT", "NODE_TTL", "ClusterNode", "announce_project_change", "list_nodes", "set_draining"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def drain_key(name: str) -> str:
 
 
 NODES_KEY = PREFIX + "nodes"
+#: The pub/sub channel of project changes (an API key per message).
+PROJECTS_CHANNEL = PREFIX + "projects"
 
 
 def stream_key(session_id: str) -> str:
@@ -125,6 +127,8 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._handler: EntryHandler | None = None
         self._wake = asyncio.Event()
+        #: Called with an API key when a project changed elsewhere (deleted, secret rotated).
+        self.on_project_changed: Callable[[str], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -140,6 +144,7 @@ class ClusterNode:
             loop.create_task(self._heartbeat(), name="salon-cluster-heartbeat"),
             loop.create_task(self._publisher(), name="salon-cluster-publisher"),
             loop.create_task(self._reader(), name="salon-cluster-reader"),
+            loop.create_task(self._project_changes(), name="salon-cluster-projects"),
         ]
         logger.info("cluster node %s (%s) registered", self.name, self.address)
 
@@ -284,6 +289,39 @@ class ClusterNode:
                         await self._handler(session_id, entry_id, fields)
                     except Exception:
                         logger.exception("cluster: applying entry %s of a session failed", entry_id)
+
+    async def _project_changes(self) -> None:
+        delay = 0.05
+        while True:
+            client = connect(self.url)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(PROJECTS_CHANNEL)
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and self.on_project_changed is not None:
+                        api_key = str(message["data"])
+                        logger.info("project %s changed elsewhere: its cached copy dropped", api_key)
+                        self.on_project_changed(api_key)
+            except (RedisError, OSError) as exc:
+                logger.warning("cluster: project changes channel lost, resubscribing: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
+
+
+async def announce_project_change(url: str, api_key: str) -> None:
+    """Tell every node that a project changed (they drop their cached copy)."""
+    client = connect(url)
+    try:
+        await client.publish(PROJECTS_CHANNEL, api_key)
+    finally:
+        await client.aclose()
 
 
 async def list_nodes(url: str) -> list[tuple[str, NodeRecord | None]]:

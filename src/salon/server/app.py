@@ -170,6 +170,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                 config.node_address or config.announced_address or config.host,
                 load=lambda: len(service.links),
             )
+            node.on_project_changed = registry.forget_project
             cluster = service.cluster = ClusterBridge(node, service)
             try:
                 await cluster.start()
