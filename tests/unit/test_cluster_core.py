@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from salon.cluster.core import (
     Delivered,
@@ -129,3 +131,15 @@ def test_a_dead_node_s_streams_then_connections_are_reaped() -> None:
 def test_a_node_record_round_trips() -> None:
     record = NodeRecord("n1", "10.0.0.1", 7, True, "abc")
     assert NodeRecord.loads(record.dumps()) == record
+
+
+def test_the_embedded_server_never_imports_redis() -> None:
+    code = (
+        "import sys, salon.cli.main, salon.server.app, salon.server.run, salon.signalling.service\n"
+        "loaded = sorted(m for m in sys.modules\n"
+        "                if m.split('.')[0] == 'redis' or m.startswith('salon.cluster'))\n"
+        "print(loaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
