@@ -123,6 +123,28 @@ async def test_clients_on_three_nodes_see_one_session_in_one_order(nodes: list[S
         assert r.status_code == 200, r.text
         assert [s["id"] for s in r.json()["items"]] == [stream_id]
 
+    # A client joining a node while a client there publishes learns of the stream once: in
+    # `connected` or as `stream_created`, never both, never neither.
+    for attempt in range(5):
+        request = c1.request({"type": "publish", "name": f"race{attempt}", "has_audio": True})
+        reply, late = await asyncio.gather(
+            request, WsClient.join(nodes[0].url, session_id, token(session_id))
+        )
+        raced = reply["stream"]["stream_id"]
+        assert late.connected is not None
+        told = [s for s in late.connected["streams"] if s["stream_id"] == raced]
+        told += [m["stream"] for m in await late.quiet() if m["type"] == "stream_created"]
+        assert [s["stream_id"] for s in told] == [raced], f"attempt {attempt}: {told}"
+        await c1.request({"type": "unpublish", "stream_id": raced})
+        await late.close()
+        await next_of(c1, "stream_destroyed", stream_id=raced)
+        for other in (c2, c3):
+            assert (await next_of(other, "stream_created"))["stream"]["stream_id"] == raced
+            await next_of(other, "stream_destroyed", stream_id=raced)
+    for client in (c1, c2, c3):
+        left = [m for m in await client.quiet() if m["type"] != "connection_created"]
+        assert [m["type"] for m in left] == ["connection_destroyed"] * 5, left
+
     # Three senders on three nodes, at once: every client sees every signal, in one order,
     # and each sender's own signals in the order it sent them.
     per_sender = 15

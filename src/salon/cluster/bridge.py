@@ -62,7 +62,11 @@ class ClusterBridge:
         messages and the close of this node's connections that the change closes)."""
         now, bus = split_local(actions, self.service.links.__contains__)
         if bus:
-            fields, presence = encode_batch(self.node.name, session, bus)
+            # Only the changes already made to this node's own copy of the session carry its
+            # name (a client that joins here skips those: its ``connected`` had them).
+            followed = self._mirrors.get(session.session_id) is session
+            origin = self.node.name if followed else f"rest@{self.node.name}"
+            fields, presence = encode_batch(origin, session, bus)
             self.node.publish(session.session_id, fields, presence)
         return now
 

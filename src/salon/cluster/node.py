@@ -199,7 +199,7 @@ class ClusterNode:
         for session_id in await _done(self.client.smembers(node_sessions_key(dead))):
             actions = reap_actions(dead, await snapshot(self.client, session_id))
             if actions:
-                fields, presence = encode_batch(self.name, None, actions)
+                fields, presence = encode_batch(f"reaper@{self.name}", None, actions)
                 self.publish(session_id, fields, presence)
         await self.client.delete(node_sessions_key(dead))
         if dead != self.name:

@@ -46,6 +46,7 @@ from salon.protocol import (
     ClientMessage,
     CloseCode,
     ConnectedMessage,
+    ConnectionCreatedEvent,
     ConnectRequest,
     DisconnectReason,
     ErrorCode,
@@ -185,6 +186,9 @@ class ClientLink:
         self.broken: bool | None = None
         #: The client's IP address while it is counted toward ``max_per_address``.
         self.address: str | None = None
+        #: In a cluster: joined, and this node's own changes published before the join are still
+        #: coming back from the bus; its ``connected`` had them already, so they are skipped.
+        self.catching_up = False
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="salon-link-writer")
@@ -427,6 +431,7 @@ class SignallingService:
         """A batch of changes read from the session's bus (the mirror already updated):
         deliver it to this node's clients, close what it closes, clean up this node's
         connections it destroyed (``gone_here``), tell the media plane of ended streams."""
+        own = self.cluster is not None and batch.origin == self.cluster.name
         for action, text in batch.actions:
             if isinstance(action, Close):
                 link = self.links.get(action.connection_id)
@@ -444,10 +449,16 @@ class SignallingService:
                 if connection_id == action.exclude:
                     continue
                 link = self.links.get(connection_id)
-                if link is not None:
-                    link.send_text(text)
-                else:
+                if link is None:
                     session.hold(connection_id, action.message)
+                elif not (own and link.catching_up):
+                    link.send_text(text)
+        if own:
+            for action, _ in batch.actions:
+                if isinstance(action, Deliver) and isinstance(action.message, ConnectionCreatedEvent):
+                    link = self.links.get(action.message.connection.connection_id)
+                    if link is not None:
+                        link.catching_up = False  # its own join: from here on it sees everything
         for connection_id in gone_here:
             link = self.links.pop(connection_id, None)
             if link is not None:
@@ -807,6 +818,7 @@ class SignallingService:
         )
         link.session, link.connection_id = session, connection_id
         self.links[connection_id] = link
+        link.catching_up = self.cluster is not None
         self._send_connected(link, session, request, resumed=False)
         await self.carry_out(session, actions)
         logger.info("%r: connection %s joined as %s", session, connection_id, conn.role.value)
