@@ -195,6 +195,16 @@ async def test_clients_on_three_nodes_see_one_session_in_one_order(nodes: list[S
         gone = await next_of(other, "connection_destroyed", connection_id=c3.connection_id)
         assert gone["reason"] == "forceDisconnected"
 
+    # Node 3 has no client in the session any more: its REST API still sees and reaches it.
+    async with httpx.AsyncClient(base_url=nodes[2].url) as http:
+        r = await http.get(f"{p}/stream/{stream_id}", headers=auth())
+        assert r.status_code == 200, r.text
+        assert (r.json()["id"], r.json()["hasAudio"]) == (stream_id, False)
+        r = await http.post(f"{p}/signal", headers=auth(), json={"type": "from-n3", "data": "all"})
+        assert r.status_code == 204, r.text
+    for client in (c1, c2):
+        assert (await next_of(client, "signal", signal_type="from-n3"))["data"] == "all"
+
     # A moderator on node 2 forces the stream of node 1's client off.
     reply = await c2.request({"type": "force_unpublish", "stream_id": stream_id})
     assert reply["type"] == "ack", reply
