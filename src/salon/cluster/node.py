@@ -127,6 +127,7 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._handler: EntryHandler | None = None
         self._wake = asyncio.Event()
+        self._chores: set[asyncio.Task[None]] = set()
         #: Called with an API key when a project changed elsewhere (deleted, secret rotated).
         self.on_project_changed: Callable[[str], None] | None = None
 
@@ -173,6 +174,10 @@ class ClusterNode:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(node_key(self.name), record.dumps(), px=int(NODE_TTL * 1000))
             pipe.sadd(NODES_KEY, self.name)
+            if self._followed:
+                # Again each time: a node taken for dead while cut off from Redis (its sessions
+                # reaped) is found again if it dies later.
+                pipe.sadd(node_sessions_key(self.name), *self._followed)
             await pipe.execute()
 
     async def _heartbeat(self) -> None:
@@ -253,7 +258,9 @@ class ClusterNode:
 
     def unfollow(self, session_id: str) -> None:
         self._followed.pop(session_id, None)
-        asyncio.get_running_loop().create_task(self._forget_session(session_id))
+        task = asyncio.get_running_loop().create_task(self._forget_session(session_id))
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     async def _forget_session(self, session_id: str) -> None:
         with contextlib.suppress(RedisError, OSError):
