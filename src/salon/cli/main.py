@@ -68,6 +68,17 @@ def _add_observability_options(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--redis-url",
+        help="run as a node of a cluster: its Redis, e.g. redis://host:6379/0 (with a PostgreSQL "
+        "--database-url; default: SALON_REDIS_URL, else a single server without Redis)",
+    )
+    serve.add_argument(
+        "--node-address", help="where the other nodes reach this one (default: --announced-address)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="salon", description="Self-hosted, OpenTok-compatible video sessions."
@@ -235,9 +246,25 @@ def _parser() -> argparse.ArgumentParser:
         "(its path is printed, for clients to trust)",
     )
     # --node-name: this node's name (metrics' node label, JSON logs; a cluster's node name too).
-    serve.add_argument("--node-name", metavar="NAME", help="this node's name (default: the host name)")
+    serve.add_argument(
+        "--node-name",
+        metavar="NAME",
+        help="this node's name, in metrics, logs and the cluster (default: the host name)",
+    )
     _add_observability_options(serve)
     _add_store_options(serve)
+    _add_cluster_options(serve)
+
+    node = commands.add_parser("node", help="the nodes of a cluster (through its Redis)")
+    node_commands = node.add_subparsers(dest="node_command", required=True)
+    nlist = node_commands.add_parser("list", help="the nodes, their address, load and draining state")
+    nlist.add_argument("--redis-url", help="the cluster's Redis (default: SALON_REDIS_URL)")
+    drain = node_commands.add_parser(
+        "drain", help="mark a node draining: it refuses new connections, its clients stay"
+    )
+    drain.add_argument("name", help="the node's name (--node-name)")
+    drain.add_argument("--undo", action="store_true", help="take new connections again")
+    drain.add_argument("--redis-url", help="the cluster's Redis (default: SALON_REDIS_URL)")
 
     project = commands.add_parser("project", help="manage projects (API key and secret)")
     project_commands = project.add_subparsers(dest="project_command", required=True)
@@ -256,12 +283,20 @@ def _parser() -> argparse.ArgumentParser:
         "--signature-secret", metavar="S", help="signs each callback (HS256 JWT; '' to clear)"
     )
     _add_store_options(update)
+    update.add_argument(
+        "--redis-url",
+        help="a cluster's Redis: every node drops its cached copy at once (default: SALON_REDIS_URL)",
+    )
 
     delete = project_commands.add_parser(
         "delete", help="delete a project and its sessions: its secret stops working at once"
     )
     delete.add_argument("api_key")
     _add_store_options(delete)
+    delete.add_argument(
+        "--redis-url",
+        help="a cluster's Redis: every node drops its cached copy at once (default: SALON_REDIS_URL)",
+    )
     rotate = project_commands.add_parser(
         "rotate-secret", help="give a project a new API secret (printed); the old one works for --grace"
     )
@@ -274,6 +309,10 @@ def _parser() -> argparse.ArgumentParser:
         help="how long the old secret keeps working (default 300; 0 revokes it at once)",
     )
     _add_store_options(rotate)
+    rotate.add_argument(
+        "--redis-url",
+        help="a cluster's Redis: every node drops its cached copy at once (default: SALON_REDIS_URL)",
+    )
 
     application = commands.add_parser(
         "application", help="manage Vonage applications (an id and an RSA key pair; projects too)"
@@ -345,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from salon.cli.demo import run_demo
 
             return run_demo(args)
+        if args.command == "node":
+            return asyncio.run(_node_command(args))
         if args.command == "bench":
             from salon.bench import run as run_bench
 
@@ -428,8 +469,17 @@ def _serve(args: argparse.Namespace) -> int:
         max_per_address=args.signalling_max_per_address,
         reconnect_grace=args.reconnect_grace,
     )
+    redis_url = args.redis_url or os.environ.get("SALON_REDIS_URL") or None
+    if redis_url is not None:
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SalonError(f"--redis-url must be redis://, rediss:// or unix://, not {redis_url!r}")
+        database_url = args.database_url or os.environ.get("SALON_DATABASE_URL") or ""
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise SalonError("a cluster node (--redis-url) needs a shared PostgreSQL --database-url")
     tls_cert, tls_key = _tls_files(args)
     config = ServerConfig.from_env(
+        redis_url=redis_url,
+        node_address=args.node_address,
         signalling=signalling,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -482,6 +532,47 @@ def _check_metrics_address(address: tuple[str, int]) -> None:
         socket.create_server((host, port), family=family).close()
     except OSError as exc:
         raise SalonError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def _tell_cluster(args: argparse.Namespace) -> None:
+    """A project changed: tell every node of the cluster (if there is one) to drop its copy
+    (without a cluster, or if the message is lost, nodes read it again within a second)."""
+    url = args.redis_url or os.environ.get("SALON_REDIS_URL")
+    if not url:
+        return
+    from redis.exceptions import RedisError
+
+    from salon.cluster.node import announce_project_change
+
+    try:
+        await announce_project_change(url, args.api_key)
+    except (RedisError, OSError) as exc:
+        raise SalonError(f"changed, but the cluster's Redis could not be told: {exc}") from None
+
+
+async def _node_command(args: argparse.Namespace) -> int:
+    url = args.redis_url or os.environ.get("SALON_REDIS_URL")
+    if not url:
+        raise SalonError("give the cluster's Redis: --redis-url or SALON_REDIS_URL")
+    from redis.exceptions import RedisError
+
+    from salon.cluster.node import list_nodes, set_draining
+
+    try:
+        if args.node_command == "list":
+            for name, record in await list_nodes(url):
+                if record is None:
+                    print(f"{name}\t-\t-\tgone")
+                else:
+                    state = "draining" if record.draining else "up"
+                    print(f"{name}\t{record.address}\t{record.load}\t{state}")
+            return 0
+        known = await set_draining(url, args.name, not args.undo)
+    except (RedisError, OSError) as exc:
+        raise SalonError(f"the cluster's Redis: {exc}") from None
+    verb = "takes new connections again" if args.undo else "is draining"
+    print(f"node {args.name} {verb}" + ("" if known else " (no such node registered yet)"))
+    return 0
 
 
 def _tls_files(args: argparse.Namespace) -> tuple[pathlib.Path | None, pathlib.Path | None]:
@@ -648,11 +739,13 @@ async def _store_command(args: argparse.Namespace) -> int:
             )
         elif args.command == "project" and args.project_command == "delete":
             await store.delete_project(args.api_key)
+            await _tell_cluster(args)
             print(json.dumps({"api_key": args.api_key, "deleted": True}))
         elif args.command == "project" and args.project_command == "rotate-secret":
             if not 0 <= args.grace <= MAX_GRACE:  # also refuses nan
                 raise SalonError(f"--grace must be 0 to {MAX_GRACE} seconds")
             project = await store.rotate_secret(args.api_key, grace=args.grace)
+            await _tell_cluster(args)
             print(
                 json.dumps(
                     {
@@ -672,6 +765,7 @@ async def _store_command(args: argparse.Namespace) -> int:
                 archive_callback_url=args.archive_callback_url,
                 signature_secret=args.signature_secret,
             )
+            await _tell_cluster(args)
             print(json.dumps(_project_settings(project)))
         elif args.command == "application" and args.application_command == "create":
             print(json.dumps(await _create_application(store, args)))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -193,6 +194,27 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         app.state.metrics_registry.register(collector)
         if media is not None:
             media.events = service
+        cluster = None
+        if config.redis_url is not None:
+            # Imported here: the embedded server never loads Redis.
+            from salon.cluster.bridge import ClusterBridge
+            from salon.cluster.node import ClusterNode
+
+            node = ClusterNode(
+                config.redis_url,
+                config.node_name or socket.gethostname(),
+                config.node_address or config.announced_address or config.host,
+                load=lambda: len(service.links),
+            )
+            node.on_project_changed = registry.forget_project
+            cluster = service.cluster = ClusterBridge(node, service)
+            try:
+                await cluster.start()
+            except BaseException:
+                if media is not None:
+                    await media.close()
+                await store.close()
+                raise
         await callbacks.start()
         await service.start()
         await archives.start()
@@ -215,6 +237,8 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         finally:
             await archives.close()  # archives stop (their connections told) and are stored first
             await service.stop()
+            if cluster is not None:
+                await cluster.stop()
             if media is not None:
                 await media.close()
             await callbacks.close()

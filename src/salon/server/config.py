@@ -90,6 +90,10 @@ class ServerConfig:
     port: int = 8080
     data_dir: pathlib.Path = pathlib.Path("salon-data")
     database_url: str | None = None
+    #: ``salon serve --redis-url``: run as a node of a cluster (:mod:`salon.cluster`), with
+    #: ``node_name`` (default: the host name) and ``node_address`` (where other nodes reach it).
+    redis_url: str | None = None
+    node_address: str | None = None
     api_key: str | None = None
     api_secret: str | None = None
     signalling: SignallingConfig = field(default_factory=SignallingConfig)

@@ -172,8 +172,9 @@ def stream_body(stream: Stream) -> StreamBody:
     )
 
 
-def live(service: SignallingService, session_id: str) -> Session | None:
-    return service.live_session(session_id)
+async def live(service: SignallingService, session_id: str, project: Project) -> Session | None:
+    """The live session (in a cluster, wherever its clients are)."""
+    return await service.session_view(session_id, project.api_key)
 
 
 # -- sessions ------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ async def list_streams(
     sessionId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> StreamList:
     await session_of(project, reg, sessionId)
-    session = live(service, sessionId)
+    session = await live(service, sessionId, project)
     items = [stream_body(s) for s in session.announced_streams()] if session else []
     return StreamList(count=len(items), items=items)
 
@@ -348,7 +349,7 @@ async def get_stream(
     sessionId: str, streamId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> StreamBody:
     await session_of(project, reg, sessionId)
-    session = live(service, sessionId)
+    session = await live(service, sessionId, project)
     if session is None:
         raise NotFoundError("stream not found")
     return stream_body(session.announced_stream(streamId))
@@ -370,7 +371,7 @@ async def set_stream_class_lists(
     service: SignallingDep,
 ) -> StreamList:
     await session_of(project, reg, sessionId)
-    session = live(service, sessionId)
+    session = await live(service, sessionId, project)
     if session is None:
         raise NotFoundError("stream not found")
     streams = session.set_layout_class_lists({item.id: item.layoutClassList for item in body.items})
@@ -412,7 +413,7 @@ async def signal_session(
 ) -> Response:
     body = await _signal_body(request)
     await session_of(project, reg, sessionId)
-    session = live(service, sessionId)
+    session = await live(service, sessionId, project)
     if session is not None:
         await service.carry_out(session, session.signal(None, body.type, body.data, None))
     else:
@@ -446,7 +447,7 @@ async def signal_connection(
 ) -> Response:
     body = await _signal_body(request)
     await session_of(project, reg, sessionId)
-    session = live(service, sessionId)
+    session = await live(service, sessionId, project)
     if session is None:
         raise NotFoundError("connection not found")
     await service.carry_out(session, session.signal(None, body.type, body.data, connectionId))
@@ -467,7 +468,7 @@ async def force_disconnect(
     sessionId: str, connectionId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> Response:
     await session_of(project, reg, sessionId)
-    await service.force_disconnect(sessionId, connectionId)
+    await service.force_disconnect(sessionId, connectionId, project.api_key)
     return Response(status_code=204)
 
 
@@ -481,7 +482,7 @@ async def mute_stream(
     sessionId: str, streamId: str, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> dict[str, Any]:
     await session_of(project, reg, sessionId)
-    session = live(service, sessionId)
+    session = await live(service, sessionId, project)
     if session is None:
         raise NotFoundError("stream not found")
     await service.carry_out(session, session.force_mute(streamId))
@@ -498,7 +499,7 @@ async def mute_all(
     sessionId: str, body: MuteBody, project: ProjectDep, reg: RegistryDep, service: SignallingDep
 ) -> dict[str, Any]:
     await session_of(project, reg, sessionId)
-    await service.mute_all(sessionId, body.excluded, active=body.active)
+    await service.mute_all(sessionId, body.excluded, active=body.active, api_key=project.api_key)
     return {}
 
 

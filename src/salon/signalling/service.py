@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
@@ -47,6 +48,7 @@ from salon.protocol import (
     ClientMessage,
     CloseCode,
     ConnectedMessage,
+    ConnectionCreatedEvent,
     ConnectRequest,
     DisconnectReason,
     ErrorCode,
@@ -82,6 +84,10 @@ from salon.signalling.ratelimit import TokenBucket, Verdict
 from salon.signalling.session import Action, Close, Deliver, ResumeRefusedError, Session, Subscription
 from salon.store.registry import Registry
 from salon.tokens import TokenClaims, token_api_key, verify_token
+
+if TYPE_CHECKING:
+    from salon.cluster.bridge import ClusterBridge
+    from salon.cluster.core import Batch, Delivered
 
 __all__ = ["ClientLink", "SignallingConfig", "SignallingService", "SignallingStats"]
 
@@ -200,6 +206,9 @@ class ClientLink:
         self.broken: bool | None = None
         #: The client's IP address while it is counted toward ``max_per_address``.
         self.address: str | None = None
+        #: In a cluster: joined, and this node's own changes published before the join are still
+        #: coming back from the bus; its ``connected`` had them already, so they are skipped.
+        self.catching_up = False
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="salon-link-writer")
@@ -324,6 +333,9 @@ class SignallingService:
         self.on_link_closed: Callable[[], None] | None = None
         #: Messages and errors counted (metrics).
         self.stats = SignallingStats()
+        #: Set when this server is a node of a cluster (``salon serve --redis-url``): every
+        #: change is published on the session's bus and applied from it (:mod:`salon.cluster`).
+        self.cluster: ClusterBridge | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -428,10 +440,66 @@ class SignallingService:
 
     async def carry_out(self, session: Session, actions: list[Action]) -> None:
         """Carry out a :class:`Session`'s actions, in order, and tell the media plane which
-        streams were destroyed."""
+        streams were destroyed. In a cluster they are published on the session's bus instead,
+        and carried out by every node as it reads them (:meth:`apply_cluster_batch`)."""
+        if self.cluster is None:
+            await self._carry_out_here(session, actions)
+            return
+        if self.observer is not None:
+            for action in actions:
+                if isinstance(action, Deliver):
+                    self.observer.delivered(session.session_id, session.api_key, action.message)
+        await self._carry_out_here(session, self.cluster.publish(session, actions), observe=False)
+
+    async def apply_cluster_batch(
+        self, session: Session, batch: Batch, delivered: Delivered, gone_here: list[str]
+    ) -> None:
+        """A batch of changes read from the session's bus (the mirror already updated):
+        deliver it to this node's clients, close what it closes, clean up this node's
+        connections it destroyed (``gone_here``), tell the media plane of ended streams."""
+        own = self.cluster is not None and batch.origin == self.cluster.name
+        for action, text in batch.actions:
+            if isinstance(action, Close):
+                link = self.links.get(action.connection_id)
+                if link is not None:
+                    link.close(action.code, action.reason)
+                continue
+            if not delivered.admit(action):
+                continue
+            text = text or action.message.model_dump_json()
+            if action.to is None:
+                targets: list[str] = [c for c, conn in session.connections.items() if conn.node is None]
+            else:
+                targets = list(action.to)
+            for connection_id in targets:
+                if connection_id == action.exclude:
+                    continue
+                link = self.links.get(connection_id)
+                if link is None:
+                    session.hold(connection_id, action.message)
+                elif not (own and link.catching_up):
+                    link.send_text(text)
+        if own:
+            for action, _ in batch.actions:
+                if isinstance(action, Deliver) and isinstance(action.message, ConnectionCreatedEvent):
+                    link = self.links.get(action.message.connection.connection_id)
+                    if link is not None:
+                        link.catching_up = False  # its own join: from here on it sees everything
+        for connection_id in gone_here:
+            link = self.links.pop(connection_id, None)
+            if link is not None:
+                link.session = None
+                link.close(CloseCode.FORCE_DISCONNECTED, "force disconnected")
+            self._release_address(self._suspended_addresses.pop(connection_id, None))
+            await self._connection_gone(session, connection_id)
+        for action, _ in batch.actions:
+            if isinstance(action, Deliver) and isinstance(action.message, StreamDestroyedEvent):
+                await self.media.stream_unpublished(session.session_id, action.message.stream_id)
+
+    async def _carry_out_here(self, session: Session, actions: list[Action], *, observe: bool = True) -> None:
         for action in actions:
             if isinstance(action, Deliver):
-                if self.observer is not None:
+                if observe and self.observer is not None:
                     self.observer.delivered(session.session_id, session.api_key, action.message)
                 text = action.message.model_dump_json()
                 targets = session.connections.keys() if action.to is None else action.to
@@ -460,8 +528,10 @@ class SignallingService:
 
     async def _connection_gone(self, session: Session, connection_id: str) -> None:
         await self.media.connection_left(session.session_id, connection_id)
-        if session.empty and self.sessions.get(session.session_id) is session:
+        if session.local_empty and self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
+            if self.cluster is not None:
+                self.cluster.unfollow(session.session_id)
             if self.observer is not None:
                 self.observer.session_ended(session.session_id, session.api_key)
             voices = self._voices.pop(session.session_id, None)
@@ -571,6 +641,14 @@ class SignallingService:
 
     def live_session(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
+
+    async def session_view(self, session_id: str, api_key: str) -> Session | None:
+        """The live session for the REST API: this server's, or in a cluster, when this node
+        has no client in it, a copy made from the cluster's presence (None: nobody is in it)."""
+        session = self.sessions.get(session_id)
+        if session is None and self.cluster is not None:
+            session = await self.cluster.view(session_id, api_key)
+        return session
 
     # -- WebSocket endpoint ------------------------------------------------------------
 
@@ -741,14 +819,27 @@ class SignallingService:
             return False
         if request.resume is not None:
             return await self._resume(link, request)
+        if self.cluster is not None and self.cluster.draining:
+            message = "this node is draining: connect to another node of the cluster"
+            link.send(ErrorMessage(request_id=request.request_id, code=ErrorCode.CONFLICT, message=message))
+            link.close(CloseCode.GOING_AWAY, "node draining")
+            return False
         session = self.sessions.get(request.session_id)
+        mirror: Session | None = None
         if session is None:
-            session = self.sessions[request.session_id] = Session(request.session_id, claims.api_key)
-            excluded = self._mute_all.get(session.session_id)
-            if excluded is not None:  # switched on while the session had no connection
-                session.mute_all_active, session.mute_all_excluded = True, excluded
-            if self.observer is not None:
-                self.observer.session_started(session.session_id, session.api_key)
+            if self.cluster is not None:
+                # This node's first client in the session: follow its bus (a copy of the
+                # session with the other nodes' connections and streams).
+                mirror = await self.cluster.follow(request.session_id, claims.api_key)
+                session = self.sessions.get(request.session_id)  # another connect may have won
+            if session is None:
+                session = mirror if mirror is not None else Session(request.session_id, claims.api_key)
+                self.sessions[request.session_id] = session
+                excluded = self._mute_all.get(session.session_id)
+                if excluded is not None:  # switched on while the session had no connection
+                    session.mute_all_active, session.mute_all_excluded = True, excluded
+                if self.observer is not None:
+                    self.observer.session_started(session.session_id, session.api_key)
         connection_id = new_connection_id()
         conn, actions = session.join(
             connection_id,
@@ -763,6 +854,7 @@ class SignallingService:
         link.session, link.connection_id = session, connection_id
         CONNECTION_ID.set(connection_id)  # this link's task logs with it from now on
         self.links[connection_id] = link
+        link.catching_up = self.cluster is not None
         self._send_connected(link, session, request, resumed=False)
         await self.carry_out(session, actions)
         logger.info("%r: connection %s joined as %s", session, connection_id, conn.role.value)
@@ -1030,11 +1122,15 @@ class SignallingService:
 
     # -- REST API entry points ---------------------------------------------------------
 
-    async def mute_all(self, session_id: str, excluded: list[str], *, active: bool) -> None:
+    async def mute_all(
+        self, session_id: str, excluded: list[str], *, active: bool, api_key: str = ""
+    ) -> None:
         """Switch a session's mute-all state on (muting every stream but ``excluded``, and every
         stream published later) or off. The session need not be live: the state applies when
         it is."""
         session = self.sessions.get(session_id)
+        if session is None and self.cluster is not None:
+            session = await self.cluster.view(session_id, api_key)
         if session is None:
             if active:
                 self._mute_all[session_id] = frozenset(excluded)
@@ -1050,8 +1146,8 @@ class SignallingService:
         else:
             self._mute_all.pop(session.session_id, None)
 
-    async def force_disconnect(self, session_id: str, connection_id: str) -> None:
-        session = self.sessions.get(session_id)
+    async def force_disconnect(self, session_id: str, connection_id: str, api_key: str = "") -> None:
+        session = await self.session_view(session_id, api_key)
         if session is None:
             raise NotFoundError(f"no connection {connection_id} in this session")
         await self.carry_out(session, session.force_disconnect(connection_id))

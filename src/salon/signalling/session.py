@@ -152,6 +152,9 @@ class Connection:
     suspended_at: float | None = None
     #: Signals for it that came while it was suspended, in order.
     held: deque[SignalEvent] = field(default_factory=lambda: deque(maxlen=MAX_HELD_SIGNALS))
+    #: In a cluster, the node whose client this is (a mirror of another node's connection,
+    #: :mod:`salon.cluster`); None for this server's own connections.
+    node: str | None = None
 
     @property
     def suspended(self) -> bool:
@@ -259,6 +262,11 @@ class Session:
     def empty(self) -> bool:
         return not self.connections
 
+    @property
+    def local_empty(self) -> bool:
+        """No connection of this server's own (others' mirrored connections aside)."""
+        return all(c.node is not None for c in self.connections.values())
+
     # -- lookups -----------------------------------------------------------------------
 
     def connection(self, connection_id: str) -> Connection:
@@ -362,7 +370,7 @@ class Session:
         return [
             c.connection_id
             for c in self.connections.values()
-            if not c.suspended and now - c.last_seen > timeout
+            if c.node is None and not c.suspended and now - c.last_seen > timeout
         ]
 
     # -- suspending and resuming -----------------------------------------------------------

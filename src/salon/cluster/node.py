@@ -1,0 +1,357 @@
+"""A node of a cluster on Redis: registry heartbeat, the session bus, presence, reaping.
+
+Keys (prefix ``salon:``):
+
+- ``node:{name}``: the node's :class:`~salon.cluster.core.NodeRecord`, written every
+  :data:`HEARTBEAT` seconds with a TTL of :data:`NODE_TTL`: a node that dies (``kill -9``)
+  vanishes from the registry within that TTL. ``nodes``: the set of names ever registered and
+  not yet reaped. ``drain:{name}``: set by ``salon node drain``.
+- ``node:{name}:sessions``: the sessions a node has clients in.
+- ``s:{session}``: the session's Redis Stream, one entry per batch of changes
+  (:mod:`salon.cluster.core`); ``s:{session}:conns`` and ``s:{session}:streams``: the presence
+  hashes, written in the same transaction as the entry.
+
+Reading is ``XREAD`` from the last entry ID seen of every session followed, so a node cut off
+from Redis for a while reads on from where it stopped when Redis is back: nothing lost, nothing
+reordered. Publishing goes through one queue drained in order by one task that retries until
+Redis takes each batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from salon.cluster.core import NodeRecord, Presence, Snapshot, encode_batch, reap_actions
+
+__all__ = ["HEARTBEAT", "NODE_TTL", "ClusterNode", "announce_project_change", "list_nodes", "set_draining"]
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "salon:"
+#: Seconds between two heartbeats of a node (and two checks for dead nodes).
+HEARTBEAT = 1.0
+#: Seconds a node's record lives without a heartbeat: a dead node is noticed within
+#: NODE_TTL + HEARTBEAT.
+NODE_TTL = 3.0
+#: Entries kept in a session's stream (approximately); a session's keys expire a day after
+#: its last change.
+STREAM_MAXLEN = 10_000
+SESSION_KEY_TTL = 86_400
+#: Milliseconds one XREAD waits for new entries.
+READ_BLOCK_MS = 100
+
+T = TypeVar("T")
+
+EntryHandler = Callable[[str, str, dict[str, str]], Awaitable[None]]
+
+
+def node_key(name: str) -> str:
+    return f"{PREFIX}node:{name}"
+
+
+def node_sessions_key(name: str) -> str:
+    return f"{PREFIX}node:{name}:sessions"
+
+
+def drain_key(name: str) -> str:
+    return f"{PREFIX}drain:{name}"
+
+
+NODES_KEY = PREFIX + "nodes"
+#: The pub/sub channel of project changes (an API key per message).
+PROJECTS_CHANNEL = PREFIX + "projects"
+
+
+def stream_key(session_id: str) -> str:
+    return f"{PREFIX}s:{session_id}"
+
+
+def conns_key(session_id: str) -> str:
+    return f"{PREFIX}s:{session_id}:conns"
+
+
+def streams_key(session_id: str) -> str:
+    return f"{PREFIX}s:{session_id}:streams"
+
+
+def connect(url: str) -> aioredis.Redis:
+    # A socket timeout: a silent network must fail the command (the loops then retry and read on
+    # from the last entry) rather than hang it; an XREAD blocks for READ_BLOCK_MS only.
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0
+    )
+    return client
+
+
+async def _done(result: Awaitable[T] | T) -> T:
+    """redis-py types some commands as sync-or-async: await the asyncio client's."""
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def snapshot(client: aioredis.Redis, session_id: str) -> Snapshot:
+    """The presence hashes and the stream's last ID, read in one transaction."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(conns_key(session_id))
+        pipe.hgetall(streams_key(session_id))
+        pipe.xrevrange(stream_key(session_id), count=1)
+        conns, streams, last = await pipe.execute()
+    return Snapshot(dict(conns), dict(streams), last[0][0] if last else "0-0")
+
+
+class ClusterNode:
+    """This server as a node: heartbeat, the bus (publish in order, read what is followed),
+    and the reaping of dead nodes. ``load`` is called at every heartbeat."""
+
+    def __init__(self, url: str, name: str, address: str, *, load: Callable[[], int] = lambda: 0) -> None:
+        self.url = url
+        self.name = name
+        self.address = address
+        self.load = load
+        self.incarnation = secrets.token_hex(8)
+        self.draining = False
+        self.client = connect(url)
+        self._reader_client = connect(url)
+        self._followed: dict[str, str] = {}  # session ID -> last entry ID read
+        self._outbox: asyncio.Queue[tuple[str, dict[str, str], Presence]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handler: EntryHandler | None = None
+        self._wake = asyncio.Event()
+        self._chores: set[asyncio.Task[None]] = set()
+        #: Called with an API key when a project changed elsewhere (deleted, secret rotated).
+        self.on_project_changed: Callable[[str], None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, handler: EntryHandler) -> None:
+        """Register (fails if Redis cannot be reached) and start the loops."""
+        self._handler = handler
+        if not await self.client.exists(node_key(self.name)):
+            # A previous run of this node died: its connections are reported gone first.
+            await self._reap(self.name)
+        await self._beat()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._heartbeat(), name="salon-cluster-heartbeat"),
+            loop.create_task(self._publisher(), name="salon-cluster-publisher"),
+            loop.create_task(self._reader(), name="salon-cluster-reader"),
+            loop.create_task(self._project_changes(), name="salon-cluster-projects"),
+        ]
+        logger.info("cluster node %s (%s) registered", self.name, self.address)
+
+    async def stop(self, flush_timeout: float = 3.0) -> None:
+        """Publish what is queued (for a while), leave the registry (the others then report
+        what is left of this node's connections gone), close the Redis clients."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._outbox.join(), flush_timeout)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.delete(node_key(self.name))
+        await self.client.aclose()
+        await self._reader_client.aclose()
+
+    # -- registry ----------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        draining = await self.client.exists(drain_key(self.name))
+        self.draining = bool(draining)
+        record = NodeRecord(self.name, self.address, self.load(), self.draining, self.incarnation)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(node_key(self.name), record.dumps(), px=int(NODE_TTL * 1000))
+            pipe.sadd(NODES_KEY, self.name)
+            if self._followed:
+                # Again each time: a node taken for dead while cut off from Redis (its sessions
+                # reaped) is found again if it dies later.
+                pipe.sadd(node_sessions_key(self.name), *self._followed)
+            await pipe.execute()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await self._beat()
+                await self._find_dead()
+            except (RedisError, OSError) as exc:
+                logger.warning("cluster heartbeat failed: %r", exc)
+
+    async def _find_dead(self) -> None:
+        for name in await _done(self.client.smembers(NODES_KEY)):
+            if name == self.name or await self.client.exists(node_key(name)):
+                continue
+            # One survivor reports a dead node's connections gone (the lock expires in case
+            # that survivor dies too).
+            if await self.client.set(f"{PREFIX}reaping:{name}", self.name, nx=True, ex=30):
+                logger.warning("cluster node %s is gone: ending its connections", name)
+                await self._reap(name)
+                await self.client.delete(f"{PREFIX}reaping:{name}")
+
+    async def _reap(self, dead: str) -> None:
+        for session_id in await _done(self.client.smembers(node_sessions_key(dead))):
+            actions = reap_actions(dead, await snapshot(self.client, session_id))
+            if actions:
+                fields, presence = encode_batch(f"reaper@{self.name}", None, actions)
+                self.publish(session_id, fields, presence)
+        await self.client.delete(node_sessions_key(dead))
+        if dead != self.name:
+            await _done(self.client.srem(NODES_KEY, dead))
+
+    # -- the bus -------------------------------------------------------------------------
+
+    def publish(self, session_id: str, fields: dict[str, str], presence: Presence) -> None:
+        """Queue a batch for the session's stream (published in order, retried until Redis
+        takes it)."""
+        self._outbox.put_nowait((session_id, fields, presence))
+
+    async def _publisher(self) -> None:
+        delay = 0.05
+        while True:
+            item = await self._outbox.get()
+            while True:
+                try:
+                    await self._write(*item)
+                    delay = 0.05
+                    self._outbox.task_done()
+                    break
+                except (RedisError, OSError) as exc:
+                    logger.warning("cluster publish failed, retrying: %r", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(1.0, delay * 2)
+
+    async def _write(self, session_id: str, fields: dict[str, str], presence: Presence) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(stream_key(session_id), fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            if presence.connections:
+                pipe.hset(conns_key(session_id), mapping=presence.connections)
+            if presence.gone_connections:
+                pipe.hdel(conns_key(session_id), *presence.gone_connections)
+            if presence.streams:
+                pipe.hset(streams_key(session_id), mapping=presence.streams)
+            if presence.gone_streams:
+                pipe.hdel(streams_key(session_id), *presence.gone_streams)
+            for key in (stream_key(session_id), conns_key(session_id), streams_key(session_id)):
+                pipe.expire(key, SESSION_KEY_TTL)
+            await pipe.execute()
+
+    async def follow(self, session_id: str) -> Snapshot:
+        """Start reading a session's stream (this node has a client in it now): its presence
+        as of the returned snapshot, then every entry after."""
+        await _done(self.client.sadd(node_sessions_key(self.name), session_id))
+        snap = await snapshot(self.client, session_id)
+        self._followed[session_id] = snap.last_id
+        self._wake.set()
+        return snap
+
+    def unfollow(self, session_id: str) -> None:
+        self._followed.pop(session_id, None)
+        task = asyncio.get_running_loop().create_task(self._forget_session(session_id))
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _forget_session(self, session_id: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await _done(self.client.srem(node_sessions_key(self.name), session_id))
+
+    async def view(self, session_id: str) -> Snapshot:
+        return await snapshot(self.client, session_id)
+
+    async def _reader(self) -> None:
+        delay = 0.05
+        while True:
+            if not self._followed:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            streams: dict[Any, Any] = {stream_key(sid): last for sid, last in self._followed.items()}
+            try:
+                replies = await self._reader_client.xread(streams, block=READ_BLOCK_MS, count=200)
+                delay = 0.05
+            except (RedisError, OSError) as exc:
+                logger.warning("cluster read failed, reading on from the last entry: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            for key, entries in replies or []:
+                session_id = key[len(PREFIX) + 2 :]
+                for entry_id, fields in entries:
+                    if session_id not in self._followed:
+                        break
+                    self._followed[session_id] = entry_id
+                    assert self._handler is not None
+                    try:
+                        await self._handler(session_id, entry_id, fields)
+                    except Exception:
+                        logger.exception("cluster: applying entry %s of a session failed", entry_id)
+
+    async def _project_changes(self) -> None:
+        delay = 0.05
+        while True:
+            client = connect(self.url)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(PROJECTS_CHANNEL)
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and self.on_project_changed is not None:
+                        api_key = str(message["data"])
+                        logger.info("project %s changed elsewhere: its cached copy dropped", api_key)
+                        self.on_project_changed(api_key)
+            except (RedisError, OSError) as exc:
+                logger.warning("cluster: project changes channel lost, resubscribing: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
+
+
+async def announce_project_change(url: str, api_key: str) -> None:
+    """Tell every node that a project changed (they drop their cached copy)."""
+    client = connect(url)
+    try:
+        await client.publish(PROJECTS_CHANNEL, api_key)
+    finally:
+        await client.aclose()
+
+
+async def list_nodes(url: str) -> list[tuple[str, NodeRecord | None]]:
+    """Every registered node: its name and record (None: its heartbeat expired)."""
+    client = connect(url)
+    try:
+        out: list[tuple[str, NodeRecord | None]] = []
+        for name in sorted(await _done(client.smembers(NODES_KEY))):
+            text = await client.get(node_key(name))
+            out.append((name, None if text is None else NodeRecord.loads(text)))
+        return out
+    finally:
+        await client.aclose()
+
+
+async def set_draining(url: str, name: str, draining: bool) -> bool:
+    """Mark a node draining (or not); returns whether the node is registered."""
+    client = connect(url)
+    try:
+        if draining:
+            await client.set(drain_key(name), "1")
+        else:
+            await client.delete(drain_key(name))
+        return bool(await _done(client.sismember(NODES_KEY, name)))
+    finally:
+        await client.aclose()
