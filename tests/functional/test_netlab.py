@@ -18,6 +18,9 @@ from salon.bench.netlab import NetLab, NetLabError, remove_stale
 RECEIVE = r"""
 import json, socket, sys, time
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+# A busy machine may leave this process unscheduled for a while: a large buffer (root may
+# force it past rmem_max) so that only the lab drops datagrams, never this socket.
+sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE (Linux), not in Python 3.11
 sock.bind((sys.argv[1], int(sys.argv[2])))
 sock.settimeout(float(sys.argv[3]))
 print("ready", flush=True)

@@ -3,7 +3,7 @@
 A :class:`NetLab` builds, for one run, a *hub* namespace (where the server runs) and *leaf*
 namespaces (one per client), each leaf joined to the hub by its own veth pair, plus a control
 link from the caller's namespace to the hub. Every address is inside the namespaces the lab
-made (``10.201.0.0/16`` by default), so a run sends nothing to any other network::
+made (a free ``10.X.0.0/16``, X from 201), so a run sends nothing to any other network::
 
     root ns ──ctl── hub (server: 10.201.0.1) ──veth 1── leaf "sub1" (10.201.1.2)
                                               ──veth 2── leaf "sub2" (10.201.2.2) …
@@ -87,6 +87,17 @@ def remove_stale() -> list[str]:
     return removed
 
 
+def _free_network() -> str:
+    """A ``10.X.0.0/16`` (X from 201) that no address of the caller's namespace is in: labs of
+    runs side by side must not share the control link's subnet."""
+    used = _run("ip", "-4", "-o", "addr", "show")
+    taken = {int(octet) for octet in re.findall(r"inet 10\.(\d+)\.", used)}
+    for second in range(201, 255):
+        if second not in taken:
+            return f"10.{second}.0.0/16"
+    raise NetLabError("no free 10.X.0.0/16 for a lab")
+
+
 def _kbit(rate: int) -> str:
     return f"{rate}kbit"
 
@@ -143,10 +154,10 @@ class Link:
 class NetLab:
     """A hub namespace, leaf namespaces and their links, for one run."""
 
-    def __init__(self, network: str = "10.201.0.0/16", *, tag: str = "") -> None:
+    def __init__(self, network: str | None = None, *, tag: str = "") -> None:
         require_tools()
         remove_stale()
-        self._network = ipaddress.IPv4Network(network)
+        self._network = ipaddress.IPv4Network(network or _free_network())
         if self._network.prefixlen > 16:
             raise ValueError("the lab needs an IPv4 /16 or larger")
         self._name = f"{PREFIX}{os.getpid()}-{tag}" if tag else f"{PREFIX}{os.getpid()}-"
