@@ -257,6 +257,15 @@ async def test_a_killed_node_s_connections_are_destroyed_for_the_others(nodes: l
     assert noticed < DEATH_NOTICED_WITHIN
     print(f"a killed node's connections destroyed for the others after {noticed:.1f} s")
     assert await c1.quiet() == [] and await c2.quiet() == [], "reported once, by one survivor"
+    # The dead node's client comes back through another node, as a new connection.
+    await c3.closed(15)
+    back = await WsClient.join(nodes[0].url, session_id, token(session_id))
+    assert back.connected is not None
+    assert {c["connection_id"] for c in back.connected["connections"]} == {c1.connection_id, c2.connection_id}
+    for other in (c1, c2):
+        created = await next_of(other, "connection_created")
+        assert created["connection"]["connection_id"] == back.connection_id
+    await back.close()
     listing = node_cli(_redis_url_of(nodes[0]), "list")
     assert listing.returncode == 0, listing.stderr
     names = [line.split("\t")[0] for line in listing.stdout.splitlines()]
