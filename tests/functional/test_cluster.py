@@ -257,6 +257,15 @@ async def test_a_killed_node_s_connections_are_destroyed_for_the_others(nodes: l
     assert noticed < DEATH_NOTICED_WITHIN
     print(f"a killed node's connections destroyed for the others after {noticed:.1f} s")
     assert await c1.quiet() == [] and await c2.quiet() == [], "reported once, by one survivor"
+    # The dead node's client comes back through another node, as a new connection.
+    await c3.closed(15)
+    back = await WsClient.join(nodes[0].url, session_id, token(session_id))
+    assert back.connected is not None
+    assert {c["connection_id"] for c in back.connected["connections"]} == {c1.connection_id, c2.connection_id}
+    for other in (c1, c2):
+        created = await next_of(other, "connection_created")
+        assert created["connection"]["connection_id"] == back.connection_id
+    await back.close()
     listing = node_cli(_redis_url_of(nodes[0]), "list")
     assert listing.returncode == 0, listing.stderr
     names = [line.split("\t")[0] for line in listing.stdout.splitlines()]
@@ -301,10 +310,33 @@ async def test_a_drained_node_refuses_new_connections(nodes: list[ServeProcess])
 
     # Its clients stay, and see newcomers on the other nodes.
     other = await WsClient.join(nodes[0].url, session_id, token(session_id))
-    assert (await next_of(before, "connection_created"))["connection"]["connection_id"] == other.connection_id
+    await before.next(
+        lambda m: (
+            m["type"] == "connection_created" and m["connection"]["connection_id"] == other.connection_id
+        ),
+        timeout=15,
+    )  # (after those of the connections made while the drain was not yet seen)
     reply = await before.request({"type": "signal", "signal_type": "still", "data": "here"})
     assert reply["type"] == "ack", reply
     assert (await next_of(other, "signal", signal_type="still"))["data"] == "here"
+
+    # Mute-all through node 3, which has no client in the session, reaches both nodes' clients,
+    # and a stream published later on node 1 starts muted.
+    published = await before.request({"type": "publish", "name": "b", "has_audio": True, "has_video": False})
+    muted_id = published["stream"]["stream_id"]
+    await next_of(other, "stream_created")
+    async with httpx.AsyncClient(base_url=nodes[2].url) as http:
+        r = await http.post(
+            f"/v2/project/{API_KEY}/session/{session_id}/mute", headers=auth(), json={"active": True}
+        )
+        assert r.status_code == 200, r.text
+    for client in (before, other):
+        assert (await next_of(client, "mute_all_changed"))["active"] is True
+    assert (await next_of(before, "mute_forced"))["stream_id"] == muted_id
+    assert (await next_of(other, "stream_property_changed", stream_id=muted_id))["new_value"] is False
+    later = await other.request({"type": "publish", "name": "o", "has_audio": True, "has_video": False})
+    assert later["stream"]["has_audio"] is False, "published after mute-all: muted"
+    assert (await next_of(other, "mute_forced"))["stream_id"] == later["stream"]["stream_id"]
 
     undone = node_cli(redis_url, "drain", "n2", "--undo")
     assert undone.returncode == 0, undone.stderr

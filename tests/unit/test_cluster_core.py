@@ -143,3 +143,10 @@ def test_the_embedded_server_never_imports_redis() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_stream_entry_ids_sort_by_time_then_sequence() -> None:
+    from salon.cluster.node import entry_order
+
+    ids = ["10-2", "9-30", "10-10", "0-0", "10-0"]
+    assert sorted(ids, key=entry_order) == ["0-0", "9-30", "10-0", "10-2", "10-10"]

@@ -54,6 +54,12 @@ T = TypeVar("T")
 EntryHandler = Callable[[str, str, dict[str, str]], Awaitable[None]]
 
 
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry ID (``MILLISECONDS-SEQUENCE``) as something that sorts."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def node_key(name: str) -> str:
     return f"{PREFIX}node:{name}"
 
@@ -288,8 +294,11 @@ class ClusterNode:
             for key, entries in replies or []:
                 session_id = key[len(PREFIX) + 2 :]
                 for entry_id, fields in entries:
-                    if session_id not in self._followed:
-                        break
+                    last = self._followed.get(session_id)
+                    if last is None:
+                        break  # unfollowed meanwhile
+                    if entry_order(entry_id) <= entry_order(last):
+                        continue  # followed again meanwhile, from a later snapshot
                     self._followed[session_id] = entry_id
                     assert self._handler is not None
                     try:
