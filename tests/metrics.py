@@ -62,9 +62,12 @@ class Node:
     """Its metrics address (``salon metrics on …``)."""
     name: str
     """Its ``--node-name``: the ``node`` label of its series."""
+    token: str | None = None
+    """The metrics token, when ``metrics_url`` is ``/metrics`` on the main port."""
 
     def scrape(self) -> Scrape:
-        response = httpx.get(self.metrics_url, timeout=15)
+        headers = {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
+        response = httpx.get(self.metrics_url, headers=headers, timeout=15)
         assert response.status_code == 200, (self.name, response.status_code, response.text[:500])
         scrape = parse(response.text)
         assert scrape.value("salon_scrape_complete", node=self.name) == 1, f"{self.name}: scrape incomplete"

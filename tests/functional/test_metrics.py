@@ -14,9 +14,11 @@ import contextlib
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -58,11 +60,7 @@ async def test_metrics_follow_a_call_and_main_port_metrics_want_the_token(tmp_pa
             refused = httpx.get(server.url + "/metrics", headers=headers, timeout=15)
             assert refused.status_code == 401, (headers, refused.status_code)
             assert refused.json()["message"] and refused.headers["www-authenticate"] == "Bearer"
-        answered = httpx.get(
-            server.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=15
-        )
-        assert answered.status_code == 200, answered.text[:500]
-        scrape = parse(answered.text)
+        scrape = Node(server.url, server.url + "/metrics", "node-a", METRICS_TOKEN).scrape()  # 200
         assert scrape.value("salon_media_packets_forwarded_total", node="node-a") > 100
         assert scrape.has("salon_worker_up", node="node-a", worker="worker-0")
         assert scrape.has("salon_pipe_packets_total", node="node-a", direction="in")  # ready for pipes
@@ -118,3 +116,41 @@ def _free(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _worker_pids(parent: int) -> list[int]:
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"salon.media.worker" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_stopped_worker_is_reported_down_without_holding_up_the_scrape(tmp_path: pathlib.Path) -> None:
+    args = ["--workers", "1", "--node-name", "node-b"]
+    with ServeProcess(tmp_path, API_KEY, API_SECRET, args) as server:
+        node = Node(server.url, server.metrics_url, "node-b")
+        assert node.scrape().value("salon_worker_up", node="node-b", worker="worker-0") == 1
+        (pid,) = _worker_pids(server.pid)
+        os.kill(pid, signal.SIGSTOP)  # hung: it cannot answer (the pool kills it only after 20 s)
+        try:
+            started = time.monotonic()
+            response = httpx.get(server.metrics_url, timeout=15)
+            took = time.monotonic() - started
+            assert response.status_code == 200
+            scrape = parse(response.text)
+            assert scrape.value("salon_worker_up", node="node-b", worker="worker-0") == 0
+            assert scrape.value("salon_scrape_complete", node="node-b") == 0
+            assert scrape.has("salon_sessions", node="node-b")  # the rest is there
+            assert took < metrics.WORKER_TIMEOUT + 3, f"the scrape took {took:.1f} s"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        node_up = node.scrape()  # answered again
+        assert node_up.value("salon_worker_up", node="node-b", worker="worker-0") == 1

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from salon.archive.individual import ManifestFile, StreamRecording, TrackInfo, write_archive_zip
 from salon.media.channel import FrameDecoder, encode_frame
 from salon.media.recording import TOKEN_SIZE, TRACK_AUDIO, TRACK_VIDEO
+from salon.observability.logs import configure_worker as configure_worker_logging
 
 __all__ = [
     "AddStream",
@@ -407,10 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s salon-archiver[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_worker_logging("archiver", args.log_level)  # the main process's format (text or JSON)
     args.dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(args.fd, args.dir, args.t0, args.composed))
     return 0

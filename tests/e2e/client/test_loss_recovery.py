@@ -14,6 +14,7 @@ import itertools
 import time
 
 import pytest
+from prometheus_client import generate_latest
 from sdk_helpers import Recorder, auto_subscribe, session_for, wait_for
 
 from salon.client import Publisher
@@ -26,6 +27,7 @@ from tests.e2e.lossy import (
     producer_stats,
     router_dumps,
 )
+from tests.metrics import parse
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,6 +72,16 @@ async def test_lost_packets_both_ways_are_recovered_by_the_worker(media_server: 
     # Downlink: the subscriber's NACKs were answered from the cache.
     assert consumer["nacks_received"] > 0, summary
     assert consumer["retransmitted_from_cache"] >= 0.8 * lost_down, summary
+
+    # The node's Prometheus metrics say the same, also once the call's consumers and
+    # producers closed (their counts stay in the worker's totals).
+    registry = server.thread.server.config.app.state.metrics_registry
+    scrape = parse((await asyncio.to_thread(generate_latest, registry)).decode())
+    assert scrape.value("salon_media_packets_lost_total") >= lost_up, summary
+    assert scrape.value("salon_media_packets_recovered_total") >= 0.8 * lost_up, summary
+    assert scrape.value("salon_media_nacks_received_total") >= consumer["nacks_received"] > 0, summary
+    assert scrape.value("salon_media_packets_retransmitted_total") >= 0.8 * lost_down, summary
+    assert scrape.value("salon_media_packets_forwarded_total") >= consumer["packets_sent"], summary
 
     # The subscriber decoded the pattern in order, without a lasting gap.
     frames = seen.indices[start:]
