@@ -35,7 +35,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from salon.media.events import EventEmitter
 from salon.media.keyframe import KeyFrameRequestThrottle
@@ -61,15 +61,15 @@ from salon.media.sdp import HeaderExtensionIds, MediaKind, PublishTrack, RtpCode
 
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
-    from salon.media.recording import Recorder
-    from salon.media.transport import WebRtcTransport
 
 __all__ = [
+    "PacketTap",
     "Producer",
     "ProducerCloseReason",
     "ProducerClosed",
     "ProducerEvent",
     "ProducerStats",
+    "ProducerTransport",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,30 @@ REPORT_INTERVAL = 1.0
 DEFAULT_MAX_BITRATE = 1_500_000
 #: RFC 6464 value for "no voice, -127 dBov", until the publisher's packets carry a level.
 _SILENCE = b"\x7f"
+
+
+class ProducerTransport(Protocol):
+    """What a producer needs of the transport it receives on: a publisher's
+    :class:`~salon.media.transport.WebRtcTransport`, or the receiving end of a
+    :class:`~salon.media.pipe.PipeTransport` (a stream piped from another worker)."""
+
+    def schedule(self, at: float) -> None: ...
+
+    def send_rtcp(self, packet: bytes) -> None: ...
+
+    def _remove_producer(self, producer: Producer) -> None: ...
+
+
+class PacketTap(Protocol):
+    """A non-forwarding receiver of a producer's packets, after its consumers: a
+    :class:`~salon.media.recording.Recorder` or the sending end of a
+    :class:`~salon.media.pipe.PipeTransport`. Takes no part in the bandwidth estimate."""
+
+    id: str
+
+    def send_rtp(self, producer: Producer, data: bytes) -> None: ...
+
+    def producer_closed(self, producer: Producer) -> None: ...
 
 
 class ProducerCloseReason(enum.Enum):
@@ -131,7 +155,7 @@ class Producer:
 
     def __init__(
         self,
-        transport: WebRtcTransport,
+        transport: ProducerTransport,
         track: PublishTrack,
         *,
         stream_id: str,
@@ -174,9 +198,10 @@ class Producer:
         #: The consumers that forward (not paused, transport connected): what the packet path
         #: iterates, so paused or not-yet-connected subscribers cost nothing per packet.
         self._forwarding: tuple[Consumer, ...] = ()
-        #: Recorders copying this track to an archiver (:mod:`salon.media.recording`): after the
+        #: Taps: recorders copying this track to an archiver (:mod:`salon.media.recording`) and
+        #: pipes to other workers' routers (:mod:`salon.media.pipe`): after the
         #: consumers on the packet path, and not part of the bandwidth estimate.
-        self._recorders: tuple[Recorder, ...] = ()
+        self._recorders: tuple[PacketTap, ...] = ()
         self._cache = RetransmissionBuffer(RETRANSMISSION_CAPACITY)
         self._nack: NackGenerator | None = NackGenerator() if track.codec.supports_feedback("nack") else None
         self._use_fir = not track.codec.supports_feedback("nack", "pli") and track.codec.supports_feedback(
@@ -239,14 +264,14 @@ class Producer:
         self._forwarding = tuple(c for c in self._consumers if c.forwarding)
 
     @property
-    def recorders(self) -> list[Recorder]:
+    def recorders(self) -> list[PacketTap]:
         return list(self._recorders)
 
-    def _add_recorder(self, recorder: Recorder) -> None:
+    def _add_recorder(self, recorder: PacketTap) -> None:
         if not self.closed and recorder not in self._recorders:
             self._recorders = (*self._recorders, recorder)
 
-    def _remove_recorder(self, recorder: Recorder) -> None:
+    def _remove_recorder(self, recorder: PacketTap) -> None:
         self._recorders = tuple(r for r in self._recorders if r is not recorder)
 
     # ----------------------------------------------------------------------------------------

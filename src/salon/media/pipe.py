@@ -1,0 +1,462 @@
+"""Pipe transports: a stream's producers on one router consumed on another (mediasoup's
+``pipeToRouter``, as salon objects).
+
+A session spread over two media workers has a router on each. A stream published on router A
+(worker 1) reaches a subscriber whose subscribe transport is on router B (worker 2) through a
+**pipe**: one pair of :class:`PipeTransport`\\s, one per side, one pair per (stream, receiving
+router). Each side binds a UDP socket on ``127.0.0.1`` port 0; the main process exchanges
+the two ports through the workers' control channels (:mod:`salon.media.channel`):
+
+1. on A, :meth:`PipeTransport.sender` taps the stream's producers (like a
+   :class:`~salon.media.recording.Recorder`: after the consumers on the packet path) and reports
+   their parameters (:class:`PipedProducer`) and its port;
+2. on B, :meth:`PipeTransport.receiver` creates one :class:`~salon.media.producer.Producer` per
+   piped producer, with the same codec, payload types, SSRCs and header-extension ids, and
+   learns A's address; the router adds them as a stream of its own, so B's consumers attach to
+   them unchanged (``Router.pipe_in``);
+3. on A, :meth:`PipeTransport.connect` learns B's address; the video producer is asked for a key
+   frame.
+
+Datagrams, plain RTP and RTCP over UDP (RFC 5761 multiplexing, no prefix, no encryption):
+
+* A → B: each RTP packet of the tapped producers exactly as the producer handed it on
+  (decrypted, RTX unwrapped: the publisher's SSRCs, sequence numbers and extensions), by one
+  non-blocking ``sendto``. Every SSRC of a producer is carried: B demultiplexes by SSRC and
+  learns an SSRC it has not seen from the payload type (:meth:`Producer.learn_ssrc
+  <salon.media.producer.Producer.learn_ssrc>`), as a WebRTC transport does, so a producer with
+  several encodings (simulcast) is piped whole.
+* B → A: what B's producers send upstream: PLI / FIR (a consumer on B wants a key frame:
+  A's producer asks its publisher, throttled), NACK (a hole on the pipe or a B consumer's cache
+  miss: answered from A's producer's retransmission buffer, else NACKed upstream by it), and
+  the receiver reports + REMB (counted; REMB does not yet feed A's estimate).
+
+A datagram from any address but the peer's (or any before the peer is known) is dropped and
+counted (:attr:`PipeStats.foreign_dropped`). A send the kernel does not take at once is dropped
+and counted (the receiver NACKs the hole). :meth:`PipeTransport.close` is idempotent: on A it
+removes the taps, on B it closes the piped producers (so their consumers, ``producer_closed``).
+
+The pipe carries plain RTP on the loopback of one machine. Across machines it would need SRTP
+keyed through the control channel: not implemented, so both ends must be loopback addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from salon.media.errors import MediaStateError
+from salon.media.events import EventEmitter
+from salon.media.producer import Producer
+from salon.media.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, parse_rtcp
+from salon.media.rtp import is_rtcp, parse_rtp_header
+from salon.media.sdp import HeaderExtensionIds, MediaKind, PublishTrack, RtpCodec
+
+if TYPE_CHECKING:
+    from salon.media.consumer import Consumer
+
+__all__ = ["PIPE_HOST", "PipeClosed", "PipeStats", "PipeTransport", "PipedProducer"]
+
+logger = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+#: Where pipes listen: the loopback (plain RTP never leaves the machine).
+PIPE_HOST = "127.0.0.1"
+#: Socket buffers of a pipe: a key frame burst at high bit rate fits.
+BUFFER_SIZE = 1 << 20
+#: Datagrams read per readiness callback before yielding to the loop.
+READ_BATCH = 64
+#: Sequence numbers of one NACK answered (beyond: ignored).
+MAX_NACK = 512
+
+
+@dataclass(frozen=True, slots=True)
+class PipedProducer:
+    """What the receiving side needs to mirror one sending-side producer."""
+
+    id: str
+    kind: MediaKind
+    mid: str
+    codec: RtpCodec
+    extensions: HeaderExtensionIds
+    ssrc: int | None
+    rtx_ssrc: int | None
+    cname: str | None
+
+    @classmethod
+    def of(cls, producer: Producer) -> PipedProducer:
+        return cls(
+            id=producer.id,
+            kind=producer.kind,
+            mid=producer.mid,
+            codec=producer.codec,
+            extensions=producer.extensions,
+            ssrc=producer.ssrc,
+            rtx_ssrc=producer.rtx_ssrc,
+            cname=producer.cname,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        codec = asdict(self.codec)
+        codec["parameters"] = dict(self.codec.parameters)
+        codec["rtcp_feedback"] = [list(fb) for fb in self.codec.rtcp_feedback]
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "mid": self.mid,
+            "codec": codec,
+            "extensions": asdict(self.extensions),
+            "ssrc": self.ssrc,
+            "rtx_ssrc": self.rtx_ssrc,
+            "cname": self.cname,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipedProducer:
+        codec = dict(data["codec"])
+        codec["rtcp_feedback"] = tuple((t, p) for t, p in codec.get("rtcp_feedback", ()))
+        return cls(
+            id=str(data["id"]),
+            kind=data["kind"],
+            mid=str(data["mid"]),
+            codec=RtpCodec(**codec),
+            extensions=HeaderExtensionIds(**data["extensions"]),
+            ssrc=data.get("ssrc"),
+            rtx_ssrc=data.get("rtx_ssrc"),
+            cname=data.get("cname"),
+        )
+
+
+@dataclass(slots=True)
+class PipeStats:
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    send_dropped: int = 0
+    """Packets not sent because the socket did not take them at once."""
+    packets_received: int = 0
+    bytes_received: int = 0
+    rtcp_sent: int = 0
+    rtcp_received: int = 0
+    foreign_dropped: int = 0
+    """Datagrams from another address than the peer's (or before the peer was known)."""
+    malformed: int = 0
+    unknown_ssrc: int = 0
+    nacks_received: int = 0
+    retransmitted: int = 0
+    cache_misses: int = 0
+    key_frame_requests: int = 0
+    remb_bitrate: int = 0
+    """The last REMB estimate from the receiving side (b/s)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PipeClosed:
+    pipe: PipeTransport
+
+
+class PipeTransport:
+    """One end of a pipe between two routers, for one stream. Create with :meth:`sender`
+    or :meth:`receiver` (a running event loop is needed: the socket is watched by it)."""
+
+    def __init__(self, stream_id: str, *, sending: bool, pipe_id: str | None = None) -> None:
+        self.id = pipe_id or f"pi-{next(_ids)}-{secrets.token_hex(3)}"
+        self.stream_id = stream_id
+        self.sending = sending
+        self.stats = PipeStats()
+        self.closed = False
+        self.events: EventEmitter[PipeClosed] = EventEmitter(self)
+        self.peer: tuple[str, int] | None = None
+        #: Sending side: the tapped producers; receiving side: the piped producers (by kind).
+        self.producers: dict[str, Producer] = {}
+        self._by_ssrc: dict[int, Producer] = {}
+        self._by_pt: dict[int, Producer | None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.setblocking(False)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER_SIZE)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER_SIZE)
+            self._sock.bind((PIPE_HOST, 0))
+        except OSError:
+            self._sock.close()
+            raise
+        self.port: int = self._sock.getsockname()[1]
+        self._sendto = self._sock.sendto
+        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_readable)
+
+    def __repr__(self) -> str:
+        side = "→" if self.sending else "←"
+        peer = f"{self.peer[1]}" if self.peer else "?"
+        return f"PipeTransport({self.id} {self.stream_id[:8]} :{self.port} {side} :{peer})"
+
+    # ----------------------------------------------------------------------------------------
+    # Construction
+
+    @classmethod
+    def sender(
+        cls, stream_id: str, producers: Iterable[Producer], *, pipe_id: str | None = None
+    ) -> PipeTransport:
+        """The sending end: taps ``producers`` (a stream's live producers)."""
+        live = [p for p in producers if not p.closed]
+        if not live:
+            raise MediaStateError(f"stream {stream_id} has no live producer to pipe")
+        pipe = cls(stream_id, sending=True, pipe_id=pipe_id)
+        for producer in live:
+            pipe.producers[producer.kind] = producer
+            for ssrc in producer.ssrcs():
+                pipe._by_ssrc[ssrc] = producer
+            producer._add_recorder(pipe)
+        return pipe
+
+    @classmethod
+    def receiver(
+        cls,
+        stream_id: str,
+        piped: Iterable[PipedProducer],
+        peer: tuple[str, int],
+        *,
+        pipe_id: str | None = None,
+    ) -> PipeTransport:
+        """The receiving end: one local producer per piped one, fed from ``peer``."""
+        pipe = cls(stream_id, sending=False, pipe_id=pipe_id)
+        try:
+            pipe.connect(peer)
+            for info in piped:
+                track = PublishTrack(
+                    mid=info.mid,
+                    kind=info.kind,
+                    codec=info.codec,
+                    extensions=info.extensions,
+                    ssrc=info.ssrc,
+                    rtx_ssrc=info.rtx_ssrc,
+                    cname=info.cname,
+                )
+                producer = Producer(pipe, track, stream_id=stream_id)
+                pipe.producers[info.kind] = producer
+                for ssrc in producer.ssrcs():
+                    pipe._by_ssrc[ssrc] = producer
+                for pt in producer.payload_types():
+                    pipe._by_pt[pt] = None if pt in pipe._by_pt else producer
+        except BaseException:
+            pipe.close()
+            raise
+        return pipe
+
+    def connect(self, peer: tuple[str, int]) -> None:
+        """Learn the other end's address (a loopback address); packets flow from now on."""
+        host, port = peer
+        if host not in ("127.0.0.1", "localhost") or not 0 < port < 65536:
+            raise MediaStateError(f"a pipe peer must be on the loopback, not {host}:{port}")
+        self.peer = ("127.0.0.1", port)
+        if self.sending:
+            video = self.producers.get("video")
+            if video is not None:
+                video.request_key_frame(time.monotonic())
+
+    # ----------------------------------------------------------------------------------------
+    # Sending side: the packet path (called by the tapped producers, synchronously)
+
+    def send_rtp(self, producer: Producer, data: bytes) -> None:
+        peer = self.peer
+        if peer is None:
+            return
+        try:
+            self._sendto(data, peer)
+        except OSError:  # BlockingIOError (buffer full), ConnectionRefusedError (peer gone)
+            self.stats.send_dropped += 1
+            return
+        self.stats.packets_sent += 1
+        self.stats.bytes_sent += len(data)
+
+    def producer_closed(self, producer: Producer) -> None:
+        """A tapped producer closed; the sending end closes with the last one."""
+        if self.producers.get(producer.kind) is producer:
+            del self.producers[producer.kind]
+        if not self.producers:
+            self.close()
+
+    # ----------------------------------------------------------------------------------------
+    # Receiving side: what its producers need of a transport
+
+    def schedule(self, at: float) -> None:
+        """Make sure the producers' timers (NACK retries, PLI throttle, reports) run by ``at``."""
+        if self.closed or at >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        if self.closed:
+            return
+        now = time.monotonic()
+        next_at = min((p.on_timer(now) for p in list(self.producers.values())), default=float("inf"))
+        if next_at != float("inf"):
+            self.schedule(next_at)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        """Upstream RTCP of a piped producer (PLI, FIR, NACK, RR + REMB) back to the sender."""
+        peer = self.peer
+        if peer is None or self.closed:
+            return
+        try:
+            self._sendto(packet, peer)
+        except OSError:
+            self.stats.send_dropped += 1
+            return
+        self.stats.rtcp_sent += 1
+
+    def _remove_producer(self, producer: Producer) -> None:
+        if self.producers.get(producer.kind) is producer:
+            del self.producers[producer.kind]
+        for key in [k for k, v in self._by_ssrc.items() if v is producer]:
+            del self._by_ssrc[key]
+
+    @property
+    def consumers(self) -> list[Consumer]:
+        return [c for p in self.producers.values() for c in p.consumers] if not self.sending else []
+
+    # ----------------------------------------------------------------------------------------
+    # Both sides: datagrams from the peer
+
+    def _on_readable(self) -> None:
+        recvfrom = self._sock.recvfrom
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ECONNREFUSED after a send to a closed peer port
+                return
+            if self.closed:
+                return
+            self.datagram_received(data, addr, time.monotonic())
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        """Handle one datagram from ``addr`` (public for tests)."""
+        peer = self.peer
+        if peer is None or addr[1] != peer[1] or addr[0] != peer[0]:
+            self.stats.foreign_dropped += 1
+            return
+        if is_rtcp(data):
+            self.stats.rtcp_received += 1
+            self._receive_rtcp(data, now)
+        elif self.sending:
+            self.stats.malformed += 1  # the receiving side sends no RTP
+        else:
+            self._receive_rtp(data, now)
+
+    def _receive_rtp(self, data: bytes, now: float) -> None:
+        try:
+            header = parse_rtp_header(data)
+        except ValueError:
+            self.stats.malformed += 1
+            return
+        producer = self._by_ssrc.get(header.ssrc)
+        if producer is None:
+            producer = self._by_pt.get(header.payload_type)
+            if producer is None or not producer.learn_ssrc(header.ssrc, header.payload_type):
+                self.stats.unknown_ssrc += 1
+                return
+            self._by_ssrc[header.ssrc] = producer
+        self.stats.packets_received += 1
+        self.stats.bytes_received += len(data)
+        producer.receive_rtp(data, header, now)
+
+    def _receive_rtcp(self, data: bytes, now: float) -> None:
+        try:
+            packets = parse_rtcp(data)
+        except ValueError:
+            self.stats.malformed += 1
+            return
+        if not self.sending:
+            return  # the sender's RTCP (none yet) is not needed by the piped producers
+        for packet in packets:
+            if isinstance(packet, Nack):
+                self._answer_nack(packet.media_ssrc, packet.seqs, now)
+            elif isinstance(packet, Pli):
+                self._key_frame(packet.media_ssrc, now)
+            elif isinstance(packet, Fir):
+                for entry in packet.entries:
+                    self._key_frame(entry.ssrc, now)
+            elif isinstance(packet, Remb):
+                self.stats.remb_bitrate = packet.bitrate
+            elif isinstance(packet, ReceiverReport):
+                pass  # counted in rtcp_received; the publisher gets its RR from the producer
+
+    def _key_frame(self, ssrc: int, now: float) -> None:
+        producer = self._by_ssrc.get(ssrc)
+        if producer is not None:
+            self.stats.key_frame_requests += 1
+            producer.request_key_frame(now)
+
+    def _answer_nack(self, ssrc: int, seqs: tuple[int, ...], now: float) -> None:
+        producer = self._by_ssrc.get(ssrc)
+        if producer is None or producer.closed:
+            return
+        self.stats.nacks_received += 1
+        misses: list[int] = []
+        for seq in seqs[:MAX_NACK]:
+            cached = producer.get_cached(seq)
+            if cached is None:
+                misses.append(seq)
+            else:
+                self.stats.retransmitted += 1
+                self.send_rtp(producer, cached)
+        if misses:
+            self.stats.cache_misses += len(misses)
+            producer.request_retransmission(misses, now)
+
+    # ----------------------------------------------------------------------------------------
+    # Closing
+
+    def close(self) -> None:
+        """Close this end (idempotent): the sender stops tapping its producers; the receiver
+        closes its producers, so their consumers close with ``producer_closed``."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        producers = list(self.producers.values())
+        if self.sending:
+            for producer in producers:
+                producer._remove_recorder(self)
+            self.producers.clear()
+        else:
+            for producer in producers:
+                producer.transport_closed()
+        self._by_ssrc.clear()
+        self._by_pt.clear()
+        try:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        except RuntimeError:  # no running loop: the worker is shutting down
+            pass
+        self._sock.close()
+        logger.info("%r: closed (%s)", self, self.stats)
+        self.events.emit(PipeClosed(self))
+        self.events.clear()
+
+    def dump(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "stream_id": self.stream_id,
+            "sending": self.sending,
+            "port": self.port,
+            "peer": list(self.peer) if self.peer else None,
+            "producers": {k: p.id for k, p in self.producers.items()},
+            "closed": self.closed,
+            "stats": asdict(self.stats),
+        }
