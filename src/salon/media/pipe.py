@@ -25,6 +25,8 @@ Datagrams, plain RTP and RTCP over UDP (RFC 5761 multiplexing, no prefix, no enc
   learns an SSRC it has not seen from the payload type (:meth:`Producer.learn_ssrc
   <salon.media.producer.Producer.learn_ssrc>`), as a WebRTC transport does, so a producer with
   several encodings (simulcast) is piped whole.
+* A → B also: the publisher's sender reports, as they came (B's consumers rewrite them for
+  their subscribers, so lip sync survives the pipe).
 * B → A: what B's producers send upstream: PLI / FIR (a consumer on B wants a key frame:
   A's producer asks its publisher, throttled), NACK (a hole on the pipe or a B consumer's cache
   miss: answered from A's producer's retransmission buffer, else NACKed upstream by it), and
@@ -54,7 +56,16 @@ from typing import TYPE_CHECKING, Any
 from salon.media.errors import MediaStateError
 from salon.media.events import EventEmitter
 from salon.media.producer import Producer
-from salon.media.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, parse_rtcp
+from salon.media.rtcp import (
+    Fir,
+    Nack,
+    Pli,
+    ReceiverReport,
+    Remb,
+    SenderReport,
+    build_sender_report,
+    parse_rtcp,
+)
 from salon.media.rtp import is_rtcp, parse_rtp_header
 from salon.media.sdp import HeaderExtensionIds, MediaKind, PublishTrack, RtpCodec
 
@@ -276,6 +287,22 @@ class PipeTransport:
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(data)
 
+    def send_sender_report(self, producer: Producer, report: SenderReport) -> None:
+        """A publisher SR, passed on as it came (the receiving side's consumers rewrite it for
+        their subscribers: lip sync survives the pipe)."""
+        peer = self.peer
+        if peer is None:
+            return
+        packet = build_sender_report(
+            report.ssrc, report.ntp_timestamp, report.rtp_timestamp, report.packet_count, report.octet_count
+        )
+        try:
+            self._sendto(packet, peer)
+        except OSError:
+            self.stats.send_dropped += 1
+            return
+        self.stats.rtcp_sent += 1
+
     def producer_closed(self, producer: Producer) -> None:
         """A tapped producer closed; the sending end closes with the last one."""
         if self.producers.get(producer.kind) is producer:
@@ -381,7 +408,12 @@ class PipeTransport:
             self.stats.malformed += 1
             return
         if not self.sending:
-            return  # the sender's RTCP (none yet) is not needed by the piped producers
+            for packet in packets:
+                if isinstance(packet, SenderReport):
+                    producer = self._by_ssrc.get(packet.ssrc)
+                    if producer is not None:
+                        producer.receive_sender_report(packet, now)
+            return
         for packet in packets:
             if isinstance(packet, Nack):
                 self._answer_nack(packet.media_ssrc, packet.seqs, now)

@@ -109,6 +109,8 @@ class PacketTap(Protocol):
 
     def send_rtp(self, producer: Producer, data: bytes) -> None: ...
 
+    def send_sender_report(self, producer: Producer, report: SenderReport) -> None: ...
+
     def producer_closed(self, producer: Producer) -> None: ...
 
 
@@ -419,6 +421,8 @@ class Producer:
         self._last_sr_at = now
         for consumer in self._consumers:
             consumer.send_sender_report(report.ntp_timestamp, report.rtp_timestamp, now)
+        for tap in self._recorders:
+            tap.send_sender_report(self, report)
 
     def on_timer(self, now: float) -> float:
         """Called by the transport timer: NACK retries, throttled PLIs, periodic RR + REMB.

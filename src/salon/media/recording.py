@@ -40,6 +40,7 @@ from salon.media.errors import MediaStateError
 
 if TYPE_CHECKING:
     from salon.media.producer import Producer
+    from salon.media.rtcp import SenderReport
 
 __all__ = ["TOKEN_SIZE", "TRACK_AUDIO", "TRACK_VIDEO", "Recorder", "RecorderStats"]
 
@@ -137,6 +138,9 @@ class Recorder:
             return
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(data)
+
+    def send_sender_report(self, producer: Producer, report: SenderReport) -> None:
+        """The archiver times tracks by their RTP clocks: publisher SRs are not copied."""
 
     # ----------------------------------------------------------------------------------------
     # Feedback from the archiver

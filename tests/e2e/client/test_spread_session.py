@@ -13,6 +13,7 @@ import os
 import pathlib
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sdk_helpers import EventLog, Recorder, session_for, wait_for
@@ -111,6 +112,21 @@ async def test_a_session_spreads_over_two_workers_and_survives_one(spread_server
         ]:
             await frames(seen, 10, what)
         s1_peer, s3_peer = s1._subscribe_peer, s3._subscribe_peer
+
+        # The last subscriber of alice's stream on the second worker leaves: its pipe closes,
+        # both ends; bob's stream stays piped to the first worker for s3.
+        (s2_sub_a,) = [s for s in s2.subscribers if s.stream.stream_id == a]
+        await s2.unsubscribe(s2_sub_a)
+        await wait_for(lambda: set(media.pipes) == {(b, first.id)}, "alice's pipe to close", timeout=20)
+
+        async def pipes_in_workers() -> list[dict[str, Any]]:
+            dumps = [await r.worker.dump(routers=True) for r in (first, second)]
+            return [d.router_dumps[r.id]["pipes"] for d, r in zip(dumps, (first, second), strict=True)]
+
+        in_first, in_second = await pipes_in_workers()
+        assert [p["stream_id"] for p in in_first.values()] == [b]
+        assert [p["stream_id"] for p in in_second.values()] == [b]
+        await frames(s3_b, 10, "s3 to keep decoding bob's video through the pipe")
 
         os.kill(second.worker.pid, signal.SIGKILL)  # bob's stream and s2's subscriptions live there
 

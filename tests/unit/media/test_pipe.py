@@ -19,7 +19,7 @@ from salon.media.consumer import Consumer
 from salon.media.errors import MediaStateError
 from salon.media.pipe import PipedProducer, PipeTransport
 from salon.media.producer import Producer
-from salon.media.rtcp import Nack, Pli, build_pli
+from salon.media.rtcp import Nack, Pli, SenderReport, build_pli
 from salon.media.rtp import build_rtp, parse_rtp_header
 
 
@@ -187,3 +187,16 @@ async def test_peer_must_be_on_the_loopback() -> None:
             sender.connect(("10.0.0.1", 4000))
     finally:
         sender.close()
+
+
+async def test_publisher_sender_reports_reach_the_consumers_through_the_pipe(piped: Piped) -> None:
+    feed(piped.source, 10, 30000, _frame(10))
+    await _until(lambda: len(piped.subscriber.rtp) == 1, "the key frame")
+    report = SenderReport(
+        ssrc=1111, ntp_timestamp=0xE000_0000_8000_0000, rtp_timestamp=30000, packet_count=1, octet_count=57
+    )
+    piped.source.receive_sender_report(report, time.monotonic())
+    await _until(lambda: piped.subscriber.sent_rtcp(SenderReport), "the rewritten SR at the subscriber")
+    (sent,) = piped.subscriber.sent_rtcp(SenderReport)
+    assert isinstance(sent, SenderReport)
+    assert sent.ssrc == 5000 and sent.ntp_timestamp == report.ntp_timestamp
