@@ -456,7 +456,7 @@ class Router:
     # ----------------------------------------------------------------------------------------
     # Pipes (a session spread over several workers: :mod:`salon.media.pipe`)
 
-    def pipe_out(self, stream_id: str, pipe_id: str | None = None) -> PipeTransport:
+    async def pipe_out(self, stream_id: str, pipe_id: str | None = None) -> PipeTransport:
         """The sending end of a pipe of ``stream_id`` (published here) to another router: taps
         the stream's producers; :meth:`PipeTransport.connect` it to the receiving end."""
         self._check_open()
@@ -465,12 +465,15 @@ class Router:
             raise NotFoundError(f"{self!r}: no published stream {stream_id!r}")
         if pipe_id is not None and pipe_id in self.pipes:
             raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
-        pipe = PipeTransport.sender(stream_id, stream.producers.values(), pipe_id=pipe_id)
+        pipe = await PipeTransport.sender(stream_id, stream.producers.values(), pipe_id=pipe_id)
+        if self.closed:
+            pipe.close()
+            raise MediaStateError(f"{self!r} closed while opening a pipe")
         self._add_pipe(pipe)
         logger.info("%r: %r pipes stream %s out", self, pipe, stream_id)
         return pipe
 
-    def pipe_in(
+    async def pipe_in(
         self,
         stream_id: str,
         producers: list[PipedProducer],
@@ -485,7 +488,10 @@ class Router:
             raise MediaStateError(f"{self!r}: stream {stream_id} is here already")
         if pipe_id is not None and pipe_id in self.pipes:
             raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
-        pipe = PipeTransport.receiver(stream_id, producers, peer, pipe_id=pipe_id)
+        pipe = await PipeTransport.receiver(stream_id, producers, peer, pipe_id=pipe_id)
+        if self.closed or stream_id in self.streams:
+            pipe.close()
+            raise MediaStateError(f"{self!r} closed, or stream {stream_id} arrived, while opening a pipe")
         stream = Stream(id=stream_id, transport=pipe, msid=stream_id, cname=f"salon-{stream_id[:8]}")
         for producer in pipe.producers.values():
             producer.events.add_listener(self._on_producer_event)

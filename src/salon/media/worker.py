@@ -423,14 +423,16 @@ class Worker:
                     stats={} if stopped is None else dataclasses.asdict(stopped.stats),
                 )
             case PipeOutRequest():
-                pipe = self._router(request.router_id).router.pipe_out(request.stream_id, request.pipe_id)
+                pipe = await self._router(request.router_id).router.pipe_out(
+                    request.stream_id, request.pipe_id
+                )
                 return PipeResult(
                     port=pipe.port,
                     producers=[PipedProducer.of(p).to_dict() for p in pipe.producers.values()],
                 )
             case PipeInRequest():
                 hosted = self._router(request.router_id)
-                pipe = hosted.router.pipe_in(
+                pipe = await hosted.router.pipe_in(
                     request.stream_id,
                     [PipedProducer.from_dict(p) for p in request.producers],
                     (PIPE_HOST, request.peer_port),

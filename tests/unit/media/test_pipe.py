@@ -52,8 +52,10 @@ class Piped:
 @pytest.fixture
 async def piped() -> AsyncIterator[Piped]:
     source, publisher = make_producer()
-    sender = PipeTransport.sender("stream-1", [source])
-    receiver = PipeTransport.receiver("stream-1", [PipedProducer.of(source)], ("127.0.0.1", sender.port))
+    sender = await PipeTransport.sender("stream-1", [source])
+    receiver = await PipeTransport.receiver(
+        "stream-1", [PipedProducer.of(source)], ("127.0.0.1", sender.port)
+    )
     sender.connect(("127.0.0.1", receiver.port))
     mirror = receiver.producers["video"]
     consumer, subscriber = add_consumer(mirror, 5000)
@@ -62,6 +64,7 @@ async def piped() -> AsyncIterator[Piped]:
     finally:
         sender.close()
         receiver.close()
+        await asyncio.sleep(0)  # the loop closes the sockets
 
 
 def _frame(seq: int) -> bytes:
@@ -138,8 +141,8 @@ async def test_datagrams_from_another_source_are_dropped(piped: Piped) -> None:
 async def test_audio_and_video_share_one_pipe() -> None:
     video, _ = make_producer()
     audio, _ = make_producer(OPUS, ssrc=3333, rtx_ssrc=None)
-    sender = PipeTransport.sender("s", [video, audio])
-    receiver = PipeTransport.receiver(
+    sender = await PipeTransport.sender("s", [video, audio])
+    receiver = await PipeTransport.receiver(
         "s",
         [PipedProducer.from_dict(PipedProducer.of(p).to_dict()) for p in (video, audio)],
         ("127.0.0.1", sender.port),
@@ -156,6 +159,7 @@ async def test_audio_and_video_share_one_pipe() -> None:
     finally:
         sender.close()
         receiver.close()
+        await asyncio.sleep(0)  # the loop closes the sockets
 
 
 async def test_close_is_idempotent_and_cascades(piped: Piped) -> None:
@@ -172,21 +176,23 @@ async def test_close_is_idempotent_and_cascades(piped: Piped) -> None:
 
 async def test_sender_closes_with_its_last_producer() -> None:
     source, _ = make_producer()
-    sender = PipeTransport.sender("s", [source])
+    sender = await PipeTransport.sender("s", [source])
     source.close()
     assert sender.closed
     with pytest.raises(MediaStateError):
-        PipeTransport.sender("s", [source])
+        await PipeTransport.sender("s", [source])
+    await asyncio.sleep(0)
 
 
 async def test_peer_must_be_on_the_loopback() -> None:
     source, _ = make_producer()
-    sender = PipeTransport.sender("s", [source])
+    sender = await PipeTransport.sender("s", [source])
     try:
         with pytest.raises(MediaStateError):
             sender.connect(("10.0.0.1", 4000))
     finally:
         sender.close()
+        await asyncio.sleep(0)
 
 
 async def test_publisher_sender_reports_reach_the_consumers_through_the_pipe(piped: Piped) -> None:
