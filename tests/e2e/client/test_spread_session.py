@@ -77,7 +77,10 @@ async def frames(seen: Recorder, more: int, what: str) -> None:
     assert tail == sorted(tail), f"{what}: frames out of order {tail}"
 
 
-async def test_a_session_spreads_over_two_workers_and_survives_one(spread_server: RunningServer) -> None:
+@pytest.mark.parametrize("killed", ["second", "first"])
+async def test_a_session_spreads_over_two_workers_and_survives_one(
+    spread_server: RunningServer, killed: str
+) -> None:
     server = spread_server
     plane = plane_of(server)
     sid = server.session()
@@ -88,7 +91,10 @@ async def test_a_session_spreads_over_two_workers_and_survives_one(spread_server
         session_for(server, sid, role="subscriber") as s2,
         session_for(server, sid, role="subscriber") as s3,
     ):
-        logs = {name: EventLog(s) for name, s in [("alice", alice), ("s1", s1), ("s3", s3)]}
+        logs = {
+            name: EventLog(s)
+            for name, s in [("alice", alice), ("bob", bob), ("s1", s1), ("s2", s2), ("s3", s3)]
+        }
         alice_pub, bob_pub = small_publisher("alice"), small_publisher("bob")
         a = (await alice.publish(alice_pub)).stream_id
         s1_a = await subscribe(s1, a)  # the first router's one consumer
@@ -111,7 +117,8 @@ async def test_a_session_spreads_over_two_workers_and_survives_one(spread_server
             (s3_b, "s3 to decode bob's video through the pipe"),
         ]:
             await frames(seen, 10, what)
-        s1_peer, s3_peer = s1._subscribe_peer, s3._subscribe_peer
+        sessions = {"alice": alice, "bob": bob, "s1": s1, "s2": s2, "s3": s3}
+        peers = {name: session._subscribe_peer for name, session in sessions.items()}
 
         # The last subscriber of alice's stream on the second worker leaves: its pipe closes,
         # both ends; bob's stream stays piped to the first worker for s3.
@@ -128,26 +135,32 @@ async def test_a_session_spreads_over_two_workers_and_survives_one(spread_server
         assert [p["stream_id"] for p in in_second.values()] == [b]
         await frames(s3_b, 10, "s3 to keep decoding bob's video through the pipe")
 
-        os.kill(second.worker.pid, signal.SIGKILL)  # bob's stream and s2's subscriptions live there
+        # kill -9 of one worker: the stream published there ends; the connections whose media
+        # lives on the other worker keep decoding the stream published there, on their
+        # unchanged peer connections (no media_reset for them).
+        if killed == "second":  # bob's stream, bob's and s2's media
+            dead, lost, kept, lost_pub = second, b, a, bob_pub
+            survivors, flowing = ["alice", "s1", "s3"], [(s1_a, "s1", "alice's"), (s3_a, "s3", "alice's")]
+        else:  # alice's stream, alice's, s1's and s3's media
+            dead, lost, kept, lost_pub = first, a, b, alice_pub
+            survivors, flowing = ["bob", "s2"], [(s2_b, "s2", "bob's")]
+        live = second if dead is first else first
+        os.kill(dead.worker.pid, signal.SIGKILL)
 
         def dropped(name: str) -> list[tuple[str, StreamReason]]:
-            return [
-                (e.stream.stream_id, e.reason)
-                for e in logs[name].of(StreamDropped)
-                if isinstance(e, StreamDropped)
-            ]
+            log = logs[name].of(StreamDropped)
+            return [(e.stream.stream_id, e.reason) for e in log if isinstance(e, StreamDropped)]
 
-        await wait_for(lambda: dropped("s3") and dropped("s1"), "bob's stream to end", timeout=20)
-        # Only bob's stream ended; alice's keeps flowing to both subscribers on the first
-        # worker, on their unchanged peer connections (no media_reset for them).
-        await frames(s1_a, 20, "s1 to keep decoding alice's video after the crash")
-        await frames(s3_a, 20, "s3 to keep decoding alice's video after the crash")
-        for name in ("alice", "s1", "s3"):
-            assert dropped(name) == [(b, StreamReason.MEDIA_STOPPED)], (name, dropped(name))
-        assert s1._subscribe_peer is s1_peer and s3._subscribe_peer is s3_peer
-        assert alice_pub.stream_id == a, "alice's stream lives on the surviving worker"
-        assert plane.sessions[sid].routers == [first] and not plane.sessions[sid].pipes
-        # bob's SDK was told (media_reset) and publishes again, on a live worker.
-        await wait_for(lambda: bob_pub.stream_id not in (None, b), "bob's SDK to publish again", timeout=40)
+        await wait_for(lambda: all(dropped(n) for n in survivors), "the lost stream to end", timeout=20)
+        for seen, name, whose in flowing:
+            await frames(seen, 20, f"{name} to keep decoding {whose} video after the crash")
+        for name in survivors:
+            assert dropped(name) == [(lost, StreamReason.MEDIA_STOPPED)], (name, dropped(name))
+            assert sessions[name]._subscribe_peer is peers[name], f"{name} kept its peer connection"
+        kept_pub = bob_pub if lost_pub is alice_pub else alice_pub
+        assert kept_pub.stream_id == kept, "the stream on the surviving worker is the same stream"
+        assert plane.sessions[sid].routers == [live] and not plane.sessions[sid].pipes
+        # The lost stream's publisher was told (media_reset): its SDK publishes again.
+        await wait_for(lambda: lost_pub.stream_id not in (None, lost), "the SDK to publish again", timeout=40)
         for name, log in logs.items():
             assert not log.of(Error), (name, log.of(Error))
