@@ -30,7 +30,8 @@ Datagrams, plain RTP and RTCP over UDP (RFC 5761 multiplexing, no prefix, no enc
 * B → A: what B's producers send upstream: PLI / FIR (a consumer on B wants a key frame:
   A's producer asks its publisher, throttled), NACK (a hole on the pipe or a B consumer's cache
   miss: answered from A's producer's retransmission buffer, else NACKed upstream by it), and
-  the receiver reports + REMB (counted; REMB does not yet feed A's estimate).
+  the receiver reports + REMB (B's producer's estimate: the lowest of B's consumers'),
+  which A's producer counts with its own consumers' estimates in the REMB to its publisher.
 
 A datagram from any address but the peer's (or any before the peer is known) is dropped and
 counted (:attr:`PipeStats.foreign_dropped`). A send the kernel does not take at once is dropped
@@ -190,6 +191,8 @@ class PipeTransport:
         self.producers: dict[str, Producer] = {}
         self._by_ssrc: dict[int, Producer] = {}
         self._by_pt: dict[int, Producer | None] = {}
+        self._remb: dict[str, int] = {}
+        """Sending side: the far side's last REMB per tapped producer (its consumers' lowest)."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -337,6 +340,11 @@ class PipeTransport:
             return
         self.stats.rtcp_sent += 1
 
+    def remb_bitrate(self, producer: Producer) -> int | None:
+        """The far side's estimate for ``producer`` (its consumers' lowest REMB), which the
+        producer counts with its own consumers' in the REMB it sends its publisher."""
+        return self._remb.get(producer.id)
+
     def producer_closed(self, producer: Producer) -> None:
         """A tapped producer closed; the sending end closes with the last one."""
         if self.producers.get(producer.kind) is producer:
@@ -447,6 +455,10 @@ class PipeTransport:
                     self._key_frame(entry.ssrc, now)
             elif isinstance(packet, Remb):
                 self.stats.remb_bitrate = packet.bitrate
+                for ssrc in packet.ssrcs:
+                    producer = self._by_ssrc.get(ssrc)
+                    if producer is not None:
+                        self._remb[producer.id] = packet.bitrate
             elif isinstance(packet, ReceiverReport):
                 pass  # counted in rtcp_received; the publisher gets its RR from the producer
 

@@ -103,13 +103,17 @@ class ProducerTransport(Protocol):
 class PacketTap(Protocol):
     """A non-forwarding receiver of a producer's packets, after its consumers: a
     :class:`~salon.media.recording.Recorder` or the sending end of a
-    :class:`~salon.media.pipe.PipeTransport`. Takes no part in the bandwidth estimate."""
+    :class:`~salon.media.pipe.PipeTransport`. Only a pipe's far side takes part in the bandwidth
+    estimate (:meth:`remb_bitrate`)."""
 
     id: str
 
     def send_rtp(self, producer: Producer, data: bytes) -> None: ...
 
     def send_sender_report(self, producer: Producer, report: SenderReport) -> None: ...
+
+    def remb_bitrate(self, producer: Producer) -> int | None:
+        """The tap's receivers' estimate for ``producer`` (a pipe's far side), or None."""
 
     def producer_closed(self, producer: Producer) -> None: ...
 
@@ -480,6 +484,7 @@ class Producer:
         if self.kind == "video":
             # Only subscribers we send to count: a paused one's last estimate is stale.
             estimates = [c.remb_bitrate for c in self._forwarding if c.remb_bitrate]
+            estimates += [e for tap in self._recorders if (e := tap.remb_bitrate(self))]  # pipes
             bitrate = min([self.max_bitrate, *estimates])
             packet += build_remb(self._rtcp_ssrc, bitrate, [self.ssrc])
         self.stats.reports_sent += 1

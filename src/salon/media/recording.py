@@ -142,6 +142,10 @@ class Recorder:
     def send_sender_report(self, producer: Producer, report: SenderReport) -> None:
         """The archiver times tracks by their RTP clocks: publisher SRs are not copied."""
 
+    def remb_bitrate(self, producer: Producer) -> int | None:
+        """A recorder takes no part in the publisher's bandwidth estimate."""
+        return None
+
     # ----------------------------------------------------------------------------------------
     # Feedback from the archiver
 

@@ -19,7 +19,7 @@ from salon.media.consumer import Consumer
 from salon.media.errors import MediaStateError
 from salon.media.pipe import PipedProducer, PipeTransport
 from salon.media.producer import Producer
-from salon.media.rtcp import Nack, Pli, SenderReport, build_pli
+from salon.media.rtcp import Nack, Pli, Remb, SenderReport, build_pli
 from salon.media.rtp import build_rtp, parse_rtp_header
 
 
@@ -206,3 +206,14 @@ async def test_publisher_sender_reports_reach_the_consumers_through_the_pipe(pip
     (sent,) = piped.subscriber.sent_rtcp(SenderReport)
     assert isinstance(sent, SenderReport)
     assert sent.ssrc == 5000 and sent.ntp_timestamp == report.ntp_timestamp
+
+
+async def test_the_far_sides_estimate_counts_in_the_publishers_remb(piped: Piped) -> None:
+    feed(piped.source, 10, 30000, _frame(10))
+    await _until(lambda: len(piped.subscriber.rtp) == 1, "the key frame")
+    piped.consumer.receive_remb(300_000, time.monotonic())  # the far subscriber's estimate
+    piped.mirror.on_timer(time.monotonic())  # its RR + REMB go back through the pipe
+    await _until(lambda: piped.sender.remb_bitrate(piped.source) == 300_000, "the REMB through the pipe")
+    piped.source.on_timer(time.monotonic())
+    rembs = piped.publisher.sent_rtcp(Remb)
+    assert rembs and isinstance(rembs[-1], Remb) and rembs[-1].bitrate == 300_000
