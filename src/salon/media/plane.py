@@ -65,9 +65,9 @@ __all__ = ["SfuMediaPlane"]
 
 logger = logging.getLogger(__name__)
 
-#: Consumers on a session's router before the session spreads onto another worker: about a
-#: third of what one worker forwards at 1.5 Mb/s video (docs/benchmarks.md), so a session
-#: spreads well before its worker saturates.
+#: Consumers on a session's router before the session spreads onto another worker: about 100
+#: subscribers with audio and video, well below one worker's limit (about 300 subscriber video
+#: streams per core), so a growing session spreads before its worker saturates.
 DEFAULT_SPREAD_CONSUMERS = 200
 
 _pipe_ids = itertools.count(1)
