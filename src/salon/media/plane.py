@@ -1,9 +1,14 @@
 """SfuMediaPlane: the SFU behind signalling (:class:`~salon.signalling.media.MediaPlane`).
 
 The routers run in media worker processes (:mod:`salon.media.worker`); this object, in the
-main process, owns the :class:`~salon.media.workers.WorkerPool` and one
-:class:`~salon.media.workers.RouterHandle` per session, placed on the least-loaded worker on the
-session's first publish with an SDP offer and closed when the session ends. Each stream with
+main process, owns the :class:`~salon.media.workers.WorkerPool` and the
+router handles (:class:`~salon.media.workers.RouterHandle`) of each session: the first placed on the
+least-loaded worker on the session's first publish with an SDP offer, all closed when the
+session ends. Each connection's media lives on one router of its session, chosen at its
+first negotiation; once every router of the session has ``spread_consumers`` consumers, the
+next connection's media goes to a new router on a worker the session does not use yet (the
+session *spreads*). A subscriber on another router than the stream's gets it through a pipe
+(:mod:`salon.media.pipe`), opened by the first subscription there and closed with the last. Each stream with
 media owns a publish transport (a :class:`_Publication`); each connection receives all its
 subscriptions (:class:`_Subscription`: their consumers) on one subscribe transport,
 renegotiated by every new subscribe offer from the same peer connection (a client that uses a
@@ -17,6 +22,8 @@ Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through 
   (signalling announces the stream);
 * a publish transport closed by the peer or the network (ICE / DTLS failure, connect
   timeout, disconnect) → ``stream_ended`` with reason ``mediaStopped``;
+* one worker of a spread session died → ``media_reset`` to the connections whose media was
+  there, with the streams published there; the pipes to and from it close; the rest flows;
 * the session's worker died → ``media_reset`` with its streams (signalling tells every
   connection, then ends the streams as ``mediaStopped``); the session's router is forgotten,
   and its next publish places a new one (on a live worker, or the replacement). The ICE
