@@ -1,15 +1,15 @@
 """SfuMediaPlane: the SFU behind signalling (:class:`~salon.signalling.media.MediaPlane`).
 
 The routers run in media worker processes (:mod:`salon.media.worker`); this object, in the
-main process, owns the :class:`~salon.media.workers.WorkerPool` and the
-router handles (:class:`~salon.media.workers.RouterHandle`) of each session: the first placed on the
+main process, owns the :class:`~salon.media.workers.WorkerPool` and the router handles
+(:class:`~salon.media.workers.RouterHandle`) of each session: the first placed on the
 least-loaded worker on the session's first publish with an SDP offer, all closed when the
 session ends. Each connection's media lives on one router of its session, chosen at its
 first negotiation; once every router of the session has ``spread_consumers`` consumers, the
 next connection's media goes to a new router on a worker the session does not use yet (the
 session *spreads*). A subscriber on another router than the stream's gets it through a pipe
-(:mod:`salon.media.pipe`), opened by the first subscription there and closed with the last. Each stream with
-media owns a publish transport (a :class:`_Publication`); each connection receives all its
+(:mod:`salon.media.pipe`), opened by the first subscription there and closed with the last.
+Each stream with media owns a publish transport (a :class:`_Publication`); each connection receives all its
 subscriptions (:class:`_Subscription`: their consumers) on one subscribe transport,
 renegotiated by every new subscribe offer from the same peer connection (a client that uses a
 peer connection per subscription gets a transport per subscription, closed with its last
