@@ -9,11 +9,11 @@ first negotiation; once every router of the session has ``spread_consumers`` con
 next connection's media goes to a new router on a worker the session does not use yet (the
 session *spreads*). A subscriber on another router than the stream's gets it through a pipe
 (:mod:`salon.media.pipe`), opened by the first subscription there and closed with the last.
-Each stream with media owns a publish transport (a :class:`_Publication`); each connection receives all its
-subscriptions (:class:`_Subscription`: their consumers) on one subscribe transport,
-renegotiated by every new subscribe offer from the same peer connection (a client that uses a
-peer connection per subscription gets a transport per subscription, closed with its last
-subscription). Both are indexed by the signalling IDs so trickled ICE candidates and
+Each stream with media owns a publish transport (a :class:`_Publication`); each connection
+receives all its subscriptions (:class:`_Subscription`: their consumers) on one subscribe
+transport, renegotiated by every new subscribe offer from the same peer connection (a client
+that uses a peer connection per subscription gets a transport per subscription, closed with
+its last subscription). Both are indexed by the signalling IDs so trickled ICE candidates and
 subscription toggles find their transport and consumers in the worker.
 
 Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through owned tasks:
