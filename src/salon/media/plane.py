@@ -56,6 +56,7 @@ from salon.media.workers import (
     ActiveSpeaker,
     AudioLevels,
     RemoteConsumer,
+    RemoteTransport,
     RouterHandle,
     RouterHandleEvent,
     StreamEnded,
@@ -137,6 +138,9 @@ class _SessionMedia:
     homes: dict[str, RouterHandle] = field(default_factory=dict)
     """Connection ID → the router its media (publish and subscribe transports) lives on."""
     pipes: dict[tuple[str, str], _Pipe] = field(default_factory=dict)
+    subscribing: dict[str, int] = field(default_factory=dict)
+    """Router ID → subscribe requests in flight there: counted in its load, so that clients
+    subscribing at once do not all land on a router that is about to be full."""
     """(stream ID, receiving router ID) → the pipe carrying the stream there."""
     publications: dict[str, _Publication] = field(default_factory=dict)
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
@@ -223,9 +227,13 @@ class SfuMediaPlane:
         if router is not None and not router.closed:
             return router
         live = [r for r in media.routers if not r.closed]
-        under = [r for r in live if r.consumer_count < self.spread_consumers]
+
+        def load(router: RouterHandle) -> int:
+            return router.consumer_count + media.subscribing.get(router.id, 0)
+
+        under = [r for r in live if load(r) < self.spread_consumers]
         if under:
-            router = min(under, key=lambda r: r.consumer_count)
+            router = min(under, key=load)
         else:
             worker = self.pool.least_loaded(exclude={r.worker for r in live})
             if worker is not None:
@@ -240,7 +248,7 @@ class SfuMediaPlane:
                     len(media.routers),
                 )
             else:
-                router = min(live, key=lambda r: r.consumer_count)
+                router = min(live, key=load)
         media.homes[connection_id] = router
         return router
 
@@ -327,22 +335,15 @@ class SfuMediaPlane:
         if media is None or publication is None:
             raise _no_transport(f"stream {subscription.stream_id}")
         router = self._home(session_id, media, subscription.connection_id)
-        pipe = None if publication.router is router else await self._pipe(media, publication, router)
+        media.subscribing[router.id] = media.subscribing.get(router.id, 0) + 1
         try:
-            transport, consumers, answer = await router.subscribe(
-                subscription.stream_id,
-                offer,
-                audio=audio,
-                video=video,
-                transport_id=media.subscribe_transports.get(subscription.connection_id),
+            transport, consumers, answer = await self._subscribe_on(
+                media, router, publication, subscription, offer, audio=audio, video=video
             )
-        except BaseException:
-            if pipe is not None:
-                pipe.pending -= 1
-                await self._unpipe(media, pipe.stream_id, router)
-            raise
-        if pipe is not None:
-            pipe.pending -= 1
+        finally:
+            left = media.subscribing.pop(router.id) - 1
+            if left:
+                media.subscribing[router.id] = left
         media.subscribe_transports[subscription.connection_id] = transport.id
         if peer is not None:
             media.subscribe_peers[transport.id] = (subscription.connection_id, peer)
@@ -355,6 +356,37 @@ class SfuMediaPlane:
             consumers,
         )
         return answer
+
+    async def _subscribe_on(
+        self,
+        media: _SessionMedia,
+        router: RouterHandle,
+        publication: _Publication,
+        subscription: Subscription,
+        offer: str,
+        *,
+        audio: bool,
+        video: bool,
+    ) -> tuple[RemoteTransport, list[RemoteConsumer], str]:
+        """Subscribe on ``router``, through a pipe when the stream is published elsewhere."""
+        pipe = None if publication.router is router else await self._pipe(media, publication, router)
+        try:
+            return await router.subscribe(
+                subscription.stream_id,
+                offer,
+                audio=audio,
+                video=video,
+                transport_id=media.subscribe_transports.get(subscription.connection_id),
+            )
+        except BaseException:
+            if pipe is not None:
+                pipe.pending -= 1
+                pipe = None
+                await self._unpipe(media, publication.stream_id, router)
+            raise
+        finally:
+            if pipe is not None:
+                pipe.pending -= 1
 
     async def add_candidate(
         self,
