@@ -22,6 +22,7 @@ from salon.media.producer import Producer
 from salon.media.rtcp import Nack, Pli, Remb, SenderReport, build_pli
 from salon.media.rtp import build_rtp, parse_rtp_header
 from salon.media.sdp import EncodingParameters, HeaderExtensionIds, PublishTrack
+from salon.media.totals import PIPE_COUNTERS, totals
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
@@ -300,3 +301,23 @@ async def test_every_simulcast_encoding_is_piped_and_feedback_names_its_encoding
         sender.close()
         receiver.close()
         await asyncio.sleep(0)
+
+
+async def test_pipe_traffic_counts_in_the_worker_totals_and_stays_after_close(piped: Piped) -> None:
+    def pipe_totals() -> dict[str, int]:
+        counts = totals([], [piped.sender, piped.receiver])
+        return {k: counts[k] for k in PIPE_COUNTERS} | {"received": counts["packets_received"]}
+
+    before = pipe_totals()
+    for seq in range(10, 15):
+        feed(piped.source, seq, seq * 3000, _frame(seq))
+    await _until(lambda: len(piped.subscriber.rtp) == 5, "5 packets through the pipe")
+    during = pipe_totals()
+    assert during["pipe_packets_out"] - before["pipe_packets_out"] == 5
+    assert during["pipe_packets_in"] - before["pipe_packets_in"] == 5
+    sent = during["pipe_bytes_out"] - before["pipe_bytes_out"]
+    assert sent == during["pipe_bytes_in"] - before["pipe_bytes_in"] == piped.sender.stats.bytes_sent > 5 * 50
+    assert during["received"] - before["received"] == 5, "the mirror producer counts as the worker's"
+    piped.sender.close()
+    piped.receiver.close()
+    assert pipe_totals() == during, "closed pipes (and the mirror) keep their counts in the totals"
