@@ -63,7 +63,9 @@ async def test_metrics_follow_a_call_and_main_port_metrics_want_the_token(tmp_pa
         scrape = Node(server.url, server.url + "/metrics", "node-a", METRICS_TOKEN).scrape()  # 200
         assert scrape.value("salon_media_packets_forwarded_total", node="node-a") > 100
         assert scrape.has("salon_worker_up", node="node-a", worker="worker-0")
-        assert scrape.has("salon_pipe_packets_total", node="node-a", direction="in")  # ready for pipes
+        assert scrape.has(
+            "salon_pipe_packets_total", node="node-a", direction="in"
+        )  # one worker: no pipe, zero
     # Every line the server logged is JSON with the node name; the call's lines name its
     # session and connections; the metrics token is nowhere.
     log = server.stderr_path.read_text(encoding="utf-8")

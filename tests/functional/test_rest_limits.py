@@ -252,6 +252,7 @@ def test_deeply_nested_json_gets_400_on_every_json_route(server: RunningServer) 
         (["--max-body-size", "100"], "--max-body-size must be at least 1024 bytes"),
         (["--demo-rate-burst", "0"], "--demo-rate-burst must be at least 1"),
         (["--demo-rate-interval", "0"], "--demo-rate-interval must be above 0"),
+        (["--router-spread-consumers", "0"], "--router-spread-consumers must be at least 1"),
     ],
 )
 def test_serve_refuses_bad_limits(tmp_path: pathlib.Path, args: list[str], message: str) -> None:

@@ -264,6 +264,21 @@ def test_media_reset_tells_every_connection_its_own_streams_then_ends_them() -> 
     assert sub.subscription_id not in session.subscriptions
 
 
+def test_media_reset_of_some_connections_tells_only_them() -> None:
+    """One worker of a spread session died: its connections are told, its streams end, the
+    others hear only that those streams were destroyed."""
+    session = make_session(Role.PUBLISHER, Role.PUBLISHER, Role.SUBSCRIBER)
+    lost = publish(session, "c0")
+    kept = publish(session, "c1")
+    actions = session.media_reset([lost], ["c0", "c2", "unknown"])
+    assert actions == [
+        Deliver(MediaResetEvent(stream_ids=[lost]), to=("c0",)),
+        Deliver(MediaResetEvent(stream_ids=[]), to=("c2",)),
+        Deliver(StreamDestroyedEvent(stream_id=lost, connection_id="c0", reason=StreamReason.MEDIA_STOPPED)),
+    ]
+    assert list(session.streams) == [kept]
+
+
 # -- subscription preferences and quality events ----------------------------------------
 
 

@@ -163,7 +163,10 @@ def run_sfu_bench(args: argparse.Namespace) -> int:
     return run_and_report(
         "sfu",
         lambda: _bench(args),
-        lambda report: report["forwarded_per_second"] > 0 and report["loss"]["packets"] == 0,
+        lambda report: all(
+            r["forwarded_per_second"] > 0 and r["loss"]["packets"] == 0
+            for r in ([report["one_worker"], report["two_workers"]] if "comparison" in report else [report])
+        ),
     )
 
 
@@ -697,11 +700,17 @@ async def _child(conn: multiprocessing.connection.Connection, role: str, ice_add
     async def started() -> bool:
         return all(k.first >= 0 for k in sinks)
 
-    async def collect(c0: dict[int, int], c1: dict[int, int]) -> dict[str, Any]:
-        """Window figures per sink; arrays are cleared so the next window starts empty."""
+    async def collect(c0: dict[int, int], c1: dict[int, int], split: int | None = None) -> dict[str, Any]:
+        """Window figures per sink; arrays are cleared so the next window starts empty.
+        ``split``: also the delays of the subscribers below it and of the others, apart."""
         expected = forwarded = late = 0
         delays = array.array("q")
+        halves = (array.array("q"), array.array("q"))
+        earliest: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        """Per half, each window packet's earliest arrival (its least delay) at any sink."""
         for sink in sinks:
+            mark = len(delays)
+            first_of = earliest[split is not None and sink.subscriber >= split]
             start0, end = c0[sink.publisher], c1[sink.publisher]
             first = sink.first if sink.first >= 0 else end
             begin = max(start0, first)
@@ -713,8 +722,12 @@ async def _child(conn: multiprocessing.connection.Connection, role: str, ice_add
                 if begin <= counter < end and counter not in seen:
                     seen.add(counter)
                     delays.append(arrivals[i])
+                    if split is not None and arrivals[i] < first_of.get(counter, 1 << 62):
+                        first_of[counter] = arrivals[i]
             forwarded += len(seen)
             expected += max(0, end - begin)
+            if split is not None:
+                halves[sink.subscriber >= split].extend(delays[mark:])
             # Keep what arrived after the window (it belongs to the next one, if any).
             keep = [i for i in range(len(counters_)) if counters_[i] >= end]
             sink.counters = array.array("q", (counters_[i] for i in keep))
@@ -725,6 +738,11 @@ async def _child(conn: multiprocessing.connection.Connection, role: str, ice_add
             "late_start": late,
             "wrong_publisher": sum(k.wrong_publisher for k in sinks),
             "delays": delays.tobytes(),
+            "halves": [h.tobytes() for h in halves],
+            "earliest": [
+                (array.array("q", e.keys()).tobytes(), array.array("q", e.values()).tobytes())
+                for e in earliest
+            ],
         }
 
     async def stop() -> None:
@@ -876,9 +894,12 @@ class _Rig:
         *,
         ice_address: str = "127.0.0.1",
         janus: tuple[str, int] | None = None,
+        split: int | None = None,
     ) -> None:
         self.args = args
         self.server = server
+        self.split = split
+        """``--spread``: the subscribers below this index subscribe first, the others after."""
         self.ice_address = ice_address
         self.janus = janus
         self.publisher_procs: list[_LoadProcess] = []
@@ -949,13 +970,27 @@ class _Rig:
 
         _log(f"subscribing {args.subscribers} client(s) to each stream")
         ordered = sorted(streams.items())
-        for process, group in zip(self.sink_procs, subscriber_groups, strict=True):
-            command, kwargs = self._subscribe(group, ordered)
-            process.send(command, **kwargs)
-        consumers = sum(
-            p.reply(_CONNECT_TIMEOUT + 30 + 0.5 * len(ordered) * args.subscribers, server)
-            for p in self.sink_procs
+        # --spread: the first half subscribes before the second, so that the first half fills
+        # the session's first router and the second half goes to the second worker's.
+        phases = (
+            [subscriber_groups]
+            if self.split is None
+            else [
+                [[s for s in g if s < self.split] for g in subscriber_groups],
+                [[s for s in g if s >= self.split] for g in subscriber_groups],
+            ]
         )
+        sinks_of: dict[int, int] = {}  # sink process → its sinks so far
+        for phase in phases:
+            busy = [(i, p, g) for i, (p, g) in enumerate(zip(self.sink_procs, phase, strict=True)) if g]
+            for _, process, group in busy:
+                command, kwargs = self._subscribe(group, ordered)
+                process.send(command, **kwargs)
+            for i, process, _ in busy:
+                sinks_of[i] = process.reply(
+                    _CONNECT_TIMEOUT + 30 + 0.5 * len(ordered) * args.subscribers, server
+                )
+        consumers = sum(sinks_of.values())
         _settle(server)
         rss_after, processes = _tree_rss_kb(server.pid)
         idle0 = self._cpu([])
@@ -1004,7 +1039,7 @@ class _Rig:
         time.sleep(_DRAIN)  # the last packets of the window reach the sinks
         if not server.alive():
             raise BenchError(f"the server died during the run{server.tail()}")
-        results = _all(self.sink_procs, "collect", 60.0, server, c0=c0, c1=c1)
+        results = _all(self.sink_procs, "collect", 60.0, server, c0=c0, c1=c1, split=self.split)
         elapsed = cpu1.at - cpu0.at
         delays = array.array("q")
         for result in results:
@@ -1027,6 +1062,33 @@ class _Rig:
             pid: round((cpu1.per_worker.get(pid, 0.0) - cpu0.per_worker.get(pid, 0.0)) / elapsed, 3)
             for pid in cpu1.per_worker
         }
+        by_half: dict[str, Any] = {}
+        if self.split is not None:
+            # The delay the pipe adds, packet by packet: its first arrival at a sink of the
+            # second half (through the pipe) minus its first arrival at one of the first half.
+            firsts: tuple[dict[int, int], dict[int, int]] = ({}, {})
+            for result in results:
+                for half, (keys, values) in zip(firsts, result["earliest"], strict=True):
+                    counters_, delays_ = array.array("q"), array.array("q")
+                    counters_.frombytes(keys)
+                    delays_.frombytes(values)
+                    for counter, delay in zip(counters_, delays_, strict=True):
+                        if delay < half.get(counter, 1 << 62):
+                            half[counter] = delay
+            added = sorted(d - firsts[0][c] for c, d in firsts[1].items() if c in firsts[0])
+            by_half["added_by_packet"] = {
+                q: None if (v := percentile(added, f, presorted=True)) is None else round(v / 1e6, 3)
+                for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+            } | {"samples": len(added)}
+            for i, name in enumerate(("first_half", "second_half")):
+                samples = array.array("q")
+                for result in results:
+                    samples.frombytes(result["halves"][i])
+                values = sorted(samples)
+                by_half[name] = {
+                    q: None if (v := percentile(values, f, presorted=True)) is None else round(v / 1e6, 3)
+                    for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+                } | {"samples": len(values)}
         return {
             "elapsed": round(elapsed, 3),
             "packets_in_per_second": round(sent / elapsed, 1),
@@ -1049,6 +1111,7 @@ class _Rig:
                 "sinks_started_in_window": sum(r["late_start"] for r in results),
             },
             "delay_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0), "samples": len(ordered)},
+            **({"delay_ms_by_half": by_half} if by_half else {}),
             "load_generator": {
                 "cpu_utilisation": round((cpu1.loaders - cpu0.loaders) / elapsed, 3),
                 "late_frames": extra1["late_frames"] - extra0["late_frames"],
@@ -1140,10 +1203,11 @@ def _run(
     *,
     ice_address: str = "127.0.0.1",
     janus: tuple[str, int] | None = None,
+    split: int | None = None,
 ) -> dict[str, Any]:
     machine_description = machine()  # load average before anything of ours runs
     _log(machine_line(machine_description))
-    rig = _Rig(args, server, ice_address=ice_address, janus=janus)
+    rig = _Rig(args, server, ice_address=ice_address, janus=janus, split=split)
     try:
         setup = rig.connect()
         _log(f"warming up at {args.rate:g} packets/s per publisher")
@@ -1216,7 +1280,7 @@ _SATURATION_BUDGET = 120.0
 
 
 def _bench(args: argparse.Namespace) -> dict[str, Any]:
-    for name, default in (("sink_processes", None), ("saturate", False)):
+    for name, default in (("sink_processes", None), ("saturate", False), ("spread", False)):
         if not hasattr(args, name):  # ``salon bench sfu`` from a parser without these options
             setattr(args, name, default)
     if not 1 <= args.publishers <= _MAX_PUBLISHERS:
@@ -1233,6 +1297,8 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    if getattr(args, "spread", False):
+        return _spread(args)
     with tempfile.TemporaryDirectory(prefix="salon-bench-sfu-") as tmp:
         server = ServerProcess(pathlib.Path(tmp), workers=workers)
         try:
@@ -1241,6 +1307,72 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
             return _run(args, server)
         finally:
             server.stop()
+
+
+def _spread(args: argparse.Namespace) -> dict[str, Any]:
+    """``--spread``: the same 1 → N session on one worker, then spread over two (half the
+    subscribers on each worker, the stream piped to the second); both reports and how they
+    compare (:func:`_compare_spread`)."""
+    if args.subscribers < 2:
+        raise BenchError("--spread needs at least 2 subscribers")
+    split = args.subscribers // 2
+    reports: dict[str, Any] = {}
+    for name, workers, serve_args in (
+        ("one_worker", 1, []),
+        ("two_workers", 2, ["--router-spread-consumers", str(split * args.publishers)]),
+    ):
+        _log(f"--spread: {name}")
+        with tempfile.TemporaryDirectory(prefix="salon-bench-sfu-") as tmp:
+            server = ServerProcess(pathlib.Path(tmp), workers=workers, serve_args=serve_args)
+            try:
+                server.start()
+                _log(f"server pid {server.pid} on {server.url}")
+                reports[name] = _run(args, server, split=split)
+            finally:
+                server.stop()
+    one, two = reports["one_worker"], reports["two_workers"]
+    return {
+        "benchmark": "sfu-spread",
+        "parameters": one["parameters"] | {"spread_consumers": split * args.publishers},
+        "machine": two["machine"],
+        "comparison": _compare_spread(one, two),
+        **reports,
+    }
+
+
+def _compare_spread(one: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
+    """The figures of ``--spread``: each worker's share of the forwarding CPU (target: neither
+    above 60 %), total CPU per forwarded packet against one worker (target: at most 1.15x),
+    and the delay the pipe adds (target: p99 under 2 ms): per packet, its first arrival at a
+    subscriber on the second worker minus its first at one on the first
+    (``pipe_added_delay_ms_by_packet``), and the difference of the two halves' percentiles
+    (``pipe_added_delay_ms``, which the sinks' own scheduling blurs more)."""
+    per_process = two["worker_cpu"]["utilisation_per_process"]
+    total = sum(per_process.values())
+    shares = sorted((round(u / total, 3) for u in per_process.values()), reverse=True) if total else []
+
+    def ratio(key: str) -> float | None:
+        a, b = one.get(key), two.get(key)
+        return round(b / a, 3) if a and b else None
+
+    halves = two.get("delay_ms_by_half", {})
+    first, second = halves.get("first_half", {}), halves.get("second_half", {})
+    by_packet = halves.get("added_by_packet", {})
+
+    def added(q: str) -> float | None:
+        a, b = first.get(q), second.get(q)
+        return None if a is None or b is None else round(b - a, 3)
+
+    return {
+        "worker_cpu_shares": shares,
+        "worker_cpu_us_per_forwarded_packet_ratio": ratio("worker_cpu_us_per_forwarded_packet"),
+        "cpu_us_per_forwarded_packet_ratio": ratio("cpu_us_per_forwarded_packet"),
+        "pipe_added_delay_ms": {"p50": added("p50"), "p99": added("p99")},
+        "pipe_added_delay_ms_by_packet": by_packet,
+        "delay_ms_local_half": first,
+        "delay_ms_piped_half": second,
+        "targets": {"max_worker_share": 0.6, "max_cpu_ratio": 1.15, "max_pipe_p99_ms": 2.0},
+    }
 
 
 @contextlib.contextmanager

@@ -168,6 +168,13 @@ def add_sfu_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the window, step the rate up x1.5 until loss appears, then measure at half that",
     )
     parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="run the session on one worker, then spread over two (half the subscribers on each, "
+        "the stream piped to the second): per-worker CPU shares, CPU per packet against one "
+        "worker, and the delay the pipe adds",
+    )
+    parser.add_argument(
         "--peer",
         "--compare",
         choices=["janus"],

@@ -18,6 +18,7 @@ from salon.cli.bench_options import add_bench_parser
 from salon.errors import SalonError
 from salon.ids import decode_session_id, encode_session_id
 from salon.media.ice_policy import parse_networks
+from salon.media.plane import DEFAULT_SPREAD_CONSUMERS
 from salon.server.config import ServerConfig
 from salon.signalling.service import SignallingConfig
 from salon.store import Project, Store, database_url_for
@@ -145,6 +146,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers", type=int, metavar="N", help="media worker processes (default: one per CPU core)"
+    )
+    serve.add_argument(
+        "--router-spread-consumers",
+        type=int,
+        metavar="N",
+        help="consumers one router of a session takes before the session's next connections get "
+        f"their media on another worker, piped to the first (default: {DEFAULT_SPREAD_CONSUMERS})",
     )
     serve.add_argument(
         "--ice-server",
@@ -431,6 +439,8 @@ def _serve(args: argparse.Namespace) -> int:
             raise SalonError("the RTC port range must be within 1-65535, min <= max")
     if args.workers is not None and args.workers < 1:
         raise SalonError("--workers must be at least 1")
+    if args.router_spread_consumers is not None and args.router_spread_consumers < 1:
+        raise SalonError("--router-spread-consumers must be at least 1")
     if args.max_body_size is not None and args.max_body_size < 1024:
         raise SalonError("--max-body-size must be at least 1024 bytes")
     if args.demo_rate_burst is not None and args.demo_rate_burst < 1:
@@ -495,6 +505,7 @@ def _serve(args: argparse.Namespace) -> int:
         ice_allow=tuple(args.ice_allow) or None,
         ice_deny=tuple(args.ice_deny) or None,
         workers=args.workers,
+        router_spread_consumers=args.router_spread_consumers or DEFAULT_SPREAD_CONSUMERS,
         ice_servers=tuple(args.ice_server) or None,
         turn_secret=_read_secret(args.turn_secret_file) if args.turn_secret_file else None,
         turn_ttl=args.turn_ttl,

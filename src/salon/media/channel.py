@@ -55,6 +55,7 @@ __all__ = [
     "AudioLevelsEvent",
     "ChannelError",
     "CloseConsumersRequest",
+    "ClosePipeRequest",
     "CloseRouterRequest",
     "CloseTransportsRequest",
     "ConsumerInfo",
@@ -65,6 +66,10 @@ __all__ = [
     "FrameDecoder",
     "FrameTooLargeError",
     "MainMessage",
+    "PipeConnectRequest",
+    "PipeInRequest",
+    "PipeOutRequest",
+    "PipeResult",
     "ProducerInfo",
     "PublishRequest",
     "PublishResult",
@@ -371,6 +376,47 @@ class StopRecordingRequest(_Request):
     recorder_id: str
 
 
+class PipeOutRequest(_Request):
+    """Open the sending end of a pipe of a stream published on this router
+    (:mod:`salon.media.pipe`). Result: :class:`PipeResult` (its port and the producers)."""
+
+    type: Literal["pipe_out"] = "pipe_out"
+    router_id: str
+    stream_id: str
+    pipe_id: str
+
+
+class PipeInRequest(_Request):
+    """Open the receiving end of a pipe: the stream (published on another worker's router,
+    whose sending end listens on ``peer_port`` on 127.0.0.1) becomes a stream of this router.
+    Result: :class:`PipeResult` (its port)."""
+
+    type: Literal["pipe_in"] = "pipe_in"
+    router_id: str
+    stream_id: str
+    pipe_id: str
+    peer_port: int = Field(ge=1, le=65535)
+    producers: list[dict[str, Any]]
+    """:meth:`salon.media.pipe.PipedProducer.to_dict` of each piped producer."""
+
+
+class PipeConnectRequest(_Request):
+    """Tell a sending end where the receiving end listens. Result: :class:`Ack`."""
+
+    type: Literal["pipe_connect"] = "pipe_connect"
+    router_id: str
+    pipe_id: str
+    peer_port: int = Field(ge=1, le=65535)
+
+
+class ClosePipeRequest(_Request):
+    """Close one end of a pipe; unknown ids are fine. Result: :class:`Ack`."""
+
+    type: Literal["close_pipe"] = "close_pipe"
+    router_id: str
+    pipe_id: str
+
+
 Request = (
     CreateRouterRequest
     | CloseRouterRequest
@@ -387,6 +433,10 @@ Request = (
     | DumpRequest
     | StartRecordingRequest
     | StopRecordingRequest
+    | PipeOutRequest
+    | PipeInRequest
+    | PipeConnectRequest
+    | ClosePipeRequest
 )
 MainMessage = Annotated[Request, Field(discriminator="type")]
 """Everything the main process sends."""
@@ -450,6 +500,13 @@ class RecordingResult(_Message):
     """The recorder's counters (:class:`~salon.media.recording.RecorderStats`)."""
 
 
+class PipeResult(_Message):
+    type: Literal["pipe_result"] = "pipe_result"
+    port: int
+    producers: list[dict[str, Any]] = []
+    """For a sending end: :meth:`salon.media.pipe.PipedProducer.to_dict` of each producer."""
+
+
 class WorkerDump(_Message):
     type: Literal["worker_dump"] = "worker_dump"
     pid: int
@@ -487,7 +544,7 @@ class WorkerDump(_Message):
     """The largest event-loop lag of the last 10 to 20 seconds."""
 
 
-Result = Ack | PublishResult | SubscribeResult | ConsumersResult | RecordingResult | WorkerDump
+Result = Ack | PublishResult | SubscribeResult | ConsumersResult | RecordingResult | PipeResult | WorkerDump
 
 
 class ResultResponse(_Message):

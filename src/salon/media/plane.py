@@ -1,14 +1,19 @@
 """SfuMediaPlane: the SFU behind signalling (:class:`~salon.signalling.media.MediaPlane`).
 
 The routers run in media worker processes (:mod:`salon.media.worker`); this object, in the
-main process, owns the :class:`~salon.media.workers.WorkerPool` and one
-:class:`~salon.media.workers.RouterHandle` per session, placed on the least-loaded worker on the
-session's first publish with an SDP offer and closed when the session ends. Each stream with
-media owns a publish transport (a :class:`_Publication`); each connection receives all its
-subscriptions (:class:`_Subscription`: their consumers) on one subscribe transport,
-renegotiated by every new subscribe offer from the same peer connection (a client that uses a
-peer connection per subscription gets a transport per subscription, closed with its last
-subscription). Both are indexed by the signalling IDs so trickled ICE candidates and
+main process, owns the :class:`~salon.media.workers.WorkerPool` and the router handles
+(:class:`~salon.media.workers.RouterHandle`) of each session: the first placed on the
+least-loaded worker on the session's first publish with an SDP offer, all closed when the
+session ends. Each connection's media lives on one router of its session, chosen at its
+first negotiation; once every router of the session has ``spread_consumers`` consumers, the
+next connection's media goes to a new router on a worker the session does not use yet (the
+session *spreads*). A subscriber on another router than the stream's gets it through a pipe
+(:mod:`salon.media.pipe`), opened by the first subscription there and closed with the last.
+Each stream with media owns a publish transport (a :class:`_Publication`); each connection
+receives all its subscriptions (:class:`_Subscription`: their consumers) on one subscribe
+transport, renegotiated by every new subscribe offer from the same peer connection (a client
+that uses a peer connection per subscription gets a transport per subscription, closed with
+its last subscription). Both are indexed by the signalling IDs so trickled ICE candidates and
 subscription toggles find their transport and consumers in the worker.
 
 Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through owned tasks:
@@ -17,6 +22,8 @@ Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through 
   (signalling announces the stream);
 * a publish transport closed by the peer or the network (ICE / DTLS failure, connect
   timeout, disconnect) → ``stream_ended`` with reason ``mediaStopped``;
+* one worker of a spread session died → ``media_reset`` to the connections whose media was
+  there, with the streams published there; the pipes to and from it close; the rest flows;
 * the session's worker died → ``media_reset`` with its streams (signalling tells every
   connection, then ends the streams as ``mediaStopped``); the session's router is forgotten,
   and its next publish places a new one (on a live worker, or the replacement). The ICE
@@ -40,6 +47,7 @@ the stream's consumers (and the subscribe transports that carried nothing else).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -53,6 +61,7 @@ from salon.media.workers import (
     ActiveSpeaker,
     AudioLevels,
     RemoteConsumer,
+    RemoteTransport,
     RouterHandle,
     RouterHandleEvent,
     StreamEnded,
@@ -69,6 +78,13 @@ from salon.signalling.session import Stream, Subscription
 __all__ = ["SfuMediaPlane"]
 
 logger = logging.getLogger(__name__)
+
+#: Consumers on a session's router before the session spreads onto another worker: about 100
+#: subscribers with audio and video, well below one worker's limit (about 300 subscriber video
+#: streams per core), so a growing session spreads before its worker saturates.
+DEFAULT_SPREAD_CONSUMERS = 200
+
+_pipe_ids = itertools.count(1)
 
 
 _PeerKey = tuple[str, str]
@@ -93,6 +109,7 @@ class _Publication:
     stream_id: str
     connection_id: str
     transport_id: str
+    router: RouterHandle
 
 
 @dataclass(eq=False)
@@ -101,12 +118,36 @@ class _Subscription:
     connection_id: str
     stream_id: str
     transport_id: str
+    router: RouterHandle
     consumers: list[RemoteConsumer] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Pipe:
+    """A stream published on ``source`` piped to ``target`` (another worker's router of the
+    session) for the subscribers whose media lives there (:mod:`salon.media.pipe`)."""
+
+    id: str
+    stream_id: str
+    source: RouterHandle
+    target: RouterHandle
+    ready: asyncio.Future[None]
+    pending: int = 0
+    """Subscribe requests in flight that will use the pipe: it stays while any is."""
 
 
 @dataclass(eq=False)
 class _SessionMedia:
     router: RouterHandle
+    """The session's first router (its home); :attr:`routers` has every live one."""
+    routers: list[RouterHandle] = field(default_factory=list)
+    homes: dict[str, RouterHandle] = field(default_factory=dict)
+    """Connection ID → the router its media (publish and subscribe transports) lives on."""
+    pipes: dict[tuple[str, str], _Pipe] = field(default_factory=dict)
+    subscribing: dict[str, int] = field(default_factory=dict)
+    """Router ID → subscribe requests in flight there: counted in its load, so that clients
+    subscribing at once do not all land on a router that is about to be full."""
+    """(stream ID, receiving router ID) → the pipe carrying the stream there."""
     publications: dict[str, _Publication] = field(default_factory=dict)
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
     subscribe_transports: dict[str, str] = field(default_factory=dict)
@@ -135,6 +176,8 @@ class SfuMediaPlane:
     :param events: where to report flowing and ended streams; usually set after construction
         to the :class:`~salon.signalling.service.SignallingService` that owns this plane.
     :param workers: number of worker processes (default ``os.cpu_count()``).
+    :param spread_consumers: consumers a router of a session takes before the session's next
+        connections get their media on a router on another worker (piped to the first).
 
     :meth:`start` starts the workers (the first negotiation does it otherwise); :meth:`close`
     closes the routers' reports and stops the workers.
@@ -146,7 +189,11 @@ class SfuMediaPlane:
         *,
         events: MediaEvents | None = None,
         workers: int | None = None,
+        spread_consumers: int = DEFAULT_SPREAD_CONSUMERS,
     ) -> None:
+        if spread_consumers < 1:
+            raise ValueError(f"spread_consumers must be at least 1, got {spread_consumers}")
+        self.spread_consumers = spread_consumers
         self.transport_options = transport_options or WebRtcTransportOptions()
         self.events = events
         self.pool = WorkerPool(workers, self.transport_options)
@@ -176,18 +223,112 @@ class SfuMediaPlane:
                 if self.closed:
                     raise MediaStateError("the media plane is closed")
                 router = self.pool.create_router(worker, name=session_id[-12:])
-                media = self.sessions[session_id] = _SessionMedia(router)
-                router.events.add_listener(lambda event: self._on_router_event(session_id, media, event))
+                media = self.sessions[session_id] = _SessionMedia(router, [router])
+                self._watch(session_id, media, router)
                 logger.info("%r: session %s placed on %r", self, session_id, router)
         return media
+
+    def _watch(self, session_id: str, media: _SessionMedia, router: RouterHandle) -> None:
+        router.events.add_listener(lambda event: self._on_router_event(session_id, media, event))
+
+    def _home(self, session_id: str, media: _SessionMedia, connection_id: str) -> RouterHandle:
+        """The router a connection's media lives on, chosen on its first negotiation: the
+        session's least-loaded router with fewer than :attr:`spread_consumers` consumers;
+        when every one has that many, a new router on a live worker the session does not use
+        yet (the session spreads); when there is none, the least-loaded router."""
+        router = media.homes.get(connection_id)
+        if router is not None and not router.closed:
+            return router
+        live = [r for r in media.routers if not r.closed]
+
+        def load(router: RouterHandle) -> int:
+            return router.consumer_count + media.subscribing.get(router.id, 0)
+
+        under = [r for r in live if load(r) < self.spread_consumers]
+        if under:
+            router = min(under, key=load)
+        else:
+            worker = self.pool.least_loaded(exclude={r.worker for r in live})
+            if worker is not None:
+                router = self.pool.create_router(worker, name=session_id[-12:])
+                media.routers.append(router)
+                self._watch(session_id, media, router)
+                logger.info(
+                    "%r: session %s spreads onto %r (%d routers)",
+                    self,
+                    session_id,
+                    router,
+                    len(media.routers),
+                )
+            else:
+                router = min(live, key=load)
+        media.homes[connection_id] = router
+        return router
+
+    async def _pipe(self, media: _SessionMedia, publication: _Publication, target: RouterHandle) -> _Pipe:
+        """The pipe of a stream to ``target``, opened on first use (concurrent callers share
+        it); the caller holds it (``pending``) until its subscription is recorded."""
+        key = (publication.stream_id, target.id)
+        pipe = media.pipes.get(key)
+        if pipe is not None:
+            pipe.pending += 1
+            try:
+                await asyncio.shield(pipe.ready)
+            except BaseException:
+                pipe.pending -= 1
+                raise
+            return pipe
+        source = publication.router
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pipe = media.pipes[key] = _Pipe(
+            f"pipe-{next(_pipe_ids)}", publication.stream_id, source, target, future
+        )
+        pipe.pending = 1
+        try:
+            out = await source.pipe_out(pipe.stream_id, pipe.id)
+            port = await target.pipe_in(pipe.stream_id, pipe.id, out.port, out.producers)
+            await source.pipe_connect(pipe.id, port)
+        except BaseException as exc:
+            if media.pipes.get(key) is pipe:
+                del media.pipes[key]
+            future.set_exception(exc)
+            future.exception()  # retrieved: concurrent callers re-raise it, or nobody does
+            await asyncio.gather(target.close_pipe(pipe.id), source.close_pipe(pipe.id))
+            raise
+        logger.info("stream %s: piped from %r to %r (%s)", pipe.stream_id, source, target, pipe.id)
+        future.set_result(None)
+        return pipe
+
+    async def _unpipe(
+        self, media: _SessionMedia, stream_id: str, target: RouterHandle, *, force: bool = False
+    ) -> None:
+        """Close the pipe of ``stream_id`` to ``target`` once no subscription there uses it
+        (``force``: at once, the stream is gone)."""
+        key = (stream_id, target.id)
+        pipe = media.pipes.get(key)
+        if pipe is None or not pipe.ready.done():
+            return
+        if not force and (
+            pipe.pending
+            or any(s.stream_id == stream_id and s.router is target for s in media.subscriptions.values())
+        ):
+            return
+        del media.pipes[key]
+        logger.info("stream %s: pipe %s to %r closed", stream_id, pipe.id, target)
+        await asyncio.gather(pipe.target.close_pipe(pipe.id), pipe.source.close_pipe(pipe.id))
 
     # -- negotiation -------------------------------------------------------------------
 
     async def publish(self, session_id: str, stream: Stream, offer: str, *, replace: bool = False) -> str:
         media = await self._session(session_id)
-        result = await media.router.publish(stream.stream_id, offer, replace=replace)
+        previous = media.publications.get(stream.stream_id) if replace else None
+        if previous is not None and not previous.router.closed:
+            router = previous.router  # its consumers move to the new producers, there
+        else:
+            router = self._home(session_id, media, stream.connection_id)
+        result = await router.publish(stream.stream_id, offer, replace=replace)
         media.publications[stream.stream_id] = _Publication(
-            stream.stream_id, stream.connection_id, result.transport_id
+            stream.stream_id, stream.connection_id, result.transport_id, router
         )
         return result.answer
 
@@ -203,19 +344,19 @@ class SfuMediaPlane:
                 code="transport_closed",
             )
         media = self.sessions.get(session_id)
-        if media is None or subscription.stream_id not in media.publications:
+        publication = None if media is None else media.publications.get(subscription.stream_id)
+        if media is None or publication is None:
             raise _no_transport(f"stream {subscription.stream_id}")
-        max_width, max_height, max_frame_rate = _limits(subscription)
-        transport, consumers, answer = await media.router.subscribe(
-            subscription.stream_id,
-            offer,
-            audio=audio,
-            video=video,
-            transport_id=media.subscribe_transports.get(subscription.connection_id),
-            max_width=max_width,
-            max_height=max_height,
-            max_frame_rate=max_frame_rate,
-        )
+        router = self._home(session_id, media, subscription.connection_id)
+        media.subscribing[router.id] = media.subscribing.get(router.id, 0) + 1
+        try:
+            transport, consumers, answer = await self._subscribe_on(
+                media, router, publication, subscription, offer, audio=audio, video=video
+            )
+        finally:
+            left = media.subscribing.pop(router.id) - 1
+            if left:
+                media.subscribing[router.id] = left
         media.subscribe_transports[subscription.connection_id] = transport.id
         if peer is not None:
             media.subscribe_peers[transport.id] = (subscription.connection_id, peer)
@@ -224,9 +365,45 @@ class SfuMediaPlane:
             subscription.connection_id,
             subscription.stream_id,
             transport.id,
+            router,
             consumers,
         )
         return answer
+
+    async def _subscribe_on(
+        self,
+        media: _SessionMedia,
+        router: RouterHandle,
+        publication: _Publication,
+        subscription: Subscription,
+        offer: str,
+        *,
+        audio: bool,
+        video: bool,
+    ) -> tuple[RemoteTransport, list[RemoteConsumer], str]:
+        """Subscribe on ``router``, through a pipe when the stream is published elsewhere."""
+        max_width, max_height, max_frame_rate = _limits(subscription)
+        pipe = None if publication.router is router else await self._pipe(media, publication, router)
+        try:
+            return await router.subscribe(
+                subscription.stream_id,
+                offer,
+                audio=audio,
+                video=video,
+                transport_id=media.subscribe_transports.get(subscription.connection_id),
+                max_width=max_width,
+                max_height=max_height,
+                max_frame_rate=max_frame_rate,
+            )
+        except BaseException:
+            if pipe is not None:
+                pipe.pending -= 1
+                pipe = None
+                await self._unpipe(media, publication.stream_id, router)
+            raise
+        finally:
+            if pipe is not None:
+                pipe.pending -= 1
 
     async def add_candidate(
         self,
@@ -237,17 +414,15 @@ class SfuMediaPlane:
         subscription_id: str | None = None,
     ) -> None:
         media = self.sessions.get(session_id)
-        transport_id: str | None = None
+        found: _Publication | _Subscription | None = None
         if media is not None and stream_id is not None:
-            publication = media.publications.get(stream_id)
-            transport_id = None if publication is None else publication.transport_id
+            found = media.publications.get(stream_id)
         elif media is not None and subscription_id is not None:
-            entry = media.subscriptions.get(subscription_id)
-            transport_id = None if entry is None else entry.transport_id
-        if media is None or transport_id is None:
+            found = media.subscriptions.get(subscription_id)
+        if found is None:
             what = f"stream {stream_id}" if stream_id is not None else f"subscription {subscription_id}"
             raise _no_transport(what)
-        await media.router.add_candidate(transport_id, candidate)
+        await found.router.add_candidate(found.transport_id, candidate)
 
     async def set_subscription(
         self, session_id: str, subscription: Subscription, *, audio: bool | None, video: bool | None
@@ -256,7 +431,7 @@ class SfuMediaPlane:
         entry = None if media is None else media.subscriptions.get(subscription.subscription_id)
         if media is None or entry is None:
             return  # a signalling-only subscription forwards nothing either way
-        await media.router.set_consumers(entry.transport_id, entry.consumers, audio=audio, video=video)
+        await entry.router.set_consumers(entry.transport_id, entry.consumers, audio=audio, video=video)
 
     async def set_subscription_preferences(self, session_id: str, subscription: Subscription) -> None:
         media = self.sessions.get(session_id)
@@ -264,7 +439,7 @@ class SfuMediaPlane:
         if media is None or entry is None:
             return  # a signalling-only subscription: nothing to tell a consumer
         max_width, max_height, max_frame_rate = _limits(subscription)
-        await media.router.set_preferences(
+        await entry.router.set_preferences(
             entry.transport_id,
             entry.consumers,
             max_width=max_width,
@@ -283,7 +458,7 @@ class SfuMediaPlane:
         entry = None if media is None else media.subscriptions.get(subscription_id)
         if media is None or entry is None:
             raise NotFoundError(f"no subscription {subscription_id} with media")
-        await media.router.set_quality_paused(entry.transport_id, entry.consumers, paused=paused)
+        await entry.router.set_quality_paused(entry.transport_id, entry.consumers, paused=paused)
 
     async def set_subscription_layer(
         self, session_id: str, subscription_id: str, *, spatial: int | None, temporal: int | None = None
@@ -298,7 +473,7 @@ class SfuMediaPlane:
         if media is None or entry is None:
             return False
         video = [c for c in entry.consumers if c.kind == "video"]
-        await media.router.set_consumer_layer(entry.transport_id, video, spatial=spatial, temporal=temporal)
+        await entry.router.set_consumer_layer(entry.transport_id, video, spatial=spatial, temporal=temporal)
         return True
 
     # -- recording ---------------------------------------------------------------------
@@ -319,9 +494,10 @@ class SfuMediaPlane:
         tracks it sends (codec, clock rate). Raises :class:`~salon.errors.NotFoundError` when
         the stream has no media here."""
         media = self.sessions.get(session_id)
-        if media is None or stream_id not in media.publications:
+        publication = None if media is None else media.publications.get(stream_id)
+        if publication is None:
             raise NotFoundError(f"stream {stream_id} has no media to record")
-        return await media.router.start_recording(stream_id, sink, token, audio=audio, video=video)
+        return await publication.router.start_recording(stream_id, sink, token, audio=audio, video=video)
 
     async def stop_recording(self, session_id: str, recorder_id: str) -> dict[str, int]:
         """Stop a recorder (unknown ones are fine: they went with their stream or worker);
@@ -329,7 +505,11 @@ class SfuMediaPlane:
         media = self.sessions.get(session_id)
         if media is None:
             return {}
-        return await media.router.stop_recording(recorder_id)
+        for router in list(media.routers):
+            stats = await router.stop_recording(recorder_id)
+            if stats:
+                return stats
+        return {}
 
     # -- notifications (MediaPlane) ----------------------------------------------------
 
@@ -341,8 +521,13 @@ class SfuMediaPlane:
         if media is None:
             return
         subscriptions = [s for s in media.subscriptions.values() if s.stream_id == stream_id]
-        if media.publications.pop(stream_id, None) is not None:
-            await media.router.unpublish(stream_id)  # its consumers close with its producers
+        publication = media.publications.pop(stream_id, None)
+        if publication is not None:
+            await publication.router.unpublish(stream_id)  # its consumers close with its producers
+        for _, target_id in [k for k in media.pipes if k[0] == stream_id]:
+            pipe = media.pipes.get((stream_id, target_id))
+            if pipe is not None:
+                await self._unpipe(media, stream_id, pipe.target, force=True)
         await self._release(media, subscriptions)
 
     async def subscribed(self, session_id: str, subscription: Subscription) -> None:
@@ -360,15 +545,18 @@ class SfuMediaPlane:
         for its next subscriptions)."""
         for entry in subscriptions:
             media.subscriptions.pop(entry.subscription_id, None)
-        closing: list[str] = []
+        closing: dict[RouterHandle, list[str]] = {}
         for entry in subscriptions:
             others = any(s.transport_id == entry.transport_id for s in media.subscriptions.values())
             current = media.subscribe_transports.get(entry.connection_id) == entry.transport_id
             if others or current:
-                await media.router.close_consumers(entry.transport_id, entry.consumers)
-            elif entry.transport_id not in closing:
-                closing.append(entry.transport_id)
-        await media.router.close_transports(closing)
+                await entry.router.close_consumers(entry.transport_id, entry.consumers)
+            elif entry.transport_id not in closing.setdefault(entry.router, []):
+                closing[entry.router].append(entry.transport_id)
+        for router, transport_ids in closing.items():
+            await router.close_transports(transport_ids)
+        for stream_id, router in {(e.stream_id, e.router) for e in subscriptions}:
+            await self._unpipe(media, stream_id, router)
 
     async def connection_left(self, session_id: str, connection_id: str) -> None:
         lost = self.lost_peers.get(session_id)
@@ -379,27 +567,39 @@ class SfuMediaPlane:
         media = self.sessions.get(session_id)
         if media is None:
             return
-        transport_ids: list[str] = []
+        home = media.homes.pop(connection_id, None)
+        closing: dict[RouterHandle, list[str]] = {}
+        piped: set[tuple[str, RouterHandle]] = set()
         for sub in [s for s in media.subscriptions.values() if s.connection_id == connection_id]:
             del media.subscriptions[sub.subscription_id]
-            transport_ids.append(sub.transport_id)
+            closing.setdefault(sub.router, []).append(sub.transport_id)
+            piped.add((sub.stream_id, sub.router))
         subscribe_transport = media.subscribe_transports.pop(connection_id, None)
-        if subscribe_transport is not None:
-            transport_ids.append(subscribe_transport)
+        if subscribe_transport is not None and home is not None:
+            closing.setdefault(home, []).append(subscribe_transport)
         for transport_id, (owner, _) in list(media.subscribe_peers.items()):
             if owner == connection_id:
                 del media.subscribe_peers[transport_id]
-        transport_ids = list(dict.fromkeys(transport_ids))
+        gone: list[str] = []
         for pub in [p for p in media.publications.values() if p.connection_id == connection_id]:
             del media.publications[pub.stream_id]
-            transport_ids.append(pub.transport_id)
-        await media.router.close_transports(transport_ids)
+            closing.setdefault(pub.router, []).append(pub.transport_id)
+            gone.append(pub.stream_id)
+        for router, transport_ids in closing.items():
+            await router.close_transports(list(dict.fromkeys(transport_ids)))
+        for stream_id, router in piped:
+            await self._unpipe(media, stream_id, router)
+        for stream_id in gone:
+            for key in [k for k in media.pipes if k[0] == stream_id]:
+                pipe = media.pipes.get(key)
+                if pipe is not None:
+                    await self._unpipe(media, stream_id, pipe.target, force=True)
 
     async def session_ended(self, session_id: str) -> None:
         self.lost_peers.pop(session_id, None)
         media = self.sessions.pop(session_id, None)
         if media is not None:
-            await media.router.close()
+            await asyncio.gather(*(router.close() for router in media.routers))
 
     async def close(self) -> None:
         """Stop the workers (they close their routers) and wait for the reports in flight;
@@ -431,9 +631,13 @@ class SfuMediaPlane:
                 if events is not None:
                     self._spawn(events.stream_ended(session_id, event.stream_id, StreamReason.MEDIA_STOPPED))
             case TransportGone():
+                unpiped: set[str] = set()
                 for entry in list(media.subscriptions.values()):
                     if entry.transport_id == event.transport_id:
                         del media.subscriptions[entry.subscription_id]
+                        unpiped.add(entry.stream_id)
+                for stream_id in unpiped:
+                    self._spawn(self._unpipe(media, stream_id, event.router))
                 for connection_id, transport_id in list(media.subscribe_transports.items()):
                     if transport_id == event.transport_id:
                         del media.subscribe_transports[connection_id]
@@ -456,6 +660,8 @@ class SfuMediaPlane:
                 )
                 if events is not None and subscription_id is not None:
                     self._spawn(events.video_quality_changed(session_id, subscription_id, event.disabled))
+            case WorkerDied() if any(r is not event.router and not r.closed for r in media.routers):
+                self._router_died(session_id, media, event.router)
             case WorkerDied():
                 if self.sessions.get(session_id) is media:
                     del self.sessions[session_id]
@@ -476,6 +682,46 @@ class SfuMediaPlane:
                 if events is not None:
                     self._spawn(events.media_reset(session_id, streams))
 
+    def _router_died(self, session_id: str, media: _SessionMedia, dead: RouterHandle) -> None:
+        """One worker of a spread session died: only what lived on its router ends. The
+        streams published there end (``mediaStopped``, after ``media_reset`` to their
+        publishers), the connections whose transports were there are told (``media_reset``) and
+        subscribe from a new peer connection; consumers on the other routers of streams
+        published elsewhere keep flowing."""
+        media.routers = [r for r in media.routers if r is not dead]
+        if media.router is dead:
+            media.router = media.routers[0]
+        streams = [p.stream_id for p in media.publications.values() if p.router is dead]
+        told = {c for c, r in media.homes.items() if r is dead}
+        told.update(media.publications[s].connection_id for s in streams)
+        for stream_id in streams:
+            del media.publications[stream_id]
+        for connection_id in [c for c, r in media.homes.items() if r is dead]:
+            del media.homes[connection_id]
+            media.subscribe_transports.pop(connection_id, None)
+        for transport_id, (connection_id, peer) in list(media.subscribe_peers.items()):
+            if connection_id in told:
+                del media.subscribe_peers[transport_id]
+                self.lost_peers.setdefault(session_id, {}).setdefault(connection_id, set()).add(peer)
+        for entry in [s for s in media.subscriptions.values() if s.router is dead]:
+            del media.subscriptions[entry.subscription_id]
+        for key, pipe in list(media.pipes.items()):
+            if pipe.source is dead or pipe.target is dead:
+                del media.pipes[key]
+                survivor = pipe.target if pipe.source is dead else pipe.source
+                self._spawn(survivor.close_pipe(pipe.id))
+        logger.warning(
+            "session %s: the media worker of %r died; %d streams end with mediaStopped, "
+            "%d connections must set their media up again, %d routers go on",
+            session_id,
+            dead,
+            len(streams),
+            len(told),
+            len(media.routers),
+        )
+        if self.events is not None:
+            self._spawn(self.events.media_reset(session_id, streams, sorted(told)))
+
     def _spawn(self, report: Coroutine[Any, Any, None]) -> None:
         if self.closed:
             report.close()
@@ -495,6 +741,9 @@ class SfuMediaPlane:
             session_id: {
                 "router": media.router.id,
                 "worker": media.router.worker.name,
+                "routers": {r.id: r.worker.name for r in media.routers},
+                "homes": {c: r.id for c, r in media.homes.items()},
+                "pipes": {f"{k[0]}→{k[1]}": p.id for k, p in media.pipes.items()},
                 "publications": {k: p.transport_id for k, p in media.publications.items()},
                 "subscriptions": {k: s.transport_id for k, s in media.subscriptions.items()},
                 "subscribe_transports": dict(media.subscribe_transports),

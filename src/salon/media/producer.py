@@ -31,7 +31,10 @@ with its encoding's index and forward one encoding
 or the best one still flowing when the publisher stopped sending it (checked every second),
 through the producer's own switcher, so the archiver sees one continuous RTP stream (its
 NACKs and key-frame requests go through :meth:`Producer.get_cached` /
-:meth:`Producer.request_retransmission` / :meth:`Producer.request_key_frame` with no layer). The REMB
+:meth:`Producer.request_retransmission` / :meth:`Producer.request_key_frame` with no layer). Pipes
+to other workers' routers (:mod:`salon.media.pipe`) get every packet of every encoding as it
+came (and the publisher's SRs), so the producer mirrored on the far side is simulcast too;
+their NACKs and key-frame requests name an encoding by its SSRC (:meth:`Producer.encoding_of`). The REMB
 sent to a simulcast publisher is :data:`SIMULCAST_MAX_BITRATE`, not its subscribers' minimum:
 subscribers on weak links take a lower encoding instead of lowering everyone's.
 
@@ -83,6 +86,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Encoding",
+    "PacketTap",
     "Producer",
     "ProducerCloseReason",
     "ProducerClosed",
@@ -111,7 +115,9 @@ _SILENCE = b"\x7f"
 
 
 class ProducerTransport(Protocol):
-    """What a producer uses of its (publisher's) transport."""
+    """What a producer uses of the transport it receives on: a publisher's
+    :class:`~salon.media.transport.WebRtcTransport`, or the receiving end of a
+    :class:`~salon.media.pipe.PipeTransport` (a stream piped from another worker)."""
 
     def send_rtcp(self, packet: bytes) -> None:
         """Protect and send one (compound) RTCP packet to the publisher now."""
@@ -121,6 +127,26 @@ class ProducerTransport(Protocol):
 
     def remove_producer(self, producer: Producer) -> None:
         """The producer closed: route nothing more to it."""
+
+
+class PacketTap(Protocol):
+    """A non-forwarding receiver of every packet of every encoding of a producer, after its
+    consumers: the sending end of a :class:`~salon.media.pipe.PipeTransport`. (A
+    :class:`~salon.media.recording.Recorder` gets one stream only: the top encoding.)"""
+
+    id: str
+
+    def send_rtp(self, producer: Producer, data: bytes, layer: int) -> None:
+        """One packet of encoding ``layer``, as the producer handed it on (RTX unwrapped)."""
+
+    def send_sender_report(self, producer: Producer, report: SenderReport, layer: int) -> None:
+        """A publisher SR of encoding ``layer``, as it came."""
+
+    def remb_bitrate(self, producer: Producer) -> int | None:
+        """The tap's receivers' estimate for ``producer`` (a pipe's far side), or None."""
+
+    def producer_closed(self, producer: Producer) -> None:
+        """The producer closed: the tap is already removed."""
 
 
 class ProducerCloseReason(enum.Enum):
@@ -292,6 +318,9 @@ class Producer:
         #: Recorders copying this track to an archiver (:mod:`salon.media.recording`): after the
         #: consumers on the packet path, and not part of the bandwidth estimate.
         self._recorders: tuple[Recorder, ...] = ()
+        #: Pipes to other workers' routers (:mod:`salon.media.pipe`): every packet of every
+        #: encoding, after the recorders.
+        self._pipes: tuple[PacketTap, ...] = ()
         self._use_fir = not track.codec.supports_feedback("nack", "pli") and track.codec.supports_feedback(
             "ccm", "fir"
         )
@@ -386,6 +415,22 @@ class Producer:
     @property
     def recorders(self) -> list[Recorder]:
         return list(self._recorders)
+
+    @property
+    def pipes(self) -> list[PacketTap]:
+        return list(self._pipes)
+
+    def add_pipe(self, pipe: PacketTap) -> None:
+        """Hand every packet of every encoding (and the publisher's SRs) to ``pipe`` too."""
+        if not self.closed and pipe not in self._pipes:
+            self._pipes = (*self._pipes, pipe)
+
+    def remove_pipe(self, pipe: PacketTap) -> None:
+        self._pipes = tuple(p for p in self._pipes if p is not pipe)
+
+    def encoding_of(self, ssrc: int) -> Encoding | None:
+        """The encoding whose media (or RTX) SSRC is ``ssrc``, if known."""
+        return self._by_ssrc.get(ssrc)
 
     def add_recorder(self, recorder: Recorder) -> None:
         if not self.closed and recorder not in self._recorders:
@@ -485,6 +530,8 @@ class Producer:
                     packet = self._recorded_packet(data, header, forward[0], forward[1], forward[2])
                     for recorder in self._recorders:
                         recorder.send_rtp(self, packet)
+        for pipe in self._pipes:
+            pipe.send_rtp(self, data, index)
 
     def _recorded_packet(
         self, data: bytes, header: RtpHeader, seq: int, timestamp: int, prefix: bytes | None
@@ -630,6 +677,8 @@ class Producer:
         encoding.last_sr_at = now
         for consumer in self._consumers:
             consumer.send_sender_report(report.ntp_timestamp, report.rtp_timestamp, now, encoding.index)
+        for pipe in self._pipes:
+            pipe.send_sender_report(self, report, encoding.index)
 
     def on_timer(self, now: float) -> float:
         """Called by the transport timer: NACK retries, throttled PLIs, periodic RR + REMB.
@@ -685,6 +734,7 @@ class Producer:
             else:
                 # Only subscribers we send to count: a paused one's last estimate is stale.
                 estimates = [c.remb_bitrate for c in self._forwarding if c.remb_bitrate]
+                estimates += [e for pipe in self._pipes if (e := pipe.remb_bitrate(self))]
                 bitrate = min([self.max_bitrate, *estimates])
             packet += build_remb(self._rtcp_ssrc, bitrate, [b.ssrc for b in blocks])
         self.stats.reports_sent += 1
@@ -740,6 +790,9 @@ class Producer:
         recorders, self._recorders = self._recorders, ()
         for recorder in recorders:
             recorder.producer_closed(self)
+        pipes, self._pipes = self._pipes, ()
+        for pipe in pipes:
+            pipe.producer_closed(self)
         retire_producer(self)  # its counts stay in the worker's totals (metrics)
         self.transport.remove_producer(self)
         self.events.emit(ProducerClosed(self, reason))
@@ -755,5 +808,6 @@ class Producer:
             "encodings": [e.dump() for e in self.encodings],
             "consumers": [c.id for c in self._consumers],
             "recorders": [r.id for r in self._recorders],
+            "pipes": [p.id for p in self._pipes],
             "stats": dataclasses.asdict(self.stats),
         }

@@ -50,6 +50,7 @@ from salon.errors import NotFoundError
 from salon.media.consumer import Consumer
 from salon.media.errors import MediaStateError
 from salon.media.events import EventEmitter
+from salon.media.pipe import PipeClosed, PipedProducer, PipeTransport
 from salon.media.producer import Producer, ProducerClosed, ProducerEvent
 from salon.media.recording import Recorder
 from salon.media.sdp import (
@@ -88,10 +89,11 @@ _ids = itertools.count(1)
 
 @dataclass(eq=False)
 class Stream:
-    """One published audio+video signal: 1-2 producers on one publish transport."""
+    """One published audio+video signal: 1-2 producers on one publish transport (or, for a
+    stream published on another worker's router, on the receiving end of its pipe)."""
 
     id: str
-    transport: WebRtcTransport
+    transport: WebRtcTransport | PipeTransport
     producers: dict[MediaKind, Producer] = field(default_factory=dict)
     msid: str = ""
     cname: str = ""
@@ -180,6 +182,8 @@ class Router:
         self._close_task: asyncio.Task[None] | None = None
         self.recorders: dict[str, Recorder] = {}
         """Streams being recorded (:mod:`salon.media.recording`), by recorder id."""
+        self.pipes: dict[str, PipeTransport] = {}
+        """Both ends of the pipes to and from other routers (:mod:`salon.media.pipe`), by id."""
 
     def __repr__(self) -> str:
         return f"Router({self.id})"
@@ -209,7 +213,7 @@ class Router:
         tracks = negotiate_publish(offer)
         stream_id = stream_id or str(uuid.uuid4())
         previous = self.streams.get(stream_id)
-        if previous is not None and not replace:
+        if previous is not None and (not replace or isinstance(previous.transport, PipeTransport)):
             raise MediaStateError(f"{self!r}: stream {stream_id} is already published")
         transport = await self._create_transport(transport_options)
         try:
@@ -217,7 +221,7 @@ class Router:
         except BaseException:
             await transport.close()
             raise
-        if previous is not None:
+        if previous is not None and isinstance(previous.transport, WebRtcTransport):
             await previous.transport.close()
         return result
 
@@ -282,7 +286,10 @@ class Router:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
-        await stream.transport.close()
+        if isinstance(stream.transport, PipeTransport):
+            self.close_pipe(stream.transport.id)
+        else:
+            await stream.transport.close()
 
     # ----------------------------------------------------------------------------------------
     # Subscribe
@@ -470,6 +477,71 @@ class Router:
         return recorder
 
     # ----------------------------------------------------------------------------------------
+    # Pipes (a session spread over several workers: :mod:`salon.media.pipe`)
+
+    async def pipe_out(self, stream_id: str, pipe_id: str | None = None) -> PipeTransport:
+        """The sending end of a pipe of ``stream_id`` (published here) to another router: taps
+        the stream's producers; :meth:`PipeTransport.connect` it to the receiving end."""
+        self._check_open()
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.closed:
+            raise NotFoundError(f"{self!r}: no published stream {stream_id!r}")
+        if pipe_id is not None and pipe_id in self.pipes:
+            raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
+        pipe = await PipeTransport.sender(stream_id, stream.producers.values(), pipe_id=pipe_id)
+        if self.closed:
+            pipe.close()
+            raise MediaStateError(f"{self!r} closed while opening a pipe")
+        self._add_pipe(pipe)
+        logger.info("%r: %r pipes stream %s out", self, pipe, stream_id)
+        return pipe
+
+    async def pipe_in(
+        self,
+        stream_id: str,
+        producers: list[PipedProducer],
+        peer: tuple[str, int],
+        pipe_id: str | None = None,
+    ) -> PipeTransport:
+        """The receiving end of a pipe: ``stream_id`` (published on another router, whose pipe
+        end is at ``peer``) becomes a stream of this router, its producers local producers, so
+        subscribers here consume it like any other."""
+        self._check_open()
+        if stream_id in self.streams:
+            raise MediaStateError(f"{self!r}: stream {stream_id} is here already")
+        if pipe_id is not None and pipe_id in self.pipes:
+            raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
+        pipe = await PipeTransport.receiver(stream_id, producers, peer, pipe_id=pipe_id)
+        if self.closed or stream_id in self.streams:
+            pipe.close()
+            raise MediaStateError(f"{self!r} closed, or stream {stream_id} arrived, while opening a pipe")
+        stream = Stream(id=stream_id, transport=pipe, msid=stream_id, cname=f"salon-{stream_id[:8]}")
+        for producer in pipe.producers.values():
+            producer.events.add_listener(self._on_producer_event)
+            stream.producers[producer.kind] = producer
+            self.producers[producer.id] = producer
+        self.streams[stream_id] = stream
+        self._add_pipe(pipe)
+        logger.info("%r: %r pipes stream %s in", self, pipe, stream_id)
+        return pipe
+
+    def _add_pipe(self, pipe: PipeTransport) -> None:
+        self.pipes[pipe.id] = pipe
+
+        def closed(event: PipeClosed) -> None:
+            if self.pipes.get(event.pipe.id) is event.pipe:
+                del self.pipes[event.pipe.id]
+
+        pipe.events.add_listener(closed)
+
+    def close_pipe(self, pipe_id: str) -> None:
+        """Close one end of a pipe (unknown ids are fine): a receiving end's stream closes here
+        (its consumers with ``producer_closed``)."""
+        pipe = self.pipes.pop(pipe_id, None)
+        if pipe is not None:
+            pipe.close()
+
+    # ----------------------------------------------------------------------------------------
     # Transports
 
     async def _create_transport(self, options: WebRtcTransportOptions | None) -> WebRtcTransport:
@@ -532,6 +604,9 @@ class Router:
         for recorder in self.recorders.values():
             recorder.close()
         self.recorders.clear()
+        for pipe in list(self.pipes.values()):
+            pipe.close()
+        self.pipes.clear()
         transports = list(self.transports.values())
         await asyncio.gather(*(t.router_closed() for t in transports))
         self.transports.clear()
@@ -550,4 +625,5 @@ class Router:
             "streams": {s.id: {k: p.dump() for k, p in s.producers.items()} for s in self.streams.values()},
             "consumers": {c.id: c.dump() for t in self.transports.values() for c in t.consumers.values()},
             "recorders": {r.id: r.dump() for r in self.recorders.values()},
+            "pipes": {p.id: p.dump() for p in self.pipes.values()},
         }

@@ -4,7 +4,10 @@ Producers and consumers count what they forward in their own stats; they come an
 Prometheus counter must never go down. So each one adds its counts to :data:`RETIRED` when it
 closes (:meth:`Producer._close <salon.media.producer.Producer>`,
 :meth:`Consumer._close <salon.media.consumer.Consumer>`), and :func:`totals` adds those of the
-live ones: a total since the worker started, whatever closed since.
+live ones: a total since the worker started, whatever closed since. Pipes between routers
+(:mod:`salon.media.pipe`) do the same with :data:`PIPE_COUNTERS` (the sending ends count
+``out``, the receiving ends ``in``); the producers mirrored at a pipe's receiving end count as
+the worker's producers.
 
 Nothing here runs per packet.
 """
@@ -16,10 +19,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
+    from salon.media.pipe import PipeTransport
     from salon.media.producer import Producer
     from salon.media.transport import WebRtcTransport
 
-__all__ = ["COUNTERS", "RETIRED", "retire_consumer", "retire_producer", "totals"]
+__all__ = [
+    "COUNTERS",
+    "PIPE_COUNTERS",
+    "RETIRED",
+    "retire_consumer",
+    "retire_pipe",
+    "retire_producer",
+    "totals",
+]
 
 #: The counters, in :func:`totals`' keys.
 COUNTERS = (
@@ -37,8 +49,11 @@ COUNTERS = (
     "key_frames_received",
 )
 
-#: What closed producers and consumers counted, since the worker started.
-RETIRED: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+#: What pipes count, in :func:`totals`' keys (retransmissions through a pipe included).
+PIPE_COUNTERS = ("pipe_packets_out", "pipe_bytes_out", "pipe_packets_in", "pipe_bytes_in")
+
+#: What closed producers, consumers and pipes counted, since the worker started.
+RETIRED: dict[str, int] = dict.fromkeys(COUNTERS + PIPE_COUNTERS, 0)
 
 
 def _producer_counts(producer: Producer) -> tuple[tuple[str, int], ...]:
@@ -66,6 +81,19 @@ def _consumer_counts(consumer: Consumer) -> tuple[tuple[str, int], ...]:
     )
 
 
+def _pipe_counts(pipe: PipeTransport) -> tuple[tuple[str, int], ...]:
+    stats = pipe.stats
+    if pipe.sending:
+        return (("pipe_packets_out", stats.packets_sent), ("pipe_bytes_out", stats.bytes_sent))
+    return (("pipe_packets_in", stats.packets_received), ("pipe_bytes_in", stats.bytes_received))
+
+
+def retire_pipe(pipe: PipeTransport) -> None:
+    """Keep a closing pipe end's counts in the totals."""
+    for key, value in _pipe_counts(pipe):
+        RETIRED[key] += value
+
+
 def retire_producer(producer: Producer) -> None:
     """Keep a closing producer's counts in the totals."""
     for key, value in _producer_counts(producer):
@@ -78,10 +106,19 @@ def retire_consumer(consumer: Consumer) -> None:
         RETIRED[key] += value
 
 
-def totals(transports: Iterable[WebRtcTransport]) -> dict[str, int]:
+def totals(transports: Iterable[WebRtcTransport], pipes: Iterable[PipeTransport] = ()) -> dict[str, int]:
     """Everything counted since the worker started: :data:`RETIRED` plus the live producers
-    and consumers of ``transports``."""
+    and consumers of ``transports`` and the live ``pipes`` (with a receiving end's producers)."""
     result = dict(RETIRED)
+    for pipe in pipes:
+        if pipe.closed:
+            continue  # retired already
+        for key, value in _pipe_counts(pipe):
+            result[key] += value
+        if not pipe.sending:
+            for producer in pipe.producers.values():
+                for key, value in _producer_counts(producer):
+                    result[key] += value
     for transport in transports:
         for producer in transport.producers.values():
             for key, value in _producer_counts(producer):

@@ -56,6 +56,7 @@ from salon.media.channel import (
     AudioLevelsEvent,
     ChannelError,
     CloseConsumersRequest,
+    ClosePipeRequest,
     CloseRouterRequest,
     CloseTransportsRequest,
     ConsumerInfo,
@@ -63,6 +64,10 @@ from salon.media.channel import (
     CreateRouterRequest,
     DumpRequest,
     FrameDecoder,
+    PipeConnectRequest,
+    PipeInRequest,
+    PipeOutRequest,
+    PipeResult,
     ProducerInfo,
     PublishRequest,
     PublishResult,
@@ -94,6 +99,7 @@ from salon.media.channel import TransportConnectedEvent as TransportConnectedMes
 from salon.media.collector import Collector
 from salon.media.consumer import Consumer, ConsumerEvent, ConsumerQualityChanged, PauseReason
 from salon.media.errors import MediaStateError
+from salon.media.pipe import PIPE_HOST, PipedProducer
 from salon.media.producer import Producer
 from salon.media.router import Router, RouterEvent, StreamClosed
 from salon.media.totals import totals
@@ -468,6 +474,35 @@ class Worker:
                     recorder_id=request.recorder_id,
                     stats={} if stopped is None else dataclasses.asdict(stopped.stats),
                 )
+            case PipeOutRequest():
+                pipe = await self._router(request.router_id).router.pipe_out(
+                    request.stream_id, request.pipe_id
+                )
+                return PipeResult(
+                    port=pipe.port,
+                    producers=[PipedProducer.of(p).to_dict() for p in pipe.producers.values()],
+                )
+            case PipeInRequest():
+                hosted = self._router(request.router_id)
+                pipe = await hosted.router.pipe_in(
+                    request.stream_id,
+                    [PipedProducer.from_dict(p) for p in request.producers],
+                    (PIPE_HOST, request.peer_port),
+                    request.pipe_id,
+                )
+                return PipeResult(port=pipe.port)
+            case PipeConnectRequest():
+                hosted = self._router(request.router_id)
+                open_pipe = hosted.router.pipes.get(request.pipe_id)
+                if open_pipe is None:
+                    raise MediaStateError(f"{hosted!r}: pipe {request.pipe_id} is closed")
+                open_pipe.connect((PIPE_HOST, request.peer_port))
+                return Ack()
+            case ClosePipeRequest():
+                hosted = self.routers.get(request.router_id)
+                if hosted is not None:
+                    hosted.router.close_pipe(request.pipe_id)
+                return Ack()
             case DumpRequest():
                 return self.dump(
                     routers=request.routers,
@@ -496,7 +531,7 @@ class Worker:
             tracemalloc=memtrace.growth(tracemalloc),
             objects=memtrace.census(objects),
             heap=memtrace.heap(),
-            media=totals(transports) if media else {},
+            media=totals(transports, [p for r in hosted for p in r.pipes.values()]) if media else {},
             loop_lag_buckets=self.lag.buckets() if media else [],
             loop_lag_sum=self.lag.sum,
             loop_lag_max=self.lag.max,

@@ -51,9 +51,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from salon.errors import ServerError
 from salon.media.channel import (
@@ -63,6 +63,7 @@ from salon.media.channel import (
     AudioLevelsEvent,
     ChannelError,
     CloseConsumersRequest,
+    ClosePipeRequest,
     CloseRouterRequest,
     CloseTransportsRequest,
     ConsumersResult,
@@ -70,6 +71,10 @@ from salon.media.channel import (
     DumpRequest,
     ErrorResponse,
     FrameDecoder,
+    PipeConnectRequest,
+    PipeInRequest,
+    PipeOutRequest,
+    PipeResult,
     PublishRequest,
     PublishResult,
     ReadyEvent,
@@ -475,6 +480,45 @@ class RouterHandle:
             logger.debug("%r: stop_recording: went with its worker (%s)", self, exc)
             return {}
         return dict(result.stats)
+
+    # -- pipes (salon.media.pipe) -----------------------------------------------------------
+
+    async def pipe_out(self, stream_id: str, pipe_id: str) -> PipeResult:
+        """Open the sending end of a pipe of a stream published here: its port and producers."""
+        request = PipeOutRequest(
+            id=self.worker.next_id(), router_id=self.id, stream_id=stream_id, pipe_id=pipe_id
+        )
+        return await self._request(request, PipeResult)
+
+    async def pipe_in(
+        self, stream_id: str, pipe_id: str, peer_port: int, producers: list[dict[str, Any]]
+    ) -> int:
+        """Open the receiving end of a pipe (the sending end listens on ``peer_port``): the
+        stream becomes one of this router's; returns the receiving end's port."""
+        request = PipeInRequest(
+            id=self.worker.next_id(),
+            router_id=self.id,
+            stream_id=stream_id,
+            pipe_id=pipe_id,
+            peer_port=peer_port,
+            producers=producers,
+        )
+        return (await self._request(request, PipeResult)).port
+
+    async def pipe_connect(self, pipe_id: str, peer_port: int) -> None:
+        """Tell a sending end where its receiving end listens."""
+        request = PipeConnectRequest(
+            id=self.worker.next_id(), router_id=self.id, pipe_id=pipe_id, peer_port=peer_port
+        )
+        await self._request(request, Ack)
+
+    async def close_pipe(self, pipe_id: str) -> None:
+        """Close this router's end of a pipe; idempotent, and quiet when the router is gone."""
+        if self.closed:
+            return
+        await self._closing_request(
+            ClosePipeRequest(id=self.worker.next_id(), router_id=self.id, pipe_id=pipe_id)
+        )
 
     async def _closing_request(self, request: Request) -> None:
         try:
@@ -976,10 +1020,12 @@ class WorkerPool:
 
     # -- placement -------------------------------------------------------------------------
 
-    def least_loaded(self) -> WorkerHandle | None:
-        """The live worker with the fewest consumers, then routers; None if none is live.
-        Ties go round-robin (in slot order), one step per call."""
-        live = [w for _, w in sorted(self.workers.items()) if w.state is WorkerState.READY]
+    def least_loaded(self, exclude: Collection[WorkerHandle] = ()) -> WorkerHandle | None:
+        """The live worker with the fewest consumers, then routers (not one of ``exclude``);
+        None if none is live. Ties go round-robin (in slot order), one step per call."""
+        live = [
+            w for _, w in sorted(self.workers.items()) if w.state is WorkerState.READY and w not in exclude
+        ]
         if not live:
             return None
         lowest = min(w.load() for w in live)

@@ -450,8 +450,8 @@ def _worker_families(node: str, snapshot: Snapshot) -> Iterator[Metric]:
         )
         for kind, count in sorted(dump.datagrams_dropped.items()):
             fams["datagrams_dropped"].add_metric([node, name, kind], count)
-        # Pipes between routers report here once they exist (WorkerDump.media's pipe_* keys);
-        # until then the series are ready at zero.
+        # Pipes between routers (salon.media.totals.PIPE_COUNTERS): out of the publishers'
+        # workers, into the subscribers'.
         for direction in ("in", "out"):
             fams["pipe_packets"].add_metric(
                 [node, name, direction], media.get(f"pipe_packets_{direction}", 0)

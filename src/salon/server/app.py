@@ -169,6 +169,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     ice_deny=config.ice_deny,
                 ),
                 workers=config.workers,
+                spread_consumers=config.router_spread_consumers,
             )
             try:
                 await media.start()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from salon.archive.service import ArchiveConfig, RecorderFactory
 from salon.callbacks.delivery import CallbackConfig
+from salon.media.plane import DEFAULT_SPREAD_CONSUMERS
 from salon.server.limits import DEFAULT_MAX_BODY_SIZE
 from salon.signalling.ice import DEFAULT_TURN_TTL, IceSettings
 from salon.signalling.service import SignallingConfig
@@ -36,6 +37,8 @@ class ServerConfig:
     :param ice_deny: networks (CIDR) client ICE candidates may not be in; the most specific
         of the allowed and denied networks decides.
     :param workers: the number of media worker processes (default: ``os.cpu_count()``).
+    :param router_spread_consumers: consumers a session's router takes before the session's
+        next connections get their media on another worker, piped (``--router-spread-consumers``).
     :param ice_servers: ``stun:``/``turn:`` URLs handed to clients in ``connected``.
     :param turn_secret: the TURN REST shared secret (coturn ``static-auth-secret``) that
         per-connection TURN credentials are minted with (``SALON_TURN_SECRET``); never logged.
@@ -104,6 +107,7 @@ class ServerConfig:
     ice_allow: tuple[str, ...] = ()
     ice_deny: tuple[str, ...] = ()
     workers: int | None = None
+    router_spread_consumers: int = DEFAULT_SPREAD_CONSUMERS
     ice_servers: tuple[str, ...] = ()
     turn_secret: str | None = field(default=None, repr=False)
     turn_ttl: int = DEFAULT_TURN_TTL

@@ -35,11 +35,14 @@ class MediaEvents(Protocol):
     async def stream_flowing(self, session_id: str, stream_id: str) -> None:
         """The stream's publish transport connected: signalling announces the stream."""
 
-    async def media_reset(self, session_id: str, stream_ids: list[str]) -> None:
-        """Every media transport of the session is gone (its media worker died): signalling
-        sends ``media_reset`` to each connection (with its own streams among ``stream_ids``),
-        then destroys the streams with ``mediaStopped``. Clients publish again and subscribe
-        from new peer connections."""
+    async def media_reset(
+        self, session_id: str, stream_ids: list[str], connection_ids: list[str] | None = None
+    ) -> None:
+        """Every media transport of the session is gone (its media worker died), or, with
+        ``connection_ids``, every transport of these connections (one of the workers of a
+        session spread over several died): signalling sends ``media_reset`` to each of them
+        (with its own streams among ``stream_ids``), then destroys the streams with
+        ``mediaStopped``. Clients publish again and subscribe from new peer connections."""
 
     async def audio_levels(self, session_id: str, levels: dict[str, float]) -> None:
         """The audio levels (stream ID -> 0..1) of the session's streams that changed, at most

@@ -547,13 +547,15 @@ class SignallingService:
         if session is not None:
             await self.carry_out(session, session.end_stream(stream_id, reason))
 
-    async def media_reset(self, session_id: str, stream_ids: list[str]) -> None:
-        """The media plane lost every transport of the session (its worker died): each
-        connection gets ``media_reset``, then the streams end as ``mediaStopped``
-        (:class:`~salon.signalling.media.MediaEvents`)."""
+    async def media_reset(
+        self, session_id: str, stream_ids: list[str], connection_ids: list[str] | None = None
+    ) -> None:
+        """The media plane lost every transport of the session (its worker died), or those of
+        ``connection_ids`` only: each of these connections gets ``media_reset``, then the
+        streams end as ``mediaStopped`` (:class:`~salon.signalling.media.MediaEvents`)."""
         session = self.sessions.get(session_id)
         if session is not None:
-            await self.carry_out(session, session.media_reset(stream_ids))
+            await self.carry_out(session, session.media_reset(stream_ids, connection_ids))
 
     async def stream_flowing(self, session_id: str, stream_id: str) -> None:
         """A pending stream's media flows: announce it (:class:`~salon.signalling.media.MediaEvents`)."""

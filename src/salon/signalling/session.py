@@ -520,13 +520,18 @@ class Session:
         stream = self.streams.get(stream_id)
         return [] if stream is None else self._remove_stream(stream, reason)
 
-    def media_reset(self, stream_ids: Iterable[str]) -> list[Action]:
-        """The media plane lost every transport of the session (its worker died): tell each
-        connection (``media_reset``, with its own streams among ``stream_ids``), then destroy
-        those streams with ``mediaStopped``. Streams already gone are skipped."""
+    def media_reset(
+        self, stream_ids: Iterable[str], connection_ids: Iterable[str] | None = None
+    ) -> list[Action]:
+        """The media plane lost every transport of the session (its worker died), or, with
+        ``connection_ids``, those of these connections only (one worker of a session spread
+        over several died): tell each of them (``media_reset``, with its own streams among
+        ``stream_ids``), then destroy those streams with ``mediaStopped``. Streams already
+        gone and unknown connections are skipped."""
         streams = [self.streams[sid] for sid in dict.fromkeys(stream_ids) if sid in self.streams]
         actions: list[Action] = []
-        for connection_id in self.connections:
+        told = self.connections if connection_ids is None else set(connection_ids)
+        for connection_id in [c for c in self.connections if c in told]:
             own = [s.stream_id for s in streams if s.connection_id == connection_id]
             actions.append(Deliver(MediaResetEvent(stream_ids=own), to=(connection_id,)))
         for stream in streams:

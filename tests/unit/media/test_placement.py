@@ -60,3 +60,11 @@ async def test_only_ready_workers_are_placed_on() -> None:
     assert [placed(pool) for _ in range(3)] == ["b", "b", "b"]
     b.state = WorkerState.CLOSING
     assert pool.least_loaded() is None
+
+
+async def test_a_spreading_session_excludes_the_workers_it_uses() -> None:
+    a, b, c = FakeWorker("a"), FakeWorker("b", consumers=4), FakeWorker("c", consumers=2)
+    pool = pool_of(a, b, c)
+    assert pool.least_loaded(exclude={a}) is c  # type: ignore[arg-type]
+    assert pool.least_loaded(exclude={a, c}) is b  # type: ignore[arg-type]
+    assert pool.least_loaded(exclude={a, b, c}) is None  # type: ignore[arg-type]
