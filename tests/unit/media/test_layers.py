@@ -177,7 +177,8 @@ def test_late_packet_keeps_its_picture_id_and_old_layer_packets_are_refused() ->
     late = trace[7]  # layer 1, frame 1, second packet, again
     again = switcher.forward(late.layer, late.seq, late.ts, late.payload, False, 1.0)
     assert again is not None and again[0] == first[3].seq
-    assert parse_vp8_descriptor(again[2] or b"").picture_id == first[3].picture_id
+    prefix = again[2] or b""
+    assert parse_vp8_descriptor(prefix + late.payload[len(prefix) :]).picture_id == first[3].picture_id
     switcher.set_target(0)
     rest = run(switcher, trace[8:])
     assert [o.frame for o in rest if o.layer == 1] == [f for f in range(2, 6) for _ in range(2)]
