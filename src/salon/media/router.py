@@ -40,6 +40,7 @@ import itertools
 import logging
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -67,6 +68,7 @@ from salon.media.transport import (
     WebRtcTransport,
     WebRtcTransportOptions,
 )
+from salon.media.webrtc import MediaLink
 
 __all__ = [
     "PublishResult",
@@ -156,7 +158,10 @@ class Router:
         *,
         transport_options: WebRtcTransportOptions | None = None,
         certificate: RTCCertificate | None = None,
+        link_factory: Callable[[], MediaLink] | None = None,
     ) -> None:
+        """``link_factory``: the ICE + DTLS link of each new transport (default: an aiortc one
+        on ``transport_options``; :class:`~salon.media.memory.MemoryLink` in unit tests)."""
         self.id = router_id or f"ro-{next(_ids)}-{secrets.token_hex(3)}"
         self.transport_options = transport_options or WebRtcTransportOptions()
         self.events: EventEmitter[RouterEvent] = EventEmitter(self)
@@ -166,6 +171,7 @@ class Router:
         self.producers: dict[str, Producer] = {}
         # One DTLS certificate per router: generating one per transport costs ~1 ms each.
         self._certificate = certificate or RTCCertificate.generateCertificate()
+        self._link_factory = link_factory
         # The SSRCs of the router's consumers, unique in the router, each released when the
         # transport it was drawn for closes (until then a closed consumer's SSRC may still be
         # in the subscriber's state of that transport).
@@ -468,7 +474,9 @@ class Router:
 
     async def _create_transport(self, options: WebRtcTransportOptions | None) -> WebRtcTransport:
         transport = await WebRtcTransport.create(
-            options or self.transport_options, certificate=self._certificate
+            options or self.transport_options,
+            certificate=self._certificate,
+            link=self._link_factory() if self._link_factory is not None else None,
         )
         if self.closed:  # closed while we were gathering
             await transport.close()

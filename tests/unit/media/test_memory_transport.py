@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import pytest
 from salon.media.consumer import Consumer, ConsumerCloseReason
 from salon.media.memory import PEER_ADDR, PEER_REMOTE, MemoryLink, MemoryPeer
 from salon.media.producer import Producer, ProducerCloseReason
+from salon.media.router import Router
 from salon.media.rtcp import Fir, Nack, Pli, build_fir, build_nack, build_pli
 from salon.media.rtp import build_rtp, encode_one_byte_extensions, parse_rtp_header, unwrap_rtx
 from salon.media.sdp import HeaderExtensionIds, PublishTrack, SubscribeTrack
@@ -219,3 +221,44 @@ async def test_a_link_failure_closes_the_transport_with_its_reason() -> None:
     await wait_until(lambda: transport.state is TransportState.CLOSED, "the transport to close")
     assert transport.close_reason is TransportCloseReason.DTLS_FAILED
     assert link.closed
+
+
+CHROMIUM_OFFER = (pathlib.Path(__file__).parent / "fixtures" / "chromium-offer.sdp").read_bytes().decode()
+CHROMIUM_AUDIO_SSRC, CHROMIUM_VIDEO_SSRC = 1293847561, 2763917513
+
+
+async def test_a_router_forwards_a_chromium_publishers_stream_over_memory_links() -> None:
+    links: list[MemoryLink] = []
+
+    def new_link() -> MemoryLink:
+        links.append(MemoryLink(f"m{len(links)}"))
+        return links[-1]
+
+    router = Router(link_factory=new_link)
+    try:
+        published = await router.publish(CHROMIUM_OFFER, stream_id="s1")
+        subscribed = await router.subscribe("s1", CHROMIUM_OFFER.replace("a=sendonly", "a=recvonly"))
+        assert "a=setup:active" in published.answer_sdp and len(links) == 2
+        pub_peer, sub_peer = links[0].peer, links[1].peer
+        await wait_until(
+            lambda: published.transport.state is subscribed.transport.state is TransportState.CONNECTED,
+            "both transports connected",
+        )
+        consumers = {c.kind: c for c in subscribed.consumers}
+        opus = build_rtp(
+            payload_type=111, sequence_number=7, timestamp=960, ssrc=CHROMIUM_AUDIO_SSRC, payload=b"o"
+        )
+        pub_peer.send_rtp(opus)
+        vp8 = build_rtp(
+            payload_type=96, sequence_number=9, timestamp=3000, ssrc=CHROMIUM_VIDEO_SSRC, payload=KEY
+        )
+        pub_peer.send_rtp(vp8)
+        received = [parse_rtp_header(p) for p in sub_peer.rtp]
+        assert [(h.ssrc, h.payload_type) for h in received] == [
+            (consumers["audio"].ssrc, consumers["audio"].codec.payload_type),
+            (consumers["video"].ssrc, consumers["video"].codec.payload_type),
+        ]
+        assert sub_peer.rtp[1].endswith(KEY) and sub_peer.rtp[0].endswith(b"o")
+    finally:
+        await router.close()
+    assert all(link.closed for link in links)

@@ -111,3 +111,34 @@ def test_the_checks_catch_what_they_are_meant_to(tmp_path: pathlib.Path) -> None
         4,
     ]
     assert [n for n, line in lines.items() if OTHER_PRIVATE.search(line)] == [3, 5]
+
+
+def test_the_datagram_port_follows_the_nominated_pair_of_component_1() -> None:
+    from types import SimpleNamespace
+
+    from salon.media.webrtc import DatagramPort, _NominatedPairs
+
+    def pair(name: str) -> SimpleNamespace:
+        sendto = SimpleNamespace(name=name).__eq__  # any callable, told apart by identity
+        return SimpleNamespace(
+            protocol=SimpleNamespace(transport=SimpleNamespace(sendto=sendto)),
+            remote_addr=(name, 1),
+            local_addr=("local", 2),
+        )
+
+    port = DatagramPort()
+    nominated = _NominatedPairs(port, "test")
+    assert (port.sendto, port.remote_addr) == (None, None)
+    first, second = pair("a"), pair("b")
+    nominated[2] = second  # another component: not ours
+    assert port.sendto is None
+    nominated[1] = first  # what aioice does when it nominates
+    assert (port.sendto, port.remote_addr) == (first.protocol.transport.sendto, ("a", 1))
+    nominated.update({1: second})
+    assert port.remote_addr == ("b", 1)
+    nominated.clear()  # what aioice does when it closes
+    assert (port.sendto, port.remote_addr) == (None, None)
+    nominated.setdefault(1, first)
+    assert port.remote_addr == ("a", 1)
+    nominated.pop(1)
+    assert port.sendto is None
