@@ -147,6 +147,13 @@ class LayerSwitcher:
         # Dropping more takes effect at the next frame; adding back waits for a sync point.
         self._pending_temporal = wanted
 
+    def continue_from(self, other: LayerSwitcher) -> None:
+        """Carry on ``other``'s output picture IDs and TL0PICIDX (a consumer moved to another
+        producer): the first key frame here continues them. The sequence numbers continue when
+        both share a :class:`~salon.media.seq.SequenceRewriter`."""
+        self._pid_last_out = other._pid_last_out
+        self._tl0_last_out = other._tl0_last_out
+
     def reset(self) -> None:
         """Forward nothing until the next key frame of the target layer (pause/resume,
         producer change); the output stays continuous across it."""

@@ -243,3 +243,14 @@ def test_h264_switch_at_idr() -> None:
     ]
     assert out[next(i for i, o in enumerate(out) if o[0] == 0)][2] == 15
     assert all(b[1] == (a[1] + 1) & 0xFFFF for a, b in itertools.pairwise(out))
+
+
+def test_a_new_switcher_continues_the_picture_ids_of_the_previous_one() -> None:
+    first = LayerSwitcher("vp8", 90000, layers=3)
+    before = run(first, vp8_trace(10, {}))
+    second = LayerSwitcher("vp8", 90000, layers=3, sequence=first.sequence)
+    second.continue_from(first)
+    after = run(second, vp8_trace(10, {}))
+    assert after[0].seq == (before[-1].seq + 1) & 0xFFFF
+    assert after[0].picture_id == (before[-1].picture_id + 1) & 0x7FFF
+    assert after[0].tl0 == (before[-1].tl0 + 1) & 0xFF
