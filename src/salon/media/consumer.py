@@ -328,10 +328,13 @@ class Consumer:
 
     def _setup_switcher(self) -> None:
         producer = self.producer
+        previous = getattr(self, "_switcher", None)
         if self.kind == "video" and producer.simulcast:
             self._switcher = LayerSwitcher(
                 self.codec.name, self._clock_rate, layers=len(producer.encodings), sequence=self._seq
             )
+            if previous is not None:
+                self._switcher.continue_from(previous)
         else:
             self._switcher = None
 

@@ -31,7 +31,7 @@ Nothing here does I/O; ``now`` is passed in (seconds, monotonic clock).
 from __future__ import annotations
 
 from salon.media.seq import SequenceRewriter
-from salon.media.vp8 import Vp8Descriptor, parse_vp8_descriptor, write_vp8_descriptor
+from salon.media.vp8 import Vp8Descriptor, parse_vp8_descriptor
 
 __all__ = ["Forward", "LayerSwitcher"]
 
@@ -64,6 +64,8 @@ class LayerSwitcher:
         "_pid_last_out",
         "_pid_map",
         "_pid_offset",
+        "_prefix_key",
+        "_prefix_middle",
         "_seq",
         "_target",
         "_tl0_last_out",
@@ -99,6 +101,8 @@ class LayerSwitcher:
         self._pid_map: dict[int, int] = {}
         self._tl0_offset = 0
         self._tl0_last_out: int | None = None
+        self._prefix_key: tuple[int, int] | None = None
+        self._prefix_middle = b""
         #: Switches (and starts) made so far.
         self.switches = 0
         #: Packets dropped for being above the maximum temporal layer.
@@ -143,6 +147,13 @@ class LayerSwitcher:
         # Dropping more takes effect at the next frame; adding back waits for a sync point.
         self._pending_temporal = wanted
 
+    def continue_from(self, other: LayerSwitcher) -> None:
+        """Carry on ``other``'s output picture IDs and TL0PICIDX (a consumer moved to another
+        producer): the first key frame here continues them. The sequence numbers continue when
+        both share a :class:`~salon.media.seq.SequenceRewriter`."""
+        self._pid_last_out = other._pid_last_out
+        self._tl0_last_out = other._tl0_last_out
+
     def reset(self) -> None:
         """Forward nothing until the next key frame of the target layer (pause/resume,
         producer change); the output stays continuous across it."""
@@ -164,36 +175,71 @@ class LayerSwitcher:
         sequence number, timestamp and rewritten VP8 descriptor.
 
         ``key_frame``: the packet is the first of a key frame (the producer's detection).
+        The VP8 descriptor is read inline (no :class:`~salon.media.vp8.Vp8Descriptor` per
+        packet: this runs per packet and subscriber).
         """
-        current = self._current
-        switching = False
-        if layer != current:
+        if layer != self._current:
             if layer != self._target or not key_frame:
                 return None
-            switching = True
-        desc: Vp8Descriptor | None = None
-        if self._vp8:
-            try:
-                desc = parse_vp8_descriptor(payload)
-            except ValueError:
-                return None
-        if switching:
+            desc: Vp8Descriptor | None = None
+            if self._vp8:
+                try:
+                    desc = parse_vp8_descriptor(payload)
+                except ValueError:
+                    return None
             self._switch(layer, sequence_number, timestamp, desc, now)
-        elif desc is not None and desc.tid is not None:
-            if desc.frame_start and self._pending_temporal != self._max_temporal:
+        if not self._vp8 or len(payload) < 2 or not payload[0] & 0x80:
+            out = self._seq.rewrite(sequence_number, timestamp, now)
+            return None if out is None else (out[0], out[1], None)
+        # VP8 with the extension byte: picture ID, TL0PICIDX, TID (RFC 7741 §4.2).
+        length = len(payload)
+        ext = payload[1]
+        pos = 2
+        pid = -1
+        bits = 0
+        if ext & 0x80:
+            if length < 3:
+                return None
+            byte = payload[2]
+            if byte & 0x80:
+                if length < 4:
+                    return None
+                pid = ((byte & 0x7F) << 8) | payload[3]
+                bits = 15
+                pos = 4
+            else:
+                pid = byte
+                bits = 7
+                pos = 3
+        tl0 = -1
+        if ext & 0x40:
+            if pos >= length:
+                return None
+            tl0 = payload[pos]
+            pos += 1
+        if ext & 0x20:
+            if pos >= length:
+                return None
+            byte = payload[pos]
+            tid = byte >> 6
+            if self._pending_temporal != self._max_temporal and payload[0] & 0x17 == 0x10:
+                # A frame starts: a lower maximum applies now, a higher one at a frame that
+                # needs none of the frames dropped so far (TID 0, or Y with a TID allowed).
                 pending = self._pending_temporal
-                if pending < self._max_temporal or desc.tid == 0 or (desc.layer_sync and desc.tid <= pending):
+                if pending < self._max_temporal or tid == 0 or (byte & 0x20 and tid <= pending):
                     self._max_temporal = pending
-            if desc.tid > self._max_temporal:
+            if tid > self._max_temporal:
                 self._seq.drop(sequence_number)
-                self._drop_picture(desc)
+                if pid >= 0:
+                    self._drop_picture(pid, bits)
                 self.temporal_dropped += 1
                 return None
         out = self._seq.rewrite(sequence_number, timestamp, now)
         if out is None:
             return None
-        prefix = self._rewrite_descriptor(payload, desc) if desc is not None else None
-        return out[0], out[1], prefix
+        if pid < 0 and tl0 < 0:
+            return out[0], out[1], None
+        return out[0], out[1], self._prefix(payload, pid, bits, tl0, True)
 
     def rewrite_retransmission(self, layer: int, payload: bytes | memoryview) -> tuple[bool, bytes | None]:
         """For a cached packet asked for again (subscriber NACK): whether it may be sent
@@ -209,7 +255,11 @@ class LayerSwitcher:
             return False, None
         if desc.tid is not None and desc.tid > self._max_temporal:
             return False, None
-        return True, self._rewrite_descriptor(payload, desc, learn=False)
+        if desc.picture_id is None and desc.tl0_pic_idx is None:
+            return True, None
+        pid = -1 if desc.picture_id is None else desc.picture_id
+        tl0 = -1 if desc.tl0_pic_idx is None else desc.tl0_pic_idx
+        return True, self._prefix(payload, pid, desc.picture_id_bits, tl0, False)
 
     # ------------------------------------------------------------------------------------
     # Internals
@@ -222,6 +272,7 @@ class LayerSwitcher:
         self._max_temporal = self._pending_temporal
         self.switches += 1
         self._pid_map.clear()
+        self._prefix_key = None
         if desc is None:
             return
         if desc.picture_id is not None:
@@ -236,51 +287,53 @@ class LayerSwitcher:
             else:
                 self._tl0_offset = (self._tl0_last_out + 1 - desc.tl0_pic_idx) & 0xFF
 
-    def _is_new_picture(self, desc: Vp8Descriptor) -> bool:
-        pid = desc.picture_id
+    def _is_new_picture(self, pid: int, bits: int) -> bool:
         last = self._pid_last_in
-        if pid is None:
-            return False
         if last is None:
             return True
-        modulus = 1 << desc.picture_id_bits
+        modulus = 1 << bits
         diff = (pid - last) % modulus
         return 0 < diff < modulus // 2
 
-    def _drop_picture(self, desc: Vp8Descriptor) -> None:
+    def _drop_picture(self, pid: int, bits: int) -> None:
         # A dropped picture takes no output picture ID: later ones close up over it.
-        if self._is_new_picture(desc):
-            self._pid_last_in = desc.picture_id
+        if self._is_new_picture(pid, bits):
+            self._pid_last_in = pid
             self._pid_offset = (self._pid_offset - 1) & 0x7FFF
+            self._prefix_key = None
 
-    def _rewrite_descriptor(
-        self, payload: bytes | memoryview, desc: Vp8Descriptor, learn: bool = True
-    ) -> bytes | None:
-        pid = desc.picture_id
-        tl0 = desc.tl0_pic_idx
-        if pid is None and tl0 is None:
-            return None
-        out_pid: int | None = None
-        if pid is not None:
-            mapped = self._pid_map.get(pid)
-            if mapped is not None:
-                out_pid = mapped
-            else:
-                out_pid = (pid + self._pid_offset) & 0x7FFF
-                if learn and self._is_new_picture(desc):
-                    self._pid_last_in = pid
-                    self._pid_last_out = out_pid
-                    pid_map = self._pid_map
-                    pid_map[pid] = out_pid
-                    if len(pid_map) > _PICTURE_MAP_SIZE:
-                        del pid_map[next(iter(pid_map))]
-        out_tl0: int | None = None
-        if tl0 is not None:
-            out_tl0 = (tl0 + self._tl0_offset) & 0xFF
+    def _prefix(self, payload: bytes | memoryview, pid: int, bits: int, tl0: int, learn: bool) -> bytes:
+        """The descriptor's first bytes with the output picture ID and TL0PICIDX (what the
+        caller writes over the start of the payload). Packets of one picture share the same
+        rewritten fields: computed once per picture."""
+        key = (pid, tl0)
+        middle = self._prefix_middle
+        if key != self._prefix_key or not learn:
+            middle = b""
+            if pid >= 0:
+                mapped = self._pid_map.get(pid)
+                if mapped is not None:
+                    out_pid = mapped
+                else:
+                    out_pid = (pid + self._pid_offset) & 0x7FFF
+                    if learn and self._is_new_picture(pid, bits):
+                        self._pid_last_in = pid
+                        self._pid_last_out = out_pid
+                        pid_map = self._pid_map
+                        pid_map[pid] = out_pid
+                        if len(pid_map) > _PICTURE_MAP_SIZE:
+                            del pid_map[next(iter(pid_map))]
+                middle = (
+                    bytes((0x80 | (out_pid >> 8), out_pid & 0xFF)) if bits == 15 else bytes((out_pid & 0x7F,))
+                )
+            if tl0 >= 0:
+                out_tl0 = (tl0 + self._tl0_offset) & 0xFF
+                if learn:
+                    last = self._tl0_last_out
+                    if last is None or 0 < ((out_tl0 - last) & 0xFF) < 0x80:
+                        self._tl0_last_out = out_tl0
+                middle += bytes((out_tl0,))
             if learn:
-                last = self._tl0_last_out
-                if last is None or 0 < ((out_tl0 - last) & 0xFF) < 0x80:
-                    self._tl0_last_out = out_tl0
-        buffer = bytearray(payload[: desc.size])
-        write_vp8_descriptor(buffer, desc, picture_id=out_pid, tl0_pic_idx=out_tl0)
-        return bytes(buffer)
+                self._prefix_key = key
+                self._prefix_middle = middle
+        return bytes(payload[:2]) + middle

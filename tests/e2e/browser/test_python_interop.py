@@ -32,8 +32,8 @@ async def test_browser_and_python_client_exchange_media(
 
     def on_frame(frame: VideoFrame) -> None:
         frames.append(frame)
-        if len(frames) >= 45:
-            got_frames.set()
+        if sum((f.width, f.height) == (frame.width, frame.height) for f in frames) >= 45:
+            got_frames.set()  # 45 frames of one size (a simulcast layer switch changes it)
 
     async with Session(grant["sessionId"], grant["token"], media_server.url) as session:
         subscribed = asyncio.Event()
@@ -48,7 +48,10 @@ async def test_browser_and_python_client_exchange_media(
         await asyncio.wait_for(got_frames.wait(), 30)
 
         # The Python side decodes the browser's frames: sane size, a moving picture.
-        first, last = frames[0], frames[-1]
+        # Simulcast: the subscriber may start on a lower layer and climb once Chromium sends the
+        # full one; compare frames of the final size.
+        last = frames[-1]
+        first = next(f for f in frames if (f.width, f.height) == (last.width, last.height))
         assert 160 <= first.width <= 1920 and 120 <= first.height <= 1080, (first.width, first.height)
         assert first.width % 2 == 0 and first.height % 2 == 0
         a = first.to_i420().astype(np.int16)
@@ -96,8 +99,8 @@ async def test_chromium_publishes_h264_that_the_sfu_forwards_and_python_decodes(
 
     def on_frame(frame: VideoFrame) -> None:
         frames.append(frame)
-        if len(frames) >= 30:
-            got_frames.set()
+        if sum((f.width, f.height) == (frame.width, frame.height) for f in frames) >= 30:
+            got_frames.set()  # 30 frames of one size (a simulcast layer switch changes it)
 
     async with Session(grants[1]["sessionId"], grants[1]["token"], media_server.url) as session:
 
@@ -121,7 +124,10 @@ async def test_chromium_publishes_h264_that_the_sfu_forwards_and_python_decodes(
         sent,
         codec,
     )
-    first, last = frames[0], frames[-1]
+    # Chromium sends H.264 simulcast too: the subscriber may start on the lower layer and
+    # climb; compare frames of the final size.
+    last = frames[-1]
+    first = next(f for f in frames if (f.width, f.height) == (last.width, last.height))
     assert 160 <= first.width <= 1920 and 120 <= first.height <= 1080, (first.width, first.height)
     a = first.to_i420().astype(np.int16)
     b = last.to_i420().astype(np.int16)

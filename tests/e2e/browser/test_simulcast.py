@@ -67,8 +67,12 @@ async def video_consumers(server: RunningServer) -> list[dict[str, Any]]:
     return await asyncio.wrap_future(server.thread.run_coroutine(dump()))
 
 
-async def set_layer(server: RunningServer, session_id: str, subscription_id: str, spatial: int) -> None:
-    coroutine = plane_of(server).set_subscription_layer(session_id, subscription_id, spatial=spatial)
+async def set_layer(
+    server: RunningServer, session_id: str, subscription_id: str, spatial: int, temporal: int | None = None
+) -> None:
+    coroutine = plane_of(server).set_subscription_layer(
+        session_id, subscription_id, spatial=spatial, temporal=temporal
+    )
     assert await asyncio.wrap_future(server.thread.run_coroutine(coroutine))
 
 
@@ -115,11 +119,27 @@ async def test_chromium_simulcast_reaches_the_sfu_and_a_subscriber_switches_laye
     errors = DecodeErrors()
     logging.getLogger("aiortc.rtcrtpreceiver").addHandler(errors)
     sizes: list[tuple[int, int]] = []
+    times: list[float] = []
     frame_added = asyncio.Event()
 
     def on_frame(frame: VideoFrame) -> None:
         sizes.append((frame.width, frame.height))
+        times.append(time.monotonic())
         frame_added.set()
+
+    def frame_rate(window: float = 2.0) -> float:
+        now = time.monotonic()
+        return sum(1 for t in times if t > now - window) / window
+
+    async def wait_rate(what: str, predicate: Any, timeout: float = 20) -> float:
+        """Wait until the frame rate of the last 2 s satisfies ``predicate``; that rate."""
+        end = time.monotonic() + timeout
+        while True:
+            rate = frame_rate()
+            if predicate(rate):
+                return rate
+            assert time.monotonic() < end, f"{what}: the frame rate stayed at {rate:.1f}/s for {timeout} s"
+            await asyncio.sleep(0.2)
 
     async def wait_frames(what: str, predicate: Any, timeout: float = 30, start: int = 0) -> int:
         """Wait for a frame from index ``start`` on for which ``predicate(size)`` holds; its
@@ -180,9 +200,21 @@ async def test_chromium_simulcast_reaches_the_sfu_and_a_subscriber_switches_laye
                 assert all(s == size for s in sizes[first : first + 20]), (spatial, sizes[first : first + 20])
                 phases.append((spatial, size))
             assert phases[0][1][0] * 3 < top[0], phases
+
+            # VP8 temporal layers: TID 0 only lowers the frame rate on the same layer (Chromium
+            # sends three temporal layers per simulcast encoding: TID 0 is every fourth frame).
+            full = await wait_rate("the top layer at full rate", lambda r: r >= 10)
+            count = len(sizes)
+            await set_layer(media_server, session_id, subscription_id, 2, temporal=0)
+            low = await wait_rate("temporal layer 0", lambda r: r < full * 0.6)
+            await set_layer(media_server, session_id, subscription_id, 2)
+            back = await wait_rate("all temporal layers", lambda r: r > full * 0.8)
+            assert set(sizes[count:]) == {phases[-1][1]}, "the size changed with the frame rate"
+            print(f"frame rate: {full:.1f}/s all, {low:.1f}/s TID 0, {back:.1f}/s all again")
             consumers = await video_consumers(media_server)
             assert consumers and consumers[0]["simulcast"] and consumers[0]["current_layer"] == 2
             assert consumers[0]["stats"]["layer_switches"] >= 5, consumers[0]["stats"]
+            assert consumers[0]["stats"]["temporal_dropped"] > 0, consumers[0]["stats"]
     finally:
         logging.getLogger("aiortc.rtcrtpreceiver").removeHandler(errors)
     assert not errors.messages, errors.messages[:5]

@@ -177,7 +177,8 @@ def test_late_packet_keeps_its_picture_id_and_old_layer_packets_are_refused() ->
     late = trace[7]  # layer 1, frame 1, second packet, again
     again = switcher.forward(late.layer, late.seq, late.ts, late.payload, False, 1.0)
     assert again is not None and again[0] == first[3].seq
-    assert parse_vp8_descriptor(again[2] or b"").picture_id == first[3].picture_id
+    prefix = again[2] or b""
+    assert parse_vp8_descriptor(prefix + late.payload[len(prefix) :]).picture_id == first[3].picture_id
     switcher.set_target(0)
     rest = run(switcher, trace[8:])
     assert [o.frame for o in rest if o.layer == 1] == [f for f in range(2, 6) for _ in range(2)]
@@ -242,3 +243,14 @@ def test_h264_switch_at_idr() -> None:
     ]
     assert out[next(i for i, o in enumerate(out) if o[0] == 0)][2] == 15
     assert all(b[1] == (a[1] + 1) & 0xFFFF for a, b in itertools.pairwise(out))
+
+
+def test_a_new_switcher_continues_the_picture_ids_of_the_previous_one() -> None:
+    first = LayerSwitcher("vp8", 90000, layers=3)
+    before = run(first, vp8_trace(10, {}))
+    second = LayerSwitcher("vp8", 90000, layers=3, sequence=first.sequence)
+    second.continue_from(first)
+    after = run(second, vp8_trace(10, {}))
+    assert after[0].seq == (before[-1].seq + 1) & 0xFFFF
+    assert after[0].picture_id == (before[-1].picture_id + 1) & 0x7FFF
+    assert after[0].tl0 == (before[-1].tl0 + 1) & 0xFF

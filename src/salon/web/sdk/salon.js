@@ -34,8 +34,8 @@
  *   (default: the browser's first choice, VP8 in Chromium); subscribers receive it as sent
  * @property {boolean} [simulcast] send the video in several layers (simulcast, as OpenTok's
  *   scalable video), so each subscriber gets the one its link and window take: a camera in
- *   three (full, half and quarter resolution; Chromium sends all three from 960x540 up), a
- *   screen in two (full and half). Default true; false sends one encoding.
+ *   three (full, half and quarter resolution) from a 960x540 capture up, two (full, half) from
+ *   480x270, a screen in two; one below. Default true; false sends one encoding.
  * @property {boolean} [insertDefaultUI] render a <video> into the element (default true)
  * @property {boolean} [publishAudio] start with the audio on (default true): false mutes it
  * @property {boolean} [publishVideo] start with the video on (default true): false turns it off
@@ -85,24 +85,36 @@ function preferCodec(transceiver, codec) {
 
 /**
  * The `sendEncodings` of a published video track: simulcast layers, lowest first (the order
- * the server takes as lowest to highest quality), or one encoding when simulcast is off.
+ * the server takes as lowest to highest quality), or undefined for one encoding.
+ *
+ * As many layers as Chromium sends for the capture size (its simulcast layer limit: three
+ * from 960x540, two from 480x270, one below; a layer over the limit is the top one, which it
+ * would silently not send): a camera gets up to three (quarter, half and full resolution), a
+ * screen up to two (half and full).
  * @param {"camera"|"screen"} videoSource
  * @param {boolean} simulcast
+ * @param {{width?: number, height?: number}} settings the track's current settings
  * @returns {RTCRtpEncodingParameters[]|undefined}
  */
-function simulcastEncodings(videoSource, simulcast) {
+function simulcastEncodings(videoSource, simulcast, settings) {
   if (!simulcast) return undefined;
-  if (videoSource === "screen") {
+  const pixels = (settings.width || 0) * (settings.height || 0);
+  const fits = pixels >= 960 * 540 ? 3 : pixels >= 480 * 270 ? 2 : 1;
+  const layers = Math.min(fits, videoSource === "screen" ? 2 : 3);
+  if (layers === 3) {
     return [
-      { rid: "h", scaleResolutionDownBy: 2 },
-      { rid: "f", scaleResolutionDownBy: 1 },
+      { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+      { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+      { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 2_000_000 },
     ];
   }
-  return [
-    { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
-    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
-    { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 2_000_000 },
-  ];
+  if (layers === 2) {
+    return [
+      { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+      { rid: "f", scaleResolutionDownBy: 1, maxBitrate: videoSource === "screen" ? 2_500_000 : 1_500_000 },
+    ];
+  }
+  return undefined;
 }
 
 /** An error of the SDK or a refusal from the server: `code` is stable, `message` is for humans. */
@@ -1449,7 +1461,10 @@ export class Session extends Emitter {
     for (const track of media.getTracks()) {
       /** @type {RTCRtpTransceiverInit} */
       const init = { direction: "sendonly", streams: [media] };
-      const encodings = track.kind === "video" ? simulcastEncodings(publisher.videoSource, publisher.options.simulcast !== false) : undefined;
+      const encodings =
+        track.kind === "video"
+          ? simulcastEncodings(publisher.videoSource, publisher.options.simulcast !== false, track.getSettings())
+          : undefined;
       if (encodings) init.sendEncodings = encodings;
       const transceiver = pc.addTransceiver(track, init);
       if (track.kind === "video" && publisher.options.videoCodec) preferCodec(transceiver, publisher.options.videoCodec);

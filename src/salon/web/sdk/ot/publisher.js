@@ -95,6 +95,8 @@ export class Publisher extends EventEmitter {
     this._maxBitrate = 0;
     /** @type {"default"|"bw_saver"|"extra_bw_saver"|"custom"} */
     this._bitratePreset = "default";
+    /** @type {(number|undefined)[]|null} the sender's per-layer maxBitrate before any cap */
+    this._layerBitrates = null;
 
     const codecs = Array.isArray(props.preferredVideoCodecs) ? props.preferredVideoCodecs : [];
     const codec = codecs.map((/** @type {string} */ c) => c.toUpperCase()).find((/** @type {string} */ c) => c === "VP8" || c === "H264");
@@ -387,11 +389,31 @@ export class Publisher extends EventEmitter {
     const sender = this._salon.pc?.getSenders().find((x) => x.track === track && track);
     if (!sender) return;
     const params = sender.getParameters();
-    if (!params.encodings?.length) return;
+    const encodings = params.encodings;
+    if (!encodings?.length) return;
     const cap = this._bitrateCap();
-    for (const encoding of params.encodings) {
-      if (cap == null) delete encoding.maxBitrate;
-      else encoding.maxBitrate = cap;
+    // The SDK's own per-layer caps, restored when the cap goes.
+    if (!this._layerBitrates || this._layerBitrates.length !== encodings.length) {
+      this._layerBitrates = encodings.map((e) => e.maxBitrate);
+    }
+    if (cap == null) {
+      encodings.forEach((encoding, i) => {
+        encoding.active = true;
+        const own = this._layerBitrates?.[i];
+        if (own == null) delete encoding.maxBitrate;
+        else encoding.maxBitrate = own;
+      });
+    } else {
+      // Simulcast: the cap is for all layers together, shared by pixel count; the lowest
+      // layers stop when their share would be under 50 kbit/s (too little to be of use).
+      const weights = encodings.map((e) => 1 / (e.scaleResolutionDownBy || 1) ** 2);
+      let first = 0;
+      const share = (/** @type {number} */ i) => (cap * weights[i]) / weights.slice(first).reduce((a, b) => a + b, 0);
+      while (first < encodings.length - 1 && share(first) < 50_000) first++;
+      encodings.forEach((encoding, i) => {
+        encoding.active = i >= first;
+        if (i >= first) encoding.maxBitrate = Math.floor(share(i));
+      });
     }
     await sender.setParameters(params);
   }
