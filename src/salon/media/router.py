@@ -50,7 +50,7 @@ from salon.errors import NotFoundError
 from salon.media.consumer import Consumer
 from salon.media.errors import MediaStateError
 from salon.media.events import EventEmitter
-from salon.media.pipe import PipeClosed, PipedProducer, PipeTransport
+from salon.media.pipe import PIPE_HOST, PipeClosed, PipedProducer, PipeKeys, PipeTransport
 from salon.media.producer import Producer, ProducerClosed, ProducerEvent
 from salon.media.recording import Recorder
 from salon.media.sdp import (
@@ -479,7 +479,14 @@ class Router:
     # ----------------------------------------------------------------------------------------
     # Pipes (a session spread over several workers: :mod:`salon.media.pipe`)
 
-    async def pipe_out(self, stream_id: str, pipe_id: str | None = None) -> PipeTransport:
+    async def pipe_out(
+        self,
+        stream_id: str,
+        pipe_id: str | None = None,
+        *,
+        host: str = PIPE_HOST,
+        keys: PipeKeys | None = None,
+    ) -> PipeTransport:
         """The sending end of a pipe of ``stream_id`` (published here) to another router: taps
         the stream's producers; :meth:`PipeTransport.connect` it to the receiving end."""
         self._check_open()
@@ -488,7 +495,9 @@ class Router:
             raise NotFoundError(f"{self!r}: no published stream {stream_id!r}")
         if pipe_id is not None and pipe_id in self.pipes:
             raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
-        pipe = await PipeTransport.sender(stream_id, stream.producers.values(), pipe_id=pipe_id)
+        pipe = await PipeTransport.sender(
+            stream_id, stream.producers.values(), pipe_id=pipe_id, host=host, keys=keys
+        )
         if self.closed:
             pipe.close()
             raise MediaStateError(f"{self!r} closed while opening a pipe")
@@ -502,6 +511,9 @@ class Router:
         producers: list[PipedProducer],
         peer: tuple[str, int],
         pipe_id: str | None = None,
+        *,
+        host: str = PIPE_HOST,
+        keys: PipeKeys | None = None,
     ) -> PipeTransport:
         """The receiving end of a pipe: ``stream_id`` (published on another router, whose pipe
         end is at ``peer``) becomes a stream of this router, its producers local producers, so
@@ -511,7 +523,7 @@ class Router:
             raise MediaStateError(f"{self!r}: stream {stream_id} is here already")
         if pipe_id is not None and pipe_id in self.pipes:
             raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
-        pipe = await PipeTransport.receiver(stream_id, producers, peer, pipe_id=pipe_id)
+        pipe = await PipeTransport.receiver(stream_id, producers, peer, pipe_id=pipe_id, host=host, keys=keys)
         if self.closed or stream_id in self.streams:
             pipe.close()
             raise MediaStateError(f"{self!r} closed, or stream {stream_id} arrived, while opening a pipe")
