@@ -81,6 +81,7 @@ from salon.media.workers import (
     VideoQualityChanged,
     WorkerDied,
     WorkerPool,
+    WorkerState,
 )
 from salon.protocol import StreamReason
 from salon.signalling.media import MediaEvents
@@ -950,6 +951,19 @@ class SfuMediaPlane:
             }
             for session_id, media in self.sessions.items()
         }
+
+    async def pipe_dumps(self) -> list[dict[str, Any]]:
+        """Every pipe end in the live workers (:meth:`salon.media.pipe.PipeTransport.dump`:
+        ports, peer, SRTP or not, counters), for tests and operators."""
+        dumps = await asyncio.gather(
+            *(w.dump(routers=True) for w in self.pool.workers.values() if w.state is WorkerState.READY)
+        )
+        return [
+            pipe
+            for dump in dumps
+            for router in dump.router_dumps.values()
+            for pipe in router["pipes"].values()
+        ]
 
     async def stats(self, *, tracemalloc: int = 0, objects: int = 0) -> list[dict[str, Any]]:
         """Per live worker: pid, routers, transports, producers, consumers, CPU time, RSS, tasks
