@@ -7,7 +7,8 @@ pipe, SRTP-protected. The test sniffs the loopback (root: an ``AF_PACKET`` socke
 the pipe's datagrams encrypted (only the key sent through Redis recovers the packet), and a
 forged plain-RTP datagram with the sending end's own source address (a raw IP socket) dropped
 as unauthenticated. The last subscriber on node 3 leaving closes that pipe's both ends;
-``kill -9`` of node 1 ends the stream on the others and closes node 2's receiving end.
+``kill -9`` of node 3 closes node 1's sending end toward it; ``kill -9`` of node 1 ends the
+stream on the others and closes node 2's receiving end.
 """
 
 from __future__ import annotations
@@ -232,6 +233,20 @@ async def test_a_stream_published_on_one_node_is_decoded_on_the_others_through_s
             n1, "node 1's end toward node 3 to close", lambda ps: [p["id"] for p in ps] == [into_2["id"]]
         )
         await frames(bob_seen, 10, "bob to keep decoding after carol left")
+
+        # Carol subscribes again (a new pipe), then node 3 dies: node 1 notices through the
+        # registry and closes its sending end toward node 3; bob's pipe is untouched.
+        _, carol_again = await subscribe(carol, stream_id)
+        await frames(carol_again, 5, "carol to decode through a new pipe")
+        toward_3 = await wait_pipes(n1, "a new end toward node 3", lambda ps: len(ps) == 2)
+        assert into_3["id"] not in {p["id"] for p in toward_3}
+        os.kill(n3.pid, signal.SIGKILL)
+        await wait_pipes(
+            n1,
+            "node 1's end toward the dead node 3 to close",
+            lambda ps: [p["id"] for p in ps] == [into_2["id"]],
+        )
+        await frames(bob_seen, 10, "bob to keep decoding after node 3 died")
 
         # Node 1 dies: the stream ends for the others (through the cluster's death handling)
         # and node 2's receiving end closes.

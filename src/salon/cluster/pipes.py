@@ -32,7 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from salon.cluster.node import PREFIX, ClusterNode, _done, conns_key, streams_key
+from salon.cluster.node import HEARTBEAT, PREFIX, ClusterNode, _done, conns_key, node_key, streams_key
 from salon.errors import ClientError
 from salon.media.errors import MediaStateError
 from salon.media.plane import NodeRequestFailed
@@ -62,9 +62,20 @@ def _reply_key(request_id: str) -> str:
 class NodeMediaLink:
     """This node's requests to and from the others (see the module docstring)."""
 
-    def __init__(self, node: ClusterNode, handler: Handler) -> None:
+    def __init__(
+        self,
+        node: ClusterNode,
+        handler: Handler,
+        *,
+        watched: Callable[[], set[str]] = set,
+        gone: Callable[[str], None] = lambda _node: None,
+    ) -> None:
         self.node = node
         self.handler = handler
+        #: The nodes this one serves pipes to, and what to do when one of them is gone (its
+        #: registry record expired): close the pipes' sending ends toward it.
+        self.watched = watched
+        self.gone = gone
         # Its own clients: BLPOP and XREAD block (longer than the node's socket timeout).
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             node.url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=REQUEST_TIMEOUT + 5
@@ -76,6 +87,7 @@ class NodeMediaLink:
             socket_timeout=READ_BLOCK_MS / 1000 + 5,
         )
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._handling: set[asyncio.Task[None]] = set()
         self.requests_sent = 0
         self.requests_failed = 0
@@ -93,16 +105,18 @@ class NodeMediaLink:
         # Read from now on: a request older than this node's start was for a predecessor.
         last = await self._reader.xrevrange(inbox_key(self.name), count=1)
         start = last[0][0] if last else "0-0"
-        self._task = asyncio.get_running_loop().create_task(self._read(start), name="salon-node-inbox")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._read(start), name="salon-node-inbox")
+        self._watcher = loop.create_task(self._watch(), name="salon-node-pipe-peers")
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._task, *self._handling] if t is not None]
+        tasks = [t for t in [self._task, self._watcher, *self._handling] if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._task = None
+        self._task = self._watcher = None
         await self._client.aclose()
         await self._reader.aclose()
 
@@ -147,6 +161,21 @@ class NodeMediaLink:
             raise NodeRequestFailed(f"node {node}: {reply['error']}", code=str(reply.get("code", "error")))
         result: dict[str, Any] = reply["result"]
         return result
+
+    async def _watch(self) -> None:
+        """Every heartbeat: a node this one pipes media to whose registry record expired is
+        gone; the sending ends toward it close."""
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            for name in sorted(self.watched()):
+                try:
+                    alive = await self._client.exists(node_key(name))
+                except (RedisError, OSError) as exc:
+                    logger.warning("node pipes: cannot tell whether node %s lives: %r", name, exc)
+                    break
+                if not alive:
+                    logger.warning("node %s is gone: closing the pipes toward it", name)
+                    self.gone(name)
 
     async def _read(self, last: str) -> None:
         delay = 0.05

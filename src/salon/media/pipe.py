@@ -67,6 +67,7 @@ import pylibsrtp
 
 from salon.media.errors import MediaStateError
 from salon.media.events import EventEmitter
+from salon.media.loopback import bind_udp_socket
 from salon.media.producer import Producer
 from salon.media.rtcp import (
     Fir,
@@ -284,6 +285,7 @@ class PipeTransport:
         pipe_id: str | None = None,
         host: str = PIPE_HOST,
         keys: PipeKeys | None = None,
+        port_range: tuple[int, int] | None = None,
     ) -> None:
         self.id = pipe_id or f"pi-{next(_ids)}-{secrets.token_hex(3)}"
         self.stream_id = stream_id
@@ -306,13 +308,10 @@ class PipeTransport:
         self.srtp: SrtpContexts | None = None if keys is None else keys.contexts()
         if keys is None and not ipaddress.ip_address(host).is_loopback:
             raise MediaStateError(f"a plain-RTP pipe listens on the loopback, not {host}")
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock = bind_udp_socket(host, port_range)  # a free port (of the range)
         try:
-            self._sock.setblocking(False)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER_SIZE)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER_SIZE)
-            self._sock.bind((host, 0))
         except OSError:
             self._sock.close()
             raise
@@ -375,13 +374,14 @@ class PipeTransport:
         pipe_id: str | None = None,
         host: str = PIPE_HOST,
         keys: PipeKeys | None = None,
+        port_range: tuple[int, int] | None = None,
     ) -> PipeTransport:
-        """The sending end: taps ``producers`` (a stream's live producers); bound on ``host``,
-        SRTP with ``keys`` (a pipe to another node)."""
+        """The sending end: taps ``producers`` (a stream's live producers); bound on ``host``
+        (a free port of ``port_range``), SRTP with ``keys`` (a pipe to another node)."""
         live = [p for p in producers if not p.closed]
         if not live:
             raise MediaStateError(f"stream {stream_id} has no live producer to pipe")
-        pipe = cls(stream_id, sending=True, pipe_id=pipe_id, host=host, keys=keys)
+        pipe = cls(stream_id, sending=True, pipe_id=pipe_id, host=host, keys=keys, port_range=port_range)
         await pipe._start()
         live = [p for p in live if not p.closed]
         if not live:
@@ -404,10 +404,11 @@ class PipeTransport:
         pipe_id: str | None = None,
         host: str = PIPE_HOST,
         keys: PipeKeys | None = None,
+        port_range: tuple[int, int] | None = None,
     ) -> PipeTransport:
         """The receiving end: one local producer per piped one, fed from ``peer``; bound on
-        ``host``, SRTP with ``keys`` (a pipe from another node)."""
-        pipe = cls(stream_id, sending=False, pipe_id=pipe_id, host=host, keys=keys)
+        ``host`` (a free port of ``port_range``), SRTP with ``keys`` (a pipe from another node)."""
+        pipe = cls(stream_id, sending=False, pipe_id=pipe_id, host=host, keys=keys, port_range=port_range)
         await pipe._start()
         try:
             pipe.connect(peer)

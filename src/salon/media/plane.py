@@ -465,6 +465,15 @@ class SfuMediaPlane:
             return {}
         raise InvalidRequestError(f"unknown node request {op!r}")
 
+    def served_nodes(self) -> set[str]:
+        """The nodes this one sends node-to-node pipes to."""
+        return {served.node for served in self.served.values()}
+
+    def node_gone(self, node: str) -> None:
+        """Node ``node`` is gone (its registry record expired): close the pipes' sending ends
+        toward it."""
+        self._forget_served(lambda served: served.node == node)
+
     def _forget_served(self, match: Callable[[_Served], bool]) -> None:
         """Drop (and close) the node-to-node pipes' sending ends that ``match``."""
         for pipe_id, served in list(self.served.items()):

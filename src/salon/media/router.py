@@ -496,7 +496,12 @@ class Router:
         if pipe_id is not None and pipe_id in self.pipes:
             raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
         pipe = await PipeTransport.sender(
-            stream_id, stream.producers.values(), pipe_id=pipe_id, host=host, keys=keys
+            stream_id,
+            stream.producers.values(),
+            pipe_id=pipe_id,
+            host=host,
+            keys=keys,
+            port_range=self._pipe_ports(keys),
         )
         if self.closed:
             pipe.close()
@@ -523,7 +528,15 @@ class Router:
             raise MediaStateError(f"{self!r}: stream {stream_id} is here already")
         if pipe_id is not None and pipe_id in self.pipes:
             raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
-        pipe = await PipeTransport.receiver(stream_id, producers, peer, pipe_id=pipe_id, host=host, keys=keys)
+        pipe = await PipeTransport.receiver(
+            stream_id,
+            producers,
+            peer,
+            pipe_id=pipe_id,
+            host=host,
+            keys=keys,
+            port_range=self._pipe_ports(keys),
+        )
         if self.closed or stream_id in self.streams:
             pipe.close()
             raise MediaStateError(f"{self!r} closed, or stream {stream_id} arrived, while opening a pipe")
@@ -536,6 +549,11 @@ class Router:
         self._add_pipe(pipe)
         logger.info("%r: %r pipes stream %s in", self, pipe, stream_id)
         return pipe
+
+    def _pipe_ports(self, keys: PipeKeys | None) -> tuple[int, int] | None:
+        """Where a pipe binds: a pipe to or from another node (SRTP) within the transports'
+        port range (the one opened between nodes); one between workers anywhere."""
+        return self.transport_options.port_range if keys is not None else None
 
     def _add_pipe(self, pipe: PipeTransport) -> None:
         self.pipes[pipe.id] = pipe

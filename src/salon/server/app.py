@@ -218,7 +218,9 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                 if media is not None:
                     from salon.cluster.pipes import NodeMediaLink
 
-                    node_link = NodeMediaLink(node, media.node_request)
+                    node_link = NodeMediaLink(
+                        node, media.node_request, watched=media.served_nodes, gone=media.node_gone
+                    )
                     await node_link.start()
                     media.nodes = node_link
             except BaseException:
