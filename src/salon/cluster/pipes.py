@@ -92,6 +92,7 @@ class NodeMediaLink:
         self.requests_sent = 0
         self.requests_failed = 0
         self.requests_served = 0
+        self.watch_rounds = 0
 
     @property
     def name(self) -> str:
@@ -176,6 +177,7 @@ class NodeMediaLink:
                 if not alive:
                     logger.warning("node %s is gone: closing the pipes toward it", name)
                     self.gone(name)
+            self.watch_rounds += 1
 
     async def _read(self, last: str) -> None:
         delay = 0.05
