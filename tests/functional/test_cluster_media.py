@@ -225,6 +225,14 @@ async def test_a_stream_published_on_one_node_is_decoded_on_the_others_through_s
             ),
         )
         await frames(bob_seen, 10, "bob to keep decoding")
+        async with httpx.AsyncClient(timeout=20) as http:
+            metrics = (await http.get(n2.metrics_url)).text
+        assert any(
+            line.startswith("salon_media_datagrams_dropped_total{")
+            and 'kind="pipe_unauthenticated"' in line
+            and float(line.rsplit(" ", 1)[1]) >= 1
+            for line in metrics.splitlines()
+        ), "node 2's metrics count the unauthenticated datagram"
 
         # The last subscriber on node 3 leaves: that pipe closes, both ends.
         await carol.unsubscribe(carol_sub)

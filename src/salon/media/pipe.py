@@ -82,6 +82,7 @@ from salon.media.rtcp import (
 from salon.media.rtp import is_rtcp, parse_rtp_header
 from salon.media.sdp import EncodingParameters, HeaderExtensionIds, MediaKind, PublishTrack, RtpCodec
 from salon.media.totals import retire_pipe
+from salon.media.transport import DROPPED
 from salon.media.webrtc import SrtpContexts, srtp_contexts
 
 if TYPE_CHECKING:
@@ -570,12 +571,14 @@ class PipeTransport:
             return
         if peer is None or addr[1] != peer[1] or addr[0] != peer[0]:
             self.stats.foreign_dropped += 1
+            DROPPED["pipe_foreign"] += 1
             return
         srtp = self.srtp
         if srtp is not None:
             clear = srtp.unprotect_rtcp(data) if is_rtcp(data) else srtp.unprotect(data)
             if clear is None:
                 self.stats.auth_failed += 1
+                DROPPED["pipe_unauthenticated"] += 1
                 return
             data = clear
         if is_rtcp(data):

@@ -23,6 +23,7 @@ from salon.media.rtcp import Nack, Pli, Remb, SenderReport, build_pli
 from salon.media.rtp import build_rtp, parse_rtp_header
 from salon.media.sdp import EncodingParameters, HeaderExtensionIds, PublishTrack
 from salon.media.totals import PIPE_COUNTERS, totals
+from salon.media.transport import DROPPED
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
@@ -370,6 +371,7 @@ async def test_an_srtp_pipe_drops_plain_and_wrongly_keyed_datagrams_from_its_pee
     sender.connect(("127.0.0.1", receiver.port))
     mirror = receiver.producers["video"]
     _, subscriber = add_consumer(mirror, 5000)
+    counted = DROPPED["pipe_unauthenticated"]
     try:
         peer = ("127.0.0.1", sender.port)
         forged = build_rtp(payload_type=96, sequence_number=10, timestamp=0, ssrc=1111, payload=KEY)
@@ -384,6 +386,7 @@ async def test_an_srtp_pipe_drops_plain_and_wrongly_keyed_datagrams_from_its_pee
             build_pli(1, source.ssrc or 0), ("127.0.0.1", receiver.port), time.monotonic()
         )
         assert sender.stats.auth_failed == 1 and len(publisher.sent_rtcp(Pli)) == plis
+        assert DROPPED["pipe_unauthenticated"] == counted + 3, "counted in the worker's drops (metrics)"
         feed(source, 10, 0, _frame(10))
         await _until(lambda: len(subscriber.rtp) == 1, "the genuine packet")
         assert receiver.stats.auth_failed == 2
