@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from salon.cluster.node import ClusterNode
-from salon.cluster.pipes import NodeMediaLink
+from salon.cluster.pipes import NodeMediaLink, pipe_address_problem
 from salon.errors import NotFoundError
 from salon.media.plane import NodeRequestFailed
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
@@ -95,3 +95,9 @@ async def test_a_node_closes_its_pipes_toward_a_node_without_a_registry_record(r
         await link.stop()
         await link.node.stop()
         await live.stop()
+
+
+def test_a_node_address_pipes_cannot_use_is_reported() -> None:
+    assert pipe_address_problem("10.0.0.11") is None and pipe_address_problem("::1") is None
+    assert "not an IP address" in (pipe_address_problem("node-a.example") or "")
+    assert "unspecified" in (pipe_address_problem("0.0.0.0") or "")

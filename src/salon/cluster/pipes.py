@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import secrets
@@ -37,7 +38,7 @@ from salon.errors import ClientError
 from salon.media.errors import MediaStateError
 from salon.media.plane import NodeRequestFailed
 
-__all__ = ["REQUEST_TIMEOUT", "NodeMediaLink", "inbox_key"]
+__all__ = ["REQUEST_TIMEOUT", "NodeMediaLink", "inbox_key", "pipe_address_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,20 @@ READ_BLOCK_MS = 1000
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """(asking node, request body) → the reply body; raising sends the error back."""
+
+
+def pipe_address_problem(address: str) -> str | None:
+    """Why node-to-node pipes cannot use ``address`` (a node's ``--node-address``), or None."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return (
+            "not an IP address: media pipes between nodes cannot bind on it "
+            "(subscribing here to streams published on other nodes fails)"
+        )
+    if ip.is_unspecified:
+        return "the other nodes cannot reach an unspecified address: media pipes between nodes fail"
+    return None
 
 
 def inbox_key(name: str) -> str:

@@ -216,7 +216,11 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             try:
                 await cluster.start()
                 if media is not None:
-                    from salon.cluster.pipes import NodeMediaLink
+                    from salon.cluster.pipes import NodeMediaLink, pipe_address_problem
+
+                    problem = pipe_address_problem(node.address)
+                    if problem is not None:
+                        logger.warning("--node-address %s: %s", node.address, problem)
 
                     node_link = NodeMediaLink(
                         node, media.node_request, watched=media.served_nodes, gone=media.node_gone
