@@ -203,7 +203,7 @@ async def test_a_stream_published_on_one_node_is_decoded_on_the_others_through_s
         for datagram in media:
             clear = keys.contexts().unprotect(datagram)
             assert clear is not None, "a pipe datagram that the pipe's key does not authenticate"
-            assert len(datagram) == len(clear) + 10, "SRTP adds its 80-bit tag"
+            assert len(datagram) == len(clear) + 16, "SRTP (AES-GCM) adds its 16-byte tag"
             assert datagram[12:] != clear[12:] + datagram[len(clear) :], "the payload is encrypted"
             assert wrong.unprotect(datagram) is None
 

@@ -105,8 +105,11 @@ MAX_NACK = 512
 _APP = 204
 _LAYER_NAME = b"SLYR"
 _KINDS: tuple[MediaKind, ...] = ("audio", "video")
-#: SRTP master key + salt length of the pipes' profile (AES_CM_128_HMAC_SHA1_80).
-KEY_LENGTH = 30
+#: The pipes' SRTP profile: AEAD_AES_128_GCM (RFC 7714), about half the CPU per packet of
+#: AES_CM_128_HMAC_SHA1_80 here (AES-NI), and a 16-byte tag.
+PROFILE = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM
+#: Its master key + salt length.
+KEY_LENGTH = 28
 #: The receiving replay window (packets): a NACK answer up to that many packets late is taken.
 REPLAY_WINDOW = 4096
 
@@ -149,9 +152,13 @@ class PipeKeys:
         """Per-packet protect / unprotect calls (:mod:`salon.media.webrtc`) over two fresh
         sessions. The sending one may protect a packet again (a NACK answer); the receiving
         one has a wide replay window (late retransmissions)."""
-        tx = pylibsrtp.Policy(key=self.send, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        tx = pylibsrtp.Policy(
+            key=self.send, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=PROFILE
+        )
         tx.allow_repeat_tx = True
-        rx = pylibsrtp.Policy(key=self.receive, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        rx = pylibsrtp.Policy(
+            key=self.receive, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=PROFILE
+        )
         rx.window_size = REPLAY_WINDOW
         return srtp_contexts(pylibsrtp.Session(tx), pylibsrtp.Session(rx))
 

@@ -350,7 +350,7 @@ async def test_an_srtp_pipe_sends_only_protected_datagrams() -> None:
                 break
         wire = datagrams[-1]
         assert payload not in wire and b"\xaa" * 16 not in wire, "the payload is encrypted on the wire"
-        assert len(wire) == 12 + len(payload) + 10, "SRTP: the RTP header, then the 80-bit tag"
+        assert len(wire) == 12 + len(payload) + 16, "SRTP (AES-GCM): the RTP header, then a 16-byte tag"
         clear = receive_keys.contexts().unprotect(wire)
         assert clear is not None and clear[12:] == payload
         assert PipeKeys(PipeKeys.generate(), PipeKeys.generate()).contexts().unprotect(wire) is None
