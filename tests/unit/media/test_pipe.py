@@ -420,3 +420,38 @@ def test_pipe_keys_are_fresh_per_pipe_and_direction_and_never_shown() -> None:
     assert PipeKeys.from_hex(*a_end.to_hex()) == a_end
     with pytest.raises(ValueError):
         PipeKeys(b"short", a_end.receive)
+
+
+async def test_an_srtp_pipe_retransmits_a_packet_lost_on_the_wire() -> None:
+    """A packet protected and sent, then lost, is protected again for its NACK answer (same
+    SRTP index): the receiving end takes it (not a replay: the first never arrived)."""
+    send_keys, receive_keys = PipeKeys.pair()
+    source, publisher = make_producer()
+    sender = await PipeTransport.sender("s", [source], keys=send_keys)
+    receiver = await PipeTransport.receiver(
+        "s", [PipedProducer.of(source)], ("127.0.0.1", sender.port), keys=receive_keys
+    )
+    sender.connect(("127.0.0.1", receiver.port))
+    _, subscriber = add_consumer(receiver.producers["video"], 5000)
+    protocol = receiver._transport.get_protocol() if receiver._transport is not None else None
+    assert isinstance(protocol, asyncio.DatagramProtocol)
+    deliver = protocol._received  # type: ignore[attr-defined]
+    lost: list[bytes] = []
+
+    def lossy(data: bytes, addr: tuple[str, int], now: float) -> None:
+        if not lost and not 192 <= data[1] <= 223 and int.from_bytes(data[2:4], "big") == 12:
+            lost.append(data)  # packet 12's first copy never arrives
+            return
+        deliver(data, addr, now)
+
+    protocol._received = lossy  # type: ignore[attr-defined]
+    try:
+        for seq in range(10, 15):
+            feed(source, seq, seq * 3000, _frame(seq))
+        await _until(lambda: len(subscriber.rtp) == 5, "all 5 packets, 12 retransmitted")
+        assert lost and sender.stats.retransmitted >= 1 and receiver.stats.auth_failed == 0
+        assert not publisher.sent_rtcp(Nack), "answered from the sending end's buffer"
+    finally:
+        sender.close()
+        receiver.close()
+        await asyncio.sleep(0)
