@@ -530,7 +530,12 @@ class SfuMediaPlane:
         publication = None if media is None else media.publications.get(subscription.stream_id)
         node = None
         if publication is None and self.nodes is not None:
-            node = await self.nodes.publisher_node(session_id, subscription.stream_id)
+            try:
+                node = await self.nodes.publisher_node(session_id, subscription.stream_id)
+            except NodeRequestFailed as exc:
+                raise InvalidRequestError(
+                    f"stream {subscription.stream_id}: its node is unknown ({exc})", code="media_unavailable"
+                ) from exc
             if node == self.nodes.name:
                 node = None  # published here, but without media (yet)
             elif node is not None:
