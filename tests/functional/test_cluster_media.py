@@ -187,6 +187,18 @@ async def test_a_stream_published_on_one_node_is_decoded_on_the_others_through_s
         # One sending end per receiving node on node 1, one receiving end on each; all SRTP.
         out = await wait_pipes(n1, "2 sending ends on node 1", lambda ps: len(ps) == 2)
         assert all(p["sending"] and p["srtp"] and p["stats"]["packets_sent"] > 0 for p in out), out
+        # Feedback comes back through each, authenticated: the subscribing side's key-frame
+        # request (its consumer's first), its RR + REMB.
+        await wait_pipes(
+            n1,
+            "a key-frame request and a REMB back through both pipes",
+            lambda ps: all(
+                p["stats"]["key_frame_requests"] >= 1
+                and p["stats"]["remb_bitrate"] > 0
+                and p["stats"]["auth_failed"] == 0
+                for p in ps
+            ),
+        )
         (into_2,) = await pipes_of(n2)
         (into_3,) = await pipes_of(n3)
         for end in (into_2, into_3):
