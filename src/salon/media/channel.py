@@ -384,6 +384,11 @@ class PipeOutRequest(_Request):
     router_id: str
     stream_id: str
     pipe_id: str
+    host: str = "127.0.0.1"
+    """Where the sending end listens (another node's pipe: this node's ``--node-address``)."""
+    keys: tuple[str, str] | None = Field(default=None, repr=False)
+    """A pipe to another node: the SRTP master keys (hex) this end sends and receives with
+    (:class:`salon.media.pipe.PipeKeys`); None: plain RTP on the loopback."""
 
 
 class PipeInRequest(_Request):
@@ -398,6 +403,10 @@ class PipeInRequest(_Request):
     peer_port: int = Field(ge=1, le=65535)
     producers: list[dict[str, Any]]
     """:meth:`salon.media.pipe.PipedProducer.to_dict` of each piped producer."""
+    host: str = "127.0.0.1"
+    peer_host: str = "127.0.0.1"
+    keys: tuple[str, str] | None = Field(default=None, repr=False)
+    """As :attr:`PipeOutRequest.keys`."""
 
 
 class PipeConnectRequest(_Request):
@@ -407,6 +416,7 @@ class PipeConnectRequest(_Request):
     router_id: str
     pipe_id: str
     peer_port: int = Field(ge=1, le=65535)
+    peer_host: str = "127.0.0.1"
 
 
 class ClosePipeRequest(_Request):

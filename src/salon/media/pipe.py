@@ -43,13 +43,17 @@ counted (:attr:`PipeStats.foreign_dropped`). A send the kernel does not take at 
 and counted (the receiver NACKs the hole). :meth:`PipeTransport.close` is idempotent: on A it
 removes the taps, on B it closes the piped producers (so their consumers, ``producer_closed``).
 
-The pipe carries plain RTP on the loopback of one machine. Across machines it would need SRTP
-keyed through the control channel: not implemented, so both ends must be loopback addresses.
+Inside one machine a pipe carries plain RTP on the loopback. Between nodes (machines) it is
+SRTP-protected (:class:`PipeKeys`: a fresh master key per pipe and direction, handed to both
+ends through the cluster's control channel, :mod:`salon.cluster.pipes`): every datagram is
+protected before it leaves and must authenticate on arrival, else it is dropped and counted
+(:attr:`PipeStats.auth_failed`); a plain-RTP pipe's peer must be a loopback address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import secrets
@@ -59,8 +63,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import pylibsrtp
+
 from salon.media.errors import MediaStateError
 from salon.media.events import EventEmitter
+from salon.media.loopback import bind_udp_socket
 from salon.media.producer import Producer
 from salon.media.rtcp import (
     Fir,
@@ -75,12 +82,14 @@ from salon.media.rtcp import (
 from salon.media.rtp import is_rtcp, parse_rtp_header
 from salon.media.sdp import EncodingParameters, HeaderExtensionIds, MediaKind, PublishTrack, RtpCodec
 from salon.media.totals import retire_pipe
+from salon.media.transport import DROPPED
+from salon.media.webrtc import SrtpContexts, srtp_contexts
 
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
     from salon.media.producer import Encoding
 
-__all__ = ["PIPE_HOST", "PipeClosed", "PipeStats", "PipeTransport", "PipedProducer"]
+__all__ = ["PIPE_HOST", "PipeClosed", "PipeKeys", "PipeStats", "PipeTransport", "PipedProducer"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +105,62 @@ MAX_NACK = 512
 _APP = 204
 _LAYER_NAME = b"SLYR"
 _KINDS: tuple[MediaKind, ...] = ("audio", "video")
+#: The pipes' SRTP profile: AEAD_AES_128_GCM (RFC 7714), about half the CPU per packet of
+#: AES_CM_128_HMAC_SHA1_80 here (AES-NI), and a 16-byte tag.
+PROFILE = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM
+#: Its master key + salt length.
+KEY_LENGTH = 28
+#: The receiving replay window (packets): a NACK answer up to that many packets late is taken.
+REPLAY_WINDOW = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PipeKeys:
+    """The SRTP master keys (key + salt, :data:`KEY_LENGTH` bytes) of one end of a node-to-node
+    pipe: ``send`` protects what this end sends, ``receive`` authenticates what it receives
+    (the other end's ``send``). Never logged: :meth:`__repr__` hides them."""
+
+    send: bytes
+    receive: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.send) != KEY_LENGTH or len(self.receive) != KEY_LENGTH:
+            raise ValueError(f"a pipe key is {KEY_LENGTH} bytes")
+
+    def __repr__(self) -> str:
+        return "PipeKeys(<hidden>)"
+
+    @staticmethod
+    def generate() -> bytes:
+        """A fresh random master key + salt."""
+        return secrets.token_bytes(KEY_LENGTH)
+
+    @classmethod
+    def pair(cls) -> tuple[PipeKeys, PipeKeys]:
+        """Both ends' keys of a new pipe: (sending end's, receiving end's)."""
+        forward, back = cls.generate(), cls.generate()
+        return cls(send=forward, receive=back), cls(send=back, receive=forward)
+
+    def to_hex(self) -> tuple[str, str]:
+        return self.send.hex(), self.receive.hex()
+
+    @classmethod
+    def from_hex(cls, send: str, receive: str) -> PipeKeys:
+        return cls(bytes.fromhex(send), bytes.fromhex(receive))
+
+    def contexts(self) -> SrtpContexts:
+        """Per-packet protect / unprotect calls (:mod:`salon.media.webrtc`) over two fresh
+        sessions. The sending one may protect a packet again (a NACK answer); the receiving
+        one has a wide replay window (late retransmissions)."""
+        tx = pylibsrtp.Policy(
+            key=self.send, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=PROFILE
+        )
+        tx.allow_repeat_tx = True
+        rx = pylibsrtp.Policy(
+            key=self.receive, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=PROFILE
+        )
+        rx.window_size = REPLAY_WINDOW
+        return srtp_contexts(pylibsrtp.Session(tx), pylibsrtp.Session(rx))
 
 
 def _layer_announcement(ssrc: bytes, kind: MediaKind, layer: int) -> bytes:
@@ -185,6 +250,8 @@ class PipeStats:
     rtcp_received: int = 0
     foreign_dropped: int = 0
     """Datagrams from another address than the peer's (or before the peer was known)."""
+    auth_failed: int = 0
+    """SRTP pipes: datagrams from the peer's address that failed authentication (or replays)."""
     malformed: int = 0
     unknown_ssrc: int = 0
     layer_announcements: int = 0
@@ -218,7 +285,16 @@ class PipeTransport:
     """One end of a pipe between two routers, for one stream. Create with :meth:`sender`
     or :meth:`receiver` (a running event loop is needed: the socket is watched by it)."""
 
-    def __init__(self, stream_id: str, *, sending: bool, pipe_id: str | None = None) -> None:
+    def __init__(
+        self,
+        stream_id: str,
+        *,
+        sending: bool,
+        pipe_id: str | None = None,
+        host: str = PIPE_HOST,
+        keys: PipeKeys | None = None,
+        port_range: tuple[int, int] | None = None,
+    ) -> None:
         self.id = pipe_id or f"pi-{next(_ids)}-{secrets.token_hex(3)}"
         self.stream_id = stream_id
         self.sending = sending
@@ -236,12 +312,14 @@ class PipeTransport:
         """Sending side: the far side's last REMB per tapped producer (its consumers' lowest)."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        #: SRTP (a pipe between nodes): per-packet protect / unprotect; None: plain RTP.
+        self.srtp: SrtpContexts | None = None if keys is None else keys.contexts()
+        if keys is None and not ipaddress.ip_address(host).is_loopback:
+            raise MediaStateError(f"a plain-RTP pipe listens on the loopback, not {host}")
+        self._sock = bind_udp_socket(host, port_range)  # a free port (of the range)
         try:
-            self._sock.setblocking(False)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER_SIZE)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER_SIZE)
-            self._sock.bind((PIPE_HOST, 0))
         except OSError:
             self._sock.close()
             raise
@@ -249,6 +327,7 @@ class PipeTransport:
         self._transport: asyncio.DatagramTransport | None = None
         self._starting = False
         self._sendto: Any = None
+        self._send_rtcp_raw: Any = None
 
     async def _start(self) -> None:
         """Read the socket through the loop's datagram transport: uvloop calls back once per
@@ -264,7 +343,25 @@ class PipeTransport:
         finally:
             self._starting = False
         self._transport = transport
-        self._sendto = transport.sendto
+        self._sendto = self._send_rtcp_raw = transport.sendto
+        srtp = self.srtp
+        if srtp is not None:
+            raw = transport.sendto
+            protect, protect_rtcp = srtp.protect, srtp.protect_rtcp
+
+            def send_srtp(data: bytes, addr: Any) -> None:
+                packet = protect(data)
+                if packet is None:
+                    raise OSError("SRTP protect failed")
+                raw(packet, addr)
+
+            def send_srtcp(data: bytes, addr: Any) -> None:
+                packet = protect_rtcp(data)
+                if packet is None:
+                    raise OSError("SRTCP protect failed")
+                raw(packet, addr)
+
+            self._sendto, self._send_rtcp_raw = send_srtp, send_srtcp
         if self.closed:
             transport.close()
 
@@ -278,13 +375,21 @@ class PipeTransport:
 
     @classmethod
     async def sender(
-        cls, stream_id: str, producers: Iterable[Producer], *, pipe_id: str | None = None
+        cls,
+        stream_id: str,
+        producers: Iterable[Producer],
+        *,
+        pipe_id: str | None = None,
+        host: str = PIPE_HOST,
+        keys: PipeKeys | None = None,
+        port_range: tuple[int, int] | None = None,
     ) -> PipeTransport:
-        """The sending end: taps ``producers`` (a stream's live producers)."""
+        """The sending end: taps ``producers`` (a stream's live producers); bound on ``host``
+        (a free port of ``port_range``), SRTP with ``keys`` (a pipe to another node)."""
         live = [p for p in producers if not p.closed]
         if not live:
             raise MediaStateError(f"stream {stream_id} has no live producer to pipe")
-        pipe = cls(stream_id, sending=True, pipe_id=pipe_id)
+        pipe = cls(stream_id, sending=True, pipe_id=pipe_id, host=host, keys=keys, port_range=port_range)
         await pipe._start()
         live = [p for p in live if not p.closed]
         if not live:
@@ -305,9 +410,13 @@ class PipeTransport:
         peer: tuple[str, int],
         *,
         pipe_id: str | None = None,
+        host: str = PIPE_HOST,
+        keys: PipeKeys | None = None,
+        port_range: tuple[int, int] | None = None,
     ) -> PipeTransport:
-        """The receiving end: one local producer per piped one, fed from ``peer``."""
-        pipe = cls(stream_id, sending=False, pipe_id=pipe_id)
+        """The receiving end: one local producer per piped one, fed from ``peer``; bound on
+        ``host`` (a free port of ``port_range``), SRTP with ``keys`` (a pipe from another node)."""
+        pipe = cls(stream_id, sending=False, pipe_id=pipe_id, host=host, keys=keys, port_range=port_range)
         await pipe._start()
         try:
             pipe.connect(peer)
@@ -335,11 +444,18 @@ class PipeTransport:
         return pipe
 
     def connect(self, peer: tuple[str, int]) -> None:
-        """Learn the other end's address (a loopback address); packets flow from now on."""
+        """Learn the other end's address (a loopback address unless the pipe is SRTP); packets
+        flow from now on."""
         host, port = peer
-        if host not in ("127.0.0.1", "localhost") or not 0 < port < 65536:
-            raise MediaStateError(f"a pipe peer must be on the loopback, not {host}:{port}")
-        self.peer = ("127.0.0.1", port)
+        if host == "localhost":
+            host = "127.0.0.1"
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise MediaStateError(f"a pipe peer is an IP address, not {host!r}") from None
+        if not 0 < port < 65536 or (self.srtp is None and not address.is_loopback):
+            raise MediaStateError(f"a plain-RTP pipe's peer must be on the loopback, not {host}:{port}")
+        self.peer = (address.compressed, port)
         if self.sending:
             video = self.producers.get("video")
             if video is not None:
@@ -370,7 +486,7 @@ class PipeTransport:
         self._announced.add(ssrc)
         self._by_ssrc[int.from_bytes(ssrc, "big")] = producer
         try:
-            self._sendto(_layer_announcement(ssrc, producer.kind, layer), self.peer)
+            self._send_rtcp_raw(_layer_announcement(ssrc, producer.kind, layer), self.peer)
         except OSError:
             self.stats.send_dropped += 1
             self._announced.discard(ssrc)  # again with the next packet
@@ -389,7 +505,7 @@ class PipeTransport:
             report.ssrc, report.ntp_timestamp, report.rtp_timestamp, report.packet_count, report.octet_count
         )
         try:
-            self._sendto(packet, peer)
+            self._send_rtcp_raw(packet, peer)
         except OSError:
             self.stats.send_dropped += 1
             return
@@ -435,7 +551,7 @@ class PipeTransport:
         if peer is None or self.closed or self._sendto is None:
             return
         try:
-            self._sendto(packet, peer)
+            self._send_rtcp_raw(packet, peer)
         except OSError:
             self.stats.send_dropped += 1
             return
@@ -462,7 +578,16 @@ class PipeTransport:
             return
         if peer is None or addr[1] != peer[1] or addr[0] != peer[0]:
             self.stats.foreign_dropped += 1
+            DROPPED["pipe_foreign"] += 1
             return
+        srtp = self.srtp
+        if srtp is not None:
+            clear = srtp.unprotect_rtcp(data) if is_rtcp(data) else srtp.unprotect(data)
+            if clear is None:
+                self.stats.auth_failed += 1
+                DROPPED["pipe_unauthenticated"] += 1
+                return
+            data = clear
         if is_rtcp(data):
             self.stats.rtcp_received += 1
             if data[1] == _APP and data[8:12] == _LAYER_NAME and len(data) >= 16:
@@ -599,7 +724,7 @@ class PipeTransport:
                 producer.transport_closed()
         self._by_ssrc.clear()
         self._by_pt.clear()
-        self._sendto = None
+        self._sendto = self._send_rtcp_raw = None
         if self._transport is not None:
             self._transport.close()
         elif self._sock.fileno() >= 0 and not self._starting:
@@ -616,6 +741,7 @@ class PipeTransport:
             "sending": self.sending,
             "port": self.port,
             "peer": list(self.peer) if self.peer else None,
+            "srtp": self.srtp is not None,
             "producers": {k: p.id for k, p in self.producers.items()},
             "closed": self.closed,
             "stats": asdict(self.stats),

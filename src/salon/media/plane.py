@@ -39,6 +39,15 @@ Reports to signalling (:class:`~salon.signalling.media.MediaEvents`) go through 
 A subscription's preferred resolution and frame rate go to its video consumers at subscribe
 time and whenever they change (:meth:`SfuMediaPlane.set_subscription_preferences`).
 
+In a cluster (:attr:`SfuMediaPlane.nodes`), a stream published on another node reaches a
+subscriber here through a **node-to-node pipe**: this node asks the publisher's node, over the
+cluster's Redis (:mod:`salon.cluster.pipes`), to open the pipe's sending end toward this node's
+``--node-address`` (:meth:`SfuMediaPlane.node_request` answers such requests), and opens the
+receiving end on the subscriber's router, as between workers, but SRTP-protected with a fresh
+master key per pipe and direction (:class:`~salon.media.pipe.PipeKeys`) sent with the request.
+Both ends close with the last subscription here, or when the stream ends (its
+``stream_destroyed``, also when the publisher's node dies, closes the receiving end).
+
 A subscribe transport whose producer closed needs no report: signalling already sent
 ``stream_destroyed`` to the subscribers, and :meth:`SfuMediaPlane.stream_unpublished` closes
 the stream's consumers (and the subscribe transports that carried nothing else).
@@ -49,13 +58,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Coroutine
+import secrets
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from salon.errors import ConflictError, InvalidRequestError, NotFoundError
 from salon.media.channel import RecordingResult
 from salon.media.errors import MediaStateError
+from salon.media.pipe import PipeKeys
 from salon.media.transport import WebRtcTransportOptions
 from salon.media.workers import (
     ActiveSpeaker,
@@ -70,12 +81,13 @@ from salon.media.workers import (
     VideoQualityChanged,
     WorkerDied,
     WorkerPool,
+    WorkerState,
 )
 from salon.protocol import StreamReason
 from salon.signalling.media import MediaEvents
 from salon.signalling.session import Stream, Subscription
 
-__all__ = ["SfuMediaPlane"]
+__all__ = ["NodeLink", "NodeRequestFailed", "SfuMediaPlane"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,18 +134,60 @@ class _Subscription:
     consumers: list[RemoteConsumer] = field(default_factory=list)
 
 
+class NodeLink(Protocol):
+    """This node's link to the others, for node-to-node pipes (:mod:`salon.cluster.pipes`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str:
+        """Where this node's pipe ends listen (``--node-address``, an IP address)."""
+
+    async def publisher_node(self, session_id: str, stream_id: str) -> str | None:
+        """The node whose client publishes ``stream_id`` (None: not known)."""
+
+    async def request(self, node: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Ask ``node`` (its :meth:`SfuMediaPlane.node_request`) and wait for the reply.
+
+        :raises NodeRequestFailed: no reply in time, or the other node's error.
+        """
+
+
+class NodeRequestFailed(Exception):
+    """A request to another node failed (its message says why; no reply: ``timeout``)."""
+
+    def __init__(self, message: str, *, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(eq=False)
 class _Pipe:
     """A stream published on ``source`` piped to ``target`` (another worker's router of the
-    session) for the subscribers whose media lives there (:mod:`salon.media.pipe`)."""
+    session) for the subscribers whose media lives there (:mod:`salon.media.pipe`); or, with
+    ``node`` and no ``source``, from another node of the cluster."""
 
     id: str
     stream_id: str
-    source: RouterHandle
+    source: RouterHandle | None
     target: RouterHandle
     ready: asyncio.Future[None]
     pending: int = 0
     """Subscribe requests in flight that will use the pipe: it stays while any is."""
+    node: str | None = None
+    """The node whose router sends (a node-to-node pipe)."""
+
+
+@dataclass(eq=False)
+class _Served:
+    """The sending end of a node-to-node pipe on one of this node's routers."""
+
+    session_id: str
+    stream_id: str
+    router: RouterHandle
+    node: str
+    """The node that asked for it (only it may connect or close it)."""
 
 
 @dataclass(eq=False)
@@ -203,6 +257,10 @@ class SfuMediaPlane:
         with a worker; their offers get ``transport_closed``."""
         self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: In a cluster: the link to the other nodes (node-to-node pipes); None: one node.
+        self.nodes: NodeLink | None = None
+        #: Pipe ID → the sending ends of node-to-node pipes here (asked for by other nodes).
+        self.served: dict[str, _Served] = {}
 
     def __repr__(self) -> str:
         return f"SfuMediaPlane({len(self.sessions)} sessions, {self.pool!r})"
@@ -265,10 +323,20 @@ class SfuMediaPlane:
         media.homes[connection_id] = router
         return router
 
-    async def _pipe(self, media: _SessionMedia, publication: _Publication, target: RouterHandle) -> _Pipe:
-        """The pipe of a stream to ``target``, opened on first use (concurrent callers share
-        it); the caller holds it (``pending``) until its subscription is recorded."""
-        key = (publication.stream_id, target.id)
+    async def _pipe(
+        self,
+        media: _SessionMedia,
+        stream_id: str,
+        target: RouterHandle,
+        *,
+        source: RouterHandle | None = None,
+        node: str | None = None,
+        session_id: str = "",
+    ) -> _Pipe:
+        """The pipe of a stream to ``target`` from ``source`` (a router of this node) or from
+        ``node``, opened on first use (concurrent callers share it); the caller holds it
+        (``pending``) until its subscription is recorded."""
+        key = (stream_id, target.id)
         pipe = media.pipes.get(key)
         if pipe is not None:
             pipe.pending += 1
@@ -278,26 +346,141 @@ class SfuMediaPlane:
                 pipe.pending -= 1
                 raise
             return pipe
-        source = publication.router
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pipe = media.pipes[key] = _Pipe(
-            f"pipe-{next(_pipe_ids)}", publication.stream_id, source, target, future
-        )
+        if source is None:
+            assert self.nodes is not None and node is not None
+            pipe_id = f"npipe-{self.nodes.name}-{next(_pipe_ids)}-{secrets.token_hex(3)}"
+        else:
+            pipe_id = f"pipe-{next(_pipe_ids)}"
+        pipe = media.pipes[key] = _Pipe(pipe_id, stream_id, source, target, future, node=node)
         pipe.pending = 1
         try:
-            out = await source.pipe_out(pipe.stream_id, pipe.id)
-            port = await target.pipe_in(pipe.stream_id, pipe.id, out.port, out.producers)
-            await source.pipe_connect(pipe.id, port)
+            if source is not None:
+                out = await source.pipe_out(pipe.stream_id, pipe.id)
+                port = await target.pipe_in(pipe.stream_id, pipe.id, out.port, out.producers)
+                await source.pipe_connect(pipe.id, port)
+            else:
+                await self._open_node_pipe(session_id, pipe)
         except BaseException as exc:
             if media.pipes.get(key) is pipe:
                 del media.pipes[key]
             future.set_exception(exc)
             future.exception()  # retrieved: concurrent callers re-raise it, or nobody does
-            await asyncio.gather(target.close_pipe(pipe.id), source.close_pipe(pipe.id))
+            await asyncio.gather(target.close_pipe(pipe.id), self._close_source(pipe))
             raise
-        logger.info("stream %s: piped from %r to %r (%s)", pipe.stream_id, source, target, pipe.id)
+        logger.info(
+            "stream %s: piped from %s to %r (%s)", pipe.stream_id, source or f"node {node}", target, pipe.id
+        )
         future.set_result(None)
         return pipe
+
+    async def _open_node_pipe(self, session_id: str, pipe: _Pipe) -> None:
+        """Open a node-to-node pipe: the sending end on ``pipe.node`` (asked over the cluster's
+        Redis, with its SRTP keys), the receiving end on ``pipe.target``, then connect."""
+        nodes, node = self.nodes, pipe.node
+        assert nodes is not None and node is not None
+        sending_keys, receiving_keys = PipeKeys.pair()
+        try:
+            out = await nodes.request(
+                node,
+                {
+                    "op": "pipe_out",
+                    "session_id": session_id,
+                    "stream_id": pipe.stream_id,
+                    "pipe_id": pipe.id,
+                    "keys": list(sending_keys.to_hex()),
+                },
+            )
+            port = await pipe.target.pipe_in(
+                pipe.stream_id,
+                pipe.id,
+                int(out["port"]),
+                list(out["producers"]),
+                host=nodes.address,
+                peer_host=str(out["host"]),
+                keys=receiving_keys.to_hex(),
+            )
+            await nodes.request(
+                node, {"op": "pipe_connect", "pipe_id": pipe.id, "host": nodes.address, "port": port}
+            )
+        except NodeRequestFailed as exc:
+            logger.warning("stream %s: node %s did not open its pipe: %s", pipe.stream_id, node, exc)
+            raise InvalidRequestError(
+                f"stream {pipe.stream_id} is published on node {node}, which did not open a pipe "
+                f"to this node ({exc})",
+                code="media_unavailable",
+            ) from exc
+
+    async def _close_source(self, pipe: _Pipe) -> None:
+        """Close a pipe's sending end: on this node's router, or by asking its node (quietly:
+        a dead node's went with it)."""
+        if pipe.source is not None:
+            await pipe.source.close_pipe(pipe.id)
+        elif self.nodes is not None and pipe.node is not None:
+            try:
+                await self.nodes.request(pipe.node, {"op": "close_pipe", "pipe_id": pipe.id}, timeout=3.0)
+            except NodeRequestFailed as exc:
+                logger.info("pipe %s: node %s did not confirm its close: %s", pipe.id, pipe.node, exc)
+
+    async def node_request(self, origin: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer another node's request about a node-to-node pipe (``op``: ``pipe_out``,
+        ``pipe_connect``, ``close_pipe``) of a stream published here.
+
+        :raises NotFoundError: no such stream with media (or pipe) here.
+        """
+        nodes = self.nodes
+        if nodes is None:
+            raise MediaStateError("this server is not a node of a cluster")
+        op, pipe_id = body.get("op"), str(body.get("pipe_id", ""))
+        if op == "pipe_out":
+            session_id, stream_id = str(body["session_id"]), str(body["stream_id"])
+            send, receive = body["keys"]
+            media = self.sessions.get(session_id)
+            publication = None if media is None else media.publications.get(stream_id)
+            if publication is None or pipe_id in self.served:
+                raise NotFoundError(f"stream {stream_id} has no media on node {nodes.name}")
+            router = publication.router
+            self.served[pipe_id] = _Served(session_id, stream_id, router, origin)
+            try:
+                out = await router.pipe_out(
+                    stream_id, pipe_id, host=nodes.address, keys=(str(send), str(receive))
+                )
+            except BaseException:
+                self.served.pop(pipe_id, None)
+                raise
+            logger.info("stream %s: pipe %s out to node %s", stream_id, pipe_id, origin)
+            return {"host": nodes.address, "port": out.port, "producers": out.producers}
+        served = self.served.get(pipe_id)
+        if served is None or served.node != origin:
+            if op == "close_pipe":
+                return {}
+            raise NotFoundError(f"no pipe {pipe_id} on node {nodes.name}")
+        if op == "pipe_connect":
+            await served.router.pipe_connect(pipe_id, int(body["port"]), peer_host=str(body["host"]))
+            return {}
+        if op == "close_pipe":
+            del self.served[pipe_id]
+            await served.router.close_pipe(pipe_id)
+            logger.info("stream %s: pipe %s to node %s closed", served.stream_id, pipe_id, origin)
+            return {}
+        raise InvalidRequestError(f"unknown node request {op!r}")
+
+    def served_nodes(self) -> set[str]:
+        """The nodes this one sends node-to-node pipes to."""
+        return {served.node for served in self.served.values()}
+
+    def node_gone(self, node: str) -> None:
+        """Node ``node`` is gone (its registry record expired): close the pipes' sending ends
+        toward it."""
+        self._forget_served(lambda served: served.node == node)
+
+    def _forget_served(self, match: Callable[[_Served], bool]) -> None:
+        """Drop (and close) the node-to-node pipes' sending ends that ``match``."""
+        for pipe_id, served in list(self.served.items()):
+            if match(served):
+                del self.served[pipe_id]
+                if not served.router.closed:
+                    self._spawn(served.router.close_pipe(pipe_id))
 
     async def _unpipe(
         self, media: _SessionMedia, stream_id: str, target: RouterHandle, *, force: bool = False
@@ -315,7 +498,7 @@ class SfuMediaPlane:
             return
         del media.pipes[key]
         logger.info("stream %s: pipe %s to %r closed", stream_id, pipe.id, target)
-        await asyncio.gather(pipe.target.close_pipe(pipe.id), pipe.source.close_pipe(pipe.id))
+        await asyncio.gather(pipe.target.close_pipe(pipe.id), self._close_source(pipe))
 
     # -- negotiation -------------------------------------------------------------------
 
@@ -345,13 +528,25 @@ class SfuMediaPlane:
             )
         media = self.sessions.get(session_id)
         publication = None if media is None else media.publications.get(subscription.stream_id)
-        if media is None or publication is None:
+        node = None
+        if publication is None and self.nodes is not None:
+            try:
+                node = await self.nodes.publisher_node(session_id, subscription.stream_id)
+            except NodeRequestFailed as exc:
+                raise InvalidRequestError(
+                    f"stream {subscription.stream_id}: its node is unknown ({exc})", code="media_unavailable"
+                ) from exc
+            if node == self.nodes.name:
+                node = None  # published here, but without media (yet)
+            elif node is not None:
+                media = await self._session(session_id)
+        if media is None or (publication is None and node is None):
             raise _no_transport(f"stream {subscription.stream_id}")
         router = self._home(session_id, media, subscription.connection_id)
         media.subscribing[router.id] = media.subscribing.get(router.id, 0) + 1
         try:
             transport, consumers, answer = await self._subscribe_on(
-                media, router, publication, subscription, offer, audio=audio, video=video
+                session_id, media, router, publication, node, subscription, offer, audio=audio, video=video
             )
         finally:
             left = media.subscribing.pop(router.id) - 1
@@ -372,18 +567,27 @@ class SfuMediaPlane:
 
     async def _subscribe_on(
         self,
+        session_id: str,
         media: _SessionMedia,
         router: RouterHandle,
-        publication: _Publication,
+        publication: _Publication | None,
+        node: str | None,
         subscription: Subscription,
         offer: str,
         *,
         audio: bool,
         video: bool,
     ) -> tuple[RemoteTransport, list[RemoteConsumer], str]:
-        """Subscribe on ``router``, through a pipe when the stream is published elsewhere."""
+        """Subscribe on ``router``, through a pipe when the stream is published elsewhere
+        (another router, or another ``node``)."""
         max_width, max_height, max_frame_rate = _limits(subscription)
-        pipe = None if publication.router is router else await self._pipe(media, publication, router)
+        stream_id = subscription.stream_id
+        if publication is None:
+            pipe: _Pipe | None = await self._pipe(media, stream_id, router, node=node, session_id=session_id)
+        elif publication.router is router:
+            pipe = None
+        else:
+            pipe = await self._pipe(media, stream_id, router, source=publication.router)
         try:
             return await router.subscribe(
                 subscription.stream_id,
@@ -399,7 +603,7 @@ class SfuMediaPlane:
             if pipe is not None:
                 pipe.pending -= 1
                 pipe = None
-                await self._unpipe(media, publication.stream_id, router)
+                await self._unpipe(media, stream_id, router)
             raise
         finally:
             if pipe is not None:
@@ -517,6 +721,7 @@ class SfuMediaPlane:
         return None  # a signalling-only stream: nothing to set up
 
     async def stream_unpublished(self, session_id: str, stream_id: str) -> None:
+        self._forget_served(lambda s: s.session_id == session_id and s.stream_id == stream_id)
         media = self.sessions.get(session_id)
         if media is None:
             return
@@ -590,6 +795,7 @@ class SfuMediaPlane:
         for stream_id, router in piped:
             await self._unpipe(media, stream_id, router)
         for stream_id in gone:
+            self._forget_served(lambda s, sid=stream_id: s.session_id == session_id and s.stream_id == sid)  # type: ignore[misc]
             for key in [k for k in media.pipes if k[0] == stream_id]:
                 pipe = media.pipes.get(key)
                 if pipe is not None:
@@ -597,6 +803,7 @@ class SfuMediaPlane:
 
     async def session_ended(self, session_id: str) -> None:
         self.lost_peers.pop(session_id, None)
+        self.served = {k: v for k, v in self.served.items() if v.session_id != session_id}
         media = self.sessions.pop(session_id, None)
         if media is not None:
             await asyncio.gather(*(router.close() for router in media.routers))
@@ -679,6 +886,11 @@ class SfuMediaPlane:
                     len(media.subscribe_peers),
                 )
                 media.subscribe_peers.clear()
+                self.served = {k: v for k, v in self.served.items() if v.router is not event.router}
+                for pipe in list(media.pipes.values()):
+                    if pipe.source is None:
+                        self._spawn(self._close_source(pipe))
+                media.pipes.clear()
                 if events is not None:
                     self._spawn(events.media_reset(session_id, streams))
 
@@ -706,10 +918,13 @@ class SfuMediaPlane:
         for entry in [s for s in media.subscriptions.values() if s.router is dead]:
             del media.subscriptions[entry.subscription_id]
         for key, pipe in list(media.pipes.items()):
-            if pipe.source is dead or pipe.target is dead:
+            if pipe.source is dead:
                 del media.pipes[key]
-                survivor = pipe.target if pipe.source is dead else pipe.source
-                self._spawn(survivor.close_pipe(pipe.id))
+                self._spawn(pipe.target.close_pipe(pipe.id))
+            elif pipe.target is dead:
+                del media.pipes[key]
+                self._spawn(self._close_source(pipe))
+        self.served = {k: v for k, v in self.served.items() if v.router is not dead}
         logger.warning(
             "session %s: the media worker of %r died; %d streams end with mediaStopped, "
             "%d connections must set their media up again, %d routers go on",
@@ -750,6 +965,19 @@ class SfuMediaPlane:
             }
             for session_id, media in self.sessions.items()
         }
+
+    async def pipe_dumps(self) -> list[dict[str, Any]]:
+        """Every pipe end in the live workers (:meth:`salon.media.pipe.PipeTransport.dump`:
+        ports, peer, SRTP or not, counters), for tests and operators."""
+        dumps = await asyncio.gather(
+            *(w.dump(routers=True) for w in self.pool.workers.values() if w.state is WorkerState.READY)
+        )
+        return [
+            pipe
+            for dump in dumps
+            for router in dump.router_dumps.values()
+            for pipe in router["pipes"].values()
+        ]
 
     async def stats(self, *, tracemalloc: int = 0, objects: int = 0) -> list[dict[str, Any]]:
         """Per live worker: pid, routers, transports, producers, consumers, CPU time, RSS, tasks

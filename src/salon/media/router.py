@@ -50,7 +50,7 @@ from salon.errors import NotFoundError
 from salon.media.consumer import Consumer
 from salon.media.errors import MediaStateError
 from salon.media.events import EventEmitter
-from salon.media.pipe import PipeClosed, PipedProducer, PipeTransport
+from salon.media.pipe import PIPE_HOST, PipeClosed, PipedProducer, PipeKeys, PipeTransport
 from salon.media.producer import Producer, ProducerClosed, ProducerEvent
 from salon.media.recording import Recorder
 from salon.media.sdp import (
@@ -479,7 +479,14 @@ class Router:
     # ----------------------------------------------------------------------------------------
     # Pipes (a session spread over several workers: :mod:`salon.media.pipe`)
 
-    async def pipe_out(self, stream_id: str, pipe_id: str | None = None) -> PipeTransport:
+    async def pipe_out(
+        self,
+        stream_id: str,
+        pipe_id: str | None = None,
+        *,
+        host: str = PIPE_HOST,
+        keys: PipeKeys | None = None,
+    ) -> PipeTransport:
         """The sending end of a pipe of ``stream_id`` (published here) to another router: taps
         the stream's producers; :meth:`PipeTransport.connect` it to the receiving end."""
         self._check_open()
@@ -488,7 +495,14 @@ class Router:
             raise NotFoundError(f"{self!r}: no published stream {stream_id!r}")
         if pipe_id is not None and pipe_id in self.pipes:
             raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
-        pipe = await PipeTransport.sender(stream_id, stream.producers.values(), pipe_id=pipe_id)
+        pipe = await PipeTransport.sender(
+            stream_id,
+            stream.producers.values(),
+            pipe_id=pipe_id,
+            host=host,
+            keys=keys,
+            port_range=self._pipe_ports(keys),
+        )
         if self.closed:
             pipe.close()
             raise MediaStateError(f"{self!r} closed while opening a pipe")
@@ -502,6 +516,9 @@ class Router:
         producers: list[PipedProducer],
         peer: tuple[str, int],
         pipe_id: str | None = None,
+        *,
+        host: str = PIPE_HOST,
+        keys: PipeKeys | None = None,
     ) -> PipeTransport:
         """The receiving end of a pipe: ``stream_id`` (published on another router, whose pipe
         end is at ``peer``) becomes a stream of this router, its producers local producers, so
@@ -511,7 +528,15 @@ class Router:
             raise MediaStateError(f"{self!r}: stream {stream_id} is here already")
         if pipe_id is not None and pipe_id in self.pipes:
             raise MediaStateError(f"{self!r}: pipe {pipe_id} exists")
-        pipe = await PipeTransport.receiver(stream_id, producers, peer, pipe_id=pipe_id)
+        pipe = await PipeTransport.receiver(
+            stream_id,
+            producers,
+            peer,
+            pipe_id=pipe_id,
+            host=host,
+            keys=keys,
+            port_range=self._pipe_ports(keys),
+        )
         if self.closed or stream_id in self.streams:
             pipe.close()
             raise MediaStateError(f"{self!r} closed, or stream {stream_id} arrived, while opening a pipe")
@@ -524,6 +549,11 @@ class Router:
         self._add_pipe(pipe)
         logger.info("%r: %r pipes stream %s in", self, pipe, stream_id)
         return pipe
+
+    def _pipe_ports(self, keys: PipeKeys | None) -> tuple[int, int] | None:
+        """Where a pipe binds: a pipe to or from another node (SRTP) within the transports'
+        port range (the one opened between nodes); one between workers anywhere."""
+        return self.transport_options.port_range if keys is not None else None
 
     def _add_pipe(self, pipe: PipeTransport) -> None:
         self.pipes[pipe.id] = pipe

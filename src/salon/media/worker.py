@@ -99,7 +99,7 @@ from salon.media.channel import TransportConnectedEvent as TransportConnectedMes
 from salon.media.collector import Collector
 from salon.media.consumer import Consumer, ConsumerEvent, ConsumerQualityChanged, PauseReason
 from salon.media.errors import MediaStateError
-from salon.media.pipe import PIPE_HOST, PipedProducer
+from salon.media.pipe import PipedProducer, PipeKeys
 from salon.media.producer import Producer
 from salon.media.router import Router, RouterEvent, StreamClosed
 from salon.media.totals import totals
@@ -476,7 +476,10 @@ class Worker:
                 )
             case PipeOutRequest():
                 pipe = await self._router(request.router_id).router.pipe_out(
-                    request.stream_id, request.pipe_id
+                    request.stream_id,
+                    request.pipe_id,
+                    host=request.host,
+                    keys=None if request.keys is None else PipeKeys.from_hex(*request.keys),
                 )
                 return PipeResult(
                     port=pipe.port,
@@ -487,8 +490,10 @@ class Worker:
                 pipe = await hosted.router.pipe_in(
                     request.stream_id,
                     [PipedProducer.from_dict(p) for p in request.producers],
-                    (PIPE_HOST, request.peer_port),
+                    (request.peer_host, request.peer_port),
                     request.pipe_id,
+                    host=request.host,
+                    keys=None if request.keys is None else PipeKeys.from_hex(*request.keys),
                 )
                 return PipeResult(port=pipe.port)
             case PipeConnectRequest():
@@ -496,7 +501,7 @@ class Worker:
                 open_pipe = hosted.router.pipes.get(request.pipe_id)
                 if open_pipe is None:
                     raise MediaStateError(f"{hosted!r}: pipe {request.pipe_id} is closed")
-                open_pipe.connect((PIPE_HOST, request.peer_port))
+                open_pipe.connect((request.peer_host, request.peer_port))
                 return Ack()
             case ClosePipeRequest():
                 hosted = self.routers.get(request.router_id)

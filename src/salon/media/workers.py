@@ -483,15 +483,31 @@ class RouterHandle:
 
     # -- pipes (salon.media.pipe) -----------------------------------------------------------
 
-    async def pipe_out(self, stream_id: str, pipe_id: str) -> PipeResult:
-        """Open the sending end of a pipe of a stream published here: its port and producers."""
+    async def pipe_out(
+        self, stream_id: str, pipe_id: str, *, host: str = "127.0.0.1", keys: tuple[str, str] | None = None
+    ) -> PipeResult:
+        """Open the sending end of a pipe of a stream published here: its port and producers
+        (bound on ``host``; SRTP with ``keys``, hex (send, receive), for a pipe to another node)."""
         request = PipeOutRequest(
-            id=self.worker.next_id(), router_id=self.id, stream_id=stream_id, pipe_id=pipe_id
+            id=self.worker.next_id(),
+            router_id=self.id,
+            stream_id=stream_id,
+            pipe_id=pipe_id,
+            host=host,
+            keys=keys,
         )
         return await self._request(request, PipeResult)
 
     async def pipe_in(
-        self, stream_id: str, pipe_id: str, peer_port: int, producers: list[dict[str, Any]]
+        self,
+        stream_id: str,
+        pipe_id: str,
+        peer_port: int,
+        producers: list[dict[str, Any]],
+        *,
+        host: str = "127.0.0.1",
+        peer_host: str = "127.0.0.1",
+        keys: tuple[str, str] | None = None,
     ) -> int:
         """Open the receiving end of a pipe (the sending end listens on ``peer_port``): the
         stream becomes one of this router's; returns the receiving end's port."""
@@ -502,13 +518,20 @@ class RouterHandle:
             pipe_id=pipe_id,
             peer_port=peer_port,
             producers=producers,
+            host=host,
+            peer_host=peer_host,
+            keys=keys,
         )
         return (await self._request(request, PipeResult)).port
 
-    async def pipe_connect(self, pipe_id: str, peer_port: int) -> None:
+    async def pipe_connect(self, pipe_id: str, peer_port: int, *, peer_host: str = "127.0.0.1") -> None:
         """Tell a sending end where its receiving end listens."""
         request = PipeConnectRequest(
-            id=self.worker.next_id(), router_id=self.id, pipe_id=pipe_id, peer_port=peer_port
+            id=self.worker.next_id(),
+            router_id=self.id,
+            pipe_id=pipe_id,
+            peer_port=peer_port,
+            peer_host=peer_host,
         )
         await self._request(request, Ack)
 

@@ -8,7 +8,7 @@ import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +42,9 @@ from salon.store import Project, Store
 from salon.store.registry import Registry
 
 __all__ = ["create_app", "ensure_project"]
+
+if TYPE_CHECKING:
+    from salon.cluster.pipes import NodeMediaLink
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +199,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         if media is not None:
             media.events = service
         cluster = None
+        node_link: NodeMediaLink | None = None
         if config.redis_url is not None:
             # Imported here: the embedded server never loads Redis.
             from salon.cluster.bridge import ClusterBridge
@@ -211,6 +215,18 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             cluster = service.cluster = ClusterBridge(node, service)
             try:
                 await cluster.start()
+                if media is not None:
+                    from salon.cluster.pipes import NodeMediaLink, pipe_address_problem
+
+                    problem = pipe_address_problem(node.address)
+                    if problem is not None:
+                        logger.warning("--node-address %s: %s", node.address, problem)
+
+                    node_link = NodeMediaLink(
+                        node, media.node_request, watched=media.served_nodes, gone=media.node_gone
+                    )
+                    await node_link.start()
+                    media.nodes = node_link
             except BaseException:
                 if media is not None:
                     await media.close()
@@ -238,6 +254,8 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         finally:
             await archives.close()  # archives stop (their connections told) and are stored first
             await service.stop()
+            if node_link is not None:
+                await node_link.stop()
             if cluster is not None:
                 await cluster.stop()
             if media is not None:

@@ -8,7 +8,8 @@ counters of each worker (routers, transports, producers, consumers). With
 ``?tracemalloc=K`` and ``SALON_TRACEMALLOC`` set, each process also lists the K allocation
 sites that grew the most since the first such request, and with ``?objects=K`` the K object
 types whose live count grew the most, with what refers to them (:mod:`salon.media.memtrace`).
-``salon bench soak`` reads it once per cycle.
+``salon bench soak`` reads it once per cycle. ``?pipes=1`` adds every pipe end of the workers
+(its ports, peer, whether it is SRTP, its counters).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ async def processes(
     x_opentok_auth: Annotated[str | None, Header(description="HS256 JWT signed with the API secret")] = None,
     tracemalloc: Annotated[int, Query(ge=0, le=200)] = 0,
     objects: Annotated[int, Query(ge=0, le=200)] = 0,
+    pipes: Annotated[bool, Query(description="also list every pipe end (ports, peer, counters)")] = False,
 ) -> dict[str, Any]:
     await authenticate(request.app.state.registry, x_opentok_auth, None)
     if tracemalloc and not memtrace.start_from_env():
@@ -61,4 +63,7 @@ async def processes(
         "objects": memtrace.census(objects),
         "heap": memtrace.heap(),
     }
-    return {"main": main, "workers": workers}
+    result: dict[str, Any] = {"main": main, "workers": workers}
+    if pipes:
+        result["pipes"] = await media.pipe_dumps() if media is not None else []
+    return result

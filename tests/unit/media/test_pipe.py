@@ -17,12 +17,13 @@ from media_fakes import DELTA, KEY, OPUS, VP8, FakeTransport, add_consumer, feed
 
 from salon.media.consumer import Consumer
 from salon.media.errors import MediaStateError
-from salon.media.pipe import PipedProducer, PipeTransport
+from salon.media.pipe import PipedProducer, PipeKeys, PipeTransport
 from salon.media.producer import Producer
 from salon.media.rtcp import Nack, Pli, Remb, SenderReport, build_pli
 from salon.media.rtp import build_rtp, parse_rtp_header
 from salon.media.sdp import EncodingParameters, HeaderExtensionIds, PublishTrack
 from salon.media.totals import PIPE_COUNTERS, totals
+from salon.media.transport import DROPPED
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
@@ -51,12 +52,14 @@ class Piped:
         return out
 
 
-@pytest.fixture
-async def piped() -> AsyncIterator[Piped]:
+@pytest.fixture(params=["plain", "srtp"])
+async def piped(request: pytest.FixtureRequest) -> AsyncIterator[Piped]:
+    """A pipe on the loopback: plain RTP (between workers) or SRTP (as between nodes)."""
+    send_keys, receive_keys = PipeKeys.pair() if request.param == "srtp" else (None, None)
     source, publisher = make_producer()
-    sender = await PipeTransport.sender("stream-1", [source])
+    sender = await PipeTransport.sender("stream-1", [source], keys=send_keys)
     receiver = await PipeTransport.receiver(
-        "stream-1", [PipedProducer.of(source)], ("127.0.0.1", sender.port)
+        "stream-1", [PipedProducer.of(source)], ("127.0.0.1", sender.port), keys=receive_keys
     )
     sender.connect(("127.0.0.1", receiver.port))
     mirror = receiver.producers["video"]
@@ -321,3 +324,134 @@ async def test_pipe_traffic_counts_in_the_worker_totals_and_stays_after_close(pi
     piped.sender.close()
     piped.receiver.close()
     assert pipe_totals() == during, "closed pipes (and the mirror) keep their counts in the totals"
+
+
+# -- SRTP pipes (between nodes) -----------------------------------------------------------
+
+
+async def test_an_srtp_pipe_sends_only_protected_datagrams() -> None:
+    """What leaves an SRTP pipe's socket is SRTP: the payload is not in it, and only the
+    receiving end's key recovers the packet."""
+    send_keys, receive_keys = PipeKeys.pair()
+    source, _ = make_producer()
+    sender = await PipeTransport.sender("s", [source], keys=send_keys)
+    capture = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    capture.bind(("127.0.0.1", 0))
+    capture.settimeout(5)
+    try:
+        sender.connect(("127.0.0.1", capture.getsockname()[1]))
+        payload = KEY + b"\xaa" * 200
+        feed(source, 10, 30000, payload)
+        datagrams = []
+        while True:  # the layer announcement (SRTCP), then the packet
+            data = await asyncio.get_running_loop().run_in_executor(None, capture.recv, 2000)
+            datagrams.append(data)
+            if not (192 <= data[1] <= 223):
+                break
+        wire = datagrams[-1]
+        assert payload not in wire and b"\xaa" * 16 not in wire, "the payload is encrypted on the wire"
+        assert len(wire) == 12 + len(payload) + 16, "SRTP (AES-GCM): the RTP header, then a 16-byte tag"
+        clear = receive_keys.contexts().unprotect(wire)
+        assert clear is not None and clear[12:] == payload
+        assert PipeKeys(PipeKeys.generate(), PipeKeys.generate()).contexts().unprotect(wire) is None
+        assert receive_keys.contexts().unprotect_rtcp(datagrams[0]) is not None, "SLYR is SRTCP"
+    finally:
+        capture.close()
+        sender.close()
+        await asyncio.sleep(0)
+
+
+async def test_an_srtp_pipe_drops_plain_and_wrongly_keyed_datagrams_from_its_peer() -> None:
+    send_keys, receive_keys = PipeKeys.pair()
+    source, publisher = make_producer()
+    sender = await PipeTransport.sender("s", [source], keys=send_keys)
+    receiver = await PipeTransport.receiver(
+        "s", [PipedProducer.of(source)], ("127.0.0.1", sender.port), keys=receive_keys
+    )
+    sender.connect(("127.0.0.1", receiver.port))
+    mirror = receiver.producers["video"]
+    _, subscriber = add_consumer(mirror, 5000)
+    counted = DROPPED["pipe_unauthenticated"]
+    try:
+        peer = ("127.0.0.1", sender.port)
+        forged = build_rtp(payload_type=96, sequence_number=10, timestamp=0, ssrc=1111, payload=KEY)
+        receiver.datagram_received(forged, peer, time.monotonic())  # plain RTP from the peer
+        stranger = PipeKeys(PipeKeys.generate(), PipeKeys.generate()).contexts()
+        protected = stranger.protect(forged)
+        assert protected is not None
+        receiver.datagram_received(protected, peer, time.monotonic())  # another key
+        assert receiver.stats.auth_failed == 2 and mirror.stats.packets_received == 0
+        plis = len(publisher.sent_rtcp(Pli))
+        sender.datagram_received(
+            build_pli(1, source.ssrc or 0), ("127.0.0.1", receiver.port), time.monotonic()
+        )
+        assert sender.stats.auth_failed == 1 and len(publisher.sent_rtcp(Pli)) == plis
+        assert DROPPED["pipe_unauthenticated"] == counted + 3, "counted in the worker's drops (metrics)"
+        feed(source, 10, 0, _frame(10))
+        await _until(lambda: len(subscriber.rtp) == 1, "the genuine packet")
+        assert receiver.stats.auth_failed == 2
+    finally:
+        sender.close()
+        receiver.close()
+        await asyncio.sleep(0)
+
+
+async def test_an_srtp_pipe_may_have_a_peer_off_the_loopback_a_plain_one_not() -> None:
+    send_keys, _ = PipeKeys.pair()
+    source, _ = make_producer()
+    sender = await PipeTransport.sender("s", [source], keys=send_keys)
+    try:
+        sender.connect(("10.0.0.1", 4000))
+        assert sender.peer == ("10.0.0.1", 4000)
+        with pytest.raises(MediaStateError):
+            sender.connect(("not-an-address", 4000))
+    finally:
+        sender.close()
+        await asyncio.sleep(0)
+    with pytest.raises(MediaStateError):
+        PipeTransport("s", sending=True, host="10.0.0.1")  # plain RTP stays on the loopback
+
+
+def test_pipe_keys_are_fresh_per_pipe_and_direction_and_never_shown() -> None:
+    a_end, b_end = PipeKeys.pair()
+    assert a_end.send == b_end.receive and a_end.receive == b_end.send and a_end.send != a_end.receive
+    assert PipeKeys.pair()[0].send != a_end.send
+    assert a_end.send.hex() not in repr(a_end) and a_end.send.hex() not in str([a_end])
+    assert PipeKeys.from_hex(*a_end.to_hex()) == a_end
+    with pytest.raises(ValueError):
+        PipeKeys(b"short", a_end.receive)
+
+
+async def test_an_srtp_pipe_retransmits_a_packet_lost_on_the_wire() -> None:
+    """A packet protected and sent, then lost, is protected again for its NACK answer (same
+    SRTP index): the receiving end takes it (not a replay: the first never arrived)."""
+    send_keys, receive_keys = PipeKeys.pair()
+    source, publisher = make_producer()
+    sender = await PipeTransport.sender("s", [source], keys=send_keys)
+    receiver = await PipeTransport.receiver(
+        "s", [PipedProducer.of(source)], ("127.0.0.1", sender.port), keys=receive_keys
+    )
+    sender.connect(("127.0.0.1", receiver.port))
+    _, subscriber = add_consumer(receiver.producers["video"], 5000)
+    protocol = receiver._transport.get_protocol() if receiver._transport is not None else None
+    assert isinstance(protocol, asyncio.DatagramProtocol)
+    deliver = protocol._received  # type: ignore[attr-defined]
+    lost: list[bytes] = []
+
+    def lossy(data: bytes, addr: tuple[str, int], now: float) -> None:
+        if not lost and not 192 <= data[1] <= 223 and int.from_bytes(data[2:4], "big") == 12:
+            lost.append(data)  # packet 12's first copy never arrives
+            return
+        deliver(data, addr, now)
+
+    protocol._received = lossy  # type: ignore[attr-defined]
+    try:
+        for seq in range(10, 15):
+            feed(source, seq, seq * 3000, _frame(seq))
+        await _until(lambda: len(subscriber.rtp) == 5, "all 5 packets, 12 retransmitted")
+        assert lost and sender.stats.retransmitted >= 1 and receiver.stats.auth_failed == 0
+        assert not publisher.sent_rtcp(Nack), "answered from the sending end's buffer"
+    finally:
+        sender.close()
+        receiver.close()
+        await asyncio.sleep(0)
