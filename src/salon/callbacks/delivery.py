@@ -70,6 +70,10 @@ class CallbackConfig:
     concurrency: int = 16
 
 
+#: The outcome of an attempt another node of the cluster claimed first (not recorded here).
+CLAIMED_ELSEWHERE = "claimed_elsewhere"
+
+
 def backoff(attempts: int, config: CallbackConfig) -> float:
     """Seconds to wait after the ``attempts``-th failed attempt (1, 2, 4, … up to the cap)."""
     return float(min(config.backoff_cap, config.backoff_base * 2 ** max(0, attempts - 1)))
@@ -273,10 +277,18 @@ class CallbackService:
         if not self._outcomes:
             return
         outcomes = dict(self._outcomes)
-        await self.store.record_callbacks(list(outcomes.values()))
+        await self.store.record_callbacks([o for o in outcomes.values() if o.status != CLAIMED_ELSEWHERE])
         for key, outcome in outcomes.items():
             del self._outcomes[key]
             ahead = self._ahead.get(key)
+            if outcome.status == CLAIMED_ELSEWHERE:
+                # Another node sends this one: read the key again when its lease ends (by then
+                # that node has recorded it and moved on, or died and the callback is due).
+                assert outcome.retry_at is not None
+                self._ahead.pop(key, None)
+                self._retry_at[key] = outcome.retry_at
+                heapq.heappush(self._retries, (outcome.retry_at, key))
+                continue
             if outcome.status == "pending" and outcome.retry_at is not None:
                 self._ahead.pop(key, None)  # read again when the retry is due
                 self._retry_at[key] = outcome.retry_at
@@ -371,6 +383,10 @@ class CallbackService:
         self._outcomes[event.order_key] = outcome
         self._wake.set()
 
+    def _lease_seconds(self) -> float:
+        """How long a claimed attempt is this server's: the request's timeout and a margin."""
+        return 2 * self.config.timeout + 5.0
+
     def _until_next(self) -> float:
         if not self._retries:
             return 60.0
@@ -389,8 +405,12 @@ class CallbackService:
         return CallbackOutcome(event.id, "pending", now, error=error, retry_at=at)
 
     async def _deliver(self, event: CallbackEvent, project: Project | None) -> CallbackOutcome:
-        """One attempt. The project (URLs, secret) was read with the callback, just now."""
+        """One attempt, claimed first (several nodes may share the outbox: the one whose claim
+        wins sends it). The project (URLs, secret) was read with the callback, just now."""
         assert self._client is not None
+        lease_until = _now_ms() + int(self._lease_seconds() * 1000)
+        if not await self.store.claim_callback(event, lease_until):
+            return CallbackOutcome(event.id, CLAIMED_ELSEWHERE, _now_ms(), retry_at=lease_until)
         url = None if project is None else _url_for(project, event.kind)
         if project is None or not url:
             return CallbackOutcome(event.id, "given_up", _now_ms(), error="no callback URL")
