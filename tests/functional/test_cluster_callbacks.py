@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import pathlib
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -90,3 +92,47 @@ async def test_three_nodes_deliver_each_callback_once(
             if body["event"].startswith("session")
         )
         assert all(n == 1 for n in sessions.values()), sessions
+
+
+async def test_a_dead_node_s_connections_get_their_callbacks_from_the_reaper(
+    tmp_path: pathlib.Path, redis_url: str, postgres_url: str, receiver: Receiver
+) -> None:
+    args = ["--no-media", "--redis-url", redis_url, "--database-url", postgres_url]
+    args += ["--node-address", "127.0.0.1", "--callback-url", receiver.url]
+    with contextlib.ExitStack() as stack:
+        nodes = [
+            stack.enter_context(
+                ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, [*args, "--node-name", f"n{i}"])
+            )
+            for i in (1, 2, 3)
+        ]
+        session_id = await create_session(nodes[0].url)
+        staying = await WsClient.join(nodes[0].url, session_id, token(session_id))
+        doomed = await WsClient.join(nodes[2].url, session_id, token(session_id))
+        published = await doomed.request(
+            {"type": "publish", "name": "cam", "has_audio": True, "has_video": False}
+        )
+        stream_id = published["stream"]["stream_id"]
+        await staying.next(lambda m: m["type"] == "stream_created", timeout=15)
+        await wait_for(
+            "the stream's callback",
+            lambda: ("streamCreated", "", stream_id) in map(summary, receiver.delivered()),
+        )
+
+        os.kill(nodes[2].pid, signal.SIGKILL)
+        gone = [
+            ("streamDestroyed", "networkDisconnected", stream_id),
+            ("connectionDestroyed", "networkDisconnected", str(doomed.connection_id)),
+        ]
+        await wait_for(
+            "the dead node's callbacks", lambda: set(gone) <= set(map(summary, receiver.delivered()))
+        )
+        for i, node in enumerate(nodes[:2], 1):
+            await Node(node.url, node.metrics_url, f"n{i}").wait_for(
+                "no pending callback", lambda s, i=i: s.value("salon_callbacks_pending", node=f"n{i}") == 0
+            )
+        bodies = [b for b in receiver.delivered() if summary(b) in gone]
+        assert [summary(b) for b in bodies] == gone, "once each, the stream first"
+        assert bodies[1]["connection"]["createdAt"] == doomed.connected["connection"]["created_at"]  # type: ignore[index]
+        assert all(b["sessionId"] == session_id and b["projectId"] == API_KEY for b in bodies)
+        await staying.close()

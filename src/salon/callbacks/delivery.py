@@ -32,7 +32,8 @@ import jwt
 from salon.callbacks.http import CallbackClient, CallbackHttpError
 from salon.callbacks.monitor import SessionMonitor
 from salon.errors import SalonError
-from salon.protocol import ServerMessage
+from salon.ids import decode_session_id
+from salon.protocol import ConnectionInfo, ServerMessage, StreamInfo
 from salon.store import CallbackEvent, CallbackOutcome, NewCallback, Project, Store
 from salon.store.registry import Registry
 
@@ -161,6 +162,15 @@ class CallbackService:
 
     def session_ended(self, session_id: str, api_key: str) -> None:
         self.emit(self.monitor.session_ended(session_id, api_key, _now_ms()))
+
+    def reaped(self, session_id: str, connections: list[ConnectionInfo], streams: list[StreamInfo]) -> None:
+        """A dead cluster node's connections and streams, reported gone by this node: their
+        ``streamDestroyed`` and ``connectionDestroyed`` callbacks (the dead node cannot)."""
+        try:
+            api_key = decode_session_id(session_id).api_key
+        except SalonError:
+            return
+        self.emit(self.monitor.reaped(session_id, api_key, connections, streams, _now_ms()))
 
     def emit(self, callbacks: list[NewCallback]) -> None:
         """Queue callbacks for the outbox (never blocks)."""
