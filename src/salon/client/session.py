@@ -405,7 +405,7 @@ class Session:
 
         :raises InvalidToken: the server refused the token.
         :raises SessionNotFound: no such session.
-        :raises ConnectionFailed: the server could not be reached.
+        :raises ConnectionFailed: the server (none of the servers given) could not be reached.
         :raises InvalidStateError: already connected (or used before).
         """
         if self._state is not SessionState.NEW:
