@@ -766,7 +766,14 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(nodes):
                 (pathlib.Path(tmp) / f"node{i}").mkdir()
                 cluster_args = ["--no-media", "--redis-url", redis_url, "--database-url", database_url]
-                cluster_args += ["--node-name", f"bench-{i}", "--node-address", "127.0.0.1"]
+                cluster_args += [
+                    "--node-name",
+                    f"bench-{i}",
+                    "--node-address",
+                    "127.0.0.1",
+                    "--metrics-address",
+                    "off",
+                ]
                 node = ServerProcess(pathlib.Path(tmp) / f"node{i}", serve_args=cluster_args)
                 if servers:
                     node.api_key, node.api_secret = servers[0].api_key, servers[0].api_secret
