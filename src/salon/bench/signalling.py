@@ -53,6 +53,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -668,7 +669,28 @@ class _WorkerHandle:
 # -- the signalling benchmark ----------------------------------------------------------------
 
 
-def _wait_quiet(server: ServerProcess, *, window: float = 0.5, threshold: float = 0.15) -> float:
+class _Servers:
+    """Several nodes measured as one server: CPU summed, memory of the first (the sender's)."""
+
+    def __init__(self, servers: list[ServerProcess]) -> None:
+        self.servers = servers
+        self.log_level = servers[0].log_level
+
+    def cpu_times(self) -> tuple[float, float]:
+        times = [s.cpu_times() for s in self.servers]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_times())
+
+    def memory_kb(self) -> dict[str, int]:
+        return self.servers[0].memory_kb()
+
+    def alive(self) -> bool:
+        return all(s.alive() for s in self.servers)
+
+
+def _wait_quiet(server: ServerProcess | _Servers, *, window: float = 0.5, threshold: float = 0.15) -> float:
     """Wait until the server used under ``threshold`` of a core in two windows in a row."""
     started = time.monotonic()
     quiet = 0
@@ -679,7 +701,7 @@ def _wait_quiet(server: ServerProcess, *, window: float = 0.5, threshold: float 
     return time.monotonic() - started
 
 
-def _idle_sample(server: ServerProcess, seconds: float) -> tuple[dict[str, int], float]:
+def _idle_sample(server: ServerProcess | _Servers, seconds: float) -> tuple[dict[str, int], float]:
     """Let the server idle for ``seconds``; its memory then, and its CPU rate meanwhile."""
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     time.sleep(seconds)
@@ -710,6 +732,9 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
     compression: str = getattr(args, "compression", "deflate")
     client: str = getattr(args, "client", "raw")
     idle: float = getattr(args, "idle", 4.0)
+    nodes: int = getattr(args, "nodes", 1)
+    if not 1 <= nodes <= 5:
+        raise BenchError("--nodes must be between 1 and 5")
     if not 2 <= connections <= _MAX_CONNECTIONS:
         raise BenchError(f"--connections must be between 2 and {_MAX_CONNECTIONS}")
     if not 1 <= signals <= _MAX_SIGNALS or not 0 <= interval <= 10 or signals * interval > 600:
@@ -729,15 +754,41 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"the open-files limit is {limit}; {connections} connections need {needed}")
     warm = max(1, min(20, connections // 10))
     workers_count = min(workers_wanted, connections)
-    with tempfile.TemporaryDirectory(prefix="salon-bench-") as tmp:
-        server = ServerProcess(pathlib.Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="salon-bench-") as tmp, contextlib.ExitStack() as infra:
+        servers = [ServerProcess(pathlib.Path(tmp))]
+        if nodes > 1:
+            from salon.bench.infra import running_postgres, running_redis
+
+            redis_url = infra.enter_context(running_redis()).url
+            database_url = infra.enter_context(running_postgres()).url
+            _log(f"throwaway redis-server ({redis_url}) and PostgreSQL ({database_url})")
+            servers = []
+            for i in range(nodes):
+                (pathlib.Path(tmp) / f"node{i}").mkdir()
+                cluster_args = ["--no-media", "--redis-url", redis_url, "--database-url", database_url]
+                cluster_args += [
+                    "--node-name",
+                    f"bench-{i}",
+                    "--node-address",
+                    "127.0.0.1",
+                    "--metrics-address",
+                    "off",
+                ]
+                node = ServerProcess(pathlib.Path(tmp) / f"node{i}", serve_args=cluster_args)
+                if servers:
+                    node.api_key, node.api_secret = servers[0].api_key, servers[0].api_secret
+                servers.append(node)
+        server = _Servers(servers) if nodes > 1 else servers[0]
         workers: list[_WorkerHandle] = []
         try:
-            url = server.start()
-            _log(f"server (pid {server.pid}) serving on {url}")
-            session_id = server.create_session()
-            tokens = server.tokens(session_id, connections)
-            port = int(url.rsplit(":", 1)[1])
+            ports = []
+            for node in servers:  # one at a time: the first creates the schema
+                url = node.start()
+                _log(f"server (pid {node.pid}) serving on {url}")
+                ports.append(int(url.rsplit(":", 1)[1]))
+            session_id = servers[0].create_session()
+            tokens = servers[0].tokens(session_id, connections)
+            port = ports[0]
             config = _WorkerConfig(
                 host="127.0.0.1",
                 port=port,
@@ -748,7 +799,11 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
                 concurrency=50,
             )
             ctx = multiprocessing.get_context("spawn")
-            workers = [_WorkerHandle(ctx, i, config) for i in range(workers_count)]
+            # Worker i connects to node i mod nodes (the sender, on worker 0, to the first).
+            workers = [
+                _WorkerHandle(ctx, i, dataclasses.replace(config, port=ports[i % len(ports)]))
+                for i in range(workers_count)
+            ]
 
             # Warm-up: a few connections (the sender first) and a few signals.
             opened = workers[0].request("connect", _CONNECT_TIMEOUT, tokens=tokens[:warm])
@@ -797,7 +852,9 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
                 raise BenchError("the server died during the benchmark")
         finally:
             # The server first, while the clients still answer its closing handshakes.
-            returncode = server.stop()
+            returncode = None
+            for node in servers:
+                returncode = node.stop() or returncode
             for worker in workers:
                 worker.close()
             _log(f"server stopped (exit status {returncode})")
@@ -887,6 +944,7 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
             and per_connection["rss"] < RSS_PER_CONNECTION_TARGET_KB,
         },
         "load_generator": {"workers": workers_count, "client": client, "compression": compression},
+        "nodes": nodes,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "server": {
             "loop": "uvloop " + (version("uvloop") or "(missing)"),

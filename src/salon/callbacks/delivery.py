@@ -32,7 +32,8 @@ import jwt
 from salon.callbacks.http import CallbackClient, CallbackHttpError
 from salon.callbacks.monitor import SessionMonitor
 from salon.errors import SalonError
-from salon.protocol import ServerMessage
+from salon.ids import decode_session_id
+from salon.protocol import ConnectionInfo, ServerMessage, StreamInfo
 from salon.store import CallbackEvent, CallbackOutcome, NewCallback, Project, Store
 from salon.store.registry import Registry
 
@@ -68,6 +69,10 @@ class CallbackConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     concurrency: int = 16
+
+
+#: The outcome of an attempt another node of the cluster claimed first (not recorded here).
+CLAIMED_ELSEWHERE = "claimed_elsewhere"
 
 
 def backoff(attempts: int, config: CallbackConfig) -> float:
@@ -157,6 +162,15 @@ class CallbackService:
 
     def session_ended(self, session_id: str, api_key: str) -> None:
         self.emit(self.monitor.session_ended(session_id, api_key, _now_ms()))
+
+    def reaped(self, session_id: str, connections: list[ConnectionInfo], streams: list[StreamInfo]) -> None:
+        """A dead cluster node's connections and streams, reported gone by this node: their
+        ``streamDestroyed`` and ``connectionDestroyed`` callbacks (the dead node cannot)."""
+        try:
+            api_key = decode_session_id(session_id).api_key
+        except SalonError:
+            return
+        self.emit(self.monitor.reaped(session_id, api_key, connections, streams, _now_ms()))
 
     def emit(self, callbacks: list[NewCallback]) -> None:
         """Queue callbacks for the outbox (never blocks)."""
@@ -273,10 +287,18 @@ class CallbackService:
         if not self._outcomes:
             return
         outcomes = dict(self._outcomes)
-        await self.store.record_callbacks(list(outcomes.values()))
+        await self.store.record_callbacks([o for o in outcomes.values() if o.status != CLAIMED_ELSEWHERE])
         for key, outcome in outcomes.items():
             del self._outcomes[key]
             ahead = self._ahead.get(key)
+            if outcome.status == CLAIMED_ELSEWHERE:
+                # Another node sends this one: read the key again when its lease ends (by then
+                # that node has recorded it and moved on, or died and the callback is due).
+                assert outcome.retry_at is not None
+                self._ahead.pop(key, None)
+                self._retry_at[key] = outcome.retry_at
+                heapq.heappush(self._retries, (outcome.retry_at, key))
+                continue
             if outcome.status == "pending" and outcome.retry_at is not None:
                 self._ahead.pop(key, None)  # read again when the retry is due
                 self._retry_at[key] = outcome.retry_at
@@ -371,6 +393,10 @@ class CallbackService:
         self._outcomes[event.order_key] = outcome
         self._wake.set()
 
+    def _lease_seconds(self) -> float:
+        """How long a claimed attempt is this server's: the request's timeout and a margin."""
+        return 2 * self.config.timeout + 5.0
+
     def _until_next(self) -> float:
         if not self._retries:
             return 60.0
@@ -389,8 +415,12 @@ class CallbackService:
         return CallbackOutcome(event.id, "pending", now, error=error, retry_at=at)
 
     async def _deliver(self, event: CallbackEvent, project: Project | None) -> CallbackOutcome:
-        """One attempt. The project (URLs, secret) was read with the callback, just now."""
+        """One attempt, claimed first (several nodes may share the outbox: the one whose claim
+        wins sends it). The project (URLs, secret) was read with the callback, just now."""
         assert self._client is not None
+        lease_until = _now_ms() + int(self._lease_seconds() * 1000)
+        if not await self.store.claim_callback(event, lease_until):
+            return CallbackOutcome(event.id, CLAIMED_ELSEWHERE, _now_ms(), retry_at=lease_until)
         url = None if project is None else _url_for(project, event.kind)
         if project is None or not url:
             return CallbackOutcome(event.id, "given_up", _now_ms(), error="no callback URL")

@@ -102,6 +102,28 @@ class SessionMonitor:
             return [self._stream(session_id, live, "streamDestroyed", stream, now, reason)]
         return []
 
+    def reaped(
+        self,
+        session_id: str,
+        api_key: str,
+        connections: list[ConnectionInfo],
+        streams: list[StreamInfo],
+        now: int,
+    ) -> list[NewCallback]:
+        """The callbacks of a dead cluster node's connections and streams, reported gone by
+        the node that noticed (``networkDisconnected``): each stream, then each connection."""
+        live = _LiveSession(api_key, {c.connection_id: c for c in connections})
+        reason = {"reason": "networkDisconnected"}
+        return [
+            *(self._stream(session_id, live, "streamDestroyed", s, now, reason) for s in streams),
+            *(
+                self._callback(
+                    session_id, api_key, "connectionDestroyed", now, {**reason, "connection": _connection(c)}
+                )
+                for c in connections
+            ),
+        ]
+
     def _stream(
         self,
         session_id: str,

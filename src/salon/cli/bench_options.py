@@ -35,6 +35,13 @@ def add_bench_parser(commands: Any) -> None:
     )
     sig.add_argument("--idle", type=float, default=4.0, help="seconds idle before each memory reading")
     sig.add_argument("--per-signal", action="store_true", help="also report each signal's fan-out time")
+    sig.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="cluster nodes (1-5): more than 1 starts a throwaway redis-server and PostgreSQL and that "
+        "many `salon serve` nodes, the connections spread over them (the sender on the first)",
+    )
 
     sfu = bench_commands.add_parser("sfu", help="SFU forwarding: CPU per packet, loss, delay, memory")
     add_sfu_arguments(sfu)

@@ -34,6 +34,13 @@ media stopped meanwhile. Attempts back off exponentially (0.25 s doubling to 4 s
 ``reconnect_timeout``; a refused token, a missing session or a forced disconnection end the
 session at once.
 
+Several servers (the nodes of a cluster, docs/deployment.md): ``url`` may be a list. The
+session connects to the first that answers, in order. On link loss it first tries the server
+it was on (a resume needs it: a resume secret is only valid on the node that issued it); an
+attempt that cannot reach a server (or one that refuses it, e.g. a draining node) moves on to
+the next URL at once, round the list, and the back-off delay is waited only after a whole
+round failed. Another node refuses the resume, so the reconnection there is a fresh connect.
+
 A media worker failure on the server (``media_reset``, docs/protocol.md §6.19) keeps the
 connection: every stream with media ends (``mediaStopped``: the subscribers are dropped as
 usual), the publishers of this client publish again at once (new stream IDs,
@@ -188,7 +195,9 @@ class Session:
     :param session_id: the session to join.
     :param token: a client token for it (never logged).
     :param url: the server, e.g. ``"http://127.0.0.1:8080"`` (``ws://`` works too); an
-        ``https://`` (or ``wss://``) server is reached over TLS.
+        ``https://`` (or ``wss://``) server is reached over TLS. Or a list of servers (the
+        nodes of a cluster): connect to the first that answers; when the link is lost and the
+        server cannot be reached, move to the next (see the module's theory of operation).
     :param ice_addresses: gather ICE host candidates on exactly these local addresses, e.g.
         ``["127.0.0.1"]`` for a server on the same machine (aioice skips loopback otherwise).
         Scoped to this session's peer connections. None: every interface but loopback.
@@ -220,7 +229,7 @@ class Session:
         self,
         session_id: str,
         token: str,
-        url: str,
+        url: str | Sequence[str],
         *,
         ice_addresses: Sequence[str] | None = None,
         ice_servers: Sequence[RTCIceServer] | None = None,
@@ -229,11 +238,19 @@ class Session:
         connect_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if ssl_context is not None and not url.startswith(("https://", "wss://")):
-            raise ValueError(f"ssl_context is for an https:// or wss:// server, not {url!r}")
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("url: at least one server URL")
+        for one in urls:
+            if not isinstance(one, str):
+                raise TypeError(f"url: a server URL is a str, not {one!r}")
+            if ssl_context is not None and not one.startswith(("https://", "wss://")):
+                raise ValueError(f"ssl_context is for an https:// or wss:// server, not {one!r}")
         self.session_id = session_id
         self._ssl_context = ssl_context
-        self.url = url
+        #: The server URLs, in the order they are tried.
+        self.urls: tuple[str, ...] = tuple(urls)
+        self._url_index = 0
         self._token = token
         self._ice_addresses = list(ice_addresses) if ice_addresses is not None else None
         self._own_ice_servers = list(ice_servers) if ice_servers is not None else None
@@ -267,6 +284,16 @@ class Session:
     def __repr__(self) -> str:
         who = self._connection.connection_id[:8] if self._connection else "-"
         return f"Session({self.session_id[-8:]}, {who})"
+
+    @property
+    def url(self) -> str:
+        """The server URL in use (or tried next): one of :attr:`urls`."""
+        return self.urls[self._url_index]
+
+    def _next_url(self) -> None:
+        if len(self.urls) > 1:
+            self._url_index = (self._url_index + 1) % len(self.urls)
+            logger.info("%r: moving to the next server, %s", self, self.url)
 
     # -- state -------------------------------------------------------------------------
 
@@ -378,14 +405,14 @@ class Session:
 
         :raises InvalidToken: the server refused the token.
         :raises SessionNotFound: no such session.
-        :raises ConnectionFailed: the server could not be reached.
+        :raises ConnectionFailed: the server (none of the servers given) could not be reached.
         :raises InvalidStateError: already connected (or used before).
         """
         if self._state is not SessionState.NEW:
             raise InvalidStateError(f"connect: the session is {self._state.value} (a Session connects once)")
         self._set_state(SessionState.CONNECTING)
         try:
-            connected = await self._open_link()
+            connected = await self._open_first_link()
         except BaseException:
             self._set_state(SessionState.DISCONNECTED)
             self._disconnected.set()
@@ -419,6 +446,18 @@ class Session:
                 for server in connected.ice_servers
             ]
         return self._connection
+
+    async def _open_first_link(self) -> ConnectedMessage:
+        """Connect to the first of :attr:`urls` that answers (each tried once, in order)."""
+        for tried in range(len(self.urls)):
+            try:
+                return await self._open_link()
+            except ConnectionFailed:
+                if tried == len(self.urls) - 1:
+                    raise
+                logger.info("%r: cannot connect to %s", self, self.url, exc_info=True)
+                self._next_url()
+        raise AssertionError("unreachable")
 
     async def _open_link(self, resume: ResumeInfo | None = None) -> ConnectedMessage:
         link = SignallingLink(
@@ -691,6 +730,12 @@ class Session:
                 reply = await self._request(request, action=f"subscribe to stream {stream_id}")
             except BaseException:
                 await subscriber._close_media()  # its new m-lines go inactive
+                if self._subscribe_peer is peer and not any(
+                    s._peer is peer for s in self._subscribers if s is not subscriber
+                ):
+                    # Nothing else received on it: it is left with an offer never answered,
+                    # so the next subscription starts on a fresh peer connection.
+                    await self._close_subscribe_peer()
                 raise
             assert isinstance(reply, SubscribedMessage), reply
             await subscriber._answer(reply.subscription_id, reply.answer)
@@ -901,7 +946,7 @@ class Session:
         if resume is None:
             await self._stop_media()
         deadline = time.monotonic() + self._reconnect_timeout
-        delay, attempts = 0.25, 0
+        delay, attempts, failed_in_round = 0.25, 0, 0
         while True:
             attempts += 1
             try:
@@ -921,10 +966,15 @@ class Session:
                 await self._end(reason, str(exc))
                 return
             except ConnectionFailed as exc:
+                logger.info("%r: reconnect attempt %d (%s) failed: %s", self, attempts, self.url, exc)
+                self._next_url()
+                failed_in_round += 1
+                if failed_in_round < len(self.urls) and time.monotonic() < deadline:
+                    continue  # the next server at once
+                failed_in_round = 0
                 if time.monotonic() + delay > deadline:
                     await self._end(SessionEndReason.NETWORK_DISCONNECTED, f"gave up reconnecting: {exc}")
                     return
-                logger.info("%r: reconnect attempt %d failed: %s", self, attempts, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 4.0)
         self._set_state(SessionState.CONNECTED)

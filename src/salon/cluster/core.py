@@ -353,6 +353,24 @@ def load_snapshot(session: Session, snapshot: Snapshot, here: str) -> Delivered:
     return delivered
 
 
+def reaped_infos(dead: str, snapshot: Snapshot) -> tuple[list[ConnectionInfo], list[StreamInfo]]:
+    """The connections of node ``dead`` in a session's snapshot, and their announced streams."""
+    connections = [
+        ConnectionInfo.model_validate(record["info"])
+        for record in map(json.loads, snapshot.connections.values())
+        if record.get("node") == dead
+    ]
+    ids = {c.connection_id for c in connections}
+    streams = [
+        info
+        for info in (
+            StreamInfo.model_validate(json.loads(text)["info"]) for text in snapshot.streams.values()
+        )
+        if info.connection_id in ids
+    ]
+    return connections, streams
+
+
 def reap_actions(dead: str, snapshot: Snapshot) -> list[Action]:
     """What the others are told when node ``dead`` died: its connections' streams, then its
     connections, destroyed with reason ``networkDisconnected``."""

@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from salon.cluster.core import NodeRecord, Presence, Snapshot, encode_batch, reap_actions
+from salon.cluster.core import NodeRecord, Presence, Snapshot, encode_batch, reap_actions, reaped_infos
+from salon.protocol import ConnectionInfo, StreamInfo
 
 __all__ = ["HEARTBEAT", "NODE_TTL", "ClusterNode", "announce_project_change", "list_nodes", "set_draining"]
 
@@ -134,6 +135,9 @@ class ClusterNode:
         self._handler: EntryHandler | None = None
         self._wake = asyncio.Event()
         self._chores: set[asyncio.Task[None]] = set()
+        #: Called when this node reported a dead node's connections (and their streams) gone,
+        #: with the session ID, those connections and those streams (for their callbacks).
+        self.on_reaped: Callable[[str, list[ConnectionInfo], list[StreamInfo]], None] | None = None
         #: Called with an API key when a project changed elsewhere (deleted, secret rotated).
         self.on_project_changed: Callable[[str], None] | None = None
 
@@ -208,10 +212,16 @@ class ClusterNode:
 
     async def _reap(self, dead: str) -> None:
         for session_id in await _done(self.client.smembers(node_sessions_key(dead))):
-            actions = reap_actions(dead, await snapshot(self.client, session_id))
+            snap = await snapshot(self.client, session_id)
+            actions = reap_actions(dead, snap)
             if actions:
                 fields, presence = encode_batch(f"reaper@{self.name}", None, actions)
                 self.publish(session_id, fields, presence)
+                if self.on_reaped is not None:
+                    try:
+                        self.on_reaped(session_id, *reaped_infos(dead, snap))
+                    except Exception:  # the callbacks must not stop the reaping
+                        logger.exception("cluster: the callbacks of a dead node's connections failed")
         await self.client.delete(node_sessions_key(dead))
         if dead != self.name:
             await _done(self.client.srem(NODES_KEY, dead))

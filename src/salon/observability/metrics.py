@@ -104,12 +104,16 @@ METRICS: dict[str, MetricInfo] = {
     ),
     "sessions": _metric("salon_sessions", "gauge", "Live sessions (with at least one connection)"),
     "connections": _metric(
-        "salon_connections", "gauge", "Connections of the live sessions (suspended ones included)"
+        "salon_connections",
+        "gauge",
+        "This node's connections of the live sessions (suspended ones included)",
     ),
     "suspended": _metric(
         "salon_connections_suspended", "gauge", "Connections whose link broke, waiting for a resume"
     ),
-    "streams": _metric("salon_streams", "gauge", "Streams published in the live sessions"),
+    "streams": _metric(
+        "salon_streams", "gauge", "Streams published in the live sessions by this node's connections"
+    ),
     "subscriptions": _metric("salon_subscriptions", "gauge", "Subscriptions in the live sessions"),
     "signalling_received": _metric(
         "salon_signalling_messages_received", "counter", "Valid client messages, by type", "type"
@@ -295,9 +299,12 @@ class SalonCollector(Collector):
         sessions = list(service.sessions.values())
         snapshot.sessions = len(sessions)
         for session in sessions:
-            snapshot.connections += len(session.connections)
-            snapshot.suspended += sum(1 for c in session.connections.values() if c.suspended)
-            snapshot.streams += len(session.streams)
+            # In a cluster a session's copy also lists the other nodes' connections (and their
+            # streams): a node counts its own (``node`` None), so the nodes' series add up.
+            own = {cid for cid, c in session.connections.items() if c.node is None}
+            snapshot.connections += len(own)
+            snapshot.suspended += sum(1 for cid in own if session.connections[cid].suspended)
+            snapshot.streams += sum(1 for s in session.streams.values() if s.connection_id in own)
             snapshot.subscriptions += len(session.subscriptions)
         stats = service.stats
         snapshot.received, snapshot.sent = dict(stats.received), dict(stats.sent)

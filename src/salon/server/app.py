@@ -212,6 +212,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                 load=lambda: len(service.links),
             )
             node.on_project_changed = registry.forget_project
+            node.on_reaped = callbacks.reaped
             cluster = service.cluster = ClusterBridge(node, service)
             try:
                 await cluster.start()

@@ -635,6 +635,30 @@ class Store:
         found.sort(key=lambda item: item[0].id)
         return found
 
+    async def claim_callback(self, event: CallbackEvent, lease_until: int) -> bool:
+        """Take the delivery attempt of ``event`` (as read: its attempts and next attempt time)
+        for this server until ``lease_until`` (ms): one atomic compare-and-set, so of the nodes
+        of a cluster sharing the outbox exactly one wins each attempt. The lease is the row's
+        next attempt time: if the winner dies before recording the outcome, the callback is due
+        again (to any node) when it ends. False: another node took it (or it is finished)."""
+        c = callback_events.c
+        statement = (
+            sa.update(callback_events)
+            .where(
+                c.id == event.id,
+                c.status == "pending",
+                c.attempts == event.attempts,
+                c.next_attempt_at == event.next_attempt_at,
+            )
+            .values(next_attempt_at=lease_until)
+        )
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(statement)
+        except SQLAlchemyError as exc:
+            raise ServerError(f"cannot claim a callback: {exc.__class__.__name__}") from exc
+        return bool(result.rowcount == 1)
+
     async def record_callbacks(self, outcomes: list[CallbackOutcome]) -> None:
         """Record delivery attempts, in one transaction: each one counts an attempt, and the
         callback is ``delivered``, ``given_up`` (both finished at ``now``), or still

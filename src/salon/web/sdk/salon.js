@@ -148,7 +148,11 @@ const SILENT_CLOSE = 4100;
 
 /**
  * @typedef {object} SessionOptions
- * @property {string} [url] the server's http(s) URL (default: this page's origin)
+ * @property {string|string[]} [url] the server's http(s) URL (default: this page's origin), or
+ *   several (the nodes of a cluster): `connect` takes the first that answers, in order; when the
+ *   connection drops, the session first tries the server it was on (a resume needs it), and an
+ *   attempt that cannot reach a server (or that a draining node refuses) moves on to the next
+ *   URL at once, round the list, waiting the back-off delay only after a whole round failed
  * @property {number} [reconnectTimeout] seconds to keep trying after the connection drops (default 30)
  * @property {number} [requestTimeout] seconds to wait for the reply to a request (default 20);
  *   then its promise rejects with a SalonError `timeout`
@@ -163,6 +167,15 @@ const SILENT_CLOSE = 4100;
  *   `sessionDisconnected` (`networkDisconnected`) instead of connecting afresh as a new
  *   connection (default false)
  */
+
+/**
+ * Whether a failed connect attempt should move on to the next server URL: the server could
+ * not be reached, did not answer, or is a draining cluster node (`conflict`, closed 1001).
+ * @param {SalonError} error
+ */
+function movesOn(error) {
+  return error.code === "network_error" || error.code === "timeout" || (error.code === "conflict" && error.closeCode === 1001);
+}
 
 /** A minimal event emitter: `on`, `once`, `off`; handlers get one event object. */
 class Emitter {
@@ -687,7 +700,12 @@ export class Session extends Emitter {
   constructor(sessionId, options = {}) {
     super();
     this.sessionId = sessionId;
-    this.url = (options.url || globalThis.location?.origin || "").replace(/\/+$/, "");
+    const urls = Array.isArray(options.url) ? options.url : [options.url || globalThis.location?.origin || ""];
+    if (urls.length === 0) throw new SalonError("invalid_parameter", "url: at least one server URL");
+    /** @type {string[]} the server URLs, in the order they are tried */
+    this.urls = urls.map((u) => String(u).replace(/\/+$/, ""));
+    /** @type {string} the server in use (or tried next): one of `urls` */
+    this.url = this.urls[0];
     this.reconnectTimeout = options.reconnectTimeout ?? 30;
     this.requestTimeout = options.requestTimeout ?? 20;
     this._refreshToken = options.refreshToken || null;
@@ -750,7 +768,16 @@ export class Session extends Emitter {
     this._token = token;
     this.state = "connecting";
     try {
-      const connected = await this._open();
+      let connected;
+      for (let tried = 1; ; tried++) {
+        try {
+          connected = await this._open();
+          break;
+        } catch (err) {
+          if (tried >= this.urls.length || !movesOn(/** @type {SalonError} */ (err))) throw err;
+          this._nextUrl();
+        }
+      }
       this._adopt(connected, false);
       this.state = "connected";
       this._announceInitial();
@@ -765,6 +792,11 @@ export class Session extends Emitter {
   disconnect() {
     if (this.state === "disconnected") return;
     this._finish("clientDisconnected");
+  }
+
+  /** Move to the next of `urls` (round the list). */
+  _nextUrl() {
+    this.url = this.urls[(this.urls.indexOf(this.url) + 1) % this.urls.length];
   }
 
   /** @returns {string} */
@@ -1187,12 +1219,15 @@ export class Session extends Emitter {
     this.emit("sessionReconnecting");
     const deadline = Date.now() + this.reconnectTimeout * 1000;
     let delay = 250;
+    let wait = delay;
+    let failedInRound = 0;
     let refreshed = false;
     /** @type {SalonError|null} */
     let error = null;
     while (this.state === "reconnecting" && Date.now() < deadline) {
-      await sleep(delay);
-      delay = Math.min(delay * 2, 4000);
+      await sleep(wait);
+      if (wait > 0) delay = Math.min(delay * 2, 4000);
+      wait = delay;
       if (this.state !== "reconnecting") return;
       try {
         const connected = await this._open(resume);
@@ -1212,7 +1247,7 @@ export class Session extends Emitter {
           // The server no longer has the connection (its grace period ended): connect afresh.
           resume = null;
           this._stopMedia();
-          delay = 0;
+          wait = 0;
           continue;
         }
         if (error.code === "token_expired" && this._refreshToken && !refreshed) {
@@ -1220,13 +1255,21 @@ export class Session extends Emitter {
           refreshed = true;
           try {
             this._token = await this._refreshToken();
-            delay = 0;
+            wait = 0;
             continue;
           } catch (refusal) {
             console.warn("salon: refreshToken failed", refusal);
           }
         }
         if (error.closeCode && FATAL_CLOSE_CODES.has(error.closeCode)) break;
+        if (movesOn(error) && this.urls.length > 1) {
+          // This server cannot be reached (or is draining): the next one, at once while
+          // this round has servers left.
+          this._nextUrl();
+          failedInRound += 1;
+          if (failedInRound < this.urls.length) wait = 0;
+          else failedInRound = 0;
+        }
       }
     }
     if (this.state === "reconnecting") {

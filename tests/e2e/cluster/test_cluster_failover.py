@@ -1,0 +1,245 @@
+"""Three cluster nodes with media (real redis-server and PostgreSQL): when a node is killed,
+its Python SDK clients (given every node's URL) move to another node and the call goes on; a
+client on a third node sees only the reconnecting participants' events. And each node's
+Prometheus metrics follow a call spanning two nodes.
+
+Media lives on the node of a client's signalling (node-to-node pipes are not built), so the
+publisher and the subscriber start on one node and move together to the next URL of the list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import pathlib
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from salon.client import (
+    Publisher,
+    Reconnected,
+    Session,
+    StreamReceived,
+    Subscriber,
+    TestPatternSource,
+    ToneSource,
+)
+from tests.e2e.client.sdk_helpers import EventLog, Recorder, wait_for
+from tests.functional.test_cluster import API_KEY, API_SECRET, create_session, token
+from tests.metrics import FORWARDED, Node
+from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
+from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
+from tests.serveproc import ServeProcess
+from tests.wsclient import Message, WsClient
+
+pytestmark = pytest.mark.timeout(300)
+
+LOOPBACK = ["127.0.0.1"]
+#: From kill -9 to the reconnected media: the death is noticed in about 4 s, the SDK moves at
+#: once; generous for a loaded 2-core machine encoding and decoding on the test's loop.
+FAILOVER_WITHIN = 60.0
+
+
+def start_nodes(
+    tmp_path: pathlib.Path, redis_url: str, postgres_url: str, count: int
+) -> Iterator[list[ServeProcess]]:
+    with contextlib.ExitStack() as stack:
+        started = []
+        for i in range(1, count + 1):
+            args = ["--workers", "1", "--redis-url", redis_url, "--database-url", postgres_url]
+            args += ["--node-name", f"f{i}", "--node-address", "127.0.0.1"]
+            started.append(stack.enter_context(ServeProcess(tmp_path / f"f{i}", API_KEY, API_SECRET, args)))
+        yield started
+
+
+@pytest.fixture
+def three_nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
+    yield from start_nodes(tmp_path, redis_url, postgres_url, 3)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
+    yield from start_nodes(tmp_path, redis_url, postgres_url, 2)
+
+
+def decoded_in_order(recorder: Recorder, at_least: int) -> bool:
+    """At least ``at_least`` test-pattern frames, their numbers read back rising (content)."""
+    indices = recorder.indices
+    return len(indices) >= at_least and all(b > a for a, b in itertools.pairwise(indices))
+
+
+async def test_clients_of_a_killed_node_move_to_another_and_the_call_goes_on(
+    three_nodes: list[ServeProcess],
+) -> None:
+    a, b, c = three_nodes
+    urls = [a.url, b.url, c.url]  # every client is given the whole list; A answers first
+    session_id = await create_session(a.url)
+    watcher = await WsClient.join(c.url, session_id, token(session_id))
+
+    recorders: dict[str, Recorder] = {}
+
+    async with (
+        Session(session_id, token(session_id), urls, ice_addresses=LOOPBACK) as publishing,
+        Session(session_id, token(session_id), urls, ice_addresses=LOOPBACK) as subscribing,
+    ):
+        assert publishing.url == a.url and subscribing.url == a.url
+        pub_log, sub_log = EventLog(publishing), EventLog(subscribing)
+
+        async def subscribe(event: StreamReceived) -> None:
+            recorder = recorders.setdefault(event.stream.stream_id, Recorder())
+            await subscribing.subscribe(Subscriber(event.stream, on_video_frame=recorder.on_video))
+
+        subscribing.on(StreamReceived, subscribe)
+        publisher = Publisher("cam", video_source=TestPatternSource(), audio_source=ToneSource(440.0))
+        await publishing.publish(publisher)
+        first_stream = publisher.stream_id
+        assert first_stream is not None
+        await wait_for(
+            lambda: first_stream in recorders and decoded_in_order(recorders[first_stream], 10),
+            "the test pattern decoded on node A",
+            timeout=60,
+        )
+        old_pub, old_sub = publishing.connection_id, subscribing.connection_id
+        assert old_pub and old_sub
+        # The watcher on C saw them arrive, then the stream.
+        for cid in (old_pub, old_sub):
+            await watcher.next(
+                lambda m, cid=cid: (
+                    m["type"] == "connection_created" and m["connection"]["connection_id"] == cid
+                ),
+                timeout=30,
+            )
+        await watcher.next(lambda m: m["type"] == "stream_created", timeout=30)
+        assert await watcher.quiet() == []
+
+        os.kill(a.pid, signal.SIGKILL)
+
+        # Both SDK clients move to B (the next URL): a new connection there, since a resume
+        # secret is only valid on the node that issued it (B refuses it, the SDK connects afresh).
+        await wait_for(
+            lambda: pub_log.of(Reconnected) and sub_log.of(Reconnected),
+            "both clients reconnected",
+            timeout=FAILOVER_WITHIN,
+        )
+        for session, log, old in ((publishing, pub_log, old_pub), (subscribing, sub_log, old_sub)):
+            (reconnected,) = log.of(Reconnected)
+            assert isinstance(reconnected, Reconnected)
+            assert not reconnected.resumed, "another node cannot resume the dead node's connection"
+            assert session.url == b.url, session.url
+            assert session.connection_id not in (None, old)
+        new_pub, new_sub = publishing.connection_id, subscribing.connection_id
+        assert new_pub and new_sub
+
+        # The publisher published again (a new stream, on B); the subscriber, on B too, decodes it.
+        second_stream = publisher.stream_id
+        assert second_stream not in (None, first_stream)
+        await wait_for(
+            lambda: second_stream in recorders and decoded_in_order(recorders[second_stream], 10),
+            "the test pattern decoded again on node B",
+            timeout=FAILOVER_WITHIN,
+        )
+
+        # The watcher on C saw exactly the reconnecting participants' events: the dead node's
+        # stream and connections destroyed as networkDisconnected (by the node that noticed the
+        # death), the new connections and the new stream created.
+        expected = {
+            ("stream_destroyed", first_stream, "networkDisconnected"),
+            ("connection_destroyed", old_pub, "networkDisconnected"),
+            ("connection_destroyed", old_sub, "networkDisconnected"),
+            ("connection_created", new_pub, None),
+            ("connection_created", new_sub, None),
+            ("stream_created", second_stream, None),
+        }
+
+        def key(m: Message) -> tuple[str, str | None, str | None]:
+            if m["type"] == "connection_created":
+                return (m["type"], m["connection"]["connection_id"], None)
+            if m["type"] == "stream_created":
+                return (m["type"], m["stream"]["stream_id"], None)
+            return (m["type"], m.get("stream_id") or m.get("connection_id"), m.get("reason"))
+
+        seen: list[Message] = []
+        for _ in expected:
+            seen.append(await watcher.next(lambda m: key(m) in expected, timeout=FAILOVER_WITHIN))
+        seen += await watcher.quiet()
+        keys = [key(m) for m in seen]
+        assert sorted(keys, key=str) == sorted(expected, key=str), seen
+        assert keys.index(("stream_destroyed", first_stream, "networkDisconnected")) < keys.index(
+            ("connection_destroyed", old_pub, "networkDisconnected")
+        )
+        assert keys.index(("connection_created", new_pub, None)) < keys.index(
+            ("stream_created", second_stream, None)
+        )
+        stream_created = seen[keys.index(("stream_created", second_stream, None))]
+        assert stream_created["stream"]["connection_id"] == new_pub
+        # The SDK clients do not see their own former connections as someone else's.
+        assert set(publishing.connections) == {watcher.connection_id, new_sub}
+        assert set(subscribing.connections) == {watcher.connection_id, new_pub}
+    await watcher.close()
+
+
+async def test_metrics_of_two_nodes_follow_a_call_spanning_them(two_nodes: list[ServeProcess]) -> None:
+    """Clients of one session on two nodes (each node's with media on it): both nodes count
+    their connections and forward packets, and the counters move while the call goes on."""
+    nodes = [Node(n.url, n.metrics_url, f"f{i}") for i, n in enumerate(two_nodes, 1)]
+    for n in nodes:
+        assert n.metrics_url, "the node prints its metrics address"
+    session_id = await create_session(nodes[0].url)
+    before = {n.name: await asyncio.to_thread(n.scrape) for n in nodes}
+    async with contextlib.AsyncExitStack() as stack:
+        recorders: dict[str, Recorder] = {}
+        sessions: dict[str, tuple[Session, Session]] = {}
+        for n in nodes:
+            publishing = await stack.enter_async_context(
+                Session(session_id, token(session_id), n.url, ice_addresses=LOOPBACK)
+            )
+            subscribing = await stack.enter_async_context(
+                Session(session_id, token(session_id), n.url, ice_addresses=LOOPBACK)
+            )
+            sessions[n.name] = (publishing, subscribing)
+            recorder = recorders[n.name] = Recorder()
+            publisher = Publisher(n.name, video_source=TestPatternSource(), audio_source=ToneSource(440.0))
+            stream = await publishing.publish(publisher)
+            # Subscribe to the stream of this node's publisher (media stays on its node), once
+            # it is announced (its media flows).
+            await wait_for(
+                lambda s=subscribing, sid=stream.stream_id: sid in s.streams, "the stream announced", 30
+            )
+            announced = subscribing.streams[stream.stream_id]
+            await subscribing.subscribe(Subscriber(announced, on_video_frame=recorder.on_video))
+        # Every client sees the three others, whichever node they are on.
+        await wait_for(
+            lambda: all(len(s.connections) == 3 for pair in sessions.values() for s in pair),
+            "each client to see the three others",
+            timeout=30,
+        )
+        first = {}
+        for n in nodes:
+            first[n.name] = await n.wait_for(
+                "two connections, a stream, consumers and forwarded packets",
+                lambda s, n=n: (
+                    s.value("salon_connections", node=n.name) == 2
+                    and s.value("salon_streams", node=n.name) >= 1
+                    and s.value("salon_consumers", node=n.name) >= 1
+                    and s.value(FORWARDED, node=n.name) > before[n.name].value(FORWARDED, node=n.name) + 50
+                ),
+            )
+        for n in nodes:
+            forwarded = first[n.name].value(FORWARDED, node=n.name)
+            await n.wait_for(
+                "forwarded packets growing between two scrapes",
+                lambda s, n=n, forwarded=forwarded: s.value(FORWARDED, node=n.name) > forwarded + 100,
+            )
+        await wait_for(
+            lambda: all(decoded_in_order(r, 10) for r in recorders.values()),
+            "the test pattern decoded on both nodes",
+            timeout=60,
+        )
+    for n in nodes:
+        await n.wait_for(
+            "the call's connections gone", lambda s, n=n: s.value("salon_connections", node=n.name) == 0
+        )
