@@ -41,7 +41,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from salon.media.events import EventEmitter
 from salon.media.rtcp import ReportBlock, build_sender_report
@@ -62,9 +62,15 @@ from salon.media.transport import TransportState
 
 if TYPE_CHECKING:
     from salon.media.producer import Producer
-    from salon.media.transport import WebRtcTransport
 
-__all__ = ["Consumer", "ConsumerCloseReason", "ConsumerClosed", "ConsumerEvent", "ConsumerStats"]
+__all__ = [
+    "Consumer",
+    "ConsumerCloseReason",
+    "ConsumerClosed",
+    "ConsumerEvent",
+    "ConsumerStats",
+    "ConsumerTransport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +94,25 @@ def _abs_send_time_once(now: float) -> bytes:
 
 #: While waiting for a key frame, ask again this often.
 KEY_FRAME_RETRY_INTERVAL = 0.5
+
+
+class ConsumerTransport(Protocol):
+    """What a consumer uses of its (subscriber's) transport."""
+
+    @property
+    def state(self) -> TransportState: ...
+
+    def send_rtp(self, packet: bytes) -> None:
+        """Protect and send one RTP packet to the subscriber now (the hot path)."""
+
+    def send_rtcp(self, packet: bytes) -> None:
+        """Protect and send one (compound) RTCP packet to the subscriber now."""
+
+    def schedule(self, at: float) -> None:
+        """Call ``on_timer`` of the producers and consumers no later than ``at``."""
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """The consumer closed: route no more feedback to it."""
 
 
 class ConsumerCloseReason(enum.Enum):
@@ -131,7 +156,7 @@ class Consumer:
 
     def __init__(
         self,
-        transport: WebRtcTransport,
+        transport: ConsumerTransport,
         producer: Producer,
         track: SubscribeTrack,
         *,
@@ -216,7 +241,7 @@ class Consumer:
         active = not self.closed and not self.paused and self.transport.state is TransportState.CONNECTED
         if active is not self._active:
             self._active = active
-            self.producer._consumers_changed()
+            self.producer.consumers_changed()
 
     def transport_connected(self) -> None:
         """Called by the transport once ICE + DTLS are up."""
@@ -239,10 +264,10 @@ class Consumer:
         new producer's first key frame, asked for now)."""
         if self.closed or producer is self.producer:
             return
-        self.producer._remove_consumer(self)
+        self.producer.remove_consumer(self)
         self.producer = producer
         self._started = False
-        producer._add_consumer(self)
+        producer.add_consumer(self)
         logger.info("%r: switched to %r", self, producer)
         if self._active:
             self._request_start(self._now())
@@ -447,8 +472,8 @@ class Consumer:
         self.close_reason = reason
         self._active = False
         logger.info("%r: closed (%s)", self, reason.value)
-        self.producer._remove_consumer(self)
-        self.transport._remove_consumer(self)
+        self.producer.remove_consumer(self)
+        self.transport.remove_consumer(self)
         self.events.emit(ConsumerClosed(self, reason))
         self.events.clear()
 

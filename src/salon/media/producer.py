@@ -35,7 +35,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from salon.media.events import EventEmitter
 from salon.media.keyframe import KeyFrameRequestThrottle
@@ -62,7 +62,6 @@ from salon.media.sdp import HeaderExtensionIds, MediaKind, PublishTrack, RtpCode
 if TYPE_CHECKING:
     from salon.media.consumer import Consumer
     from salon.media.recording import Recorder
-    from salon.media.transport import WebRtcTransport
 
 __all__ = [
     "Producer",
@@ -70,6 +69,7 @@ __all__ = [
     "ProducerClosed",
     "ProducerEvent",
     "ProducerStats",
+    "ProducerTransport",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,19 @@ REPORT_INTERVAL = 1.0
 DEFAULT_MAX_BITRATE = 1_500_000
 #: RFC 6464 value for "no voice, -127 dBov", until the publisher's packets carry a level.
 _SILENCE = b"\x7f"
+
+
+class ProducerTransport(Protocol):
+    """What a producer uses of its (publisher's) transport."""
+
+    def send_rtcp(self, packet: bytes) -> None:
+        """Protect and send one (compound) RTCP packet to the publisher now."""
+
+    def schedule(self, at: float) -> None:
+        """Call ``on_timer`` of the producers and consumers no later than ``at``."""
+
+    def remove_producer(self, producer: Producer) -> None:
+        """The producer closed: route nothing more to it."""
 
 
 class ProducerCloseReason(enum.Enum):
@@ -131,7 +144,7 @@ class Producer:
 
     def __init__(
         self,
-        transport: WebRtcTransport,
+        transport: ProducerTransport,
         track: PublishTrack,
         *,
         stream_id: str,
@@ -223,18 +236,20 @@ class Producer:
     def consumers(self) -> list[Consumer]:
         return list(self._consumers)
 
-    def _add_consumer(self, consumer: Consumer) -> None:
+    def add_consumer(self, consumer: Consumer) -> None:
+        """Feed ``consumer`` (once it forwards: :meth:`consumers_changed`)."""
         if self.closed:
             return
         self._consumers.append(consumer)
-        self._consumers_changed()
+        self.consumers_changed()
 
-    def _remove_consumer(self, consumer: Consumer) -> None:
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """Stop feeding ``consumer`` (it closed or switched to another producer)."""
         if consumer in self._consumers:
             self._consumers.remove(consumer)
-        self._consumers_changed()
+        self.consumers_changed()
 
-    def _consumers_changed(self) -> None:
+    def consumers_changed(self) -> None:
         """A consumer was added, removed, paused, resumed, connected or closed."""
         self._forwarding = tuple(c for c in self._consumers if c.forwarding)
 
@@ -242,11 +257,11 @@ class Producer:
     def recorders(self) -> list[Recorder]:
         return list(self._recorders)
 
-    def _add_recorder(self, recorder: Recorder) -> None:
+    def add_recorder(self, recorder: Recorder) -> None:
         if not self.closed and recorder not in self._recorders:
             self._recorders = (*self._recorders, recorder)
 
-    def _remove_recorder(self, recorder: Recorder) -> None:
+    def remove_recorder(self, recorder: Recorder) -> None:
         self._recorders = tuple(r for r in self._recorders if r is not recorder)
 
     # ----------------------------------------------------------------------------------------
@@ -480,7 +495,7 @@ class Producer:
         recorders, self._recorders = self._recorders, ()
         for recorder in recorders:
             recorder.producer_closed(self)
-        self.transport._remove_producer(self)
+        self.transport.remove_producer(self)
         self.events.emit(ProducerClosed(self, reason))
         self.events.clear()
 

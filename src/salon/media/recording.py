@@ -117,7 +117,7 @@ class Recorder:
         loop = asyncio.get_running_loop()
         loop.add_reader(self._sock.fileno(), self._on_readable)
         for producer in self.producers.values():
-            producer._add_recorder(self)
+            producer.add_recorder(self)
         now = time.monotonic()
         video = self.producers.get("video")
         if video is not None:
@@ -202,7 +202,7 @@ class Recorder:
             return
         self.closed = True
         for producer in list(self.producers.values()):
-            producer._remove_recorder(self)
+            producer.remove_recorder(self)
         try:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
         except RuntimeError:  # no running loop: the worker is shutting down

@@ -237,7 +237,7 @@ class Router:
             if track.kind in stream.producers:
                 continue  # one audio and one video per stream; extra m-lines are rejected
             producer = Producer(transport, track, stream_id=stream_id)
-            transport._add_producer(producer)
+            transport.add_producer(producer)
             producer.events.add_listener(self._on_producer_event)
             stream.producers[track.kind] = producer
             self.producers[producer.id] = producer
@@ -331,8 +331,8 @@ class Router:
             rtx_ssrc = self._new_ssrc(transport) if track.codec.rtx_payload_type is not None else None
             paused = not (audio if track.kind == "audio" else video)
             consumer = Consumer(transport, producer, track, ssrc=ssrc, rtx_ssrc=rtx_ssrc, paused=paused)
-            transport._add_consumer(consumer)
-            producer._add_consumer(consumer)
+            transport.add_consumer(consumer)
+            producer.add_consumer(consumer)
             consumers.append(consumer)
             transport.answered[track.mid] = AnswerMedia(
                 mid=track.mid,

@@ -11,6 +11,7 @@ from typing import Any
 
 from salon.media.consumer import Consumer
 from salon.media.producer import Producer
+from salon.media.routing import RtpRoutes
 from salon.media.rtcp import RtcpPacket, parse_rtcp
 from salon.media.rtp import build_rtp, encode_one_byte_extensions, parse_rtp_header
 from salon.media.sdp import HeaderExtensionIds, PublishTrack, RtpCodec, SubscribeTrack
@@ -42,8 +43,7 @@ class FakeTransport:
         self.rtp: list[bytes] = []
         self.rtcp: list[bytes] = []
         self.scheduled: list[float] = []
-        self._producers_by_ssrc: dict[int, Producer] = {}
-        self._consumers_by_ssrc: dict[int, Consumer] = {}
+        self.routes: RtpRoutes[Producer, Consumer] = RtpRoutes()
 
     def send_rtp(self, packet: bytes) -> None:
         self.rtp.append(packet)
@@ -54,10 +54,10 @@ class FakeTransport:
     def schedule(self, at: float) -> None:
         self.scheduled.append(at)
 
-    def _remove_producer(self, producer: Any) -> None:
+    def remove_producer(self, producer: Any) -> None:
         pass
 
-    def _remove_consumer(self, consumer: Any) -> None:
+    def remove_consumer(self, consumer: Any) -> None:
         pass
 
     def sent_rtcp(self, kind: type[Any] | None = None) -> list[RtcpPacket]:
@@ -84,8 +84,7 @@ def make_producer(
         cname="c",
     )
     producer = Producer(pub, track, stream_id="s")  # type: ignore[arg-type]
-    for s in producer.ssrcs():
-        pub._producers_by_ssrc[s] = producer
+    pub.routes.add_producer(producer, mid=producer.mid, ssrcs=producer.ssrcs())
     return producer, pub
 
 
@@ -121,10 +120,8 @@ def add_consumer(
         ssrc=ssrc,
         rtx_ssrc=ssrc + 1 if sub_codec.rtx_payload_type is not None else None,
     )
-    sub._consumers_by_ssrc[consumer.ssrc] = consumer
-    if consumer.rtx_ssrc is not None:
-        sub._consumers_by_ssrc[consumer.rtx_ssrc] = consumer
-    producer._add_consumer(consumer)
+    sub.routes.add_consumer(consumer, [s for s in (consumer.ssrc, consumer.rtx_ssrc) if s is not None])
+    producer.add_consumer(consumer)
     consumer.transport_connected()
     return consumer, sub
 

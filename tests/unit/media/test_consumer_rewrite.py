@@ -57,7 +57,7 @@ def make(paused: bool = False) -> tuple[Producer, Consumer, FakeTransport, FakeT
         rtx_ssrc=6666,
         paused=paused,
     )
-    producer._add_consumer(consumer)
+    producer.add_consumer(consumer)
     consumer.transport_connected()
     return producer, consumer, pub, sub
 
