@@ -46,6 +46,7 @@ __all__ = [
     "OveruseDetector",
     "ProbeCluster",
     "ProbeController",
+    "ReceiveSideEstimator",
     "TrendlineFilter",
 ]
 
@@ -358,6 +359,8 @@ class BandwidthEstimator:
         """A loss fraction (0..1) from a receiver report; used only while no transport-cc
         feedback arrives (with it, loss is counted from the feedback)."""
         if not self._twcc_seen:
+            if self.remb is not None and fraction > self.LOSS_HIGH:
+                self.loss_based = min(self.loss_based, float(self.remb))  # decrease from what is sent
             self._apply_loss(fraction, now)
 
     def on_packet_results(self, results: Sequence[PacketResult], now: float) -> None:
@@ -463,6 +466,85 @@ class BandwidthEstimator:
             "loss_fraction": round(self.last_loss_fraction, 4),
             "transport_cc": self._twcc_seen,
         }
+
+
+# --- Receive side (toward publishers) ---------------------------------------------------------
+
+
+class ReceiveSideEstimator:
+    """The publisher's uplink as the SFU measures it: the value of the REMB sent to it.
+
+    The same delay-based machinery as the send side, run where the packets arrive: send times
+    come from the publisher's abs-send-time extension (6.18 fixed-point seconds, wrapping every
+    64 s) or, when it did not negotiate it, from the RTP timestamp (one group per frame, as
+    libwebrtc's single-stream estimator); arrival times are the SFU's clock. The rate starts at
+    ``max_bitrate`` (nothing known: do not hold the publisher down) and only an overuse of the
+    uplink lowers it, to 85% of the rate received. Subscribers' downlinks play no part: each
+    gets what its own link carries from the layers the publisher sends (allocator).
+    """
+
+    __slots__ = (
+        "_acked",
+        "_acked_bytes",
+        "_aimd",
+        "_detector",
+        "_inter_arrival",
+        "_last_raw",
+        "_send",
+        "_trend",
+    )
+
+    ACKED_WINDOW = 1.0
+
+    def __init__(self, max_bitrate: int) -> None:
+        self._inter_arrival = InterArrival()
+        self._trend = TrendlineFilter()
+        self._detector = OveruseDetector()
+        self._aimd = AimdRateController(max_bitrate)
+        self._last_raw: int | None = None
+        self._send = 0.0
+        self._acked: deque[tuple[float, int]] = deque()
+        self._acked_bytes = 0
+
+    @property
+    def usage(self) -> BandwidthUsage:
+        return self._detector.state
+
+    def on_packet(self, send_raw: int, wrap: int, ticks_per_second: float, arrival: float, size: int) -> None:
+        """One received packet: ``send_raw`` is its abs-send-time value (``wrap`` = 1 << 24,
+        ``ticks_per_second`` = 262144) or its RTP timestamp (1 << 32, the clock rate)."""
+        last = self._last_raw
+        if last is None:
+            self._send = 0.0
+        else:
+            delta = (send_raw - last) % wrap
+            if delta >= wrap // 2:
+                delta -= wrap
+            self._send += delta / ticks_per_second
+        if last is None or send_raw != last:
+            self._last_raw = send_raw
+        acked = self._acked
+        acked.append((arrival, size))
+        self._acked_bytes += size
+        while acked[0][0] < arrival - self.ACKED_WINDOW:
+            self._acked_bytes -= acked.popleft()[1]
+        deltas = self._inter_arrival.add(self._send, arrival)
+        if deltas is None:
+            return
+        send_delta, arrival_delta, group_arrival = deltas
+        trend = self._trend.update((arrival_delta - send_delta) * 1000, group_arrival * 1000)
+        usage = self._detector.detect(trend, send_delta * 1000, group_arrival * 1000)
+        self._aimd.update(usage, self.incoming_bitrate, arrival)
+
+    @property
+    def incoming_bitrate(self) -> float | None:
+        acked = self._acked
+        if len(acked) < 2 or acked[-1][0] - acked[0][0] < 0.2:
+            return None
+        return self._acked_bytes * 8 / max(acked[-1][0] - acked[0][0], self.ACKED_WINDOW / 2)
+
+    def estimate(self, max_bitrate: int) -> int:
+        return int(max(30_000, min(max_bitrate, self._aimd.rate)))
 
 
 # --- Probing ----------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ extension / payload type). Per packet, synchronously, it:
 
 Upstream RTCP: key-frame requests from consumers are throttled
 (:class:`~salon.media.keyframe.KeyFrameRequestThrottle`) into PLIs (or FIRs when the publisher
-only offered ``ccm fir``); every ~1 s the producer sends a receiver report plus a REMB carrying
-the minimum of its forwarding consumers' REMB estimates (capped at ``max_bitrate``). A publisher SR is
+only offered ``ccm fir``); every ~1 s the producer sends a receiver report plus (video) a REMB
+carrying the publisher's own uplink as measured on the packets that arrive
+(:class:`~salon.media.estimator.ReceiveSideEstimator`: delay-based on abs-send-time, or on the
+RTP timestamps without it; capped at ``max_bitrate``), never the subscribers' estimates. A publisher SR is
 rewritten into one SR per consumer so lip sync survives the timestamp offsets.
 
 Closing: :meth:`Producer.close` (unpublish) and :meth:`Producer.transport_closed` both close
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from salon.media.estimator import ReceiveSideEstimator
 from salon.media.events import EventEmitter
 from salon.media.keyframe import KeyFrameRequestThrottle
 from salon.media.nack import NackGenerator
@@ -199,6 +202,9 @@ class Producer:
         self._key_frames = KeyFrameRequestThrottle(KEY_FRAME_REQUEST_INTERVAL)
         self._is_key_frame = KEYFRAME_DETECTORS.get(track.codec.name) if self.kind == "video" else None
         self._audio_level_id = track.extensions.audio_level
+        #: The publisher's uplink, measured on what arrives (video): the REMB sent to it.
+        self._uplink = ReceiveSideEstimator(max_bitrate) if self.kind == "video" else None
+        self._abs_send_time_id = track.extensions.abs_send_time
         self._next_report = 0.0
         # Receive statistics for receiver reports (RFC 3550 A.3).
         self._base_seq = -1
@@ -290,6 +296,8 @@ class Producer:
             header = RtpHeader(header.marker, self._pt, osn, header.timestamp, self.ssrc, 12, 0, 0)
         elif header.payload_type != self._pt:
             return
+        elif self._uplink is not None:
+            self._measure_uplink(data, header, now)
         if self.on_first_packet is not None:
             first, self.on_first_packet = self.on_first_packet, None
             first(self)
@@ -337,6 +345,18 @@ class Producer:
         for recorder in self._recorders:
             recorder.send_rtp(self, data)
 
+    def _measure_uplink(self, data: bytes, header: RtpHeader, now: float) -> None:
+        """Feed the publisher's uplink estimator with one (non-RTX) video packet."""
+        uplink = self._uplink
+        assert uplink is not None
+        abs_id = self._abs_send_time_id
+        if abs_id is None:
+            uplink.on_packet(header.timestamp, 1 << 32, float(self.codec.clock_rate), now, len(data))
+            return
+        value = find_header_extension(data, header, abs_id) if header.extension_length else None
+        if value is not None and len(value) == 3:
+            uplink.on_packet((value[0] << 16) | (value[1] << 8) | value[2], 1 << 24, 262144.0, now, len(data))
+
     def _update_receive_stats(self, seq: int) -> None:
         if self._base_seq < 0:
             self._base_seq = seq
@@ -348,6 +368,13 @@ class Producer:
                     self._cycles += 0x10000
                 self._max_seq = seq
         self._received += 1
+
+    @property
+    def uplink_estimate(self) -> int:
+        """The REMB value sent to the publisher: its uplink as measured here, capped at
+        ``max_bitrate`` (0 for audio)."""
+        uplink = self._uplink
+        return 0 if uplink is None else uplink.estimate(self.max_bitrate)
 
     def get_cached(self, seq: int) -> bytes | None:
         """The packet with publisher sequence number ``seq`` if still cached."""
@@ -463,11 +490,10 @@ class Producer:
             dlsr=dlsr & 0xFFFFFFFF,
         )
         packet = build_receiver_report(self._rtcp_ssrc, [block])
-        if self.kind == "video":
-            # Only subscribers we send to count: a paused one's last estimate is stale.
-            estimates = [c.remb_bitrate for c in self._forwarding if c.remb_bitrate]
-            bitrate = min([self.max_bitrate, *estimates])
-            packet += build_remb(self._rtcp_ssrc, bitrate, [self.ssrc])
+        if self._uplink is not None:
+            # The publisher's own uplink, not its subscribers' downlinks (each subscriber gets
+            # the layer its link carries).
+            packet += build_remb(self._rtcp_ssrc, self.uplink_estimate, [self.ssrc])
         self.stats.reports_sent += 1
         self.transport.send_rtcp(packet)
 
@@ -509,4 +535,5 @@ class Producer:
             "consumers": [c.id for c in self._consumers],
             "recorders": [r.id for r in self._recorders],
             "stats": dataclasses.asdict(self.stats),
+            "uplink_estimate": self.uplink_estimate if self._uplink is not None else None,
         }

@@ -21,7 +21,13 @@ Two kinds of offer exist, one per transport:
   cannot receive the producer's codec, :class:`~salon.media.errors.UnsupportedError` is
   raised.
 
-What we deliberately do not negotiate: transport-cc (we do REMB), red/ulpfec/flexfec, VP9/AV1
+Transport-wide congestion control (the transport-wide sequence-number extension and
+``a=rtcp-fb:<pt> transport-cc``) is negotiated toward subscribers only, when they offer it: the SFU
+stamps every packet it sends them and estimates their downlink from the feedback
+(:mod:`salon.media.bandwidth`). Toward publishers the SFU sends REMB (goog-remb) computed from
+its own receive-side measurements.
+
+What we deliberately do not negotiate: red/ulpfec/flexfec, VP9/AV1
 (forwarding them is possible, key-frame detection is not written), and simulcast: ``a=rid`` /
 ``a=simulcast`` are ignored, so a client offering simulcast gets an answer without them and,
 per RFC 8853, sends a single encoding.
@@ -58,6 +64,7 @@ __all__ = [
     "EXT_ABS_SEND_TIME",
     "EXT_AUDIO_LEVEL",
     "EXT_MID",
+    "EXT_TRANSPORT_CC",
     "AnswerMedia",
     "ClientOffer",
     "HeaderExtensionIds",
@@ -85,11 +92,16 @@ MediaKind = Literal["audio", "video"]
 EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 #: RTCP feedback the SFU implements, as (type, parameter).
 SUPPORTED_RTCP_FEEDBACK: frozenset[tuple[str, str | None]] = frozenset(
     {("nack", None), ("nack", "pli"), ("ccm", "fir"), ("goog-remb", None)}
 )
+#: RTCP feedback answered toward subscribers only (the SFU is the sender there).
+SUBSCRIBER_RTCP_FEEDBACK: frozenset[tuple[str, str | None]] = SUPPORTED_RTCP_FEEDBACK | {
+    ("transport-cc", None)
+}
 
 _PROFILE = "UDP/TLS/RTP/SAVPF"
 
@@ -105,14 +117,20 @@ class HeaderExtensionIds:
     mid: int | None = None
     abs_send_time: int | None = None
     audio_level: int | None = None
+    transport_cc: int | None = None
+    """The transport-wide sequence number (subscribe m-lines only)."""
 
     @classmethod
-    def from_map(cls, kind: MediaKind, uris: Mapping[str, int]) -> HeaderExtensionIds:
-        """Keep the extensions we support out of an offered ``uri -> id`` map."""
+    def from_map(
+        cls, kind: MediaKind, uris: Mapping[str, int], *, transport_cc: bool = False
+    ) -> HeaderExtensionIds:
+        """Keep the extensions we support out of an offered ``uri -> id`` map; the
+        transport-wide sequence number only with ``transport_cc`` (toward subscribers)."""
         return cls(
             mid=uris.get(EXT_MID),
             abs_send_time=uris.get(EXT_ABS_SEND_TIME) if kind == "video" else None,
             audio_level=uris.get(EXT_AUDIO_LEVEL) if kind == "audio" else None,
+            transport_cc=uris.get(EXT_TRANSPORT_CC) if transport_cc else None,
         )
 
     def to_sdp(self) -> list[tuple[int, str]]:
@@ -123,6 +141,8 @@ class HeaderExtensionIds:
             out.append((self.abs_send_time, EXT_ABS_SEND_TIME))
         if self.audio_level is not None:
             out.append((self.audio_level, EXT_AUDIO_LEVEL))
+        if self.transport_cc is not None:
+            out.append((self.transport_cc, EXT_TRANSPORT_CC))
         return out
 
 
@@ -540,8 +560,10 @@ def _rtx_for(media: OfferedMedia, payload_type: int) -> int | None:
     return None
 
 
-def _supported_feedback(codec: RtpCodec) -> tuple[tuple[str, str | None], ...]:
-    return tuple(fb for fb in codec.rtcp_feedback if fb in SUPPORTED_RTCP_FEEDBACK)
+def _supported_feedback(
+    codec: RtpCodec, supported: frozenset[tuple[str, str | None]] = SUPPORTED_RTCP_FEEDBACK
+) -> tuple[tuple[str, str | None], ...]:
+    return tuple(fb for fb in codec.rtcp_feedback if fb in supported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,7 +650,7 @@ def negotiate_subscribe(offer: ClientOffer, sources: Sequence[tuple[str, RtpCode
             payload_type=match.payload_type,
             parameters=h264_answer_parameters(match, source) if source.name == "h264" else source.parameters,
             rtx_payload_type=rtx_pt,
-            rtcp_feedback=_supported_feedback(match),
+            rtcp_feedback=_supported_feedback(match, SUBSCRIBER_RTCP_FEEDBACK),
         )
         taken.add(m.kind)
         tracks.append(
@@ -637,7 +659,7 @@ def negotiate_subscribe(offer: ClientOffer, sources: Sequence[tuple[str, RtpCode
                 kind=_kind(m.kind),
                 source=pid,
                 codec=codec,
-                extensions=HeaderExtensionIds.from_map(_kind(m.kind), m.extensions),
+                extensions=HeaderExtensionIds.from_map(_kind(m.kind), m.extensions, transport_cc=True),
             )
         )
     if not tracks:
