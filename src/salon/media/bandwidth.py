@@ -16,7 +16,6 @@ Sans-I/O glue owned by :class:`~salon.media.transport.WebRtcTransport` (``transp
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 from salon.media.allocator import Allocation, Allocator, ConsumerInput
@@ -25,8 +24,6 @@ from salon.media.rtcp import ReportBlock
 from salon.media.twcc import SendHistory, TransportFeedback
 
 __all__ = ["TransportBandwidth"]
-
-_U16_PACK = struct.Struct("!H").pack
 
 
 class TransportBandwidth:
@@ -53,14 +50,9 @@ class TransportBandwidth:
         self.feedback_packets = 0
         self.feedback_results = 0
         self.remb_packets = 0
-        next_sequence = self.history.next_sequence
-
-        def stamp(now: float, size: int) -> bytes:
-            """Number one RTP packet of ``size`` bytes sent at ``now``: the extension value."""
-            return _U16_PACK(next_sequence(now, size))
-
-        #: The per-packet call (a closure: one call, no attribute lookups on the hot path).
-        self.stamp = stamp
+        #: The per-packet call: ``stamp(now, size)`` numbers one RTP packet of ``size`` bytes
+        #: sent at ``now`` and returns the extension value (a closure over the history).
+        self.stamp = self.history.stamper()
 
     def on_transport_feedback(self, feedback: TransportFeedback, now: float) -> None:
         self.feedback_packets += 1

@@ -152,12 +152,19 @@ class TrendlineFilter:
 
 
 def _slope(points: Sequence[tuple[float, float]] | deque[tuple[float, float]]) -> float:
+    """Least-squares slope, in one pass with x relative to the first point (precision over
+    long calls: the x values are milliseconds since the first group)."""
     n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    numerator = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    denominator = sum((x - mean_x) ** 2 for x, _ in points)
-    return numerator / denominator if denominator else 0.0
+    x0 = points[0][0]
+    sx = sy = sxx = sxy = 0.0
+    for x, y in points:
+        x -= x0
+        sx += x
+        sy += y
+        sxx += x * x
+        sxy += x * y
+    denominator = n * sxx - sx * sx
+    return (n * sxy - sx * sy) / denominator if denominator else 0.0
 
 
 class OveruseDetector:
@@ -484,17 +491,18 @@ class ReceiveSideEstimator:
     """
 
     __slots__ = (
-        "_acked",
-        "_acked_bytes",
         "_aimd",
         "_detector",
         "_inter_arrival",
         "_last_raw",
         "_send",
         "_trend",
+        "_window_bytes",
+        "_window_start",
+        "incoming_bitrate",
     )
 
-    ACKED_WINDOW = 1.0
+    ACKED_WINDOW = 0.5
 
     def __init__(self, max_bitrate: int) -> None:
         self._inter_arrival = InterArrival()
@@ -503,8 +511,10 @@ class ReceiveSideEstimator:
         self._aimd = AimdRateController(max_bitrate)
         self._last_raw: int | None = None
         self._send = 0.0
-        self._acked: deque[tuple[float, int]] = deque()
-        self._acked_bytes = 0
+        self._window_start: float | None = None
+        self._window_bytes = 0
+        #: Bit/s received over the last complete window (None before the first).
+        self.incoming_bitrate: float | None = None
 
     @property
     def usage(self) -> BandwidthUsage:
@@ -512,36 +522,42 @@ class ReceiveSideEstimator:
 
     def on_packet(self, send_raw: int, wrap: int, ticks_per_second: float, arrival: float, size: int) -> None:
         """One received packet: ``send_raw`` is its abs-send-time value (``wrap`` = 1 << 24,
-        ``ticks_per_second`` = 262144) or its RTP timestamp (1 << 32, the clock rate)."""
+        ``ticks_per_second`` = 262144) or its RTP timestamp (1 << 32, the clock rate); ``wrap``
+        must be a power of two."""
         last = self._last_raw
         if last is None:
-            self._send = 0.0
+            send = 0.0
         else:
-            delta = (send_raw - last) % wrap
-            if delta >= wrap // 2:
+            delta = (send_raw - last) & (wrap - 1)
+            if delta >= wrap >> 1:
                 delta -= wrap
-            self._send += delta / ticks_per_second
-        if last is None or send_raw != last:
-            self._last_raw = send_raw
-        acked = self._acked
-        acked.append((arrival, size))
-        self._acked_bytes += size
-        while acked[0][0] < arrival - self.ACKED_WINDOW:
-            self._acked_bytes -= acked.popleft()[1]
-        deltas = self._inter_arrival.add(self._send, arrival)
+            send = self._send + delta / ticks_per_second
+        self._send = send
+        self._last_raw = send_raw
+        # Incoming rate over windows of at least ACKED_WINDOW: one addition per packet.
+        self._window_bytes += size
+        started = self._window_start
+        if started is None:
+            self._window_start = arrival
+        elif arrival - started >= self.ACKED_WINDOW:
+            self.incoming_bitrate = self._window_bytes * 8 / (arrival - started)
+            self._window_start = arrival
+            self._window_bytes = 0
+        # Fast path (most packets): sent within the current 5 ms group, in order.
+        group = self._inter_arrival._current
+        if group is not None and 0.0 <= send - group[0] <= BURST_SECONDS:
+            if send > group[1]:
+                group[1] = send
+            if arrival > group[2]:
+                group[2] = arrival
+            return
+        deltas = self._inter_arrival.add(send, arrival)
         if deltas is None:
             return
         send_delta, arrival_delta, group_arrival = deltas
         trend = self._trend.update((arrival_delta - send_delta) * 1000, group_arrival * 1000)
         usage = self._detector.detect(trend, send_delta * 1000, group_arrival * 1000)
         self._aimd.update(usage, self.incoming_bitrate, arrival)
-
-    @property
-    def incoming_bitrate(self) -> float | None:
-        acked = self._acked
-        if len(acked) < 2 or acked[-1][0] - acked[0][0] < 0.2:
-            return None
-        return self._acked_bytes * 8 / max(acked[-1][0] - acked[0][0], self.ACKED_WINDOW / 2)
 
     def estimate(self, max_bitrate: int) -> int:
         return int(max(30_000, min(max_bitrate, self._aimd.rate)))

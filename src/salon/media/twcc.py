@@ -37,7 +37,8 @@ mean anything.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -290,43 +291,66 @@ class PacketResult:
 class SendHistory:
     """Transport-wide sequence numbers for one transport, and what was sent under each.
 
-    :meth:`next_sequence` hands out the next 16-bit number and records the send time and size;
-    :meth:`on_feedback` maps a feedback message back onto those records. The history keeps the
-    last ``capacity`` packets (sequence numbers older than that are reported as unknown and
-    skipped), and each packet is reported at most once as received and at most once as lost: a
-    later feedback repeating it is ignored, except that a packet first reported lost and then
-    received is reported again (received late).
+    :meth:`next_sequence` (or the faster :meth:`stamper`) hands out the next 16-bit number and
+    records the send time and size; :meth:`on_feedback` maps a feedback message back onto those
+    records. The history keeps the last ``capacity`` packets (a power of two; sequence numbers
+    older than that are skipped), and each packet is reported at most once as received and at
+    most once as lost: a later feedback repeating it is ignored, except that a packet first
+    reported lost and then received is reported again (received late).
     """
 
-    __slots__ = ("_capacity", "_next", "_records", "_reported")
+    __slots__ = ("_capacity", "_counter", "_mask", "_reported", "_sizes", "_times")
 
-    def __init__(self, capacity: int = 8192) -> None:
-        if not 1 <= capacity <= 0x8000:
-            raise ValueError(f"send history capacity must be 1..32768, got {capacity}")
+    def __init__(self, capacity: int = 4096) -> None:
+        if not 1 <= capacity <= 0x8000 or capacity & (capacity - 1):
+            raise ValueError(f"send history capacity must be a power of two up to 32768, got {capacity}")
         self._capacity = capacity
-        self._next = 0  # next unwrapped sequence number
-        self._records: list[tuple[int, float, int] | None] = [None] * capacity
+        self._mask = capacity - 1
+        # The next unwrapped sequence number, in a list so the stamping closure updates it
+        # without attribute lookups.
+        self._counter = [0]
+        # Preallocated rings: storing a packet allocates nothing.
+        self._times = array("d", bytes(8 * capacity))
+        self._sizes = array("l", bytes(array("l").itemsize * capacity))
         self._reported: dict[int, bool] = {}  # seq -> reported received (True) or lost (False)
 
     @property
     def sent(self) -> int:
         """Packets numbered so far."""
-        return self._next
+        return self._counter[0]
 
     def next_sequence(self, send_time: float, size: int) -> int:
         """Number one packet about to be sent; returns the 16-bit value for its extension."""
-        seq = self._next
-        self._next = seq + 1
-        slot = seq % self._capacity
-        old = self._records[slot]
-        if old is not None:
-            self._reported.pop(old[0], None)
-        self._records[slot] = (seq, send_time, size)
+        counter = self._counter
+        seq = counter[0]
+        counter[0] = seq + 1
+        slot = seq & self._mask
+        self._times[slot] = send_time
+        self._sizes[slot] = size
         return seq & 0xFFFF
 
+    def stamper(self) -> Callable[[float, int], bytes]:
+        """A fast :meth:`next_sequence` for the forwarding path: ``stamp(send_time, size)``
+        returns the extension's 2 bytes directly (one call, closure locals only)."""
+        counter = self._counter
+        times = self._times
+        sizes = self._sizes
+        mask = self._mask
+        pack = _U16.pack
+
+        def stamp(send_time: float, size: int) -> bytes:
+            seq = counter[0]
+            counter[0] = seq + 1
+            slot = seq & mask
+            times[slot] = send_time
+            sizes[slot] = size
+            return pack(seq & 0xFFFF)
+
+        return stamp
+
     def _unwrap(self, seq16: int) -> int:
-        """The unwrapped sequence number closest below the next one for a 16-bit value."""
-        last = self._next - 1
+        """The unwrapped sequence number closest to the last one sent for a 16-bit value."""
+        last = self._counter[0] - 1
         diff = (seq16 - last) & 0xFFFF
         if diff >= 0x8000:
             diff -= 0x10000
@@ -336,26 +360,30 @@ class SendHistory:
         """The :class:`PacketResult` s for a feedback message, in sequence order, for packets
         this history still holds."""
         results: list[PacketResult] = []
-        records = self._records
-        capacity = self._capacity
+        times = self._times
+        sizes = self._sizes
+        mask = self._mask
         reported = self._reported
+        end = self._counter[0]
+        oldest = end - self._capacity
+        if len(reported) > 2 * self._capacity:  # forget what left the history
+            for seq in [s for s in reported if s < oldest]:
+                del reported[seq]
         base = self._unwrap(feedback.base_sequence)
         for index, (_, arrival_us) in enumerate(feedback.packets()):
             seq = base + index
-            if seq < 0 or seq >= self._next:
+            if seq < 0 or seq < oldest or seq >= end:
                 continue
-            record = records[seq % capacity]
-            if record is None or record[0] != seq:
-                continue
+            slot = seq & mask
             before = reported.get(seq)
             if arrival_us is None:
                 if before is not None:
                     continue  # already reported, received or lost
                 reported[seq] = False
-                results.append(PacketResult(seq, record[1], record[2], None))
+                results.append(PacketResult(seq, times[slot], sizes[slot], None))
             else:
                 if before:
                     continue
                 reported[seq] = True
-                results.append(PacketResult(seq, record[1], record[2], arrival_us / 1e6))
+                results.append(PacketResult(seq, times[slot], sizes[slot], arrival_us / 1e6))
         return results

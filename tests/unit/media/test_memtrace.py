@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import tracemalloc
 
 import pytest
@@ -54,6 +55,7 @@ def test_start_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_heap_counts_the_python_blocks_kept() -> None:
+    gc.collect()  # garbage left by earlier tests must not be freed between the two counts
     before = memtrace.heap()["python_blocks"]
     kept = [(i * 7919) << 40 for i in range(5_000)]  # ints: not tracked by the garbage collector
     after = memtrace.heap()["python_blocks"]

@@ -172,3 +172,5 @@ def test_send_history_ignores_unknown_and_evicted_sequences() -> None:
     assert [r.sequence for r in history.on_feedback(feedback)] == list(range(24, 40))
     with pytest.raises(ValueError, match="capacity"):
         SendHistory(capacity=0)
+    with pytest.raises(ValueError, match="power of two"):
+        SendHistory(capacity=1000)
