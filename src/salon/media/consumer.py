@@ -16,7 +16,8 @@ bytes to ``transport.send_rtp`` (SRTP protect + sendto).
 * **Subscriber RTCP.** NACKs are mapped back to publisher sequence numbers and answered from
   the producer's cache (RTX-wrapped when RTX was negotiated); cache misses become an upstream
   NACK, retried on the producer's NACK schedule. PLI/FIR become a (throttled) producer
-  key-frame request. REMB is remembered: the producer sends the minimum upstream. Publisher
+  key-frame request. REMB is remembered (:attr:`Consumer.remb_bitrate`) and feeds the
+  transport's estimate (:mod:`salon.media.bandwidth`), not the publisher's REMB. Publisher
   SRs are rewritten into per-subscriber SRs (RTP timestamp + this consumer's offset, its own
   packet/octet counts) for A/V sync.
 
@@ -27,7 +28,10 @@ unpublished: the server turns the :class:`ConsumerClosed` event with reason
 Header extensions are the subscriber's, under the subscriber's IDs: mid, abs-send-time (video,
 stamped per packet) and, for audio when both the publisher and the subscriber negotiated
 ``ssrc-audio-level``, the publisher's RFC 6464 byte of each packet (browsers report it in
-``getSynchronizationSources()``). Other publisher extensions are not forwarded.
+``getSynchronizationSources()``) and, when the subscriber negotiated transport-wide congestion
+control, a transport-wide sequence number per packet (forwarded and retransmitted), numbered by
+the transport's :class:`~salon.media.bandwidth.TransportBandwidth`. Other publisher extensions
+are not forwarded.
 """
 
 from __future__ import annotations
