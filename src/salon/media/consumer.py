@@ -24,7 +24,8 @@ bytes to ``transport.send_rtp`` (SRTP protect + sendto).
 * **Subscriber RTCP.** NACKs are mapped back to publisher sequence numbers and answered from
   the producer's cache (RTX-wrapped when RTX was negotiated); cache misses become an upstream
   NACK, retried on the producer's NACK schedule. PLI/FIR become a (throttled) producer
-  key-frame request. REMB is remembered: the producer sends the minimum upstream. Publisher
+  key-frame request. REMB is remembered (:attr:`Consumer.remb_bitrate`) and feeds the
+  transport's estimate (:mod:`salon.media.bandwidth`), not the publisher's REMB. Publisher
   SRs are rewritten into per-subscriber SRs (RTP timestamp + this consumer's offset, its own
   packet/octet counts) for A/V sync.
 
@@ -46,7 +47,10 @@ unpublished: the server turns the :class:`ConsumerClosed` event with reason
 Header extensions are the subscriber's, under the subscriber's IDs: mid, abs-send-time (video,
 stamped per packet) and, for audio when both the publisher and the subscriber negotiated
 ``ssrc-audio-level``, the publisher's RFC 6464 byte of each packet (browsers report it in
-``getSynchronizationSources()``). Other publisher extensions are not forwarded.
+``getSynchronizationSources()``) and, when the subscriber negotiated transport-wide congestion
+control, a transport-wide sequence number per packet (forwarded and retransmitted), numbered by
+the transport's :class:`~salon.media.bandwidth.TransportBandwidth`. Other publisher extensions
+are not forwarded.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ from salon.media.seq import SequenceRewriter
 from salon.media.transport import TransportState
 
 if TYPE_CHECKING:
+    from salon.media.bandwidth import TransportBandwidth
     from salon.media.producer import Producer
 
 __all__ = [
@@ -126,7 +131,15 @@ class ConsumerTransport(Protocol):
     """What a consumer uses of its (subscriber's) transport."""
 
     @property
+    def id(self) -> str: ...
+
+    @property
     def state(self) -> TransportState: ...
+
+    @property
+    def bandwidth(self) -> TransportBandwidth:
+        """Transport-wide sequence numbers and the subscriber's bandwidth estimate."""
+        ...
 
     def send_rtp(self, packet: bytes) -> None:
         """Protect and send one RTP packet to the subscriber now (the hot path)."""
@@ -262,23 +275,38 @@ class Consumer:
         )
         if level_id is not None:
             items.append((level_id, producer.audio_level_value))
+        # The transport-wide sequence number goes last: numbered per packet by the transport.
+        if ext.transport_cc is not None:
+            items.append((ext.transport_cc, b"\x00\x00"))
         self._ext_block = encode_one_byte_extensions(items)
         self._abs_offset = (
             extension_value_offset(self._ext_block, ext.abs_send_time) if ext.abs_send_time is not None else 0
         )
         self._level_offset = extension_value_offset(self._ext_block, level_id) if level_id is not None else 0
+        self._twcc_offset = (
+            extension_value_offset(self._ext_block, ext.transport_cc) if ext.transport_cc is not None else 0
+        )
+        #: The transport's numbering call (:meth:`~salon.media.bandwidth.TransportBandwidth.stamp`)
+        #: when the subscriber negotiated transport-cc, else None.
+        self._stamp = transport.bandwidth.stamp if self._twcc_offset else None
         # The forwarding hot path builds each packet as header + block head + per-packet value +
-        # block tail + payload in one join: split the block around the value that changes per
-        # packet (3 abs-send-time bytes for video, the 1-byte audio level for audio).
+        # block tail + transport-wide sequence number + block end + payload in one join: split
+        # the block around the values that change per packet (3 abs-send-time bytes for video,
+        # the 1-byte audio level for audio; 2 bytes of transport-wide sequence number).
+        block = self._ext_block
+        twcc_at = self._twcc_offset or len(block)
         if self._abs_offset:
-            self._ext_head = self._ext_block[: self._abs_offset]
-            self._ext_tail = self._ext_block[self._abs_offset + 3 :]
+            self._ext_head = block[: self._abs_offset]
+            self._ext_tail = block[self._abs_offset + 3 : twcc_at]
         elif self._level_offset:
-            self._ext_head = self._ext_block[: self._level_offset]
-            self._ext_tail = self._ext_block[self._level_offset + 1 :]
+            self._ext_head = block[: self._level_offset]
+            self._ext_tail = block[self._level_offset + 1 : twcc_at]
         else:
-            self._ext_head = self._ext_block
+            self._ext_head = block[:twcc_at]
             self._ext_tail = b""
+        self._ext_end = block[twcc_at + 2 :] if self._twcc_offset else b""
+        #: RTP header + extension block bytes in front of the payload (sizes for the estimator).
+        self._overhead = 12 + len(block)
         self._first_byte = 0x90 if self._ext_block else 0x80
 
     def __repr__(self) -> str:
@@ -480,7 +508,7 @@ class Consumer:
             )
             if forward is None:
                 return
-            out: tuple[int, int] | None = (forward[0], forward[1])
+            out: tuple[int, int] = (forward[0], forward[1])
             if forward[2] is not None:
                 prefix = forward[2]
             if switcher.switches != self.stats.layer_switches:
@@ -491,17 +519,18 @@ class Consumer:
             if not key_frame:
                 return
             self._seq.start(header.sequence_number, header.timestamp, now, self._clock_rate)
-            out = self._seq.rewrite(header.sequence_number, header.timestamp)
-            if out is None:
+            rewritten = self._seq.rewrite(header.sequence_number, header.timestamp)
+            if rewritten is None:
                 return
+            out = rewritten
             self._started = True
             self.stats.key_frame_starts += 1
         else:
-            out = self._seq.rewrite(header.sequence_number, header.timestamp)
-            if out is None:
+            rewritten = self._seq.rewrite(header.sequence_number, header.timestamp)
+            if rewritten is None:
                 return
-        if out is None:
-            return
+            out = rewritten
+        stamp = self._stamp
         self.transport.send_rtp(
             _JOIN(
                 (
@@ -519,6 +548,8 @@ class Consumer:
                     if self._level_offset
                     else b"",
                     self._ext_tail,
+                    b"" if stamp is None else stamp(now, self._overhead + len(data) - offset),
+                    self._ext_end,
                     prefix,
                     memoryview(data)[offset + len(prefix) :],
                 )
@@ -565,6 +596,9 @@ class Consumer:
                 ext = patch_extension(ext, self._abs_offset, abs_send_time(now))
             elif self._level_offset:
                 ext = patch_extension(ext, self._level_offset, self._cached_audio_level(cached, header))
+            if self._stamp is not None:
+                size = self._overhead + len(cached) - header.payload_offset + 2  # + RTX OSN
+                ext = patch_extension(ext, self._twcc_offset, self._stamp(now, size))
             if self.rtx_ssrc is not None and self._rtx_pt is not None:
                 packet = wrap_rtx(
                     cached,

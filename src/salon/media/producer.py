@@ -17,8 +17,10 @@ extension / payload type). Per packet, synchronously, it:
 
 Upstream RTCP: key-frame requests from consumers are throttled
 (:class:`~salon.media.keyframe.KeyFrameRequestThrottle`) into PLIs (or FIRs when the publisher
-only offered ``ccm fir``); every ~1 s the producer sends a receiver report plus a REMB carrying
-the minimum of its forwarding consumers' REMB estimates (capped at ``max_bitrate``). A publisher SR is
+only offered ``ccm fir``); every ~1 s the producer sends a receiver report plus (video) a REMB
+carrying the publisher's own uplink as measured on the packets that arrive
+(:class:`~salon.media.estimator.ReceiveSideEstimator`: delay-based on abs-send-time, or on the
+RTP timestamps without it; capped at ``max_bitrate``), never the subscribers' estimates. A publisher SR is
 rewritten into one SR per consumer so lip sync survives the timestamp offsets.
 
 Simulcast: a producer has one :class:`Encoding` per simulcast encoding (lowest quality first;
@@ -32,8 +34,9 @@ or the best one still flowing when the publisher stopped sending it (checked eve
 through the producer's own switcher, so the archiver sees one continuous RTP stream (its
 NACKs and key-frame requests go through :meth:`Producer.get_cached` /
 :meth:`Producer.request_retransmission` / :meth:`Producer.request_key_frame` with no layer). The REMB
-sent to a simulcast publisher is :data:`SIMULCAST_MAX_BITRATE`, not its subscribers' minimum:
-subscribers on weak links take a lower encoding instead of lowering everyone's.
+sent to a simulcast publisher is its measured uplink capped at :data:`SIMULCAST_MAX_BITRATE`
+(room for every encoding), never its subscribers' minimum: subscribers on weak links take a
+lower encoding instead of lowering everyone's.
 
 Closing: :meth:`Producer.close` (unpublish) and :meth:`Producer.transport_closed` both close
 every consumer with :attr:`~salon.media.consumer.ConsumerCloseReason.PRODUCER_CLOSED`, then emit
@@ -51,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from salon.media.estimator import ReceiveSideEstimator
 from salon.media.events import EventEmitter
 from salon.media.keyframe import KeyFrameRequestThrottle
 from salon.media.layers import LayerSwitcher
@@ -296,6 +300,12 @@ class Producer:
         )
         self._is_key_frame = KEYFRAME_DETECTORS.get(track.codec.name) if self.kind == "video" else None
         self._audio_level_id = track.extensions.audio_level
+        #: The publisher's uplink, measured on what arrives (video): the REMB sent to it.
+        #: Capped at ``max_bitrate``, or for simulcast at :data:`SIMULCAST_MAX_BITRATE` (room for
+        #: every encoding).
+        self._uplink_cap = max(max_bitrate, SIMULCAST_MAX_BITRATE) if len(params) > 1 else max_bitrate
+        self._uplink = ReceiveSideEstimator(self._uplink_cap) if self.kind == "video" else None
+        self._abs_send_time_id = track.extensions.abs_send_time
         self._next_report = 0.0
 
     def __repr__(self) -> str:
@@ -423,6 +433,8 @@ class Producer:
             header = RtpHeader(header.marker, self._pt, osn, header.timestamp, ssrc, 12, 0, 0)
         elif header.payload_type != self._pt:
             return
+        elif self._uplink is not None:
+            self._measure_uplink(data, header, now)
         if self.on_first_packet is not None:
             first, self.on_first_packet = self.on_first_packet, None
             first(self)
@@ -500,6 +512,22 @@ class Producer:
             packet = packet[:12] + prefix + packet[12 + len(prefix) :]
         return packet
 
+    def _measure_uplink(self, data: bytes, header: RtpHeader, now: float) -> None:
+        """Feed the publisher's uplink estimator with one (non-RTX) video packet (without
+        abs-send-time, a simulcast producer measures on its top encoding's RTP timestamps only:
+        each encoding has its own timestamp base)."""
+        uplink = self._uplink
+        assert uplink is not None
+        abs_id = self._abs_send_time_id
+        if abs_id is None:
+            if self._single is None and header.ssrc != self._top.ssrc:
+                return
+            uplink.on_packet(header.timestamp, 1 << 32, float(self.codec.clock_rate), now, len(data))
+            return
+        value = find_header_extension(data, header, abs_id) if header.extension_length else None
+        if value is not None and len(value) == 3:
+            uplink.on_packet((value[0] << 16) | (value[1] << 8) | value[2], 1 << 24, 262144.0, now, len(data))
+
     @staticmethod
     def _update_receive_stats(encoding: Encoding, seq: int) -> None:
         if encoding.base_seq < 0:
@@ -548,6 +576,13 @@ class Producer:
         return self._recorded_packet(
             data, header, seq, recording.sequence.rewrite_timestamp(header.timestamp), prefix
         )
+
+    @property
+    def uplink_estimate(self) -> int:
+        """The REMB value sent to the publisher: its uplink as measured here, capped at
+        ``max_bitrate`` (0 for audio)."""
+        uplink = self._uplink
+        return 0 if uplink is None else uplink.estimate(self._uplink_cap)
 
     # ----------------------------------------------------------------------------------------
     # Upstream RTCP
@@ -666,14 +701,9 @@ class Producer:
             return
         packet = build_receiver_report(self._rtcp_ssrc, blocks)
         if self.kind == "video":
-            if self.simulcast:
-                # Every encoding is wanted: weak subscribers take a lower one.
-                bitrate = max(self.max_bitrate, SIMULCAST_MAX_BITRATE)
-            else:
-                # Only subscribers we send to count: a paused one's last estimate is stale.
-                estimates = [c.remb_bitrate for c in self._forwarding if c.remb_bitrate]
-                bitrate = min([self.max_bitrate, *estimates])
-            packet += build_remb(self._rtcp_ssrc, bitrate, [b.ssrc for b in blocks])
+            # The publisher's own uplink, not its subscribers' downlinks (each subscriber gets
+            # the layer its link carries from the allocator).
+            packet += build_remb(self._rtcp_ssrc, self.uplink_estimate, [b.ssrc for b in blocks])
         self.stats.reports_sent += 1
         self.transport.send_rtcp(packet)
 
@@ -742,4 +772,5 @@ class Producer:
             "consumers": [c.id for c in self._consumers],
             "recorders": [r.id for r in self._recorders],
             "stats": dataclasses.asdict(self.stats),
+            "uplink_estimate": self.uplink_estimate if self._uplink is not None else None,
         }
