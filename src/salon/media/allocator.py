@@ -25,6 +25,9 @@ Hysteresis, so decisions do not flap on a noisy estimate:
 
 Layers with bitrate 0 (the producer is not receiving them) are not offered. Preferences filter
 layers by width, height and frame rate; when no layer satisfies them the lowest layer is used.
+Camera video (``keep_frame_rate``) keeps its frame rate: reduced frame rates (VP8 temporal
+layers) are offered on the lowest encoding only, every higher encoding at the highest frame
+rate allowed; a screen share may trade frame rate for resolution.
 The layer switching itself is the consumer's (``set_layer``), the pause is reported to the
 subscriber as ``video_disabled`` / ``video_enabled`` with reason ``quality``; both are the
 caller's job: the allocator only decides.
@@ -102,6 +105,8 @@ class ConsumerInput:
     preferences: Preferences = field(default_factory=Preferences)
     priority: int = 0
     """Higher first among consumers of the same class (e.g. a subscriber's pinned stream)."""
+    keep_frame_rate: bool = False
+    """Camera video: lower frame rates only on the lowest encoding (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +268,18 @@ def _ladder(item: ConsumerInput) -> list[Layer]:
     if not available:
         return []
     allowed = [layer for layer in available if item.preferences.allows(layer)] or available[:1]
+    if item.keep_frame_rate and item.kind is MediaKindClass.VIDEO:
+        # Camera video keeps its frame rate: lower frame rates only on the lowest encoding,
+        # above it each encoding at the highest frame rate allowed.
+        lowest = min(layer.spatial for layer in allowed)
+        top_temporal: dict[int, int] = {}
+        for layer in allowed:
+            top_temporal[layer.spatial] = max(top_temporal.get(layer.spatial, 0), layer.temporal)
+        allowed = [
+            layer
+            for layer in allowed
+            if layer.spatial == lowest or layer.temporal == top_temporal[layer.spatial]
+        ]
     ladder: list[Layer] = []
     for layer in allowed:
         if ladder and (layer.spatial, layer.temporal) < (ladder[-1].spatial, ladder[-1].temporal):

@@ -244,6 +244,12 @@ class Consumer:
         self.max_frame_rate: float | None = None
         #: Last REMB estimate from the subscriber in bit/s (0: none yet).
         self.remb_bitrate = 0
+        #: Whether the transport's allocator picks this consumer's layer and quality pause
+        #: (False once an operator or test set either by hand: ``set_consumer_layer``,
+        #: ``set_quality_paused``).
+        self.allocated = True
+        #: Padding bytes sent to probe the subscriber's link (:meth:`send_padding`).
+        self.padding_bytes = 0
 
         self._pt = track.codec.payload_type
         self._rtx_pt = track.codec.rtx_payload_type
@@ -349,6 +355,11 @@ class Consumer:
     def target_layer(self) -> int | None:
         """The encoding being switched to (or forwarded); None when not simulcast."""
         return self._switcher.target_layer if self._switcher is not None else None
+
+    @property
+    def wanted_layer(self) -> tuple[int | None, int | None]:
+        """The (spatial, temporal) layer last asked for with :meth:`set_layer`."""
+        return self._wanted
 
     def _setup_switcher(self) -> None:
         producer = self.producer
@@ -626,6 +637,33 @@ class Consumer:
         if misses:
             self.stats.cache_misses += len(misses)
             self.producer.request_retransmission(misses, now, layer)
+
+    def send_padding(self, now: float, count: int) -> int:
+        """Send ``count`` padding-only packets (255 bytes of RTP padding each) on the RTX
+        stream, stamped like media (abs-send-time, transport-wide sequence number), so the
+        subscriber's estimate can grow while layers are held back. Returns the bytes sent (0
+        without RTX, or before media flowed)."""
+        if not self._active or not self._started or self.rtx_ssrc is None or self._rtx_pt is None:
+            return 0
+        ext = self._ext_block
+        if self._abs_offset:
+            ext = patch_extension(ext, self._abs_offset, abs_send_time(now))
+        timestamp = self._seq.last_timestamp
+        sent = 0
+        padding = bytes(254) + b"\xff"
+        for _ in range(count):
+            block = ext
+            size = 12 + len(ext) + 255
+            if self._stamp is not None:
+                block = patch_extension(ext, self._twcc_offset, self._stamp(now, size))
+            header = _FIXED_PACK(
+                self._first_byte | 0x20, self._rtx_pt, self._rtx_seq, timestamp, self.rtx_ssrc
+            )
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            self.transport.send_rtp(header + block + padding)
+            sent += size
+        self.padding_bytes += sent
+        return sent
 
     def _cached_audio_level(self, packet: bytes, header: RtpHeader) -> bytes:
         """The RFC 6464 byte of a cached publisher packet (silence if it carries none)."""

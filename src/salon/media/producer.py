@@ -54,9 +54,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from salon.media.allocator import Layer
 from salon.media.estimator import ReceiveSideEstimator
 from salon.media.events import EventEmitter
 from salon.media.keyframe import KeyFrameRequestThrottle
+from salon.media.layer_meter import EncodingMeter
 from salon.media.layers import LayerSwitcher
 from salon.media.nack import NackGenerator
 from salon.media.retransmission import RetransmissionBuffer
@@ -180,6 +182,7 @@ class Encoding:
         "last_sr",
         "last_sr_at",
         "max_seq",
+        "meter",
         "nack",
         "packets_received",
         "received",
@@ -189,8 +192,10 @@ class Encoding:
         "ssrc",
     )
 
-    def __init__(self, index: int, params: EncodingParameters, *, nack: bool) -> None:
+    def __init__(self, index: int, params: EncodingParameters, *, nack: bool, codec: str = "") -> None:
         self.index = index
+        #: Bitrate / frame rate per temporal layer and resolution (for the allocator).
+        self.meter = EncodingMeter(codec)
         self.rid = params.rid
         self.ssrc: int | None = params.ssrc
         self.rtx_ssrc: int | None = params.rtx_ssrc
@@ -271,7 +276,9 @@ class Producer:
         nack = track.codec.supports_feedback("nack")
         params = track.encodings or (EncodingParameters(rid=None, ssrc=track.ssrc, rtx_ssrc=track.rtx_ssrc),)
         #: The encodings, lowest quality first (one unless simulcast).
-        self.encodings: tuple[Encoding, ...] = tuple(Encoding(i, e, nack=nack) for i, e in enumerate(params))
+        self.encodings: tuple[Encoding, ...] = tuple(
+            Encoding(i, e, nack=nack, codec=track.codec.name) for i, e in enumerate(params)
+        )
         self._top = self.encodings[-1]
         #: The only encoding of a non-simulcast producer (the transport already routed the
         #: packet by SSRC), None for simulcast (the SSRC names the encoding).
@@ -467,11 +474,16 @@ class Producer:
         key_frame = True
         detector = self._is_key_frame
         if detector is not None:
-            key_frame = detector(memoryview(data)[header.payload_offset :])
+            view = memoryview(data)[header.payload_offset :]
+            key_frame = detector(view)
             if key_frame:
                 stats.key_frames += 1
                 encoding.key_frames += 1
                 encoding.key_frame_throttle.on_key_frame(now)
+            if self._single is None:
+                encoding.meter.on_packet(view, len(data), key_frame, now)
+            else:
+                encoding.meter.on_bytes(len(data), now)
         elif self._audio_level_id is not None and header.extension_length:
             value = find_header_extension(data, header, self._audio_level_id)
             if value:
@@ -546,6 +558,39 @@ class Producer:
         (a publisher stops sending an encoding when its capture is too small or its uplink too
         weak)."""
         return [e.index for e in self.encodings if now - e.last_packet_at <= within]
+
+    def layers(self, now: float) -> list[Layer]:
+        """Every (encoding, temporal layer) this producer receives, with its measured bitrate
+        (cumulative over the temporal layers below it), frame rate and resolution, for the
+        allocator (:mod:`salon.media.allocator`). An encoding that stopped flowing has bitrate
+        0. Resolutions not yet seen in a key frame are assumed from a known one, halving per
+        encoding below it (Chromium's ¼, ½, full)."""
+        meters = [e.meter for e in self.encodings]
+        known = next((i for i in range(len(meters) - 1, -1, -1) if meters[i].width), None)
+        out: list[Layer] = []
+        for index, meter in enumerate(meters):
+            width, height = meter.width, meter.height
+            if not width and known is not None:
+                scale = 2.0 ** (index - known)
+                width = int(meters[known].width * scale)
+                height = int(meters[known].height * scale)
+            active = meter.active(now)
+            bitrate = 0.0
+            fps = 0.0
+            for tid in range(meter.temporal_layers):
+                bitrate += meter.bitrates[tid]
+                fps += meter.frame_rates[tid]
+                out.append(
+                    Layer(
+                        spatial=index,
+                        temporal=tid,
+                        bitrate=int(bitrate) if active else 0,
+                        width=width,
+                        height=height,
+                        frame_rate=round(fps, 1),
+                    )
+                )
+        return out
 
     def _encoding(self, layer: int | None) -> Encoding:
         if layer is None:

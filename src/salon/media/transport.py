@@ -74,6 +74,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from salon.media.allocation import TransportAllocation
 from salon.media.bandwidth import TransportBandwidth
 from salon.media.demux import Datagram, classify_datagram
 from salon.media.errors import CandidateRefusedError, InvalidSdpError, MediaStateError
@@ -297,6 +298,9 @@ class WebRtcTransport:
         #: The client's ICE and DTLS parameters, once :meth:`start` got them.
         self.remote: RemoteTransportParameters | None = None
         self._bandwidth: TransportBandwidth | None = None
+        #: The allocator at work (:mod:`salon.media.allocation`), made when a simulcast video
+        #: consumer is added.
+        self.allocation: TransportAllocation | None = None
         #: Every m-line this (subscribe) transport answered, by mid, kept after its consumer
         #: closed: a renegotiation answers them again, as negotiated (see Router.subscribe).
         self.answered: dict[str, AnswerMedia] = {}
@@ -537,6 +541,8 @@ class WebRtcTransport:
         """Route feedback about ``consumer``'s SSRCs (media and RTX) to it."""
         self.consumers[consumer.id] = consumer
         self.routes.add_consumer(consumer, [s for s in (consumer.ssrc, consumer.rtx_ssrc) if s is not None])
+        if self.allocation is None and consumer.simulcast:
+            self.allocation = TransportAllocation(self.bandwidth)
 
     def remove_consumer(self, consumer: Consumer) -> None:
         """Forget ``consumer`` (it closed)."""
@@ -565,8 +571,15 @@ class WebRtcTransport:
         next_at = float("inf")
         for producer in list(self.producers.values()):
             next_at = min(next_at, producer.on_timer(now))
+        simulcast = False
         for consumer in list(self.consumers.values()):
             next_at = min(next_at, consumer.on_timer(now))
+            simulcast = simulcast or consumer.simulcast
+        if self.allocation is None and simulcast:
+            self.allocation = TransportAllocation(self.bandwidth)
+        allocation = self.allocation
+        if allocation is not None and self.consumers and self.state is TransportState.CONNECTED:
+            next_at = min(next_at, allocation.run(self.consumers, now))
         if next_at != float("inf"):
             self.schedule(next_at)
 
@@ -846,4 +859,5 @@ class WebRtcTransport:
             "consumers": sorted(self.consumers),
             "stats": dataclasses.asdict(self.stats),
             "bandwidth": None if self._bandwidth is None else self._bandwidth.dump(time.monotonic()),
+            "allocation": None if self.allocation is None else self.allocation.dump(),
         }

@@ -1,0 +1,207 @@
+"""The allocator at work on one subscriber transport: layers, quality pauses and probing.
+
+:class:`TransportAllocation` is owned by a :class:`~salon.media.transport.WebRtcTransport`
+that sends simulcast video (a transport with only single-encoding streams never runs it:
+there is nothing to choose). From the transport's timer:
+
+* every :data:`ALLOCATION_INTERVAL` seconds it builds one
+  :class:`~salon.media.allocator.ConsumerInput` per consumer (audio; simulcast video with the
+  layers its producer measures, :meth:`~salon.media.producer.Producer.layers`, and the
+  subscriber's preferences; the active speaker's stream first among the others), runs the
+  transport's allocator on the current estimate
+  (:meth:`~salon.media.bandwidth.TransportBandwidth.allocate`) and applies the decisions:
+  :meth:`~salon.media.consumer.Consumer.set_layer` (temporal ``None`` when the top temporal
+  layer is chosen), or a quality pause / resume
+  (:meth:`~salon.media.consumer.Consumer.set_paused` with
+  :attr:`~salon.media.consumer.PauseReason.QUALITY`, which the subscriber hears as
+  ``video_disabled`` / ``video_enabled`` reason ``quality``). A single-encoding video cannot be
+  lowered for one subscriber: its measured bitrate is counted like audio, first and never
+  paused. Consumers paused by their subscriber are left out; so are consumers whose layer or
+  quality pause was set by hand (``Consumer.allocated`` False). Recorders are not consumers of
+  a transport: they take the top layer (the producer's own switcher) and never count here.
+* **Probing.** When the allocation holds layers back (``desired`` above ``allocated``) and the
+  estimate has not dropped for :data:`PROBE_STABLE_FOR` seconds, the transport pads: RTX
+  padding-only packets (:meth:`~salon.media.consumer.Consumer.send_padding`) every
+  :data:`PADDING_TICK` seconds, up to :data:`PADDING_SHARE` of the estimate in total with the
+  media (at most :data:`MAX_PADDING_BITRATE`), so the subscriber's receive rate, hence its
+  REMB or the transport-cc estimate, can grow past what the lower layer alone sends and the
+  subscriber climbs back when its link allows. A drop of the estimate stops the padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from salon.media.allocator import Allocation, ConsumerInput, Layer, MediaKindClass, Preferences
+
+if TYPE_CHECKING:
+    from salon.media.bandwidth import TransportBandwidth
+    from salon.media.consumer import Consumer, PauseReason
+
+__all__ = [
+    "ALLOCATION_INTERVAL",
+    "MAX_PADDING_BITRATE",
+    "PADDING_SHARE",
+    "PADDING_TICK",
+    "PROBE_STABLE_FOR",
+    "TransportAllocation",
+]
+
+#: How often the allocator runs per subscriber transport (seconds).
+ALLOCATION_INTERVAL = 0.5
+#: Padding is sent in bursts this often while probing (seconds).
+PADDING_TICK = 0.05
+#: Media + padding stay under this share of the estimate.
+PADDING_SHARE = 0.85
+#: Padding never exceeds this (bit/s): each packet costs CPU on the SFU.
+MAX_PADDING_BITRATE = 1_200_000
+#: No padding until the estimate has not dropped for this long (seconds).
+PROBE_STABLE_FOR = 2.0
+#: A drop of the estimate by more than this share counts as a decrease.
+_DROP = 0.05
+_PADDING_PACKET_BITS = (12 + 16 + 255) * 8
+
+
+class TransportAllocation:
+    """Allocation state of one subscriber transport (see the module docstring)."""
+
+    __slots__ = (
+        "_last_drop",
+        "_last_estimate",
+        "_next_run",
+        "_padding_credit",
+        "active_speaker",
+        "bandwidth",
+        "padding_bitrate",
+        "runs",
+    )
+
+    def __init__(self, bandwidth: TransportBandwidth) -> None:
+        self.bandwidth = bandwidth
+        #: Stream id of the session's active speaker (set by the router), None if unknown.
+        self.active_speaker: str | None = None
+        self._next_run = 0.0
+        self._last_estimate = 0
+        self._last_drop: float | None = None
+        self._padding_credit = 0.0
+        #: Padding rate (bit/s) decided by the last allocation (0: not probing).
+        self.padding_bitrate = 0
+        self.runs = 0
+
+    def inputs(self, consumers: Iterable[Consumer], now: float) -> list[ConsumerInput]:
+        """The allocator's view of ``consumers``."""
+        out: list[ConsumerInput] = []
+        for consumer in consumers:
+            if consumer.closed or consumer.paused:
+                continue
+            producer = consumer.producer
+            if consumer.kind == "audio":
+                out.append(ConsumerInput(consumer.id, MediaKindClass.AUDIO))
+                continue
+            if not consumer.simulcast or not consumer.allocated:
+                # Fixed cost: what the stream sends (no layer to choose for this subscriber).
+                if consumer.forwarding:
+                    layers = producer.layers(now)
+                    if consumer.simulcast:
+                        spatial = consumer.current_layer
+                        layers = [layer for layer in layers if layer.spatial == spatial][-1:]
+                    rate = max((layer.bitrate for layer in layers), default=0)
+                    out.append(ConsumerInput(consumer.id, MediaKindClass.AUDIO, (Layer(0, 0, rate),)))
+                continue
+            layers = producer.layers(now)
+            if not any(layer.bitrate for layer in layers):
+                continue  # nothing measured yet (or nothing flowing): nothing to decide
+            out.append(
+                ConsumerInput(
+                    consumer.id,
+                    MediaKindClass.VIDEO,
+                    layers,
+                    active_speaker=producer.stream_id == self.active_speaker,
+                    preferences=Preferences(consumer.max_width, consumer.max_height, consumer.max_frame_rate),
+                    keep_frame_rate=True,
+                )
+            )
+        return out
+
+    def run(self, consumers: dict[str, Consumer], now: float) -> float:
+        """Allocate if due, pad if probing; returns when to be called next."""
+        if now >= self._next_run:
+            self._next_run = now + ALLOCATION_INTERVAL
+            self._allocate(consumers, now)
+        if self.padding_bitrate <= 0:
+            return self._next_run
+        self._pad(consumers, now)
+        return min(self._next_run, now + PADDING_TICK)
+
+    def _allocate(self, consumers: dict[str, Consumer], now: float) -> Allocation:
+        self.runs += 1
+        inputs = self.inputs(consumers.values(), now)
+        allocation = self.bandwidth.allocate(inputs, now)
+        estimate = self.bandwidth.estimate(now)
+        if estimate < self._last_estimate * (1 - _DROP):
+            self._last_drop = now
+        self._last_estimate = estimate
+        for decision in allocation.decisions.values():
+            consumer = consumers.get(decision.consumer_id)
+            if consumer is None or consumer.kind != "video":
+                continue
+            if not consumer.simulcast or not consumer.allocated:
+                continue
+            if decision.paused:
+                consumer.set_paused(True, _quality())
+                continue
+            if consumer.quality_paused:
+                consumer.set_paused(False, _quality())
+            temporal = decision.temporal
+            top_temporal = max(
+                (
+                    layer.temporal
+                    for item in inputs
+                    if item.consumer_id == consumer.id
+                    for layer in item.layers
+                    if layer.spatial == decision.spatial
+                ),
+                default=0,
+            )
+            if temporal is not None and temporal >= top_temporal:
+                temporal = None
+            if consumer.wanted_layer != (decision.spatial, temporal):
+                consumer.set_layer(decision.spatial, temporal)
+        held_back = allocation.desired > allocation.allocated * 1.05
+        stable = self._last_drop is None or now - self._last_drop >= PROBE_STABLE_FOR
+        if held_back and stable:
+            room = PADDING_SHARE * estimate - allocation.allocated
+            self.padding_bitrate = int(max(0.0, min(room, float(MAX_PADDING_BITRATE))))
+        else:
+            self.padding_bitrate = 0
+        return allocation
+
+    def _pad(self, consumers: dict[str, Consumer], now: float) -> None:
+        self._padding_credit = min(
+            self._padding_credit + self.padding_bitrate * PADDING_TICK, self.padding_bitrate * 0.2
+        )
+        count = int(self._padding_credit // _PADDING_PACKET_BITS)
+        if count <= 0:
+            return
+        # The video consumers that negotiated RTX carry it (one at a time, the first that can).
+        for consumer in consumers.values():
+            if consumer.kind == "video" and consumer.forwarding:
+                sent = consumer.send_padding(now, count)
+                if sent:
+                    self._padding_credit -= sent * 8
+                    return
+
+    def dump(self) -> dict[str, object]:
+        return {
+            "runs": self.runs,
+            "padding_bitrate": self.padding_bitrate,
+            "active_speaker": self.active_speaker,
+        }
+
+
+def _quality() -> PauseReason:
+    # Imported late: the consumer module imports the transport module, which imports this one.
+    from salon.media.consumer import PauseReason
+
+    return PauseReason.QUALITY
