@@ -30,6 +30,7 @@ there is nothing to choose). From the transport's timer:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,8 @@ __all__ = [
     "TransportAllocation",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: How often the allocator runs per subscriber transport (seconds).
 ALLOCATION_INTERVAL = 0.5
 #: Padding is sent in bursts this often while probing (seconds).
@@ -61,16 +64,24 @@ PROBE_STABLE_FOR = 2.0
 #: A drop of the estimate by more than this share counts as a decrease.
 _DROP = 0.05
 _PADDING_PACKET_BITS = (12 + 16 + 255) * 8
+#: Longest wait between probes after failed ones (seconds).
+MAX_PROBE_WAIT = 16.0
+#: A probe sends up to this multiple of the budget (media and padding).
+PROBE_FACTOR = 1.25
 
 
 class TransportAllocation:
     """Allocation state of one subscriber transport (see the module docstring)."""
 
     __slots__ = (
+        "_budget",
+        "_last_budget_at",
         "_last_drop",
         "_last_estimate",
         "_next_run",
         "_padding_credit",
+        "_probe_wait",
+        "_sent_rate",
         "active_speaker",
         "bandwidth",
         "padding_bitrate",
@@ -85,6 +96,10 @@ class TransportAllocation:
         self._last_estimate = 0
         self._last_drop: float | None = None
         self._padding_credit = 0.0
+        self._sent_rate = 0
+        self._budget: float | None = None
+        self._last_budget_at = 0.0
+        self._probe_wait = PROBE_STABLE_FOR
         #: Padding rate (bit/s) decided by the last allocation (0: not probing).
         self.padding_bitrate = 0
         self.runs = 0
@@ -124,6 +139,51 @@ class TransportAllocation:
             )
         return out
 
+    def budget(self, now: float) -> int:
+        """What the allocator may spend (bit/s): the transport-cc estimate, or for a REMB-only
+        subscriber (aiortc) :meth:`_remb_only_budget`."""
+        bandwidth = self.bandwidth
+        if bandwidth.feedback_packets:
+            return bandwidth.estimate(now)
+        return self._remb_only_budget(now)
+
+    def _remb_only_budget(self, now: float) -> int:
+        """A REMB-only subscriber's budget, from the loss in its receiver reports and what was
+        sent (media and padding) without loss.
+
+        aiortc's REMB is delay-based but pessimistic on a busy host (its own scheduling
+        delays look like queueing) and never exceeds 1.5x what it receives, so it only lifts
+        the budget, never lowers it. Each receiver report: loss above 10% cuts the budget to
+        what was sent times (1 - loss / 2), and probing backs off (its wait doubles, up to
+        :data:`MAX_PROBE_WAIT`); 2-10% holds; under 2% the budget rises to what was just sent
+        (a probe that got through) and 8% a second beyond.
+        """
+        bandwidth = self.bandwidth
+        estimator = bandwidth.estimator
+        budget = self._budget
+        if budget is None:
+            budget = float(bandwidth.estimate(now))
+        loss = bandwidth.recent_loss
+        bandwidth.recent_loss = None
+        sent = float(self._sent_rate)
+        dt = min(1.0, now - self._last_budget_at) if self._last_budget_at else 0.0
+        self._last_budget_at = now
+        if loss is not None:
+            if loss > estimator.LOSS_HIGH:
+                budget = max(float(estimator.min_bitrate), min(budget, sent or budget) * (1 - loss / 2))
+                self._last_drop = now
+                self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
+            elif loss < estimator.LOSS_LOW:
+                if sent > budget:
+                    self._probe_wait = PROBE_STABLE_FOR
+                budget = max(budget, sent) * 1.08**dt
+        remb = estimator.remb
+        if remb is not None:
+            budget = max(budget, float(remb))
+        budget = min(budget, float(estimator.max_bitrate))
+        self._budget = budget
+        return int(budget)
+
     def run(self, consumers: dict[str, Consumer], now: float) -> float:
         """Allocate if due, pad if probing; returns when to be called next."""
         if now >= self._next_run:
@@ -137,8 +197,9 @@ class TransportAllocation:
     def _allocate(self, consumers: dict[str, Consumer], now: float) -> Allocation:
         self.runs += 1
         inputs = self.inputs(consumers.values(), now)
-        allocation = self.bandwidth.allocate(inputs, now)
-        estimate = self.bandwidth.estimate(now)
+        estimate = self.budget(now)
+        allocation = self.bandwidth.allocator.allocate(estimate, inputs, now)
+        self.bandwidth.last_allocation = allocation
         if estimate < self._last_estimate * (1 - _DROP):
             self._last_drop = now
         self._last_estimate = estimate
@@ -168,13 +229,27 @@ class TransportAllocation:
                 temporal = None
             if consumer.wanted_layer != (decision.spatial, temporal):
                 consumer.set_layer(decision.spatial, temporal)
+        if allocation.changed:
+            logger.info(
+                "allocation: estimate %d, allocated %d of %d, padding %d: %s",
+                estimate,
+                allocation.allocated,
+                allocation.desired,
+                self.padding_bitrate,
+                ", ".join(
+                    f"{d.consumer_id}={'paused' if d.paused else (d.spatial, d.temporal)}"
+                    for d in allocation.decisions.values()
+                ),
+            )
         held_back = allocation.desired > allocation.allocated * 1.05
-        stable = self._last_drop is None or now - self._last_drop >= PROBE_STABLE_FOR
+        stable = self._last_drop is None or now - self._last_drop >= self._probe_wait
         if held_back and stable:
-            room = PADDING_SHARE * estimate - allocation.allocated
+            share = PADDING_SHARE if self.bandwidth.feedback_packets else PROBE_FACTOR
+            room = min(share * estimate, float(allocation.desired)) - allocation.allocated
             self.padding_bitrate = int(max(0.0, min(room, float(MAX_PADDING_BITRATE))))
         else:
             self.padding_bitrate = 0
+        self._sent_rate = allocation.allocated + self.padding_bitrate
         return allocation
 
     def _pad(self, consumers: dict[str, Consumer], now: float) -> None:

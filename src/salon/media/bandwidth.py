@@ -37,6 +37,7 @@ class TransportBandwidth:
         "history",
         "last_allocation",
         "probes",
+        "recent_loss",
         "remb_packets",
         "stamp",
     )
@@ -50,6 +51,9 @@ class TransportBandwidth:
         self.feedback_packets = 0
         self.feedback_results = 0
         self.remb_packets = 0
+        #: Highest loss fraction (0..1) in the receiver reports since the allocation last read
+        #: it (None: no report since).
+        self.recent_loss: float | None = None
         #: The per-packet call: ``stamp(now, size)`` numbers one RTP packet of ``size`` bytes
         #: sent at ``now`` and returns the extension value (a closure over the history).
         self.stamp = self.history.stamper()
@@ -68,7 +72,9 @@ class TransportBandwidth:
         self.estimator.on_remb(bitrate, now)
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
-        self.estimator.on_loss_fraction(block.fraction_lost / 256, now)
+        fraction = block.fraction_lost / 256
+        self.recent_loss = fraction if self.recent_loss is None else max(self.recent_loss, fraction)
+        self.estimator.on_loss_fraction(fraction, now)
 
     def estimate(self, now: float) -> int:
         return self.estimator.estimate_at(now)

@@ -314,6 +314,7 @@ class Producer:
         self._uplink = ReceiveSideEstimator(self._uplink_cap) if self.kind == "video" else None
         self._abs_send_time_id = track.extensions.abs_send_time
         self._next_report = 0.0
+        self._last_remb = 0
 
     def __repr__(self) -> str:
         return f"Producer({self.id} {self.kind} {self.codec.name} stream={self.stream_id})"
@@ -748,7 +749,11 @@ class Producer:
         if self.kind == "video":
             # The publisher's own uplink, not its subscribers' downlinks (each subscriber gets
             # the layer its link carries from the allocator).
-            packet += build_remb(self._rtcp_ssrc, self.uplink_estimate, [b.ssrc for b in blocks])
+            remb = self.uplink_estimate
+            if abs(remb - self._last_remb) > 0.25 * max(remb, self._last_remb):
+                logger.info("%r: REMB to the publisher %d bit/s", self, remb)
+            self._last_remb = remb
+            packet += build_remb(self._rtcp_ssrc, remb, [b.ssrc for b in blocks])
         self.stats.reports_sent += 1
         self.transport.send_rtcp(packet)
 

@@ -109,6 +109,14 @@ class Simulcast(Publisher):
         self.now += 1 / 30
 
 
+def limit(sub: Any, rate: int, now: float) -> None:
+    """The subscriber's REMB at ``rate``, and its budget (as its receiver reports' loss would
+    have cut it; :func:`test_budget_of_a_remb_only_subscriber` tests that part)."""
+    sub.bandwidth.on_remb(rate, now)
+    allocation: TransportAllocation = sub.allocation
+    allocation._budget = float(rate)
+
+
 def run(pub: Simulcast, allocation: TransportAllocation, consumers: dict[str, Any], seconds: float) -> None:
     end = pub.now + seconds
     while pub.now < end:
@@ -121,6 +129,7 @@ def setup() -> tuple[Simulcast, Any, Any, TransportAllocation, dict[str, Any], l
     pub = Simulcast()
     consumer, sub = add_consumer(pub.producer, 9000)
     allocation = TransportAllocation(sub.bandwidth)
+    sub.allocation = allocation
     events: list[bool] = []
     consumer.events.add_listener(
         lambda e: events.append(e.paused) if isinstance(e, ConsumerQualityChanged) else None
@@ -148,44 +157,45 @@ def test_producer_layers_carry_measured_bitrate_frame_rate_and_resolution() -> N
 
 def test_allocator_picks_the_layer_the_estimate_carries_and_climbs_back() -> None:
     pub, consumer, sub, allocation, consumers, events = setup()
-    sub.bandwidth.on_remb(5_000_000, pub.now)
+    limit(sub, 5_000_000, pub.now)
     run(pub, allocation, consumers, 2.5)
     assert consumer.wanted_layer == (2, None) and consumer.current_layer == 2
     # 700 kb/s: the middle encoding (about 520 kb/s with headers) fits, the top does not.
-    sub.bandwidth.on_remb(700_000, pub.now)
+    limit(sub, 700_000, pub.now)
     run(pub, allocation, consumers, 1.5)
     assert consumer.wanted_layer == (1, None) and consumer.current_layer == 1
     # 120 kb/s: the lowest encoding at 15 fps (its 30 fps take about 160 kb/s).
-    sub.bandwidth.on_remb(120_000, pub.now)
+    limit(sub, 120_000, pub.now)
     run(pub, allocation, consumers, 1.5)
     assert consumer.wanted_layer == (0, 1)
     assert not events
-    # The limit lifts: back to the top.
-    sub.bandwidth.on_remb(5_000_000, pub.now)
-    run(pub, allocation, consumers, 1.5)
+    # The limit lifts: back to the top, the budget growing with what the link was seen to
+    # carry (media and padding), in a few seconds.
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 5.0)
     assert consumer.wanted_layer == (2, None) and consumer.current_layer == 2
 
 
 def test_too_little_for_any_video_pauses_for_quality_then_resumes_with_hysteresis() -> None:
     pub, consumer, sub, allocation, consumers, events = setup()
-    sub.bandwidth.on_remb(5_000_000, pub.now)
+    limit(sub, 5_000_000, pub.now)
     run(pub, allocation, consumers, 2.0)
-    sub.bandwidth.on_remb(30_000, pub.now)  # below the lowest layer at 7.5 fps (about 40 kb/s)
+    limit(sub, 30_000, pub.now)  # below the lowest layer at 7.5 fps (about 40 kb/s)
     run(pub, allocation, consumers, 1.0)
     assert consumer.quality_paused and events == [True]
     # Just enough for the lowest layer is not enough to resume (20% margin), nor is a lift
     # within the hold time.
-    sub.bandwidth.on_remb(5_000_000, pub.now)
+    limit(sub, 5_000_000, pub.now)
     allocation.run(consumers, pub.now + 0.6)
     assert consumer.quality_paused
-    run(pub, allocation, consumers, 2.5)
+    run(pub, allocation, consumers, 5.0)
     assert not consumer.quality_paused and events == [True, False]
     assert consumer.current_layer == 2
 
 
 def test_preferences_cap_the_layer_and_the_frame_rate() -> None:
     pub, consumer, sub, allocation, consumers, _ = setup()
-    sub.bandwidth.on_remb(5_000_000, pub.now)
+    limit(sub, 5_000_000, pub.now)
     consumer.set_preferences(640, 360, None)
     run(pub, allocation, consumers, 2.5)
     assert consumer.wanted_layer == (1, None)
@@ -199,7 +209,7 @@ def test_preferences_cap_the_layer_and_the_frame_rate() -> None:
 
 def test_a_layer_set_by_hand_is_left_alone() -> None:
     pub, consumer, sub, allocation, consumers, _ = setup()
-    sub.bandwidth.on_remb(5_000_000, pub.now)
+    limit(sub, 5_000_000, pub.now)
     consumer.allocated = False
     consumer.set_layer(0)
     run(pub, allocation, consumers, 2.0)
@@ -208,7 +218,7 @@ def test_a_layer_set_by_hand_is_left_alone() -> None:
 
 def test_held_back_layers_make_the_transport_pad_on_rtx() -> None:
     pub, consumer, sub, allocation, consumers, _ = setup()
-    sub.bandwidth.on_remb(700_000, pub.now)
+    limit(sub, 700_000, pub.now)
     run(pub, allocation, consumers, 4.0)
     assert consumer.wanted_layer == (1, None)
     assert allocation.padding_bitrate > 0 and consumer.padding_bytes > 0
@@ -221,6 +231,32 @@ def test_held_back_layers_make_the_transport_pad_on_rtx() -> None:
     # Padding stays within the share of the estimate left over by the media.
     assert allocation.padding_bitrate <= 700_000
     # Nothing held back: no padding.
-    sub.bandwidth.on_remb(5_000_000, pub.now)
-    run(pub, allocation, consumers, 1.0)
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 5.0)
     assert allocation.padding_bitrate == 0
+
+
+def test_budget_of_a_remb_only_subscriber() -> None:
+    from salon.media.rtcp import ReportBlock
+
+    _, _, sub, allocation, _, _ = setup()
+
+    def report(loss: float, now: float) -> None:
+        sub.bandwidth.on_report_block(ReportBlock(1, int(loss * 256), 0, 0, 0, 0, 0), now)
+
+    sub.bandwidth.on_remb(300_000, 1.0)
+    assert allocation.budget(1.0) == 300_000
+    # What was sent (media and padding) got through without loss: the budget follows it.
+    allocation._sent_rate = 600_000
+    report(0.0, 1.5)
+    assert 600_000 <= allocation.budget(1.5) <= 600_000 * 1.08**0.5 + 1
+    # A pessimistic REMB does not lower it; without a new report it holds.
+    sub.bandwidth.on_remb(200_000, 2.0)
+    assert allocation.budget(2.0) == allocation.budget(2.0) >= 600_000
+    # Heavy loss: what was sent, cut by half the loss; the probes back off.
+    report(0.3, 2.5)
+    assert allocation.budget(2.5) == int(600_000 * (1 - 76 / 256 / 2))  # 76/256 as reported
+    assert allocation._probe_wait > 2.0
+    # A REMB above the budget lifts it.
+    sub.bandwidth.on_remb(2_000_000, 3.0)
+    assert allocation.budget(3.0) == 2_000_000
