@@ -229,6 +229,15 @@ class TransportAllocation:
                 temporal = None
             if consumer.wanted_layer != (decision.spatial, temporal):
                 consumer.set_layer(decision.spatial, temporal)
+        if allocation.changed and logger.isEnabledFor(logging.DEBUG):
+            for item in inputs:
+                logger.debug(
+                    "allocation input %s %s %s: %s",
+                    item.consumer_id,
+                    item.kind.value,
+                    item.preferences,
+                    [(x.spatial, x.temporal, x.bitrate, x.width, x.height, x.frame_rate) for x in item.layers],
+                )
         if allocation.changed:
             logger.info(
                 "allocation: estimate %d, allocated %d of %d, padding %d: %s",

@@ -24,7 +24,8 @@ Hysteresis, so decisions do not flap on a noisy estimate:
   keeping the current layer or going down needs none.
 
 Layers with bitrate 0 (the producer is not receiving them) are not offered. Preferences filter
-layers by width, height and frame rate; when no layer satisfies them the lowest layer is used.
+layers by width, height and frame rate; when no layer satisfies them the smallest layer (lowest
+encoding, lowest frame rate) is used.
 Camera video (``keep_frame_rate``) keeps its frame rate: reduced frame rates (VP8 temporal
 layers) are offered on the lowest encoding only, every higher encoding at the highest frame
 rate allowed; a screen share may trade frame rate for resolution.
@@ -267,7 +268,9 @@ def _ladder(item: ConsumerInput) -> list[Layer]:
     )
     if not available:
         return []
-    allowed = [layer for layer in available if item.preferences.allows(layer)] or available[:1]
+    allowed = [layer for layer in available if item.preferences.allows(layer)] or [
+        min(available, key=lambda layer: (layer.spatial, layer.temporal))
+    ]
     if item.keep_frame_rate and item.kind is MediaKindClass.VIDEO:
         # Camera video keeps its frame rate: lower frame rates only on the lowest encoding,
         # above it each encoding at the highest frame rate allowed.

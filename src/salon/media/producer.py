@@ -418,6 +418,7 @@ class Producer:
         """Handle one decrypted packet from the publisher and fan it out (synchronous)."""
         if self.closed:
             return
+        repaired = False
         encoding = self._by_ssrc.get(header.ssrc, self._single)
         if encoding is None:
             return
@@ -439,6 +440,7 @@ class Producer:
                 + payload
             )
             header = RtpHeader(header.marker, self._pt, osn, header.timestamp, ssrc, 12, 0, 0)
+            repaired = True
         elif header.payload_type != self._pt:
             return
         elif self._uplink is not None:
@@ -481,7 +483,11 @@ class Producer:
                 stats.key_frames += 1
                 encoding.key_frames += 1
                 encoding.key_frame_throttle.on_key_frame(now)
-            if self._single is None:
+            # Retransmissions (and Chromium's probes: old packets again on RTX) are not what
+            # the encoding carries.
+            if repaired:
+                pass
+            elif self._single is None:
                 encoding.meter.on_packet(view, len(data), key_frame, now)
             else:
                 encoding.meter.on_bytes(len(data), now)
