@@ -236,7 +236,7 @@ class TransportAllocation:
                     item.consumer_id,
                     item.kind.value,
                     item.preferences,
-                    [(x.spatial, x.temporal, x.bitrate, x.width, x.height, x.frame_rate) for x in item.layers],
+                    [(x.spatial, x.temporal, x.bitrate, x.width, x.frame_rate) for x in item.layers],
                 )
         if allocation.changed:
             logger.info(

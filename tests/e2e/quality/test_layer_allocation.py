@@ -66,12 +66,7 @@ class Lab:
     def __init__(self, server: HubServer, page: Any, subs: dict[str, Agent]) -> None:
         self.server, self.page, self.subs = server, page, subs
 
-    async def decode_errors(report: dict[str, Any]) -> int:
-    """aiortc's decoder failures so far in the agent (a running total)."""
-    return max((stream["decode_errors"] for stream in report["streams"].values()), default=0)
-
-
-def wait_until(self, check: Callable[[], bool], what: str, timeout: float) -> float:
+    async def wait_until(self, check: Callable[[], bool], what: str, timeout: float) -> float:
         """Poll ``check`` until it holds; returns the seconds it took."""
         start = time.monotonic()
         while not check():
