@@ -152,8 +152,9 @@ class TransportAllocation:
         sent (media and padding) without loss.
 
         aiortc's REMB is delay-based but pessimistic on a busy host (its own scheduling
-        delays look like queueing) and never exceeds 1.5x what it receives, so it only lifts
-        the budget, never lowers it. Each receiver report: loss above 10% cuts the budget to
+        delays look like queueing), and stale-high after a drop (it never lowers its estimate
+        below 1.5x what it receives unless it detects overuse): it only gives the budget its
+        starting value. Each receiver report: loss above 10% cuts the budget to
         what was sent times (1 - loss / 2), and probing backs off (its wait doubles, up to
         :data:`MAX_PROBE_WAIT`); 2-10% holds; under 2% the budget rises to what was just sent
         (a probe that got through) and 8% a second beyond.
@@ -177,9 +178,6 @@ class TransportAllocation:
                 if sent > budget:
                     self._probe_wait = PROBE_STABLE_FOR
                 budget = max(budget, sent) * 1.08**dt
-        remb = estimator.remb
-        if remb is not None:
-            budget = max(budget, float(remb))
         budget = min(budget, float(estimator.max_bitrate))
         self._budget = budget
         return int(budget)
