@@ -76,6 +76,7 @@ class TransportAllocation:
     __slots__ = (
         "_budget",
         "_last_budget_at",
+        "_last_cut",
         "_last_drop",
         "_last_estimate",
         "_next_run",
@@ -100,6 +101,7 @@ class TransportAllocation:
         self._budget: float | None = None
         self._last_budget_at = 0.0
         self._probe_wait = PROBE_STABLE_FOR
+        self._last_cut: float | None = None
         #: Padding rate (bit/s) decided by the last allocation (0: not probing).
         self.padding_bitrate = 0
         self.runs = 0
@@ -154,8 +156,8 @@ class TransportAllocation:
         aiortc's REMB is delay-based but pessimistic on a busy host (its own scheduling
         delays look like queueing), and stale-high after a drop (it never lowers its estimate
         below 1.5x what it receives unless it detects overuse): it only gives the budget its
-        starting value. Each receiver report: loss above 10% cuts the budget to
-        what was sent times (1 - loss / 2), and probing backs off (its wait doubles, up to
+        starting value. Each receiver report: loss above 10% cuts the budget by half the loss
+        (at most once a second), and probing backs off (its wait doubles, up to
         :data:`MAX_PROBE_WAIT`); 2-10% holds; under 2% the budget rises to what was just sent
         (a probe that got through) and 8% a second beyond.
         """
@@ -171,9 +173,11 @@ class TransportAllocation:
         self._last_budget_at = now
         if loss is not None:
             if loss > estimator.LOSS_HIGH:
-                budget = max(float(estimator.min_bitrate), min(budget, sent or budget) * (1 - loss / 2))
+                if self._last_cut is None or now - self._last_cut >= 1.0:
+                    budget = max(float(estimator.min_bitrate), budget * (1 - loss / 2))
+                    self._last_cut = now
+                    self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
                 self._last_drop = now
-                self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
             elif loss < estimator.LOSS_LOW:
                 if sent > budget:
                     self._probe_wait = PROBE_STABLE_FOR
@@ -257,7 +261,26 @@ class TransportAllocation:
         else:
             self.padding_bitrate = 0
         self._sent_rate = allocation.allocated + self.padding_bitrate
+        if self.bandwidth.feedback_packets and held_back:
+            self._probe(consumers, now)
         return allocation
+
+    def _probe(self, consumers: dict[str, Consumer], now: float) -> None:
+        """Send a probe cluster if the transport's probe controller asks for one (transport-cc
+        only: its feedback measures the cluster's dispersion at the bottleneck; a probe that
+        got through lifts the estimate at once instead of 8% a second)."""
+        cluster = self.bandwidth.probe(now)
+        if cluster is None:
+            return
+        count = max(cluster.min_packets, int(cluster.bitrate * cluster.duration / _PADDING_PACKET_BITS) + 1)
+        spacing = cluster.duration / count
+        for consumer in consumers.values():
+            if consumer.kind == "video" and consumer.forwarding:
+                sequences: list[int] = []
+                if consumer.send_padding(now, count, spacing=spacing, sequences=sequences):
+                    for sequence in sequences:
+                        self.bandwidth.probes.add_probe_packet(sequence)
+                    return
 
     def _pad(self, consumers: dict[str, Consumer], now: float) -> None:
         self._padding_credit = min(

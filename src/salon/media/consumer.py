@@ -638,11 +638,16 @@ class Consumer:
             self.stats.cache_misses += len(misses)
             self.producer.request_retransmission(misses, now, layer)
 
-    def send_padding(self, now: float, count: int) -> int:
+    def send_padding(
+        self, now: float, count: int, *, spacing: float = 0.0, sequences: list[int] | None = None
+    ) -> int:
         """Send ``count`` padding-only packets (255 bytes of RTP padding each) on the RTX
         stream, stamped like media (abs-send-time, transport-wide sequence number), so the
         subscriber's estimate can grow while layers are held back. Returns the bytes sent (0
-        without RTX, or before media flowed)."""
+        without RTX, or before media flowed). A probe cluster passes ``spacing`` (the send
+        times recorded for the transport-wide feedback are ``now + i * spacing``: the burst
+        leaves at once, its dispersion at the bottleneck is what the feedback measures) and
+        ``sequences`` (filled with the packets' unwrapped transport-wide sequence numbers)."""
         if not self._active or not self._started or self.rtx_ssrc is None or self._rtx_pt is None:
             return 0
         ext = self._ext_block
@@ -655,7 +660,11 @@ class Consumer:
             block = ext
             size = 12 + len(ext) + 255
             if self._stamp is not None:
-                block = patch_extension(ext, self._twcc_offset, self._stamp(now, size))
+                if sequences is not None:
+                    sequences.append(self.transport.bandwidth.history.sent)
+                block = patch_extension(
+                    ext, self._twcc_offset, self._stamp(now + len(sequences or ()) * spacing, size)
+                )
             header = _FIXED_PACK(
                 self._first_byte | 0x20, self._rtx_pt, self._rtx_seq, timestamp, self.rtx_ssrc
             )
