@@ -30,6 +30,7 @@ there is nothing to choose). From the transport's timer:
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -64,6 +65,8 @@ PROBE_STABLE_FOR = 2.0
 #: A drop of the estimate by more than this share counts as a decrease.
 _DROP = 0.05
 _PADDING_PACKET_BITS = (12 + 16 + 255) * 8
+#: A cut never goes below 70% of the highest rate sent without loss in this window (seconds).
+_CLEAN_WINDOW = 5.0
 #: Longest wait between probes after failed ones (seconds).
 MAX_PROBE_WAIT = 16.0
 #: A probe sends up to this multiple of the budget (media and padding).
@@ -75,6 +78,7 @@ class TransportAllocation:
 
     __slots__ = (
         "_budget",
+        "_clean",
         "_last_budget_at",
         "_last_cut",
         "_last_drop",
@@ -102,6 +106,8 @@ class TransportAllocation:
         self._last_budget_at = 0.0
         self._probe_wait = PROBE_STABLE_FOR
         self._last_cut: float | None = None
+        #: (time, rate sent) of the intervals a loss-free receiver report covered.
+        self._clean: collections.deque[tuple[float, float]] = collections.deque()
         #: Padding rate (bit/s) decided by the last allocation (0: not probing).
         self.padding_bitrate = 0
         self.runs = 0
@@ -157,7 +163,8 @@ class TransportAllocation:
         delays look like queueing), and stale-high after a drop (it never lowers its estimate
         below 1.5x what it receives unless it detects overuse): it only gives the budget its
         starting value. Each receiver report: loss above 10% cuts the budget by half the loss
-        (at most once a second), and probing backs off (its wait doubles, up to
+        (at most once a second, never below 70% of the highest rate sent without loss in the
+        last 5 s), and probing backs off (its wait doubles, up to
         :data:`MAX_PROBE_WAIT`); 2-10% holds; under 2% the budget rises to what was just sent
         (a probe that got through) and 8% a second beyond.
         """
@@ -174,11 +181,16 @@ class TransportAllocation:
         if loss is not None:
             if loss > estimator.LOSS_HIGH:
                 if self._last_cut is None or now - self._last_cut >= 1.0:
-                    budget = max(float(estimator.min_bitrate), budget * (1 - loss / 2))
+                    # Never below most of what got through without loss in the last seconds.
+                    floor = max((rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0)
+                    budget = max(float(estimator.min_bitrate), 0.7 * floor, budget * (1 - loss / 2))
                     self._last_cut = now
                     self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
                 self._last_drop = now
             elif loss < estimator.LOSS_LOW:
+                self._clean.append((now, sent))
+                while self._clean and now - self._clean[0][0] > _CLEAN_WINDOW:
+                    self._clean.popleft()
                 if sent > budget:
                     self._probe_wait = PROBE_STABLE_FOR
                 budget = max(budget, sent) * 1.08**dt
