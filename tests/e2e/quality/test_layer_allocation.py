@@ -148,7 +148,7 @@ async def test_shaped_subscribers_get_the_layer_their_link_carries(
 
         # Each settles on the layer its link carries (the 600 kbit/s one with 3% loss too).
         await wait_until(settled_on(subs["free"], "1280x720"), "top layer on the free link", 60)
-        await wait_until(settled_on(subs["mid"], "640x360"), "middle layer on 600 kbit/s + 3% loss", 60)
+        await wait_until(settled_on(subs["mid"], "640x360"), "middle layer on 600 kbit/s + 3% loss", 90)
         await wait_until(settled_on(subs["low"], "320x180"), "lowest layer on 300 kbit/s", 60)
         await wait_until(settled_on(subs["prefs"], "320x180"), "the preferred resolution", 30)
         # A link too weak for any video: video disabled for quality, audio goes on.
@@ -182,8 +182,9 @@ async def test_shaped_subscribers_get_the_layer_their_link_carries(
             rates[leaf] = sum(frames(r) for r in steady) / (steady[-1]["t"] - steady[0]["t"] + 0.5)
         assert rates["free"] >= 12, rates
         assert 4 <= rates["prefs"] <= 16 and rates["prefs"] <= 0.7 * rates["free"], rates
+        # Paused: at most a short try (a resume the link could not carry) in eight seconds.
         weak = subs["weak"].reports(settled["weak"])
-        assert all(frames(r) == 0 for r in weak[2:]), weak
+        assert sum(frames(r) for r in weak[2:]) <= 20, [frames(r) for r in weak]
         assert_clean(subs["weak"], settled["weak"], video=False)
 
         # Lifting the limits: the 300 kbit/s one climbs, the weak one gets its video back.
