@@ -267,8 +267,15 @@ class TransportAllocation:
         held_back = allocation.desired > allocation.allocated * 1.05
         stable = self._last_drop is None or now - self._last_drop >= self._probe_wait
         if held_back and stable:
-            share = PADDING_SHARE if self.bandwidth.feedback_packets else PROBE_FACTOR
-            room = min(share * estimate, float(allocation.desired)) - allocation.allocated
+            if self.bandwidth.feedback_packets:
+                ceiling = PADDING_SHARE * estimate
+            else:
+                # REMB-only: a step above what last got through without loss, not above a
+                # budget that loss has not corrected yet.
+                clean = max((rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0)
+                ceiling = PROBE_FACTOR * max(clean, float(allocation.allocated))
+                ceiling = min(ceiling, float(estimate) * PROBE_FACTOR)
+            room = min(ceiling, float(allocation.desired)) - allocation.allocated
             self.padding_bitrate = int(max(0.0, min(room, float(MAX_PADDING_BITRATE))))
         else:
             self.padding_bitrate = 0
