@@ -83,6 +83,7 @@ class TransportAllocation:
         "_last_cut",
         "_last_drop",
         "_last_estimate",
+        "_layout",
         "_next_run",
         "_padding_credit",
         "_probe_wait",
@@ -106,6 +107,7 @@ class TransportAllocation:
         self._last_budget_at = 0.0
         self._probe_wait = PROBE_STABLE_FOR
         self._last_cut: float | None = None
+        self._layout: tuple[tuple[str, int | None, int | None, bool], ...] = ()
         #: (time, rate sent) of the intervals a loss-free receiver report covered.
         self._clean: collections.deque[tuple[float, float]] = collections.deque()
         #: Padding rate (bit/s) decided by the last allocation (0: not probing).
@@ -252,7 +254,11 @@ class TransportAllocation:
                     item.preferences,
                     [(x.spatial, x.temporal, x.bitrate, x.width, x.frame_rate) for x in item.layers],
                 )
-        if allocation.changed:
+        layout = tuple(
+            (d.consumer_id, d.spatial, d.temporal, d.paused) for d in allocation.decisions.values()
+        )
+        if layout != self._layout:  # a layer or a pause changed (not just a measured bitrate)
+            self._layout = layout
             logger.info(
                 "allocation: estimate %d, allocated %d of %d, padding %d: %s",
                 estimate,
