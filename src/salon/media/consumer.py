@@ -465,6 +465,9 @@ class Consumer:
         self.quality_paused = paused
         if not paused:
             self._started = False
+            if self._switcher is not None:
+                # Start again at a key frame of the target layer, as after a subscriber pause.
+                self._switcher.reset()
         self._update_active()
         logger.info("%r: %s for quality", self, "paused" if paused else "resumed")
         if self._active:

@@ -13,7 +13,7 @@ import av
 import pytest
 
 from salon.media.allocation import TransportAllocation
-from salon.media.consumer import ConsumerQualityChanged
+from salon.media.consumer import ConsumerQualityChanged, PauseReason
 from salon.media.layer_meter import EncodingMeter, h264_sps_resolution, vp8_key_frame_resolution
 from salon.media.rtp import parse_rtp_header
 from tests.unit.media.media_fakes import add_consumer
@@ -262,3 +262,17 @@ def test_budget_of_a_remb_only_subscriber() -> None:
     # Nor does a REMB above it lift it (aiortc's stays high after a drop).
     sub.bandwidth.on_remb(2_000_000, 3.0)
     assert allocation.budget(3.0) == cut
+
+
+def test_resuming_from_a_quality_pause_waits_for_a_key_frame() -> None:
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 2.0)
+    consumer.set_paused(True, PauseReason.QUALITY)
+    pub.send_frame()
+    consumer.set_paused(False, PauseReason.QUALITY)
+    sent = len(sub.rtp)
+    pub.send_frame()  # no key frame: nothing forwarded
+    assert len(sub.rtp) == sent
+    pub.send_frame(keys=(2,))
+    assert len(sub.rtp) > sent
