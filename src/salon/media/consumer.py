@@ -24,7 +24,8 @@ bytes to ``transport.send_rtp`` (SRTP protect + sendto).
 * **Subscriber RTCP.** NACKs are mapped back to publisher sequence numbers and answered from
   the producer's cache (RTX-wrapped when RTX was negotiated); cache misses become an upstream
   NACK, retried on the producer's NACK schedule. PLI/FIR become a (throttled) producer
-  key-frame request. REMB is remembered: the producer sends the minimum upstream. Publisher
+  key-frame request. REMB is remembered (:attr:`Consumer.remb_bitrate`) and feeds the
+  transport's estimate (:mod:`salon.media.bandwidth`), not the publisher's REMB. Publisher
   SRs are rewritten into per-subscriber SRs (RTP timestamp + this consumer's offset, its own
   packet/octet counts) for A/V sync.
 
@@ -46,7 +47,10 @@ unpublished: the server turns the :class:`ConsumerClosed` event with reason
 Header extensions are the subscriber's, under the subscriber's IDs: mid, abs-send-time (video,
 stamped per packet) and, for audio when both the publisher and the subscriber negotiated
 ``ssrc-audio-level``, the publisher's RFC 6464 byte of each packet (browsers report it in
-``getSynchronizationSources()``). Other publisher extensions are not forwarded.
+``getSynchronizationSources()``) and, when the subscriber negotiated transport-wide congestion
+control, a transport-wide sequence number per packet (forwarded and retransmitted), numbered by
+the transport's :class:`~salon.media.bandwidth.TransportBandwidth`. Other publisher extensions
+are not forwarded.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ from salon.media.totals import retire_consumer
 from salon.media.transport import TransportState
 
 if TYPE_CHECKING:
+    from salon.media.bandwidth import TransportBandwidth
     from salon.media.producer import Producer
 
 __all__ = [
@@ -131,6 +136,11 @@ class ConsumerTransport(Protocol):
 
     @property
     def state(self) -> TransportState: ...
+
+    @property
+    def bandwidth(self) -> TransportBandwidth:
+        """Transport-wide sequence numbers and the subscriber's bandwidth estimate."""
+        ...
 
     def send_rtp(self, packet: bytes) -> None:
         """Protect and send one RTP packet to the subscriber now (the hot path)."""
@@ -235,6 +245,12 @@ class Consumer:
         self.max_frame_rate: float | None = None
         #: Last REMB estimate from the subscriber in bit/s (0: none yet).
         self.remb_bitrate = 0
+        #: Whether the transport's allocator picks this consumer's layer and quality pause
+        #: (False once an operator or test set either by hand: ``set_consumer_layer``,
+        #: ``set_quality_paused``).
+        self.allocated = True
+        #: Padding bytes sent to probe the subscriber's link (:meth:`send_padding`).
+        self.padding_bytes = 0
 
         self._pt = track.codec.payload_type
         self._rtx_pt = track.codec.rtx_payload_type
@@ -266,23 +282,38 @@ class Consumer:
         )
         if level_id is not None:
             items.append((level_id, producer.audio_level_value))
+        # The transport-wide sequence number goes last: numbered per packet by the transport.
+        if ext.transport_cc is not None:
+            items.append((ext.transport_cc, b"\x00\x00"))
         self._ext_block = encode_one_byte_extensions(items)
         self._abs_offset = (
             extension_value_offset(self._ext_block, ext.abs_send_time) if ext.abs_send_time is not None else 0
         )
         self._level_offset = extension_value_offset(self._ext_block, level_id) if level_id is not None else 0
+        self._twcc_offset = (
+            extension_value_offset(self._ext_block, ext.transport_cc) if ext.transport_cc is not None else 0
+        )
+        #: The transport's numbering call (:meth:`~salon.media.bandwidth.TransportBandwidth.stamp`)
+        #: when the subscriber negotiated transport-cc, else None.
+        self._stamp = transport.bandwidth.stamp if self._twcc_offset else None
         # The forwarding hot path builds each packet as header + block head + per-packet value +
-        # block tail + payload in one join: split the block around the value that changes per
-        # packet (3 abs-send-time bytes for video, the 1-byte audio level for audio).
+        # block tail + transport-wide sequence number + block end + payload in one join: split
+        # the block around the values that change per packet (3 abs-send-time bytes for video,
+        # the 1-byte audio level for audio; 2 bytes of transport-wide sequence number).
+        block = self._ext_block
+        twcc_at = self._twcc_offset or len(block)
         if self._abs_offset:
-            self._ext_head = self._ext_block[: self._abs_offset]
-            self._ext_tail = self._ext_block[self._abs_offset + 3 :]
+            self._ext_head = block[: self._abs_offset]
+            self._ext_tail = block[self._abs_offset + 3 : twcc_at]
         elif self._level_offset:
-            self._ext_head = self._ext_block[: self._level_offset]
-            self._ext_tail = self._ext_block[self._level_offset + 1 :]
+            self._ext_head = block[: self._level_offset]
+            self._ext_tail = block[self._level_offset + 1 : twcc_at]
         else:
-            self._ext_head = self._ext_block
+            self._ext_head = block[:twcc_at]
             self._ext_tail = b""
+        self._ext_end = block[twcc_at + 2 :] if self._twcc_offset else b""
+        #: RTP header + extension block bytes in front of the payload (sizes for the estimator).
+        self._overhead = 12 + len(block)
         self._first_byte = 0x90 if self._ext_block else 0x80
 
     def __repr__(self) -> str:
@@ -325,6 +356,11 @@ class Consumer:
     def target_layer(self) -> int | None:
         """The encoding being switched to (or forwarded); None when not simulcast."""
         return self._switcher.target_layer if self._switcher is not None else None
+
+    @property
+    def wanted_layer(self) -> tuple[int | None, int | None]:
+        """The (spatial, temporal) layer last asked for with :meth:`set_layer`."""
+        return self._wanted
 
     def _setup_switcher(self) -> None:
         producer = self.producer
@@ -433,6 +469,9 @@ class Consumer:
         self.quality_paused = paused
         if not paused:
             self._started = False
+            if self._switcher is not None:
+                # Start again at a key frame of the target layer, as after a subscriber pause.
+                self._switcher.reset()
         self._update_active()
         logger.info("%r: %s for quality", self, "paused" if paused else "resumed")
         if self._active:
@@ -487,7 +526,7 @@ class Consumer:
             )
             if forward is None:
                 return
-            out: tuple[int, int] | None = (forward[0], forward[1])
+            out: tuple[int, int] = (forward[0], forward[1])
             if forward[2] is not None:
                 prefix = forward[2]
             if switcher.switches != self.stats.layer_switches:
@@ -498,17 +537,18 @@ class Consumer:
             if not key_frame:
                 return
             self._seq.start(header.sequence_number, header.timestamp, now, self._clock_rate)
-            out = self._seq.rewrite(header.sequence_number, header.timestamp)
-            if out is None:
+            rewritten = self._seq.rewrite(header.sequence_number, header.timestamp)
+            if rewritten is None:
                 return
+            out = rewritten
             self._started = True
             self.stats.key_frame_starts += 1
         else:
-            out = self._seq.rewrite(header.sequence_number, header.timestamp)
-            if out is None:
+            rewritten = self._seq.rewrite(header.sequence_number, header.timestamp)
+            if rewritten is None:
                 return
-        if out is None:
-            return
+            out = rewritten
+        stamp = self._stamp
         self.transport.send_rtp(
             _JOIN(
                 (
@@ -526,6 +566,8 @@ class Consumer:
                     if self._level_offset
                     else b"",
                     self._ext_tail,
+                    b"" if stamp is None else stamp(now, self._overhead + len(data) - offset),
+                    self._ext_end,
                     prefix,
                     memoryview(data)[offset + len(prefix) :],
                 )
@@ -572,6 +614,9 @@ class Consumer:
                 ext = patch_extension(ext, self._abs_offset, abs_send_time(now))
             elif self._level_offset:
                 ext = patch_extension(ext, self._level_offset, self._cached_audio_level(cached, header))
+            if self._stamp is not None:
+                size = self._overhead + len(cached) - header.payload_offset + 2  # + RTX OSN
+                ext = patch_extension(ext, self._twcc_offset, self._stamp(now, size))
             if self.rtx_ssrc is not None and self._rtx_pt is not None:
                 packet = wrap_rtx(
                     cached,
@@ -599,6 +644,42 @@ class Consumer:
         if misses:
             self.stats.cache_misses += len(misses)
             self.producer.request_retransmission(misses, now, layer)
+
+    def send_padding(
+        self, now: float, count: int, *, spacing: float = 0.0, sequences: list[int] | None = None
+    ) -> int:
+        """Send ``count`` padding-only packets (255 bytes of RTP padding each) on the RTX
+        stream, stamped like media (abs-send-time, transport-wide sequence number), so the
+        subscriber's estimate can grow while layers are held back. Returns the bytes sent (0
+        without RTX, or before media flowed). A probe cluster passes ``spacing`` (the send
+        times recorded for the transport-wide feedback are ``now + i * spacing``: the burst
+        leaves at once, its dispersion at the bottleneck is what the feedback measures) and
+        ``sequences`` (filled with the packets' unwrapped transport-wide sequence numbers)."""
+        if not self._active or not self._started or self.rtx_ssrc is None or self._rtx_pt is None:
+            return 0
+        ext = self._ext_block
+        if self._abs_offset:
+            ext = patch_extension(ext, self._abs_offset, abs_send_time(now))
+        timestamp = self._seq.last_timestamp
+        sent = 0
+        padding = bytes(254) + b"\xff"
+        for _ in range(count):
+            block = ext
+            size = 12 + len(ext) + 255
+            if self._stamp is not None:
+                if sequences is not None:
+                    sequences.append(self.transport.bandwidth.history.sent)
+                block = patch_extension(
+                    ext, self._twcc_offset, self._stamp(now + len(sequences or ()) * spacing, size)
+                )
+            header = _FIXED_PACK(
+                self._first_byte | 0x20, self._rtx_pt, self._rtx_seq, timestamp, self.rtx_ssrc
+            )
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            self.transport.send_rtp(header + block + padding)
+            sent += size
+        self.padding_bytes += sent
+        return sent
 
     def _cached_audio_level(self, packet: bytes, header: RtpHeader) -> bytes:
         """The RFC 6464 byte of a cached publisher packet (silence if it carries none)."""

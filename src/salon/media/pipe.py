@@ -512,8 +512,8 @@ class PipeTransport:
         self.stats.rtcp_sent += 1
 
     def remb_bitrate(self, producer: Producer) -> int | None:
-        """The far side's estimate for ``producer`` (its consumers' lowest REMB), which the
-        producer counts with its own consumers' in the REMB it sends its publisher."""
+        """The last REMB the far side sent for ``producer``: the mirrored producer's measure of
+        the pipe (for the dump and tests; the publisher's REMB is its own uplink)."""
         return self._remb.get(producer.id)
 
     def producer_closed(self, producer: Producer) -> None:

@@ -17,8 +17,10 @@ extension / payload type). Per packet, synchronously, it:
 
 Upstream RTCP: key-frame requests from consumers are throttled
 (:class:`~salon.media.keyframe.KeyFrameRequestThrottle`) into PLIs (or FIRs when the publisher
-only offered ``ccm fir``); every ~1 s the producer sends a receiver report plus a REMB carrying
-the minimum of its forwarding consumers' REMB estimates (capped at ``max_bitrate``). A publisher SR is
+only offered ``ccm fir``); every ~1 s the producer sends a receiver report plus (video) a REMB
+carrying the publisher's own uplink as measured on the packets that arrive
+(:class:`~salon.media.estimator.ReceiveSideEstimator`: delay-based on abs-send-time, or on the
+RTP timestamps without it; capped at ``max_bitrate``), never the subscribers' estimates. A publisher SR is
 rewritten into one SR per consumer so lip sync survives the timestamp offsets.
 
 Simulcast: a producer has one :class:`Encoding` per simulcast encoding (lowest quality first;
@@ -35,8 +37,9 @@ NACKs and key-frame requests go through :meth:`Producer.get_cached` /
 to other workers' routers (:mod:`salon.media.pipe`) get every packet of every encoding as it
 came (and the publisher's SRs), so the producer mirrored on the far side is simulcast too;
 their NACKs and key-frame requests name an encoding by its SSRC (:meth:`Producer.encoding_of`). The REMB
-sent to a simulcast publisher is :data:`SIMULCAST_MAX_BITRATE`, not its subscribers' minimum:
-subscribers on weak links take a lower encoding instead of lowering everyone's.
+sent to a simulcast publisher is its measured uplink capped at :data:`SIMULCAST_MAX_BITRATE`
+(room for every encoding), never its subscribers' minimum: subscribers on weak links take a
+lower encoding instead of lowering everyone's.
 
 Closing: :meth:`Producer.close` (unpublish) and :meth:`Producer.transport_closed` both close
 every consumer with :attr:`~salon.media.consumer.ConsumerCloseReason.PRODUCER_CLOSED`, then emit
@@ -54,8 +57,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from salon.media.allocator import Layer
+from salon.media.estimator import ReceiveSideEstimator
 from salon.media.events import EventEmitter
 from salon.media.keyframe import KeyFrameRequestThrottle
+from salon.media.layer_meter import EncodingMeter
 from salon.media.layers import LayerSwitcher
 from salon.media.nack import NackGenerator
 from salon.media.retransmission import RetransmissionBuffer
@@ -142,9 +148,6 @@ class PacketTap(Protocol):
     def send_sender_report(self, producer: Producer, report: SenderReport, layer: int) -> None:
         """A publisher SR of encoding ``layer``, as it came."""
 
-    def remb_bitrate(self, producer: Producer) -> int | None:
-        """The tap's receivers' estimate for ``producer`` (a pipe's far side), or None."""
-
     def producer_closed(self, producer: Producer) -> None:
         """The producer closed: the tap is already removed."""
 
@@ -203,6 +206,7 @@ class Encoding:
         "last_sr",
         "last_sr_at",
         "max_seq",
+        "meter",
         "nack",
         "packets_received",
         "received",
@@ -212,8 +216,10 @@ class Encoding:
         "ssrc",
     )
 
-    def __init__(self, index: int, params: EncodingParameters, *, nack: bool) -> None:
+    def __init__(self, index: int, params: EncodingParameters, *, nack: bool, codec: str = "") -> None:
         self.index = index
+        #: Bitrate / frame rate per temporal layer and resolution (for the allocator).
+        self.meter = EncodingMeter(codec)
         self.rid = params.rid
         self.ssrc: int | None = params.ssrc
         self.rtx_ssrc: int | None = params.rtx_ssrc
@@ -294,7 +300,9 @@ class Producer:
         nack = track.codec.supports_feedback("nack")
         params = track.encodings or (EncodingParameters(rid=None, ssrc=track.ssrc, rtx_ssrc=track.rtx_ssrc),)
         #: The encodings, lowest quality first (one unless simulcast).
-        self.encodings: tuple[Encoding, ...] = tuple(Encoding(i, e, nack=nack) for i, e in enumerate(params))
+        self.encodings: tuple[Encoding, ...] = tuple(
+            Encoding(i, e, nack=nack, codec=track.codec.name) for i, e in enumerate(params)
+        )
         self._top = self.encodings[-1]
         #: The only encoding of a non-simulcast producer (the transport already routed the
         #: packet by SSRC), None for simulcast (the SSRC names the encoding).
@@ -326,7 +334,14 @@ class Producer:
         )
         self._is_key_frame = KEYFRAME_DETECTORS.get(track.codec.name) if self.kind == "video" else None
         self._audio_level_id = track.extensions.audio_level
+        #: The publisher's uplink, measured on what arrives (video): the REMB sent to it.
+        #: Capped at ``max_bitrate``, or for simulcast at :data:`SIMULCAST_MAX_BITRATE` (room for
+        #: every encoding).
+        self._uplink_cap = max(max_bitrate, SIMULCAST_MAX_BITRATE) if len(params) > 1 else max_bitrate
+        self._uplink = ReceiveSideEstimator(self._uplink_cap) if self.kind == "video" else None
+        self._abs_send_time_id = track.extensions.abs_send_time
         self._next_report = 0.0
+        self._last_remb = 0
 
     def __repr__(self) -> str:
         return f"Producer({self.id} {self.kind} {self.codec.name} stream={self.stream_id})"
@@ -446,6 +461,7 @@ class Producer:
         """Handle one decrypted packet from the publisher and fan it out (synchronous)."""
         if self.closed:
             return
+        repaired = False
         encoding = self._by_ssrc.get(header.ssrc, self._single)
         if encoding is None:
             return
@@ -467,8 +483,11 @@ class Producer:
                 + payload
             )
             header = RtpHeader(header.marker, self._pt, osn, header.timestamp, ssrc, 12, 0, 0)
+            repaired = True
         elif header.payload_type != self._pt:
             return
+        elif self._uplink is not None:
+            self._measure_uplink(data, header, now)
         if self.on_first_packet is not None:
             first, self.on_first_packet = self.on_first_packet, None
             first(self)
@@ -501,11 +520,20 @@ class Producer:
         key_frame = True
         detector = self._is_key_frame
         if detector is not None:
-            key_frame = detector(memoryview(data)[header.payload_offset :])
+            view = memoryview(data)[header.payload_offset :]
+            key_frame = detector(view)
             if key_frame:
                 stats.key_frames += 1
                 encoding.key_frames += 1
                 encoding.key_frame_throttle.on_key_frame(now)
+            # Retransmissions (and Chromium's probes: old packets again on RTX) are not what
+            # the encoding carries.
+            if repaired:
+                pass
+            elif self._single is None:
+                encoding.meter.on_packet(view, len(data), key_frame, now)
+            else:
+                encoding.meter.on_bytes(len(data), now)
         elif self._audio_level_id is not None and header.extension_length:
             value = find_header_extension(data, header, self._audio_level_id)
             if value:
@@ -548,6 +576,22 @@ class Producer:
             packet = packet[:12] + prefix + packet[12 + len(prefix) :]
         return packet
 
+    def _measure_uplink(self, data: bytes, header: RtpHeader, now: float) -> None:
+        """Feed the publisher's uplink estimator with one (non-RTX) video packet (without
+        abs-send-time, a simulcast producer measures on its top encoding's RTP timestamps only:
+        each encoding has its own timestamp base)."""
+        uplink = self._uplink
+        assert uplink is not None
+        abs_id = self._abs_send_time_id
+        if abs_id is None:
+            if self._single is None and header.ssrc != self._top.ssrc:
+                return
+            uplink.on_packet(header.timestamp, 1 << 32, float(self.codec.clock_rate), now, len(data))
+            return
+        value = find_header_extension(data, header, abs_id) if header.extension_length else None
+        if value is not None and len(value) == 3:
+            uplink.on_packet((value[0] << 16) | (value[1] << 8) | value[2], 1 << 24, 262144.0, now, len(data))
+
     @staticmethod
     def _update_receive_stats(encoding: Encoding, seq: int) -> None:
         if encoding.base_seq < 0:
@@ -579,6 +623,39 @@ class Producer:
         weak)."""
         return [e.index for e in self.encodings if now - e.last_packet_at <= within]
 
+    def layers(self, now: float) -> list[Layer]:
+        """Every (encoding, temporal layer) this producer receives, with its measured bitrate
+        (cumulative over the temporal layers below it), frame rate and resolution, for the
+        allocator (:mod:`salon.media.allocator`). An encoding that stopped flowing has bitrate
+        0. Resolutions not yet seen in a key frame are assumed from a known one, halving per
+        encoding below it (Chromium's ¼, ½, full)."""
+        meters = [e.meter for e in self.encodings]
+        known = next((i for i in range(len(meters) - 1, -1, -1) if meters[i].width), None)
+        out: list[Layer] = []
+        for index, meter in enumerate(meters):
+            width, height = meter.width, meter.height
+            if not width and known is not None:
+                scale = 2.0 ** (index - known)
+                width = int(meters[known].width * scale)
+                height = int(meters[known].height * scale)
+            active = meter.active(now)
+            bitrate = 0.0
+            fps = 0.0
+            for tid in range(meter.temporal_layers):
+                bitrate += meter.bitrates[tid]
+                fps += meter.frame_rates[tid]
+                out.append(
+                    Layer(
+                        spatial=index,
+                        temporal=tid,
+                        bitrate=int(bitrate) if active else 0,
+                        width=width,
+                        height=height,
+                        frame_rate=round(fps, 1),
+                    )
+                )
+        return out
+
     def _encoding(self, layer: int | None) -> Encoding:
         if layer is None:
             recording = self._recording
@@ -608,6 +685,13 @@ class Producer:
         return self._recorded_packet(
             data, header, seq, recording.sequence.rewrite_timestamp(header.timestamp), prefix
         )
+
+    @property
+    def uplink_estimate(self) -> int:
+        """The REMB value sent to the publisher: its uplink as measured here, capped at
+        ``max_bitrate`` (0 for audio)."""
+        uplink = self._uplink
+        return 0 if uplink is None else uplink.estimate(self._uplink_cap)
 
     # ----------------------------------------------------------------------------------------
     # Upstream RTCP
@@ -728,15 +812,13 @@ class Producer:
             return
         packet = build_receiver_report(self._rtcp_ssrc, blocks)
         if self.kind == "video":
-            if self.simulcast:
-                # Every encoding is wanted: weak subscribers take a lower one.
-                bitrate = max(self.max_bitrate, SIMULCAST_MAX_BITRATE)
-            else:
-                # Only subscribers we send to count: a paused one's last estimate is stale.
-                estimates = [c.remb_bitrate for c in self._forwarding if c.remb_bitrate]
-                estimates += [e for pipe in self._pipes if (e := pipe.remb_bitrate(self))]
-                bitrate = min([self.max_bitrate, *estimates])
-            packet += build_remb(self._rtcp_ssrc, bitrate, [b.ssrc for b in blocks])
+            # The publisher's own uplink, not its subscribers' downlinks (each subscriber gets
+            # the layer its link carries from the allocator).
+            remb = self.uplink_estimate
+            if abs(remb - self._last_remb) > 0.25 * max(remb, self._last_remb):
+                logger.info("%r: REMB to the publisher %d bit/s", self, remb)
+            self._last_remb = remb
+            packet += build_remb(self._rtcp_ssrc, remb, [b.ssrc for b in blocks])
         self.stats.reports_sent += 1
         self.transport.send_rtcp(packet)
 
@@ -810,4 +892,5 @@ class Producer:
             "recorders": [r.id for r in self._recorders],
             "pipes": [p.id for p in self._pipes],
             "stats": dataclasses.asdict(self.stats),
+            "uplink_estimate": self.uplink_estimate if self._uplink is not None else None,
         }

@@ -7,8 +7,8 @@ unwrapping) and, per packet, prefixes the plain RTP packet with the recording's 
 track byte and sends it in one non-blocking ``send`` on a UDP socket connected to the
 archiver's sink on the loopback. It never waits: a datagram the kernel does not take at once
 (the archiver lags and its socket buffer is full, or it died) is dropped and counted
-(:attr:`RecorderStats.dropped`). It is not a forwarding consumer, so it takes no part in the
-producer's bandwidth estimate (REMB).
+(:attr:`RecorderStats.dropped`). It is not a forwarding consumer, so it takes no part in
+bandwidth allocation (it takes what the producer receives).
 
 Datagrams, both directions (the token authenticates them: a datagram with another token is
 ignored, so another local process cannot feed a recording, and the worker's socket, connected

@@ -435,6 +435,8 @@ class Router:
         for consumer_id in consumer_ids:
             consumer = transport.consumers.get(consumer_id)
             if consumer is not None:
+                # Set by hand: the allocator leaves it alone until both are None again.
+                consumer.allocated = spatial is None and temporal is None
                 consumer.set_layer(spatial, temporal)
 
     # ----------------------------------------------------------------------------------------

@@ -16,12 +16,13 @@ understands:
   pairs expanded into sequence numbers;
 * :class:`Pli` (PSFB PT 206 FMT 1, RFC 4585 §6.3.1) and :class:`Fir` (PSFB FMT 4,
   RFC 5104 §4.3.1) with its FCI entries;
-* :class:`Remb` (PSFB FMT 15 with the "REMB" identifier, draft-alvestrand-rmcat-remb-03).
+* :class:`Remb` (PSFB FMT 15 with the "REMB" identifier, draft-alvestrand-rmcat-remb-03);
+* :class:`~salon.media.twcc.TransportFeedback`, transport-wide congestion control feedback
+  (RTPFB FMT 15, draft-holmer-rmcat-transport-wide-cc-extensions-01), parsed by
+  :mod:`salon.media.twcc`.
 
-Everything else is skipped without an exception: XR, APP, transport-wide congestion control
-feedback (RTPFB FMT 15, draft-holmer-rmcat-transport-wide-cc-extensions-01, which aiortc
-would misread as a NACK), other feedback formats. A header or payload whose length does not
-add up raises :class:`ValueError` saying which packet and why.
+Everything else is skipped without an exception: XR, APP, other feedback formats. A header or
+payload whose length does not add up raises :class:`ValueError` saying which packet and why.
 
 The ``build_*`` functions return ready-to-send bytes; concatenate them for a compound packet.
 """
@@ -32,6 +33,8 @@ import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from salon.media.twcc import TransportFeedback, parse_transport_feedback
 
 __all__ = [
     "RTCP_BYE",
@@ -216,7 +219,9 @@ class Remb:
     ssrcs: tuple[int, ...]
 
 
-RtcpPacket = SenderReport | ReceiverReport | SourceDescription | Bye | Nack | Pli | Fir | Remb
+RtcpPacket = (
+    SenderReport | ReceiverReport | SourceDescription | Bye | Nack | Pli | Fir | Remb | TransportFeedback
+)
 """Any RTCP packet :func:`parse_rtcp` returns."""
 
 
@@ -257,7 +262,9 @@ def parse_rtcp(data: bytes) -> list[RtcpPacket]:
         if packet_type == RTCP_RTPFB:
             if count == _RTPFB_NACK:
                 packets.append(_parse_nack(data, start, end))
-            # FMT 15 (transport-cc) and others: recognised and skipped.
+            elif count == _RTPFB_TRANSPORT_CC:
+                packets.append(parse_transport_feedback(data, start, end))
+            # Other formats: skipped.
         elif packet_type == RTCP_PSFB:
             psfb = _parse_psfb(data, start, end, count)
             if psfb is not None:

@@ -30,7 +30,13 @@ from the RIDs of the first packets. The legacy form (``a=ssrc-group:SIM`` listin
 lowest first, each with its ``FID`` group) gives encodings with known SSRCs and needs nothing
 in the answer. At most :data:`MAX_SIMULCAST_ENCODINGS` encodings are accepted.
 
-What we deliberately do not negotiate: transport-cc (we do REMB), red/ulpfec/flexfec, VP9/AV1
+Transport-wide congestion control (the transport-wide sequence-number extension and
+``a=rtcp-fb:<pt> transport-cc``) is negotiated toward subscribers only, when they offer it: the SFU
+stamps every packet it sends them and estimates their downlink from the feedback
+(:mod:`salon.media.bandwidth`). Toward publishers the SFU sends REMB (goog-remb) computed from
+its own receive-side measurements.
+
+What we deliberately do not negotiate: red/ulpfec/flexfec, VP9/AV1
 (forwarding them is possible, key-frame detection is not written), and simulcast without the
 ``rtp-stream-id`` extension (answered without ``a=simulcast``, so per RFC 8853 the client
 sends a single encoding).
@@ -69,6 +75,7 @@ __all__ = [
     "EXT_MID",
     "EXT_REPAIRED_RID",
     "EXT_RID",
+    "EXT_TRANSPORT_CC",
     "MAX_SIMULCAST_ENCODINGS",
     "AnswerMedia",
     "ClientOffer",
@@ -100,6 +107,7 @@ EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 EXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 #: Simulcast encodings accepted per m-line (Chromium sends up to 3; more are not answered).
 MAX_SIMULCAST_ENCODINGS = 4
@@ -108,6 +116,10 @@ MAX_SIMULCAST_ENCODINGS = 4
 SUPPORTED_RTCP_FEEDBACK: frozenset[tuple[str, str | None]] = frozenset(
     {("nack", None), ("nack", "pli"), ("ccm", "fir"), ("goog-remb", None)}
 )
+#: RTCP feedback answered toward subscribers only (the SFU is the sender there).
+SUBSCRIBER_RTCP_FEEDBACK: frozenset[tuple[str, str | None]] = SUPPORTED_RTCP_FEEDBACK | {
+    ("transport-cc", None)
+}
 
 _PROFILE = "UDP/TLS/RTP/SAVPF"
 
@@ -127,19 +139,23 @@ class HeaderExtensionIds:
     """``rtp-stream-id`` (simulcast publish m-lines only)."""
     repaired_rid: int | None = None
     """``repaired-rtp-stream-id`` (simulcast publish m-lines only)."""
+    transport_cc: int | None = None
+    """The transport-wide sequence number (subscribe m-lines only)."""
 
     @classmethod
     def from_map(
-        cls, kind: MediaKind, uris: Mapping[str, int], *, simulcast: bool = False
+        cls, kind: MediaKind, uris: Mapping[str, int], *, simulcast: bool = False, transport_cc: bool = False
     ) -> HeaderExtensionIds:
         """Keep the extensions we support out of an offered ``uri -> id`` map (the RID ones
-        only for a simulcast publish m-line)."""
+        only for a simulcast publish m-line; the transport-wide sequence number only with
+        ``transport_cc``, toward subscribers)."""
         return cls(
             mid=uris.get(EXT_MID),
             abs_send_time=uris.get(EXT_ABS_SEND_TIME) if kind == "video" else None,
             audio_level=uris.get(EXT_AUDIO_LEVEL) if kind == "audio" else None,
             rid=uris.get(EXT_RID) if simulcast else None,
             repaired_rid=uris.get(EXT_REPAIRED_RID) if simulcast else None,
+            transport_cc=uris.get(EXT_TRANSPORT_CC) if transport_cc else None,
         )
 
     def to_sdp(self) -> list[tuple[int, str]]:
@@ -154,6 +170,8 @@ class HeaderExtensionIds:
             out.append((self.rid, EXT_RID))
         if self.repaired_rid is not None:
             out.append((self.repaired_rid, EXT_REPAIRED_RID))
+        if self.transport_cc is not None:
+            out.append((self.transport_cc, EXT_TRANSPORT_CC))
         return out
 
 
@@ -614,8 +632,10 @@ def _rtx_for(media: OfferedMedia, payload_type: int) -> int | None:
     return None
 
 
-def _supported_feedback(codec: RtpCodec) -> tuple[tuple[str, str | None], ...]:
-    return tuple(fb for fb in codec.rtcp_feedback if fb in SUPPORTED_RTCP_FEEDBACK)
+def _supported_feedback(
+    codec: RtpCodec, supported: frozenset[tuple[str, str | None]] = SUPPORTED_RTCP_FEEDBACK
+) -> tuple[tuple[str, str | None], ...]:
+    return tuple(fb for fb in codec.rtcp_feedback if fb in supported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,7 +742,7 @@ def negotiate_subscribe(offer: ClientOffer, sources: Sequence[tuple[str, RtpCode
             payload_type=match.payload_type,
             parameters=h264_answer_parameters(match, source) if source.name == "h264" else source.parameters,
             rtx_payload_type=rtx_pt,
-            rtcp_feedback=_supported_feedback(match),
+            rtcp_feedback=_supported_feedback(match, SUBSCRIBER_RTCP_FEEDBACK),
         )
         taken.add(m.kind)
         tracks.append(
@@ -731,7 +751,7 @@ def negotiate_subscribe(offer: ClientOffer, sources: Sequence[tuple[str, RtpCode
                 kind=_kind(m.kind),
                 source=pid,
                 codec=codec,
-                extensions=HeaderExtensionIds.from_map(_kind(m.kind), m.extensions),
+                extensions=HeaderExtensionIds.from_map(_kind(m.kind), m.extensions, transport_cc=True),
             )
         )
     if not tracks:

@@ -74,6 +74,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from salon.media.allocation import TransportAllocation
+from salon.media.bandwidth import TransportBandwidth
 from salon.media.demux import Datagram, classify_datagram
 from salon.media.errors import CandidateRefusedError, InvalidSdpError, MediaStateError
 from salon.media.events import EventEmitter
@@ -82,6 +84,7 @@ from salon.media.routing import RouteReason, RtpRoutes
 from salon.media.rtcp import Bye, Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
 from salon.media.rtp import RtpHeader, parse_rtp_header
 from salon.media.sdp import AnswerMedia, LocalTransportParameters, RemoteTransportParameters
+from salon.media.twcc import TransportFeedback
 from salon.media.webrtc import (
     SRTP_BUFFER,
     AiortcLink,
@@ -294,12 +297,26 @@ class WebRtcTransport:
         self._producers_by_ssrc = self.routes.producers  # the hot path's table
         #: The client's ICE and DTLS parameters, once :meth:`start` got them.
         self.remote: RemoteTransportParameters | None = None
+        self._bandwidth: TransportBandwidth | None = None
+        #: The allocator at work (:mod:`salon.media.allocation`), made when a simulcast video
+        #: consumer is added.
+        self.allocation: TransportAllocation | None = None
         #: Every m-line this (subscribe) transport answered, by mid, kept after its consumer
         #: closed: a renegotiation answers them again, as negotiated (see Router.subscribe).
         self.answered: dict[str, AnswerMedia] = {}
 
     def __repr__(self) -> str:
         return f"WebRtcTransport({self.id})"
+
+    @property
+    def bandwidth(self) -> TransportBandwidth:
+        """Transport-wide sequence numbers, bandwidth estimate and allocator toward this
+        transport's client (:mod:`salon.media.bandwidth`); made on first use, i.e. for
+        transports that send media (subscriber transports)."""
+        bandwidth = self._bandwidth
+        if bandwidth is None:
+            bandwidth = self._bandwidth = TransportBandwidth()
+        return bandwidth
 
     # ----------------------------------------------------------------------------------------
     # Lifecycle
@@ -524,6 +541,8 @@ class WebRtcTransport:
         """Route feedback about ``consumer``'s SSRCs (media and RTX) to it."""
         self.consumers[consumer.id] = consumer
         self.routes.add_consumer(consumer, [s for s in (consumer.ssrc, consumer.rtx_ssrc) if s is not None])
+        if self.allocation is None and consumer.simulcast:
+            self.allocation = TransportAllocation(self.bandwidth)
 
     def remove_consumer(self, consumer: Consumer) -> None:
         """Forget ``consumer`` (it closed)."""
@@ -552,8 +571,15 @@ class WebRtcTransport:
         next_at = float("inf")
         for producer in list(self.producers.values()):
             next_at = min(next_at, producer.on_timer(now))
+        simulcast = False
         for consumer in list(self.consumers.values()):
             next_at = min(next_at, consumer.on_timer(now))
+            simulcast = simulcast or consumer.simulcast
+        if self.allocation is None and simulcast:
+            self.allocation = TransportAllocation(self.bandwidth)
+        allocation = self.allocation
+        if allocation is not None and self.consumers and self.state is TransportState.CONNECTED:
+            next_at = min(next_at, allocation.run(self.consumers, now))
         if next_at != float("inf"):
             self.schedule(next_at)
 
@@ -707,11 +733,15 @@ class WebRtcTransport:
                     consumer = consumers.get(block.ssrc)
                     if consumer is not None:
                         consumer.receive_report_block(block, now)
+                        self.bandwidth.on_report_block(block, now)
             elif isinstance(packet, ReceiverReport):
                 for block in packet.reports:
                     consumer = consumers.get(block.ssrc)
                     if consumer is not None:
                         consumer.receive_report_block(block, now)
+                        self.bandwidth.on_report_block(block, now)
+            elif isinstance(packet, TransportFeedback):
+                self.bandwidth.on_transport_feedback(packet, now)
             elif isinstance(packet, Nack):
                 consumer = consumers.get(packet.media_ssrc)
                 if consumer is not None:
@@ -726,6 +756,8 @@ class WebRtcTransport:
                     if consumer is not None:
                         consumer.receive_key_frame_request(now)
             elif isinstance(packet, Remb):
+                if any(ssrc in consumers for ssrc in packet.ssrcs):
+                    self.bandwidth.on_remb(packet.bitrate, now)
                 for ssrc in packet.ssrcs:
                     consumer = consumers.get(ssrc)
                     if consumer is not None:
@@ -826,4 +858,6 @@ class WebRtcTransport:
             "producers": sorted(self.producers),
             "consumers": sorted(self.consumers),
             "stats": dataclasses.asdict(self.stats),
+            "bandwidth": None if self._bandwidth is None else self._bandwidth.dump(time.monotonic()),
+            "allocation": None if self.allocation is None else self.allocation.dump(),
         }

@@ -203,6 +203,10 @@ class HostedRouter:
 
     def _send_speaker(self, event: ActiveSpeakerChanged) -> None:
         logger.debug("%r: active speaker %s -> %s", self, event.previous, event.stream_id)
+        # The allocators serve the speaker's video before the others'.
+        for transport in self.router.transports.values():
+            if transport.allocation is not None:
+                transport.allocation.active_speaker = event.stream_id
         self.worker.send(ActiveSpeakerEvent(router_id=self.id, stream_id=event.stream_id))
 
     def watch_consumer(self, consumer: Consumer) -> None:
@@ -420,6 +424,8 @@ class Worker:
                 transport = self._router(request.router_id).transport(request.transport_id)
                 for paused_consumer in map(transport.consumers.get, request.consumer_ids):
                     if paused_consumer is not None and paused_consumer.kind == "video":
+                        # By hand: the allocator no longer decides this consumer.
+                        paused_consumer.allocated = False
                         paused_consumer.set_paused(request.paused, PauseReason.QUALITY)
                 return Ack()
             case UnpublishRequest():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from salon.media.bandwidth import TransportBandwidth
 from salon.media.consumer import Consumer
 from salon.media.producer import Producer
 from salon.media.routing import RtpRoutes
@@ -44,6 +45,7 @@ class FakeTransport:
         self.rtcp: list[bytes] = []
         self.scheduled: list[float] = []
         self.routes: RtpRoutes[Producer, Consumer] = RtpRoutes()
+        self.bandwidth = TransportBandwidth()
 
     def send_rtp(self, packet: bytes) -> None:
         self.rtp.append(packet)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from salon.media.consumer import Consumer
+from salon.media.producer import Producer
 from salon.media.rtcp import (
     Fir,
     Nack,
@@ -23,8 +24,8 @@ from salon.media.rtcp import (
     build_sender_report,
     compact_ntp,
 )
-from salon.media.rtp import parse_rtp_header
-from salon.media.sdp import RtpCodec
+from salon.media.rtp import abs_send_time, build_rtp, encode_one_byte_extensions, parse_rtp_header
+from salon.media.sdp import HeaderExtensionIds, RtpCodec
 from tests.unit.media.media_fakes import (
     CONT,
     DELTA,
@@ -173,43 +174,75 @@ def test_audio_key_frame_requests_are_not_forwarded() -> None:
 # --- item: REMB upstream ---------------------------------------------------------------------
 
 
-def test_remb_upstream_is_the_lowest_subscriber_estimate_capped_at_max_bitrate() -> None:
+def test_remb_upstream_ignores_subscriber_estimates() -> None:
+    # Subscribers on weak links report low REMBs: the publisher is not held down by them
+    # (each subscriber gets the layer its own link carries).
     producer, pub = make_producer()
     subs = [add_consumer(producer, 5000 + 10 * i) for i in range(3)]
-    feed(producer, 1, 0, KEY, now=0.1)
+    for i in range(30):
+        feed(producer, 1 + i, 3000 * i, KEY if i == 0 else DELTA, now=0.1 + i * 0.033)
     for (consumer, sub), bitrate in zip(subs, (800_000, 300_000, 2_000_000), strict=True):
         sub.receive_rtcp(build_receiver_report(90, []) + build_remb(90, bitrate, [consumer.ssrc]), 0.5)
     assert [c.remb_bitrate for c, _ in subs] == [800_000, 300_000, 2_000_000]
     pub.rtcp.clear()
     producer.on_timer(1.0)
     (remb,) = pub.sent_rtcp(Remb)
-    assert (remb.bitrate, remb.ssrcs) == (300_000, (1111,))
-    # The lowest subscriber leaves: the next lowest wins.
-    subs[1][0].close()
-    producer.on_timer(2.0)
-    assert pub.sent_rtcp(Remb)[-1].bitrate == 800_000
-    # Estimates above the cap are capped.
-    subs[0][1].receive_rtcp(build_remb(90, 3_000_000, [subs[0][0].ssrc]), 2.5)
-    producer.on_timer(3.0)
-    assert pub.sent_rtcp(Remb)[-1].bitrate == producer.max_bitrate == 1_500_000
-    # A REMB naming an SSRC we do not send is ignored.
-    subs[0][1].receive_rtcp(build_remb(90, 100_000, [424242]), 3.5)
-    producer.on_timer(4.0)
-    assert pub.sent_rtcp(Remb)[-1].bitrate == 1_500_000
+    assert (remb.bitrate, remb.ssrcs) == (producer.max_bitrate, (1111,))
 
 
-def test_a_paused_subscribers_estimate_does_not_hold_the_publisher_down() -> None:
+def _abs(seconds: float) -> bytes:
+    return encode_one_byte_extensions([(2, abs_send_time(seconds))])
+
+
+def _send_through_uplink(
+    producer: Producer, capacity: float, start: float, seconds: float, rate: float
+) -> float:
+    """The publisher sends 1000-byte packets at ``rate`` stamped with abs-send-time; its uplink
+    drains at ``capacity`` bit/s (20 ms propagation): the producer sees them at the arrival
+    times a queue would give. Returns the end time."""
+    size = 1000
+    busy = start
+    t = start
+    seq = int(start * 1000)
+    while t < start + seconds:
+        busy = max(t, busy) + size * 8 / capacity
+        data = build_rtp(
+            payload_type=96,
+            sequence_number=seq & 0xFFFF,
+            timestamp=int(t * 90000) & 0xFFFFFFFF,
+            ssrc=1111,
+            payload=DELTA + bytes(size - len(DELTA) - 20),
+            extensions=_abs(t),
+        )
+        producer.receive_rtp(data, parse_rtp_header(data), busy + 0.02)
+        seq += 1
+        t += size * 8 / rate
+    return t
+
+
+def test_remb_upstream_follows_the_publishers_own_uplink() -> None:
     producer, pub = make_producer()
-    (slow, slow_sub), (fast, fast_sub) = add_consumer(producer, 5000), add_consumer(producer, 6000)
-    feed(producer, 1, 0, KEY, now=0.1)
-    slow_sub.receive_rtcp(build_remb(90, 200_000, [slow.ssrc]), 0.5)
-    fast_sub.receive_rtcp(build_remb(90, 900_000, [fast.ssrc]), 0.5)
-    producer.on_timer(1.0)
-    slow.pause()
-    producer.on_timer(2.0)
-    slow.resume()
-    producer.on_timer(3.0)
-    assert [r.bitrate for r in pub.sent_rtcp(Remb)] == [200_000, 900_000, 200_000]
+    add_consumer(producer, 5000)
+    # 1 Mbit/s through a 3 Mbit/s uplink: no congestion, the REMB stays at the cap.
+    _send_through_uplink(producer, 3_000_000, 0.0, 5.0, 1_000_000)
+    assert producer.uplink_estimate == producer.max_bitrate
+    # The uplink narrows to 600 kbit/s while the publisher keeps sending 1 Mbit/s: queues build
+    # and the REMB drops to about what gets through.
+    _send_through_uplink(producer, 600_000, 5.0, 3.0, 1_000_000)
+    assert producer.uplink_estimate < 650_000
+    pub.rtcp.clear()
+    producer.on_timer(10.0)
+    (remb,) = pub.sent_rtcp(Remb)
+    assert remb.bitrate < 650_000
+    assert producer.dump()["uplink_estimate"] == producer.uplink_estimate
+
+
+def test_uplink_without_abs_send_time_is_measured_on_rtp_timestamps() -> None:
+    producer, _pub = make_producer(extensions=HeaderExtensionIds(mid=4))
+    _send_through_uplink(producer, 3_000_000, 0.0, 3.0, 1_000_000)
+    assert producer.uplink_estimate == producer.max_bitrate
+    _send_through_uplink(producer, 500_000, 3.0, 3.0, 1_000_000)
+    assert producer.uplink_estimate < 600_000
 
 
 def test_a_paused_subscribers_key_frame_requests_are_not_forwarded() -> None:

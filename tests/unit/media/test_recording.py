@@ -50,7 +50,7 @@ async def test_packets_reach_the_sink_with_token_and_track(sink: socket.socket) 
         assert video_dgram.endswith(KEY)
         assert audio_dgram[TOKEN_SIZE] == TRACK_AUDIO and audio_dgram.endswith(b"\xfc\x01")
         assert recorder.stats.packets_sent == 2 and recorder.stats.dropped == 0
-        # Recorders are not forwarding consumers: no part in the producer's REMB.
+        # Recorders are not forwarding consumers: no part in bandwidth allocation.
         assert video.consumers == [] and video.recorders == [recorder]
     finally:
         recorder.close()

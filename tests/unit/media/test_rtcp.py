@@ -43,6 +43,7 @@ from salon.media.rtcp import (
     ntp_now,
     parse_rtcp,
 )
+from salon.media.twcc import TransportFeedback
 
 BLOCK = ReportBlock(
     ssrc=0x01020304,
@@ -245,14 +246,15 @@ def test_aiortc_parses_what_we_build() -> None:
 # --- Skipping what we do not handle ------------------------------------------------------------
 
 
-def test_transport_cc_feedback_is_skipped_not_misparsed_as_nack() -> None:
+def test_transport_cc_feedback_is_parsed_not_misparsed_as_nack() -> None:
     # RTPFB FMT 15: base seq 100, status count 3, reference time, fb count, one run-length chunk.
     fci = struct.pack("!HHI", 100, 3, (1 << 8) | 7) + struct.pack("!H", 0x2003) + b"\x04\x04\x04" + bytes(3)
     twcc = header(15, 205, struct.pack("!II", 1, 2) + fci)
     # aiortc would read this as a NACK of garbage sequence numbers:
     assert isinstance(RtcpPacket.parse(twcc)[0], RtcpRtpfbPacket)
-    assert parse_rtcp(twcc) == []
-    assert parse_rtcp(twcc + build_pli(1, 2)) == [Pli(1, 2)]
+    feedback = TransportFeedback(1, 2, 100, 1, 7, (4, 4, 4))
+    assert parse_rtcp(twcc) == [feedback]
+    assert parse_rtcp(twcc + build_pli(1, 2)) == [feedback, Pli(1, 2)]
 
 
 def test_unknown_packet_types_and_feedback_formats_are_skipped() -> None:

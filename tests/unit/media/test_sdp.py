@@ -16,6 +16,7 @@ from salon.errors import InvalidRequestError
 from salon.media.errors import InvalidSdpError, MediaError, UnsupportedError
 from salon.media.loopback import host_addresses
 from salon.media.sdp import (
+    EXT_TRANSPORT_CC,
     AnswerMedia,
     HeaderExtensionIds,
     HostCandidate,
@@ -375,9 +376,25 @@ def test_chromium_subscribe_offer_maps_to_chromium_payload_types() -> None:
         payload_type=97,
         rtx_payload_type=98,
     )
-    (video,) = negotiate_subscribe(parse_offer(sdp), [("pv", vp8)])
+    offer = parse_offer(sdp)
+    (video,) = negotiate_subscribe(offer, [("pv", vp8)])
     assert (video.codec.payload_type, video.codec.rtx_payload_type) == (96, 97)
-    assert video.extensions == HeaderExtensionIds(mid=4, abs_send_time=2)
+    # Toward a subscriber the SFU sends: transport-wide congestion control is negotiated.
+    assert video.extensions == HeaderExtensionIds(mid=4, abs_send_time=2, transport_cc=3)
+    assert ("transport-cc", None) in video.codec.rtcp_feedback
+    answer = build_answer(
+        offer,
+        LOCAL,
+        [AnswerMedia(mid=video.mid, direction="sendonly", codec=video.codec, extensions=video.extensions)],
+    )
+    (video_section,) = [m for m in media_sections(answer) if m.startswith("m=video")]
+    assert f"a=extmap:3 {EXT_TRANSPORT_CC}" in video_section
+    assert "a=rtcp-fb:96 transport-cc" in video_section
+    # An offer without them (aiortc's) gets neither: that subscriber is estimated from REMB.
+    plain = re.sub(r"a=(extmap:3|rtcp-fb:\d+ transport-cc)[^\r]*\r\n", "", sdp)
+    (video,) = negotiate_subscribe(parse_offer(plain), [("pv", vp8)])
+    assert video.extensions.transport_cc is None
+    assert ("transport-cc", None) not in video.codec.rtcp_feedback
 
 
 # --- errors ---------------------------------------------------------------------------------

@@ -1,0 +1,180 @@
+"""Micro-benchmark: the per-packet CPU cost of bandwidth estimation on the forwarding path.
+
+``python -m salon.bench.stamping [--packets N] [--fan-out F] [--rounds R]``
+
+Sans-I/O, in one process: a real :class:`~salon.media.producer.Producer` and ``F`` real
+:class:`~salon.media.consumer.Consumer` s on a transport whose ``send_rtp`` does nothing, fed
+``N`` VP8 packets (1100-byte payload, publisher abs-send-time extension). It measures, with
+:func:`time.perf_counter` over interleaved rounds (medians reported):
+
+* **stamping**: CPU per forwarded packet (per consumer copy) with the subscriber's
+  transport-wide sequence-number extension negotiated (one
+  :meth:`~salon.media.bandwidth.TransportBandwidth.stamp` per packet, 2 more bytes) against
+  without it;
+* **uplink**: CPU per received packet of the producer's receive-side uplink estimator (the
+  REMB toward the publisher) against the same producer with it disabled.
+
+SRTP and ``sendto`` are left out on purpose: they are the same with and without, so the
+differences here are exactly the added work; ``salon bench sfu`` gives the whole per-packet
+cost it is to be compared with. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+from salon.media.bandwidth import TransportBandwidth
+from salon.media.consumer import Consumer
+from salon.media.producer import Producer
+from salon.media.rtp import abs_send_time, build_rtp, encode_one_byte_extensions, parse_rtp_header
+from salon.media.sdp import HeaderExtensionIds, PublishTrack, RtpCodec, SubscribeTrack
+from salon.media.transport import TransportState
+
+__all__ = ["main", "measure"]
+
+_VP8 = RtpCodec(
+    kind="video",
+    mime_type="video/VP8",
+    clock_rate=90000,
+    channels=None,
+    payload_type=96,
+    rtcp_feedback=(("nack", None), ("nack", "pli"), ("goog-remb", None)),
+    rtx_payload_type=97,
+)
+
+
+class _NullTransport:
+    state = TransportState.CONNECTED
+    id = "tr-bench"
+
+    def __init__(self) -> None:
+        self.bandwidth = TransportBandwidth()
+        self.sent = 0
+
+    def send_rtp(self, packet: bytes) -> None:
+        self.sent += 1
+
+    def send_rtcp(self, packet: bytes) -> None:
+        pass
+
+    def schedule(self, at: float) -> None:
+        pass
+
+    def remove_producer(self, producer: Any) -> None:
+        pass
+
+    def remove_consumer(self, consumer: Any) -> None:
+        pass
+
+
+def _setup(fan_out: int, transport_cc: bool, uplink: bool) -> tuple[Producer, list[_NullTransport]]:
+    track = PublishTrack(
+        mid="1",
+        kind="video",
+        codec=_VP8,
+        extensions=HeaderExtensionIds(mid=4, abs_send_time=2),
+        ssrc=1111,
+        rtx_ssrc=2222,
+        cname="c",
+    )
+    producer = Producer(_NullTransport(), track, stream_id="s")
+    if not uplink:
+        producer._uplink = None  # the "before" case of the measurement
+    sinks = []
+    for i in range(fan_out):
+        sink = _NullTransport()
+        consumer = Consumer(
+            sink,
+            producer,
+            SubscribeTrack(
+                mid="v",
+                kind="video",
+                source=producer.id,
+                codec=_VP8,
+                extensions=HeaderExtensionIds(
+                    mid=9, abs_send_time=3, transport_cc=5 if transport_cc else None
+                ),
+            ),
+            ssrc=5000 + 2 * i,
+            rtx_ssrc=5001 + 2 * i,
+        )
+        producer.add_consumer(consumer)
+        consumer.transport_connected()
+        sinks.append(sink)
+    return producer, sinks
+
+
+def _packets(count: int) -> list[tuple[bytes, float]]:
+    out = []
+    for i in range(count):
+        t = i / 600
+        payload = (bytes([0x10, 0x00, 0x9D, 0x01, 0x2A]) if i == 0 else bytes([0x10, 0x01])) + bytes(1100)
+        data = build_rtp(
+            payload_type=96,
+            sequence_number=i & 0xFFFF,
+            timestamp=(i // 5 * 3000) & 0xFFFFFFFF,
+            ssrc=1111,
+            payload=payload,
+            extensions=encode_one_byte_extensions([(2, abs_send_time(t))]),
+        )
+        out.append((data, t))
+    return out
+
+
+def _run(packets: list[tuple[bytes, float]], fan_out: int, transport_cc: bool, uplink: bool) -> float:
+    """Seconds of CPU for feeding every packet through one fresh setup."""
+    producer, sinks = _setup(fan_out, transport_cc, uplink)
+    receive = producer.receive_rtp
+    headers = [(data, parse_rtp_header(data), t) for data, t in packets]
+    start = time.process_time()
+    for data, header, t in headers:
+        receive(data, header, t)
+    elapsed = time.process_time() - start
+    assert all(s.sent == len(packets) for s in sinks), "not every packet was forwarded"
+    return elapsed
+
+
+def measure(packets: int = 20_000, fan_out: int = 16, rounds: int = 7) -> dict[str, Any]:
+    trace = _packets(packets)
+    cases = {
+        "plain": (False, False),
+        "stamping": (True, False),
+        "uplink": (False, True),
+        "both": (True, True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    _run(trace[:1000], fan_out, True, True)  # warm-up
+    for _ in range(rounds):
+        for name, (transport_cc, uplink) in cases.items():
+            times[name].append(_run(trace, fan_out, transport_cc, uplink))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    copies = packets * fan_out
+    return {
+        "packets": packets,
+        "fan_out": fan_out,
+        "rounds": rounds,
+        "us_per_copy": {name: round(value / copies * 1e6, 3) for name, value in median.items()},
+        "stamping_us_per_copy": round((median["stamping"] - median["plain"]) / copies * 1e6, 3),
+        "uplink_us_per_received_packet": round((median["uplink"] - median["plain"]) / packets * 1e6, 3),
+        "all_rounds_s": {name: [round(v, 4) for v in values] for name, values in times.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m salon.bench.stamping", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--packets", type=int, default=20_000)
+    parser.add_argument("--fan-out", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.packets, args.fan_out, args.rounds), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""The allocator at work on one subscriber transport: layers, quality pauses and probing.
+
+:class:`TransportAllocation` is owned by a :class:`~salon.media.transport.WebRtcTransport`
+that sends simulcast video (a transport with only single-encoding streams never runs it:
+there is nothing to choose). From the transport's timer:
+
+* every :data:`ALLOCATION_INTERVAL` seconds it builds one
+  :class:`~salon.media.allocator.ConsumerInput` per consumer (audio; simulcast video with the
+  layers its producer measures, :meth:`~salon.media.producer.Producer.layers`, and the
+  subscriber's preferences; the active speaker's stream first among the others), runs the
+  transport's allocator on the current estimate
+  (:meth:`~salon.media.bandwidth.TransportBandwidth.allocate`) and applies the decisions:
+  :meth:`~salon.media.consumer.Consumer.set_layer` (temporal ``None`` when the top temporal
+  layer is chosen), or a quality pause / resume
+  (:meth:`~salon.media.consumer.Consumer.set_paused` with
+  :attr:`~salon.media.consumer.PauseReason.QUALITY`, which the subscriber hears as
+  ``video_disabled`` / ``video_enabled`` reason ``quality``). A single-encoding video cannot be
+  lowered for one subscriber: its measured bitrate is counted like audio, first and never
+  paused. Consumers paused by their subscriber are left out; so are consumers whose layer or
+  quality pause was set by hand (``Consumer.allocated`` False). Recorders are not consumers of
+  a transport: they take the top layer (the producer's own switcher) and never count here.
+* **Probing.** When the allocation holds layers back (``desired`` above ``allocated``) and the
+  estimate has not dropped for :data:`PROBE_STABLE_FOR` seconds, the transport pads: RTX
+  padding-only packets (:meth:`~salon.media.consumer.Consumer.send_padding`) every
+  :data:`PADDING_TICK` seconds, up to :data:`PADDING_SHARE` of the estimate in total with the
+  media (at most :data:`MAX_PADDING_BITRATE`), so the subscriber's receive rate, hence its
+  REMB or the transport-cc estimate, can grow past what the lower layer alone sends and the
+  subscriber climbs back when its link allows. A drop of the estimate stops the padding.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from salon.media.allocator import Allocation, ConsumerInput, Layer, MediaKindClass, Preferences
+
+if TYPE_CHECKING:
+    from salon.media.bandwidth import TransportBandwidth
+    from salon.media.consumer import Consumer, PauseReason
+
+__all__ = [
+    "ALLOCATION_INTERVAL",
+    "MAX_PADDING_BITRATE",
+    "PADDING_SHARE",
+    "PADDING_TICK",
+    "PROBE_STABLE_FOR",
+    "TransportAllocation",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How often the allocator runs per subscriber transport (seconds).
+ALLOCATION_INTERVAL = 0.5
+#: Padding is sent in bursts this often while probing (seconds).
+PADDING_TICK = 0.05
+#: Media + padding stay under this share of the estimate.
+PADDING_SHARE = 0.85
+#: Padding never exceeds this (bit/s): each packet costs CPU on the SFU.
+MAX_PADDING_BITRATE = 1_200_000
+#: No padding until the estimate has not dropped for this long (seconds).
+PROBE_STABLE_FOR = 2.0
+#: A drop of the estimate by more than this share counts as a decrease.
+_DROP = 0.05
+_PADDING_PACKET_BITS = (12 + 16 + 255) * 8
+#: A cut never goes below 70% of the highest rate sent without loss in this window (seconds).
+_CLEAN_WINDOW = 5.0
+#: Longest wait between probes after failed ones (seconds).
+MAX_PROBE_WAIT = 16.0
+#: A probe sends up to this multiple of the budget (media and padding).
+PROBE_FACTOR = 1.25
+
+
+class TransportAllocation:
+    """Allocation state of one subscriber transport (see the module docstring)."""
+
+    __slots__ = (
+        "_budget",
+        "_clean",
+        "_last_budget_at",
+        "_last_cut",
+        "_last_drop",
+        "_last_estimate",
+        "_layout",
+        "_next_run",
+        "_padding_credit",
+        "_probe_wait",
+        "_sent_rate",
+        "active_speaker",
+        "bandwidth",
+        "padding_bitrate",
+        "runs",
+    )
+
+    def __init__(self, bandwidth: TransportBandwidth) -> None:
+        self.bandwidth = bandwidth
+        #: Stream id of the session's active speaker (set by the router), None if unknown.
+        self.active_speaker: str | None = None
+        self._next_run = 0.0
+        self._last_estimate = 0
+        self._last_drop: float | None = None
+        self._padding_credit = 0.0
+        self._sent_rate = 0
+        self._budget: float | None = None
+        self._last_budget_at = 0.0
+        self._probe_wait = PROBE_STABLE_FOR
+        self._last_cut: float | None = None
+        self._layout: tuple[tuple[str, int | None, int | None, bool], ...] = ()
+        #: (time, rate sent) of the intervals a loss-free receiver report covered.
+        self._clean: collections.deque[tuple[float, float]] = collections.deque()
+        #: Padding rate (bit/s) decided by the last allocation (0: not probing).
+        self.padding_bitrate = 0
+        self.runs = 0
+
+    def inputs(self, consumers: Iterable[Consumer], now: float) -> list[ConsumerInput]:
+        """The allocator's view of ``consumers``."""
+        out: list[ConsumerInput] = []
+        for consumer in consumers:
+            if consumer.closed or consumer.paused:
+                continue
+            producer = consumer.producer
+            if consumer.kind == "audio":
+                out.append(ConsumerInput(consumer.id, MediaKindClass.AUDIO))
+                continue
+            if not consumer.simulcast or not consumer.allocated:
+                # Fixed cost: what the stream sends (no layer to choose for this subscriber).
+                if consumer.forwarding:
+                    layers = producer.layers(now)
+                    if consumer.simulcast:
+                        spatial = consumer.current_layer
+                        layers = [layer for layer in layers if layer.spatial == spatial][-1:]
+                    rate = max((layer.bitrate for layer in layers), default=0)
+                    out.append(ConsumerInput(consumer.id, MediaKindClass.AUDIO, (Layer(0, 0, rate),)))
+                continue
+            layers = producer.layers(now)
+            if not any(layer.bitrate for layer in layers):
+                continue  # nothing measured yet (or nothing flowing): nothing to decide
+            out.append(
+                ConsumerInput(
+                    consumer.id,
+                    MediaKindClass.VIDEO,
+                    layers,
+                    active_speaker=producer.stream_id == self.active_speaker,
+                    preferences=Preferences(consumer.max_width, consumer.max_height, consumer.max_frame_rate),
+                    keep_frame_rate=True,
+                )
+            )
+        return out
+
+    def budget(self, now: float) -> int:
+        """What the allocator may spend (bit/s): the transport-cc estimate, or for a REMB-only
+        subscriber (aiortc) :meth:`_remb_only_budget`."""
+        bandwidth = self.bandwidth
+        if bandwidth.feedback_packets:
+            return bandwidth.estimate(now)
+        return self._remb_only_budget(now)
+
+    def _remb_only_budget(self, now: float) -> int:
+        """A REMB-only subscriber's budget, from the loss in its receiver reports and what was
+        sent (media and padding) without loss.
+
+        aiortc's REMB is delay-based but pessimistic on a busy host (its own scheduling
+        delays look like queueing), and stale-high after a drop (it never lowers its estimate
+        below 1.5x what it receives unless it detects overuse): it only gives the budget its
+        starting value. Each receiver report: loss above 10% cuts the budget by half the loss
+        (at most once a second, never below 70% of the highest rate sent without loss in the
+        last 5 s), and probing backs off (its wait doubles, up to
+        :data:`MAX_PROBE_WAIT`); 2-10% holds; under 2% the budget rises to what was just sent
+        (a probe that got through) and 8% a second beyond.
+        """
+        bandwidth = self.bandwidth
+        estimator = bandwidth.estimator
+        budget = self._budget
+        if budget is None:
+            budget = float(bandwidth.estimate(now))
+        loss = bandwidth.recent_loss
+        bandwidth.recent_loss = None
+        sent = float(self._sent_rate)
+        dt = min(1.0, now - self._last_budget_at) if self._last_budget_at else 0.0
+        self._last_budget_at = now
+        if loss is not None:
+            if loss > estimator.LOSS_HIGH:
+                if self._last_cut is None or now - self._last_cut >= 1.0:
+                    # Never below most of what got through without loss in the last seconds.
+                    floor = max((rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0)
+                    budget = max(float(estimator.min_bitrate), 0.7 * floor, budget * (1 - loss / 2))
+                    self._last_cut = now
+                    self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
+                self._last_drop = now
+            elif loss < estimator.LOSS_LOW:
+                self._clean.append((now, sent))
+                while self._clean and now - self._clean[0][0] > _CLEAN_WINDOW:
+                    self._clean.popleft()
+                if sent > budget:
+                    self._probe_wait = PROBE_STABLE_FOR
+                budget = max(budget, sent) * 1.08**dt
+        budget = min(budget, float(estimator.max_bitrate))
+        self._budget = budget
+        return int(budget)
+
+    def run(self, consumers: dict[str, Consumer], now: float) -> float:
+        """Allocate if due, pad if probing; returns when to be called next."""
+        if now >= self._next_run:
+            self._next_run = now + ALLOCATION_INTERVAL
+            self._allocate(consumers, now)
+        if self.padding_bitrate <= 0:
+            return self._next_run
+        self._pad(consumers, now)
+        return min(self._next_run, now + PADDING_TICK)
+
+    def _allocate(self, consumers: dict[str, Consumer], now: float) -> Allocation:
+        self.runs += 1
+        inputs = self.inputs(consumers.values(), now)
+        estimate = self.budget(now)
+        allocation = self.bandwidth.allocator.allocate(estimate, inputs, now)
+        self.bandwidth.last_allocation = allocation
+        if estimate < self._last_estimate * (1 - _DROP):
+            self._last_drop = now
+        self._last_estimate = estimate
+        for decision in allocation.decisions.values():
+            consumer = consumers.get(decision.consumer_id)
+            if consumer is None or consumer.kind != "video":
+                continue
+            if not consumer.simulcast or not consumer.allocated:
+                continue
+            if decision.paused:
+                consumer.set_paused(True, _quality())
+                continue
+            if consumer.quality_paused:
+                consumer.set_paused(False, _quality())
+            temporal = decision.temporal
+            top_temporal = max(
+                (
+                    layer.temporal
+                    for item in inputs
+                    if item.consumer_id == consumer.id
+                    for layer in item.layers
+                    if layer.spatial == decision.spatial
+                ),
+                default=0,
+            )
+            if temporal is not None and temporal >= top_temporal:
+                temporal = None
+            if consumer.wanted_layer != (decision.spatial, temporal):
+                consumer.set_layer(decision.spatial, temporal)
+        if allocation.changed and logger.isEnabledFor(logging.DEBUG):
+            for item in inputs:
+                logger.debug(
+                    "allocation input %s %s %s: %s",
+                    item.consumer_id,
+                    item.kind.value,
+                    item.preferences,
+                    [(x.spatial, x.temporal, x.bitrate, x.width, x.frame_rate) for x in item.layers],
+                )
+        layout = tuple(
+            (d.consumer_id, d.spatial, d.temporal, d.paused) for d in allocation.decisions.values()
+        )
+        if layout != self._layout:  # a layer or a pause changed (not just a measured bitrate)
+            self._layout = layout
+            logger.info(
+                "allocation: estimate %d, allocated %d of %d, padding %d: %s",
+                estimate,
+                allocation.allocated,
+                allocation.desired,
+                self.padding_bitrate,
+                ", ".join(
+                    f"{d.consumer_id}={'paused' if d.paused else (d.spatial, d.temporal)}"
+                    for d in allocation.decisions.values()
+                ),
+            )
+        held_back = allocation.desired > allocation.allocated * 1.05
+        stable = self._last_drop is None or now - self._last_drop >= self._probe_wait
+        if held_back and stable:
+            if self.bandwidth.feedback_packets:
+                ceiling = PADDING_SHARE * estimate
+            else:
+                # REMB-only: a step above what last got through without loss, not above a
+                # budget that loss has not corrected yet.
+                clean = max((rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0)
+                ceiling = PROBE_FACTOR * max(clean, float(allocation.allocated))
+                ceiling = min(ceiling, float(estimate) * PROBE_FACTOR)
+            room = min(ceiling, float(allocation.desired)) - allocation.allocated
+            self.padding_bitrate = int(max(0.0, min(room, float(MAX_PADDING_BITRATE))))
+        else:
+            self.padding_bitrate = 0
+        self._sent_rate = allocation.allocated + self.padding_bitrate
+        if self.bandwidth.feedback_packets and held_back:
+            self._probe(consumers, now)
+        return allocation
+
+    def _probe(self, consumers: dict[str, Consumer], now: float) -> None:
+        """Send a probe cluster if the transport's probe controller asks for one (transport-cc
+        only: its feedback measures the cluster's dispersion at the bottleneck; a probe that
+        got through lifts the estimate at once instead of 8% a second)."""
+        cluster = self.bandwidth.probe(now)
+        if cluster is None:
+            return
+        count = max(cluster.min_packets, int(cluster.bitrate * cluster.duration / _PADDING_PACKET_BITS) + 1)
+        spacing = cluster.duration / count
+        for consumer in consumers.values():
+            if consumer.kind == "video" and consumer.forwarding:
+                sequences: list[int] = []
+                if consumer.send_padding(now, count, spacing=spacing, sequences=sequences):
+                    for sequence in sequences:
+                        self.bandwidth.probes.add_probe_packet(sequence)
+                    return
+
+    def _pad(self, consumers: dict[str, Consumer], now: float) -> None:
+        self._padding_credit = min(
+            self._padding_credit + self.padding_bitrate * PADDING_TICK, self.padding_bitrate * 0.2
+        )
+        count = int(self._padding_credit // _PADDING_PACKET_BITS)
+        if count <= 0:
+            return
+        # The video consumers that negotiated RTX carry it (one at a time, the first that can).
+        for consumer in consumers.values():
+            if consumer.kind == "video" and consumer.forwarding:
+                sent = consumer.send_padding(now, count)
+                if sent:
+                    self._padding_credit -= sent * 8
+                    return
+
+    def dump(self) -> dict[str, object]:
+        return {
+            "runs": self.runs,
+            "padding_bitrate": self.padding_bitrate,
+            "active_speaker": self.active_speaker,
+        }
+
+
+def _quality() -> PauseReason:
+    # Imported late: the consumer module imports the transport module, which imports this one.
+    from salon.media.consumer import PauseReason
+
+    return PauseReason.QUALITY

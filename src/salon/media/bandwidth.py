@@ -1,0 +1,109 @@
+"""Bandwidth state of one subscriber transport: transport-wide sequence numbers, the estimator fed
+by transport-cc feedback / REMB / receiver reports, the probe controller and the allocator.
+
+Sans-I/O glue owned by :class:`~salon.media.transport.WebRtcTransport` (``transport.bandwidth``):
+
+* consumers whose subscriber negotiated the transport-wide sequence-number extension call
+  :meth:`TransportBandwidth.stamp` once per packet they send (forwarded or retransmitted) and
+  write the 2 bytes it returns into their extension block;
+* the transport routes the subscriber's transport-cc feedback to
+  :meth:`TransportBandwidth.on_transport_feedback`, its REMB to :meth:`~TransportBandwidth.on_remb`
+  and the report blocks of its receiver reports to :meth:`~TransportBandwidth.on_report_block`;
+* :meth:`TransportBandwidth.allocate` is the allocator's interface for the layer switching
+  (the simulcast consumers call it with their layers and apply the decisions);
+* :meth:`TransportBandwidth.dump` goes into the transport's worker dump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from salon.media.allocator import Allocation, Allocator, ConsumerInput
+from salon.media.estimator import BandwidthEstimator, ProbeCluster, ProbeController
+from salon.media.rtcp import ReportBlock
+from salon.media.twcc import SendHistory, TransportFeedback
+
+__all__ = ["TransportBandwidth"]
+
+
+class TransportBandwidth:
+    """Everything bandwidth-related of one (subscriber) transport; see the module docstring."""
+
+    __slots__ = (
+        "allocator",
+        "estimator",
+        "feedback_packets",
+        "feedback_results",
+        "history",
+        "last_allocation",
+        "probes",
+        "recent_loss",
+        "remb_packets",
+        "stamp",
+    )
+
+    def __init__(self, initial_bitrate: int = 600_000, max_bitrate: int = 10_000_000) -> None:
+        self.history = SendHistory()
+        self.estimator = BandwidthEstimator(initial_bitrate=initial_bitrate, max_bitrate=max_bitrate)
+        self.probes = ProbeController()
+        self.allocator = Allocator()
+        self.last_allocation: Allocation | None = None
+        self.feedback_packets = 0
+        self.feedback_results = 0
+        self.remb_packets = 0
+        #: Highest loss fraction (0..1) in the receiver reports since the allocation last read
+        #: it (None: no report since).
+        self.recent_loss: float | None = None
+        #: The per-packet call: ``stamp(now, size)`` numbers one RTP packet of ``size`` bytes
+        #: sent at ``now`` and returns the extension value (a closure over the history).
+        self.stamp = self.history.stamper()
+
+    def on_transport_feedback(self, feedback: TransportFeedback, now: float) -> None:
+        self.feedback_packets += 1
+        results = self.history.on_feedback(feedback)
+        self.feedback_results += len(results)
+        self.estimator.on_packet_results(results, now)
+        measured = self.probes.on_packet_results(results)
+        if measured is not None:
+            self.estimator.apply_probe(measured, now)
+
+    def on_remb(self, bitrate: int, now: float) -> None:
+        self.remb_packets += 1
+        self.estimator.on_remb(bitrate, now)
+
+    def on_report_block(self, block: ReportBlock, now: float) -> None:
+        fraction = block.fraction_lost / 256
+        self.recent_loss = fraction if self.recent_loss is None else max(self.recent_loss, fraction)
+        self.estimator.on_loss_fraction(fraction, now)
+
+    def estimate(self, now: float) -> int:
+        return self.estimator.estimate_at(now)
+
+    def allocate(self, consumers: Sequence[ConsumerInput], now: float) -> Allocation:
+        """Allocate the current estimate across ``consumers`` (see :mod:`salon.media.allocator`)."""
+        allocation = self.allocator.allocate(self.estimate(now), consumers, now)
+        self.last_allocation = allocation
+        return allocation
+
+    def probe(self, now: float) -> ProbeCluster | None:
+        """A probe to send now, if the last allocation held layers back and the estimate is
+        stable (see :class:`~salon.media.estimator.ProbeController`)."""
+        allocation = self.last_allocation
+        if allocation is None:
+            return None
+        return self.probes.decide(now, self.estimate(now), allocation.desired, self.estimator.last_decrease)
+
+    def dump(self, now: float) -> dict[str, object]:
+        out = self.estimator.dump(now)
+        out["packets_numbered"] = self.history.sent
+        out["feedback_packets"] = self.feedback_packets
+        out["feedback_results"] = self.feedback_results
+        out["remb_packets"] = self.remb_packets
+        out["probes_sent"] = self.probes.probes_sent
+        out["probes_succeeded"] = self.probes.probes_succeeded
+        allocation = self.last_allocation
+        if allocation is not None:
+            out["allocated"] = allocation.allocated
+            out["desired"] = allocation.desired
+            out["paused"] = sorted(d.consumer_id for d in allocation.decisions.values() if d.paused)
+        return out

@@ -1,0 +1,271 @@
+"""The send-side bandwidth estimator and probe controller on synthetic traces: a simulated
+bottleneck link (a FIFO queue draining at the link rate, with optional random loss) between a
+sender pacing at the estimate and a receiver sending transport-cc feedback every 100 ms."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from salon.media.estimator import (
+    BandwidthEstimator,
+    BandwidthUsage,
+    InterArrival,
+    OveruseDetector,
+    ProbeController,
+    TrendlineFilter,
+)
+from salon.media.twcc import PacketResult, SendHistory, build_transport_feedback, parse_transport_feedback
+
+PACKET = 1200
+
+
+@dataclass
+class Link:
+    """A bottleneck: FIFO queue served at ``capacity`` bit/s, 20 ms propagation, random loss,
+    a drop-tail queue of ``queue_limit`` seconds."""
+
+    capacity: float
+    loss: float = 0.0
+    queue_limit: float = 0.5
+    jitter: float = 0.0
+    seed: int = 1
+    busy_until: float = 0.0
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def arrival(self, send_time: float, size: int) -> float | None:
+        if self.rng.random() < self.loss:
+            return None
+        start = max(send_time, self.busy_until)
+        if start - send_time > self.queue_limit:
+            return None
+        self.busy_until = start + size * 8 / self.capacity
+        return self.busy_until + 0.020 + self.rng.uniform(0, self.jitter)
+
+
+def run(
+    estimator: BandwidthEstimator,
+    link: Link,
+    seconds: float,
+    start: float = 0.0,
+    app_limit: float = 20e6,
+    history: SendHistory | None = None,
+) -> list[tuple[float, int]]:
+    """Send paced at the estimate (capped by ``app_limit``) through ``link`` through real
+    feedback bytes and a :class:`SendHistory`; returns ``(time, estimate)`` every 100 ms."""
+    history = history or SendHistory()
+    now = start
+    pending: list[tuple[int, float | None]] = []  # (seq16, arrival)
+    next_feedback = start + 0.1
+    trace: list[tuple[float, int]] = []
+    count = 0
+    while now < start + seconds:
+        rate = min(estimator.estimate_at(now), app_limit)
+        seq = history.next_sequence(now, PACKET)
+        pending.append((seq, link.arrival(now, PACKET)))
+        now += PACKET * 8 / rate
+        if now >= next_feedback:
+            # Feedback for packets that have arrived (or are lost) by now.
+            ready = [p for p in pending if p[1] is None or p[1] <= now]
+            if ready:
+                base = ready[0][0]
+                by_seq = {s: a for s, a in ready}
+                span = (ready[-1][0] - base) & 0xFFFF
+                arrivals = [by_seq.get((base + i) & 0xFFFF) for i in range(span + 1)]
+                arrivals_us = [None if a is None else int(a * 1e6) for a in arrivals]
+                if any(a is not None for a in arrivals_us):
+                    packet = build_transport_feedback(1, 2, base, arrivals_us, count)
+                    count += 1
+                    results = history.on_feedback(parse_transport_feedback(packet, 4))
+                    estimator.on_packet_results(results, now)
+                pending = [p for p in pending if not (p[1] is None or p[1] <= now)]
+            trace.append((now, estimator.estimate_at(now)))
+            next_feedback += 0.1
+    return trace
+
+
+def test_inter_arrival_groups_bursts_of_5_ms() -> None:
+    ia = InterArrival()
+    assert ia.add(0.000, 1.000) is None
+    assert ia.add(0.004, 1.004) is None  # same group
+    assert ia.add(0.010, 1.012) is None  # second group starts, first has no predecessor
+    assert ia.add(0.011, 1.013) is None
+    deltas = ia.add(0.020, 1.030)  # third group starts: second completes
+    assert deltas is not None
+    send_delta, arrival_delta, arrival = deltas
+    assert send_delta == pytest.approx(0.007)
+    assert arrival_delta == pytest.approx(0.009)
+    assert arrival == pytest.approx(1.013)
+    assert ia.add(0.005, 2.0) is None  # reordered, ignored
+
+
+def test_inter_arrival_burst_released_by_a_queue_joins_the_group() -> None:
+    ia = InterArrival()
+    ia.add(0.000, 1.000)
+    # Sent 20 ms later but arrives 1 ms after: a queue released it in a burst.
+    assert ia.add(0.020, 1.001) is None
+    ia.add(0.040, 1.040)
+    assert ia.add(0.060, 1.060) == pytest.approx((0.040 - 0.020, 1.040 - 1.001, 1.040))
+
+
+def test_trendline_slope_positive_when_queue_builds() -> None:
+    building = TrendlineFilter()
+    flat = TrendlineFilter()
+    trend_up = trend_flat = 0.0
+    for i in range(40):
+        trend_up = building.update(2.0, i * 10.0)  # every group 2 ms later than sent
+        trend_flat = flat.update(0.0, i * 10.0)
+    assert trend_up > 12.5
+    assert trend_flat == 0.0
+
+
+def test_overuse_detector_needs_sustained_trend_and_adapts_threshold() -> None:
+    detector = OveruseDetector()
+    assert detector.detect(20.0, 5.0, 0.0) is BandwidthUsage.NORMAL  # first sample: not yet
+    assert detector.detect(21.0, 10.0, 10.0) is BandwidthUsage.OVERUSING
+    assert detector.detect(-20.0, 10.0, 20.0) is BandwidthUsage.UNDERUSING
+    assert detector.detect(1.0, 10.0, 30.0) is BandwidthUsage.NORMAL
+    # A long calm period lowers the threshold towards its floor of 6.
+    for i in range(200):
+        detector.detect(0.0, 10.0, 40.0 + i * 10)
+    assert detector.threshold == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("capacity", [500_000, 1_500_000, 4_000_000])
+def test_converges_under_link_capacity(capacity: int) -> None:
+    estimator = BandwidthEstimator(initial_bitrate=300_000)
+    trace = run(estimator, Link(capacity), seconds=45)
+    late = [e for t, e in trace if t > 35]  # 8%/s from 300 kbit/s reaches 4 Mbit/s in ~33 s
+    assert max(late) < 1.15 * capacity, f"overshoots {capacity}: {max(late)}"
+    assert sum(late) / len(late) > 0.5 * capacity, f"underuses {capacity}: {sum(late) / len(late)}"
+
+
+def test_wifi_like_jitter_without_congestion_does_not_collapse_the_estimate() -> None:
+    # Up to 10 ms of random extra delay per packet (reordering-free arrivals are not
+    # guaranteed), 1% loss, plenty of capacity, the sender app-limited at 1.2 Mbit/s.
+    estimator = BandwidthEstimator(initial_bitrate=1_200_000)
+    trace = run(estimator, Link(20_000_000, loss=0.01, jitter=0.010), seconds=30, app_limit=1_200_000)
+    assert min(e for t, e in trace if t > 5) >= 1_000_000
+    assert estimator.detector.state is not BandwidthUsage.OVERUSING
+
+
+def test_capacity_drop_is_followed_within_seconds() -> None:
+    estimator = BandwidthEstimator(initial_bitrate=2_000_000)
+    link = Link(3_000_000)
+    history = SendHistory()
+    run(estimator, link, seconds=10, history=history)
+    assert estimator.estimate_at(10.0) > 1_500_000
+    link.capacity = 500_000
+    trace = run(estimator, link, seconds=10, start=10.0, history=history)
+    fit = next((t for t, e in trace if e <= 500_000), None)
+    assert fit is not None and fit - 10.0 < 3.0, f"estimate fit 500 kbit/s only at {fit}"
+    assert max(e for t, e in trace if t > 15) < 600_000
+
+
+def test_loss_above_10_percent_decreases_below_2_percent_does_not() -> None:
+    lossy = BandwidthEstimator(initial_bitrate=1_000_000)
+    run(lossy, Link(50_000_000, loss=0.2), seconds=5, app_limit=1_000_000)
+    assert lossy.loss_based < 500_000
+    assert lossy.estimate_at(5.0) == int(lossy.loss_based)
+    clean = BandwidthEstimator(initial_bitrate=1_000_000)
+    run(clean, Link(50_000_000, loss=0.01), seconds=5, app_limit=1_000_000)
+    assert clean.loss_based >= 1_000_000
+    assert clean.estimate_at(5.0) >= 1_000_000
+
+
+def test_remb_only_subscriber_and_remb_as_cap() -> None:
+    estimator = BandwidthEstimator(initial_bitrate=600_000)
+    estimator.on_remb(250_000, now=1.0)
+    assert estimator.estimate_at(1.5) == 250_000
+    assert estimator.dump(1.5)["transport_cc"] is False
+    estimator.on_remb(2_000_000, now=2.0)
+    assert estimator.estimate_at(2.5) == 2_000_000
+    # Heavy loss in receiver reports lowers it.
+    estimator.on_loss_fraction(0.3, now=3.0)
+    assert estimator.estimate_at(3.0) < 2_000_000
+    # A stale REMB is ignored.
+    assert estimator.estimate_at(20.0) == int(estimator.loss_based)
+    # With transport-cc, a REMB caps the estimate.
+    with_twcc = BandwidthEstimator(initial_bitrate=1_000_000)
+    run(with_twcc, Link(10_000_000), seconds=2, app_limit=1_000_000)
+    with_twcc.on_remb(400_000, now=2.0)
+    assert with_twcc.estimate_at(2.1) == 400_000
+
+
+def test_rejects_inconsistent_limits() -> None:
+    with pytest.raises(ValueError, match="min_bitrate"):
+        BandwidthEstimator(initial_bitrate=10_000, min_bitrate=30_000)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    results=st.lists(
+        st.tuples(st.floats(0, 0.2), st.one_of(st.none(), st.floats(0, 0.5)), st.integers(50, 1500)),
+        max_size=200,
+    )
+)
+def test_any_feedback_keeps_the_estimate_within_bounds(
+    results: list[tuple[float, float | None, int]],
+) -> None:
+    estimator = BandwidthEstimator(initial_bitrate=500_000, min_bitrate=50_000, max_bitrate=5_000_000)
+    t = 0.0
+    packets = []
+    for i, (gap, delay, size) in enumerate(results):
+        t += gap
+        packets.append(PacketResult(i, t, size, None if delay is None else t + delay))
+    for k in range(0, len(packets), 10):
+        estimator.on_packet_results(packets[k : k + 10], now=packets[k].send_time + 0.1)
+        assert 50_000 <= estimator.estimate_at(t) <= 5_000_000
+
+
+def _probe_results(cluster_rate: float, link_rate: float, first_seq: int) -> list[PacketResult]:
+    out = []
+    busy = 0.0
+    for i in range(10):
+        send = 10.0 + i * PACKET * 8 / cluster_rate
+        busy = max(send, busy) + PACKET * 8 / link_rate
+        out.append(PacketResult(first_seq + i, send, PACKET, busy + 0.02))
+    return out
+
+
+def test_probe_controller_probes_when_held_back_and_stable() -> None:
+    probes = ProbeController(interval=5.0, stable_for=3.0)
+    assert probes.decide(10.0, estimate=500_000, desired=450_000, last_decrease=None) is None  # nothing held
+    assert probes.decide(10.0, estimate=500_000, desired=2_000_000, last_decrease=8.0) is None  # not stable
+    cluster = probes.decide(10.0, estimate=500_000, desired=2_000_000, last_decrease=5.0)
+    assert cluster is not None and cluster.bitrate == 1_000_000
+    assert probes.decide(10.1, estimate=500_000, desired=2_000_000, last_decrease=5.0) is None  # running
+    for i in range(10):
+        probes.add_probe_packet(100 + i)
+    results = _probe_results(1_000_000, 5_000_000, 100)
+    assert probes.on_packet_results(results[:5]) is None  # not all feedback yet
+    measured = probes.on_packet_results(results[5:])
+    assert measured is not None and 900_000 <= measured <= 1_050_000
+    estimator = BandwidthEstimator(initial_bitrate=500_000)
+    estimator.apply_probe(measured, now=10.2)
+    assert estimator.delay_based >= 0.95 * 900_000
+
+
+def test_probe_through_a_narrow_link_measures_the_link_and_backs_off() -> None:
+    probes = ProbeController(interval=5.0, stable_for=0.0)
+    cluster = probes.decide(10.0, estimate=500_000, desired=2_000_000, last_decrease=None)
+    assert cluster is not None
+    for i in range(10):
+        probes.add_probe_packet(i)
+    # The link carries only 400 kbit/s: no better than the estimate, a failure.
+    assert probes.on_packet_results(_probe_results(1_000_000, 400_000, 0)) is None
+    assert probes.interval == 10.0
+    assert probes.decide(14.0, estimate=500_000, desired=2_000_000, last_decrease=None) is None
+    second = probes.decide(20.5, estimate=500_000, desired=2_000_000, last_decrease=None)
+    assert second is not None and second.cluster_id == cluster.cluster_id + 1
+    # No feedback at all: times out and counts as failed.
+    probes.add_probe_packet(50)
+    assert probes.decide(23.0, estimate=500_000, desired=2_000_000, last_decrease=None) is None
+    assert probes.active is None and probes.interval == 20.0

@@ -1,0 +1,278 @@
+"""Layer measurement and the allocator at work on a subscriber transport, without sockets: a
+simulcast publisher's three encodings (VP8, three temporal layers each, key frames carrying
+their resolution) measured by the producer; the transport's allocation picks each consumer's
+layer from the estimate and the subscriber's preferences, pauses it for quality when even the
+lowest layer does not fit, resumes it, and pads when layers are held back."""
+
+from __future__ import annotations
+
+import fractions
+from typing import Any
+
+import av
+import pytest
+
+from salon.media.allocation import TransportAllocation
+from salon.media.consumer import ConsumerQualityChanged, PauseReason
+from salon.media.layer_meter import EncodingMeter, h264_sps_resolution, vp8_key_frame_resolution
+from salon.media.rtp import parse_rtp_header
+from tests.unit.media.media_fakes import add_consumer
+from tests.unit.media.test_simulcast_forwarding import Publisher
+from tests.unit.media.test_vp8 import descriptor
+
+SIZES = ((320, 180), (640, 360), (1280, 720))
+#: Bytes per frame for each encoding (about 150 kb/s, 500 kb/s, 1.5 Mb/s at 30 fps).
+FRAME_BYTES = (600, 2000, 6000)
+#: Chromium's three temporal layers: TID pattern over four frames (7.5 / 15 / 30 fps).
+TIDS = (0, 2, 1, 2)
+
+
+def key_payload(width: int, height: int, *, tid: int = 0, picture_id: int = 1, tl0: int = 0) -> bytes:
+    """A VP8 key frame's first packet: descriptor, frame tag, start code, size."""
+    head = descriptor(start=True, picture_id=picture_id, tl0=tl0, tid=tid, key=True)
+    size = len(head) - 21  # descriptor() appends a 1-byte frame tag + 20 bytes
+    return (
+        head[:size]
+        + bytes([0x00, 0x00, 0x00, 0x9D, 0x01, 0x2A])
+        + width.to_bytes(2, "little")
+        + height.to_bytes(2, "little")
+        + bytes(20)
+    )
+
+
+def test_vp8_key_frame_header_gives_the_resolution() -> None:
+    payload = key_payload(1280, 720)
+    head = descriptor(start=True, picture_id=1, tl0=0, tid=0, key=True)
+    assert vp8_key_frame_resolution(payload, len(head) - 21) == (1280, 720)
+    assert vp8_key_frame_resolution(head, len(head) - 21) is None  # no start code
+    assert vp8_key_frame_resolution(b"\x10\x01" + bytes(20), 1) is None  # inter frame
+
+
+@pytest.mark.parametrize("size", [(320, 180), (640, 360), (1280, 720), (176, 144)])
+def test_h264_sps_gives_the_resolution(size: tuple[int, int]) -> None:
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height = size
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 30)
+    frame = av.VideoFrame(size[0], size[1], "yuv420p")
+    data = b"".join(bytes(p) for p in encoder.encode(frame) + encoder.encode(None))
+    nals = [n for n in data.split(b"\x00\x00\x01") if n]
+    sps = next(n.rstrip(b"\x00") for n in nals if n[0] & 0x1F == 7)
+    assert h264_sps_resolution(sps) == size
+    # Inside a STAP-A with the PPS, as browsers send it.
+    pps = next(n.rstrip(b"\x00") for n in nals if n[0] & 0x1F == 8)
+    stap = bytes([24]) + len(sps).to_bytes(2, "big") + sps + len(pps).to_bytes(2, "big") + pps
+    assert h264_sps_resolution(stap) == size
+    assert h264_sps_resolution(pps) is None
+
+
+def test_meter_measures_each_temporal_layer() -> None:
+    meter = EncodingMeter("VP8")
+    now = 0.0
+    for frame in range(90):  # three seconds at 30 fps
+        tid = TIDS[frame % 4]
+        payload = key_payload(640, 360, tid=tid) if frame == 0 else descriptor(start=True, tid=tid, tl0=0)
+        meter.on_packet(memoryview(payload), 1000, frame == 0, now)
+        meter.on_packet(memoryview(descriptor(start=False, tid=tid, tl0=0)), 1000, False, now)
+        now += 1 / 30
+    assert meter.temporal_layers == 3
+    assert (meter.width, meter.height) == (640, 360)
+    fps = meter.frame_rates
+    assert fps[0] == pytest.approx(7.5, abs=1) and fps[1] == pytest.approx(7.5, abs=1)
+    assert fps[2] == pytest.approx(15, abs=1.5)
+    total = sum(meter.bitrates)
+    assert total == pytest.approx(30 * 2000 * 8, rel=0.1)
+    assert meter.bitrates[2] == pytest.approx(total / 2, rel=0.15)
+
+
+class Simulcast(Publisher):
+    """The test publisher with real sizes per encoding and three temporal layers."""
+
+    def send_frame(self, keys: tuple[int, ...] = ()) -> None:
+        tid = TIDS[self.frame % 4]
+        for layer in range(3):
+            key = self.frame == 0 or layer in keys
+            pid, tl0 = self.pid[layer] & 0x7FFF, self.tl0[layer]
+            first = (
+                key_payload(*SIZES[layer], tid=0, picture_id=pid, tl0=tl0)
+                if key
+                else descriptor(start=True, picture_id=pid, tl0=tl0, tid=tid)
+            )
+            rest = descriptor(start=False, picture_id=pid, tl0=tl0, tid=0 if key else tid)
+            self.receive(self.packet(layer, first + bytes(FRAME_BYTES[layer] // 2)))
+            self.receive(self.packet(layer, rest + bytes(FRAME_BYTES[layer] // 2)))
+            self.pid[layer] += 1
+            if key or tid == 0:
+                self.tl0[layer] = (self.tl0[layer] + 1) & 0xFF
+            self.ts[layer] += 3000
+        self.frame += 1
+        self.now += 1 / 30
+
+
+def limit(sub: Any, rate: int, now: float) -> None:
+    """The subscriber's REMB at ``rate``, and its budget (as its receiver reports' loss would
+    have cut it; :func:`test_budget_of_a_remb_only_subscriber` tests that part)."""
+    sub.bandwidth.on_remb(rate, now)
+    allocation: TransportAllocation = sub.allocation
+    allocation._budget = float(rate)
+
+
+def run(pub: Simulcast, allocation: TransportAllocation, consumers: dict[str, Any], seconds: float) -> None:
+    end = pub.now + seconds
+    while pub.now < end:
+        keys = (0, 1, 2) if pub.frame % 30 == 0 else ()
+        pub.send_frame(keys)
+        allocation.run(consumers, pub.now)
+
+
+def setup() -> tuple[Simulcast, Any, Any, TransportAllocation, dict[str, Any], list[bool]]:
+    pub = Simulcast()
+    consumer, sub = add_consumer(pub.producer, 9000)
+    allocation = TransportAllocation(sub.bandwidth)
+    sub.allocation = allocation
+    events: list[bool] = []
+    consumer.events.add_listener(
+        lambda e: events.append(e.paused) if isinstance(e, ConsumerQualityChanged) else None
+    )
+    return pub, consumer, sub, allocation, {consumer.id: consumer}, events
+
+
+def test_producer_layers_carry_measured_bitrate_frame_rate_and_resolution() -> None:
+    pub = Simulcast()
+    # Before any key frame of the lower encodings is seen, their size is assumed from the top.
+    pub.send_frame(keys=(2,))
+    for _ in range(60):
+        pub.send_frame()
+    layers = pub.producer.layers(pub.now)
+    assert [(layer.spatial, layer.temporal) for layer in layers] == [
+        (s, t) for s in range(3) for t in range(3)
+    ]
+    for layer in layers:
+        assert (layer.width, layer.height) == SIZES[layer.spatial]
+        assert layer.frame_rate == pytest.approx((7.5, 15, 30)[layer.temporal], abs=2)
+    tops = [layer.bitrate for layer in layers if layer.temporal == 2]
+    assert tops[0] < tops[1] < tops[2]
+    assert tops[2] == pytest.approx(30 * (FRAME_BYTES[2] + 2 * 60) * 8, rel=0.2)
+
+
+def test_allocator_picks_the_layer_the_estimate_carries_and_climbs_back() -> None:
+    pub, consumer, sub, allocation, consumers, events = setup()
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 2.5)
+    assert consumer.wanted_layer == (2, None) and consumer.current_layer == 2
+    # 700 kb/s: the middle encoding (about 520 kb/s with headers) fits, the top does not.
+    limit(sub, 700_000, pub.now)
+    run(pub, allocation, consumers, 1.5)
+    assert consumer.wanted_layer == (1, None) and consumer.current_layer == 1
+    # 120 kb/s: the lowest encoding at 15 fps (its 30 fps take about 160 kb/s).
+    limit(sub, 120_000, pub.now)
+    run(pub, allocation, consumers, 1.5)
+    assert consumer.wanted_layer == (0, 1)
+    assert not events
+    # The limit lifts: back to the top, the budget growing with what the link was seen to
+    # carry (media and padding), in a few seconds.
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 5.0)
+    assert consumer.wanted_layer == (2, None) and consumer.current_layer == 2
+
+
+def test_too_little_for_any_video_pauses_for_quality_then_resumes_with_hysteresis() -> None:
+    pub, consumer, sub, allocation, consumers, events = setup()
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 2.0)
+    limit(sub, 30_000, pub.now)  # below the lowest layer at 7.5 fps (about 40 kb/s)
+    run(pub, allocation, consumers, 1.0)
+    assert consumer.quality_paused and events == [True]
+    # Just enough for the lowest layer is not enough to resume (20% margin), nor is a lift
+    # within the hold time.
+    limit(sub, 5_000_000, pub.now)
+    allocation.run(consumers, pub.now + 0.6)
+    assert consumer.quality_paused
+    run(pub, allocation, consumers, 5.0)
+    assert not consumer.quality_paused and events == [True, False]
+    assert consumer.current_layer == 2
+
+
+def test_preferences_cap_the_layer_and_the_frame_rate() -> None:
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    limit(sub, 5_000_000, pub.now)
+    consumer.set_preferences(640, 360, None)
+    run(pub, allocation, consumers, 2.5)
+    assert consumer.wanted_layer == (1, None)
+    consumer.set_preferences(None, None, 15)
+    run(pub, allocation, consumers, 1.0)
+    assert consumer.wanted_layer == (2, 1)
+    consumer.set_preferences(320, 240, 8)
+    run(pub, allocation, consumers, 1.0)
+    assert consumer.wanted_layer == (0, 0)
+
+
+def test_a_layer_set_by_hand_is_left_alone() -> None:
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    limit(sub, 5_000_000, pub.now)
+    consumer.allocated = False
+    consumer.set_layer(0)
+    run(pub, allocation, consumers, 2.0)
+    assert consumer.wanted_layer == (0, None)
+
+
+def test_held_back_layers_make_the_transport_pad_on_rtx() -> None:
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    limit(sub, 700_000, pub.now)
+    run(pub, allocation, consumers, 4.0)
+    assert consumer.wanted_layer == (1, None)
+    assert allocation.padding_bitrate > 0 and consumer.padding_bytes > 0
+    padding = [p for p in sub.rtp if parse_rtp_header(p).ssrc == consumer.rtx_ssrc]
+    assert padding
+    for packet in padding:
+        header = parse_rtp_header(packet)
+        assert packet[0] & 0x20 and header.payload_type == 121 and packet[-1] == 255
+        assert len(packet) - header.payload_offset == 255
+    # Padding stays within the share of the estimate left over by the media.
+    assert allocation.padding_bitrate <= 700_000
+    # Nothing held back: no padding.
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 5.0)
+    assert allocation.padding_bitrate == 0
+
+
+def test_budget_of_a_remb_only_subscriber() -> None:
+    from salon.media.rtcp import ReportBlock
+
+    _, _, sub, allocation, _, _ = setup()
+
+    def report(loss: float, now: float) -> None:
+        sub.bandwidth.on_report_block(ReportBlock(1, int(loss * 256), 0, 0, 0, 0, 0), now)
+
+    sub.bandwidth.on_remb(300_000, 1.0)
+    assert allocation.budget(1.0) == 300_000
+    # What was sent (media and padding) got through without loss: the budget follows it.
+    allocation._sent_rate = 600_000
+    report(0.0, 1.5)
+    assert 600_000 <= allocation.budget(1.5) <= 600_000 * 1.08**0.5 + 1
+    # A pessimistic REMB does not lower it; without a new report it holds.
+    sub.bandwidth.on_remb(200_000, 2.0)
+    assert allocation.budget(2.0) == allocation.budget(2.0) >= 600_000
+    # Heavy loss: cut by half the loss (76/256 as reported); the probes back off.
+    grown = allocation.budget(2.0)
+    report(0.3, 2.5)
+    cut = allocation.budget(2.5)
+    assert cut == int(grown * (1 - 76 / 256 / 2))
+    assert allocation._probe_wait > 2.0
+    # Nor does a REMB above it lift it (aiortc's stays high after a drop).
+    sub.bandwidth.on_remb(2_000_000, 3.0)
+    assert allocation.budget(3.0) == cut
+
+
+def test_resuming_from_a_quality_pause_waits_for_a_key_frame() -> None:
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 2.0)
+    consumer.set_paused(True, PauseReason.QUALITY)
+    pub.send_frame()
+    consumer.set_paused(False, PauseReason.QUALITY)
+    sent = len(sub.rtp)
+    pub.send_frame()  # no key frame: nothing forwarded
+    assert len(sub.rtp) == sent
+    pub.send_frame(keys=(2,))
+    assert len(sub.rtp) > sent

@@ -1,0 +1,176 @@
+"""Transport-wide congestion control: the sequence-number extension, feedback bytes both ways,
+and the send history mapping feedback back onto what was sent."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from salon.media.twcc import (
+    PacketResult,
+    SendHistory,
+    TransportFeedback,
+    build_transport_feedback,
+    encode_transport_sequence,
+    parse_transport_feedback,
+    parse_transport_sequence,
+)
+
+
+def test_sequence_extension_round_trip_and_wrap() -> None:
+    assert encode_transport_sequence(0x1234) == b"\x12\x34"
+    assert encode_transport_sequence(0x10001) == b"\x00\x01"
+    assert parse_transport_sequence(b"\xff\xfe") == 0xFFFE
+    with pytest.raises(ValueError, match="3 bytes"):
+        parse_transport_sequence(b"\x00\x00\x00")
+
+
+def test_build_known_bytes_two_bit_vector_with_loss_and_negative_delta() -> None:
+    # base 5, three packets: received at ref + 1 ms, lost, received 0.5 ms before the first.
+    arrivals = [64_000 + 1000, None, 64_000 + 500]
+    packet = build_transport_feedback(0x11111111, 0x22222222, 5, arrivals, feedback_count=2)
+    expected = (
+        bytes.fromhex("8fcd0006")  # V=2 FMT=15 PT=205, 6 words
+        + bytes.fromhex("1111111122222222")
+        + bytes.fromhex("00050003")  # base 5, 3 packets
+        + bytes.fromhex("00000102")  # reference 1 (x64 ms), feedback count 2
+        + bytes.fromhex("d200")  # 2-bit vector: small, not received, large
+        + bytes.fromhex("04")  # +4 ticks
+        + bytes.fromhex("fffe")  # -2 ticks
+        + b"\x00\x00\x00"
+    )
+    assert packet == expected
+    parsed = parse_transport_feedback(packet, 4)
+    assert parsed == TransportFeedback(0x11111111, 0x22222222, 5, 1, 2, (4, None, -2))
+    assert list(parsed.packets()) == [(5, 65_000), (6, None), (7, 64_500)]
+
+
+def test_parse_run_length_and_one_bit_vector_chunks() -> None:
+    # 20 packets received with small deltas (run-length chunk), then a one-bit vector of 14
+    # alternating received / lost.
+    fixed = bytes.fromhex("0000000100000002fff00022ffffff07")  # base 65520, 34 pkts
+    run = (1 << 13) | 20
+    vector = 0x8000 | int("10101010101010", 2)
+    chunks = run.to_bytes(2, "big") + vector.to_bytes(2, "big")
+    deltas = bytes([1] * 20 + [2] * 7)
+    feedback = parse_transport_feedback(fixed + chunks + deltas + b"\x00")
+    assert feedback.reference_time == -1
+    assert feedback.feedback_count == 7
+    assert len(feedback.deltas) == 34
+    assert feedback.deltas[:21] == (1,) * 20 + (2,)
+    assert feedback.deltas[21] is None
+    packets = list(feedback.packets())
+    assert packets[0] == (65520, -64_000 + 250)
+    assert packets[16][0] == 0  # wraps
+    assert packets[20] == (4, -64_000 + 20 * 250 + 500)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (bytes(10), "needs at least 16"),
+        (bytes.fromhex("00000001000000020000000500000000"), "chunks end after 0"),
+        (bytes.fromhex("000000010000000200000001000000002001"), "truncated in its receive deltas"),
+        (bytes.fromhex("00000001000000020000001400000000c000c000") + b"\x00", "chunks end after 14"),
+        (bytes.fromhex("000000010000000200000001000000006001"), "reserved status symbol 3"),
+        (bytes.fromhex("000000010000000200000001000000002000"), "run of 0"),
+    ],
+)
+def test_parse_rejects_malformed(payload: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_transport_feedback(payload)
+
+
+def test_build_rejects_what_cannot_be_encoded() -> None:
+    with pytest.raises(ValueError, match=r"1\.\.65535"):
+        build_transport_feedback(1, 2, 0, [], 0)
+    with pytest.raises(ValueError, match="at least one received"):
+        build_transport_feedback(1, 2, 0, [None, None], 0)
+    with pytest.raises(ValueError, match="does not fit two bytes"):
+        build_transport_feedback(1, 2, 0, [0, 10_000_000], 0)
+
+
+_arrivals = st.lists(
+    st.one_of(st.none(), st.integers(min_value=-2_000, max_value=8_000_000)),
+    min_size=1,
+    max_size=400,
+).filter(lambda xs: any(x is not None for x in xs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrivals=_arrivals, base=st.integers(0, 0xFFFF), count=st.integers(0, 255))
+def test_build_parse_round_trip(arrivals: list[int | None], base: int, count: int) -> None:
+    # Keep consecutive received arrivals within the two-byte delta range.
+    fixed: list[int | None] = []
+    previous: int | None = None
+    for a in arrivals:
+        if a is not None and previous is not None:
+            a = previous + max(-8_000_000, min(8_000_000, a - previous))
+        fixed.append(a)
+        if a is not None:
+            previous = a
+    packet = build_transport_feedback(7, 9, base, fixed, count)
+    assert len(packet) % 4 == 0
+    feedback = parse_transport_feedback(packet, 4)
+    assert feedback.base_sequence == base
+    assert feedback.feedback_count == count
+    got = list(feedback.packets())
+    assert [s for s, _ in got] == [(base + i) & 0xFFFF for i in range(len(fixed))]
+    for (_, arrival), want in zip(got, fixed, strict=True):
+        if want is None:
+            assert arrival is None
+        else:
+            assert arrival == want // 250 * 250
+
+
+@settings(max_examples=200, deadline=None)
+@given(symbols=st.lists(st.sampled_from([None, 100, 300_000]), min_size=1, max_size=200))
+def test_chunk_encoding_is_compact(symbols: list[int | None]) -> None:
+    # Any mix of lost / small / large packets: never more than one chunk per 7 packets + 1.
+    arrivals: list[int | None] = []
+    t = 0
+    for s in symbols:
+        if s is None:
+            arrivals.append(None)
+        else:
+            t += s
+            arrivals.append(t)
+    if all(a is None for a in arrivals):
+        arrivals[0] = 0
+    packet = build_transport_feedback(1, 2, 0, arrivals, 0)
+    n = len(arrivals)
+    assert len(packet) <= 20 + 2 * (n // 7 + 1) + 2 * n + 3
+
+
+def test_send_history_maps_feedback_and_wraps() -> None:
+    history = SendHistory(capacity=1024)
+    for i in range(70_000):
+        seq = history.next_sequence(i * 0.001, 1000 + i % 7)
+        assert seq == i & 0xFFFF
+    base16 = (70_000 - 10) & 0xFFFF
+    arrivals = [1_000_000 + k * 1000 if k != 3 else None for k in range(10)]
+    feedback = parse_transport_feedback(build_transport_feedback(1, 2, base16, arrivals, 0), 4)
+    results = history.on_feedback(feedback)
+    assert [r.sequence for r in results] == list(range(69_990, 70_000))
+    assert results[0] == PacketResult(69_990, 69.99, 1000 + 69_990 % 7, 1.0)
+    assert results[3].lost and results[3].send_time == pytest.approx(69.993)
+    assert results[9].arrival_time == pytest.approx(1.009)
+    # The same feedback again reports nothing new; a later one receiving the lost packet does.
+    assert history.on_feedback(feedback) == []
+    late = parse_transport_feedback(build_transport_feedback(1, 2, (69_993) & 0xFFFF, [1_020_000], 1), 4)
+    (again,) = history.on_feedback(late)
+    assert again.sequence == 69_993 and again.arrival_time == pytest.approx(1.02)
+
+
+def test_send_history_ignores_unknown_and_evicted_sequences() -> None:
+    history = SendHistory(capacity=16)
+    for i in range(40):
+        history.next_sequence(float(i), 100)
+    # 0..23 were evicted (capacity 16), 40.. were never sent.
+    feedback = parse_transport_feedback(build_transport_feedback(1, 2, 20, [0] * 30, 0), 4)
+    assert [r.sequence for r in history.on_feedback(feedback)] == list(range(24, 40))
+    with pytest.raises(ValueError, match="capacity"):
+        SendHistory(capacity=0)
+    with pytest.raises(ValueError, match="power of two"):
+        SendHistory(capacity=1000)
