@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from salon.media.allocator import Allocation, Allocator, ConsumerInput
 from salon.media.estimator import BandwidthEstimator, ProbeCluster, ProbeController
-from salon.media.rtcp import ReportBlock
+from salon.media.rtcp import ReportBlock, compact_ntp, ntp_now
 from salon.media.twcc import SendHistory, TransportFeedback
 
 __all__ = ["TransportBandwidth"]
@@ -72,9 +72,15 @@ class TransportBandwidth:
         self.estimator.on_remb(bitrate, now)
 
     def on_report_block(self, block: ReportBlock, now: float) -> None:
+        """A report block about one of our streams: its loss (REMB-only subscribers) and,
+        when it answers one of our sender reports, the round-trip time (RFC 3550 §6.4.1)."""
         fraction = block.fraction_lost / 256
         self.recent_loss = fraction if self.recent_loss is None else max(self.recent_loss, fraction)
         self.estimator.on_loss_fraction(fraction, now)
+        if block.lsr:
+            rtt = ((compact_ntp(ntp_now()) - block.lsr - block.dlsr) & 0xFFFFFFFF) / 65536
+            if rtt < 10.0:
+                self.estimator.set_rtt(rtt)
 
     def estimate(self, now: float) -> int:
         return self.estimator.estimate_at(now)

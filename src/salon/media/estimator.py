@@ -472,6 +472,7 @@ class BandwidthEstimator:
             "threshold": round(self.detector.threshold, 2),
             "loss_fraction": round(self.last_loss_fraction, 4),
             "transport_cc": self._twcc_seen,
+            "rtt": round(self._aimd.rtt, 4),
         }
 
 

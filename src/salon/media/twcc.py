@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_REPORTED_PACKETS",
     "TRANSPORT_CC_URI",
     "PacketResult",
     "SendHistory",
@@ -62,6 +63,10 @@ TICK_US = 250
 """One receive-delta tick in microseconds."""
 REFERENCE_US = 64_000
 """One reference-time unit in microseconds."""
+
+MAX_REPORTED_PACKETS = 8192
+"""Most packets one feedback message may report: senders report far fewer (one message per
+~50-100 ms), and the bound keeps a 20-byte message from costing 65,535 iterations."""
 
 _NOT_RECEIVED = 0
 _SMALL = 1
@@ -127,14 +132,18 @@ def parse_transport_feedback(
     4-byte common header (padding already removed; trailing zero bytes after the deltas are
     allowed).
 
-    Raises :class:`ValueError` naming the problem when chunks or deltas run past the end or a
-    reserved symbol appears.
+    Raises :class:`ValueError` naming the problem when chunks or deltas run past the end, a
+    reserved symbol appears or more than :data:`MAX_REPORTED_PACKETS` packets are reported.
     """
     if end is None:
         end = len(data)
     if end - start < 16:
         raise ValueError(f"RTCP transport-cc feedback is {end - start} bytes, needs at least 16")
     sender_ssrc, media_ssrc, base, count, ref_word = _FIXED.unpack_from(data, start)
+    if count > MAX_REPORTED_PACKETS:
+        raise ValueError(
+            f"RTCP transport-cc feedback reports {count} packets, at most {MAX_REPORTED_PACKETS} accepted"
+        )
     reference = ref_word >> 8
     if reference & 0x800000:
         reference -= 0x1000000
@@ -223,11 +232,14 @@ def build_transport_feedback(
     ``arrivals_us`` has one entry per packet from ``base_sequence`` on: its arrival time in
     microseconds of the receiver's clock, or ``None`` when it was not received. The reference
     time is the first arrival rounded down to 64 ms; arrivals are rounded to 250 µs ticks.
-    Raises :class:`ValueError` when there is no packet, more than 65535, none received, or two
-    consecutive arrivals are more than the two-byte delta range (about ±8 s) apart.
+    Raises :class:`ValueError` when there is no packet, more than :data:`MAX_REPORTED_PACKETS`,
+    none received, or two consecutive arrivals are more than the two-byte delta range (about
+    ±8 s) apart.
     """
-    if not arrivals_us or len(arrivals_us) > 0xFFFF:
-        raise ValueError(f"transport-cc feedback reports 1..65535 packets, got {len(arrivals_us)}")
+    if not arrivals_us or len(arrivals_us) > MAX_REPORTED_PACKETS:
+        raise ValueError(
+            f"transport-cc feedback reports 1..{MAX_REPORTED_PACKETS} packets, got {len(arrivals_us)}"
+        )
     first = next((a for a in arrivals_us if a is not None), None)
     if first is None:
         raise ValueError("transport-cc feedback needs at least one received packet")

@@ -5,13 +5,14 @@ reach the estimator, and the allocator interface answers with decisions."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from salon.media.allocator import ConsumerInput, Layer, MediaKindClass
 from salon.media.consumer import Consumer
-from salon.media.rtcp import ReportBlock, build_receiver_report, build_remb
+from salon.media.rtcp import ReportBlock, build_receiver_report, build_remb, compact_ntp, ntp_from_unix
 from salon.media.rtp import find_header_extension, parse_rtp_header, unwrap_rtx
 from salon.media.sdp import HeaderExtensionIds
 from salon.media.twcc import build_transport_feedback, parse_transport_sequence
@@ -135,3 +136,16 @@ def test_allocation_interface_for_the_layer_switching() -> None:
     assert dump["allocated"] == allocation.allocated and dump["paused"] == []
     # Layers held back: after the estimate has been stable, a probe is asked for.
     assert sub.bandwidth.probe(10.0) is not None
+
+
+def test_round_trip_time_from_receiver_reports_answering_our_sender_reports() -> None:
+    video, _ = make_producer()
+    consumer, sub = add_consumer(video, 5000)
+    # Our SR left 0.3 s ago; the subscriber held it 0.1 s before its RR: RTT 0.2 s.
+    lsr = compact_ntp(ntp_from_unix(time.time() - 0.3))
+    block = ReportBlock(consumer.ssrc, 0, 0, 100, 0, lsr, int(0.1 * 65536))
+    sub.receive_rtcp(build_receiver_report(90, [block]), 1.0)
+    assert sub.bandwidth.dump(1.0)["rtt"] == pytest.approx(0.2, abs=0.05)
+    # A block answering no SR (LSR 0) leaves it alone.
+    sub.receive_rtcp(build_receiver_report(90, [ReportBlock(consumer.ssrc, 0, 0, 101, 0, 0, 0)]), 2.0)
+    assert sub.bandwidth.dump(2.0)["rtt"] == pytest.approx(0.2, abs=0.05)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from salon.media.twcc import (
+    MAX_REPORTED_PACKETS,
     PacketResult,
     SendHistory,
     TransportFeedback,
@@ -83,7 +84,7 @@ def test_parse_rejects_malformed(payload: bytes, message: str) -> None:
 
 
 def test_build_rejects_what_cannot_be_encoded() -> None:
-    with pytest.raises(ValueError, match=r"1\.\.65535"):
+    with pytest.raises(ValueError, match=r"1\.\.8192"):
         build_transport_feedback(1, 2, 0, [], 0)
     with pytest.raises(ValueError, match="at least one received"):
         build_transport_feedback(1, 2, 0, [None, None], 0)
@@ -174,3 +175,21 @@ def test_send_history_ignores_unknown_and_evicted_sequences() -> None:
         SendHistory(capacity=0)
     with pytest.raises(ValueError, match="power of two"):
         SendHistory(capacity=1000)
+
+
+@settings(max_examples=500, deadline=None)
+@given(payload=st.binary(max_size=80), count=st.integers(0, 0xFFFF))
+def test_parse_never_fails_other_than_value_error(payload: bytes, count: int) -> None:
+    data = bytes(8) + b"\x00\x01" + count.to_bytes(2, "big") + bytes(4) + payload
+    try:
+        feedback = parse_transport_feedback(data)
+    except ValueError:
+        return
+    assert len(feedback.deltas) == count <= MAX_REPORTED_PACKETS
+
+
+def test_a_feedback_reporting_too_many_packets_is_refused() -> None:
+    lost_run = (0x1FFF).to_bytes(2, "big") * 8  # 8 x 8191 packets not received
+    data = bytes(8) + b"\x00\x01" + (0xFFFF).to_bytes(2, "big") + bytes(4) + lost_run
+    with pytest.raises(ValueError, match="at most 8192"):
+        parse_transport_feedback(data)
