@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "callbacks": ("salon.bench.callbacks", "run_callbacks_bench"),
     "archive": ("salon.bench.archive", "run_archive_bench"),
     "quality": ("salon.bench.quality", "run_quality_bench"),
+    "stamping": ("salon.bench.stamping", "run_stamping_bench"),
 }
 
 

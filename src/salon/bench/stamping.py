@@ -1,6 +1,7 @@
-"""Micro-benchmark: the per-packet CPU cost of bandwidth estimation on the forwarding path.
+"""``salon bench stamping``: the per-packet CPU cost of bandwidth estimation on the forwarding path.
 
-``python -m salon.bench.stamping [--packets N] [--fan-out F] [--rounds R]``
+``salon bench stamping [--packets N] [--fan-out F] [--rounds R]`` (also
+``python -m salon.bench.stamping``). A micro-benchmark: no server, no sockets.
 
 Sans-I/O, in one process: a real :class:`~salon.media.producer.Producer` and ``F`` real
 :class:`~salon.media.consumer.Consumer` s on a transport whose ``send_rtp`` does nothing, fed
@@ -24,8 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from typing import Any
+
+from salon.bench._harness import machine, machine_line
 
 from salon.media.bandwidth import TransportBandwidth
 from salon.media.consumer import Consumer
@@ -34,7 +38,7 @@ from salon.media.rtp import abs_send_time, build_rtp, encode_one_byte_extensions
 from salon.media.sdp import HeaderExtensionIds, PublishTrack, RtpCodec, SubscribeTrack
 from salon.media.transport import TransportState
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "run_stamping_bench"]
 
 _VP8 = RtpCodec(
     kind="video",
@@ -164,16 +168,29 @@ def measure(packets: int = 20_000, fan_out: int = 16, rounds: int = 7) -> dict[s
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m salon.bench.stamping", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--packets", type=int, default=20_000)
-    parser.add_argument("--fan-out", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.packets, args.fan_out, args.rounds), indent=2))
+def run_stamping_bench(args: argparse.Namespace) -> int:
+    """``salon bench stamping``: print the JSON report (with the machine) on stdout."""
+    if args.packets < 100 or args.fan_out < 1 or args.rounds < 1:
+        print("salon bench stamping: need --packets >= 100, --fan-out >= 1, --rounds >= 1", file=sys.stderr)
+        return 2
+    description = machine()
+    print(f"salon bench stamping: {machine_line(description)}", file=sys.stderr, flush=True)
+    report = measure(args.packets, args.fan_out, args.rounds)
+    report["machine"] = description
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--packets", type=int, default=20_000, help="packets fed per round and case")
+    parser.add_argument("--fan-out", type=int, default=16, help="consumers per packet")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians reported)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m salon.bench.stamping", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run_stamping_bench(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -155,6 +155,13 @@ def add_bench_parser(commands: Any) -> None:
         help="feed the composer as fast as it goes instead of in real time",
     )
 
+    stamping = bench_commands.add_parser(
+        "stamping", help="CPU per packet of transport-wide stamping and the publisher uplink estimate"
+    )
+    stamping.add_argument("--packets", type=int, default=20_000, help="packets fed per round and case")
+    stamping.add_argument("--fan-out", type=int, default=16, help="consumers per packet")
+    stamping.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians reported)")
+
 
 def add_sfu_arguments(parser: argparse.ArgumentParser) -> None:
     """``salon bench sfu``'s options (also ``python -m salon.bench.sfu``)."""
