@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 
+TINY = ["--packets", "300", "--rounds", "1", "--fan-out", "2"]
+
 
 def test_stamping_bench_reports_the_added_cost_per_packet() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "salon", "bench", "stamping", "--packets", "300", "--rounds", "1", "--fan-out", "2"],
+        [sys.executable, "-m", "salon", "bench", "stamping", *TINY],
         capture_output=True,
         text=True,
         timeout=120,

@@ -30,7 +30,6 @@ import time
 from typing import Any
 
 from salon.bench._harness import machine, machine_line
-
 from salon.media.bandwidth import TransportBandwidth
 from salon.media.consumer import Consumer
 from salon.media.producer import Producer
@@ -188,7 +187,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m salon.bench.stamping", description=__doc__.split("\n")[0])
+    description = (__doc__ or "").split("\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m salon.bench.stamping", description=description)
     add_arguments(parser)
     return run_stamping_bench(parser.parse_args(argv))
 
