@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
+    "CHROMIUM_ARGS",
     "BenchError",
     "ServerProcess",
     "descendants",
@@ -44,6 +45,22 @@ __all__ = [
     "run_and_report",
     "version",
 ]
+
+#: Debian's Chromium as the browser benchmarks launch it (headless, fake devices granted,
+#: real host addresses in ICE instead of mDNS names).
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--allow-loopback-in-peer-connection",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+)
 
 _SERVING = re.compile(r"salon serving on (http://[0-9.]+:(\d+))")
 SERVER_START_TIMEOUT = 30.0

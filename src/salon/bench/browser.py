@@ -23,25 +23,12 @@ import sys
 import tempfile
 import uuid
 
-from salon.bench._harness import machine, machine_line
+from salon.bench._harness import CHROMIUM_ARGS, machine, machine_line
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
 
 __all__ = ["run_browser_bench"]
 
-_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--allow-loopback-in-peer-connection",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
 
 # Click Join, then resolve with the milliseconds until the first remote frame is presented.
 _MEASURE = """async (timeout) => {
@@ -79,7 +66,9 @@ async def _bench(url: str, args: argparse.Namespace, steps: list[dict[str, float
         raise SystemExit("salon bench browser needs Playwright for Python: pip install playwright") from None
     times: list[float] = []
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=args.chromium, headless=True, args=_ARGS)
+        browser = await pw.chromium.launch(
+            executable_path=args.chromium, headless=True, args=list(CHROMIUM_ARGS)
+        )
         try:
             for run in range(args.runs):
                 room = f"bench-{run}-{uuid.uuid4().hex[:8]}"

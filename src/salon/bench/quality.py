@@ -37,24 +37,19 @@ import tempfile
 import time
 from typing import Any
 
-from salon.bench._harness import BenchError, ServerProcess, machine, machine_line, run_and_report
+from salon.bench._harness import (
+    CHROMIUM_ARGS,
+    BenchError,
+    ServerProcess,
+    machine,
+    machine_line,
+    run_and_report,
+)
 from salon.bench.netlab import NetLab, NetLabError
 from salon.bench.quality_agent import AgentProcess
 
 __all__ = ["run_quality_bench"]
 
-_CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
 
 _PUBLISH = """async ({sessionId, token}) => {
     window.salon = await import('/sdk/salon.js');
@@ -190,7 +185,7 @@ async def _run(
     session_id = server.create_session()
     async with async_playwright() as pw:
         wrapper = lab.wrapper("pub", args.chromium, tmp)
-        chromium_args = [*_CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={server.url}"]
+        chromium_args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={server.url}"]
         browser = await pw.chromium.launch(executable_path=str(wrapper), headless=True, args=chromium_args)
         agent: AgentProcess | None = None
         try:
