@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import State
 
 from salon.media.collector import Collector
 from salon.observability.logs import use_for_uvicorn as use_json_logs_for_uvicorn
@@ -58,6 +59,22 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def close_received(self) -> bool:
         return self.conn.close_rcvd is not None
+
+    def shutdown(self) -> None:
+        """uvicorn's shutdown sends close 1012 on a WebSocket the application did not close;
+        one already past OPEN (the client's close frame arrived, answered by websockets) must
+        get no second close frame (websockets raises ``InvalidState``, which ended the server
+        thread with an exception): its transport is only closed."""
+        if (
+            self.handshake_complete
+            and self.initial_response is None
+            and not self.close_sent
+            and self.conn.state is not State.OPEN
+        ):
+            self.stop_keepalive()
+            self.transport.close()
+            return
+        super().shutdown()
 
     def abort_if_open(self) -> None:
         """Abort the TCP connection unless it is gone: also when it is closing but its write
