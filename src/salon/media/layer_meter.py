@@ -19,6 +19,7 @@ counts bytes (:meth:`EncodingMeter.on_bytes`) so its cost is still known.
 
 from __future__ import annotations
 
+from salon.media.h264 import sps_dimensions
 from salon.media.vp8 import parse_vp8_descriptor
 
 __all__ = [
@@ -52,40 +53,6 @@ def vp8_key_frame_resolution(payload: bytes | memoryview, descriptor_size: int) 
     return width, height
 
 
-class _Bits:
-    """Exp-Golomb reader over an RBSP (emulation prevention bytes removed)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def bit(self) -> int:
-        byte = self.pos >> 3
-        if byte >= len(self.data):
-            raise ValueError("SPS truncated")
-        value = (self.data[byte] >> (7 - (self.pos & 7))) & 1
-        self.pos += 1
-        return value
-
-    def bits(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            value = (value << 1) | self.bit()
-        return value
-
-    def ue(self) -> int:
-        zeros = 0
-        while self.bit() == 0:
-            zeros += 1
-            if zeros > 31:
-                raise ValueError("bad Exp-Golomb code")
-        return (1 << zeros) - 1 + self.bits(zeros)
-
-    def se(self) -> int:
-        value = self.ue()
-        return (value + 1) // 2 if value & 1 else -(value // 2)
-
-
 def _sps_in(payload: bytes | memoryview) -> bytes | None:
     """The SPS NAL unit (without its header byte) of an H.264 RTP payload: a single NAL unit
     or a STAP-A aggregate."""
@@ -112,60 +79,10 @@ def h264_sps_resolution(payload: bytes | memoryview) -> tuple[int, int] | None:
     raw = _sps_in(payload)
     if raw is None:
         return None
-    rbsp = raw.replace(b"\x00\x00\x03", b"\x00\x00")
     try:
-        bits = _Bits(rbsp)
-        profile = bits.bits(8)
-        bits.bits(16)  # constraint flags, level
-        bits.ue()  # seq_parameter_set_id
-        chroma = 1
-        if profile in (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135):
-            chroma = bits.ue()
-            if chroma == 3:
-                bits.bit()
-            bits.ue()
-            bits.ue()
-            bits.bit()
-            if bits.bit():  # seq_scaling_matrix_present_flag
-                for i in range(8 if chroma != 3 else 12):
-                    if bits.bit():
-                        last, following = 8, 8
-                        for _ in range(16 if i < 6 else 64):
-                            if following:
-                                following = (last + bits.se() + 256) % 256
-                            last = following or last
-        bits.ue()  # log2_max_frame_num_minus4
-        poc_type = bits.ue()
-        if poc_type == 0:
-            bits.ue()
-        elif poc_type == 1:
-            bits.bit()
-            bits.se()
-            bits.se()
-            for _ in range(bits.ue()):
-                bits.se()
-        bits.ue()  # max_num_ref_frames
-        bits.bit()
-        width_mbs = bits.ue() + 1
-        height_units = bits.ue() + 1
-        frame_mbs_only = bits.bit()
-        if not frame_mbs_only:
-            bits.bit()
-        bits.bit()  # direct_8x8_inference_flag
-        crop = (0, 0, 0, 0)
-        if bits.bit():
-            crop = (bits.ue(), bits.ue(), bits.ue(), bits.ue())
+        return sps_dimensions(b"\x67" + raw)  # the NAL header byte back (type 7)
     except ValueError:
         return None
-    width = width_mbs * 16
-    height = (2 - frame_mbs_only) * height_units * 16
-    crop_x = 2 if chroma in (1, 2) else 1
-    crop_y = (2 if chroma == 1 else 1) * (2 - frame_mbs_only)
-    width -= (crop[0] + crop[1]) * crop_x
-    height -= (crop[2] + crop[3]) * crop_y
-    if width <= 0 or height <= 0:
-        return None
-    return width, height
 
 
 class EncodingMeter:
