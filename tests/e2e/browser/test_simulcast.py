@@ -7,7 +7,6 @@ decodes every layer at its own size, with no decoder error across the switches."
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
@@ -16,24 +15,12 @@ import pytest
 from browser_helpers import open_sdk_page
 from playwright.async_api import Browser
 
-from salon.client import Session, StreamReceived, Subscriber, VideoFrame
+from salon.client import Session, StreamReceived, Subscriber
 from tests.conftest import RunningServer
+from tests.e2e.media.frames import FrameLog, decode_errors
 from tests.e2e.media.sfu_state import plane_of
 
 pytestmark = pytest.mark.timeout(240)
-
-
-class DecodeErrors(logging.Handler):
-    """aiortc's receiver logs (and survives) every frame its decoder rejects."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "decode" in message:
-            self.messages.append(message)
 
 
 async def video_encodings(server: RunningServer) -> list[dict[str, Any]]:
@@ -116,56 +103,16 @@ async def test_chromium_simulcast_reaches_the_sfu_and_a_subscriber_switches_laye
     assert [e["rid"] for e in encodings] == ["q", "h", "f"]
     assert len({e["ssrc"] for e in encodings}) == 3
 
-    errors = DecodeErrors()
-    logging.getLogger("aiortc.rtcrtpreceiver").addHandler(errors)
-    sizes: list[tuple[int, int]] = []
-    times: list[float] = []
-    frame_added = asyncio.Event()
-
-    def on_frame(frame: VideoFrame) -> None:
-        sizes.append((frame.width, frame.height))
-        times.append(time.monotonic())
-        frame_added.set()
-
-    def frame_rate(window: float = 2.0) -> float:
-        now = time.monotonic()
-        return sum(1 for t in times if t > now - window) / window
-
-    async def wait_rate(what: str, predicate: Any, timeout: float = 20) -> float:
-        """Wait until the frame rate of the last 2 s satisfies ``predicate``; that rate."""
-        end = time.monotonic() + timeout
-        while True:
-            rate = frame_rate()
-            if predicate(rate):
-                return rate
-            assert time.monotonic() < end, f"{what}: the frame rate stayed at {rate:.1f}/s for {timeout} s"
-            await asyncio.sleep(0.2)
-
-    async def wait_frames(what: str, predicate: Any, timeout: float = 30, start: int = 0) -> int:
-        """Wait for a frame from index ``start`` on for which ``predicate(size)`` holds; its
-        index."""
-        end = time.monotonic() + timeout
-        while True:
-            for i in range(start, len(sizes)):
-                if predicate(sizes[i]):
-                    return i
-            start = len(sizes)
-            remaining = end - time.monotonic()
-            assert remaining > 0, f"{what}: no such frame in {timeout} s; sizes seen: {sorted(set(sizes))}"
-            frame_added.clear()
-            try:
-                await asyncio.wait_for(frame_added.wait(), remaining)
-            except TimeoutError:
-                pass
-
-    try:
+    frames = FrameLog()
+    sizes = frames.sizes
+    with decode_errors() as errors:
         async with Session(session_id, grants[1]["token"], media_server.url) as session:
             subscriber: Subscriber | None = None
             subscribed = asyncio.Event()
 
             async def on_stream(event: StreamReceived) -> None:
                 nonlocal subscriber
-                subscriber = Subscriber(event.stream, on_video_frame=on_frame, audio=False)
+                subscriber = Subscriber(event.stream, on_video_frame=frames.on_frame, audio=False)
                 await session.subscribe(subscriber)
                 subscribed.set()
 
@@ -175,8 +122,8 @@ async def test_chromium_simulcast_reaches_the_sfu_and_a_subscriber_switches_laye
             subscription_id = subscriber.subscription_id
 
             # Unconstrained, the subscriber gets the top layer.
-            first = await wait_frames("top layer", lambda s: s[0] >= 960)
-            await wait_frames("more top-layer frames", lambda s: True, 10, first + 10)
+            first = await frames.wait_frame("top layer", lambda s: s[0] >= 960)
+            await frames.wait_frame("more top-layer frames", lambda s: True, 10, first + 10)
             top = sizes[-1]
 
             phases: list[tuple[int, tuple[int, int]]] = []
@@ -184,7 +131,7 @@ async def test_chromium_simulcast_reaches_the_sfu_and_a_subscriber_switches_laye
                 switched_at = len(sizes)
                 await set_layer(media_server, session_id, subscription_id, spatial)
                 expected_width = top[0] // factor
-                first = await wait_frames(
+                first = await frames.wait_frame(
                     f"layer {spatial}",
                     lambda s, w=expected_width: abs(s[0] - w) <= w // 8 + 2,
                     30,
@@ -196,25 +143,23 @@ async def test_chromium_simulcast_reaches_the_sfu_and_a_subscriber_switches_laye
                 assert all(s == sizes[switched_at] for s in sizes[switched_at:first]), sizes[
                     switched_at:first
                 ]
-                await wait_frames(f"layer {spatial} frames", lambda s: True, 20, first + 20)
+                await frames.wait_frame(f"layer {spatial} frames", lambda s: True, 20, first + 20)
                 assert all(s == size for s in sizes[first : first + 20]), (spatial, sizes[first : first + 20])
                 phases.append((spatial, size))
             assert phases[0][1][0] * 3 < top[0], phases
 
             # VP8 temporal layers: TID 0 only lowers the frame rate on the same layer (Chromium
             # sends three temporal layers per simulcast encoding: TID 0 is every fourth frame).
-            full = await wait_rate("the top layer at full rate", lambda r: r >= 10)
+            full = await frames.wait_rate("the top layer at full rate", lambda r: r >= 10)
             count = len(sizes)
             await set_layer(media_server, session_id, subscription_id, 2, temporal=0)
-            low = await wait_rate("temporal layer 0", lambda r: r < full * 0.6)
+            low = await frames.wait_rate("temporal layer 0", lambda r: r < full * 0.6)
             await set_layer(media_server, session_id, subscription_id, 2)
-            back = await wait_rate("all temporal layers", lambda r: r > full * 0.8)
+            back = await frames.wait_rate("all temporal layers", lambda r: r > full * 0.8)
             assert set(sizes[count:]) == {phases[-1][1]}, "the size changed with the frame rate"
             print(f"frame rate: {full:.1f}/s all, {low:.1f}/s TID 0, {back:.1f}/s all again")
             consumers = await video_consumers(media_server)
             assert consumers and consumers[0]["simulcast"] and consumers[0]["current_layer"] == 2
             assert consumers[0]["stats"]["layer_switches"] >= 5, consumers[0]["stats"]
             assert consumers[0]["stats"]["temporal_dropped"] > 0, consumers[0]["stats"]
-    finally:
-        logging.getLogger("aiortc.rtcrtpreceiver").removeHandler(errors)
     assert not errors.messages, errors.messages[:5]

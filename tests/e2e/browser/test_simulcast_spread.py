@@ -10,7 +10,6 @@ Both workers count the pipe's packets (``salon_pipe_packets``: out and in)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import pathlib
 import time
 from collections.abc import Iterator
@@ -21,13 +20,14 @@ import pytest
 from browser_helpers import open_sdk_page
 from playwright.async_api import Browser
 
-from salon.client import Session, Subscriber, VideoFrame
+from salon.client import Session, Subscriber
 from salon.media.channel import DumpRequest, WorkerDump
 from salon.media.workers import RouterHandle
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
 from salon.signalling.service import SignallingConfig
 from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.e2e.media.frames import FrameLog, decode_errors
 from tests.e2e.media.sfu_state import plane_of
 
 pytestmark = pytest.mark.timeout(300)
@@ -47,19 +47,6 @@ def spread_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
     )
     with ServerThread(config) as thread:
         yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
-
-
-class DecodeErrors(logging.Handler):
-    """aiortc's receiver logs (and survives) every frame its decoder rejects."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "decode" in message:
-            self.messages.append(message)
 
 
 def on_server(server: RunningServer, coroutine: Any) -> Any:
@@ -119,30 +106,8 @@ async def test_chromium_simulcast_through_a_pipe_and_a_far_subscriber_switches_l
     )
     assert "a=simulcast:send q;h;f" in sdp["offer"], sdp["offer"]
 
-    errors = DecodeErrors()
-    logging.getLogger("aiortc.rtcrtpreceiver").addHandler(errors)
-    sizes: list[tuple[int, int]] = []
-    frame_added = asyncio.Event()
-
-    def on_frame(frame: VideoFrame) -> None:
-        sizes.append((frame.width, frame.height))
-        frame_added.set()
-
-    async def wait_frames(what: str, predicate: Any, timeout: float = 30, start: int = 0) -> int:
-        """The index of the first frame from ``start`` on for which ``predicate(size)`` holds."""
-        end = time.monotonic() + timeout
-        while True:
-            for i in range(start, len(sizes)):
-                if predicate(sizes[i]):
-                    return i
-            start = len(sizes)
-            remaining = end - time.monotonic()
-            assert remaining > 0, f"{what}: no such frame in {timeout} s; sizes seen: {sorted(set(sizes))}"
-            frame_added.clear()
-            try:
-                await asyncio.wait_for(frame_added.wait(), remaining)
-            except TimeoutError:
-                pass
+    frames = FrameLog()
+    sizes = frames.sizes
 
     media = plane.sessions[session_id]
     (stream_id,) = media.publications
@@ -157,7 +122,7 @@ async def test_chromium_simulcast_through_a_pipe_and_a_far_subscriber_switches_l
         await session.subscribe(subscriber)
         return subscriber
 
-    try:
+    with decode_errors() as errors:
         async with (
             Session(session_id, grants[1]["token"], server.url) as filler,
             Session(session_id, grants[2]["token"], server.url) as far,
@@ -165,7 +130,7 @@ async def test_chromium_simulcast_through_a_pipe_and_a_far_subscriber_switches_l
             await subscribe(filler)  # the publisher's router now has its one consumer
             assert filler.connection_id is not None and far.connection_id is not None
             assert media.homes[filler.connection_id] is first
-            subscriber = await subscribe(far, on_video_frame=on_frame)
+            subscriber = await subscribe(far, on_video_frame=frames.on_frame)
             assert subscriber.subscription_id is not None
             second = media.homes[far.connection_id]
             assert second is not first and second.worker is not first.worker, "the session did not spread"
@@ -188,8 +153,8 @@ async def test_chromium_simulcast_through_a_pipe_and_a_far_subscriber_switches_l
             ) == 3
 
             # Unconstrained, the far subscriber gets the top layer; then layer 0, then 1.
-            first_top = await wait_frames("top layer through the pipe", lambda s: s[0] >= 960, 60)
-            await wait_frames("more top-layer frames", lambda s: True, 20, first_top + 10)
+            first_top = await frames.wait_frame("top layer through the pipe", lambda s: s[0] >= 960, 60)
+            await frames.wait_frame("more top-layer frames", lambda s: True, 20, first_top + 10)
             top = sizes[-1]
             assert subscriber.subscription_id is not None
             for spatial, factor in ((0, 4), (1, 2)):
@@ -197,20 +162,18 @@ async def test_chromium_simulcast_through_a_pipe_and_a_far_subscriber_switches_l
                 switch = plane.set_subscription_layer(session_id, subscriber.subscription_id, spatial=spatial)
                 assert await on_server(server, switch), "the far subscription has no media"
                 width = top[0] // factor
-                at = await wait_frames(
+                at = await frames.wait_frame(
                     f"layer {spatial} through the pipe",
                     lambda s, w=width: abs(s[0] - w) <= w // 8 + 2,
                     40,
                     switched_at,
                 )
                 size = sizes[at]
-                await wait_frames(f"layer {spatial} frames", lambda s: True, 20, at + 20)
+                await frames.wait_frame(f"layer {spatial} frames", lambda s: True, 20, at + 20)
                 assert all(s == size for s in sizes[at : at + 20]), (spatial, sizes[at : at + 20])
 
             out = await media_totals(server, first)
             into = await media_totals(server, second)
             assert out["pipe_packets_out"] > 100 and out["pipe_bytes_out"] > 0, out
             assert into["pipe_packets_in"] > 100 and into["pipe_bytes_in"] > 0, into
-    finally:
-        logging.getLogger("aiortc.rtcrtpreceiver").removeHandler(errors)
     assert not errors.messages, errors.messages[:5]
