@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 import opentok
 import pytest
 
+from salon.archive.recorders import media_recorders
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
 from salon.signalling.service import SignallingConfig
@@ -54,4 +56,21 @@ def start_server(data_dir: pathlib.Path, **signalling: float) -> ServerThread:
 @pytest.fixture
 def server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
     with start_server(tmp_path, heartbeat_interval=0.5, heartbeat_timeout=2.0) as thread:
+        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
+
+
+@contextlib.contextmanager
+def recording_server(data_dir: pathlib.Path) -> Iterator[RunningServer]:
+    """The real server with ``salon serve``'s recorders (archiver processes)."""
+    config = ServerConfig(
+        port=0,
+        data_dir=data_dir,
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        signalling=SignallingConfig(heartbeat_interval=1.0, heartbeat_timeout=15.0),
+        workers=1,
+        demo_rate_burst=1000,
+        archive_recorders=media_recorders(),
+    )
+    with ServerThread(config) as thread:
         yield RunningServer(thread.url, API_KEY, API_SECRET, thread)

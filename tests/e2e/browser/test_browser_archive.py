@@ -32,12 +32,8 @@ from browser_helpers import launch, open_sdk_page, write_tone
 from playwright.async_api import Browser, Playwright
 from test_sdk_loss_recovery import THROUGH_RELAY
 
-from salon.archive.recorders import media_recorders
 from salon.media.plane import SfuMediaPlane
-from salon.server.config import ServerConfig
-from salon.server.run import ServerThread
-from salon.signalling.service import SignallingConfig
-from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.conftest import RunningServer, recording_server
 from tests.e2e.lossy import producer_stats, router_dumps
 from tests.e2e.udp_relay import LossyRelay, relay_answer
 
@@ -57,19 +53,9 @@ PUBLISH = """async ([sessionId, token]) => {
 
 @pytest.fixture
 def archive_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
-    """The real server with ``salon serve``'s recorders."""
-    config = ServerConfig(
-        port=0,
-        data_dir=tmp_path,
-        api_key=API_KEY,
-        api_secret=API_SECRET,
-        signalling=SignallingConfig(heartbeat_interval=1.0, heartbeat_timeout=15.0),
-        workers=1,
-        demo_rate_burst=1000,
-        archive_recorders=media_recorders(),
-    )
-    with ServerThread(config) as thread:
-        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
+    """The real server with ``salon serve``'s recorders (archiver processes)."""
+    with recording_server(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

@@ -31,13 +31,9 @@ import pytest
 from sdk_helpers import session_for, wait_for
 
 from salon.archive.composed import ComposedRecording
-from salon.archive.recorders import media_recorders
 from salon.client import CustomVideoSource, Publisher, Session, SessionState, ToneSource, VideoType
 from salon.media.plane import SfuMediaPlane
-from salon.server.config import ServerConfig
-from salon.server.run import ServerThread
-from salon.signalling.service import SignallingConfig
-from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.conftest import API_KEY, API_SECRET, RunningServer, recording_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -50,18 +46,8 @@ BOB_TONE = 1250.0
 @pytest.fixture
 def archive_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
     """The real server with ``salon serve``'s recorders (archiver processes)."""
-    config = ServerConfig(
-        port=0,
-        data_dir=tmp_path,
-        api_key=API_KEY,
-        api_secret=API_SECRET,
-        signalling=SignallingConfig(heartbeat_interval=1.0, heartbeat_timeout=15.0),
-        workers=1,
-        demo_rate_burst=1000,
-        archive_recorders=media_recorders(),
-    )
-    with ServerThread(config) as thread:
-        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
+    with recording_server(tmp_path) as server:
+        yield server
 
 
 async def paint(source: CustomVideoSource, colour: tuple[int, int, int]) -> None:

@@ -25,7 +25,6 @@ from their ``url``; every wait is on a condition, bounded generously.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import itertools
 import json
@@ -63,13 +62,9 @@ from test_archive_composed import (
     sdk,
 )
 
-from salon.archive.recorders import media_recorders
 from salon.client import Publisher, Session, TestPatternSource, ToneSource, read_test_pattern_index
 from salon.client import publisher as publisher_module
-from salon.server.config import ServerConfig
-from salon.server.run import ServerThread
-from salon.signalling.service import SignallingConfig
-from tests.conftest import API_KEY, API_SECRET, RunningServer
+from tests.conftest import API_KEY, API_SECRET, RunningServer, recording_server
 from tests.e2e.lossy import producer_stats, router_dumps
 from tests.e2e.udp_relay import LossyRelay, relay_answer
 from tests.functional.test_rest_api import auth_header
@@ -83,22 +78,6 @@ def archive_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
     """The real server with ``salon serve``'s recorders (archiver processes)."""
     with recording_server(tmp_path) as server:
         yield server
-
-
-@contextlib.contextmanager
-def recording_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
-    config = ServerConfig(
-        port=0,
-        data_dir=tmp_path,
-        api_key=API_KEY,
-        api_secret=API_SECRET,
-        signalling=SignallingConfig(heartbeat_interval=1.0, heartbeat_timeout=15.0),
-        workers=1,
-        demo_rate_burst=1000,
-        archive_recorders=media_recorders(),
-    )
-    with ServerThread(config) as thread:
-        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
 
 
 async def ended(base_url: str, archive_id: str, timeout: float = 90.0) -> dict[str, Any]:
