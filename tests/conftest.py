@@ -59,6 +59,23 @@ def server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
         yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
 
 
+@pytest.fixture
+def grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
+    """For resume tests with media: a generous heartbeat (SDK clients decode video on the
+    test's own loop) and the default 30 s grace period for a broken link."""
+    with start_server(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=15.0, reconnect_grace=30) as thread:
+        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
+
+
+@pytest.fixture
+def short_grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
+    """A grace period of 1 s: a link lost longer falls back to a new connection."""
+    with start_server(
+        tmp_path, heartbeat_interval=0.5, heartbeat_timeout=15.0, reconnect_grace=1.0
+    ) as thread:
+        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
+
+
 @contextlib.contextmanager
 def recording_server(data_dir: pathlib.Path) -> Iterator[RunningServer]:
     """The real server with ``salon serve``'s recorders (archiver processes)."""

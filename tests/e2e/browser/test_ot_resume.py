@@ -134,20 +134,6 @@ def allowed_page_errors() -> list[str]:
     return [r"WebSocket connection to 'ws://127\.0\.0\.1:\d+/signalling' failed"]
 
 
-@pytest.fixture
-def grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
-    with start_server(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=15.0, reconnect_grace=30) as thread:
-        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
-
-
-@pytest.fixture
-def short_grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
-    with start_server(
-        tmp_path, heartbeat_interval=0.5, heartbeat_timeout=15.0, reconnect_grace=1.0
-    ) as thread:
-        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
-
-
 async def _start_app(page: Page, server: RunningServer, session_id: str, *, publish: bool = True) -> None:
     await run_app(
         page,

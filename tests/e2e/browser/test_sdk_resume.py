@@ -6,14 +6,12 @@ after the publisher's media was set up again (a new peer connection, the same st
 from __future__ import annotations
 
 import asyncio
-import pathlib
-from collections.abc import Iterator
 
 import pytest
 from browser_helpers import open_sdk_page
 from playwright.async_api import Browser, Page
 
-from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
+from tests.conftest import RunningServer
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(180)
@@ -23,12 +21,6 @@ pytestmark = pytest.mark.timeout(180)
 def allowed_page_errors() -> list[str]:
     """The page's WebSocket is reset and refused while its network is down."""
     return [r"WebSocket connection to 'ws://127\.0\.0\.1:\d+/signalling' failed"]
-
-
-@pytest.fixture
-def grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
-    with start_server(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=15.0, reconnect_grace=30) as thread:
-        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
 
 
 FRAMES_DECODED = """async () => {
@@ -131,14 +123,6 @@ async def test_chromium_resumes_with_the_same_ids_and_the_other_page_sees_nothin
         assert await bob.evaluate("window.events") == ["connectionCreated", "streamCreated", "signal:back"]
         await alice.evaluate("window.session.disconnect()")
         await bob.wait_for_function("window.events.includes('connectionDestroyed')", timeout=10000)
-
-
-@pytest.fixture
-def short_grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
-    with start_server(
-        tmp_path, heartbeat_interval=0.5, heartbeat_timeout=15.0, reconnect_grace=1.0
-    ) as thread:
-        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
 
 
 async def test_chromium_falls_back_to_a_new_connection_when_the_grace_period_is_over(

@@ -5,8 +5,6 @@ again both ways on the re-established transports (the old ones were cut with the
 from __future__ import annotations
 
 import asyncio
-import pathlib
-from collections.abc import Iterator
 
 import pytest
 from sdk_helpers import LOOPBACK, EventLog, Recorder, auto_subscribe, cut_media, session_for, wait_for
@@ -23,18 +21,10 @@ from salon.client import (
     StreamDropped,
     StreamReceived,
 )
-from tests.conftest import API_KEY, API_SECRET, RunningServer, start_server
+from tests.conftest import RunningServer
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
-    """Media on, a generous heartbeat (the SDK clients decode video on the test's own loop),
-    and the default 30 s grace period for a broken link."""
-    with start_server(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=15.0, reconnect_grace=30) as thread:
-        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
 
 
 async def test_a_link_lost_for_5_s_is_resumed_with_the_same_ids_and_media_flows_again(
@@ -110,14 +100,6 @@ async def test_a_link_lost_for_5_s_is_resumed_with_the_same_ids_and_media_flows_
             assert [e for e in after if isinstance(e, kinds)] == []
             assert [s.stream.stream_id for s in bob.subscribers] == [alice_stream.stream_id]
             assert list(bob.connections) == [connection_id]
-
-
-@pytest.fixture
-def short_grace_server(tmp_path: pathlib.Path) -> Iterator[RunningServer]:
-    with start_server(
-        tmp_path, heartbeat_interval=0.5, heartbeat_timeout=15.0, reconnect_grace=1.0
-    ) as thread:
-        yield RunningServer(thread.url, API_KEY, API_SECRET, thread)
 
 
 async def test_a_link_lost_past_the_grace_period_falls_back_to_a_new_connection(
