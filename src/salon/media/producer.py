@@ -269,8 +269,12 @@ class Producer:
         stream_id: str,
         producer_id: str | None = None,
         max_bitrate: int = DEFAULT_MAX_BITRATE,
+        screen: bool = False,
     ) -> None:
         self.id = producer_id or f"pr-{next(_ids)}-{secrets.token_hex(3)}"
+        #: A screen share (the stream's ``videoType`` is ``screen``): subscribers' allocators
+        #: serve it before camera video (:mod:`salon.media.allocator`).
+        self.screen = screen
         self.transport = transport
         self.stream_id = stream_id
         self.kind: MediaKind = track.kind
@@ -892,6 +896,7 @@ class Producer:
         return {
             "id": self.id,
             "kind": self.kind,
+            "screen": self.screen,
             "codec": self.codec.mime_type,
             "ssrc": self.ssrc,
             "rtx_ssrc": self.rtx_ssrc,

@@ -303,7 +303,8 @@ class WebRtcTransport:
         self.feedback: FeedbackGenerator | None = None
         self._twcc_id = 0  # the extension's id, 0: not negotiated
         self._twcc_record: Callable[[int, float], None] | None = None
-        self._feedback_due = float("inf")  # when the next feedback goes out (inf: none pending)
+        self._feedback_armed = False  # a packet arrived since the last feedback round
+        self._feedback_due = 0.0  # when the next round goes out, while armed
         #: The allocator at work (:mod:`salon.media.allocation`), made when a simulcast video
         #: consumer is added.
         self.allocation: TransportAllocation | None = None
@@ -727,7 +728,8 @@ class WebRtcTransport:
         if value is None or len(value) != 2:
             return
         self._twcc_record((value[0] << 8) | value[1], now)  # type: ignore[misc]
-        if self._feedback_due == float("inf"):
+        if not self._feedback_armed:
+            self._feedback_armed = True
             self._feedback_due = now + FEEDBACK_INTERVAL
             self.schedule(self._feedback_due)
 
@@ -736,11 +738,11 @@ class WebRtcTransport:
         when to come back (inf: nothing pending until a packet arrives)."""
         feedback = self.feedback
         due = self._feedback_due
-        if feedback is None or due == float("inf"):
+        if feedback is None or not self._feedback_armed:
             return float("inf")
         if now < due - 0.002:
             return due
-        self._feedback_due = float("inf")
+        self._feedback_armed = False
         media_ssrc = next(iter(self.routes.producers), 0)
         batch = b""
         for message in feedback.build(media_ssrc):

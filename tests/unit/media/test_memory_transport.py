@@ -278,7 +278,9 @@ async def test_a_chromium_publisher_gets_transport_cc_feedback_and_no_remb() -> 
 
     router = Router(link_factory=new_link)
     try:
-        published = await router.publish(CHROMIUM_OFFER, stream_id="s1")
+        published = await router.publish(CHROMIUM_OFFER, stream_id="s1", screen=True)
+        # A screen share (the stream's videoType): its video producer is marked for allocation.
+        assert {p.kind: p.screen for p in published.producers} == {"audio": False, "video": True}
         assert "a=rtcp-fb:96 transport-cc" in published.answer_sdp
         assert "goog-remb" not in published.answer_sdp
         pub_peer = links[0].peer
