@@ -498,11 +498,6 @@ class FeedbackGenerator:
 
         return record
 
-    def record(self, seq16: int, now: float) -> None:
-        """One packet with transport-wide sequence number ``seq16`` arrived at ``now``
-        (seconds, any monotonic clock); :meth:`recorder` is the faster form."""
-        self.recorder()(seq16, now)
-
     def build(self, media_ssrc: int) -> list[bytes]:
         """The feedback messages (complete RTCP packets) for everything received since the last
         call; ``media_ssrc`` is one of the publisher's SSRCs (libwebrtc drops feedback naming an
