@@ -19,10 +19,12 @@ def test_stamping_bench_reports_the_added_cost_per_packet() -> None:
     assert result.returncode == 0, result.stderr
     assert "machine:" in result.stderr
     report = json.loads(result.stdout)
-    assert set(report["us_per_copy"]) == {"plain", "stamping", "uplink", "both"}
+    assert set(report["us_per_copy"]) == {"plain", "stamping", "uplink", "both", "receive", "feedback"}
     assert all(v > 0 for v in report["us_per_copy"].values()), report
     assert isinstance(report["stamping_us_per_copy"], float)
     assert isinstance(report["uplink_us_per_received_packet"], float)
+    assert isinstance(report["feedback_us_per_received_packet"], float)
+    assert report["all_rounds_s"]["feedback"] and report["all_rounds_s"]["receive"]
     assert report["machine"]["cpus"] >= 1
 
 

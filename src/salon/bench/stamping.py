@@ -13,7 +13,13 @@ Sans-I/O, in one process: a real :class:`~salon.media.producer.Producer` and ``F
   :meth:`~salon.media.bandwidth.TransportBandwidth.stamp` per packet, 2 more bytes) against
   without it;
 * **uplink**: CPU per received packet of the producer's receive-side uplink estimator (the
-  REMB toward the publisher) against the same producer with it disabled.
+  REMB toward the publisher) against the same producer with it disabled;
+* **feedback**: CPU per received packet of transport-cc toward the publisher: the packets go
+  through a real :class:`~salon.media.transport.WebRtcTransport` (in-memory link, its
+  ``receive_rtp``: parse, route, producer, consumers) whose publisher negotiated transport-cc,
+  which records each packet's transport-wide sequence number and builds the feedback every
+  50 ms of send time, against the same transport without it (*receive*); the uplink estimator
+  is off in both (with transport-cc it does not run).
 
 SRTP and ``sendto`` are left out on purpose: they are the same with and without, so the
 differences here are exactly the added work; ``salon bench sfu`` gives the whole per-packet
@@ -32,12 +38,16 @@ from typing import Any
 from salon.bench._harness import machine, machine_line
 from salon.media.bandwidth import TransportBandwidth
 from salon.media.consumer import Consumer
+from salon.media.memory import MemoryLink
 from salon.media.producer import Producer
 from salon.media.rtp import abs_send_time, build_rtp, encode_one_byte_extensions, parse_rtp_header
 from salon.media.sdp import HeaderExtensionIds, PublishTrack, RtpCodec, SubscribeTrack
-from salon.media.transport import TransportState
+from salon.media.transport import TransportState, WebRtcTransport, WebRtcTransportOptions
+from salon.media.twcc import FEEDBACK_INTERVAL
 
 __all__ = ["main", "measure", "run_stamping_bench"]
+
+_TWCC_ID = 5  # the publisher's transport-wide sequence number extension id
 
 _VP8 = RtpCodec(
     kind="video",
@@ -74,17 +84,19 @@ class _NullTransport:
         pass
 
 
-def _setup(fan_out: int, transport_cc: bool, uplink: bool) -> tuple[Producer, list[_NullTransport]]:
+def _setup(
+    fan_out: int, transport_cc: bool, uplink: bool, publisher: Any = None, feedback: bool = False
+) -> tuple[Producer, list[_NullTransport]]:
     track = PublishTrack(
         mid="1",
         kind="video",
         codec=_VP8,
-        extensions=HeaderExtensionIds(mid=4, abs_send_time=2),
+        extensions=HeaderExtensionIds(mid=4, abs_send_time=2, transport_cc=_TWCC_ID if feedback else None),
         ssrc=1111,
         rtx_ssrc=2222,
         cname="c",
     )
-    producer = Producer(_NullTransport(), track, stream_id="s")
+    producer = Producer(publisher or _NullTransport(), track, stream_id="s")
     if not uplink:
         producer._uplink = None  # the "before" case of the measurement
     sinks = []
@@ -122,7 +134,9 @@ def _packets(count: int) -> list[tuple[bytes, float]]:
             timestamp=(i // 5 * 3000) & 0xFFFFFFFF,
             ssrc=1111,
             payload=payload,
-            extensions=encode_one_byte_extensions([(2, abs_send_time(t))]),
+            extensions=encode_one_byte_extensions(
+                [(2, abs_send_time(t)), (_TWCC_ID, (i & 0xFFFF).to_bytes(2, "big"))]
+            ),
         )
         out.append((data, t))
     return out
@@ -141,6 +155,30 @@ def _run(packets: list[tuple[bytes, float]], fan_out: int, transport_cc: bool, u
     return elapsed
 
 
+def _run_transport(packets: list[tuple[bytes, float]], fan_out: int, feedback: bool) -> float:
+    """Seconds of CPU for feeding every packet through a publisher's transport (in-memory link)
+    with or without transport-cc feedback toward the publisher, feedback built every 50 ms."""
+    transport = WebRtcTransport(WebRtcTransportOptions(), link=MemoryLink("bench"), transport_id="tr-pub")
+    transport.schedule = lambda at: None  # type: ignore[method-assign]  # no event loop here
+    producer, sinks = _setup(fan_out, False, False, publisher=transport, feedback=feedback)
+    producer._uplink = None  # as with transport-cc; the same in both cases
+    transport.add_producer(producer)
+    receive = transport.receive_rtp
+    send_feedback = transport._send_feedback
+    next_feedback = FEEDBACK_INTERVAL
+    start = time.process_time()
+    for data, t in packets:
+        receive(data, t)
+        if t >= next_feedback:
+            send_feedback(t)
+            next_feedback = t + FEEDBACK_INTERVAL
+    elapsed = time.process_time() - start
+    assert all(s.sent == len(packets) for s in sinks), "not every packet was forwarded"
+    generator = transport.feedback
+    assert (generator is not None and generator.messages > 0) is feedback, "feedback was (not) built"
+    return elapsed
+
+
 def measure(packets: int = 20_000, fan_out: int = 16, rounds: int = 7) -> dict[str, Any]:
     trace = _packets(packets)
     cases = {
@@ -150,10 +188,15 @@ def measure(packets: int = 20_000, fan_out: int = 16, rounds: int = 7) -> dict[s
         "both": (True, True),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
+    times["receive"] = []
+    times["feedback"] = []
     _run(trace[:1000], fan_out, True, True)  # warm-up
+    _run_transport(trace[:1000], fan_out, True)
     for _ in range(rounds):
         for name, (transport_cc, uplink) in cases.items():
             times[name].append(_run(trace, fan_out, transport_cc, uplink))
+        times["receive"].append(_run_transport(trace, fan_out, False))
+        times["feedback"].append(_run_transport(trace, fan_out, True))
     median = {name: statistics.median(values) for name, values in times.items()}
     copies = packets * fan_out
     return {
@@ -163,6 +206,7 @@ def measure(packets: int = 20_000, fan_out: int = 16, rounds: int = 7) -> dict[s
         "us_per_copy": {name: round(value / copies * 1e6, 3) for name, value in median.items()},
         "stamping_us_per_copy": round((median["stamping"] - median["plain"]) / copies * 1e6, 3),
         "uplink_us_per_received_packet": round((median["uplink"] - median["plain"]) / packets * 1e6, 3),
+        "feedback_us_per_received_packet": round((median["feedback"] - median["receive"]) / packets * 1e6, 3),
         "all_rounds_s": {name: [round(v, 4) for v in values] for name, values in times.items()},
     }
 

@@ -140,7 +140,7 @@ class TransportAllocation:
             out.append(
                 ConsumerInput(
                     consumer.id,
-                    MediaKindClass.VIDEO,
+                    MediaKindClass.SCREEN if producer.screen else MediaKindClass.VIDEO,
                     layers,
                     active_speaker=producer.stream_id == self.active_speaker,
                     preferences=Preferences(consumer.max_width, consumer.max_height, consumer.max_frame_rate),

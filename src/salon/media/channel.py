@@ -225,6 +225,9 @@ class PublishRequest(_Request):
     replace: bool = False
     """Replace the stream's publish transport, moving its consumers to the new producers
     (:meth:`salon.media.router.Router.publish`)."""
+    screen: bool = False
+    """The stream's video is a screen share (``videoType`` ``screen``): subscribers' allocators
+    give it bandwidth before camera video."""
 
 
 class SubscribeRequest(_Request):

@@ -182,6 +182,8 @@ class PipedProducer:
     cname: str | None
     encodings: tuple[EncodingParameters, ...] = ()
     """A simulcast producer's encodings (RID, SSRCs if known yet), lowest first; else empty."""
+    screen: bool = False
+    """A screen share (allocated before camera video on the far side too)."""
 
     @classmethod
     def of(cls, producer: Producer) -> PipedProducer:
@@ -200,6 +202,7 @@ class PipedProducer:
             rtx_ssrc=producer.rtx_ssrc,
             cname=producer.cname,
             encodings=encodings,
+            screen=producer.screen,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,6 +219,7 @@ class PipedProducer:
             "rtx_ssrc": self.rtx_ssrc,
             "cname": self.cname,
             "encodings": [asdict(e) for e in self.encodings],
+            "screen": self.screen,
         }
 
     @classmethod
@@ -235,6 +239,7 @@ class PipedProducer:
                 EncodingParameters(rid=e.get("rid"), ssrc=e.get("ssrc"), rtx_ssrc=e.get("rtx_ssrc"))
                 for e in data.get("encodings", ())
             ),
+            screen=bool(data.get("screen", False)),
         )
 
 
@@ -432,7 +437,7 @@ class PipeTransport:
                     simulcast_offered=bool(info.encodings),
                     encodings=info.encodings,
                 )
-                producer = Producer(pipe, track, stream_id=stream_id)
+                producer = Producer(pipe, track, stream_id=stream_id, screen=info.screen)
                 pipe.producers[info.kind] = producer
                 for ssrc in producer.ssrcs():
                     pipe._by_ssrc[ssrc] = producer

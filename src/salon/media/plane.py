@@ -83,7 +83,7 @@ from salon.media.workers import (
     WorkerPool,
     WorkerState,
 )
-from salon.protocol import StreamReason
+from salon.protocol import StreamReason, VideoType
 from salon.signalling.media import MediaEvents
 from salon.signalling.session import Stream, Subscription
 
@@ -509,7 +509,9 @@ class SfuMediaPlane:
             router = previous.router  # its consumers move to the new producers, there
         else:
             router = self._home(session_id, media, stream.connection_id)
-        result = await router.publish(stream.stream_id, offer, replace=replace)
+        result = await router.publish(
+            stream.stream_id, offer, replace=replace, screen=stream.video_type == VideoType.SCREEN
+        )
         media.publications[stream.stream_id] = _Publication(
             stream.stream_id, stream.connection_id, result.transport_id, router
         )

@@ -20,7 +20,10 @@ Upstream RTCP: key-frame requests from consumers are throttled
 only offered ``ccm fir``); every ~1 s the producer sends a receiver report plus (video) a REMB
 carrying the publisher's own uplink as measured on the packets that arrive
 (:class:`~salon.media.estimator.ReceiveSideEstimator`: delay-based on abs-send-time, or on the
-RTP timestamps without it; capped at ``max_bitrate``), never the subscribers' estimates. A publisher SR is
+RTP timestamps without it; capped at ``max_bitrate``), never the subscribers' estimates. A
+publisher that negotiated transport-cc (Chromium) gets no REMB: the transport sends it
+transport-cc feedback instead (:class:`~salon.media.twcc.FeedbackGenerator`) and its own
+congestion control sets its rate. A publisher SR is
 rewritten into one SR per consumer so lip sync survives the timestamp offsets.
 
 Simulcast: a producer has one :class:`Encoding` per simulcast encoding (lowest quality first;
@@ -266,8 +269,12 @@ class Producer:
         stream_id: str,
         producer_id: str | None = None,
         max_bitrate: int = DEFAULT_MAX_BITRATE,
+        screen: bool = False,
     ) -> None:
         self.id = producer_id or f"pr-{next(_ids)}-{secrets.token_hex(3)}"
+        #: A screen share (the stream's ``videoType`` is ``screen``): subscribers' allocators
+        #: serve it before camera video (:mod:`salon.media.allocator`).
+        self.screen = screen
         self.transport = transport
         self.stream_id = stream_id
         self.kind: MediaKind = track.kind
@@ -338,7 +345,11 @@ class Producer:
         #: Capped at ``max_bitrate``, or for simulcast at :data:`SIMULCAST_MAX_BITRATE` (room for
         #: every encoding).
         self._uplink_cap = max(max_bitrate, SIMULCAST_MAX_BITRATE) if len(params) > 1 else max_bitrate
-        self._uplink = ReceiveSideEstimator(self._uplink_cap) if self.kind == "video" else None
+        self._uplink = (
+            ReceiveSideEstimator(self._uplink_cap)
+            if self.kind == "video" and track.extensions.transport_cc is None
+            else None
+        )
         self._abs_send_time_id = track.extensions.abs_send_time
         self._next_report = 0.0
         self._last_remb = 0
@@ -689,7 +700,7 @@ class Producer:
     @property
     def uplink_estimate(self) -> int:
         """The REMB value sent to the publisher: its uplink as measured here, capped at
-        ``max_bitrate`` (0 for audio)."""
+        ``max_bitrate`` (0 for audio, and with transport-cc, where no REMB is sent)."""
         uplink = self._uplink
         return 0 if uplink is None else uplink.estimate(self._uplink_cap)
 
@@ -811,9 +822,10 @@ class Producer:
         if not blocks:
             return
         packet = build_receiver_report(self._rtcp_ssrc, blocks)
-        if self.kind == "video":
+        if self.kind == "video" and self.extensions.transport_cc is None:
             # The publisher's own uplink, not its subscribers' downlinks (each subscriber gets
-            # the layer its link carries from the allocator).
+            # the layer its link carries from the allocator). With transport-cc the transport's
+            # feedback lets the publisher measure it itself: no REMB.
             remb = self.uplink_estimate
             if abs(remb - self._last_remb) > 0.25 * max(remb, self._last_remb):
                 logger.info("%r: REMB to the publisher %d bit/s", self, remb)
@@ -884,6 +896,7 @@ class Producer:
         return {
             "id": self.id,
             "kind": self.kind,
+            "screen": self.screen,
             "codec": self.codec.mime_type,
             "ssrc": self.ssrc,
             "rtx_ssrc": self.rtx_ssrc,

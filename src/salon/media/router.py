@@ -198,6 +198,7 @@ class Router:
         stream_id: str | None = None,
         transport_options: WebRtcTransportOptions | None = None,
         replace: bool = False,
+        screen: bool = False,
     ) -> PublishResult:
         """Create a publish transport and its producers from a client's sendonly offer.
 
@@ -207,6 +208,9 @@ class Router:
         next key frame, which it asks for), and the old transport is closed. Subscribers keep
         their transports, m-lines and SSRCs. A consumer with no matching new producer closes
         with the old transport.
+
+        ``screen``: the stream's video is a screen share (its producer's
+        :attr:`~salon.media.producer.Producer.screen`: allocated before camera video).
         """
         self._check_open()
         offer = parse_offer(offer_sdp)
@@ -217,7 +221,7 @@ class Router:
             raise MediaStateError(f"{self!r}: stream {stream_id} is already published")
         transport = await self._create_transport(transport_options)
         try:
-            result = self._publish_on(transport, offer, tracks, stream_id, previous)
+            result = self._publish_on(transport, offer, tracks, stream_id, previous, screen=screen)
         except BaseException:
             await transport.close()
             raise
@@ -232,6 +236,8 @@ class Router:
         tracks: list[Any],
         stream_id: str,
         previous: Stream | None,
+        *,
+        screen: bool = False,
     ) -> PublishResult:
         if previous is not None and self.streams.get(stream_id) is not previous:
             previous = None  # closed meanwhile: nothing to take over
@@ -246,7 +252,9 @@ class Router:
         for track in tracks:
             if track.kind in stream.producers:
                 continue  # one audio and one video per stream; extra m-lines are rejected
-            producer = Producer(transport, track, stream_id=stream_id)
+            producer = Producer(
+                transport, track, stream_id=stream_id, screen=screen and track.kind == "video"
+            )
             transport.add_producer(producer)
             producer.events.add_listener(self._on_producer_event)
             stream.producers[track.kind] = producer

@@ -31,10 +31,13 @@ lowest first, each with its ``FID`` group) gives encodings with known SSRCs and 
 in the answer. At most :data:`MAX_SIMULCAST_ENCODINGS` encodings are accepted.
 
 Transport-wide congestion control (the transport-wide sequence-number extension and
-``a=rtcp-fb:<pt> transport-cc``) is negotiated toward subscribers only, when they offer it: the SFU
-stamps every packet it sends them and estimates their downlink from the feedback
-(:mod:`salon.media.bandwidth`). Toward publishers the SFU sends REMB (goog-remb) computed from
-its own receive-side measurements.
+``a=rtcp-fb:<pt> transport-cc``) is negotiated when the client offers both. Toward subscribers the
+SFU stamps every packet it sends them and estimates their downlink from the feedback
+(:mod:`salon.media.bandwidth`). Toward publishers (Chromium) the SFU records when each stamped
+packet arrived and sends transport-cc feedback (:class:`~salon.media.twcc.FeedbackGenerator`), so
+the publisher's own congestion control measures its uplink; ``goog-remb`` is then left out of
+that m-line's answer. A publisher that offers no transport-cc (aiortc) gets REMB computed from
+the SFU's receive-side measurements.
 
 What we deliberately do not negotiate: red/ulpfec/flexfec, VP9/AV1
 (forwarding them is possible, key-frame detection is not written), and simulcast without the
@@ -140,7 +143,7 @@ class HeaderExtensionIds:
     repaired_rid: int | None = None
     """``repaired-rtp-stream-id`` (simulcast publish m-lines only)."""
     transport_cc: int | None = None
-    """The transport-wide sequence number (subscribe m-lines only)."""
+    """The transport-wide sequence number (when transport-cc is negotiated)."""
 
     @classmethod
     def from_map(
@@ -148,7 +151,7 @@ class HeaderExtensionIds:
     ) -> HeaderExtensionIds:
         """Keep the extensions we support out of an offered ``uri -> id`` map (the RID ones
         only for a simulcast publish m-line; the transport-wide sequence number only with
-        ``transport_cc``, toward subscribers)."""
+        ``transport_cc``)."""
         return cls(
             mid=uris.get(EXT_MID),
             abs_send_time=uris.get(EXT_ABS_SEND_TIME) if kind == "video" else None,
@@ -664,7 +667,15 @@ def negotiate_publish(offer: ClientOffer) -> list[PublishTrack]:
             reasons.append(f"m-line {m.mid!r} offers no codec we support ({offered})")
             continue
         rtx_pt = _rtx_for(m, chosen.payload_type) if m.kind == "video" else None
-        codec = replace(chosen, rtcp_feedback=_supported_feedback(chosen), rtx_payload_type=rtx_pt)
+        # Transport-cc when the publisher offers both halves: its own congestion control then
+        # runs on our feedback, and REMB is left out (libwebrtc would cap its estimate by it).
+        transport_cc = EXT_TRANSPORT_CC in m.extensions and chosen.supports_feedback("transport-cc")
+        feedback = (
+            tuple(fb for fb in _supported_feedback(chosen, SUBSCRIBER_RTCP_FEEDBACK) if fb[0] != "goog-remb")
+            if transport_cc
+            else _supported_feedback(chosen)
+        )
+        codec = replace(chosen, rtcp_feedback=feedback, rtx_payload_type=rtx_pt)
         ssrc, rtx_ssrc = _publish_ssrcs(m)
         encodings = _simulcast_encodings(m, rtx_pt is not None) if m.kind == "video" else ()
         by_rid = bool(encodings) and encodings[0].rid is not None
@@ -675,7 +686,9 @@ def negotiate_publish(offer: ClientOffer) -> list[PublishTrack]:
                 mid=m.mid,
                 kind=_kind(m.kind),
                 codec=codec,
-                extensions=HeaderExtensionIds.from_map(_kind(m.kind), m.extensions, simulcast=by_rid),
+                extensions=HeaderExtensionIds.from_map(
+                    _kind(m.kind), m.extensions, simulcast=by_rid, transport_cc=transport_cc
+                ),
                 ssrc=ssrc,
                 rtx_ssrc=rtx_ssrc if rtx_pt is not None else None,
                 cname=m.cname,

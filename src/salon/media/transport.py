@@ -82,9 +82,9 @@ from salon.media.events import EventEmitter
 from salon.media.ice_policy import MAX_REMOTE_CANDIDATES, IcePolicy
 from salon.media.routing import RouteReason, RtpRoutes
 from salon.media.rtcp import Bye, Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
-from salon.media.rtp import RtpHeader, parse_rtp_header
+from salon.media.rtp import RtpHeader, find_header_extension, parse_rtp_header
 from salon.media.sdp import AnswerMedia, LocalTransportParameters, RemoteTransportParameters
-from salon.media.twcc import TransportFeedback
+from salon.media.twcc import FEEDBACK_INTERVAL, FeedbackGenerator, TransportFeedback
 from salon.media.webrtc import (
     SRTP_BUFFER,
     AiortcLink,
@@ -298,6 +298,13 @@ class WebRtcTransport:
         #: The client's ICE and DTLS parameters, once :meth:`start` got them.
         self.remote: RemoteTransportParameters | None = None
         self._bandwidth: TransportBandwidth | None = None
+        #: Transport-cc toward the publisher (its offer negotiated it): the arrival times of
+        #: the transport-wide sequence numbers it stamps, reported every FEEDBACK_INTERVAL.
+        self.feedback: FeedbackGenerator | None = None
+        self._twcc_id = 0  # the extension's id, 0: not negotiated
+        self._twcc_record: Callable[[int, float], None] | None = None
+        self._feedback_armed = False  # a packet arrived since the last feedback round
+        self._feedback_due = 0.0  # when the next round goes out, while armed
         #: The allocator at work (:mod:`salon.media.allocation`), made when a simulcast video
         #: consumer is added.
         self.allocation: TransportAllocation | None = None
@@ -523,6 +530,10 @@ class WebRtcTransport:
             producer, mid=producer.mid, ssrcs=producer.ssrcs(), payload_types=producer.payload_types()
         )
         ext = producer.extensions
+        if ext.transport_cc is not None and self.feedback is None:
+            self.feedback = FeedbackGenerator(secrets.randbits(32) or 1)
+            self._twcc_id = ext.transport_cc
+            self._twcc_record = self.feedback.recorder()
         if ext.mid is not None:
             self.routes.set_extensions(mid=ext.mid)
         if ext.rid is not None or ext.repaired_rid is not None:
@@ -571,6 +582,8 @@ class WebRtcTransport:
         next_at = float("inf")
         for producer in list(self.producers.values()):
             next_at = min(next_at, producer.on_timer(now))
+        if self.feedback is not None:
+            next_at = min(next_at, self._send_feedback(now))
         simulcast = False
         for consumer in list(self.consumers.values()):
             next_at = min(next_at, consumer.on_timer(now))
@@ -673,13 +686,16 @@ class WebRtcTransport:
         except ValueError:
             stats.rtp_malformed += 1
             return
+        now = time.monotonic()
+        if self._twcc_record is not None and header.extension_length:
+            self._record_arrival(clear, header, now)
         producer = self._producers_by_ssrc.get(header.ssrc)
         if producer is None:
             producer = self._learn_ssrc(clear, header)
             if producer is None:
                 stats.rtp_unknown += 1
                 return
-        producer.receive_rtp(clear, header, time.monotonic())
+        producer.receive_rtp(clear, header, now)
 
     def receive_rtp(self, data: bytes, now: float) -> None:
         """Demultiplex one decrypted RTP packet to its producer (synchronous)."""
@@ -691,6 +707,8 @@ class WebRtcTransport:
         except ValueError:
             stats.rtp_malformed += 1
             return
+        if self._twcc_record is not None and header.extension_length:
+            self._record_arrival(data, header, now)
         producer = self._producers_by_ssrc.get(header.ssrc)
         if producer is None:
             producer = self._learn_ssrc(data, header)
@@ -698,6 +716,43 @@ class WebRtcTransport:
                 stats.rtp_unknown += 1
                 return
         producer.receive_rtp(data, header, now)
+
+    def _record_arrival(self, data: bytes, header: RtpHeader, now: float) -> None:
+        """Note when a packet stamped with a transport-wide sequence number arrived (every
+        packet the publisher sends: media, RTX, padding probes, also of SSRCs not routed);
+        the first one after a feedback round arms the next round."""
+        try:
+            value = find_header_extension(data, header, self._twcc_id)
+        except ValueError:
+            return
+        if value is None or len(value) != 2:
+            return
+        self._twcc_record((value[0] << 8) | value[1], now)  # type: ignore[misc]
+        if not self._feedback_armed:
+            self._feedback_armed = True
+            self._feedback_due = now + FEEDBACK_INTERVAL
+            self.schedule(self._feedback_due)
+
+    def _send_feedback(self, now: float) -> float:
+        """Send the transport-cc feedback due (compound packets up to about an MTU); returns
+        when to come back (inf: nothing pending until a packet arrives)."""
+        feedback = self.feedback
+        due = self._feedback_due
+        if feedback is None or not self._feedback_armed:
+            return float("inf")
+        if now < due - 0.002:
+            return due
+        self._feedback_armed = False
+        media_ssrc = next(iter(self.routes.producers), 0)
+        batch = b""
+        for message in feedback.build(media_ssrc):
+            if batch and len(batch) + len(message) > 1200:
+                self.send_rtcp(batch)
+                batch = b""
+            batch += message
+        if batch:
+            self.send_rtcp(batch)
+        return float("inf")
 
     def _learn_ssrc(self, data: bytes, header: RtpHeader) -> Producer | None:
         """A packet of an SSRC not routed yet: the producer it belongs to, if any accepts it."""
@@ -859,5 +914,6 @@ class WebRtcTransport:
             "consumers": sorted(self.consumers),
             "stats": dataclasses.asdict(self.stats),
             "bandwidth": None if self._bandwidth is None else self._bandwidth.dump(time.monotonic()),
+            "feedback_sent": None if self.feedback is None else self.feedback.messages,
             "allocation": None if self.allocation is None else self.allocation.dump(),
         }

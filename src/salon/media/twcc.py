@@ -32,6 +32,12 @@ when a packet was sent and how large it was, and turns a feedback message into p
 :class:`PacketResult` s (send time, arrival time, size, lost) for the estimator
 (:mod:`salon.media.estimator`). Arrival times are in the receiver's clock; only their differences
 mean anything.
+
+:class:`FeedbackGenerator` is the receiver's side (toward publishers that negotiated
+transport-cc): the transport calls its :meth:`~FeedbackGenerator.recorder` once per received
+packet carrying a transport-wide sequence number, and :meth:`~FeedbackGenerator.build` every
+:data:`FEEDBACK_INTERVAL` turns what arrived since into feedback messages of bounded size, so
+the publisher's own congestion control (Chromium's GCC) sees its uplink.
 """
 
 from __future__ import annotations
@@ -42,8 +48,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "FEEDBACK_INTERVAL",
+    "MAX_FEEDBACK_PACKETS",
     "MAX_REPORTED_PACKETS",
     "TRANSPORT_CC_URI",
+    "FeedbackGenerator",
     "PacketResult",
     "SendHistory",
     "TransportFeedback",
@@ -399,3 +408,138 @@ class SendHistory:
                 reported[seq] = True
                 results.append(PacketResult(seq, times[slot], sizes[slot], arrival_us / 1e6))
         return results
+
+
+# --- Feedback generator (receiver side) ------------------------------------------------------
+
+FEEDBACK_INTERVAL = 0.05
+"""Seconds between two feedback rounds toward a publisher (libwebrtc sends every 50-250 ms)."""
+
+MAX_FEEDBACK_PACKETS = 256
+"""Packets reported per feedback message at most, so one message stays under about 700 bytes
+(two-byte deltas, interleaved losses). Only a message that has not reported a received packet
+yet goes on past it, through a run of losses (two bytes per 8191 in a run-length chunk)."""
+
+_WRAP_US = (1 << 24) * REFERENCE_US  # the 24-bit reference time wraps every ~12.4 days
+_MAX_DELTA_US = 0x7FFF * TICK_US  # what a signed two-byte receive delta spans
+
+
+class FeedbackGenerator:
+    """Arrival times of the transport-wide sequence numbers a publisher stamps, and the
+    transport-cc feedback reporting them.
+
+    ``record = generator.recorder()`` is the per-packet call: ``record(seq16, now)`` unwraps
+    the 16-bit number against the highest seen and stores the arrival time in preallocated
+    rings (``capacity`` packets, a power of two); nothing is allocated per packet.
+    :meth:`build` reports every sequence number from the end of the last report up to the
+    highest received, a number that did not arrive as not received, in as many messages as
+    the bound :data:`MAX_FEEDBACK_PACKETS` takes. A packet arriving after its number was
+    reported (reordered past a report) moves the report window back to it, so the range is
+    reported again with it received (as libwebrtc's receiver does; senders ignore repeats).
+    Numbers that fell out of the ring before being reported are skipped.
+    """
+
+    __slots__ = ("_capacity", "_count", "_mask", "_max_packets", "_seqs", "_state", "_times", "sender_ssrc")
+
+    def __init__(
+        self, sender_ssrc: int, capacity: int = 4096, max_packets: int = MAX_FEEDBACK_PACKETS
+    ) -> None:
+        if not 16 <= capacity <= 0x4000 or capacity & (capacity - 1):
+            raise ValueError(f"feedback capacity must be a power of two in 16..16384, got {capacity}")
+        if not 1 <= max_packets <= MAX_REPORTED_PACKETS:
+            raise ValueError(f"max_packets must be 1..{MAX_REPORTED_PACKETS}, got {max_packets}")
+        self.sender_ssrc = sender_ssrc
+        self._capacity = capacity
+        self._mask = capacity - 1
+        self._max_packets = max_packets
+        self._count = 0  # feedback messages built (8-bit counter in the message)
+        # [highest unwrapped sequence received, first not yet reported]; -1 until a packet.
+        self._state = [-1, -1]
+        self._seqs = array("q", [-1]) * capacity  # unwrapped sequence number held by each slot
+        self._times = array("d", bytes(8 * capacity))
+
+    @property
+    def pending(self) -> bool:
+        """Whether a packet arrived that :meth:`build` has not reported yet."""
+        high, start = self._state
+        return high >= 0 and start <= high
+
+    @property
+    def messages(self) -> int:
+        """Feedback messages built so far."""
+        return self._count
+
+    def recorder(self) -> Callable[[int, float], None]:
+        """The per-packet call ``record(seq16, now)``: closure locals only."""
+        state = self._state
+        seqs = self._seqs
+        times = self._times
+        mask = self._mask
+        capacity = self._capacity
+
+        def record(seq16: int, now: float) -> None:
+            high = state[0]
+            if high < 0:  # the first packet: start above 0 so earlier numbers stay positive
+                seq = state[0] = state[1] = seq16 + 0x10000
+            else:
+                diff = (seq16 - high) & 0xFFFF
+                if diff >= 0x8000:
+                    diff -= 0x10000
+                seq = high + diff
+                if diff > 0:
+                    state[0] = seq
+                elif seq < state[1]:  # reordered past a report: report it again
+                    if high - seq >= capacity:
+                        return
+                    state[1] = seq
+            slot = seq & mask
+            seqs[slot] = seq
+            times[slot] = now
+
+        return record
+
+    def build(self, media_ssrc: int) -> list[bytes]:
+        """The feedback messages (complete RTCP packets) for everything received since the last
+        call; ``media_ssrc`` is one of the publisher's SSRCs (libwebrtc drops feedback naming an
+        SSRC it does not send)."""
+        state = self._state
+        high, start = state
+        if high < 0 or start > high:
+            return []
+        start = max(start, high - self._capacity + 1)
+        state[1] = high + 1
+        seqs = self._seqs
+        times = self._times
+        mask = self._mask
+        max_packets = self._max_packets
+        out: list[bytes] = []
+        arrivals: list[int | None] = []
+        base = start
+        received = False
+        last_us = 0
+        for seq in range(start, high + 1):
+            slot = seq & mask
+            arrival_us = int(times[slot] * 1e6) if seqs[slot] == seq else None
+            if received and (
+                len(arrivals) >= max_packets
+                or (arrival_us is not None and abs(arrival_us - last_us) > _MAX_DELTA_US)
+            ):  # full, or a delta two bytes cannot carry: cut before this packet
+                out.append(self._message(base, arrivals, media_ssrc))
+                arrivals, base, received = [], seq, False
+            arrivals.append(arrival_us)
+            if arrival_us is not None:
+                received = True
+                last_us = arrival_us
+        if received:
+            out.append(self._message(base, arrivals, media_ssrc))
+        return out
+
+    def _message(self, base: int, arrivals: list[int | None], media_ssrc: int) -> bytes:
+        # Shift by whole wraps of the 24-bit reference time so it fits (libwebrtc unwraps it).
+        first = next(a for a in arrivals if a is not None)
+        shift = ((first + _WRAP_US // 2) // _WRAP_US) * _WRAP_US
+        if shift:
+            arrivals = [None if a is None else a - shift for a in arrivals]
+        count = self._count
+        self._count = count + 1
+        return build_transport_feedback(self.sender_ssrc, media_ssrc, base & 0xFFFF, arrivals, count & 0xFF)

@@ -361,7 +361,7 @@ class Worker:
             case PublishRequest():
                 hosted = self._router(request.router_id)
                 published = await hosted.router.publish(
-                    request.offer, stream_id=request.stream_id, replace=request.replace
+                    request.offer, stream_id=request.stream_id, replace=request.replace, screen=request.screen
                 )
                 hosted.watch(published.transport)
                 for producer in published.producers:

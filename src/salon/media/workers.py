@@ -269,11 +269,19 @@ class RouterHandle:
             raise error_from_response(created)
         return await self.worker.request(request, result_type)
 
-    async def publish(self, stream_id: str, offer: str, *, replace: bool = False) -> PublishResult:
+    async def publish(
+        self, stream_id: str, offer: str, *, replace: bool = False, screen: bool = False
+    ) -> PublishResult:
         """Create a stream's publish transport and producers from a sendonly offer
-        (``replace``: in place of the stream's current ones, keeping its consumers)."""
+        (``replace``: in place of the stream's current ones, keeping its consumers; ``screen``:
+        its video is a screen share, allocated before camera video)."""
         request = PublishRequest(
-            id=self.worker.next_id(), router_id=self.id, stream_id=stream_id, offer=offer, replace=replace
+            id=self.worker.next_id(),
+            router_id=self.id,
+            stream_id=stream_id,
+            offer=offer,
+            replace=replace,
+            screen=screen,
         )
         result = await self._request(request, PublishResult)
         if self.closed:

@@ -1,7 +1,8 @@
 """Bandwidth estimation toward real subscribers: Chromium negotiates transport-wide congestion
 control, the SFU stamps every packet it sends it, Chromium's transport-cc feedback reaches the
 estimator (worker dump) and its video keeps playing; an aiortc subscriber (REMB only) is
-estimated from its REMB; the REMB to the publisher reflects its own uplink."""
+estimated from its REMB; toward the publishers, Chromium gets transport-cc feedback and the
+Python publisher a REMB reflecting its own uplink."""
 
 from __future__ import annotations
 
@@ -73,10 +74,16 @@ async def test_chromium_transport_cc_feedback_and_aiortc_remb_feed_the_estimator
         again = await remote_video_stats(page, "Python bot")
         assert again["framesAdvanced"] > 0, again
 
-        # The REMB toward each publisher is its own (unconstrained loopback) uplink: the cap.
+        # Toward the publishers: Chromium negotiated transport-cc, so its transport sends it
+        # feedback and no REMB (no uplink estimate); the Python publisher (no transport-cc) gets
+        # a REMB of its own (unconstrained loopback) uplink: the cap.
         routers = await router_dumps(media_server)
         videos = [
             p for r in routers for s in r["streams"].values() for p in s.values() if p["kind"] == "video"
         ]
-        assert videos and all(p["uplink_estimate"] is not None for p in videos), videos
-        assert max(p["uplink_estimate"] for p in videos) >= 1_000_000, videos
+        assert len(videos) == 2, videos
+        (remb,) = [p for p in videos if p["uplink_estimate"] is not None]
+        assert remb["uplink_estimate"] >= 1_000_000, videos
+        publishers = [t for r in routers for t in r["transports"] if t["producers"]]
+        assert sorted(t["feedback_sent"] is not None for t in publishers) == [False, True], publishers
+        assert max(t["feedback_sent"] or 0 for t in publishers) > 20, publishers

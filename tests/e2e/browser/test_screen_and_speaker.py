@@ -14,6 +14,7 @@ from browser_helpers import join, launch, open_page, video_stats, write_tone
 from playwright.async_api import Browser, Page, Playwright, expect
 
 from tests.conftest import RunningServer
+from tests.e2e.lossy import router_dumps
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,6 +56,16 @@ async def test_screen_sharing_reaches_the_other_page(
     # Alice's camera still plays next to her screen.
     camera = await video_stats(bob, '.tile[data-name="Alice"]:not(.local):not(.screen) video')
     assert camera["framesAdvanced"] > 0, camera
+    # The SFU knows which video is the screen share: its producer is marked, so subscribers'
+    # allocators serve it before the cameras.
+    videos = {
+        sid: producers["video"]
+        for r in await router_dumps(media_server)
+        for sid, producers in r["streams"].items()
+        if "video" in producers
+    }
+    assert videos[stream_id]["screen"] is True, videos
+    assert [v["screen"] for sid, v in videos.items() if sid != stream_id] == [False, False], videos
     await bob.screenshot(path=str(artifacts / "screen-sharing-bob.png"))
 
     await alice.get_by_role("button", name="Stop sharing").click()

@@ -276,3 +276,33 @@ def test_resuming_from_a_quality_pause_waits_for_a_key_frame() -> None:
     assert len(sub.rtp) == sent
     pub.send_frame(keys=(2,))
     assert len(sub.rtp) > sent
+
+
+@pytest.mark.parametrize("screen", [True, False])
+def test_a_screen_share_is_served_before_the_active_speakers_camera(screen: bool) -> None:
+    """Two simulcast streams to one subscriber whose link carries one top layer and a little:
+    the one marked a screen share (the stream's videoType, passed down to its producer) gets
+    the top layer, even over the active speaker's camera; unmarked, the camera would."""
+    camera, share = Simulcast(), Simulcast()
+    camera.producer.stream_id = "camera"
+    share.producer.stream_id = "share"
+    share.producer.screen = screen
+    camera_consumer, sub = add_consumer(camera.producer, 9000)
+    share_consumer, _ = add_consumer(share.producer, 9100, sub=sub)
+    allocation = TransportAllocation(sub.bandwidth)
+    sub.allocation = allocation
+    allocation.active_speaker = "camera"
+    consumers = {camera_consumer.id: camera_consumer, share_consumer.id: share_consumer}
+    limit(sub, 2_100_000, camera.now)
+    end = camera.now + 4.0
+    while camera.now < end:
+        keys = (0, 1, 2) if camera.frame % 30 == 0 else ()
+        camera.send_frame(keys)
+        share.send_frame(keys)
+        allocation.run(consumers, camera.now)
+    kinds = {i.consumer_id: i.kind.value for i in allocation.inputs(consumers.values(), camera.now)}
+    assert kinds[share_consumer.id] == ("screen" if screen else "video")
+    assert kinds[camera_consumer.id] == "video"
+    first, second = (share_consumer, camera_consumer) if screen else (camera_consumer, share_consumer)
+    assert first.wanted_layer[0] == 2 and first.current_layer == 2
+    assert second.wanted_layer[0] is not None and second.wanted_layer[0] < 2

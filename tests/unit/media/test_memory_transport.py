@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,10 +16,11 @@ from salon.media.consumer import Consumer, ConsumerCloseReason
 from salon.media.memory import PEER_ADDR, PEER_REMOTE, MemoryLink, MemoryPeer
 from salon.media.producer import Producer, ProducerCloseReason
 from salon.media.router import Router
-from salon.media.rtcp import Fir, Nack, Pli, build_fir, build_nack, build_pli
+from salon.media.rtcp import Fir, Nack, Pli, ReceiverReport, Remb, build_fir, build_nack, build_pli
 from salon.media.rtp import build_rtp, encode_one_byte_extensions, parse_rtp_header, unwrap_rtx
 from salon.media.sdp import HeaderExtensionIds, PublishTrack, SubscribeTrack
 from salon.media.transport import TransportCloseReason, TransportState, WebRtcTransport
+from salon.media.twcc import TransportFeedback
 from salon.media.webrtc import LinkFailure, LinkFailureKind
 from tests.unit.media.media_fakes import DELTA, KEY, VP8
 
@@ -262,3 +264,107 @@ async def test_a_router_forwards_a_chromium_publishers_stream_over_memory_links(
     finally:
         await router.close()
     assert all(link.closed for link in links)
+
+
+async def test_a_chromium_publisher_gets_transport_cc_feedback_and_no_remb() -> None:
+    """Transport-cc negotiated with a publisher: every packet it stamps (audio, video, and a
+    padding packet of an SSRC nothing is routed to) is reported in feedback within about
+    FEEDBACK_INTERVAL, losses as not received; REMB is not sent to it."""
+    links: list[MemoryLink] = []
+
+    def new_link() -> MemoryLink:
+        links.append(MemoryLink(f"m{len(links)}"))
+        return links[-1]
+
+    router = Router(link_factory=new_link)
+    try:
+        published = await router.publish(CHROMIUM_OFFER, stream_id="s1", screen=True)
+        # A screen share (the stream's videoType): its video producer is marked for allocation.
+        assert {p.kind: p.screen for p in published.producers} == {"audio": False, "video": True}
+        assert "a=rtcp-fb:96 transport-cc" in published.answer_sdp
+        assert "goog-remb" not in published.answer_sdp
+        pub_peer = links[0].peer
+        transport = published.transport
+        await wait_until(lambda: transport.state is TransportState.CONNECTED, "connected")
+        assert transport.feedback is not None
+        sent_at: dict[int, float] = {}
+        lost = {5, 12}
+        for seq in range(20):
+            twcc = encode_one_byte_extensions([(3, (0xFFF8 + seq & 0xFFFF).to_bytes(2, "big"))])
+            if seq in lost:
+                continue
+            if seq == 15:  # padding on an SSRC the offer does not announce: still reported
+                packet = build_rtp(
+                    payload_type=97, sequence_number=1, timestamp=0, ssrc=99, payload=b"", extensions=twcc
+                )
+            elif seq % 2:
+                packet = build_rtp(
+                    payload_type=111,
+                    sequence_number=seq,
+                    timestamp=seq * 960,
+                    ssrc=CHROMIUM_AUDIO_SSRC,
+                    payload=b"o",
+                    extensions=twcc,
+                )
+            else:
+                packet = build_rtp(
+                    payload_type=96,
+                    sequence_number=seq,
+                    timestamp=seq * 3000,
+                    ssrc=CHROMIUM_VIDEO_SSRC,
+                    payload=KEY if seq == 0 else DELTA,
+                    extensions=twcc,
+                )
+            sent_at[(0xFFF8 + seq) & 0xFFFF] = time.monotonic()
+            pub_peer.send_rtp(packet)
+
+        def reported() -> dict[int, int | None]:
+            feedback = [f for f in pub_peer.received_rtcp() if isinstance(f, TransportFeedback)]
+            return {s: a for f in feedback for s, a in f.packets()}
+
+        await wait_until(lambda: (0xFFF8 + 19) & 0xFFFF in reported(), "feedback up to the last packet", 5.0)
+        got = reported()
+        expected = [(0xFFF8 + s) & 0xFFFF for s in range(20)]
+        assert sorted(got, key=lambda s: (s - 0xFFF8) & 0xFFFF) == expected
+        assert {s for s, a in got.items() if a is None} == {(0xFFF8 + s) & 0xFFFF for s in lost}
+        feedback = [f for f in pub_peer.received_rtcp() if isinstance(f, TransportFeedback)]
+        assert {f.media_ssrc for f in feedback} <= {CHROMIUM_AUDIO_SSRC, CHROMIUM_VIDEO_SSRC, 99, 3158293042}
+        # Let the producers' report timers run: receiver reports, but no REMB.
+        await wait_until(lambda: bool(pub_peer.received_rtcp(ReceiverReport)), "a receiver report", 5.0)
+        assert not pub_peer.received_rtcp(Remb)
+        assert transport.dump()["feedback_sent"] >= 1
+    finally:
+        await router.close()
+
+
+async def test_a_publisher_without_transport_cc_gets_remb() -> None:
+    links: list[MemoryLink] = []
+
+    def new_link() -> MemoryLink:
+        links.append(MemoryLink(f"m{len(links)}"))
+        return links[-1]
+
+    router = Router(link_factory=new_link)
+    try:
+        offer = re.sub(r"a=rtcp-fb:\d+ transport-cc\r\n", "", CHROMIUM_OFFER)
+        published = await router.publish(offer, stream_id="s1")
+        assert "goog-remb" in published.answer_sdp and "transport-cc" not in published.answer_sdp
+        pub_peer = links[0].peer
+        await wait_until(lambda: published.transport.state is TransportState.CONNECTED, "connected")
+        assert published.transport.feedback is None
+        for seq in range(3):
+            twcc = encode_one_byte_extensions([(3, seq.to_bytes(2, "big"))])
+            pub_peer.send_rtp(
+                build_rtp(
+                    payload_type=96,
+                    sequence_number=seq,
+                    timestamp=seq * 3000,
+                    ssrc=CHROMIUM_VIDEO_SSRC,
+                    payload=KEY if seq == 0 else DELTA,
+                    extensions=twcc,
+                )
+            )
+        await wait_until(lambda: bool(pub_peer.received_rtcp(Remb)), "a REMB", 5.0)
+        assert not pub_peer.received_rtcp(TransportFeedback)
+    finally:
+        await router.close()

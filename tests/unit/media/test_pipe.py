@@ -257,9 +257,11 @@ async def test_every_simulcast_encoding_is_piped_and_feedback_names_its_encoding
     source, publisher = _simulcast_producer()
     for layer in (0, 1):  # flowing before the pipe opens; the top encoding starts after
         assert source.learn_ssrc(SIM_SSRCS[layer], 96, rid=SIM_RIDS[layer])
+    source.screen = True  # a screen share stays one on the far side
     sender = await PipeTransport.sender("s", [source])
     info = PipedProducer.from_dict(PipedProducer.of(source).to_dict())
     assert [(e.rid, e.ssrc) for e in info.encodings] == [("q", 5001), ("h", 5002), ("f", None)]
+    assert info.screen
     receiver = await PipeTransport.receiver("s", [info], ("127.0.0.1", sender.port))
     try:
         sender.connect(("127.0.0.1", receiver.port))
@@ -267,6 +269,7 @@ async def test_every_simulcast_encoding_is_piped_and_feedback_names_its_encoding
         assert source.learn_ssrc(SIM_SSRCS[2], 96, rid="f")
         mirror = receiver.producers["video"]
         assert mirror.simulcast and [e.rid for e in mirror.encodings] == list(SIM_RIDS)
+        assert mirror.screen
         consumer, sub = add_consumer(mirror, 7000)
         consumer.set_layer(1)
         for seq in (10, 11, 12, 13):

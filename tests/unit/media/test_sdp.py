@@ -156,6 +156,17 @@ async def test_publish_answer_is_accepted_by_the_aiortc_offerer() -> None:
     assert "a=ice-ufrag:sfuA" in answer and "a=fingerprint:sha-256 AB:AB" in answer
 
 
+def test_publish_transport_cc_needs_both_the_extension_and_the_feedback() -> None:
+    """Half an offer of transport-cc is none: the publisher then gets REMB (goog-remb)."""
+    no_feedback = re.sub(r"a=rtcp-fb:\d+ transport-cc\r\n", "", CHROMIUM_OFFER)
+    no_extension = re.sub(r"a=extmap:3 [^\r]*\r\n", "", CHROMIUM_OFFER)
+    for sdp in (no_feedback, no_extension):
+        _, video = negotiate_publish(parse_offer(sdp))
+        assert video.extensions.transport_cc is None
+        assert ("transport-cc", None) not in video.codec.rtcp_feedback
+        assert ("goog-remb", None) in video.codec.rtcp_feedback
+
+
 async def test_aiortc_h264_publish_offer_keeps_the_first_offered_profile() -> None:
     offer = parse_offer(await aiortc_offer(audio=None, video="sendonly", video_codec="video/H264"))
     (video,) = negotiate_publish(offer)
@@ -170,11 +181,17 @@ def test_chromium_publish_offer_keeps_supported_codecs_and_extension_ids() -> No
     assert offer.bundle == ("0", "1")
     assert not offer.transport.candidates and not offer.transport.candidates_complete  # trickle
     audio, video = negotiate_publish(offer)
-    assert (audio.codec.name, audio.codec.payload_type, audio.codec.rtcp_feedback) == ("opus", 111, ())
-    assert audio.extensions == HeaderExtensionIds(mid=4, audio_level=1)
+    # Chromium offers transport-cc: negotiated (extension id 3 and rtcp-fb), goog-remb left out.
+    assert (audio.codec.name, audio.codec.payload_type, audio.codec.rtcp_feedback) == (
+        "opus",
+        111,
+        (("transport-cc", None),),
+    )
+    assert audio.extensions == HeaderExtensionIds(mid=4, audio_level=1, transport_cc=3)
     assert (video.codec.name, video.codec.payload_type, video.codec.rtx_payload_type) == ("vp8", 96, 97)
-    assert video.extensions == HeaderExtensionIds(mid=4, abs_send_time=2)
-    assert ("transport-cc", None) not in video.codec.rtcp_feedback
+    assert video.extensions == HeaderExtensionIds(mid=4, abs_send_time=2, transport_cc=3)
+    assert ("transport-cc", None) in video.codec.rtcp_feedback
+    assert ("goog-remb", None) not in video.codec.rtcp_feedback
     assert ("ccm", "fir") in video.codec.rtcp_feedback
     assert (video.ssrc, video.rtx_ssrc) == (2763917513, 3158293042)
 
@@ -192,7 +209,11 @@ def test_chromium_publish_offer_keeps_supported_codecs_and_extension_ids() -> No
     assert "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid" in video_section
     assert "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time" in video_section
     assert "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level" in audio_section
-    for unwanted in ("transport-cc", "VP9", "AV1", "red/", "ulpfec", "toffset", "a=rid", "a=simulcast"):
+    ext = "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+    assert ext in audio_section and ext in video_section
+    assert "a=rtcp-fb:111 transport-cc" in audio_section
+    assert "a=rtcp-fb:96 transport-cc" in video_section
+    for unwanted in ("goog-remb", "VP9", "AV1", "red/", "ulpfec", "toffset", "a=rid", "a=simulcast"):
         assert unwanted not in answer
     assert "a=fmtp:97 apt=96" in video_section
     assert "a=recvonly" in video_section

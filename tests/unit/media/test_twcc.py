@@ -3,12 +3,15 @@ and the send history mapping feedback back onto what was sent."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from salon.media.twcc import (
     MAX_REPORTED_PACKETS,
+    FeedbackGenerator,
     PacketResult,
     SendHistory,
     TransportFeedback,
@@ -193,3 +196,176 @@ def test_a_feedback_reporting_too_many_packets_is_refused() -> None:
     data = bytes(8) + b"\x00\x01" + (0xFFFF).to_bytes(2, "big") + bytes(4) + lost_run
     with pytest.raises(ValueError, match="at most 8192"):
         parse_transport_feedback(data)
+
+
+# --- Feedback generator (toward publishers) ---------------------------------------------------
+
+
+def _reported(messages: list[bytes]) -> list[tuple[int, int | None]]:
+    """(sequence, arrival µs or None) for every packet the messages report, in order."""
+    out: list[tuple[int, int | None]] = []
+    for message in messages:
+        out.extend(parse_transport_feedback(message, 4).packets())
+    return out
+
+
+def test_feedback_generator_reports_arrivals_and_then_nothing_more() -> None:
+    generator = FeedbackGenerator(0xAAAA)
+    record = generator.recorder()
+    assert not generator.pending
+    assert generator.build(1234) == []
+    for i in range(5):
+        record(100 + i, 10.0 + i * 0.001)
+    assert generator.pending
+    messages = generator.build(1234)
+    assert len(messages) == 1
+    parsed = parse_transport_feedback(messages[0], 4)
+    assert (parsed.sender_ssrc, parsed.media_ssrc, parsed.base_sequence, parsed.feedback_count) == (
+        0xAAAA,
+        1234,
+        100,
+        0,
+    )
+    packets = list(parsed.packets())
+    assert [s for s, _ in packets] == [100, 101, 102, 103, 104]
+    arrivals = [a for _, a in packets]
+    assert all(a is not None for a in arrivals)
+    # 1 ms apart, to the 250 µs tick.
+    assert [b - a for a, b in itertools.pairwise(arrivals)] == [1000] * 4  # type: ignore[operator]
+    assert not generator.pending
+    assert generator.build(1234) == []
+    record(105, 10.01)
+    again = generator.build(1234)
+    assert [s for s, _ in _reported(again)] == [105]
+    assert parse_transport_feedback(again[0], 4).feedback_count == 1
+
+
+def test_feedback_generator_reports_loss_as_not_received() -> None:
+    generator = FeedbackGenerator(1)
+    record = generator.recorder()
+    for seq in (10, 11, 14, 15):
+        record(seq, 1.0 + seq / 1000)
+    reported = _reported(generator.build(7))
+    assert [s for s, _ in reported] == [10, 11, 12, 13, 14, 15]
+    assert [a is None for _, a in reported] == [False, False, True, True, False, False]
+
+
+def test_feedback_generator_unwraps_the_sequence_number() -> None:
+    generator = FeedbackGenerator(1)
+    record = generator.recorder()
+    for k, seq in enumerate((65533, 65534, 65535, 0, 1)):
+        record(seq, 2.0 + k / 1000)
+    reported = _reported(generator.build(7))
+    assert [s for s, _ in reported] == [65533, 65534, 65535, 0, 1]
+    assert all(a is not None for _, a in reported)
+    # Keeps counting across many wraps without a gap.
+    for k in range(3 * 65536):
+        record((2 + k) & 0xFFFF, 3.0 + k * 1e-5)
+        if k % 1000 == 999:
+            assert len({s for s, a in _reported(generator.build(7)) if a is None}) == 0
+
+
+def test_feedback_generator_reordering_within_and_across_reports() -> None:
+    generator = FeedbackGenerator(1)
+    record = generator.recorder()
+    record(1, 1.000)
+    record(3, 1.001)
+    record(2, 1.002)  # reordered before the report: reported received, later arrival
+    reported = dict(_reported(generator.build(7)))
+    assert reported[2] is not None and reported[3] is not None
+    assert reported[2] > reported[3]
+    record(5, 1.010)
+    assert dict(_reported(generator.build(7)))[4] is None  # reported lost
+    record(4, 1.020)  # arrives after that report: reported again, received
+    reported = dict(_reported(generator.build(7)))
+    assert reported[4] is not None
+    assert reported[4] - reported[5] == 10_000  # type: ignore[operator]
+
+
+def test_feedback_generator_ignores_packets_too_old_for_its_ring() -> None:
+    generator = FeedbackGenerator(1, capacity=16)
+    record = generator.recorder()
+    for seq in range(100, 140):
+        record(seq, 1.0 + seq / 1e4)
+    reported = _reported(generator.build(7))
+    # Only the last 16 numbers are still held.
+    assert [s for s, _ in reported] == list(range(124, 140))
+    record(110, 2.0)  # far older than the ring: ignored
+    assert not generator.pending
+
+
+def test_feedback_generator_bounds_each_message() -> None:
+    generator = FeedbackGenerator(1, max_packets=64)
+    record = generator.recorder()
+    # 1000 packets, every third lost, arrivals jittering by up to ~10 ms (two-byte deltas).
+    now = 5.0
+    for seq in range(1000):
+        now += 0.0004 if seq % 2 else 0.011
+        if seq % 3:
+            record(seq, now)
+    messages = generator.build(7)
+    assert len(messages) > 1000 // 64
+    assert max(len(m) for m in messages) <= 20 + 64 * 2 + 2 * (64 // 7 + 2)
+    for message in messages:
+        assert len(parse_transport_feedback(message, 4).deltas) <= 64
+    reported = _reported(messages)
+    # 0 and 999 were lost with nothing received before / after them: not reported yet.
+    assert [s for s, _ in reported] == list(range(1, 999))
+    assert [a is None for s, a in reported] == [s % 3 == 0 for s in range(1, 999)]
+    counts = [parse_transport_feedback(m, 4).feedback_count for m in messages]
+    assert counts == list(range(len(messages)))
+
+
+def test_feedback_generator_splits_where_a_delta_does_not_fit() -> None:
+    generator = FeedbackGenerator(1)
+    record = generator.recorder()
+    record(1, 1.0)
+    record(2, 20.0)  # 19 s later: more than a two-byte delta spans
+    messages = generator.build(7)
+    assert len(messages) == 2
+    reported = _reported(messages)
+    assert [s for s, _ in reported] == [1, 2]
+    assert reported[1][1] - reported[0][1] == 19_000_000  # type: ignore[operator]
+
+
+def test_feedback_generator_wraps_the_reference_time() -> None:
+    generator = FeedbackGenerator(1)
+    record = generator.recorder()
+    late = 7 * 24 * 3600.0  # a week of uptime: past the signed 24-bit reference range
+    record(1, late)
+    record(2, late + 0.001)
+    (message,) = generator.build(7)
+    parsed = parse_transport_feedback(message, 4)
+    wrap = (1 << 24) * 64_000
+    arrivals = [a for _, a in parsed.packets()]
+    assert arrivals[0] is not None and (arrivals[0] - int(late * 1e6)) % wrap < 64_000
+    assert arrivals[1] - arrivals[0] == 1000  # type: ignore[operator]
+
+
+def test_feedback_generator_round_trips_through_a_send_history() -> None:
+    """What the SFU builds for a publisher, read by the SFU's own sender side: every packet
+    sent is accounted for, lost ones as lost."""
+    history = SendHistory()
+    stamp = history.stamper()
+    generator = FeedbackGenerator(1)
+    record = generator.recorder()
+    lost = {7, 8, 30}
+    for i in range(70_000 // 1000):  # a few hundred packets per round, across a wrap
+        for k in range(1000):
+            t = i + k / 1000
+            seq16 = int.from_bytes(stamp(t, 1000), "big")
+            if (i * 1000 + k) % 100 not in lost:
+                record(seq16, t + 0.02)
+        results = []
+        for message in generator.build(7):
+            feedback = parse_transport_feedback(message, 4)
+            results.extend(history.on_feedback(feedback))
+        assert {r.sequence % 100 for r in results if r.lost} <= lost
+        assert sum(1 for r in results if not r.lost) == 1000 - len(lost) * 10 or i == 0
+
+
+def test_feedback_generator_rejects_bad_configuration() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        FeedbackGenerator(1, capacity=1000)
+    with pytest.raises(ValueError, match="max_packets"):
+        FeedbackGenerator(1, max_packets=0)
