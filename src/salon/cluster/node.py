@@ -140,6 +140,9 @@ class ClusterNode:
         self.on_reaped: Callable[[str, list[ConnectionInfo], list[StreamInfo]], None] | None = None
         #: Called with an API key when a project changed elsewhere (deleted, secret rotated).
         self.on_project_changed: Callable[[str], None] | None = None
+        #: Awaited with the session ID and the dead node's name for each session of a node
+        #: this node reaped, after its connections were reported gone.
+        self.on_reaped_session: Callable[[str, str], Awaitable[None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -222,6 +225,8 @@ class ClusterNode:
                         self.on_reaped(session_id, *reaped_infos(dead, snap))
                     except Exception:  # the callbacks must not stop the reaping
                         logger.exception("cluster: the callbacks of a dead node's connections failed")
+            if self.on_reaped_session is not None:
+                await self.on_reaped_session(session_id, dead)
         await self.client.delete(node_sessions_key(dead))
         if dead != self.name:
             await _done(self.client.srem(NODES_KEY, dead))

@@ -214,6 +214,10 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             node.on_project_changed = registry.forget_project
             node.on_reaped = callbacks.reaped
             cluster = service.cluster = ClusterBridge(node, service)
+            # sessionCreated/sessionDestroyed once per cluster: decided in Redis by the bridge.
+            callbacks.cluster_sessions = True
+            cluster.on_session_created = callbacks.session_created
+            cluster.on_session_destroyed = callbacks.session_destroyed
             try:
                 await cluster.start()
                 if media is not None:

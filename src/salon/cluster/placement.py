@@ -1,0 +1,101 @@
+"""Where a session lives in a cluster: which nodes host it (Redis), and where a new client of
+it is best placed (by load).
+
+*Hosts.* Every node with a connection of a session is a member of the session's hosts set
+(``salon:s:<session>:nodes``). A node joins it when its first client of the session connects
+and leaves it when its last one is gone (a dead node is taken out by the node that reaps it).
+Each change is one Redis transaction that also reads the set's size, so exactly one node sees
+the set go from empty to one member (the session is *created*: its first connection anywhere)
+and exactly one sees it go back to empty (*destroyed*: its last connection anywhere left):
+those nodes send the ``sessionCreated`` and ``sessionDestroyed`` callbacks, once per session
+per cluster.
+
+*Placement* (:func:`choose_node`, sans-I/O): a client that accepts a redirect and connects to
+a node whose load is ``margin`` or more above the least-loaded node's is sent to another node:
+for a session already hosted, to the least loaded of its hosts that is not overloaded (no new
+pipe for it), else to the least-loaded node of the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from salon.cluster.node import PREFIX, SESSION_KEY_TTL, _done
+
+__all__ = ["Candidate", "choose_node", "host_session", "hosting_nodes", "hosts_key", "unhost_session"]
+
+
+def hosts_key(session_id: str) -> str:
+    return f"{PREFIX}s:{session_id}:nodes"
+
+
+async def host_session(client: aioredis.Redis, session_id: str, node: str) -> bool:
+    """``node`` has a connection of the session now; True if it is the session's first node
+    (no other node had a connection of it)."""
+    key = hosts_key(session_id)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.sadd(key, node)
+        pipe.scard(key)
+        pipe.expire(key, SESSION_KEY_TTL)
+        added, count, _ = await pipe.execute()
+    return bool(added) and int(count) == 1
+
+
+async def unhost_session(client: aioredis.Redis, session_id: str, node: str) -> bool:
+    """``node`` has no connection of the session any more; True if no node has one now."""
+    key = hosts_key(session_id)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.srem(key, node)
+        pipe.scard(key)
+        removed, count = await pipe.execute()
+    return bool(removed) and int(count) == 0
+
+
+async def hosting_nodes(client: aioredis.Redis, session_id: str) -> set[str]:
+    return set(await _done(client.smembers(hosts_key(session_id))))
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A live node as placement sees it: its client URL ("" when it has none: it keeps its
+    clients but is never sent others) and its load."""
+
+    name: str
+    url: str
+    load: int
+
+
+def choose_node(here: str, nodes: Mapping[str, Candidate], hosts: set[str], margin: int) -> Candidate | None:
+    """The node a new client connecting to ``here`` should use instead, or None to stay.
+
+    A node is *overloaded* when its load is ``margin`` or more above the least-loaded node's.
+    A session already hosted goes to one of its hosts that is not overloaded (``here`` if it
+    is one: no new pipe for it). Otherwise (a new session, or its hosts are overloaded) a node
+    that is not overloaded keeps the client (no move for a small difference: ``margin`` is the
+    hysteresis), and an overloaded one sends it to the least-loaded node.
+    Ties go to the node's name, so every node chooses alike.
+    """
+    if margin <= 0 or here not in nodes:
+        return None
+    targets = [n for n in nodes.values() if n.url or n.name == here]
+    least = min(n.load for n in nodes.values())
+
+    def fits(node: Candidate) -> bool:
+        return node.load < least + margin
+
+    def best(among: list[Candidate]) -> Candidate:
+        return min(among, key=lambda n: (n.load, n.name))
+
+    hosting = [n for n in targets if n.name in hosts and fits(n)]
+    if hosting:
+        if any(n.name == here for n in hosting):
+            return None
+        chosen = best(hosting)
+    elif fits(nodes[here]):
+        return None
+    else:
+        chosen = best(targets)
+    return None if chosen.name == here else chosen
