@@ -26,7 +26,7 @@ from salon.cluster.core import (
     split_local,
 )
 from salon.cluster.node import ClusterNode
-from salon.cluster.placement import host_session, unhost_session
+from salon.cluster.placement import Candidate, Placement, host_session, unhost_session
 from salon.errors import SalonError
 from salon.ids import decode_session_id
 from salon.signalling.session import Action, Session
@@ -42,9 +42,11 @@ logger = logging.getLogger(__name__)
 class ClusterBridge:
     """One node's link between its signalling service and the cluster's Redis."""
 
-    def __init__(self, node: ClusterNode, service: SignallingService) -> None:
+    def __init__(self, node: ClusterNode, service: SignallingService, *, placement_margin: int = 0) -> None:
         self.node = node
         self.service = service
+        #: Where new clients go (``--placement-margin``; 0: they stay where they connect).
+        self.placement = Placement(node, placement_margin)
         self._delivered: dict[str, Delivered] = {}
         #: The sessions followed (the service registers each in ``service.sessions`` too).
         self._mirrors: dict[str, Session] = {}
@@ -69,8 +71,15 @@ class ClusterBridge:
 
     async def start(self) -> None:
         await self.node.start(self._on_entry)
+        await self.placement.start()
+
+    async def place(self, session_id: str) -> Candidate | None:
+        """The node a new client of the session should connect to instead of this one (by
+        load, :mod:`salon.cluster.placement`), or None: here."""
+        return await self.placement.choose(session_id)
 
     async def stop(self) -> None:
+        await self.placement.stop()
         if self._leaving:  # the sessions this node's last clients left as it stopped
             await asyncio.wait(list(self._leaving.values()), timeout=3.0)
         await self.node.stop()

@@ -126,6 +126,8 @@ class ClusterNode:
         self.address = address
         self.load = load
         self.incarnation = secrets.token_hex(8)
+        #: Where clients reach this node (``--node-url``), published with every heartbeat.
+        self.client_url = ""
         self.draining = False
         self.client = connect(url)
         self._reader_client = connect(url)
@@ -183,7 +185,9 @@ class ClusterNode:
     async def _beat(self) -> None:
         draining = await self.client.exists(drain_key(self.name))
         self.draining = bool(draining)
-        record = NodeRecord(self.name, self.address, self.load(), self.draining, self.incarnation)
+        record = NodeRecord(
+            self.name, self.address, self.load(), self.draining, self.incarnation, self.client_url
+        )
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(node_key(self.name), record.dumps(), px=int(NODE_TTL * 1000))
             pipe.sadd(NODES_KEY, self.name)

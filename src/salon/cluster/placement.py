@@ -18,14 +18,29 @@ pipe for it), else to the least-loaded node of the cluster.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
-from salon.cluster.node import PREFIX, SESSION_KEY_TTL, _done
+from salon.cluster.core import NodeRecord
+from salon.cluster.node import HEARTBEAT, NODES_KEY, PREFIX, SESSION_KEY_TTL, ClusterNode, _done, node_key
 
-__all__ = ["Candidate", "choose_node", "host_session", "hosting_nodes", "hosts_key", "unhost_session"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Candidate",
+    "Placement",
+    "choose_node",
+    "host_session",
+    "hosting_nodes",
+    "hosts_key",
+    "unhost_session",
+]
 
 
 def hosts_key(session_id: str) -> str:
@@ -99,3 +114,67 @@ def choose_node(here: str, nodes: Mapping[str, Candidate], hosts: set[str], marg
     else:
         chosen = best(targets)
     return None if chosen.name == here else chosen
+
+
+class Placement:
+    """One node's placement of new clients: a view of the live nodes' loads and URLs, read
+    from their registry records at every heartbeat, and the choice for a connecting client.
+
+    This node's load is its own, now; the others' are as of their last heartbeat and this
+    node's last read (two seconds old at most): a burst of new clients within a second goes
+    to the same node, the next ones elsewhere once its load has risen by ``margin``.
+    """
+
+    def __init__(self, node: ClusterNode, margin: int) -> None:
+        self.node = node
+        self.margin = margin
+        self._view: dict[str, Candidate] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.margin > 0:
+            await self._refresh()
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="salon-placement")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await self._refresh()
+            except (RedisError, OSError) as exc:
+                logger.warning("placement: reading the nodes' loads failed: %r", exc)
+
+    async def _refresh(self) -> None:
+        client = self.node.client
+        names = sorted(await _done(client.smembers(NODES_KEY)))
+        texts = await client.mget([node_key(n) for n in names]) if names else []
+        view: dict[str, Candidate] = {}
+        for text in texts:
+            if text is None:
+                continue  # its heartbeat expired: dead, or just gone
+            record = NodeRecord.loads(text)
+            if not record.draining:
+                view[record.name] = Candidate(record.name, record.url, record.load)
+        self._view = view
+
+    async def choose(self, session_id: str) -> Candidate | None:
+        """Where a new client of ``session_id`` connecting here should go instead (None:
+        here). Never fails: without Redis the client stays."""
+        if self.margin <= 0 or not any(n.url for n in self._view.values() if n.name != self.node.name):
+            return None
+        nodes = dict(self._view)
+        here = self.node.name
+        nodes[here] = Candidate(here, self.node.client_url, self.node.load())
+        try:
+            hosts = await hosting_nodes(self.node.client, session_id)
+        except (RedisError, OSError) as exc:
+            logger.warning("placement: reading a session's nodes failed, keeping the client: %r", exc)
+            return None
+        return choose_node(here, nodes, hosts, self.margin)
