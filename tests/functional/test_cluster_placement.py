@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pathlib
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -29,6 +32,9 @@ from tests.wsclient import WsClient
 pytestmark = pytest.mark.timeout(300)
 
 MARGIN = 3
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SALON_JS = ROOT / "src" / "salon" / "web" / "sdk" / "salon.js"
+DRIVER = ROOT / "tests" / "sdk" / "salon_js_urls.mjs"
 
 
 @pytest.fixture
@@ -133,8 +139,40 @@ async def test_new_clients_are_placed_by_load_and_by_session(
                     }
                 for client in more:
                     await client.close()
+
+    # salon.js follows the redirect too.
+    await loads_seen(redis_url, {"n1": MARGIN + 1, "n2": 0, "n3": 0})
+    js_session = await create_session(n1.url)
+    await placed_on(n1.url, js_session, n2.url)
+    assert await salon_js_lands_on([n1.url], js_session) == n2.url
     for client in load:
         await client.close()
+
+
+async def salon_js_lands_on(urls: list[str], session_id: str) -> str:
+    """The URL salon.js (in Node) ends up connected to, given ``urls``; it then disconnects."""
+    if shutil.which("node") is None:
+        pytest.fail("Node.js is missing: scripts/test installs it")
+    proc = await asyncio.create_subprocess_exec(
+        "node", "--experimental-websocket", "--no-warnings", str(DRIVER), str(SALON_JS),
+        session_id, token(session_id), json.dumps(urls),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line, f"the driver ended: {await proc.stderr.read() if proc.stderr else b''!r}"
+        connected = json.loads(line)
+        assert connected["step"] == "connected" and connected["urls"] == urls, connected
+        proc.stdin.write(b"bye\n")
+        await proc.stdin.drain()
+        ended = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert ended["reason"] == "clientDisconnected", ended
+        return str(connected["url"])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
 
 
 async def test_a_client_sent_to_an_unreachable_node_comes_back(
