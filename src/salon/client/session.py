@@ -40,6 +40,10 @@ it was on (a resume needs it: a resume secret is only valid on the node that iss
 attempt that cannot reach a server (or one that refuses it, e.g. a draining node) moves on to
 the next URL at once, round the list, and the back-off delay is waited only after a whole
 round failed. Another node refuses the resume, so the reconnection there is a fresh connect.
+A node of a cluster may send a fresh connect to another node by load (``redirect``,
+docs/deployment.md, "Placement by load"): the session connects there (:attr:`Session.url`
+is then that node's URL), or back to the node that sent it if that one cannot be reached;
+losing that node later, it goes back to the URL that sent it there first.
 
 A media worker failure on the server (``media_reset``, docs/protocol.md §6.19) keeps the
 connection: every stream with media ends (``mediaStopped``: the subscribers are dropped as
