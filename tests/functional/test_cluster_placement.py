@@ -24,6 +24,7 @@ import pytest
 from salon.client import Session
 from salon.cluster.node import list_nodes
 from tests.functional.test_cluster import API_KEY, API_SECRET, create_session, next_of, token
+from tests.metrics import Node
 from tests.postgres import free_port, postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
 from tests.serveproc import ServeProcess
@@ -145,6 +146,11 @@ async def test_new_clients_are_placed_by_load_and_by_session(
     js_session = await create_session(n1.url)
     await placed_on(n1.url, js_session, n2.url)
     assert await salon_js_lands_on([n1.url], js_session) == n2.url
+    # Each redirect is counted (metrics): node 1 sent the first client, the JS one and probes.
+    await Node(n1.url, n1.metrics_url, "n1").wait_for(
+        "node 1's redirects counted",
+        lambda s: s.value("salon_signalling_messages_sent_total", node="n1", type="redirect") >= 3,
+    )
     for client in load:
         await client.close()
 
