@@ -10,10 +10,12 @@ and exactly one sees it go back to empty (*destroyed*: its last connection anywh
 those nodes send the ``sessionCreated`` and ``sessionDestroyed`` callbacks, once per session
 per cluster.
 
-*Placement* (:func:`choose_node`, sans-I/O): a client that accepts a redirect and connects to
-a node whose load is ``margin`` or more above the least-loaded node's is sent to another node:
-for a session already hosted, to the least loaded of its hosts that is not overloaded (no new
-pipe for it), else to the least-loaded node of the cluster.
+*Placement* (:func:`choose_node`, sans-I/O; :class:`Placement` keeps the view of the nodes'
+loads): a new client that accepts a redirect goes to a node that already hosts its session and
+is not overloaded (its load less than ``margin`` above the least-loaded node's), so no new pipe
+is needed for it; otherwise it stays on the node it connected to unless that node is
+overloaded, and then goes to the least-loaded node. Placement moves whole clients (signalling
+and media), never a client's media alone.
 """
 
 from __future__ import annotations
