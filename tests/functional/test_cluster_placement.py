@@ -13,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from salon.client import Session
+from salon.client import Reconnected, Session, SessionState
 from salon.cluster.node import list_nodes
 from tests.functional.test_cluster import API_KEY, API_SECRET, create_session, next_of, token
 from tests.metrics import Node
@@ -205,4 +207,46 @@ async def test_a_client_sent_to_an_unreachable_node_comes_back(
             assert session.url == n1.url, "back on the node that sent it away"
             created = await next_of(loaded, "connection_created")
             assert created["connection"]["connection_id"] == session.connection_id
+        await loaded.close()
+
+
+async def test_a_client_whose_node_dies_goes_back_to_the_url_it_was_given(
+    tmp_path: pathlib.Path, redis_url: str, postgres_url: str
+) -> None:
+    """Sent to node 2, which then dies: the SDK reconnects through node 1's URL, the one it
+    was given (node 1 takes it, or sends it on to a live node)."""
+    with contextlib.ExitStack() as stack:
+        common = ["--no-media", "--redis-url", redis_url, "--database-url", postgres_url]
+        common += ["--node-address", "127.0.0.1", "--placement-margin", "1"]
+        started = []
+        for i in (1, 2):
+            port = free_port()
+            args = [
+                *common,
+                "--node-name",
+                f"n{i}",
+                "--port",
+                str(port),
+                "--node-url",
+                f"http://127.0.0.1:{port}",
+            ]
+            started.append(stack.enter_context(ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)))
+        n1, n2 = started
+        busy = await create_session(n1.url)
+        loaded = await WsClient.join(n1.url, busy, token(busy))
+        session_id = await create_session(n1.url)
+        await placed_on(n1.url, session_id, n2.url)
+        async with sdk([n1.url], session_id) as session:
+            assert session.url == n2.url
+            reconnected: list[Reconnected] = []
+            session.on(Reconnected, reconnected.append)
+            old = session.connection_id
+            os.kill(n2.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not reconnected:
+                assert time.monotonic() < deadline, "no reconnection after node 2 died"
+                await asyncio.sleep(0.1)
+            assert session.url == n1.url, "back on the URL it was given"
+            assert session.state is SessionState.CONNECTED
+            assert not reconnected[0].resumed and session.connection_id not in (None, old)
         await loaded.close()
