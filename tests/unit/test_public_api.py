@@ -125,6 +125,7 @@ def test_protocol_exports() -> None:
         "PreferredResolution",
         "PublishRequest",
         "PublishedMessage",
+        "RedirectMessage",
         "ResumeInfo",
         "ServerMessage",
         "SessionDisconnectedEvent",

@@ -124,6 +124,11 @@ class CallbackService:
         self.registry = registry
         self.config = config or CallbackConfig()
         self.monitor = SessionMonitor()
+        #: A node of a cluster: a session's first and last connection here are not its first
+        #: and last anywhere, so ``sessionCreated`` and ``sessionDestroyed`` come from
+        #: :meth:`session_created` and :meth:`session_destroyed` (called by the cluster, which
+        #: decides in Redis), not from :meth:`session_started` and :meth:`session_ended`.
+        self.cluster_sessions = False
         self._client = client
         self._own_client = client is None
         self._queue: asyncio.Queue[NewCallback] = asyncio.Queue()
@@ -155,13 +160,24 @@ class CallbackService:
         return self._queue.qsize()
 
     def session_started(self, session_id: str, api_key: str) -> None:
-        self.emit(self.monitor.session_started(session_id, api_key, _now_ms()))
+        created = not self.cluster_sessions
+        self.emit(self.monitor.session_started(session_id, api_key, _now_ms(), created=created))
 
     def delivered(self, session_id: str, api_key: str, message: ServerMessage) -> None:
         self.emit(self.monitor.delivered(session_id, message, _now_ms()))
 
     def session_ended(self, session_id: str, api_key: str) -> None:
-        self.emit(self.monitor.session_ended(session_id, api_key, _now_ms()))
+        destroyed = not self.cluster_sessions
+        self.emit(self.monitor.session_ended(session_id, api_key, _now_ms(), destroyed=destroyed))
+
+    def session_created(self, session_id: str, api_key: str) -> None:
+        """In a cluster: the session's first connection on any node arrived here."""
+        self.emit([self.monitor.session_event(session_id, api_key, "sessionCreated", _now_ms())])
+
+    def session_destroyed(self, session_id: str, api_key: str) -> None:
+        """In a cluster: the session's last connection on any node left here (or on a dead
+        node this node reaped)."""
+        self.emit([self.monitor.session_event(session_id, api_key, "sessionDestroyed", _now_ms())])
 
     def reaped(self, session_id: str, connections: list[ConnectionInfo], streams: list[StreamInfo]) -> None:
         """A dead cluster node's connections and streams, reported gone by this node: their

@@ -66,14 +66,26 @@ class SessionMonitor:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def session_started(self, session_id: str, api_key: str, now: int) -> list[NewCallback]:
+    def session_started(
+        self, session_id: str, api_key: str, now: int, *, created: bool = True
+    ) -> list[NewCallback]:
+        """A session has its first connection here. ``created=False``: not the first anywhere
+        (a node of a cluster, where :meth:`session_event` reports the session's life)."""
         self._sessions[session_id] = _LiveSession(api_key)
-        return [self._callback(session_id, api_key, "sessionCreated", now, {})]
+        return [self.session_event(session_id, api_key, "sessionCreated", now)] if created else []
 
-    def session_ended(self, session_id: str, api_key: str, now: int) -> list[NewCallback]:
-        if self._sessions.pop(session_id, None) is None:
+    def session_ended(
+        self, session_id: str, api_key: str, now: int, *, destroyed: bool = True
+    ) -> list[NewCallback]:
+        if self._sessions.pop(session_id, None) is None or not destroyed:
             return []
-        return [self._callback(session_id, api_key, "sessionDestroyed", now, {})]
+        return [self.session_event(session_id, api_key, "sessionDestroyed", now)]
+
+    def session_event(self, session_id: str, api_key: str, event: str, now: int) -> NewCallback:
+        """``sessionCreated`` or ``sessionDestroyed``, whatever this monitor saw of the session
+        (in a cluster, the node that saw the first connection anywhere arrive, or the last
+        leave, reports it)."""
+        return self._callback(session_id, api_key, event, now, {})
 
     def delivered(self, session_id: str, message: ServerMessage, now: int) -> list[NewCallback]:
         live = self._sessions.get(session_id)

@@ -19,7 +19,7 @@ from salon.errors import SalonError
 from salon.ids import decode_session_id, encode_session_id
 from salon.media.ice_policy import parse_networks
 from salon.media.plane import DEFAULT_SPREAD_CONSUMERS
-from salon.server.config import ServerConfig
+from salon.server.config import DEFAULT_PLACEMENT_MARGIN, ServerConfig
 from salon.signalling.service import SignallingConfig
 from salon.store import Project, Store, database_url_for
 from salon.store.store import MAX_GRACE
@@ -77,6 +77,22 @@ def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--node-address", help="where the other nodes reach this one (default: --announced-address)"
+    )
+    serve.add_argument(
+        "--node-url",
+        metavar="URL",
+        help="this node's own URL as clients reach it, e.g. https://node2.example.com: the other "
+        "nodes send new clients here by load (default: none, the node keeps its clients but is "
+        "sent none)",
+    )
+    serve.add_argument(
+        "--placement-margin",
+        type=int,
+        default=DEFAULT_PLACEMENT_MARGIN,
+        metavar="N",
+        help="a node whose load (connections) is N or more above the least-loaded node's sends "
+        "new clients that accept a redirect to another node's --node-url (default "
+        f"{DEFAULT_PLACEMENT_MARGIN}; 0: never)",
     )
 
 
@@ -486,10 +502,17 @@ def _serve(args: argparse.Namespace) -> int:
         database_url = args.database_url or os.environ.get("SALON_DATABASE_URL") or ""
         if not database_url.startswith(("postgresql://", "postgres://")):
             raise SalonError("a cluster node (--redis-url) needs a shared PostgreSQL --database-url")
+    if args.placement_margin < 0:
+        raise SalonError("--placement-margin must be 0 (no placement) or more")
+    node_url = args.node_url.rstrip("/") if args.node_url else None
+    if node_url is not None and not node_url.startswith(("http://", "https://")):
+        raise SalonError(f"--node-url must be an http:// or https:// URL, not {args.node_url!r}")
     tls_cert, tls_key = _tls_files(args)
     config = ServerConfig.from_env(
         redis_url=redis_url,
         node_address=args.node_address,
+        node_url=node_url,
+        placement_margin=args.placement_margin,
         signalling=signalling,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -573,10 +596,10 @@ async def _node_command(args: argparse.Namespace) -> int:
         if args.node_command == "list":
             for name, record in await list_nodes(url):
                 if record is None:
-                    print(f"{name}\t-\t-\tgone")
+                    print(f"{name}\t-\t-\tgone\t-")
                 else:
                     state = "draining" if record.draining else "up"
-                    print(f"{name}\t{record.address}\t{record.load}\t{state}")
+                    print(f"{name}\t{record.address}\t{record.load}\t{state}\t{record.url or '-'}")
             return 0
         known = await set_draining(url, args.name, not args.undo)
     except (RedisError, OSError) as exc:

@@ -42,12 +42,13 @@ from salon.protocol import (
     ErrorMessage,
     PingMessage,
     PongMessage,
+    RedirectMessage,
     ResumeInfo,
     ServerMessage,
     server_message_adapter,
 )
 
-__all__ = ["LinkClosed", "ResumeRefused", "SignallingLink", "signalling_url"]
+__all__ = ["LinkClosed", "Redirected", "ResumeRefused", "SignallingLink", "signalling_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,16 @@ def signalling_url(url: str) -> str:
 
 class ResumeRefused(ConnectionFailed):
     """The server refused to resume the connection (``resume_refused``): connect afresh."""
+
+
+class Redirected(ConnectionFailed):
+    """A node of a cluster sent the client to another node (``redirect``, placement by
+    load): connect to :attr:`url` instead."""
+
+    def __init__(self, message: str, *, url: str, node: str, close_code: int | None = None) -> None:
+        super().__init__(message, close_code=close_code)
+        self.url = url
+        self.node = node
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +124,19 @@ class SignallingLink:
         return f"SignallingLink({self._name})"
 
     async def open(
-        self, session_id: str, token: str, *, timeout: float = 10.0, resume: ResumeInfo | None = None
+        self,
+        session_id: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        resume: ResumeInfo | None = None,
+        accept_redirect: bool = False,
     ) -> ConnectedMessage:
         """Open the socket and ``connect``; the token is sent in the first message, never logged.
         With ``resume``, the connection it names is resumed (its secret is never logged).
+        With ``accept_redirect``, a node of a cluster may send the client elsewhere.
+
+        :raises Redirected: (with ``accept_redirect``) connect to another node instead.
 
         :raises InvalidToken: the server refused the token.
         :raises SessionNotFound: no such session.
@@ -136,13 +156,24 @@ class SignallingLink:
         self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"{self!r}-reader")
         request_id = next(self._ids)
         message = ConnectRequest(
-            request_id=request_id, session_id=session_id, token=token, client="salon-python", resume=resume
+            request_id=request_id,
+            session_id=session_id,
+            token=token,
+            client="salon-python",
+            resume=resume,
+            accept_redirect=accept_redirect,
         )
         try:
             reply = await self._roundtrip(request_id, message, timeout)
         except ConnectionLost as exc:
             await self.close()
             raise ConnectionFailed(f"the server closed the link during connect: {exc}") from exc
+        if isinstance(reply, RedirectMessage):
+            code = await self._close_code()
+            await self.close()
+            raise Redirected(
+                f"sent to node {reply.node} ({reply.url})", url=reply.url, node=reply.node, close_code=code
+            )
         if isinstance(reply, ErrorMessage):
             code = await self._close_code()
             await self.close()

@@ -40,6 +40,10 @@ it was on (a resume needs it: a resume secret is only valid on the node that iss
 attempt that cannot reach a server (or one that refuses it, e.g. a draining node) moves on to
 the next URL at once, round the list, and the back-off delay is waited only after a whole
 round failed. Another node refuses the resume, so the reconnection there is a fresh connect.
+A node of a cluster may send a fresh connect to another node by load (``redirect``,
+docs/deployment.md, "Placement by load"): the session connects there (:attr:`Session.url`
+is then that node's URL), or back to the node that sent it if that one cannot be reached;
+losing that node later, it goes back to the URL that sent it there first.
 
 A media worker failure on the server (``media_reset``, docs/protocol.md §6.19) keeps the
 connection: every stream with media ends (``mediaStopped``: the subscribers are dropped as
@@ -86,7 +90,7 @@ from aiortc import RTCIceServer
 from pydantic import BaseModel
 
 from salon.client._emitter import Emitter, LatestQueue
-from salon.client._link import LinkClosed, ResumeRefused, SignallingLink
+from salon.client._link import LinkClosed, Redirected, ResumeRefused, SignallingLink
 from salon.client._subscribe_peer import SubscribePeer
 from salon.client.errors import (
     ClientError,
@@ -251,6 +255,8 @@ class Session:
         #: The server URLs, in the order they are tried.
         self.urls: tuple[str, ...] = tuple(urls)
         self._url_index = 0
+        #: The node a cluster's placement sent this session to (a ``redirect``), while in use.
+        self._redirected_url: str | None = None
         self._token = token
         self._ice_addresses = list(ice_addresses) if ice_addresses is not None else None
         self._own_ice_servers = list(ice_servers) if ice_servers is not None else None
@@ -287,10 +293,16 @@ class Session:
 
     @property
     def url(self) -> str:
-        """The server URL in use (or tried next): one of :attr:`urls`."""
-        return self.urls[self._url_index]
+        """The server URL in use (or tried next): one of :attr:`urls`, or the node of a
+        cluster that placement sent this session to."""
+        return self._redirected_url or self.urls[self._url_index]
 
     def _next_url(self) -> None:
+        if self._redirected_url is not None:
+            # Sent to a node that is now unreachable: back to the URL given that sent it.
+            self._redirected_url = None
+            logger.info("%r: moving back to %s", self, self.url)
+            return
         if len(self.urls) > 1:
             self._url_index = (self._url_index + 1) % len(self.urls)
             logger.info("%r: moving to the next server, %s", self, self.url)
@@ -460,8 +472,30 @@ class Session:
         raise AssertionError("unreachable")
 
     async def _open_link(self, resume: ResumeInfo | None = None) -> ConnectedMessage:
+        """Connect (or resume) through :attr:`url`. A fresh connect may be sent to another node
+        of a cluster (placement by load): connect there; if that node cannot be reached,
+        connect here again, asking not to be sent elsewhere."""
+        if resume is not None:
+            return await self._open_link_to(self.url, resume)
+        try:
+            return await self._open_link_to(self.url, None, accept_redirect=True)
+        except Redirected as moved:
+            logger.info("%r: %s sent this session to %s (%s)", self, self.url, moved.node, moved.url)
+            try:
+                connected = await self._open_link_to(moved.url, None)
+            except (InvalidToken, SessionNotFound):
+                raise
+            except ConnectionFailed as exc:
+                logger.info("%r: cannot connect to %s (%s): staying on %s", self, moved.url, exc, self.url)
+                return await self._open_link_to(self.url, None)
+            self._redirected_url = moved.url
+            return connected
+
+    async def _open_link_to(
+        self, url: str, resume: ResumeInfo | None, *, accept_redirect: bool = False
+    ) -> ConnectedMessage:
         link = SignallingLink(
-            self.url,
+            url,
             on_message=self._on_message,
             on_closed=self._on_link_closed,
             on_unknown=self._on_unknown,
@@ -469,7 +503,11 @@ class Session:
             ssl_context=self._ssl_context,
         )
         connected = await link.open(
-            self.session_id, self._token, timeout=self._connect_timeout, resume=resume
+            self.session_id,
+            self._token,
+            timeout=self._connect_timeout,
+            resume=resume,
+            accept_redirect=accept_redirect,
         )
         self._link = link
         return connected

@@ -10,8 +10,12 @@ is on, sees the same events in the same order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
 
 from salon.cluster.core import (
     Delivered,
@@ -22,6 +26,9 @@ from salon.cluster.core import (
     split_local,
 )
 from salon.cluster.node import ClusterNode
+from salon.cluster.placement import Candidate, Placement, host_session, unhost_session
+from salon.errors import SalonError
+from salon.ids import decode_session_id
 from salon.signalling.session import Action, Session
 
 if TYPE_CHECKING:
@@ -35,13 +42,24 @@ logger = logging.getLogger(__name__)
 class ClusterBridge:
     """One node's link between its signalling service and the cluster's Redis."""
 
-    def __init__(self, node: ClusterNode, service: SignallingService) -> None:
+    def __init__(self, node: ClusterNode, service: SignallingService, *, placement_margin: int = 0) -> None:
         self.node = node
         self.service = service
+        #: Where new clients go (``--placement-margin``; 0: they stay where they connect).
+        self.placement = Placement(node, placement_margin)
         self._delivered: dict[str, Delivered] = {}
         #: The sessions followed (the service registers each in ``service.sessions`` too).
         self._mirrors: dict[str, Session] = {}
         self._opening: dict[str, asyncio.Task[Session]] = {}
+        #: This node leaving the hosts of a session (:mod:`salon.cluster.placement`): a new
+        #: client of the session here waits for it before joining them again.
+        self._leaving: dict[str, asyncio.Task[None]] = {}
+        #: Called with the session ID and API key when a session's first connection anywhere
+        #: connected here, and when its last connection anywhere left here (or on a dead node
+        #: this node reaped): ``sessionCreated`` and ``sessionDestroyed``, once per cluster.
+        self.on_session_created: Callable[[str, str], None] | None = None
+        self.on_session_destroyed: Callable[[str, str], None] | None = None
+        node.on_reaped_session = self._reaped_session
 
     @property
     def name(self) -> str:
@@ -53,8 +71,17 @@ class ClusterBridge:
 
     async def start(self) -> None:
         await self.node.start(self._on_entry)
+        await self.placement.start()
+
+    async def place(self, session_id: str) -> Candidate | None:
+        """The node a new client of the session should connect to instead of this one (by
+        load, :mod:`salon.cluster.placement`), or None: here."""
+        return await self.placement.choose(session_id)
 
     async def stop(self) -> None:
+        await self.placement.stop()
+        if self._leaving:  # the sessions this node's last clients left as it stopped
+            await asyncio.wait(list(self._leaving.values()), timeout=3.0)
         await self.node.stop()
 
     def publish(self, session: Session, actions: list[Action]) -> list[Action]:
@@ -84,7 +111,17 @@ class ClusterBridge:
         return await asyncio.shield(task)
 
     async def _open(self, session_id: str, api_key: str) -> Session:
+        leaving = self._leaving.get(session_id)
+        if leaving is not None:
+            await asyncio.shield(leaving)
         snapshot = await self.node.follow(session_id)
+        try:
+            first = await host_session(self.node.client, session_id, self.node.name)
+        except (RedisError, OSError) as exc:
+            logger.warning("cluster: could not join the hosts of a session: %r", exc)
+            first = False
+        if first and self.on_session_created is not None:
+            self.on_session_created(session_id, api_key)
         session = Session(session_id, api_key)
         self._delivered[session_id] = load_snapshot(session, snapshot, self.node.name)
         self._mirrors[session_id] = session
@@ -92,8 +129,32 @@ class ClusterBridge:
 
     def unfollow(self, session_id: str) -> None:
         self._delivered.pop(session_id, None)
-        self._mirrors.pop(session_id, None)
+        mirror = self._mirrors.pop(session_id, None)
         self.node.unfollow(session_id)
+        if mirror is not None:
+            task = asyncio.get_running_loop().create_task(self._unhost(session_id, mirror.api_key))
+            self._leaving[session_id] = task
+            task.add_done_callback(
+                lambda t: self._leaving.pop(session_id) if self._leaving.get(session_id) is t else None
+            )
+
+    async def _unhost(self, session_id: str, api_key: str) -> None:
+        try:
+            last = await unhost_session(self.node.client, session_id, self.node.name)
+        except (RedisError, OSError) as exc:
+            # The node's record then outlives nothing: when it stops, it is reaped as dead and
+            # the session's end is decided then.
+            logger.warning("cluster: could not leave the hosts of a session: %r", exc)
+            return
+        if last and self.on_session_destroyed is not None:
+            self.on_session_destroyed(session_id, api_key)
+
+    async def _reaped_session(self, session_id: str, dead: str) -> None:
+        """A dead node's connections of a session were reported gone: it no longer hosts it."""
+        with contextlib.suppress(SalonError):
+            api_key = decode_session_id(session_id).api_key
+            if await unhost_session(self.node.client, session_id, dead) and self.on_session_destroyed:
+                self.on_session_destroyed(session_id, api_key)
 
     async def view(self, session_id: str, api_key: str) -> Session | None:
         """A throwaway copy of a session this node has no client in (for the REST API):

@@ -61,6 +61,9 @@ class NodeRecord:
     load: int
     draining: bool
     incarnation: str = ""
+    #: Where clients reach the node (``--node-url``; "" when not given): placement sends
+    #: new clients there.
+    url: str = ""
 
     def dumps(self) -> str:
         return json.dumps(
@@ -70,6 +73,7 @@ class NodeRecord:
                 "load": self.load,
                 "draining": self.draining,
                 "incarnation": self.incarnation,
+                "url": self.url,
             }
         )
 
@@ -82,6 +86,7 @@ class NodeRecord:
             load=int(raw.get("load", 0)),
             draining=bool(raw.get("draining", False)),
             incarnation=str(raw.get("incarnation", "")),
+            url=str(raw.get("url", "")),
         )
 
 

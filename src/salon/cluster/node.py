@@ -126,6 +126,8 @@ class ClusterNode:
         self.address = address
         self.load = load
         self.incarnation = secrets.token_hex(8)
+        #: Where clients reach this node (``--node-url``), published with every heartbeat.
+        self.client_url = ""
         self.draining = False
         self.client = connect(url)
         self._reader_client = connect(url)
@@ -140,6 +142,9 @@ class ClusterNode:
         self.on_reaped: Callable[[str, list[ConnectionInfo], list[StreamInfo]], None] | None = None
         #: Called with an API key when a project changed elsewhere (deleted, secret rotated).
         self.on_project_changed: Callable[[str], None] | None = None
+        #: Awaited with the session ID and the dead node's name for each session of a node
+        #: this node reaped, after its connections were reported gone.
+        self.on_reaped_session: Callable[[str, str], Awaitable[None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -180,7 +185,9 @@ class ClusterNode:
     async def _beat(self) -> None:
         draining = await self.client.exists(drain_key(self.name))
         self.draining = bool(draining)
-        record = NodeRecord(self.name, self.address, self.load(), self.draining, self.incarnation)
+        record = NodeRecord(
+            self.name, self.address, self.load(), self.draining, self.incarnation, self.client_url
+        )
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(node_key(self.name), record.dumps(), px=int(NODE_TTL * 1000))
             pipe.sadd(NODES_KEY, self.name)
@@ -222,6 +229,8 @@ class ClusterNode:
                         self.on_reaped(session_id, *reaped_infos(dead, snap))
                     except Exception:  # the callbacks must not stop the reaping
                         logger.exception("cluster: the callbacks of a dead node's connections failed")
+            if self.on_reaped_session is not None:
+                await self.on_reaped_session(session_id, dead)
         await self.client.delete(node_sessions_key(dead))
         if dead != self.name:
             await _done(self.client.srem(NODES_KEY, dead))

@@ -82,6 +82,8 @@ class CloseCode(enum.IntEnum):
     """A ``connect`` with ``resume`` was refused (``resume_refused``): connect afresh."""
     REPLACED = 4012
     """The connection was resumed on another socket: this one is no longer it."""
+    REDIRECTED = 4013
+    """A node of a cluster sent the client to another node (``redirect``): connect there."""
     RATE_LIMITED = 4029
     """The client kept sending while its requests were refused as ``rate_limited``."""
 

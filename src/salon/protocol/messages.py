@@ -47,6 +47,7 @@ __all__ = [
     "PreferredResolution",
     "PublishRequest",
     "PublishedMessage",
+    "RedirectMessage",
     "ResumeInfo",
     "ServerMessage",
     "SessionDisconnectedEvent",
@@ -178,6 +179,11 @@ class ConnectRequest(_ClientModel):
         description="Resume this connection (same connection ID, streams and subscriptions) "
         "after its link dropped, within the server's grace period; with the same token. "
         "Refused with ``resume_refused`` (close 4011) when it cannot be resumed.",
+    )
+    accept_redirect: bool = Field(
+        False,
+        description="The client follows a ``redirect``: a node of a cluster may send it to "
+        "another node (placement by load) instead of connecting it. Never for a resume.",
     )
 
 
@@ -612,6 +618,18 @@ class VideoEnabledEvent(_ServerModel):
     reason: AnyVideoReason
 
 
+class RedirectMessage(_ServerModel):
+    """The reply to a ``connect`` with ``accept_redirect`` that this node of a cluster places
+    elsewhere (it is loaded, and another node is less loaded or already hosts the session):
+    connect to ``url`` instead, with ``accept_redirect`` false. The socket is closed with 4013.
+    A client that cannot reach ``url`` connects here again without ``accept_redirect``."""
+
+    type: Literal["redirect"] = "redirect"
+    request_id: RequestId | None = None
+    url: str = Field(description="The node to connect to: its base URL, as the client was given this one's.")
+    node: str = Field(description="That node's name (for logs).")
+
+
 class PingMessage(_ServerModel):
     type: Literal["ping"] = "ping"
     timestamp: float
@@ -639,6 +657,7 @@ ServerMessage = Annotated[
     | ArchiveStoppedEvent
     | VideoDisabledEvent
     | VideoEnabledEvent
+    | RedirectMessage
     | PingMessage,
     Field(discriminator="type"),
 ]

@@ -213,7 +213,12 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             )
             node.on_project_changed = registry.forget_project
             node.on_reaped = callbacks.reaped
-            cluster = service.cluster = ClusterBridge(node, service)
+            node.client_url = config.node_url or ""
+            cluster = service.cluster = ClusterBridge(node, service, placement_margin=config.placement_margin)
+            # sessionCreated/sessionDestroyed once per cluster: decided in Redis by the bridge.
+            callbacks.cluster_sessions = True
+            cluster.on_session_created = callbacks.session_created
+            cluster.on_session_destroyed = callbacks.session_destroyed
             try:
                 await cluster.start()
                 if media is not None:

@@ -15,6 +15,10 @@ from salon.signalling.ice import DEFAULT_TURN_TTL, IceSettings
 from salon.signalling.service import SignallingConfig
 from salon.store import database_url_for
 
+#: ``--placement-margin``: a node with this many connections more than the least-loaded node
+#: of its cluster sends new clients elsewhere (:mod:`salon.cluster.placement`).
+DEFAULT_PLACEMENT_MARGIN = 10
+
 __all__ = ["ServerConfig"]
 
 
@@ -97,6 +101,11 @@ class ServerConfig:
     #: ``node_name`` (default: the host name) and ``node_address`` (where other nodes reach it).
     redis_url: str | None = None
     node_address: str | None = None
+    #: The node's URL as clients reach it (``--node-url``) and how much more loaded than the
+    #: least-loaded node it may be before it sends new clients elsewhere
+    #: (``--placement-margin``, :mod:`salon.cluster.placement`).
+    node_url: str | None = None
+    placement_margin: int = DEFAULT_PLACEMENT_MARGIN
     api_key: str | None = None
     api_secret: str | None = None
     signalling: SignallingConfig = field(default_factory=SignallingConfig)

@@ -61,6 +61,7 @@ from salon.protocol import (
     PongMessage,
     PublishedMessage,
     PublishRequest,
+    RedirectMessage,
     ServerMessage,
     SetSubscriptionPreferencesRequest,
     SetSubscriptionRequest,
@@ -828,6 +829,15 @@ class SignallingService:
             link.send(ErrorMessage(request_id=request.request_id, code=ErrorCode.CONFLICT, message=message))
             link.close(CloseCode.GOING_AWAY, "node draining")
             return False
+        if request.accept_redirect and self.cluster is not None:
+            # Placement by load: a loaded node sends a new client to another node (one that
+            # already hosts the session if it can); the client connects there instead.
+            target = await self.cluster.place(request.session_id)
+            if target is not None:
+                logger.info("sent a new client to node %s (placement by load)", target.name)
+                link.send(RedirectMessage(request_id=request.request_id, url=target.url, node=target.name))
+                link.close(CloseCode.REDIRECTED, "connect to another node")
+                return False
         session = self.sessions.get(request.session_id)
         mirror: Session | None = None
         if session is None:

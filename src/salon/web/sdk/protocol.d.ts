@@ -42,6 +42,7 @@ export type CloseCode =
   | 4010
   | 4011
   | 4012
+  | 4013
   | 4029;
 
 /** Why a connection was destroyed (OpenTok's `connectionDestroyed` reasons). */
@@ -134,6 +135,8 @@ export interface ConnectRequest {
   client?: string;
   /** Resume this connection (same connection ID, streams and subscriptions) after its link dropped, within the server's grace period; with the same token. Refused with `resume_refused` (close 4011) when it cannot be resumed. */
   resume?: ResumeInfo | null;
+  /** The client follows a `redirect`: a node of a cluster may send it to another node (placement by load) instead of connecting it. Never for a resume. */
+  accept_redirect?: boolean;
 }
 
 export interface PublishRequest {
@@ -482,6 +485,21 @@ export interface VideoEnabledEvent {
   reason: VideoReason | string;
 }
 
+/**
+ * The reply to a `connect` with `accept_redirect` that this node of a cluster places
+ * elsewhere (it is loaded, and another node is less loaded or already hosts the session):
+ * connect to `url` instead, with `accept_redirect` false. The socket is closed with 4013.
+ * A client that cannot reach `url` connects here again without `accept_redirect`.
+ */
+export interface RedirectMessage {
+  type: "redirect";
+  request_id: number | string | null;
+  /** The node to connect to: its base URL, as the client was given this one's. */
+  url: string;
+  /** That node's name (for logs). */
+  node: string;
+}
+
 export interface PingMessage {
   type: "ping";
   timestamp: number;
@@ -545,6 +563,7 @@ export type ServerMessage =
   | ArchiveStoppedEvent
   | VideoDisabledEvent
   | VideoEnabledEvent
+  | RedirectMessage
   | PingMessage;
 
 /** The server messages that answer a request (`error` also comes alone). */
@@ -553,7 +572,8 @@ export type ServerReply =
   | PublishedMessage
   | SubscribedMessage
   | AckMessage
-  | ErrorMessage;
+  | ErrorMessage
+  | RedirectMessage;
 
 /** The server messages that answer no request. */
 export type ServerEvent =

@@ -704,8 +704,10 @@ export class Session extends Emitter {
     if (urls.length === 0) throw new SalonError("invalid_parameter", "url: at least one server URL");
     /** @type {string[]} the server URLs, in the order they are tried */
     this.urls = urls.map((u) => String(u).replace(/\/+$/, ""));
-    /** @type {string} the server in use (or tried next): one of `urls` */
+    /** @type {string} the server in use (or tried next): one of `urls`, or the node of a cluster that placement sent the session to */
     this.url = this.urls[0];
+    /** @type {string} the one of `urls` in use, or that sent the session to `url` (a `redirect`) */
+    this._givenUrl = this.url;
     this.reconnectTimeout = options.reconnectTimeout ?? 30;
     this.requestTimeout = options.requestTimeout ?? 20;
     this._refreshToken = options.refreshToken || null;
@@ -794,29 +796,65 @@ export class Session extends Emitter {
     this._finish("clientDisconnected");
   }
 
-  /** Move to the next of `urls` (round the list). */
+  /** Move to the next of `urls` (round the list); from a node placement sent the session to, back to the URL that sent it. */
   _nextUrl() {
+    if (this.url !== this._givenUrl) {
+      this.url = this._givenUrl;
+      return;
+    }
     this.url = this.urls[(this.urls.indexOf(this.url) + 1) % this.urls.length];
-  }
-
-  /** @returns {string} */
-  _wsUrl() {
-    return this.url.replace(/^http/, "ws") + "/signalling";
+    this._givenUrl = this.url;
   }
 
   /**
-   * Open a socket and send `connect` (resuming the connection `resume` names, if given);
-   * resolves with the `connected` message.
+   * @param {string} [url]
+   * @returns {string}
+   */
+  _wsUrl(url = this.url) {
+    return url.replace(/^http/, "ws") + "/signalling";
+  }
+
+  /**
+   * Connect (or resume) through `url`. A fresh connect may be sent to another node of a
+   * cluster (`redirect`, placement by load): connect there; if that node cannot be reached,
+   * connect here again, asking not to be sent elsewhere.
    * @param {{connection_id: string, secret: string}|null} [resume]
    * @returns {Promise<ConnectedMessage>}
    */
-  _open(resume = null) {
+  async _open(resume = null) {
+    if (resume) return this._openAt(this.url, resume, false);
+    try {
+      return await this._openAt(this.url, null, true);
+    } catch (err) {
+      const moved = /** @type {SalonError & {url?: string}} */ (err);
+      if (moved.code !== "redirect" || !moved.url) throw err;
+      try {
+        const connected = await this._openAt(moved.url, null, false);
+        this.url = moved.url;
+        return connected;
+      } catch (unreachable) {
+        if (!movesOn(/** @type {SalonError} */ (unreachable))) throw unreachable;
+        return this._openAt(this.url, null, false);
+      }
+    }
+  }
+
+  /**
+   * Open a socket to `url` and send `connect` (resuming the connection `resume` names, if
+   * given); resolves with the `connected` message, or rejects (a `redirect` as a SalonError
+   * with code "redirect" and the `url` to use).
+   * @param {string} url
+   * @param {{connection_id: string, secret: string}|null} resume
+   * @param {boolean} acceptRedirect
+   * @returns {Promise<ConnectedMessage>}
+   */
+  _openAt(url, resume, acceptRedirect) {
     return new Promise((resolve, reject) => {
       let ws;
       try {
-        ws = new WebSocket(this._wsUrl());
+        ws = new WebSocket(this._wsUrl(url));
       } catch (err) {
-        reject(new SalonError("network_error", `cannot open ${this._wsUrl()}: ${err}`));
+        reject(new SalonError("network_error", `cannot open ${this._wsUrl(url)}: ${err}`));
         return;
       }
       this._ws = ws;
@@ -840,6 +878,7 @@ export class Session extends Emitter {
           protocol_version: PROTOCOL_VERSION,
           client: `salon.js/${VERSION}`,
           ...(resume ? { resume } : {}),
+          ...(acceptRedirect ? { accept_redirect: true } : {}),
         });
       };
       ws.onmessage = (ev) => {
@@ -853,6 +892,8 @@ export class Session extends Emitter {
             resolve(msg);
           } else if (msg.type === "error") {
             refusal = new SalonError(msg.code, msg.message);
+          } else if (msg.type === "redirect") {
+            refusal = Object.assign(new SalonError("redirect", `sent to node ${msg.node}`), { url: msg.url });
           }
         }
       };
