@@ -486,6 +486,7 @@ def _inner(args: argparse.Namespace) -> int:
             "runs": args.runs,
             "duration": args.duration,
             "rate_per_publisher": args.rate,
+            "transport_cc": bool(getattr(args, "transport_cc", False)),
             "publishers": 1,
             "salon_workers": 1,
             "network": f"private namespace; servers and clients on {SERVER_ADDRESS} "
@@ -527,6 +528,8 @@ def run_side_by_side(args: argparse.Namespace) -> int:
     command += ["--duration", str(args.duration), "--rate", str(args.rate)]
     if getattr(args, "sink_processes", None):
         command += ["--sink-processes", str(args.sink_processes)]
+    if getattr(args, "transport_cc", False):
+        command.append("--transport-cc")
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
     previous = None
     with contextlib.suppress(ValueError):  # only the main thread may set handlers
@@ -571,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=600.0)
     parser.add_argument("--sink-processes", type=int, default=None)
+    parser.add_argument("--transport-cc", action="store_true")
     args = parser.parse_args(argv)
     if args.inner:
         return _inner(args)

@@ -1,0 +1,40 @@
+"""``salon bench sfu --transport-cc``: the sinks' SDP carries the transport-wide sequence number,
+so that salon (and Janus) stamp every packet they forward to them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from salon.bench import sfu
+from salon.media.sdp import parse_offer
+
+
+def _sink_offer() -> str:
+    async def offer() -> str:
+        pc = sfu._peer_connection()
+        sfu._vp8_transceiver(pc, "recvonly")
+        try:
+            return await sfu._offer(pc)
+        finally:
+            await pc.close()
+
+    return asyncio.run(offer())
+
+
+def test_the_munged_offer_negotiates_transport_cc_with_salon() -> None:
+    plain = _sink_offer()
+    assert parse_offer(plain).media[0].extensions.get(sfu.EXT_TRANSPORT_CC) is None
+    munged = sfu._with_transport_cc(plain)
+    media = parse_offer(munged).media[0]
+    ext_id = media.extensions.get(sfu.EXT_TRANSPORT_CC)
+    others = {v for k, v in media.extensions.items() if k != sfu.EXT_TRANSPORT_CC}
+    assert ext_id is not None and ext_id not in others
+    vp8 = [c for c in media.codecs if c.name.lower() == "vp8"]
+    assert vp8 and all(any(fb[0] == "transport-cc" for fb in c.rtcp_feedback) for c in vp8), vp8
+    assert sfu._with_transport_cc(munged) == munged  # already there: unchanged
+
+
+def test_the_answer_to_janus_uses_the_id_janus_offered() -> None:
+    offer = sfu._with_transport_cc(_sink_offer(), 7)
+    assert sfu._offered_transport_cc(offer) == 7
+    assert sfu._offered_transport_cc(_sink_offer()) is None
