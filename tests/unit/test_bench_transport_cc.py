@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from salon.bench import sfu
-from salon.media.sdp import parse_offer
+from salon.bench.stamping import _VP8
+from salon.media.sdp import negotiate_subscribe, parse_offer
 
 
 def _sink_offer() -> str:
@@ -32,6 +33,11 @@ def test_the_munged_offer_negotiates_transport_cc_with_salon() -> None:
     vp8 = [c for c in media.codecs if c.name.lower() == "vp8"]
     assert vp8 and all(any(fb[0] == "transport-cc" for fb in c.rtcp_feedback) for c in vp8), vp8
     assert sfu._with_transport_cc(munged) == munged  # already there: unchanged
+    # salon then numbers every packet it sends this sink; without the flag it does not.
+    (track,) = negotiate_subscribe(parse_offer(munged), [("producer", _VP8)])
+    assert track.extensions.transport_cc == ext_id
+    (plain_track,) = negotiate_subscribe(parse_offer(plain), [("producer", _VP8)])
+    assert plain_track.extensions.transport_cc is None
 
 
 def test_the_answer_to_janus_uses_the_id_janus_offered() -> None:
