@@ -44,3 +44,21 @@ def test_the_answer_to_janus_uses_the_id_janus_offered() -> None:
     offer = sfu._with_transport_cc(_sink_offer(), 7)
     assert sfu._offered_transport_cc(offer) == 7
     assert sfu._offered_transport_cc(_sink_offer()) is None
+
+
+def test_the_sink_tells_stamped_packets_from_unstamped_ones() -> None:
+    from salon.media.rtp import build_rtp, encode_one_byte_extensions
+
+    def packet(extensions: list[tuple[int, bytes]]) -> bytes:
+        return build_rtp(
+            payload_type=96,
+            sequence_number=1,
+            timestamp=2,
+            ssrc=3,
+            payload=bytes(100),
+            extensions=encode_one_byte_extensions(extensions) if extensions else b"",
+        )
+
+    assert sfu._has_one_byte_extension(packet([(9, b"1"), (3, b"abc"), (5, b"\x00\x07")]), 5)
+    assert not sfu._has_one_byte_extension(packet([(9, b"1"), (3, b"abc")]), 5)
+    assert not sfu._has_one_byte_extension(packet([]), 5)

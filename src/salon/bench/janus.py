@@ -399,6 +399,7 @@ def _measure(server_kind: str, args: argparse.Namespace, fan_out: int, janus_pat
         "packets_in_per_second": report["packets_in_per_second"],
         "forwarded_per_second": report["forwarded_per_second"],
         "loss": report["loss"],
+        "unstamped_packets": report["unstamped_packets"],
         "delay_ms": report["delay_ms"],
         "idle_utilisation": report["server_cpu"]["idle_utilisation_workers"],
         "load_generator_cpu": report["load_generator"]["cpu_utilisation"],

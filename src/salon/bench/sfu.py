@@ -334,6 +334,28 @@ def _offered_transport_cc(sdp: str) -> int | None:
     return None
 
 
+def _has_one_byte_extension(packet: bytes, ext_id: int) -> bool:
+    """Whether an RTP packet carries one-byte header extension ``ext_id`` (RFC 8285)."""
+    if not packet[0] & 0x10:
+        return False
+    at = 12 + 4 * (packet[0] & 0x0F)
+    if packet[at : at + 2] != b"\xbe\xde":
+        return False
+    end = at + 4 + 4 * int.from_bytes(packet[at + 2 : at + 4], "big")
+    at += 4
+    while at < end:
+        byte = packet[at]
+        if byte == 0:  # padding
+            at += 1
+            continue
+        if byte >> 4 == 15:
+            return False
+        if byte >> 4 == ext_id:
+            return True
+        at += 2 + (byte & 0x0F)
+    return False
+
+
 def _extmap_id(line: str) -> int:
     """The ID of an ``a=extmap:<id>[/<direction>] <uri>`` line."""
     return int(line.split()[0].split(":")[1].split("/")[0])
@@ -507,6 +529,9 @@ class _Sink:
         self.counters = array.array("q")
         self.arrivals = array.array("q")
         self.wrong_publisher = 0
+        self.unstamped = 0
+        """``--transport-cc``: packets that arrived without a transport-wide sequence number."""
+        self._twcc_id = 0
         self.first = -1
         """The first counter this sink ever received (it starts on a key frame)."""
         self._dtls: Any = None
@@ -515,6 +540,7 @@ class _Sink:
         offer = await _offer(self.pc)
         if self.transport_cc:
             offer = _with_transport_cc(offer)
+            self._twcc_id = _offered_transport_cc(offer) or 0
         deadline = time.monotonic() + _CONNECT_TIMEOUT
         while True:
             reply = await signalling.request(
@@ -556,6 +582,7 @@ class _Sink:
             if ext_id is None:
                 raise BenchError("Janus offered no transport-wide sequence number (--transport-cc)")
             answer = _with_transport_cc(answer, ext_id)
+            self._twcc_id = ext_id
         data, _ = await client.message({"request": "start", "room": room}, {"type": "answer", "sdp": answer})
         if data.get("started") != "ok":
             raise BenchError(f"Janus subscriber start failed: {data}")
@@ -592,6 +619,8 @@ class _Sink:
             return
         if self.first < 0:
             self.first = counter
+        if self._twcc_id and not _has_one_byte_extension(data, self._twcc_id):
+            self.unstamped += 1
         self.counters.append(counter)
         self.arrivals.append(arrived - sent)
 
@@ -795,6 +824,7 @@ async def _child(conn: multiprocessing.connection.Connection, role: str, ice_add
             "forwarded": forwarded,
             "late_start": late,
             "wrong_publisher": sum(k.wrong_publisher for k in sinks),
+            "unstamped": sum(k.unstamped for k in sinks),
             "delays": delays.tobytes(),
             "halves": [h.tobytes() for h in halves],
             "earliest": [
@@ -1178,6 +1208,11 @@ class _Rig:
             },
             "delay_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0), "samples": len(ordered)},
             **({"delay_ms_by_half": by_half} if by_half else {}),
+            # --transport-cc: packets that reached a sink without the transport-wide sequence
+            # number (cumulative since the sinks connected; 0 when the server stamps them all).
+            "unstamped_packets": sum(r["unstamped"] for r in results)
+            if getattr(self.args, "transport_cc", False)
+            else None,
             "load_generator": {
                 "cpu_utilisation": round((cpu1.loaders - cpu0.loaders) / elapsed, 3),
                 "late_frames": extra1["late_frames"] - extra0["late_frames"],
