@@ -29,6 +29,11 @@ What runs where
     datagrams straight from aioice's ``Connection.data_received`` and unprotects them there,
     skipping aiortc's per-packet queue and task wake-up, so that the load generator stays
     cheap and the arrival time is taken as early as possible.
+  - ``--transport-cc``: each sink's SDP also carries the transport-wide sequence-number
+    extension and ``transport-cc`` feedback (added to the offer to salon; in the answer to
+    Janus, with the ID Janus offered), so the server numbers every packet it forwards; the
+    sinks send no feedback. Each sink counts packets that arrive without the extension
+    (``unstamped_packets`` in the report).
 
 * **Packet shape.** 1200-byte RTP packets (12-byte header, no extensions), 5 per frame, the
   marker bit on the last, a key frame every 60 frames. The payload starts with a valid VP8
