@@ -399,6 +399,7 @@ def _measure(server_kind: str, args: argparse.Namespace, fan_out: int, janus_pat
         "packets_in_per_second": report["packets_in_per_second"],
         "forwarded_per_second": report["forwarded_per_second"],
         "loss": report["loss"],
+        "unstamped_packets": report["unstamped_packets"],
         "delay_ms": report["delay_ms"],
         "idle_utilisation": report["server_cpu"]["idle_utilisation_workers"],
         "load_generator_cpu": report["load_generator"]["cpu_utilisation"],
@@ -486,6 +487,7 @@ def _inner(args: argparse.Namespace) -> int:
             "runs": args.runs,
             "duration": args.duration,
             "rate_per_publisher": args.rate,
+            "transport_cc": bool(getattr(args, "transport_cc", False)),
             "publishers": 1,
             "salon_workers": 1,
             "network": f"private namespace; servers and clients on {SERVER_ADDRESS} "
@@ -527,6 +529,8 @@ def run_side_by_side(args: argparse.Namespace) -> int:
     command += ["--duration", str(args.duration), "--rate", str(args.rate)]
     if getattr(args, "sink_processes", None):
         command += ["--sink-processes", str(args.sink_processes)]
+    if getattr(args, "transport_cc", False):
+        command.append("--transport-cc")
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
     previous = None
     with contextlib.suppress(ValueError):  # only the main thread may set handlers
@@ -571,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=600.0)
     parser.add_argument("--sink-processes", type=int, default=None)
+    parser.add_argument("--transport-cc", action="store_true")
     args = parser.parse_args(argv)
     if args.inner:
         return _inner(args)

@@ -29,6 +29,11 @@ What runs where
     datagrams straight from aioice's ``Connection.data_received`` and unprotects them there,
     skipping aiortc's per-packet queue and task wake-up, so that the load generator stays
     cheap and the arrival time is taken as early as possible.
+  - ``--transport-cc``: each sink's SDP also carries the transport-wide sequence-number
+    extension and ``transport-cc`` feedback (added to the offer to salon; in the answer to
+    Janus, with the ID Janus offered), so the server numbers every packet it forwards; the
+    sinks send no feedback. Each sink counts packets that arrive without the extension
+    (``unstamped_packets`` in the report).
 
 * **Packet shape.** 1200-byte RTP packets (12-byte header, no extensions), 5 per frame, the
   marker bit on the last, a key frame every 60 frames. The payload starts with a valid VP8
@@ -300,6 +305,67 @@ async def _answer(pc: Any, sdp: str) -> None:
     await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
 
+EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+"""The transport-wide sequence-number extension (``--transport-cc``)."""
+
+
+def _with_transport_cc(sdp: str, ext_id: int | None = None) -> str:
+    """``sdp`` (an aiortc sink's offer, or its answer to Janus) with the transport-wide
+    sequence-number extension and ``transport-cc`` feedback added to its video section, so
+    that the server stamps every packet it sends this sink (``--transport-cc``). aiortc cannot
+    negotiate it itself; the sink only counts packets and sends no feedback. ``ext_id``: the
+    ID to use (the one Janus offered); by default the lowest one the section does not use."""
+    lines = sdp.split("\r\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("m=video"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")), len(lines))
+    section = lines[start:end]
+    if any(EXT_TRANSPORT_CC in line for line in section):
+        return sdp
+    used = {_extmap_id(line) for line in section if line.startswith("a=extmap:")}
+    if ext_id is None:
+        ext_id = min(set(range(1, 15)) - used)
+    added = [f"a=extmap:{ext_id} {EXT_TRANSPORT_CC}"]
+    added += [f"a=rtcp-fb:{pt} transport-cc" for pt in section[0].split()[3:]]
+    # After the section's last attribute (an SDP's lines end with an empty string after CRLF).
+    at = end if end < len(lines) else len(lines) - (1 if lines[-1] == "" else 0)
+    return "\r\n".join(lines[:at] + added + lines[at:])
+
+
+def _offered_transport_cc(sdp: str) -> int | None:
+    """The ID of the transport-wide sequence-number extension in Janus's offer, if any."""
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=extmap:") and EXT_TRANSPORT_CC in line:
+            return _extmap_id(line)
+    return None
+
+
+def _has_one_byte_extension(packet: bytes, ext_id: int) -> bool:
+    """Whether an RTP packet carries one-byte header extension ``ext_id`` (RFC 8285)."""
+    if not packet[0] & 0x10:
+        return False
+    at = 12 + 4 * (packet[0] & 0x0F)
+    if packet[at : at + 2] != b"\xbe\xde":
+        return False
+    end = at + 4 + 4 * int.from_bytes(packet[at + 2 : at + 4], "big")
+    at += 4
+    while at < end:
+        byte = packet[at]
+        if byte == 0:  # padding
+            at += 1
+            continue
+        if byte >> 4 == 15:
+            return False
+        if byte >> 4 == ext_id:
+            return True
+        at += 2 + (byte & 0x0F)
+    return False
+
+
+def _extmap_id(line: str) -> int:
+    """The ID of an ``a=extmap:<id>[/<direction>] <uri>`` line."""
+    return int(line.split()[0].split(":")[1].split("/")[0])
+
+
 def _frame_payloads(key: bool) -> list[bytes]:
     """The payloads (without the 16-byte stamp) of one frame's packets."""
     body = PACKET_SIZE - 12 - _STAMP.size
@@ -454,8 +520,12 @@ class _Publisher:
 class _Sink:
     """One subscription: a recvonly aiortc peer that only counts what arrives (no decoding)."""
 
-    def __init__(self, subscriber: int, publisher: int, *, offerer: bool = True) -> None:
+    def __init__(
+        self, subscriber: int, publisher: int, *, offerer: bool = True, transport_cc: bool = False
+    ) -> None:
         self.subscriber = subscriber
+        self.transport_cc = transport_cc
+        """Negotiate the transport-wide sequence number (``--transport-cc``)."""
         self.publisher = publisher
         self.pc = _peer_connection()
         # Janus offers to its subscribers: the transceiver then comes from its offer.
@@ -464,12 +534,18 @@ class _Sink:
         self.counters = array.array("q")
         self.arrivals = array.array("q")
         self.wrong_publisher = 0
+        self.unstamped = 0
+        """``--transport-cc``: packets that arrived without a transport-wide sequence number."""
+        self._twcc_id = 0
         self.first = -1
         """The first counter this sink ever received (it starts on a key frame)."""
         self._dtls: Any = None
 
     async def subscribe(self, signalling: _Signalling, stream_id: str) -> None:
         offer = await _offer(self.pc)
+        if self.transport_cc:
+            offer = _with_transport_cc(offer)
+            self._twcc_id = _offered_transport_cc(offer) or 0
         deadline = time.monotonic() + _CONNECT_TIMEOUT
         while True:
             reply = await signalling.request(
@@ -505,9 +581,14 @@ class _Sink:
         # Hook before the answer starts ICE/DTLS, so no packet goes past us.
         self._hook(self.transceiver.receiver.transport)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        data, _ = await client.message(
-            {"request": "start", "room": room}, {"type": "answer", "sdp": self.pc.localDescription.sdp}
-        )
+        answer = self.pc.localDescription.sdp
+        if self.transport_cc:
+            ext_id = _offered_transport_cc(jsep["sdp"])
+            if ext_id is None:
+                raise BenchError("Janus offered no transport-wide sequence number (--transport-cc)")
+            answer = _with_transport_cc(answer, ext_id)
+            self._twcc_id = ext_id
+        data, _ = await client.message({"request": "start", "room": room}, {"type": "answer", "sdp": answer})
         if data.get("started") != "ok":
             raise BenchError(f"Janus subscriber start failed: {data}")
 
@@ -543,6 +624,8 @@ class _Sink:
             return
         if self.first < 0:
             self.first = counter
+        if self._twcc_id and not _has_one_byte_extension(data, self._twcc_id):
+            self.unstamped += 1
         self.counters.append(counter)
         self.arrivals.append(arrived - sent)
 
@@ -649,13 +732,18 @@ async def _child(conn: multiprocessing.connection.Connection, role: str, ice_add
         return {p.index: p.stream_id for p in publishers}
 
     async def subscribe(
-        subscribers: list[int], streams: list[tuple[int, str]], port: int, session_id: str, token: str
+        subscribers: list[int],
+        streams: list[tuple[int, str]],
+        port: int,
+        session_id: str,
+        token: str,
+        transport_cc: bool = False,
     ) -> int:
         for s in subscribers:
             signalling = await _Signalling.join(port, session_id, token)
             signallings.append(signalling)
             for index, stream_id in streams:
-                sink = _Sink(s, index)
+                sink = _Sink(s, index, transport_cc=transport_cc)
                 sinks.append(sink)
                 await sink.subscribe(signalling, stream_id)
         await _wait_local(lambda: all(k.connected for k in sinks), _CONNECT_TIMEOUT, "subscribers")
@@ -672,11 +760,15 @@ async def _child(conn: multiprocessing.connection.Connection, role: str, ice_add
         return {p.index: p.stream_id for p in publishers}
 
     async def subscribe_janus(
-        subscribers: list[int], streams: list[tuple[int, str]], url: str, room: int
+        subscribers: list[int],
+        streams: list[tuple[int, str]],
+        url: str,
+        room: int,
+        transport_cc: bool = False,
     ) -> int:
         for s in subscribers:
             for index, feed in streams:
-                sink = _Sink(s, index, offerer=False)
+                sink = _Sink(s, index, offerer=False, transport_cc=transport_cc)
                 sinks.append(sink)
                 await sink.subscribe_janus(url, room, feed)
         await _wait_local(lambda: all(k.connected for k in sinks), _CONNECT_TIMEOUT, "subscribers")
@@ -737,6 +829,7 @@ async def _child(conn: multiprocessing.connection.Connection, role: str, ice_add
             "forwarded": forwarded,
             "late_start": late,
             "wrong_publisher": sum(k.wrong_publisher for k in sinks),
+            "unstamped": sum(k.unstamped for k in sinks),
             "delays": delays.tobytes(),
             "halves": [h.tobytes() for h in halves],
             "earliest": [
@@ -926,9 +1019,16 @@ class _Rig:
         }
 
     def _subscribe(self, group: list[int], streams: list[tuple[int, str]]) -> tuple[str, dict[str, Any]]:
+        transport_cc = bool(getattr(self.args, "transport_cc", False))
         if self.janus is not None:
             url, room = self.janus
-            return "subscribe_janus", {"subscribers": group, "streams": streams, "url": url, "room": room}
+            return "subscribe_janus", {
+                "subscribers": group,
+                "streams": streams,
+                "url": url,
+                "room": room,
+                "transport_cc": transport_cc,
+            }
         assert isinstance(self.server, ServerProcess)
         return "subscribe", {
             "subscribers": group,
@@ -936,6 +1036,7 @@ class _Rig:
             "port": self.server.port,
             "session_id": self.session_id,
             "token": self.server.token(self.session_id),
+            "transport_cc": transport_cc,
         }
 
     def connect(self) -> dict[str, Any]:
@@ -1112,6 +1213,11 @@ class _Rig:
             },
             "delay_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0), "samples": len(ordered)},
             **({"delay_ms_by_half": by_half} if by_half else {}),
+            # --transport-cc: packets that reached a sink without the transport-wide sequence
+            # number (cumulative since the sinks connected; 0 when the server stamps them all).
+            "unstamped_packets": sum(r["unstamped"] for r in results)
+            if getattr(self.args, "transport_cc", False)
+            else None,
             "load_generator": {
                 "cpu_utilisation": round((cpu1.loaders - cpu0.loaders) / elapsed, 3),
                 "late_frames": extra1["late_frames"] - extra0["late_frames"],
@@ -1239,6 +1345,7 @@ def _run(
             "consumers": consumers,
             "duration": args.duration,
             "rate_per_publisher": args.rate,
+            "transport_cc": bool(getattr(args, "transport_cc", False)),
             "workers": server.workers if isinstance(server, ServerProcess) else None,
             "publisher_processes": setup["publisher_processes"],
             "sink_processes": setup["sink_processes"],

@@ -202,3 +202,9 @@ def add_sfu_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --peer: the fan-outs measured, comma-separated (1 publisher each)",
     )
     parser.add_argument("--runs", type=int, default=3, help="with --peer: runs per server and fan-out")
+    parser.add_argument(
+        "--transport-cc",
+        action="store_true",
+        help="the sinks negotiate the transport-wide sequence-number extension, so the server "
+        "stamps every packet it forwards (the sinks send no transport-cc feedback)",
+    )
