@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -237,12 +238,15 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
             host=lab.server_address,
             prefix=lab.command("hub", []),
             serve_args=["--media-address", lab.server_address],
+            log_level="info" if args.server_log else "warning",
         )
         server.start()
         try:
             result = asyncio.run(_run(args, lab, server, pathlib.Path(tmp)))
         finally:
             server.stop()
+            if args.server_log:
+                shutil.copyfile(pathlib.Path(tmp) / "server.log", args.server_log)
     return {
         "benchmark": "quality",
         "machine": description,

@@ -121,6 +121,12 @@ def add_bench_parser(commands: Any) -> None:
     quality.add_argument("--warm-up", type=float, default=15.0, help="seconds before the top layer is judged")
     quality.add_argument("--timeout", type=float, default=90.0, help="seconds allowed for the warm-up")
     quality.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
+    quality.add_argument(
+        "--server-log",
+        default=None,
+        metavar="PATH",
+        help="keep the server's log (at level info: the allocator's decisions) in PATH",
+    )
 
     archive = bench_commands.add_parser(
         "archive", help="archiver CPU per archive, and the composed output's audio-video offset"

@@ -35,7 +35,14 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from salon.media.allocator import Allocation, ConsumerInput, Layer, MediaKindClass, Preferences
+from salon.media.allocator import (
+    AUDIO_DEFAULT_BITRATE,
+    Allocation,
+    ConsumerInput,
+    Layer,
+    MediaKindClass,
+    Preferences,
+)
 
 if TYPE_CHECKING:
     from salon.media.bandwidth import TransportBandwidth
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOCATION_INTERVAL",
+    "CUT_BELOW",
+    "LOSS_COLLAPSE",
     "MAX_PADDING_BITRATE",
     "PADDING_SHARE",
     "PADDING_TICK",
@@ -71,6 +80,12 @@ _CLEAN_WINDOW = 5.0
 MAX_PROBE_WAIT = 16.0
 #: A probe sends up to this multiple of the budget (media and padding).
 PROBE_FACTOR = 1.25
+#: The link collapsed when the estimate is under this share of what the current layers send:
+#: a switch down then cuts the old layer at once (:meth:`Consumer.set_layer` ``cut``).
+CUT_BELOW = 0.75
+#: Receiver-report loss above this means the link carries far less than was sent: the
+#: REMB-only budget goes to what got through (sent x (1 - loss)), not half the loss off.
+LOSS_COLLAPSE = 0.34
 
 
 class TransportAllocation:
@@ -166,9 +181,11 @@ class TransportAllocation:
         below 1.5x what it receives unless it detects overuse): it only gives the budget its
         starting value. Each receiver report: loss above 10% cuts the budget by half the loss
         (at most once a second, never below 70% of the highest rate sent without loss in the
-        last 5 s), and probing backs off (its wait doubles, up to
-        :data:`MAX_PROBE_WAIT`); 2-10% holds; under 2% the budget rises to what was just sent
-        (a probe that got through) and 8% a second beyond.
+        last 5 s), and when padding was being sent probing backs off (its wait doubles, up to
+        :data:`MAX_PROBE_WAIT`); loss above :data:`LOSS_COLLAPSE` (the link collapsed) cuts to
+        90% of what got through (sent x (1 - loss)) without that floor; 2-10% holds; under 2%
+        the budget rises to what was just sent (a probe that got through) and 8% a second
+        beyond.
         """
         bandwidth = self.bandwidth
         estimator = bandwidth.estimator
@@ -183,11 +200,23 @@ class TransportAllocation:
         if loss is not None:
             if loss > estimator.LOSS_HIGH:
                 if self._last_cut is None or now - self._last_cut >= 1.0:
-                    # Never below most of what got through without loss in the last seconds.
-                    floor = max((rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0)
-                    budget = max(float(estimator.min_bitrate), 0.7 * floor, budget * (1 - loss / 2))
+                    if loss > LOSS_COLLAPSE and sent > 0:
+                        # The link carries far less than was sent: what got through, with a
+                        # margin for the queue to drain (no floor from before the collapse).
+                        budget = min(budget * (1 - loss / 2), 0.9 * sent * (1 - loss))
+                        self._clean.clear()
+                    else:
+                        # Never below most of what got through without loss in the last seconds.
+                        floor = max(
+                            (rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0
+                        )
+                        budget = max(0.7 * floor, budget * (1 - loss / 2))
+                    budget = max(float(estimator.min_bitrate), budget)
                     self._last_cut = now
-                    self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
+                    if self.padding_bitrate > 0:
+                        # A probe failed: wait longer before the next one. (Loss without a
+                        # probe is the link changing, not the probing: no back-off.)
+                        self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
                 self._last_drop = now
             elif loss < estimator.LOSS_LOW:
                 self._clean.append((now, sent))
@@ -219,6 +248,10 @@ class TransportAllocation:
         if estimate < self._last_estimate * (1 - _DROP):
             self._last_drop = now
         self._last_estimate = estimate
+        # The link collapsed when what the current layers send is well above the estimate:
+        # switches down then cut the old layer at once (no waiting for the key frame behind
+        # a full queue).
+        collapsed = estimate < CUT_BELOW * self._current_rate(consumers, inputs)
         for decision in allocation.decisions.values():
             consumer = consumers.get(decision.consumer_id)
             if consumer is None or consumer.kind != "video":
@@ -244,7 +277,7 @@ class TransportAllocation:
             if temporal is not None and temporal >= top_temporal:
                 temporal = None
             if consumer.wanted_layer != (decision.spatial, temporal):
-                consumer.set_layer(decision.spatial, temporal)
+                consumer.set_layer(decision.spatial, temporal, cut=collapsed)
         if allocation.changed and logger.isEnabledFor(logging.DEBUG):
             for item in inputs:
                 logger.debug(
@@ -289,6 +322,22 @@ class TransportAllocation:
         if self.bandwidth.feedback_packets and held_back:
             self._probe(consumers, now)
         return allocation
+
+    @staticmethod
+    def _current_rate(consumers: dict[str, Consumer], inputs: list[ConsumerInput]) -> int:
+        """What the consumers send now (bit/s): each video's current layer (its highest
+        measured temporal layer, or its lowest layer while it has none yet), audio and fixed
+        costs as measured."""
+        total = 0
+        for item in inputs:
+            if item.kind is MediaKindClass.AUDIO:
+                total += max((layer.bitrate for layer in item.layers), default=0) or AUDIO_DEFAULT_BITRATE
+                continue
+            consumer = consumers.get(item.consumer_id)
+            spatial = None if consumer is None else consumer.current_layer
+            rates = [layer.bitrate for layer in item.layers if layer.spatial == spatial]
+            total += max(rates, default=0)
+        return total
 
     def _probe(self, consumers: dict[str, Consumer], now: float) -> None:
         """Send a probe cluster if the transport's probe controller asks for one (transport-cc
