@@ -73,6 +73,10 @@ _SENT = """async () => {
 }"""
 
 
+#: The publisher's capture size: its top layer.
+CAPTURE = (1280, 720)
+
+
 def _log(message: str) -> None:
     print(f"salon bench quality: {message}", file=sys.stderr, flush=True)
 
@@ -100,9 +104,10 @@ def _next_report(agent: AgentProcess, timeout: float = 10.0) -> dict[str, Any]:
 
 def _warm_up(agent: AgentProcess, minimum: float, timeout: float) -> tuple[int, int]:
     """Wait at least ``minimum`` seconds (the publisher's encoder ramps up), then until the
-    largest size seen has been decoded for 3 s; return it."""
+    top layer (the capture size) has been decoded for 3 s; return its size."""
     deadline = time.monotonic() + timeout
-    earliest = _next_report(agent)["t"] + minimum
+    # The agent's first report comes once it has connected and subscribed: slow on a busy host.
+    earliest = _next_report(agent, timeout=60.0)["t"] + minimum
     top: tuple[int, int] | None = None
     since: float | None = None
     while time.monotonic() < deadline:
@@ -117,9 +122,18 @@ def _warm_up(agent: AgentProcess, minimum: float, timeout: float) -> tuple[int, 
             since = None
         elif since is None:
             since = report["t"]
-        if top is not None and since is not None and report["t"] - since >= 3.0 and report["t"] >= earliest:
+        if (
+            top is not None
+            and top[0] >= CAPTURE[0]
+            and since is not None
+            and report["t"] - since >= 3.0
+            and report["t"] >= earliest
+        ):
             return top
-    raise BenchError(f"the subscriber did not settle on a layer within {timeout:.0f} s (last size {top})")
+    raise BenchError(
+        f"the subscriber did not settle on the top layer ({CAPTURE[0]}x{CAPTURE[1]}) within {timeout:.0f} s "
+        f"(largest size seen {top}: Chromium, short of CPU, may have stopped sending its top layer)"
+    )
 
 
 def _drop(agent: AgentProcess, lab: NetLab, args: argparse.Namespace) -> dict[str, Any]:

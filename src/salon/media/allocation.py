@@ -53,6 +53,7 @@ __all__ = [
     "CUT_BELOW",
     "LOSS_COLLAPSE",
     "MAX_PADDING_BITRATE",
+    "MAX_PROBE_FACTOR",
     "PADDING_SHARE",
     "PADDING_TICK",
     "PROBE_STABLE_FOR",
@@ -77,9 +78,13 @@ _PADDING_PACKET_BITS = (12 + 16 + 255) * 8
 #: A cut never goes below 70% of the highest rate sent without loss in this window (seconds).
 _CLEAN_WINDOW = 5.0
 #: Longest wait between probes after failed ones (seconds).
-MAX_PROBE_WAIT = 16.0
-#: A probe sends up to this multiple of the budget (media and padding).
+MAX_PROBE_WAIT = 6.0
+#: A probe sends up to this multiple of the budget (media and padding)...
 PROBE_FACTOR = 1.25
+#: ... growing by PROBE_FACTOR_STEP after each probe that got through without loss, up to
+#: this (REMB-only: back to the top layer in a few probes once a limit lifts).
+MAX_PROBE_FACTOR = 2.0
+PROBE_FACTOR_STEP = 0.25
 #: The link collapsed when the estimate is under this share of what the current layers send:
 #: a switch down then cuts the old layer at once (:meth:`Consumer.set_layer` ``cut``).
 CUT_BELOW = 0.75
@@ -101,6 +106,7 @@ class TransportAllocation:
         "_layout",
         "_next_run",
         "_padding_credit",
+        "_probe_gain",
         "_probe_wait",
         "_sent_rate",
         "active_speaker",
@@ -121,6 +127,7 @@ class TransportAllocation:
         self._budget: float | None = None
         self._last_budget_at = 0.0
         self._probe_wait = PROBE_STABLE_FOR
+        self._probe_gain = PROBE_FACTOR
         self._last_cut: float | None = None
         self._layout: tuple[tuple[str, int | None, int | None, bool], ...] = ()
         #: (time, rate sent) of the intervals a loss-free receiver report covered.
@@ -185,7 +192,10 @@ class TransportAllocation:
         :data:`MAX_PROBE_WAIT`); loss above :data:`LOSS_COLLAPSE` (the link collapsed) cuts to
         90% of what got through (sent x (1 - loss)) without that floor; 2-10% holds; under 2%
         the budget rises to what was just sent (a probe that got through) and 8% a second
-        beyond.
+        beyond, and the next probe may go further (:data:`PROBE_FACTOR` x the budget, a
+        :data:`PROBE_FACTOR_STEP` more after each probe that got through, up to
+        :data:`MAX_PROBE_FACTOR`; any loss of 2% or more starts again from
+        :data:`PROBE_FACTOR`).
         """
         bandwidth = self.bandwidth
         estimator = bandwidth.estimator
@@ -218,13 +228,18 @@ class TransportAllocation:
                         # probe is the link changing, not the probing: no back-off.)
                         self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
                 self._last_drop = now
+                self._probe_gain = PROBE_FACTOR
             elif loss < estimator.LOSS_LOW:
                 self._clean.append((now, sent))
                 while self._clean and now - self._clean[0][0] > _CLEAN_WINDOW:
                     self._clean.popleft()
                 if sent > budget:
+                    # A probe got through: the next may go further.
                     self._probe_wait = PROBE_STABLE_FOR
+                    self._probe_gain = min(MAX_PROBE_FACTOR, self._probe_gain + PROBE_FACTOR_STEP)
                 budget = max(budget, sent) * 1.08**dt
+            else:
+                self._probe_gain = PROBE_FACTOR
         budget = min(budget, float(estimator.max_bitrate))
         self._budget = budget
         return int(budget)
@@ -312,9 +327,12 @@ class TransportAllocation:
                 # REMB-only: a step above what last got through without loss, not above a
                 # budget that loss has not corrected yet.
                 clean = max((rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0)
-                ceiling = PROBE_FACTOR * max(clean, float(allocation.allocated))
-                ceiling = min(ceiling, float(estimate) * PROBE_FACTOR)
-            room = min(ceiling, float(allocation.desired)) - allocation.allocated
+                ceiling = self._probe_gain * max(clean, float(allocation.allocated))
+                ceiling = min(ceiling, float(estimate) * self._probe_gain)
+            # Up to what the top layers need with the allocator's upgrade headroom: a probe
+            # that only reaches ``desired`` would leave the last step to the 8%/s growth.
+            wanted = allocation.desired * (1 + self.bandwidth.allocator.upgrade_margin)
+            room = min(ceiling, wanted) - allocation.allocated
             self.padding_bitrate = int(max(0.0, min(room, float(MAX_PADDING_BITRATE))))
         else:
             self.padding_bitrate = 0

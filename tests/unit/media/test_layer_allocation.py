@@ -354,3 +354,57 @@ def test_a_collapse_cuts_the_old_layer_a_mild_drop_does_not() -> None:
     media = [parse_rtp_header(p) for p in sub.rtp[sent:] if parse_rtp_header(p).ssrc == consumer.ssrc]
     assert consumer.current_layer == target and media
     assert media[0].sequence_number == (last + 1 + CUT_SEQUENCE_GAP) & 0xFFFF
+
+
+def shaped_run(
+    capacity: list[tuple[float, int]], seconds: float
+) -> list[tuple[float, int | None, int | None]]:
+    """A REMB-only subscriber (aiortc: a stale-high REMB, loss in a receiver report every
+    second) behind a link of ``capacity`` ((from time, bit/s), ...): each report carries the
+    share of what was sent that the link could not carry. Returns (time, wanted, current
+    layer) after each report."""
+    from salon.media.rtcp import ReportBlock
+
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    sub.bandwidth.on_remb(5_000_000, pub.now)
+    out: list[tuple[float, int | None, int | None]] = []
+    start = pub.now
+    next_report = start + 1.0
+    end = start + seconds
+    while pub.now < end:
+        keys = (0, 1, 2) if pub.frame % 30 == 0 else ()
+        pub.send_frame(keys)
+        allocation.run(consumers, pub.now)
+        if pub.now >= next_report:
+            next_report += 1.0
+            link = next(rate for at, rate in reversed(capacity) if pub.now - start >= at)
+            sent = allocation._sent_rate
+            loss = max(0.0, 1 - link / sent) if sent else 0.0
+            sub.bandwidth.on_remb(5_000_000, pub.now)
+            sub.bandwidth.on_report_block(ReportBlock(1, min(255, int(loss * 256)), 0, 0, 0, 0, 0), pub.now)
+            out.append((pub.now - start, consumer.wanted_layer[0], consumer.current_layer))
+    return out
+
+
+def test_a_remb_only_subscriber_falls_at_once_and_climbs_back_within_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import salon.media.allocation as allocation_module
+
+    def back_to_top(trace: list[tuple[float, int | None, int | None]], lifted: float) -> float:
+        after = [(t, current) for t, _, current in trace if t >= lifted]
+        return next(t for t, current in after if current == 2) - lifted
+
+    # Unlimited for 8 s, 300 kb/s for 12 s, unlimited again.
+    capacity = [(0.0, 10_000_000), (8.0, 300_000), (20.0, 10_000_000)]
+    trace = shaped_run(capacity, 40.0)
+    assert any(current == 2 for t, _, current in trace if t < 8.0)
+    # Within two reports of the drop, the allocation is down to what the link carries.
+    limited = [(t, wanted) for t, wanted, _ in trace if 10.5 <= t < 20.0]
+    assert limited and all(wanted == 0 for _, wanted in limited), trace
+    fast = back_to_top(trace, 20.0)
+    assert fast < 10.0, trace
+    # Probes that grow after each success climb faster than fixed 1.25x steps.
+    monkeypatch.setattr(allocation_module, "MAX_PROBE_FACTOR", allocation_module.PROBE_FACTOR)
+    slow = back_to_top(shaped_run(capacity, 40.0), 20.0)
+    assert fast < slow
