@@ -77,6 +77,8 @@ _DROP = 0.05
 _PADDING_PACKET_BITS = (12 + 16 + 255) * 8
 #: A cut never goes below 70% of the highest rate sent without loss in this window (seconds).
 _CLEAN_WINDOW = 5.0
+#: Seconds of sending a receiver report's loss is judged against (aiortc reports every 0.5-1.5 s).
+_REPORT_SPAN = 1.5
 #: Longest wait between probes after failed ones (seconds).
 MAX_PROBE_WAIT = 6.0
 #: A probe sends up to this multiple of the budget (media and padding)...
@@ -108,6 +110,7 @@ class TransportAllocation:
         "_padding_credit",
         "_probe_gain",
         "_probe_wait",
+        "_sent_history",
         "_sent_rate",
         "active_speaker",
         "bandwidth",
@@ -124,6 +127,9 @@ class TransportAllocation:
         self._last_drop: float | None = None
         self._padding_credit = 0.0
         self._sent_rate = 0
+        #: (time, rate decided) of the recent allocations: a receiver report covers about the
+        #: last second, sent at what these decided.
+        self._sent_history: collections.deque[tuple[float, int]] = collections.deque()
         self._budget: float | None = None
         self._last_budget_at = 0.0
         self._probe_wait = PROBE_STABLE_FOR
@@ -205,15 +211,21 @@ class TransportAllocation:
         loss = bandwidth.recent_loss
         bandwidth.recent_loss = None
         sent = float(self._sent_rate)
+        recent = [rate for at, rate in self._sent_history if now - at <= _REPORT_SPAN]
+        # Loss is judged against the most that was sent while the report was being gathered;
+        # a clean report proves only what was sent all along (a probe decided half a second
+        # ago is not proven by a report about the second before it).
+        sent_most = float(max(recent, default=self._sent_rate))
+        sent_proven = float(min(recent, default=self._sent_rate))
         dt = min(1.0, now - self._last_budget_at) if self._last_budget_at else 0.0
         self._last_budget_at = now
         if loss is not None:
             if loss > estimator.LOSS_HIGH:
                 if self._last_cut is None or now - self._last_cut >= 1.0:
-                    if loss > LOSS_COLLAPSE and sent > 0:
+                    if loss > LOSS_COLLAPSE and sent_most > 0:
                         # The link carries far less than was sent: what got through, with a
                         # margin for the queue to drain (no floor from before the collapse).
-                        budget = min(budget * (1 - loss / 2), 0.9 * sent * (1 - loss))
+                        budget = min(budget * (1 - loss / 2), 0.9 * sent_most * (1 - loss))
                         self._clean.clear()
                     else:
                         # Never below most of what got through without loss in the last seconds.
@@ -230,6 +242,7 @@ class TransportAllocation:
                 self._last_drop = now
                 self._probe_gain = PROBE_FACTOR
             elif loss < estimator.LOSS_LOW:
+                sent = sent_proven
                 self._clean.append((now, sent))
                 while self._clean and now - self._clean[0][0] > _CLEAN_WINDOW:
                     self._clean.popleft()
@@ -337,6 +350,10 @@ class TransportAllocation:
         else:
             self.padding_bitrate = 0
         self._sent_rate = allocation.allocated + self.padding_bitrate
+        history = self._sent_history
+        history.append((now, self._sent_rate))
+        while history and now - history[0][0] > _REPORT_SPAN:
+            history.popleft()
         if self.bandwidth.feedback_packets and held_back:
             self._probe(consumers, now)
         return allocation

@@ -390,8 +390,10 @@ class Consumer:
         if switcher is not None:
             self._retarget(self._now())
             current = switcher.current_layer
-            if cut and current is not None and switcher.target_layer < current:
-                switcher.cut()
+            if cut and current is not None and switcher.target_layer < current and switcher.cut():
+                logger.info(
+                    "%r: layer %d cut for %d (the link collapsed)", self, current, switcher.target_layer
+                )
 
     def _retarget(self, now: float, *, ask: bool = True) -> None:
         """Point the switcher at the wanted encoding, or the best one flowing below it; ask
