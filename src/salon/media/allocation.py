@@ -110,6 +110,7 @@ class TransportAllocation:
         "_padding_credit",
         "_probe_gain",
         "_probe_wait",
+        "_ignore_loss_until",
         "_sent_history",
         "_sent_rate",
         "active_speaker",
@@ -127,6 +128,7 @@ class TransportAllocation:
         self._last_drop: float | None = None
         self._padding_credit = 0.0
         self._sent_rate = 0
+        self._ignore_loss_until = 0.0
         #: (time, rate decided) of the recent allocations: a receiver report covers about the
         #: last second, sent at what these decided.
         self._sent_history: collections.deque[tuple[float, int]] = collections.deque()
@@ -196,7 +198,9 @@ class TransportAllocation:
         (at most once a second, never below 70% of the highest rate sent without loss in the
         last 5 s), and when padding was being sent probing backs off (its wait doubles, up to
         :data:`MAX_PROBE_WAIT`); loss above :data:`LOSS_COLLAPSE` (the link collapsed) cuts to
-        90% of what got through (sent x (1 - loss)) without that floor; 2-10% holds; under 2%
+        90% of what got through (sent x (1 - loss)) without that floor, but at most to a
+        quarter per report; reports in the :data:`_REPORT_SPAN` after a cut (which skipped
+        output sequence numbers the subscriber counts as lost) are ignored; 2-10% holds; under 2%
         the budget rises to what was just sent (a probe that got through) and 8% a second
         beyond, and the next probe may go further (:data:`PROBE_FACTOR` x the budget, a
         :data:`PROBE_FACTOR_STEP` more after each probe that got through, up to
@@ -210,6 +214,11 @@ class TransportAllocation:
             budget = float(bandwidth.estimate(now))
         loss = bandwidth.recent_loss
         bandwidth.recent_loss = None
+        if loss is not None and now < self._ignore_loss_until:
+            # A cut skipped output sequence numbers: the subscriber counts them as lost.
+            loss = None
+        if loss is not None and loss > estimator.LOSS_HIGH:
+            logger.info("allocation: receiver-reported loss %.2f, sent %d", loss, self._sent_rate)
         sent = float(self._sent_rate)
         recent = [rate for at, rate in self._sent_history if now - at <= _REPORT_SPAN]
         # Loss is judged against the most that was sent while the report was being gathered;
@@ -225,7 +234,9 @@ class TransportAllocation:
                     if loss > LOSS_COLLAPSE and sent_most > 0:
                         # The link carries far less than was sent: what got through, with a
                         # margin for the queue to drain (no floor from before the collapse).
-                        budget = min(budget * (1 - loss / 2), 0.9 * sent_most * (1 - loss))
+                        # At most a quarter off per report: a loss fraction near 1 (bursts on a
+                        # short queue) must not take the budget under every layer at once.
+                        budget = max(budget / 4, min(budget * (1 - loss / 2), 0.9 * sent_most * (1 - loss)))
                         self._clean.clear()
                     else:
                         # Never below most of what got through without loss in the last seconds.
@@ -305,7 +316,15 @@ class TransportAllocation:
             if temporal is not None and temporal >= top_temporal:
                 temporal = None
             if consumer.wanted_layer != (decision.spatial, temporal):
+                current = consumer.current_layer
                 consumer.set_layer(decision.spatial, temporal, cut=collapsed)
+                if (
+                    collapsed
+                    and current is not None
+                    and decision.spatial is not None
+                    and decision.spatial < current
+                ):
+                    self._ignore_loss_until = now + _REPORT_SPAN
         if allocation.changed and logger.isEnabledFor(logging.DEBUG):
             for item in inputs:
                 logger.debug(
