@@ -101,6 +101,7 @@ class TransportAllocation:
     __slots__ = (
         "_budget",
         "_clean",
+        "_ignore_loss_until",
         "_last_budget_at",
         "_last_cut",
         "_last_drop",
@@ -110,7 +111,6 @@ class TransportAllocation:
         "_padding_credit",
         "_probe_gain",
         "_probe_wait",
-        "_ignore_loss_until",
         "_sent_history",
         "_sent_rate",
         "active_speaker",
