@@ -199,7 +199,7 @@ class TransportAllocation:
         last 5 s), and when padding was being sent probing backs off (its wait doubles, up to
         :data:`MAX_PROBE_WAIT`); loss above :data:`LOSS_COLLAPSE` (the link collapsed) cuts to
         90% of what got through (sent x (1 - loss)) without that floor, but at most to a
-        quarter per report; reports in the :data:`_REPORT_SPAN` after a cut (which skipped
+        quarter per report; reports in the 2.5 s after a cut (which skipped
         output sequence numbers the subscriber counts as lost) are ignored; 2-10% holds; under 2%
         the budget rises to what was just sent (a probe that got through) and 8% a second
         beyond, and the next probe may go further (:data:`PROBE_FACTOR` x the budget, a
@@ -324,7 +324,9 @@ class TransportAllocation:
                     and decision.spatial is not None
                     and decision.spatial < current
                 ):
-                    self._ignore_loss_until = now + _REPORT_SPAN
+                    # The gap shows in the report after the new layer's key frame: up to a
+                    # second for the key frame, then a report's span.
+                    self._ignore_loss_until = now + 1.0 + _REPORT_SPAN
         if allocation.changed and logger.isEnabledFor(logging.DEBUG):
             for item in inputs:
                 logger.debug(
