@@ -101,6 +101,7 @@ class TransportAllocation:
     __slots__ = (
         "_budget",
         "_clean",
+        "_cut_waiting",
         "_ignore_loss_until",
         "_last_budget_at",
         "_last_cut",
@@ -129,9 +130,11 @@ class TransportAllocation:
         self._padding_credit = 0.0
         self._sent_rate = 0
         self._ignore_loss_until = 0.0
+        #: Consumers cut (:meth:`Consumer.set_layer` ``cut``) still waiting for their key frame.
+        self._cut_waiting: set[str] = set()
         #: (time, rate decided) of the recent allocations: a receiver report covers about the
         #: last second, sent at what these decided.
-        self._sent_history: collections.deque[tuple[float, int]] = collections.deque()
+        self._sent_history: collections.deque[tuple[float, int, int]] = collections.deque()
         self._budget: float | None = None
         self._last_budget_at = 0.0
         self._probe_wait = PROBE_STABLE_FOR
@@ -199,8 +202,10 @@ class TransportAllocation:
         last 5 s), and when padding was being sent probing backs off (its wait doubles, up to
         :data:`MAX_PROBE_WAIT`); loss above :data:`LOSS_COLLAPSE` (the link collapsed) cuts to
         90% of what got through (sent x (1 - loss)) without that floor, but at most to a
-        quarter per report; reports in the 2.5 s after a cut (which skipped
-        output sequence numbers the subscriber counts as lost) are ignored; 2-10% holds; under 2%
+        quarter per report, and not when padding was sent meanwhile (a failed probe: the rule
+        above); reports are ignored while a cut consumer waits for its key frame and for
+        :data:`_REPORT_SPAN` after it restarted (the cut skipped output sequence numbers,
+        which the subscriber counts as lost); 2-10% holds; under 2%
         the budget rises to what was just sent (a probe that got through) and 8% a second
         beyond, and the next probe may go further (:data:`PROBE_FACTOR` x the budget, a
         :data:`PROBE_FACTOR_STEP` more after each probe that got through, up to
@@ -214,13 +219,14 @@ class TransportAllocation:
             budget = float(bandwidth.estimate(now))
         loss = bandwidth.recent_loss
         bandwidth.recent_loss = None
-        if loss is not None and now < self._ignore_loss_until:
+        if loss is not None and (self._cut_waiting or now < self._ignore_loss_until):
             # A cut skipped output sequence numbers: the subscriber counts them as lost.
             loss = None
         if loss is not None and loss > estimator.LOSS_HIGH:
             logger.info("allocation: receiver-reported loss %.2f, sent %d", loss, self._sent_rate)
         sent = float(self._sent_rate)
-        recent = [rate for at, rate in self._sent_history if now - at <= _REPORT_SPAN]
+        recent = [rate for at, rate, _ in self._sent_history if now - at <= _REPORT_SPAN]
+        probed = any(padding for at, _, padding in self._sent_history if now - at <= _REPORT_SPAN)
         # Loss is judged against the most that was sent while the report was being gathered;
         # a clean report proves only what was sent all along (a probe decided half a second
         # ago is not proven by a report about the second before it).
@@ -231,7 +237,7 @@ class TransportAllocation:
         if loss is not None:
             if loss > estimator.LOSS_HIGH:
                 if self._last_cut is None or now - self._last_cut >= 1.0:
-                    if loss > LOSS_COLLAPSE and sent_most > 0:
+                    if loss > LOSS_COLLAPSE and sent_most > 0 and not probed:
                         # The link carries far less than was sent: what got through, with a
                         # margin for the queue to drain (no floor from before the collapse).
                         # At most a quarter off per report: a loss fraction near 1 (bursts on a
@@ -280,6 +286,12 @@ class TransportAllocation:
 
     def _allocate(self, consumers: dict[str, Consumer], now: float) -> Allocation:
         self.runs += 1
+        for cid in list(self._cut_waiting):
+            cut = consumers.get(cid)
+            if cut is None or cut.closed or cut.current_layer is not None or cut.quality_paused:
+                # Restarted after its gap: the next report counts the skipped numbers as lost.
+                self._cut_waiting.discard(cid)
+                self._ignore_loss_until = now + _REPORT_SPAN
         inputs = self.inputs(consumers.values(), now)
         estimate = self.budget(now)
         allocation = self.bandwidth.allocator.allocate(estimate, inputs, now)
@@ -324,9 +336,7 @@ class TransportAllocation:
                     and decision.spatial is not None
                     and decision.spatial < current
                 ):
-                    # The gap shows in the report after the new layer's key frame: up to a
-                    # second for the key frame, then a report's span.
-                    self._ignore_loss_until = now + 1.0 + _REPORT_SPAN
+                    self._cut_waiting.add(consumer.id)
         if allocation.changed and logger.isEnabledFor(logging.DEBUG):
             for item in inputs:
                 logger.debug(
@@ -372,7 +382,7 @@ class TransportAllocation:
             self.padding_bitrate = 0
         self._sent_rate = allocation.allocated + self.padding_bitrate
         history = self._sent_history
-        history.append((now, self._sent_rate))
+        history.append((now, self._sent_rate, self.padding_bitrate))
         while history and now - history[0][0] > _REPORT_SPAN:
             history.popleft()
         if self.bandwidth.feedback_packets and held_back:
