@@ -226,7 +226,9 @@ class TransportAllocation:
             logger.info("allocation: receiver-reported loss %.2f, sent %d", loss, self._sent_rate)
         sent = float(self._sent_rate)
         recent = [rate for at, rate, _ in self._sent_history if now - at <= _REPORT_SPAN]
-        probed = any(padding for at, _, padding in self._sent_history if now - at <= _REPORT_SPAN)
+        # A report can describe padding that stopped up to a report's span plus the link's
+        # queue ago: a second more.
+        probed = any(padding for at, _, padding in self._sent_history if now - at <= _REPORT_SPAN + 1.0)
         # Loss is judged against the most that was sent while the report was being gathered;
         # a clean report proves only what was sent all along (a probe decided half a second
         # ago is not proven by a report about the second before it).
@@ -383,7 +385,7 @@ class TransportAllocation:
         self._sent_rate = allocation.allocated + self.padding_bitrate
         history = self._sent_history
         history.append((now, self._sent_rate, self.padding_bitrate))
-        while history and now - history[0][0] > _REPORT_SPAN:
+        while history and now - history[0][0] > _REPORT_SPAN + 1.0:
             history.popleft()
         if self.bandwidth.feedback_packets and held_back:
             self._probe(consumers, now)
