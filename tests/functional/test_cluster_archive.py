@@ -5,7 +5,8 @@ Two ``salon serve`` nodes with media (one worker each, their own archivers, loca
 storage) on one real Redis and one real PostgreSQL. Alice publishes the numbered test pattern
 through node 1; a watcher is connected through node 2 (subscribed to nothing). An individual
 archive started over REST on node 2 records Alice's stream through a node-to-node pipe from
-node 1 (as a subscriber on node 2 would get it); stopping it closes that pipe. The archive,
+node 1 (as a subscriber on node 2 would get it), and a stream Alice publishes on node 1 after
+the start as well; stopping it closes those pipes. The archive,
 read through either node, is ``available``, and its file holds Alice's frames, decoded and
 checked by their numbers.
 """
@@ -28,7 +29,7 @@ import av
 import httpx
 import pytest
 
-from salon.client import Publisher, Session, TestPatternSource, read_test_pattern_index
+from salon.client import Publisher, Session, TestPatternSource, ToneSource, read_test_pattern_index
 from tests.functional.test_cluster import API_KEY, API_SECRET, auth, create_session, token
 from tests.functional.test_cluster_media import pipes_of, wait_pipes
 from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
@@ -120,6 +121,18 @@ async def test_an_archive_started_on_one_node_records_a_stream_published_on_anot
                 lambda ps: len(ps) == 1 and ps[0]["stats"]["packets_received"] >= 150,
             )
             assert into_2["stream_id"] == stream_id and into_2["srtp"], into_2
+            # A stream published on node 1 after the start is recorded too (node 2 hears of it
+            # on the session's bus): a tone, audio only.
+            tone = Publisher("alice's tone", video=False, audio_source=ToneSource(440.0))
+            tone_id = (await alice.publish(tone)).stream_id
+            await wait_pipes(
+                n2,
+                "a second pipe, of the tone, for the archive",
+                lambda ps: (
+                    {p["stream_id"] for p in ps if p["stats"]["packets_received"] >= 100}
+                    == {stream_id, tone_id}
+                ),
+            )
             listed = await http.get(
                 f"/v2/project/{API_KEY}/archive", headers=auth(), params={"sessionId": session_id}
             )
@@ -138,8 +151,12 @@ async def test_an_archive_started_on_one_node_records_a_stream_published_on_anot
 
     with zipfile.ZipFile(io.BytesIO(await download(done["url"]))) as archive:
         manifest = json.loads(archive.read(f"{archive_id}.json"))
-        assert [f["streamId"] for f in manifest["files"]] == [stream_id], manifest
+        assert sorted(f["streamId"] for f in manifest["files"]) == sorted([stream_id, tone_id]), manifest
         video = archive.read(f"{stream_id}.webm")
+        audio = archive.read(f"{tone_id}.webm")
+    with av.open(io.BytesIO(audio)) as container:
+        samples = sum(f.samples for f in container.decode(audio=0))
+    assert samples >= 48_000, f"{samples} samples of the tone: not even a second"
     with av.open(io.BytesIO(video)) as container:
         frames = list(container.decode(video=0))
     indices = [read_test_pattern_index(f.to_ndarray(format="gray")) for f in frames]

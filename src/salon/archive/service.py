@@ -744,6 +744,14 @@ class ArchiveService:
     def session_ended(self, session_id: str, api_key: str) -> None:
         self._events.put_nowait(("ended", session_id, None))
 
+    def delivered_elsewhere(self, session_id: str, api_key: str, message: ServerMessage) -> None:
+        """In a cluster: an event another node published on the session's bus (a stream
+        created or destroyed there, a client joining there). This node's archives of the
+        session follow it as they follow their own node's events, but an ``always`` archive
+        is started only by the node where the stream was published."""
+        if isinstance(message, StreamCreatedEvent | StreamDestroyedEvent | ConnectionCreatedEvent):
+            self._events.put_nowait(("elsewhere", session_id, message))
+
     async def _run_events(self) -> None:
         while True:
             kind, session_id, message = await self._events.get()
@@ -771,16 +779,16 @@ class ArchiveService:
                 event = ArchiveStartedEvent(archive_id=active.record.archive_id, name=active.record.name)
                 await self._tell(session_id, event, to=(message.connection.connection_id,))
         elif isinstance(message, StreamCreatedEvent):
-            await self._stream_created(session_id, message.stream)
+            await self._stream_created(session_id, message.stream, auto_start=kind != "elsewhere")
         elif isinstance(message, StreamDestroyedEvent):
             for active in self._of_session(session_id):
                 await self._drop_stream(active, message.stream_id)
                 if not self._live_streams(session_id):
                     await self._set_status(active, ArchiveStatus.PAUSED)
 
-    async def _stream_created(self, session_id: str, info: StreamInfo) -> None:
+    async def _stream_created(self, session_id: str, info: StreamInfo, *, auto_start: bool = True) -> None:
         actives = self._of_session(session_id)
-        if not any(a.record.multi_archive_tag is None for a in actives):
+        if auto_start and not any(a.record.multi_archive_tag is None for a in actives):
             session = await self.registry.session(session_id)
             if session is not None and session.archive_mode == "always" and session.media_mode != "relayed":
                 resolution = session.archive_resolution if session.archive_resolution in RESOLUTIONS else None

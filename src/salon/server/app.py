@@ -214,6 +214,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             node.on_project_changed = registry.forget_project
             node.on_reaped = callbacks.reaped
             cluster = service.cluster = ClusterBridge(node, service)
+            service.elsewhere = archives.delivered_elsewhere
             try:
                 await cluster.start()
                 if media is not None:

@@ -347,6 +347,10 @@ class SignallingService:
         #: Set when this server is a node of a cluster (``salon serve --redis-url``): every
         #: change is published on the session's bus and applied from it (:mod:`salon.cluster`).
         self.cluster: ClusterBridge | None = None
+        #: In a cluster: told of the events of the batches other nodes published (``observer``
+        #: hears those of this node's own changes): the archive service, whose archives
+        #: follow streams wherever they are published. Callbacks stay with the origin node.
+        self.elsewhere: Callable[[str, str, ServerMessage], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -469,6 +473,11 @@ class SignallingService:
         deliver it to this node's clients, close what it closes, clean up this node's
         connections it destroyed (``gone_here``), tell the media plane of ended streams."""
         own = self.cluster is not None and batch.origin == self.cluster.name
+        if self.elsewhere is not None and self.cluster is not None:
+            if batch.origin not in (self.cluster.name, f"rest@{self.cluster.name}"):
+                for action, _ in batch.actions:
+                    if isinstance(action, Deliver) and action.to is None:
+                        self.elsewhere(session.session_id, session.api_key, action.message)
         for action, text in batch.actions:
             if isinstance(action, Close):
                 link = self.links.get(action.connection_id)
