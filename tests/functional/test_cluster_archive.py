@@ -6,9 +6,10 @@ storage) on one real Redis and one real PostgreSQL. Alice publishes the numbered
 through node 1; a watcher is connected through node 2 (subscribed to nothing). An individual
 archive started over REST on node 2 records Alice's stream through a node-to-node pipe from
 node 1 (as a subscriber on node 2 would get it), and a stream Alice publishes on node 1 after
-the start as well; stopping it closes those pipes. The archive,
-read through either node, is ``available``, and its file holds Alice's frames, decoded and
-checked by their numbers.
+the start as well. It is listed and stopped through node 1 (which forwards the stop to node 2,
+the recording node); stopping it closes the pipes. Read through either node, the archive is
+``available``, and its file holds Alice's frames, decoded and checked by their numbers, and
+her tone.
 """
 
 from __future__ import annotations
@@ -133,13 +134,18 @@ async def test_an_archive_started_on_one_node_records_a_stream_published_on_anot
                     == {stream_id, tone_id}
                 ),
             )
+        # Listed and stopped through node 1, which does not record it: node 2 stops it.
+        async with httpx.AsyncClient(base_url=n1.url, timeout=30) as http:
             listed = await http.get(
                 f"/v2/project/{API_KEY}/archive", headers=auth(), params={"sessionId": session_id}
             )
             assert [a["id"] for a in listed.json()["items"]] == [archive_id], listed.text
             r = await http.post(f"/v2/project/{API_KEY}/archive/{archive_id}/stop", headers=auth())
             assert r.status_code == 200, r.text
+            assert (r.json()["id"], r.json()["status"]) == (archive_id, "stopped"), r.json()
             recorded = time.monotonic() - started
+            again = await http.post(f"/v2/project/{API_KEY}/archive/{archive_id}/stop", headers=auth())
+            assert again.status_code == 409, again.text
         # The recording stopped: the pipe it held closes, both ends.
         await wait_pipes(n2, "node 2's receiving end to close", lambda ps: ps == [])
         await wait_pipes(n1, "node 1's sending end to close", lambda ps: ps == [])

@@ -28,7 +28,7 @@ import pathlib
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -289,6 +289,8 @@ class ArchiveService:
         self.config = config or ArchiveConfig()
         self._emit = emit
         self.signalling: _Signalling | None = None
+        #: In a cluster: stops an archive another node records (``salon.cluster.archives``).
+        self.stop_elsewhere: Callable[[str, str], Awaitable[ArchiveRecord]] | None = None
         self.base_url: str | None = self.config.public_url
         self._active: dict[str, _Active] = {}
         self._empty_timers: dict[str, asyncio.TimerHandle] = {}
@@ -525,22 +527,28 @@ class ArchiveService:
         await self._save(active.record)
 
     async def stop(
-        self, archive_id: str, *, api_key: str | None = None, reason: str = REASON_USER
+        self, archive_id: str, *, api_key: str | None = None, reason: str = REASON_USER, forward: bool = True
     ) -> ArchiveRecord:
         """Stop an archive being recorded; it is ``stopped`` when this returns, and becomes
-        ``available`` or ``failed`` once its recording is finished and stored.
+        ``available`` or ``failed`` once its recording is finished and stored. In a cluster,
+        an archive another node records is stopped there (:attr:`stop_elsewhere`, unless
+        ``forward`` is false).
 
         :raises NotFoundError: unknown archive (of another project, with ``api_key``).
         :raises ConflictError: the archive is not being recorded.
         """
         async with self._lock:
             active = self._active.get(archive_id)
-            if active is None or (api_key is not None and active.record.api_key != api_key):
-                record = await self.get(api_key, archive_id) if api_key is not None else None
-                if record is None:
-                    raise NotFoundError("archive not found")
+            if active is not None and (api_key is None or active.record.api_key == api_key):
+                return await self._stop(active, reason)
+            record = await self.get(api_key, archive_id) if api_key is not None else None
+            if record is None:
+                raise NotFoundError("archive not found")
+            elsewhere = self.stop_elsewhere if forward else None
+            if elsewhere is None or record.status not in (ArchiveStatus.STARTED, ArchiveStatus.PAUSED):
                 raise ConflictError("Archive is not in started state")
-            return await self._stop(active, reason)
+        assert api_key is not None
+        return await elsewhere(api_key, archive_id)
 
     async def _stop(self, active: _Active, reason: str) -> ArchiveRecord:
         now = _now_ms()

@@ -224,9 +224,18 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     if problem is not None:
                         logger.warning("--node-address %s: %s", node.address, problem)
 
+                    from salon.cluster.archives import ARCHIVE_STOP, ArchiveForwarding
+
+                    async def node_request(origin: str, body: dict[str, Any]) -> dict[str, Any]:
+                        if body.get("op") == ARCHIVE_STOP:
+                            return await forwarding.serve(origin, body)
+                        return await media.node_request(origin, body)
+
                     node_link = NodeMediaLink(
-                        node, media.node_request, watched=media.served_nodes, gone=media.node_gone
+                        node, node_request, watched=media.served_nodes, gone=media.node_gone
                     )
+                    forwarding = ArchiveForwarding(node_link, archives)
+                    archives.stop_elsewhere = forwarding.stop_elsewhere
                     await node_link.start()
                     media.nodes = node_link
             except BaseException:
