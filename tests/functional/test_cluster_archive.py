@@ -9,7 +9,8 @@ node 1 (as a subscriber on node 2 would get it), and a stream Alice publishes on
 the start as well. It is listed and stopped through node 1 (which forwards the stop to node 2,
 the recording node); stopping it closes the pipes. Read through either node, the archive is
 ``available``, and its file holds Alice's frames, decoded and checked by their numbers, and
-her tone.
+her tone. Then, with no client left on node 2, an archive started and stopped through node 2
+is recorded by node 1 (the start and the stop forwarded there).
 """
 
 from __future__ import annotations
@@ -149,6 +150,45 @@ async def test_an_archive_started_on_one_node_records_a_stream_published_on_anot
         # The recording stopped: the pipe it held closes, both ends.
         await wait_pipes(n2, "node 2's receiving end to close", lambda ps: ps == [])
         await wait_pipes(n1, "node 1's sending end to close", lambda ps: ps == [])
+
+        # Node 2 has no client in the session any more: an archive started through it is
+        # started (and recorded) on node 1, which has; stopped through node 2, node 1 stops it.
+        watcher_id = watcher.connection_id
+        await watcher.disconnect()
+        deadline = time.monotonic() + 60
+        while watcher_id in alice.connections:
+            assert time.monotonic() < deadline, "the watcher's leaving never reached node 1"
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=n2.url, timeout=60) as http:
+            r = await http.post(
+                f"/v2/project/{API_KEY}/archive",
+                headers=auth(),
+                json={"sessionId": session_id, "outputMode": "individual", "name": "forwarded"},
+            )
+            assert r.status_code == 200, r.text
+            forwarded_id = r.json()["id"]
+            assert (r.json()["name"], r.json()["status"]) == ("forwarded", "started"), r.json()
+            work = n1.data_dir / "archives-work" / forwarded_id
+            deadline = time.monotonic() + 60
+            while sum(f.stat().st_size for f in work.rglob("*.webm")) < 40_000:
+                assert time.monotonic() < deadline, f"node 1 records nothing in {work}"
+                await asyncio.sleep(0.2)
+            assert await pipes_of(n2) == [] and await pipes_of(n1) == [], "recorded where published"
+            r = await http.post(f"/v2/project/{API_KEY}/archive/{forwarded_id}/stop", headers=auth())
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "stopped", r.json()
+        forwarded = await ended(n2, forwarded_id)
+        assert forwarded["status"] == "available", forwarded
+        # Local storage: the file is on the recording node's disk, downloaded through it (a
+        # cluster shares archives through S3 storage, docs/deployment.md).
+        local = await archive_of(n1, forwarded_id)
+        with zipfile.ZipFile(io.BytesIO(await download(local["url"]))) as archive:
+            pattern = archive.read(f"{stream_id}.webm")
+        with av.open(io.BytesIO(pattern)) as container:
+            decoded = [
+                read_test_pattern_index(f.to_ndarray(format="gray")) for f in container.decode(video=0)
+            ]
+        assert len(decoded) >= 15 and decoded == sorted(set(decoded)), decoded
 
     done = await ended(n2, archive_id)
     assert done["status"] == "available", done

@@ -291,6 +291,8 @@ class ArchiveService:
         self.signalling: _Signalling | None = None
         #: In a cluster: stops an archive another node records (``salon.cluster.archives``).
         self.stop_elsewhere: Callable[[str, str], Awaitable[ArchiveRecord]] | None = None
+        #: In a cluster: starts an archive on a node with clients in the session.
+        self.start_elsewhere: Callable[[str, StartOptions], Awaitable[ArchiveRecord]] | None = None
         self.base_url: str | None = self.config.public_url
         self._active: dict[str, _Active] = {}
         self._empty_timers: dict[str, asyncio.TimerHandle] = {}
@@ -421,8 +423,12 @@ class ArchiveService:
     ) -> tuple[int, list[ArchiveRecord]]:
         return await self.store.list_archives(api_key, session_id=session_id, offset=offset, count=count)
 
-    async def start_archive(self, api_key: str, options: StartOptions) -> ArchiveRecord:
-        """Start an archive (persisted before this returns).
+    async def start_archive(
+        self, api_key: str, options: StartOptions, *, forward: bool = True
+    ) -> ArchiveRecord:
+        """Start an archive (persisted before this returns). In a cluster, when this node has
+        no client in the session, a node that has records it (:attr:`start_elsewhere`, unless
+        ``forward`` is false).
 
         :raises NotFoundError: unknown session.
         :raises InvalidRequestError: bad options, or nobody connected.
@@ -443,7 +449,9 @@ class ArchiveService:
             raise ConflictError("the session is relayed: only routed sessions can be archived")
         async with self._lock:
             live = None if self.signalling is None else self.signalling.live_session(options.session_id)
-            if live is None or not live.connections:
+            here = live is not None and bool(live.connections)
+            elsewhere = None if here or not forward else self.start_elsewhere
+            if not here and elsewhere is None:
                 raise InvalidRequestError("No clients are actively connected to the OpenTok session")
             for active in self._active.values():
                 if (
@@ -454,7 +462,9 @@ class ArchiveService:
                         "the session is being archived already: start another archive with a "
                         "distinct multiArchiveTag"
                     )
-            return await self._start(api_key, options)
+            if elsewhere is None:
+                return await self._start(api_key, options)
+        return await elsewhere(api_key, options)
 
     async def _start(self, api_key: str, options: StartOptions) -> ArchiveRecord:
         now = _now_ms()

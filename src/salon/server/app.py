@@ -224,10 +224,10 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     if problem is not None:
                         logger.warning("--node-address %s: %s", node.address, problem)
 
-                    from salon.cluster.archives import ARCHIVE_STOP, ArchiveForwarding
+                    from salon.cluster.archives import ARCHIVE_START, ARCHIVE_STOP, ArchiveForwarding
 
                     async def node_request(origin: str, body: dict[str, Any]) -> dict[str, Any]:
-                        if body.get("op") == ARCHIVE_STOP:
+                        if body.get("op") in (ARCHIVE_START, ARCHIVE_STOP):
                             return await forwarding.serve(origin, body)
                         return await media.node_request(origin, body)
 
@@ -236,6 +236,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     )
                     forwarding = ArchiveForwarding(node_link, archives)
                     archives.stop_elsewhere = forwarding.stop_elsewhere
+                    archives.start_elsewhere = forwarding.start_elsewhere
                     await node_link.start()
                     media.nodes = node_link
             except BaseException:
