@@ -8,7 +8,8 @@ session's bus, every node elects the speaker from those levels and the session's
 (the first by name: node 1) announces it. A client on node 2 sees Alice's level and Alice as
 the speaker; when the roles change (Alice falls silent, Bob speaks: levels measured on node 2,
 the speaker elected on node 1) every client sees Bob. A client joining through node 3, which
-had no client in the session, learns the current speaker right after ``connected``.
+had no client in the session, learns the current speaker right after ``connected``. When the
+speaker's stream ends, every client sees no speaker.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ async def test_every_client_sees_one_active_speaker_elected_over_the_streams_of_
     async with client(n1) as alice, client(n2) as bob, client(n2) as watcher:
         at_alice, at_bob, at_watcher = Heard(alice), Heard(bob), Heard(watcher)
         alice_id = (await alice.publish(Publisher("alice", video=False, audio_source=alice_tone))).stream_id
-        bob_id = (await bob.publish(Publisher("bob", video=False, audio_source=bob_tone))).stream_id
+        bob_publisher = Publisher("bob", video=False, audio_source=bob_tone)
+        bob_id = (await bob.publish(bob_publisher)).stream_id
 
         # Alice (node 1) speaks: the watcher on node 2 hears her level and sees her elected,
         # and so does everyone else; Bob's silence is measured on node 2 and reaches node 1.
@@ -124,3 +126,9 @@ async def test_every_client_sees_one_active_speaker_elected_over_the_streams_of_
             for heard in (at_alice, at_bob, at_watcher):
                 assert heard.speakers == [alice_id, bob_id], heard.speakers
             assert at_late.speakers == [alice_id, bob_id], at_late.speakers
+
+            # The speaker's stream ends (on node 2): nobody is the speaker any more, everywhere.
+            await bob.unpublish(bob_publisher)
+            for name, heard in (("alice", at_alice), ("watcher", at_watcher), ("late", at_late)):
+                await wait_for(lambda h=heard: h.speakers[-1:] == [None], f"{name} to see no speaker")
+                assert heard.speakers == [alice_id, bob_id, None], heard.speakers

@@ -163,6 +163,7 @@ class _Voices:
     election: HeldLevelElection | None = None
     election_timer: asyncio.TimerHandle | None = None
     announcing: str | None = None
+    announcing_pending: bool = False
 
     def cancel(self) -> None:
         if self.timer is not None:
@@ -684,8 +685,8 @@ class SignallingService:
         stream_id = message.stream_id
         if voices.election is not None:
             voices.election.adopt(stream_id)
-        if voices.announcing == stream_id:
-            voices.announcing = None
+        if voices.announcing_pending and voices.announcing == stream_id:
+            voices.announcing_pending = False
         if voices.active_speaker == stream_id:
             return
         if stream_id is not None and not self._announced(session, stream_id):
@@ -720,11 +721,11 @@ class SignallingService:
         voices.election.poll(now, lambda sid: self._announced(session, sid))
         self._schedule_election(session_id, voices)
         chosen = voices.election.active_speaker
-        if chosen == voices.active_speaker or chosen == voices.announcing:
+        if chosen == voices.active_speaker or (voices.announcing_pending and chosen == voices.announcing):
             return
         if self.cluster.speaker_node(session) != self.cluster.name:
             return
-        voices.announcing = chosen
+        voices.announcing, voices.announcing_pending = chosen, True
         self.cluster.announce_speaker(session, chosen)
 
     async def video_quality_changed(self, session_id: str, subscription_id: str, disabled: bool) -> None:
