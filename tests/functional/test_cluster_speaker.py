@@ -9,7 +9,8 @@ session's bus, every node elects the speaker from those levels and the session's
 the speaker; when the roles change (Alice falls silent, Bob speaks: levels measured on node 2,
 the speaker elected on node 1) every client sees Bob. A client joining through node 3, which
 had no client in the session, learns the current speaker right after ``connected``. When the
-speaker's stream ends, every client sees no speaker.
+speaker's stream ends, every client sees no speaker; when the speaker node has no client left,
+the next node by name announces the speaker.
 """
 
 from __future__ import annotations
@@ -132,3 +133,12 @@ async def test_every_client_sees_one_active_speaker_elected_over_the_streams_of_
             for name, heard in (("alice", at_alice), ("watcher", at_watcher), ("late", at_late)):
                 await wait_for(lambda h=heard: h.speakers[-1:] == [None], f"{name} to see no speaker")
                 assert heard.speakers == [alice_id, bob_id, None], heard.speakers
+
+            # Node 1, the speaker node, has no client left: node 2 announces from then on.
+            alice_connection = alice.connection_id
+            await alice.disconnect()
+            await wait_for(lambda: alice_connection not in watcher.connections, "alice's leaving at node 2")
+            again = Publisher("bob again", video=False, audio_source=ToneSource(550.0, amplitude=LOUD))
+            again_id = (await bob.publish(again)).stream_id
+            for name, heard in (("bob", at_bob), ("watcher", at_watcher), ("late", at_late)):
+                await wait_for(lambda h=heard: h.speaker == again_id, f"{name} to see bob's new stream speak")
