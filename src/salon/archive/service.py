@@ -28,7 +28,7 @@ import pathlib
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -289,6 +289,10 @@ class ArchiveService:
         self.config = config or ArchiveConfig()
         self._emit = emit
         self.signalling: _Signalling | None = None
+        #: In a cluster: stops an archive another node records (``salon.cluster.archives``).
+        self.stop_elsewhere: Callable[[str, str], Awaitable[ArchiveRecord]] | None = None
+        #: In a cluster: starts an archive on a node with clients in the session.
+        self.start_elsewhere: Callable[[str, StartOptions], Awaitable[ArchiveRecord]] | None = None
         self.base_url: str | None = self.config.public_url
         self._active: dict[str, _Active] = {}
         self._empty_timers: dict[str, asyncio.TimerHandle] = {}
@@ -419,8 +423,12 @@ class ArchiveService:
     ) -> tuple[int, list[ArchiveRecord]]:
         return await self.store.list_archives(api_key, session_id=session_id, offset=offset, count=count)
 
-    async def start_archive(self, api_key: str, options: StartOptions) -> ArchiveRecord:
-        """Start an archive (persisted before this returns).
+    async def start_archive(
+        self, api_key: str, options: StartOptions, *, forward: bool = True
+    ) -> ArchiveRecord:
+        """Start an archive (persisted before this returns). In a cluster, when this node has
+        no client in the session, a node that has records it (:attr:`start_elsewhere`, unless
+        ``forward`` is false).
 
         :raises NotFoundError: unknown session.
         :raises InvalidRequestError: bad options, or nobody connected.
@@ -441,7 +449,9 @@ class ArchiveService:
             raise ConflictError("the session is relayed: only routed sessions can be archived")
         async with self._lock:
             live = None if self.signalling is None else self.signalling.live_session(options.session_id)
-            if live is None or not live.connections:
+            here = live is not None and bool(live.connections)
+            elsewhere = None if here or not forward else self.start_elsewhere
+            if not here and elsewhere is None:
                 raise InvalidRequestError("No clients are actively connected to the OpenTok session")
             for active in self._active.values():
                 if (
@@ -452,7 +462,9 @@ class ArchiveService:
                         "the session is being archived already: start another archive with a "
                         "distinct multiArchiveTag"
                     )
-            return await self._start(api_key, options)
+            if elsewhere is None:
+                return await self._start(api_key, options)
+        return await elsewhere(api_key, options)
 
     async def _start(self, api_key: str, options: StartOptions) -> ArchiveRecord:
         now = _now_ms()
@@ -525,22 +537,28 @@ class ArchiveService:
         await self._save(active.record)
 
     async def stop(
-        self, archive_id: str, *, api_key: str | None = None, reason: str = REASON_USER
+        self, archive_id: str, *, api_key: str | None = None, reason: str = REASON_USER, forward: bool = True
     ) -> ArchiveRecord:
         """Stop an archive being recorded; it is ``stopped`` when this returns, and becomes
-        ``available`` or ``failed`` once its recording is finished and stored.
+        ``available`` or ``failed`` once its recording is finished and stored. In a cluster,
+        an archive another node records is stopped there (:attr:`stop_elsewhere`, unless
+        ``forward`` is false).
 
         :raises NotFoundError: unknown archive (of another project, with ``api_key``).
         :raises ConflictError: the archive is not being recorded.
         """
         async with self._lock:
             active = self._active.get(archive_id)
-            if active is None or (api_key is not None and active.record.api_key != api_key):
-                record = await self.get(api_key, archive_id) if api_key is not None else None
-                if record is None:
-                    raise NotFoundError("archive not found")
+            if active is not None and (api_key is None or active.record.api_key == api_key):
+                return await self._stop(active, reason)
+            record = await self.get(api_key, archive_id) if api_key is not None else None
+            if record is None:
+                raise NotFoundError("archive not found")
+            elsewhere = self.stop_elsewhere if forward else None
+            if elsewhere is None or record.status not in (ArchiveStatus.STARTED, ArchiveStatus.PAUSED):
                 raise ConflictError("Archive is not in started state")
-            return await self._stop(active, reason)
+        assert api_key is not None
+        return await elsewhere(api_key, archive_id)
 
     async def _stop(self, active: _Active, reason: str) -> ArchiveRecord:
         now = _now_ms()
@@ -744,6 +762,14 @@ class ArchiveService:
     def session_ended(self, session_id: str, api_key: str) -> None:
         self._events.put_nowait(("ended", session_id, None))
 
+    def delivered_elsewhere(self, session_id: str, api_key: str, message: ServerMessage) -> None:
+        """In a cluster: an event another node published on the session's bus (a stream
+        created or destroyed there, a client joining there). This node's archives of the
+        session follow it as they follow their own node's events, but an ``always`` archive
+        is started only by the node where the stream was published."""
+        if isinstance(message, StreamCreatedEvent | StreamDestroyedEvent | ConnectionCreatedEvent):
+            self._events.put_nowait(("elsewhere", session_id, message))
+
     async def _run_events(self) -> None:
         while True:
             kind, session_id, message = await self._events.get()
@@ -771,16 +797,16 @@ class ArchiveService:
                 event = ArchiveStartedEvent(archive_id=active.record.archive_id, name=active.record.name)
                 await self._tell(session_id, event, to=(message.connection.connection_id,))
         elif isinstance(message, StreamCreatedEvent):
-            await self._stream_created(session_id, message.stream)
+            await self._stream_created(session_id, message.stream, auto_start=kind != "elsewhere")
         elif isinstance(message, StreamDestroyedEvent):
             for active in self._of_session(session_id):
                 await self._drop_stream(active, message.stream_id)
                 if not self._live_streams(session_id):
                     await self._set_status(active, ArchiveStatus.PAUSED)
 
-    async def _stream_created(self, session_id: str, info: StreamInfo) -> None:
+    async def _stream_created(self, session_id: str, info: StreamInfo, *, auto_start: bool = True) -> None:
         actives = self._of_session(session_id)
-        if not any(a.record.multi_archive_tag is None for a in actives):
+        if auto_start and not any(a.record.multi_archive_tag is None for a in actives):
             session = await self.registry.session(session_id)
             if session is not None and session.archive_mode == "always" and session.media_mode != "relayed":
                 resolution = session.archive_resolution if session.archive_resolution in RESOLUTIONS else None

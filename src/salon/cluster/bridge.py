@@ -25,11 +25,12 @@ from salon.cluster.core import (
     load_snapshot,
     split_local,
 )
-from salon.cluster.node import ClusterNode
+from salon.cluster.node import PREFIX, SESSION_KEY_TTL, ClusterNode
 from salon.cluster.placement import Candidate, Placement, host_session, unhost_session
 from salon.errors import SalonError
 from salon.ids import decode_session_id
-from salon.signalling.session import Action, Session
+from salon.protocol import ActiveSpeakerEvent
+from salon.signalling.session import Action, Deliver, Session
 
 if TYPE_CHECKING:
     from salon.signalling.service import SignallingService
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
 __all__ = ["ClusterBridge"]
 
 logger = logging.getLogger(__name__)
+
+
+def speaker_key(session_id: str) -> str:
+    """The session's active speaker as last announced ("" for none), for the nodes that
+    start following the session later."""
+    return f"{PREFIX}s:{session_id}:speaker"
 
 
 class ClusterBridge:
@@ -60,6 +67,7 @@ class ClusterBridge:
         self.on_session_created: Callable[[str, str], None] | None = None
         self.on_session_destroyed: Callable[[str, str], None] | None = None
         node.on_reaped_session = self._reaped_session
+        self._chores: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -125,6 +133,15 @@ class ClusterBridge:
         session = Session(session_id, api_key)
         self._delivered[session_id] = load_snapshot(session, snapshot, self.node.name)
         self._mirrors[session_id] = session
+        try:
+            # Read after the snapshot; announce_speaker writes it before the bus entry: so what
+            # this misses, the bus brings.
+            speaker = await self.node.client.get(speaker_key(session_id))
+        except (RedisError, OSError) as exc:
+            logger.warning("cluster: the session's active speaker unknown until it changes: %r", exc)
+            speaker = None
+        if speaker:
+            self.service.adopt_speaker(session_id, str(speaker))
         return session
 
     def unfollow(self, session_id: str) -> None:
@@ -155,6 +172,26 @@ class ClusterBridge:
             api_key = decode_session_id(session_id).api_key
             if await unhost_session(self.node.client, session_id, dead) and self.on_session_destroyed:
                 self.on_session_destroyed(session_id, api_key)
+
+    def speaker_node(self, session: Session) -> str:
+        """The node that announces the session's active speaker: the first by name of the
+        nodes with a connection in it. Every node works it out the same from its copy of the
+        session (the same at the same point of the bus); when that node leaves the session or
+        dies, the next one takes over."""
+        return min((c.node or self.node.name for c in session.connections.values()), default=self.node.name)
+
+    def announce_speaker(self, session: Session, stream_id: str | None) -> None:
+        """Announce the session's active speaker to every node (as the speaker node)."""
+        task = asyncio.get_running_loop().create_task(self._announce_speaker(session, stream_id))
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _announce_speaker(self, session: Session, stream_id: str | None) -> None:
+        try:
+            await self.node.client.set(speaker_key(session.session_id), stream_id or "", ex=SESSION_KEY_TTL)
+        except (RedisError, OSError) as exc:
+            logger.warning("cluster: the active speaker not stored for later nodes: %r", exc)
+        self.publish(session, [Deliver(ActiveSpeakerEvent(stream_id=stream_id))])
 
     async def view(self, session_id: str, api_key: str) -> Session | None:
         """A throwaway copy of a session this node has no client in (for the REST API):

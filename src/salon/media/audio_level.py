@@ -29,9 +29,17 @@ caller passes ``now`` (seconds, monotonic) and calls :meth:`ActiveSpeakerDetecto
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["ActiveSpeakerChanged", "ActiveSpeakerDetector", "AudioLevelEvent", "AudioLevelUpdate"]
+__all__ = [
+    "ActiveSpeakerChanged",
+    "ActiveSpeakerDetector",
+    "AudioLevelEvent",
+    "AudioLevelUpdate",
+    "HeldLevelElection",
+    "SpeakerElection",
+]
 
 # Linear amplitude of each -dBov value (0..127); 127 is "silence" and maps to 0.
 _LINEAR = (*(10.0 ** (-level / 20.0) for level in range(127)), 0.0)
@@ -60,6 +68,97 @@ AudioLevelEvent = AudioLevelUpdate | ActiveSpeakerChanged
 """Anything :meth:`ActiveSpeakerDetector.poll` returns."""
 
 
+class SpeakerElection:
+    """The choice of the active speaker from one smoothed level per stream and window (step 3
+    of the module docstring), shared by :class:`ActiveSpeakerDetector` (levels measured from
+    packets) and :class:`HeldLevelElection` (levels reported by other nodes of a cluster).
+
+    :meth:`decide` is called once per window, ``interval`` seconds apart."""
+
+    __slots__ = (
+        "_candidate",
+        "_candidate_since",
+        "_candidate_won",
+        "_hysteresis",
+        "_interval",
+        "_pause",
+        "_speaker",
+        "_threshold",
+    )
+
+    def __init__(
+        self,
+        *,
+        interval: float = 0.25,
+        threshold_dbov: float = -50.0,
+        hysteresis: float = 0.5,
+        pause: float = 0.5,
+    ):
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0, got {interval}")
+        if not -127.0 <= threshold_dbov <= 0.0:
+            raise ValueError(f"threshold_dbov must be -127..0, got {threshold_dbov}")
+        self._interval = interval
+        self._threshold = 10.0 ** (threshold_dbov / 20.0)
+        self._hysteresis = hysteresis
+        self._pause = pause
+        self._speaker: str | None = None
+        self._candidate: str | None = None
+        self._candidate_since = 0.0
+        self._candidate_won = 0.0
+
+    @property
+    def active_speaker(self) -> str | None:
+        return self._speaker
+
+    def adopt(self, stream_id: str | None) -> None:
+        """Take ``stream_id`` as the current speaker (chosen elsewhere: by the node that
+        announces a cluster session's speaker) without reporting it."""
+        self._speaker = stream_id
+
+    def remove_stream(self, stream_id: str) -> ActiveSpeakerChanged | None:
+        """Forget a stream; if it was the speaker, the speaker becomes None (returned)."""
+        if self._candidate == stream_id:
+            self._candidate = None
+        if self._speaker == stream_id:
+            self._speaker = None
+            return ActiveSpeakerChanged(None, stream_id)
+        return None
+
+    def decide(self, levels: Iterable[tuple[str, float]], now: float) -> ActiveSpeakerChanged | None:
+        """One window's levels (stream ID, 0..1 linear, in a stable order: the first of two
+        equal levels wins); the speaker change it makes, if any."""
+        loudest: str | None = None
+        loudest_level = -1.0
+        threshold = self._threshold
+        for stream_id, level in levels:
+            if level >= threshold and level > loudest_level:
+                loudest, loudest_level = stream_id, level
+        if loudest is not None:
+            # A pause between words (silent windows shorter than ``pause``) keeps a candidacy;
+            # another stream winning, or a longer silence, starts a new one. Counted from the
+            # end of the first window it won, which may have been a partial burst: a stream
+            # must win windows spanning more than the hysteresis.
+            silence = now - self._candidate_won - self._interval
+            if loudest != self._candidate or silence >= self._pause - 1e-9:
+                self._candidate = loudest
+                self._candidate_since = now
+            self._candidate_won = now
+        elif self._candidate is not None and now - self._candidate_won >= self._pause - 1e-9:
+            self._candidate = None
+        candidate = self._candidate
+        if (
+            candidate is not None
+            and candidate == loudest  # promoted only in a window it won, never in a silence
+            and candidate != self._speaker
+            and now - self._candidate_since >= self._hysteresis
+        ):
+            change = ActiveSpeakerChanged(candidate, self._speaker)
+            self._speaker = candidate
+            return change
+        return None
+
+
 class _Stream:
     __slots__ = ("count", "reported", "total")
 
@@ -83,20 +182,7 @@ class ActiveSpeakerDetector:
         (default 0.5): the pauses between words do not restart its hysteresis.
     """
 
-    __slots__ = (
-        "_candidate",
-        "_candidate_since",
-        "_candidate_won",
-        "_hysteresis",
-        "_interval",
-        "_min_change",
-        "_next_poll",
-        "_pause",
-        "_require_voice",
-        "_speaker",
-        "_streams",
-        "_threshold",
-    )
+    __slots__ = ("_election", "_interval", "_min_change", "_next_poll", "_require_voice", "_streams")
 
     def __init__(
         self,
@@ -108,27 +194,19 @@ class ActiveSpeakerDetector:
         require_voice: bool = False,
         pause: float = 0.5,
     ):
-        if interval <= 0:
-            raise ValueError(f"interval must be > 0, got {interval}")
-        if not -127.0 <= threshold_dbov <= 0.0:
-            raise ValueError(f"threshold_dbov must be -127..0, got {threshold_dbov}")
+        self._election = SpeakerElection(
+            interval=interval, threshold_dbov=threshold_dbov, hysteresis=hysteresis, pause=pause
+        )
         self._interval = interval
-        self._threshold = 10.0 ** (threshold_dbov / 20.0)
-        self._hysteresis = hysteresis
         self._min_change = min_change
         self._require_voice = require_voice
         self._streams: dict[str, _Stream] = {}
-        self._speaker: str | None = None
-        self._candidate: str | None = None
-        self._candidate_since = 0.0
-        self._pause = pause
-        self._candidate_won = 0.0
         self._next_poll: float | None = None
 
     @property
     def active_speaker(self) -> str | None:
         """The current active speaker's stream id."""
-        return self._speaker
+        return self._election.active_speaker
 
     def add_stream(self, stream_id: str) -> None:
         """Start tracking a stream (it is also added by its first :meth:`feed`)."""
@@ -139,12 +217,7 @@ class ActiveSpeakerDetector:
         """Stop tracking a stream. If it was the active speaker, the speaker becomes None and
         the change is returned (report it like a :meth:`poll` result)."""
         self._streams.pop(stream_id, None)
-        if self._candidate == stream_id:
-            self._candidate = None
-        if self._speaker == stream_id:
-            self._speaker = None
-            return ActiveSpeakerChanged(None, stream_id)
-        return None
+        return self._election.remove_stream(stream_id)
 
     def feed(self, stream_id: str, level_dbov: int, voice: bool, now: float) -> None:
         """Account one audio packet: its level in -dBov (0..127, as in the extension) and flag."""
@@ -168,9 +241,7 @@ class ActiveSpeakerDetector:
             return []
         self._next_poll = now + self._interval
         events: list[AudioLevelEvent] = []
-        loudest: str | None = None
-        loudest_level = -1.0
-        threshold = self._threshold
+        window: list[tuple[str, float]] = []
         for stream_id, stream in self._streams.items():
             level = stream.total / stream.count if stream.count else 0.0
             stream.total = 0.0
@@ -178,27 +249,70 @@ class ActiveSpeakerDetector:
             if abs(level - stream.reported) >= self._min_change or (level == 0.0 and stream.reported != 0.0):
                 stream.reported = level
                 events.append(AudioLevelUpdate(stream_id, level))
-            if level >= threshold and level > loudest_level:
-                loudest, loudest_level = stream_id, level
-        if loudest is not None:
-            # A pause between words (silent windows shorter than ``pause``) keeps a candidacy;
-            # another stream winning, or a longer silence, starts a new one. Counted from the
-            # end of the first window it won, which may have been a partial burst: a stream
-            # must win windows spanning more than the hysteresis.
-            silence = now - self._candidate_won - self._interval
-            if loudest != self._candidate or silence >= self._pause - 1e-9:
-                self._candidate = loudest
-                self._candidate_since = now
-            self._candidate_won = now
-        elif self._candidate is not None and now - self._candidate_won >= self._pause - 1e-9:
-            self._candidate = None
-        candidate = self._candidate
-        if (
-            candidate is not None
-            and candidate == loudest  # promoted only in a window it won, never in a silence
-            and candidate != self._speaker
-            and now - self._candidate_since >= self._hysteresis
-        ):
-            events.append(ActiveSpeakerChanged(candidate, self._speaker))
-            self._speaker = candidate
+            window.append((stream_id, level))
+        change = self._election.decide(window, now)
+        if change is not None:
+            events.append(change)
         return events
+
+
+class HeldLevelElection:
+    """The active speaker of a session whose levels come from elsewhere: the
+    :class:`AudioLevelUpdate` of each stream as measured where it is published (only the levels
+    that changed, a few times a second), in a cluster the audio levels every node publishes on
+    the session's bus. A stream keeps its last reported level until the next report (a stream
+    that falls silent is reported once at 0); every ``interval`` (:meth:`poll`) the held levels
+    make one window of a :class:`SpeakerElection`.
+
+    Sans-I/O like :class:`ActiveSpeakerDetector`: the caller passes ``now``."""
+
+    __slots__ = ("_election", "_interval", "_levels", "_next_poll")
+
+    def __init__(
+        self,
+        *,
+        interval: float = 0.25,
+        threshold_dbov: float = -50.0,
+        hysteresis: float = 0.5,
+        pause: float = 0.5,
+    ):
+        self._election = SpeakerElection(
+            interval=interval, threshold_dbov=threshold_dbov, hysteresis=hysteresis, pause=pause
+        )
+        self._interval = interval
+        self._levels: dict[str, float] = {}
+        self._next_poll: float | None = None
+
+    @property
+    def active_speaker(self) -> str | None:
+        return self._election.active_speaker
+
+    def report(self, levels: Mapping[str, float], now: float) -> None:
+        """Levels (0..1) reported for some streams; the others keep theirs."""
+        self._levels.update(levels)
+        if self._next_poll is None:
+            self._next_poll = now + self._interval
+
+    def adopt(self, stream_id: str | None) -> None:
+        """The speaker as announced (see :meth:`SpeakerElection.adopt`)."""
+        self._election.adopt(stream_id)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` next decides; None before the first report."""
+        return self._next_poll
+
+    def poll(self, now: float, streams: Callable[[str], bool]) -> ActiveSpeakerChanged | None:
+        """One window if ``interval`` has passed: the streams ``streams`` no longer accepts are
+        forgotten first (a speaker whose stream went away becomes None)."""
+        if self._next_poll is None or now < self._next_poll:
+            return None
+        self._next_poll = now + self._interval
+        change: ActiveSpeakerChanged | None = None
+        for stream_id in [s for s in self._levels if not streams(s)]:
+            del self._levels[stream_id]
+            change = self._election.remove_stream(stream_id) or change
+        if self._election.active_speaker is not None and not streams(self._election.active_speaker):
+            change = self._election.remove_stream(self._election.active_speaker) or change
+        if change is not None:
+            return change
+        return self._election.decide(sorted(self._levels.items()), now)

@@ -209,6 +209,9 @@ class _SessionMedia:
     subscribe_peers: dict[str, tuple[str, _PeerKey]] = field(default_factory=dict)
     """Subscribe transport ID → its connection and the ICE credentials of the client's peer
     connection (remembered when the worker dies)."""
+    piped_recordings: dict[str, tuple[str, RouterHandle]] = field(default_factory=dict)
+    """Recorder ID → (stream ID, router) of a recording of a stream published on another
+    node, made from a node-to-node pipe to that router: the pipe stays while it records."""
 
 
 def _limits(subscription: Subscription) -> tuple[int | None, int | None, float | None]:
@@ -494,6 +497,7 @@ class SfuMediaPlane:
         if not force and (
             pipe.pending
             or any(s.stream_id == stream_id and s.router is target for s in media.subscriptions.values())
+            or any(r == (stream_id, target) for r in media.piped_recordings.values())
         ):
             return
         del media.pipes[key]
@@ -698,12 +702,36 @@ class SfuMediaPlane:
         carrying ``token`` (:mod:`salon.media.recording`); the media worker asks the publisher
         for a key frame and answers the archiver's NACKs. Returns the recorder's id and the
         tracks it sends (codec, clock rate). Raises :class:`~salon.errors.NotFoundError` when
-        the stream has no media here."""
+        the stream has no media here.
+
+        In a cluster, a stream published on another node is recorded as a subscriber there
+        would get it: through a node-to-node pipe to one of this node's routers of the session
+        (one a subscriber's pipe of the stream already reaches, if any), which stays open
+        until the recording stops."""
         media = self.sessions.get(session_id)
         publication = None if media is None else media.publications.get(stream_id)
-        if publication is None:
+        if publication is not None:
+            return await publication.router.start_recording(stream_id, sink, token, audio=audio, video=video)
+        node = None
+        if self.nodes is not None:
+            try:
+                node = await self.nodes.publisher_node(session_id, stream_id)
+            except NodeRequestFailed as exc:
+                raise NotFoundError(f"stream {stream_id}: its node is unknown ({exc})") from exc
+        if node is None or self.nodes is None or node == self.nodes.name:
             raise NotFoundError(f"stream {stream_id} has no media to record")
-        return await publication.router.start_recording(stream_id, sink, token, audio=audio, video=video)
+        media = await self._session(session_id)
+        piped = [p.target for (sid, _), p in media.pipes.items() if sid == stream_id and not p.target.closed]
+        router = piped[0] if piped else next((r for r in media.routers if not r.closed), media.router)
+        pipe = await self._pipe(media, stream_id, router, node=node, session_id=session_id)
+        try:
+            result = await router.start_recording(stream_id, sink, token, audio=audio, video=video)
+            media.piped_recordings[result.recorder_id] = (stream_id, router)
+        finally:
+            pipe.pending -= 1
+            if not any(r == (stream_id, router) for r in media.piped_recordings.values()):
+                await self._unpipe(media, stream_id, router)
+        return result
 
     async def stop_recording(self, session_id: str, recorder_id: str) -> dict[str, int]:
         """Stop a recorder (unknown ones are fine: they went with their stream or worker);
@@ -711,11 +739,16 @@ class SfuMediaPlane:
         media = self.sessions.get(session_id)
         if media is None:
             return {}
+        found: dict[str, int] = {}
         for router in list(media.routers):
             stats = await router.stop_recording(recorder_id)
             if stats:
-                return stats
-        return {}
+                found = stats
+                break
+        piped = media.piped_recordings.pop(recorder_id, None)
+        if piped is not None:
+            await self._unpipe(media, *piped)
+        return found
 
     # -- notifications (MediaPlane) ----------------------------------------------------
 

@@ -219,6 +219,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             callbacks.cluster_sessions = True
             cluster.on_session_created = callbacks.session_created
             cluster.on_session_destroyed = callbacks.session_destroyed
+            service.elsewhere = archives.delivered_elsewhere
             try:
                 await cluster.start()
                 if media is not None:
@@ -228,9 +229,19 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     if problem is not None:
                         logger.warning("--node-address %s: %s", node.address, problem)
 
+                    from salon.cluster.archives import ARCHIVE_START, ARCHIVE_STOP, ArchiveForwarding
+
+                    async def node_request(origin: str, body: dict[str, Any]) -> dict[str, Any]:
+                        if body.get("op") in (ARCHIVE_START, ARCHIVE_STOP):
+                            return await forwarding.serve(origin, body)
+                        return await media.node_request(origin, body)
+
                     node_link = NodeMediaLink(
-                        node, media.node_request, watched=media.served_nodes, gone=media.node_gone
+                        node, node_request, watched=media.served_nodes, gone=media.node_gone
                     )
+                    forwarding = ArchiveForwarding(node_link, archives)
+                    archives.stop_elsewhere = forwarding.stop_elsewhere
+                    archives.start_elsewhere = forwarding.start_elsewhere
                     await node_link.start()
                     media.nodes = node_link
             except BaseException:

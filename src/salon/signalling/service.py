@@ -40,6 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from salon.errors import ClientError, NotFoundError, SalonError, TokenError
 from salon.ids import new_connection_id
+from salon.media.audio_level import HeldLevelElection
 from salon.observability.logs import CONNECTION_ID, SESSION_ID
 from salon.protocol import (
     AckMessage,
@@ -158,11 +159,20 @@ class _Voices:
     throttle: LevelThrottle = field(default_factory=LevelThrottle)
     timer: asyncio.TimerHandle | None = None
     active_speaker: str | None = None
+    #: In a cluster: the speaker election over the levels on the session's bus, its timer, and
+    #: the speaker this node last announced (as the session's speaker node) not yet read back.
+    election: HeldLevelElection | None = None
+    election_timer: asyncio.TimerHandle | None = None
+    announcing: str | None = None
+    announcing_pending: bool = False
 
     def cancel(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.election_timer is not None:
+            self.election_timer.cancel()
+            self.election_timer = None
 
 
 def _now_ms() -> int:
@@ -339,6 +349,10 @@ class SignallingService:
         #: Set when this server is a node of a cluster (``salon serve --redis-url``): every
         #: change is published on the session's bus and applied from it (:mod:`salon.cluster`).
         self.cluster: ClusterBridge | None = None
+        #: In a cluster: told of the events of the batches other nodes published (``observer``
+        #: hears those of this node's own changes): the archive service, whose archives
+        #: follow streams wherever they are published. Callbacks stay with the origin node.
+        self.elsewhere: Callable[[str, str, ServerMessage], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -461,11 +475,19 @@ class SignallingService:
         deliver it to this node's clients, close what it closes, clean up this node's
         connections it destroyed (``gone_here``), tell the media plane of ended streams."""
         own = self.cluster is not None and batch.origin == self.cluster.name
+        if self.elsewhere is not None and self.cluster is not None:
+            if batch.origin not in (self.cluster.name, f"rest@{self.cluster.name}"):
+                for action, _ in batch.actions:
+                    if isinstance(action, Deliver) and action.to is None:
+                        self.elsewhere(session.session_id, session.api_key, action.message)
         for action, text in batch.actions:
             if isinstance(action, Close):
                 link = self.links.get(action.connection_id)
                 if link is not None:
                     link.close(action.code, action.reason)
+                continue
+            if isinstance(action.message, AudioLevelEvent | ActiveSpeakerEvent):
+                self._heard_on_bus(session, action.message)
                 continue
             if not delivered.admit(action):
                 continue
@@ -577,12 +599,25 @@ class SignallingService:
         levels = {sid: level for sid, level in levels.items() if self._announced(session, sid)}
         if not levels:
             return
+        if self.cluster is not None:
+            # Through the session's bus: every node's clients hear them, and every node's
+            # election weighs them (apply_cluster_batch -> _heard_on_bus).
+            reported = [StreamAudioLevel(stream_id=sid, level=round(lv, 3)) for sid, lv in levels.items()]
+            self.cluster.publish(session, [Deliver(AudioLevelEvent(levels=reported))])
+            return
+        self._offer_levels(session, levels)
+
+    def _voices_of(self, session_id: str) -> _Voices:
         voices = self._voices.get(session_id)
         if voices is None:
             voices = self._voices[session_id] = _Voices()
+        return voices
+
+    def _offer_levels(self, session: Session, levels: dict[str, float]) -> None:
+        voices = self._voices_of(session.session_id)
         loop = asyncio.get_running_loop()
         self._send_levels(session, voices.throttle.offer(levels, loop.time()))
-        self._schedule_levels(session_id, voices)
+        self._schedule_levels(session.session_id, voices)
 
     def _schedule_levels(self, session_id: str, voices: _Voices) -> None:
         deadline = voices.throttle.deadline()
@@ -613,7 +648,12 @@ class SignallingService:
     async def active_speaker(self, session_id: str, stream_id: str | None) -> None:
         """The media plane picked the session's active speaker (None: nobody): send
         ``active_speaker`` to every connection of the session when it changed. A stream not
-        announced is ignored. (:class:`~salon.signalling.media.MediaEvents`)"""
+        announced is ignored. (:class:`~salon.signalling.media.MediaEvents`)
+
+        In a cluster this node's routers see only the streams published here: the session's
+        speaker is elected from the levels on its bus instead (:meth:`_poll_election`)."""
+        if self.cluster is not None:
+            return
         session = self.sessions.get(session_id)
         if session is None or (stream_id is not None and not self._announced(session, stream_id)):
             return
@@ -624,6 +664,70 @@ class SignallingService:
             return
         voices.active_speaker = stream_id
         self._broadcast(session, ActiveSpeakerEvent(stream_id=stream_id))
+
+    # -- audio levels and the active speaker in a cluster ------------------------------
+
+    def _heard_on_bus(self, session: Session, message: AudioLevelEvent | ActiveSpeakerEvent) -> None:
+        """Audio levels, or the speaker the session's speaker node announced, read from the
+        session's bus: levels go to this node's clients through the same throttle as a
+        single server's (at most 4 a second) and into this node's election; the speaker goes
+        to them when it changed."""
+        voices = self._voices_of(session.session_id)
+        if isinstance(message, AudioLevelEvent):
+            levels = {e.stream_id: e.level for e in message.levels if self._announced(session, e.stream_id)}
+            if not levels:
+                return
+            self._offer_levels(session, levels)
+            if voices.election is None:
+                voices.election = HeldLevelElection()
+            voices.election.report(levels, asyncio.get_running_loop().time())
+            self._schedule_election(session.session_id, voices)
+            return
+        stream_id = message.stream_id
+        if voices.election is not None:
+            voices.election.adopt(stream_id)
+        if voices.announcing_pending and voices.announcing == stream_id:
+            voices.announcing_pending = False
+        if voices.active_speaker == stream_id:
+            return
+        if stream_id is not None and not self._announced(session, stream_id):
+            return
+        voices.active_speaker = stream_id
+        self._broadcast(session, message)
+
+    def adopt_speaker(self, session_id: str, stream_id: str | None) -> None:
+        """The session's speaker as the cluster knew it when this node started following the
+        session (its clients that join get it after ``connected``)."""
+        voices = self._voices_of(session_id)
+        voices.active_speaker = stream_id
+        if voices.election is not None:
+            voices.election.adopt(stream_id)
+
+    def _schedule_election(self, session_id: str, voices: _Voices) -> None:
+        deadline = None if voices.election is None else voices.election.next_deadline()
+        if deadline is None or voices.election_timer is not None:
+            return
+        voices.election_timer = asyncio.get_running_loop().call_at(deadline, self._poll_election, session_id)
+
+    def _poll_election(self, session_id: str) -> None:
+        """Every node runs the session's election on the same levels (those on its bus); the
+        session's speaker node (:meth:`~salon.cluster.bridge.ClusterBridge.speaker_node`)
+        announces its outcome on the bus, so every client sees the same speaker."""
+        voices = self._voices.get(session_id)
+        session = self.sessions.get(session_id)
+        if voices is None or session is None or voices.election is None or self.cluster is None:
+            return
+        voices.election_timer = None
+        now = asyncio.get_running_loop().time()
+        voices.election.poll(now, lambda sid: self._announced(session, sid))
+        self._schedule_election(session_id, voices)
+        chosen = voices.election.active_speaker
+        if chosen == voices.active_speaker or (voices.announcing_pending and chosen == voices.announcing):
+            return
+        if self.cluster.speaker_node(session) != self.cluster.name:
+            return
+        voices.announcing, voices.announcing_pending = chosen, True
+        self.cluster.announce_speaker(session, chosen)
 
     async def video_quality_changed(self, session_id: str, subscription_id: str, disabled: bool) -> None:
         """The media plane stopped or resumed a subscription's video for quality: tell its

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from salon.media.audio_level import ActiveSpeakerChanged, ActiveSpeakerDetector, AudioLevelUpdate
+from salon.media.audio_level import (
+    ActiveSpeakerChanged,
+    ActiveSpeakerDetector,
+    AudioLevelUpdate,
+    HeldLevelElection,
+)
 
 
 def talk(
@@ -154,3 +159,54 @@ def test_out_of_range_levels_are_clamped() -> None:
 def test_invalid_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         ActiveSpeakerDetector(**kwargs)  # type: ignore[arg-type]
+
+
+def held_windows(
+    election: HeldLevelElection, start: float, end: float, streams: set[str] | None = None
+) -> list[ActiveSpeakerChanged]:
+    """Poll every 50 ms from ``start`` to ``end``, as the node's timer would."""
+    changes: list[ActiveSpeakerChanged] = []
+    step = 0
+    while start + step * 0.05 < end - 1e-9:
+        change = election.poll(start + step * 0.05, lambda s: streams is None or s in streams)
+        if change is not None:
+            changes.append(change)
+        step += 1
+    return changes
+
+
+def test_a_held_level_reported_once_keeps_winning_until_the_next_report() -> None:
+    election = HeldLevelElection(interval=0.25, hysteresis=0.5)
+    assert election.next_deadline() is None
+    election.report({"a": 0.2, "b": 0.0}, 0.0)  # reported once: the levels only change rarely
+    assert held_windows(election, 0.0, 0.5) == []
+    assert held_windows(election, 0.5, 0.8) == [ActiveSpeakerChanged("a", None)]
+    election.report({"a": 0.0, "b": 0.2}, 1.0)  # the roles change
+    assert held_windows(election, 0.8, 1.5) == []
+    assert held_windows(election, 1.5, 2.0) == [ActiveSpeakerChanged("b", "a")]
+    assert election.active_speaker == "b"
+
+
+def test_held_levels_below_the_threshold_elect_nobody() -> None:
+    election = HeldLevelElection(threshold_dbov=-50)
+    election.report({"a": 10 ** (-60 / 20)}, 0.0)
+    assert held_windows(election, 0.0, 3.0) == []
+
+
+def test_equal_held_levels_elect_the_first_stream_by_id_whatever_the_report_order() -> None:
+    for order in (["b", "a"], ["a", "b"]):
+        election = HeldLevelElection()
+        election.report(dict.fromkeys(order, 0.3), 0.0)
+        assert held_windows(election, 0.0, 1.0) == [ActiveSpeakerChanged("a", None)], order
+
+
+def test_a_held_speaker_whose_stream_is_gone_becomes_none_and_an_adopted_one_is_not_reported() -> None:
+    election = HeldLevelElection()
+    election.report({"a": 0.3, "b": 0.0}, 0.0)
+    assert held_windows(election, 0.0, 1.0) == [ActiveSpeakerChanged("a", None)]
+    assert held_windows(election, 1.0, 1.5, streams={"b"}) == [ActiveSpeakerChanged(None, "a")]
+    # Announced elsewhere: taken as is, no change reported; the levels then decide again.
+    election.adopt("b")
+    assert election.active_speaker == "b"
+    election.report({"c": 0.5}, 1.5)
+    assert held_windows(election, 1.5, 3.0, streams={"b", "c"}) == [ActiveSpeakerChanged("c", "b")]
