@@ -211,6 +211,10 @@ class ClientLink:
         #: In a cluster: joined, and this node's own changes published before the join are still
         #: coming back from the bus; its ``connected`` had them already, so they are skipped.
         self.catching_up = False
+        #: Whether a request of this link is being carried out: its messages (pongs included)
+        #: wait in the socket meanwhile, so the heartbeat does not time it out (a request that
+        #: waits on another node, e.g. a pipe from a node that just died, has its own bound).
+        self.handling = False
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="salon-link-writer")
@@ -390,6 +394,9 @@ class SignallingService:
             ping = PingMessage(timestamp=time.time()).model_dump_json()
             for session in list(self.sessions.values()):
                 for connection_id in session.expired(now, self.config.heartbeat_timeout):
+                    busy = self.links.get(connection_id)
+                    if busy is not None and busy.handling:
+                        continue  # its messages wait behind a request being carried out
                     # One failure (e.g. in the media plane) must not stop the pings and
                     # timeouts of every other connection: log it and go on.
                     try:
@@ -789,7 +796,13 @@ class SignallingService:
                 return  # closed, or force-disconnected while this message was buffered
             if link.closed:
                 continue  # closing (e.g. a slow consumer): carry nothing out, wait for the end
-            await self._handle(link, message)
+            link.handling = True
+            try:
+                await self._handle(link, message)
+            finally:
+                link.handling = False
+                if link.session is not None and link.connection_id is not None:
+                    link.session.touch(link.connection_id, time.monotonic())
             # Messages already buffered would otherwise be handled back to back, starving
             # this link's writer: a fast, well-behaved client could be closed as slow.
             await asyncio.sleep(0)
