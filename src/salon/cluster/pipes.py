@@ -35,7 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from salon.cluster.node import HEARTBEAT, PREFIX, ClusterNode, _done, conns_key, node_key, streams_key
+from salon.cluster.node import PREFIX, ClusterNode, _done, conns_key, node_key, streams_key
 from salon.errors import ClientError
 from salon.media.errors import MediaStateError
 from salon.media.plane import NodeRequestFailed
@@ -198,7 +198,7 @@ class NodeMediaLink:
         """Every heartbeat: a node this one pipes media to whose registry record expired is
         gone; the sending ends toward it close."""
         while True:
-            await asyncio.sleep(HEARTBEAT)
+            await asyncio.sleep(self.node.heartbeat)
             for name in sorted(self.watched()):
                 try:
                     alive = await self._client.exists(node_key(name))

@@ -49,6 +49,7 @@ from salon.protocol import (
     CloseCode,
     ConnectedMessage,
     ConnectionCreatedEvent,
+    ConnectionDestroyedEvent,
     ConnectRequest,
     DisconnectReason,
     ErrorCode,
@@ -172,6 +173,10 @@ _TOKEN_CLOSE = {
     "token_expired": CloseCode.TOKEN_EXPIRED,
     "wrong_session": CloseCode.WRONG_SESSION,
 }
+
+
+#: The close reason of a client of a node taken for dead (code 1001: reconnect).
+TAKEN_FOR_DEAD = "this node was taken for dead: reconnect"
 
 
 class ClientLink:
@@ -388,9 +393,18 @@ class SignallingService:
 
     async def _heartbeat(self) -> None:
         interval = self.config.heartbeat_interval
+        last = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            if now - last > 2 * interval + 1.0:
+                # This server's loop stalled (or the process was stopped): its clients' messages
+                # were not read meanwhile, their silence is its own. Time from now.
+                logger.warning("the event loop stalled for %.1fs: connection timeouts restart", now - last)
+                for link in self.links.values():
+                    if link.session is not None and link.connection_id is not None:
+                        link.session.touch(link.connection_id, now)
+            last = now
             ping = PingMessage(timestamp=time.time()).model_dump_json()
             for session in list(self.sessions.values()):
                 for connection_id in session.expired(now, self.config.heartbeat_timeout):
@@ -494,16 +508,44 @@ class SignallingService:
                     link = self.links.get(action.message.connection.connection_id)
                     if link is not None:
                         link.catching_up = False  # its own join: from here on it sees everything
+        reasons = {
+            action.message.connection_id: action.message.reason
+            for action, _ in batch.actions
+            if isinstance(action, Deliver) and isinstance(action.message, ConnectionDestroyedEvent)
+        }
         for connection_id in gone_here:
             link = self.links.pop(connection_id, None)
             if link is not None:
                 link.session = None
-                link.close(CloseCode.FORCE_DISCONNECTED, "force disconnected")
+                if reasons.get(connection_id) == DisconnectReason.NETWORK_DISCONNECTED:
+                    # Another node took this one for dead and reported it gone: the client is
+                    # to reconnect (as a new connection), not to give up as forced out.
+                    link.close(CloseCode.GOING_AWAY, TAKEN_FOR_DEAD)
+                else:
+                    link.close(CloseCode.FORCE_DISCONNECTED, "force disconnected")
             self._release_address(self._suspended_addresses.pop(connection_id, None))
             await self._connection_gone(session, connection_id)
         for action, _ in batch.actions:
             if isinstance(action, Deliver) and isinstance(action.message, StreamDestroyedEvent):
                 await self.media.stream_unpublished(session.session_id, action.message.stream_id)
+
+    async def taken_for_dead(self) -> None:
+        """This cluster node found its registry record expired: too busy (or cut off from
+        Redis) to heartbeat for a whole ``--node-timeout``, it may have been reaped, its
+        connections reported destroyed as ``networkDisconnected`` to every other node. To agree
+        with that, each connection here is destroyed so (nothing new for the others if the
+        reaper did it already) and its client's socket closed with 1001: the SDKs reconnect,
+        here or to another node, their resume refused, as new connections."""
+        for session in list(self.sessions.values()):
+            for connection_id in [c for c, conn in session.connections.items() if conn.node is None]:
+                link = self.links.pop(connection_id, None)
+                if link is not None:
+                    link.session = None  # its end must not report clientDisconnected
+                    link.close(CloseCode.GOING_AWAY, TAKEN_FOR_DEAD)
+                try:
+                    await self.leave(session, connection_id, DisconnectReason.NETWORK_DISCONNECTED)
+                except Exception:
+                    logger.exception("%r: ending connection %s failed", session, connection_id)
 
     async def _carry_out_here(self, session: Session, actions: list[Action], *, observe: bool = True) -> None:
         for action in actions:
