@@ -266,7 +266,7 @@ async def test_a_killed_node_s_connections_are_destroyed_for_the_others(nodes: l
         created = await next_of(other, "connection_created")
         assert created["connection"]["connection_id"] == back.connection_id
     await back.close()
-    listing = node_cli(_redis_url_of(nodes[0]), "list")
+    listing = await asyncio.to_thread(node_cli, _redis_url_of(nodes[0]), "list")
     assert listing.returncode == 0, listing.stderr
     names = [line.split("\t")[0] for line in listing.stdout.splitlines()]
     assert names == ["n1", "n2"], listing.stdout
@@ -283,7 +283,7 @@ async def test_a_drained_node_refuses_new_connections(nodes: list[ServeProcess])
     session_id = await create_session(nodes[0].url)
     before = await WsClient.join(nodes[1].url, session_id, token(session_id))
 
-    done = node_cli(redis_url, "drain", "n2")
+    done = await asyncio.to_thread(node_cli, redis_url, "drain", "n2")
     assert done.returncode == 0, done.stderr
     assert "n2 is draining" in done.stdout
 
@@ -303,7 +303,7 @@ async def test_a_drained_node_refuses_new_connections(nodes: list[ServeProcess])
     while not await refused():
         assert time.monotonic() < deadline, "the drained node still takes new connections after 10 s"
         await asyncio.sleep(0.2)
-    listing = node_cli(redis_url, "list")
+    listing = await asyncio.to_thread(node_cli, redis_url, "list")
     assert listing.returncode == 0, listing.stderr
     rows = {line.split("\t")[0]: line.split("\t") for line in listing.stdout.splitlines()}
     assert rows["n2"][3] == "draining" and rows["n1"][3] == "up", listing.stdout
@@ -338,7 +338,7 @@ async def test_a_drained_node_refuses_new_connections(nodes: list[ServeProcess])
     assert later["stream"]["has_audio"] is False, "published after mute-all: muted"
     assert (await next_of(other, "mute_forced"))["stream_id"] == later["stream"]["stream_id"]
 
-    undone = node_cli(redis_url, "drain", "n2", "--undo")
+    undone = await asyncio.to_thread(node_cli, redis_url, "drain", "n2", "--undo")
     assert undone.returncode == 0, undone.stderr
     deadline = time.monotonic() + 10
     while await refused():
@@ -353,7 +353,8 @@ async def test_a_rotated_secret_takes_effect_on_every_node(nodes: list[ServeProc
         async with httpx.AsyncClient(base_url=node.url) as http:
             assert (await http.post("/session/create", headers=auth())).status_code == 200
     database_url = nodes[0].command[nodes[0].command.index("--database-url") + 1]
-    done = salon_cli(
+    done = await asyncio.to_thread(
+        salon_cli,
         *("project", "rotate-secret", API_KEY, "--grace", "0"),
         *("--database-url", database_url, "--redis-url", _redis_url_of(nodes[0])),
     )
