@@ -94,6 +94,14 @@ def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
         "new clients that accept a redirect to another node's --node-url (default "
         f"{DEFAULT_PLACEMENT_MARGIN}; 0: never)",
     )
+    serve.add_argument(
+        "--node-timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="a node that has not heartbeated in Redis for this long is taken for dead: its "
+        "connections end as networkDisconnected (heartbeats every third of it; 1 to 300, default 3)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -507,12 +515,15 @@ def _serve(args: argparse.Namespace) -> int:
     node_url = args.node_url.rstrip("/") if args.node_url else None
     if node_url is not None and not node_url.startswith(("http://", "https://")):
         raise SalonError(f"--node-url must be an http:// or https:// URL, not {args.node_url!r}")
+    if not 1.0 <= args.node_timeout <= 300.0:
+        raise SalonError(f"--node-timeout must be 1 to 300 seconds, not {args.node_timeout:g}")
     tls_cert, tls_key = _tls_files(args)
     config = ServerConfig.from_env(
         redis_url=redis_url,
         node_address=args.node_address,
         node_url=node_url,
         placement_margin=args.placement_margin,
+        node_timeout=args.node_timeout,
         signalling=signalling,
         tls_cert=tls_cert,
         tls_key=tls_key,

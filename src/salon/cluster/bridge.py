@@ -78,6 +78,7 @@ class ClusterBridge:
         return self.node.draining
 
     async def start(self) -> None:
+        self.node.on_taken_for_dead = self.service.taken_for_dead
         await self.node.start(self._on_entry)
         await self.placement.start()
 

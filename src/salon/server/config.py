@@ -106,6 +106,8 @@ class ServerConfig:
     #: (``--placement-margin``, :mod:`salon.cluster.placement`).
     node_url: str | None = None
     placement_margin: int = DEFAULT_PLACEMENT_MARGIN
+    #: ``--node-timeout``: seconds without a heartbeat after which a node is taken for dead.
+    node_timeout: float = 3.0
     api_key: str | None = None
     api_secret: str | None = None
     signalling: SignallingConfig = field(default_factory=SignallingConfig)
