@@ -88,7 +88,7 @@ async def test_a_node_taken_for_dead_registers_again_and_its_clients_reconnect(
     # The watcher heard of the old connection's end once (the node taken for dead reported it
     # too: the others' view deduplicates it), and nothing else.
     assert await watcher.quiet() == []
-    listing = await asyncio.to_thread(node_cli, redis_url, "list")  # the clients answer pings meanwhile
+    listing = await node_cli(redis_url, "list")  # the clients answer pings meanwhile
     assert listing.returncode == 0, listing.stderr
     names = [line.split("\t")[0] for line in listing.stdout.splitlines()]
     assert names == ["r1", "r2"], listing.stdout
@@ -97,9 +97,9 @@ async def test_a_node_taken_for_dead_registers_again_and_its_clients_reconnect(
     await watcher.close()
 
 
-def test_node_timeout_out_of_range_is_refused(redis_url: str) -> None:
+async def test_node_timeout_out_of_range_is_refused(redis_url: str) -> None:
     for value in ("0.5", "301"):
-        result = salon_cli(
+        result = await salon_cli(
             "serve",
             "--no-media",
             "--redis-url",
