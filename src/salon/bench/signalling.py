@@ -489,14 +489,19 @@ class _Worker:
 
     # -- commands ----------------------------------------------------------------------------
 
-    async def cmd_connect(self, tokens: list[str]) -> dict[str, Any]:
-        """Open one connection per token (``concurrency`` handshakes at a time)."""
+    async def cmd_connect(self, tokens: list[str], rate: float = 0.0) -> dict[str, Any]:
+        """Open one connection per token (``concurrency`` handshakes at a time; when ``rate``
+        is set, the i-th starts no sooner than i / ``rate`` seconds from now)."""
         semaphore = asyncio.Semaphore(self.config.concurrency)
         first = len(self.clients)
         self.clients.extend([None] * len(tokens))
         started = time.monotonic()
+        cpu0 = time.process_time()
         results = await asyncio.gather(
-            *(self._open(first + i, token, semaphore) for i, token in enumerate(tokens)),
+            *(
+                self._open(first + i, token, semaphore, i / rate if rate > 0 else 0.0)
+                for i, token in enumerate(tokens)
+            ),
             return_exceptions=True,
         )
         errors = [repr(r)[:300] for r in results if isinstance(r, BaseException)]
@@ -505,6 +510,7 @@ class _Worker:
             "failed": len(errors),
             "errors": errors[:3],
             "seconds": time.monotonic() - started,
+            "cpu_seconds": time.process_time() - cpu0,
         }
 
     async def cmd_stats(self) -> dict[str, Any]:
@@ -559,7 +565,9 @@ class _Worker:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def _open(self, index: int, token: str, semaphore: asyncio.Semaphore) -> None:
+    async def _open(self, index: int, token: str, semaphore: asyncio.Semaphore, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         async with semaphore:
             if self.config.client == "raw":
                 self.clients[index] = await self._open_raw(index, token)
@@ -689,6 +697,10 @@ class _Servers:
     def alive(self) -> bool:
         return all(s.alive() for s in self.servers)
 
+    def cpu_each(self) -> list[float]:
+        """CPU seconds of each node so far."""
+        return [s.cpu_seconds() for s in self.servers]
+
 
 def _wait_quiet(server: ServerProcess | _Servers, *, window: float = 0.5, threshold: float = 0.15) -> float:
     """Wait until the server used under ``threshold`` of a core in two windows in a row."""
@@ -733,6 +745,7 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
     client: str = getattr(args, "client", "raw")
     idle: float = getattr(args, "idle", 4.0)
     nodes: int = getattr(args, "nodes", 1)
+    connect_rate: float = getattr(args, "connect_rate", 0.0) or 0.0
     if not 1 <= nodes <= 5:
         raise BenchError("--nodes must be between 1 and 5")
     if not 2 <= connections <= _MAX_CONNECTIONS:
@@ -745,6 +758,8 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError("--workers must be between 1 and 8")
     if not 0 <= idle <= 60:
         raise BenchError("--idle must be between 0 and 60 s")
+    if not 0 <= connect_rate <= 10_000 or (connect_rate and connections / connect_rate > 600):
+        raise BenchError("--connect-rate must be 0 (at once) to 10,000 per second, for 10 minutes at most")
     machine_description = machine()  # the load average before anything of ours runs
     _log(machine_line(machine_description))
     started = time.monotonic()
@@ -819,8 +834,10 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
             del tokens
             share = math.ceil(len(rest) / workers_count)
             cpu0, t0 = server.cpu_seconds(), time.monotonic()
+            each0 = server.cpu_each() if isinstance(server, _Servers) else [cpu0]
+            worker_rate = connect_rate / workers_count
             for i, worker in enumerate(workers):
-                worker.post("connect", tokens=rest[i * share : (i + 1) * share])
+                worker.post("connect", tokens=rest[i * share : (i + 1) * share], rate=worker_rate)
             opened_all = [worker.reply("connect", _CONNECT_TIMEOUT) for worker in workers]
             del rest
             failed = sum(o["failed"] for o in opened_all)
@@ -831,6 +848,11 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
             connect_seconds = time.monotonic() - t0
             settle = _wait_quiet(server)
             connect_cpu = server.cpu_seconds() - cpu0
+            connect_wall = time.monotonic() - t0
+            each1 = server.cpu_each() if isinstance(server, _Servers) else [server.cpu_seconds()]
+            connect_node_cpu = [
+                round((b - a) / connect_wall * 100, 1) for a, b in zip(each0, each1, strict=True)
+            ]
             _log(
                 f"{total} connections in {connect_seconds:.1f} s (+{settle:.1f} s for the fan-out to settle)"
             )
@@ -839,9 +861,12 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
 
             # The signal phase.
             (user0, system0), t0 = server.cpu_times(), time.monotonic()
+            each0 = server.cpu_each() if isinstance(server, _Servers) else [server.cpu_seconds()]
             (busy0, steal0), self0 = _system_cpu(), time.process_time()
             send_ns, results = _signal_round(workers, signals, interval)
             phase_seconds = time.monotonic() - t0
+            each1 = server.cpu_each() if isinstance(server, _Servers) else [server.cpu_seconds()]
+            load_after = [round(x, 2) for x in os.getloadavg()]
             user1, system1 = server.cpu_times()
             (busy1, steal1), self1 = _system_cpu(), time.process_time()
             server_user, server_system = user1 - user0, system1 - system0
@@ -934,6 +959,17 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         "disconnected": sum(s["closed"] for s in stats),
         "connect_seconds": round(connect_seconds, 2),
         "connect_server_cpu_seconds": round(connect_cpu, 2),
+        "connect_rate_per_s": connect_rate or None,
+        "connect_node_cpu_percent": connect_node_cpu,
+        "connect_load_generator_cpu_seconds": round(sum(o["cpu_seconds"] for o in opened_all), 2),
+        "signal_phase_s": round(phase_seconds, 2),
+        "node_cpu_signal_phase_percent": [
+            round((b - a) / phase_seconds * 100, 1) for a, b in zip(each0, each1, strict=True)
+        ],
+        "load_generator_cpu_signal_phase_percent": [
+            round(r["cpu_seconds"] / phase_seconds * 100, 1) for r in results
+        ],
+        "load_average_after_signal_phase": load_after,
         "total_seconds": round(time.monotonic() - started, 2),
         "targets": {
             "signal_fanout_p99_ms_max": FANOUT_P99_TARGET_MS,

@@ -36,6 +36,13 @@ def add_bench_parser(commands: Any) -> None:
     sig.add_argument("--idle", type=float, default=4.0, help="seconds idle before each memory reading")
     sig.add_argument("--per-signal", action="store_true", help="also report each signal's fan-out time")
     sig.add_argument(
+        "--connect-rate",
+        type=float,
+        default=0.0,
+        help="connections opened per second, over all workers (0: as fast as the handshakes go); "
+        "so the signal phase is measured, not the join storm",
+    )
+    sig.add_argument(
         "--nodes",
         type=int,
         default=1,

@@ -315,6 +315,10 @@ class ClusterNode:
                         await self._handler(session_id, entry_id, fields)
                     except Exception:
                         logger.exception("cluster: applying entry %s of a session failed", entry_id)
+                    # Let the links write what the entry queued (and the heartbeat run) before
+                    # the next: a reply of 200 joins, each fanned out to every local client at
+                    # once, kept the event loop from its timers for seconds.
+                    await asyncio.sleep(0)
 
     async def _project_changes(self) -> None:
         delay = 0.05

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 from websockets.protocol import State
 
@@ -55,10 +56,27 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][ABORT_EXTENSION] = {
                 "abort": self.abort_if_open,
                 "close_received": self.close_received,
+                "send_texts": self.send_texts,
             }
 
     def close_received(self) -> bool:
         return self.conn.close_rcvd is not None
+
+    async def send_texts(self, texts: list[str]) -> None:
+        """Several text messages in one write to the socket (one system call instead of one
+        per message: a client with a backlog, e.g. the join announcements of a busy session,
+        costs fewer). Waits while the transport's buffer is over its high-water mark, as
+        uvicorn's ``send`` does; raises :class:`ConnectionError` once the socket is gone or
+        closing."""
+        await self.writable.wait()
+        if self.disconnected or self.close_sent or self.transport.is_closing():
+            raise ConnectionError("the WebSocket is closed")
+        try:
+            for text in texts:
+                self.conn.send_text(text.encode())
+        except InvalidState:
+            raise ConnectionError("the WebSocket is closed") from None
+        self.transport.write(b"".join(self.conn.data_to_send()))
 
     def shutdown(self) -> None:
         """uvicorn's shutdown sends close 1012 on a WebSocket the application did not close;
