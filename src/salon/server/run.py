@@ -7,12 +7,15 @@ import concurrent.futures
 import gc
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
@@ -38,6 +41,31 @@ WS_MAX_SIZE = 1024 * 1024
 TLS_CLOSE_GRACE = 1.0
 
 
+#: Messages shorter than this (bytes) are sent uncompressed even when the client negotiated
+#: permessage-deflate, which RFC 7692 allows (section 6.1, the RSV1 bit unset): deflating a
+#: ping, a signal or a join announcement costs more CPU than the few bytes it saves, and it is
+#: done once per receiver (each has its own compression context).
+COMPRESS_MIN_SIZE = 512
+
+
+class _PlainSmallMessages(PerMessageDeflate):
+    """permessage-deflate that leaves small single-frame messages uncompressed."""
+
+    def encode(self, frame: Frame) -> Frame:
+        if frame.fin and frame.opcode in (Opcode.TEXT, Opcode.BINARY) and len(frame.data) < COMPRESS_MIN_SIZE:
+            return frame
+        return super().encode(frame)
+
+
+class _PlainSmallMessagesFactory(ServerPerMessageDeflateFactory):
+    def process_request_params(
+        self, params: Sequence[tuple[str, str | None]], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[tuple[str, str | None]], PerMessageDeflate]:
+        response, extension = super().process_request_params(params, accepted_extensions)
+        extension.__class__ = _PlainSmallMessages  # the same state; only encode differs
+        return response, extension
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, letting the application abort the TCP connection.
 
@@ -48,6 +76,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     connection lost without one as code 1005, as it does an empty close frame, and signalling
     keeps the connection of a broken link for a resume.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn's permessage-deflate settings, small messages left plain.
+        self.conn.available_extensions = [
+            _PlainSmallMessagesFactory(**vars(f)) if type(f) is ServerPerMessageDeflateFactory else f
+            for f in self.conn.available_extensions or []
+        ]
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
