@@ -1,5 +1,6 @@
 """Requests between nodes on a real redis-server (:mod:`salon.cluster.pipes`): a reply, the
-other node's error, a timeout when nobody answers, and the watch on the nodes pipes go to."""
+other node's error, a timeout when a registered node does not answer, a prompt failure when
+the node is not registered or dies while asked, and the watch on the nodes pipes go to."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from salon.cluster.node import ClusterNode
-from salon.cluster.pipes import NodeMediaLink, pipe_address_problem
+from salon.cluster.pipes import NodeMediaLink, inbox_key, pipe_address_problem
 from salon.errors import NotFoundError
 from salon.media.plane import NodeRequestFailed
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
@@ -38,6 +39,10 @@ async def test_a_request_gets_the_other_nodes_reply_its_error_or_a_timeout(
 
     a = NodeMediaLink(ClusterNode(redis_url, "a", "127.0.0.1"), handle)
     b = NodeMediaLink(ClusterNode(redis_url, "b", "127.0.0.1"), refuse)
+    mute = ClusterNode(redis_url, "mute", "127.0.0.1")  # registered, reads no requests
+    await a.node.start(_ignore)
+    await mute.start(_ignore)
+    mute_stopped = False
     await a.start()
     await b.start()
     try:
@@ -51,16 +56,41 @@ async def test_a_request_gets_the_other_nodes_reply_its_error_or_a_timeout(
 
         started = time.monotonic()
         with pytest.raises(NodeRequestFailed) as timed_out:
-            await b.request("nobody", {"op": "pipe_out"}, timeout=1.0)
+            await b.request("mute", {"op": "pipe_out"}, timeout=1.0)
         assert timed_out.value.code == "timeout"
-        assert time.monotonic() - started < 10, "a request to a dead node fails in bounded time"
-        assert b.requests_failed == 2 and a.requests_served == 2
+        assert time.monotonic() - started < 10, "a request nobody answers fails in bounded time"
+
+        with pytest.raises(NodeRequestFailed) as unknown:
+            await b.request("nobody", {"op": "pipe_out"}, timeout=30.0)
+        assert unknown.value.code == "node_gone", "a node not in the registry is not waited for"
+
+        # A node that dies while asked (its registry record goes): the request fails then,
+        # not at its 30 s deadline.
+        asked = asyncio.get_running_loop().create_task(b.request("mute", {"op": "pipe_out"}, timeout=30.0))
+        deadline = time.monotonic() + 15
+        while not await mute.client.xlen(inbox_key("mute")):  # the request is in its inbox
+            assert time.monotonic() < deadline, "the request never reached the inbox"
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await mute.stop()
+        mute_stopped = True
+        with pytest.raises(NodeRequestFailed) as died:
+            await asyncio.wait_for(asked, 15)
+        assert died.value.code == "node_gone"
+        assert time.monotonic() - started < 15
+        assert b.requests_failed == 4 and a.requests_served == 2
     finally:
         await a.stop()
         await b.stop()
         await a.node.stop()
         await b.node.stop()
+        if not mute_stopped:
+            await mute.stop()
     assert SECRET_KEY not in caplog.text, "pipe keys are never logged"
+
+
+async def _ignore(*_: object) -> None:
+    """A bus entry handler for nodes that follow no session."""
 
 
 async def test_a_node_closes_its_pipes_toward_a_node_without_a_registry_record(redis_url: str) -> None:

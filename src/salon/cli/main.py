@@ -78,6 +78,14 @@ def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--node-address", help="where the other nodes reach this one (default: --announced-address)"
     )
+    serve.add_argument(
+        "--node-timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="a node that has not heartbeated in Redis for this long is taken for dead: its "
+        "connections end as networkDisconnected (heartbeats every third of it; 1 to 300, default 3)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -486,10 +494,13 @@ def _serve(args: argparse.Namespace) -> int:
         database_url = args.database_url or os.environ.get("SALON_DATABASE_URL") or ""
         if not database_url.startswith(("postgresql://", "postgres://")):
             raise SalonError("a cluster node (--redis-url) needs a shared PostgreSQL --database-url")
+    if not 1.0 <= args.node_timeout <= 300.0:
+        raise SalonError(f"--node-timeout must be 1 to 300 seconds, not {args.node_timeout:g}")
     tls_cert, tls_key = _tls_files(args)
     config = ServerConfig.from_env(
         redis_url=redis_url,
         node_address=args.node_address,
+        node_timeout=args.node_timeout,
         signalling=signalling,
         tls_cert=tls_cert,
         tls_key=tls_key,

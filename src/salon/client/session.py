@@ -177,6 +177,11 @@ _FINAL_CLOSE = {
     CloseCode.REPLACED: SessionEndReason.SERVER_CLOSED,
 }
 
+
+class _PeerReplaced(InvalidStateError):
+    """The receiving peer connection was closed while a subscription waited its turn on it."""
+
+
 #: Signals queued with ``retry_after_reconnect`` while reconnecting, at most.
 MAX_QUEUED_SIGNALS = 100
 
@@ -689,15 +694,27 @@ class Session:
         """Subscribe on the session's receiving peer connection. If the server refuses the
         offer with ``transport_closed`` (the peer connection's transport died with a media
         worker, and this SDK had not yet heard ``media_reset``), the peer connection is
-        replaced and the subscription negotiated once more on the new one."""
-        peer = self._subscribe_peer
-        if peer is None:
-            peer = self._subscribe_peer = SubscribePeer(self._ice_servers, self._ice_addresses)
-        try:
-            await self._negotiate_on(peer, subscriber)
-        except RequestRefused as exc:
-            if exc.code is not ErrorCode.TRANSPORT_CLOSED:
-                raise
+        replaced and the subscription negotiated once more on the new one. A peer connection
+        closed while this subscription waited its turn on it (another subscription on it failed
+        and closed it) is not an error: the subscription is negotiated on the next one."""
+        for _attempt in range(3):
+            peer = self._subscribe_peer
+            if peer is None:
+                peer = self._subscribe_peer = SubscribePeer(self._ice_servers, self._ice_addresses)
+            try:
+                await self._negotiate_on(peer, subscriber)
+                return
+            except _PeerReplaced:
+                # Another subscription on it failed while this one waited its turn (e.g. one
+                # to a stream whose node had just died, re-subscribed after a reconnection)
+                # and, nothing flowing on it, closed it: negotiate on the current one instead.
+                if self._state is not SessionState.CONNECTED or subscriber not in self._subscribers:
+                    raise
+                logger.info("%r: the receiving peer connection was replaced; subscribing on the next", self)
+                continue
+            except RequestRefused as exc:
+                if exc.code is not ErrorCode.TRANSPORT_CLOSED:
+                    raise
             logger.info("%r: the receiving peer connection's transport is gone; replacing it", self)
             others = [s for s in self._subscribers if s is not subscriber and s._peer is peer]
             if self._subscribe_peer is peer:
@@ -708,13 +725,15 @@ class Session:
             await self._negotiate_on(peer, subscriber)
             for other in others:  # they received nothing on the old one either
                 self._spawn(self._resubscribe(other), f"re-subscribe {other!r}")
+            return
+        raise InvalidStateError(f"{self!r}: the receiving peer connection kept being replaced")
 
     async def _negotiate_on(self, peer: SubscribePeer, subscriber: Subscriber) -> None:
         """One offer/answer round on the receiving peer connection ``peer`` (one at a time:
         every subscriber's m-lines share it, docs/protocol.md §13.3)."""
         async with peer.lock:
             if peer.closed:  # replaced (a reconnection, a media reset) while this waited
-                raise InvalidStateError(f"{self!r}: the receiving peer connection was replaced meanwhile")
+                raise _PeerReplaced(f"{self!r}: the receiving peer connection was replaced meanwhile")
             offer = await subscriber._offer(peer)
             stream_id = subscriber.stream.stream_id
             request = SubscribeRequest(
@@ -1090,7 +1109,8 @@ class Session:
             try:
                 await self._negotiate_publisher(publisher)
             except ClientError as exc:
-                self._publishers.remove(publisher)
+                if publisher in self._publishers:
+                    self._publishers.remove(publisher)
                 await publisher._detach()
                 self._emit(Error(exc, f"re-publish {publisher!r}"))
 
@@ -1099,7 +1119,8 @@ class Session:
             try:
                 await self._negotiate_subscriber(subscriber)
             except ClientError as exc:
-                self._subscribers.remove(subscriber)
+                if subscriber in self._subscribers:  # not if its stream ended meanwhile
+                    self._subscribers.remove(subscriber)
                 await subscriber._detach()
                 self._emit(Error(exc, f"re-subscribe {subscriber!r}"))
 

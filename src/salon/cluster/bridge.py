@@ -52,6 +52,7 @@ class ClusterBridge:
         return self.node.draining
 
     async def start(self) -> None:
+        self.node.on_taken_for_dead = self.service.taken_for_dead
         await self.node.start(self._on_entry)
 
     async def stop(self) -> None:

@@ -2,14 +2,23 @@
 
 Keys (prefix ``salon:``):
 
-- ``node:{name}``: the node's :class:`~salon.cluster.core.NodeRecord`, written every
-  :data:`HEARTBEAT` seconds with a TTL of :data:`NODE_TTL`: a node that dies (``kill -9``)
+- ``node:{name}``: the node's :class:`~salon.cluster.core.NodeRecord`, written every third of
+  its node timeout (``salon serve --node-timeout``, default :data:`NODE_TTL` seconds; a
+  :data:`HEARTBEAT` by default) with that timeout as its TTL: a node that dies (``kill -9``)
   vanishes from the registry within that TTL. ``nodes``: the set of names ever registered and
   not yet reaped. ``drain:{name}``: set by ``salon node drain``.
 - ``node:{name}:sessions``: the sessions a node has clients in.
 - ``s:{session}``: the session's Redis Stream, one entry per batch of changes
   (:mod:`salon.cluster.core`); ``s:{session}:conns`` and ``s:{session}:streams``: the presence
   hashes, written in the same transaction as the entry.
+
+A node that finds its own record gone when it heartbeats was taken for dead (too busy, or cut
+off from Redis, to heartbeat for a whole node timeout): another node may already have reported
+its connections destroyed as ``networkDisconnected``. It re-registers at once and calls
+:attr:`ClusterNode.on_taken_for_dead`, which
+(:meth:`~salon.signalling.service.SignallingService.taken_for_dead`) destroys its connections
+the same way and closes its clients' sockets with 1001, so that they reconnect (here or
+elsewhere) as new connections: every node agrees they are gone.
 
 Reading is ``XREAD`` from the last entry ID seen of every session followed, so a node cut off
 from Redis for a while reads on from where it stopped when Redis is back: nothing lost, nothing
@@ -33,16 +42,27 @@ from redis.exceptions import RedisError
 from salon.cluster.core import NodeRecord, Presence, Snapshot, encode_batch, reap_actions, reaped_infos
 from salon.protocol import ConnectionInfo, StreamInfo
 
-__all__ = ["HEARTBEAT", "NODE_TTL", "ClusterNode", "announce_project_change", "list_nodes", "set_draining"]
+__all__ = [
+    "HEARTBEAT",
+    "NODE_TIMEOUT_RANGE",
+    "NODE_TTL",
+    "ClusterNode",
+    "announce_project_change",
+    "list_nodes",
+    "set_draining",
+]
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "salon:"
-#: Seconds between two heartbeats of a node (and two checks for dead nodes).
+#: Seconds between two heartbeats of a node (and two checks for dead nodes) by default: a
+#: third of its node timeout.
 HEARTBEAT = 1.0
-#: Seconds a node's record lives without a heartbeat: a dead node is noticed within
-#: NODE_TTL + HEARTBEAT.
+#: Seconds a node's record lives without a heartbeat by default (``--node-timeout``): a dead
+#: node is noticed within the node timeout plus a heartbeat.
 NODE_TTL = 3.0
+#: The bounds of ``--node-timeout``.
+NODE_TIMEOUT_RANGE = (1.0, 300.0)
 #: Entries kept in a session's stream (approximately); a session's keys expire a day after
 #: its last change.
 STREAM_MAXLEN = 10_000
@@ -118,9 +138,25 @@ async def snapshot(client: aioredis.Redis, session_id: str) -> Snapshot:
 
 class ClusterNode:
     """This server as a node: heartbeat, the bus (publish in order, read what is followed),
-    and the reaping of dead nodes. ``load`` is called at every heartbeat."""
+    and the reaping of dead nodes. ``load`` is called at every heartbeat; ``timeout`` is the
+    node timeout (the registry record's TTL; heartbeats every third of it)."""
 
-    def __init__(self, url: str, name: str, address: str, *, load: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        address: str,
+        *,
+        load: Callable[[], int] = lambda: 0,
+        timeout: float = NODE_TTL,
+    ) -> None:
+        low, high = NODE_TIMEOUT_RANGE
+        if not low <= timeout <= high:
+            raise ValueError(f"the node timeout must be {low:g} to {high:g} seconds, not {timeout:g}")
+        self.timeout = timeout
+        self.heartbeat = timeout / 3
+        #: How many times this node found its registry record gone (taken for dead).
+        self.taken_for_dead = 0
         self.url = url
         self.name = name
         self.address = address
@@ -140,6 +176,9 @@ class ClusterNode:
         self.on_reaped: Callable[[str, list[ConnectionInfo], list[StreamInfo]], None] | None = None
         #: Called with an API key when a project changed elsewhere (deleted, secret rotated).
         self.on_project_changed: Callable[[str], None] | None = None
+        #: Awaited when this node found its own registry record gone at a heartbeat (it has
+        #: re-registered): the others may have reported its connections destroyed.
+        self.on_taken_for_dead: Callable[[], Awaitable[None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -177,27 +216,46 @@ class ClusterNode:
 
     # -- registry ----------------------------------------------------------------------
 
-    async def _beat(self) -> None:
+    async def _beat(self) -> bool:
+        """Write this node's record; returns whether it was there (False: expired, or never
+        written)."""
         draining = await self.client.exists(drain_key(self.name))
         self.draining = bool(draining)
         record = NodeRecord(self.name, self.address, self.load(), self.draining, self.incarnation)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(node_key(self.name), record.dumps(), px=int(NODE_TTL * 1000))
+            pipe.set(node_key(self.name), record.dumps(), px=int(self.timeout * 1000), get=True)
             pipe.sadd(NODES_KEY, self.name)
             if self._followed:
                 # Again each time: a node taken for dead while cut off from Redis (its sessions
                 # reaped) is found again if it dies later.
                 pipe.sadd(node_sessions_key(self.name), *self._followed)
-            await pipe.execute()
+            previous, *_ = await pipe.execute()
+        return previous is not None
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT)
+            await asyncio.sleep(self.heartbeat)
             try:
-                await self._beat()
+                if not await self._beat():
+                    await self._was_taken_for_dead()
                 await self._find_dead()
             except (RedisError, OSError) as exc:
                 logger.warning("cluster heartbeat failed: %r", exc)
+
+    async def _was_taken_for_dead(self) -> None:
+        self.taken_for_dead += 1
+        logger.warning(
+            "cluster node %s found its registry record expired (no heartbeat for %gs: too busy, or "
+            "cut off from Redis): re-registered; its connections end as networkDisconnected and "
+            "its clients are told to reconnect",
+            self.name,
+            self.timeout,
+        )
+        if self.on_taken_for_dead is not None:
+            try:
+                await self.on_taken_for_dead()
+            except Exception:  # the heartbeat must go on
+                logger.exception("cluster: ending the connections of a node taken for dead failed")
 
     async def _find_dead(self) -> None:
         for name in await _done(self.client.smembers(NODES_KEY)):

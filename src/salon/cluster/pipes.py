@@ -10,7 +10,9 @@ the plane's :class:`~salon.media.plane.NodeLink`:
   ``XREAD`` from when it started;
 * the reply is pushed (``RPUSH``) onto the request's reply key, which expires; the asker waits
   for it with ``BLPOP`` and a timeout (:data:`REQUEST_TIMEOUT`), so a dead or cut-off node fails
-  the request in bounded time;
+  the request in bounded time; the wait is cut into seconds, between which the asked node's
+  registry record is checked: a node that is gone (or dies while asked) fails the request
+  within the node timeout (``node_gone``), not at the deadline;
 * which node publishes a stream comes from the session's presence hashes (the stream's
   connection's node).
 
@@ -33,7 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from salon.cluster.node import HEARTBEAT, PREFIX, ClusterNode, _done, conns_key, node_key, streams_key
+from salon.cluster.node import PREFIX, ClusterNode, _done, conns_key, node_key, streams_key
 from salon.errors import ClientError
 from salon.media.errors import MediaStateError
 from salon.media.plane import NodeRequestFailed
@@ -47,6 +49,8 @@ REQUEST_TIMEOUT = 10.0
 #: Entries an inbox keeps (requests are read within milliseconds).
 INBOX_MAXLEN = 1000
 READ_BLOCK_MS = 1000
+#: Seconds one wait for a reply lasts before the asked node's registry record is checked.
+REPLY_POLL = 1
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """(asking node, request body) → the reply body; raising sends the error back."""
@@ -157,14 +161,26 @@ class NodeMediaLink:
             "body": body,
         }
         self.requests_sent += 1
+        deadline = time.monotonic() + timeout
+        popped = None
         try:
+            if not await self._client.exists(node_key(node)):
+                self.requests_failed += 1
+                raise NodeRequestFailed(f"node {node} is gone (not in the registry)", code="node_gone")
             await self._client.xadd(
                 inbox_key(node),
                 {"request": json.dumps(envelope)},
                 maxlen=INBOX_MAXLEN,
                 approximate=True,
             )
-            popped = await _done(self._client.blpop([_reply_key(request_id)], timeout=max(1, round(timeout))))
+            # Waited for a second at a time: a node that dies meanwhile (its registry record
+            # expires, within the node timeout) fails the request then, not at the deadline.
+            while popped is None and time.monotonic() < deadline:
+                wait = max(1, min(REPLY_POLL, round(deadline - time.monotonic())))
+                popped = await _done(self._client.blpop([_reply_key(request_id)], timeout=wait))
+                if popped is None and not await self._client.exists(node_key(node)):
+                    self.requests_failed += 1
+                    raise NodeRequestFailed(f"node {node} is gone (it died while asked)", code="node_gone")
         except (RedisError, OSError) as exc:
             self.requests_failed += 1
             raise NodeRequestFailed(f"the cluster's Redis: {exc!r}") from exc
@@ -182,7 +198,7 @@ class NodeMediaLink:
         """Every heartbeat: a node this one pipes media to whose registry record expired is
         gone; the sending ends toward it close."""
         while True:
-            await asyncio.sleep(HEARTBEAT)
+            await asyncio.sleep(self.node.heartbeat)
             for name in sorted(self.watched()):
                 try:
                     alive = await self._client.exists(node_key(name))

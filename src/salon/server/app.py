@@ -210,6 +210,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                 config.node_name or socket.gethostname(),
                 config.node_address or config.announced_address or config.host,
                 load=lambda: len(service.links),
+                timeout=config.node_timeout,
             )
             node.on_project_changed = registry.forget_project
             node.on_reaped = callbacks.reaped

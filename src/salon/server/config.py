@@ -97,6 +97,8 @@ class ServerConfig:
     #: ``node_name`` (default: the host name) and ``node_address`` (where other nodes reach it).
     redis_url: str | None = None
     node_address: str | None = None
+    #: ``--node-timeout``: seconds without a heartbeat after which a node is taken for dead.
+    node_timeout: float = 3.0
     api_key: str | None = None
     api_secret: str | None = None
     signalling: SignallingConfig = field(default_factory=SignallingConfig)

@@ -49,6 +49,7 @@ from salon.protocol import (
     CloseCode,
     ConnectedMessage,
     ConnectionCreatedEvent,
+    ConnectionDestroyedEvent,
     ConnectRequest,
     DisconnectReason,
     ErrorCode,
@@ -179,6 +180,10 @@ _TOKEN_CLOSE = {
 }
 
 
+#: The close reason of a client of a node taken for dead (code 1001: reconnect).
+TAKEN_FOR_DEAD = "this node was taken for dead: reconnect"
+
+
 class ClientLink:
     """One client's WebSocket: a bounded outbox and the task that writes it.
 
@@ -217,6 +222,10 @@ class ClientLink:
         #: In a cluster: joined, and this node's own changes published before the join are still
         #: coming back from the bus; its ``connected`` had them already, so they are skipped.
         self.catching_up = False
+        #: Whether a request of this link is being carried out: its messages (pongs included)
+        #: wait in the socket meanwhile, so the heartbeat does not time it out (a request that
+        #: waits on another node, e.g. a pipe from a node that just died, has its own bound).
+        self.handling = False
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="salon-link-writer")
@@ -411,12 +420,24 @@ class SignallingService:
 
     async def _heartbeat(self) -> None:
         interval = self.config.heartbeat_interval
+        last = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            if now - last > 2 * interval + 1.0:
+                # This server's loop stalled (or the process was stopped): its clients' messages
+                # were not read meanwhile, their silence is its own. Time from now.
+                logger.warning("the event loop stalled for %.1fs: connection timeouts restart", now - last)
+                for link in self.links.values():
+                    if link.session is not None and link.connection_id is not None:
+                        link.session.touch(link.connection_id, now)
+            last = now
             ping = PingMessage(timestamp=time.time()).model_dump_json()
             for session in list(self.sessions.values()):
                 for connection_id in session.expired(now, self.config.heartbeat_timeout):
+                    busy = self.links.get(connection_id)
+                    if busy is not None and busy.handling:
+                        continue  # its messages wait behind a request being carried out
                     # One failure (e.g. in the media plane) must not stop the pings and
                     # timeouts of every other connection: log it and go on.
                     try:
@@ -514,16 +535,44 @@ class SignallingService:
                     link = self.links.get(action.message.connection.connection_id)
                     if link is not None:
                         link.catching_up = False  # its own join: from here on it sees everything
+        reasons = {
+            action.message.connection_id: action.message.reason
+            for action, _ in batch.actions
+            if isinstance(action, Deliver) and isinstance(action.message, ConnectionDestroyedEvent)
+        }
         for connection_id in gone_here:
             link = self.links.pop(connection_id, None)
             if link is not None:
                 link.session = None
-                link.close(CloseCode.FORCE_DISCONNECTED, "force disconnected")
+                if reasons.get(connection_id) == DisconnectReason.NETWORK_DISCONNECTED:
+                    # Another node took this one for dead and reported it gone: the client is
+                    # to reconnect (as a new connection), not to give up as forced out.
+                    link.close(CloseCode.GOING_AWAY, TAKEN_FOR_DEAD)
+                else:
+                    link.close(CloseCode.FORCE_DISCONNECTED, "force disconnected")
             self._release_address(self._suspended_addresses.pop(connection_id, None))
             await self._connection_gone(session, connection_id)
         for action, _ in batch.actions:
             if isinstance(action, Deliver) and isinstance(action.message, StreamDestroyedEvent):
                 await self.media.stream_unpublished(session.session_id, action.message.stream_id)
+
+    async def taken_for_dead(self) -> None:
+        """This cluster node found its registry record expired: too busy (or cut off from
+        Redis) to heartbeat for a whole ``--node-timeout``, it may have been reaped, its
+        connections reported destroyed as ``networkDisconnected`` to every other node. To agree
+        with that, each connection here is destroyed so (nothing new for the others if the
+        reaper did it already) and its client's socket closed with 1001: the SDKs reconnect,
+        here or to another node, their resume refused, as new connections."""
+        for session in list(self.sessions.values()):
+            for connection_id in [c for c, conn in session.connections.items() if conn.node is None]:
+                link = self.links.pop(connection_id, None)
+                if link is not None:
+                    link.session = None  # its end must not report clientDisconnected
+                    link.close(CloseCode.GOING_AWAY, TAKEN_FOR_DEAD)
+                try:
+                    await self.leave(session, connection_id, DisconnectReason.NETWORK_DISCONNECTED)
+                except Exception:
+                    logger.exception("%r: ending connection %s failed", session, connection_id)
 
     async def _carry_out_here(self, session: Session, actions: list[Action], *, observe: bool = True) -> None:
         for action in actions:
@@ -816,7 +865,13 @@ class SignallingService:
                 return  # closed, or force-disconnected while this message was buffered
             if link.closed:
                 continue  # closing (e.g. a slow consumer): carry nothing out, wait for the end
-            await self._handle(link, message)
+            link.handling = True
+            try:
+                await self._handle(link, message)
+            finally:
+                link.handling = False
+                if link.session is not None and link.connection_id is not None:
+                    link.session.touch(link.connection_id, time.monotonic())
             # Messages already buffered would otherwise be handled back to back, starving
             # this link's writer: a fast, well-behaved client could be closed as slow.
             await asyncio.sleep(0)

@@ -1,16 +1,14 @@
-"""NOT COLLECTED (the file name does not start with ``test_``): issue 14's kill -9 failover
-test. It passed on its own branch; merged with the rest it fails: the node a client moves to
-accepts its resume (``resumed=True``, the test expects a new connection) and the SDK's
-restore then fails. Issue 14 stays open until that is settled and this is collected again.
-Run by hand with ``pytest tests/e2e/cluster/unstable_cluster_failover.py``.
+"""Issue 14's kill -9 failover: three cluster nodes with media (real redis-server and
+PostgreSQL). When a node is killed, its Python SDK clients (given every node's URL) move to the
+next node: the dead node's resume secrets mean nothing there (``resume_refused``), so each
+connects afresh, re-publishes and re-subscribes; a client on a third node sees only the
+reconnecting participants' events. (The two-node metrics test is in test_cluster_metrics.py.)
 
-Three cluster nodes with media (real redis-server and PostgreSQL): when a node is killed,
-its Python SDK clients (given every node's URL) move to another node and the call goes on; a
-client on a third node sees only the reconnecting participants' events. (The two-node metrics
-test is in test_cluster_metrics.py.)
-
-Media lives on the node of a client's signalling (node-to-node pipes are not built), so the
-publisher and the subscriber start on one node and move together to the next URL of the list.
+The moved clients reach the next node before the death is noticed (within the node timeout):
+its ``connected`` still lists the dead node's stream, and the subscriber's re-subscription to
+it fails fast (the pipe request to a node gone from the registry fails, ``node_gone``) while
+the new stream is subscribed on the same receiving peer connection: the case that used to
+break this test (a subscription waiting its turn on a peer connection closed by the failed one).
 """
 
 from __future__ import annotations
