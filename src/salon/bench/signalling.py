@@ -746,6 +746,7 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
     idle: float = getattr(args, "idle", 4.0)
     nodes: int = getattr(args, "nodes", 1)
     connect_rate: float = getattr(args, "connect_rate", 0.0) or 0.0
+    node_timeout: float | None = getattr(args, "node_timeout", None)
     if not 1 <= nodes <= 5:
         raise BenchError("--nodes must be between 1 and 5")
     if not 2 <= connections <= _MAX_CONNECTIONS:
@@ -789,6 +790,8 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
                     "--metrics-address",
                     "off",
                 ]
+                if node_timeout is not None:
+                    cluster_args += ["--node-timeout", f"{node_timeout:g}"]
                 node = ServerProcess(pathlib.Path(tmp) / f"node{i}", serve_args=cluster_args)
                 if servers:
                     node.api_key, node.api_secret = servers[0].api_key, servers[0].api_secret
@@ -981,6 +984,7 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         },
         "load_generator": {"workers": workers_count, "client": client, "compression": compression},
         "nodes": nodes,
+        "node_timeout_s": node_timeout,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "server": {
             "loop": "uvloop " + (version("uvloop") or "(missing)"),

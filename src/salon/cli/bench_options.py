@@ -49,6 +49,12 @@ def add_bench_parser(commands: Any) -> None:
         help="cluster nodes (1-5): more than 1 starts a throwaway redis-server and PostgreSQL and that "
         "many `salon serve` nodes, the connections spread over them (the sender on the first)",
     )
+    sig.add_argument(
+        "--node-timeout",
+        type=float,
+        default=None,
+        help="with --nodes: the nodes' `salon serve --node-timeout` (default: serve's own)",
+    )
 
     sfu = bench_commands.add_parser("sfu", help="SFU forwarding: CPU per packet, loss, delay, memory")
     add_sfu_arguments(sfu)
