@@ -841,7 +841,9 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
             worker_rate = connect_rate / workers_count
             for i, worker in enumerate(workers):
                 worker.post("connect", tokens=rest[i * share : (i + 1) * share], rate=worker_rate)
-            opened_all = [worker.reply("connect", _CONNECT_TIMEOUT) for worker in workers]
+            # Paced, the connects take share / rate seconds on top of the handshakes.
+            pace = share / worker_rate if worker_rate > 0 else 0.0
+            opened_all = [worker.reply("connect", _CONNECT_TIMEOUT + pace) for worker in workers]
             del rest
             failed = sum(o["failed"] for o in opened_all)
             if failed:
@@ -883,6 +885,14 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
             returncode = None
             for node in servers:
                 returncode = node.stop() or returncode
+            log_dir = getattr(args, "log_dir", None)
+            if log_dir:  # the servers' logs, kept for a post-mortem
+                for i, node in enumerate(servers):
+                    source = node.data_dir / "server.log"
+                    if source.exists():
+                        target = pathlib.Path(log_dir) / f"server{i}.log"
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(source.read_bytes())
             for worker in workers:
                 worker.close()
             _log(f"server stopped (exit status {returncode})")

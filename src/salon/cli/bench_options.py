@@ -55,6 +55,7 @@ def add_bench_parser(commands: Any) -> None:
         default=None,
         help="with --nodes: the nodes' `salon serve --node-timeout` (default: serve's own)",
     )
+    sig.add_argument("--log-dir", help="copy each server's log (server0.log, ...) here at the end")
 
     sfu = bench_commands.add_parser("sfu", help="SFU forwarding: CPU per packet, loss, delay, memory")
     add_sfu_arguments(sfu)

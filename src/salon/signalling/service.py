@@ -101,7 +101,8 @@ MAX_MESSAGE_SIZE = 64 * 1024
 #: :mod:`salon.server.run`) lets a link abort its TCP connection: ``{"abort": callable}``,
 #: a no-op once the connection is gone; and ``"close_received"``: a callable telling whether
 #: the client sent a close frame (False: the socket broke); ``"send_texts"``: a coroutine
-#: function writing several text messages at once (one write to the socket).
+#: function writing several text messages at once (one write to the socket); ``"write_now"``:
+#: a function writing one text message at once if the socket takes it without waiting.
 ABORT_EXTENSION = "salon.abort"
 #: Messages a link's writer takes from its outbox at most before it lets the event loop run
 #: other tasks: with hundreds of links each holding a backlog, draining them all in one loop
@@ -213,6 +214,9 @@ class ClientLink:
         self._abort: Callable[[], None] | None = extension.get("abort")
         self._close_received: Callable[[], bool] | None = extension.get("close_received")
         self._send_texts: Callable[[list[str]], Awaitable[None]] | None = extension.get("send_texts")
+        self._write_now: Callable[[str], bool] | None = extension.get("write_now")
+        #: The writer holds messages taken from the outbox and not yet written.
+        self._writing = False
         #: The request rate limit; None when switched off.
         self.bucket: TokenBucket | None = None
         #: Whether the socket ended without a close frame from the client (None: not ended).
@@ -241,6 +245,11 @@ class ClientLink:
         if self.closed:
             return
         self.stats.sent[kind] += 1
+        # Nothing queued nor being written: straight to the socket if it takes it now (no
+        # task switch per message: a broadcast to hundreds of links is one pass).
+        write_now = self._write_now
+        if write_now is not None and not self._writing and self._outbox.empty() and write_now(text):
+            return
         try:
             self._outbox.put_nowait(text)
         except asyncio.QueueFull:
@@ -313,7 +322,11 @@ class ClientLink:
                         close = more
                         break
                     texts.append(more)
-                await send_texts(texts)
+                self._writing = True
+                try:
+                    await send_texts(texts)
+                finally:
+                    self._writing = False
                 if close is not None:
                     if ws.application_state == WebSocketState.CONNECTED:
                         await ws.close(int(close.code), close.reason)
