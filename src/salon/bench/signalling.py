@@ -713,6 +713,19 @@ def _wait_quiet(server: ServerProcess | _Servers, *, window: float = 0.5, thresh
     return time.monotonic() - started
 
 
+def _wait_received(workers: list[_WorkerHandle], *, still: float = 3.0, bound: float = 600.0) -> None:
+    """Wait until the clients received no message besides pings for ``still`` seconds."""
+    started = time.monotonic()
+    last, since = -1, time.monotonic()
+    while time.monotonic() - started < bound:
+        count = sum(worker.request("stats", 30)["other_messages"] for worker in workers)
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since >= still:
+            return
+        time.sleep(0.5)
+
+
 def _idle_sample(server: ServerProcess | _Servers, seconds: float) -> tuple[dict[str, int], float]:
     """Let the server idle for ``seconds``; its memory then, and its CPU rate meanwhile."""
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
@@ -851,7 +864,12 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
                 raise BenchError(f"{failed} connections failed, e.g. {errors[:3]}")
             total = sum(o["connected"] for o in opened_all)
             connect_seconds = time.monotonic() - t0
-            settle = _wait_quiet(server)
+            # The join announcements (O(N²) messages) must all have arrived before the signals
+            # are measured: wait until the clients stop receiving them, then until the servers
+            # are quiet. (A CPU-quiet test alone is fooled by nodes starved of CPU.)
+            settle_start = time.monotonic()
+            _wait_received(workers)
+            settle = time.monotonic() - settle_start + _wait_quiet(server)
             connect_cpu = server.cpu_seconds() - cpu0
             connect_wall = time.monotonic() - t0
             each1 = server.cpu_each() if isinstance(server, _Servers) else [server.cpu_seconds()]
@@ -862,6 +880,7 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
                 f"{total} connections in {connect_seconds:.1f} s (+{settle:.1f} s for the fan-out to settle)"
             )
             memory_loaded, idle_cpu_rate = _idle_sample(server, idle)
+            settled_other = sum(worker.request("stats", 30)["other_messages"] for worker in workers)
             _log(f"server RSS {memory_loaded['rss']} kB with {total} idle connections")
 
             # The signal phase.
@@ -970,6 +989,7 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         "delivered": received,
         "lost": signals * total - received,
         "disconnected": sum(s["closed"] for s in stats),
+        "other_messages_received_in_signal_phase": sum(s["other_messages"] for s in stats) - settled_other,
         "connect_seconds": round(connect_seconds, 2),
         "connect_server_cpu_seconds": round(connect_cpu, 2),
         "connect_rate_per_s": connect_rate or None,
