@@ -12,6 +12,7 @@ import os
 import socket
 import time
 import urllib.parse
+import zlib
 from typing import Any
 
 import jwt
@@ -1176,3 +1177,70 @@ async def test_subscription_preferences_round_trip_and_bad_ones_change_nothing(s
     assert told == ["connection_created", "connection_created"]  # and nothing of the preferences
     for client in (pub, sub, other):
         await client.close()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    """One unmasked server frame: (opcode, RSV1 set, payload)."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, bool(first & 0x40), await reader.readexactly(length)
+
+
+async def test_small_messages_go_uncompressed_on_a_deflate_connection(server: RunningServer) -> None:
+    """permessage-deflate negotiated: a small signal comes uncompressed (RSV1 unset, as RFC 7692
+    allows: deflating it costs the server more than it saves), a large one compressed, and
+    both read the same after inflating (the compression context carries on across them)."""
+    sid = server.session()
+    sender = await WsClient.join(server.url, sid, server.token(sid))
+    host, port = urllib.parse.urlsplit(server.url).netloc.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /signalling HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        ).encode()
+    )
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).decode("latin-1").lower()
+    assert head.startswith("http/1.1 101") and "permessage-deflate" in head, head
+    inflate = zlib.decompressobj(-15)
+
+    def send(message: dict[str, Any]) -> None:
+        payload = json.dumps(message).encode()
+        assert len(payload) < 65536
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        size = len(payload).to_bytes(2, "big") if len(payload) >= 126 else b""
+        length = 0x80 | (126 if size else len(payload))
+        writer.write(bytes((0x81, length)) + size + mask + masked)
+
+    async def next_of(kind: str) -> tuple[bool, dict[str, Any]]:
+        async with asyncio.timeout(30):
+            while True:
+                opcode, compressed, payload = await _read_frame(reader)
+                assert opcode == 0x1, f"unexpected opcode {opcode}"
+                text = inflate.decompress(payload + b"\x00\x00\xff\xff") if compressed else payload
+                message = json.loads(text)
+                if message["type"] == "ping":
+                    continue
+                if message["type"] == kind:
+                    return compressed, message
+
+    send({"type": "connect", "request_id": 1, "session_id": sid, "token": server.token(sid)})
+    await next_of("connected")
+    large = "".join(f"{i:04d}" for i in range(1000))
+    for data in ("hi", large, "hello again"):
+        assert (await sender.request({"type": "signal", "signal_type": "t", "data": data}))["type"] == "ack"
+    results = [await next_of("signal") for _ in range(3)]
+    assert [(compressed, m["data"]) for compressed, m in results] == [
+        (False, "hi"),
+        (True, large),
+        (False, "hello again"),
+    ]
+    writer.close()
+    await sender.close()

@@ -39,6 +39,12 @@
   heartbeat) measured before the phase subtracted. The CPU the rest of the machine used
   meanwhile (``/proc/stat`` minus the server, the workers and this process) is reported:
   it should be near 0.
+* **Several nodes** (``--nodes N``): a throwaway redis-server and PostgreSQL and N cluster nodes;
+  worker *i* connects to node *i mod N*. ``--connect-rate`` paces the connects (per second, over
+  all workers) and the signals start only once the clients have received no join announcement
+  for 3 s (the joins are O(N²) messages), so the signal fan-out is measured, not the join
+  storm; ``--node-timeout`` is passed to the nodes; CPU is reported per node and per
+  load-generator process; ``--log-dir`` keeps the nodes' logs.
 * **Correctness.** ``lost`` counts (signal, connection) pairs that never arrived;
   ``disconnected`` counts connections the server closed. Both must be 0, or the command
   exits with status 1.
@@ -489,14 +495,19 @@ class _Worker:
 
     # -- commands ----------------------------------------------------------------------------
 
-    async def cmd_connect(self, tokens: list[str]) -> dict[str, Any]:
-        """Open one connection per token (``concurrency`` handshakes at a time)."""
+    async def cmd_connect(self, tokens: list[str], rate: float = 0.0) -> dict[str, Any]:
+        """Open one connection per token (``concurrency`` handshakes at a time; when ``rate``
+        is set, the i-th starts no sooner than i / ``rate`` seconds from now)."""
         semaphore = asyncio.Semaphore(self.config.concurrency)
         first = len(self.clients)
         self.clients.extend([None] * len(tokens))
         started = time.monotonic()
+        cpu0 = time.process_time()
         results = await asyncio.gather(
-            *(self._open(first + i, token, semaphore) for i, token in enumerate(tokens)),
+            *(
+                self._open(first + i, token, semaphore, i / rate if rate > 0 else 0.0)
+                for i, token in enumerate(tokens)
+            ),
             return_exceptions=True,
         )
         errors = [repr(r)[:300] for r in results if isinstance(r, BaseException)]
@@ -505,6 +516,7 @@ class _Worker:
             "failed": len(errors),
             "errors": errors[:3],
             "seconds": time.monotonic() - started,
+            "cpu_seconds": time.process_time() - cpu0,
         }
 
     async def cmd_stats(self) -> dict[str, Any]:
@@ -559,7 +571,9 @@ class _Worker:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def _open(self, index: int, token: str, semaphore: asyncio.Semaphore) -> None:
+    async def _open(self, index: int, token: str, semaphore: asyncio.Semaphore, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         async with semaphore:
             if self.config.client == "raw":
                 self.clients[index] = await self._open_raw(index, token)
@@ -689,6 +703,10 @@ class _Servers:
     def alive(self) -> bool:
         return all(s.alive() for s in self.servers)
 
+    def cpu_each(self) -> list[float]:
+        """CPU seconds of each node so far."""
+        return [s.cpu_seconds() for s in self.servers]
+
 
 def _wait_quiet(server: ServerProcess | _Servers, *, window: float = 0.5, threshold: float = 0.15) -> float:
     """Wait until the server used under ``threshold`` of a core in two windows in a row."""
@@ -699,6 +717,19 @@ def _wait_quiet(server: ServerProcess | _Servers, *, window: float = 0.5, thresh
         time.sleep(window)
         quiet = quiet + 1 if (server.cpu_seconds() - before) / window < threshold else 0
     return time.monotonic() - started
+
+
+def _wait_received(workers: list[_WorkerHandle], *, still: float = 3.0, bound: float = 600.0) -> None:
+    """Wait until the clients received no message besides pings for ``still`` seconds."""
+    started = time.monotonic()
+    last, since = -1, time.monotonic()
+    while time.monotonic() - started < bound:
+        count = sum(worker.request("stats", 30)["other_messages"] for worker in workers)
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since >= still:
+            return
+        time.sleep(0.5)
 
 
 def _idle_sample(server: ServerProcess | _Servers, seconds: float) -> tuple[dict[str, int], float]:
@@ -733,6 +764,8 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
     client: str = getattr(args, "client", "raw")
     idle: float = getattr(args, "idle", 4.0)
     nodes: int = getattr(args, "nodes", 1)
+    connect_rate: float = getattr(args, "connect_rate", 0.0) or 0.0
+    node_timeout: float | None = getattr(args, "node_timeout", None)
     if not 1 <= nodes <= 5:
         raise BenchError("--nodes must be between 1 and 5")
     if not 2 <= connections <= _MAX_CONNECTIONS:
@@ -745,6 +778,8 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError("--workers must be between 1 and 8")
     if not 0 <= idle <= 60:
         raise BenchError("--idle must be between 0 and 60 s")
+    if not 0 <= connect_rate <= 10_000 or (connect_rate and connections / connect_rate > 600):
+        raise BenchError("--connect-rate must be 0 (at once) to 10,000 per second, for 10 minutes at most")
     machine_description = machine()  # the load average before anything of ours runs
     _log(machine_line(machine_description))
     started = time.monotonic()
@@ -774,6 +809,8 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
                     "--metrics-address",
                     "off",
                 ]
+                if node_timeout is not None:
+                    cluster_args += ["--node-timeout", f"{node_timeout:g}"]
                 node = ServerProcess(pathlib.Path(tmp) / f"node{i}", serve_args=cluster_args)
                 if servers:
                     node.api_key, node.api_secret = servers[0].api_key, servers[0].api_secret
@@ -819,9 +856,13 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
             del tokens
             share = math.ceil(len(rest) / workers_count)
             cpu0, t0 = server.cpu_seconds(), time.monotonic()
+            each0 = server.cpu_each() if isinstance(server, _Servers) else [cpu0]
+            worker_rate = connect_rate / workers_count
             for i, worker in enumerate(workers):
-                worker.post("connect", tokens=rest[i * share : (i + 1) * share])
-            opened_all = [worker.reply("connect", _CONNECT_TIMEOUT) for worker in workers]
+                worker.post("connect", tokens=rest[i * share : (i + 1) * share], rate=worker_rate)
+            # Paced, the connects take share / rate seconds on top of the handshakes.
+            pace = share / worker_rate if worker_rate > 0 else 0.0
+            opened_all = [worker.reply("connect", _CONNECT_TIMEOUT + pace) for worker in workers]
             del rest
             failed = sum(o["failed"] for o in opened_all)
             if failed:
@@ -829,19 +870,33 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
                 raise BenchError(f"{failed} connections failed, e.g. {errors[:3]}")
             total = sum(o["connected"] for o in opened_all)
             connect_seconds = time.monotonic() - t0
-            settle = _wait_quiet(server)
+            # The join announcements (O(N²) messages) must all have arrived before the signals
+            # are measured: wait until the clients stop receiving them, then until the servers
+            # are quiet. (A CPU-quiet test alone is fooled by nodes starved of CPU.)
+            settle_start = time.monotonic()
+            _wait_received(workers)
+            settle = time.monotonic() - settle_start + _wait_quiet(server)
             connect_cpu = server.cpu_seconds() - cpu0
+            connect_wall = time.monotonic() - t0
+            each1 = server.cpu_each() if isinstance(server, _Servers) else [server.cpu_seconds()]
+            connect_node_cpu = [
+                round((b - a) / connect_wall * 100, 1) for a, b in zip(each0, each1, strict=True)
+            ]
             _log(
                 f"{total} connections in {connect_seconds:.1f} s (+{settle:.1f} s for the fan-out to settle)"
             )
             memory_loaded, idle_cpu_rate = _idle_sample(server, idle)
+            settled_other = sum(worker.request("stats", 30)["other_messages"] for worker in workers)
             _log(f"server RSS {memory_loaded['rss']} kB with {total} idle connections")
 
             # The signal phase.
             (user0, system0), t0 = server.cpu_times(), time.monotonic()
+            each0 = server.cpu_each() if isinstance(server, _Servers) else [server.cpu_seconds()]
             (busy0, steal0), self0 = _system_cpu(), time.process_time()
             send_ns, results = _signal_round(workers, signals, interval)
             phase_seconds = time.monotonic() - t0
+            each1 = server.cpu_each() if isinstance(server, _Servers) else [server.cpu_seconds()]
+            load_after = [round(x, 2) for x in os.getloadavg()]
             user1, system1 = server.cpu_times()
             (busy1, steal1), self1 = _system_cpu(), time.process_time()
             server_user, server_system = user1 - user0, system1 - system0
@@ -855,6 +910,14 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
             returncode = None
             for node in servers:
                 returncode = node.stop() or returncode
+            log_dir = getattr(args, "log_dir", None)
+            if log_dir:  # the servers' logs, kept for a post-mortem
+                for i, node in enumerate(servers):
+                    source = node.data_dir / "server.log"
+                    if source.exists():
+                        target = pathlib.Path(log_dir) / f"server{i}.log"
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(source.read_bytes())
             for worker in workers:
                 worker.close()
             _log(f"server stopped (exit status {returncode})")
@@ -904,12 +967,14 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         "server_memory_kb": {"warm": memory_warm, "loaded": memory_loaded, "warm_connections": warm},
         "signal_fanout_ms": {
             "p50": _ms(percentile(complete, 0.5)),
+            "p95": _ms(percentile(complete, 0.95)),
             "p99": fanout_p99,
             "max": _ms(max(complete, default=None)),
             "complete_signals": len(complete),
         },
         "per_receiver_ms": {
             "p50": _ms(percentile(per_receiver_ns, 0.5)),
+            "p95": _ms(percentile(per_receiver_ns, 0.95)),
             "p99": _ms(percentile(per_receiver_ns, 0.99)),
             "max": _ms(max(per_receiver_ns, default=None)),
         },
@@ -932,8 +997,20 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         "delivered": received,
         "lost": signals * total - received,
         "disconnected": sum(s["closed"] for s in stats),
+        "other_messages_received_in_signal_phase": sum(s["other_messages"] for s in stats) - settled_other,
         "connect_seconds": round(connect_seconds, 2),
         "connect_server_cpu_seconds": round(connect_cpu, 2),
+        "connect_rate_per_s": connect_rate or None,
+        "connect_node_cpu_percent": connect_node_cpu,
+        "connect_load_generator_cpu_seconds": round(sum(o["cpu_seconds"] for o in opened_all), 2),
+        "signal_phase_s": round(phase_seconds, 2),
+        "node_cpu_signal_phase_percent": [
+            round((b - a) / phase_seconds * 100, 1) for a, b in zip(each0, each1, strict=True)
+        ],
+        "load_generator_cpu_signal_phase_percent": [
+            round(r["cpu_seconds"] / phase_seconds * 100, 1) for r in results
+        ],
+        "load_average_after_signal_phase": load_after,
         "total_seconds": round(time.monotonic() - started, 2),
         "targets": {
             "signal_fanout_p99_ms_max": FANOUT_P99_TARGET_MS,
@@ -945,6 +1022,7 @@ def _bench_signalling(args: argparse.Namespace) -> dict[str, Any]:
         },
         "load_generator": {"workers": workers_count, "client": client, "compression": compression},
         "nodes": nodes,
+        "node_timeout_s": node_timeout,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "server": {
             "loop": "uvloop " + (version("uvloop") or "(missing)"),

@@ -36,12 +36,26 @@ def add_bench_parser(commands: Any) -> None:
     sig.add_argument("--idle", type=float, default=4.0, help="seconds idle before each memory reading")
     sig.add_argument("--per-signal", action="store_true", help="also report each signal's fan-out time")
     sig.add_argument(
+        "--connect-rate",
+        type=float,
+        default=0.0,
+        help="connections opened per second, over all workers (0: as fast as the handshakes go); "
+        "so the signal phase is measured, not the join storm",
+    )
+    sig.add_argument(
         "--nodes",
         type=int,
         default=1,
         help="cluster nodes (1-5): more than 1 starts a throwaway redis-server and PostgreSQL and that "
         "many `salon serve` nodes, the connections spread over them (the sender on the first)",
     )
+    sig.add_argument(
+        "--node-timeout",
+        type=float,
+        default=None,
+        help="with --nodes: the nodes' `salon serve --node-timeout` (default: serve's own)",
+    )
+    sig.add_argument("--log-dir", help="copy each server's log (server0.log, ...) here at the end")
 
     sfu = bench_commands.add_parser("sfu", help="SFU forwarding: CPU per packet, loss, delay, memory")
     add_sfu_arguments(sfu)

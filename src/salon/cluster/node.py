@@ -67,6 +67,8 @@ NODE_TIMEOUT_RANGE = (1.0, 300.0)
 #: its last change.
 STREAM_MAXLEN = 10_000
 SESSION_KEY_TTL = 86_400
+#: Batches written to Redis at most in one transaction by the publisher.
+PUBLISH_BATCH = 100
 #: Milliseconds one XREAD waits for new entries.
 READ_BLOCK_MS = 100
 
@@ -303,31 +305,40 @@ class ClusterNode:
     async def _publisher(self) -> None:
         delay = 0.05
         while True:
-            item = await self._outbox.get()
+            # Everything queued meanwhile (up to PUBLISH_BATCH batches) goes in one transaction:
+            # one round trip to Redis each was the bus's limit (a join storm queued joins
+            # faster than they were written, and a signal waited behind them for seconds).
+            items = [await self._outbox.get()]
+            while len(items) < PUBLISH_BATCH and not self._outbox.empty():
+                items.append(self._outbox.get_nowait())
             while True:
                 try:
-                    await self._write(*item)
+                    await self._write(items)
                     delay = 0.05
-                    self._outbox.task_done()
+                    for _ in items:
+                        self._outbox.task_done()
                     break
                 except (RedisError, OSError) as exc:
                     logger.warning("cluster publish failed, retrying: %r", exc)
                     await asyncio.sleep(delay)
                     delay = min(1.0, delay * 2)
 
-    async def _write(self, session_id: str, fields: dict[str, str], presence: Presence) -> None:
+    async def _write(self, items: list[tuple[str, dict[str, str], Presence]]) -> None:
+        """Batches in order, in one transaction (all written or none)."""
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(stream_key(session_id), fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            if presence.connections:
-                pipe.hset(conns_key(session_id), mapping=presence.connections)
-            if presence.gone_connections:
-                pipe.hdel(conns_key(session_id), *presence.gone_connections)
-            if presence.streams:
-                pipe.hset(streams_key(session_id), mapping=presence.streams)
-            if presence.gone_streams:
-                pipe.hdel(streams_key(session_id), *presence.gone_streams)
-            for key in (stream_key(session_id), conns_key(session_id), streams_key(session_id)):
-                pipe.expire(key, SESSION_KEY_TTL)
+            for session_id, fields, presence in items:
+                pipe.xadd(stream_key(session_id), fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                if presence.connections:
+                    pipe.hset(conns_key(session_id), mapping=presence.connections)
+                if presence.gone_connections:
+                    pipe.hdel(conns_key(session_id), *presence.gone_connections)
+                if presence.streams:
+                    pipe.hset(streams_key(session_id), mapping=presence.streams)
+                if presence.gone_streams:
+                    pipe.hdel(streams_key(session_id), *presence.gone_streams)
+            for session_id in dict.fromkeys(item[0] for item in items):
+                for key in (stream_key(session_id), conns_key(session_id), streams_key(session_id)):
+                    pipe.expire(key, SESSION_KEY_TTL)
             await pipe.execute()
 
     async def follow(self, session_id: str) -> Snapshot:
@@ -382,6 +393,10 @@ class ClusterNode:
                         await self._handler(session_id, entry_id, fields)
                     except Exception:
                         logger.exception("cluster: applying entry %s of a session failed", entry_id)
+                    # Let the links write what the entry queued (and the heartbeat run) before
+                    # the next: a reply of 200 joins, each fanned out to every local client at
+                    # once, kept the event loop from its timers for seconds.
+                    await asyncio.sleep(0)
 
     async def _project_changes(self) -> None:
         delay = 0.05

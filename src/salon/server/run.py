@@ -7,11 +7,15 @@ import concurrent.futures
 import gc
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
@@ -37,6 +41,31 @@ WS_MAX_SIZE = 1024 * 1024
 TLS_CLOSE_GRACE = 1.0
 
 
+#: Messages shorter than this (bytes) are sent uncompressed even when the client negotiated
+#: permessage-deflate, which RFC 7692 allows (section 6.1, the RSV1 bit unset): deflating a
+#: ping, a signal or a join announcement costs more CPU than the few bytes it saves, and it is
+#: done once per receiver (each has its own compression context).
+COMPRESS_MIN_SIZE = 512
+
+
+class _PlainSmallMessages(PerMessageDeflate):
+    """permessage-deflate that leaves small single-frame messages uncompressed."""
+
+    def encode(self, frame: Frame) -> Frame:
+        if frame.fin and frame.opcode in (Opcode.TEXT, Opcode.BINARY) and len(frame.data) < COMPRESS_MIN_SIZE:
+            return frame
+        return super().encode(frame)
+
+
+class _PlainSmallMessagesFactory(ServerPerMessageDeflateFactory):
+    def process_request_params(
+        self, params: Sequence[tuple[str, str | None]], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[tuple[str, str | None]], PerMessageDeflate]:
+        response, extension = super().process_request_params(params, accepted_extensions)
+        extension.__class__ = _PlainSmallMessages  # the same state; only encode differs
+        return response, extension
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, letting the application abort the TCP connection.
 
@@ -48,6 +77,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     keeps the connection of a broken link for a resume.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn's permessage-deflate settings, small messages left plain.
+        self.conn.available_extensions = [
+            _PlainSmallMessagesFactory(**vars(f)) if type(f) is ServerPerMessageDeflateFactory else f
+            for f in self.conn.available_extensions or []
+        ]
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
@@ -55,10 +92,41 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][ABORT_EXTENSION] = {
                 "abort": self.abort_if_open,
                 "close_received": self.close_received,
+                "send_texts": self.send_texts,
+                "write_now": self.write_now,
             }
 
     def close_received(self) -> bool:
         return self.conn.close_rcvd is not None
+
+    def write_now(self, text: str) -> bool:
+        """Write one text message at once if the socket takes it without waiting (open, its
+        buffer under the high-water mark); False otherwise (nothing written: the caller queues
+        it). A broadcast then costs no task switch per receiver."""
+        if not self.writable.is_set() or self.disconnected or self.close_sent or self.transport.is_closing():
+            return False
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
+    async def send_texts(self, texts: list[str]) -> None:
+        """Several text messages in one write to the socket (one system call instead of one
+        per message: a client with a backlog, e.g. the join announcements of a busy session,
+        costs fewer). Waits while the transport's buffer is over its high-water mark, as
+        uvicorn's ``send`` does; raises :class:`ConnectionError` once the socket is gone or
+        closing."""
+        await self.writable.wait()
+        if self.disconnected or self.close_sent or self.transport.is_closing():
+            raise ConnectionError("the WebSocket is closed")
+        try:
+            for text in texts:
+                self.conn.send_text(text.encode())
+        except InvalidState:
+            raise ConnectionError("the WebSocket is closed") from None
+        self.transport.write(b"".join(self.conn.data_to_send()))
 
     def shutdown(self) -> None:
         """uvicorn's shutdown sends close 1012 on a WebSocket the application did not close;

@@ -30,7 +30,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -102,8 +102,14 @@ MAX_MESSAGE_SIZE = 64 * 1024
 #: The ASGI scope extension through which the server (salon's own uvicorn protocol,
 #: :mod:`salon.server.run`) lets a link abort its TCP connection: ``{"abort": callable}``,
 #: a no-op once the connection is gone; and ``"close_received"``: a callable telling whether
-#: the client sent a close frame (False: the socket broke).
+#: the client sent a close frame (False: the socket broke); ``"send_texts"``: a coroutine
+#: function writing several text messages at once (one write to the socket); ``"write_now"``:
+#: a function writing one text message at once if the socket takes it without waiting.
 ABORT_EXTENSION = "salon.abort"
+#: Messages a link's writer takes from its outbox at most before it lets the event loop run
+#: other tasks: with hundreds of links each holding a backlog, draining them all in one loop
+#: iteration would starve timers (the cluster heartbeat) for seconds.
+WRITE_BATCH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +224,10 @@ class ClientLink:
         extension = websocket.scope.get("extensions", {}).get(ABORT_EXTENSION) or {}
         self._abort: Callable[[], None] | None = extension.get("abort")
         self._close_received: Callable[[], bool] | None = extension.get("close_received")
+        self._send_texts: Callable[[list[str]], Awaitable[None]] | None = extension.get("send_texts")
+        self._write_now: Callable[[str], bool] | None = extension.get("write_now")
+        #: The writer holds messages taken from the outbox and not yet written.
+        self._writing = False
         #: The request rate limit; None when switched off.
         self.bucket: TokenBucket | None = None
         #: Whether the socket ended without a close frame from the client (None: not ended).
@@ -246,6 +256,11 @@ class ClientLink:
         if self.closed:
             return
         self.stats.sent[kind] += 1
+        # Nothing queued nor being written: straight to the socket if it takes it now (no
+        # task switch per message: a broadcast to hundreds of links is one pass).
+        write_now = self._write_now
+        if write_now is not None and not self._writing and self._outbox.empty() and write_now(text):
+            return
         try:
             self._outbox.put_nowait(text)
         except asyncio.QueueFull:
@@ -296,14 +311,39 @@ class ClientLink:
 
     async def _write(self) -> None:
         ws = self.websocket
+        outbox = self._outbox
+        send_texts = self._send_texts
         try:
             while True:
-                item = await self._outbox.get()
+                item = await outbox.get()
                 if isinstance(item, Close):
                     if ws.application_state == WebSocketState.CONNECTED:
                         await ws.close(int(item.code), item.reason)
                     return
-                await ws.send_text(item)
+                if send_texts is None:
+                    await ws.send_text(item)
+                    continue
+                # What else is queued goes in the same write (up to WRITE_BATCH messages), a
+                # close after it; then the other tasks get their turn before the next batch.
+                texts = [item]
+                close: Close | None = None
+                while len(texts) < WRITE_BATCH and not outbox.empty():
+                    more = outbox.get_nowait()
+                    if isinstance(more, Close):
+                        close = more
+                        break
+                    texts.append(more)
+                self._writing = True
+                try:
+                    await send_texts(texts)
+                finally:
+                    self._writing = False
+                if close is not None:
+                    if ws.application_state == WebSocketState.CONNECTED:
+                        await ws.close(int(close.code), close.reason)
+                    return
+                if not outbox.empty():
+                    await asyncio.sleep(0)
         except (WebSocketDisconnect, ConnectionError, RuntimeError) as exc:
             # The peer went away while we wrote; the reader notices and cleans up.
             logger.debug("ClientLink(%s) write failed: %r", self.connection_id, exc)

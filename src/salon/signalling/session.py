@@ -155,13 +155,22 @@ class Connection:
     #: In a cluster, the node whose client this is (a mirror of another node's connection,
     #: :mod:`salon.cluster`); None for this server's own connections.
     node: str | None = None
+    #: :meth:`info`, made once: a join's ``connected`` lists every other connection, and
+    #: validating a new model for each made a session's joins quadratic in pydantic work.
+    _info: ConnectionInfo | None = field(default=None, repr=False, compare=False)
 
     @property
     def suspended(self) -> bool:
         return self.suspended_at is not None
 
     def info(self) -> ConnectionInfo:
-        return ConnectionInfo(connection_id=self.connection_id, created_at=self.created_at, data=self.data)
+        info = self._info
+        if info is None:
+            info = ConnectionInfo(
+                connection_id=self.connection_id, created_at=self.created_at, data=self.data
+            )
+            self._info = info
+        return info
 
 
 @dataclass(slots=True)
