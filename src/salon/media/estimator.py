@@ -237,14 +237,17 @@ class AimdRateController:
     multiplicative (8%/s) until the rate is within 3 standard deviations of the average
     decrease point, additive (one 1200-byte packet per response time) near it.
     When the sender is application-limited the cap stops increases but does not lower the rate.
+    ``cap_by_throughput=False`` (the publisher's uplink, :class:`ReceiveSideEstimator`) drops
+    that cap: see there.
     """
 
     BETA = 0.85
 
-    __slots__ = ("_avg_max", "_last_change", "_var_max", "rate", "rtt")
+    __slots__ = ("_avg_max", "_cap_by_throughput", "_last_change", "_var_max", "rate", "rtt")
 
-    def __init__(self, initial_bitrate: float) -> None:
+    def __init__(self, initial_bitrate: float, *, cap_by_throughput: bool = True) -> None:
         self.rate = float(initial_bitrate)
+        self._cap_by_throughput = cap_by_throughput
         self.rtt = 0.1
         self._last_change: float | None = None
         self._avg_max: float | None = None  # average acked rate at decreases, kbit/s
@@ -275,7 +278,7 @@ class AimdRateController:
             increased = previous + max(1000.0 * dt, 1200 * 8 / response * dt)
         else:
             increased = previous * 1.08**dt
-        if acked_bitrate is not None:
+        if acked_bitrate is not None and self._cap_by_throughput:
             increased = min(increased, max(previous, 1.5 * acked_bitrate + 10_000))
         self.rate = increased
         self._last_change = now
@@ -489,6 +492,13 @@ class ReceiveSideEstimator:
     ``max_bitrate`` (nothing known: do not hold the publisher down) and only an overuse of the
     uplink lowers it, to 85% of the rate received. Subscribers' downlinks play no part: each
     gets what its own link carries from the layers the publisher sends (allocator).
+
+    Unlike the send side, the rate climbs back (8% a second, additively near the last
+    decrease points) without the cap of 1.5x the rate received: the publisher only sends
+    what the REMB allows, so after a cut (a real overuse, or a false one from a loaded host's
+    scheduling delays) a simulcast publisher that dropped its upper layers would never send
+    enough to lift the cap, and the SFU cannot probe a publisher. An uplink that cannot carry
+    the climb shows an overuse again and is cut again.
     """
 
     __slots__ = (
@@ -496,6 +506,7 @@ class ReceiveSideEstimator:
         "_detector",
         "_inter_arrival",
         "_last_raw",
+        "_max_bitrate",
         "_send",
         "_trend",
         "_window_bytes",
@@ -509,7 +520,8 @@ class ReceiveSideEstimator:
         self._inter_arrival = InterArrival()
         self._trend = TrendlineFilter()
         self._detector = OveruseDetector()
-        self._aimd = AimdRateController(max_bitrate)
+        self._aimd = AimdRateController(max_bitrate, cap_by_throughput=False)
+        self._max_bitrate = float(max_bitrate)
         self._last_raw: int | None = None
         self._send = 0.0
         self._window_start: float | None = None
@@ -558,7 +570,9 @@ class ReceiveSideEstimator:
         send_delta, arrival_delta, group_arrival = deltas
         trend = self._trend.update((arrival_delta - send_delta) * 1000, group_arrival * 1000)
         usage = self._detector.detect(trend, send_delta * 1000, group_arrival * 1000)
-        self._aimd.update(usage, self.incoming_bitrate, arrival)
+        aimd = self._aimd
+        if aimd.update(usage, self.incoming_bitrate, arrival) > self._max_bitrate:
+            aimd.rate = self._max_bitrate
 
     def estimate(self, max_bitrate: int) -> int:
         return int(max(30_000, min(max_bitrate, self._aimd.rate)))
