@@ -1,18 +1,12 @@
-"""NOT COLLECTED (the file name does not start with ``test_``): issue 13's shaped-link
-allocation tests, kept to be made reliable. On the 2-core development machine they failed in
-most runs (Chromium's own uplink estimate dropping its upper layers; a 600 kbit/s + 3 % loss
-subscriber falling to the lowest layer; the Chromium subscriber's freezes above the bound and
-its video not climbing back within the time allowed): issue 13 stays open until they pass
-reliably and are collected again. Run by hand with
-``pytest tests/e2e/quality/unstable_layer_allocation.py``.
-
-Per-subscriber layers under shaped links: one Chromium publisher (1280x720, three simulcast
+"""Per-subscriber layers under shaped links: one Chromium publisher (1280x720, three simulcast
 layers), subscribers in namespaces of their own whose downlinks are shaped; the SFU's
 allocator gives each the layer its link carries.
 
 Bounds are for a loaded 2-core machine: settling is given tens of seconds (aiortc's REMB, the
 Python subscribers' estimate, grows about 8% a second), freezes a second or two around a
-switch, and nothing is asserted about a report while its link changes.
+switch, and nothing is asserted about a report while its link changes. The server runs at a
+higher CPU priority than the clients (see ``HubServer``): on a shared host its scheduling
+delays otherwise read as overuse of the publisher's uplink and Chromium drops its upper layers.
 """
 
 from __future__ import annotations
@@ -273,14 +267,15 @@ async def test_a_chromium_subscriber_follows_its_link(
         before = history[-1]
         link.shape(down=500)
         await until(lambda s: 0 < s["width"] <= 640, "a lower layer on 500 kbit/s", 30)
-        await asyncio.sleep(5)  # held there for a while (no fixed-time assertion on this)
-        low = await until(lambda s: True, "stats", 5)
-        assert 0 < history[-1]["width"] <= 640, history[-6:]
+        # Held there: five more seconds of samples, none above the middle layer.
+        held, mark = time.monotonic() + 5, len(history)
+        await until(lambda s: time.monotonic() >= held, "five seconds on 500 kbit/s", 15)
+        assert all(0 < sample["width"] <= 640 for sample in history[mark:]), history[mark:]
         link.shape(down=None)
         await until(lambda s: s["width"] == 1280, "top layer again after lifting", 45)
         after = history[-1]
         decoded = after["decoded"] - before["decoded"]
-        assert decoded > 200 and low >= 0, (before, after)
+        assert decoded > 200, (before, after)
         # Across a drop, a hold and a climb (two or more layer switches): few freezes, few
         # dropped frames, few key-frame requests.
         # Bounds for a loaded 2-core host (measured: 8 freezes, 44 frames dropped of 285).

@@ -276,3 +276,27 @@ def test_resuming_from_a_quality_pause_waits_for_a_key_frame() -> None:
     assert len(sub.rtp) == sent
     pub.send_frame(keys=(2,))
     assert len(sub.rtp) > sent
+
+
+def test_remb_only_loss_is_counted_over_every_stream_not_the_worst_block() -> None:
+    """Receiver reports on audio (50 packets a second) and a low video layer (12 a second):
+    2 of the video's 12 packets lost is a fraction of 17% in its block, but 2 of 62 packets
+    (3%) on the link: the budget holds instead of being cut."""
+    from salon.media.rtcp import ReportBlock
+
+    _, _, sub, allocation, _, _ = setup()
+    sub.bandwidth.on_remb(300_000, 1.0)
+    allocation._sent_rate = 250_000
+    for ssrc in (1, 2):  # first blocks: nothing lost yet
+        sub.bandwidth.on_report_block(ReportBlock(ssrc, 0, 0, 1000, 0, 0, 0), 1.0)
+    assert allocation.budget(1.0) >= 300_000
+    budget = allocation.budget(1.5)
+    sub.bandwidth.on_report_block(ReportBlock(1, 0, 0, 1050, 0, 0, 0), 2.0)
+    sub.bandwidth.on_report_block(ReportBlock(2, int(2 / 12 * 256), 2, 1012, 0, 0, 0), 2.0)
+    assert sub.bandwidth.recent_loss == 2 / 62
+    assert allocation.budget(2.0) == budget  # 2-10%: holds
+    # Heavy loss on the link is still a cut.
+    sub.bandwidth.on_report_block(ReportBlock(1, 40, 10, 1100, 0, 0, 0), 3.0)
+    sub.bandwidth.on_report_block(ReportBlock(2, 100, 7, 1024, 0, 0, 0), 3.0)
+    assert sub.bandwidth.recent_loss == 15 / 62
+    assert allocation.budget(3.0) < budget
