@@ -510,11 +510,17 @@ class ReceiveSideEstimator:
         "_send",
         "_trend",
         "_window_bytes",
+        "_window_rates",
         "_window_start",
         "incoming_bitrate",
     )
 
     ACKED_WINDOW = 0.5
+    #: The rate a cut starts from is the highest of this many windows (2 s): a stall of the
+    #: sender or of this process for part of one window (a loaded host) is also the delay
+    #: spike that signals the overuse, and cutting to 85% of that window's rate collapsed the
+    #: REMB to a few tens of kbit/s.
+    RATE_WINDOWS = 4
 
     def __init__(self, max_bitrate: int) -> None:
         self._inter_arrival = InterArrival()
@@ -526,8 +532,10 @@ class ReceiveSideEstimator:
         self._send = 0.0
         self._window_start: float | None = None
         self._window_bytes = 0
-        #: Bit/s received over the last complete window (None before the first).
+        #: Bit/s received: the highest of the last RATE_WINDOWS complete windows (None before
+        #: the first).
         self.incoming_bitrate: float | None = None
+        self._window_rates: deque[float] = deque(maxlen=self.RATE_WINDOWS)
 
     @property
     def usage(self) -> BandwidthUsage:
@@ -553,7 +561,8 @@ class ReceiveSideEstimator:
         if started is None:
             self._window_start = arrival
         elif arrival - started >= self.ACKED_WINDOW:
-            self.incoming_bitrate = self._window_bytes * 8 / (arrival - started)
+            self._window_rates.append(self._window_bytes * 8 / (arrival - started))
+            self.incoming_bitrate = max(self._window_rates)
             self._window_start = arrival
             self._window_bytes = 0
         # Fast path (most packets): sent within the current 5 ms group, in order.

@@ -293,3 +293,23 @@ def test_publisher_uplink_estimate_climbs_back_after_a_cut_though_the_publisher_
     assert cut < 1_000_000
     frames(30, frame, 500)  # the publisher sends ~120 kbit/s now, no queue
     assert estimator.estimate(2_000_000) > max(2 * cut, 1.5 * 120_000 + 10_000)
+
+
+def test_publisher_uplink_cut_by_a_stall_starts_from_the_rate_before_it() -> None:
+    """The sender (or the SFU) stalls for most of a 0.5 s window on a loaded host: the delay
+    spike reads as an overuse, and the cut is to 85% of what arrived over the last 2 s, not of
+    the stalled window's few packets."""
+    estimator = ReceiveSideEstimator(4_000_000)
+    frame, now, timestamp = 1 / 30, 0.0, 0
+    for _ in range(90):  # 3 s at ~1 Mbit/s
+        timestamp += 3000
+        now += frame
+        estimator.on_packet(timestamp, 1 << 32, 90_000.0, now, 4000)
+    # 0.45 s without a packet, then the frames sent meanwhile arrive late and slowly: a queue.
+    now += 0.45
+    for _ in range(30):
+        timestamp += 3000
+        now += frame * 1.3
+        estimator.on_packet(timestamp, 1 << 32, 90_000.0, now, 4000)
+    cut = estimator.estimate(4_000_000)
+    assert 0.85 * 0.9 * 960_000 <= cut < 4_000_000
