@@ -25,7 +25,7 @@ from salon.bench.quality import _SENT as SENT
 from tests.e2e.browser.browser_helpers import open_sdk_page
 from tests.e2e.quality.conftest import Agent, HubServer, chromium_in
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(360)
 
 LAYERS = {"320x180", "640x360", "1280x720"}
 PUBLISH = """async ({sessionId, token}) => {
@@ -84,11 +84,13 @@ class Lab:
         layer and throughout which the publisher sends its three layers at full size; returns
         each agent's clock at the window's start (the agents' reports are then checked)."""
         deadline = time.monotonic() + timeout
+        checks = [settled_on(self.subs[leaf], size, 2) for leaf, size in expected.items()]
         while True:
-            ready = lambda: all(settled_on(self.subs[leaf], size, 2)() for leaf, size in expected.items())  # noqa: E731
-            await self.wait_until(
-                ready, "every subscriber on its layer", max(1.0, deadline - time.monotonic())
-            )
+            while not (all(check() for check in checks) and _full_layers(await self.page.evaluate(SENT))):
+                if time.monotonic() > deadline:
+                    what = f"every subscriber on its layer while Chromium sends all three ({expected})"
+                    raise AssertionError(f"no {what} within {timeout:g} s\n{await self.state()}")
+                await asyncio.sleep(0.5)
             start = {leaf: sub.reports()[-1]["t"] for leaf, sub in self.subs.items()}
             full = True
             end = time.monotonic() + seconds
@@ -99,9 +101,7 @@ class Lab:
                 await asyncio.sleep(0.5)
             if full:
                 return start
-            if time.monotonic() > deadline:
-                what = f"Chromium never sent its three layers for {seconds:g} s in {timeout:g} s"
-                raise AssertionError(f"{what}\n{await self.state()}")
+            # Chromium dropped or shrank a layer during the window: try the next one.
 
     async def state(self) -> str:
         lines = [
@@ -162,7 +162,7 @@ async def test_shaped_subscribers_get_the_layer_their_link_carries(
     tmp_path: pathlib.Path,
 ) -> None:
     lab.add_leaf("pub")
-    links = {leaf: lab.add_leaf(leaf) for leaf in ("free", "mid", "low", "weak", "prefs")}
+    links = {leaf: lab.add_leaf(leaf) for leaf in ("free", "mid", "low", "weak")}
     # 3% random loss on the unlimited link: NACK and RTX repair it, and the budget of a
     # REMB-only (aiortc) subscriber, loss-based, holds between 2% and 10% loss, so the loss
     # costs it neither its layer nor a decoder error. (A link both limited and lossy would
@@ -180,50 +180,31 @@ async def test_shaped_subscribers_get_the_layer_their_link_carries(
         subs = {leaf: agents(lab, leaf, hub_server, session_id) for leaf in links}
         for sub in subs.values():
             sub.wait_for(lambda line: line["kind"] == "ready", "ready", 60)
-        wait_until = Lab(hub_server, page, subs).wait_until
-        subs["prefs"].send({"preferred_resolution": [320, 180]})
-        subs["prefs"].send({"preferred_frame_rate": 15})
-
-        # Each settles on the layer its link carries.
-        await wait_until(
-            settled_on(subs["free"], "1280x720"), "top layer on the unlimited + 3% loss link", 60
-        )
-        await wait_until(settled_on(subs["mid"], "640x360"), "middle layer on 1 Mbit/s", 90)
-        await wait_until(settled_on(subs["low"], "320x180"), "lowest layer on 300 kbit/s", 60)
-        await wait_until(settled_on(subs["prefs"], "320x180"), "the preferred resolution", 30)
-        # A link too weak for any video: video disabled for quality, audio goes on.
-        await wait_until(lambda: event(subs["weak"], "VideoDisabled") is not None, "VideoDisabled", 60)
-        disabled = event(subs["weak"], "VideoDisabled")
-        assert disabled is not None and disabled.get("reason") == "quality", disabled
-        # Eight seconds on the settled layers: nobody changes layer, the preferred frame rate
-        # holds, every subscriber's audio flows. Asserted over a window in which Chromium
-        # sent its three layers at full size throughout: on a loaded host its encoder or its
-        # own uplink estimate may drop or shrink a layer for a while, and a subscriber then
-        # rightly gets another layer (the one its link carries of what is sent).
         lab_view = Lab(hub_server, page, subs)
-        expected = {"free": "1280x720", "mid": "640x360", "low": "320x180", "prefs": "320x180"}
-        settled = await lab_view.steady_window(expected, seconds=8, timeout=90)
-        for leaf, size in (
-            ("free", "1280x720"),
-            ("mid", "640x360"),
-            ("low", "320x180"),
-            ("prefs", "320x180"),
-        ):
+        wait_until = lab_view.wait_until
+
+        # Each settles on the layer its link carries; eight seconds there: nobody changes
+        # layer, every subscriber's audio flows, no decoder error. Asserted over a window in
+        # which Chromium sent its three layers at full size throughout: on a loaded host its
+        # encoder or its own uplink estimate may drop or shrink a layer for a while, and a
+        # subscriber then rightly gets another layer (the one its link carries of what is sent).
+        expected = {"free": "1280x720", "mid": "640x360", "low": "320x180"}
+        settled = await lab_view.steady_window(expected, seconds=8, timeout=150)
+        for leaf, size in expected.items():
             steady = [r for r in subs[leaf].reports(settled[leaf]) if r["t"] > settled[leaf] + 1]
             assert all(sizes(r) <= {size} for r in steady), (leaf, [sorted(sizes(r)) for r in steady])
             assert_clean(subs[leaf], settled[leaf])
-        # Frame rates: Chromium's fake camera runs at 20-30 fps on a busy host; a preference
-        # of 15 fps takes its temporal layers 0 and 1 (half the frames).
-        rates = {}
-        for leaf in ("free", "prefs"):
-            steady = [r for r in subs[leaf].reports(settled[leaf]) if r["t"] > settled[leaf] + 1]
-            rates[leaf] = sum(frames(r) for r in steady) / (steady[-1]["t"] - steady[0]["t"] + 0.5)
-        assert rates["free"] >= 12, rates
-        assert 4 <= rates["prefs"] <= 16 and rates["prefs"] <= 0.7 * rates["free"], rates
-        # Paused: at most a short try (a resume the link could not carry) in eight seconds.
+        # A link too weak for any video: video disabled for quality, audio goes on; at most a
+        # short try (a resume the link could not carry) in the eight seconds.
+        disabled = event(subs["weak"], "VideoDisabled")
+        assert disabled is not None and disabled.get("reason") == "quality", disabled
         weak = subs["weak"].reports(settled["weak"])
         assert sum(frames(r) for r in weak[2:]) <= 20, [frames(r) for r in weak]
         assert_clean(subs["weak"], settled["weak"], video=False)
+        steady = [r for r in subs["free"].reports(settled["free"]) if r["t"] > settled["free"] + 1]
+        free_rate = sum(frames(r) for r in steady) / (steady[-1]["t"] - steady[0]["t"] + 0.5)
+        # Chromium's fake camera runs at 15-30 fps on a busy host.
+        assert free_rate >= 12, free_rate
 
         # Lifting the limits: the 300 kbit/s one climbs, the weak one gets its video back.
         lifted = {leaf: sub.reports()[-1]["t"] for leaf, sub in subs.items()}
@@ -248,6 +229,20 @@ async def test_shaped_subscribers_get_the_layer_their_link_carries(
             assert decode_errors(reports[-1]) == decode_errors(reports[0]), (leaf, reports[-1])
             for report in reports:
                 assert sizes(report) <= LAYERS, (leaf, report)
+
+        # Preferences on the unlimited link: 320x180 at 15 fps (the lowest layer's temporal
+        # layers 0 and 1, about half the frames), without a decoder error.
+        asked = subs["free"].reports()[-1]["t"]
+        subs["free"].send({"preferred_resolution": [320, 180]})
+        subs["free"].send({"preferred_frame_rate": 15})
+        await wait_until(settled_on(subs["free"], "320x180"), "the preferred resolution", 30)
+        since = subs["free"].reports()[-1]["t"]
+        await wait_until(lambda: subs["free"].reports()[-1]["t"] > since + 6, "six more seconds", 20)
+        steady = [r for r in subs["free"].reports(since) if r["t"] > since]
+        assert all(sizes(r) <= {"320x180"} for r in steady), [sorted(sizes(r)) for r in steady]
+        rate = sum(frames(r) for r in steady) / (steady[-1]["t"] - steady[0]["t"] + 0.5)
+        assert 4 <= rate <= 16 and rate <= 0.7 * free_rate, (rate, free_rate)
+        assert_clean(subs["free"], asked)
     finally:
         await browser.close()
 
