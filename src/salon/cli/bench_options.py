@@ -121,6 +121,20 @@ def add_bench_parser(commands: Any) -> None:
     quality.add_argument("--warm-up", type=float, default=15.0, help="seconds before the top layer is judged")
     quality.add_argument("--timeout", type=float, default=90.0, help="seconds allowed for the warm-up")
     quality.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
+    quality.add_argument(
+        "--forwarding",
+        action="store_true",
+        help="instead: worker CPU per forwarded packet, three layers in and 16 subscribers on mixed "
+        "layers against one layer in (synthetic publishers on 127.0.0.1; no root needed)",
+    )
+    quality.add_argument("--duration", type=float, default=20.0, help="--forwarding: seconds per window")
+    quality.add_argument("--packet-size", type=int, default=400, help="--forwarding: RTP packet bytes")
+    quality.add_argument(
+        "--server-log",
+        default=None,
+        metavar="PATH",
+        help="keep the server's log (at level info: the allocator's decisions) in PATH",
+    )
 
     archive = bench_commands.add_parser(
         "archive", help="archiver CPU per archive, and the composed output's audio-video offset"

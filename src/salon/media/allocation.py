@@ -35,7 +35,14 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from salon.media.allocator import Allocation, ConsumerInput, Layer, MediaKindClass, Preferences
+from salon.media.allocator import (
+    AUDIO_DEFAULT_BITRATE,
+    Allocation,
+    ConsumerInput,
+    Layer,
+    MediaKindClass,
+    Preferences,
+)
 
 if TYPE_CHECKING:
     from salon.media.bandwidth import TransportBandwidth
@@ -43,7 +50,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOCATION_INTERVAL",
+    "CUT_BELOW",
+    "LOSS_COLLAPSE",
     "MAX_PADDING_BITRATE",
+    "MAX_PROBE_FACTOR",
     "PADDING_SHARE",
     "PADDING_TICK",
     "PROBE_STABLE_FOR",
@@ -67,10 +77,22 @@ _DROP = 0.05
 _PADDING_PACKET_BITS = (12 + 16 + 255) * 8
 #: A cut never goes below 70% of the highest rate sent without loss in this window (seconds).
 _CLEAN_WINDOW = 5.0
+#: Seconds of sending a receiver report's loss is judged against (aiortc reports every 0.5-1.5 s).
+_REPORT_SPAN = 1.5
 #: Longest wait between probes after failed ones (seconds).
-MAX_PROBE_WAIT = 16.0
-#: A probe sends up to this multiple of the budget (media and padding).
+MAX_PROBE_WAIT = 6.0
+#: A probe sends up to this multiple of the budget (media and padding)...
 PROBE_FACTOR = 1.25
+#: ... growing by PROBE_FACTOR_STEP after each probe that got through without loss, up to
+#: this (REMB-only: back to the top layer in a few probes once a limit lifts).
+MAX_PROBE_FACTOR = 2.0
+PROBE_FACTOR_STEP = 0.25
+#: The link collapsed when the estimate is under this share of what the current layers send:
+#: a switch down then cuts the old layer at once (:meth:`Consumer.set_layer` ``cut``).
+CUT_BELOW = 0.75
+#: Receiver-report loss above this means the link carries far less than was sent: the
+#: REMB-only budget goes to what got through (sent x (1 - loss)), not half the loss off.
+LOSS_COLLAPSE = 0.34
 
 
 class TransportAllocation:
@@ -79,6 +101,8 @@ class TransportAllocation:
     __slots__ = (
         "_budget",
         "_clean",
+        "_cut_waiting",
+        "_ignore_loss_until",
         "_last_budget_at",
         "_last_cut",
         "_last_drop",
@@ -86,7 +110,9 @@ class TransportAllocation:
         "_layout",
         "_next_run",
         "_padding_credit",
+        "_probe_gain",
         "_probe_wait",
+        "_sent_history",
         "_sent_rate",
         "active_speaker",
         "bandwidth",
@@ -103,9 +129,16 @@ class TransportAllocation:
         self._last_drop: float | None = None
         self._padding_credit = 0.0
         self._sent_rate = 0
+        self._ignore_loss_until = 0.0
+        #: Consumers cut (:meth:`Consumer.set_layer` ``cut``) still waiting for their key frame.
+        self._cut_waiting: set[str] = set()
+        #: (time, rate decided) of the recent allocations: a receiver report covers about the
+        #: last second, sent at what these decided.
+        self._sent_history: collections.deque[tuple[float, int, int]] = collections.deque()
         self._budget: float | None = None
         self._last_budget_at = 0.0
         self._probe_wait = PROBE_STABLE_FOR
+        self._probe_gain = PROBE_FACTOR
         self._last_cut: float | None = None
         self._layout: tuple[tuple[str, int | None, int | None, bool], ...] = ()
         #: (time, rate sent) of the intervals a loss-free receiver report covered.
@@ -166,9 +199,18 @@ class TransportAllocation:
         below 1.5x what it receives unless it detects overuse): it only gives the budget its
         starting value. Each receiver report: loss above 10% cuts the budget by half the loss
         (at most once a second, never below 70% of the highest rate sent without loss in the
-        last 5 s), and probing backs off (its wait doubles, up to
-        :data:`MAX_PROBE_WAIT`); 2-10% holds; under 2% the budget rises to what was just sent
-        (a probe that got through) and 8% a second beyond.
+        last 5 s), and when padding was being sent probing backs off (its wait doubles, up to
+        :data:`MAX_PROBE_WAIT`); loss above :data:`LOSS_COLLAPSE` (the link collapsed) cuts to
+        90% of what got through (sent x (1 - loss)) without that floor, but at most to a
+        quarter per report, and not when padding was sent meanwhile (a failed probe: the rule
+        above); reports are ignored while a cut consumer waits for its key frame and for
+        :data:`_REPORT_SPAN` after it restarted (the cut skipped output sequence numbers,
+        which the subscriber counts as lost); 2-10% holds; under 2%
+        the budget rises to what was just sent (a probe that got through) and 8% a second
+        beyond, and the next probe may go further (:data:`PROBE_FACTOR` x the budget, a
+        :data:`PROBE_FACTOR_STEP` more after each probe that got through, up to
+        :data:`MAX_PROBE_FACTOR`; any loss of 2% or more starts again from
+        :data:`PROBE_FACTOR`).
         """
         bandwidth = self.bandwidth
         estimator = bandwidth.estimator
@@ -177,25 +219,59 @@ class TransportAllocation:
             budget = float(bandwidth.estimate(now))
         loss = bandwidth.recent_loss
         bandwidth.recent_loss = None
+        if loss is not None and (self._cut_waiting or now < self._ignore_loss_until):
+            # A cut skipped output sequence numbers: the subscriber counts them as lost.
+            loss = None
+        if loss is not None and loss > estimator.LOSS_HIGH:
+            logger.info("allocation: receiver-reported loss %.2f, sent %d", loss, self._sent_rate)
         sent = float(self._sent_rate)
+        recent = [rate for at, rate, _ in self._sent_history if now - at <= _REPORT_SPAN]
+        # A report can describe padding that stopped up to a report's span plus the link's
+        # queue ago: a second more.
+        probed = any(padding for at, _, padding in self._sent_history if now - at <= _REPORT_SPAN + 1.0)
+        # Loss is judged against the most that was sent while the report was being gathered;
+        # a clean report proves only what was sent all along (a probe decided half a second
+        # ago is not proven by a report about the second before it).
+        sent_most = float(max(recent, default=self._sent_rate))
+        sent_proven = float(min(recent, default=self._sent_rate))
         dt = min(1.0, now - self._last_budget_at) if self._last_budget_at else 0.0
         self._last_budget_at = now
         if loss is not None:
             if loss > estimator.LOSS_HIGH:
                 if self._last_cut is None or now - self._last_cut >= 1.0:
-                    # Never below most of what got through without loss in the last seconds.
-                    floor = max((rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0)
-                    budget = max(float(estimator.min_bitrate), 0.7 * floor, budget * (1 - loss / 2))
+                    if loss > LOSS_COLLAPSE and sent_most > 0 and not probed:
+                        # The link carries far less than was sent: what got through, with a
+                        # margin for the queue to drain (no floor from before the collapse).
+                        # At most a quarter off per report: a loss fraction near 1 (bursts on a
+                        # short queue) must not take the budget under every layer at once.
+                        budget = max(budget / 4, min(budget * (1 - loss / 2), 0.9 * sent_most * (1 - loss)))
+                        self._clean.clear()
+                    else:
+                        # Never below most of what got through without loss in the last seconds.
+                        floor = max(
+                            (rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0
+                        )
+                        budget = max(0.7 * floor, budget * (1 - loss / 2))
+                    budget = max(float(estimator.min_bitrate), budget)
                     self._last_cut = now
-                    self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
+                    if self.padding_bitrate > 0:
+                        # A probe failed: wait longer before the next one. (Loss without a
+                        # probe is the link changing, not the probing: no back-off.)
+                        self._probe_wait = min(MAX_PROBE_WAIT, self._probe_wait * 2)
                 self._last_drop = now
+                self._probe_gain = PROBE_FACTOR
             elif loss < estimator.LOSS_LOW:
+                sent = sent_proven
                 self._clean.append((now, sent))
                 while self._clean and now - self._clean[0][0] > _CLEAN_WINDOW:
                     self._clean.popleft()
                 if sent > budget:
+                    # A probe got through: the next may go further.
                     self._probe_wait = PROBE_STABLE_FOR
+                    self._probe_gain = min(MAX_PROBE_FACTOR, self._probe_gain + PROBE_FACTOR_STEP)
                 budget = max(budget, sent) * 1.08**dt
+            else:
+                self._probe_gain = PROBE_FACTOR
         budget = min(budget, float(estimator.max_bitrate))
         self._budget = budget
         return int(budget)
@@ -212,6 +288,12 @@ class TransportAllocation:
 
     def _allocate(self, consumers: dict[str, Consumer], now: float) -> Allocation:
         self.runs += 1
+        for cid in list(self._cut_waiting):
+            cut = consumers.get(cid)
+            if cut is None or cut.closed or cut.current_layer is not None or cut.quality_paused:
+                # Restarted after its gap: the next report counts the skipped numbers as lost.
+                self._cut_waiting.discard(cid)
+                self._ignore_loss_until = now + _REPORT_SPAN
         inputs = self.inputs(consumers.values(), now)
         estimate = self.budget(now)
         allocation = self.bandwidth.allocator.allocate(estimate, inputs, now)
@@ -219,6 +301,10 @@ class TransportAllocation:
         if estimate < self._last_estimate * (1 - _DROP):
             self._last_drop = now
         self._last_estimate = estimate
+        # The link collapsed when what the current layers send is well above the estimate:
+        # switches down then cut the old layer at once (no waiting for the key frame behind
+        # a full queue).
+        collapsed = estimate < CUT_BELOW * self._current_rate(consumers, inputs)
         for decision in allocation.decisions.values():
             consumer = consumers.get(decision.consumer_id)
             if consumer is None or consumer.kind != "video":
@@ -244,7 +330,15 @@ class TransportAllocation:
             if temporal is not None and temporal >= top_temporal:
                 temporal = None
             if consumer.wanted_layer != (decision.spatial, temporal):
-                consumer.set_layer(decision.spatial, temporal)
+                current = consumer.current_layer
+                consumer.set_layer(decision.spatial, temporal, cut=collapsed)
+                if (
+                    collapsed
+                    and current is not None
+                    and decision.spatial is not None
+                    and decision.spatial < current
+                ):
+                    self._cut_waiting.add(consumer.id)
         if allocation.changed and logger.isEnabledFor(logging.DEBUG):
             for item in inputs:
                 logger.debug(
@@ -279,16 +373,39 @@ class TransportAllocation:
                 # REMB-only: a step above what last got through without loss, not above a
                 # budget that loss has not corrected yet.
                 clean = max((rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0)
-                ceiling = PROBE_FACTOR * max(clean, float(allocation.allocated))
-                ceiling = min(ceiling, float(estimate) * PROBE_FACTOR)
-            room = min(ceiling, float(allocation.desired)) - allocation.allocated
+                ceiling = self._probe_gain * max(clean, float(allocation.allocated))
+                ceiling = min(ceiling, float(estimate) * self._probe_gain)
+            # Up to what the top layers need with the allocator's upgrade headroom: a probe
+            # that only reaches ``desired`` would leave the last step to the 8%/s growth.
+            wanted = allocation.desired * (1 + self.bandwidth.allocator.upgrade_margin)
+            room = min(ceiling, wanted) - allocation.allocated
             self.padding_bitrate = int(max(0.0, min(room, float(MAX_PADDING_BITRATE))))
         else:
             self.padding_bitrate = 0
         self._sent_rate = allocation.allocated + self.padding_bitrate
+        history = self._sent_history
+        history.append((now, self._sent_rate, self.padding_bitrate))
+        while history and now - history[0][0] > _REPORT_SPAN + 1.0:
+            history.popleft()
         if self.bandwidth.feedback_packets and held_back:
             self._probe(consumers, now)
         return allocation
+
+    @staticmethod
+    def _current_rate(consumers: dict[str, Consumer], inputs: list[ConsumerInput]) -> int:
+        """What the consumers send now (bit/s): each video's current layer (its highest
+        measured temporal layer, or its lowest layer while it has none yet), audio and fixed
+        costs as measured."""
+        total = 0
+        for item in inputs:
+            if item.kind is MediaKindClass.AUDIO:
+                total += max((layer.bitrate for layer in item.layers), default=0) or AUDIO_DEFAULT_BITRATE
+                continue
+            consumer = consumers.get(item.consumer_id)
+            spatial = None if consumer is None else consumer.current_layer
+            rates = [layer.bitrate for layer in item.layers if layer.spatial == spatial]
+            total += max(rates, default=0)
+        return total
 
     def _probe(self, consumers: dict[str, Consumer], now: float) -> None:
         """Send a probe cluster if the transport's probe controller asks for one (transport-cc

@@ -374,17 +374,26 @@ class Consumer:
         else:
             self._switcher = None
 
-    def set_layer(self, spatial: int | None, temporal: int | None = None) -> None:
+    def set_layer(self, spatial: int | None, temporal: int | None = None, *, cut: bool = False) -> None:
         """Forward simulcast encoding ``spatial`` (0 lowest; None or above the top: the top
         one) with VP8 temporal layers up to ``temporal`` (None: all), switching at its next key
-        frame (asked for now). No effect on a consumer that is not simulcast."""
+        frame (asked for now). ``cut`` (the allocator, when the subscriber's link collapsed):
+        a switch down stops the current encoding at the end of its current frame instead of
+        forwarding it until that key frame (:meth:`~salon.media.layers.LayerSwitcher.cut`).
+        No effect on a consumer that is not simulcast."""
         if spatial is not None and spatial < 0:
             raise ValueError(f"spatial layer must be >= 0, got {spatial}")
         if temporal is not None and temporal < 0:
             raise ValueError(f"temporal layer must be >= 0, got {temporal}")
         self._wanted = (spatial, temporal)
-        if self._switcher is not None:
+        switcher = self._switcher
+        if switcher is not None:
             self._retarget(self._now())
+            current = switcher.current_layer
+            if cut and current is not None and switcher.target_layer < current and switcher.cut():
+                logger.info(
+                    "%r: layer %d cut for %d (the link collapsed)", self, current, switcher.target_layer
+                )
 
     def _retarget(self, now: float, *, ask: bool = True) -> None:
         """Point the switcher at the wanted encoding, or the best one flowing below it; ask

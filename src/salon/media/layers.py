@@ -10,6 +10,16 @@ IDs. A subscriber must see one RTP stream whose decoder never notices a switch.
   takes effect only at the first packet of a key frame *of the target layer*; until then the
   current layer keeps flowing (the caller asks the publisher for that key frame:
   :attr:`LayerSwitcher.waiting`). Before the first start nothing is forwarded.
+* **Cutting the old layer** (:meth:`LayerSwitcher.cut`): when the subscriber's link has
+  collapsed, going on with the old (higher) layer until the target's key frame arrives keeps
+  the link's queue full, and that key frame (and the request for it) waits behind it for
+  seconds. A cut stops the current layer at the end of the frame being forwarded (its first
+  packet with a new timestamp is not forwarded, so the subscriber gets no half frame), and
+  nothing is forwarded until the target's key frame: a short gap instead of a long stall.
+  Retransmissions of the cut layer stop with it (:meth:`rewrite_retransmission` refuses them),
+  and the output sequence numbers jump by :data:`CUT_SEQUENCE_GAP` at the cut, so that the
+  subscriber's jitter buffer gives up on the cut layer's lost packets instead of waiting for
+  them (picture IDs and TL0PICIDX stay continuous: the decoder sees no gap).
 * **Sequence numbers and timestamps** go through one
   :class:`~salon.media.seq.SequenceRewriter`, re-based at each switch (the key frame gets
   ``last + 1`` and a timestamp advanced by the wall-clock time since the last packet).
@@ -33,11 +43,19 @@ from __future__ import annotations
 from salon.media.seq import SequenceRewriter
 from salon.media.vp8 import Vp8Descriptor, parse_vp8_descriptor
 
-__all__ = ["Forward", "LayerSwitcher"]
+__all__ = ["CUT_SEQUENCE_GAP", "Forward", "LayerSwitcher"]
 
 #: (sequence number, timestamp, rewritten payload descriptor or None): the caller writes the
 #: descriptor bytes over the start of the payload (VP8); None leaves the payload as it is.
 Forward = tuple[int, int, bytes | None]
+
+#: Output sequence numbers left unused at a cut: the packets of the cut layer lost on the
+#: collapsed link will not be retransmitted, and a receiver whose jitter buffer waits for the
+#: oldest missing packet until it is that many packets behind (aiortc's: 128 for video) would
+#: stall seconds on them; a jump past its whole buffer makes it drop them at once and take
+#: the key frame that follows. Browsers count the gap as loss and clear their NACK list at the
+#: key frame; the NACKs they send for it map to nothing and are ignored.
+CUT_SEQUENCE_GAP = 300
 
 #: Recent picture IDs remembered (input -> output), for late and retransmitted packets.
 _PICTURE_MAP_SIZE = 256
@@ -57,6 +75,7 @@ class LayerSwitcher:
     __slots__ = (
         "_clock_rate",
         "_current",
+        "_cutting",
         "_layers",
         "_max_temporal",
         "_pending_temporal",
@@ -71,6 +90,7 @@ class LayerSwitcher:
         "_tl0_last_out",
         "_tl0_offset",
         "_vp8",
+        "cuts",
         "switches",
         "temporal_dropped",
     )
@@ -92,6 +112,7 @@ class LayerSwitcher:
         self._layers = layers
         self._seq = sequence if sequence is not None else SequenceRewriter(initial_seq, initial_ts)
         self._current: int | None = None
+        self._cutting = False
         self._target = layers - 1
         self._max_temporal = 0xFF
         self._pending_temporal = 0xFF
@@ -105,6 +126,8 @@ class LayerSwitcher:
         self._prefix_middle = b""
         #: Switches (and starts) made so far.
         self.switches = 0
+        #: Layers stopped before the target's key frame (:meth:`cut`).
+        self.cuts = 0
         #: Packets dropped for being above the maximum temporal layer.
         self.temporal_dropped = 0
 
@@ -143,9 +166,26 @@ class LayerSwitcher:
         """Forward ``spatial`` (clamped to the layers there are) from its next key frame, and
         VP8 temporal layers up to ``temporal`` (None: all)."""
         self._target = max(0, min(int(spatial), self._layers - 1))
+        if self._target == self._current:
+            self._cutting = False  # back to the layer being forwarded: nothing to cut
         wanted = 0xFF if temporal is None else max(0, min(int(temporal), 0xFF))
         # Dropping more takes effect at the next frame; adding back waits for a sync point.
         self._pending_temporal = wanted
+
+    @property
+    def cutting(self) -> bool:
+        """A cut is pending: the current layer stops at the end of its current frame."""
+        return self._cutting
+
+    def cut(self) -> bool:
+        """Stop forwarding the current layer at the end of the frame being forwarded, without
+        waiting for the target's key frame (the switch then happens at that key frame, as
+        usual). Only when the target differs from the current layer; returns whether a cut
+        was made (or was already pending)."""
+        if self._current is None or self._current == self._target:
+            return False
+        self._cutting = True
+        return True
 
     def continue_from(self, other: LayerSwitcher) -> None:
         """Carry on ``other``'s output picture IDs and TL0PICIDX (a consumer moved to another
@@ -158,6 +198,7 @@ class LayerSwitcher:
         """Forward nothing until the next key frame of the target layer (pause/resume,
         producer change); the output stays continuous across it."""
         self._current = None
+        self._cutting = False
 
     # ------------------------------------------------------------------------------------
     # Packet path
@@ -188,6 +229,15 @@ class LayerSwitcher:
                 except ValueError:
                     return None
             self._switch(layer, sequence_number, timestamp, desc, now)
+        elif self._cutting:
+            seq = self._seq
+            if 0 < ((timestamp + seq.ts_offset - seq.last_timestamp) & 0xFFFFFFFF) < 0x80000000:
+                # A newer frame of the layer being cut: the cut takes effect here.
+                self._current = None
+                self._cutting = False
+                self.cuts += 1
+                seq.skip(CUT_SEQUENCE_GAP)
+                return None
         if not self._vp8 or len(payload) < 2 or not payload[0] & 0x80:
             out = self._seq.rewrite(sequence_number, timestamp, now)
             return None if out is None else (out[0], out[1], None)
@@ -269,6 +319,7 @@ class LayerSwitcher:
     ) -> None:
         self._seq.start(sequence_number, timestamp, now, self._clock_rate)
         self._current = layer
+        self._cutting = False
         self._max_temporal = self._pending_temporal
         self.switches += 1
         self._pid_map.clear()

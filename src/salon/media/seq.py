@@ -195,6 +195,13 @@ class SequenceRewriter:
                 self._ref_ts = out_ts
         return out_ext & 0xFFFF, out_ts
 
+    def skip(self, count: int) -> None:
+        """Leave ``count`` output sequence numbers unused before the next :meth:`start` (a
+        receiver then gives up on packets of the previous source it is still missing, see
+        :meth:`salon.media.layers.LayerSwitcher.cut`). No effect before the first start."""
+        if self._started and count > 0:
+            self._max_out_ext += count
+
     def rewrite_timestamp(self, in_ts: int) -> int:
         """Map an input RTP timestamp (e.g. from a sender report) to the output timeline."""
         return (in_ts + self._ts_offset) & _TS_MASK

@@ -12,9 +12,10 @@ from typing import Any
 import av
 import pytest
 
-from salon.media.allocation import TransportAllocation
+from salon.media.allocation import PROBE_STABLE_FOR, TransportAllocation
 from salon.media.consumer import ConsumerQualityChanged, PauseReason
 from salon.media.layer_meter import EncodingMeter, h264_sps_resolution, vp8_key_frame_resolution
+from salon.media.layers import CUT_SEQUENCE_GAP
 from salon.media.rtp import parse_rtp_header
 from tests.unit.media.media_fakes import add_consumer
 from tests.unit.media.test_simulcast_forwarding import Publisher
@@ -253,8 +254,9 @@ def test_budget_of_a_remb_only_subscriber() -> None:
     # A pessimistic REMB does not lower it; without a new report it holds.
     sub.bandwidth.on_remb(200_000, 2.0)
     assert allocation.budget(2.0) == allocation.budget(2.0) >= 600_000
-    # Heavy loss: cut by half the loss (76/256 as reported); the probes back off.
+    # Heavy loss while probing: cut by half the loss (76/256 as reported); the probes back off.
     grown = allocation.budget(2.0)
+    allocation.padding_bitrate = 100_000
     report(0.3, 2.5)
     cut = allocation.budget(2.5)
     assert cut == int(grown * (1 - 76 / 256 / 2))
@@ -300,3 +302,135 @@ def test_remb_only_loss_is_counted_over_every_stream_not_the_worst_block() -> No
     sub.bandwidth.on_report_block(ReportBlock(2, 100, 7, 1024, 0, 0, 0), 3.0)
     assert sub.bandwidth.recent_loss == 15 / 62
     assert allocation.budget(3.0) < budget
+
+
+def test_a_collapsed_link_cuts_the_remb_only_budget_to_what_got_through() -> None:
+    from salon.media.rtcp import ReportBlock
+
+    _, _, sub, allocation, _, _ = setup()
+
+    def report(loss: float, now: float) -> None:
+        sub.bandwidth.on_report_block(ReportBlock(1, int(loss * 256), 0, 0, 0, 0, 0), now)
+
+    sub.bandwidth.on_remb(3_000_000, 1.0)
+    allocation._sent_rate = 2_500_000
+    for i in range(6):  # seconds of clean sending at 2.5 Mb/s
+        report(0.0, 1.0 + i)
+        allocation.budget(1.0 + i)
+    # The link drops to 500 kb/s: 80% of what is sent is lost. The budget goes to 90% of what
+    # got through (no floor from the clean seconds before), at most a quarter off per report,
+    # and no probe back-off: nothing was probing.
+    grown = allocation.budget(7.0)
+    report(0.8, 7.5)
+    budget = allocation.budget(7.5)
+    loss = int(0.8 * 256) / 256
+    assert budget == int(max(grown / 4, 0.9 * 2_500_000 * (1 - loss)))
+    report(0.8, 8.5)
+    assert allocation.budget(8.5) == int(0.9 * 2_500_000 * (1 - loss)) < 500_000
+    assert allocation._probe_wait == PROBE_STABLE_FOR
+    # Moderate loss keeps the old rule: half the loss off, floored at 70% of the clean rate.
+    _, _, sub, allocation, _, _ = setup()
+    sub.bandwidth.on_remb(1_000_000, 1.0)
+    allocation._sent_rate = 1_000_000
+    report(0.0, 1.0)
+    before = allocation.budget(1.0)
+    report(0.2, 1.5)
+    assert allocation.budget(1.5) == int(max(0.7 * 1_000_000, before * (1 - int(0.2 * 256) / 256 / 2)))
+
+
+def test_a_collapse_cuts_the_old_layer_a_mild_drop_does_not() -> None:
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 2.5)
+    assert consumer.current_layer == 2
+    switcher = consumer._switcher
+    assert switcher is not None
+    # A little under the top layer (about 1.5 Mb/s): down to the middle one, but the top
+    # keeps flowing until the middle one's key frame (no gap for a small overshoot).
+    limit(sub, 1_300_000, pub.now)
+    allocation.run(consumers, pub.now + 0.5)
+    assert consumer.wanted_layer == (1, None) and not switcher.cutting
+    pub.send_frame()
+    assert consumer.current_layer == 2
+    while pub.frame % 30:
+        pub.send_frame()
+    pub.send_frame(keys=(1,))
+    assert consumer.current_layer == 1 and switcher.cuts == 0
+    # Back on the top, then the link collapses to 300 kb/s: the top layer stops at the end of
+    # its frame, nothing is sent until the lower layer's key frame, and the subscriber's NACKs
+    # of the cut layer are not answered.
+    limit(sub, 5_000_000, pub.now)
+    run(pub, allocation, consumers, 6.0)
+    assert consumer.current_layer == 2
+    limit(sub, 300_000, pub.now)
+    allocation.run(consumers, pub.now + 0.5)
+    target = consumer.wanted_layer[0]
+    assert target is not None and target < 2 and switcher.cutting
+    last = parse_rtp_header(
+        next(p for p in reversed(sub.rtp) if parse_rtp_header(p).ssrc == consumer.ssrc)
+    ).sequence_number
+    sent = len(sub.rtp)
+    pub.send_frame()
+    pub.send_frame()
+    assert consumer.current_layer is None and switcher.cuts == 1
+    assert not [p for p in sub.rtp[sent:] if parse_rtp_header(p).ssrc == consumer.ssrc]
+    consumer.receive_nack([last], pub.now)
+    assert len(sub.rtp) == sent
+    pub.send_frame(keys=(target,))
+    media = [parse_rtp_header(p) for p in sub.rtp[sent:] if parse_rtp_header(p).ssrc == consumer.ssrc]
+    assert consumer.current_layer == target and media
+    assert media[0].sequence_number == (last + 1 + CUT_SEQUENCE_GAP) & 0xFFFF
+
+
+def shaped_run(
+    capacity: list[tuple[float, int]], seconds: float
+) -> list[tuple[float, int | None, int | None]]:
+    """A REMB-only subscriber (aiortc: a stale-high REMB, loss in a receiver report every
+    second) behind a link of ``capacity`` ((from time, bit/s), ...): each report carries the
+    share of what was sent that the link could not carry. Returns (time, wanted, current
+    layer) after each report."""
+    from salon.media.rtcp import ReportBlock
+
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    sub.bandwidth.on_remb(5_000_000, pub.now)
+    out: list[tuple[float, int | None, int | None]] = []
+    start = pub.now
+    next_report = start + 1.0
+    end = start + seconds
+    while pub.now < end:
+        keys = (0, 1, 2) if pub.frame % 30 == 0 else ()
+        pub.send_frame(keys)
+        allocation.run(consumers, pub.now)
+        if pub.now >= next_report:
+            next_report += 1.0
+            link = next(rate for at, rate in reversed(capacity) if pub.now - start >= at)
+            sent = allocation._sent_rate
+            loss = max(0.0, 1 - link / sent) if sent else 0.0
+            sub.bandwidth.on_remb(5_000_000, pub.now)
+            sub.bandwidth.on_report_block(ReportBlock(1, min(255, int(loss * 256)), 0, 0, 0, 0, 0), pub.now)
+            out.append((pub.now - start, consumer.wanted_layer[0], consumer.current_layer))
+    return out
+
+
+def test_a_remb_only_subscriber_falls_at_once_and_climbs_back_within_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import salon.media.allocation as allocation_module
+
+    def back_to_top(trace: list[tuple[float, int | None, int | None]], lifted: float) -> float:
+        after = [(t, current) for t, _, current in trace if t >= lifted]
+        return next(t for t, current in after if current == 2) - lifted
+
+    # Unlimited for 8 s, 300 kb/s for 12 s, unlimited again.
+    capacity = [(0.0, 10_000_000), (8.0, 300_000), (20.0, 10_000_000)]
+    trace = shaped_run(capacity, 40.0)
+    assert any(current == 2 for t, _, current in trace if t < 8.0)
+    # Within two reports of the drop, the allocation is down to what the link carries.
+    limited = [(t, wanted) for t, wanted, _ in trace if 10.5 <= t < 20.0]
+    assert limited and all(wanted == 0 for _, wanted in limited), trace
+    fast = back_to_top(trace, 20.0)
+    assert fast < 10.0, trace
+    # Probes that grow after each success climb faster than fixed 1.25x steps.
+    monkeypatch.setattr(allocation_module, "MAX_PROBE_FACTOR", allocation_module.PROBE_FACTOR)
+    slow = back_to_top(shaped_run(capacity, 40.0), 20.0)
+    assert fast < slow

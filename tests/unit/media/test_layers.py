@@ -5,9 +5,9 @@ temporal pattern 0-2-1-2), key frames only where the trace puts them."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from salon.media.layers import LayerSwitcher
+from salon.media.layers import CUT_SEQUENCE_GAP, LayerSwitcher
 from salon.media.rtp import is_h264_keyframe
 from salon.media.vp8 import parse_vp8_descriptor
 from tests.unit.media.test_vp8 import descriptor
@@ -254,3 +254,71 @@ def test_a_new_switcher_continues_the_picture_ids_of_the_previous_one() -> None:
     assert after[0].seq == (before[-1].seq + 1) & 0xFFFF
     assert after[0].picture_id == (before[-1].picture_id + 1) & 0x7FFF
     assert after[0].tl0 == (before[-1].tl0 + 1) & 0xFF
+
+
+def test_a_cut_stops_the_old_layer_at_the_end_of_its_frame_and_switches_at_the_key_frame() -> None:
+    switcher = LayerSwitcher("vp8", 90000, layers=3)
+    # Three packets per frame; at the second packet of frame 10 the link collapses: target
+    # layer 0 (its key frame comes at frame 17), cut the top layer.
+    trace = vp8_trace(30, {0: {17}}, packets_per_frame=3)
+    cut_at = next(i for i, p in enumerate(trace) if p.layer == 2 and p.frame == 10) + 1
+    before = run(switcher, trace[:cut_at])
+    switcher.set_target(0)
+    assert switcher.cut() and switcher.cutting
+    rest = run(switcher, trace[cut_at:])
+    sent = before + rest
+    # Frame 10 of the top layer ends (no half frame), nothing more of it after that.
+    assert [o.frame for o in sent if o.layer == 2][-3:] == [10, 10, 10]
+    assert max(o.frame for o in sent if o.layer == 2) == 10
+    assert switcher.cuts == 1 and not switcher.cutting
+    assert next(o.frame for o in sent if o.layer == 0) == 17 and rest[2].key
+    assert switcher.current_layer == 0 and switcher.switches == 2
+    # The sequence numbers jump at the cut (the receiver gives up on the cut layer's lost
+    # packets); picture IDs, TL0PICIDX and timestamps stay continuous.
+    first = len(before) + 2
+    assert sent[first].seq == (sent[first - 1].seq + 1 + CUT_SEQUENCE_GAP) & 0xFFFF
+    assert switcher.sequence.to_input((sent[first - 1].seq + 5) & 0xFFFF) is None
+    assert_continuous(sent[:first])
+    assert_continuous(sent[first:])
+    shifted = [*sent[:first], *(replace(o, seq=(o.seq - CUT_SEQUENCE_GAP) & 0xFFFF) for o in sent[first:])]
+    assert_continuous(shifted)
+    # While cut, the old layer's packets are not retransmitted either.
+    switcher2 = LayerSwitcher("vp8", 90000, layers=3)
+    run(switcher2, trace[:cut_at])
+    switcher2.set_target(0)
+    switcher2.cut()
+    run(switcher2, [p for p in trace[cut_at:] if p.frame < 12])
+    assert switcher2.current_layer is None and switcher2.waiting
+    assert switcher2.rewrite_retransmission(2, trace[0].payload) == (False, None)
+
+
+def test_a_cut_needs_a_different_target_and_is_undone_by_going_back() -> None:
+    switcher = LayerSwitcher("vp8", 90000, layers=3)
+    trace = vp8_trace(20, {})
+    run(switcher, trace[:12])
+    assert not switcher.cut()  # the target is the current layer: nothing to cut
+    switcher.set_target(1)
+    assert switcher.cut()
+    switcher.set_target(2)  # the estimate came back before the frame ended
+    assert not switcher.cutting
+    rest = run(switcher, trace[12:])
+    assert {o.layer for o in rest} == {2} and switcher.cuts == 0
+    # Before the first start there is nothing to cut.
+    assert not LayerSwitcher("vp8", 90000, layers=3).cut()
+
+
+def test_a_cut_waits_for_a_newer_frame_not_a_late_packet() -> None:
+    switcher = LayerSwitcher("vp8", 90000, layers=3)
+    trace = [p for p in vp8_trace(10, {}, packets_per_frame=3) if p.layer == 2]
+    sent = run(switcher, trace[:14])  # frames 0..3, and the first two packets of frame 4
+    switcher.set_target(1)
+    switcher.cut()
+    late = trace[10]  # frame 3 again (a retransmission from the publisher)
+    again = switcher.forward(late.layer, late.seq, late.ts, late.payload, False, 1.0)
+    assert again is not None and again[0] == sent[10].seq
+    assert switcher.cutting
+    last = trace[14]  # frame 4's last packet: still forwarded
+    assert switcher.forward(last.layer, last.seq, last.ts, last.payload, False, 1.0) is not None
+    nxt = trace[15]  # frame 5: cut
+    assert switcher.forward(nxt.layer, nxt.seq, nxt.ts, nxt.payload, False, 1.0) is None
+    assert switcher.current_layer is None and switcher.cuts == 1
