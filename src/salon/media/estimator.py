@@ -607,7 +607,7 @@ class ProbeController:
     :meth:`decide` asks for a probe when the allocation holds layers back (``desired`` above
     the estimate), the estimate has not decreased for ``stable_for`` seconds and no probe is
     running; the target is the desired rate capped at twice the estimate. After a failed probe
-    the interval doubles (up to 60 s); after a success it resets.
+    the interval doubles (up to :attr:`MAX_INTERVAL`); after a success it resets.
 
     The transport sends the cluster, remembering which transport-wide sequence numbers carried
     it (:meth:`add_probe_packet`); :meth:`on_packet_results` evaluates the cluster once every
@@ -619,6 +619,12 @@ class ProbeController:
     DURATION = 0.015
     MIN_PACKETS = 5
     TIMEOUT = 2.0
+
+    #: Longest wait between probes after failed ones (seconds): once a limit lifts, a
+    #: subscriber held on a low layer (sending too little for the delay-based estimate to
+    #: grow past 1.5x of it) climbs only by probes, so the wait is the floor of its climb
+    #: back (it was 60 s: a Chromium subscriber stayed on the lowest layer for 45 s).
+    MAX_INTERVAL = 15.0
 
     def __init__(self, interval: float = 5.0, stable_for: float = 3.0) -> None:
         self.base_interval = interval
@@ -709,4 +715,4 @@ class ProbeController:
             self.probes_succeeded += 1
             self.interval = self.base_interval
         else:
-            self.interval = min(60.0, self.interval * 2)
+            self.interval = min(self.MAX_INTERVAL, self.interval * 2)
