@@ -295,7 +295,7 @@ async def test_a_chromium_subscriber_follows_its_link(
                 await asyncio.sleep(0.5)
 
         await until(lambda s: s["width"] == 1280, "top layer", 60)
-        before = history[-1]
+        before, began = history[-1], time.monotonic()
         link.shape(down=500)
         await until(lambda s: 0 < s["width"] <= 640, "a lower layer on 500 kbit/s", 30)
         # Held there: five more seconds of samples, none above the middle layer.
@@ -304,9 +304,11 @@ async def test_a_chromium_subscriber_follows_its_link(
         assert all(0 < sample["width"] <= 640 for sample in history[mark:]), history[mark:]
         link.shape(down=None)
         await until(lambda s: s["width"] == 1280, "top layer again after lifting", 45)
-        after = history[-1]
+        after, elapsed = history[-1], time.monotonic() - began
         decoded = after["decoded"] - before["decoded"]
-        assert decoded > 200, (before, after)
+        # Video went on through it all: at least 5 fps on average (the fake camera runs at
+        # 15-30 fps on a busy host; the freezes around the switches are bounded below).
+        assert decoded >= 5 * elapsed, (decoded, elapsed, before, after)
         # Across a drop, a hold and a climb (two or more layer switches): few freezes, few
         # dropped frames, few key-frame requests.
         # Bounds for a loaded 2-core host (measured: 8 freezes, 44 frames dropped of 285).
