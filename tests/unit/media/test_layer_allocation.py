@@ -434,3 +434,19 @@ def test_a_remb_only_subscriber_falls_at_once_and_climbs_back_within_seconds(
     monkeypatch.setattr(allocation_module, "MAX_PROBE_FACTOR", allocation_module.PROBE_FACTOR)
     slow = back_to_top(shaped_run(capacity, 40.0), 20.0)
     assert fast < slow
+
+
+def test_a_video_paused_for_quality_still_pads() -> None:
+    """Paused for quality (the lowest layer does not fit), the video's RTX stream still carries
+    the padding that lets the subscriber's estimate grow back; paused by the subscriber, not."""
+    from salon.media.consumer import PauseReason
+
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    limit(sub, 700_000, pub.now)
+    run(pub, allocation, consumers, 4.0)
+    consumer.set_paused(True, PauseReason.QUALITY)
+    assert consumer.quality_paused and not consumer.forwarding
+    assert consumer.send_padding(pub.now, 3) > 0
+    consumer.set_paused(False, PauseReason.QUALITY)
+    consumer.set_paused(True, PauseReason.SUBSCRIBER)
+    assert consumer.send_padding(pub.now, 3) == 0
