@@ -7,7 +7,6 @@ heartbeat, registers again and agrees with the others: it closes its clients' so
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import pathlib

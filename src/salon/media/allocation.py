@@ -417,7 +417,7 @@ class TransportAllocation:
         count = max(cluster.min_packets, int(cluster.bitrate * cluster.duration / _PADDING_PACKET_BITS) + 1)
         spacing = cluster.duration / count
         for consumer in consumers.values():
-            if consumer.kind == "video" and consumer.forwarding:
+            if consumer.kind == "video" and consumer.can_pad:
                 sequences: list[int] = []
                 if consumer.send_padding(now, count, spacing=spacing, sequences=sequences):
                     for sequence in sequences:
@@ -433,7 +433,7 @@ class TransportAllocation:
             return
         # The video consumers that negotiated RTX carry it (one at a time, the first that can).
         for consumer in consumers.values():
-            if consumer.kind == "video" and consumer.forwarding:
+            if consumer.kind == "video" and consumer.can_pad:
                 sent = consumer.send_padding(now, count)
                 if sent:
                     self._padding_credit -= sent * 8

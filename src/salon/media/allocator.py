@@ -19,7 +19,10 @@ Order of service:
 Hysteresis, so decisions do not flap on a noisy estimate:
 
 * a paused video resumes only when its lowest layer fits with ``resume_margin`` (20%) to spare,
-  and not before ``resume_hold`` seconds after it paused;
+  and not before ``resume_hold`` seconds after it paused; a resume that failed (paused again
+  within ``resume_trial`` seconds) doubles that wait for the next one, up to
+  ``max_resume_hold``: each resume sends a key frame, and on a link that cannot carry the
+  lowest layer those retries are lost packets the subscriber's decoder may never get back;
 * an upgrade above the consumer's current layer needs ``upgrade_margin`` (10%) headroom;
   keeping the current layer or going down needs none.
 
@@ -156,17 +159,25 @@ class Allocator:
         resume_margin: float = 0.2,
         upgrade_margin: float = 0.1,
         resume_hold: float = 2.0,
+        max_resume_hold: float = 16.0,
+        resume_trial: float = 5.0,
     ) -> None:
         self.resume_margin = resume_margin
         self.upgrade_margin = upgrade_margin
         self.resume_hold = resume_hold
+        self.max_resume_hold = max_resume_hold
+        self.resume_trial = resume_trial
         self._previous: dict[str, ConsumerDecision] = {}
         self._paused_at: dict[str, float] = {}
+        self._resumed_at: dict[str, float] = {}
+        self._hold: dict[str, float] = {}
 
     def forget(self, consumer_id: str) -> None:
         """The consumer closed."""
         self._previous.pop(consumer_id, None)
         self._paused_at.pop(consumer_id, None)
+        self._resumed_at.pop(consumer_id, None)
+        self._hold.pop(consumer_id, None)
 
     def allocate(self, estimate: int, consumers: Sequence[ConsumerInput], now: float) -> Allocation:
         budget = float(estimate)
@@ -198,7 +209,7 @@ class Allocator:
             if previous is not None and previous.paused:
                 needed = lowest * (1 + self.resume_margin)
                 paused_at = self._paused_at.get(cid)
-                if paused_at is not None and now - paused_at < self.resume_hold:
+                if paused_at is not None and now - paused_at < self._hold.get(cid, self.resume_hold):
                     needed = float("inf")
             if needed <= budget:
                 chosen[cid] = 0
@@ -240,9 +251,16 @@ class Allocator:
             if decision.paused and (before is None or not before.paused):
                 paused.append(cid)
                 self._paused_at[cid] = now
+                resumed_at = self._resumed_at.pop(cid, None)
+                if resumed_at is not None and now - resumed_at < self.resume_trial:
+                    hold = self._hold.get(cid, self.resume_hold)
+                    self._hold[cid] = min(self.max_resume_hold, 2 * hold)
+                else:
+                    self._hold.pop(cid, None)
             elif not decision.paused and before is not None and before.paused:
                 resumed.append(cid)
                 self._paused_at.pop(cid, None)
+                self._resumed_at[cid] = now
         for cid in set(self._previous) - set(decisions):
             self.forget(cid)
         self._previous = decisions

@@ -327,6 +327,19 @@ class Consumer:
         """Not paused, not closed, transport connected: the producer sends us packets."""
         return self._active
 
+    @property
+    def can_pad(self) -> bool:
+        """Padding and probes may go out on this consumer's RTX stream: it forwards, or it is
+        paused for quality only (a paused video's probes are how its subscriber's estimate
+        grows back past its lowest layer; without them a transport-cc subscriber stayed paused
+        after its limit lifted)."""
+        return (
+            self._started
+            and not self.closed
+            and not self.paused
+            and self.transport.state is TransportState.CONNECTED
+        )
+
     def _update_active(self) -> None:
         active = (
             not self.closed
@@ -664,7 +677,7 @@ class Consumer:
         times recorded for the transport-wide feedback are ``now + i * spacing``: the burst
         leaves at once, its dispersion at the bottleneck is what the feedback measures) and
         ``sequences`` (filled with the packets' unwrapped transport-wide sequence numbers)."""
-        if not self._active or not self._started or self.rtx_ssrc is None or self._rtx_pt is None:
+        if not self.can_pad or self.rtx_ssrc is None or self._rtx_pt is None:
             return 0
         ext = self._ext_block
         if self._abs_offset:

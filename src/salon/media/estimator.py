@@ -237,14 +237,17 @@ class AimdRateController:
     multiplicative (8%/s) until the rate is within 3 standard deviations of the average
     decrease point, additive (one 1200-byte packet per response time) near it.
     When the sender is application-limited the cap stops increases but does not lower the rate.
+    ``cap_by_throughput=False`` (the publisher's uplink, :class:`ReceiveSideEstimator`) drops
+    that cap: see there.
     """
 
     BETA = 0.85
 
-    __slots__ = ("_avg_max", "_last_change", "_var_max", "rate", "rtt")
+    __slots__ = ("_avg_max", "_cap_by_throughput", "_last_change", "_var_max", "rate", "rtt")
 
-    def __init__(self, initial_bitrate: float) -> None:
+    def __init__(self, initial_bitrate: float, *, cap_by_throughput: bool = True) -> None:
         self.rate = float(initial_bitrate)
+        self._cap_by_throughput = cap_by_throughput
         self.rtt = 0.1
         self._last_change: float | None = None
         self._avg_max: float | None = None  # average acked rate at decreases, kbit/s
@@ -275,7 +278,7 @@ class AimdRateController:
             increased = previous + max(1000.0 * dt, 1200 * 8 / response * dt)
         else:
             increased = previous * 1.08**dt
-        if acked_bitrate is not None:
+        if acked_bitrate is not None and self._cap_by_throughput:
             increased = min(increased, max(previous, 1.5 * acked_bitrate + 10_000))
         self.rate = increased
         self._last_change = now
@@ -489,6 +492,13 @@ class ReceiveSideEstimator:
     ``max_bitrate`` (nothing known: do not hold the publisher down) and only an overuse of the
     uplink lowers it, to 85% of the rate received. Subscribers' downlinks play no part: each
     gets what its own link carries from the layers the publisher sends (allocator).
+
+    Unlike the send side, the rate climbs back (8% a second, additively near the last
+    decrease points) without the cap of 1.5x the rate received: the publisher only sends
+    what the REMB allows, so after a cut (a real overuse, or a false one from a loaded host's
+    scheduling delays) a simulcast publisher that dropped its upper layers would never send
+    enough to lift the cap, and the SFU cannot probe a publisher. An uplink that cannot carry
+    the climb shows an overuse again and is cut again.
     """
 
     __slots__ = (
@@ -496,26 +506,36 @@ class ReceiveSideEstimator:
         "_detector",
         "_inter_arrival",
         "_last_raw",
+        "_max_bitrate",
         "_send",
         "_trend",
         "_window_bytes",
+        "_window_rates",
         "_window_start",
         "incoming_bitrate",
     )
 
     ACKED_WINDOW = 0.5
+    #: The rate a cut starts from is the highest of this many windows (2 s): a stall of the
+    #: sender or of this process for part of one window (a loaded host) is also the delay
+    #: spike that signals the overuse, and cutting to 85% of that window's rate collapsed the
+    #: REMB to a few tens of kbit/s.
+    RATE_WINDOWS = 4
 
     def __init__(self, max_bitrate: int) -> None:
         self._inter_arrival = InterArrival()
         self._trend = TrendlineFilter()
         self._detector = OveruseDetector()
-        self._aimd = AimdRateController(max_bitrate)
+        self._aimd = AimdRateController(max_bitrate, cap_by_throughput=False)
+        self._max_bitrate = float(max_bitrate)
         self._last_raw: int | None = None
         self._send = 0.0
         self._window_start: float | None = None
         self._window_bytes = 0
-        #: Bit/s received over the last complete window (None before the first).
+        #: Bit/s received: the highest of the last RATE_WINDOWS complete windows (None before
+        #: the first).
         self.incoming_bitrate: float | None = None
+        self._window_rates: deque[float] = deque(maxlen=self.RATE_WINDOWS)
 
     @property
     def usage(self) -> BandwidthUsage:
@@ -541,7 +561,8 @@ class ReceiveSideEstimator:
         if started is None:
             self._window_start = arrival
         elif arrival - started >= self.ACKED_WINDOW:
-            self.incoming_bitrate = self._window_bytes * 8 / (arrival - started)
+            self._window_rates.append(self._window_bytes * 8 / (arrival - started))
+            self.incoming_bitrate = max(self._window_rates)
             self._window_start = arrival
             self._window_bytes = 0
         # Fast path (most packets): sent within the current 5 ms group, in order.
@@ -558,7 +579,9 @@ class ReceiveSideEstimator:
         send_delta, arrival_delta, group_arrival = deltas
         trend = self._trend.update((arrival_delta - send_delta) * 1000, group_arrival * 1000)
         usage = self._detector.detect(trend, send_delta * 1000, group_arrival * 1000)
-        self._aimd.update(usage, self.incoming_bitrate, arrival)
+        aimd = self._aimd
+        if aimd.update(usage, self.incoming_bitrate, arrival) > self._max_bitrate:
+            aimd.rate = self._max_bitrate
 
     def estimate(self, max_bitrate: int) -> int:
         return int(max(30_000, min(max_bitrate, self._aimd.rate)))
@@ -584,7 +607,7 @@ class ProbeController:
     :meth:`decide` asks for a probe when the allocation holds layers back (``desired`` above
     the estimate), the estimate has not decreased for ``stable_for`` seconds and no probe is
     running; the target is the desired rate capped at twice the estimate. After a failed probe
-    the interval doubles (up to 60 s); after a success it resets.
+    the interval doubles (up to :attr:`MAX_INTERVAL`); after a success it resets.
 
     The transport sends the cluster, remembering which transport-wide sequence numbers carried
     it (:meth:`add_probe_packet`); :meth:`on_packet_results` evaluates the cluster once every
@@ -596,6 +619,12 @@ class ProbeController:
     DURATION = 0.015
     MIN_PACKETS = 5
     TIMEOUT = 2.0
+
+    #: Longest wait between probes after failed ones (seconds): once a limit lifts, a
+    #: subscriber held on a low layer (sending too little for the delay-based estimate to
+    #: grow past 1.5x of it) climbs only by probes, so the wait is the floor of its climb
+    #: back (it was 60 s: a Chromium subscriber stayed on the lowest layer for 45 s).
+    MAX_INTERVAL = 15.0
 
     def __init__(self, interval: float = 5.0, stable_for: float = 3.0) -> None:
         self.base_interval = interval
@@ -686,4 +715,4 @@ class ProbeController:
             self.probes_succeeded += 1
             self.interval = self.base_interval
         else:
-            self.interval = min(60.0, self.interval * 2)
+            self.interval = min(self.MAX_INTERVAL, self.interval * 2)

@@ -1,9 +1,13 @@
-"""NOT COLLECTED (the file name does not start with ``test_``): issue 13's shaped-link
-allocation tests, kept to be made reliable. On the 2-core development machine they failed in
-most runs (Chromium's own uplink estimate dropping its upper layers; a 600 kbit/s + 3 % loss
-subscriber falling to the lowest layer; the Chromium subscriber's freezes above the bound and
-its video not climbing back within the time allowed): issue 13 stays open until they pass
-reliably and are collected again. Run by hand with
+"""NOT COLLECTED (the file name does not start with ``test_``): issue 13's shaped-link test
+with Python SDK subscribers, kept to be made reliable. On the shared 2-core development
+machine (load average 11-20 from sibling sessions) it still fails in most runs: the REMB-only
+(aiortc) budgets of the 300 and 600 kbit/s subscribers are cut by loss bursts the SFU's own
+unpaced sends and probes cause on a tbf link (reported loss of 20-80%), so they fall below
+their layer or pause; once an agent stopped decoding for seconds (ICE consent expired under
+load). Fixed on the way: the publisher's REMB collapsing under host load (its uplink
+estimate now climbs back and cuts from the last 2 s), the resume back-off on a link too weak
+for video, loss counted over every stream's packets. The Chromium subscriber part is
+collected in test_chromium_subscriber_shaped.py. Run by hand with
 ``pytest tests/e2e/quality/unstable_layer_allocation.py``.
 
 Per-subscriber layers under shaped links: one Chromium publisher (1280x720, three simulcast
@@ -12,7 +16,9 @@ allocator gives each the layer its link carries.
 
 Bounds are for a loaded 2-core machine: settling is given tens of seconds (aiortc's REMB, the
 Python subscribers' estimate, grows about 8% a second), freezes a second or two around a
-switch, and nothing is asserted about a report while its link changes.
+switch, and nothing is asserted about a report while its link changes. The server runs at a
+higher CPU priority than the clients (see ``HubServer``): on a shared host its scheduling
+delays otherwise read as overuse of the publisher's uplink and Chromium drops its upper layers.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from salon.bench.quality import _SENT as SENT
 from tests.e2e.browser.browser_helpers import open_sdk_page
 from tests.e2e.quality.conftest import Agent, HubServer, chromium_in
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(360)
 
 LAYERS = {"320x180", "640x360", "1280x720"}
 PUBLISH = """async ({sessionId, token}) => {
@@ -83,6 +89,32 @@ class Lab:
             await asyncio.sleep(0.25)
         return time.monotonic() - start
 
+    async def steady_window(
+        self, expected: dict[str, str], seconds: float, timeout: float
+    ) -> dict[str, float]:
+        """Wait for a window of ``seconds`` that starts with every agent of ``expected`` on its
+        layer and throughout which the publisher sends its three layers at full size; returns
+        each agent's clock at the window's start (the agents' reports are then checked)."""
+        deadline = time.monotonic() + timeout
+        checks = [settled_on(self.subs[leaf], size, 2) for leaf, size in expected.items()]
+        while True:
+            while not (all(check() for check in checks) and _full_layers(await self.page.evaluate(SENT))):
+                if time.monotonic() > deadline:
+                    what = f"every subscriber on its layer while Chromium sends all three ({expected})"
+                    raise AssertionError(f"no {what} within {timeout:g} s\n{await self.state()}")
+                await asyncio.sleep(0.5)
+            start = {leaf: sub.reports()[-1]["t"] for leaf, sub in self.subs.items()}
+            full = True
+            end = time.monotonic() + seconds
+            while time.monotonic() < end or not all(
+                sub.reports()[-1]["t"] > start[leaf] + seconds for leaf, sub in self.subs.items()
+            ):
+                full = full and _full_layers(await self.page.evaluate(SENT))
+                await asyncio.sleep(0.5)
+            if full:
+                return start
+            # Chromium dropped or shrank a layer during the window: try the next one.
+
     async def state(self) -> str:
         lines = [
             f"{leaf}: {[(sorted(sizes(r)), frames(r)) for r in sub.reports()[-6:]]}"
@@ -92,6 +124,11 @@ class Lab:
         lines += [line for line in log if "allocation:" in line or "REMB" in line][-30:]
         lines.append(str(await self.page.evaluate(SENT)))
         return "\n".join(lines)
+
+
+def _full_layers(sent: list[dict[str, Any]]) -> bool:
+    """Chromium sends its three layers, each at its capture size (no CPU or bandwidth scaling)."""
+    return sorted(layer["width"] for layer in sent if layer["fps"]) == [320, 640, 1280]
 
 
 def settled_on(agent: Agent, size: str, reports: int = 4) -> Callable[[], bool]:
@@ -137,9 +174,17 @@ async def test_shaped_subscribers_get_the_layer_their_link_carries(
     tmp_path: pathlib.Path,
 ) -> None:
     lab.add_leaf("pub")
-    links = {leaf: lab.add_leaf(leaf) for leaf in ("free", "mid", "low", "weak", "prefs")}
+    links = {leaf: lab.add_leaf(leaf) for leaf in ("free", "mid", "low", "weak")}
+    # 3% random loss on the unlimited link: NACK and RTX repair it, and the budget of a
+    # REMB-only (aiortc) subscriber, loss-based, holds between 2% and 10% loss, so the loss
+    # costs it neither its layer nor a decoder error. (A link both limited and lossy would
+    # keep such a budget where the first cut left it: 2-10% holds, as in GCC's loss-based
+    # controller; the REMB-only budget is not a loss model.)
+    links["free"].set_loss(0.03, direction="down")
+    # Chromium's layers of its fake camera (a simple picture) measure about 100, 350 and
+    # 700 kbit/s on this kind of host: 600 kbit/s carries the middle one (with audio and the
+    # allocator's 10% upgrade headroom) and not the top one, 300 kbit/s only the lowest.
     links["mid"].shape(down=600)
-    links["mid"].set_loss(0.03, direction="down")
     links["low"].shape(down=300)
     links["weak"].shape(down=70)
     session_id = hub_server.session()
@@ -150,50 +195,31 @@ async def test_shaped_subscribers_get_the_layer_their_link_carries(
         subs = {leaf: agents(lab, leaf, hub_server, session_id) for leaf in links}
         for sub in subs.values():
             sub.wait_for(lambda line: line["kind"] == "ready", "ready", 60)
-        wait_until = Lab(hub_server, page, subs).wait_until
-        subs["prefs"].send({"preferred_resolution": [320, 180]})
-        subs["prefs"].send({"preferred_frame_rate": 15})
+        lab_view = Lab(hub_server, page, subs)
+        wait_until = lab_view.wait_until
 
-        # Each settles on the layer its link carries (the 600 kbit/s one with 3% loss too).
-        await wait_until(settled_on(subs["free"], "1280x720"), "top layer on the free link", 60)
-        await wait_until(settled_on(subs["mid"], "640x360"), "middle layer on 600 kbit/s + 3% loss", 90)
-        await wait_until(settled_on(subs["low"], "320x180"), "lowest layer on 300 kbit/s", 60)
-        await wait_until(settled_on(subs["prefs"], "320x180"), "the preferred resolution", 30)
-        # A link too weak for any video: video disabled for quality, audio goes on.
-        await wait_until(lambda: event(subs["weak"], "VideoDisabled") is not None, "VideoDisabled", 60)
-        disabled = event(subs["weak"], "VideoDisabled")
-        assert disabled is not None and disabled.get("reason") == "quality", disabled
-        # Each agent's clock starts with it: marks are per agent.
-        settled = {leaf: sub.reports()[-1]["t"] for leaf, sub in subs.items()}
-
-        # Eight seconds on the settled layers: nobody changes layer, the preferred frame rate
-        # holds, every subscriber's audio flows.
-        await wait_until(
-            lambda: all(sub.reports()[-1]["t"] > settled[leaf] + 8 for leaf, sub in subs.items()),
-            "eight more seconds",
-            30,
-        )
-        for leaf, size in (
-            ("free", "1280x720"),
-            ("mid", "640x360"),
-            ("low", "320x180"),
-            ("prefs", "320x180"),
-        ):
+        # Each settles on the layer its link carries; eight seconds there: nobody changes
+        # layer, every subscriber's audio flows, no decoder error. Asserted over a window in
+        # which Chromium sent its three layers at full size throughout: on a loaded host its
+        # encoder or its own uplink estimate may drop or shrink a layer for a while, and a
+        # subscriber then rightly gets another layer (the one its link carries of what is sent).
+        expected = {"free": "1280x720", "mid": "640x360", "low": "320x180"}
+        settled = await lab_view.steady_window(expected, seconds=8, timeout=150)
+        for leaf, size in expected.items():
             steady = [r for r in subs[leaf].reports(settled[leaf]) if r["t"] > settled[leaf] + 1]
             assert all(sizes(r) <= {size} for r in steady), (leaf, [sorted(sizes(r)) for r in steady])
             assert_clean(subs[leaf], settled[leaf])
-        # Frame rates: Chromium's fake camera runs at 20-30 fps on a busy host; a preference
-        # of 15 fps takes its temporal layers 0 and 1 (half the frames).
-        rates = {}
-        for leaf in ("free", "prefs"):
-            steady = [r for r in subs[leaf].reports(settled[leaf]) if r["t"] > settled[leaf] + 1]
-            rates[leaf] = sum(frames(r) for r in steady) / (steady[-1]["t"] - steady[0]["t"] + 0.5)
-        assert rates["free"] >= 12, rates
-        assert 4 <= rates["prefs"] <= 16 and rates["prefs"] <= 0.7 * rates["free"], rates
-        # Paused: at most a short try (a resume the link could not carry) in eight seconds.
+        # A link too weak for any video: video disabled for quality, audio goes on; at most a
+        # short try (a resume the link could not carry) in the eight seconds.
+        disabled = event(subs["weak"], "VideoDisabled")
+        assert disabled is not None and disabled.get("reason") == "quality", disabled
         weak = subs["weak"].reports(settled["weak"])
         assert sum(frames(r) for r in weak[2:]) <= 20, [frames(r) for r in weak]
         assert_clean(subs["weak"], settled["weak"], video=False)
+        steady = [r for r in subs["free"].reports(settled["free"]) if r["t"] > settled["free"] + 1]
+        free_rate = sum(frames(r) for r in steady) / (steady[-1]["t"] - steady[0]["t"] + 0.5)
+        # Chromium's fake camera runs at 15-30 fps on a busy host.
+        assert free_rate >= 12, free_rate
 
         # Lifting the limits: the 300 kbit/s one climbs, the weak one gets its video back.
         lifted = {leaf: sub.reports()[-1]["t"] for leaf, sub in subs.items()}
@@ -218,74 +244,19 @@ async def test_shaped_subscribers_get_the_layer_their_link_carries(
             assert decode_errors(reports[-1]) == decode_errors(reports[0]), (leaf, reports[-1])
             for report in reports:
                 assert sizes(report) <= LAYERS, (leaf, report)
-    finally:
-        await browser.close()
 
-
-SUBSCRIBE = """async ({sessionId, token}) => {
-    const session = window.salon.initSession(sessionId);
-    session.on("streamCreated", async (event) => {
-        window.sub = await session.subscribe(event.stream, document.body);
-    });
-    await session.connect(token);
-}"""
-INBOUND = """async () => {
-    const pc = window.sub && window.sub.pc;
-    if (!pc) return null;
-    const stats = await pc.getStats();
-    let out = null;
-    stats.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video")
-        out = {width: r.frameWidth || 0, decoded: r.framesDecoded || 0, dropped: r.framesDropped || 0,
-               freezes: r.freezeCount || 0, frozen: r.totalFreezesDuration || 0, plis: r.pliCount || 0,
-               nacks: r.nackCount || 0}; });
-    return out;
-}"""
-
-
-async def test_a_chromium_subscriber_follows_its_link(
-    lab: NetLab, hub_server: HubServer, pw: playwright_api.Playwright, tmp_path: pathlib.Path
-) -> None:
-    """A second page of the publishing Chromium subscribes; its downlink (the leaf's) drops to
-    500 kbit/s and comes back. Chromium negotiates transport-cc: the SFU's own estimator and
-    probes drive its layer. Its getStats stay within bounds across the switches."""
-    link = lab.add_leaf("pub")
-    session_id = hub_server.session()
-    browser = await chromium_in(pw, lab, "pub", hub_server, tmp_path)
-    try:
-        page = await open_sdk_page(browser, hub_server.url, "pub")
-        await page.evaluate(PUBLISH, {"sessionId": session_id, "token": hub_server.token(session_id)})
-        viewer = await open_sdk_page(browser, hub_server.url, "viewer")
-        await viewer.evaluate(SUBSCRIBE, {"sessionId": session_id, "token": hub_server.token(session_id)})
-        history: list[dict[str, Any]] = []
-
-        async def until(check: Callable[[dict[str, Any]], bool], what: str, timeout: float) -> float:
-            start = time.monotonic()
-            while True:
-                stats = await viewer.evaluate(INBOUND)
-                if stats is not None:
-                    history.append(stats)
-                    if check(stats):
-                        return time.monotonic() - start
-                assert time.monotonic() - start < timeout, f"no {what} in {timeout:g} s: {history[-6:]}"
-                await asyncio.sleep(0.5)
-
-        await until(lambda s: s["width"] == 1280, "top layer", 60)
-        before = history[-1]
-        link.shape(down=500)
-        await until(lambda s: 0 < s["width"] <= 640, "a lower layer on 500 kbit/s", 30)
-        await asyncio.sleep(5)  # held there for a while (no fixed-time assertion on this)
-        low = await until(lambda s: True, "stats", 5)
-        assert 0 < history[-1]["width"] <= 640, history[-6:]
-        link.shape(down=None)
-        await until(lambda s: s["width"] == 1280, "top layer again after lifting", 45)
-        after = history[-1]
-        decoded = after["decoded"] - before["decoded"]
-        assert decoded > 200 and low >= 0, (before, after)
-        # Across a drop, a hold and a climb (two or more layer switches): few freezes, few
-        # dropped frames, few key-frame requests.
-        # Bounds for a loaded 2-core host (measured: 8 freezes, 44 frames dropped of 285).
-        assert after["freezes"] - before["freezes"] <= 12, (before, after)
-        assert after["dropped"] - before["dropped"] <= max(60, decoded // 4), (before, after)
-        assert after["plis"] - before["plis"] <= 25, (before, after)
+        # Preferences on the unlimited link: 320x180 at 15 fps (the lowest layer's temporal
+        # layers 0 and 1, about half the frames), without a decoder error.
+        asked = subs["free"].reports()[-1]["t"]
+        subs["free"].send({"preferred_resolution": [320, 180]})
+        subs["free"].send({"preferred_frame_rate": 15})
+        await wait_until(settled_on(subs["free"], "320x180"), "the preferred resolution", 30)
+        since = subs["free"].reports()[-1]["t"]
+        await wait_until(lambda: subs["free"].reports()[-1]["t"] > since + 6, "six more seconds", 20)
+        steady = [r for r in subs["free"].reports(since) if r["t"] > since]
+        assert all(sizes(r) <= {"320x180"} for r in steady), [sorted(sizes(r)) for r in steady]
+        rate = sum(frames(r) for r in steady) / (steady[-1]["t"] - steady[0]["t"] + 0.5)
+        assert 4 <= rate <= 16 and rate <= 0.7 * free_rate, (rate, free_rate)
+        assert_clean(subs["free"], asked)
     finally:
         await browser.close()

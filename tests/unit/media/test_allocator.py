@@ -191,3 +191,31 @@ def test_allocation_fits_the_estimate_and_respects_priorities(
                 assert klass(p) >= klass(f), (p, f)
                 assert (klass(p), p.consumer_id) > (klass(f), f.consumer_id)
     assert all(not d[c.consumer_id].paused for c in consumers if c.kind is AUDIO)
+
+
+def test_a_failed_resume_doubles_the_wait_before_the_next() -> None:
+    """Paused again soon after a resume (the link could not carry it): each retry waits twice
+    as long, up to max_resume_hold; a resume that lasts starts the waits over."""
+    allocator = Allocator(resume_margin=0.2, resume_hold=2.0, max_resume_hold=8.0, resume_trial=5.0)
+    consumers = [ConsumerInput("v", VIDEO, camera())]
+    now = 0.0
+    assert allocator.allocate(90_000, consumers, now=now).paused == ("v",)
+    waits = []
+    for _ in range(4):
+        paused_at = now
+        while allocator.allocate(500_000, consumers, now=now).decisions["v"].paused:
+            now += 0.5
+        waits.append(now - paused_at)
+        now += 1.0  # the resume fails a second later
+        assert allocator.allocate(90_000, consumers, now=now).paused == ("v",)
+    assert waits == [2.0, 4.0, 8.0, 8.0]
+    # A resume that holds past resume_trial: the next pause waits resume_hold again.
+    paused_at = now
+    while allocator.allocate(500_000, consumers, now=now).decisions["v"].paused:
+        now += 0.5
+    now += 6.0
+    assert allocator.allocate(90_000, consumers, now=now).paused == ("v",)
+    paused_at = now
+    while allocator.allocate(500_000, consumers, now=now).decisions["v"].paused:
+        now += 0.5
+    assert now - paused_at == 2.0

@@ -17,6 +17,7 @@ from salon.media.estimator import (
     InterArrival,
     OveruseDetector,
     ProbeController,
+    ReceiveSideEstimator,
     TrendlineFilter,
 )
 from salon.media.twcc import PacketResult, SendHistory, build_transport_feedback, parse_transport_feedback
@@ -268,4 +269,47 @@ def test_probe_through_a_narrow_link_measures_the_link_and_backs_off() -> None:
     # No feedback at all: times out and counts as failed.
     probes.add_probe_packet(50)
     assert probes.decide(23.0, estimate=500_000, desired=2_000_000, last_decrease=None) is None
-    assert probes.active is None and probes.interval == 20.0
+    assert probes.active is None and probes.interval == 15.0  # capped at MAX_INTERVAL
+
+
+def test_publisher_uplink_estimate_climbs_back_after_a_cut_though_the_publisher_sends_little() -> None:
+    """A cut (here a queue building for a second) lowers the REMB to a publisher to 85% of what
+    arrives; the publisher then sends little (a simulcast publisher drops its upper layers), and
+    the estimate still climbs back, beyond 1.5x what arrives, until the next overuse."""
+    estimator = ReceiveSideEstimator(2_000_000)
+    frame, now, timestamp = 1 / 30, 0.0, 0
+
+    def frames(seconds: float, arrival_gap: float, size: int) -> None:
+        nonlocal now, timestamp
+        for _ in range(int(seconds / frame)):
+            timestamp = (timestamp + 3000) & 0xFFFFFFFF
+            now += arrival_gap
+            estimator.on_packet(timestamp, 1 << 32, 90_000.0, now, size)
+
+    frames(3, frame, 4000)  # ~1 Mbit/s, no queue
+    assert estimator.estimate(2_000_000) == 2_000_000
+    frames(1.5, frame * 1.3, 4000)  # a queue builds: overuse
+    cut = estimator.estimate(2_000_000)
+    assert cut < 1_000_000
+    frames(30, frame, 500)  # the publisher sends ~120 kbit/s now, no queue
+    assert estimator.estimate(2_000_000) > max(2 * cut, 1.5 * 120_000 + 10_000)
+
+
+def test_publisher_uplink_cut_by_a_stall_starts_from_the_rate_before_it() -> None:
+    """The sender (or the SFU) stalls for most of a 0.5 s window on a loaded host: the delay
+    spike reads as an overuse, and the cut is to 85% of what arrived over the last 2 s, not of
+    the stalled window's few packets."""
+    estimator = ReceiveSideEstimator(4_000_000)
+    frame, now, timestamp = 1 / 30, 0.0, 0
+    for _ in range(90):  # 3 s at ~1 Mbit/s
+        timestamp += 3000
+        now += frame
+        estimator.on_packet(timestamp, 1 << 32, 90_000.0, now, 4000)
+    # 0.45 s without a packet, then the frames sent meanwhile arrive late and slowly: a queue.
+    now += 0.45
+    for _ in range(30):
+        timestamp += 3000
+        now += frame * 1.3
+        estimator.on_packet(timestamp, 1 << 32, 90_000.0, now, 4000)
+    cut = estimator.estimate(4_000_000)
+    assert 0.85 * 0.9 * 960_000 <= cut < 4_000_000

@@ -310,6 +310,30 @@ def test_a_screen_share_is_served_before_the_active_speakers_camera(screen: bool
     assert second.wanted_layer[0] is not None and second.wanted_layer[0] < 2
 
 
+def test_remb_only_loss_is_counted_over_every_stream_not_the_worst_block() -> None:
+    """Receiver reports on audio (50 packets a second) and a low video layer (12 a second):
+    2 of the video's 12 packets lost is a fraction of 17% in its block, but 2 of 62 packets
+    (3%) on the link: the budget holds instead of being cut."""
+    from salon.media.rtcp import ReportBlock
+
+    _, _, sub, allocation, _, _ = setup()
+    sub.bandwidth.on_remb(300_000, 1.0)
+    allocation._sent_rate = 250_000
+    for ssrc in (1, 2):  # first blocks: nothing lost yet
+        sub.bandwidth.on_report_block(ReportBlock(ssrc, 0, 0, 1000, 0, 0, 0), 1.0)
+    assert allocation.budget(1.0) >= 300_000
+    budget = allocation.budget(1.5)
+    sub.bandwidth.on_report_block(ReportBlock(1, 0, 0, 1050, 0, 0, 0), 2.0)
+    sub.bandwidth.on_report_block(ReportBlock(2, int(2 / 12 * 256), 2, 1012, 0, 0, 0), 2.0)
+    assert sub.bandwidth.recent_loss == 2 / 62
+    assert allocation.budget(2.0) == budget  # 2-10%: holds
+    # Heavy loss on the link is still a cut.
+    sub.bandwidth.on_report_block(ReportBlock(1, 40, 10, 1100, 0, 0, 0), 3.0)
+    sub.bandwidth.on_report_block(ReportBlock(2, 100, 7, 1024, 0, 0, 0), 3.0)
+    assert sub.bandwidth.recent_loss == 15 / 62
+    assert allocation.budget(3.0) < budget
+
+
 def test_a_collapsed_link_cuts_the_remb_only_budget_to_what_got_through() -> None:
     from salon.media.rtcp import ReportBlock
 
@@ -440,3 +464,19 @@ def test_a_remb_only_subscriber_falls_at_once_and_climbs_back_within_seconds(
     monkeypatch.setattr(allocation_module, "MAX_PROBE_FACTOR", allocation_module.PROBE_FACTOR)
     slow = back_to_top(shaped_run(capacity, 40.0), 20.0)
     assert fast < slow
+
+
+def test_a_video_paused_for_quality_still_pads() -> None:
+    """Paused for quality (the lowest layer does not fit), the video's RTX stream still carries
+    the padding that lets the subscriber's estimate grow back; paused by the subscriber, not."""
+    from salon.media.consumer import PauseReason
+
+    pub, consumer, sub, allocation, consumers, _ = setup()
+    limit(sub, 700_000, pub.now)
+    run(pub, allocation, consumers, 4.0)
+    consumer.set_paused(True, PauseReason.QUALITY)
+    assert consumer.quality_paused and not consumer.forwarding
+    assert consumer.send_padding(pub.now, 3) > 0
+    consumer.set_paused(False, PauseReason.QUALITY)
+    consumer.set_paused(True, PauseReason.SUBSCRIBER)
+    assert consumer.send_padding(pub.now, 3) == 0
