@@ -37,6 +37,10 @@ from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
 from tests.serveproc import ServeProcess
 from tests.wsclient import Message, WsClient
 
+#: What the watcher also gets while the tone is heard, from whichever node publishes it (audio
+#: levels and the active speaker reach every node's clients): not participants' events.
+SPEECH = {"audio_levels", "active_speaker"}
+
 pytestmark = pytest.mark.timeout(300)
 
 #: From kill -9 to the reconnected media: the death is noticed in about 4 s, the SDK moves at
@@ -91,7 +95,7 @@ async def test_clients_of_a_killed_node_move_to_another_and_the_call_goes_on(
                 timeout=30,
             )
         await watcher.next(lambda m: m["type"] == "stream_created", timeout=30)
-        assert await watcher.quiet() == []
+        assert [m for m in await watcher.quiet() if m["type"] not in SPEECH] == []
 
         os.kill(a.pid, signal.SIGKILL)
 
@@ -142,7 +146,7 @@ async def test_clients_of_a_killed_node_move_to_another_and_the_call_goes_on(
         seen: list[Message] = []
         for _ in expected:
             seen.append(await watcher.next(lambda m: key(m) in expected, timeout=FAILOVER_WITHIN))
-        seen += await watcher.quiet()
+        seen += [m for m in await watcher.quiet() if m["type"] not in SPEECH]
         keys = [key(m) for m in seen]
         assert sorted(keys, key=str) == sorted(expected, key=str), seen
         assert keys.index(("stream_destroyed", first_stream, "networkDisconnected")) < keys.index(
