@@ -121,5 +121,8 @@ async def test_chromium_publisher_loss_is_recovered_by_the_worker(
     (producer,) = producer_stats(routers, "video")
     lost = len(relay.dropped)
     summary = f"relay dropped {lost} of {lost + relay.forwarded}; producer {producer}"
-    assert producer["nacked_sequence_numbers"] >= 0.9 * lost, summary
-    assert producer["rtx_received"] >= 0.8 * lost and producer["recovered"] >= 0.8 * lost, summary
+    # Chromium gets transport-cc feedback from the SFU, and its bandwidth probes are RTX copies
+    # of packets it sent last: now and then one of those repairs a gap before its NACK is due
+    # (26 to 31 of 30 lost packets NACKed in runs; 31 of 31 before transport-cc).
+    assert producer["nacked_sequence_numbers"] >= 0.75 * lost, summary
+    assert producer["rtx_received"] >= 0.8 * lost and producer["recovered"] >= 0.75 * lost, summary
