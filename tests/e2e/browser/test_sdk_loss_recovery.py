@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from browser_helpers import open_sdk_page
@@ -25,8 +26,15 @@ pytestmark = pytest.mark.timeout(120)
 
 LOSS = 0.05
 
+
 #: Installed before publishing: the server's answer goes through ``window.relayAnswer``
 #: (Python), the page's candidates reach the server as 127.0.0.1:9 (nothing listens).
+def repaired(producer: dict[str, Any], lost: int) -> int:
+    """Dropped packets that reached the worker after all: those it NACKed and got, and those it
+    never found missing because an RTX copy (a bandwidth probe) came first."""
+    return int(producer["recovered"]) + max(0, lost - int(producer["nacked_sequence_numbers"]))
+
+
 THROUGH_RELAY = """() => {
     const Native = window.RTCPeerConnection;
     const hide = (c) => {
@@ -101,8 +109,16 @@ async def test_chromium_publisher_loss_is_recovered_by_the_worker(
             while len(frames) < during + 30:
                 assert time.monotonic() < deadline, "frames stopped after the loss"
                 await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # the last NACKs and retransmissions settle
-            routers = await router_dumps(server)
+            # The last NACKs and retransmissions settle: wait until most dropped packets got
+            # to the worker after all (bounded; asserted below).
+            lost = len(relay.dropped)
+            deadline = time.monotonic() + 10
+            while True:
+                routers = await router_dumps(server)
+                (producer,) = producer_stats(routers, "video")
+                if repaired(producer, lost) >= 0.8 * lost or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
             selected = await page.evaluate(
                 """async () => {
                     const stats = await window.publisher.pc.getStats();
@@ -118,11 +134,9 @@ async def test_chromium_publisher_loss_is_recovered_by_the_worker(
         for relay in relays:
             relay.close()
     assert selected == relay.port, "the page's media did not go through the relay"
-    (producer,) = producer_stats(routers, "video")
-    lost = len(relay.dropped)
     summary = f"relay dropped {lost} of {lost + relay.forwarded}; producer {producer}"
     # Chromium gets transport-cc feedback from the SFU, and its bandwidth probes are RTX copies
     # of packets it sent last: now and then one of those repairs a gap before its NACK is due
     # (26 to 31 of 30 lost packets NACKed in runs; 31 of 31 before transport-cc).
     assert producer["nacked_sequence_numbers"] >= 0.75 * lost, summary
-    assert producer["rtx_received"] >= 0.8 * lost and producer["recovered"] >= 0.75 * lost, summary
+    assert producer["rtx_received"] >= 0.8 * lost and repaired(producer, lost) >= 0.8 * lost, summary
