@@ -47,7 +47,7 @@ from typing import Any
 from aiortc import RTCCertificate
 
 from salon.errors import NotFoundError
-from salon.media.consumer import Consumer
+from salon.media.consumer import Consumer, PauseReason
 from salon.media.errors import MediaStateError
 from salon.media.events import EventEmitter
 from salon.media.pipe import PIPE_HOST, PipeClosed, PipedProducer, PipeKeys, PipeTransport
@@ -443,8 +443,11 @@ class Router:
         for consumer_id in consumer_ids:
             consumer = transport.consumers.get(consumer_id)
             if consumer is not None:
-                # Set by hand: the allocator leaves it alone until both are None again.
+                # Set by hand: the allocator leaves it alone until both are None again, so a
+                # quality pause it had set is lifted here (it would never lift it itself).
                 consumer.allocated = spatial is None and temporal is None
+                if not consumer.allocated and consumer.quality_paused:
+                    consumer.set_paused(False, PauseReason.QUALITY)
                 consumer.set_layer(spatial, temporal)
 
     # ----------------------------------------------------------------------------------------
