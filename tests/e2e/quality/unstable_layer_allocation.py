@@ -7,7 +7,7 @@ their layer or pause; once an agent stopped decoding for seconds (ICE consent ex
 load). Fixed on the way: the publisher's REMB collapsing under host load (its uplink
 estimate now climbs back and cuts from the last 2 s), the resume back-off on a link too weak
 for video, loss counted over every stream's packets. The Chromium subscriber part is
-collected in test_chromium_subscriber_shaped.py. Run by hand with
+in unstable_chromium_subscriber_shaped.py (not collected either). Run by hand with
 ``pytest tests/e2e/quality/unstable_layer_allocation.py``.
 
 Per-subscriber layers under shaped links: one Chromium publisher (1280x720, three simulcast
