@@ -554,6 +554,10 @@ class Producer:
                     self.on_audio_level(self, self.audio_level, self.voice_activity, now)
 
         index = encoding.index
+        # Pipes first: their packets have one more hop (another worker's wake-up) ahead of them,
+        # which then overlaps this worker's own fan-out instead of following it.
+        for pipe in self._pipes:
+            pipe.send_rtp(self, data, index)
         for consumer in self._forwarding:
             consumer.send_rtp(data, header, key_frame, now, index)
         if self._recorders:
@@ -569,8 +573,6 @@ class Producer:
                     packet = self._recorded_packet(data, header, forward[0], forward[1], forward[2])
                     for recorder in self._recorders:
                         recorder.send_rtp(self, packet)
-        for pipe in self._pipes:
-            pipe.send_rtp(self, data, index)
 
     def _recorded_packet(
         self, data: bytes, header: RtpHeader, seq: int, timestamp: int, prefix: bytes | None
