@@ -140,8 +140,11 @@ async def snapshot(client: aioredis.Redis, session_id: str) -> Snapshot:
 
 class ClusterNode:
     """This server as a node: heartbeat, the bus (publish in order, read what is followed),
-    and the reaping of dead nodes. ``load`` is called at every heartbeat; ``timeout`` is the
-    node timeout (the registry record's TTL; heartbeats every third of it)."""
+    and the reaping of dead nodes. ``load`` is called at every heartbeat (the figure of
+    :mod:`salon.cluster.load`), after ``measure`` is awaited (it samples what the figure needs
+    that takes I/O: the media workers' CPU time; at most a heartbeat's time, its failures
+    logged); ``timeout`` is the node timeout (the registry record's TTL; heartbeats every
+    third of it)."""
 
     def __init__(
         self,
@@ -150,6 +153,7 @@ class ClusterNode:
         address: str,
         *,
         load: Callable[[], int] = lambda: 0,
+        measure: Callable[[], Awaitable[None]] | None = None,
         timeout: float = NODE_TTL,
     ) -> None:
         low, high = NODE_TIMEOUT_RANGE
@@ -163,6 +167,7 @@ class ClusterNode:
         self.name = name
         self.address = address
         self.load = load
+        self.measure = measure
         self.incarnation = secrets.token_hex(8)
         #: Where clients reach this node (``--node-url``), published with every heartbeat.
         self.client_url = ""
@@ -244,12 +249,22 @@ class ClusterNode:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
+            await self._measure()
             try:
                 if not await self._beat():
                     await self._was_taken_for_dead()
                 await self._find_dead()
             except (RedisError, OSError) as exc:
                 logger.warning("cluster heartbeat failed: %r", exc)
+
+    async def _measure(self) -> None:
+        if self.measure is None:
+            return
+        try:
+            async with asyncio.timeout(self.heartbeat):
+                await self.measure()
+        except Exception:  # the heartbeat must go on: the load is published from the last samples
+            logger.warning("cluster: measuring this node's load failed", exc_info=True)
 
     async def _was_taken_for_dead(self) -> None:
         self.taken_for_dead += 1
