@@ -36,7 +36,7 @@ from tests.functional.test_cluster import API_KEY, API_SECRET, auth, create_sess
 from tests.functional.test_cluster_media import pipes_of, wait_pipes
 from tests.postgres import free_port, postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
-from tests.serveproc import ServeProcess
+from tests.serveproc import ServeProcess, start_all
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,7 +46,7 @@ LOOPBACK = ["127.0.0.1"]
 @pytest.fixture
 def archive_nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
     with contextlib.ExitStack() as stack:
-        started = []
+        processes, urls = [], []
         for i in (1, 2):
             port = free_port()
             args = ["--workers", "1", "--redis-url", redis_url, "--database-url", postgres_url]
@@ -54,8 +54,10 @@ def archive_nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> 
             args += ["--node-url", f"http://127.0.0.1:{port}", "--placement-margin", "0"]
             node = ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)
             node.env["SALON_DEBUG_ENDPOINTS"] = "1"
-            started.append(stack.enter_context(node))
-            assert node.url == f"http://127.0.0.1:{port}", node.url
+            processes.append(node)
+            urls.append(f"http://127.0.0.1:{port}")
+        started = start_all(stack, processes)
+        assert [node.url for node in started] == urls
         yield started
 
 
