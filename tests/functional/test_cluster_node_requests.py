@@ -14,7 +14,7 @@ import pytest
 from salon.archive.service import ArchiveService
 from salon.cluster import archives as cluster_archives
 from salon.cluster.archives import ARCHIVE_FILE, ArchiveForwarding
-from salon.cluster.node import ClusterNode
+from salon.cluster.node import ClusterNode, list_nodes
 from salon.cluster.pipes import NodeMediaLink, inbox_key, pipe_address_problem
 from salon.errors import NotFoundError, UnavailableError
 from salon.media.plane import NodeRequestFailed
@@ -211,3 +211,32 @@ def _archive(archive_id: str) -> ArchiveRecord:
         multi_archive_tag=None,
         location=f"{archive_id}/archive.mp4",
     )
+
+
+async def test_a_node_publishes_the_load_its_measure_samples(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``measure`` runs once a heartbeat in its own task (a failure is logged and the next one
+    runs), and the record carries the load figure as of the last sample."""
+    samples: list[float] = []
+
+    async def measure() -> None:
+        samples.append(time.monotonic())
+        if len(samples) == 1:
+            raise OSError("the first sample fails")
+
+    node = ClusterNode(
+        redis_url, "measured", "127.0.0.1", load=lambda: 10 * len(samples), measure=measure, timeout=1.0
+    )
+    await node.start(_ignore)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            loads = {name: r.load for name, r in await list_nodes(redis_url) if r is not None}
+            if loads.get("measured", 0) >= 30:
+                break
+            assert time.monotonic() < deadline, f"the measured load is not published: {loads}"
+            await asyncio.sleep(0.05)
+    finally:
+        await node.stop()
+    assert "measuring this node's load failed" in caplog.text and "the first sample fails" in caplog.text
