@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -108,3 +110,17 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_all(stack: contextlib.ExitStack, processes: Sequence[ServeProcess]) -> list[ServeProcess]:
+    """Start several servers, each stopped when ``stack`` closes; raises if one does not
+    start. The first starts alone (on a shared database it creates the schema and the
+    project: two at once collide), the others then at once (their start-ups overlap)."""
+    for process in processes:
+        stack.callback(process.stop)
+    first, *others = processes
+    first.__enter__()
+    if not others:
+        return [first]
+    with concurrent.futures.ThreadPoolExecutor(len(others)) as pool:
+        return [first, *pool.map(ServeProcess.__enter__, others)]
