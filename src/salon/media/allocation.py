@@ -414,8 +414,7 @@ class TransportAllocation:
         cluster = self.bandwidth.probe(now)
         if cluster is None:
             return
-        count = max(cluster.min_packets, int(cluster.bitrate * cluster.duration / _PADDING_PACKET_BITS) + 1)
-        spacing = cluster.duration / count
+        count, spacing = cluster.plan(_PADDING_PACKET_BITS)
         for consumer in consumers.values():
             if consumer.kind == "video" and consumer.can_pad:
                 sequences: list[int] = []

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from salon.media.twcc import PacketResult
+from salon.media.twcc import TICK_US, PacketResult
 
 __all__ = [
     "AimdRateController",
@@ -600,6 +600,16 @@ class ProbeCluster:
     duration: float
     min_packets: int
 
+    def plan(self, packet_bits: int) -> tuple[int, float]:
+        """``(count, spacing)`` for sending the cluster in packets of ``packet_bits``: at least
+        ``min_packets``, enough for ``duration`` at ``bitrate``; ``spacing`` (seconds between
+        the send times they are stamped with) puts them at ``bitrate``, so a cluster of the
+        minimum count lasts longer than ``duration`` rather than claiming a higher rate (five
+        padding packets in 15 ms claimed 755 kbit/s whatever the target: a probe on a
+        500 kbit/s link "measured" that and lifted the estimate past the link)."""
+        count = max(self.min_packets, int(self.bitrate * self.duration / packet_bits) + 1)
+        return count, packet_bits / self.bitrate
+
 
 class ProbeController:
     """When to probe and what a probe found.
@@ -694,9 +704,13 @@ class ProbeController:
         sends = sorted(p.send_time for p in packets)
         arrivals = sorted(p.arrival_time for p in received if p.arrival_time is not None)
         send_span = sends[-1] - sends[0]
-        recv_span = arrivals[-1] - arrivals[0]
-        if send_span <= 0 or recv_span <= 0:
+        if send_span <= 0:
             return None
+        # Arrival times come in whole feedback ticks (and a receiver stamps a batch it reads at
+        # once alike): a cluster that arrived within one tick came faster than can be measured,
+        # not infinitely slowly (on an unlimited link, Chromium reported a burst of five at the
+        # same tick, which failed every probe there and left the climb to 8% a second).
+        recv_span = max(arrivals[-1] - arrivals[0], TICK_US / 1e6)
         # The first packet only opens the interval (as libwebrtc's probe_bitrate_estimator).
         send_bits = sum(p.size for p in packets) * 8 - packets[0].size * 8
         recv_bits = (
