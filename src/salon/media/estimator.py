@@ -627,7 +627,10 @@ class ProbeController:
     """
 
     DURATION = 0.015
-    MIN_PACKETS = 5
+    #: Padding packets are small (283 bytes): ten, to pass a token bucket's burst (the lab's
+    #: tbf at 500 kbit/s holds 1600 bytes, five and a half of them) and leave packets that
+    #: show the rate behind it (:meth:`_evaluate`).
+    MIN_PACKETS = 10
     TIMEOUT = 2.0
 
     #: Longest wait between probes after failed ones (seconds): once a limit lifts, a
@@ -706,16 +709,29 @@ class ProbeController:
         send_span = sends[-1] - sends[0]
         if send_span <= 0:
             return None
-        # Arrival times come in whole feedback ticks (and a receiver stamps a batch it reads at
-        # once alike): a cluster that arrived within one tick came faster than can be measured,
-        # not infinitely slowly (on an unlimited link, Chromium reported a burst of five at the
-        # same tick, which failed every probe there and left the climb to 8% a second).
-        recv_span = max(arrivals[-1] - arrivals[0], TICK_US / 1e6)
         # The first packet only opens the interval (as libwebrtc's probe_bitrate_estimator).
         send_bits = sum(p.size for p in packets) * 8 - packets[0].size * 8
-        recv_bits = (
-            sum(p.size for p in received) * 8 - min(received, key=lambda p: p.arrival_time or 0).size * 8
-        )
+        # The receive rate is what the link sustained after the packets that arrived in the
+        # first tick: the cluster leaves in a burst, and a token bucket (tc tbf, a policer)
+        # lets its burst through at once, so the whole cluster's span measured the bucket (a
+        # probe at 793 kbit/s "got through" a 500 kbit/s tbf whose 1600-byte bucket passed
+        # five of its six packets in one tick). On a FIFO bottleneck only the first packet
+        # arrives in the first tick: the rate over the rest is the same.
+        tick = TICK_US / 1e6
+        ordered = sorted(received, key=lambda p: p.arrival_time or 0.0)
+        first = ordered[0].arrival_time or 0.0
+        after = [p for p in ordered if (p.arrival_time or 0.0) - first >= tick]
+        if len(after) >= 2:
+            recv_bits = sum(p.size for p in after[1:]) * 8
+            recv_span = max((after[-1].arrival_time or 0.0) - (after[0].arrival_time or 0.0), tick)
+        else:
+            # Arrival times come in whole ticks (and a receiver stamps a batch it reads at once
+            # alike): a cluster that arrived within a tick or two came faster than can be
+            # measured, not infinitely slowly (on an unlimited link Chromium reported a burst
+            # of five at one tick, which failed every probe there and left the climb after a
+            # lifted limit to 8% a second).
+            recv_bits = sum(p.size for p in ordered[1:]) * 8
+            recv_span = max(arrivals[-1] - arrivals[0], tick)
         send_rate = send_bits / send_span
         recv_rate = recv_bits / recv_span
         if send_rate > 0 and recv_rate < 0.9 * send_rate:

@@ -291,24 +291,80 @@ CHROMIUM_PROBE_SENT = (
 )
 
 
+#: The same through the lab's 500 kbit/s tbf (a 1600-byte bucket): media 1851-1853, a probe
+#: cluster 1854-1859 stamped for 793 kbit/s (sent at once), padding 1860-1862 sent with it.
+#: The bucket let 1854-1857 through at one tick; 1858 and 1859 came at the link's rate.
+CHROMIUM_BUCKET_FEEDBACK = (1851, 27456, 185, (124, 9, 33, 63, 0, 0, 0, 4, 22, 32, 11, 22))
+CHROMIUM_BUCKET_SENT = (
+    (1757.213506, 98),
+    (1757.217183, 745),
+    (1757.225358, 92),
+    (1757.243453, 283),
+    (1757.246307, 283),
+    (1757.249161, 283),
+    (1757.252015, 283),
+    (1757.254869, 283),
+    (1757.257723, 283),
+    (1757.240598, 283),
+    (1757.240598, 283),
+    (1757.240598, 283),
+)
+
+
+def _recorded(
+    recorded: tuple[int, int, int, tuple[int | None, ...]], sent: tuple[tuple[float, int], ...]
+) -> list[PacketResult]:
+    """The :class:`PacketResult` s of a recorded feedback (through its bytes and a
+    :class:`SendHistory` holding the recorded send times and sizes)."""
+    history = SendHistory()
+    base, reference, count, deltas = recorded
+    for _ in range(base):
+        history.next_sequence(0.0, 100)
+    for send_time, size in sent:
+        history.next_sequence(send_time, size)
+    arrivals: list[int | None] = []
+    at = reference * 64_000
+    for delta in deltas:
+        if delta is None:
+            arrivals.append(None)
+        else:
+            at += 250 * delta
+            arrivals.append(at)
+    feedback = parse_transport_feedback(build_transport_feedback(1, 2, base, arrivals, count), 4)
+    assert feedback.deltas == deltas
+    return history.on_feedback(feedback)
+
+
+def test_probe_through_a_token_bucket_is_measured_behind_its_burst() -> None:
+    """The packets a token bucket let through at once say nothing of its rate: the probe is
+    measured on those that came after (412 kbit/s here, under the 401 kbit/s estimate with the
+    margin: a failure), not over the whole cluster (1.7 Mbit/s: a success at 793 kbit/s, which
+    lifted the estimate past the link and cost a freeze)."""
+    results = _recorded(CHROMIUM_BUCKET_FEEDBACK, CHROMIUM_BUCKET_SENT)
+    probes = ProbeController(interval=5.0, stable_for=0.0)
+    assert probes.decide(1757.24, estimate=401_217, desired=793_238, last_decrease=None) is not None
+    for sequence in range(1854, 1860):
+        probes.add_probe_packet(sequence)
+    assert probes.on_packet_results(results) is None
+    assert probes.probes_succeeded == 0 and probes.interval == 10.0
+    # The same cluster had the link been unlimited (all at one tick): a success at its rate.
+    fast = [
+        PacketResult(r.sequence, r.send_time, r.size, 1757.24125) if 1854 <= r.sequence < 1860 else r
+        for r in results
+    ]
+    probes = ProbeController(interval=5.0, stable_for=0.0)
+    assert probes.decide(1757.24, estimate=401_217, desired=793_238, last_decrease=None) is not None
+    for sequence in range(1854, 1860):
+        probes.add_probe_packet(sequence)
+    measured = probes.on_packet_results(fast)
+    assert measured is not None and abs(measured - 793_238) < 1_000
+
+
 def test_probe_arriving_within_one_feedback_tick_is_measured_at_its_send_rate() -> None:
     """A cluster faster than the receiver's clock resolution arrived faster than it was sent:
     a success at the rate it was sent, not a failure (which doubled the wait before the next
     probe and left the climb after a lifted limit to 8% a second)."""
-    history = SendHistory()
-    base, reference, count, deltas = CHROMIUM_PROBE_FEEDBACK
-    for _ in range(base):
-        history.next_sequence(0.0, 100)
-    for send_time, size in CHROMIUM_PROBE_SENT:
-        history.next_sequence(send_time, size)
-    feedback = parse_transport_feedback(
-        build_transport_feedback(
-            1, 2, base, [reference * 64_000 + 250 * sum(deltas[: i + 1]) for i in range(len(deltas))], count
-        ),
-        4,
-    )
-    assert feedback.deltas == deltas
-    results = history.on_feedback(feedback)
+    results = _recorded(CHROMIUM_PROBE_FEEDBACK, CHROMIUM_PROBE_SENT)
     probes = ProbeController(interval=5.0, stable_for=0.0)
     assert probes.decide(11.0, estimate=213_580, desired=800_000, last_decrease=None) is not None
     for sequence in range(1095, 1100):
