@@ -52,8 +52,9 @@ BURST_TIME = 0.02
 MIN_BURST = 2400
 """Bytes the bucket may always hold (two full packets), whatever the rate."""
 
-MAX_QUEUE_TIME = 0.5
-"""Seconds of queue (at the pacing rate) beyond which the oldest video is dropped."""
+MAX_QUEUE_TIME = 1.0
+"""Seconds of queue (at the pacing rate) beyond which the oldest video is dropped. Not less:
+a key frame at a low budget takes most of a second, and dropping part of it costs another."""
 
 _OWED = -1.0
 """A debt of at most this many bytes counts as paid (:meth:`Pacer.next_send` computes a time
