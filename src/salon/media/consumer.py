@@ -424,6 +424,8 @@ class Consumer:
                 logger.info(
                     "%r: layer %d cut for %d (the link collapsed)", self, current, switcher.target_layer
                 )
+                # What of the cut layer still waits in the pacer would only delay the new one.
+                self._pacer.discard(self)
 
     def _retarget(self, now: float, *, ask: bool = True) -> None:
         """Point the switcher at the wanted encoding, or the best one flowing below it; ask
@@ -735,6 +737,10 @@ class Consumer:
         pacer = self._pacer
         if not pacer.can_pad(now):  # media waits in the pacer's queue: no room for padding
             return 0
+        if pacer.rate and sequences is None:
+            # Plain padding (not a probe cluster, whose burst is the measurement): at most what
+            # the bucket holds, the rest on a later tick (the allocation keeps the credit).
+            count = min(count, 1 + int(pacer.tokens) // (12 + len(self._ext_block) + 255))
         ext = self._ext_block
         if self._abs_offset:
             ext = patch_extension(ext, self._abs_offset, abs_send_time(now))

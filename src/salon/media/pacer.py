@@ -182,6 +182,21 @@ class Pacer:
                 owners.append(dropped.owner)
         return owners
 
+    def discard(self, owner: object) -> int:
+        """Drop the queued video of ``owner`` (a consumer whose layer was cut: what waits of
+        the old layer would only delay the new one); returns the packets dropped."""
+        video = self._video
+        kept = [item for item in video if item.owner is not owner]
+        dropped = len(video) - len(kept)
+        if dropped:
+            video.clear()
+            video.extend(kept)
+            self.queued_bytes = sum(item.size for item in kept) + sum(
+                item.size for item in self._retransmissions
+            )
+            self.dropped += dropped
+        return dropped
+
     def next_send(self, now: float) -> float:
         """When the next queued packet may leave (inf: nothing queued)."""
         if not (self._video or self._retransmissions):

@@ -138,3 +138,15 @@ def test_a_zero_budget_keeps_draining_what_is_queued() -> None:
     pacer.set_budget(0, 0.0)
     assert pacer.rate == 10_000
     assert len(_drain(pacer, 10.0)) == 2  # the first went at once
+
+
+def test_discarding_an_owners_video_keeps_the_others_and_retransmissions() -> None:
+    pacer = Pacer(factor=1.0, max_queue_time=10.0)
+    pacer.set_budget(80_000, 0.0)
+    pacer.admit(0.0, 1000)
+    for owner in ("a", "b", "a", "b"):
+        pacer.enqueue(_packet(1000, owner=owner))
+    pacer.enqueue(_packet(500, owner="a"), retransmission=True)
+    assert pacer.discard("a") == 2
+    assert pacer.queued_bytes == 2500 and pacer.dropped == 2
+    assert [item.owner for _, item in _drain(pacer, 10.0)] == ["a", "b", "b"]
