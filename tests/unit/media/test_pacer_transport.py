@@ -142,3 +142,20 @@ async def test_video_dropped_from_a_full_queue_asks_the_publisher_for_a_key_fram
     finally:
         await call.pub.close()
         await call.sub.close()
+
+
+async def test_plain_padding_goes_only_as_the_bucket_allows() -> None:
+    call = await make_paced_call()
+    try:
+        call.publish(100, KEY)  # the consumer forwards: it may pad
+        now = time.monotonic()
+        assert call.consumer.send_padding(now, 40) > 0  # unpaced: all 40 at once
+        assert len(call.sub_peer.rtp) == 1 + 40
+        call.sub.pacer.set_budget(800_000, now)  # 150 kB/s, 3 kB of bucket at most
+        sent = call.consumer.send_padding(now + 1.0, 40)
+        assert 0 < sent <= 3000 + 300
+        assert call.sub.pacer.tokens < 300
+        assert call.consumer.send_padding(now + 1.0, 40) == 0  # nothing left in the bucket
+    finally:
+        await call.pub.close()
+        await call.sub.close()
