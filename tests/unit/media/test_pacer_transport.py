@@ -88,6 +88,13 @@ async def test_a_key_frame_burst_leaves_paced_and_numbered_in_send_order() -> No
         assert unwrap_rtx(packets[sent_at_once], headers[sent_at_once])[0] == first
         media = [h.sequence_number for h in headers if h.ssrc == SUB_SSRC]
         assert [(s - media[0]) & 0xFFFF for s in media] == list(range(20))
+        payloads = [
+            p[h.payload_offset :] for p, h in zip(packets, headers, strict=True) if h.ssrc == SUB_SSRC
+        ]
+        assert payloads == [KEY + big] + [DELTA + big] * 19  # written around, not over
+        sent_times = [find_header_extension(p, h, ABS_EXT) for p, h in zip(packets, headers, strict=True)]
+        assert all(t is not None and len(t) == 3 for t in sent_times)
+        assert len(set(sent_times)) > 5  # stamped when each left, not when queued
         # Transport-wide numbers follow the order the packets left in, with no gap.
         numbers = [_twcc(p) for p in packets]
         assert [(n - numbers[0]) & 0xFFFF for n in numbers] == list(range(21))
