@@ -776,7 +776,14 @@ class Consumer:
         """The transport's pacer dropped some of this consumer's video (its queue was over
         its bound): the subscriber cannot decode until the next key frame, ask for one."""
         self.stats.paced_dropped += 1
-        self.receive_key_frame_request(now)
+        if self.closed or not self._active:
+            return
+        switcher = self._switcher
+        if switcher is None:
+            self.producer.request_key_frame(now)
+        else:
+            layer = switcher.current_layer
+            self.producer.request_key_frame(now, switcher.target_layer if layer is None else layer)
 
     def receive_key_frame_request(self, now: float) -> None:
         """Subscriber PLI/FIR: forwarded to the producer, which throttles (not while paused:
