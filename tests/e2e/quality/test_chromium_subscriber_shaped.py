@@ -99,9 +99,12 @@ async def test_a_chromium_subscriber_follows_its_link(
         assert decoded >= 5 * elapsed, (decoded, elapsed, before, after)
         # Across a drop, a hold and a climb (two or more layer switches): few freezes, few
         # dropped frames, few key-frame requests.
-        # Bounds for a loaded 2-core host (measured: 8 freezes, 44 frames dropped of 285).
-        assert after["freezes"] - before["freezes"] <= 12, (before, after)
-        assert after["dropped"] - before["dropped"] <= max(60, decoded // 4), (before, after)
-        assert after["plis"] - before["plis"] <= 25, (before, after)
+        # Bounds for a loaded 2-core host, about twice the worst measured with the probe fixes
+        # (six runs at load 8-17: 1-3 freezes, 0-6 frames dropped of 211-489, no PLI; before
+        # them 8 freezes and 44 dropped of 285; with the pacer too, three runs at load 4-6
+        # within these bounds).
+        assert after["freezes"] - before["freezes"] <= 6, (before, after)
+        assert after["dropped"] - before["dropped"] <= max(15, decoded // 20), (before, after)
+        assert after["plis"] - before["plis"] <= 5, (before, after)
     finally:
         await browser.close()
