@@ -116,6 +116,7 @@ class TransportAllocation:
         "_sent_rate",
         "active_speaker",
         "bandwidth",
+        "last_budget",
         "padding_bitrate",
         "runs",
     )
@@ -126,6 +127,8 @@ class TransportAllocation:
         self.active_speaker: str | None = None
         self._next_run = 0.0
         self._last_estimate = 0
+        #: The budget of the last allocation (bit/s; 0: none yet): the pacer's rate follows it.
+        self.last_budget = 0
         self._last_drop: float | None = None
         self._padding_credit = 0.0
         self._sent_rate = 0
@@ -296,6 +299,7 @@ class TransportAllocation:
                 self._ignore_loss_until = now + _REPORT_SPAN
         inputs = self.inputs(consumers.values(), now)
         estimate = self.budget(now)
+        self.last_budget = estimate
         allocation = self.bandwidth.allocator.allocate(estimate, inputs, now)
         self.bandwidth.last_allocation = allocation
         if estimate < self._last_estimate * (1 - _DROP):
@@ -414,8 +418,7 @@ class TransportAllocation:
         cluster = self.bandwidth.probe(now)
         if cluster is None:
             return
-        count = max(cluster.min_packets, int(cluster.bitrate * cluster.duration / _PADDING_PACKET_BITS) + 1)
-        spacing = cluster.duration / count
+        count, spacing = cluster.plan(_PADDING_PACKET_BITS)
         for consumer in consumers.values():
             if consumer.kind == "video" and consumer.can_pad:
                 sequences: list[int] = []

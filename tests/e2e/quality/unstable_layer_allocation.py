@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import playwright.async_api as playwright_api
@@ -35,25 +35,11 @@ import pytest
 from salon.bench.netlab import NetLab
 from salon.bench.quality import _SENT as SENT
 from tests.e2e.browser.browser_helpers import open_sdk_page
-from tests.e2e.quality.conftest import Agent, HubServer, chromium_in
+from tests.e2e.quality.conftest import PUBLISH, Agent, HubServer, chromium_in
 
 pytestmark = pytest.mark.timeout(360)
 
 LAYERS = {"320x180", "640x360", "1280x720"}
-PUBLISH = """async ({sessionId, token}) => {
-    const session = window.salon.initSession(sessionId);
-    await session.connect(token);
-    const publisher = window.salon.initPublisher(document.body,
-        {name: "chromium", resolution: "1280x720", frameRate: 30});
-    await session.publish(publisher);
-    window.publisher = publisher;
-}"""
-
-
-@pytest.fixture
-async def pw() -> AsyncIterator[playwright_api.Playwright]:
-    async with playwright_api.async_playwright() as playwright:
-        yield playwright
 
 
 def sizes(report: dict[str, Any]) -> set[str]:
