@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOCATION_INTERVAL",
+    "CLEAN_HEADROOM",
     "CUT_BELOW",
     "LOSS_COLLAPSE",
     "MAX_PADDING_BITRATE",
@@ -79,14 +80,21 @@ _PADDING_PACKET_BITS = (12 + 16 + 255) * 8
 _CLEAN_WINDOW = 5.0
 #: Seconds of sending a receiver report's loss is judged against (aiortc reports every 0.5-1.5 s).
 _REPORT_SPAN = 1.5
-#: Longest wait between probes after failed ones (seconds).
-MAX_PROBE_WAIT = 6.0
+#: Longest wait between probes after failed ones (seconds). A REMB-only probe that fails is
+#: lost media on a full link (padding overfills its queue for the second a receiver report
+#: takes): at 6 s a 600 kbit/s subscriber on its right layer froze every few seconds.
+MAX_PROBE_WAIT = 20.0
 #: A probe sends up to this multiple of the budget (media and padding)...
 PROBE_FACTOR = 1.25
 #: ... growing by PROBE_FACTOR_STEP after each probe that got through without loss, up to
 #: this (REMB-only: back to the top layer in a few probes once a limit lifts).
-MAX_PROBE_FACTOR = 2.0
+#: (It was 2.0: probes of 1.1 Mbit/s on a 600 kbit/s tbf link lost half of the media too;
+#: at 1.5 a failed probe overfills a link by half at most.)
+MAX_PROBE_FACTOR = 1.5
 PROBE_FACTOR_STEP = 0.25
+#: A clean receiver report lets the REMB-only budget grow (8% a second) up to this multiple of
+#: the most sent without loss in the last seconds, no further: beyond it only probes prove more.
+CLEAN_HEADROOM = 1.25
 #: The link collapsed when the estimate is under this share of what the current layers send:
 #: a switch down then cuts the old layer at once (:meth:`Consumer.set_layer` ``cut``).
 CUT_BELOW = 0.75
@@ -116,12 +124,15 @@ class TransportAllocation:
         "_sent_rate",
         "active_speaker",
         "bandwidth",
+        "name",
         "padding_bitrate",
         "runs",
     )
 
-    def __init__(self, bandwidth: TransportBandwidth) -> None:
+    def __init__(self, bandwidth: TransportBandwidth, name: str = "") -> None:
         self.bandwidth = bandwidth
+        #: The transport's id, for the log lines (several subscribers' lines interleave).
+        self.name = name
         #: Stream id of the session's active speaker (set by the router), None if unknown.
         self.active_speaker: str | None = None
         self._next_run = 0.0
@@ -207,7 +218,8 @@ class TransportAllocation:
         :data:`_REPORT_SPAN` after it restarted (the cut skipped output sequence numbers,
         which the subscriber counts as lost); 2-10% holds; under 2%
         the budget rises to what was just sent (a probe that got through) and 8% a second
-        beyond, and the next probe may go further (:data:`PROBE_FACTOR` x the budget, a
+        beyond, up to :data:`CLEAN_HEADROOM` x the most sent without loss lately, and the
+        next probe may go further (:data:`PROBE_FACTOR` x the budget, a
         :data:`PROBE_FACTOR_STEP` more after each probe that got through, up to
         :data:`MAX_PROBE_FACTOR`; any loss of 2% or more starts again from
         :data:`PROBE_FACTOR`).
@@ -223,7 +235,14 @@ class TransportAllocation:
             # A cut skipped output sequence numbers: the subscriber counts them as lost.
             loss = None
         if loss is not None and loss > estimator.LOSS_HIGH:
-            logger.info("allocation: receiver-reported loss %.2f, sent %d", loss, self._sent_rate)
+            logger.info(
+                "allocation %s: receiver-reported loss %.2f, sent %d, budget %d, remb %s",
+                self.name,
+                loss,
+                self._sent_rate,
+                budget,
+                estimator.remb,
+            )
         sent = float(self._sent_rate)
         recent = [rate for at, rate, _ in self._sent_history if now - at <= _REPORT_SPAN]
         # A report can describe padding that stopped up to a report's span plus the link's
@@ -269,7 +288,12 @@ class TransportAllocation:
                     # A probe got through: the next may go further.
                     self._probe_wait = PROBE_STABLE_FOR
                     self._probe_gain = min(MAX_PROBE_FACTOR, self._probe_gain + PROBE_FACTOR_STEP)
-                budget = max(budget, sent) * 1.08**dt
+                # 8% a second, but not past CLEAN_HEADROOM x what got through without loss:
+                # sending less than the budget (the layers chosen need less) proves nothing
+                # above it, and a budget left to grow so for a minute reached 800 kbit/s on a
+                # 600 kbit/s link and took the top layer without a probe (then lost half).
+                proven = max((rate for _, rate in self._clean), default=sent)
+                budget = max(budget, min(max(budget, sent) * 1.08**dt, CLEAN_HEADROOM * proven))
             else:
                 self._probe_gain = PROBE_FACTOR
         budget = min(budget, float(estimator.max_bitrate))
@@ -354,11 +378,13 @@ class TransportAllocation:
         if layout != self._layout:  # a layer or a pause changed (not just a measured bitrate)
             self._layout = layout
             logger.info(
-                "allocation: estimate %d, allocated %d of %d, padding %d: %s",
+                "allocation %s: estimate %d, allocated %d of %d, padding %d, remb %s: %s",
+                self.name,
                 estimate,
                 allocation.allocated,
                 allocation.desired,
                 self.padding_bitrate,
+                self.bandwidth.estimator.remb,
                 ", ".join(
                     f"{d.consumer_id}={'paused' if d.paused else (d.spatial, d.temporal)}"
                     for d in allocation.decisions.values()
