@@ -247,7 +247,8 @@ class TransportAllocation:
         recent = [rate for at, rate, _ in self._sent_history if now - at <= _REPORT_SPAN]
         # A report can describe padding that stopped up to a report's span plus the link's
         # queue ago: a second more.
-        probed = any(padding for at, _, padding in self._sent_history if now - at <= _REPORT_SPAN + 1.0)
+        span = _REPORT_SPAN + 1.0
+        probed = any(padding for at, _, padding in self._sent_history if now - at <= span)
         # Loss is judged against the most that was sent while the report was being gathered;
         # a clean report proves only what was sent all along (a probe decided half a second
         # ago is not proven by a report about the second before it).
@@ -270,7 +271,23 @@ class TransportAllocation:
                         floor = max(
                             (rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0
                         )
-                        budget = max(0.7 * floor, budget * (1 - loss / 2))
+                        cut = budget * (1 - loss / 2)
+                        if probed:
+                            # A probe failed: the loss is the padding's. The media sent meanwhile
+                            # keeps its share: cutting it too switched a 600 kbit/s subscriber
+                            # off its layer (a key-frame wait, a 2 s freeze) at every failed
+                            # probe. (A link that also dropped is cut once the padding is out
+                            # of the reports.)
+                            media = max(
+                                (
+                                    rate - padding
+                                    for at, rate, padding in self._sent_history
+                                    if now - at <= span
+                                ),
+                                default=0,
+                            )
+                            cut = max(cut, min(budget, float(media)))
+                        budget = max(0.7 * floor, cut)
                     budget = max(float(estimator.min_bitrate), budget)
                     self._last_cut = now
                     if self.padding_bitrate > 0:
