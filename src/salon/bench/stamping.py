@@ -39,6 +39,7 @@ from salon.bench._harness import machine, machine_line
 from salon.media.bandwidth import TransportBandwidth
 from salon.media.consumer import Consumer
 from salon.media.memory import MemoryLink
+from salon.media.pacer import PacedPacket, Pacer
 from salon.media.producer import Producer
 from salon.media.rtp import abs_send_time, build_rtp, encode_one_byte_extensions, parse_rtp_header
 from salon.media.sdp import HeaderExtensionIds, PublishTrack, RtpCodec, SubscribeTrack
@@ -66,7 +67,11 @@ class _NullTransport:
 
     def __init__(self) -> None:
         self.bandwidth = TransportBandwidth()
+        self.pacer = Pacer()  # rate 0: never paces
         self.sent = 0
+
+    def pace(self, item: PacedPacket, now: float, *, retransmission: bool = False) -> None:
+        self.sent += 1
 
     def send_rtp(self, packet: bytes) -> None:
         self.sent += 1

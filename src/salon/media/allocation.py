@@ -124,6 +124,7 @@ class TransportAllocation:
         "_sent_rate",
         "active_speaker",
         "bandwidth",
+        "last_budget",
         "name",
         "padding_bitrate",
         "runs",
@@ -137,6 +138,8 @@ class TransportAllocation:
         self.active_speaker: str | None = None
         self._next_run = 0.0
         self._last_estimate = 0
+        #: The budget of the last allocation (bit/s; 0: none yet): the pacer's rate follows it.
+        self.last_budget = 0
         self._last_drop: float | None = None
         self._padding_credit = 0.0
         self._sent_rate = 0
@@ -337,6 +340,7 @@ class TransportAllocation:
                 self._ignore_loss_until = now + _REPORT_SPAN
         inputs = self.inputs(consumers.values(), now)
         estimate = self.budget(now)
+        self.last_budget = estimate
         allocation = self.bandwidth.allocator.allocate(estimate, inputs, now)
         self.bandwidth.last_allocation = allocation
         if estimate < self._last_estimate * (1 - _DROP):

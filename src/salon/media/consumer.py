@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from salon.media.events import EventEmitter
 from salon.media.layers import LayerSwitcher
+from salon.media.pacer import PacedPacket, Pacer
 from salon.media.rtcp import ReportBlock, build_sender_report
 from salon.media.rtp import (
     RtpHeader,
@@ -106,6 +107,8 @@ _ids = itertools.count(1)
 
 _FIXED_PACK = struct.Struct("!BBHII").pack
 _JOIN = b"".join
+#: The transport-wide sequence number of a packet queued in the pacer: written when it leaves.
+_NOT_STAMPED = b"\x00\x00"
 _abs_cache: list[Any] = [None, b""]
 
 
@@ -143,6 +146,14 @@ class ConsumerTransport(Protocol):
     def bandwidth(self) -> TransportBandwidth:
         """Transport-wide sequence numbers and the subscriber's bandwidth estimate."""
         ...
+
+    @property
+    def pacer(self) -> Pacer:
+        """The pacer of what is sent to the subscriber (:mod:`salon.media.pacer`)."""
+        ...
+
+    def pace(self, item: PacedPacket, now: float, *, retransmission: bool = False) -> None:
+        """Queue a packet the pacer did not admit; numbered and sent when it leaves."""
 
     def send_rtp(self, packet: bytes) -> None:
         """Protect and send one RTP packet to the subscriber now (the hot path)."""
@@ -211,6 +222,8 @@ class ConsumerStats:
     """Simulcast: starts and switches between encodings."""
     temporal_dropped: int = 0
     """Simulcast VP8: packets not forwarded for being above the wanted temporal layer."""
+    paced_dropped: int = 0
+    """Times the transport's pacer dropped video of this consumer (its queue over its bound)."""
 
 
 class Consumer:
@@ -302,6 +315,10 @@ class Consumer:
         #: The transport's numbering call (:meth:`~salon.media.bandwidth.TransportBandwidth.stamp`)
         #: when the subscriber negotiated transport-cc, else None.
         self._stamp = transport.bandwidth.stamp if self._twcc_offset else None
+        #: The transport's pacer: video and retransmissions wait in its queue when it does not
+        #: admit them; audio is only charged to it (never waits).
+        self._pacer = transport.pacer
+        self._paced_video = self.kind == "video"
         # The forwarding hot path builds each packet as header + block head + per-packet value +
         # block tail + transport-wide sequence number + block end + payload in one join: split
         # the block around the values that change per packet (3 abs-send-time bytes for video,
@@ -577,30 +594,50 @@ class Consumer:
                 return
             out = rewritten
         stamp = self._stamp
-        self.transport.send_rtp(
-            _JOIN(
-                (
-                    _FIXED_PACK(
-                        self._first_byte | (data[0] & 0x20),
-                        (data[1] & 0x80) | self._pt,
-                        out[0],
-                        out[1],
-                        self.ssrc,
-                    ),
-                    self._ext_head,
-                    _abs_send_time_once(now)
-                    if self._abs_offset
-                    else self.producer.audio_level_value
-                    if self._level_offset
-                    else b"",
-                    self._ext_tail,
-                    b"" if stamp is None else stamp(now, self._overhead + len(data) - offset),
-                    self._ext_end,
-                    prefix,
-                    memoryview(data)[offset + len(prefix) :],
-                )
+        size = self._overhead + len(data) - offset
+        pacer = self._pacer
+        queue = False
+        if pacer.rate:
+            if self._paced_video:
+                queue = not pacer.admit(now, size)
+            else:
+                pacer.charge(now, size)
+        packet = _JOIN(
+            (
+                _FIXED_PACK(
+                    self._first_byte | (data[0] & 0x20),
+                    (data[1] & 0x80) | self._pt,
+                    out[0],
+                    out[1],
+                    self.ssrc,
+                ),
+                self._ext_head,
+                _abs_send_time_once(now)
+                if self._abs_offset
+                else self.producer.audio_level_value
+                if self._level_offset
+                else b"",
+                self._ext_tail,
+                b"" if stamp is None else _NOT_STAMPED if queue else stamp(now, size),
+                self._ext_end,
+                prefix,
+                memoryview(data)[offset + len(prefix) :],
             )
         )
+        if queue:
+            self.transport.pace(
+                PacedPacket(
+                    packet,
+                    size,
+                    12 + self._twcc_offset if stamp is not None else 0,
+                    12 + self._abs_offset if self._abs_offset else 0,
+                    self,
+                    now,
+                ),
+                now,
+            )
+        else:
+            self.transport.send_rtp(packet)
         stats = self.stats
         stats.packets_sent += 1
         stats.octets_sent += len(data) - offset
@@ -614,6 +651,7 @@ class Consumer:
             return
         self.stats.nacks_received += 1
         misses: list[int] = []
+        pacer = self._pacer
         switcher = self._switcher
         layer = switcher.current_layer if switcher is not None else None
         if switcher is not None and layer is None:
@@ -655,8 +693,9 @@ class Consumer:
                 ext = patch_extension(ext, self._abs_offset, abs_send_time(now))
             elif self._level_offset:
                 ext = patch_extension(ext, self._level_offset, self._cached_audio_level(cached, header))
-            if self._stamp is not None:
-                size = self._overhead + len(cached) - header.payload_offset + 2  # + RTX OSN
+            size = self._overhead + len(cached) - header.payload_offset + 2  # + RTX OSN
+            queue = bool(pacer.rate) and not pacer.admit(now, size)
+            if self._stamp is not None and not queue:
                 ext = patch_extension(ext, self._twcc_offset, self._stamp(now, size))
             if self.rtx_ssrc is not None and self._rtx_pt is not None:
                 packet = wrap_rtx(
@@ -680,7 +719,21 @@ class Consumer:
                     timestamp=out_ts,
                     extensions=ext,
                 )
-            self.transport.send_rtp(packet)
+            if queue:
+                self.transport.pace(
+                    PacedPacket(
+                        packet,
+                        size,
+                        12 + self._twcc_offset if self._stamp is not None else 0,
+                        12 + self._abs_offset if self._abs_offset else 0,
+                        self,
+                        now,
+                    ),
+                    now,
+                    retransmission=True,
+                )
+            else:
+                self.transport.send_rtp(packet)
             resent[out_seq] = now
             self.stats.retransmitted_from_cache += 1
         if misses:
@@ -698,6 +751,9 @@ class Consumer:
         leaves at once, its dispersion at the bottleneck is what the feedback measures) and
         ``sequences`` (filled with the packets' unwrapped transport-wide sequence numbers)."""
         if not self.can_pad or self.rtx_ssrc is None or self._rtx_pt is None:
+            return 0
+        pacer = self._pacer
+        if not pacer.can_pad(now):  # media waits in the pacer's queue: no room for padding
             return 0
         ext = self._ext_block
         if self._abs_offset:
@@ -718,6 +774,7 @@ class Consumer:
                 self._first_byte | 0x20, self._rtx_pt, self._rtx_seq, timestamp, self.rtx_ssrc
             )
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            pacer.charge(now, size)
             self.transport.send_rtp(header + block + padding)
             sent += size
         self.padding_bytes += sent
@@ -728,6 +785,12 @@ class Consumer:
         ext_id = self.producer.extensions.audio_level
         value = find_header_extension(packet, header, ext_id) if ext_id is not None else None
         return value[:1] if value else b"\x7f"
+
+    def paced_video_dropped(self, now: float) -> None:
+        """The transport's pacer dropped some of this consumer's video (its queue was over
+        its bound): the subscriber cannot decode until the next key frame, ask for one."""
+        self.stats.paced_dropped += 1
+        self.receive_key_frame_request(now)
 
     def receive_key_frame_request(self, now: float) -> None:
         """Subscriber PLI/FIR: forwarded to the producer, which throttles (not while paused:

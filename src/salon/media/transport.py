@@ -80,9 +80,10 @@ from salon.media.demux import Datagram, classify_datagram
 from salon.media.errors import CandidateRefusedError, InvalidSdpError, MediaStateError
 from salon.media.events import EventEmitter
 from salon.media.ice_policy import MAX_REMOTE_CANDIDATES, IcePolicy
+from salon.media.pacer import PacedPacket, Pacer
 from salon.media.routing import RouteReason, RtpRoutes
 from salon.media.rtcp import Bye, Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
-from salon.media.rtp import RtpHeader, find_header_extension, parse_rtp_header
+from salon.media.rtp import RtpHeader, abs_send_time, find_header_extension, parse_rtp_header
 from salon.media.sdp import AnswerMedia, LocalTransportParameters, RemoteTransportParameters
 from salon.media.twcc import FEEDBACK_INTERVAL, FeedbackGenerator, TransportFeedback
 from salon.media.webrtc import (
@@ -298,6 +299,10 @@ class WebRtcTransport:
         #: The client's ICE and DTLS parameters, once :meth:`start` got them.
         self.remote: RemoteTransportParameters | None = None
         self._bandwidth: TransportBandwidth | None = None
+        self._pacer: Pacer | None = None
+        #: The pacer's drain timer (:meth:`_drain`), its own handle: it fires every few
+        #: milliseconds while packets are queued, :meth:`_on_timer` is far dearer.
+        self._pace_timer: asyncio.TimerHandle | None = None
         #: Transport-cc toward the publisher (its offer negotiated it): the arrival times of
         #: the transport-wide sequence numbers it stamps, reported every FEEDBACK_INTERVAL.
         self.feedback: FeedbackGenerator | None = None
@@ -324,6 +329,16 @@ class WebRtcTransport:
         if bandwidth is None:
             bandwidth = self._bandwidth = TransportBandwidth()
         return bandwidth
+
+    @property
+    def pacer(self) -> Pacer:
+        """What paces the media toward this transport's client (:mod:`salon.media.pacer`);
+        made on first use (by consumers, i.e. subscriber transports). Paced only once the
+        client sent bandwidth feedback (REMB or transport-cc): until then its rate is 0."""
+        pacer = self._pacer
+        if pacer is None:
+            pacer = self._pacer = Pacer()
+        return pacer
 
     # ----------------------------------------------------------------------------------------
     # Lifecycle
@@ -492,6 +507,11 @@ class WebRtcTransport:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
+        if self._pacer is not None:
+            self._pacer.clear()
         # Children first, so they stop sending through us.
         for producer in list(self.producers.values()):
             producer.transport_closed()
@@ -593,6 +613,15 @@ class WebRtcTransport:
         allocation = self.allocation
         if allocation is not None and self.consumers and self.state is TransportState.CONNECTED:
             next_at = min(next_at, allocation.run(self.consumers, now))
+        pacer = self._pacer
+        bandwidth = self._bandwidth
+        if (
+            pacer is not None
+            and bandwidth is not None
+            and (bandwidth.remb_packets or bandwidth.feedback_packets)
+        ):
+            budget = allocation.last_budget if allocation is not None else 0
+            pacer.set_budget(budget or bandwidth.estimate(now), now)
         if next_at != float("inf"):
             self.schedule(next_at)
 
@@ -849,6 +878,44 @@ class WebRtcTransport:
         stats.rtp_sent += 1
         stats.rtp_bytes_sent += len(protected)
 
+    def pace(self, item: PacedPacket, now: float, *, retransmission: bool = False) -> None:
+        """Queue one RTP packet the pacer did not admit (:meth:`Pacer.admit`); it leaves
+        from :meth:`_drain`, numbered and time-stamped then. The owners of video the queue
+        bound dropped are told (``paced_video_dropped``)."""
+        pacer = self.pacer
+        if self.closed:
+            return
+        for owner in pacer.enqueue(item, retransmission=retransmission):
+            owner.paced_video_dropped(now)  # type: ignore[attr-defined]
+        if self._pace_timer is None:
+            self._arm_drain(now)
+
+    def _arm_drain(self, now: float) -> None:
+        at = self.pacer.next_send(now)
+        if at != float("inf"):
+            self._pace_timer = asyncio.get_running_loop().call_later(max(0.0, at - now), self._drain)
+
+    def _drain(self) -> None:
+        """Send what the pacer lets go now, writing each packet's transport-wide sequence
+        number and abs-send-time as it leaves; come back when the bucket allows the next."""
+        self._pace_timer = None
+        pacer = self._pacer
+        if self.closed or pacer is None:
+            return
+        now = time.monotonic()
+        stamp = self.bandwidth.stamp
+        while (item := pacer.pop(now)) is not None:
+            packet = item.packet
+            if item.twcc_at or item.abs_at:
+                buffer = bytearray(packet)
+                if item.abs_at:
+                    buffer[item.abs_at : item.abs_at + 3] = abs_send_time(now)
+                if item.twcc_at:
+                    buffer[item.twcc_at : item.twcc_at + 2] = stamp(now, item.size)
+                packet = bytes(buffer)
+            self.send_rtp(packet)
+        self._arm_drain(now)
+
     def send_rtcp(self, packet: bytes) -> None:
         """Protect and send one (compound) RTCP packet now (synchronous)."""
         protect_rtcp = self._protect_rtcp
@@ -916,4 +983,5 @@ class WebRtcTransport:
             "bandwidth": None if self._bandwidth is None else self._bandwidth.dump(time.monotonic()),
             "feedback_sent": None if self.feedback is None else self.feedback.messages,
             "allocation": None if self.allocation is None else self.allocation.dump(),
+            "pacer": None if self._pacer is None else self._pacer.dump(),
         }

@@ -11,6 +11,7 @@ from typing import Any
 
 from salon.media.bandwidth import TransportBandwidth
 from salon.media.consumer import Consumer
+from salon.media.pacer import PacedPacket, Pacer
 from salon.media.producer import Producer
 from salon.media.routing import RtpRoutes
 from salon.media.rtcp import RtcpPacket, parse_rtcp
@@ -46,12 +47,17 @@ class FakeTransport:
         self.scheduled: list[float] = []
         self.routes: RtpRoutes[Producer, Consumer] = RtpRoutes()
         self.bandwidth = TransportBandwidth()
+        self.pacer = Pacer()  # rate 0: admits everything
+        self.paced: list[PacedPacket] = []
 
     def send_rtp(self, packet: bytes) -> None:
         self.rtp.append(packet)
 
     def send_rtcp(self, packet: bytes) -> None:
         self.rtcp.append(packet)
+
+    def pace(self, item: PacedPacket, now: float, *, retransmission: bool = False) -> None:
+        self.paced.append(item)
 
     def schedule(self, at: float) -> None:
         self.scheduled.append(at)
