@@ -118,6 +118,7 @@ class TransportAllocation:
         "_layout",
         "_next_run",
         "_padding_credit",
+        "_padding_sent",
         "_probe_gain",
         "_probe_wait",
         "_sent_history",
@@ -142,6 +143,9 @@ class TransportAllocation:
         self.last_budget = 0
         self._last_drop: float | None = None
         self._padding_credit = 0.0
+        #: Padding bits actually sent since the last allocation (the pacer sends padding only
+        #: with its queue empty: less than decided while media waits).
+        self._padding_sent = 0
         self._sent_rate = 0
         self._ignore_loss_until = 0.0
         #: Consumers cut (:meth:`Consumer.set_layer` ``cut``) still waiting for their key frame.
@@ -338,6 +342,16 @@ class TransportAllocation:
                 # Restarted after its gap: the next report counts the skipped numbers as lost.
                 self._cut_waiting.discard(cid)
                 self._ignore_loss_until = now + _REPORT_SPAN
+        history = self._sent_history
+        if history and history[-1][2]:
+            # What the last interval really sent: a receiver report proves only that (padding
+            # decided but held back by the pacer proved a budget the link never carried).
+            at, rate, padding = history[-1]
+            if now > at:
+                actual = min(padding, int(self._padding_sent / (now - at)))
+                history[-1] = (at, rate - padding + actual, actual)
+                self._sent_rate = rate - padding + actual
+        self._padding_sent = 0
         inputs = self.inputs(consumers.values(), now)
         estimate = self.budget(now)
         self.last_budget = estimate
@@ -430,7 +444,6 @@ class TransportAllocation:
         else:
             self.padding_bitrate = 0
         self._sent_rate = allocation.allocated + self.padding_bitrate
-        history = self._sent_history
         history.append((now, self._sent_rate, self.padding_bitrate))
         while history and now - history[0][0] > _REPORT_SPAN + 1.0:
             history.popleft()
@@ -484,6 +497,7 @@ class TransportAllocation:
                 sent = consumer.send_padding(now, count)
                 if sent:
                     self._padding_credit -= sent * 8
+                    self._padding_sent += sent * 8
                     return
 
     def dump(self) -> dict[str, object]:
