@@ -316,8 +316,15 @@ class TransportAllocation:
                 # sending less than the budget (the layers chosen need less) proves nothing
                 # above it, and a budget left to grow so for a minute reached 800 kbit/s on a
                 # 600 kbit/s link and took the top layer without a probe (then lost half).
-                proven = max((rate for _, rate in self._clean), default=sent)
-                budget = max(budget, min(max(budget, sent) * 1.08**dt, CLEAN_HEADROOM * proven))
+                # (Not while a video is paused for quality: its resume has its own margin and
+                # back-off, and the little padding of an audio-only link proves too little for
+                # the lowest layer: a 300 kbit/s subscriber stayed paused.)
+                grown = max(budget, sent) * 1.08**dt
+                last = bandwidth.last_allocation
+                if last is None or not any(d.paused for d in last.decisions.values()):
+                    proven = max((rate for _, rate in self._clean), default=sent)
+                    grown = min(grown, CLEAN_HEADROOM * proven)
+                budget = max(budget, grown)
             else:
                 self._probe_gain = PROBE_FACTOR
         budget = min(budget, float(estimator.max_bitrate))
