@@ -125,8 +125,6 @@ def _abs_send_time_once(now: float) -> bytes:
 
 #: While waiting for a key frame, ask again this often.
 KEY_FRAME_RETRY_INTERVAL = 0.5
-#: A packet is retransmitted at most once per this long, or per round trip if longer (seconds).
-RESEND_HOLD = 0.1
 #: A simulcast encoding without a packet for this long is not a target (seconds).
 LAYER_INACTIVE_AFTER = 1.0
 #: How often a simulcast consumer re-checks which encodings flow (seconds).
@@ -211,8 +209,6 @@ class ConsumerStats:
     key_frame_starts: int = 0
     nacks_received: int = 0
     retransmitted_from_cache: int = 0
-    #: Sequence numbers NACKed again within a round trip of their retransmission (not resent).
-    nacks_held: int = 0
     cache_misses: int = 0
     key_frame_requests_received: int = 0
     sender_reports_sent: int = 0
@@ -280,8 +276,6 @@ class Consumer:
         self._setup_switcher()
         self._started = False
         self._rtx_seq = secrets.randbits(16)
-        #: Output sequence number -> when it was last retransmitted (see :meth:`receive_nack`).
-        self._resent: dict[int, float] = {}
         self._waiting_since = 0.0
         self._active = False  # not paused, not closed, transport connected
 
@@ -656,20 +650,7 @@ class Consumer:
         layer = switcher.current_layer if switcher is not None else None
         if switcher is not None and layer is None:
             return
-        # A packet retransmitted less than a round trip ago is not sent again (as mediasoup):
-        # aiortc NACKs every packet still missing each time it sees a new gap, so under heavy
-        # loss each retransmission went out several times, and on a full link the copies were
-        # more loss (a 600 kbit/s subscriber lost 50-80% for seconds after a failed probe).
-        resent = self._resent
-        hold = max(RESEND_HOLD, self.transport.bandwidth.estimator.rtt)
-        if len(resent) > 1024:
-            for seq in [seq for seq, at in resent.items() if now - at >= hold]:
-                del resent[seq]
         for out_seq in lost:
-            last = resent.get(out_seq)
-            if last is not None and now - last < hold:
-                self.stats.nacks_held += 1
-                continue
             in_seq = self._seq.to_input(out_seq)
             if in_seq is None:
                 continue
@@ -734,7 +715,6 @@ class Consumer:
                 )
             else:
                 self.transport.send_rtp(packet)
-            resent[out_seq] = now
             self.stats.retransmitted_from_cache += 1
         if misses:
             self.stats.cache_misses += len(misses)

@@ -361,11 +361,6 @@ class BandwidthEstimator:
     def set_rtt(self, rtt: float) -> None:
         self._aimd.rtt = max(0.001, min(rtt, 2.0))
 
-    @property
-    def rtt(self) -> float:
-        """The round-trip time (seconds) from receiver reports (0.1 until one measured it)."""
-        return self._aimd.rtt
-
     def on_remb(self, bitrate: int, now: float) -> None:
         self.remb = max(0, int(bitrate))
         self._remb_time = now
