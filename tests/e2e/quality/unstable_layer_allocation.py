@@ -3,11 +3,11 @@ with Python SDK subscribers, kept to be made reliable. Run by hand with
 ``pytest tests/e2e/quality/unstable_layer_allocation.py`` (2-3 min).
 
 Status (shapedpy branch, with the pacer merged; load average 9-18 from sibling sessions): 1
-pass in 7 runs. Fixed on the way: a NACKed packet resent at most once per round trip; the
-REMB-only (aiortc) budget grows on clean reports only up to 1.25x what got through (not while
-a video is paused), probes at most 1.5x, a failed probe no longer cuts the media's share, and
-reports are judged against the padding really sent (the pacer holds padding back). Still
-failing, from the server logs:
+pass in 7 runs (that pass with a NACK hold since reverted). Fixed on the way: the REMB-only
+(aiortc) budget grows on clean reports only up to 1.25x what got through (not while a video
+is paused), probes at most 1.5x, a failed probe no longer cuts the media's share, and reports
+are judged against the padding really sent (the pacer holds padding back). Still failing,
+from the server logs:
 
 * the 600 and 300 kbit/s subscribers still report 15-60% loss while sent well under their
   link (``receiver-reported loss 0.33, sent 402307`` on 600 kbit/s): tbf drops are real
