@@ -2,15 +2,16 @@
 with Python SDK subscribers, kept to be made reliable. Run by hand with
 ``pytest tests/e2e/quality/unstable_layer_allocation.py`` (2-3 min).
 
-Status (shapedpy branch, with the pacer merged; load average 9-18 from sibling sessions): 1
-pass in 7 runs (that pass with a NACK hold since reverted). Fixed on the way: the REMB-only
-(aiortc) budget grows on clean reports only up to 1.25x what got through (not while a video
-is paused), probes at most 1.5x, a failed probe no longer cuts the media's share, and reports
-are judged against the padding really sent (the pacer holds padding back). Still failing,
-from the server logs:
+Status (shapedpy branch, with the pacer merged; load average 2.7-18 from sibling sessions):
+1 pass in 8 runs (that pass with a NACK hold since reverted; the last run failed at load
+2.7-4). Fixed on the way: the REMB-only (aiortc) budget grows on clean reports only up to
+1.25x what got through (not while a video is paused), probes at most 1.5x, a failed probe
+no longer cuts the media's share, and reports are judged against the padding really sent
+(the pacer holds padding back). Still failing, from the server logs:
 
 * the 600 and 300 kbit/s subscribers still report 15-60% loss while sent well under their
-  link (``receiver-reported loss 0.33, sent 402307`` on 600 kbit/s): tbf drops are real
+  link (``receiver-reported loss 0.33, sent 402307`` on 600 kbit/s; at load 3, 13-36% for
+  three seconds at 400-430 kbit/s with no padding at all): tbf drops are real
   (``tc -s qdisc`` counts hundreds), so something still bursts or overshoots (key frames
   after PLIs, probe ramps through the 200 ms queue: ``estimate 832026 ... (2, 2)`` on the
   600 kbit/s link) and a layer switch down then freezes 2.0-2.4 s (bound 2 s);
