@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -80,9 +81,19 @@ class ServeProcess:
         raise AssertionError("no VmRSS")
 
     def __enter__(self) -> ServeProcess:
+        self.start()
+        self.wait_serving()
+        return self
+
+    def start(self) -> None:
+        """Start the server without waiting for it (see :meth:`wait_serving`, :func:`start_all`)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, env=self.env)
+
+    def wait_serving(self) -> None:
+        """Wait until the started server serves (:attr:`url` set); stop it if it does not."""
+        assert self.proc is not None, "start() first"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for line in self.stdout_path.read_text(errors="replace").splitlines():
@@ -90,7 +101,7 @@ class ServeProcess:
                     self.metrics_url = line.split()[-1]
                 if line.startswith("salon serving on "):
                     self.url = line.split()[-1]
-                    return self
+                    return
             if self.proc.poll() is not None:
                 raise AssertionError(f"the server exited: {self.output}")
             time.sleep(0.05)
@@ -108,3 +119,15 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_all(stack: contextlib.ExitStack, servers: Sequence[ServeProcess]) -> list[ServeProcess]:
+    """Start ``servers`` at once (their start-ups overlap) and wait until each serves; ``stack``
+    stops them. Servers sharing a PostgreSQL database must find it migrated already (two
+    first starts would create its tables at once): see :func:`tests.postgres.upgraded`."""
+    for server in servers:
+        stack.callback(server.stop)
+        server.start()
+    for server in servers:
+        server.wait_serving()
+    return list(servers)
