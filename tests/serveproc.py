@@ -10,6 +10,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from salon.bench.infra import terminate
+
 
 class ServeProcess:
     """``python -m salon serve --port 0 ...`` with ``SALON_API_KEY``/``SALON_API_SECRET`` set.
@@ -109,13 +111,7 @@ class ServeProcess:
         raise AssertionError(f"the server did not start within 60 s: {self.output}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
