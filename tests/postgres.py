@@ -62,7 +62,7 @@ def postgres_url_fixture(postgres_cluster: PostgresCluster) -> str:
 
 def upgraded(url: str) -> str:
     """``url``, its database brought to the newest schema here (as a node's first start would):
-    nodes started at once (:func:`tests.serveproc.start_all`) then all find it ready."""
+    nodes started at once (:func:`tests.serveproc.start_all` calls this) then all find it ready."""
     from salon.store.store import Store
 
     async def upgrade() -> None:

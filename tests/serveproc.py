@@ -63,6 +63,12 @@ class ServeProcess:
         """``salon metrics on URL`` (with ``--metrics-address``; printed before ``serving on``)."""
 
     @property
+    def database_url(self) -> str | None:
+        """The ``--database-url`` it is started with, if any."""
+        args = self.command
+        return next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--database-url"), None)
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
@@ -118,9 +124,15 @@ class ServeProcess:
 
 
 def start_all(stack: contextlib.ExitStack, servers: Sequence[ServeProcess]) -> list[ServeProcess]:
-    """Start ``servers`` at once (their start-ups overlap) and wait until each serves; ``stack``
-    stops them. Servers sharing a PostgreSQL database must find it migrated already (two
-    first starts would create its tables at once): see :func:`tests.postgres.upgraded`."""
+    """Start ``servers`` at once (their start-ups overlap) and wait until each serves; raises if
+    one does not start; ``stack`` stops them. A database they share (``--database-url``) is
+    brought to the newest schema here first (:func:`tests.postgres.upgraded`): two first starts
+    would create its tables at once (the project they share, ``ensure_project`` takes care of)."""
+    from tests.postgres import upgraded
+
+    for url in dict.fromkeys(server.database_url for server in servers):
+        if url is not None:
+            upgraded(url)
     for server in servers:
         stack.callback(server.stop)
         server.start()

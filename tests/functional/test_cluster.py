@@ -25,7 +25,7 @@ import jwt
 import pytest
 
 from salon.tokens import Role, generate_token
-from tests.postgres import postgres_cluster_fixture, postgres_url_fixture, upgraded  # noqa: F401
+from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
 from tests.serveproc import ServeProcess, start_all
 from tests.wsclient import Message, WsClient
@@ -71,7 +71,6 @@ async def salon_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
-    upgraded(postgres_url)  # the nodes start at once: none creates the tables
     nodes = []
     for i in (1, 2, 3):
         args = ["--no-media", "--redis-url", redis_url, "--database-url", postgres_url]

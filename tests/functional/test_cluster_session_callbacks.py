@@ -19,7 +19,7 @@ import pytest
 from tests.functional.test_callbacks import Receiver, summary
 from tests.functional.test_cluster import API_KEY, API_SECRET, create_session, token
 from tests.functional.test_cluster_callbacks import wait_for
-from tests.postgres import PostgresCluster, postgres_cluster_fixture, upgraded  # noqa: F401
+from tests.postgres import PostgresCluster, postgres_cluster_fixture  # noqa: F401
 from tests.redis import running_redis
 from tests.serveproc import ServeProcess, start_all
 from tests.wsclient import WsClient
@@ -62,7 +62,7 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, postgres_cluster: PostgresCluster, receiver: Receiver
 ) -> Iterator[Cluster]:
     postgres_cluster.reset_database()
-    postgres_url = upgraded(postgres_cluster.url)
+    postgres_url = postgres_cluster.url
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(running_redis())
         args = ["--no-media", "--redis-url", redis.url, "--database-url", postgres_url]

@@ -25,7 +25,7 @@ import pytest
 
 from salon.client import ActiveSpeakerChanged, AudioLevels, Publisher, Session, ToneSource
 from tests.functional.test_cluster import API_KEY, API_SECRET, create_session, token
-from tests.postgres import postgres_cluster_fixture, postgres_url_fixture, upgraded  # noqa: F401
+from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
 from tests.serveproc import ServeProcess, start_all
 
@@ -38,7 +38,6 @@ LOUD = 0.25
 
 @pytest.fixture
 def speaker_nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
-    upgraded(postgres_url)  # the nodes start at once: none creates the tables
     nodes = []
     for i, media in ((1, True), (2, True), (3, False)):
         args = ["--workers", "1"] if media else ["--no-media"]
