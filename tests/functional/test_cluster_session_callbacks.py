@@ -21,7 +21,7 @@ from tests.functional.test_cluster import API_KEY, API_SECRET, create_session, t
 from tests.functional.test_cluster_callbacks import wait_for
 from tests.postgres import PostgresCluster, postgres_cluster_fixture  # noqa: F401
 from tests.redis import running_redis
-from tests.serveproc import ServeProcess, start_all
+from tests.serveproc import ServeProcess
 from tests.wsclient import WsClient
 
 pytestmark = pytest.mark.timeout(300)
@@ -36,14 +36,16 @@ def receiver() -> Iterator[Receiver]:
 
 class Cluster:
     """Two nodes shared by the module's tests (each test uses sessions of its own); a node a
-    test killed is started anew for the next."""
+    test killed is started anew for the next. Started one after the other, as before: the first
+    test's rounds see a session's callbacks out of order now and then (on main too), more often
+    in the runs that started the nodes at once; until that is understood, not at once."""
 
     def __init__(self, stack: contextlib.ExitStack, data_dir: pathlib.Path, args: list[str]) -> None:
         self._stack = stack
         self._data_dir = data_dir
         self._args = args
         self._starts = 0
-        self.nodes = start_all(stack, [self._node(i) for i in (1, 2)])
+        self.nodes = [stack.enter_context(self._node(i)) for i in (1, 2)]
 
     def _node(self, i: int) -> ServeProcess:
         self._starts += 1
