@@ -37,7 +37,7 @@ from tests.e2e.client.sdk_helpers import Recorder
 from tests.functional.test_cluster import API_KEY, API_SECRET, auth, create_session, token
 from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
-from tests.serveproc import ServeProcess
+from tests.serveproc import ServeProcess, start_all
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -49,15 +49,15 @@ LOOPBACK = ["127.0.0.1"]
 
 @pytest.fixture
 def media_nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
+    nodes = []
+    for i in (1, 2, 3):
+        args = ["--workers", "1", "--redis-url", redis_url, "--database-url", postgres_url]
+        args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1"]
+        node = ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)
+        node.env["SALON_DEBUG_ENDPOINTS"] = "1"
+        nodes.append(node)
     with contextlib.ExitStack() as stack:
-        started = []
-        for i in (1, 2, 3):
-            args = ["--workers", "1", "--redis-url", redis_url, "--database-url", postgres_url]
-            args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1"]
-            node = ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)
-            node.env["SALON_DEBUG_ENDPOINTS"] = "1"
-            started.append(stack.enter_context(node))
-        yield started
+        yield start_all(stack, nodes)
 
 
 async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:

@@ -547,11 +547,10 @@ class _Sink:
         if self.transport_cc:
             offer = _with_transport_cc(offer)
             self._twcc_id = _offered_transport_cc(offer) or 0
+        message = self._subscribe_message(stream_id, offer)
         deadline = time.monotonic() + _CONNECT_TIMEOUT
         while True:
-            reply = await signalling.request(
-                {"type": "subscribe", "stream_id": stream_id, "audio": False, "video": True, "sdp": offer}
-            )
+            reply = await signalling.request(message)
             # not_found: the stream is still pending (announced once its first packet arrived).
             if reply.get("code") != "not_found" or time.monotonic() > deadline:
                 break
@@ -562,6 +561,10 @@ class _Sink:
         # Hook before the answer starts ICE/DTLS, so no packet goes past us.
         self._hook(self.transceiver.receiver.transport)
         await _answer(self.pc, reply["answer"])
+
+    def _subscribe_message(self, stream_id: str, offer: str) -> dict[str, Any]:
+        """The ``subscribe`` request :meth:`subscribe` sends (retried while the stream is pending)."""
+        return {"type": "subscribe", "stream_id": stream_id, "audio": False, "video": True, "sdp": offer}
 
     async def subscribe_janus(self, url: str, room: int, feed: str) -> None:
         """Subscribe to a Janus VideoRoom feed: Janus offers, the sink answers."""

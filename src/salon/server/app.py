@@ -24,7 +24,7 @@ from salon.archive.api import router as archive_router
 from salon.archive.service import ArchiveService
 from salon.archive.storage import StorageError, storage_from_url
 from salon.callbacks import CallbackService
-from salon.errors import SalonError
+from salon.errors import ConflictError, SalonError
 from salon.media import memtrace
 from salon.media.plane import SfuMediaPlane
 from salon.media.transport import WebRtcTransportOptions
@@ -75,10 +75,17 @@ async def ensure_project(store: Store, config: ServerConfig, announce: Callable[
     if config.api_key and config.api_secret:
         project = await store.get_project(config.api_key)
         if project is None:
-            project = await store.create_project(
-                "default", api_key=config.api_key, api_secret=config.api_secret
-            )
-        elif project.is_application:
+            try:
+                project = await store.create_project(
+                    "default", api_key=config.api_key, api_secret=config.api_secret
+                )
+            except ConflictError:
+                # Another node of the cluster, started at the same time, created it first:
+                # take that one, its secret checked as any stored project's.
+                project = await store.get_project(config.api_key)
+                if project is None:
+                    raise
+        if project.is_application:
             raise SalonError(
                 f"{config.api_key} (SALON_API_KEY) is an application, which has no API secret: "
                 "name a project with an API key and secret"
