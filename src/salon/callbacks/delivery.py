@@ -151,6 +151,11 @@ class CallbackService:
         self._writer: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._closed = False
+        # Callbacks emitted and callbacks the writer is done with (stored, or failed to be),
+        # and who waits for the writer to reach a count (:meth:`stored`).
+        self._emitted = 0
+        self._written = 0
+        self._stored_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     # -- SessionObserver -------------------------------------------------------------------
 
@@ -194,6 +199,28 @@ class CallbackService:
             return
         for callback in callbacks:
             self._queue.put_nowait(callback)
+        self._emitted += len(callbacks)
+
+    async def stored(self) -> None:
+        """Return once every callback emitted so far is in the outbox (or the writer gave up
+        on it, or the service closed): in a cluster, what this node observed of a session is
+        ordered before what another node observes after being told so."""
+        target = self._emitted
+        if self._written >= target or self._writer is None or self._closed:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._stored_waiters.append((target, waiter))
+        await waiter
+
+    def _release_stored(self, everyone: bool = False) -> None:
+        waiting = []
+        for target, waiter in self._stored_waiters:
+            if everyone or target <= self._written:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((target, waiter))
+        self._stored_waiters = waiting
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -213,6 +240,7 @@ class CallbackService:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        self._release_stored(everyone=True)
         tasks = [t for t in (self._dispatcher, *self._in_flight.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -240,6 +268,8 @@ class CallbackService:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+                self._written += len(batch)
+                self._release_stored()
 
     async def _store(self, batch: list[NewCallback]) -> None:
         wanted: list[NewCallback] = []

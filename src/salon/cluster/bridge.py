@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -26,7 +26,14 @@ from salon.cluster.core import (
     split_local,
 )
 from salon.cluster.node import PREFIX, SESSION_KEY_TTL, ClusterNode
-from salon.cluster.placement import Candidate, Placement, host_session, unhost_session
+from salon.cluster.placement import (
+    Candidate,
+    Placement,
+    host_session,
+    mark_created,
+    unhost_session,
+    wait_created,
+)
 from salon.errors import SalonError
 from salon.ids import decode_session_id
 from salon.protocol import ActiveSpeakerEvent
@@ -38,6 +45,10 @@ if TYPE_CHECKING:
 __all__ = ["ClusterBridge"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a node that is not a session's first waits for the first to store the session's
+#: ``sessionCreated`` before its own client's connection goes on (then it goes on anyway).
+CREATED_WAIT = 2.0
 
 
 def speaker_key(session_id: str) -> str:
@@ -66,6 +77,9 @@ class ClusterBridge:
         #: this node reaped): ``sessionCreated`` and ``sessionDestroyed``, once per cluster.
         self.on_session_created: Callable[[str, str], None] | None = None
         self.on_session_destroyed: Callable[[str, str], None] | None = None
+        #: Returns once the callbacks this node emitted so far are in the outbox (the
+        #: callback service's ``stored``): orders a session's callbacks across nodes.
+        self.callbacks_stored: Callable[[], Awaitable[None]] | None = None
         node.on_reaped_session = self._reaped_session
         self._chores: set[asyncio.Task[None]] = set()
 
@@ -91,6 +105,10 @@ class ClusterBridge:
         await self.placement.stop()
         if self._leaving:  # the sessions this node's last clients left as it stopped
             await asyncio.wait(list(self._leaving.values()), timeout=3.0)
+        chores = list(self._chores)
+        for task in chores:
+            task.cancel()
+        await asyncio.gather(*chores, return_exceptions=True)
         await self.node.stop()
 
     def publish(self, session: Session, actions: list[Action]) -> list[Action]:
@@ -129,8 +147,18 @@ class ClusterBridge:
         except (RedisError, OSError) as exc:
             logger.warning("cluster: could not join the hosts of a session: %r", exc)
             first = False
-        if first and self.on_session_created is not None:
-            self.on_session_created(session_id, api_key)
+        if first:
+            if self.on_session_created is not None:
+                self.on_session_created(session_id, api_key)
+            self._chore(self._mark_created(session_id))
+        else:
+            # The session's callbacks in order across nodes: this node's connectionCreated
+            # goes to the outbox after the first node's sessionCreated.
+            try:
+                if not await wait_created(self.node.client, session_id, CREATED_WAIT):
+                    logger.info("cluster: no sessionCreated stored for a session in %.0f s", CREATED_WAIT)
+            except (RedisError, OSError) as exc:
+                logger.warning("cluster: could not learn whether a session was created: %r", exc)
         session = Session(session_id, api_key)
         self._delivered[session_id] = load_snapshot(session, snapshot, self.node.name)
         self._mirrors[session_id] = session
@@ -156,7 +184,24 @@ class ClusterBridge:
                 lambda t: self._leaving.pop(session_id) if self._leaving.get(session_id) is t else None
             )
 
+    async def _mark_created(self, session_id: str) -> None:
+        if self.callbacks_stored is not None:
+            await self.callbacks_stored()
+        try:
+            await mark_created(self.node.client, session_id)
+        except (RedisError, OSError) as exc:
+            logger.warning("cluster: could not mark a session created: %r", exc)
+
+    def _chore(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
     async def _unhost(self, session_id: str, api_key: str) -> None:
+        # What this node observed of the session (its connectionDestroyed callbacks) is in the
+        # outbox before another node can find itself the last and store sessionDestroyed.
+        if self.callbacks_stored is not None:
+            await self.callbacks_stored()
         try:
             last = await unhost_session(self.node.client, session_id, self.node.name)
         except (RedisError, OSError) as exc:
@@ -183,9 +228,7 @@ class ClusterBridge:
 
     def announce_speaker(self, session: Session, stream_id: str | None) -> None:
         """Announce the session's active speaker to every node (as the speaker node)."""
-        task = asyncio.get_running_loop().create_task(self._announce_speaker(session, stream_id))
-        self._chores.add(task)
-        task.add_done_callback(self._chores.discard)
+        self._chore(self._announce_speaker(session, stream_id))
 
     async def _announce_speaker(self, session: Session, stream_id: str | None) -> None:
         try:

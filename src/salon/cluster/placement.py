@@ -25,6 +25,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -38,10 +39,13 @@ __all__ = [
     "Candidate",
     "Placement",
     "choose_node",
+    "created_key",
     "host_session",
     "hosting_nodes",
     "hosts_key",
+    "mark_created",
     "unhost_session",
+    "wait_created",
 ]
 
 
@@ -49,16 +53,51 @@ def hosts_key(session_id: str) -> str:
     return f"{PREFIX}s:{session_id}:nodes"
 
 
+def created_key(session_id: str) -> str:
+    """Set by a session's first node once its ``sessionCreated`` is in the outbox."""
+    return f"{PREFIX}s:{session_id}:created"
+
+
+# SADD + SCARD + EXPIRE as one step; the first node also clears the created mark a previous
+# life of the session left, the others keep it alive as long as the hosts set.
+_HOST = """
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+local count = redis.call('SCARD', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if added == 1 and count == 1 then
+    redis.call('DEL', KEYS[2])
+else
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return {added, count}
+"""
+
+
 async def host_session(client: aioredis.Redis, session_id: str, node: str) -> bool:
     """``node`` has a connection of the session now; True if it is the session's first node
     (no other node had a connection of it)."""
-    key = hosts_key(session_id)
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.sadd(key, node)
-        pipe.scard(key)
-        pipe.expire(key, SESSION_KEY_TTL)
-        added, count, _ = await pipe.execute()
+    result = client.eval(_HOST, 2, hosts_key(session_id), created_key(session_id), node, str(SESSION_KEY_TTL))
+    added, count = cast("list[int]", await _done(result))
     return bool(added) and int(count) == 1
+
+
+async def mark_created(client: aioredis.Redis, session_id: str) -> None:
+    """The session's first node stored its ``sessionCreated``: the other nodes may go on."""
+    await client.set(created_key(session_id), "1", ex=SESSION_KEY_TTL)
+
+
+async def wait_created(client: aioredis.Redis, session_id: str, timeout: float) -> bool:
+    """Wait (polling) until the session's first node stored its ``sessionCreated``; False if
+    it did not within ``timeout`` seconds (that node died or lost Redis: go on regardless)."""
+    key = created_key(session_id)
+    deadline = asyncio.get_running_loop().time() + timeout
+    delay = 0.005
+    while not await _done(client.exists(key)):
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
 
 
 async def unhost_session(client: aioredis.Redis, session_id: str, node: str) -> bool:

@@ -243,6 +243,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
             callbacks.cluster_sessions = True
             cluster.on_session_created = callbacks.session_created
             cluster.on_session_destroyed = callbacks.session_destroyed
+            cluster.callbacks_stored = callbacks.stored
             service.elsewhere = archives.delivered_elsewhere
             try:
                 await cluster.start()
