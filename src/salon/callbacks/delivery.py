@@ -74,6 +74,11 @@ class CallbackConfig:
 #: The outcome of an attempt another node of the cluster claimed first (not recorded here).
 CLAIMED_ELSEWHERE = "claimed_elsewhere"
 
+#: Seconds after losing a claim before the key is read again: the winner has usually sent and
+#: recorded it by then, and this node's own next callbacks of the key wait behind it (waiting
+#: for the whole lease held a session's last callbacks some 25 s on a cluster).
+CLAIMED_RECHECK = 1.0
+
 
 def backoff(attempts: int, config: CallbackConfig) -> float:
     """Seconds to wait after the ``attempts``-th failed attempt (1, 2, 4, … up to the cap)."""
@@ -338,8 +343,9 @@ class CallbackService:
             del self._outcomes[key]
             ahead = self._ahead.get(key)
             if outcome.status == CLAIMED_ELSEWHERE:
-                # Another node sends this one: read the key again when its lease ends (by then
-                # that node has recorded it and moved on, or died and the callback is due).
+                # Another node sends this one: read the key again soon (CLAIMED_RECHECK): by then
+                # that node has recorded it and moved on, or, still sending it, holds the head
+                # of the key (its next attempt time the lease's end, waited for as a retry).
                 assert outcome.retry_at is not None
                 self._ahead.pop(key, None)
                 self._retry_at[key] = outcome.retry_at
@@ -466,7 +472,8 @@ class CallbackService:
         assert self._client is not None
         lease_until = _now_ms() + int(self._lease_seconds() * 1000)
         if not await self.store.claim_callback(event, lease_until):
-            return CallbackOutcome(event.id, CLAIMED_ELSEWHERE, _now_ms(), retry_at=lease_until)
+            recheck = _now_ms() + int(CLAIMED_RECHECK * 1000)
+            return CallbackOutcome(event.id, CLAIMED_ELSEWHERE, _now_ms(), retry_at=min(lease_until, recheck))
         url = None if project is None else _url_for(project, event.kind)
         if project is None or not url:
             return CallbackOutcome(event.id, "given_up", _now_ms(), error="no callback URL")
