@@ -36,9 +36,7 @@ def receiver() -> Iterator[Receiver]:
 
 class Cluster:
     """Two nodes shared by the module's tests (each test uses sessions of its own); a node a
-    test killed is started anew for the next. Started one after the other, as before: the first
-    test's rounds see a session's callbacks out of order now and then (on main too), more often
-    in the runs that started the nodes at once; until that is understood, not at once."""
+    test killed is started anew for the next."""
 
     def __init__(self, stack: contextlib.ExitStack, data_dir: pathlib.Path, args: list[str]) -> None:
         self._stack = stack
