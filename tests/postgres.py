@@ -17,6 +17,8 @@ too); this module holds the fixtures. Use them by importing them into a test mod
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 from collections.abc import Iterator
 
@@ -56,3 +58,21 @@ def postgres_url_fixture(postgres_cluster: PostgresCluster) -> str:
     except PostgresError as exc:
         pytest.fail(str(exc))
     return postgres_cluster.url
+
+
+def upgraded(url: str) -> str:
+    """``url``, its database brought to the newest schema here (as a node's first start would):
+    nodes started at once (:func:`tests.serveproc.start_all` calls this) then all find it ready."""
+    from salon.store.store import Store
+
+    async def upgrade() -> None:
+        store = Store(url)
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+    # In a thread of its own: the caller may be a fixture of a test with its own event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, upgrade()).result()
+    return url

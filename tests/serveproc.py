@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+
+from salon.bench.infra import terminate
 
 
 class ServeProcess:
@@ -60,6 +63,12 @@ class ServeProcess:
         """``salon metrics on URL`` (with ``--metrics-address``; printed before ``serving on``)."""
 
     @property
+    def database_url(self) -> str | None:
+        """The ``--database-url`` it is started with, if any."""
+        args = self.command
+        return next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--database-url"), None)
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
@@ -80,9 +89,19 @@ class ServeProcess:
         raise AssertionError("no VmRSS")
 
     def __enter__(self) -> ServeProcess:
+        self.start()
+        self.wait_serving()
+        return self
+
+    def start(self) -> None:
+        """Start the server without waiting for it (see :meth:`wait_serving`, :func:`start_all`)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, env=self.env)
+
+    def wait_serving(self) -> None:
+        """Wait until the started server serves (:attr:`url` set); stop it if it does not."""
+        assert self.proc is not None, "start() first"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for line in self.stdout_path.read_text(errors="replace").splitlines():
@@ -90,7 +109,7 @@ class ServeProcess:
                     self.metrics_url = line.split()[-1]
                 if line.startswith("salon serving on "):
                     self.url = line.split()[-1]
-                    return self
+                    return
             if self.proc.poll() is not None:
                 raise AssertionError(f"the server exited: {self.output}")
             time.sleep(0.05)
@@ -98,13 +117,25 @@ class ServeProcess:
         raise AssertionError(f"the server did not start within 60 s: {self.output}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_all(stack: contextlib.ExitStack, servers: Sequence[ServeProcess]) -> list[ServeProcess]:
+    """Start ``servers`` at once (their start-ups overlap) and wait until each serves; raises if
+    one does not start; ``stack`` stops them. A database they share (``--database-url``) is
+    brought to the newest schema here first (:func:`tests.postgres.upgraded`): two first starts
+    would create its tables at once (the project they share, ``ensure_project`` takes care of)."""
+    from tests.postgres import upgraded
+
+    for url in dict.fromkeys(server.database_url for server in servers):
+        if url is not None:
+            upgraded(url)
+    for server in servers:
+        stack.callback(server.stop)
+        server.start()
+    for server in servers:
+        server.wait_serving()
+    return list(servers)

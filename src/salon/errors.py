@@ -12,6 +12,7 @@
     │   ├── ConflictError           the request clashes with the current state (409)
     │   └── PayloadTooLargeError    a body or signal over its size limit (413)
     └── ServerError                 our fault: a bug or a failed dependency (500)
+        └── UnavailableError        another node it needs cannot be reached (503)
 
 Every error carries a stable machine-readable ``code`` (used verbatim in signalling error
 messages) and the HTTP ``status`` the REST API answers with. Exceptions from dependencies
@@ -31,6 +32,7 @@ __all__ = [
     "SalonError",
     "ServerError",
     "TokenError",
+    "UnavailableError",
 ]
 
 
@@ -95,3 +97,11 @@ class ServerError(SalonError):
 
     status = 500
     code = "internal_error"
+
+
+class UnavailableError(ServerError):
+    """Another node of the cluster that the request needs cannot be reached (or does not
+    answer); the request may work later."""
+
+    status = 503
+    code = "node_unavailable"

@@ -37,6 +37,14 @@ def test_bench_sfu_forwards_and_reports(capsys: pytest.CaptureFixture[str]) -> N
     assert 1.9 * packets_in <= forwarded <= 2.0 * packets_in + 1, (packets_in, forwarded)
     assert report["cpu_us_per_forwarded_packet"] > 0
     assert report["server_cpu"]["processes"] >= 1
+    # The scheduler's accounting: the worker ran and slept between bursts while forwarding,
+    # and (connected, idle) still woke for its timers at a rate far below the packet rate.
+    scheduler = report["worker_scheduler"]
+    assert scheduler["run_us_per_forwarded_packet"] > 0, scheduler
+    assert 0 < scheduler["wakeups_per_forwarded_packet"] <= 2, scheduler
+    assert scheduler["preemptions_per_forwarded_packet"] >= 0, scheduler
+    assert report["server_cpu"]["idle_run_ms_per_second_workers"] > 0, report["server_cpu"]
+    assert 0 < report["server_cpu"]["idle_wakeups_per_second_workers"] < 100, report["server_cpu"]
     delay = report["delay_ms"]
     assert delay["samples"] > 0 and 0 < delay["p50"] <= delay["p99"] <= delay["max"], delay
     assert report["memory"]["rss_per_consumer_kb"] > 0, report["memory"]

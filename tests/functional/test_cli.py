@@ -15,6 +15,7 @@ import pytest
 
 from salon.cli import main
 from salon.tokens import verify_token
+from tests.serveoptions import ServeOptions, serve_options_fixture  # noqa: F401
 
 
 def test_project_create_then_list_hides_secrets(
@@ -130,17 +131,8 @@ def test_python_dash_m_salon_shows_help() -> None:
         assert command in out.stdout
 
 
-def test_serve_takes_the_signalling_limits(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import salon.server.run
-    from salon.server.config import ServerConfig
-
-    started: list[ServerConfig] = []
-    monkeypatch.setattr(salon.server.run, "run_server", lambda config, **kwargs: started.append(config))
-    base = ["serve", "--port", "0", "--data-dir", str(tmp_path), "--no-media"]
-    assert main(base) == 0
-    defaults = started.pop().signalling
+def test_serve_takes_the_signalling_limits(serve_options: ServeOptions) -> None:
+    defaults = serve_options.config().signalling
     assert (defaults.rate_limit, defaults.rate_burst, defaults.max_per_address) == (50, 200, 200)
     assert defaults.reconnect_grace == 30
     flags = [
@@ -153,37 +145,24 @@ def test_serve_takes_the_signalling_limits(
         "--reconnect-grace",
         "12.5",
     ]
-    assert main([*base, *flags]) == 0
-    chosen = started.pop().signalling
+    chosen = serve_options.config(*flags).signalling
     assert (chosen.rate_limit, chosen.rate_burst, chosen.max_per_address) == (0, 7, 0)
     assert chosen.reconnect_grace == 12.5
-    assert main([*base, "--reconnect-grace", "0"]) == 0
-    assert started.pop().signalling.reconnect_grace == 0
-    capsys.readouterr()
-    for bad, message in [
-        (["--signalling-rate-limit", "-1"], "--signalling-rate-limit"),
-        (["--signalling-rate-limit", "nan"], "--signalling-rate-limit"),
-        (["--signalling-rate-burst", "0"], "--signalling-rate-burst"),
-        (["--signalling-max-per-address", "-5"], "--signalling-max-per-address"),
-        (["--reconnect-grace", "-1"], "--reconnect-grace"),
-        (["--reconnect-grace", "nan"], "--reconnect-grace"),
-    ]:
-        assert main([*base, *bad]) == 1
-        assert message in capsys.readouterr().err
-    assert started == []
+    assert serve_options.config("--reconnect-grace", "0").signalling.reconnect_grace == 0
+    serve_options.assert_refused(
+        [
+            (["--signalling-rate-limit", "-1"], "--signalling-rate-limit"),
+            (["--signalling-rate-limit", "nan"], "--signalling-rate-limit"),
+            (["--signalling-rate-burst", "0"], "--signalling-rate-burst"),
+            (["--signalling-max-per-address", "-5"], "--signalling-max-per-address"),
+            (["--reconnect-grace", "-1"], "--reconnect-grace"),
+            (["--reconnect-grace", "nan"], "--reconnect-grace"),
+        ]
+    )
 
 
-def test_serve_takes_the_archive_options(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import salon.server.run
-    from salon.server.config import ServerConfig
-
-    started: list[ServerConfig] = []
-    monkeypatch.setattr(salon.server.run, "run_server", lambda config, **kwargs: started.append(config))
-    base = ["serve", "--port", "0", "--data-dir", str(tmp_path), "--no-media"]
-    assert main(base) == 0
-    defaults = started.pop()
+def test_serve_takes_the_archive_options(serve_options: ServeOptions) -> None:
+    defaults = serve_options.config()
     assert (defaults.archives.max_duration, defaults.archives.empty_timeout) == (14400, 60)
     assert defaults.archives.retention == 72 * 3600 and defaults.archive_storage is None
     flags = [
@@ -200,8 +179,7 @@ def test_serve_takes_the_archive_options(
         "--public-url",
         "https://salon.example.com",
     ]
-    assert main([*base, *flags]) == 0
-    chosen = started.pop()
+    chosen = serve_options.config(*flags)
     assert (chosen.archives.max_duration, chosen.archives.empty_timeout, chosen.archives.retention) == (
         600,
         5,
@@ -212,14 +190,12 @@ def test_serve_takes_the_archive_options(
         "s3://bucket/prefix",
         "http://127.0.0.1:9000",
     )
-    capsys.readouterr()
-    for bad, message in [
-        (["--archive-max-duration", "0"], "--archive-max-duration"),
-        (["--archive-empty-timeout", "nan"], "--archive-empty-timeout"),
-        (["--archive-retention", "-1"], "--archive-retention"),
-        (["--archive-storage", "/var/archives"], "--archive-storage"),
-        (["--public-url", "salon.example.com"], "--public-url"),
-    ]:
-        assert main([*base, *bad]) == 1
-        assert message in capsys.readouterr().err
-    assert started == []
+    serve_options.assert_refused(
+        [
+            (["--archive-max-duration", "0"], "--archive-max-duration"),
+            (["--archive-empty-timeout", "nan"], "--archive-empty-timeout"),
+            (["--archive-retention", "-1"], "--archive-retention"),
+            (["--archive-storage", "/var/archives"], "--archive-storage"),
+            (["--public-url", "salon.example.com"], "--public-url"),
+        ]
+    )

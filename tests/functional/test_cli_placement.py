@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import pathlib
-
-import pytest
-
-from salon.cli.main import main
+from salon.server.config import DEFAULT_PLACEMENT_MARGIN
+from tests.serveoptions import ServeOptions, serve_options_fixture  # noqa: F401
 
 
-def test_serve_takes_the_placement_options(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import salon.server.run
-    from salon.server.config import DEFAULT_PLACEMENT_MARGIN, ServerConfig
-
-    started: list[ServerConfig] = []
-    monkeypatch.setattr(salon.server.run, "run_server", lambda config, **kwargs: started.append(config))
-    base = ["serve", "--port", "0", "--data-dir", str(tmp_path), "--no-media"]
-    assert main(base) == 0
-    defaults = started.pop()
+def test_serve_takes_the_placement_options(serve_options: ServeOptions) -> None:
+    defaults = serve_options.config()
     assert (defaults.node_url, defaults.placement_margin) == (None, DEFAULT_PLACEMENT_MARGIN)
-    assert main([*base, "--node-url", "https://node-b.example.com/", "--placement-margin", "0"]) == 0
-    chosen = started.pop()
+    chosen = serve_options.config("--node-url", "https://node-b.example.com/", "--placement-margin", "0")
     assert (chosen.node_url, chosen.placement_margin) == ("https://node-b.example.com", 0)
-    capsys.readouterr()
-    for bad, message in [
-        (["--placement-margin", "-1"], "--placement-margin"),
-        (["--node-url", "node-b.example.com"], "--node-url"),
-        (["--node-url", "ws://node-b"], "--node-url"),
-    ]:
-        assert main([*base, *bad]) == 1
-        assert message in capsys.readouterr().err
-    assert started == []
+    serve_options.assert_refused(
+        [
+            (["--placement-margin", "-1"], "--placement-margin"),
+            (["--node-url", "node-b.example.com"], "--node-url"),
+            (["--node-url", "ws://node-b"], "--node-url"),
+        ]
+    )

@@ -27,7 +27,7 @@ import pytest
 from salon.tokens import Role, generate_token
 from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
-from tests.serveproc import ServeProcess
+from tests.serveproc import ServeProcess, start_all
 from tests.wsclient import Message, WsClient
 
 pytestmark = pytest.mark.timeout(300)
@@ -71,13 +71,13 @@ async def salon_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
+    nodes = []
+    for i in (1, 2, 3):
+        args = ["--no-media", "--redis-url", redis_url, "--database-url", postgres_url]
+        args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1"]
+        nodes.append(ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args))
     with contextlib.ExitStack() as stack:
-        started = []
-        for i in (1, 2, 3):
-            args = ["--no-media", "--redis-url", redis_url, "--database-url", postgres_url]
-            args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1"]
-            started.append(stack.enter_context(ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)))
-        yield started
+        yield start_all(stack, nodes)
 
 
 async def create_session(url: str) -> str:

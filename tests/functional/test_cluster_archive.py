@@ -34,9 +34,9 @@ import pytest
 from salon.client import Publisher, Session, TestPatternSource, ToneSource, read_test_pattern_index
 from tests.functional.test_cluster import API_KEY, API_SECRET, auth, create_session, token
 from tests.functional.test_cluster_media import pipes_of, wait_pipes
-from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
+from tests.postgres import free_port, postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
-from tests.serveproc import ServeProcess
+from tests.serveproc import ServeProcess, start_all
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,13 +46,18 @@ LOOPBACK = ["127.0.0.1"]
 @pytest.fixture
 def archive_nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
     with contextlib.ExitStack() as stack:
-        started = []
+        processes, urls = [], []
         for i in (1, 2):
+            port = free_port()
             args = ["--workers", "1", "--redis-url", redis_url, "--database-url", postgres_url]
-            args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1"]
+            args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1", "--port", str(port)]
+            args += ["--node-url", f"http://127.0.0.1:{port}", "--placement-margin", "0"]
             node = ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)
             node.env["SALON_DEBUG_ENDPOINTS"] = "1"
-            started.append(stack.enter_context(node))
+            processes.append(node)
+            urls.append(f"http://127.0.0.1:{port}")
+        started = start_all(stack, processes)
+        assert [node.url for node in started] == urls
         yield started
 
 
@@ -179,10 +184,16 @@ async def test_an_archive_started_on_one_node_records_a_stream_published_on_anot
             assert r.json()["status"] == "stopped", r.json()
         forwarded = await ended(n2, forwarded_id)
         assert forwarded["status"] == "available", forwarded
-        # Local storage: the file is on the recording node's disk, downloaded through it (a
-        # cluster shares archives through S3 storage, docs/deployment.md).
+        # Local storage: the file is on the recording node's disk, downloaded through it, or
+        # through the other node (which streams it from there).
         local = await archive_of(n1, forwarded_id)
-        with zipfile.ZipFile(io.BytesIO(await download(local["url"]))) as archive:
+        assert local["url"].startswith(n1.url) and (n1.data_dir / "archives" / forwarded_id).is_dir()
+        assert not (n2.data_dir / "archives" / forwarded_id).exists()
+        recorded_bytes = await download(local["url"])
+        through_other = (await archive_of(n2, forwarded_id))["url"]
+        assert through_other.startswith(n2.url), through_other
+        assert await download(through_other) == recorded_bytes, "the file read through node 2 differs"
+        with zipfile.ZipFile(io.BytesIO(recorded_bytes)) as archive:
             pattern = archive.read(f"{stream_id}.webm")
         with av.open(io.BytesIO(pattern)) as container:
             decoded = [
@@ -195,7 +206,13 @@ async def test_an_archive_started_on_one_node_records_a_stream_published_on_anot
     through_1 = await archive_of(n1, archive_id)
     assert (through_1["status"], through_1["size"]) == ("available", done["size"]), through_1
 
-    with zipfile.ZipFile(io.BytesIO(await download(done["url"]))) as archive:
+    # Recorded on node 2, downloaded through node 1 too (the same bytes, streamed from node 2).
+    assert done["url"].startswith(n2.url) and not (n1.data_dir / "archives" / archive_id).exists()
+    recorded_bytes = await download(done["url"])
+    assert len(recorded_bytes) == done["size"], (len(recorded_bytes), done["size"])
+    through_1_bytes = await download(through_1["url"])
+    assert through_1_bytes == recorded_bytes, "the file read through node 1 differs"
+    with zipfile.ZipFile(io.BytesIO(recorded_bytes)) as archive:
         manifest = json.loads(archive.read(f"{archive_id}.json"))
         assert sorted(f["streamId"] for f in manifest["files"]) == sorted([stream_id, tone_id]), manifest
         video = archive.read(f"{stream_id}.webm")
@@ -210,3 +227,12 @@ async def test_an_archive_started_on_one_node_records_a_stream_published_on_anot
     assert indices == sorted(set(indices)), f"frames out of order or repeated: {indices}"
     gaps = [b - a for a, b in itertools.pairwise(indices)]
     assert max(gaps) <= 10, f"frames missing from the archive: {indices}"
+
+    # The recording node gone, a download through the other one is a clear JSON error.
+    n2.stop()
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.get(through_1["url"])
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "node_unavailable", r.json()
+    assert "node that recorded it" in r.json()["message"], r.json()
+    assert "signature=" not in n1.output + n2.output, "a download URL was logged"

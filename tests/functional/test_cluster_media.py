@@ -30,13 +30,14 @@ import pytest
 
 import redis
 from salon.client import Publisher, Session, StreamDropped, StreamReason, Subscriber, TestPatternSource
+from salon.cluster.node import list_nodes
 from salon.media.pipe import PipeKeys
 from salon.media.rtp import build_rtp
 from tests.e2e.client.sdk_helpers import Recorder
 from tests.functional.test_cluster import API_KEY, API_SECRET, auth, create_session, token
 from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
-from tests.serveproc import ServeProcess
+from tests.serveproc import ServeProcess, start_all
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -48,15 +49,15 @@ LOOPBACK = ["127.0.0.1"]
 
 @pytest.fixture
 def media_nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
+    nodes = []
+    for i in (1, 2, 3):
+        args = ["--workers", "1", "--redis-url", redis_url, "--database-url", postgres_url]
+        args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1"]
+        node = ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)
+        node.env["SALON_DEBUG_ENDPOINTS"] = "1"
+        nodes.append(node)
     with contextlib.ExitStack() as stack:
-        started = []
-        for i in (1, 2, 3):
-            args = ["--workers", "1", "--redis-url", redis_url, "--database-url", postgres_url]
-            args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1"]
-            node = ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)
-            node.env["SALON_DEBUG_ENDPOINTS"] = "1"
-            started.append(stack.enter_context(node))
-        yield started
+        yield start_all(stack, nodes)
 
 
 async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
@@ -183,6 +184,15 @@ async def test_a_stream_published_on_one_node_is_decoded_on_the_others_through_s
         carol_sub, carol_seen = await subscribe(carol, stream_id)
         await frames(bob_seen, 10, "bob (node 2) to decode alice's frames (node 1)")
         await frames(carol_seen, 10, "carol (node 3) to decode alice's frames (node 1)")
+        # A node's published load counts its media work: bob's node and carol's have one
+        # connection and one consumer each (and their workers' CPU), so 2 points or more.
+        deadline = time.monotonic() + 10
+        while True:
+            loads = {name: r.load for name, r in await list_nodes(redis_url) if r is not None}
+            if loads.get("n2", 0) >= 2 and loads.get("n3", 0) >= 2:
+                break
+            assert time.monotonic() < deadline, f"the consumers are not in the nodes' loads: {loads}"
+            await asyncio.sleep(0.1)
 
         # One sending end per receiving node on node 1, one receiving end on each; all SRTP.
         out = await wait_pipes(n1, "2 sending ends on node 1", lambda ps: len(ps) == 2)

@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from salon.cluster.node import ClusterNode
+from salon.archive.service import ArchiveService
+from salon.cluster import archives as cluster_archives
+from salon.cluster.archives import ARCHIVE_FILE, ArchiveForwarding
+from salon.cluster.node import ClusterNode, list_nodes
 from salon.cluster.pipes import NodeMediaLink, inbox_key, pipe_address_problem
-from salon.errors import NotFoundError
+from salon.errors import NotFoundError, UnavailableError
 from salon.media.plane import NodeRequestFailed
+from salon.store import ArchiveRecord
+from tests.postgres import free_port
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -131,3 +136,107 @@ def test_a_node_address_pipes_cannot_use_is_reported() -> None:
     assert pipe_address_problem("10.0.0.11") is None and pipe_address_problem("::1") is None
     assert "not an IP address" in (pipe_address_problem("node-a.example") or "")
     assert "unspecified" in (pipe_address_problem("0.0.0.0") or "")
+
+
+async def test_an_archive_file_on_a_node_that_cannot_be_read_is_a_503(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download of an archive whose file is on another node (local storage): that node's
+    URL not answering, or no node answering that it has the file, is a 503 naming the node;
+    the signed URL passed between the nodes is never logged."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(cluster_archives, "FILE_TIMEOUT", 1.0)
+    signature = "ab" * 32
+    signed = f"http://127.0.0.1:{free_port()}/v2/archive-download/a1?expires=1&signature={signature}"
+
+    async def has_it(origin: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert body == {"op": ARCHIVE_FILE, "archive_id": "a1"}
+        return {"url": signed}
+
+    async def not_here(origin: str, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotFoundError("archive not found")
+
+    holder = NodeMediaLink(ClusterNode(redis_url, "holder", "127.0.0.1"), has_it)
+    other = NodeMediaLink(ClusterNode(redis_url, "other", "127.0.0.1"), not_here)
+    asker = NodeMediaLink(ClusterNode(redis_url, "asker", "127.0.0.1"), not_here)
+    mute = ClusterNode(redis_url, "mute", "127.0.0.1")  # registered, reads no requests
+    links = [holder, other, asker]
+    for link in links:
+        await link.node.start(_ignore)
+        await link.start()
+    forwarding = ArchiveForwarding(asker, cast(ArchiveService, None))
+    try:
+        with pytest.raises(UnavailableError) as unreachable:
+            await forwarding.file_elsewhere(_archive("a1"))
+        assert unreachable.value.status == 503 and unreachable.value.code == "node_unavailable"
+        assert "on node holder, which cannot be reached over HTTP" in unreachable.value.message
+
+        await holder.stop()
+        await holder.node.stop()
+        links.remove(holder)
+        await mute.start(_ignore)
+        with pytest.raises(UnavailableError) as unanswered:
+            await forwarding.file_elsewhere(_archive("a1"))
+        message = unanswered.value.message
+        assert "on the disk of the node that recorded it, which cannot be reached" in message, message
+        assert "node mute did not answer" in message and "other" not in message, message
+    finally:
+        for link in links:
+            await link.stop()
+            await link.node.stop()
+        await mute.stop()
+    assert signature not in caplog.text, "a signed download URL was logged"
+
+
+def _archive(archive_id: str) -> ArchiveRecord:
+    return ArchiveRecord(
+        archive_id=archive_id,
+        api_key="k",
+        session_id="s",
+        name=None,
+        status="available",
+        reason="",
+        created_at=0,
+        updated_at=0,
+        stopped_at=0,
+        duration=1,
+        size=100,
+        output_mode="composed",
+        stream_mode="auto",
+        has_audio=True,
+        has_video=True,
+        resolution=None,
+        layout="{}",
+        streams="[]",
+        multi_archive_tag=None,
+        location=f"{archive_id}/archive.mp4",
+    )
+
+
+async def test_a_node_publishes_the_load_its_measure_samples(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``measure`` runs once a heartbeat in its own task (a failure is logged and the next one
+    runs), and the record carries the load figure as of the last sample."""
+    samples: list[float] = []
+
+    async def measure() -> None:
+        samples.append(time.monotonic())
+        if len(samples) == 1:
+            raise OSError("the first sample fails")
+
+    node = ClusterNode(
+        redis_url, "measured", "127.0.0.1", load=lambda: 10 * len(samples), measure=measure, timeout=1.0
+    )
+    await node.start(_ignore)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            loads = {name: r.load for name, r in await list_nodes(redis_url) if r is not None}
+            if loads.get("measured", 0) >= 30:
+                break
+            assert time.monotonic() < deadline, f"the measured load is not published: {loads}"
+            await asyncio.sleep(0.05)
+    finally:
+        await node.stop()
+    assert "measuring this node's load failed" in caplog.text and "the first sample fails" in caplog.text

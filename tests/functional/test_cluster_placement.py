@@ -29,7 +29,7 @@ from tests.functional.test_cluster import API_KEY, API_SECRET, create_session, t
 from tests.metrics import Node
 from tests.postgres import free_port, postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
-from tests.serveproc import ServeProcess
+from tests.serveproc import ServeProcess, start_all
 from tests.wsclient import WsClient
 
 pytestmark = pytest.mark.timeout(300)
@@ -43,15 +43,16 @@ DRIVER = ROOT / "tests" / "sdk" / "salon_js_urls.mjs"
 @pytest.fixture
 def nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
     with contextlib.ExitStack() as stack:
-        started = []
+        processes, urls = [], []
         for i in (1, 2, 3):
             port = free_port()
             args = ["--no-media", "--redis-url", redis_url, "--database-url", postgres_url]
             args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1", "--port", str(port)]
             args += ["--node-url", f"http://127.0.0.1:{port}", "--placement-margin", str(MARGIN)]
-            node = stack.enter_context(ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args))
-            assert node.url == f"http://127.0.0.1:{port}", node.url
-            started.append(node)
+            processes.append(ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args))
+            urls.append(f"http://127.0.0.1:{port}")
+        started = start_all(stack, processes)
+        assert [node.url for node in started] == urls
         yield started
 
 
@@ -191,14 +192,15 @@ async def test_a_client_sent_to_an_unreachable_node_comes_back(
     with contextlib.ExitStack() as stack:
         common = ["--no-media", "--redis-url", redis_url, "--database-url", postgres_url]
         common += ["--node-address", "127.0.0.1", "--placement-margin", "1"]
-        n1 = stack.enter_context(
-            ServeProcess(tmp_path / "n1", API_KEY, API_SECRET, [*common, "--node-name", "n1"])
-        )
         dead = f"http://127.0.0.1:{free_port()}"
-        stack.enter_context(
-            ServeProcess(
-                tmp_path / "n2", API_KEY, API_SECRET, [*common, "--node-name", "n2", "--node-url", dead]
-            )
+        n1, _ = start_all(
+            stack,
+            [
+                ServeProcess(tmp_path / "n1", API_KEY, API_SECRET, [*common, "--node-name", "n1"]),
+                ServeProcess(
+                    tmp_path / "n2", API_KEY, API_SECRET, [*common, "--node-name", "n2", "--node-url", dead]
+                ),
+            ],
         )
         session_id = await create_session(n1.url)
         loaded = await WsClient.join(n1.url, session_id, token(session_id))
@@ -224,7 +226,7 @@ async def test_a_client_whose_node_dies_goes_back_to_the_url_it_was_given(
     with contextlib.ExitStack() as stack:
         common = ["--no-media", "--redis-url", redis_url, "--database-url", postgres_url]
         common += ["--node-address", "127.0.0.1", "--placement-margin", "1"]
-        started = []
+        processes = []
         for i in (1, 2):
             port = free_port()
             args = [
@@ -236,8 +238,8 @@ async def test_a_client_whose_node_dies_goes_back_to_the_url_it_was_given(
                 "--node-url",
                 f"http://127.0.0.1:{port}",
             ]
-            started.append(stack.enter_context(ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)))
-        n1, n2 = started
+            processes.append(ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args))
+        n1, n2 = start_all(stack, processes)
         busy = await create_session(n1.url)
         loaded = await WsClient.join(n1.url, busy, token(busy))
         session_id = await create_session(n1.url)

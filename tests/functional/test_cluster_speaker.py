@@ -27,7 +27,7 @@ from salon.client import ActiveSpeakerChanged, AudioLevels, Publisher, Session, 
 from tests.functional.test_cluster import API_KEY, API_SECRET, create_session, token
 from tests.postgres import postgres_cluster_fixture, postgres_url_fixture  # noqa: F401
 from tests.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
-from tests.serveproc import ServeProcess
+from tests.serveproc import ServeProcess, start_all
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,14 +38,14 @@ LOUD = 0.25
 
 @pytest.fixture
 def speaker_nodes(tmp_path: pathlib.Path, redis_url: str, postgres_url: str) -> Iterator[list[ServeProcess]]:
+    nodes = []
+    for i, media in ((1, True), (2, True), (3, False)):
+        args = ["--workers", "1"] if media else ["--no-media"]
+        args += ["--redis-url", redis_url, "--database-url", postgres_url]
+        args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1"]
+        nodes.append(ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args))
     with contextlib.ExitStack() as stack:
-        started = []
-        for i, media in ((1, True), (2, True), (3, False)):
-            args = ["--workers", "1"] if media else ["--no-media"]
-            args += ["--redis-url", redis_url, "--database-url", postgres_url]
-            args += ["--node-name", f"n{i}", "--node-address", "127.0.0.1"]
-            started.append(stack.enter_context(ServeProcess(tmp_path / f"n{i}", API_KEY, API_SECRET, args)))
-        yield started
+        yield start_all(stack, nodes)
 
 
 async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import subprocess
@@ -16,7 +17,7 @@ from salon.errors import SalonError
 from salon.server.app import ensure_project
 from salon.server.config import ServerConfig
 from salon.server.run import ServerThread
-from salon.store import Store, database_url_for
+from salon.store import Project, Store, database_url_for
 
 KEY = "46000002"
 SECRET = "a" * 20 + "0123456789abcdefghij"
@@ -55,6 +56,31 @@ async def test_a_known_key_with_another_secret_is_refused_and_changes_nothing(tm
         assert KEY in info.value.message and "another secret" in info.value.message
         assert SECRET not in info.value.message and OTHER_SECRET not in info.value.message
         assert await store.get_project(KEY) == created
+        assert [p.api_key for p in await store.list_projects()] == [KEY]
+    finally:
+        await store.close()
+
+
+async def test_nodes_starting_at_once_on_one_database_share_the_environment_project(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cluster nodes started together all find the project missing; one creates it, the others
+    take it rather than fail on the duplicate key."""
+    store = Store(database_url_for(tmp_path))
+    await store.open()
+    try:
+        stored = store.get_project
+        looked = 0
+
+        async def get_project(api_key: str) -> Project | None:
+            nonlocal looked
+            looked += 1
+            return None if looked <= 3 else await stored(api_key)  # the three nodes' first looks
+
+        monkeypatch.setattr(store, "get_project", get_project)
+        config = ServerConfig(api_key=KEY, api_secret=SECRET)
+        projects = await asyncio.gather(*(ensure_project(store, config, print) for _ in range(3)))
+        assert {(p.api_key, p.api_secret) for p in projects} == {(KEY, SECRET)}
         assert [p.api_key for p in await store.list_projects()] == [KEY]
     finally:
         await store.close()

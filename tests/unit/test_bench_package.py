@@ -8,9 +8,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from salon.bench import BENCHMARKS
-from salon.bench._harness import machine, machine_line, percentile
+from salon.bench._harness import machine, machine_line, percentile, process_schedule
 from salon.cli.main import _parser
 
 _PROBE = """
@@ -65,3 +66,30 @@ def test_percentile_interpolates() -> None:
     assert percentile([], 0.5) is None
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert percentile([0.0, 10.0], 0.99) == 9.9
+
+
+_BURN_THEN_SLEEP = """
+import sys, time
+end = time.process_time() + 0.2
+while time.process_time() < end:
+    pass
+for _ in range(20):
+    time.sleep(0.001)
+sys.stdin.read()
+"""
+
+
+def test_process_schedule_counts_cpu_time_and_sleeps_of_a_process() -> None:
+    child = subprocess.Popen([sys.executable, "-c", _BURN_THEN_SLEEP], stdin=subprocess.PIPE)
+    try:
+        run, voluntary = 0.0, 0
+        for _ in range(200):  # until the child has burnt its 0.2 s of CPU and slept 20 times
+            run, voluntary, _involuntary = process_schedule(child.pid)
+            if run >= 0.2 and voluntary >= 20:
+                break
+            time.sleep(0.05)
+        assert run >= 0.2
+        assert voluntary >= 20
+    finally:
+        child.communicate(b"")
+    assert process_schedule(child.pid) == (0.0, 0, 0)  # gone (reaped)

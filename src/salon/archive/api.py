@@ -8,10 +8,11 @@ with the archive, add/remove stream 204; errors are JSON objects with a ``messag
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from salon.archive.models import ArchiveStatus, Layout, OutputMode, StreamMode
@@ -252,6 +253,10 @@ async def archive_streams(
         400: {"model": ErrorBody, "description": "expires or signature missing or malformed"},
         403: {"model": ErrorBody, "description": "A wrong signature, or the URL expired"},
         404: {"model": ErrorBody, "description": "No such archive file"},
+        503: {
+            "model": ErrorBody,
+            "description": "A cluster with local storage: the node that has the file cannot be reached",
+        },
     },
 )
 async def download_archive(
@@ -259,7 +264,7 @@ async def download_archive(
     archiveId: str,
     expires: Annotated[int, Query(ge=0, le=2**53)],
     signature: Annotated[str, Query(max_length=128)],
-) -> FileResponse:
+) -> Response:
     service: ArchiveService = request.app.state.archives
     storage = service.storage
     if not isinstance(storage, LocalStorage):
@@ -273,6 +278,21 @@ async def download_archive(
         path = storage.path(record.location)
     except StorageError as exc:
         raise NotFoundError("archive not found") from exc
-    if not path.is_file():
+    if path.is_file():
+        return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+    if service.file_elsewhere is None:
         raise NotFoundError("archive not found")
-    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+    # A cluster: the file is on the disk of the node that recorded it, streamed from there.
+    remote = await service.file_elsewhere(record)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in remote.chunks:
+                yield chunk
+        finally:
+            await remote.close()
+
+    headers = {"Content-Disposition": f'attachment; filename="{remote.filename}"'}
+    if remote.size is not None:
+        headers["Content-Length"] = str(remote.size)
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)

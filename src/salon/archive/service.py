@@ -48,7 +48,7 @@ from salon.archive.models import (
     archive_json,
     streams_of,
 )
-from salon.archive.storage import ArchiveStorage, StorageError, storage_error
+from salon.archive.storage import ArchiveStorage, RemoteFile, StorageError, storage_error
 from salon.errors import ClientError, ConflictError, InvalidRequestError, NotFoundError, SalonError
 from salon.protocol import (
     ArchiveStartedEvent,
@@ -293,6 +293,9 @@ class ArchiveService:
         self.stop_elsewhere: Callable[[str, str], Awaitable[ArchiveRecord]] | None = None
         #: In a cluster: starts an archive on a node with clients in the session.
         self.start_elsewhere: Callable[[str, StartOptions], Awaitable[ArchiveRecord]] | None = None
+        #: In a cluster with local storage: opens an archive's file on the node that has it
+        #: (for a download asked of a node that does not).
+        self.file_elsewhere: Callable[[ArchiveRecord], Awaitable[RemoteFile]] | None = None
         self.base_url: str | None = self.config.public_url
         self._active: dict[str, _Active] = {}
         self._empty_timers: dict[str, asyncio.TimerHandle] = {}

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import time
 import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ __all__ = [
     "ArchiveStorage",
     "DiskFullError",
     "LocalStorage",
+    "RemoteFile",
     "S3Storage",
     "StorageError",
     "storage_from_url",
@@ -139,6 +141,17 @@ class LocalStorage:
 
     async def delete(self, archive_id: str, location: str) -> None:
         await asyncio.to_thread(shutil.rmtree, self.root / archive_id, True)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """An archive's file being read from another node (local storage in a cluster): its size
+    if known, its file name, its bytes (``chunks``), and :meth:`close` once done with it."""
+
+    size: int | None
+    filename: str
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

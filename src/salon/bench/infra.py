@@ -29,6 +29,7 @@ __all__ = [
     "RedisServer",
     "running_postgres",
     "running_redis",
+    "terminate",
 ]
 
 ROLE = "salon"
@@ -63,6 +64,19 @@ def find_bin_dir() -> pathlib.Path:
         if version == 15:
             return bin_dir
     return max(candidates)[1]
+
+
+def terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a child process that is still running: SIGTERM, then SIGKILL if it is still there
+    after 20 s; reaped either way."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def free_port() -> int:
@@ -331,14 +345,7 @@ class RedisServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        terminate(self.proc)
 
     def log_tail(self) -> str:
         with contextlib.suppress(OSError):

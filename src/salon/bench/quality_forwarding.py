@@ -159,28 +159,11 @@ class _CountingSink(_Sink):
         self.preferred = preferred
         self.received = 0
 
-    async def subscribe(self, signalling: _Signalling, stream_id: str) -> None:
-        offer = await _offer(self.pc)
-        message: dict[str, Any] = {
-            "type": "subscribe",
-            "stream_id": stream_id,
-            "audio": False,
-            "video": True,
-            "sdp": offer,
-        }
+    def _subscribe_message(self, stream_id: str, offer: str) -> dict[str, Any]:
+        message = super()._subscribe_message(stream_id, offer)
         if self.preferred is not None:
             message["preferred_resolution"] = {"width": self.preferred[0], "height": self.preferred[1]}
-        deadline = time.monotonic() + _CONNECT_TIMEOUT
-        while True:
-            reply = await signalling.request(message)
-            if reply.get("code") != "not_found" or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        if reply.get("type") != "subscribed" or not reply.get("answer"):
-            raise BenchError(f"subscribe failed: {reply}")
-        assert self.transceiver is not None
-        self._hook(self.transceiver.receiver.transport)
-        await _answer(self.pc, reply["answer"])
+        return message
 
     def on_rtp(self, data: bytes) -> None:
         self.received += 1

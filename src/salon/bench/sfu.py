@@ -117,6 +117,7 @@ from salon.bench._harness import (
     percentile,
     process_cpu,
     process_rss_kb,
+    process_schedule,
     run_and_report,
 )
 from salon.cli.bench_options import DEFAULT_SINK_PROCESSES
@@ -546,11 +547,10 @@ class _Sink:
         if self.transport_cc:
             offer = _with_transport_cc(offer)
             self._twcc_id = _offered_transport_cc(offer) or 0
+        message = self._subscribe_message(stream_id, offer)
         deadline = time.monotonic() + _CONNECT_TIMEOUT
         while True:
-            reply = await signalling.request(
-                {"type": "subscribe", "stream_id": stream_id, "audio": False, "video": True, "sdp": offer}
-            )
+            reply = await signalling.request(message)
             # not_found: the stream is still pending (announced once its first packet arrived).
             if reply.get("code") != "not_found" or time.monotonic() > deadline:
                 break
@@ -561,6 +561,10 @@ class _Sink:
         # Hook before the answer starts ICE/DTLS, so no packet goes past us.
         self._hook(self.transceiver.receiver.transport)
         await _answer(self.pc, reply["answer"])
+
+    def _subscribe_message(self, stream_id: str, offer: str) -> dict[str, Any]:
+        """The ``subscribe`` request :meth:`subscribe` sends (retried while the stream is pending)."""
+        return {"type": "subscribe", "stream_id": stream_id, "audio": False, "video": True, "sdp": offer}
 
     async def subscribe_janus(self, url: str, room: int, feed: str) -> None:
         """Subscribe to a Janus VideoRoom feed: Janus offers, the sink answers."""
@@ -968,6 +972,15 @@ class _CpuSplit:
             user, system = process_cpu(pid)
             self.worker_user += user
             self.worker_system += system
+        #: The workers' time on a CPU in the scheduler's nanosecond accounting, and their
+        #: voluntary (sleeping in the event loop) and involuntary (preempted) switches.
+        self.worker_run = 0.0
+        self.worker_voluntary = self.worker_involuntary = 0
+        for pid in self.per_worker:
+            run, voluntary, involuntary = process_schedule(pid)
+            self.worker_run += run
+            self.worker_voluntary += voluntary
+            self.worker_involuntary += involuntary
         self.loaders = sum(sum(process_cpu(pid)) for pid in loaders)
         self.at = time.monotonic()
 
@@ -1105,6 +1118,8 @@ class _Rig:
             "rss_after": rss_after,
             "idle_main": (idle1.main - idle0.main) / span,
             "idle_workers": (idle1.workers - idle0.workers) / span,
+            "idle_workers_run": (idle1.worker_run - idle0.worker_run) / span,
+            "idle_workers_wakeups": (idle1.worker_voluntary - idle0.worker_voluntary) / span,
             "publisher_processes": len(self.publisher_procs),
             "sink_processes": len(self.sink_procs),
         }
@@ -1159,6 +1174,9 @@ class _Rig:
         def per_packet(seconds: float) -> float | None:
             return round(seconds / forwarded * 1e6, 2) if forwarded else None
 
+        def per_packet_count(count: int) -> float | None:
+            return round(count / forwarded, 4) if forwarded else None
+
         per_worker = {
             pid: round((cpu1.per_worker.get(pid, 0.0) - cpu0.per_worker.get(pid, 0.0)) / elapsed, 3)
             for pid in cpu1.per_worker
@@ -1203,6 +1221,17 @@ class _Rig:
                 "system_seconds": round(cpu1.worker_system - cpu0.worker_system, 3),
                 "utilisation": round(workers / elapsed, 3),
                 "utilisation_per_process": per_worker,
+            },
+            # The same time from the scheduler's nanosecond accounting (no 10 ms ticks), and
+            # the workers' wake-ups (voluntary switches) and preemptions per forwarded packet.
+            "worker_scheduler": {
+                "run_us_per_forwarded_packet": per_packet(cpu1.worker_run - cpu0.worker_run),
+                "wakeups_per_forwarded_packet": per_packet_count(
+                    cpu1.worker_voluntary - cpu0.worker_voluntary
+                ),
+                "preemptions_per_forwarded_packet": per_packet_count(
+                    cpu1.worker_involuntary - cpu0.worker_involuntary
+                ),
             },
             "main_cpu": {"seconds": round(main, 3), "utilisation": round(main / elapsed, 3)},
             "loss": {
@@ -1362,6 +1391,10 @@ def _run(
             "utilisation": round(window["worker_cpu"]["utilisation"] + window["main_cpu"]["utilisation"], 3),
             "idle_utilisation_workers": round(idle_workers, 4),
             "idle_utilisation_main": round(setup["idle_main"], 4),
+            # Connected, no media flowing: the workers' fixed cost (timers, consent checks,
+            # reports), in scheduler-accounted ms per second, and their wake-ups per second.
+            "idle_run_ms_per_second_workers": round(setup["idle_workers_run"] * 1e3, 3),
+            "idle_wakeups_per_second_workers": round(setup["idle_workers_wakeups"], 1),
             "processes": setup["processes"],
         },
         "memory": {

@@ -90,8 +90,9 @@ def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_PLACEMENT_MARGIN,
         metavar="N",
-        help="a node whose load (connections) is N or more above the least-loaded node's sends "
-        "new clients that accept a redirect to another node's --node-url (default "
+        help="a node whose load (in load points: 1 per connection, 1 per media consumer, up to "
+        "100 for its media workers' CPU) is N or more above the least-loaded node's sends new "
+        "clients that accept a redirect to another node's --node-url (default "
         f"{DEFAULT_PLACEMENT_MARGIN}; 0: never)",
     )
     serve.add_argument(

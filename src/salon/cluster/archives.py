@@ -8,34 +8,48 @@ node that does not record the archive (``POST …/archive/ID/stop``) is forwarde
 that does: an ``archive_stop`` request on each live node's inbox until one answers that it
 stopped it. The archive's record is in PostgreSQL, so listing and getting archives work on
 any node as is.
+
+With local storage the archive's file is on the disk of the node that recorded it. A download
+asked of another node (its own signed URL, checked there) asks the live nodes in turn for the
+file (an ``archive_file`` request on their Redis inbox): the node that has it answers with a
+fresh signed download URL of its own (at its ``--node-url``, valid for ten minutes), and the
+asking node streams the file from there to its client. The Redis bus is the only trust
+between nodes: no other credential is shared, and the URL (a credential) is never logged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pathlib
 from typing import Any
 
+import httpx
 from redis.exceptions import RedisError
 
 from salon.archive.models import Layout, OutputMode, StreamMode
 from salon.archive.service import ArchiveService, StartOptions
+from salon.archive.storage import LocalStorage, RemoteFile, StorageError
 from salon.cluster.node import NODES_KEY, _done, conns_key, node_key
 from salon.cluster.pipes import NodeMediaLink
-from salon.errors import ClientError, ConflictError, InvalidRequestError, NotFoundError
+from salon.errors import ClientError, ConflictError, InvalidRequestError, NotFoundError, UnavailableError
 from salon.media.plane import NodeRequestFailed
 from salon.store import ArchiveRecord
 
-__all__ = ["ARCHIVE_START", "ARCHIVE_STOP", "ArchiveForwarding"]
+__all__ = ["ARCHIVE_FILE", "ARCHIVE_START", "ARCHIVE_STOP", "ArchiveForwarding"]
 
 logger = logging.getLogger(__name__)
 
 ARCHIVE_START = "archive_start"
 ARCHIVE_STOP = "archive_stop"
+ARCHIVE_FILE = "archive_file"
 #: How long a node waits for another's answer to a forwarded stop, and to a forwarded start
 #: (which starts an archiver process: seconds on a loaded machine).
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
+#: How long a node waits for another's answer to where an archive's file is, and for the
+#: connection to the node that has it.
+FILE_TIMEOUT = 5.0
 
 
 class ArchiveForwarding:
@@ -114,10 +128,94 @@ class ArchiveForwarding:
         logger.info("archive %s started by node %s, as asked through this node", reply["archive_id"], live[0])
         return await self.archives.get(api_key, str(reply["archive_id"]))
 
+    async def file_elsewhere(self, record: ArchiveRecord) -> RemoteFile:
+        """The archive's file, streamed from the node that has it on its disk.
+
+        :raises UnavailableError: no live node answers that it has it (the node that recorded
+            it is down, cut off, or has no ``--node-url``), or that node cannot be read from."""
+        body = {"op": ARCHIVE_FILE, "archive_id": record.archive_id}
+        problems: list[str] = []
+        try:
+            live = await self._live_nodes()
+        except InvalidRequestError as exc:
+            raise UnavailableError(exc.message) from exc
+        for name in live:
+            try:
+                reply = await self.link.request(name, body, timeout=FILE_TIMEOUT)
+            except NodeRequestFailed as exc:
+                if exc.code not in ("not_found", "NotFoundError"):
+                    problems.append(str(exc))
+                continue
+            return await self._open(name, record, str(reply["url"]))
+        detail = "; ".join(problems) or "no live node has it"
+        raise UnavailableError(
+            f"archive {record.archive_id}'s file is on the disk of the node that recorded it, "
+            f"which cannot be reached ({detail})"
+        )
+
+    async def _open(self, name: str, record: ArchiveRecord, url: str) -> RemoteFile:
+        archive_id = record.archive_id
+        # The transport itself, not a client: a client logs each request's URL, and this one
+        # carries a signature.
+        transport = httpx.AsyncHTTPTransport()
+        timeout = {"connect": FILE_TIMEOUT, "read": 60.0, "write": FILE_TIMEOUT, "pool": FILE_TIMEOUT}
+        request = httpx.Request("GET", url, extensions={"timeout": timeout})
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.HTTPError as exc:
+            await transport.aclose()
+            raise UnavailableError(
+                f"archive {archive_id}'s file is on node {name}, which cannot be reached over HTTP "
+                f"(its --node-url): {exc.__class__.__name__}"
+            ) from exc
+
+        async def close() -> None:
+            try:
+                await response.aclose()
+            finally:
+                await transport.aclose()
+
+        if response.status_code != 200:
+            await close()
+            raise UnavailableError(
+                f"archive {archive_id}'s file is on node {name}, which answered {response.status_code}"
+            )
+        length = response.headers.get("content-length")
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        logger.info("archive %s: its file streamed from node %s", archive_id, name)
+        return RemoteFile(
+            size=int(length) if length and length.isdigit() else None,
+            filename=pathlib.PurePosixPath(record.location or "").name or archive_id,
+            chunks=aiter(stream),
+            close=close,
+        )
+
+    async def _file_here(self, archive_id: str) -> dict[str, Any]:
+        """A signed download URL of this node for the archive's file, if it is on its disk."""
+        storage = self.archives.storage
+        record = await self.archives.store.get_archive(archive_id)
+        if not isinstance(storage, LocalStorage) or record is None or record.location is None:
+            raise NotFoundError("archive not found")
+        try:
+            path = storage.path(record.location)
+        except StorageError as exc:
+            raise NotFoundError("archive not found") from exc
+        if not path.is_file():
+            raise NotFoundError("archive not found")
+        base = self.link.node.client_url
+        if not base:
+            raise InvalidRequestError(
+                "this node has the archive's file but no --node-url to serve it at", code="no_node_url"
+            )
+        return {"url": storage.url(archive_id, record.location, base)}
+
     async def serve(self, origin: str, body: dict[str, Any]) -> dict[str, Any]:
         """Another node forwards a start (this node has a client in the session) or a stop
         (stop the archive if this node records it; raises
         :class:`~salon.errors.ConflictError` / :class:`~salon.errors.NotFoundError` if not)."""
+        if body.get("op") == ARCHIVE_FILE:
+            return await self._file_here(str(body["archive_id"]))
         if body.get("op") == ARCHIVE_START:
             raw = body["options"]
             layout_type, stylesheet, screenshare = raw["layout"]

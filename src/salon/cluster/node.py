@@ -140,8 +140,11 @@ async def snapshot(client: aioredis.Redis, session_id: str) -> Snapshot:
 
 class ClusterNode:
     """This server as a node: heartbeat, the bus (publish in order, read what is followed),
-    and the reaping of dead nodes. ``load`` is called at every heartbeat; ``timeout`` is the
-    node timeout (the registry record's TTL; heartbeats every third of it)."""
+    and the reaping of dead nodes. ``load`` is called at every heartbeat (the figure of
+    :mod:`salon.cluster.load`); ``measure`` is awaited once a heartbeat too, apart from it (it
+    samples what the figure needs that takes I/O: the media workers' CPU time; at most a
+    heartbeat's time, its failures logged); ``timeout`` is the node timeout (the registry
+    record's TTL; heartbeats every third of it)."""
 
     def __init__(
         self,
@@ -150,6 +153,7 @@ class ClusterNode:
         address: str,
         *,
         load: Callable[[], int] = lambda: 0,
+        measure: Callable[[], Awaitable[None]] | None = None,
         timeout: float = NODE_TTL,
     ) -> None:
         low, high = NODE_TIMEOUT_RANGE
@@ -163,6 +167,7 @@ class ClusterNode:
         self.name = name
         self.address = address
         self.load = load
+        self.measure = measure
         self.incarnation = secrets.token_hex(8)
         #: Where clients reach this node (``--node-url``), published with every heartbeat.
         self.client_url = ""
@@ -203,6 +208,8 @@ class ClusterNode:
             loop.create_task(self._reader(), name="salon-cluster-reader"),
             loop.create_task(self._project_changes(), name="salon-cluster-projects"),
         ]
+        if self.measure is not None:
+            self._tasks.append(loop.create_task(self._measurer(self.measure), name="salon-cluster-load"))
         logger.info("cluster node %s (%s) registered", self.name, self.address)
 
     async def stop(self, flush_timeout: float = 3.0) -> None:
@@ -250,6 +257,17 @@ class ClusterNode:
                 await self._find_dead()
             except (RedisError, OSError) as exc:
                 logger.warning("cluster heartbeat failed: %r", exc)
+
+    async def _measurer(self, measure: Callable[[], Awaitable[None]]) -> None:
+        """Samples what the load figure needs, once a heartbeat, apart from the heartbeat (a
+        slow sample never delays it)."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                async with asyncio.timeout(self.heartbeat):
+                    await measure()
+            except Exception:  # the load is published from the last samples meanwhile
+                logger.warning("cluster: measuring this node's load failed", exc_info=True)
 
     async def _was_taken_for_dead(self) -> None:
         self.taken_for_dead += 1

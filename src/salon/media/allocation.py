@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOCATION_INTERVAL",
+    "CLEAN_HEADROOM",
     "CUT_BELOW",
     "LOSS_COLLAPSE",
     "MAX_PADDING_BITRATE",
@@ -79,14 +80,21 @@ _PADDING_PACKET_BITS = (12 + 16 + 255) * 8
 _CLEAN_WINDOW = 5.0
 #: Seconds of sending a receiver report's loss is judged against (aiortc reports every 0.5-1.5 s).
 _REPORT_SPAN = 1.5
-#: Longest wait between probes after failed ones (seconds).
-MAX_PROBE_WAIT = 6.0
+#: Longest wait between probes after failed ones (seconds). A REMB-only probe that fails is
+#: lost media on a full link (padding overfills its queue for the second a receiver report
+#: takes): at 6 s a 600 kbit/s subscriber on its right layer froze every few seconds.
+MAX_PROBE_WAIT = 20.0
 #: A probe sends up to this multiple of the budget (media and padding)...
 PROBE_FACTOR = 1.25
 #: ... growing by PROBE_FACTOR_STEP after each probe that got through without loss, up to
 #: this (REMB-only: back to the top layer in a few probes once a limit lifts).
-MAX_PROBE_FACTOR = 2.0
+#: (It was 2.0: probes of 1.1 Mbit/s on a 600 kbit/s tbf link lost half of the media too;
+#: at 1.5 a failed probe overfills a link by half at most.)
+MAX_PROBE_FACTOR = 1.5
 PROBE_FACTOR_STEP = 0.25
+#: A clean receiver report lets the REMB-only budget grow (8% a second) up to this multiple of
+#: the most sent without loss in the last seconds, no further: beyond it only probes prove more.
+CLEAN_HEADROOM = 1.25
 #: The link collapsed when the estimate is under this share of what the current layers send:
 #: a switch down then cuts the old layer at once (:meth:`Consumer.set_layer` ``cut``).
 CUT_BELOW = 0.75
@@ -110,6 +118,7 @@ class TransportAllocation:
         "_layout",
         "_next_run",
         "_padding_credit",
+        "_padding_sent",
         "_probe_gain",
         "_probe_wait",
         "_sent_history",
@@ -117,12 +126,15 @@ class TransportAllocation:
         "active_speaker",
         "bandwidth",
         "last_budget",
+        "name",
         "padding_bitrate",
         "runs",
     )
 
-    def __init__(self, bandwidth: TransportBandwidth) -> None:
+    def __init__(self, bandwidth: TransportBandwidth, name: str = "") -> None:
         self.bandwidth = bandwidth
+        #: The transport's id, for the log lines (several subscribers' lines interleave).
+        self.name = name
         #: Stream id of the session's active speaker (set by the router), None if unknown.
         self.active_speaker: str | None = None
         self._next_run = 0.0
@@ -131,6 +143,9 @@ class TransportAllocation:
         self.last_budget = 0
         self._last_drop: float | None = None
         self._padding_credit = 0.0
+        #: Padding bits actually sent since the last allocation (the pacer sends padding only
+        #: with its queue empty: less than decided while media waits).
+        self._padding_sent = 0
         self._sent_rate = 0
         self._ignore_loss_until = 0.0
         #: Consumers cut (:meth:`Consumer.set_layer` ``cut``) still waiting for their key frame.
@@ -210,7 +225,8 @@ class TransportAllocation:
         :data:`_REPORT_SPAN` after it restarted (the cut skipped output sequence numbers,
         which the subscriber counts as lost); 2-10% holds; under 2%
         the budget rises to what was just sent (a probe that got through) and 8% a second
-        beyond, and the next probe may go further (:data:`PROBE_FACTOR` x the budget, a
+        beyond, up to :data:`CLEAN_HEADROOM` x the most sent without loss lately, and the
+        next probe may go further (:data:`PROBE_FACTOR` x the budget, a
         :data:`PROBE_FACTOR_STEP` more after each probe that got through, up to
         :data:`MAX_PROBE_FACTOR`; any loss of 2% or more starts again from
         :data:`PROBE_FACTOR`).
@@ -226,12 +242,20 @@ class TransportAllocation:
             # A cut skipped output sequence numbers: the subscriber counts them as lost.
             loss = None
         if loss is not None and loss > estimator.LOSS_HIGH:
-            logger.info("allocation: receiver-reported loss %.2f, sent %d", loss, self._sent_rate)
+            logger.info(
+                "allocation %s: receiver-reported loss %.2f, sent %d, budget %d, remb %s",
+                self.name,
+                loss,
+                self._sent_rate,
+                budget,
+                estimator.remb,
+            )
         sent = float(self._sent_rate)
         recent = [rate for at, rate, _ in self._sent_history if now - at <= _REPORT_SPAN]
         # A report can describe padding that stopped up to a report's span plus the link's
         # queue ago: a second more.
-        probed = any(padding for at, _, padding in self._sent_history if now - at <= _REPORT_SPAN + 1.0)
+        span = _REPORT_SPAN + 1.0
+        probed = any(padding for at, _, padding in self._sent_history if now - at <= span)
         # Loss is judged against the most that was sent while the report was being gathered;
         # a clean report proves only what was sent all along (a probe decided half a second
         # ago is not proven by a report about the second before it).
@@ -254,7 +278,23 @@ class TransportAllocation:
                         floor = max(
                             (rate for at, rate in self._clean if now - at <= _CLEAN_WINDOW), default=0.0
                         )
-                        budget = max(0.7 * floor, budget * (1 - loss / 2))
+                        cut = budget * (1 - loss / 2)
+                        if probed:
+                            # A probe failed: the loss is the padding's. The media sent meanwhile
+                            # keeps its share: cutting it too switched a 600 kbit/s subscriber
+                            # off its layer (a key-frame wait, a 2 s freeze) at every failed
+                            # probe. (A link that also dropped is cut once the padding is out
+                            # of the reports.)
+                            media = max(
+                                (
+                                    rate - padding
+                                    for at, rate, padding in self._sent_history
+                                    if now - at <= span
+                                ),
+                                default=0,
+                            )
+                            cut = max(cut, min(budget, float(media)))
+                        budget = max(0.7 * floor, cut)
                     budget = max(float(estimator.min_bitrate), budget)
                     self._last_cut = now
                     if self.padding_bitrate > 0:
@@ -272,7 +312,19 @@ class TransportAllocation:
                     # A probe got through: the next may go further.
                     self._probe_wait = PROBE_STABLE_FOR
                     self._probe_gain = min(MAX_PROBE_FACTOR, self._probe_gain + PROBE_FACTOR_STEP)
-                budget = max(budget, sent) * 1.08**dt
+                # 8% a second, but not past CLEAN_HEADROOM x what got through without loss:
+                # sending less than the budget (the layers chosen need less) proves nothing
+                # above it, and a budget left to grow so for a minute reached 800 kbit/s on a
+                # 600 kbit/s link and took the top layer without a probe (then lost half).
+                # (Not while a video is paused for quality: its resume has its own margin and
+                # back-off, and the little padding of an audio-only link proves too little for
+                # the lowest layer: a 300 kbit/s subscriber stayed paused.)
+                grown = max(budget, sent) * 1.08**dt
+                last = bandwidth.last_allocation
+                if last is None or not any(d.paused for d in last.decisions.values()):
+                    proven = max((rate for _, rate in self._clean), default=sent)
+                    grown = min(grown, CLEAN_HEADROOM * proven)
+                budget = max(budget, grown)
             else:
                 self._probe_gain = PROBE_FACTOR
         budget = min(budget, float(estimator.max_bitrate))
@@ -297,6 +349,16 @@ class TransportAllocation:
                 # Restarted after its gap: the next report counts the skipped numbers as lost.
                 self._cut_waiting.discard(cid)
                 self._ignore_loss_until = now + _REPORT_SPAN
+        history = self._sent_history
+        if history and history[-1][2]:
+            # What the last interval really sent: a receiver report proves only that (padding
+            # decided but held back by the pacer proved a budget the link never carried).
+            at, rate, padding = history[-1]
+            if now > at:
+                actual = min(padding, int(self._padding_sent / (now - at)))
+                history[-1] = (at, rate - padding + actual, actual)
+                self._sent_rate = rate - padding + actual
+        self._padding_sent = 0
         inputs = self.inputs(consumers.values(), now)
         estimate = self.budget(now)
         self.last_budget = estimate
@@ -358,11 +420,13 @@ class TransportAllocation:
         if layout != self._layout:  # a layer or a pause changed (not just a measured bitrate)
             self._layout = layout
             logger.info(
-                "allocation: estimate %d, allocated %d of %d, padding %d: %s",
+                "allocation %s: estimate %d, allocated %d of %d, padding %d, remb %s: %s",
+                self.name,
                 estimate,
                 allocation.allocated,
                 allocation.desired,
                 self.padding_bitrate,
+                self.bandwidth.estimator.remb,
                 ", ".join(
                     f"{d.consumer_id}={'paused' if d.paused else (d.spatial, d.temporal)}"
                     for d in allocation.decisions.values()
@@ -387,7 +451,6 @@ class TransportAllocation:
         else:
             self.padding_bitrate = 0
         self._sent_rate = allocation.allocated + self.padding_bitrate
-        history = self._sent_history
         history.append((now, self._sent_rate, self.padding_bitrate))
         while history and now - history[0][0] > _REPORT_SPAN + 1.0:
             history.popleft()
@@ -418,8 +481,7 @@ class TransportAllocation:
         cluster = self.bandwidth.probe(now)
         if cluster is None:
             return
-        count = max(cluster.min_packets, int(cluster.bitrate * cluster.duration / _PADDING_PACKET_BITS) + 1)
-        spacing = cluster.duration / count
+        count, spacing = cluster.plan(_PADDING_PACKET_BITS)
         for consumer in consumers.values():
             if consumer.kind == "video" and consumer.can_pad:
                 sequences: list[int] = []
@@ -441,6 +503,7 @@ class TransportAllocation:
                 sent = consumer.send_padding(now, count)
                 if sent:
                     self._padding_credit -= sent * 8
+                    self._padding_sent += sent * 8
                     return
 
     def dump(self) -> dict[str, object]:

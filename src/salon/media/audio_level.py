@@ -168,7 +168,43 @@ class _Stream:
         self.reported = -1.0
 
 
-class ActiveSpeakerDetector:
+class _WindowedElection:
+    """What :class:`ActiveSpeakerDetector` and :class:`HeldLevelElection` share: a
+    :class:`SpeakerElection` (which checks the arguments) deciding once per window, windows
+    ``interval`` seconds apart from the first input on (sans-I/O: the caller passes ``now``)."""
+
+    __slots__ = ("_election", "_interval", "_next_poll")
+
+    def __init__(self, *, interval: float, threshold_dbov: float, hysteresis: float, pause: float):
+        self._election = SpeakerElection(
+            interval=interval, threshold_dbov=threshold_dbov, hysteresis=hysteresis, pause=pause
+        )
+        self._interval = interval
+        self._next_poll: float | None = None
+
+    @property
+    def active_speaker(self) -> str | None:
+        """The current active speaker's stream id."""
+        return self._election.active_speaker
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` next produces results; None before the first input."""
+        return self._next_poll
+
+    def _start(self, now: float) -> None:
+        """The first input starts the first window."""
+        if self._next_poll is None:
+            self._next_poll = now + self._interval
+
+    def _window_ends(self, now: float) -> bool:
+        """Whether a window ends at ``now`` (the next one then starts)."""
+        if self._next_poll is None or now < self._next_poll:
+            return False
+        self._next_poll = now + self._interval
+        return True
+
+
+class ActiveSpeakerDetector(_WindowedElection):
     """Smooth per-stream audio levels and choose the active speaker.
 
     :param interval: seconds between two polls that produce results (default 0.25).
@@ -182,7 +218,7 @@ class ActiveSpeakerDetector:
         (default 0.5): the pauses between words do not restart its hysteresis.
     """
 
-    __slots__ = ("_election", "_interval", "_min_change", "_next_poll", "_require_voice", "_streams")
+    __slots__ = ("_min_change", "_require_voice", "_streams")
 
     def __init__(
         self,
@@ -194,19 +230,10 @@ class ActiveSpeakerDetector:
         require_voice: bool = False,
         pause: float = 0.5,
     ):
-        self._election = SpeakerElection(
-            interval=interval, threshold_dbov=threshold_dbov, hysteresis=hysteresis, pause=pause
-        )
-        self._interval = interval
+        super().__init__(interval=interval, threshold_dbov=threshold_dbov, hysteresis=hysteresis, pause=pause)
         self._min_change = min_change
         self._require_voice = require_voice
         self._streams: dict[str, _Stream] = {}
-        self._next_poll: float | None = None
-
-    @property
-    def active_speaker(self) -> str | None:
-        """The current active speaker's stream id."""
-        return self._election.active_speaker
 
     def add_stream(self, stream_id: str) -> None:
         """Start tracking a stream (it is also added by its first :meth:`feed`)."""
@@ -224,22 +251,16 @@ class ActiveSpeakerDetector:
         stream = self._streams.get(stream_id)
         if stream is None:
             stream = self._streams[stream_id] = _Stream()
-        if self._next_poll is None:
-            self._next_poll = now + self._interval
+        self._start(now)
         if voice or not self._require_voice:
             stream.total += _LINEAR[min(max(level_dbov, 0), 127)]
         stream.count += 1
 
-    def next_deadline(self) -> float | None:
-        """When :meth:`poll` next produces results; None before the first packet."""
-        return self._next_poll
-
     def poll(self, now: float) -> list[AudioLevelEvent]:
         """Close the current window if ``interval`` has passed and report what changed: level
         updates (in the order streams were added) then, if any, the speaker change."""
-        if self._next_poll is None or now < self._next_poll:
+        if not self._window_ends(now):
             return []
-        self._next_poll = now + self._interval
         events: list[AudioLevelEvent] = []
         window: list[tuple[str, float]] = []
         for stream_id, stream in self._streams.items():
@@ -256,7 +277,7 @@ class ActiveSpeakerDetector:
         return events
 
 
-class HeldLevelElection:
+class HeldLevelElection(_WindowedElection):
     """The active speaker of a session whose levels come from elsewhere: the
     :class:`AudioLevelUpdate` of each stream as measured where it is published (only the levels
     that changed, a few times a second), in a cluster the audio levels every node publishes on
@@ -266,7 +287,7 @@ class HeldLevelElection:
 
     Sans-I/O like :class:`ActiveSpeakerDetector`: the caller passes ``now``."""
 
-    __slots__ = ("_election", "_interval", "_levels", "_next_poll")
+    __slots__ = ("_levels",)
 
     def __init__(
         self,
@@ -276,37 +297,23 @@ class HeldLevelElection:
         hysteresis: float = 0.5,
         pause: float = 0.5,
     ):
-        self._election = SpeakerElection(
-            interval=interval, threshold_dbov=threshold_dbov, hysteresis=hysteresis, pause=pause
-        )
-        self._interval = interval
+        super().__init__(interval=interval, threshold_dbov=threshold_dbov, hysteresis=hysteresis, pause=pause)
         self._levels: dict[str, float] = {}
-        self._next_poll: float | None = None
-
-    @property
-    def active_speaker(self) -> str | None:
-        return self._election.active_speaker
 
     def report(self, levels: Mapping[str, float], now: float) -> None:
         """Levels (0..1) reported for some streams; the others keep theirs."""
         self._levels.update(levels)
-        if self._next_poll is None:
-            self._next_poll = now + self._interval
+        self._start(now)
 
     def adopt(self, stream_id: str | None) -> None:
         """The speaker as announced (see :meth:`SpeakerElection.adopt`)."""
         self._election.adopt(stream_id)
 
-    def next_deadline(self) -> float | None:
-        """When :meth:`poll` next decides; None before the first report."""
-        return self._next_poll
-
     def poll(self, now: float, streams: Callable[[str], bool]) -> ActiveSpeakerChanged | None:
         """One window if ``interval`` has passed: the streams ``streams`` no longer accepts are
         forgotten first (a speaker whose stream went away becomes None)."""
-        if self._next_poll is None or now < self._next_poll:
+        if not self._window_ends(now):
             return None
-        self._next_poll = now + self._interval
         change: ActiveSpeakerChanged | None = None
         for stream_id in [s for s in self._levels if not streams(s)]:
             del self._levels[stream_id]

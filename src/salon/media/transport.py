@@ -574,7 +574,7 @@ class WebRtcTransport:
         self.consumers[consumer.id] = consumer
         self.routes.add_consumer(consumer, [s for s in (consumer.ssrc, consumer.rtx_ssrc) if s is not None])
         if self.allocation is None and consumer.simulcast:
-            self.allocation = TransportAllocation(self.bandwidth)
+            self.allocation = TransportAllocation(self.bandwidth, self.id)
 
     def remove_consumer(self, consumer: Consumer) -> None:
         """Forget ``consumer`` (it closed)."""
@@ -610,7 +610,7 @@ class WebRtcTransport:
             next_at = min(next_at, consumer.on_timer(now))
             simulcast = simulcast or consumer.simulcast
         if self.allocation is None and simulcast:
-            self.allocation = TransportAllocation(self.bandwidth)
+            self.allocation = TransportAllocation(self.bandwidth, self.id)
         allocation = self.allocation
         if allocation is not None and self.consumers and self.state is TransportState.CONNECTED:
             next_at = min(next_at, allocation.run(self.consumers, now))

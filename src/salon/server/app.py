@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from salon.archive.api import router as archive_router
 from salon.archive.service import ArchiveService
 from salon.archive.storage import StorageError, storage_from_url
 from salon.callbacks import CallbackService
-from salon.errors import SalonError
+from salon.errors import ConflictError, SalonError
 from salon.media import memtrace
 from salon.media.plane import SfuMediaPlane
 from salon.media.transport import WebRtcTransportOptions
@@ -74,10 +75,17 @@ async def ensure_project(store: Store, config: ServerConfig, announce: Callable[
     if config.api_key and config.api_secret:
         project = await store.get_project(config.api_key)
         if project is None:
-            project = await store.create_project(
-                "default", api_key=config.api_key, api_secret=config.api_secret
-            )
-        elif project.is_application:
+            try:
+                project = await store.create_project(
+                    "default", api_key=config.api_key, api_secret=config.api_secret
+                )
+            except ConflictError:
+                # Another node of the cluster, started at the same time, created it first:
+                # take that one, its secret checked as any stored project's.
+                project = await store.get_project(config.api_key)
+                if project is None:
+                    raise
+        if project.is_application:
             raise SalonError(
                 f"{config.api_key} (SALON_API_KEY) is an application, which has no API secret: "
                 "name a project with an API key and secret"
@@ -203,13 +211,28 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
         if config.redis_url is not None:
             # Imported here: the embedded server never loads Redis.
             from salon.cluster.bridge import ClusterBridge
+            from salon.cluster.load import NodeLoad
             from salon.cluster.node import ClusterNode
+
+            node_load = NodeLoad()
+            plane = media
+
+            def load() -> int:
+                # Signalling connections, media consumers, the workers' smoothed CPU.
+                workers = plane.pool.workers.values() if plane is not None else ()
+                return node_load.points(len(service.links), sum(w.load()[0] for w in workers))
+
+            async def measure() -> None:
+                if plane is not None:
+                    dumps = await plane.pool.dump()
+                    node_load.sample(time.monotonic(), {d.pid: d.cpu_time for d in dumps})
 
             node = ClusterNode(
                 config.redis_url,
                 config.node_name or socket.gethostname(),
                 config.node_address or config.announced_address or config.host,
-                load=lambda: len(service.links),
+                load=load,
+                measure=measure,
                 timeout=config.node_timeout,
             )
             node.on_project_changed = registry.forget_project
@@ -230,10 +253,15 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     if problem is not None:
                         logger.warning("--node-address %s: %s", node.address, problem)
 
-                    from salon.cluster.archives import ARCHIVE_START, ARCHIVE_STOP, ArchiveForwarding
+                    from salon.cluster.archives import (
+                        ARCHIVE_FILE,
+                        ARCHIVE_START,
+                        ARCHIVE_STOP,
+                        ArchiveForwarding,
+                    )
 
                     async def node_request(origin: str, body: dict[str, Any]) -> dict[str, Any]:
-                        if body.get("op") in (ARCHIVE_START, ARCHIVE_STOP):
+                        if body.get("op") in (ARCHIVE_FILE, ARCHIVE_START, ARCHIVE_STOP):
                             return await forwarding.serve(origin, body)
                         return await media.node_request(origin, body)
 
@@ -243,6 +271,7 @@ def create_app(config: ServerConfig | None = None, *, announce: Callable[[str], 
                     forwarding = ArchiveForwarding(node_link, archives)
                     archives.stop_elsewhere = forwarding.stop_elsewhere
                     archives.start_elsewhere = forwarding.start_elsewhere
+                    archives.file_elsewhere = forwarding.file_elsewhere
                     await node_link.start()
                     media.nodes = node_link
             except BaseException:

@@ -15,8 +15,9 @@ from salon.signalling.ice import DEFAULT_TURN_TTL, IceSettings
 from salon.signalling.service import SignallingConfig
 from salon.store import database_url_for
 
-#: ``--placement-margin``: a node with this many connections more than the least-loaded node
-#: of its cluster sends new clients elsewhere (:mod:`salon.cluster.placement`).
+#: ``--placement-margin``: a node with this many load points (:mod:`salon.cluster.load`) more
+#: than the least-loaded node of its cluster sends new clients elsewhere
+#: (:mod:`salon.cluster.placement`).
 DEFAULT_PLACEMENT_MARGIN = 10
 
 __all__ = ["ServerConfig"]

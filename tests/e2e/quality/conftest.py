@@ -9,10 +9,11 @@ process itself talks to the server (REST) over the lab's control link.
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import opentok
+import playwright.async_api as playwright_api
 import pytest
 
 from salon.bench.netlab import NetLab, NetLabError
@@ -109,3 +110,21 @@ async def chromium_in(pw: Any, lab: NetLab, leaf: str, server: HubServer, tmp_pa
     wrapper = lab.wrapper(leaf, f"nice -n -10 {CHROMIUM}", tmp_path)
     args = [*BASE_ARGS, FAKE_UI, f"--unsafely-treat-insecure-origin-as-secure={server.url}"]
     return await pw.chromium.launch(executable_path=str(wrapper), headless=True, args=args)
+
+
+#: The page script that connects and publishes Chromium's fake camera at 1280x720 (three
+#: simulcast layers), called with ``{sessionId, token}``; the publisher is ``window.publisher``.
+PUBLISH = """async ({sessionId, token}) => {
+    const session = window.salon.initSession(sessionId);
+    await session.connect(token);
+    const publisher = window.salon.initPublisher(document.body,
+        {name: "chromium", resolution: "1280x720", frameRate: 30});
+    await session.publish(publisher);
+    window.publisher = publisher;
+}"""
+
+
+@pytest.fixture
+async def pw() -> AsyncIterator[playwright_api.Playwright]:
+    async with playwright_api.async_playwright() as playwright:
+        yield playwright

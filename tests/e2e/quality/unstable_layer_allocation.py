@@ -1,18 +1,33 @@
 """NOT COLLECTED (the file name does not start with ``test_``): issue 13's shaped-link test
-with Python SDK subscribers, kept to be made reliable. On the shared 2-core development
-machine (load average 11-20 from sibling sessions) it still fails in most runs: the REMB-only
-(aiortc) budgets of the 300 and 600 kbit/s subscribers are cut by loss bursts the SFU's own
-unpaced sends and probes cause on a tbf link (reported loss of 20-80%), so they fall below
-their layer or pause; once an agent stopped decoding for seconds (ICE consent expired under
-load). Fixed on the way: the publisher's REMB collapsing under host load (its uplink
-estimate now climbs back and cuts from the last 2 s), the resume back-off on a link too weak
-for video, loss counted over every stream's packets. The Chromium subscriber part is
-in unstable_chromium_subscriber_shaped.py (not collected either). Run by hand with
-``pytest tests/e2e/quality/unstable_layer_allocation.py``.
+with Python SDK subscribers, kept to be made reliable. Run by hand with
+``pytest tests/e2e/quality/unstable_layer_allocation.py`` (2-3 min).
+
+Status (shapedpy branch, with the pacer merged; load average 2.7-18 from sibling sessions):
+1 pass in 8 runs (that pass with a NACK hold since reverted; the last run failed at load
+2.7-4). Fixed on the way: the REMB-only (aiortc) budget grows on clean reports only up to
+1.25x what got through (not while a video is paused), probes at most 1.5x, a failed probe
+no longer cuts the media's share, and reports are judged against the padding really sent
+(the pacer holds padding back). Still failing, from the server logs:
+
+* the 600 and 300 kbit/s subscribers still report 15-60% loss while sent well under their
+  link (``receiver-reported loss 0.33, sent 402307`` on 600 kbit/s; at load 3, 13-36% for
+  three seconds at 400-430 kbit/s with no padding at all): tbf drops are real
+  (``tc -s qdisc`` counts hundreds), so something still bursts or overshoots (key frames
+  after PLIs, probe ramps through the 200 ms queue: ``estimate 832026 ... (2, 2)`` on the
+  600 kbit/s link) and a layer switch down then freezes 2.0-2.4 s (bound 2 s);
+* after the weak link's limit is lifted its video resumes and is paused again within a
+  second, twice (``receiver-reported loss 0.79, sent 190503`` on an unlimited link): the
+  resumed stream's loss looks like an artefact (sequence numbers skipped over the pause?);
+* under load 15-18 the Python agents stop decoding for seconds (all four showed 0 frames for
+  six reports) and the free agent's socket overflowed (79 UDP receive-buffer errors in
+  /proc/net/snmp); the leaves' net.core.rmem_default cannot be raised (EINVAL in a child
+  namespace), so the agent would have to set SO_RCVBUF itself;
+* Chromium drops its top layer under such load (``limitation: bandwidth``).
 
 Per-subscriber layers under shaped links: one Chromium publisher (1280x720, three simulcast
 layers), subscribers in namespaces of their own whose downlinks are shaped; the SFU's
-allocator gives each the layer its link carries.
+allocator gives each the layer its link carries. The Chromium subscriber part is in
+unstable_chromium_subscriber_shaped.py (not collected either).
 
 Bounds are for a loaded 2-core machine: settling is given tens of seconds (aiortc's REMB, the
 Python subscribers' estimate, grows about 8% a second), freezes a second or two around a
@@ -26,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import playwright.async_api as playwright_api
@@ -35,25 +50,11 @@ import pytest
 from salon.bench.netlab import NetLab
 from salon.bench.quality import _SENT as SENT
 from tests.e2e.browser.browser_helpers import open_sdk_page
-from tests.e2e.quality.conftest import Agent, HubServer, chromium_in
+from tests.e2e.quality.conftest import PUBLISH, Agent, HubServer, chromium_in
 
 pytestmark = pytest.mark.timeout(360)
 
 LAYERS = {"320x180", "640x360", "1280x720"}
-PUBLISH = """async ({sessionId, token}) => {
-    const session = window.salon.initSession(sessionId);
-    await session.connect(token);
-    const publisher = window.salon.initPublisher(document.body,
-        {name: "chromium", resolution: "1280x720", frameRate: 30});
-    await session.publish(publisher);
-    window.publisher = publisher;
-}"""
-
-
-@pytest.fixture
-async def pw() -> AsyncIterator[playwright_api.Playwright]:
-    async with playwright_api.async_playwright() as playwright:
-        yield playwright
 
 
 def sizes(report: dict[str, Any]) -> set[str]:
@@ -207,7 +208,7 @@ async def test_shaped_subscribers_get_the_layer_their_link_carries(
         settled = await lab_view.steady_window(expected, seconds=8, timeout=150)
         for leaf, size in expected.items():
             steady = [r for r in subs[leaf].reports(settled[leaf]) if r["t"] > settled[leaf] + 1]
-            assert all(sizes(r) <= {size} for r in steady), (leaf, [sorted(sizes(r)) for r in steady])
+            assert all(sizes(r) <= {size} for r in steady), f"{leaf}: {[sorted(sizes(r)) for r in steady]}"
             assert_clean(subs[leaf], settled[leaf])
         # A link too weak for any video: video disabled for quality, audio goes on; at most a
         # short try (a resume the link could not carry) in the eight seconds.

@@ -272,6 +272,136 @@ def test_probe_through_a_narrow_link_measures_the_link_and_backs_off() -> None:
     assert probes.active is None and probes.interval == 15.0  # capped at MAX_INTERVAL
 
 
+#: A transport-cc feedback Chromium (in a namespace of the shaped-link lab, link unlimited)
+#: sent about a probe cluster: media 1092-1094, five padding packets 1095-1099 stamped 3 ms
+#: apart (the burst left at once) and media 1100. Every packet up to 1099 arrived at the same
+#: 250 us tick. (base sequence, reference time, feedback count, deltas in ticks)
+CHROMIUM_PROBE_FEEDBACK = (1092, 16357, 166, (204, 0, 0, 0, 0, 0, 0, 0, 87))
+#: What the SFU recorded for those sequence numbers: (send time in seconds, size).
+CHROMIUM_PROBE_SENT = (
+    (11.035389, 101),
+    (11.035922, 97),
+    (11.036005, 862),
+    (11.039355, 283),
+    (11.042355, 283),
+    (11.045355, 283),
+    (11.048355, 283),
+    (11.051355, 283),
+    (11.058477, 95),
+)
+
+
+#: The same through the lab's 500 kbit/s tbf (a 1600-byte bucket): media 1851-1853, a probe
+#: cluster 1854-1859 stamped for 793 kbit/s (sent at once), padding 1860-1862 sent with it.
+#: The bucket let 1854-1857 through at one tick; 1858 and 1859 came at the link's rate.
+CHROMIUM_BUCKET_FEEDBACK = (1851, 27456, 185, (124, 9, 33, 63, 0, 0, 0, 4, 22, 32, 11, 22))
+CHROMIUM_BUCKET_SENT = (
+    (1757.213506, 98),
+    (1757.217183, 745),
+    (1757.225358, 92),
+    (1757.243453, 283),
+    (1757.246307, 283),
+    (1757.249161, 283),
+    (1757.252015, 283),
+    (1757.254869, 283),
+    (1757.257723, 283),
+    (1757.240598, 283),
+    (1757.240598, 283),
+    (1757.240598, 283),
+)
+
+
+def _recorded(
+    recorded: tuple[int, int, int, tuple[int | None, ...]], sent: tuple[tuple[float, int], ...]
+) -> list[PacketResult]:
+    """The :class:`PacketResult` s of a recorded feedback (through its bytes and a
+    :class:`SendHistory` holding the recorded send times and sizes)."""
+    history = SendHistory()
+    base, reference, count, deltas = recorded
+    for _ in range(base):
+        history.next_sequence(0.0, 100)
+    for send_time, size in sent:
+        history.next_sequence(send_time, size)
+    arrivals: list[int | None] = []
+    at = reference * 64_000
+    for delta in deltas:
+        if delta is None:
+            arrivals.append(None)
+        else:
+            at += 250 * delta
+            arrivals.append(at)
+    feedback = parse_transport_feedback(build_transport_feedback(1, 2, base, arrivals, count), 4)
+    assert feedback.deltas == deltas
+    return history.on_feedback(feedback)
+
+
+def test_probe_through_a_token_bucket_is_measured_behind_its_burst() -> None:
+    """The packets a token bucket let through at once say nothing of its rate: the probe is
+    measured on those that came after (412 kbit/s here, under the 401 kbit/s estimate with the
+    margin: a failure), not over the whole cluster (1.7 Mbit/s: a success at 793 kbit/s, which
+    lifted the estimate past the link and cost a freeze)."""
+    results = _recorded(CHROMIUM_BUCKET_FEEDBACK, CHROMIUM_BUCKET_SENT)
+    probes = ProbeController(interval=5.0, stable_for=0.0)
+    assert probes.decide(1757.24, estimate=401_217, desired=793_238, last_decrease=None) is not None
+    for sequence in range(1854, 1860):
+        probes.add_probe_packet(sequence)
+    assert probes.on_packet_results(results) is None
+    assert probes.probes_succeeded == 0 and probes.interval == 10.0
+    # The same cluster had the link been unlimited (all at one tick): a success at its rate.
+    fast = [
+        PacketResult(r.sequence, r.send_time, r.size, 1757.24125) if 1854 <= r.sequence < 1860 else r
+        for r in results
+    ]
+    probes = ProbeController(interval=5.0, stable_for=0.0)
+    assert probes.decide(1757.24, estimate=401_217, desired=793_238, last_decrease=None) is not None
+    for sequence in range(1854, 1860):
+        probes.add_probe_packet(sequence)
+    measured = probes.on_packet_results(fast)
+    assert measured is not None and abs(measured - 793_238) < 1_000
+
+
+def test_probe_arriving_within_one_feedback_tick_is_measured_at_its_send_rate() -> None:
+    """A cluster faster than the receiver's clock resolution arrived faster than it was sent:
+    a success at the rate it was sent, not a failure (which doubled the wait before the next
+    probe and left the climb after a lifted limit to 8% a second)."""
+    results = _recorded(CHROMIUM_PROBE_FEEDBACK, CHROMIUM_PROBE_SENT)
+    probes = ProbeController(interval=5.0, stable_for=0.0)
+    assert probes.decide(11.0, estimate=213_580, desired=800_000, last_decrease=None) is not None
+    for sequence in range(1095, 1100):
+        probes.add_probe_packet(sequence)
+    measured = probes.on_packet_results(results)
+    # The five padding packets were stamped 3 ms apart: 4 x 283 bytes in 12 ms.
+    assert measured == int(4 * 283 * 8 / 0.012)
+    assert probes.probes_succeeded == 1 and probes.interval == 5.0
+
+
+@pytest.mark.parametrize("bitrate", [60_000, 200_000, 440_000, 1_000_000, 5_000_000])
+def test_probe_cluster_is_stamped_at_its_bitrate(bitrate: int) -> None:
+    """However few packets the target needs, the send times a cluster is stamped with put it at
+    its bitrate (the minimum count lasts longer, it does not claim a higher rate)."""
+    probes = ProbeController(interval=5.0, stable_for=0.0)
+    cluster = probes.decide(10.0, estimate=bitrate // 2, desired=bitrate, last_decrease=None)
+    assert cluster is not None and cluster.bitrate == bitrate
+    count, spacing = cluster.plan(PACKET * 8)
+    assert count >= cluster.min_packets and (count - 1) * spacing >= cluster.duration - spacing
+    for i in range(count):
+        probes.add_probe_packet(i)
+    # An unlimited link: every packet arrives 20 ms after it was sent.
+    results = [PacketResult(i, 10.0 + i * spacing, PACKET, 10.02 + i * spacing) for i in range(count)]
+    measured = probes.on_packet_results(results)
+    assert measured is not None and abs(measured - bitrate) <= bitrate * 0.001
+    # Through a link at 60% of it, the link is what is measured.
+    link = Link(capacity=0.6 * bitrate, queue_limit=10.0)
+    probes = ProbeController(interval=5.0, stable_for=0.0)
+    assert probes.decide(10.0, estimate=bitrate // 4, desired=bitrate // 2, last_decrease=None) is not None
+    for i in range(count):
+        probes.add_probe_packet(i)
+    arrivals = [link.arrival(10.0, PACKET) for _ in range(count)]  # the burst leaves at once
+    results = [PacketResult(i, 10.0 + i * spacing, PACKET, arrivals[i]) for i in range(count)]
+    measured = probes.on_packet_results(results)
+    assert measured is not None and 0.5 * bitrate <= measured <= 0.6 * bitrate
+
+
 def test_publisher_uplink_estimate_climbs_back_after_a_cut_though_the_publisher_sends_little() -> None:
     """A cut (here a queue building for a second) lowers the REMB to a publisher to 85% of what
     arrives; the publisher then sends little (a simulcast publisher drops its upper layers), and

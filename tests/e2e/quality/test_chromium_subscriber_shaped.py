@@ -1,15 +1,17 @@
-"""NOT COLLECTED (the file name does not start with ``test_``): it passed 4 of 5 runs on the
-loaded development machine but failed in the last scratch CI run, so it is kept out of the
-suite until it is reliable (issue 13 stays open for it). Under host load the Chromium
-subscriber's own bandwidth estimate sometimes collapses to about 80 kbit/s even on an
-unlimited link. Run by hand with
-``pytest tests/e2e/quality/unstable_chromium_subscriber_shaped.py``.
-
-A Chromium subscriber under a shaped link: one Chromium (1280x720, three simulcast layers)
+"""A Chromium subscriber under a shaped link: one Chromium (1280x720, three simulcast layers)
 publishes in a leaf of the lab and subscribes to itself from a second page; that leaf's
 downlink drops to 500 kbit/s and comes back. Chromium negotiates transport-cc: the SFU's own
 estimator and probes drive its layer; its getStats (freezes, frames dropped, PLIs sent) stay
 within the bounds stated below across the switches.
+
+It was out of the suite (unstable_…) after a scratch CI run failed it (no log kept). Runs
+here showed what made it fragile: it shaped as soon as one sample showed the top layer (the
+allocator then still moved it: its own switch to 640 passed for the reaction to the limit,
+then 1280 inside the hold failed), and the SFU's probes misjudged the link both ways (a
+burst Chromium stamped at one 250 us tick failed every probe on the unlimited link, leaving
+the climb back to 8% a second from the ~80-300 kbit/s a limit left; five padding packets
+claimed 755 kbit/s whatever the target, and the lab tbf's 1600-byte bucket let a probe
+"succeed" past 500 kbit/s, which cost a freeze).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import playwright.async_api as playwright_api
@@ -25,25 +27,9 @@ import pytest
 
 from salon.bench.netlab import NetLab
 from tests.e2e.browser.browser_helpers import open_sdk_page
-from tests.e2e.quality.conftest import HubServer, chromium_in
+from tests.e2e.quality.conftest import PUBLISH, HubServer, chromium_in
 
 pytestmark = pytest.mark.timeout(180)
-
-PUBLISH = """async ({sessionId, token}) => {
-    const session = window.salon.initSession(sessionId);
-    await session.connect(token);
-    const publisher = window.salon.initPublisher(document.body,
-        {name: "chromium", resolution: "1280x720", frameRate: 30});
-    await session.publish(publisher);
-    window.publisher = publisher;
-}"""
-
-
-@pytest.fixture
-async def pw() -> AsyncIterator[playwright_api.Playwright]:
-    async with playwright_api.async_playwright() as playwright:
-        yield playwright
-
 
 SUBSCRIBE = """async ({sessionId, token}) => {
     const session = window.salon.initSession(sessionId);
@@ -92,7 +78,11 @@ async def test_a_chromium_subscriber_follows_its_link(
                 assert time.monotonic() - start < timeout, f"no {what} in {timeout:g} s: {history[-6:]}"
                 await asyncio.sleep(0.5)
 
-        await until(lambda s: s["width"] == 1280, "top layer", 60)
+        # The top layer held for two seconds (four samples), not merely seen once: the consumer
+        # starts on the top layer before the allocator's first runs, which may still move it
+        # (a run that shaped right after one 1280 sample took the allocator's own switch to 640
+        # for the reaction to the limit, then saw 1280 again inside the hold).
+        await until(lambda s: [x["width"] for x in history[-4:]] == [1280] * 4, "top layer held", 60)
         before, began = history[-1], time.monotonic()
         link.shape(down=500)
         await until(lambda s: 0 < s["width"] <= 640, "a lower layer on 500 kbit/s", 30)
@@ -109,9 +99,12 @@ async def test_a_chromium_subscriber_follows_its_link(
         assert decoded >= 5 * elapsed, (decoded, elapsed, before, after)
         # Across a drop, a hold and a climb (two or more layer switches): few freezes, few
         # dropped frames, few key-frame requests.
-        # Bounds for a loaded 2-core host (measured: 8 freezes, 44 frames dropped of 285).
-        assert after["freezes"] - before["freezes"] <= 12, (before, after)
-        assert after["dropped"] - before["dropped"] <= max(60, decoded // 4), (before, after)
-        assert after["plis"] - before["plis"] <= 25, (before, after)
+        # Bounds for a loaded 2-core host, about twice the worst measured with the probe fixes
+        # (six runs at load 8-17: 1-3 freezes, 0-6 frames dropped of 211-489, no PLI; before
+        # them 8 freezes and 44 dropped of 285; with the pacer too, three runs at load 4-6
+        # within these bounds).
+        assert after["freezes"] - before["freezes"] <= 6, (before, after)
+        assert after["dropped"] - before["dropped"] <= max(15, decoded // 20), (before, after)
+        assert after["plis"] - before["plis"] <= 5, (before, after)
     finally:
         await browser.close()
