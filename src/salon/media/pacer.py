@@ -127,11 +127,11 @@ class Pacer:
     def __len__(self) -> int:
         return len(self._retransmissions) + len(self._video)
 
-    def set_budget(self, bitrate: float, now: float) -> None:
-        """The transport's budget (bit/s) changed: pace at :attr:`factor` x it (0: stop
-        pacing; what is queued still leaves, at the last rate)."""
+    def set_budget(self, bitrate: float, now: float, *, factor: float | None = None) -> None:
+        """The transport's budget (bit/s) changed: pace at ``factor`` (default
+        :attr:`factor`) x it (0: stop pacing; what is queued still leaves, at the last rate)."""
         self._refill(now)
-        rate = bitrate * self.factor / 8
+        rate = bitrate * (self.factor if factor is None else factor) / 8
         if rate <= 0 and len(self):
             return  # keep draining at the old rate
         self.rate = rate

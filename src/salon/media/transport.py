@@ -621,8 +621,9 @@ class WebRtcTransport:
             and bandwidth is not None
             and (bandwidth.remb_packets or bandwidth.feedback_packets)
         ):
-            budget = allocation.last_budget if allocation is not None else 0
-            pacer.set_budget(budget or bandwidth.estimate(now), now)
+            # Paced only under an allocation (simulcast video): a single-layer stream cannot
+            # follow the estimate, pacing it below its rate would only queue and drop it.
+            pacer.set_budget(allocation.last_budget if allocation is not None else 0, now)
         if next_at != float("inf"):
             self.schedule(next_at)
 
