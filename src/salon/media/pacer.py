@@ -18,7 +18,11 @@ packet; salon paces only what would burst:
   retransmissions before video, each class first in, first out;
 * **audio is never queued** (:meth:`Pacer.charge`: sent at once, its size taken from the
   bucket), padding only when the queue is empty (:meth:`Pacer.can_pad`) and charged too;
-* the queue is bounded: when it holds more than :data:`MAX_QUEUE_TIME` at the pacing rate,
+* a long queue drains faster: when it holds more than :data:`MAX_QUEUE_TIME` at the pacing
+  rate, it drains at its size / :data:`MAX_QUEUE_TIME` (libwebrtc's queue time limit does
+  likewise), so that a key frame of seconds at a low rate still gets through soon (dropping
+  part of it would only ask for another as large);
+* the queue is bounded: when it holds more than :data:`DROP_QUEUE_TIME` at the pacing rate,
   the oldest video packets are dropped (never audio, never retransmissions) and their owners
   returned, so that the transport tells them (a consumer that lost video asks for a key
   frame).
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "BURST_TIME",
+    "DROP_QUEUE_TIME",
     "MAX_QUEUE_TIME",
     "MIN_BURST",
     "PACING_FACTOR",
@@ -53,8 +58,10 @@ MIN_BURST = 2400
 """Bytes the bucket may always hold (two full packets), whatever the rate."""
 
 MAX_QUEUE_TIME = 1.0
-"""Seconds of queue (at the pacing rate) beyond which the oldest video is dropped. Not less:
-a key frame at a low budget takes most of a second, and dropping part of it costs another."""
+"""Seconds of queue (at the pacing rate) beyond which the queue drains faster than that rate."""
+
+DROP_QUEUE_TIME = 3.0
+"""Seconds of queue (at the pacing rate) beyond which the oldest video is dropped."""
 
 _OWED = -1.0
 """A debt of at most this many bytes counts as paid (:meth:`Pacer.next_send` computes a time
@@ -85,6 +92,7 @@ class Pacer:
         "_retransmissions",
         "_video",
         "burst",
+        "drop_queue_time",
         "dropped",
         "factor",
         "max_queue_time",
@@ -94,9 +102,15 @@ class Pacer:
         "tokens",
     )
 
-    def __init__(self, factor: float = PACING_FACTOR, max_queue_time: float = MAX_QUEUE_TIME) -> None:
+    def __init__(
+        self,
+        factor: float = PACING_FACTOR,
+        max_queue_time: float = MAX_QUEUE_TIME,
+        drop_queue_time: float = DROP_QUEUE_TIME,
+    ) -> None:
         self.factor = factor
         self.max_queue_time = max_queue_time
+        self.drop_queue_time = drop_queue_time
         #: Bytes per second; 0: not paced (everything admitted).
         self.rate = 0.0
         self.burst = float(MIN_BURST)
@@ -113,11 +127,11 @@ class Pacer:
     def __len__(self) -> int:
         return len(self._retransmissions) + len(self._video)
 
-    def set_budget(self, bitrate: float, now: float) -> None:
-        """The transport's budget (bit/s) changed: pace at :attr:`factor` x it (0: stop
-        pacing; what is queued still leaves, at the last rate)."""
+    def set_budget(self, bitrate: float, now: float, *, factor: float | None = None) -> None:
+        """The transport's budget (bit/s) changed: pace at ``factor`` (default
+        :attr:`factor`) x it (0: stop pacing; what is queued still leaves, at the last rate)."""
         self._refill(now)
-        rate = bitrate * self.factor / 8
+        rate = bitrate * (self.factor if factor is None else factor) / 8
         if rate <= 0 and len(self):
             return  # keep draining at the old rate
         self.rate = rate
@@ -125,11 +139,18 @@ class Pacer:
         if self.tokens > self.burst:
             self.tokens = self.burst
 
+    def _drain_rate(self) -> float:
+        """The rate the queue drains at: the pacing rate, or faster when the queue holds more
+        than :attr:`max_queue_time` at that rate."""
+        rate = self.rate
+        backlog = self.queued_bytes / self.max_queue_time
+        return backlog if backlog > rate else rate
+
     def _refill(self, now: float) -> None:
         elapsed = now - self._last
         self._last = now
         if elapsed > 0:
-            tokens = self.tokens + elapsed * self.rate
+            tokens = self.tokens + elapsed * self._drain_rate()
             burst = self.burst
             self.tokens = burst if tokens > burst else tokens
 
@@ -165,11 +186,11 @@ class Pacer:
 
     def enqueue(self, item: PacedPacket, *, retransmission: bool = False) -> list[object]:
         """Queue a packet the fast path refused; returns the owners of the video packets
-        dropped to keep the queue under :attr:`max_queue_time` (each owner once)."""
+        dropped to keep the queue under :attr:`drop_queue_time` (each owner once)."""
         (self._retransmissions if retransmission else self._video).append(item)
         self.queued_bytes += item.size
         self.queued += 1
-        limit = self.rate * self.max_queue_time
+        limit = self.rate * self.drop_queue_time
         if self.queued_bytes <= limit or not self.rate:
             return []
         owners: list[object] = []
@@ -204,7 +225,7 @@ class Pacer:
         self._refill(now)
         if self.tokens >= _OWED or self.rate <= 0:
             return now
-        return now + -self.tokens / self.rate
+        return now + -self.tokens / self._drain_rate()
 
     def pop(self, now: float) -> PacedPacket | None:
         """The next packet to send now (retransmissions first), or None: nothing queued, or

@@ -303,6 +303,7 @@ class WebRtcTransport:
         #: The pacer's drain timer (:meth:`_drain`), its own handle: it fires every few
         #: milliseconds while packets are queued, :meth:`_on_timer` is far dearer.
         self._pace_timer: asyncio.TimerHandle | None = None
+        self._pace_log_at = 0.0  # the next log line about pacer drops, at most every 5 s
         #: Transport-cc toward the publisher (its offer negotiated it): the arrival times of
         #: the transport-wide sequence numbers it stamps, reported every FEEDBACK_INTERVAL.
         self.feedback: FeedbackGenerator | None = None
@@ -620,8 +621,9 @@ class WebRtcTransport:
             and bandwidth is not None
             and (bandwidth.remb_packets or bandwidth.feedback_packets)
         ):
-            budget = allocation.last_budget if allocation is not None else 0
-            pacer.set_budget(budget or bandwidth.estimate(now), now)
+            # Paced only under an allocation (simulcast video): a single-layer stream cannot
+            # follow the estimate, pacing it below its rate would only queue and drop it.
+            pacer.set_budget(allocation.last_budget if allocation is not None else 0, now)
         if next_at != float("inf"):
             self.schedule(next_at)
 
@@ -885,8 +887,13 @@ class WebRtcTransport:
         pacer = self.pacer
         if self.closed:
             return
-        for owner in pacer.enqueue(item, retransmission=retransmission):
-            owner.paced_video_dropped(now)  # type: ignore[attr-defined]
+        dropped = pacer.enqueue(item, retransmission=retransmission)
+        if dropped:
+            for owner in dropped:
+                owner.paced_video_dropped(now)  # type: ignore[attr-defined]
+            if now >= self._pace_log_at:
+                self._pace_log_at = now + 5.0
+                logger.info("%r: pacer queue over its bound, video dropped: %s", self, pacer.dump())
         if self._pace_timer is None:
             self._arm_drain(now)
 

@@ -105,7 +105,7 @@ def test_padding_only_when_the_queue_is_empty() -> None:
 
 
 def test_the_queue_is_bounded_by_dropping_the_oldest_video() -> None:
-    pacer = Pacer(factor=1.0, max_queue_time=0.5)
+    pacer = Pacer(factor=1.0, max_queue_time=0.5, drop_queue_time=0.5)
     pacer.set_budget(80_000, 0.0)  # 10 kB/s: the bound is 5000 bytes
     pacer.admit(0.0, 1000)
     pacer.enqueue(_packet(1000, owner="rtx"), retransmission=True)
@@ -150,3 +150,19 @@ def test_discarding_an_owners_video_keeps_the_others_and_retransmissions() -> No
     assert pacer.discard("a") == 2
     assert pacer.queued_bytes == 2500 and pacer.dropped == 2
     assert [item.owner for _, item in _drain(pacer, 10.0)] == ["a", "b", "b"]
+
+
+def test_a_queue_longer_than_its_time_limit_drains_faster() -> None:
+    """A key frame of several seconds at a low rate gets through sooner instead of being
+    dropped in part (which would only ask for another as large)."""
+    pacer = Pacer(factor=1.0, max_queue_time=1.0, drop_queue_time=10.0)
+    pacer.set_budget(80_000, 0.0)  # 10 kB/s
+    queued = [_send(pacer, 0.0, 1000) for _ in range(60)].count(False)  # 60 kB: 6 s at the rate
+    sent = _drain(pacer, 100.0)
+    assert len(sent) == queued and pacer.dropped == 0
+    # At its size per second while over a second's worth (ln 6 s), then at the rate (1 s).
+    assert sent[-1][0] < 3.0  # not 5.9 s
+    # Once the backlog is under a second at the rate, the rate is back.
+    for i in range(5):
+        _send(pacer, 10.0 + i * 0.2, 1000)
+    assert len(pacer) == 0

@@ -138,12 +138,12 @@ async def test_video_dropped_from_a_full_queue_asks_the_publisher_for_a_key_fram
     call = await make_paced_call()
     try:
         await wait_until(lambda: len(call.pub_peer.received_rtcp(Pli)) == 1, "the PLI sent on connecting")
-        call.sub.pacer.set_budget(16_000, time.monotonic())  # 3 kB/s: the queue holds 3 kB
+        call.sub.pacer.set_budget(16_000, time.monotonic())  # 3 kB/s: the queue holds 9 kB
         big = bytes(1050)
         call.publish(100, KEY + big)
-        for seq in range(101, 110):
+        for seq in range(101, 115):
             call.publish(seq, DELTA + big)
-        assert call.sub.pacer.queued_bytes <= 3000
+        assert call.sub.pacer.queued_bytes <= 9000
         assert call.sub.pacer.dropped == call.consumer.stats.paced_dropped > 0
         await wait_until(lambda: len(call.pub_peer.received_rtcp(Pli)) == 2, "a PLI for the dropped video")
     finally:
