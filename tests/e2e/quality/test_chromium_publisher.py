@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pathlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import playwright.async_api as playwright_api
@@ -11,15 +11,9 @@ import pytest
 
 from salon.bench.netlab import NetLab
 from tests.e2e.browser.browser_helpers import open_sdk_page
-from tests.e2e.quality.conftest import Agent, HubServer, chromium_in
+from tests.e2e.quality.conftest import PUBLISH, Agent, HubServer, chromium_in
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-async def pw() -> AsyncIterator[playwright_api.Playwright]:
-    async with playwright_api.async_playwright() as playwright:
-        yield playwright
 
 
 def _frames(report: dict[str, Any]) -> int:
@@ -39,17 +33,7 @@ async def test_chromium_in_a_leaf_publishes_720p_to_python_subscribers(
     browser = await chromium_in(pw, lab, "pub", hub_server, tmp_path)
     try:
         page = await open_sdk_page(browser, hub_server.url, "pub")
-        await page.evaluate(
-            """async ({sessionId, token}) => {
-                const session = window.salon.initSession(sessionId);
-                await session.connect(token);
-                const publisher = window.salon.initPublisher(document.body,
-                    {name: "chromium", resolution: "1280x720", frameRate: 30});
-                await session.publish(publisher);
-                window.publisher = publisher;
-            }""",
-            {"sessionId": session_id, "token": hub_server.token(session_id)},
-        )
+        await page.evaluate(PUBLISH, {"sessionId": session_id, "token": hub_server.token(session_id)})
         sub = agents(lab, "sub", hub_server, session_id)
         report = sub.wait_for(lambda line: line["kind"] == "report" and _frames(line) > 5, "video", 60)
         sizes = {size for stream in report["streams"].values() for size in stream["sizes"]}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import playwright.async_api as playwright_api
@@ -29,12 +28,6 @@ pytestmark = pytest.mark.timeout(240)
 
 UPLINK_KBIT = 800
 """The publisher's shaped uplink: less than Chromium's three 720p layers take (about 2.5 Mb/s)."""
-
-
-@pytest.fixture
-async def pw() -> AsyncIterator[playwright_api.Playwright]:
-    async with playwright_api.async_playwright() as playwright:
-        yield playwright
 
 
 STATS = """async () => {
