@@ -50,6 +50,36 @@ def write_tone(
     return path
 
 
+def write_voice(path: pathlib.Path, seconds: float = 6.0, amplitude: float = 0.6) -> pathlib.Path:
+    """A 48 kHz mono WAV that Chromium's audio processing keeps as a voice, for a speaker.
+
+    A steady tone is what WebRTC's noise suppressor learns as background noise: within seconds
+    it attenuates it by some 15 dB. This is a voiced sound instead: five harmonics of a pitch
+    that moves every 0.3 s between 140 and 260 Hz, never silent (the active-speaker detector
+    wants 0.5 s of voice on end), so no frequency bin holds a steady level. Measured at a
+    subscriber: a 0.3 tone fell from 0.13 to 0.024 within 5 s; this voice at 0.6 holds 0.12-0.18.
+    """
+    rate = 48000
+    pitches = (180.0, 220.0, 150.0, 260.0, 200.0, 140.0, 240.0, 170.0, 230.0, 190.0)
+    step = int(rate * 0.3)
+    phase = 0.0
+    chunks = []
+    for i in range(int(seconds / 0.3)):
+        pitch = pitches[i % len(pitches)]
+        t = np.arange(step) / rate
+        chunk = sum((0.6**k) * np.sin(2 * np.pi * pitch * (k + 1) * t + phase * (k + 1)) for k in range(5))
+        phase += 2 * np.pi * pitch * step / rate
+        chunks.append(chunk)
+    signal = np.concatenate(chunks)
+    signal *= amplitude / np.max(np.abs(signal))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((signal * 32767).astype("<i2").tobytes())
+    return path
+
+
 #: Console errors and uncaught exceptions of every page opened by :func:`open_page` during the
 #: current test; the ``page_errors`` fixture (autouse, conftest.py) fails the test on any that
 #: its allow-list does not expect.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from browser_helpers import join, launch, open_page, video_stats, write_tone
+from browser_helpers import join, launch, open_page, video_stats, write_voice
 from playwright.async_api import Browser, Page, Playwright, expect
 
 from tests.conftest import RunningServer
@@ -79,9 +79,10 @@ async def test_audio_levels_and_the_active_speaker_are_shown(
 ) -> None:
     # Chromium's fake microphone beeps 4 times a second, one 0.25 s level window on, one off:
     # the server's detector wants a voice above its threshold for 0.5 s on end, so it never
-    # names a beeping speaker. A steady tone from a file (looped) does qualify.
-    tone = write_tone(tmp_path / "tone.wav")
-    browser = await launch(pw, extra_args=(f"--use-file-for-fake-audio-capture={tone}",))
+    # names a beeping speaker. A voiced sound from a file (looped) does qualify; a steady tone
+    # would not for long: the publisher's noise suppressor fades it as background noise.
+    voice = write_voice(tmp_path / "voice.wav")
+    browser = await launch(pw, extra_args=(f"--use-file-for-fake-audio-capture={voice}",))
     try:
         await _audio_levels_and_the_active_speaker(media_server, browser)
     finally:
