@@ -778,12 +778,7 @@ class Consumer:
         self.stats.paced_dropped += 1
         if self.closed or not self._active:
             return
-        switcher = self._switcher
-        if switcher is None:
-            self.producer.request_key_frame(now)
-        else:
-            layer = switcher.current_layer
-            self.producer.request_key_frame(now, switcher.target_layer if layer is None else layer)
+        self._request_key_frame(now)
 
     def receive_key_frame_request(self, now: float) -> None:
         """Subscriber PLI/FIR: forwarded to the producer, which throttles (not while paused:
@@ -792,12 +787,17 @@ class Consumer:
             return
         self.stats.key_frame_requests_received += 1
         if self._active:
-            switcher = self._switcher
-            if switcher is None:
-                self.producer.request_key_frame(now)
-            else:
-                layer = switcher.current_layer
-                self.producer.request_key_frame(now, switcher.target_layer if layer is None else layer)
+            self._request_key_frame(now)
+
+    def _request_key_frame(self, now: float) -> None:
+        """Ask the producer for a key frame of the layer this subscriber decodes (the one being
+        forwarded, or while none is yet, the one it switches to)."""
+        switcher = self._switcher
+        if switcher is None:
+            self.producer.request_key_frame(now)
+        else:
+            layer = switcher.current_layer
+            self.producer.request_key_frame(now, switcher.target_layer if layer is None else layer)
 
     def receive_remb(self, bitrate: int, now: float) -> None:
         self.remb_bitrate = int(bitrate)
