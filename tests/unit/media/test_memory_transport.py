@@ -84,13 +84,19 @@ class Call:
         return out
 
 
-async def make_call(*, announced_ssrc: bool = True) -> Call:
+async def make_call(
+    *,
+    announced_ssrc: bool = True,
+    publisher_extensions: HeaderExtensionIds | None = None,
+    subscriber_extensions: HeaderExtensionIds | None = None,
+) -> Call:
+    """A publisher and a subscriber transport joined in memory, one VP8 producer consumed."""
     pub, pub_peer = await memory_transport("pub")
     track = PublishTrack(
         mid="1",
         kind="video",
         codec=VP8,
-        extensions=HeaderExtensionIds(mid=MID_EXT, abs_send_time=2),
+        extensions=publisher_extensions or HeaderExtensionIds(mid=MID_EXT, abs_send_time=2),
         ssrc=PUB_SSRC if announced_ssrc else None,
         rtx_ssrc=PUB_RTX_SSRC if announced_ssrc else None,
         cname="c",
@@ -102,7 +108,11 @@ async def make_call(*, announced_ssrc: bool = True) -> Call:
         sub,
         producer,
         SubscribeTrack(
-            mid="0", kind="video", source=producer.id, codec=VP8, extensions=HeaderExtensionIds(mid=9)
+            mid="0",
+            kind="video",
+            source=producer.id,
+            codec=VP8,
+            extensions=subscriber_extensions or HeaderExtensionIds(mid=9),
         ),
         ssrc=SUB_SSRC,
         rtx_ssrc=SUB_RTX_SSRC,

@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import time
 
-from salon.media.consumer import Consumer
-from salon.media.producer import Producer
 from salon.media.rtcp import Pli, build_nack
 from salon.media.rtp import find_header_extension, parse_rtp_header, unwrap_rtx
-from salon.media.sdp import HeaderExtensionIds, PublishTrack, SubscribeTrack
-from tests.unit.media.media_fakes import DELTA, KEY, VP8
+from salon.media.sdp import HeaderExtensionIds
+from tests.unit.media.media_fakes import DELTA, KEY
 from tests.unit.media.test_memory_transport import (
     MID_EXT,
-    PUB_RTX_SSRC,
-    PUB_SSRC,
     SUB_RTX_SSRC,
     SUB_SSRC,
     Call,
-    connect,
-    memory_transport,
+    make_call,
     wait_until,
 )
 
@@ -28,36 +23,10 @@ TWCC_EXT, ABS_EXT = 5, 2
 
 
 async def make_paced_call() -> Call:
-    pub, pub_peer = await memory_transport("pub")
-    track = PublishTrack(
-        mid="1",
-        kind="video",
-        codec=VP8,
-        extensions=HeaderExtensionIds(mid=MID_EXT),
-        ssrc=PUB_SSRC,
-        rtx_ssrc=PUB_RTX_SSRC,
-        cname="c",
+    return await make_call(
+        publisher_extensions=HeaderExtensionIds(mid=MID_EXT),
+        subscriber_extensions=HeaderExtensionIds(mid=9, abs_send_time=ABS_EXT, transport_cc=TWCC_EXT),
     )
-    producer = Producer(pub, track, stream_id="s")
-    pub.add_producer(producer)
-    sub, sub_peer = await memory_transport("sub")
-    consumer = Consumer(
-        sub,
-        producer,
-        SubscribeTrack(
-            mid="0",
-            kind="video",
-            source=producer.id,
-            codec=VP8,
-            extensions=HeaderExtensionIds(mid=9, abs_send_time=ABS_EXT, transport_cc=TWCC_EXT),
-        ),
-        ssrc=SUB_SSRC,
-        rtx_ssrc=SUB_RTX_SSRC,
-    )
-    sub.add_consumer(consumer)
-    producer.add_consumer(consumer)
-    await connect(pub, sub)
-    return Call(pub, pub_peer, producer, sub, sub_peer, consumer)
 
 
 def _twcc(packet: bytes) -> int:
