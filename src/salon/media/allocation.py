@@ -110,7 +110,6 @@ class TransportAllocation:
         "_budget",
         "_clean",
         "_cut_waiting",
-        "_ignore_loss_until",
         "_last_budget_at",
         "_last_cut",
         "_last_drop",
@@ -147,7 +146,6 @@ class TransportAllocation:
         #: with its queue empty: less than decided while media waits).
         self._padding_sent = 0
         self._sent_rate = 0
-        self._ignore_loss_until = 0.0
         #: Consumers cut (:meth:`Consumer.set_layer` ``cut``) still waiting for their key frame.
         self._cut_waiting: set[str] = set()
         #: (time, rate decided) of the recent allocations: a receiver report covers about the
@@ -221,9 +219,9 @@ class TransportAllocation:
         :data:`MAX_PROBE_WAIT`); loss above :data:`LOSS_COLLAPSE` (the link collapsed) cuts to
         90% of what got through (sent x (1 - loss)) without that floor, but at most to a
         quarter per report, and not when padding was sent meanwhile (a failed probe: the rule
-        above); reports are ignored while a cut consumer waits for its key frame and for
-        :data:`_REPORT_SPAN` after it restarted (the cut skipped output sequence numbers,
-        which the subscriber counts as lost); 2-10% holds; under 2%
+        above); reports are ignored while a cut consumer waits for its key frame (the
+        sequence numbers the cut left unused are not in the loss:
+        :meth:`~salon.media.bandwidth.TransportBandwidth.skipped`); 2-10% holds; under 2%
         the budget rises to what was just sent (a probe that got through) and 8% a second
         beyond, up to :data:`CLEAN_HEADROOM` x the most sent without loss lately, and the
         next probe may go further (:data:`PROBE_FACTOR` x the budget, a
@@ -238,8 +236,9 @@ class TransportAllocation:
             budget = float(bandwidth.estimate(now))
         loss = bandwidth.recent_loss
         bandwidth.recent_loss = None
-        if loss is not None and (self._cut_waiting or now < self._ignore_loss_until):
-            # A cut skipped output sequence numbers: the subscriber counts them as lost.
+        if loss is not None and self._cut_waiting:
+            # The link collapsed and a cut consumer waits for its key frame: the budget was
+            # cut for it already, what the reports meanwhile say of the old layer is stale.
             loss = None
         if loss is not None and loss > estimator.LOSS_HIGH:
             logger.info(
@@ -346,9 +345,9 @@ class TransportAllocation:
         for cid in list(self._cut_waiting):
             cut = consumers.get(cid)
             if cut is None or cut.closed or cut.current_layer is not None or cut.quality_paused:
-                # Restarted after its gap: the next report counts the skipped numbers as lost.
+                # Restarted after its gap (whose unused sequence numbers the transport's
+                # bandwidth takes out of the next report's loss).
                 self._cut_waiting.discard(cid)
-                self._ignore_loss_until = now + _REPORT_SPAN
         history = self._sent_history
         if history and history[-1][2]:
             # What the last interval really sent: a receiver report proves only that (padding

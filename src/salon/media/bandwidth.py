@@ -32,6 +32,7 @@ class TransportBandwidth:
     __slots__ = (
         "_blocks",
         "_expected",
+        "_gaps",
         "_lost",
         "allocator",
         "estimator",
@@ -62,6 +63,10 @@ class TransportBandwidth:
         self._blocks: dict[int, tuple[int, int]] = {}  # ssrc -> (highest sequence, cumulative lost)
         self._expected = 0
         self._lost = 0.0
+        #: ssrc -> (last unused output sequence number, how many): numbers a consumer left
+        #: unused on purpose (a layer cut, :data:`~salon.media.layers.CUT_SEQUENCE_GAP`), which
+        #: the subscriber's next report counts as lost.
+        self._gaps: dict[int, list[tuple[int, int]]] = {}
         #: The per-packet call: ``stamp(now, size)`` numbers one RTP packet of ``size`` bytes
         #: sent at ``now`` and returns the extension value (a closure over the history).
         self.stamp = self.history.stamper()
@@ -88,9 +93,29 @@ class TransportBandwidth:
         previous = self._blocks.get(block.ssrc)
         self._blocks[block.ssrc] = (block.highest_sequence, block.packets_lost)
         expected = 0 if previous is None else block.highest_sequence - previous[0]
+        skipped = 0
+        gaps = self._gaps.get(block.ssrc)
+        if gaps is not None:
+            # Those the subscriber got a packet past: this report counts them as lost.
+            covered = [gap for gap in gaps if 0 < ((block.highest_sequence - gap[0]) & 0xFFFF) < 1 << 15]
+            if covered:
+                skipped = sum(count for _, count in covered)
+                gaps[:] = [gap for gap in gaps if gap not in covered]
+                if not gaps:
+                    del self._gaps[block.ssrc]
         if 0 < expected < 1 << 15:
+            lost = min(expected, max(0, block.packets_lost - previous[1]))  # type: ignore[index]
+            if skipped:
+                expected = max(1, expected - skipped)
+                lost = min(expected, max(0, lost - skipped))
+                fraction = lost / expected
             self._expected += expected
-            self._lost += min(expected, max(0, block.packets_lost - previous[1]))  # type: ignore[index]
+            self._lost += lost
+        elif skipped:
+            # A first block that covers unused numbers: its fraction cannot be told apart
+            # from them, it counts as no loss.
+            self._expected += 50
+            fraction = 0.0
         else:
             # A stream's first block (or one without a usable count): its fraction, weighted
             # as if it covered 50 packets.
@@ -103,6 +128,14 @@ class TransportBandwidth:
             rtt = ((compact_ntp(ntp_now()) - block.lsr - block.dlsr) & 0xFFFFFFFF) / 65536
             if rtt < 10.0:
                 self.estimator.set_rtt(rtt)
+
+    def skipped(self, ssrc: int, last: int, count: int) -> None:
+        """A consumer of stream ``ssrc`` left ``count`` output sequence numbers unused on
+        purpose, the last of them ``last``: the subscriber's next report that goes past them
+        counts them as lost, so they are taken out of its loss (and of the estimator's)."""
+        gaps = self._gaps.setdefault(ssrc, [])
+        gaps.append((last & 0xFFFF, count))
+        del gaps[:-8]  # a subscriber that never reports keeps a few
 
     def estimate(self, now: float) -> int:
         return self.estimator.estimate_at(now)

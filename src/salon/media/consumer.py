@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from salon.media.events import EventEmitter
-from salon.media.layers import LayerSwitcher
+from salon.media.layers import CUT_SEQUENCE_GAP, LayerSwitcher
 from salon.media.pacer import PacedPacket, Pacer
 from salon.media.rtcp import ReportBlock, build_sender_report
 from salon.media.rtp import (
@@ -269,6 +269,8 @@ class Consumer:
         self._rtx_pt = track.codec.rtx_payload_type
         self._clock_rate = track.codec.clock_rate
         self._seq = SequenceRewriter()
+        #: Cuts of the switcher already reported to the bandwidth (:meth:`_cut_made`).
+        self._cuts = 0
         #: Simulcast (producer with several video encodings): the switcher, else None.
         self._switcher: LayerSwitcher | None = None
         #: Wanted (spatial, temporal) layer; (None, None): the top one, all temporal layers.
@@ -396,6 +398,7 @@ class Consumer:
         producer = self.producer
         previous = getattr(self, "_switcher", None)
         if self.kind == "video" and producer.simulcast:
+            self._cuts = 0
             self._switcher = LayerSwitcher(
                 self.codec.name, self._clock_rate, layers=len(producer.encodings), sequence=self._seq
             )
@@ -566,6 +569,8 @@ class Consumer:
                 layer, header.sequence_number, header.timestamp, memoryview(data)[offset:], key_frame, now
             )
             if forward is None:
+                if switcher.cuts != self._cuts:
+                    self._cut_made(switcher.cuts)
                 return
             out: tuple[int, int] = (forward[0], forward[1])
             if forward[2] is not None:
@@ -788,6 +793,14 @@ class Consumer:
         self.stats.key_frame_requests_received += 1
         if self._active:
             self._request_key_frame(now)
+
+    def _cut_made(self, cuts: int) -> None:
+        """The switcher cut the current layer and left output sequence numbers unused: the
+        subscriber's loss reports must not count them (:meth:`TransportBandwidth.skipped`)."""
+        self._cuts = cuts
+        last = self._seq.last_sequence_number
+        if last is not None:
+            self.transport.bandwidth.skipped(self.ssrc, last, CUT_SEQUENCE_GAP)
 
     def _request_key_frame(self, now: float) -> None:
         """Ask the producer for a key frame of the layer this subscriber decodes (the one being

@@ -410,6 +410,31 @@ def test_a_collapse_cuts_the_old_layer_a_mild_drop_does_not() -> None:
     media = [parse_rtp_header(p) for p in sub.rtp[sent:] if parse_rtp_header(p).ssrc == consumer.ssrc]
     assert consumer.current_layer == target and media
     assert media[0].sequence_number == (last + 1 + CUT_SEQUENCE_GAP) & 0xFFFF
+    # The subscriber's report that goes past the unused numbers counts them as lost (an
+    # RFC 3550 receiver cannot tell them from loss): the bandwidth takes them out, only the
+    # 3 packets really lost remain, and the estimator's fraction is the corrected one too.
+    from salon.media.rtcp import ReportBlock
+
+    for _ in range(10):
+        pub.send_frame()
+    received = parse_rtp_header(
+        next(p for p in reversed(sub.rtp) if parse_rtp_header(p).ssrc == consumer.ssrc)
+    ).sequence_number
+    expected = (received - last) & 0xFFFF
+    assert expected > CUT_SEQUENCE_GAP + 10
+
+    def report(lost: int, highest: int) -> float | None:
+        sub.bandwidth.recent_loss = None
+        sub.bandwidth.on_report_block(ReportBlock(consumer.ssrc, 0, lost, highest, 0, 0, 0), pub.now)
+        return sub.bandwidth.recent_loss
+
+    assert report(10, last) is not None
+    assert report(10 + CUT_SEQUENCE_GAP + 3, last + expected) == pytest.approx(
+        3 / (expected - CUT_SEQUENCE_GAP)
+    )
+    assert sub.bandwidth.estimator.last_loss_fraction == pytest.approx(3 / (expected - CUT_SEQUENCE_GAP))
+    # A later report is taken as it is.
+    assert report(10 + CUT_SEQUENCE_GAP + 3 + 50, last + expected + 100) == pytest.approx(50 / 100)
 
 
 def shaped_run(
