@@ -14,10 +14,13 @@ Ownership tree, closed top-down, idempotently::
 and awaits its one response; an error response is re-raised as the same
 :class:`~salon.errors.SalonError` subclass the worker raised.
 
-**Placement.** :meth:`WorkerPool.place` picks the live worker with the fewest consumers, then
-the fewest routers; among equally loaded workers it takes turns (round-robin), so sessions
-that come and go one at a time do not all land on the first worker. A session's router stays
-on its worker for the router's life.
+**Placement.** :meth:`WorkerPool.place` picks the live worker with the least load, then the
+fewest routers. A worker's load is its consumers plus its CPU in tenths (10 per 10% of a core,
+smoothed over its health checks, :func:`cpu_points`): a worker busy with a few heavy
+consumers (high bitrates, simulcast, recorders, pipes) counts as loaded however few consumers
+it has, and an idle worker's few percent count nothing. Among equally loaded workers it takes
+turns (round-robin), so sessions that come and go one at a time do not all land on the first
+worker. A session's router stays on its worker for the router's life.
 
 **Death.** A worker is dead the moment its channel reaches EOF or its process exits (a pidfd
 watched by the event loop): both happen at once when the process is killed. Then, in order:
@@ -55,6 +58,7 @@ from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from salon.cluster.load import NodeLoad
 from salon.errors import ServerError
 from salon.media.channel import (
     Ack,
@@ -121,9 +125,16 @@ __all__ = [
     "WorkerDiedError",
     "WorkerHandle",
     "WorkerPool",
+    "cpu_points",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def cpu_points(cpu: float) -> int:
+    """A worker's CPU utilisation (0 to 1 core) in consumer-equivalents for placement: 10 per
+    full 10% (0-9%: 0, so the idle noise of a few percent never breaks a tie; a busy core: 100)."""
+    return 10 * int(min(1.0, max(0.0, cpu)) * 10)
 
 R = TypeVar("R", bound=Result)
 
@@ -698,6 +709,8 @@ class WorkerHandle:
         self._writer: asyncio.StreamWriter | None = None
         self._pidfd: int | None = None
         self._close_task: asyncio.Task[None] | None = None
+        #: Smoothed CPU utilisation (0 to 1) from the CPU time in each dump (the health checks).
+        self._cpu = NodeLoad()
 
     def __repr__(self) -> str:
         return f"WorkerHandle({self.name} pid={self.pid} {self.state.value})"
@@ -742,9 +755,15 @@ class WorkerHandle:
     def alive(self) -> bool:
         return self.state in (WorkerState.STARTING, WorkerState.READY)
 
+    @property
+    def cpu(self) -> float:
+        """The worker's smoothed CPU utilisation (0 to 1 core), from its dumps."""
+        return self._cpu.cpu
+
     def load(self) -> tuple[int, int]:
-        """(consumers, routers): what placement minimises."""
-        return sum(r.consumer_count for r in self.routers.values()), len(self.routers)
+        """(consumers + :func:`cpu_points`, routers): what placement minimises."""
+        consumers = sum(r.consumer_count for r in self.routers.values())
+        return consumers + cpu_points(self._cpu.cpu), len(self.routers)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -783,7 +802,14 @@ class WorkerHandle:
 
     async def dump(self, *, routers: bool = False, tracemalloc: int = 0, objects: int = 0) -> WorkerDump:
         request = DumpRequest(id=self.next_id(), routers=routers, tracemalloc=tracemalloc, objects=objects)
-        return await self.request(request, WorkerDump)
+        dump = await self.request(request, WorkerDump)
+        self.account_cpu(time.monotonic(), dump.cpu_time)
+        return dump
+
+    def account_cpu(self, now: float, cpu_time: float) -> None:
+        """The worker's CPU seconds (from a dump) at monotonic time ``now``: smoothed into
+        :attr:`cpu` from the second sample on."""
+        self._cpu.sample(now, {self.pid: cpu_time})
 
     def _gone_error(self) -> Exception:
         if self.state is WorkerState.DEAD:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from salon.media.workers import WorkerPool, WorkerState
+import pytest
+
+from salon.media.workers import WorkerHandle, WorkerPool, WorkerState, cpu_points
 
 
 class FakeWorker:
@@ -18,7 +20,7 @@ class FakeWorker:
         return self.consumers, self.routers
 
 
-def pool_of(*workers: FakeWorker) -> WorkerPool:
+def pool_of(*workers: FakeWorker | WorkerHandle) -> WorkerPool:
     pool = WorkerPool(len(workers))
     pool.workers = {slot: worker for slot, worker in enumerate(workers)}  # type: ignore[misc]
     return pool
@@ -68,3 +70,27 @@ async def test_a_spreading_session_excludes_the_workers_it_uses() -> None:
     assert pool.least_loaded(exclude={a}) is c  # type: ignore[arg-type]
     assert pool.least_loaded(exclude={a, c}) is b  # type: ignore[arg-type]
     assert pool.least_loaded(exclude={a, b, c}) is None  # type: ignore[arg-type]
+
+
+class FakeProcess:
+    pid = 4242
+
+
+async def test_a_worker_busy_with_few_consumers_counts_as_loaded() -> None:
+    # Consumers stand for forwarding work, but not every consumer costs the same: a worker
+    # whose CPU is high (heavy streams, recorders, pipes) is loaded however few it has.
+    busy = WorkerHandle("busy", FakeProcess(), on_death=lambda _: None)  # type: ignore[arg-type]
+    idle = WorkerHandle("idle", FakeProcess(), on_death=lambda _: None)  # type: ignore[arg-type]
+    for worker, used in ((busy, 0.62), (idle, 0.04)):
+        worker.state = WorkerState.READY
+        worker.account_cpu(100.0, 10.0)
+        worker.account_cpu(105.0, 10.0 + 5 * used)  # smoothed: half of it the first time
+        worker.account_cpu(110.0, 10.0 + 10 * used)
+    assert busy.cpu == pytest.approx(0.75 * 0.62)
+    assert busy.load() == (40, 0) and idle.load() == (0, 0)  # idle noise counts nothing
+    pool = pool_of(busy, idle)  # type: ignore[arg-type]
+    assert [placed(pool) for _ in range(3)] == ["idle"] * 3
+
+
+def test_cpu_points_are_tenths_of_a_core() -> None:
+    assert [cpu_points(c) for c in (-1.0, 0.0, 0.09, 0.1, 0.55, 1.0, 3.0)] == [0, 0, 0, 10, 50, 100, 100]
