@@ -428,7 +428,16 @@ class Consumer:
                     "%r: layer %d cut for %d (the link collapsed)", self, current, switcher.target_layer
                 )
                 # What of the cut layer still waits in the pacer would only delay the new one.
-                self._pacer.discard(self)
+                # It had the newest sequence numbers of the media and RTX streams: the
+                # subscriber's next report counts them as lost, as it does the cut's gap
+                # (:meth:`_cut_made`).
+                video, retransmissions = self._pacer.discard(self)
+                last = self._seq.last_sequence_number
+                bandwidth = self.transport.bandwidth
+                if video and last is not None:
+                    bandwidth.skipped(self.ssrc, last, video)
+                if retransmissions and self.rtx_ssrc is not None:
+                    bandwidth.skipped(self.rtx_ssrc, (self._rtx_seq - 1) & 0xFFFF, retransmissions)
 
     def _retarget(self, now: float, *, ask: bool = True) -> None:
         """Point the switcher at the wanted encoding, or the best one flowing below it; ask

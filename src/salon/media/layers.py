@@ -51,11 +51,14 @@ Forward = tuple[int, int, bytes | None]
 
 #: Output sequence numbers left unused at a cut: the packets of the cut layer lost on the
 #: collapsed link will not be retransmitted, and a receiver whose jitter buffer waits for the
-#: oldest missing packet until it is that many packets behind (aiortc's: 128 for video) would
-#: stall seconds on them; a jump past its whole buffer makes it drop them at once and take
-#: the key frame that follows. Browsers count the gap as loss and clear their NACK list at the
-#: key frame; the NACKs they send for it map to nothing and are ignored.
-CUT_SEQUENCE_GAP = 300
+#: oldest missing packet until it is that many packets behind (aiortc 1.16's: 512 for video)
+#: would stall seconds on them; a jump past its whole buffer makes it drop them at once and
+#: take the key frame that follows. (It was 300, from aiortc's older 128: with 512, an aiortc
+#: subscriber froze 10-16 s after a cut, until 212 more packets of the low layer came.)
+#: Browsers count the gap as loss and clear their NACK list at the key frame; the NACKs they
+#: send for it map to nothing and are ignored. The loss reports that cover it leave it out
+#: (:meth:`salon.media.bandwidth.TransportBandwidth.skipped`).
+CUT_SEQUENCE_GAP = 600
 
 #: Recent picture IDs remembered (input -> output), for late and retransmitted packets.
 _PICTURE_MAP_SIZE = 256

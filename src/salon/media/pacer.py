@@ -203,20 +203,27 @@ class Pacer:
                 owners.append(dropped.owner)
         return owners
 
-    def discard(self, owner: object) -> int:
-        """Drop the queued video of ``owner`` (a consumer whose layer was cut: what waits of
-        the old layer would only delay the new one); returns the packets dropped."""
-        video = self._video
-        kept = [item for item in video if item.owner is not owner]
-        dropped = len(video) - len(kept)
-        if dropped:
-            video.clear()
-            video.extend(kept)
-            self.queued_bytes = sum(item.size for item in kept) + sum(
+    def discard(self, owner: object) -> tuple[int, int]:
+        """Drop what ``owner`` has queued (a consumer whose layer was cut: its queued video and
+        the retransmissions of that layer would only delay the new one, and fill the queue up
+        to its bound, where the new layer's key frame would be dropped); returns the video
+        packets and the retransmissions dropped. Both are the newest of their stream (nothing
+        of an owner leaves ahead of its queue), so their sequence numbers are the last ones
+        the owner gave out."""
+        counts = []
+        for queue in (self._video, self._retransmissions):
+            kept = [item for item in queue if item.owner is not owner]
+            counts.append(len(queue) - len(kept))
+            if len(kept) != len(queue):
+                queue.clear()
+                queue.extend(kept)
+        video, retransmissions = counts
+        if video or retransmissions:
+            self.queued_bytes = sum(item.size for item in self._video) + sum(
                 item.size for item in self._retransmissions
             )
-            self.dropped += dropped
-        return dropped
+            self.dropped += video + retransmissions
+        return video, retransmissions
 
     def next_send(self, now: float) -> float:
         """When the next queued packet may leave (inf: nothing queued)."""

@@ -140,16 +140,22 @@ def test_a_zero_budget_keeps_draining_what_is_queued() -> None:
     assert len(_drain(pacer, 10.0)) == 2  # the first went at once
 
 
-def test_discarding_an_owners_video_keeps_the_others_and_retransmissions() -> None:
+def test_discarding_an_owners_queue_keeps_the_others() -> None:
     pacer = Pacer(factor=1.0, max_queue_time=10.0)
     pacer.set_budget(80_000, 0.0)
     pacer.admit(0.0, 1000)
     for owner in ("a", "b", "a", "b"):
         pacer.enqueue(_packet(1000, owner=owner))
     pacer.enqueue(_packet(500, owner="a"), retransmission=True)
-    assert pacer.discard("a") == 2
-    assert pacer.queued_bytes == 2500 and pacer.dropped == 2
-    assert [item.owner for _, item in _drain(pacer, 10.0)] == ["a", "b", "b"]
+    pacer.enqueue(_packet(400, owner="b"), retransmission=True)
+    assert pacer.discard("a") == (2, 1)
+    assert pacer.queued_bytes == 2400 and pacer.dropped == 3
+    assert [(item.owner, item.size) for _, item in _drain(pacer, 10.0)] == [
+        ("b", 400),
+        ("b", 1000),
+        ("b", 1000),
+    ]
+    assert pacer.discard("a") == (0, 0)
 
 
 def test_a_queue_longer_than_its_time_limit_drains_faster() -> None:
