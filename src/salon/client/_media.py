@@ -9,6 +9,16 @@ each of its ``aioice.Connection`` instances (the same per-instance technique as
 connections and other code in the process are unaffected, and the override goes away with
 the connection. It relies on aiortc 1.16 / aioice 0.13 internals (``RTCIceGatherer._connection``
 and ``Connection.get_component_candidates(component, addresses, timeout)``).
+
+Holes in received video: aiortc's jitter buffer hands out frames in sequence-number order and
+waits for a missing packet until it is 512 packets behind (aiortc 1.16), i.e. 10-20 s of a
+low simulcast layer. A packet that is never retransmitted (the SFU switched layers past it,
+or its retransmission was lost too) froze the video that long. :func:`bound_video_holes`
+gives one receiver a buffer that waits :data:`MAX_HOLE_WAIT` at most: then it drops the hole
+and the frame after it (whose start may be in the hole) and asks for a key frame (a PLI),
+as a browser's frame buffer does. It relies on aiortc 1.16's ``JitterBuffer`` (its
+``_origin``, ``_packets``, ``_capacity`` and ``smart_remove``) and on the receiver's
+name-mangled ``__jitter_buffer``.
 """
 
 from __future__ import annotations
@@ -22,8 +32,10 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 
 from salon.client.errors import ClientError, MediaError
 from salon.client.sources import MUTED_FRAME_RATE, AudioSource, VideoSource
@@ -31,6 +43,7 @@ from salon.client.sources import MUTED_FRAME_RATE, AudioSource, VideoSource
 __all__ = [
     "SourceAudioTrack",
     "SourceVideoTrack",
+    "bound_video_holes",
     "complete_rejected_mlines",
     "new_peer_connection",
     "restrict_ice_addresses",
@@ -100,6 +113,84 @@ def route_rtp_by_mid(pc: RTCPeerConnection) -> None:
 
         router.route_rtp = route_rtp  # type: ignore[method-assign]
         setattr(router, "_salon_mid_routing", True)  # noqa: B010
+
+
+#: Longest a video receiver waits for a missing packet before it gives the frame up (seconds):
+#: NACK and retransmission repair a loss within a round trip or two.
+MAX_HOLE_WAIT = 0.5
+
+
+class _HoleBoundedJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, but a missing packet with packets after it (a hole) is
+    waited for at most :data:`MAX_HOLE_WAIT` (see the module docstring)."""
+
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(capacity, is_video=True)
+        self._clock = clock
+        #: Since when the buffer has had a hole (None: it has none).
+        self._hole_since: float | None = None
+        #: Holes given up (the frames around them dropped).
+        self.holes_skipped = 0
+
+    def _first_hole(self, newest: int) -> int | None:
+        """Offset from the origin of the first missing packet before ``newest`` (None: none)."""
+        origin = self._origin
+        if origin is None:
+            return None
+        span = (newest - origin) & 0xFFFF
+        if span >= self._capacity:
+            return None
+        capacity, packets = self._capacity, self._packets
+        return next((i for i in range(span) if packets[(origin + i) % capacity] is None), None)
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        if frame is not None:
+            self._hole_since = None
+            return pli, frame
+        hole = self._first_hole(packet.sequence_number)
+        if hole is None:
+            self._hole_since = None
+            return pli, frame
+        now = self._clock()
+        if self._hole_since is None:
+            self._hole_since = now
+        if now - self._hole_since < MAX_HOLE_WAIT:
+            return pli, frame
+        # Give the hole up: drop what is before it (a frame it may end) and the frame after it
+        # (whose first packets may be in it). The frames after may reference what was lost:
+        # ask for a key frame.
+        self._hole_since = None
+        self.holes_skipped += 1
+        capacity, origin, packets = self._capacity, self._origin, self._packets
+        assert origin is not None
+        after = next(p for i in range(hole, capacity) if (p := packets[(origin + i) % capacity]) is not None)
+        count = next(
+            (
+                i
+                for i in range(hole, capacity)
+                if (p := packets[(origin + i) % capacity]) is not None and p.timestamp != after.timestamp
+            ),
+            None,
+        )
+        if count is None:  # nothing after that frame yet: drop all that is stored
+            self.remove(max(i for i in range(capacity) if packets[(origin + i) % capacity] is not None) + 1)
+            return True, None
+        self.remove(count)
+        return True, self._remove_frame(packet.sequence_number)
+
+
+def bound_video_holes(receiver: RTCRtpReceiver) -> None:
+    """Give a video ``receiver`` a jitter buffer that waits :data:`MAX_HOLE_WAIT` at most for
+    a missing packet (its state so far carried over)."""
+    attribute = "_RTCRtpReceiver__jitter_buffer"
+    old = getattr(receiver, attribute, None)
+    if not isinstance(old, JitterBuffer) or isinstance(old, _HoleBoundedJitterBuffer):
+        return
+    new = _HoleBoundedJitterBuffer(old.capacity)
+    new._origin = old._origin
+    new._packets = old._packets
+    setattr(receiver, attribute, new)
 
 
 def complete_rejected_mlines(sdp: str) -> str:

@@ -29,6 +29,7 @@ from aiortc import RTCIceServer, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from salon.client._media import (
+    bound_video_holes,
     complete_rejected_mlines,
     new_peer_connection,
     restrict_ice_addresses,
@@ -105,6 +106,8 @@ class SubscribePeer:
             logger.warning("%r: a %s track nobody subscribed to", self, track.kind)
             return
         self._count_bytes(transceiver.receiver)
+        if track.kind == "video":
+            bound_video_holes(transceiver.receiver)
         owner._on_track(track, transceiver)
 
     def _count_bytes(self, receiver: Any) -> None:

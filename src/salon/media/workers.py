@@ -136,6 +136,7 @@ def cpu_points(cpu: float) -> int:
     full 10% (0-9%: 0, so the idle noise of a few percent never breaks a tie; a busy core: 100)."""
     return 10 * int(min(1.0, max(0.0, cpu)) * 10)
 
+
 R = TypeVar("R", bound=Result)
 
 _DeathCallback = Callable[["WorkerHandle"], None]
