@@ -15,7 +15,8 @@ waits for a missing packet until it is 512 packets behind (aiortc 1.16), i.e. 10
 low simulcast layer. A packet that is never retransmitted (the SFU switched layers past it,
 or its retransmission was lost too) froze the video that long. :func:`bound_video_holes`
 gives one receiver a buffer that waits :data:`MAX_HOLE_WAIT` at most: then it drops the hole
-and the frame after it (whose start may be in the hole) and asks for a key frame (a PLI),
+and what is around it, on to the next packet known to start a frame (after one with the RTP
+marker bit), and asks for a key frame (a PLI),
 as a browser's frame buffer does. It relies on aiortc 1.16's ``JitterBuffer`` (its
 ``_origin``, ``_packets``, ``_capacity`` and ``smart_remove``) and on the receiver's
 name-mangled ``__jitter_buffer``.
@@ -157,26 +158,23 @@ class _HoleBoundedJitterBuffer(JitterBuffer):
             self._hole_since = now
         if now - self._hole_since < MAX_HOLE_WAIT:
             return pli, frame
-        # Give the hole up: drop what is before it (a frame it may end) and the frame after it
-        # (whose first packets may be in it). The frames after may reference what was lost:
-        # ask for a key frame.
+        # Give the hole up: drop what is before it (a frame it may end) and on to the first
+        # packet known to start a frame (its predecessor is here and ends one: the RTP marker).
+        # The frames after may reference what was lost: ask for a key frame.
         self._hole_since = None
         self.holes_skipped += 1
         capacity, origin, packets = self._capacity, self._origin, self._packets
         assert origin is not None
-        after = next(p for i in range(hole, capacity) if (p := packets[(origin + i) % capacity]) is not None)
-        count = next(
-            (
-                i
-                for i in range(hole, capacity)
-                if (p := packets[(origin + i) % capacity]) is not None and p.timestamp != after.timestamp
-            ),
-            None,
-        )
-        if count is None:  # nothing after that frame yet: drop all that is stored
+        start = None
+        for i in range(hole + 1, capacity):
+            previous = packets[(origin + i - 1) % capacity]
+            if previous is not None and previous.marker and packets[(origin + i) % capacity] is not None:
+                start = i
+                break
+        if start is None:  # no frame start after the hole yet: drop all that is stored
             self.remove(max(i for i in range(capacity) if packets[(origin + i) % capacity] is not None) + 1)
             return True, None
-        self.remove(count)
+        self.remove(start)
         return True, self._remove_frame(packet.sequence_number)
 
 
