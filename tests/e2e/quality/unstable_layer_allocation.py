@@ -24,6 +24,15 @@ no longer cuts the media's share, and reports are judged against the padding rea
   namespace), so the agent would have to set SO_RCVBUF itself;
 * Chromium drops its top layer under such load (``limitation: bandwidth``).
 
+2026-12-08, idle host, with the cut's gaps left out of the loss reports, the cut discarding
+its queued retransmissions, the 600-number gap and the Python SDK's 0.5 s hole wait (quality
+bench: freeze 1.2-2.2 s, was 4-16 s): 3 runs, 3 failures, each further on: a decoder error
+on the weak link (before the SDK's frame-start rule), then the weak subscriber decoding
+1280x720 after the lift without a ``VideoEnabled`` after it (its video had resumed before
+the lift: a try the 70 kbit/s link could not carry, never paused again), then the 600 kbit/s
+subscriber swinging between 640x360 and 320x180 (reports of 11-34% loss at 390-410 kbit/s
+sent: the budget still overshoots a 600 kbit/s tbf link).
+
 Per-subscriber layers under shaped links: one Chromium publisher (1280x720, three simulcast
 layers), subscribers in namespaces of their own whose downlinks are shaped; the SFU's
 allocator gives each the layer its link carries. The Chromium subscriber part is in
