@@ -58,7 +58,6 @@ from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from salon.cluster.load import NodeLoad
 from salon.errors import ServerError
 from salon.media.channel import (
     Ack,
@@ -129,6 +128,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+#: The weight of the newest CPU sample in a worker's smoothed utilisation.
+CPU_SMOOTHING = 0.5
 
 
 def cpu_points(cpu: float) -> int:
@@ -710,8 +713,10 @@ class WorkerHandle:
         self._writer: asyncio.StreamWriter | None = None
         self._pidfd: int | None = None
         self._close_task: asyncio.Task[None] | None = None
-        #: Smoothed CPU utilisation (0 to 1) from the CPU time in each dump (the health checks).
-        self._cpu = NodeLoad()
+        #: Smoothed CPU utilisation (0 to 1 core) from the CPU time in each dump (the health
+        #: checks): :attr:`cpu`.
+        self.cpu = 0.0
+        self._cpu_sample: tuple[float, float] | None = None  # (monotonic time, CPU seconds)
 
     def __repr__(self) -> str:
         return f"WorkerHandle({self.name} pid={self.pid} {self.state.value})"
@@ -756,15 +761,10 @@ class WorkerHandle:
     def alive(self) -> bool:
         return self.state in (WorkerState.STARTING, WorkerState.READY)
 
-    @property
-    def cpu(self) -> float:
-        """The worker's smoothed CPU utilisation (0 to 1 core), from its dumps."""
-        return self._cpu.cpu
-
     def load(self) -> tuple[int, int]:
         """(consumers + :func:`cpu_points`, routers): what placement minimises."""
         consumers = sum(r.consumer_count for r in self.routers.values())
-        return consumers + cpu_points(self._cpu.cpu), len(self.routers)
+        return consumers + cpu_points(self.cpu), len(self.routers)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -809,8 +809,12 @@ class WorkerHandle:
 
     def account_cpu(self, now: float, cpu_time: float) -> None:
         """The worker's CPU seconds (from a dump) at monotonic time ``now``: smoothed into
-        :attr:`cpu` from the second sample on."""
-        self._cpu.sample(now, {self.pid: cpu_time})
+        :attr:`cpu` from the second sample on (an exponential moving average, the newest
+        sample weighing :data:`CPU_SMOOTHING`, as a cluster node's load does)."""
+        last, self._cpu_sample = self._cpu_sample, (now, cpu_time)
+        if last is not None and now > last[0]:
+            used = min(1.0, max(0.0, cpu_time - last[1]) / (now - last[0]))
+            self.cpu += CPU_SMOOTHING * (used - self.cpu)
 
     def _gone_error(self) -> Exception:
         if self.state is WorkerState.DEAD:
